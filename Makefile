@@ -1,0 +1,53 @@
+# The few verbs people type. Everything installs into ./.venv and ./target; system packages the
+# integration tests need come from Debian through scripts/setup-system.sh.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup system build serve test lint rust-test python-test bench bench-smoke clean
+
+setup: system build
+
+system:
+	bash scripts/setup-system.sh
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip "maturin>=1.9.4,<2"
+
+# Builds the extension in release mode and installs the package (editable) with its dev extras.
+build: $(PYTHON)
+	$(BIN)/maturin develop --release --extras dev --quiet
+
+serve: setup
+	$(BIN)/hlc-oracle serve
+
+lint: build
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features python -- -D warnings
+	$(BIN)/ruff check python tests bench
+	$(BIN)/ruff format --check python tests bench
+	$(BIN)/mypy python/hlc_oracle
+	$(PYTHON) -m mypy.stubtest hlc_oracle --allowlist stubtest-allowlist.txt
+
+rust-test:
+	cargo test
+
+python-test: build
+	$(BIN)/pytest tests
+
+# A short smoke run: every benchmark body runs once, no timing is taken or asserted.
+bench-smoke: build
+	$(BIN)/pytest bench --benchmark-disable -q
+
+bench: build
+	$(BIN)/pytest bench --benchmark-json=bench/results/latest.json
+	$(PYTHON) bench/ratios.py bench/results/latest.json
+
+test: setup lint rust-test python-test bench-smoke
+
+clean:
+	rm -rf target $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

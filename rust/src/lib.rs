@@ -1,0 +1,14 @@
+//! hlc-oracle's core. Each module is one concept in plain Rust with its own tests; the pyo3 glue
+//! lives in `python/` behind the `python` feature, and this file only registers the module.
+
+pub mod hlc;
+pub mod timestamp;
+
+#[cfg(feature = "python")]
+mod python;
+
+#[cfg(feature = "python")]
+#[pyo3::pymodule]
+fn _core(module: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+    python::register(module)
+}

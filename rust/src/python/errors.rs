@@ -1,0 +1,18 @@
+//! The package's exception hierarchy: every error raised by hlc_oracle itself derives from
+//! `HlcError`. Bad arguments raise the built-in `TypeError` and `ValueError`.
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+
+create_exception!(
+    hlc_oracle,
+    HlcError,
+    PyException,
+    "Base class of every error raised by hlc_oracle."
+);
+create_exception!(
+    hlc_oracle,
+    ClockSkewError,
+    HlcError,
+    "A remote timestamp is further ahead of the local physical clock than max_offset_us."
+);

@@ -1,0 +1,24 @@
+//! The pyo3 glue: each submodule wraps one core module; nothing here holds logic of its own.
+
+pub mod errors;
+pub mod hlc;
+
+use pyo3::prelude::*;
+
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = module.py();
+    module.add("HlcError", py.get_type::<errors::HlcError>())?;
+    module.add("ClockSkewError", py.get_type::<errors::ClockSkewError>())?;
+    module.add_class::<hlc::PyTimestamp>()?;
+    module.add_class::<hlc::PyTimestampRange>()?;
+    module.add_class::<hlc::PyClock>()?;
+    module.add_class::<hlc::PySystemClock>()?;
+    module.add_class::<hlc::PyManualClock>()?;
+    module.add_class::<hlc::TimestampRangeIterator>()?;
+    module.add("MAX_RESERVE", crate::hlc::MAX_RESERVE)?;
+    module.add("LOGICAL_BITS", crate::timestamp::LOGICAL_BITS)?;
+    module.add("MAX_PHYSICAL", crate::timestamp::MAX_PHYSICAL)?;
+    module.add("MAX_LOGICAL", crate::timestamp::MAX_LOGICAL)?;
+    module.add("MAX_NODE", crate::timestamp::MAX_NODE)?;
+    Ok(())
+}
