@@ -36,7 +36,7 @@ pub enum TimestampError {
     LogicalOutOfRange(u128),
     NodeOutOfRange(u128),
     WrongByteLength(usize),
-    Unparsable { text: String, reason: &'static str },
+    Unparsable { text: String, reason: String },
 }
 
 impl fmt::Display for TimestampError {
@@ -134,9 +134,9 @@ impl Timestamp {
     }
 
     pub fn parse(text: &str) -> Result<Self, TimestampError> {
-        let fail = |reason| TimestampError::Unparsable {
+        let fail = |reason: &str| TimestampError::Unparsable {
             text: text.to_owned(),
-            reason,
+            reason: reason.to_owned(),
         };
         let (rest, node) = text
             .rsplit_once('@')
@@ -154,7 +154,7 @@ impl Timestamp {
             .ok_or_else(|| fail("date-time is not YYYY-MM-DDTHH:MM:SS.ffffffZ"))?;
         let micros = naive.and_utc().timestamp_micros();
         let physical = u64::try_from(micros).map_err(|_| fail("date-time is before 1970"))?;
-        Self::new(physical, logical, node)
+        Self::new(physical, logical, node).map_err(|err| fail(&err.to_string()))
     }
 }
 
