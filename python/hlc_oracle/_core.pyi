@@ -1,7 +1,9 @@
 """Type stub of the compiled core (``hlc_oracle._core``). Import from ``hlc_oracle`` instead."""
 
 import datetime
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
+from types import TracebackType
 from typing import Final, final
 
 __all__ = [
@@ -12,7 +14,11 @@ __all__ = [
     "MAX_RESERVE",
     "Clock",
     "ClockSkewError",
+    "CommitLog",
+    "CommitLogCorruptError",
+    "CommitLogError",
     "HlcError",
+    "LogRecovery",
     "ManualClock",
     "SystemClock",
     "Timestamp",
@@ -28,6 +34,8 @@ MAX_RESERVE: Final[int]
 
 class HlcError(Exception): ...
 class ClockSkewError(HlcError): ...
+class CommitLogError(HlcError): ...
+class CommitLogCorruptError(CommitLogError): ...
 
 @final
 class Timestamp:
@@ -116,3 +124,54 @@ class Clock:
     def physical_clock(self) -> SystemClock | ManualClock: ...
     @property
     def backward_jumps(self) -> int: ...
+
+@final
+class LogRecovery:
+    @property
+    def records(self) -> list[tuple[int, bytes]]: ...
+    @property
+    def checkpoint(self) -> tuple[int, bytes] | None: ...
+    @property
+    def segments(self) -> int: ...
+    @property
+    def record_count(self) -> int: ...
+    @property
+    def bytes_read(self) -> int: ...
+    @property
+    def truncated_bytes(self) -> int: ...
+    @property
+    def truncated_at(self) -> tuple[str, int] | None: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def next_seq(self) -> int: ...
+
+@final
+class CommitLog:
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        segment_size: int | None = None,
+        preallocate: bool = True,
+    ) -> tuple[CommitLog, LogRecovery]: ...
+    def append(self, records: Iterable[bytes], *, sync: bool = True) -> tuple[int, int] | None: ...
+    def sync(self) -> None: ...
+    def checkpoint(self, covered_seq: int, data: bytes) -> int: ...
+    @property
+    def next_seq(self) -> int: ...
+    @property
+    def path(self) -> str: ...
+    def segment_paths(self) -> list[str]: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    def __enter__(self) -> CommitLog: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> bool: ...

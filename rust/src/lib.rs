@@ -2,6 +2,7 @@
 //! lives in `python/` behind the `python` feature, and this file only registers the module.
 
 pub mod hlc;
+pub mod log;
 pub mod timestamp;
 
 #[cfg(feature = "python")]

@@ -16,3 +16,15 @@ create_exception!(
     HlcError,
     "A remote timestamp is further ahead of the local physical clock than max_offset_us."
 );
+create_exception!(
+    hlc_oracle,
+    CommitLogError,
+    HlcError,
+    "The commit log cannot be opened, written or used (I/O error, locked by another process, closed)."
+);
+create_exception!(
+    hlc_oracle,
+    CommitLogCorruptError,
+    CommitLogError,
+    "Acknowledged commit-log data is damaged; the message names the file and offset."
+);

@@ -2,6 +2,7 @@
 
 pub mod errors;
 pub mod hlc;
+pub mod log;
 
 use pyo3::prelude::*;
 
@@ -9,6 +10,13 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = module.py();
     module.add("HlcError", py.get_type::<errors::HlcError>())?;
     module.add("ClockSkewError", py.get_type::<errors::ClockSkewError>())?;
+    module.add("CommitLogError", py.get_type::<errors::CommitLogError>())?;
+    module.add(
+        "CommitLogCorruptError",
+        py.get_type::<errors::CommitLogCorruptError>(),
+    )?;
+    module.add_class::<log::PyCommitLog>()?;
+    module.add_class::<log::PyLogRecovery>()?;
     module.add_class::<hlc::PyTimestamp>()?;
     module.add_class::<hlc::PyTimestampRange>()?;
     module.add_class::<hlc::PyClock>()?;

@@ -1,0 +1,83 @@
+//! Appending to the active segment: a batch of records is framed into one buffer and written with
+//! one `write` and (when asked) one `fdatasync`.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use crate::log::format::{encode_frame, FRAME_HEADER_LEN, MAX_RECORD_LEN};
+use crate::log::segments::fatal;
+use crate::log::LogError;
+
+pub struct Encoder {
+    file: File,
+    path: PathBuf,
+    /// Where the next frame goes: just past the last written record.
+    offset: u64,
+    /// Reused between batches so appending allocates nothing in the steady state.
+    buffer: Vec<u8>,
+    /// Bytes written since the last sync.
+    unsynced: bool,
+}
+
+impl Encoder {
+    pub fn new(file: File, path: PathBuf, offset: u64) -> Self {
+        Self {
+            file,
+            path,
+            offset,
+            buffer: Vec::new(),
+            unsynced: false,
+        }
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes the batch will take on disk, or an error when one record is over the limit.
+    pub fn batch_len<P: AsRef<[u8]>>(payloads: &[P]) -> Result<u64, LogError> {
+        let mut total = 0u64;
+        for payload in payloads {
+            let len = payload.as_ref().len();
+            if len > MAX_RECORD_LEN {
+                return Err(LogError::RecordTooLarge(len));
+            }
+            total += (FRAME_HEADER_LEN + len) as u64;
+        }
+        Ok(total)
+    }
+
+    /// Writes `payloads` as records `first_seq, first_seq + 1, ...` in one `write`, then
+    /// `fdatasync`s when `sync`. A failed write or sync aborts the process: part of the batch may
+    /// be on disk, and only recovery may decide what to keep.
+    pub fn append<P: AsRef<[u8]>>(&mut self, first_seq: u64, payloads: &[P], sync: bool) {
+        self.buffer.clear();
+        for (seq, payload) in (first_seq..).zip(payloads) {
+            encode_frame(&mut self.buffer, seq, payload.as_ref());
+        }
+        if let Err(err) = self.file.write_all_at(&self.buffer, self.offset) {
+            fatal(&self.path, "write", &err);
+        }
+        self.offset += self.buffer.len() as u64;
+        self.unsynced = true;
+        if sync {
+            self.sync();
+        }
+        // Do not keep a buffer from one huge batch around for ever.
+        if self.buffer.capacity() > 4 << 20 {
+            self.buffer = Vec::new();
+        }
+    }
+
+    /// `fdatasync` of everything written so far; a failure aborts the process.
+    pub fn sync(&mut self) {
+        if !self.unsynced {
+            return;
+        }
+        if let Err(err) = self.file.sync_data() {
+            fatal(&self.path, "fdatasync", &err);
+        }
+        self.unsynced = false;
+    }
+}
