@@ -23,11 +23,14 @@ from hlc_oracle.skew import (
     SampleStatus,
     SkewConfig,
     SkewGuard,
+    SkewMetricsCollector,
     SkewMonitor,
     SkewStatus,
     combine_samples,
     query_server,
 )
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ntp.chrony import ChronyServer
 from tests.ntp.responder import Behaviour, NtpResponder
@@ -114,13 +117,26 @@ def test_server_parse_type() -> None:
         ({"history_size": 0}, ValueError, "history_size"),
         ({"jump_threshold_us": True}, TypeError, "jump_threshold_us"),
         ({"fatal_forward_jump": "yes"}, TypeError, "fatal_forward_jump"),
-        ({"servers": "127.0.0.1"}, TypeError, "servers"),
+        ({"servers": 42}, TypeError, "servers"),
         ({"servers": ["host:99999"]}, ValueError, "port"),
     ],
 )
 def test_config_rejects(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         SkewConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_config_comma_separated_servers() -> None:
+    # The form an environment variable or a command-line flag gives.
+    config = SkewConfig(servers="a:1, [::1]:2,b")  # type: ignore[arg-type]
+    assert config.servers == (NtpServer("a", 1), NtpServer("::1", 2), NtpServer("b"))
+
+
+def test_config_validates_after_field_changes() -> None:
+    config = SkewConfig()
+    config.poll_interval_s = -1
+    with pytest.raises(ValueError, match="poll_interval_s"):
+        SkewMonitor(config)
 
 
 def test_config_coerces_strings() -> None:
@@ -426,6 +442,28 @@ def test_listener_errors_do_not_stop_the_monitor(responder: NtpResponder) -> Non
         for _ in range(3):
             assert calls.acquire(timeout=5)
         assert monitor.running
+
+
+def test_prometheus_metrics(responder: NtpResponder) -> None:
+    responder.set(offset_s=2.0)
+    monitor = SkewMonitor(SkewConfig(servers=ntp(responder.address, "no-such-host.invalid")))
+    monitor.poll_once()
+    registry = CollectorRegistry()
+    registry.register(SkewMetricsCollector(monitor))
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    assert abs(samples[("hlc_oracle_clock_offset_seconds", ())] - 2.0) < 0.05
+    assert samples[("hlc_oracle_clock_skew_state", (("state", "unsafe"),))] == 1
+    assert samples[("hlc_oracle_clock_skew_serving", ())] == 0
+    good = (("result", "good"), ("server", responder.address))
+    bad = (("result", "unhealthy"), ("server", "no-such-host.invalid"))
+    assert samples[("hlc_oracle_ntp_samples_total", good)] == 1
+    assert samples[("hlc_oracle_ntp_samples_total", bad)] == 1
+    assert ("hlc_oracle_ntp_server_offset_seconds", (("server", responder.address),)) in samples
+    assert samples[("hlc_oracle_clock_wall_jumps_total", (("direction", "forward"),))] == 0
 
 
 def test_status_is_json(responder: NtpResponder) -> None:

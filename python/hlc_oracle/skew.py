@@ -47,10 +47,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import ntplib  # type: ignore[import-untyped]
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from hlc_oracle._core import SystemClock
 
@@ -70,6 +72,7 @@ __all__ = [
     "ServerState",
     "SkewConfig",
     "SkewGuard",
+    "SkewMetricsCollector",
     "SkewMonitor",
     "SkewStatus",
     "add_skew_arguments",
@@ -340,37 +343,65 @@ class GuardPolicy(enum.StrEnum):
     WARN = "warn"
 
 
-@dataclass(frozen=True)
-class SkewConfig:
-    """The NTP and skew-guard settings. Thresholds are fractions of the clock's max offset."""
+def _setting(default: Any, doc: str) -> Any:
+    # The same metadata as hlc_oracle.config.setting, so the ``[ntp]`` section documents itself.
+    return field(default=default, metadata={"doc": doc, "flag": None})
 
-    # NTP servers to poll; none means the guard stays ``unknown`` (with the ``unknown`` policy).
-    servers: tuple[NtpServer, ...] = ()
-    poll_interval_s: float = 16.0
-    timeout_s: float = 1.0
-    # Past this fraction of the max offset: state ``warning`` (logged, a metric, in GetStatus).
-    warning_fraction: float = 0.5
-    # Past this fraction: state ``unsafe``; NOT_SERVING under the ``refuse`` policy.
-    serving_fraction: float = 0.8
-    policy: GuardPolicy = GuardPolicy.REFUSE
-    unknown_policy: GuardPolicy = GuardPolicy.WARN
-    # ``unsafe`` is left only after the offset stayed under the serving level this long.
-    recovery_hold_s: float = 30.0
-    # A server's last good answer counts this long; ``None``: three poll intervals.
-    sample_max_age_s: float | None = None
-    # Wall-clock jumps against the monotonic clock; ``None``: half the max offset.
-    jump_threshold_us: int | None = None
-    fatal_forward_jump: bool = False
-    history_size: int = 64
+
+@dataclass
+class SkewConfig:
+    """The NTP and skew-guard settings: the ``[ntp]`` section of the oracle's configuration.
+
+    Thresholds are fractions of the clock's max offset. Strings are accepted for ``servers``
+    (``"HOST[:PORT]"``) and the policies; :meth:`validate` (also run on construction) converts
+    them and raises ``ValueError``/``TypeError`` naming the field.
+    """
+
+    servers: tuple[NtpServer, ...] = _setting(
+        (), "NTP servers to poll, HOST[:PORT] (none: the guard stays 'unknown')"
+    )
+    poll_interval_s: float = _setting(16.0, "seconds between two polls of every server")
+    timeout_s: float = _setting(1.0, "seconds to wait for one NTP answer")
+    warning_fraction: float = _setting(
+        0.5, "fraction of the max offset past which the offset is a warning"
+    )
+    serving_fraction: float = _setting(
+        0.8, "fraction of the max offset past which the node is unsafe (NOT_SERVING under refuse)"
+    )
+    # _setting only wraps dataclasses.field; the enum defaults are immutable.
+    policy: GuardPolicy = _setting(  # noqa: RUF009
+        GuardPolicy.REFUSE, "past the serving level: refuse (stop serving timestamps) or warn"
+    )
+    unknown_policy: GuardPolicy = _setting(  # noqa: RUF009
+        GuardPolicy.WARN, "when no NTP server answered usably: refuse or warn"
+    )
+    recovery_hold_s: float = _setting(
+        30.0, "seconds the offset must stay under the serving level before serving again"
+    )
+    sample_max_age_s: float | None = _setting(
+        None, "seconds a server's last good answer counts (unset: three poll intervals)"
+    )
+    jump_threshold_us: int | None = _setting(
+        None, "wall-clock jump against the monotonic clock that counts (unset: max offset / 2)"
+    )
+    fatal_forward_jump: bool = _setting(
+        False, "stop the process (SIGTERM) on a forward jump past the threshold"
+    )
+    history_size: int = _setting(64, "poll results kept in the history")
 
     def __post_init__(self) -> None:
-        servers = self.servers
-        if isinstance(servers, str | NtpServer) or not isinstance(servers, Iterable):
-            raise TypeError("skew servers must be a list of 'HOST[:PORT]' strings")
-        parsed = tuple(s if isinstance(s, NtpServer) else NtpServer.parse(s) for s in servers)
-        object.__setattr__(self, "servers", parsed)
-        object.__setattr__(self, "policy", _policy(self.policy, "policy"))
-        object.__setattr__(self, "unknown_policy", _policy(self.unknown_policy, "unknown_policy"))
+        self.validate()
+
+    def validate(self) -> None:
+        servers: Any = self.servers
+        if isinstance(servers, str):
+            # One string from an environment variable or a flag: comma-separated.
+            servers = [part for part in servers.split(",") if part.strip()]
+        if isinstance(servers, NtpServer) or not isinstance(servers, Iterable):
+            raise TypeError("servers must be a list of 'HOST[:PORT]' strings")
+        self.servers = tuple(s if isinstance(s, NtpServer) else NtpServer.parse(s) for s in servers)
+        self.policy = _policy(self.policy, "policy")
+        self.unknown_policy = _policy(self.unknown_policy, "unknown_policy")
         _check_seconds(self.poll_interval_s, "poll_interval_s", 0.01, 86_400)
         _check_seconds(self.timeout_s, "timeout_s", 0.001, 60)
         _check_seconds(self.recovery_hold_s, "recovery_hold_s", 0, 86_400)
@@ -649,6 +680,7 @@ class SkewMonitor:
     ) -> None:
         if not isinstance(config, SkewConfig):
             raise TypeError(f"config must be a SkewConfig, got {type(config).__name__}")
+        config.validate()  # a config section may have been filled field by field
         self.config = config
         self.guard = SkewGuard(config, max_offset_us)
         threshold = config.jump_threshold_us or max(1, max_offset_us // 2)
@@ -849,6 +881,119 @@ class SkewMonitor:
             backward_jumps=self.jumps.backward_jumps,
             last_poll_wall_s=self._last_poll_wall_s,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Prometheus
+
+
+class SkewMetricsCollector(Collector):
+    """Prometheus metrics read from :meth:`SkewMonitor.status` at scrape time (seconds, as
+    Prometheus prefers; the rest of this module speaks microseconds).
+
+    ``registry.register(SkewMetricsCollector(monitor))``.
+    """
+
+    def __init__(self, monitor: SkewMonitor) -> None:
+        self.monitor = monitor
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(None)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self.monitor.status())
+
+    def _families(self, status: SkewStatus | None) -> list[Metric]:
+        offset = GaugeMetricFamily(
+            "hlc_oracle_clock_offset_seconds",
+            "Combined NTP offset of the local clock (server - local; positive: local is behind)",
+        )
+        bound = GaugeMetricFamily(
+            "hlc_oracle_clock_offset_bound_seconds",
+            "Error bound of the combined offset: the truth is within offset +- bound",
+        )
+        levels = GaugeMetricFamily(
+            "hlc_oracle_clock_offset_level_seconds",
+            "Guard levels on the absolute offset",
+            labels=["level"],
+        )
+        state = GaugeMetricFamily(
+            "hlc_oracle_clock_skew_state",
+            "1 for the skew guard's current state (ok, warning, unsafe, unknown)",
+            labels=["state"],
+        )
+        serving = GaugeMetricFamily(
+            "hlc_oracle_clock_skew_serving", "1 while the skew guard lets the node serve"
+        )
+        server_offset = GaugeMetricFamily(
+            "hlc_oracle_ntp_server_offset_seconds",
+            "Offset in the last good answer of each NTP server",
+            labels=["server"],
+        )
+        server_delay = GaugeMetricFamily(
+            "hlc_oracle_ntp_server_delay_seconds",
+            "Round-trip delay of the last good answer of each NTP server",
+            labels=["server"],
+        )
+        server_stratum = GaugeMetricFamily(
+            "hlc_oracle_ntp_server_stratum",
+            "Stratum in the last good answer of each NTP server",
+            labels=["server"],
+        )
+        server_last_good = GaugeMetricFamily(
+            "hlc_oracle_ntp_server_last_good_timestamp_seconds",
+            "Unix time of the last good answer of each NTP server",
+            labels=["server"],
+        )
+        samples = CounterMetricFamily(
+            "hlc_oracle_ntp_samples",
+            "NTP queries by server and result (good, or unhealthy: timeout, garbage, ...)",
+            labels=["server", "result"],
+        )
+        polls = CounterMetricFamily("hlc_oracle_ntp_polls", "Poll rounds of the skew monitor")
+        jumps = CounterMetricFamily(
+            "hlc_oracle_clock_wall_jumps",
+            "Wall-clock jumps against the monotonic clock past the threshold",
+            labels=["direction"],
+        )
+        families = [
+            offset,
+            bound,
+            levels,
+            state,
+            serving,
+            server_offset,
+            server_delay,
+            server_stratum,
+            server_last_good,
+            samples,
+            polls,
+            jumps,
+        ]
+        if status is None:
+            return families
+        if status.estimate is not None:
+            offset.add_metric([], status.estimate.offset_us / 1e6)
+            bound.add_metric([], status.estimate.bound_us / 1e6)
+        levels.add_metric(["warning"], status.warning_level_us / 1e6)
+        levels.add_metric(["serving"], status.serving_level_us / 1e6)
+        levels.add_metric(["max_offset"], status.max_offset_us / 1e6)
+        for candidate in GuardState:
+            state.add_metric([candidate.value], 1.0 if candidate is status.state else 0.0)
+        serving.add_metric([], 1.0 if status.serving else 0.0)
+        for server in status.servers:
+            good = server.last_good
+            if good is not None and good.offset_us is not None:
+                server_offset.add_metric([server.server], good.offset_us / 1e6)
+                server_delay.add_metric([server.server], (good.delay_us or 0) / 1e6)
+                server_stratum.add_metric([server.server], float(good.stratum or 0))
+                server_last_good.add_metric([server.server], good.wall_s)
+            samples.add_metric([server.server, "good"], float(server.good_samples))
+            samples.add_metric([server.server, "unhealthy"], float(server.bad_samples))
+        polls.add_metric([], float(status.polls))
+        jumps.add_metric(["forward"], float(status.forward_jumps))
+        jumps.add_metric(["backward"], float(status.backward_jumps))
+        return families
 
 
 # --------------------------------------------------------------------------------------------
