@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup system build serve test lint rust-test python-test bench bench-smoke clean
+.PHONY: setup system build proto serve test lint rust-test python-test bench bench-smoke clean
 
 setup: system build
 
@@ -20,6 +20,12 @@ $(PYTHON):
 # Builds the extension in release mode and installs the package (editable) with its dev extras.
 build: $(PYTHON)
 	$(BIN)/maturin develop --release --extras dev --quiet
+	$(MAKE) proto
+
+# Generated protobuf modules (not checked in): python/hlc_oracle/proto/*_pb2.py and .pyi.
+PROTOS := $(wildcard python/hlc_oracle/proto/*.proto)
+proto:
+	$(PYTHON) -m grpc_tools.protoc -I python --python_out=python --pyi_out=python $(PROTOS)
 
 serve: setup
 	$(BIN)/hlc-oracle serve
@@ -31,7 +37,7 @@ lint: build
 	$(BIN)/ruff check python tests bench
 	$(BIN)/ruff format --check python tests bench
 	$(BIN)/mypy python/hlc_oracle
-	$(PYTHON) -m mypy.stubtest hlc_oracle --allowlist stubtest-allowlist.txt
+	$(PYTHON) -m mypy.stubtest hlc_oracle --allowlist stubtest-allowlist.txt --mypy-config-file pyproject.toml
 
 rust-test:
 	cargo test

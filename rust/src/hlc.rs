@@ -7,7 +7,11 @@
 //! - `update(remote)` returns a timestamp greater than `remote`, unless `remote.physical` is ahead
 //!   of the local physical clock by more than `max_offset_us`: then it fails with
 //!   [`ClockError::Skew`] and the clock is unchanged;
-//! - a clock built with a `floor` only returns timestamps strictly above it (restore after restart).
+//! - a clock built with a `floor` only returns timestamps strictly above it (restore after restart);
+//! - a clock with a ceiling never returns a timestamp whose physical part passes it: the call fails
+//!   with [`ClockError::CeilingReached`] and the clock is unchanged. The ceiling only rises
+//!   ([`Clock::raise_ceiling`]); a server raises it only after durably saving the new limit, so
+//!   the saved limit bounds everything handed out (TiDB PD's persisted timestamp window).
 //!
 //! Assumption: physical clocks of communicating nodes agree within `max_offset_us`. The clock
 //! enforces it only on receive; measuring it is the skew monitor's job.
@@ -136,6 +140,11 @@ pub enum ClockError {
     InvalidReserve(u64),
     /// The 64-bit timestamp space is used up (physical would pass the year 2112).
     Exhausted,
+    /// Handing out the timestamp would pass the clock's ceiling (its persisted window).
+    CeilingReached {
+        needed_physical: u64,
+        ceiling_physical: u64,
+    },
     PhysicalOutOfRange(i128),
 }
 
@@ -158,6 +167,14 @@ impl fmt::Display for ClockError {
             Self::Exhausted => write!(
                 f,
                 "the clock has reached the largest representable timestamp (physical {MAX_PHYSICAL})"
+            ),
+            Self::CeilingReached {
+                needed_physical,
+                ceiling_physical,
+            } => write!(
+                f,
+                "timestamp physical={needed_physical} would pass the clock's ceiling \
+                 physical={ceiling_physical} (the persisted window has not been extended yet)"
             ),
             Self::PhysicalOutOfRange(us) => write!(
                 f,
@@ -227,6 +244,8 @@ pub struct ClockConfig {
     /// (a thread may be descheduled between reading the clock and recording it), so small drops
     /// are noise; CockroachDB uses max offset / 10 for the same check.
     pub backward_jump_tolerance_us: u64,
+    /// Largest physical part the clock may hand out; `None` means no ceiling.
+    pub ceiling_physical: Option<u64>,
 }
 
 impl ClockConfig {
@@ -237,6 +256,7 @@ impl ClockConfig {
             source: PhysicalSource::System,
             floor: None,
             backward_jump_tolerance_us: max_offset_us / 10,
+            ceiling_physical: None,
         }
     }
 }
@@ -248,6 +268,8 @@ pub struct Clock {
     /// Highest physical reading seen, for counting backward jumps.
     last_physical: AtomicU64,
     backward_jumps: AtomicU64,
+    /// Largest packed value the clock may hand out (`u64::MAX`: no ceiling). Only rises.
+    ceiling: AtomicU64,
     node: u16,
     max_offset_us: u64,
     backward_jump_tolerance_us: u64,
@@ -260,6 +282,7 @@ impl Clock {
             state: AtomicU64::new(config.floor.map_or(0, Timestamp::packed)),
             last_physical: AtomicU64::new(0),
             backward_jumps: AtomicU64::new(0),
+            ceiling: AtomicU64::new(config.ceiling_physical.map_or(u64::MAX, ceiling_packed)),
             node: config.node,
             max_offset_us: config.max_offset_us,
             backward_jump_tolerance_us: config.backward_jump_tolerance_us,
@@ -287,6 +310,22 @@ impl Clock {
     /// The latest timestamp returned or observed (the floor before any), without advancing.
     pub fn last(&self) -> Timestamp {
         Timestamp::from_packed(self.state.load(Ordering::Acquire), self.node)
+    }
+
+    /// The largest physical part this clock may hand out, or `None` without a ceiling.
+    pub fn ceiling_physical(&self) -> Option<u64> {
+        let ceiling = self.ceiling.load(Ordering::Acquire);
+        (ceiling != u64::MAX).then_some(ceiling >> LOGICAL_BITS)
+    }
+
+    /// Raises the ceiling to `physical` (never lowers it, and a clock without a ceiling stays
+    /// without); returns the ceiling now in force. Call it only after the new limit is durable.
+    pub fn raise_ceiling(&self, physical: u64) -> Result<u64, ClockError> {
+        check_physical(physical)?;
+        let previous = self
+            .ceiling
+            .fetch_max(ceiling_packed(physical), Ordering::AcqRel);
+        Ok(previous.max(ceiling_packed(physical)) >> LOGICAL_BITS)
     }
 
     /// Reads the physical clock, counting backward jumps.
@@ -355,6 +394,14 @@ impl Clock {
                 .ok_or(ClockError::Exhausted)?
                 .max(physical_floor);
             let last = first.checked_add(count - 1).ok_or(ClockError::Exhausted)?;
+            // A stale (lower) ceiling only refuses more, so one load per attempt is enough.
+            let ceiling = self.ceiling.load(Ordering::Acquire);
+            if last > ceiling {
+                return Err(ClockError::CeilingReached {
+                    needed_physical: last >> LOGICAL_BITS,
+                    ceiling_physical: ceiling >> LOGICAL_BITS,
+                });
+            }
             match self.state.compare_exchange_weak(
                 current,
                 last,
@@ -366,6 +413,11 @@ impl Clock {
             }
         }
     }
+}
+
+/// The packed value of the last timestamp within a physical microsecond.
+fn ceiling_packed(physical: u64) -> u64 {
+    (physical.min(MAX_PHYSICAL) << LOGICAL_BITS) | crate::timestamp::MAX_LOGICAL
 }
 
 #[cfg(test)]
@@ -527,6 +579,59 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), count);
+    }
+
+    #[test]
+    fn ceiling_refuses_and_leaves_clock_unchanged_until_raised() {
+        let (unbounded, _) = manual_clock(1_000, None);
+        assert_eq!(unbounded.ceiling_physical(), None);
+        // Without a ceiling there is nothing to raise: it stays unbounded.
+        assert_eq!(unbounded.raise_ceiling(1_001).unwrap(), MAX_PHYSICAL);
+        assert_eq!(unbounded.ceiling_physical(), None);
+
+        let physical = Arc::new(ManualClock::new(1_000).unwrap());
+        let mut config = ClockConfig::new(NODE, 500);
+        config.source = PhysicalSource::Manual(physical.clone());
+        config.ceiling_physical = Some(1_000);
+        let clock = Clock::new(config);
+        assert_eq!(clock.raise_ceiling(1_001).unwrap(), 1_001);
+        let first = clock.now().unwrap();
+        assert_eq!(first, ts(1_000, 0));
+        // The whole of microsecond 1_001 is usable, nothing past it.
+        let range = clock.reserve(2 * (MAX_LOGICAL + 1) - 1).unwrap();
+        assert_eq!(range.last(), ts(1_001, MAX_LOGICAL));
+        let before = clock.last();
+        let refused = ClockError::CeilingReached {
+            needed_physical: 1_002,
+            ceiling_physical: 1_001,
+        };
+        assert_eq!(clock.now(), Err(refused.clone()));
+        assert_eq!(clock.reserve(1), Err(refused.clone()));
+        assert_eq!(clock.update(remote(1_002, 0)), Err(refused));
+        physical.set(5_000).unwrap();
+        assert!(matches!(
+            clock.now(),
+            Err(ClockError::CeilingReached {
+                needed_physical: 5_000,
+                ..
+            })
+        ));
+        assert_eq!(clock.last(), before);
+        // Lowering is ignored; raising lets the clock move on.
+        assert_eq!(clock.raise_ceiling(10).unwrap(), 1_001);
+        assert_eq!(clock.raise_ceiling(6_000).unwrap(), 6_000);
+        assert_eq!(clock.now().unwrap(), ts(5_000, 0));
+        assert!(clock.raise_ceiling(MAX_PHYSICAL + 1).is_err());
+    }
+
+    #[test]
+    fn ceiling_from_config() {
+        let mut config = ClockConfig::new(NODE, 500);
+        config.source = PhysicalSource::Manual(Arc::new(ManualClock::new(100).unwrap()));
+        config.ceiling_physical = Some(99);
+        let clock = Clock::new(config);
+        assert_eq!(clock.ceiling_physical(), Some(99));
+        assert!(clock.now().is_err());
     }
 
     #[test]

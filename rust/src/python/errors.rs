@@ -28,3 +28,9 @@ create_exception!(
     CommitLogError,
     "Acknowledged commit-log data is damaged; the message names the file and offset."
 );
+create_exception!(
+    hlc_oracle,
+    CeilingReachedError,
+    HlcError,
+    "A timestamp would pass the clock's ceiling (its persisted window): extend the window first."
+);

@@ -9,7 +9,7 @@ use pyo3::types::{PyBool, PyBytes, PyInt, PyTuple, PyType};
 use crate::hlc::{
     Clock, ClockConfig, ClockError, ManualClock, PhysicalSource, TimestampRange, MAX_RESERVE,
 };
-use crate::python::errors::{ClockSkewError, HlcError};
+use crate::python::errors::{CeilingReachedError, ClockSkewError, HlcError};
 use crate::timestamp::{Timestamp, TimestampError};
 
 impl From<TimestampError> for PyErr {
@@ -26,6 +26,7 @@ impl From<ClockError> for PyErr {
                 PyValueError::new_err(err.to_string())
             }
             ClockError::Exhausted => HlcError::new_err(err.to_string()),
+            ClockError::CeilingReached { .. } => CeilingReachedError::new_err(err.to_string()),
         }
     }
 }
@@ -356,6 +357,7 @@ impl PyClock {
         floor = None,
         *,
         backward_jump_tolerance_us = None,
+        ceiling_physical = None,
     ))]
     fn py_new(
         py: Python<'_>,
@@ -364,12 +366,18 @@ impl PyClock {
         physical_clock: Option<&Bound<'_, PyAny>>,
         floor: Option<&Bound<'_, PyAny>>,
         backward_jump_tolerance_us: Option<&Bound<'_, PyAny>>,
+        ceiling_physical: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let node = node.map_or(Ok(0), node_arg)?;
         let max_offset_us = max_offset_us.map_or(Ok(500_000), |v| u64_arg(v, "max_offset_us"))?;
         let mut config = ClockConfig::new(node, max_offset_us);
         if let Some(tolerance) = backward_jump_tolerance_us {
             config.backward_jump_tolerance_us = u64_arg(tolerance, "backward_jump_tolerance_us")?;
+        }
+        if let Some(ceiling) = ceiling_physical.filter(|c| !c.is_none()) {
+            let ceiling = u64_arg(ceiling, "ceiling_physical")?;
+            Timestamp::new(ceiling, 0, 0)?;
+            config.ceiling_physical = Some(ceiling);
         }
         let physical_clock = match physical_clock {
             None => Bound::new(py, PySystemClock)?.into_any(),
@@ -430,6 +438,20 @@ impl PyClock {
     /// The latest timestamp returned or observed (the floor before any), without advancing.
     fn last(&self) -> PyTimestamp {
         PyTimestamp(self.clock.last())
+    }
+
+    /// Raises the ceiling (largest physical part handed out) to `physical`; never lowers it.
+    /// Returns the ceiling in force. Raise it only after the new limit is durable.
+    fn raise_ceiling(&self, physical: &Bound<'_, PyAny>) -> PyResult<u64> {
+        Ok(self
+            .clock
+            .raise_ceiling(u64_arg(physical, "ceiling_physical")?)?)
+    }
+
+    /// The largest physical part this clock may hand out, or `None` without a ceiling.
+    #[getter]
+    fn ceiling_physical(&self) -> Option<u64> {
+        self.clock.ceiling_physical()
     }
 
     /// Reads the physical clock this HLC uses, in microseconds since the Unix epoch.

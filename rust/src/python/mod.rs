@@ -17,6 +17,10 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     module.add_class::<log::PyCommitLog>()?;
     module.add_class::<log::PyLogRecovery>()?;
+    module.add(
+        "CeilingReachedError",
+        py.get_type::<errors::CeilingReachedError>(),
+    )?;
     module.add_class::<hlc::PyTimestamp>()?;
     module.add_class::<hlc::PyTimestampRange>()?;
     module.add_class::<hlc::PyClock>()?;

@@ -1,0 +1,336 @@
+"""The ``hlc-oracle`` command: ``serve``, ``now``, ``status``, ``bench``.
+
+Exit codes: 0 success; 1 the oracle failed the request or could not start; 2 bad usage or
+configuration; 3 the oracle could not be reached (``UNAVAILABLE`` after retries, or timeout);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+
+from hlc_oracle import config as config_module
+from hlc_oracle.client import (
+    AsyncOracleClient,
+    OracleClient,
+    OracleError,
+    OracleTimeoutError,
+    OracleUnavailableError,
+    RetryPolicy,
+    channel_credentials,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (also HLC_ORACLE_CONFIG); "
+        "flags > HLC_ORACLE_* env > file > defaults",
+    )
+    defaults = config_module.OracleConfig()
+    for section_name, section in config_module.sections(defaults):
+        for f in config_module.fields_of(section):
+            flag = f.metadata.get("flag")
+            if not flag:
+                continue
+            env = config_module.environment_variable(section_name, f.name)
+            parser.add_argument(
+                flag,
+                dest=f"{section_name}.{f.name}",
+                metavar=f.name.upper(),
+                help=f"{f.metadata['doc']} (default {getattr(section, f.name)!r}; {env})",
+            )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="any setting, e.g. --set window.size_ms=5000 (see the example config in deploy/)",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            section, name = key.split(".", 1)
+            overrides.setdefault(section, {})[name] = value
+    for item in args.set:
+        key, equals, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not equals or not dot:
+            raise config_module.ConfigError(f"--set takes SECTION.FIELD=VALUE, got {item!r}")
+        overrides.setdefault(section, {})[name] = value
+    return overrides
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target", default="127.0.0.1:50051", help="oracle address host:port (default %(default)s)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds per call (default %(default)s)"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=3, help="attempts on UNAVAILABLE (default %(default)s)"
+    )
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA bundle: connect with TLS")
+    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", type=Path, help="PEM client key (mutual TLS)")
+
+
+def _client_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    credentials = None
+    if args.tls_ca or args.tls_cert:
+        credentials = channel_credentials(args.tls_ca, args.tls_key, args.tls_cert)
+    if args.retries < 1:
+        raise config_module.ConfigError(f"--retries must be at least 1, got {args.retries}")
+    return {
+        "timeout": args.timeout,
+        "retry": RetryPolicy(attempts=args.retries),
+        "credentials": credentials,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hlc-oracle",
+        description="Hybrid-logical-clock timestamp oracle: serve it, or ask one for timestamps.",
+        epilog="Exit codes: 0 ok, 1 request failed or server could not start, 2 bad usage or "
+        "configuration, 3 oracle unreachable or timed out, 130 interrupted.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run an oracle node (no arguments: the embedded default on 127.0.0.1:50051)",
+        description="Run one oracle node until SIGTERM/SIGINT (graceful shutdown, exit 0).",
+    )
+    _serve_arguments(serve)
+
+    now = commands.add_parser("now", help="print timestamps from an oracle")
+    now.add_argument("--count", type=int, default=1, help="how many (default %(default)s)")
+    now.add_argument("--json", action="store_true", help="print JSON")
+    _client_arguments(now)
+
+    status = commands.add_parser("status", help="print an oracle's status")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    _client_arguments(status)
+
+    bench = commands.add_parser(
+        "bench", help="load generator: throughput and latency percentiles of an oracle"
+    )
+    bench.add_argument(
+        "--mode",
+        choices=("merged", "unary"),
+        default="merged",
+        help="merged: concurrent get_timestamp() callers (client merging); unary: GetTimestamps "
+        "calls of --count (default %(default)s)",
+    )
+    bench.add_argument("--concurrency", type=int, default=64, help="callers (default %(default)s)")
+    bench.add_argument("--count", type=int, default=1, help="count per unary call")
+    bench.add_argument(
+        "--requests", type=int, default=100_000, help="calls in all (default %(default)s)"
+    )
+    bench.add_argument(
+        "--duration", type=float, default=30.0, help="stop after this many seconds at most"
+    )
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _client_arguments(bench)
+    return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hlc_oracle.server import StartupError, serve
+    from hlc_oracle.server.logs import configure
+    from hlc_oracle.server.window import WindowFileError
+
+    config = config_module.load(args.config, overrides=_overrides(args))
+    configure(config.log.level, config.log.format)
+    try:
+        asyncio.run(serve(config))
+    except (StartupError, WindowFileError) as err:
+        print(f"hlc-oracle serve: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_now(args: argparse.Namespace) -> int:
+    with OracleClient(args.target, **_client_kwargs(args)) as client:
+        if args.count == 1:
+            timestamps = [client.get_timestamp()]
+        else:
+            timestamps = list(client.get_timestamps(args.count))
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"physical": t.physical, "logical": t.logical, "node": t.node, "text": str(t)}
+                    for t in timestamps
+                ]
+            )
+        )
+    else:
+        for ts in timestamps:
+            print(ts)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with OracleClient(args.target, **_client_kwargs(args)) as client:
+        status = client.status()
+    fields = {
+        f.name: getattr(status, f.name) for f in dataclasses.fields(status) if f.name != "message"
+    }
+    fields["last_timestamp"] = str(status.last_timestamp)
+    if args.json:
+        print(json.dumps(fields))
+    else:
+        width = max(len(name) for name in fields)
+        for name, value in fields.items():
+            print(f"{name:<{width}}  {value}")
+    return EXIT_OK if status.serving else EXIT_FAILED
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal stream (nothing when disabled)."""
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.total = total
+        self.stream = stream
+        self.enabled = enabled
+        self._last = 0.0
+
+    def update(self, done: int, started: float, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self._last < 0.2):
+            return
+        self._last = now
+        fraction = min(done / self.total, 1.0)
+        filled = int(fraction * 30)
+        rate = done / max(now - started, 1e-9)
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} {rate:,.0f} calls/s"
+        )
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(int(fraction * len(sorted_values)), len(sorted_values) - 1)
+    return sorted_values[index]
+
+
+async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs the load; returns calls, timestamps, seconds, throughput and latency percentiles."""
+    if args.concurrency < 1 or args.requests < 1 or args.count < 1:
+        raise config_module.ConfigError("--concurrency, --requests and --count must be at least 1")
+    latencies: list[float] = []
+    issued = 0
+    deadline = time.perf_counter() + args.duration
+    progress = ProgressBar(args.requests, sys.stderr, not args.no_progress and sys.stderr.isatty())
+    async with AsyncOracleClient(args.target, **_client_kwargs(args)) as client:
+        await client.status()  # fail fast, and open the connection outside the timing
+
+        async def caller() -> None:
+            nonlocal issued
+            while issued < args.requests and time.perf_counter() < deadline:
+                issued += 1
+                started = time.perf_counter()
+                if args.mode == "merged":
+                    await client.get_timestamp()
+                else:
+                    await client.get_timestamps(args.count)
+                latencies.append(time.perf_counter() - started)
+                progress.update(len(latencies), begin)
+
+        begin = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(args.concurrency)))
+        elapsed = time.perf_counter() - begin
+        progress.update(len(latencies), begin, force=True)
+        progress.finish()
+        batches = client.batches
+    latencies.sort()
+    per_call = 1 if args.mode == "merged" else args.count
+    return {
+        "mode": args.mode,
+        "concurrency": args.concurrency,
+        "calls": len(latencies),
+        "timestamps": len(latencies) * per_call,
+        "seconds": round(elapsed, 3),
+        "calls_per_second": round(len(latencies) / elapsed),
+        "timestamps_per_second": round(len(latencies) * per_call / elapsed),
+        "merged_requests": batches,
+        "latency_us": {
+            name: round(percentile(latencies, q) * 1e6, 1)
+            for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+        },
+    }
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    result = asyncio.run(run_bench(args))
+    latency = result["latency_us"]
+    print(
+        f"{result['calls']} calls ({result['timestamps']} timestamps) in {result['seconds']} s: "
+        f"{result['calls_per_second']:,} calls/s, {result['timestamps_per_second']:,} timestamps/s"
+    )
+    print(
+        f"latency us: p50 {latency['p50']}  p90 {latency['p90']}  p99 {latency['p99']}  "
+        f"max {latency['max']}"
+    )
+    print(json.dumps(result))
+    return EXIT_OK
+
+
+COMMANDS = {"serve": cmd_serve, "now": cmd_now, "status": cmd_status, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except config_module.ConfigError as err:
+        print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OracleUnavailableError, OracleTimeoutError) as err:
+        print(f"hlc-oracle {args.command}: cannot reach {args.target}: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except OracleError as err:
+        if err.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except (TypeError, ValueError) as err:
+        print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""Clients of the ``hlc_oracle.v1.TimestampOracle`` service.
+
+- :class:`AsyncOracleClient` (asyncio) and :class:`OracleClient` (blocking, thread-safe; it runs an
+  :class:`AsyncOracleClient` on a private event-loop thread).
+- ``get_timestamp()`` calls made concurrently from one process are merged, as TiDB PD's client
+  does: :class:`TimestampBatcher` collects the callers waiting while a request is in flight, asks
+  for all of them in one message on one stream (``count`` = number of callers), and splits the
+  range back, so each caller still gets a distinct timestamp.
+- ``get_timestamps(n)`` is one unary call returning a :class:`~hlc_oracle.TimestampRange`.
+- Every call has a timeout; ``UNAVAILABLE`` is retried with exponential backoff and jitter.
+  Failures raise :class:`OracleError` (or a subclass) carrying the gRPC status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+
+from hlc_oracle import HlcError, Timestamp, TimestampRange
+from hlc_oracle.proto import oracle_pb2 as pb
+
+T = TypeVar("T")
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+_SERVICE = "/hlc_oracle.v1.TimestampOracle/"
+
+
+class OracleError(HlcError):
+    """The oracle answered with a non-OK status (``code``), or could not be reached."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class OracleUnavailableError(OracleError):
+    """The oracle is not serving or cannot be reached (``UNAVAILABLE``), after all retries."""
+
+
+class OracleTimeoutError(OracleError):
+    """The call did not finish within the client's timeout (``DEADLINE_EXCEEDED``)."""
+
+
+def error_from_rpc(err: grpc.RpcError) -> OracleError:
+    code: grpc.StatusCode = err.code()
+    details: str = err.details() or ""
+    kind = {
+        grpc.StatusCode.UNAVAILABLE: OracleUnavailableError,
+        grpc.StatusCode.DEADLINE_EXCEEDED: OracleTimeoutError,
+    }.get(code, OracleError)
+    return kind(code, details)
+
+
+def timestamp_from_wire(message: pb.Timestamp) -> Timestamp:
+    return Timestamp(message.physical, message.logical, message.node)
+
+
+def timestamp_to_wire(ts: Timestamp) -> pb.Timestamp:
+    return pb.Timestamp(physical=ts.physical, logical=ts.logical, node=ts.node)
+
+
+def range_from_wire(message: pb.GetTimestampsResponse) -> TimestampRange:
+    return TimestampRange(timestamp_from_wire(message.first), message.count)
+
+
+@dataclass(frozen=True)
+class OracleStatus:
+    """``GetStatus``: the node's identity, clock and window. ``message`` holds every field."""
+
+    node_id: int
+    role: str
+    last_timestamp: Timestamp
+    persisted_window_us: int
+    uptime_seconds: float
+    version: str
+    max_offset_us: int
+    backward_jumps: int
+    physical_now_us: int
+    serving: bool
+    not_serving_reason: str
+    max_count: int
+    message: pb.GetStatusResponse
+
+    @classmethod
+    def from_wire(cls, message: pb.GetStatusResponse) -> OracleStatus:
+        return cls(
+            node_id=message.node_id,
+            role=message.role,
+            last_timestamp=timestamp_from_wire(message.last_timestamp),
+            persisted_window_us=message.persisted_window_us,
+            uptime_seconds=message.uptime_seconds,
+            version=message.version,
+            max_offset_us=message.clock.max_offset_us,
+            backward_jumps=message.clock.backward_jumps,
+            physical_now_us=message.clock.physical_now_us,
+            serving=message.serving,
+            not_serving_reason=message.not_serving_reason,
+            max_count=message.max_count,
+            message=message,
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of ``UNAVAILABLE``: ``attempts`` tries in all, sleeping ``initial_backoff_s``,
+    doubling up to ``max_backoff_s``, each sleep with up to 50% random jitter."""
+
+    attempts: int = 5
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+
+    def delays(self) -> list[float]:
+        delay = self.initial_backoff_s
+        result = []
+        for _ in range(self.attempts - 1):
+            result.append(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, self.max_backoff_s)
+        return result
+
+
+async def with_retries(policy: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
+    """``await call()``, retried on ``UNAVAILABLE``; gRPC failures become :class:`OracleError`."""
+    for delay in [*policy.delays(), None]:
+        try:
+            return await call()
+        except grpc.RpcError as err:
+            error = error_from_rpc(err)
+        except OracleUnavailableError as err:
+            error = err
+        if not isinstance(error, OracleUnavailableError) or delay is None:
+            raise error
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class TimestampBatcher:
+    """Merges concurrent :meth:`get` calls into one ``fetch(count)`` and splits the range back.
+
+    While a fetch is in flight, new callers queue; when it returns, all queued callers (up to
+    ``max_batch``) go out in the next fetch. Each caller gets its own timestamp of the range, in
+    the order the callers arrived; a failed fetch fails every caller of that batch.
+    """
+
+    def __init__(
+        self, fetch: Callable[[int], Awaitable[TimestampRange]], max_batch: int = 100_000
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self._fetch = fetch
+        self._max_batch = max_batch
+        self._waiting: collections.deque[asyncio.Future[Timestamp]] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0  # fetches made, for tests and statistics
+
+    def get(self) -> asyncio.Future[Timestamp]:
+        """A future resolved with one timestamp of the next batch."""
+        future: asyncio.Future[Timestamp] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        return future
+
+    async def _drain(self) -> None:
+        waiting = self._waiting
+        try:
+            while waiting:
+                size = min(len(waiting), self._max_batch)
+                batch = [waiting.popleft() for _ in range(size)]
+                self.batches += 1
+                try:
+                    timestamps = await self._fetch(size)
+                except BaseException as err:  # every caller of the batch must hear about it
+                    for future in batch:
+                        if not future.done():
+                            future.set_exception(err)
+                    if isinstance(err, asyncio.CancelledError):
+                        raise
+                    continue
+                for future, ts in zip(batch, timestamps, strict=True):
+                    if not future.done():  # a cancelled caller's timestamp is simply unused
+                        future.set_result(ts)
+        finally:
+            self._task = None
+
+    async def close(self) -> None:
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        error = OracleUnavailableError(grpc.StatusCode.CANCELLED, "client closed")
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+
+class TimestampStream:
+    """One ``StreamTimestamps`` call carrying pipelined requests; answers match in FIFO order.
+
+    The call is opened on first use and reopened after it fails.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._method = channel.stream_stream(
+            _SERVICE + "StreamTimestamps",
+            request_serializer=pb.GetTimestampsRequest.SerializeToString,
+            response_deserializer=pb.GetTimestampsResponse.FromString,
+        )
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: collections.deque[asyncio.Future[TimestampRange]] = collections.deque()
+
+    async def request(self, count: int, timeout: float) -> TimestampRange:
+        if self._call is None:
+            self._call = self._method()
+            self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
+        call = self._call
+        future: asyncio.Future[TimestampRange] = asyncio.get_running_loop().create_future()
+        self._pending.append(future)
+        try:
+            await call.write(pb.GetTimestampsRequest(count=count))
+        except grpc.RpcError as err:
+            self._fail(call, err)
+        except asyncio.InvalidStateError:
+            self._fail(call, OracleUnavailableError(grpc.StatusCode.UNAVAILABLE, "stream closed"))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            # The stream's answers can no longer be matched to callers: start a new one.
+            self._fail(
+                call,
+                OracleTimeoutError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout} s"
+                ),
+            )
+            raise OracleTimeoutError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout} s"
+            ) from None
+
+    async def _read(self, call: Any) -> None:
+        try:
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    raise OracleUnavailableError(
+                        grpc.StatusCode.UNAVAILABLE, "the server closed the stream"
+                    )
+                future = self._pending.popleft()
+                if not future.done():
+                    future.set_result(range_from_wire(response))
+        except grpc.RpcError as err:
+            self._fail(call, err)
+        except OracleError as err:
+            self._fail(call, err)
+        except asyncio.CancelledError:
+            self._fail(call, OracleUnavailableError(grpc.StatusCode.CANCELLED, "stream closed"))
+            raise
+
+    def _fail(self, call: Any, err: BaseException) -> None:
+        if call is not self._call:
+            return
+        error = error_from_rpc(err) if isinstance(err, grpc.RpcError) else err
+        self._call = None
+        call.cancel()
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        pending, self._pending = self._pending, collections.deque()
+        for future in pending:
+            if not future.done():
+                future.set_exception(error)
+
+    async def close(self) -> None:
+        call = self._call
+        if call is not None:
+            self._fail(call, OracleUnavailableError(grpc.StatusCode.CANCELLED, "client closed"))
+
+
+def channel_credentials(
+    root_certificates: Path | bytes | None,
+    private_key: Path | bytes | None = None,
+    certificate_chain: Path | bytes | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS credentials from PEM files or bytes (key and chain for mutual TLS)."""
+
+    def read(value: Path | bytes | None) -> bytes | None:
+        return value.read_bytes() if isinstance(value, Path) else value
+
+    return grpc.ssl_channel_credentials(
+        read(root_certificates), read(private_key), read(certificate_chain)
+    )
+
+
+class AsyncOracleClient:
+    """asyncio client. Use ``async with AsyncOracleClient(target) as client:``.
+
+    ``timeout`` bounds every call (seconds); ``retry`` governs retries of ``UNAVAILABLE``;
+    ``credentials`` (see :func:`channel_credentials`) switches to TLS; ``max_batch`` caps how many
+    ``get_timestamp()`` callers share one request.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_batch: int = 100_000,
+        options: list[tuple[str, Any]] | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        self._get_timestamps = self._channel.unary_unary(
+            _SERVICE + "GetTimestamps",
+            request_serializer=pb.GetTimestampsRequest.SerializeToString,
+            response_deserializer=pb.GetTimestampsResponse.FromString,
+        )
+        self._observe = self._channel.unary_unary(
+            _SERVICE + "Observe",
+            request_serializer=pb.ObserveRequest.SerializeToString,
+            response_deserializer=pb.ObserveResponse.FromString,
+        )
+        self._status = self._channel.unary_unary(
+            _SERVICE + "GetStatus",
+            request_serializer=pb.GetStatusRequest.SerializeToString,
+            response_deserializer=pb.GetStatusResponse.FromString,
+        )
+        self._stream = TimestampStream(self._channel)
+        self._batcher = TimestampBatcher(self._fetch_for_batch, max_batch=max_batch)
+
+    async def _fetch_for_batch(self, count: int) -> TimestampRange:
+        return await with_retries(self.retry, lambda: self._stream.request(count, self.timeout))
+
+    def get_timestamp(self) -> Awaitable[Timestamp]:
+        """One timestamp; concurrent callers share one stream message."""
+        return self._batcher.get()
+
+    async def get_timestamps(self, count: int) -> TimestampRange:
+        """``count`` consecutive timestamps in one unary call."""
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise TypeError(f"count must be an int, got {type(count).__name__}")
+        request = pb.GetTimestampsRequest(count=count) if 0 <= count < 2**32 else None
+        if request is None:
+            raise ValueError(f"count must be in 1..2**32-1, got {count}")
+        response = await with_retries(
+            self.retry, lambda: self._get_timestamps(request, timeout=self.timeout)
+        )
+        return range_from_wire(response)
+
+    async def observe(self, remote: Timestamp) -> Timestamp:
+        """Receive event on the oracle's clock; returns its new timestamp (above ``remote``)."""
+        if not isinstance(remote, Timestamp):
+            raise TypeError(f"remote must be a Timestamp, got {type(remote).__name__}")
+        request = pb.ObserveRequest(remote=timestamp_to_wire(remote))
+        response = await with_retries(
+            self.retry, lambda: self._observe(request, timeout=self.timeout)
+        )
+        return timestamp_from_wire(response.timestamp)
+
+    async def status(self) -> OracleStatus:
+        response = await with_retries(
+            self.retry, lambda: self._status(pb.GetStatusRequest(), timeout=self.timeout)
+        )
+        return OracleStatus.from_wire(response)
+
+    @property
+    def batches(self) -> int:
+        """How many merged requests ``get_timestamp()`` has sent so far."""
+        return self._batcher.batches
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        await self._stream.close()
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class OracleClient:
+    """Blocking client; safe to share between threads. ``with OracleClient(target) as client:``.
+
+    It drives an :class:`AsyncOracleClient` on its own event-loop thread, so concurrent
+    ``get_timestamp()`` calls from many threads are merged in the same way. Arguments are those of
+    :class:`AsyncOracleClient`.
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="hlc-oracle-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+        async def build() -> AsyncOracleClient:
+            return AsyncOracleClient(target, **kwargs)
+
+        try:
+            self._client = self._run(build())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coroutine.close()
+            raise OracleError(grpc.StatusCode.CANCELLED, "client closed")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    @property
+    def target(self) -> str:
+        return self._client.target
+
+    def get_timestamp(self) -> Timestamp:
+        async def one() -> Timestamp:
+            return await self._client.get_timestamp()
+
+        return self._run(one())
+
+    def get_timestamps(self, count: int) -> TimestampRange:
+        return self._run(self._client.get_timestamps(count))
+
+    def observe(self, remote: Timestamp) -> Timestamp:
+        return self._run(self._client.observe(remote))
+
+    def status(self) -> OracleStatus:
+        return self._run(self._client.status())
+
+    @property
+    def batches(self) -> int:
+        return self._client.batches
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._run(self._client.close())
+        self._closed = True
+        self._stop_loop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

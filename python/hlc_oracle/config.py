@@ -1,0 +1,300 @@
+"""The oracle's configuration: one typed object with documented defaults.
+
+:class:`OracleConfig` holds one dataclass per section. Four sources fill it, each overriding the
+one before: the defaults written here, a TOML file (``[section] field = value``), environment
+variables (``HLC_ORACLE_<SECTION>_<FIELD>``, e.g. ``HLC_ORACLE_SERVER_LISTEN``), and command-line
+flags (``--listen``; every field also has ``--<section>.<field>``-style spelling through
+``--set section.field=value``).
+
+To add settings, add a field (with a default and a ``doc``) to a section, or a new section
+dataclass and a field of that type to :class:`OracleConfig`; the loader, the environment names,
+the ``--set`` flag and ``hlc-oracle serve --help`` pick it up. A field's ``flag`` metadata gives it
+a dedicated command-line flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "HLC_ORACLE_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or out of range."""
+
+
+def setting(default: Any, doc: str, flag: str | None = None) -> Any:
+    """A dataclass field with its documentation and, optionally, its own command-line flag."""
+    return field(default=default, metadata={"doc": doc, "flag": flag})
+
+
+@dataclass
+class ServerSection:
+    listen: str = setting(
+        "127.0.0.1:50051",
+        "gRPC address to listen on, host:port (port 0 picks a free one)",
+        "--listen",
+    )
+    data_dir: Path = setting(
+        Path("hlc-oracle-data"), "directory for the persisted timestamp window", "--data-dir"
+    )
+    role: str = setting("standalone", "role reported by GetStatus")
+    shutdown_grace_s: float = setting(
+        5.0, "on SIGTERM/SIGINT, seconds in-flight requests get to finish", "--shutdown-grace"
+    )
+    port_file: Path | None = setting(
+        None,
+        "write the bound port to this file once serving (for scripts and tests)",
+        "--port-file",
+    )
+
+
+@dataclass
+class ClockSection:
+    node_id: int = setting(0, "node id stamped on every timestamp, 0..65535", "--node-id")
+    max_offset_us: int = setting(
+        500_000,
+        "largest lead (microseconds) of an observed remote timestamp over the local physical clock",
+        "--max-offset-us",
+    )
+
+
+@dataclass
+class WindowSection:
+    size_ms: int = setting(
+        3_000, "how far ahead of the clock the persisted timestamp limit is saved (milliseconds)"
+    )
+    check_interval_ms: int = setting(
+        50, "how often the window renewer checks the clock against the limit (milliseconds)"
+    )
+
+
+@dataclass
+class LimitsSection:
+    max_count: int = setting(
+        1_000_000, "largest count of one GetTimestamps request (at most 4,194,304)", "--max-count"
+    )
+    max_message_bytes: int = setting(
+        64 * 1024, "largest gRPC message accepted or sent (bytes)", "--max-message-bytes"
+    )
+    max_concurrent_streams: int = setting(
+        1_024, "largest number of concurrent streams (calls) per connection"
+    )
+    max_concurrent_rpcs: int | None = setting(
+        None,
+        "largest number of RPCs in progress on the server; further ones get RESOURCE_EXHAUSTED",
+    )
+
+
+@dataclass
+class TlsSection:
+    cert_file: Path | None = setting(
+        None,
+        "PEM server certificate (chain); TLS is on when this and key_file are set",
+        "--tls-cert",
+    )
+    key_file: Path | None = setting(None, "PEM private key of the server certificate", "--tls-key")
+    client_ca_file: Path | None = setting(
+        None,
+        "PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)",
+        "--tls-client-ca",
+    )
+
+
+@dataclass
+class MetricsSection:
+    port: int | None = setting(
+        None, "Prometheus /metrics port (off when unset; 0 picks a free one)", "--metrics-port"
+    )
+    host: str = setting("127.0.0.1", "address the metrics endpoint listens on", "--metrics-host")
+
+
+@dataclass
+class LogSection:
+    level: str = setting("info", "debug, info, warning or error", "--log-level")
+    format: str = setting("json", "json (one object per line) or text", "--log-format")
+
+
+@dataclass
+class OracleConfig:
+    """Everything ``hlc-oracle serve`` needs; the defaults are the embedded single node."""
+
+    server: ServerSection = field(default_factory=ServerSection)
+    clock: ClockSection = field(default_factory=ClockSection)
+    window: WindowSection = field(default_factory=WindowSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    tls: TlsSection = field(default_factory=TlsSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    def validate(self) -> None:
+        """Raises :class:`ConfigError` naming the first field out of range."""
+        from hlc_oracle import MAX_NODE, MAX_RESERVE
+
+        host, _, port = self.server.listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"server.listen must be host:port, got {self.server.listen!r}")
+        checks: list[tuple[str, int | float | None, int | float, int | float]] = [
+            ("clock.node_id", self.clock.node_id, 0, MAX_NODE),
+            ("clock.max_offset_us", self.clock.max_offset_us, 0, 2**52),
+            ("window.size_ms", self.window.size_ms, 10, 86_400_000),
+            ("window.check_interval_ms", self.window.check_interval_ms, 1, 60_000),
+            ("limits.max_count", self.limits.max_count, 1, MAX_RESERVE),
+            ("limits.max_message_bytes", self.limits.max_message_bytes, 64, 2**31 - 1),
+            ("limits.max_concurrent_streams", self.limits.max_concurrent_streams, 1, 2**31 - 1),
+            ("limits.max_concurrent_rpcs", self.limits.max_concurrent_rpcs, 1, 2**31 - 1),
+            ("metrics.port", self.metrics.port, 0, 65535),
+            ("server.shutdown_grace_s", self.server.shutdown_grace_s, 0, 3600),
+        ]
+        for name, value, low, high in checks:
+            if value is not None and not low <= value <= high:
+                raise ConfigError(f"{name} must be in {low}..{high}, got {value}")
+        if self.window.check_interval_ms * 2 > self.window.size_ms:
+            raise ConfigError(
+                f"window.check_interval_ms ({self.window.check_interval_ms}) must be at most half "
+                f"of window.size_ms ({self.window.size_ms})"
+            )
+        if (self.tls.cert_file is None) != (self.tls.key_file is None):
+            raise ConfigError("tls.cert_file and tls.key_file must be set together")
+        if self.tls.client_ca_file is not None and self.tls.cert_file is None:
+            raise ConfigError(
+                "tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file"
+            )
+        if self.log.level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(
+                f"log.level must be debug, info, warning or error, got {self.log.level!r}"
+            )
+        if self.log.format not in ("json", "text"):
+            raise ConfigError(f"log.format must be json or text, got {self.log.format!r}")
+
+
+def sections(config: OracleConfig) -> list[tuple[str, Any]]:
+    """``(name, section object)`` for each section of ``config``."""
+    return [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)]
+
+
+def fields_of(section: Any) -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(section))
+
+
+def field_type(section: Any, name: str) -> Any:
+    return typing.get_type_hints(type(section))[name]
+
+
+def convert(value: Any, annotation: Any, name: str) -> Any:
+    """``value`` (from TOML, or a string from the environment or a flag) as ``annotation``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
+            return None
+        return convert(value, options[0], name)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""), 0)
+            except ValueError:
+                pass
+    elif annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif annotation is Path and isinstance(value, str | Path):
+        return Path(value)
+    kind = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{name} must be {kind}, got {value!r}")
+
+
+def apply(config: OracleConfig, values: Mapping[str, Mapping[str, Any]], source: str) -> None:
+    """Sets ``values[section][field]`` on ``config``; unknown names are errors naming ``source``."""
+    known = dict(sections(config))
+    for section_name, entries in values.items():
+        if section_name not in known:
+            raise ConfigError(
+                f"{source}: unknown section [{section_name}]; known: {', '.join(known)}"
+            )
+        if not isinstance(entries, Mapping):
+            raise ConfigError(f"{source}: [{section_name}] must be a table")
+        section = known[section_name]
+        names = {f.name for f in fields_of(section)}
+        for key, value in entries.items():
+            if key not in names:
+                raise ConfigError(
+                    f"{source}: unknown setting {section_name}.{key}; "
+                    f"known: {', '.join(sorted(names))}"
+                )
+            qualified = f"{section_name}.{key}"
+            setattr(
+                section, key, convert(value, field_type(section, key), f"{source}: {qualified}")
+            )
+
+
+def from_toml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``HLC_ORACLE_<SECTION>_<FIELD>`` variables, matched against the known fields."""
+    found: dict[str, dict[str, str]] = {}
+    for section_name, section in sections(OracleConfig()):
+        for f in fields_of(section):
+            variable = f"{ENV_PREFIX}{section_name}_{f.name}".upper()
+            if variable in environ:
+                found.setdefault(section_name, {})[f.name] = environ[variable]
+    return found
+
+
+def environment_variable(section_name: str, field_name: str) -> str:
+    return f"{ENV_PREFIX}{section_name}_{field_name}".upper()
+
+
+def load(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> OracleConfig:
+    """Defaults < ``config_file`` (TOML) < ``environ`` < ``overrides`` (command-line flags).
+
+    ``environ`` defaults to ``os.environ``; ``HLC_ORACLE_CONFIG`` names a config file when
+    ``config_file`` is not given. The result is validated.
+    """
+    environ = os.environ if environ is None else environ
+    config = OracleConfig()
+    if config_file is None and environ.get(f"{ENV_PREFIX}CONFIG"):
+        config_file = Path(environ[f"{ENV_PREFIX}CONFIG"])
+    if config_file is not None:
+        apply(config, from_toml(config_file), str(config_file))
+    apply(config, from_environment(environ), "environment")
+    if overrides:
+        apply(config, overrides, "command line")
+    config.validate()
+    return config

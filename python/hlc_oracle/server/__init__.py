@@ -1,0 +1,15 @@
+"""The gRPC timestamp oracle (``hlc-oracle serve``): one node serving ``hlc_oracle.v1``.
+
+- :mod:`~hlc_oracle.server.app`: :class:`OracleServer`, the node's lifecycle;
+- :mod:`~hlc_oracle.server.service`: the thin ``TimestampOracle`` handlers;
+- :mod:`~hlc_oracle.server.gate`: :class:`ServingGate`, the one place that decides whether the
+  node serves timestamps (health follows it);
+- :mod:`~hlc_oracle.server.window`: the persisted timestamp window;
+- :mod:`~hlc_oracle.server.metrics`, :mod:`~hlc_oracle.server.logs`: operations.
+"""
+
+from hlc_oracle.server.app import OracleServer, StartupError, serve
+from hlc_oracle.server.gate import ServingGate
+from hlc_oracle.server.service import SERVICE_NAME
+
+__all__ = ["SERVICE_NAME", "OracleServer", "ServingGate", "StartupError", "serve"]

@@ -1,0 +1,270 @@
+"""One oracle node: the gRPC server, its clock and window, health, reflection and metrics.
+
+Lifecycle: load the saved window (the clock's floor), save a new one ahead (before serving), bind,
+mark SERVING. On SIGTERM/SIGINT: block the gate (health NOT_SERVING, new timestamp requests get
+UNAVAILABLE), stop accepting calls and let in-flight ones finish within the grace period, save the
+high-water mark, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hlc_oracle import Clock, ManualClock, SystemClock
+from hlc_oracle.config import OracleConfig
+from hlc_oracle.proto import oracle_pb2 as pb
+from hlc_oracle.server.gate import ServingGate
+from hlc_oracle.server.metrics import ServerMetrics
+from hlc_oracle.server.service import SERVICE_NAME, TimestampOracleService, wire_timestamp
+from hlc_oracle.server.window import TimestampWindow, WindowStore, floor_for
+
+log = logging.getLogger("hlc_oracle.server")
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("hlc-oracle")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class StartupError(Exception):
+    """The server could not start (address in use, unreadable TLS files, damaged data dir)."""
+
+
+class OracleServer:
+    """A single oracle node built from an :class:`OracleConfig`."""
+
+    def __init__(
+        self, config: OracleConfig, physical_clock: SystemClock | ManualClock | None = None
+    ) -> None:
+        self.config = config
+        self.gate = ServingGate()
+        self.metrics = ServerMetrics()
+        self.store = WindowStore(config.server.data_dir)
+        saved = self.store.load()
+        self.clock = Clock(
+            config.clock.node_id,
+            config.clock.max_offset_us,
+            physical_clock,
+            floor_for(saved),
+            # Nothing may be handed out before the first save raises the ceiling.
+            ceiling_physical=saved if saved is not None else 0,
+        )
+        self.window = TimestampWindow(
+            self.clock,
+            self.store,
+            size_us=config.window.size_ms * 1000,
+            check_interval_s=config.window.check_interval_ms / 1000,
+            on_saved=self.metrics.window_saved,
+            on_failure=self._window_failure,
+        )
+        self.service = TimestampOracleService(
+            self.clock,
+            self.window,
+            self.gate,
+            self.metrics,
+            config.limits.max_count,
+            self.status,
+        )
+        self.health = health.aio.HealthServicer()
+        self.started_at = time.monotonic()
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._stop_metrics: Any = None
+        self._server: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._health_tasks: set[asyncio.Task[None]] = set()
+        self.saved_at_start = saved
+        # Not serving until the first window save and bind have succeeded.
+        self.gate.block("starting", "the server is starting")
+
+    def _window_failure(self, message: str | None) -> None:
+        if message is None:
+            self.gate.unblock("window")
+        else:
+            self.gate.block("window", message)
+
+    def _gate_changed(self, serving: bool, message: str | None) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self.metrics.serving.set(1 if serving else 0)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def schedule() -> None:
+            for name in ("", SERVICE_NAME):
+                task = loop.create_task(self.health.set(name, status))
+                self._health_tasks.add(task)
+                task.add_done_callback(self._health_tasks.discard)
+
+        # The gate may change from another thread (a skew monitor); health lives on this loop.
+        loop.call_soon_threadsafe(schedule)
+        log.info(
+            "serving" if serving else "not serving",
+            extra={"fields": {"reason": message}},
+        )
+
+    def status(self) -> pb.GetStatusResponse:
+        refusal = self.gate.refusal()
+        return pb.GetStatusResponse(
+            node_id=self.clock.node,
+            role=self.config.server.role,
+            last_timestamp=wire_timestamp(self.clock.last()),
+            persisted_window_us=self.window.limit_us,
+            uptime_seconds=time.monotonic() - self.started_at,
+            version=package_version(),
+            clock=pb.ClockStatus(
+                max_offset_us=self.clock.max_offset_us,
+                backward_jumps=self.clock.backward_jumps,
+                physical_now_us=self.clock.physical_now(),
+            ),
+            serving=refusal is None,
+            not_serving_reason=refusal or "",
+            max_count=self.config.limits.max_count,
+        )
+
+    def _credentials(self) -> Any:
+        tls = self.config.tls
+        if tls.cert_file is None or tls.key_file is None:
+            return None
+        try:
+            cert = tls.cert_file.read_bytes()
+            key = tls.key_file.read_bytes()
+            ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+        except OSError as err:
+            raise StartupError(f"cannot read TLS file {err.filename}: {err.strerror}") from err
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+        )
+
+    async def start(self) -> None:
+        """Saves the first window, binds, starts serving; raises :class:`StartupError`."""
+        self._loop = asyncio.get_running_loop()
+        self.gate.add_listener(self._gate_changed)
+        limits = self.config.limits
+        options = [
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+            ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+            # Two servers must never share a port by accident.
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(
+            options=options, maximum_concurrent_rpcs=limits.max_concurrent_rpcs
+        )
+        server.add_generic_rpc_handlers((self.service.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )  # fmt: skip
+        listen = self.config.server.listen
+        credentials = self._credentials()
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(listen)
+            else:
+                port = server.add_secure_port(listen, credentials)
+        except RuntimeError as err:
+            raise StartupError(f"cannot listen on {listen}: {err}") from err
+        if not port:
+            raise StartupError(f"cannot listen on {listen}")
+        self.port = port
+        try:
+            await self.window.start()
+        except OSError as err:
+            raise StartupError(
+                f"cannot save the timestamp window in {self.store.data_dir}: {err}"
+            ) from err
+        if self.config.metrics.port is not None:
+            try:
+                self.metrics_port, self._stop_metrics = self.metrics.serve(
+                    self.config.metrics.host, self.config.metrics.port
+                )
+            except OSError as err:
+                raise StartupError(
+                    f"cannot serve metrics on {self.config.metrics.host}:"
+                    f"{self.config.metrics.port}: {err.strerror}"
+                ) from err
+        await server.start()
+        self._server = server
+        self.gate.unblock("starting")
+        if self.config.server.port_file is not None:
+            write_port_file(self.config.server.port_file, self.port, self.metrics_port)
+        log.info(
+            "started",
+            extra={
+                "fields": {
+                    "listen": listen,
+                    "port": self.port,
+                    "tls": credentials is not None,
+                    "mutual_tls": self.config.tls.client_ca_file is not None,
+                    "metrics_port": self.metrics_port,
+                    "node_id": self.clock.node,
+                    "data_dir": str(self.store.data_dir),
+                    "saved_window_us": self.saved_at_start,
+                    "window_us": self.window.limit_us,
+                    "version": package_version(),
+                }
+            },
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, finish in-flight calls, save the high-water mark."""
+        grace = self.config.server.shutdown_grace_s if grace is None else grace
+        self.gate.block("shutdown", "the server is shutting down")
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        await self.window.stop()
+        if self._stop_metrics is not None:
+            self._stop_metrics()
+            self._stop_metrics = None
+        log.info(
+            "stopped",
+            extra={
+                "fields": {"last": str(self.clock.last()), "saved_window_us": self.window.limit_us}
+            },
+        )
+
+
+def write_port_file(path: Path, port: int, metrics_port: int | None) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps({"port": port, "metrics_port": metrics_port}))
+    temporary.replace(path)
+
+
+async def serve(
+    config: OracleConfig, physical_clock: SystemClock | ManualClock | None = None
+) -> None:
+    """Runs one node until SIGTERM or SIGINT, then shuts down gracefully."""
+    server = OracleServer(config, physical_clock)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await server.start()
+    await stopping.wait()
+    log.info(
+        "signal received, shutting down",
+        extra={"fields": {"grace_s": config.server.shutdown_grace_s}},
+    )
+    await server.stop()

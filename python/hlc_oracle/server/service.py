@@ -1,0 +1,216 @@
+"""The ``hlc_oracle.v1.TimestampOracle`` handlers: parse, check the gate, call the core, answer.
+
+Handlers take and return raw bytes (the method handlers have no deserializers) so that a request
+that does not parse gets ``INVALID_ARGUMENT`` with the parser's message instead of grpcio's generic
+``INTERNAL``. All allocation logic is in the Rust ``Clock``; nothing here can move it backwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from hlc_oracle import CeilingReachedError, Clock, ClockSkewError, HlcError, Timestamp
+from hlc_oracle.proto import oracle_pb2 as pb
+from hlc_oracle.server.gate import ServingGate
+from hlc_oracle.server.metrics import ServerMetrics
+from hlc_oracle.server.window import TimestampWindow
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["TimestampOracle"].full_name
+
+# A request that reaches the ceiling waits for a window save and retries; more than a few rounds
+# means saving cannot keep up (or fails), and the caller is better served by UNAVAILABLE.
+CEILING_RETRIES = 3
+
+
+class RequestError(Exception):
+    """A request answered with a non-OK status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def wire_timestamp(ts: Timestamp) -> pb.Timestamp:
+    return pb.Timestamp(physical=ts.physical, logical=ts.logical, node=ts.node)
+
+
+class TimestampOracleService:
+    def __init__(
+        self,
+        clock: Clock,
+        window: TimestampWindow,
+        gate: ServingGate,
+        metrics: ServerMetrics,
+        max_count: int,
+        status: Callable[[], pb.GetStatusResponse],
+    ) -> None:
+        self.clock = clock
+        self.window = window
+        self.gate = gate
+        self.metrics = metrics
+        self.max_count = max_count
+        self._status = status
+
+    # --- the core calls (synchronous; CeilingReachedError propagates for the async retry) ---
+
+    def _parse_count(self, raw: bytes) -> int:
+        try:
+            request = pb.GetTimestampsRequest.FromString(raw)
+        except DecodeError as err:
+            raise _invalid(f"malformed GetTimestampsRequest: {err}") from err
+        count = request.count
+        if count < 1:
+            raise _invalid(f"count must be at least 1, got {count}")
+        if count > self.max_count:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"count {count} is above the server's limit max_count={self.max_count}",
+            )
+        return count
+
+    def _check_gate(self) -> None:
+        refusal = self.gate.refusal()
+        if refusal is not None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"not serving: {refusal}")
+
+    def _grant(self, count: int) -> bytes:
+        self._check_gate()
+        try:
+            first = self.clock.reserve(count).first
+        except CeilingReachedError:
+            raise
+        except HlcError as err:
+            raise RequestError(grpc.StatusCode.INTERNAL, str(err)) from err
+        self.metrics.timestamps.inc(count)
+        return pb.GetTimestampsResponse(
+            first=wire_timestamp(first), count=count
+        ).SerializeToString()
+
+    def _parse_remote(self, raw: bytes) -> Timestamp:
+        try:
+            request = pb.ObserveRequest.FromString(raw)
+        except DecodeError as err:
+            raise _invalid(f"malformed ObserveRequest: {err}") from err
+        if not request.HasField("remote"):
+            raise _invalid("ObserveRequest.remote is required")
+        remote = request.remote
+        try:
+            return Timestamp(remote.physical, remote.logical, remote.node)
+        except ValueError as err:
+            raise _invalid(f"malformed remote timestamp: {err}") from err
+
+    def _observe(self, remote: Timestamp) -> bytes:
+        self._check_gate()
+        try:
+            ts = self.clock.update(remote)
+        except ClockSkewError as err:
+            raise RequestError(grpc.StatusCode.OUT_OF_RANGE, str(err)) from err
+        except CeilingReachedError:
+            raise
+        except HlcError as err:
+            raise RequestError(grpc.StatusCode.INTERNAL, str(err)) from err
+        return pb.ObserveResponse(timestamp=wire_timestamp(ts)).SerializeToString()
+
+    async def _after_extending(self, attempt: Callable[[], bytes], at_least_us: int = 0) -> bytes:
+        for _ in range(CEILING_RETRIES):
+            try:
+                await self.window.extend(at_least_us)
+            except OSError as err:
+                raise RequestError(
+                    grpc.StatusCode.UNAVAILABLE, f"cannot extend the timestamp window: {err}"
+                ) from err
+            try:
+                return attempt()
+            except CeilingReachedError:
+                continue
+        raise RequestError(
+            grpc.StatusCode.UNAVAILABLE,
+            "the persisted timestamp window could not be extended fast enough; retry",
+        )
+
+    # --- handlers ---
+
+    async def _fail(self, method: str, err: RequestError, started: float, context: Any) -> NoReturn:
+        self.metrics.observe(method, err.code.name, started)
+        await context.abort(err.code, err.message)
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+    async def get_timestamps(self, raw: bytes, context: Any) -> bytes:
+        started = time.perf_counter()
+        try:
+            count = self._parse_count(raw)
+            try:
+                response = self._grant(count)
+            except CeilingReachedError:
+                response = await self._after_extending(lambda: self._grant(count))
+        except RequestError as err:
+            await self._fail("GetTimestamps", err, started, context)
+        self.metrics.observe("GetTimestamps", "OK", started)
+        return response
+
+    async def stream_timestamps(
+        self, requests: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[bytes]:
+        async for raw in requests:
+            started = time.perf_counter()
+            try:
+                count = self._parse_count(raw)
+                try:
+                    response = self._grant(count)
+                except CeilingReachedError:
+                    response = await self._after_extending(lambda: self._grant(count))  # noqa: B023
+            except RequestError as err:
+                await self._fail("StreamTimestamps", err, started, context)
+            self.metrics.observe("StreamTimestamps", "OK", started)
+            yield response
+
+    async def observe(self, raw: bytes, context: Any) -> bytes:
+        started = time.perf_counter()
+        try:
+            remote = self._parse_remote(raw)
+            try:
+                response = self._observe(remote)
+            except CeilingReachedError:
+                response = await self._after_extending(
+                    lambda: self._observe(remote), at_least_us=remote.physical
+                )
+        except RequestError as err:
+            await self._fail("Observe", err, started, context)
+        self.metrics.observe("Observe", "OK", started)
+        return response
+
+    async def get_status(self, raw: bytes, context: Any) -> bytes:
+        started = time.perf_counter()
+        try:
+            pb.GetStatusRequest.FromString(raw)
+        except DecodeError as err:
+            await self._fail(
+                "GetStatus", _invalid(f"malformed GetStatusRequest: {err}"), started, context
+            )
+        response = self._status().SerializeToString()
+        self.metrics.observe("GetStatus", "OK", started)
+        return response
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        unary: Callable[[Callable[[bytes, Any], Awaitable[bytes]]], Any] = (
+            grpc.unary_unary_rpc_method_handler
+        )
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "GetTimestamps": unary(self.get_timestamps),
+                "StreamTimestamps": grpc.stream_stream_rpc_method_handler(self.stream_timestamps),
+                "Observe": unary(self.observe),
+                "GetStatus": unary(self.get_status),
+            },
+        )

@@ -1,0 +1,165 @@
+"""The persisted timestamp window (TiDB PD's "save the TSO ahead" scheme).
+
+The clock has a ceiling: it never hands out a timestamp whose physical part passes it. Before the
+ceiling is raised, the new limit is made durable in the data dir (write a temporary file, fsync
+it, rename it over ``timestamp-window``, fsync the directory). So the saved limit is always at or
+above every timestamp handed out, and a restarted node starts its clock above the saved limit:
+timestamps never regress across restarts, whatever the system clock did meanwhile.
+
+A background task renews the window well before the clock reaches the ceiling, so requests rarely
+wait; a request that does reach it waits for one save (:meth:`TimestampWindow.extend`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from hlc_oracle import MAX_LOGICAL, Clock, HlcError, Timestamp
+
+log = logging.getLogger("hlc_oracle.server.window")
+
+WINDOW_FILE = "timestamp-window"
+FORMAT_VERSION = 1
+
+
+class WindowFileError(HlcError):
+    """The window file in the data dir is unreadable or damaged: starting could regress time."""
+
+
+class WindowStore:
+    """The ``timestamp-window`` file of a data dir: one JSON object with the physical limit."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / WINDOW_FILE
+
+    def load(self) -> int | None:
+        """The saved limit (microseconds), or ``None`` for a fresh data dir."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise WindowFileError(f"cannot read {self.path}: {err.strerror}") from err
+        try:
+            data = json.loads(raw)
+            version = data["format"]
+            limit = data["limit_physical_us"]
+        except (ValueError, TypeError, KeyError) as err:
+            raise WindowFileError(
+                f"{self.path} is damaged ({err!r}); refusing to start, since the clock's floor "
+                "would be unknown. Restore the file, or remove it only if no timestamp handed out "
+                "by this node can be ahead of the system clock."
+            ) from err
+        if version != FORMAT_VERSION or not isinstance(limit, int) or limit < 0:
+            raise WindowFileError(
+                f"{self.path}: unsupported format {version!r} or bad limit {limit!r}"
+            )
+        return limit
+
+    def save(self, limit_physical_us: int) -> None:
+        """Durably replaces the saved limit: write, fsync, atomic rename, fsync the directory."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(WINDOW_FILE + ".tmp")
+        payload = json.dumps({"format": FORMAT_VERSION, "limit_physical_us": limit_physical_us})
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, payload.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, self.path)
+        directory = os.open(self.data_dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def floor_for(limit_physical_us: int | None) -> Timestamp | None:
+    """The clock floor after a restart: the last timestamp the saved limit allowed."""
+    return None if limit_physical_us is None else Timestamp(limit_physical_us, MAX_LOGICAL)
+
+
+class TimestampWindow:
+    """Keeps ``clock``'s ceiling ``size_us`` ahead, saving each new limit before raising it."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        store: WindowStore,
+        size_us: int,
+        check_interval_s: float,
+        on_saved: Callable[[int], None] | None = None,
+        on_failure: Callable[[str | None], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.store = store
+        self.size_us = size_us
+        self.check_interval_s = check_interval_s
+        self._on_saved = on_saved
+        self._on_failure = on_failure
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        ceiling = clock.ceiling_physical
+        self.limit_us: int = 0 if ceiling is None else ceiling
+
+    def _high_water(self) -> int:
+        return max(self.clock.physical_now(), self.clock.last().physical)
+
+    async def extend(self, at_least_us: int = 0) -> None:
+        """Saves a limit ``size_us`` past the clock (and past ``at_least_us``), then raises the
+        ceiling to it."""
+        async with self._lock:
+            high_water = max(self._high_water(), at_least_us)
+            # A concurrent caller may have extended while this one waited for the lock.
+            if self.limit_us - high_water > self.size_us // 2:
+                return
+            target = high_water + self.size_us
+            try:
+                await asyncio.to_thread(self.store.save, target)
+            except OSError as err:
+                message = f"cannot save the timestamp window to {self.store.path}: {err}"
+                log.error("window save failed", extra={"fields": {"error": str(err)}})
+                if self._on_failure:
+                    self._on_failure(message)
+                raise
+            if self._on_failure:
+                self._on_failure(None)
+            self.limit_us = self.clock.raise_ceiling(target)
+            if self._on_saved:
+                self._on_saved(target)
+
+    async def start(self) -> None:
+        """The first save (before serving), then the background renewer."""
+        await self.extend()
+        self._task = asyncio.create_task(self._renew(), name="timestamp-window-renewer")
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval_s)
+            if self.limit_us - self._high_water() <= self.size_us // 2:
+                try:
+                    await self.extend()
+                except OSError:
+                    continue  # Reported through on_failure; retried at the next check.
+
+    async def stop(self) -> None:
+        """Stops renewing and saves the exact high-water mark (the clock must be quiescent)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        async with self._lock:
+            # Everything handed out is at or below last(); saving that, rather than the window's
+            # far end, lets a restart with a correct clock start at the present.
+            final = max(self.clock.last().physical, 0)
+            await asyncio.to_thread(self.store.save, final)
+            self.limit_us = final

@@ -1,0 +1,34 @@
+"""Fixtures that run the real oracle on loopback: ``oracle`` (one per module) and
+``start_oracle`` (a fresh one per call, stopped at the end of the test)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.oracle_process import OracleProcess
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OracleProcess]:
+    with OracleProcess(tmp_path_factory.mktemp("oracle") / "data", "--metrics-port", "0") as server:
+        yield server
+
+
+@pytest.fixture
+def start_oracle(tmp_path: Path) -> Iterator[Callable[..., OracleProcess]]:
+    started: list[OracleProcess] = []
+
+    def start(*args: str, data_dir: Path | None = None, **kwargs: object) -> OracleProcess:
+        directory = data_dir or tmp_path / f"data{len(started)}"
+        server = OracleProcess(directory, *args, **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.__exit__(None, None, None)

@@ -1,0 +1,202 @@
+"""Health, reflection, metrics, TLS and the command line against the real server."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from hlc_oracle.client import OracleClient, OracleUnavailableError, RetryPolicy, channel_credentials
+from tests.integration.oracle_process import OracleProcess
+
+
+def test_health_reports_serving_for_the_server_and_the_service(oracle: OracleProcess) -> None:
+    with grpc.insecure_channel(oracle.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "hlc_oracle.v1.TimestampOracle"):
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_and_describes_the_service(oracle: OracleProcess) -> None:
+    with grpc.insecure_channel(oracle.target) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = database.get_services()
+        assert "hlc_oracle.v1.TimestampOracle" in services
+        assert "grpc.health.v1.Health" in services
+        described = database.FindFileContainingSymbol("hlc_oracle.v1.TimestampOracle")
+        methods = {m.name for m in described.service[0].method}
+        assert methods == {"GetTimestamps", "StreamTimestamps", "Observe", "GetStatus"}
+
+
+def test_metrics_count_requests_timestamps_and_window_saves(oracle: OracleProcess) -> None:
+    with OracleClient(oracle.target) as client:
+        client.get_timestamps(250)
+        with pytest.raises(Exception, match="INVALID_ARGUMENT"):
+            client.get_timestamps(0)
+    url = f"http://127.0.0.1:{oracle.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("hlc_oracle_")
+    }
+    assert samples['hlc_oracle_requests_total{code="OK",method="GetTimestamps"}'] >= 1
+    assert samples['hlc_oracle_requests_total{code="INVALID_ARGUMENT",method="GetTimestamps"}'] >= 1
+    assert samples["hlc_oracle_timestamps_total"] >= 250
+    assert samples["hlc_oracle_window_saves_total"] >= 1
+    assert samples["hlc_oracle_serving"] == 1
+    assert (
+        'hlc_oracle_request_latency_seconds_bucket{le="0.0001",method="GetTimestamps"}' in samples
+    )
+
+
+def _certificate(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
+    issuer_key: ec.EllipticCurvePrivateKey | None, ca: bool,
+) -> x509.Certificate:  # fmt: skip
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    directory = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("test-ca", ca_key, None, None, ca=True)
+    files: dict[str, Path] = {}
+
+    def write(name: str, data: bytes) -> None:
+        files[name] = directory / name
+        files[name].write_bytes(data)
+
+    write("ca.pem", ca.public_bytes(serialization.Encoding.PEM))
+    for role in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(role, key, ca, ca_key, ca=False)
+        write(f"{role}.pem", cert.public_bytes(serialization.Encoding.PEM))
+        write(
+            f"{role}-key.pem",
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+    return files
+
+
+def test_tls(start_oracle: Callable[..., OracleProcess], pki: dict[str, Path]) -> None:
+    server = start_oracle(
+        "--tls-cert", str(pki["server.pem"]), "--tls-key", str(pki["server-key.pem"]),
+        wait_healthy=False,
+    )  # fmt: skip
+    with OracleClient(server.target, credentials=channel_credentials(pki["ca.pem"])) as client:
+        assert client.get_timestamp() < client.get_timestamp()
+    # A plaintext client cannot talk to it.
+    no_retry = RetryPolicy(attempts=1)
+    with (
+        OracleClient(server.target, retry=no_retry, timeout=2) as plain,
+        pytest.raises(OracleUnavailableError),
+    ):
+        plain.get_timestamps(1)
+
+
+def test_mutual_tls(start_oracle: Callable[..., OracleProcess], pki: dict[str, Path]) -> None:
+    server = start_oracle(
+        "--tls-cert", str(pki["server.pem"]), "--tls-key", str(pki["server-key.pem"]),
+        "--tls-client-ca", str(pki["ca.pem"]),
+        wait_healthy=False,
+    )  # fmt: skip
+    with_cert = channel_credentials(pki["ca.pem"], pki["client-key.pem"], pki["client.pem"])
+    with OracleClient(server.target, credentials=with_cert) as client:
+        assert client.status().serving
+    without_cert = channel_credentials(pki["ca.pem"])
+    no_retry = RetryPolicy(attempts=1)
+    with (
+        OracleClient(server.target, credentials=without_cert, retry=no_retry, timeout=2) as bad,
+        pytest.raises(OracleUnavailableError),
+    ):
+        bad.status()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hlc_oracle.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_now_status_and_bench(oracle: OracleProcess) -> None:
+    now = run_cli("now", "--target", oracle.target, "--count", "3", "--json")
+    assert now.returncode == 0, now.stderr
+    stamps = json.loads(now.stdout)
+    assert len(stamps) == 3
+    assert [s["logical"] for s in stamps][1:] == [
+        stamps[0]["logical"] + 1,
+        stamps[0]["logical"] + 2,
+    ]
+    status = run_cli("status", "--target", oracle.target, "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["serving"] is True
+    bench = run_cli(
+        "bench", "--target", oracle.target, "--requests", "2000", "--concurrency", "32",
+    )  # fmt: skip
+    assert bench.returncode == 0, bench.stderr
+    result = json.loads(bench.stdout.splitlines()[-1])
+    assert result["calls"] == 2000
+    assert result["merged_requests"] < 2000
+    assert result["latency_us"]["p50"] <= result["latency_us"]["p99"]
+
+
+def test_cli_exit_codes(oracle: OracleProcess, tmp_path: Path) -> None:
+    for command in ("serve", "now", "status", "bench"):
+        helped = run_cli(command, "--help")
+        assert helped.returncode == 0
+        assert "usage: hlc-oracle" in helped.stdout
+    assert run_cli("now", "--target", oracle.target, "--count", "0").returncode == 2
+    unreachable = run_cli("now", "--target", "127.0.0.1:1", "--retries", "1", "--timeout", "1")
+    assert unreachable.returncode == 3
+    assert "cannot reach 127.0.0.1:1" in unreachable.stderr
+    bad_config = run_cli("serve", "--data-dir", str(tmp_path), "--node-id", "70000")
+    assert bad_config.returncode == 2
+    assert "clock.node_id must be in 0..65535, got 70000" in bad_config.stderr
+    assert run_cli("frobnicate").returncode == 2

@@ -1,0 +1,108 @@
+"""TimestampBatcher on its own: merging concurrent callers and splitting ranges back.
+
+The fetch function is a real core Clock's reserve (the same call the server makes), with an
+``await`` in between, as a network round trip would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from hlc_oracle import Clock, Timestamp, TimestampRange
+from hlc_oracle.client import TimestampBatcher
+
+
+class ClockFetch:
+    def __init__(self) -> None:
+        self.clock = Clock(node=5)
+        self.counts: list[int] = []
+        self.fail_next = False
+
+    async def __call__(self, count: int) -> TimestampRange:
+        self.counts.append(count)
+        await asyncio.sleep(0.001)
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("oracle went away")
+        return self.clock.reserve(count)
+
+
+def test_concurrent_callers_are_merged_and_get_distinct_timestamps() -> None:
+    fetch = ClockFetch()
+
+    async def main() -> list[list[Timestamp]]:
+        batcher = TimestampBatcher(fetch)
+
+        async def caller() -> list[Timestamp]:
+            return [await batcher.get() for _ in range(50)]
+
+        return await asyncio.gather(*(caller() for _ in range(100)))
+
+    results = asyncio.run(main())
+    everything = [ts for stamps in results for ts in stamps]
+    assert len(set(everything)) == 5000
+    for stamps in results:
+        assert all(a < b for a, b in itertools.pairwise(stamps))
+    assert sum(fetch.counts) == 5000
+    # Merging happened: about one fetch per round of callers, not one per call.
+    assert len(fetch.counts) <= 200
+    assert max(fetch.counts) == 100
+
+
+def test_callers_get_the_range_in_arrival_order() -> None:
+    fetch = ClockFetch()
+
+    async def main() -> list[Timestamp]:
+        batcher = TimestampBatcher(fetch)
+        futures = [batcher.get() for _ in range(10)]
+        return list(await asyncio.gather(*futures))
+
+    stamps = asyncio.run(main())
+    assert stamps == sorted(stamps)
+    assert fetch.counts == [10]
+    assert stamps[-1].to_int() - stamps[0].to_int() == 9
+
+
+def test_max_batch_splits_large_crowds() -> None:
+    fetch = ClockFetch()
+
+    async def main() -> None:
+        batcher = TimestampBatcher(fetch, max_batch=7)
+        await asyncio.gather(*(batcher.get() for _ in range(20)))
+
+    asyncio.run(main())
+    assert fetch.counts == [7, 7, 6]
+    with pytest.raises(ValueError, match="max_batch must be at least 1, got 0"):
+        TimestampBatcher(fetch, max_batch=0)
+
+
+def test_a_failed_fetch_fails_its_batch_only() -> None:
+    fetch = ClockFetch()
+    fetch.fail_next = True
+
+    async def main() -> tuple[list[object], Timestamp]:
+        batcher = TimestampBatcher(fetch)
+        first_batch = await asyncio.gather(
+            *(batcher.get() for _ in range(3)), return_exceptions=True
+        )
+        return first_batch, await batcher.get()
+
+    failed, later = asyncio.run(main())
+    assert all(isinstance(result, ConnectionError) for result in failed)
+    assert isinstance(later, Timestamp)
+
+
+def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
+    fetch = ClockFetch()
+
+    async def main() -> list[Timestamp]:
+        batcher = TimestampBatcher(fetch)
+        futures = [batcher.get() for _ in range(4)]
+        futures[1].cancel()
+        return [await f for i, f in enumerate(futures) if i != 1]
+
+    stamps = asyncio.run(main())
+    assert len(set(stamps)) == 3

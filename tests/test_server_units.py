@@ -1,0 +1,110 @@
+"""Server parts without the network: the serving gate, the window file, the clock ceiling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from hlc_oracle import MAX_LOGICAL, CeilingReachedError, Clock, ManualClock, Timestamp
+from hlc_oracle.server.gate import ServingGate
+from hlc_oracle.server.window import TimestampWindow, WindowFileError, WindowStore, floor_for
+
+
+def test_gate_blocks_while_any_reason_remains() -> None:
+    gate = ServingGate()
+    changes: list[tuple[bool, str | None]] = []
+    gate.add_listener(lambda serving, message: changes.append((serving, message)))
+    assert gate.serving and gate.refusal() is None
+    gate.block("skew", "clock offset 900 ms is past the limit")
+    gate.block("shutdown", "shutting down")
+    assert not gate.serving
+    assert gate.refusal() == "skew: clock offset 900 ms is past the limit; shutdown: shutting down"
+    gate.unblock("skew")
+    assert gate.refusal() == "shutdown: shutting down"
+    gate.unblock("skew")  # not blocked any more: no change, no notification
+    gate.unblock("shutdown")
+    assert gate.serving
+    assert [serving for serving, _ in changes] == [True, False, False, False, True]
+    assert gate.reasons() == {}
+
+
+def test_window_file_round_trip_and_atomic_replace(tmp_path: Path) -> None:
+    store = WindowStore(tmp_path / "data")
+    assert store.load() is None
+    store.save(1_000)
+    store.save(2_000)
+    assert store.load() == 2_000
+    assert sorted(p.name for p in store.data_dir.iterdir()) == ["timestamp-window"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{", b'{"format": 1}', b'{"format": 2, "limit_physical_us": 5}', b'{"format": 1, '
+     b'"limit_physical_us": -1}', b"[1]"],
+)  # fmt: skip
+def test_damaged_window_file_refuses_to_start(tmp_path: Path, content: bytes) -> None:
+    store = WindowStore(tmp_path)
+    store.path.write_bytes(content)
+    with pytest.raises(WindowFileError, match="timestamp-window"):
+        store.load()
+
+
+def test_floor_is_the_last_timestamp_the_saved_limit_allowed() -> None:
+    assert floor_for(None) is None
+    assert floor_for(77) == Timestamp(77, MAX_LOGICAL)
+
+
+def test_clock_ceiling_from_python() -> None:
+    manual = ManualClock(1_000)
+    clock = Clock(1, physical_clock=manual, ceiling_physical=1_000)
+    assert clock.ceiling_physical == 1_000
+    assert clock.now() == Timestamp(1_000, 0, 1)
+    manual.set(1_001)
+    with pytest.raises(CeilingReachedError, match="would pass the clock's ceiling"):
+        clock.now()
+    assert clock.raise_ceiling(5) == 1_000
+    assert clock.raise_ceiling(2_000) == 2_000
+    assert clock.now() == Timestamp(1_001, 0, 1)
+    assert Clock().ceiling_physical is None
+    with pytest.raises(TypeError):
+        clock.raise_ceiling("soon")  # type: ignore[arg-type]
+
+
+def test_window_saves_before_raising_and_renews_ahead(tmp_path: Path) -> None:
+    manual = ManualClock(10_000_000)
+    clock = Clock(2, physical_clock=manual, ceiling_physical=0)
+    store = WindowStore(tmp_path)
+    saved: list[int] = []
+    window = TimestampWindow(
+        clock, store, size_us=1_000_000, check_interval_s=0.001, on_saved=saved.append
+    )
+
+    async def main() -> None:
+        with pytest.raises(CeilingReachedError):
+            clock.now()
+        await window.start()
+        assert store.load() == 11_000_000 == clock.ceiling_physical
+        assert clock.now().physical == 10_000_000
+        # Past half the window: the renewer saves a new limit ahead of the clock.
+        manual.advance(600_000)
+        for _ in range(200):
+            await asyncio.sleep(0.002)
+            # The ceiling rises only after the save: wait for the ceiling, then check the file.
+            if clock.ceiling_physical == 11_600_000:
+                break
+        assert store.load() == 11_600_000 == clock.ceiling_physical
+        # A jump past the ceiling is refused until extend() saves further ahead.
+        manual.advance(5_000_000)
+        await window.extend()
+        assert clock.now().physical == 15_600_000
+        await window.stop()
+        assert store.load() == 15_600_000
+
+    asyncio.run(main())
+    assert saved[:2] == [11_000_000, 11_600_000]
+    assert max(saved) == 16_600_000
+    # stop() wrote the exact high-water mark, below the window's far end.
+    assert json.loads(store.path.read_text())["limit_physical_us"] == 15_600_000
