@@ -10,7 +10,6 @@ import asyncio
 import itertools
 
 import pytest
-
 from hlc_oracle import Clock, Timestamp, TimestampRange
 from hlc_oracle.client import TimestampBatcher
 

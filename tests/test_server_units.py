@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from hlc_oracle import MAX_LOGICAL, CeilingReachedError, Clock, ManualClock, Timestamp
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.window import TimestampWindow, WindowFileError, WindowStore, floor_for

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from hlc_oracle import Timestamp
 from hlc_oracle.client import OracleClient, OracleError
 from hlc_oracle.proto import oracle_pb2 as pb
+
 from tests.integration.oracle_process import OracleProcess
 
 METHOD = "/hlc_oracle.v1.TimestampOracle/"

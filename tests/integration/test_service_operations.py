@@ -21,8 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-
 from hlc_oracle.client import OracleClient, OracleUnavailableError, RetryPolicy, channel_credentials
+
 from tests.integration.oracle_process import OracleProcess
 
 

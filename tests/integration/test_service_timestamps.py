@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hlc_oracle import Timestamp, TimestampRange
 from hlc_oracle.client import OracleClient
+
 from tests.integration.oracle_process import OracleProcess
 
 
