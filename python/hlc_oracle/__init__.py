@@ -16,6 +16,15 @@ Guarantees of one :class:`Clock` (Kulkarni, Demirbas et al., "Logical Physical C
 
 The clock assumes physical clocks agree within ``max_offset_us``; it enforces that only on
 receive. Timestamps order by ``(physical, logical, node)``.
+
+:class:`VectorClock` orders events by happens-before (``compare`` gives an :class:`Ordering`;
+``<`` and ``>`` are a partial order, all false for concurrent clocks). :class:`ConflictDetector`
+decides whether a :class:`Transaction` may commit: under ``"snapshot"`` isolation it is rejected
+when it writes a key whose last recorded commit is after its ``start_ts``; under
+``"serializable"`` also when it reads one; and, whatever it touches, when its ``start_ts`` is at or
+below the ``low_watermark`` (the newest commit the memory-bounded history has forgotten), since it
+can no longer be verified. Deciding (``check``, ``check_batch``) never records; ``record`` does,
+after the commit is durable.
 """
 
 from hlc_oracle._core import (
@@ -24,18 +33,25 @@ from hlc_oracle._core import (
     MAX_NODE,
     MAX_PHYSICAL,
     MAX_RESERVE,
+    BatchDecision,
     CeilingReachedError,
     Clock,
     ClockSkewError,
     CommitLog,
     CommitLogCorruptError,
     CommitLogError,
+    Conflict,
+    ConflictDetector,
+    ConflictKind,
     HlcError,
     LogRecovery,
     ManualClock,
+    Ordering,
     SystemClock,
     Timestamp,
     TimestampRange,
+    Transaction,
+    VectorClock,
 )
 
 __all__ = [
@@ -44,16 +60,23 @@ __all__ = [
     "MAX_NODE",
     "MAX_PHYSICAL",
     "MAX_RESERVE",
+    "BatchDecision",
     "CeilingReachedError",
     "Clock",
     "ClockSkewError",
     "CommitLog",
     "CommitLogCorruptError",
     "CommitLogError",
+    "Conflict",
+    "ConflictDetector",
+    "ConflictKind",
     "HlcError",
     "LogRecovery",
     "ManualClock",
+    "Ordering",
     "SystemClock",
     "Timestamp",
     "TimestampRange",
+    "Transaction",
+    "VectorClock",
 ]

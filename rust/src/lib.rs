@@ -1,9 +1,11 @@
 //! hlc-oracle's core. Each module is one concept in plain Rust with its own tests; the pyo3 glue
 //! lives in `python/` behind the `python` feature, and this file only registers the module.
 
+pub mod conflict;
 pub mod hlc;
 pub mod log;
 pub mod timestamp;
+pub mod vclock;
 
 #[cfg(feature = "python")]
 mod python;

@@ -1,8 +1,10 @@
 //! The pyo3 glue: each submodule wraps one core module; nothing here holds logic of its own.
 
+pub mod conflict;
 pub mod errors;
 pub mod hlc;
 pub mod log;
+pub mod vclock;
 
 use pyo3::prelude::*;
 
@@ -27,6 +29,13 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<hlc::PySystemClock>()?;
     module.add_class::<hlc::PyManualClock>()?;
     module.add_class::<hlc::TimestampRangeIterator>()?;
+    module.add_class::<vclock::PyOrdering>()?;
+    module.add_class::<vclock::PyVectorClock>()?;
+    module.add_class::<conflict::PyTransaction>()?;
+    module.add_class::<conflict::PyConflictKind>()?;
+    module.add_class::<conflict::PyConflict>()?;
+    module.add_class::<conflict::PyBatchDecision>()?;
+    module.add_class::<conflict::PyConflictDetector>()?;
     module.add("MAX_RESERVE", crate::hlc::MAX_RESERVE)?;
     module.add("LOGICAL_BITS", crate::timestamp::LOGICAL_BITS)?;
     module.add("MAX_PHYSICAL", crate::timestamp::MAX_PHYSICAL)?;

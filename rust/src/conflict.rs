@@ -1,0 +1,819 @@
+//! Transaction conflict detection for optimistic commits (the decision half of group commit).
+//!
+//! A [`ConflictDetector`] remembers, for every key written by a recorded commit, the timestamp of
+//! the last commit that wrote it, and decides whether a transaction may commit:
+//! - **too old**: its `start_ts` is at or below the low watermark, so the history it must be checked
+//!   against may have been forgotten; it is rejected as unverifiable (as Apache Omid does);
+//! - **write-write** (both isolation levels): it writes a key whose last commit is after its
+//!   `start_ts` (timestamp order `(physical, logical, node)`);
+//! - **read-write** (serializable only): it reads such a key.
+//!
+//! Deciding never records: [`ConflictDetector::check`] and [`ConflictDetector::check_batch`] take
+//! `&self`, and the caller calls [`ConflictDetector::record`] for each accepted transaction once its
+//! commit is durable. A batch is decided in submission order, first committer wins: a transaction
+//! that writes (or, under serializable, reads) a key written by an earlier accepted member of the
+//! same batch loses to it, since that member will commit after this one's start.
+//!
+//! Memory bound: at most `max_keys` keys are remembered. Recording a new key when full forgets the
+//! least recently recorded key and raises the low watermark to the newest forgotten commit, so
+//! forgetting never lets a conflict through: any transaction that could have conflicted with a
+//! forgotten commit started at or below the watermark and is rejected as too old.
+//!
+//! Keys are hashed once, when a [`Transaction`] is built (foldhash, with a random seed per process
+//! so that nobody outside can choose colliding keys); the detector stores only the 64-bit hashes.
+//! Two distinct keys with the same hash (probability about `n / 2^64` per check) can only cause a
+//! false conflict, never a missed one. Memory per remembered key: one hash-map slot (8-byte hash +
+//! 16-byte [`Timestamp`] + 1 control byte, at a load factor between 7/16 and 7/8) and one 24-byte
+//! eviction-queue entry (up to two while superseded entries wait for compaction): about 50 to 110
+//! bytes per key; see [`ConflictDetector::memory_bytes`].
+
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::OnceLock;
+
+use crate::timestamp::Timestamp;
+use crate::vclock::{Ordering, VectorClock};
+
+/// Transaction ids are unsigned 64-bit integers, unique within one batch.
+pub type TxnId = u64;
+
+/// Default `max_keys`: one million remembered keys, roughly 50 to 110 MB.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+static KEY_HASHER: OnceLock<foldhash::fast::RandomState> = OnceLock::new();
+
+/// The 64-bit hash the detector stores for `key` (stable within one process only).
+pub fn key_hash(key: &[u8]) -> u64 {
+    KEY_HASHER
+        .get_or_init(foldhash::fast::RandomState::default)
+        .hash_one(key)
+}
+
+/// The keys are already well-mixed 64-bit hashes: the maps use them as they are.
+#[derive(Default)]
+struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<PassThroughHasher>>;
+type HashSetU64 = HashSet<u64, BuildHasherDefault<PassThroughHasher>>;
+
+fn hash_keyed<V>(capacity: usize) -> HashKeyed<V> {
+    HashMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default())
+}
+
+fn hash_set(capacity: usize) -> HashSetU64 {
+    HashSet::with_capacity_and_hasher(capacity, BuildHasherDefault::default())
+}
+
+/// A transaction's read or write set: the keys in one buffer, in the given order, with their
+/// hashes computed once.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct KeySet {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    hashes: Vec<u64>,
+}
+
+impl KeySet {
+    pub fn new<K: AsRef<[u8]>>(keys: impl IntoIterator<Item = K>) -> Self {
+        let mut set = Self::default();
+        for key in keys {
+            set.push(key.as_ref());
+        }
+        set
+    }
+
+    pub fn push(&mut self, key: &[u8]) {
+        self.data.extend_from_slice(key);
+        self.ends.push(self.data.len());
+        self.hashes.push(key_hash(key));
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The `index`-th key, or `None` past the end.
+    pub fn get(&self, index: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(index)?;
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        self.data.get(start..end)
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|i| self.get(i).unwrap_or_default())
+    }
+
+    /// The hash of each key, in key order (see [`key_hash`]).
+    pub fn hashes(&self) -> &[u64] {
+        &self.hashes
+    }
+}
+
+/// What a transaction read and wrote, as seen at commit time.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Transaction {
+    pub id: TxnId,
+    pub start_ts: Timestamp,
+    pub reads: KeySet,
+    pub writes: KeySet,
+    /// The causal history of a replicated write, for [`concurrent_writes`].
+    pub clock: Option<VectorClock>,
+}
+
+impl Transaction {
+    pub fn new<R: AsRef<[u8]>, W: AsRef<[u8]>>(
+        id: TxnId,
+        start_ts: Timestamp,
+        read_set: impl IntoIterator<Item = R>,
+        write_set: impl IntoIterator<Item = W>,
+        clock: Option<VectorClock>,
+    ) -> Self {
+        Self {
+            id,
+            start_ts,
+            reads: KeySet::new(read_set),
+            writes: KeySet::new(write_set),
+            clock,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Isolation {
+    /// Write-write conflicts only.
+    Snapshot,
+    /// Write-write and read-write conflicts (reads of keys committed after the start).
+    Serializable,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum ConflictKind {
+    WriteWrite,
+    ReadWrite,
+    TooOld,
+}
+
+/// What a rejected transaction lost to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum LostTo {
+    /// A recorded commit of the conflicting key, after the transaction's start.
+    Commit(Timestamp),
+    /// An earlier accepted transaction of the same batch that writes the conflicting key.
+    BatchMember(TxnId),
+    /// The low watermark the transaction started at or below.
+    LowWatermark(Timestamp),
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Conflict {
+    pub txn_id: TxnId,
+    pub kind: ConflictKind,
+    /// The conflicting key of the rejected transaction (`None` when too old).
+    pub key: Option<Vec<u8>>,
+    pub lost_to: LostTo,
+}
+
+/// A batch's outcome, one entry per transaction in submission order: `None` when accepted.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct BatchDecision {
+    pub outcomes: Vec<Option<Conflict>>,
+}
+
+impl BatchDecision {
+    /// Indices of the accepted transactions, in submission order.
+    pub fn accepted(&self) -> impl Iterator<Item = usize> + '_ {
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, outcome)| outcome.is_none().then_some(i))
+    }
+
+    /// Indices and conflicts of the rejected transactions, in submission order.
+    pub fn rejected(&self) -> impl Iterator<Item = (usize, &Conflict)> + '_ {
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, outcome)| outcome.as_ref().map(|c| (i, c)))
+    }
+}
+
+/// Two transactions that write a common key with concurrent vector clocks.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ConcurrentWrite {
+    /// Index of the earlier transaction in the batch.
+    pub first: usize,
+    /// Index of the later one.
+    pub second: usize,
+    /// The keys both write, in the first one's write-set order, each once.
+    pub keys: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ConflictError {
+    ZeroMaxKeys,
+    DuplicateTxnId(TxnId),
+    CommitNotAfterStart {
+        txn_id: TxnId,
+        start_ts: Timestamp,
+        commit_ts: Timestamp,
+    },
+}
+
+impl fmt::Display for ConflictError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ZeroMaxKeys => write!(f, "max_keys must be at least 1, got 0"),
+            Self::DuplicateTxnId(id) => {
+                write!(f, "duplicate transaction id {id} in one batch")
+            }
+            Self::CommitNotAfterStart {
+                txn_id,
+                start_ts,
+                commit_ts,
+            } => write!(
+                f,
+                "commit_ts {commit_ts} of transaction {txn_id} must be after its start_ts {start_ts}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConflictError {}
+
+fn check_unique_ids<T: Borrow<Transaction>>(txns: &[T]) -> Result<(), ConflictError> {
+    let mut seen = hash_set(txns.len());
+    for txn in txns {
+        let id = txn.borrow().id;
+        // Ids are chosen by clients: mix them before they index the pass-through set.
+        if !seen.insert(key_hash(&id.to_le_bytes())) {
+            return Err(ConflictError::DuplicateTxnId(id));
+        }
+    }
+    Ok(())
+}
+
+pub struct ConflictDetector {
+    isolation: Isolation,
+    max_keys: usize,
+    /// Key hash → timestamp of the last recorded commit that wrote the key.
+    last_commit: HashKeyed<Timestamp>,
+    /// `(key hash, commit)` in recording order; an entry whose commit is no longer the key's last
+    /// is superseded and skipped when forgetting.
+    order: VecDeque<(u64, Timestamp)>,
+    low_watermark: Option<Timestamp>,
+}
+
+impl ConflictDetector {
+    pub fn new(isolation: Isolation, max_keys: usize) -> Result<Self, ConflictError> {
+        if max_keys == 0 {
+            return Err(ConflictError::ZeroMaxKeys);
+        }
+        Ok(Self {
+            isolation,
+            max_keys,
+            last_commit: hash_keyed(0),
+            order: VecDeque::new(),
+            low_watermark: None,
+        })
+    }
+
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    /// Number of keys remembered now.
+    pub fn len(&self) -> usize {
+        self.last_commit.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last_commit.is_empty()
+    }
+
+    /// The newest forgotten commit (or the highest raised one): transactions that started at or
+    /// below it are rejected as too old. `None` until something is forgotten.
+    pub fn low_watermark(&self) -> Option<Timestamp> {
+        self.low_watermark
+    }
+
+    /// Raises the low watermark to at least `ts` (it never goes down). After a restart whose
+    /// replayed history starts at some commit, raise it to just below that commit.
+    pub fn raise_low_watermark(&mut self, ts: Timestamp) {
+        self.low_watermark = Some(self.low_watermark.map_or(ts, |lw| lw.max(ts)));
+    }
+
+    /// The last recorded commit of `key`, if still remembered.
+    pub fn last_commit(&self, key: &[u8]) -> Option<Timestamp> {
+        self.last_commit.get(&key_hash(key)).copied()
+    }
+
+    /// Bytes held by the history now (allocated capacity of the map and the eviction queue).
+    pub fn memory_bytes(&self) -> usize {
+        let slot = size_of::<(u64, Timestamp)>() + 1;
+        self.last_commit.capacity() * slot + self.order.capacity() * size_of::<(u64, Timestamp)>()
+    }
+
+    /// The first reason `txn` cannot commit after the recorded history, or `None`.
+    pub fn check(&self, txn: &Transaction) -> Option<Conflict> {
+        self.first_conflict(txn, None)
+    }
+
+    /// Decides a batch in submission order, first committer wins, against the recorded history
+    /// and the earlier accepted members; records nothing. Transaction ids must be unique.
+    pub fn check_batch<T: Borrow<Transaction>>(
+        &self,
+        txns: &[T],
+    ) -> Result<BatchDecision, ConflictError> {
+        check_unique_ids(txns)?;
+        let write_count: usize = txns.iter().map(|t| t.borrow().writes.len()).sum();
+        let mut batch_writes: HashKeyed<TxnId> = hash_keyed(write_count);
+        let mut outcomes = Vec::with_capacity(txns.len());
+        for txn in txns {
+            let txn = txn.borrow();
+            let outcome = self.first_conflict(txn, Some(&batch_writes));
+            if outcome.is_none() {
+                for &hash in txn.writes.hashes() {
+                    batch_writes.insert(hash, txn.id);
+                }
+            }
+            outcomes.push(outcome);
+        }
+        Ok(BatchDecision { outcomes })
+    }
+
+    fn first_conflict(
+        &self,
+        txn: &Transaction,
+        batch_writes: Option<&HashKeyed<TxnId>>,
+    ) -> Option<Conflict> {
+        if let Some(lw) = self.low_watermark {
+            if txn.start_ts <= lw {
+                return Some(Conflict {
+                    txn_id: txn.id,
+                    kind: ConflictKind::TooOld,
+                    key: None,
+                    lost_to: LostTo::LowWatermark(lw),
+                });
+            }
+        }
+        let sets = [
+            (ConflictKind::WriteWrite, &txn.writes),
+            (ConflictKind::ReadWrite, &txn.reads),
+        ];
+        let checked = match self.isolation {
+            Isolation::Snapshot => 1,
+            Isolation::Serializable => 2,
+        };
+        for &(kind, keys) in &sets[..checked] {
+            for (index, &hash) in keys.hashes().iter().enumerate() {
+                let lost_to = match self.last_commit.get(&hash) {
+                    Some(&commit) if commit > txn.start_ts => Some(LostTo::Commit(commit)),
+                    _ => batch_writes
+                        .and_then(|writes| writes.get(&hash))
+                        .map(|&winner| LostTo::BatchMember(winner)),
+                };
+                if let Some(lost_to) = lost_to {
+                    return Some(Conflict {
+                        txn_id: txn.id,
+                        kind,
+                        key: keys.get(index).map(<[u8]>::to_vec),
+                        lost_to,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Remembers `txn`'s writes as committed at `commit_ts` (after its commit is durable). A key's
+    /// last commit only moves forward: recording an older commit of a key changes nothing.
+    pub fn record(&mut self, txn: &Transaction, commit_ts: Timestamp) -> Result<(), ConflictError> {
+        if commit_ts <= txn.start_ts {
+            return Err(ConflictError::CommitNotAfterStart {
+                txn_id: txn.id,
+                start_ts: txn.start_ts,
+                commit_ts,
+            });
+        }
+        for &hash in txn.writes.hashes() {
+            match self.last_commit.get_mut(&hash) {
+                Some(last) if *last >= commit_ts => continue,
+                Some(last) => *last = commit_ts,
+                None => {
+                    while self.last_commit.len() >= self.max_keys {
+                        self.forget_oldest();
+                    }
+                    self.last_commit.insert(hash, commit_ts);
+                }
+            }
+            self.order.push_back((hash, commit_ts));
+        }
+        if self.order.len() > 2 * self.max_keys + 64 {
+            let last_commit = &self.last_commit;
+            self.order
+                .retain(|(hash, commit)| last_commit.get(hash) == Some(commit));
+        }
+        Ok(())
+    }
+
+    fn forget_oldest(&mut self) {
+        while let Some((hash, commit)) = self.order.pop_front() {
+            if self.last_commit.get(&hash) == Some(&commit) {
+                self.last_commit.remove(&hash);
+                self.raise_low_watermark(commit);
+                return;
+            }
+        }
+    }
+
+    /// Splits a batch into groups of mutually independent transactions (indices, in submission
+    /// order within each group): no two members of a group write a common key, and under
+    /// serializable none reads a key another writes. Each transaction joins the first group it is
+    /// independent of (first fit), or starts a new one.
+    pub fn partition<T: Borrow<Transaction>>(
+        &self,
+        txns: &[T],
+    ) -> Result<Vec<Vec<usize>>, ConflictError> {
+        check_unique_ids(txns)?;
+        struct Group {
+            writes: HashSetU64,
+            reads: HashSetU64,
+            members: Vec<usize>,
+        }
+        let serializable = self.isolation == Isolation::Serializable;
+        let mut groups: Vec<Group> = Vec::new();
+        for (index, txn) in txns.iter().enumerate() {
+            let txn = txn.borrow();
+            let (writes, reads) = (txn.writes.hashes(), txn.reads.hashes());
+            let fits = |group: &Group| {
+                !writes.iter().any(|h| group.writes.contains(h))
+                    && !(serializable
+                        && (reads.iter().any(|h| group.writes.contains(h))
+                            || writes.iter().any(|h| group.reads.contains(h))))
+            };
+            let group = match groups.iter().position(fits) {
+                Some(position) => &mut groups[position],
+                None => {
+                    groups.push(Group {
+                        writes: hash_set(writes.len()),
+                        reads: hash_set(if serializable { reads.len() } else { 0 }),
+                        members: Vec::new(),
+                    });
+                    let last = groups.len() - 1;
+                    &mut groups[last]
+                }
+            };
+            group.writes.extend(writes.iter().copied());
+            if serializable {
+                group.reads.extend(reads.iter().copied());
+            }
+            group.members.push(index);
+        }
+        Ok(groups.into_iter().map(|group| group.members).collect())
+    }
+}
+
+/// Pairs of transactions that write a common key with concurrent vector clocks (replicated writes
+/// that neither saw the other: a conflict to resolve). Transactions without a clock are skipped.
+/// Pairs are in submission order (by first, then second index). Transaction ids must be unique.
+pub fn concurrent_writes<T: Borrow<Transaction>>(
+    txns: &[T],
+) -> Result<Vec<ConcurrentWrite>, ConflictError> {
+    check_unique_ids(txns)?;
+    let mut writers: HashKeyed<Vec<usize>> = hash_keyed(0);
+    for (index, txn) in txns.iter().enumerate() {
+        let txn = txn.borrow();
+        if txn.clock.is_none() {
+            continue;
+        }
+        for &hash in txn.writes.hashes() {
+            let list = writers.entry(hash).or_default();
+            if list.last() != Some(&index) {
+                list.push(index);
+            }
+        }
+    }
+    let mut candidates: Vec<(usize, usize)> = Vec::new();
+    for list in writers.values() {
+        for (n, &first) in list.iter().enumerate() {
+            candidates.extend(list[n + 1..].iter().map(|&second| (first, second)));
+        }
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut found = Vec::new();
+    for (first, second) in candidates {
+        let (a, b) = (txns[first].borrow(), txns[second].borrow());
+        let concurrent = match (&a.clock, &b.clock) {
+            (Some(x), Some(y)) => x.compare(y) == Ordering::Concurrent,
+            _ => false,
+        };
+        if !concurrent {
+            continue;
+        }
+        let theirs: HashSet<&[u8]> = b.writes.iter().collect();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for key in a.writes.iter() {
+            if theirs.contains(key) && !keys.iter().any(|k| k.as_slice() == key) {
+                keys.push(key.to_vec());
+            }
+        }
+        // Empty only when the pair shared a hash but no key (a hash collision).
+        if !keys.is_empty() {
+            found.push(ConcurrentWrite {
+                first,
+                second,
+                keys,
+            });
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(packed: u64) -> Timestamp {
+        Timestamp::from_packed(packed, 0)
+    }
+
+    fn txn(id: TxnId, start: u64, reads: &[&str], writes: &[&str]) -> Transaction {
+        Transaction::new(
+            id,
+            ts(start),
+            reads.iter().map(|k| k.as_bytes()),
+            writes.iter().map(|k| k.as_bytes()),
+            None,
+        )
+    }
+
+    fn detector(isolation: Isolation, max_keys: usize) -> ConflictDetector {
+        ConflictDetector::new(isolation, max_keys).expect("max_keys > 0")
+    }
+
+    #[test]
+    fn key_set_keeps_order_and_bytes() {
+        let keys = KeySet::new([&b"a"[..], b"", b"bcd"]);
+        assert_eq!(
+            keys.iter().collect::<Vec<_>>(),
+            vec![&b"a"[..], b"", b"bcd"]
+        );
+        assert_eq!(keys.get(3), None);
+        assert_eq!(keys.hashes()[2], key_hash(b"bcd"));
+    }
+
+    /// (isolation, recorded (writes, commit), candidate (start, reads, writes), expected outcome)
+    #[test]
+    fn check_table() {
+        type Case = (
+            Isolation,
+            &'static [(&'static str, u64)],
+            (u64, &'static [&'static str], &'static [&'static str]),
+            Option<(ConflictKind, Option<&'static str>, LostTo)>,
+        );
+        use ConflictKind::*;
+        use Isolation::*;
+        let cases: &[Case] = &[
+            (Snapshot, &[], (5, &["a"], &["a"]), None),
+            (
+                Snapshot,
+                &[("a", 10)],
+                (5, &[], &["a"]),
+                Some((WriteWrite, Some("a"), LostTo::Commit(ts(10)))),
+            ),
+            (Snapshot, &[("a", 10)], (10, &[], &["a"]), None),
+            (Snapshot, &[("a", 10)], (11, &[], &["a"]), None),
+            (Snapshot, &[("a", 10)], (5, &["a"], &["b"]), None),
+            (
+                Serializable,
+                &[("a", 10)],
+                (5, &["a"], &["b"]),
+                Some((ReadWrite, Some("a"), LostTo::Commit(ts(10)))),
+            ),
+            (
+                Serializable,
+                &[("a", 10), ("b", 12)],
+                (5, &["a"], &["b"]),
+                Some((WriteWrite, Some("b"), LostTo::Commit(ts(12)))),
+            ),
+            (Serializable, &[("a", 10)], (10, &["a"], &[]), None),
+        ];
+        for (isolation, history, (start, reads, writes), expected) in cases {
+            let mut detector = detector(*isolation, 100);
+            for (n, (key, commit)) in history.iter().enumerate() {
+                let writer = txn(1000 + n as u64, commit - 1, &[], &[key]);
+                detector
+                    .record(&writer, ts(*commit))
+                    .expect("commit after start");
+            }
+            let got = detector.check(&txn(1, *start, reads, writes));
+            let expected = expected.map(|(kind, key, lost_to)| Conflict {
+                txn_id: 1,
+                kind,
+                key: key.map(|k| k.as_bytes().to_vec()),
+                lost_to,
+            });
+            assert_eq!(got, expected, "{isolation:?} {history:?} start={start}");
+        }
+    }
+
+    #[test]
+    fn node_breaks_ties_between_equal_physical_and_logical() {
+        let mut detector = detector(Isolation::Snapshot, 10);
+        let writer = Transaction::new(1, Timestamp::from_packed(9, 0), [b"k"], [b"k"], None);
+        detector
+            .record(&writer, Timestamp::from_packed(10, 2))
+            .expect("after start");
+        let at = |node| Transaction::new(2, Timestamp::from_packed(10, node), [b"k"], [b"k"], None);
+        assert!(detector.check(&at(1)).is_some());
+        assert!(detector.check(&at(2)).is_none());
+    }
+
+    #[test]
+    fn batch_first_committer_wins_and_records_nothing() {
+        let mut detector = detector(Isolation::Serializable, 100);
+        detector
+            .record(&txn(100, 1, &[], &["h"]), ts(20))
+            .expect("after start");
+        let batch = [
+            txn(1, 30, &["x"], &["a"]),
+            txn(2, 30, &[], &["a"]),    // loses to 1 (write-write in batch)
+            txn(3, 30, &["a"], &["b"]), // loses to 1 (read-write in batch)
+            txn(4, 10, &[], &["h"]),    // loses to the recorded commit 20
+            txn(5, 30, &["b"], &["c"]), // 3 was rejected, so its write of b does not count
+            txn(6, 30, &[], &["x"]),    // writes what 1 reads: allowed (1 is serialized first)
+        ];
+        let decision = detector.check_batch(&batch).expect("unique ids");
+        assert_eq!(decision.accepted().collect::<Vec<_>>(), vec![0, 4, 5]);
+        let lost: Vec<_> = decision
+            .rejected()
+            .map(|(i, c)| (i, c.kind, c.lost_to))
+            .collect();
+        assert_eq!(
+            lost,
+            vec![
+                (1, ConflictKind::WriteWrite, LostTo::BatchMember(1)),
+                (2, ConflictKind::ReadWrite, LostTo::BatchMember(1)),
+                (3, ConflictKind::WriteWrite, LostTo::Commit(ts(20))),
+            ]
+        );
+        assert_eq!(detector.len(), 1);
+        assert!(detector.check(&batch[1]).is_none());
+    }
+
+    #[test]
+    fn duplicate_ids_are_rejected() {
+        let detector = detector(Isolation::Snapshot, 10);
+        let batch = [txn(7, 1, &[], &["a"]), txn(7, 1, &[], &["b"])];
+        assert_eq!(
+            detector.check_batch(&batch),
+            Err(ConflictError::DuplicateTxnId(7))
+        );
+        assert_eq!(
+            detector.partition(&batch),
+            Err(ConflictError::DuplicateTxnId(7))
+        );
+        assert_eq!(
+            concurrent_writes(&batch),
+            Err(ConflictError::DuplicateTxnId(7))
+        );
+    }
+
+    #[test]
+    fn record_rejects_commit_not_after_start() {
+        let mut detector = detector(Isolation::Snapshot, 10);
+        let t = txn(1, 5, &[], &["a"]);
+        assert!(matches!(
+            detector.record(&t, ts(5)),
+            Err(ConflictError::CommitNotAfterStart { txn_id: 1, .. })
+        ));
+        assert!(detector.is_empty());
+        assert!(matches!(
+            ConflictDetector::new(Isolation::Snapshot, 0),
+            Err(ConflictError::ZeroMaxKeys)
+        ));
+    }
+
+    #[test]
+    fn eviction_forgets_oldest_and_raises_low_watermark() {
+        let mut detector = detector(Isolation::Snapshot, 2);
+        detector.record(&txn(1, 0, &[], &["a"]), ts(10)).unwrap();
+        detector.record(&txn(2, 0, &[], &["b"]), ts(11)).unwrap();
+        // Rewriting "a" makes "b" the least recently recorded key.
+        detector.record(&txn(3, 0, &[], &["a"]), ts(12)).unwrap();
+        assert_eq!(detector.low_watermark(), None);
+        detector.record(&txn(4, 0, &[], &["c"]), ts(13)).unwrap();
+        assert_eq!(detector.len(), 2);
+        assert_eq!(detector.low_watermark(), Some(ts(11)));
+        assert_eq!(detector.last_commit(b"b"), None);
+        assert_eq!(detector.last_commit(b"a"), Some(ts(12)));
+        let old = detector.check(&txn(5, 11, &[], &["zzz"]));
+        assert_eq!(old.map(|c| c.kind), Some(ConflictKind::TooOld));
+        assert!(detector.check(&txn(6, 12, &[], &["b"])).is_none());
+    }
+
+    #[test]
+    fn eviction_queue_stays_bounded() {
+        let mut detector = detector(Isolation::Snapshot, 4);
+        for commit in 1..10_000u64 {
+            let key = format!("k{}", commit % 3);
+            detector
+                .record(&txn(commit, commit - 1, &[], &[&key]), ts(commit))
+                .unwrap();
+        }
+        assert_eq!(detector.len(), 3);
+        assert!(detector.order.len() <= 2 * 4 + 64 + 1);
+        assert_eq!(detector.low_watermark(), None);
+    }
+
+    #[test]
+    fn raise_low_watermark_never_lowers() {
+        let mut detector = detector(Isolation::Snapshot, 4);
+        detector.raise_low_watermark(ts(50));
+        detector.raise_low_watermark(ts(20));
+        assert_eq!(detector.low_watermark(), Some(ts(50)));
+    }
+
+    #[test]
+    fn partition_first_fit() {
+        let batch = [
+            txn(1, 0, &["r"], &["a"]),
+            txn(2, 0, &[], &["a"]),
+            txn(3, 0, &[], &["r"]),
+            txn(4, 0, &["a"], &["b"]),
+            txn(5, 0, &[], &["a", "c"]),
+        ];
+        let snapshot = detector(Isolation::Snapshot, 4).partition(&batch).unwrap();
+        assert_eq!(snapshot, vec![vec![0, 2, 3], vec![1], vec![4]]);
+        let serializable = detector(Isolation::Serializable, 4)
+            .partition(&batch)
+            .unwrap();
+        assert_eq!(serializable, vec![vec![0], vec![1, 2], vec![3], vec![4]]);
+    }
+
+    #[test]
+    fn concurrent_writes_need_concurrent_clocks_and_a_shared_key() {
+        let clock = |entries: &[(u16, u64)]| {
+            Some(VectorClock::from_entries(entries.iter().copied()).unwrap())
+        };
+        let with = |id, writes: &[&str], clock| {
+            Transaction::new(
+                id,
+                ts(1),
+                [b""; 0],
+                writes.iter().map(|k| k.as_bytes()),
+                clock,
+            )
+        };
+        let batch = [
+            with(1, &["a", "b", "a"], clock(&[(1, 1)])),
+            with(2, &["a", "b"], clock(&[(2, 1)])), // concurrent with 1
+            with(3, &["a"], clock(&[(1, 1), (2, 1)])), // after 1 and 2
+            with(4, &["b"], None),                  // no clock: skipped
+            with(5, &["z"], clock(&[(3, 1)])),      // concurrent but no shared key
+            with(6, &["a"], clock(&[(3, 1)])),      // concurrent with 1, 2 and 3
+        ];
+        let found = concurrent_writes(&batch).unwrap();
+        let pairs: Vec<_> = found
+            .iter()
+            .map(|w| (w.first, w.second, w.keys.clone()))
+            .collect();
+        let a = || b"a".to_vec();
+        assert_eq!(
+            pairs,
+            vec![
+                (0, 1, vec![a(), b"b".to_vec()]),
+                (0, 5, vec![a()]),
+                (1, 5, vec![a()]),
+                (2, 5, vec![a()]),
+            ]
+        );
+    }
+}

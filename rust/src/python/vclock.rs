@@ -1,0 +1,232 @@
+//! Python face of `vclock`: `VectorClock` and the `Ordering` enum.
+
+use pyo3::basic::CompareOp;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyTuple, PyType};
+
+use crate::python::hlc::u64_arg;
+use crate::vclock::{NodeId, Ordering, VectorClock, VectorClockError};
+
+impl From<VectorClockError> for PyErr {
+    fn from(err: VectorClockError) -> Self {
+        PyValueError::new_err(err.to_string())
+    }
+}
+
+/// How two vector clocks relate: `BEFORE`, `AFTER`, `EQUAL` or `CONCURRENT`.
+#[pyclass(name = "Ordering", module = "hlc_oracle", frozen, eq, hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PyOrdering {
+    #[pyo3(name = "BEFORE")]
+    Before,
+    #[pyo3(name = "AFTER")]
+    After,
+    #[pyo3(name = "EQUAL")]
+    Equal,
+    #[pyo3(name = "CONCURRENT")]
+    Concurrent,
+}
+
+static ORDERING_MEMBERS: PyOnceLock<[Py<PyOrdering>; 4]> = PyOnceLock::new();
+
+/// The class attribute for `ordering`, so results can be tested with `is` and no object is
+/// allocated per comparison.
+fn ordering_member(py: Python<'_>, ordering: Ordering) -> PyResult<Py<PyOrdering>> {
+    let members = ORDERING_MEMBERS.get_or_try_init(py, || -> PyResult<_> {
+        let class = py.get_type::<PyOrdering>();
+        let member = |name: &str| -> PyResult<Py<PyOrdering>> {
+            Ok(class.getattr(name)?.cast_into::<PyOrdering>()?.unbind())
+        };
+        Ok([
+            member("BEFORE")?,
+            member("AFTER")?,
+            member("EQUAL")?,
+            member("CONCURRENT")?,
+        ])
+    })?;
+    let index = match ordering {
+        Ordering::Before => 0,
+        Ordering::After => 1,
+        Ordering::Equal => 2,
+        Ordering::Concurrent => 3,
+    };
+    Ok(members[index].clone_ref(py))
+}
+
+/// A node id argument: an int in `0..=65535`.
+pub(crate) fn node_id_arg(value: &Bound<'_, PyAny>) -> PyResult<NodeId> {
+    let node = u64_arg(value, "node")?;
+    NodeId::try_from(node).map_err(|_| {
+        PyValueError::new_err(format!("node must be in 0..={}, got {node}", NodeId::MAX))
+    })
+}
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map_or_else(|_| "?".into(), |n| n.to_string())
+}
+
+/// Converts a `dict` of node id → counter; zero counters are dropped.
+pub(crate) fn clock_from_dict(value: &Bound<'_, PyAny>) -> PyResult<VectorClock> {
+    let dict = value.cast::<PyDict>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "vector clock entries must be a dict of node id to counter, got {}",
+            type_name(value)
+        ))
+    })?;
+    let mut entries = Vec::with_capacity(dict.len());
+    for (node, counter) in dict.iter() {
+        entries.push((node_id_arg(&node)?, u64_arg(&counter, "counter")?));
+    }
+    Ok(VectorClock::from_entries(entries)?)
+}
+
+/// A vector clock: node id (0..=65535) → event counter (0..2**64), absent nodes count 0.
+///
+/// Comparisons are the happens-before partial order: for concurrent clocks `<`, `>`, `<=` and
+/// `>=` are all false. Mutable (`increment`, `merge`), hence unhashable.
+#[pyclass(name = "VectorClock", module = "hlc_oracle")]
+#[derive(Clone)]
+pub struct PyVectorClock(pub VectorClock);
+
+// pyo3 methods receive `&self`; the Python names (`to_bytes`, `to_dict`) are the public API.
+#[allow(clippy::wrong_self_convention)]
+#[pymethods]
+impl PyVectorClock {
+    #[new]
+    #[pyo3(signature = (entries = None))]
+    fn py_new(entries: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        match entries {
+            Some(entries) if !entries.is_none() => Ok(Self(clock_from_dict(entries)?)),
+            _ => Ok(Self(VectorClock::new())),
+        }
+    }
+
+    /// Counts one event on `node`; returns its new counter.
+    fn increment(&mut self, node: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let node = node_id_arg(node)?;
+        Ok(self.0.increment(node)?)
+    }
+
+    /// Pointwise maximum with `other`, in place.
+    fn merge(slf: &Bound<'_, Self>, other: &Bound<'_, Self>) {
+        if slf.is(other) {
+            return;
+        }
+        slf.borrow_mut().0.merge(&other.borrow().0);
+    }
+
+    /// The counter of `node` (0 when absent).
+    fn get(&self, node: &Bound<'_, PyAny>) -> PyResult<u64> {
+        Ok(self.0.get(node_id_arg(node)?))
+    }
+
+    fn compare(&self, py: Python<'_>, other: PyRef<'_, Self>) -> PyResult<Py<PyOrdering>> {
+        ordering_member(py, self.0.compare(&other.0))
+    }
+
+    fn happens_before(&self, other: PyRef<'_, Self>) -> bool {
+        self.0.happens_before(&other.0)
+    }
+
+    fn concurrent_with(&self, other: PyRef<'_, Self>) -> bool {
+        self.0.concurrent_with(&other.0)
+    }
+
+    /// True when this clock has seen every event of `other` (after or equal), like `>=`.
+    fn dominates(&self, other: PyRef<'_, Self>) -> bool {
+        self.0.dominates(&other.0)
+    }
+
+    fn copy(&self) -> Self {
+        self.clone()
+    }
+
+    fn __copy__(&self) -> Self {
+        self.clone()
+    }
+
+    fn __deepcopy__(&self, _memo: &Bound<'_, PyAny>) -> Self {
+        self.clone()
+    }
+
+    /// Compact canonical bytes: equal clocks give equal bytes (format in the README).
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.to_bytes())
+    }
+
+    #[classmethod]
+    fn from_bytes(_cls: &Bound<'_, PyType>, data: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let bytes = data.cast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "vector clock bytes must be bytes, got {}",
+                type_name(data)
+            ))
+        })?;
+        Ok(Self(VectorClock::from_bytes(bytes.as_bytes())?))
+    }
+
+    /// `{node: counter}` for every node with a non-zero counter.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (node, counter) in self.0.iter() {
+            dict.set_item(node, counter)?;
+        }
+        Ok(dict)
+    }
+
+    #[classmethod]
+    fn from_dict(_cls: &Bound<'_, PyType>, entries: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Ok(Self(clock_from_dict(entries)?))
+    }
+
+    fn __len__(&self) -> usize {
+        self.0.len()
+    }
+
+    /// `(node, counter)` pairs in increasing node order, so `dict(clock)` works.
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+        let pairs = PyList::new(py, self.0.iter())?;
+        pairs.try_iter()
+    }
+
+    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = other.py();
+        let Ok(other) = other.cast::<Self>() else {
+            return Ok(py.NotImplemented());
+        };
+        let ordering = self.0.compare(&other.borrow().0);
+        let result = match op {
+            CompareOp::Eq => ordering == Ordering::Equal,
+            CompareOp::Ne => ordering != Ordering::Equal,
+            CompareOp::Lt => ordering == Ordering::Before,
+            CompareOp::Le => matches!(ordering, Ordering::Before | Ordering::Equal),
+            CompareOp::Gt => ordering == Ordering::After,
+            CompareOp::Ge => matches!(ordering, Ordering::After | Ordering::Equal),
+        };
+        Ok(pyo3::types::PyBool::new(py, result)
+            .to_owned()
+            .into_any()
+            .unbind())
+    }
+
+    pub(crate) fn __repr__(&self) -> String {
+        let entries: Vec<String> = self
+            .0
+            .iter()
+            .map(|(node, counter)| format!("{node}: {counter}"))
+            .collect();
+        format!("VectorClock({{{}}})", entries.join(", "))
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let py = slf.py();
+        let bytes = PyBytes::new(py, &slf.borrow().0.to_bytes());
+        let args = PyTuple::new(py, [bytes])?;
+        PyTuple::new(py, [slf.get_type().getattr("from_bytes")?, args.into_any()])
+    }
+}
