@@ -1,0 +1,76 @@
+"""VectorClock.compare and merge with 4 and 32 entries, beside a dict-based Python vector clock
+(the group's baseline, ``tests/models/vclock.py``) and loro's ``VersionVector`` (a Rust version
+vector used from Python through pyo3: ``includes_vv`` and ``merge``).
+
+The two clocks of each pair differ in their last entry only, so every comparison walks all the
+entries (no early exit on a concurrent pair)."""
+
+from typing import Any
+
+import pytest
+from hlc_oracle import VectorClock
+
+from tests.models.vclock import DictVectorClock
+
+loro = pytest.importorskip("loro")
+
+SIZES = [4, 32]
+
+
+def counters(size: int, bump: int = 0) -> dict[int, int]:
+    entries = {node * 7 + 1: 1000 + node for node in range(size)}
+    last = max(entries)
+    entries[last] += bump
+    return entries
+
+
+def loro_vv(entries: dict[int, int]) -> Any:
+    vv = loro.VersionVector()
+    for peer, counter in entries.items():
+        vv.set_last(loro.ID(peer, counter))
+    return vv
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dict_compare(baseline: Any, size: int) -> None:
+    baseline.group = f"vclock-compare-{size}"
+    older, newer = DictVectorClock(counters(size)), DictVectorClock(counters(size, 1))
+    assert baseline(older.compare, newer) == "before"
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_vector_clock_compare(benchmark: Any, size: int) -> None:
+    benchmark.group = f"vclock-compare-{size}"
+    older, newer = VectorClock(counters(size)), VectorClock(counters(size, 1))
+    assert benchmark(older.compare, newer).__repr__() == "Ordering.BEFORE"
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_loro_includes_vv(benchmark: Any, size: int) -> None:
+    benchmark.group = f"vclock-compare-{size}"
+    older, newer = loro_vv(counters(size)), loro_vv(counters(size, 1))
+    assert benchmark(newer.includes_vv, older) is True
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dict_merge(baseline: Any, size: int) -> None:
+    baseline.group = f"vclock-merge-{size}"
+    mine, other = DictVectorClock(counters(size)), DictVectorClock(counters(size, 1))
+    baseline(mine.merge, other)
+    assert mine.counters == other.counters
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_vector_clock_merge(benchmark: Any, size: int) -> None:
+    benchmark.group = f"vclock-merge-{size}"
+    mine, other = VectorClock(counters(size)), VectorClock(counters(size, 1))
+    benchmark(mine.merge, other)
+    assert mine == other
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_loro_merge(benchmark: Any, size: int) -> None:
+    benchmark.group = f"vclock-merge-{size}"
+    mine, other = loro_vv(counters(size)), loro_vv(counters(size, 1))
+    benchmark(mine.merge, other)
+    assert mine.includes_vv(other)
