@@ -188,6 +188,8 @@ class CommitLog:
         traceback: TracebackType | None,
         /,
     ) -> bool: ...
+
+@final
 class Ordering:
     """How two vector clocks relate in the happens-before partial order."""
 

@@ -24,8 +24,9 @@
 //! Two distinct keys with the same hash (probability about `n / 2^64` per check) can only cause a
 //! false conflict, never a missed one. Memory per remembered key: one hash-map slot (8-byte hash +
 //! 16-byte [`Timestamp`] + 1 control byte, at a load factor between 7/16 and 7/8) and one 24-byte
-//! eviction-queue entry (up to two while superseded entries wait for compaction): about 50 to 110
-//! bytes per key; see [`ConflictDetector::memory_bytes`].
+//! eviction-queue entry (up to 1.5 while superseded entries wait for compaction, in a ring buffer
+//! whose capacity is a power of two); see [`ConflictDetector::memory_bytes`] and the README for
+//! measured figures.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -39,7 +40,7 @@ use crate::vclock::{Ordering, VectorClock};
 /// Transaction ids are unsigned 64-bit integers, unique within one batch.
 pub type TxnId = u64;
 
-/// Default `max_keys`: one million remembered keys, roughly 50 to 110 MB.
+/// Default `max_keys`: one million remembered keys, about 76 to 103 MB when full.
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 static KEY_HASHER: OnceLock<foldhash::fast::RandomState> = OnceLock::new();
@@ -335,8 +336,10 @@ impl ConflictDetector {
 
     /// Bytes held by the history now (allocated capacity of the map and the eviction queue).
     pub fn memory_bytes(&self) -> usize {
+        // The map has `capacity * 8 / 7` slots of one entry plus one control byte each.
         let slot = size_of::<(u64, Timestamp)>() + 1;
-        self.last_commit.capacity() * slot + self.order.capacity() * size_of::<(u64, Timestamp)>()
+        self.last_commit.capacity() / 7 * 8 * slot
+            + self.order.capacity() * size_of::<(u64, Timestamp)>()
     }
 
     /// The first reason `txn` cannot commit after the recorded history, or `None`.
@@ -434,7 +437,10 @@ impl ConflictDetector {
             }
             self.order.push_back((hash, commit_ts));
         }
-        if self.order.len() > 2 * self.max_keys + 64 {
+        // Superseded entries are dropped once they make up a third of the queue: amortized O(1)
+        // per recorded key, and the queue stays within 1.5 entries per remembered key.
+        let live = self.last_commit.len();
+        if self.order.len() > live + live / 2 + 64 {
             let last_commit = &self.last_commit;
             self.order
                 .retain(|(hash, commit)| last_commit.get(hash) == Some(commit));
@@ -749,7 +755,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(detector.len(), 3);
-        assert!(detector.order.len() <= 2 * 4 + 64 + 1);
+        assert!(detector.order.len() <= 3 + 1 + 64 + 1);
         assert_eq!(detector.low_watermark(), None);
     }
 
