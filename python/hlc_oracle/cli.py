@@ -1,4 +1,4 @@
-"""The ``hlc-oracle`` command: ``serve``, ``now``, ``status``, ``bench``.
+"""The ``hlc-oracle`` command: ``serve``, ``now``, ``status``, ``skew``, ``bench``.
 
 Exit codes: 0 success; 1 the oracle failed the request or could not start; 2 bad usage or
 configuration; 3 the oracle could not be reached (``UNAVAILABLE`` after retries, or timeout);
@@ -29,6 +29,7 @@ from hlc_oracle.client import (
     RetryPolicy,
     channel_credentials,
 )
+from hlc_oracle.skew import add_skew_arguments, run_skew
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -134,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     _client_arguments(status)
 
+    skew = commands.add_parser(
+        "skew",
+        help="measure this machine's clock offset against NTP servers once (before a deploy)",
+        description="Query each NTP server once, combine the answers and judge the offset "
+        "against the max offset. Exit 0: fine; 1: past the serving level; 3: no usable answer.",
+    )
+    add_skew_arguments(skew)
+
     bench = commands.add_parser(
         "bench", help="load generator: throughput and latency percentiles of an oracle"
     )
@@ -203,9 +212,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(fields))
     else:
+        servers = fields.pop("ntp_servers")
         width = max(len(name) for name in fields)
         for name, value in fields.items():
             print(f"{name:<{width}}  {value}")
+        for server in servers:
+            figures = (
+                f"offset {server['offset_us']:+d} us, delay {server['delay_us']} us, "
+                f"stratum {server['stratum']}"
+                if "offset_us" in server
+                else "no good answer yet"
+            )
+            print(
+                f"{'ntp ' + server['server']:<{width}}  {server['last_status']}: {figures} "
+                f"({server['good_samples']} good, {server['unhealthy_samples']} unhealthy)"
+            )
     return EXIT_OK if status.serving else EXIT_FAILED
 
 
@@ -305,7 +326,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"serve": cmd_serve, "now": cmd_now, "status": cmd_status, "bench": cmd_bench}
+COMMANDS = {
+    "serve": cmd_serve,
+    "now": cmd_now,
+    "status": cmd_status,
+    "skew": run_skew,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -90,10 +90,20 @@ class OracleStatus:
     serving: bool
     not_serving_reason: str
     max_count: int
+    # The skew guard: state, why, the NTP offset estimate (None when unknown) and its bound,
+    # wall-clock jumps against the monotonic clock, and each NTP server's last answer.
+    skew_state: str
+    skew_message: str
+    ntp_offset_us: int | None
+    ntp_offset_bound_us: int | None
+    wall_forward_jumps: int
+    wall_backward_jumps: int
+    ntp_servers: list[dict[str, Any]]
     message: pb.GetStatusResponse
 
     @classmethod
     def from_wire(cls, message: pb.GetStatusResponse) -> OracleStatus:
+        clock = message.clock
         return cls(
             node_id=message.node_id,
             role=message.role,
@@ -107,8 +117,34 @@ class OracleStatus:
             serving=message.serving,
             not_serving_reason=message.not_serving_reason,
             max_count=message.max_count,
+            skew_state=clock.skew_state,
+            skew_message=clock.skew_message,
+            ntp_offset_us=clock.ntp_offset_us if clock.ntp_offset_known else None,
+            ntp_offset_bound_us=clock.ntp_offset_bound_us if clock.ntp_offset_known else None,
+            wall_forward_jumps=clock.wall_forward_jumps,
+            wall_backward_jumps=clock.wall_backward_jumps,
+            ntp_servers=[_ntp_server(server) for server in clock.ntp_servers],
             message=message,
         )
+
+
+def _ntp_server(server: pb.NtpServerStatus) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "server": server.server,
+        "last_status": server.last_status,
+        "last_detail": server.last_detail,
+        "good_samples": server.good_samples,
+        "unhealthy_samples": server.unhealthy_samples,
+    }
+    if server.has_good_answer:
+        entry.update(
+            offset_us=server.offset_us,
+            delay_us=server.delay_us,
+            stratum=server.stratum,
+            leap=server.leap,
+            last_good_unix_s=server.last_good_unix_s,
+        )
+    return entry
 
 
 @dataclass(frozen=True)

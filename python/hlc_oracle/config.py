@@ -15,6 +15,7 @@ a dedicated command-line flag.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import tomllib
 import types
@@ -23,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from hlc_oracle.skew import GuardPolicy, SkewConfig
 
 ENV_PREFIX = "HLC_ORACLE_"
 
@@ -134,6 +137,8 @@ class OracleConfig:
     tls: TlsSection = field(default_factory=TlsSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     log: LogSection = field(default_factory=LogSection)
+    # NTP polling and the max-offset guard (hlc_oracle.skew): servers, thresholds, policies.
+    ntp: SkewConfig = field(default_factory=SkewConfig)
 
     def validate(self) -> None:
         """Raises :class:`ConfigError` naming the first field out of range."""
@@ -174,6 +179,15 @@ class OracleConfig:
             )
         if self.log.format not in ("json", "text"):
             raise ConfigError(f"log.format must be json or text, got {self.log.format!r}")
+        try:
+            self.ntp.validate()
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"ntp: {err}") from err
+        if not self.ntp.servers and self.ntp.unknown_policy is GuardPolicy.REFUSE:
+            raise ConfigError(
+                "ntp.unknown_policy = refuse needs ntp.servers: without servers the offset is "
+                "never known and the node would never serve"
+            )
 
 
 def sections(config: OracleConfig) -> list[tuple[str, Any]]:
@@ -196,6 +210,19 @@ def convert(value: Any, annotation: Any, name: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
             return None
         return convert(value, options[0], name)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        try:
+            return annotation(value)
+        except ValueError:
+            choices = ", ".join(str(member.value) for member in annotation)
+            raise ConfigError(f"{name} must be one of {choices}, got {value!r}") from None
+    if typing.get_origin(annotation) is tuple:
+        # A TOML array, or one comma-separated string from the environment or a flag; the
+        # section's own validate() parses the items.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, list | tuple):
+            return tuple(value)
     if annotation is bool:
         if isinstance(value, bool):
             return value

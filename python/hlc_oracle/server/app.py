@@ -27,6 +27,7 @@ from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.service import SERVICE_NAME, TimestampOracleService, wire_timestamp
+from hlc_oracle.server.skew_guard import build_skew_monitor, clock_status_fields
 from hlc_oracle.server.window import TimestampWindow, WindowStore, floor_for
 
 log = logging.getLogger("hlc_oracle.server")
@@ -77,6 +78,9 @@ class OracleServer:
             self.metrics,
             config.limits.max_count,
             self.status,
+        )
+        self.skew = build_skew_monitor(
+            config.ntp, self.clock.max_offset_us, self.gate, self.metrics.registry
         )
         self.health = health.aio.HealthServicer()
         self.started_at = time.monotonic()
@@ -133,6 +137,7 @@ class OracleServer:
                 max_offset_us=self.clock.max_offset_us,
                 backward_jumps=self.clock.backward_jumps,
                 physical_now_us=self.clock.physical_now(),
+                **clock_status_fields(self.skew.status()),
             ),
             serving=refusal is None,
             not_serving_reason=refusal or "",
@@ -205,6 +210,7 @@ class OracleServer:
                 ) from err
         await server.start()
         self._server = server
+        self.skew.start()  # polls on its own thread; its verdicts block or unblock the gate
         self.gate.unblock("starting")
         if self.config.server.port_file is not None:
             write_port_file(self.config.server.port_file, self.port, self.metrics_port)
@@ -234,6 +240,7 @@ class OracleServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        await asyncio.to_thread(self.skew.stop)  # joins the poll thread off the event loop
         await self.window.stop()
         if self._stop_metrics is not None:
             self._stop_metrics()

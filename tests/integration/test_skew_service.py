@@ -1,0 +1,212 @@
+"""The skew guard end to end: a real ``hlc-oracle serve`` process polling real NTP servers on
+loopback (chronyd, and the scriptable responder), seen through gRPC health, the timestamp RPCs,
+GetStatus, ``hlc-oracle status`` and /metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hlc_oracle.client import OracleClient, OracleUnavailableError
+
+from tests.integration.oracle_process import OracleProcess
+from tests.ntp.chrony import ChronyServer
+from tests.ntp.responder import Behaviour, NtpResponder
+
+POLL_S = 0.2
+TIMEOUT_S = 0.2
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+StartOracle = Callable[..., OracleProcess]
+
+
+@pytest.fixture
+def responder() -> Iterator[NtpResponder]:
+    with NtpResponder() as server:
+        yield server
+
+
+def ntp_args(*servers: str, hold_s: float = 0.6, **settings: str) -> list[str]:
+    args = [
+        "--ntp-servers", ",".join(servers),
+        "--set", f"ntp.poll_interval_s={POLL_S}",
+        "--set", f"ntp.timeout_s={TIMEOUT_S}",
+        "--set", f"ntp.recovery_hold_s={hold_s}",
+    ]  # fmt: skip
+    for name, value in settings.items():
+        args += ["--set", f"ntp.{name}={value}"]
+    return args
+
+
+def health(oracle: OracleProcess) -> int:
+    with grpc.insecure_channel(oracle.target) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=2
+        )
+        return int(response.status)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float) -> float:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout_s:
+            pytest.fail(f"condition not reached within {timeout_s} s")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def offset_named(message: str) -> int:
+    found = re.search(r"clock offset ([+-]\d+) us", message)
+    assert found is not None, message
+    return int(found.group(1))
+
+
+def test_serves_with_chrony_and_reports_the_offset(start_oracle: StartOracle) -> None:
+    with ChronyServer() as chrony:
+        # A burst of 4 keeps the shortest round trip: the server's own threads compete for the
+        # GIL with the monitor while the test polls GetStatus.
+        oracle = start_oracle(*ntp_args(chrony.address, burst="4"), "--metrics-port", "0")
+        with OracleClient(oracle.target) as client:
+            wait_for(lambda: client.status().ntp_offset_us is not None, 5)
+            status = client.status()
+            client.get_timestamp()
+        assert status.serving and status.skew_state == "ok"
+        assert status.ntp_offset_us is not None and abs(status.ntp_offset_us) <= 1_000
+        assert status.ntp_offset_bound_us is not None and status.ntp_offset_bound_us > 0
+        (server,) = status.ntp_servers
+        assert server["server"] == chrony.address and server["stratum"] == 8
+        assert health(oracle) == SERVING
+
+        shown = subprocess.run(
+            [sys.executable, "-m", "hlc_oracle.cli", "status", "--target", oracle.target],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(r"skew_state\s+ok", shown.stdout)
+        assert re.search(r"ntp_offset_us\s+-?\d+", shown.stdout)
+        assert f"ntp {chrony.address}" in shown.stdout and "stratum 8" in shown.stdout
+
+        assert oracle.metrics_port is not None
+        url = f"http://127.0.0.1:{oracle.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as page:
+            metrics = page.read().decode()
+        assert 'hlc_oracle_clock_skew_state{state="ok"} 1.0' in metrics
+        assert "hlc_oracle_clock_offset_bound_seconds" in metrics
+        assert f'hlc_oracle_ntp_samples_total{{result="good",server="{chrony.address}"}}' in metrics
+
+
+def test_refuse_past_the_limit_then_serve_after_recovery(
+    start_oracle: StartOracle, responder: NtpResponder
+) -> None:
+    oracle = start_oracle(*ntp_args(responder.address))
+    with OracleClient(oracle.target) as client:
+        client.get_timestamp()
+        responder.set(offset_s=2.0)
+        took = wait_for(lambda: health(oracle) == NOT_SERVING, 5)
+        # Two poll intervals, each possibly ending with one query timeout.
+        assert took <= 2 * (POLL_S + TIMEOUT_S) + 0.2
+        with pytest.raises(OracleUnavailableError) as refused:
+            client.get_timestamps(10)
+        assert refused.value.code is grpc.StatusCode.UNAVAILABLE
+        assert "past the serving limit 400000 us" in str(refused.value)
+        assert abs(offset_named(str(refused.value)) - 2_000_000) < 50_000
+        status = client.status()
+        assert not status.serving and status.skew_state == "unsafe"
+        assert "clock-skew" in status.not_serving_reason
+
+        responder.set(offset_s=0.0)
+        back = wait_for(lambda: health(oracle) == SERVING, 10)
+        assert back >= 0.6 - POLL_S  # the recovery hold
+        assert client.get_timestamp() is not None
+        assert client.status().skew_state == "ok"
+
+
+def test_warn_policy_keeps_serving(start_oracle: StartOracle, responder: NtpResponder) -> None:
+    responder.set(offset_s=-2.0)
+    oracle = start_oracle(*ntp_args(responder.address, policy="warn"))
+    with OracleClient(oracle.target) as client:
+        wait_for(lambda: client.status().skew_state == "unsafe", 5)
+        assert client.get_timestamp() is not None
+        status = client.status()
+    assert status.serving and abs(offset_named(status.skew_message) + 2_000_000) < 50_000
+    assert health(oracle) == SERVING
+
+
+@pytest.mark.parametrize("policy", ["warn", "refuse"])
+def test_unreachable_servers_are_unknown(
+    start_oracle: StartOracle, responder: NtpResponder, policy: str
+) -> None:
+    responder.set(behaviour=Behaviour.SILENT)
+    oracle = start_oracle(
+        *ntp_args(responder.address, "no-such-host.invalid", unknown_policy=policy),
+        wait_healthy=False,
+    )
+    expected = SERVING if policy == "warn" else NOT_SERVING
+
+    def settled() -> bool:
+        try:
+            return health(oracle) == expected
+        except grpc.RpcError:
+            return False
+
+    wait_for(settled, 10)
+    with OracleClient(oracle.target) as client:
+        wait_for(lambda: client.status().ntp_servers[0]["unhealthy_samples"] >= 2, 5)
+        status = client.status()
+        assert status.skew_state == "unknown" and status.ntp_offset_us is None
+        assert {s["last_status"] for s in status.ntp_servers} == {"timeout", "unresolvable"}
+        if policy == "warn":
+            assert client.get_timestamp() is not None
+        else:
+            with pytest.raises(OracleUnavailableError, match="clock offset unknown"):
+                client.get_timestamp()
+    assert health(oracle) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "ntp.policy=kill"], "ntp.policy must be one of refuse, warn"),
+        (["--ntp-servers", "host:99999"], "port must be in 1..65535"),
+        (["--set", "ntp.poll_interval_s=0"], "poll_interval_s"),
+        (["--set", "ntp.unknown_policy=refuse"], "needs ntp.servers"),
+    ],
+)
+def test_bad_ntp_configuration_exits_2(args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hlc_oracle.cli", "serve", "--listen", "127.0.0.1:0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_skew_command(responder: NtpResponder) -> None:
+    def skew(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hlc_oracle.cli", "skew", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    fine = skew("--server", responder.address)
+    assert fine.returncode == 0 and "ok: clock offset" in fine.stdout
+    responder.set(offset_s=2.0)
+    past = skew("--server", responder.address, "--json")
+    assert past.returncode == 1 and json.loads(past.stdout)["state"] == "unsafe"
