@@ -68,6 +68,7 @@ __all__ = [
     "NtpSample",
     "NtpServer",
     "OffsetEstimate",
+    "PhysicalClock",
     "SampleStatus",
     "ServerState",
     "SkewConfig",

@@ -80,7 +80,11 @@ class OracleServer:
             self.status,
         )
         self.skew = build_skew_monitor(
-            config.ntp, self.clock.max_offset_us, self.gate, self.metrics.registry
+            config.ntp,
+            self.clock.max_offset_us,
+            self.gate,
+            self.metrics.registry,
+            wall_clock=physical_clock,
         )
         self.health = health.aio.HealthServicer()
         self.started_at = time.monotonic()

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.skew import (
+    PhysicalClock,
     ServerState,
     SkewConfig,
     SkewMetricsCollector,
@@ -36,18 +37,22 @@ def build_skew_monitor(
     gate: ServingGate,
     registry: CollectorRegistry,
     on_fatal_jump: Callable[[str], None] | None = None,
+    wall_clock: PhysicalClock | None = None,
 ) -> SkewMonitor:
     """A monitor whose verdicts drive ``gate`` and whose figures are in ``registry``.
 
     A fatal forward jump (``fatal_forward_jump``) blocks the gate at once, then calls
-    ``on_fatal_jump`` (default: SIGTERM to this process, i.e. a graceful shutdown).
+    ``on_fatal_jump`` (default: SIGTERM to this process, i.e. a graceful shutdown). Jumps are
+    looked for on ``wall_clock``: the physical clock the HLC reads (default the system clock).
     """
 
     def fatal(reason: str) -> None:
         gate.block(JUMP_GATE_KEY, reason)
         (on_fatal_jump or _terminate)(reason)
 
-    monitor = SkewMonitor(config, max_offset_us=max_offset_us, on_fatal_jump=fatal)
+    monitor = SkewMonitor(
+        config, max_offset_us=max_offset_us, wall_clock=wall_clock, on_fatal_jump=fatal
+    )
 
     last_key: list[tuple[object, ...] | None] = [None]
 
@@ -56,11 +61,12 @@ def build_skew_monitor(
             last_key[0] = None
             gate.unblock(GATE_KEY)
             return
-        # Every block() re-announces health and logs: refresh the message only when the state
-        # changes or the offset moved by 1% of the max offset, not on every poll.
-        offset = status.estimate.offset_us if status.estimate else None
-        bucket = None if offset is None else offset // max(1, max_offset_us // 100)
-        key = (status.state, status.recovering, bucket)
+        # Every block() re-announces health and logs: refresh the message when the state or
+        # the reason changes, or the offset moved by 1% of the max offset, not on every poll.
+        estimate = status.estimate
+        step = max(1, max_offset_us // 100)
+        detail: object = status.message if estimate is None else estimate.offset_us // step
+        key = (status.state, status.recovering, detail)
         if key != last_key[0]:
             last_key[0] = key
             gate.block(GATE_KEY, status.message)
