@@ -75,10 +75,17 @@ CHANNELS: list[Any] = []
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     event_loop = asyncio.new_event_loop()
     yield event_loop
-    for channel in CHANNELS:
-        event_loop.run_until_complete(channel.close())
-    CHANNELS.clear()
     event_loop.close()
+
+
+@pytest.fixture(autouse=True)
+def close_channels(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Closes each test's channels when it ends. With them left open until the module ended,
+    whichever server ran second measured about 1.4x slower, in both orders."""
+    yield
+    for channel in CHANNELS:
+        loop.run_until_complete(channel.close())
+    CHANNELS.clear()
 
 
 def _bench(request: pytest.FixtureRequest, server: str) -> Any:

@@ -293,6 +293,10 @@ class TimestampStream:
                     raise OracleUnavailableError(
                         grpc.StatusCode.UNAVAILABLE, "the server closed the stream"
                     )
+                if not self._pending:
+                    raise OracleError(
+                        grpc.StatusCode.INTERNAL, "the server answered a request never sent"
+                    )
                 future = self._pending.popleft()
                 if not future.done():
                     future.set_result(range_from_wire(response))
