@@ -1,6 +1,7 @@
 //! hlc-oracle's core. Each module is one concept in plain Rust with its own tests; the pyo3 glue
 //! lives in `python/` behind the `python` feature, and this file only registers the module.
 
+pub mod commit;
 pub mod conflict;
 pub mod hlc;
 pub mod log;

@@ -222,6 +222,11 @@ impl CommitLog {
         self.next_seq
     }
 
+    /// First sequence number of each segment, oldest first.
+    pub fn segment_first_seqs(&self) -> Vec<u64> {
+        self.segments.iter().map(|(seq, _)| *seq).collect()
+    }
+
     /// Paths of the segment files, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
         self.segments.iter().map(|(_, path)| path.clone()).collect()

@@ -34,3 +34,39 @@ create_exception!(
     HlcError,
     "A timestamp would pass the clock's ceiling (its persisted window): extend the window first."
 );
+create_exception!(
+    hlc_oracle,
+    InvalidTransactionError,
+    HlcError,
+    "A transaction submitted for commit is malformed (bad id, empty write set); nothing was logged."
+);
+create_exception!(
+    hlc_oracle,
+    TransactionTooLargeError,
+    InvalidTransactionError,
+    "A transaction has more keys, or longer keys, than the configured limits; nothing was logged."
+);
+create_exception!(
+    hlc_oracle,
+    StartTimestampError,
+    InvalidTransactionError,
+    "A transaction's start timestamp is in the future or at or below the low watermark."
+);
+create_exception!(
+    hlc_oracle,
+    TransactionMismatchError,
+    InvalidTransactionError,
+    "A transaction id was already submitted with different contents."
+);
+create_exception!(
+    hlc_oracle,
+    SchedulerOverloadedError,
+    HlcError,
+    "The group-commit queue is full: retry later (back-pressure)."
+);
+create_exception!(
+    hlc_oracle,
+    SchedulerClosedError,
+    HlcError,
+    "The group-commit scheduler is closed (or not started)."
+);

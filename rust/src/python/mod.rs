@@ -1,5 +1,6 @@
 //! The pyo3 glue: each submodule wraps one core module; nothing here holds logic of its own.
 
+pub mod commit;
 pub mod conflict;
 pub mod errors;
 pub mod hlc;
@@ -17,6 +18,37 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
         "CommitLogCorruptError",
         py.get_type::<errors::CommitLogCorruptError>(),
     )?;
+    for (name, error) in [
+        (
+            "InvalidTransactionError",
+            py.get_type::<errors::InvalidTransactionError>(),
+        ),
+        (
+            "TransactionTooLargeError",
+            py.get_type::<errors::TransactionTooLargeError>(),
+        ),
+        (
+            "StartTimestampError",
+            py.get_type::<errors::StartTimestampError>(),
+        ),
+        (
+            "TransactionMismatchError",
+            py.get_type::<errors::TransactionMismatchError>(),
+        ),
+        (
+            "SchedulerOverloadedError",
+            py.get_type::<errors::SchedulerOverloadedError>(),
+        ),
+        (
+            "SchedulerClosedError",
+            py.get_type::<errors::SchedulerClosedError>(),
+        ),
+    ] {
+        module.add(name, error)?;
+    }
+    module.add_class::<commit::PyCommitEngine>()?;
+    module.add_class::<commit::PyCommitted>()?;
+    module.add_class::<commit::PyAborted>()?;
     module.add_class::<log::PyCommitLog>()?;
     module.add_class::<log::PyLogRecovery>()?;
     module.add(

@@ -1,0 +1,382 @@
+"""Group commit: transactions submitted while a log write is in flight form the next batch.
+
+:class:`GroupCommitScheduler` owns one writer thread. Each turn it takes everything queued (up to
+``max_batch_size``, after waiting at most ``max_batch_delay_us`` for more), and hands the batch to
+:class:`~hlc_oracle.CommitEngine` in ONE call that runs without the GIL: ``check_batch`` (first
+committer wins), one clock ``reserve`` for the commit timestamps, one log append with every
+decision (one ``write`` + one ``fdatasync``), then recording the commits in the conflict detector.
+A lone transaction therefore waits for nothing but its own write; a busy oracle batches more.
+
+Durability, by name:
+
+- ``"sync"`` (default): an answer is given after its batch is on disk.
+- ``"async"``: answers are given after the ``write``, before the ``fdatasync`` (which follows at
+  once, before the next batch). A process crash loses nothing (the page cache survives it); a
+  machine crash or power loss can lose the acknowledged batches whose ``fdatasync`` had not
+  finished: at most one batch.
+- ``"memory"``: no log at all (tests and benchmarks); everything is lost on restart.
+
+Answers are :class:`~hlc_oracle.Committed` (with the commit timestamp) or
+:class:`~hlc_oracle.Aborted` (``reason`` "conflict" with the :class:`~hlc_oracle.Conflict`, or
+"requested" after :meth:`GroupCommitScheduler.abort`). Submitting an id that is already decided
+returns its first decision; the same id with different contents raises
+:class:`~hlc_oracle.TransactionMismatchError`. A full queue raises
+:class:`~hlc_oracle.SchedulerOverloadedError` instead of growing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, Self
+
+from hlc_oracle._core import (
+    Aborted,
+    Clock,
+    CommitEngine,
+    Committed,
+    SchedulerClosedError,
+    SchedulerOverloadedError,
+    Transaction,
+)
+
+__all__ = ["CommitOptions", "GroupCommitScheduler", "Outcome"]
+
+Outcome = Committed | Aborted
+
+logger = logging.getLogger("hlc_oracle.scheduler")
+
+
+@dataclass(frozen=True)
+class CommitOptions:
+    """Settings of the group-commit scheduler and its log; every field has a documented default.
+
+    Limits on one transaction (over them: :class:`~hlc_oracle.TransactionTooLargeError`):
+    ``max_read_keys`` and ``max_write_keys`` (10,000 each), ``max_key_bytes`` (4,096).
+    """
+
+    durability: Literal["sync", "async", "memory"] = "sync"
+    isolation: Literal["snapshot", "serializable"] = "snapshot"
+    #: Largest batch handed to one log write.
+    max_batch_size: int = 4096
+    #: How long a batch that is not full may wait for more arrivals (0: never wait).
+    max_batch_delay_us: int = 0
+    #: Queued, undecided requests beyond which ``submit`` raises SchedulerOverloadedError.
+    max_queue: int = 100_000
+    #: Keys the conflict detector remembers (its memory bound).
+    max_keys: int = 1_000_000
+    max_read_keys: int = 10_000
+    max_write_keys: int = 10_000
+    max_key_bytes: int = 4096
+    #: Decided ids kept for ``status`` and idempotent resubmission.
+    retained_decisions: int = 1_000_000
+    #: Log segment size in bytes (rotation).
+    segment_size: int = 64 << 20
+    #: Segments kept; older ones are checkpointed away (retention).
+    retain_segments: int = 8
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_batch_size",
+            "max_queue",
+            "max_keys",
+            "max_read_keys",
+            "max_write_keys",
+            "max_key_bytes",
+            "retained_decisions",
+            "retain_segments",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not isinstance(self.max_batch_delay_us, int) or self.max_batch_delay_us < 0:
+            raise ValueError(
+                f"max_batch_delay_us must be a non-negative int, got {self.max_batch_delay_us!r}"
+            )
+        if self.durability not in ("sync", "async", "memory"):
+            raise ValueError(
+                f'durability must be "sync", "async" or "memory", got {self.durability!r}'
+            )
+        if self.isolation not in ("snapshot", "serializable"):
+            raise ValueError(
+                f'isolation must be "snapshot" or "serializable", got {self.isolation!r}'
+            )
+
+
+_Request = Transaction | int
+_Waiter = asyncio.Future[Outcome] | concurrent.futures.Future[Outcome]
+
+
+class GroupCommitScheduler:
+    """Batches commits into one durable log write each; see the module docstring.
+
+    ``path`` is the log directory (None only with durability "memory"). Opening replays the log
+    (decisions, conflict history, clock floor) before the scheduler accepts anything.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        clock: Clock | None = None,
+        options: CommitOptions | None = None,
+    ) -> None:
+        self.options = options or CommitOptions()
+        self.clock = clock if clock is not None else Clock()
+        opts = self.options
+        started = time.perf_counter()
+        self.engine = CommitEngine(
+            path,
+            self.clock,
+            durability=opts.durability,
+            isolation=opts.isolation,
+            max_keys=opts.max_keys,
+            max_read_keys=opts.max_read_keys,
+            max_write_keys=opts.max_write_keys,
+            max_key_bytes=opts.max_key_bytes,
+            retained_decisions=opts.retained_decisions,
+            segment_size=opts.segment_size,
+            retain_segments=opts.retain_segments,
+        )
+        self._log_recovery(time.perf_counter() - started)
+        self._queue: collections.deque[tuple[_Request, _Waiter]] = collections.deque()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._writer_idle = False
+        self._closed = False
+        self._in_flight = 0
+        self._thread = threading.Thread(
+            target=self._run, name="hlc-oracle-group-commit", daemon=True
+        )
+        self._thread.start()
+
+    def _log_recovery(self, seconds: float) -> None:
+        recovery = self.engine.recovery
+        stats = self.engine.stats()
+        if recovery is None:
+            logger.info("group commit: durability=memory, no log to recover")
+            return
+        logger.info(
+            "group commit: recovered %d records (%d commits, %d aborts) from %d segments, "
+            "%d bytes in %.3f s (log replay %.3f s); truncated %d bytes of torn tail; floor %s",
+            recovery.record_count,
+            stats["recovered_commits"],
+            stats["recovered_aborts"],
+            recovery.segments,
+            recovery.bytes_read,
+            seconds,
+            recovery.seconds,
+            recovery.truncated_bytes,
+            self.engine.floor,
+        )
+
+    # ---- submitting -------------------------------------------------------------------------
+
+    def _enqueue(self, request: _Request, waiter: _Waiter) -> None:
+        with self._lock:
+            if self._closed:
+                raise SchedulerClosedError("the group-commit scheduler is closed")
+            if len(self._queue) >= self.options.max_queue:
+                raise SchedulerOverloadedError(
+                    f"the commit queue is full ({self.options.max_queue} requests waiting); "
+                    "retry later"
+                )
+            self._queue.append((request, waiter))
+            if self._writer_idle:
+                self._wakeup.notify()
+
+    @staticmethod
+    def _check_transaction(txn: object) -> None:
+        if not isinstance(txn, Transaction):
+            raise TypeError(f"txn must be a Transaction, got {type(txn).__name__}")
+
+    @staticmethod
+    def _check_txn_id(txn_id: object) -> None:
+        if not isinstance(txn_id, int) or isinstance(txn_id, bool):
+            raise TypeError(f"txn_id must be an int, got {type(txn_id).__name__}")
+        if not 0 <= txn_id < 1 << 64:
+            raise ValueError(f"txn_id must be in 1..2**64-1, got {txn_id}")
+
+    async def submit(self, txn: Transaction) -> Outcome:
+        """Commits ``txn`` in the next batch: ``Committed`` or ``Aborted``; raises on bad input."""
+        self._check_transaction(txn)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._enqueue(txn, future)
+        return await future
+
+    def submit_blocking(self, txn: Transaction, timeout: float | None = None) -> Outcome:
+        """The blocking form of :meth:`submit`, for threads without an event loop."""
+        self._check_transaction(txn)
+        future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        self._enqueue(txn, future)
+        return future.result(timeout)
+
+    async def submit_many(self, txns: Iterable[Transaction]) -> list[Outcome | BaseException]:
+        """Submits several transactions at once (they may share a batch); answers in order, with
+        the exception in place of an answer for a refused one."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Outcome]] = []
+        for txn in txns:
+            self._check_transaction(txn)
+            future: asyncio.Future[Outcome] = loop.create_future()
+            self._enqueue(txn, future)
+            futures.append(future)
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    async def abort(self, txn_id: int) -> Outcome:
+        """Records an abort for an undecided id, so that a late commit of it is refused (how a
+        participant that timed out resolves an in-doubt transaction). Returns the decision: the
+        abort, or the first decision when the id was already decided."""
+        self._check_txn_id(txn_id)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._enqueue(txn_id, future)
+        return await future
+
+    def abort_blocking(self, txn_id: int, timeout: float | None = None) -> Outcome:
+        self._check_txn_id(txn_id)
+        future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        self._enqueue(txn_id, future)
+        return future.result(timeout)
+
+    def status(self, txn_id: int) -> Outcome | None:
+        """``Committed`` or ``Aborted`` for a decided id, None when unknown (never decided, or
+        older than ``retained_decisions``). May wait for the batch being written."""
+        self._check_txn_id(txn_id)
+        return self.engine.status(txn_id)
+
+    # ---- the writer thread ------------------------------------------------------------------
+
+    def _take_batch(self) -> list[tuple[_Request, _Waiter]] | None:
+        """Blocks until there is work; None when closed and drained."""
+        opts = self.options
+        with self._lock:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._writer_idle = True
+                self._wakeup.wait()
+                self._writer_idle = False
+            if opts.max_batch_delay_us and len(self._queue) < opts.max_batch_size:
+                deadline = time.monotonic() + opts.max_batch_delay_us / 1e6
+                while len(self._queue) < opts.max_batch_size and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._writer_idle = True
+                    self._wakeup.wait(remaining)
+                    self._writer_idle = False
+            count = min(len(self._queue), opts.max_batch_size)
+            popleft = self._queue.popleft
+            batch = [popleft() for _ in range(count)]
+            self._in_flight = count
+            return batch
+
+    def _run(self) -> None:
+        engine = self.engine
+        sync_after = self.options.durability == "async"
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            try:
+                answers: list[Outcome | BaseException] = engine.process([r for r, _ in batch])
+            except BaseException as error:
+                answers = [error] * len(batch)
+            self._deliver(batch, answers)
+            if sync_after:
+                engine.sync()
+            with self._lock:
+                self._in_flight = 0
+
+    @staticmethod
+    def _deliver(
+        batch: list[tuple[_Request, _Waiter]], answers: list[Outcome | BaseException]
+    ) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outcome], object]]] = {}
+        for (_, waiter), answer in zip(batch, answers, strict=True):
+            if isinstance(waiter, asyncio.Future):
+                by_loop.setdefault(waiter.get_loop(), []).append((waiter, answer))
+            elif isinstance(answer, BaseException):
+                waiter.set_exception(answer)
+            else:
+                waiter.set_result(answer)
+        # One wake-up per event loop and batch, not one per answer.
+        for loop, pairs in by_loop.items():
+            # A closed loop raises RuntimeError: nobody is waiting there any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, pairs)
+
+    # ---- lifecycle and figures ----------------------------------------------------------------
+
+    @property
+    def durability(self) -> Literal["sync", "async", "memory"]:
+        return self.options.durability
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def queue_length(self) -> int:
+        """Requests waiting for a batch (not counting the one being written)."""
+        return len(self._queue)
+
+    def stats(self) -> dict[str, int | None]:
+        """committed, aborted, batches, queued, in_flight, recovered_*, retained_decisions, ..."""
+        figures: dict[str, int | None] = dict(self.engine.stats())
+        figures["queued"] = len(self._queue)
+        figures["in_flight"] = self._in_flight
+        return figures
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stops accepting requests, decides everything already queued, syncs. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._wakeup.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        self.engine.close()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _resolve(pairs: list[tuple[asyncio.Future[Outcome], object]]) -> None:
+    for future, answer in pairs:
+        if future.done():  # cancelled by its caller meanwhile
+            continue
+        if isinstance(answer, BaseException):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)  # type: ignore[arg-type]

@@ -1,0 +1,301 @@
+//! The batch hot path on a real log: decisions, idempotency, fencing, bad input, recovery.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::*;
+use crate::conflict::{ConflictKind, LostTo};
+use crate::hlc::{ClockConfig, ManualClock, PhysicalSource};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "hlc-commit-{name}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn clock_at(physical: &Arc<ManualClock>) -> Clock {
+    let mut config = ClockConfig::new(1, 1_000);
+    config.source = PhysicalSource::Manual(physical.clone());
+    Clock::new(config)
+}
+
+fn config(dir: &TempDir) -> EngineConfig {
+    let mut config = EngineConfig::new(Durability::Sync, Some(dir.0.clone()));
+    config.log_options.segment_size = 4096;
+    config
+}
+
+fn txn(id: u64, start: Timestamp, reads: &[&str], writes: &[&str]) -> Transaction {
+    Transaction::new(id, start, reads.iter(), writes.iter(), None)
+}
+
+fn committed(answer: &Result<Outcome, SubmitError>) -> Timestamp {
+    match answer {
+        Ok(Outcome::Committed(ts)) => *ts,
+        other => panic!("expected a commit, got {other:?}"),
+    }
+}
+
+fn conflict(answer: &Result<Outcome, SubmitError>) -> &Conflict {
+    match answer {
+        Ok(Outcome::Aborted(AbortReason::Conflict(conflict))) => conflict,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+#[test]
+fn batch_decides_first_committer_wins_with_increasing_commit_timestamps() {
+    let dir = TempDir::new("batch");
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let (mut engine, _) = CommitEngine::open(config(&dir), &clock).unwrap();
+    let start = clock.now().unwrap();
+    let a = txn(1, start, &[], &["x", "y"]);
+    let b = txn(2, start, &[], &["y"]);
+    let c = txn(3, start, &["y"], &["z"]);
+    let answers = engine.process(
+        &clock,
+        &[
+            Request::Commit(&a),
+            Request::Commit(&b),
+            Request::Commit(&c),
+        ],
+    );
+    let ts_a = committed(&answers[0]);
+    let lost = conflict(&answers[1]);
+    assert_eq!(lost.kind, ConflictKind::WriteWrite);
+    assert_eq!(lost.key.as_deref(), Some(&b"y"[..]));
+    assert_eq!(lost.lost_to, LostTo::BatchMember(1));
+    let ts_c = committed(&answers[2]); // snapshot isolation: reads do not conflict
+    assert!(ts_a > start && ts_c > ts_a);
+
+    // Against history: a transaction that started before `a` committed loses to it.
+    let d = txn(4, start, &[], &["x"]);
+    let later = clock.now().unwrap();
+    let e = txn(5, later, &[], &["x"]);
+    let answers = engine.process(&clock, &[Request::Commit(&d), Request::Commit(&e)]);
+    assert_eq!(conflict(&answers[0]).lost_to, LostTo::Commit(ts_a));
+    assert!(committed(&answers[1]) > ts_c);
+    assert_eq!(engine.totals(), (3, 2, 2));
+}
+
+#[test]
+fn resubmission_is_idempotent_and_different_contents_are_refused() {
+    let dir = TempDir::new("idempotent");
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let (mut engine, _) = CommitEngine::open(config(&dir), &clock).unwrap();
+    let start = clock.now().unwrap();
+    let a = txn(9, start, &["r"], &["w"]);
+    let first = engine.process(&clock, &[Request::Commit(&a), Request::Commit(&a)]);
+    assert_eq!(first[0], first[1]);
+    let seq = engine.log().unwrap().next_seq();
+    let again = engine.process(&clock, &[Request::Commit(&a)]);
+    assert_eq!(again[0], first[0]);
+    assert_eq!(
+        engine.log().unwrap().next_seq(),
+        seq,
+        "nothing logged for a resubmission"
+    );
+    let changed = txn(9, start, &["r"], &["other"]);
+    assert_eq!(
+        engine.process(&clock, &[Request::Commit(&changed)])[0],
+        Err(SubmitError::Mismatch { txn_id: 9 })
+    );
+    let b1 = txn(10, start, &[], &["p"]);
+    let b2 = txn(10, start, &[], &["q"]);
+    let answers = engine.process(&clock, &[Request::Commit(&b1), Request::Commit(&b2)]);
+    committed(&answers[0]);
+    assert_eq!(answers[1], Err(SubmitError::Mismatch { txn_id: 10 }));
+}
+
+#[test]
+fn abort_fences_a_late_commit_and_never_undoes_a_commit() {
+    let dir = TempDir::new("fence");
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let (mut engine, _) = CommitEngine::open(config(&dir), &clock).unwrap();
+    let start = clock.now().unwrap();
+    let fenced = txn(20, start, &[], &["k"]);
+    assert_eq!(
+        engine.process(&clock, &[Request::Abort(20)])[0],
+        Ok(Outcome::Aborted(AbortReason::Requested))
+    );
+    assert_eq!(
+        engine.process(&clock, &[Request::Commit(&fenced)])[0],
+        Ok(Outcome::Aborted(AbortReason::Requested))
+    );
+    let done = txn(21, start, &[], &["k"]);
+    let answers = engine.process(&clock, &[Request::Commit(&done), Request::Abort(21)]);
+    let ts = committed(&answers[0]);
+    assert_eq!(answers[1], Ok(Outcome::Committed(ts)));
+    assert_eq!(
+        engine.process(&clock, &[Request::Abort(21)])[0],
+        Ok(Outcome::Committed(ts))
+    );
+    assert_eq!(engine.status(21), Some(&Outcome::Committed(ts)));
+    assert_eq!(
+        engine.status(20),
+        Some(&Outcome::Aborted(AbortReason::Requested))
+    );
+    assert_eq!(engine.status(22), None);
+}
+
+#[test]
+fn bad_input_is_refused_and_not_logged() {
+    let dir = TempDir::new("bad");
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let mut config = config(&dir);
+    config.limits = Limits {
+        max_read_keys: 2,
+        max_write_keys: 2,
+        max_key_bytes: 4,
+    };
+    let (mut engine, _) = CommitEngine::open(config, &clock).unwrap();
+    let start = clock.now().unwrap();
+    let future = Timestamp::new(1_000_000 + 1_001, 0, 1).unwrap();
+    let cases = [
+        txn(0, start, &[], &["k"]),
+        txn(1, start, &["r"], &[]),
+        txn(2, start, &["a", "b", "c"], &["k"]),
+        txn(3, start, &[], &["a", "b", "c"]),
+        txn(4, start, &[], &["a", "toolong"]),
+        txn(5, future, &[], &["k"]),
+    ];
+    let requests: Vec<Request<'_>> = cases.iter().map(Request::Commit).collect();
+    let answers = engine.process(&clock, &requests);
+    let messages: Vec<String> = answers
+        .iter()
+        .map(|a| a.as_ref().unwrap_err().to_string())
+        .collect();
+    assert!(
+        messages[0].contains("txn_id must be in 1.."),
+        "{}",
+        messages[0]
+    );
+    assert!(
+        messages[1].contains("write_set is empty"),
+        "{}",
+        messages[1]
+    );
+    assert!(messages[2].contains("read_set has 3 keys, over the limit of 2"));
+    assert!(messages[3].contains("write_set has 3 keys, over the limit of 2"));
+    assert!(messages[4].contains("write_set[1] is 7 bytes, over the limit of 4"));
+    assert!(messages[5].contains("in the future"), "{}", messages[5]);
+    assert_eq!(
+        engine.process(&clock, &[Request::Abort(0)])[0],
+        Err(SubmitError::InvalidTxnId)
+    );
+    assert_eq!(engine.log().unwrap().next_seq(), 1, "nothing logged");
+    // The engine keeps going.
+    committed(&engine.process(&clock, &[Request::Commit(&txn(6, start, &[], &["k"]))])[0]);
+}
+
+#[test]
+fn recovery_rebuilds_decisions_history_and_clock_floor() {
+    let dir = TempDir::new("recover");
+    let physical = Arc::new(ManualClock::new(5_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let start;
+    let last_commit;
+    {
+        let (mut engine, _) = CommitEngine::open(config(&dir), &clock).unwrap();
+        start = clock.now().unwrap();
+        let mut answers = Vec::new();
+        for id in 1..=50u64 {
+            let key = format!("k{}", id % 10);
+            let t = txn(id, start, &[], &[&key]);
+            answers.extend(engine.process(&clock, &[Request::Commit(&t)]));
+        }
+        engine.process(&clock, &[Request::Abort(77)]);
+        last_commit = answers
+            .iter()
+            .filter_map(|a| match a {
+                Ok(Outcome::Committed(ts)) => Some(*ts),
+                _ => None,
+            })
+            .max()
+            .unwrap();
+    }
+    // A fresh clock whose physical time went backwards: the floor still holds.
+    physical.set(4_999_500).unwrap();
+    let clock = clock_at(&physical);
+    let (mut engine, recovery) = CommitEngine::open(config(&dir), &clock).unwrap();
+    assert_eq!(recovery.commits, 10);
+    assert_eq!(recovery.aborts, 41);
+    assert_eq!(recovery.floor, Some(last_commit));
+    assert!(clock.last() > last_commit);
+    assert_eq!(
+        engine.status(1).map(|o| matches!(o, Outcome::Committed(_))),
+        Some(true)
+    );
+    assert_eq!(
+        engine.status(77),
+        Some(&Outcome::Aborted(AbortReason::Requested))
+    );
+    // History is back: the same old start loses to the logged commit of its key.
+    let late = txn(100, start, &[], &["k3"]);
+    let answer = engine.process(&clock, &[Request::Commit(&late)]);
+    assert!(matches!(conflict(&answer[0]).lost_to, LostTo::Commit(_)));
+    let fresh = txn(101, clock.now().unwrap(), &[], &["k3"]);
+    assert!(committed(&engine.process(&clock, &[Request::Commit(&fresh)])[0]) > last_commit);
+}
+
+#[test]
+fn retention_keeps_few_segments_and_refuses_starts_before_the_checkpoint() {
+    let dir = TempDir::new("retention");
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let mut config = config(&dir);
+    config.retain_segments = 2;
+    let old_start;
+    {
+        let (mut engine, _) = CommitEngine::open(config.clone(), &clock).unwrap();
+        old_start = clock.now().unwrap();
+        for id in 1..=400u64 {
+            let key = format!("key-{id}");
+            let start = clock.now().unwrap();
+            let t = txn(id, start, &[], &[&key]);
+            committed(&engine.process(&clock, &[Request::Commit(&t)])[0]);
+        }
+        assert!(engine.log().unwrap().segment_paths().len() <= 3);
+    }
+    let (mut engine, recovery) = CommitEngine::open(config, &clock).unwrap();
+    assert!(recovery.commits < 400);
+    assert!(engine.detector().low_watermark().is_some());
+    let stale = txn(1_000, old_start, &[], &["new-key"]);
+    assert!(matches!(
+        engine.process(&clock, &[Request::Commit(&stale)])[0],
+        Err(SubmitError::StartTooOld { .. })
+    ));
+}
+
+#[test]
+fn memory_durability_needs_no_directory() {
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let (mut engine, recovery) =
+        CommitEngine::open(EngineConfig::new(Durability::Memory, None), &clock).unwrap();
+    assert!(recovery.log.is_none());
+    let start = clock.now().unwrap();
+    committed(&engine.process(&clock, &[Request::Commit(&txn(1, start, &[], &["k"]))])[0]);
+    assert!(engine.log().is_none());
+    assert!(CommitEngine::open(EngineConfig::new(Durability::Sync, None), &clock).is_err());
+}

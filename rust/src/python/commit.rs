@@ -1,0 +1,525 @@
+//! Python face of `commit`: the batch engine the `GroupCommitScheduler` drives, and the
+//! `Committed` / `Aborted` answers.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyInt, PyList};
+
+use crate::commit::{
+    AbortReason, CommitEngine, Durability, EngineConfig, EngineError, Limits, Outcome, Request,
+    SubmitError,
+};
+use crate::conflict::{Conflict, Isolation};
+use crate::python::conflict::{PyConflict, PyTransaction};
+use crate::python::errors::{
+    ClockSkewError, CommitLogCorruptError, CommitLogError, HlcError, InvalidTransactionError,
+    StartTimestampError, TransactionMismatchError, TransactionTooLargeError,
+};
+use crate::python::hlc::{u64_arg, PyClock, PyTimestamp};
+use crate::python::log::{log_options, path_arg, PyLogRecovery};
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map_or_else(|_| "?".into(), |n| n.to_string())
+}
+
+impl From<EngineError> for PyErr {
+    fn from(err: EngineError) -> Self {
+        match err {
+            EngineError::Log(err) => err.into(),
+            EngineError::BadRecord { .. } => CommitLogCorruptError::new_err(err.to_string()),
+            EngineError::Clock(_) => ClockSkewError::new_err(err.to_string()),
+            EngineError::InvalidConfig(_) => PyValueError::new_err(err.to_string()),
+        }
+    }
+}
+
+fn submit_error(err: &SubmitError) -> PyErr {
+    let message = err.to_string();
+    match err {
+        SubmitError::InvalidTxnId | SubmitError::EmptyWriteSet { .. } => {
+            InvalidTransactionError::new_err(message)
+        }
+        SubmitError::TooManyKeys { .. } | SubmitError::KeyTooLarge { .. } => {
+            TransactionTooLargeError::new_err(message)
+        }
+        SubmitError::StartInFuture { .. } | SubmitError::StartTooOld { .. } => {
+            StartTimestampError::new_err(message)
+        }
+        SubmitError::Mismatch { .. } => TransactionMismatchError::new_err(message),
+        SubmitError::Clock(_) => HlcError::new_err(message),
+        SubmitError::Log(_) => CommitLogError::new_err(message),
+    }
+}
+
+/// A committed transaction and its commit timestamp.
+#[pyclass(name = "Committed", module = "hlc_oracle", frozen, eq, hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PyCommitted {
+    txn_id: u64,
+    commit_ts: PyTimestamp,
+}
+
+#[pymethods]
+impl PyCommitted {
+    #[new]
+    fn py_new(txn_id: &Bound<'_, PyAny>, commit_ts: &Bound<'_, PyTimestamp>) -> PyResult<Self> {
+        Ok(Self {
+            txn_id: u64_arg(txn_id, "txn_id")?,
+            commit_ts: *commit_ts.get(),
+        })
+    }
+
+    #[getter]
+    fn txn_id(&self) -> u64 {
+        self.txn_id
+    }
+
+    #[getter]
+    fn commit_ts(&self) -> PyTimestamp {
+        self.commit_ts
+    }
+
+    fn __repr__(&self) -> String {
+        let ts = self.commit_ts.0;
+        format!(
+            "Committed(txn_id={}, commit_ts=Timestamp(physical={}, logical={}, node={}))",
+            self.txn_id,
+            ts.physical(),
+            ts.logical(),
+            ts.node()
+        )
+    }
+}
+
+const REASON_CONFLICT: &str = "conflict";
+const REASON_REQUESTED: &str = "requested";
+
+/// An aborted transaction: `reason` is "conflict" (with the `Conflict` it lost) or "requested"
+/// (`abort(txn_id)` came first; `conflict` is None).
+#[pyclass(name = "Aborted", module = "hlc_oracle", frozen, eq, hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PyAborted {
+    txn_id: u64,
+    conflict: Option<Conflict>,
+}
+
+#[pymethods]
+impl PyAborted {
+    #[new]
+    #[pyo3(signature = (txn_id, reason, conflict = None))]
+    fn py_new(
+        txn_id: &Bound<'_, PyAny>,
+        reason: &str,
+        conflict: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let txn_id = u64_arg(txn_id, "txn_id")?;
+        let conflict = match conflict.filter(|c| !c.is_none()) {
+            Some(value) => Some(
+                value
+                    .cast::<PyConflict>()
+                    .map_err(|_| {
+                        PyTypeError::new_err(format!(
+                            "conflict must be a Conflict or None, got {}",
+                            type_name(value)
+                        ))
+                    })?
+                    .get()
+                    .0
+                    .clone(),
+            ),
+            None => None,
+        };
+        match (reason, &conflict) {
+            (REASON_CONFLICT, Some(_)) | (REASON_REQUESTED, None) => Ok(Self { txn_id, conflict }),
+            _ => {
+                Err(PyValueError::new_err(format!(
+                "reason must be \"conflict\" with a conflict or \"requested\" without one, got \
+                 {reason:?} with conflict={}",
+                if conflict.is_some() { "a Conflict" } else { "None" }
+            )))
+            }
+        }
+    }
+
+    #[getter]
+    fn txn_id(&self) -> u64 {
+        self.txn_id
+    }
+
+    #[getter]
+    fn reason(&self) -> &'static str {
+        if self.conflict.is_some() {
+            REASON_CONFLICT
+        } else {
+            REASON_REQUESTED
+        }
+    }
+
+    #[getter]
+    fn conflict(&self) -> Option<PyConflict> {
+        self.conflict.clone().map(PyConflict)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let conflict = match self.conflict() {
+            Some(conflict) => Bound::new(py, conflict)?.repr()?.to_string(),
+            None => "None".into(),
+        };
+        Ok(format!(
+            "Aborted(txn_id={}, reason={:?}, conflict={conflict})",
+            self.txn_id,
+            self.reason()
+        ))
+    }
+}
+
+fn outcome_object<'py>(
+    py: Python<'py>,
+    txn_id: u64,
+    outcome: &Outcome,
+) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match outcome {
+        Outcome::Committed(ts) => Bound::new(
+            py,
+            PyCommitted {
+                txn_id,
+                commit_ts: PyTimestamp(*ts),
+            },
+        )?
+        .into_any(),
+        Outcome::Aborted(reason) => Bound::new(
+            py,
+            PyAborted {
+                txn_id,
+                conflict: match reason {
+                    AbortReason::Conflict(conflict) => Some(conflict.clone()),
+                    AbortReason::Requested => None,
+                },
+            },
+        )?
+        .into_any(),
+    })
+}
+
+fn durability_arg(value: &str) -> PyResult<Durability> {
+    match value {
+        "sync" => Ok(Durability::Sync),
+        "async" => Ok(Durability::Async),
+        "memory" => Ok(Durability::Memory),
+        other => Err(PyValueError::new_err(format!(
+            "durability must be \"sync\", \"async\" or \"memory\", got {other:?}"
+        ))),
+    }
+}
+
+fn durability_name(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Sync => "sync",
+        Durability::Async => "async",
+        Durability::Memory => "memory",
+    }
+}
+
+fn usize_arg(value: Option<&Bound<'_, PyAny>>, field: &str, default: usize) -> PyResult<usize> {
+    match value.filter(|v| !v.is_none()) {
+        None => Ok(default),
+        Some(value) => {
+            let n = u64_arg(value, field)?;
+            if n == 0 {
+                return Err(PyValueError::new_err(format!(
+                    "{field} must be at least 1, got 0"
+                )));
+            }
+            usize::try_from(n)
+                .map_err(|_| PyValueError::new_err(format!("{field} is too large, got {n}")))
+        }
+    }
+}
+
+enum Item {
+    Commit(Py<PyTransaction>),
+    Abort(u64),
+}
+
+/// The per-batch hot path of group commit: validate, `check_batch`, one clock `reserve`, one log
+/// append (write + fdatasync), record. Driven by `GroupCommitScheduler`; usable on its own.
+#[pyclass(name = "CommitEngine", module = "hlc_oracle", frozen)]
+pub struct PyCommitEngine {
+    engine: Mutex<CommitEngine>,
+    clock: Py<PyClock>,
+    recovery: Option<Py<PyLogRecovery>>,
+    recovered_commits: u64,
+    recovered_aborts: u64,
+    floor: Option<PyTimestamp>,
+    path: Option<PathBuf>,
+}
+
+impl PyCommitEngine {
+    fn lock(&self) -> PyResult<MutexGuard<'_, CommitEngine>> {
+        self.engine
+            .lock()
+            .map_err(|_| HlcError::new_err("the commit engine lock is poisoned"))
+    }
+}
+
+#[pymethods]
+impl PyCommitEngine {
+    #[new]
+    #[pyo3(signature = (
+        path,
+        clock,
+        *,
+        durability = "sync",
+        isolation = "snapshot",
+        max_keys = None,
+        max_read_keys = None,
+        max_write_keys = None,
+        max_key_bytes = None,
+        retained_decisions = None,
+        segment_size = None,
+        retain_segments = None,
+        preallocate = true,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn py_new(
+        py: Python<'_>,
+        path: Option<&Bound<'_, PyAny>>,
+        clock: &Bound<'_, PyAny>,
+        durability: &str,
+        isolation: &str,
+        max_keys: Option<&Bound<'_, PyAny>>,
+        max_read_keys: Option<&Bound<'_, PyAny>>,
+        max_write_keys: Option<&Bound<'_, PyAny>>,
+        max_key_bytes: Option<&Bound<'_, PyAny>>,
+        retained_decisions: Option<&Bound<'_, PyAny>>,
+        segment_size: Option<&Bound<'_, PyAny>>,
+        retain_segments: Option<&Bound<'_, PyAny>>,
+        preallocate: bool,
+    ) -> PyResult<Self> {
+        let durability = durability_arg(durability)?;
+        let path = match path.filter(|p| !p.is_none()) {
+            Some(path) => Some(path_arg(path, "path")?),
+            None => None,
+        };
+        let clock = clock
+            .cast::<PyClock>()
+            .map_err(|_| {
+                PyTypeError::new_err(format!("clock must be a Clock, got {}", type_name(clock)))
+            })?
+            .clone()
+            .unbind();
+        let mut config = EngineConfig::new(durability, path.clone());
+        config.isolation = match isolation {
+            "snapshot" => Isolation::Snapshot,
+            "serializable" => Isolation::Serializable,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "isolation must be \"snapshot\" or \"serializable\", got {other:?}"
+                )))
+            }
+        };
+        let defaults = Limits::default();
+        config.max_keys = usize_arg(max_keys, "max_keys", config.max_keys)?;
+        config.limits = Limits {
+            max_read_keys: usize_arg(max_read_keys, "max_read_keys", defaults.max_read_keys)?,
+            max_write_keys: usize_arg(max_write_keys, "max_write_keys", defaults.max_write_keys)?,
+            max_key_bytes: usize_arg(max_key_bytes, "max_key_bytes", defaults.max_key_bytes)?,
+        };
+        config.retained_decisions = usize_arg(
+            retained_decisions,
+            "retained_decisions",
+            config.retained_decisions,
+        )?;
+        config.retain_segments =
+            usize_arg(retain_segments, "retain_segments", config.retain_segments)?;
+        config.log_options = log_options(segment_size, preallocate)?;
+        let clock_ref = clock.clone_ref(py);
+        let (engine, recovery) =
+            py.detach(|| CommitEngine::open(config, clock_ref.get().core()))?;
+        let log_recovery = match (&recovery.log, engine.log()) {
+            (Some(recovered), Some(log)) => Some(Py::new(
+                py,
+                PyLogRecovery::new(py, recovered, PyList::empty(py), log.next_seq()),
+            )?),
+            _ => None,
+        };
+        Ok(Self {
+            engine: Mutex::new(engine),
+            clock,
+            recovery: log_recovery,
+            recovered_commits: recovery.commits,
+            recovered_aborts: recovery.aborts,
+            floor: recovery.floor.map(PyTimestamp),
+            path,
+        })
+    }
+
+    /// Decides one batch. Each request is a `Transaction` (commit it) or an `int` (abort that id).
+    /// Returns one answer per request, in order: `Committed`, `Aborted`, or the exception that
+    /// refused it (not raised: a bad request does not fail the others).
+    fn process<'py>(
+        &self,
+        py: Python<'py>,
+        requests: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let iterator = requests.try_iter().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "requests must be an iterable of Transaction or int, got {}",
+                type_name(requests)
+            ))
+        })?;
+        let mut items = Vec::new();
+        for (index, item) in iterator.enumerate() {
+            let item = item?;
+            if let Ok(txn) = item.cast::<PyTransaction>() {
+                items.push(Item::Commit(txn.clone().unbind()));
+            } else if item.is_instance_of::<PyInt>() && !item.is_instance_of::<PyBool>() {
+                items.push(Item::Abort(u64_arg(&item, &format!("requests[{index}]"))?));
+            } else {
+                return Err(PyTypeError::new_err(format!(
+                    "requests[{index}] must be a Transaction or an int transaction id, got {}",
+                    type_name(&item)
+                )));
+            }
+        }
+        let answers = py.detach(|| {
+            let requests: Vec<Request<'_>> = items
+                .iter()
+                .map(|item| match item {
+                    Item::Commit(txn) => Request::Commit(&txn.get().0),
+                    Item::Abort(id) => Request::Abort(*id),
+                })
+                .collect();
+            let mut engine = self
+                .engine
+                .lock()
+                .map_err(|_| HlcError::new_err("the commit engine lock is poisoned"))?;
+            Ok::<_, PyErr>(engine.process(self.clock.get().core(), &requests))
+        })?;
+        let out = PyList::empty(py);
+        for (item, answer) in items.iter().zip(&answers) {
+            let txn_id = match item {
+                Item::Commit(txn) => txn.get().0.id,
+                Item::Abort(id) => *id,
+            };
+            match answer {
+                Ok(outcome) => out.append(outcome_object(py, txn_id, outcome)?)?,
+                Err(err) => out.append(submit_error(err).into_value(py))?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The decision for `txn_id` (`Committed` or `Aborted`), or None when unknown (never decided,
+    /// or older than the retained decisions).
+    fn status<'py>(
+        &self,
+        py: Python<'py>,
+        txn_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let txn_id = u64_arg(txn_id, "txn_id")?;
+        let outcome = py.detach(|| Ok::<_, PyErr>(self.lock()?.status(txn_id).cloned()))?;
+        outcome
+            .map(|outcome| outcome_object(py, txn_id, &outcome))
+            .transpose()
+    }
+
+    /// fdatasync of batches processed in "async" durability.
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| {
+            self.lock()?.sync();
+            Ok(())
+        })
+    }
+
+    /// Syncs and closes the log, releasing the directory; later batches are refused. Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| {
+            self.lock()?.close();
+            Ok(())
+        })
+    }
+
+    #[getter]
+    fn closed(&self) -> PyResult<bool> {
+        Ok(self.lock()?.is_closed())
+    }
+
+    #[getter]
+    fn durability(&self) -> PyResult<&'static str> {
+        Ok(durability_name(self.lock()?.durability()))
+    }
+
+    #[getter]
+    fn clock(&self, py: Python<'_>) -> Py<PyClock> {
+        self.clock.clone_ref(py)
+    }
+
+    #[getter]
+    fn path(&self) -> Option<String> {
+        self.path.as_ref().map(|p| p.display().to_string())
+    }
+
+    /// What the log replay found (None in "memory" durability).
+    #[getter]
+    fn recovery(&self, py: Python<'_>) -> Option<Py<PyLogRecovery>> {
+        self.recovery.as_ref().map(|r| r.clone_ref(py))
+    }
+
+    /// Figures: committed, aborted, batches (since start), recovered_commits, recovered_aborts,
+    /// retained_decisions, remembered_keys, next_seq (None without a log).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let engine = self.lock()?;
+        let (committed, aborted, batches) = engine.totals();
+        let stats = PyDict::new(py);
+        stats.set_item("committed", committed)?;
+        stats.set_item("aborted", aborted)?;
+        stats.set_item("batches", batches)?;
+        stats.set_item("recovered_commits", self.recovered_commits)?;
+        stats.set_item("recovered_aborts", self.recovered_aborts)?;
+        stats.set_item("retained_decisions", engine.retained_decisions())?;
+        stats.set_item("remembered_keys", engine.detector().len())?;
+        stats.set_item("next_seq", engine.log().map(|log| log.next_seq()))?;
+        Ok(stats)
+    }
+
+    /// The newest commit timestamp found on recovery (the clock runs above it), or None.
+    #[getter]
+    fn floor(&self) -> Option<PyTimestamp> {
+        self.floor
+    }
+
+    /// Transactions that started at or below this are refused as too old (None: nothing
+    /// forgotten yet).
+    #[getter]
+    fn low_watermark(&self) -> PyResult<Option<PyTimestamp>> {
+        Ok(self.lock()?.detector().low_watermark().map(PyTimestamp))
+    }
+
+    /// `(max_read_keys, max_write_keys, max_key_bytes)`.
+    #[getter]
+    fn limits(&self) -> PyResult<(usize, usize, usize)> {
+        let limits = self.lock()?.limits();
+        Ok((
+            limits.max_read_keys,
+            limits.max_write_keys,
+            limits.max_key_bytes,
+        ))
+    }
+
+    fn __repr__(&self) -> PyResult<String> {
+        let path = self
+            .path()
+            .map_or_else(|| "None".to_string(), |p| format!("{p:?}"));
+        Ok(format!(
+            "CommitEngine(path={path}, durability={:?})",
+            self.durability()?
+        ))
+    }
+}
