@@ -303,8 +303,15 @@ def test_max_batch_size_caps_batches() -> None:
         clock = Clock(node=1)
         options = CommitOptions(durability="memory", max_batch_size=10)
         async with GroupCommitScheduler(None, clock, options) as scheduler:
-            await scheduler.submit_many(make_txn(clock, i, [b"m%d" % i]) for i in range(1, 101))
-            assert scheduler.stats()["batches"] >= 10
+            await asyncio.gather(
+                *(scheduler.submit(make_txn(clock, i, [b"m%d" % i])) for i in range(1, 101))
+            )
+            batches = scheduler.stats()["batches"]
+            assert batches is not None and batches >= 10
+            # A group is never split: it goes alone when larger than the cap.
+            group = [make_txn(clock, i, [b"n%d" % i]) for i in range(200, 230)]
+            answers = await scheduler.submit_many(group)
+            assert all(isinstance(a, Committed) for a in answers)
 
     asyncio.run(scenario())
 
@@ -348,3 +355,30 @@ def test_options_are_validated() -> None:
         GroupCommitScheduler(None, Clock())
     with pytest.raises(TypeError, match="clock must be a Clock"):
         CommitEngine(None, "clock", durability="memory")  # type: ignore[arg-type]
+
+
+def test_submit_many_answers_a_group_in_order_with_errors_in_place() -> None:
+    async def scenario() -> None:
+        clock = Clock(node=1)
+        async with GroupCommitScheduler(None, clock, CommitOptions(durability="memory")) as s:
+            start = clock.now()
+            answers = await s.submit_many(
+                [
+                    Transaction(1, start, [], [b"g"]),
+                    Transaction(2, start, [], [b"g"]),
+                    Transaction(0, start, [], [b"h"]),
+                    3,
+                    Transaction(3, start, [], [b"i"]),
+                ]
+            )
+            assert isinstance(answers[0], Committed)
+            assert isinstance(answers[1], Aborted) and answers[1].conflict is not None
+            assert answers[1].conflict.winner_txn_id == 1
+            assert isinstance(answers[2], InvalidTransactionError)
+            assert answers[3] == Aborted(3, "requested")
+            assert answers[4] == answers[3]  # fenced by the abort just before it
+            assert await s.submit_many([]) == []
+            with pytest.raises(TypeError, match="requests must be Transactions or int ids"):
+                await s.submit_many(["x"])  # type: ignore[list-item]
+
+    asyncio.run(scenario())

@@ -34,13 +34,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from hlc_oracle._core import (
     Aborted,
+    CeilingReachedError,
     Clock,
     CommitEngine,
     Committed,
@@ -115,7 +116,22 @@ class CommitOptions:
 
 
 _Request = Transaction | int
-_Waiter = asyncio.Future[Outcome] | concurrent.futures.Future[Outcome]
+_Waiter = asyncio.Future[Any] | concurrent.futures.Future[Any]
+
+#: Times a request refused at the clock's ceiling is retried after ``on_ceiling``.
+CEILING_RETRIES = 3
+
+
+class _Entry:
+    """One queued submission: a single request, or a group answered with one list."""
+
+    __slots__ = ("attempts", "group", "requests", "waiter")
+
+    def __init__(self, requests: list[_Request], waiter: _Waiter, group: bool) -> None:
+        self.requests = requests
+        self.waiter = waiter
+        self.group = group
+        self.attempts = 0
 
 
 class GroupCommitScheduler:
@@ -149,7 +165,11 @@ class GroupCommitScheduler:
             retain_segments=opts.retain_segments,
         )
         self._log_recovery(time.perf_counter() - started)
-        self._queue: collections.deque[tuple[_Request, _Waiter]] = collections.deque()
+        self._queue: collections.deque[_Entry] = collections.deque()
+        self._queued = 0
+        #: Called (from the writer thread) when the clock refused commit timestamps at its
+        #: ceiling: it must raise the ceiling (the server extends its persisted window).
+        self.on_ceiling: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._writer_idle = False
@@ -182,16 +202,18 @@ class GroupCommitScheduler:
 
     # ---- submitting -------------------------------------------------------------------------
 
-    def _enqueue(self, request: _Request, waiter: _Waiter) -> None:
+    def _enqueue(self, entry: _Entry) -> None:
         with self._lock:
             if self._closed:
                 raise SchedulerClosedError("the group-commit scheduler is closed")
-            if len(self._queue) >= self.options.max_queue:
+            size = len(entry.requests)
+            if self._queued + size > self.options.max_queue:
                 raise SchedulerOverloadedError(
-                    f"the commit queue is full ({self.options.max_queue} requests waiting); "
-                    "retry later"
+                    f"the commit queue is full ({self._queued} of {self.options.max_queue} "
+                    "requests waiting); retry later"
                 )
-            self._queue.append((request, waiter))
+            self._queue.append(entry)
+            self._queued += size
             if self._writer_idle:
                 self._wakeup.notify()
 
@@ -211,27 +233,35 @@ class GroupCommitScheduler:
         """Commits ``txn`` in the next batch: ``Committed`` or ``Aborted``; raises on bad input."""
         self._check_transaction(txn)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._enqueue(txn, future)
+        self._enqueue(_Entry([txn], future, False))
         return await future
 
     def submit_blocking(self, txn: Transaction, timeout: float | None = None) -> Outcome:
         """The blocking form of :meth:`submit`, for threads without an event loop."""
         self._check_transaction(txn)
         future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        self._enqueue(txn, future)
+        self._enqueue(_Entry([txn], future, False))
         return future.result(timeout)
 
-    async def submit_many(self, txns: Iterable[Transaction]) -> list[Outcome | BaseException]:
-        """Submits several transactions at once (they may share a batch); answers in order, with
-        the exception in place of an answer for a refused one."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Outcome]] = []
-        for txn in txns:
-            self._check_transaction(txn)
-            future: asyncio.Future[Outcome] = loop.create_future()
-            self._enqueue(txn, future)
-            futures.append(future)
-        return list(await asyncio.gather(*futures, return_exceptions=True))
+    async def submit_many(
+        self, requests: Iterable[Transaction | int]
+    ) -> list[Outcome | BaseException]:
+        """Submits a group at once (a ``Transaction`` commits it, an ``int`` aborts that id); the
+        group goes into one batch (alone if larger than ``max_batch_size``). Answers come back in
+        order, with the exception in place of the answer for a refused request."""
+        group = list(requests)
+        for request in group:
+            if not isinstance(request, Transaction | int) or isinstance(request, bool):
+                raise TypeError(
+                    f"requests must be Transactions or int ids, got {type(request).__name__}"
+                )
+        if not group:
+            return []
+        future: asyncio.Future[list[Outcome | BaseException]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._enqueue(_Entry(group, future, True))
+        return await future
 
     async def abort(self, txn_id: int) -> Outcome:
         """Records an abort for an undecided id, so that a late commit of it is refused (how a
@@ -239,13 +269,13 @@ class GroupCommitScheduler:
         abort, or the first decision when the id was already decided."""
         self._check_txn_id(txn_id)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._enqueue(txn_id, future)
+        self._enqueue(_Entry([txn_id], future, False))
         return await future
 
     def abort_blocking(self, txn_id: int, timeout: float | None = None) -> Outcome:
         self._check_txn_id(txn_id)
         future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        self._enqueue(txn_id, future)
+        self._enqueue(_Entry([txn_id], future, False))
         return future.result(timeout)
 
     def status(self, txn_id: int) -> Outcome | None:
@@ -256,7 +286,7 @@ class GroupCommitScheduler:
 
     # ---- the writer thread ------------------------------------------------------------------
 
-    def _take_batch(self) -> list[tuple[_Request, _Waiter]] | None:
+    def _take_batch(self) -> list[_Entry] | None:
         """Blocks until there is work; None when closed and drained."""
         opts = self.options
         with self._lock:
@@ -266,19 +296,24 @@ class GroupCommitScheduler:
                 self._writer_idle = True
                 self._wakeup.wait()
                 self._writer_idle = False
-            if opts.max_batch_delay_us and len(self._queue) < opts.max_batch_size:
+            if opts.max_batch_delay_us and self._queued < opts.max_batch_size:
                 deadline = time.monotonic() + opts.max_batch_delay_us / 1e6
-                while len(self._queue) < opts.max_batch_size and not self._closed:
+                while self._queued < opts.max_batch_size and not self._closed:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._writer_idle = True
                     self._wakeup.wait(remaining)
                     self._writer_idle = False
-            count = min(len(self._queue), opts.max_batch_size)
-            popleft = self._queue.popleft
-            batch = [popleft() for _ in range(count)]
-            self._in_flight = count
+            queue = self._queue
+            batch = [queue.popleft()]
+            taken = len(batch[0].requests)
+            while queue and taken + len(queue[0].requests) <= opts.max_batch_size:
+                entry = queue.popleft()
+                batch.append(entry)
+                taken += len(entry.requests)
+            self._queued -= taken
+            self._in_flight = taken
             return batch
 
     def _run(self) -> None:
@@ -288,22 +323,67 @@ class GroupCommitScheduler:
             batch = self._take_batch()
             if batch is None:
                 return
+            if len(batch) == 1:
+                requests = batch[0].requests
+            else:
+                requests = [request for entry in batch for request in entry.requests]
             try:
-                answers: list[Outcome | BaseException] = engine.process([r for r, _ in batch])
-            except BaseException as error:
-                answers = [error] * len(batch)
+                answers: list[Outcome | BaseException] = engine.process(requests)
+            except BaseException as error:  # every waiter must hear about it
+                answers = [error] * len(requests)
+            batch = self._retry_after_ceiling(batch, answers)
             self._deliver(batch, answers)
             if sync_after:
                 engine.sync()
             with self._lock:
                 self._in_flight = 0
 
+    def _retry_after_ceiling(
+        self, batch: list[_Entry], answers: list[Outcome | BaseException]
+    ) -> list[_Entry]:
+        """Entries refused because the clock reached its ceiling (the persisted timestamp window)
+        go back to the front of the queue once ``on_ceiling`` has raised it. Nothing was logged
+        for them, and resubmitting the decided members of a group only returns their decisions."""
+        if self.on_ceiling is None or not any(
+            isinstance(answer, CeilingReachedError) for answer in answers
+        ):
+            return batch
+        keep: list[_Entry] = []
+        retry: list[_Entry] = []
+        position = 0
+        for entry in batch:
+            size = len(entry.requests)
+            mine = answers[position : position + size]
+            if entry.attempts < CEILING_RETRIES and any(
+                isinstance(answer, CeilingReachedError) for answer in mine
+            ):
+                entry.attempts += 1
+                retry.append(entry)
+                del answers[position : position + size]
+            else:
+                keep.append(entry)
+                position += size
+        try:
+            self.on_ceiling()
+        except Exception:  # the retried requests then report the ceiling again
+            logger.exception("group commit: raising the clock ceiling failed")
+        with self._lock:
+            for entry in reversed(retry):
+                self._queue.appendleft(entry)
+                self._queued += len(entry.requests)
+        return keep
+
     @staticmethod
-    def _deliver(
-        batch: list[tuple[_Request, _Waiter]], answers: list[Outcome | BaseException]
-    ) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outcome], object]]] = {}
-        for (_, waiter), answer in zip(batch, answers, strict=True):
+    def _deliver(batch: list[_Entry], answers: list[Outcome | BaseException]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
+        position = 0
+        for entry in batch:
+            size = len(entry.requests)
+            answer: object = (
+                answers[position : position + size] if entry.group else answers[position]
+            )
+            position += size
+            waiter = entry.waiter
             if isinstance(waiter, asyncio.Future):
                 by_loop.setdefault(waiter.get_loop(), []).append((waiter, answer))
             elif isinstance(answer, BaseException):
@@ -328,12 +408,12 @@ class GroupCommitScheduler:
 
     def queue_length(self) -> int:
         """Requests waiting for a batch (not counting the one being written)."""
-        return len(self._queue)
+        return self._queued
 
     def stats(self) -> dict[str, int | None]:
         """committed, aborted, batches, queued, in_flight, recovered_*, retained_decisions, ..."""
         figures: dict[str, int | None] = dict(self.engine.stats())
-        figures["queued"] = len(self._queue)
+        figures["queued"] = self._queued
         figures["in_flight"] = self._in_flight
         return figures
 
@@ -372,11 +452,11 @@ class GroupCommitScheduler:
         await self.aclose()
 
 
-def _resolve(pairs: list[tuple[asyncio.Future[Outcome], object]]) -> None:
+def _resolve(pairs: list[tuple[asyncio.Future[Any], object]]) -> None:
     for future, answer in pairs:
         if future.done():  # cancelled by its caller meanwhile
             continue
         if isinstance(answer, BaseException):
             future.set_exception(answer)
         else:
-            future.set_result(answer)  # type: ignore[arg-type]
+            future.set_result(answer)
