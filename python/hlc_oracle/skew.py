@@ -195,33 +195,33 @@ def query_server(server: NtpServer, timeout_s: float = 1.0, client: Any | None =
     wall_before = time.time()
     monotonic = time.monotonic()
 
-    def unhealthy(status: SampleStatus, detail: str, **figures: Any) -> NtpSample:
+    def make_sample(status: SampleStatus, detail: str, **figures: Any) -> NtpSample:
         return NtpSample(name, status, detail, wall_before, monotonic, **figures)
 
     try:
         answer = client.request(server.host, version=4, port=server.port, timeout=timeout_s)
     except socket.gaierror as err:
-        return unhealthy(SampleStatus.UNRESOLVABLE, f"cannot resolve {server.host!r}: {err}")
+        return make_sample(SampleStatus.UNRESOLVABLE, f"cannot resolve {server.host!r}: {err}")
     except ntplib.NTPException as err:
         text = str(err)
         if text.startswith("No response"):
-            return unhealthy(SampleStatus.TIMEOUT, f"no answer within {timeout_s:g} s")
-        return unhealthy(SampleStatus.GARBAGE, text)
+            return make_sample(SampleStatus.TIMEOUT, f"no answer within {timeout_s:g} s")
+        return make_sample(SampleStatus.GARBAGE, text)
     except TimeoutError:
-        return unhealthy(SampleStatus.TIMEOUT, f"no answer within {timeout_s:g} s")
+        return make_sample(SampleStatus.TIMEOUT, f"no answer within {timeout_s:g} s")
     except OSError as err:
-        return unhealthy(SampleStatus.UNREACHABLE, f"{type(err).__name__}: {err}")
+        return make_sample(SampleStatus.UNREACHABLE, f"{type(err).__name__}: {err}")
     except Exception as err:  # a malformed answer must never stop the monitor
-        return unhealthy(SampleStatus.GARBAGE, f"{type(err).__name__}: {err}")
+        return make_sample(SampleStatus.GARBAGE, f"{type(err).__name__}: {err}")
     wall_after = time.time()
-    return _judge_answer(answer, wall_before, wall_after, unhealthy)
+    return _judge_answer(answer, wall_before, wall_after, make_sample)
 
 
 def _judge_answer(
     answer: Any,
     wall_before: float,
     wall_after: float,
-    unhealthy: Callable[..., NtpSample],
+    make_sample: Callable[..., NtpSample],
 ) -> NtpSample:
     try:
         mode, stratum, leap = int(answer.mode), int(answer.stratum), int(answer.leap)
@@ -230,33 +230,33 @@ def _judge_answer(
         origin_s, transmit = float(answer.orig_time), float(answer.tx_timestamp)
         ref_id = int(answer.ref_id)
     except Exception as err:
-        return unhealthy(SampleStatus.GARBAGE, f"unreadable answer: {err}")
+        return make_sample(SampleStatus.GARBAGE, f"unreadable answer: {err}")
     figures = {"stratum": stratum, "leap": leap}
     if mode != _NTP_MODE_SERVER:
-        return unhealthy(SampleStatus.GARBAGE, f"answer mode {mode}, expected 4", **figures)
+        return make_sample(SampleStatus.GARBAGE, f"answer mode {mode}, expected 4", **figures)
     if stratum == 0:
         code = ref_id.to_bytes(4, "big").decode("ascii", "replace").strip("\x00")
-        return unhealthy(SampleStatus.KISS_OF_DEATH, f"kiss code {code!r}", **figures)
+        return make_sample(SampleStatus.KISS_OF_DEATH, f"kiss code {code!r}", **figures)
     if stratum > _MAX_STRATUM:
-        return unhealthy(
+        return make_sample(
             SampleStatus.BAD_STRATUM, f"stratum {stratum} (unsynchronized, > 15)", **figures
         )
     if leap == _LEAP_ALARM:
-        return unhealthy(
+        return make_sample(
             SampleStatus.LEAP_ALARM, "leap indicator 3: server unsynchronized", **figures
         )
     if not wall_before - _ORIGIN_SLACK_S <= origin_s <= wall_after + _ORIGIN_SLACK_S:
-        return unhealthy(
+        return make_sample(
             SampleStatus.BAD_ORIGIN, "origin timestamp does not match the request", **figures
         )
     valid = all(math.isfinite(v) for v in (offset_s, delay_s, root_distance_s))
     if not valid or transmit == 0 or delay_s < -_ORIGIN_SLACK_S or root_distance_s < 0:
-        return unhealthy(
+        return make_sample(
             SampleStatus.GARBAGE,
             f"implausible figures (delay {delay_s!r} s, root distance {root_distance_s!r} s)",
             **figures,
         )
-    return unhealthy(
+    return make_sample(
         SampleStatus.OK,
         "ok",
         offset_us=round(offset_s * 1e6),
@@ -1046,6 +1046,12 @@ def add_skew_arguments(parser: argparse.ArgumentParser) -> None:
         "(default %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=1.0, help="seconds per query")
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=1,
+        help="queries per server, keeping the shortest round trip (default %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print the status as JSON")
 
 
@@ -1056,6 +1062,7 @@ def run_skew(args: argparse.Namespace) -> int:
         config = SkewConfig(
             servers=tuple(args.server),
             timeout_s=args.timeout,
+            burst=args.burst,
             serving_fraction=args.serving_fraction,
             warning_fraction=min(SkewConfig.warning_fraction, args.serving_fraction),
             recovery_hold_s=0,
