@@ -52,6 +52,12 @@ pub fn key_hash(key: &[u8]) -> u64 {
         .hash_one(key)
 }
 
+fn id_hash(id: TxnId) -> u64 {
+    KEY_HASHER
+        .get_or_init(foldhash::fast::RandomState::default)
+        .hash_one(id)
+}
+
 /// The keys are already well-mixed 64-bit hashes: the maps use them as they are.
 #[derive(Default)]
 struct PassThroughHasher(u64);
@@ -267,8 +273,8 @@ fn check_unique_ids<T: Borrow<Transaction>>(txns: &[T]) -> Result<(), ConflictEr
     let mut seen = hash_set(txns.len());
     for txn in txns {
         let id = txn.borrow().id;
-        // Ids are chosen by clients: mix them before they index the pass-through set.
-        if !seen.insert(key_hash(&id.to_le_bytes())) {
+        // Ids are chosen by clients: mix them (seeded) before they index the pass-through set.
+        if !seen.insert(id_hash(id)) {
             return Err(ConflictError::DuplicateTxnId(id));
         }
     }

@@ -11,6 +11,14 @@ AFTER = "after"
 EQUAL = "equal"
 CONCURRENT = "concurrent"
 
+# (self has an event other has not seen, other has an event self has not seen) -> ordering
+_ORDERING = {
+    (False, False): EQUAL,
+    (True, False): AFTER,
+    (False, True): BEFORE,
+    (True, True): CONCURRENT,
+}
+
 
 class DictVectorClock:
     __slots__ = ("counters",)
@@ -35,16 +43,30 @@ class DictVectorClock:
                 mine[node] = count
 
     def compare(self, other: "DictVectorClock") -> str:
+        """One pass over each dict with plain loops: the fastest dict version we could write."""
+        mine, theirs = self.counters, other.counters
+        ahead = behind = False
+        get = theirs.get
+        for node, count in mine.items():
+            seen = get(node, 0)
+            if count > seen:
+                ahead = True
+            elif count < seen:
+                behind = True
+        if not behind:
+            # Counters are never zero, so a node only `other` has is an event we have not seen.
+            for node in theirs:
+                if node not in mine:
+                    behind = True
+                    break
+        return _ORDERING[ahead, behind]
+
+    def compare_with_any(self, other: "DictVectorClock") -> str:
+        """The same, written the most direct way (two ``any`` over generator expressions)."""
         mine, theirs = self.counters, other.counters
         ahead = any(count > theirs.get(node, 0) for node, count in mine.items())
         behind = any(count > mine.get(node, 0) for node, count in theirs.items())
-        if ahead and behind:
-            return CONCURRENT
-        if ahead:
-            return AFTER
-        if behind:
-            return BEFORE
-        return EQUAL
+        return _ORDERING[ahead, behind]
 
     def copy(self) -> "DictVectorClock":
         return DictVectorClock(self.counters)
