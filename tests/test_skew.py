@@ -9,9 +9,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hlc_oracle import ManualClock
+from hlc_oracle.config import ConfigError, load
 from hlc_oracle.skew import (
     GuardPolicy,
     GuardState,
@@ -145,6 +147,29 @@ def test_config_coerces_strings() -> None:
     assert config.servers == (NtpServer("a", 1), NtpServer("b"))
     assert config.policy is GuardPolicy.WARN
     assert config.unknown_policy is GuardPolicy.REFUSE
+
+
+def test_example_config_ntp_section() -> None:
+    config = load(Path(__file__).parent.parent / "deploy" / "oracle.example.toml", environ={})
+    assert [str(server) for server in config.ntp.servers] == [
+        f"{n}.debian.pool.ntp.org" for n in range(3)
+    ]
+    config.ntp.servers = ()
+    assert config.ntp == SkewConfig()  # every other field shows its default
+
+
+def test_ntp_section_from_environment() -> None:
+    config = load(
+        environ={
+            "HLC_ORACLE_NTP_SERVERS": "127.0.0.1:1123,[::1]:1124",
+            "HLC_ORACLE_NTP_POLICY": "warn",
+            "HLC_ORACLE_NTP_POLL_INTERVAL_S": "2.5",
+        }
+    )
+    assert config.ntp.servers == (NtpServer("127.0.0.1", 1123), NtpServer("::1", 1124))
+    assert config.ntp.policy is GuardPolicy.WARN and config.ntp.poll_interval_s == 2.5
+    with pytest.raises(ConfigError, match=r"ntp\.recovery_hold_s must be float"):
+        load(environ={"HLC_ORACLE_NTP_RECOVERY_HOLD_S": "soon"})
 
 
 # ---------------------------------------------------------------------------------- combine
