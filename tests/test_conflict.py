@@ -94,9 +94,13 @@ batches = st.lists(st.lists(txn_specs, min_size=1, max_size=8), min_size=1, max_
     isolation=st.sampled_from(ISOLATIONS),
     max_keys=st.sampled_from([1, 2, 3, 5, 1000]),
     rounds=batches,
+    reverse=st.booleans(),
 )
 def test_decisions_match_the_model(
-    isolation: str, max_keys: int, rounds: list[list[tuple[int, int, list[Any], list[Any]]]]
+    isolation: str,
+    max_keys: int,
+    rounds: list[list[tuple[int, int, list[Any], list[Any]]]],
+    reverse: bool,
 ) -> None:
     detector = ConflictDetector(isolation, max_keys=max_keys)
     reference = model.ModelDetector(isolation, max_keys)
@@ -118,12 +122,13 @@ def test_decisions_match_the_model(
         assert [(t.txn_id, outcome(c)) for t, c in decision.rejected] == [
             (core_txns[i].txn_id, o) for i, o in enumerate(expected) if o is not None
         ]
-        # Commit the accepted ones, in order, after every start (node 1: other ties).
-        for i in accepted:
-            now += 1
-            detector.record(core_txns[i], ts(now, 1))
-            reference.record(model_txns[i], (now, 1))
-        now += 1
+        # Commit the accepted ones after every start (node 1: other ties), in submission order
+        # or, to exercise a key's last commit only moving forward, in reverse.
+        commits = [now + 1 + n for n in range(len(accepted))]
+        for i, commit in zip(accepted, reversed(commits) if reverse else commits, strict=True):
+            detector.record(core_txns[i], ts(commit, 1))
+            reference.record(model_txns[i], (commit, 1))
+        now += len(accepted) + 1
         assert len(detector) == len(reference.last_commit) <= max_keys
         lw = detector.low_watermark
         assert (None if lw is None else model_ts(lw)) == reference.low_watermark
