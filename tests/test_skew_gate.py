@@ -31,7 +31,9 @@ def test_guard_blocks_and_unblocks_the_gate(responder: NtpResponder) -> None:
     monitor = build_skew_monitor(config, 500_000, gate, registry)
     assert gate.serving  # unknown before the first poll, and unknown_policy is warn
 
-    responder.set(offset_s=2.0)
+    # Mid-way inside one 1%-of-max-offset step (5 ms), so measurement noise between the two
+    # polls cannot cross a step boundary, which would rightly refresh the message.
+    responder.set(offset_s=2.0025)
     monitor.poll_once()
     refusal = gate.refusal()
     assert refusal is not None and refusal.startswith("clock-skew: clock offset +")
