@@ -344,6 +344,15 @@ class Committed:
 @final
 class Aborted:
     def __new__(cls, txn_id: int, reason: str, conflict: Conflict | None = None) -> Aborted: ...
+    @classmethod
+    def from_conflict(
+        cls,
+        txn_id: int,
+        kind: str,
+        key: bytes | None = None,
+        commit_ts: Timestamp | None = None,
+        winner_txn_id: int | None = None,
+    ) -> Aborted: ...
     @property
     def txn_id(self) -> int: ...
     @property

@@ -7,6 +7,9 @@
   for all of them in one message on one stream (``count`` = number of callers), and splits the
   range back, so each caller still gets a distinct timestamp.
 - ``get_timestamps(n)`` is one unary call returning a :class:`~hlc_oracle.TimestampRange`.
+- ``commit(txn)`` calls made concurrently are merged the same way (:class:`CommitBatcher`: one
+  ``CommitStream`` message carries every waiting caller's transaction); ``abort(txn_id)`` and
+  ``transaction_status(txn_id)`` are unary.
 - Every call has a timeout; ``UNAVAILABLE`` is retried with exponential backoff and jitter.
   Failures raise :class:`OracleError` (or a subclass) carrying the gRPC status code.
 """
@@ -26,13 +29,14 @@ from typing import Any, Self, TypeVar
 
 import grpc
 
-from hlc_oracle import HlcError, Timestamp, TimestampRange
+from hlc_oracle import Aborted, Committed, HlcError, Timestamp, TimestampRange, Transaction
 from hlc_oracle.proto import oracle_pb2 as pb
 
 T = TypeVar("T")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _SERVICE = "/hlc_oracle.v1.TimestampOracle/"
+_TRANSACTIONS = "/hlc_oracle.v1.Transactions/"
 
 
 class OracleError(HlcError):
@@ -328,6 +332,212 @@ class TimestampStream:
             self._fail(call, OracleUnavailableError(grpc.StatusCode.CANCELLED, "client closed"))
 
 
+# ---- transactions ----------------------------------------------------------------------------
+
+
+def transaction_to_wire(txn: Transaction) -> pb.Transaction:
+    return pb.Transaction(
+        txn_id=txn.txn_id,
+        start_ts=timestamp_to_wire(txn.start_ts),
+        read_set=txn.read_set,
+        write_set=txn.write_set,
+    )
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def outcome_from_wire(result: pb.CommitResult) -> Committed | Aborted:
+    """A ``CommitResult`` as the in-process answer; a refused request raises its error."""
+    outcome = result.WhichOneof("outcome")
+    if outcome == "commit_ts":
+        return Committed(result.txn_id, timestamp_from_wire(result.commit_ts))
+    if outcome == "aborted":
+        aborted = result.aborted
+        if not aborted.HasField("conflict"):
+            return Aborted(result.txn_id, aborted.reason)
+        conflict = aborted.conflict
+        return Aborted.from_conflict(
+            result.txn_id,
+            conflict.kind,
+            conflict.key if conflict.HasField("key") else None,
+            timestamp_from_wire(conflict.commit_ts) if conflict.HasField("commit_ts") else None,
+            conflict.winner_txn_id or None,
+        )
+    code = _CODES.get(result.error.code, grpc.StatusCode.UNKNOWN)
+    kind = OracleUnavailableError if code is grpc.StatusCode.UNAVAILABLE else OracleError
+    raise kind(code, result.error.message)
+
+
+class CommitStream:
+    """One ``CommitStream`` call carrying pipelined request messages; the server answers them
+    in order, so answers match requests FIFO. Opened on first use, reopened after a failure."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._method = channel.stream_stream(
+            _TRANSACTIONS + "CommitStream",
+            request_serializer=pb.CommitStreamRequest.SerializeToString,
+            response_deserializer=pb.CommitStreamResponse.FromString,
+        )
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: collections.deque[asyncio.Future[list[pb.CommitResult]]] = (
+            collections.deque()
+        )
+        self._write_lock = asyncio.Lock()
+
+    async def request(
+        self, transactions: list[pb.Transaction], timeout: float
+    ) -> list[pb.CommitResult]:
+        if self._call is None:
+            self._call = self._method()
+            self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
+        call = self._call
+        future: asyncio.Future[list[pb.CommitResult]] = asyncio.get_running_loop().create_future()
+        message = pb.CommitStreamRequest(transactions=transactions)
+        try:
+            # One write at a time on a call (grpc.aio refuses overlapping writes); the answer
+            # order is the write order, so the future joins the queue under the same lock.
+            async with self._write_lock:
+                self._pending.append(future)
+                await call.write(message)
+        except grpc.RpcError as err:
+            self._fail(call, err)
+        except asyncio.InvalidStateError:
+            self._fail(call, OracleUnavailableError(grpc.StatusCode.UNAVAILABLE, "stream closed"))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            error = OracleTimeoutError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout} s"
+            )
+            self._fail(call, error)
+            raise error from None
+
+    async def _read(self, call: Any) -> None:
+        try:
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    raise OracleUnavailableError(
+                        grpc.StatusCode.UNAVAILABLE, "the server closed the stream"
+                    )
+                future = self._pending.popleft()
+                if not future.done():
+                    future.set_result(list(response.results))
+        except (grpc.RpcError, OracleError) as err:
+            self._fail(call, err)
+        except asyncio.CancelledError:
+            self._fail(call, OracleUnavailableError(grpc.StatusCode.CANCELLED, "stream closed"))
+            raise
+
+    def _fail(self, call: Any, err: BaseException) -> None:
+        if call is not self._call:
+            return
+        error = error_from_rpc(err) if isinstance(err, grpc.RpcError) else err
+        self._call = None
+        call.cancel()
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        pending, self._pending = self._pending, collections.deque()
+        for future in pending:
+            if not future.done():
+                future.set_exception(error)
+
+    async def close(self) -> None:
+        call = self._call
+        if call is not None:
+            self._fail(call, OracleUnavailableError(grpc.StatusCode.CANCELLED, "client closed"))
+
+
+class CommitBatcher:
+    """Merges concurrent :meth:`submit` calls into ``CommitStream`` messages.
+
+    Callers that arrive while ``max_in_flight`` messages are in flight queue; as soon as one
+    returns, all queued callers (up to ``max_batch``) go out in the next message, which the
+    server's group commit then decides together. Each caller gets the result of its own
+    transaction; a failed message fails every caller in it. Resending is safe: a decided id gets
+    its first decision back.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[pb.Transaction]], Awaitable[list[pb.CommitResult]]],
+        max_batch: int = 512,
+        max_in_flight: int = 2,
+    ) -> None:
+        if max_batch < 1 or max_in_flight < 1:
+            raise ValueError(
+                f"max_batch and max_in_flight must be at least 1, got {max_batch}, {max_in_flight}"
+            )
+        self._send = send
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._waiting: collections.deque[tuple[pb.Transaction, asyncio.Future[pb.CommitResult]]] = (
+            collections.deque()
+        )
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.batches = 0  # messages sent, for tests and statistics
+        self._closed = False
+
+    def submit(self, transaction: pb.Transaction) -> asyncio.Future[pb.CommitResult]:
+        future: asyncio.Future[pb.CommitResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append((transaction, future))
+        self._dispatch()
+        return future
+
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting and len(self._in_flight) < self._max_in_flight:
+            size = min(len(self._waiting), self._max_batch)
+            batch = [self._waiting.popleft() for _ in range(size)]
+            self.batches += 1
+            task = loop.create_task(self._run(batch))
+            self._in_flight.add(task)
+
+    async def _run(
+        self, batch: list[tuple[pb.Transaction, asyncio.Future[pb.CommitResult]]]
+    ) -> None:
+        try:
+            results = await self._send([transaction for transaction, _ in batch])
+        except BaseException as err:  # every caller of the message must hear about it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(err)
+            if isinstance(err, asyncio.CancelledError):
+                raise
+        else:
+            if len(results) != len(batch):
+                error = OracleError(
+                    grpc.StatusCode.INTERNAL,
+                    f"the server answered {len(results)} results for {len(batch)} transactions",
+                )
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                return
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self._in_flight.discard(asyncio.current_task())
+            if not self._closed:
+                self._dispatch()
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._in_flight):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        error = OracleUnavailableError(grpc.StatusCode.CANCELLED, "client closed")
+        while self._waiting:
+            _, future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+
 def channel_credentials(
     root_certificates: Path | bytes | None,
     private_key: Path | bytes | None = None,
@@ -348,7 +558,8 @@ class AsyncOracleClient:
 
     ``timeout`` bounds every call (seconds); ``retry`` governs retries of ``UNAVAILABLE``;
     ``credentials`` (see :func:`channel_credentials`) switches to TLS; ``max_batch`` caps how many
-    ``get_timestamp()`` callers share one request.
+    ``get_timestamp()`` callers share one request; ``commit_batch`` how many ``commit()`` callers
+    share one ``CommitStream`` message, with at most ``commit_in_flight`` messages in flight.
     """
 
     def __init__(
@@ -360,6 +571,8 @@ class AsyncOracleClient:
         credentials: grpc.ChannelCredentials | None = None,
         max_batch: int = 100_000,
         options: list[tuple[str, Any]] | None = None,
+        commit_batch: int = 512,
+        commit_in_flight: int = 2,
     ) -> None:
         self.target = target
         self.timeout = timeout
@@ -385,6 +598,25 @@ class AsyncOracleClient:
         )
         self._stream = TimestampStream(self._channel)
         self._batcher = TimestampBatcher(self._fetch_for_batch, max_batch=max_batch)
+        self._commit = self._channel.unary_unary(
+            _TRANSACTIONS + "Commit",
+            request_serializer=pb.CommitRequest.SerializeToString,
+            response_deserializer=pb.CommitResult.FromString,
+        )
+        self._abort = self._channel.unary_unary(
+            _TRANSACTIONS + "Abort",
+            request_serializer=pb.AbortRequest.SerializeToString,
+            response_deserializer=pb.CommitResult.FromString,
+        )
+        self._transaction_status = self._channel.unary_unary(
+            _TRANSACTIONS + "GetTransactionStatus",
+            request_serializer=pb.TransactionStatusRequest.SerializeToString,
+            response_deserializer=pb.TransactionStatusResponse.FromString,
+        )
+        self._commit_stream = CommitStream(self._channel)
+        self._commit_batcher = CommitBatcher(
+            self._send_commits, max_batch=commit_batch, max_in_flight=commit_in_flight
+        )
 
     async def _fetch_for_batch(self, count: int) -> TimestampRange:
         return await with_retries(self.retry, lambda: self._stream.request(count, self.timeout))
@@ -426,7 +658,62 @@ class AsyncOracleClient:
         """How many merged requests ``get_timestamp()`` has sent so far."""
         return self._batcher.batches
 
+    # --- transactions ---
+
+    async def _send_commits(self, transactions: list[pb.Transaction]) -> list[pb.CommitResult]:
+        # Resending after UNAVAILABLE is safe: a decided id gets its first decision back.
+        return await with_retries(
+            self.retry, lambda: self._commit_stream.request(transactions, self.timeout)
+        )
+
+    async def commit(self, txn: Transaction) -> Committed | Aborted:
+        """Commits ``txn`` through group commit: ``Committed`` or ``Aborted``, as in-process.
+        Concurrent calls share one ``CommitStream`` message; a refused transaction raises
+        :class:`OracleError` with the status code (``INVALID_ARGUMENT``, ``OUT_OF_RANGE``,
+        ``ALREADY_EXISTS``, ``RESOURCE_EXHAUSTED``, ...)."""
+        if not isinstance(txn, Transaction):
+            raise TypeError(f"txn must be a Transaction, got {type(txn).__name__}")
+        result = await self._commit_batcher.submit(transaction_to_wire(txn))
+        return outcome_from_wire(result)
+
+    async def commit_unary(self, txn: Transaction) -> Committed | Aborted:
+        """Like :meth:`commit`, as one unary ``Commit`` call (no merging)."""
+        if not isinstance(txn, Transaction):
+            raise TypeError(f"txn must be a Transaction, got {type(txn).__name__}")
+        request = pb.CommitRequest(transaction=transaction_to_wire(txn))
+        result = await with_retries(self.retry, lambda: self._commit(request, timeout=self.timeout))
+        return outcome_from_wire(result)
+
+    @staticmethod
+    def _txn_id(txn_id: object) -> int:
+        if not isinstance(txn_id, int) or isinstance(txn_id, bool):
+            raise TypeError(f"txn_id must be an int, got {type(txn_id).__name__}")
+        if not 0 <= txn_id < 2**64:
+            raise ValueError(f"txn_id must be in 1..2**64-1, got {txn_id}")
+        return txn_id
+
+    async def abort(self, txn_id: int) -> Committed | Aborted:
+        """Aborts an undecided id (a late commit of it is then refused); returns the decision."""
+        request = pb.AbortRequest(txn_id=self._txn_id(txn_id))
+        result = await with_retries(self.retry, lambda: self._abort(request, timeout=self.timeout))
+        return outcome_from_wire(result)
+
+    async def transaction_status(self, txn_id: int) -> Committed | Aborted | None:
+        """The decision on ``txn_id``, or None when the oracle does not know it."""
+        request = pb.TransactionStatusRequest(txn_id=self._txn_id(txn_id))
+        response = await with_retries(
+            self.retry, lambda: self._transaction_status(request, timeout=self.timeout)
+        )
+        return outcome_from_wire(response.result) if response.known else None
+
+    @property
+    def commit_batches(self) -> int:
+        """How many merged ``CommitStream`` messages ``commit()`` has sent so far."""
+        return self._commit_batcher.batches
+
     async def close(self) -> None:
+        await self._commit_batcher.close()
+        await self._commit_stream.close()
         await self._batcher.close()
         await self._stream.close()
         await self._channel.close()
@@ -496,6 +783,18 @@ class OracleClient:
     @property
     def batches(self) -> int:
         return self._client.batches
+
+    def commit(self, txn: Transaction) -> Committed | Aborted:
+        return self._run(self._client.commit(txn))
+
+    def commit_unary(self, txn: Transaction) -> Committed | Aborted:
+        return self._run(self._client.commit_unary(txn))
+
+    def abort(self, txn_id: int) -> Committed | Aborted:
+        return self._run(self._client.abort(txn_id))
+
+    def transaction_status(self, txn_id: int) -> Committed | Aborted | None:
+        return self._run(self._client.transaction_status(txn_id))
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

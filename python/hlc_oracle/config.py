@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hlc_oracle.scheduler import CommitOptions
 from hlc_oracle.skew import GuardPolicy, SkewConfig
 
 ENV_PREFIX = "HLC_ORACLE_"
@@ -139,6 +140,8 @@ class OracleConfig:
     log: LogSection = field(default_factory=LogSection)
     # NTP polling and the max-offset guard (hlc_oracle.skew): servers, thresholds, policies.
     ntp: SkewConfig = field(default_factory=SkewConfig)
+    # Group commit (hlc_oracle.scheduler): durability, batching, limits, the commit log.
+    commit: CommitOptions = field(default_factory=CommitOptions)
 
     def validate(self) -> None:
         """Raises :class:`ConfigError` naming the first field out of range."""
@@ -183,6 +186,10 @@ class OracleConfig:
             self.ntp.validate()
         except (TypeError, ValueError) as err:
             raise ConfigError(f"ntp: {err}") from err
+        try:
+            self.commit.validate()
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"commit: {err}") from err
         if not self.ntp.servers and self.ntp.unknown_policy is GuardPolicy.REFUSE:
             raise ConfigError(
                 "ntp.unknown_policy = refuse needs ntp.servers: without servers the offset is "

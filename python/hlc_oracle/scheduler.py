@@ -30,14 +30,16 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 from hlc_oracle._core import (
     Aborted,
@@ -57,35 +59,61 @@ Outcome = Committed | Aborted
 logger = logging.getLogger("hlc_oracle.scheduler")
 
 
-@dataclass(frozen=True)
+def _setting(default: Any, doc: str, flag: str | None = None) -> Any:
+    # The same metadata as hlc_oracle.config.setting: the ``[commit]`` section documents itself.
+    return field(default=default, metadata={"doc": doc, "flag": flag})
+
+
+@dataclass
 class CommitOptions:
-    """Settings of the group-commit scheduler and its log; every field has a documented default.
+    """Settings of the group-commit scheduler and its log: the ``[commit]`` section of the
+    oracle's configuration. Every field has a documented default; :meth:`validate` (also run on
+    construction) raises ``ValueError``/``TypeError`` naming the field."""
 
-    Limits on one transaction (over them: :class:`~hlc_oracle.TransactionTooLargeError`):
-    ``max_read_keys`` and ``max_write_keys`` (10,000 each), ``max_key_bytes`` (4,096).
-    """
-
-    durability: Literal["sync", "async", "memory"] = "sync"
-    isolation: Literal["snapshot", "serializable"] = "snapshot"
-    #: Largest batch handed to one log write.
-    max_batch_size: int = 4096
-    #: How long a batch that is not full may wait for more arrivals (0: never wait).
-    max_batch_delay_us: int = 0
-    #: Queued, undecided requests beyond which ``submit`` raises SchedulerOverloadedError.
-    max_queue: int = 100_000
-    #: Keys the conflict detector remembers (its memory bound).
-    max_keys: int = 1_000_000
-    max_read_keys: int = 10_000
-    max_write_keys: int = 10_000
-    max_key_bytes: int = 4096
-    #: Decided ids kept for ``status`` and idempotent resubmission.
-    retained_decisions: int = 1_000_000
-    #: Log segment size in bytes (rotation).
-    segment_size: int = 64 << 20
-    #: Segments kept; older ones are checkpointed away (retention).
-    retain_segments: int = 8
+    enabled: bool = _setting(True, "serve the Transactions service (group commit) in the server")
+    durability: str = _setting(
+        "sync",
+        "sync (answer after fdatasync), async (answer after write, sync right after) or memory "
+        "(no log)",
+        "--commit-durability",
+    )
+    isolation: str = _setting(
+        "snapshot", "snapshot (write-write conflicts) or serializable (read-write too)"
+    )
+    log_dir: Path | None = _setting(  # noqa: RUF009 - only wraps dataclasses.field
+        None, "commit log directory (unset: <server.data_dir>/commit-log in the server)"
+    )
+    max_batch_size: int = _setting(4096, "largest number of requests decided in one log write")
+    max_batch_delay_us: int = _setting(
+        0, "how long a batch that is not full may wait for more arrivals (0: never wait)"
+    )
+    max_queue: int = _setting(
+        100_000, "requests waiting for a batch beyond which commits get RESOURCE_EXHAUSTED"
+    )
+    max_keys: int = _setting(1_000_000, "keys the conflict detector remembers (memory bound)")
+    max_read_keys: int = _setting(10_000, "largest read set of one transaction")
+    max_write_keys: int = _setting(10_000, "largest write set of one transaction")
+    max_key_bytes: int = _setting(4096, "largest key (bytes)")
+    retained_decisions: int = _setting(
+        1_000_000, "decided transaction ids kept for status and idempotent resubmission"
+    )
+    segment_size: int = _setting(64 << 20, "commit log segment size in bytes (rotation)")
+    retain_segments: int = _setting(
+        8, "log segments kept; older ones are checkpointed away (retention)"
+    )
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {type(self.enabled).__name__}")
+        for name in ("segment_size",):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < 1024:
+                raise ValueError(f"{name} must be at least 1024, got {value}")
         for name in (
             "max_batch_size",
             "max_queue",
@@ -147,7 +175,7 @@ class GroupCommitScheduler:
         clock: Clock | None = None,
         options: CommitOptions | None = None,
     ) -> None:
-        self.options = options or CommitOptions()
+        self.options = dataclasses.replace(options) if options else CommitOptions()
         self.clock = clock if clock is not None else Clock()
         opts = self.options
         started = time.perf_counter()
@@ -399,7 +427,7 @@ class GroupCommitScheduler:
     # ---- lifecycle and figures ----------------------------------------------------------------
 
     @property
-    def durability(self) -> Literal["sync", "async", "memory"]:
+    def durability(self) -> str:
         return self.options.durability
 
     @property

@@ -21,9 +21,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hlc_oracle import Clock, ManualClock, SystemClock
+from hlc_oracle import (
+    Clock,
+    CommitLogError,
+    GroupCommitScheduler,
+    HlcError,
+    ManualClock,
+    SystemClock,
+)
 from hlc_oracle.config import OracleConfig
 from hlc_oracle.proto import oracle_pb2 as pb
+from hlc_oracle.server.commit import SERVICE_NAME as TRANSACTIONS_SERVICE_NAME
+from hlc_oracle.server.commit import TransactionsService
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.service import SERVICE_NAME, TimestampOracleService, wire_timestamp
@@ -86,6 +95,10 @@ class OracleServer:
             self.metrics.registry,
             wall_clock=physical_clock,
         )
+        # Group commit: the scheduler opens (and replays its log) in start(), once the window
+        # has raised the clock's ceiling.
+        self.scheduler: GroupCommitScheduler | None = None
+        self.transactions = TransactionsService(None, self.gate, self.metrics)
         self.health = health.aio.HealthServicer()
         self.started_at = time.monotonic()
         self.port = 0
@@ -116,7 +129,7 @@ class OracleServer:
             return
 
         def schedule() -> None:
-            for name in ("", SERVICE_NAME):
+            for name in ("", SERVICE_NAME, TRANSACTIONS_SERVICE_NAME):
                 task = loop.create_task(self.health.set(name, status))
                 self._health_tasks.add(task)
                 task.add_done_callback(self._health_tasks.discard)
@@ -177,10 +190,11 @@ class OracleServer:
         server = grpc.aio.server(
             options=options, maximum_concurrent_rpcs=limits.max_concurrent_rpcs
         )
-        server.add_generic_rpc_handlers((self.service.handler(),))
+        server.add_generic_rpc_handlers((self.service.handler(), self.transactions.handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            (SERVICE_NAME, TRANSACTIONS_SERVICE_NAME,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME),
             server,
         )  # fmt: skip
@@ -202,6 +216,7 @@ class OracleServer:
             raise StartupError(
                 f"cannot save the timestamp window in {self.store.data_dir}: {err}"
             ) from err
+        self._open_scheduler()
         if self.config.metrics.port is not None:
             try:
                 self.metrics_port, self._stop_metrics = self.metrics.serve(
@@ -236,6 +251,29 @@ class OracleServer:
             },
         )
 
+    def _open_scheduler(self) -> None:
+        """Opens the group-commit scheduler: replays the commit log (decisions, conflict history,
+        clock floor) before anything is served."""
+        options = self.config.commit
+        if not options.enabled:
+            return
+        log_dir = options.log_dir or self.store.data_dir / "commit-log"
+        try:
+            scheduler = GroupCommitScheduler(
+                None if options.durability == "memory" else log_dir, self.clock, options
+            )
+        except (CommitLogError, HlcError, OSError, ValueError) as err:
+            raise StartupError(f"cannot open the commit log in {log_dir}: {err}") from err
+        loop = asyncio.get_running_loop()
+
+        def raise_ceiling() -> None:
+            # Called from the scheduler's writer thread; the window lives on this loop.
+            asyncio.run_coroutine_threadsafe(self.window.extend(0), loop).result(10)
+
+        scheduler.on_ceiling = raise_ceiling
+        self.scheduler = scheduler
+        self.transactions.scheduler = scheduler
+
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, finish in-flight calls, save the high-water mark."""
         grace = self.config.server.shutdown_grace_s if grace is None else grace
@@ -245,6 +283,9 @@ class OracleServer:
             await self._server.stop(grace)
             self._server = None
         await asyncio.to_thread(self.skew.stop)  # joins the poll thread off the event loop
+        if self.scheduler is not None:
+            # In-flight calls are done: decide what is still queued, sync, release the log.
+            await self.scheduler.aclose()
         await self.window.stop()
         if self._stop_metrics is not None:
             self._stop_metrics()

@@ -35,6 +35,12 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.transactions = Counter(
+            "hlc_oracle_transactions",
+            "Transactions answered by the Transactions service: committed, aborted or refused",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.window_saves = Counter(
             "hlc_oracle_window_saves",
             "Durable saves of the persisted timestamp window",

@@ -516,7 +516,12 @@ impl CommitEngine {
                 });
             }
         }
-        if txn.start_ts.physical() > physical_now.saturating_add(clock.max_offset_us()) {
+        // A start timestamp this clock handed out is never in the future, even when the clock
+        // runs ahead of physical time (after a restart above a persisted window); anything else
+        // may lead the physical clock by at most max_offset_us, as for a receive event.
+        if txn.start_ts.physical() > physical_now.saturating_add(clock.max_offset_us())
+            && txn.start_ts > clock.last()
+        {
             return Err(SubmitError::StartInFuture {
                 txn_id,
                 start_ts: txn.start_ts,
@@ -623,7 +628,7 @@ impl CommitEngine {
                 .map(|(txn, _)| txn.start_ts)
                 .max();
             let reserved = match newest_start {
-                Some(start) if start >= clock.last() => clock.update(start).map(|_| ()),
+                Some(start) if start > clock.last() => clock.update(start).map(|_| ()),
                 _ => Ok(()),
             }
             .and_then(|()| clock.reserve(accepted));

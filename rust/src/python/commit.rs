@@ -6,13 +6,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyInt, PyList};
+use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyType};
 
 use crate::commit::{
     AbortReason, CommitEngine, Durability, EngineConfig, EngineError, Limits, Outcome, Request,
     SubmitError,
 };
-use crate::conflict::{Conflict, Isolation};
+use crate::conflict::{Conflict, ConflictKind, Isolation, LostTo};
 use crate::python::conflict::{PyConflict, PyTransaction};
 use crate::python::errors::{
     ClockSkewError, CommitLogCorruptError, CommitLogError, HlcError, InvalidTransactionError,
@@ -145,6 +145,58 @@ impl PyAborted {
             )))
             }
         }
+    }
+
+    /// An abort by conflict from its parts (as they come over the wire): `kind` is
+    /// "write_write", "read_write" or "too_old"; `commit_ts` the commit it lost to (the low
+    /// watermark when too old) or `winner_txn_id` the earlier member of its batch.
+    #[classmethod]
+    #[pyo3(signature = (txn_id, kind, key = None, commit_ts = None, winner_txn_id = None))]
+    fn from_conflict(
+        _cls: &Bound<'_, PyType>,
+        txn_id: &Bound<'_, PyAny>,
+        kind: &str,
+        key: Option<Vec<u8>>,
+        commit_ts: Option<&Bound<'_, PyTimestamp>>,
+        winner_txn_id: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let txn_id = u64_arg(txn_id, "txn_id")?;
+        let kind = match kind {
+            "write_write" => ConflictKind::WriteWrite,
+            "read_write" => ConflictKind::ReadWrite,
+            "too_old" => ConflictKind::TooOld,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "kind must be \"write_write\", \"read_write\" or \"too_old\", got {other:?}"
+                )))
+            }
+        };
+        let winner = winner_txn_id
+            .filter(|w| !w.is_none())
+            .map(|w| u64_arg(w, "winner_txn_id"))
+            .transpose()?;
+        let lost_to = match (commit_ts.map(|ts| ts.get().0), winner, kind) {
+            (Some(ts), None, ConflictKind::TooOld) => LostTo::LowWatermark(ts),
+            (Some(ts), None, _) => LostTo::Commit(ts),
+            (None, Some(id), ConflictKind::WriteWrite | ConflictKind::ReadWrite) => {
+                LostTo::BatchMember(id)
+            }
+            _ => {
+                return Err(PyValueError::new_err(
+                    "exactly one of commit_ts and winner_txn_id must be given (winner_txn_id \
+                     only for write_write or read_write)",
+                ))
+            }
+        };
+        Ok(Self {
+            txn_id,
+            conflict: Some(Conflict {
+                txn_id,
+                kind,
+                key,
+                lost_to,
+            }),
+        })
     }
 
     #[getter]

@@ -1,0 +1,302 @@
+"""The ``hlc_oracle.v1.Transactions`` handlers: parse, check the gate, hand to the scheduler.
+
+All deciding happens in :class:`~hlc_oracle.GroupCommitScheduler`; these handlers only turn wire
+messages into :class:`~hlc_oracle.Transaction` objects and answers back into messages, and map the
+scheduler's errors to status codes (in a stream, a refused transaction gets a ``CommitError`` in
+its result instead, so the other transactions of the message are still answered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from hlc_oracle import (
+    Aborted,
+    CeilingReachedError,
+    CommitLogError,
+    Committed,
+    ConflictKind,
+    GroupCommitScheduler,
+    HlcError,
+    InvalidTransactionError,
+    SchedulerClosedError,
+    SchedulerOverloadedError,
+    StartTimestampError,
+    Timestamp,
+    Transaction,
+    TransactionMismatchError,
+    TransactionTooLargeError,
+)
+from hlc_oracle.proto import oracle_pb2 as pb
+from hlc_oracle.server.gate import ServingGate
+from hlc_oracle.server.metrics import ServerMetrics
+from hlc_oracle.server.service import RequestError, wire_timestamp
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Transactions"].full_name
+
+CONFLICT_KINDS = {
+    ConflictKind.WRITE_WRITE: "write_write",
+    ConflictKind.READ_WRITE: "read_write",
+    ConflictKind.TOO_OLD: "too_old",
+}
+
+# Most specific first: the first matching class gives the status code.
+ERROR_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (TransactionTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StartTimestampError, grpc.StatusCode.OUT_OF_RANGE),
+    (TransactionMismatchError, grpc.StatusCode.ALREADY_EXISTS),
+    (InvalidTransactionError, grpc.StatusCode.INVALID_ARGUMENT),
+    (SchedulerOverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (SchedulerClosedError, grpc.StatusCode.UNAVAILABLE),
+    (CeilingReachedError, grpc.StatusCode.UNAVAILABLE),
+    (CommitLogError, grpc.StatusCode.UNAVAILABLE),
+    (TypeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (HlcError, grpc.StatusCode.INTERNAL),
+]
+
+
+def status_code(error: BaseException) -> grpc.StatusCode:
+    for kind, code in ERROR_CODES:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def transaction_from_wire(message: pb.Transaction) -> Transaction:
+    """A wire transaction as a :class:`Transaction`; ``RequestError`` when malformed."""
+    if not message.HasField("start_ts"):
+        raise _invalid(f"transaction {message.txn_id}: start_ts is required")
+    start = message.start_ts
+    try:
+        start_ts = Timestamp(start.physical, start.logical, start.node)
+    except ValueError as err:
+        raise _invalid(f"transaction {message.txn_id}: malformed start_ts: {err}") from err
+    return Transaction(message.txn_id, start_ts, message.read_set, message.write_set)
+
+
+def result_to_wire(txn_id: int, answer: object) -> pb.CommitResult:
+    """A scheduler answer (``Committed``, ``Aborted`` or the exception) as a ``CommitResult``."""
+    if isinstance(answer, Committed):
+        return pb.CommitResult(txn_id=txn_id, commit_ts=wire_timestamp(answer.commit_ts))
+    if isinstance(answer, Aborted):
+        conflict = answer.conflict
+        if conflict is None:
+            return pb.CommitResult(txn_id=txn_id, aborted=pb.Aborted(reason=answer.reason))
+        wire_conflict = pb.Conflict(
+            kind=CONFLICT_KINDS[conflict.kind], winner_txn_id=conflict.winner_txn_id or 0
+        )
+        if conflict.key is not None:
+            wire_conflict.key = conflict.key
+        if conflict.commit_ts is not None:
+            wire_conflict.commit_ts.CopyFrom(wire_timestamp(conflict.commit_ts))
+        return pb.CommitResult(
+            txn_id=txn_id, aborted=pb.Aborted(reason=answer.reason, conflict=wire_conflict)
+        )
+    if isinstance(answer, RequestError):
+        code, message = answer.code, answer.message
+    elif isinstance(answer, BaseException):
+        code, message = status_code(answer), str(answer)
+    else:  # pragma: no cover - the scheduler answers nothing else
+        code, message = grpc.StatusCode.INTERNAL, f"unexpected answer {answer!r}"
+    return pb.CommitResult(txn_id=txn_id, error=pb.CommitError(code=code.value[0], message=message))
+
+
+class TransactionsService:
+    def __init__(
+        self, scheduler: GroupCommitScheduler | None, gate: ServingGate, metrics: ServerMetrics
+    ) -> None:
+        #: Set by the server once the commit log is open; until then every call is UNAVAILABLE.
+        self.scheduler = scheduler
+        self.gate = gate
+        self.metrics = metrics
+
+    def _check_gate(self) -> GroupCommitScheduler:
+        refusal = self.gate.refusal()
+        if refusal is not None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"not serving: {refusal}")
+        if self.scheduler is None:
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE, "group commit is not enabled on this server"
+            )
+        return self.scheduler
+
+    async def _fail(self, method: str, err: RequestError, started: float, context: Any) -> NoReturn:
+        self.metrics.observe(method, err.code.name, started)
+        await context.abort(err.code, err.message)
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+    def _count(self, results: list[pb.CommitResult]) -> None:
+        counts = {"commit_ts": 0, "aborted": 0, "error": 0}
+        for result in results:
+            counts[result.WhichOneof("outcome") or "error"] += 1
+        for outcome, label in (
+            ("commit_ts", "committed"),
+            ("aborted", "aborted"),
+            ("error", "refused"),
+        ):
+            if counts[outcome]:
+                self.metrics.transactions.labels(label).inc(counts[outcome])
+
+    @staticmethod
+    def _parse_id(raw: bytes, kind: type[Any], name: str) -> int:
+        try:
+            request = kind.FromString(raw)
+        except DecodeError as err:
+            raise _invalid(f"malformed {name}: {err}") from err
+        if request.txn_id == 0:
+            raise _invalid("txn_id must be in 1..2**64-1 (0 is reserved as unset), got 0")
+        return int(request.txn_id)
+
+    async def _decide(self, messages: list[pb.Transaction]) -> list[pb.CommitResult]:
+        """Decides the transactions of one request message; refusals become error results."""
+        answers: list[object] = [None] * len(messages)
+        valid: list[int] = []
+        requests: list[Transaction] = []
+        for index, message in enumerate(messages):
+            try:
+                requests.append(transaction_from_wire(message))
+                valid.append(index)
+            except (RequestError, TypeError, ValueError) as err:
+                answers[index] = err
+        if requests:
+            try:
+                scheduler = self._check_gate()
+                decided = await scheduler.submit_many(requests)
+            except (RequestError, HlcError) as err:
+                decided = [err] * len(requests)
+            for index, answer in zip(valid, decided, strict=True):
+                answers[index] = answer
+        results = [
+            result_to_wire(message.txn_id, answer)
+            for message, answer in zip(messages, answers, strict=True)
+        ]
+        self._count(results)
+        return results
+
+    # --- handlers ---
+
+    async def commit(self, raw: bytes, context: Any) -> bytes:
+        started = time.perf_counter()
+        try:
+            try:
+                request = pb.CommitRequest.FromString(raw)
+            except DecodeError as err:
+                raise _invalid(f"malformed CommitRequest: {err}") from err
+            if not request.HasField("transaction"):
+                raise _invalid("CommitRequest.transaction is required")
+            (result,) = await self._decide([request.transaction])
+            if result.WhichOneof("outcome") == "error":
+                code = grpc.StatusCode.INTERNAL
+                for candidate in grpc.StatusCode:
+                    if candidate.value[0] == result.error.code:
+                        code = candidate
+                raise RequestError(code, result.error.message)
+        except RequestError as err:
+            await self._fail("Commit", err, started, context)
+        self.metrics.observe("Commit", "OK", started)
+        return bytes(result.SerializeToString())
+
+    async def commit_stream(
+        self, requests: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[bytes]:
+        """Each request message is handed to the scheduler as soon as it arrives, so pipelined
+        messages share batches; responses go out in request order (results carry their ids)."""
+        order: asyncio.Queue[asyncio.Task[list[pb.CommitResult]] | RequestError | None] = (
+            asyncio.Queue()
+        )
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    try:
+                        message = pb.CommitStreamRequest.FromString(raw)
+                    except DecodeError as err:
+                        order.put_nowait(_invalid(f"malformed CommitStreamRequest: {err}"))
+                        return
+                    order.put_nowait(asyncio.create_task(self._decide(list(message.transactions))))
+            finally:
+                order.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        tasks: list[asyncio.Task[list[pb.CommitResult]]] = []
+        try:
+            while (item := await order.get()) is not None:
+                started = time.perf_counter()
+                if isinstance(item, RequestError):
+                    await self._fail("CommitStream", item, started, context)
+                tasks.append(item)
+                results = await item
+                tasks.pop()
+                self.metrics.observe("CommitStream", "OK", started)
+                yield pb.CommitStreamResponse(results=results).SerializeToString()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            while not order.empty():
+                leftover = order.get_nowait()
+                if isinstance(leftover, asyncio.Task):
+                    tasks.append(leftover)
+            for task in tasks:
+                task.cancel()
+
+    async def abort(self, raw: bytes, context: Any) -> bytes:
+        started = time.perf_counter()
+        try:
+            txn_id = self._parse_id(raw, pb.AbortRequest, "AbortRequest")
+            scheduler = self._check_gate()
+            try:
+                (answer,) = await scheduler.submit_many([txn_id])
+            except HlcError as err:
+                answer = err
+            if isinstance(answer, BaseException):
+                raise RequestError(status_code(answer), str(answer))
+            result = result_to_wire(txn_id, answer)
+        except RequestError as err:
+            await self._fail("Abort", err, started, context)
+        self.metrics.observe("Abort", "OK", started)
+        return bytes(result.SerializeToString())
+
+    async def get_transaction_status(self, raw: bytes, context: Any) -> bytes:
+        started = time.perf_counter()
+        try:
+            txn_id = self._parse_id(raw, pb.TransactionStatusRequest, "TransactionStatusRequest")
+            scheduler = self._check_gate()
+            # status() may wait for the batch being written: keep it off the event loop.
+            answer = await asyncio.to_thread(scheduler.status, txn_id)
+        except RequestError as err:
+            await self._fail("GetTransactionStatus", err, started, context)
+        if answer is None:
+            response = pb.TransactionStatusResponse(known=False)
+        else:
+            response = pb.TransactionStatusResponse(
+                known=True, result=result_to_wire(txn_id, answer)
+            )
+        self.metrics.observe("GetTransactionStatus", "OK", started)
+        return bytes(response.SerializeToString())
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        unary: Callable[[Callable[[bytes, Any], Awaitable[bytes]]], Any] = (
+            grpc.unary_unary_rpc_method_handler
+        )
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Commit": unary(self.commit),
+                "CommitStream": grpc.stream_stream_rpc_method_handler(self.commit_stream),
+                "Abort": unary(self.abort),
+                "GetTransactionStatus": unary(self.get_transaction_status),
+            },
+        )

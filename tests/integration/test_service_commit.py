@@ -1,0 +1,236 @@
+"""The Transactions service on a real server: decisions, merging, bad input and its status codes,
+status after restart, and kill -9 under a concurrent commit load."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hlc_oracle import Aborted, Committed, Timestamp, Transaction
+from hlc_oracle.client import AsyncOracleClient, OracleClient, OracleError, RetryPolicy
+from hlc_oracle.proto import oracle_pb2 as pb
+
+from tests.integration.oracle_process import OracleProcess
+
+
+def test_commit_abort_and_status_over_the_wire(oracle: OracleProcess) -> None:
+    with OracleClient(oracle.target) as client:
+        start = client.get_timestamp()
+        first = client.commit(Transaction(101, start, [b"r"], [b"w1", b"w2"]))
+        assert isinstance(first, Committed) and first.commit_ts > start
+        lost = client.commit_unary(Transaction(102, start, [], [b"w2"]))
+        assert isinstance(lost, Aborted) and lost.reason == "conflict"
+        assert lost.conflict is not None
+        assert lost.conflict.key == b"w2" and lost.conflict.commit_ts == first.commit_ts
+        # Idempotent, over both RPCs.
+        assert client.commit_unary(Transaction(101, start, [b"r"], [b"w1", b"w2"])) == first
+        assert client.transaction_status(101) == first
+        assert client.transaction_status(102) == lost
+        assert client.transaction_status(103) is None
+        # Abort fencing.
+        assert client.abort(103) == Aborted(103, "requested")
+        assert client.commit(Transaction(103, start, [], [b"w3"])) == Aborted(103, "requested")
+        assert client.abort(101) == first
+        # Timestamps handed out after a commit are above it.
+        assert client.get_timestamp() > first.commit_ts
+
+
+def test_concurrent_commits_are_merged_into_few_messages(oracle: OracleProcess) -> None:
+    async def scenario() -> None:
+        async with AsyncOracleClient(oracle.target) as client:
+            start = await client.get_timestamp()
+            outcomes = await asyncio.gather(
+                *(
+                    client.commit(Transaction(2000 + i, start, [], [b"m%d" % i, b"shared"]))
+                    for i in range(300)
+                )
+            )
+            committed = [o for o in outcomes if isinstance(o, Committed)]
+            aborted = [o for o in outcomes if isinstance(o, Aborted)]
+            # All write "shared" and started together: exactly one wins.
+            assert len(committed) == 1 and len(aborted) == 299
+            assert client.commit_batches < 300
+            for outcome in aborted:
+                assert outcome.conflict is not None and outcome.conflict.key == b"shared"
+
+    asyncio.run(scenario())
+
+
+def _code(client: OracleClient, call: Callable[[], object]) -> grpc.StatusCode:
+    with pytest.raises(OracleError) as raised:
+        call()
+    return raised.value.code
+
+
+def test_bad_transactions_get_status_codes_and_are_not_logged(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    oracle = start_oracle("--set", "commit.max_write_keys=2", "--set", "commit.max_key_bytes=8")
+    with OracleClient(oracle.target) as client:
+        start = client.get_timestamp()
+        future = Timestamp(start.physical + 3_600_000_000, 0, 0)
+        cases = [
+            (Transaction(0, start, [], [b"k"]), grpc.StatusCode.INVALID_ARGUMENT),
+            (Transaction(11, start, [b"r"], []), grpc.StatusCode.INVALID_ARGUMENT),
+            (Transaction(12, start, [], [b"a", b"b", b"c"]), grpc.StatusCode.RESOURCE_EXHAUSTED),
+            (Transaction(13, start, [], [b"123456789"]), grpc.StatusCode.RESOURCE_EXHAUSTED),
+            (Transaction(14, future, [], [b"k"]), grpc.StatusCode.OUT_OF_RANGE),
+        ]
+        for txn, code in cases:
+            assert _code(client, lambda txn=txn: client.commit(txn)) == code, txn
+            assert _code(client, lambda txn=txn: client.commit_unary(txn)) == code, txn
+            assert client.transaction_status(txn.txn_id or 1) is None
+        ok = client.commit(Transaction(15, start, [], [b"k"]))
+        assert isinstance(ok, Committed)
+        changed = Transaction(15, start, [], [b"other"])
+        assert _code(client, lambda: client.commit(changed)) == grpc.StatusCode.ALREADY_EXISTS
+        assert _code(client, lambda: client.abort(0)) == grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            _code(client, lambda: client.transaction_status(0)) == grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert client.transaction_status(15) == ok  # the server kept going
+
+
+def test_malformed_messages_are_invalid_argument(oracle: OracleProcess) -> None:
+    with grpc.insecure_channel(oracle.target) as channel:
+        for method in ("Commit", "Abort", "GetTransactionStatus"):
+            call = channel.unary_unary(f"/hlc_oracle.v1.Transactions/{method}")
+            with pytest.raises(grpc.RpcError) as raised:
+                call(b"\xff\xff\xff", timeout=5)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        commit = channel.unary_unary(
+            "/hlc_oracle.v1.Transactions/Commit",
+            request_serializer=pb.CommitRequest.SerializeToString,
+            response_deserializer=pb.CommitResult.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            commit(pb.CommitRequest(), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        no_start = pb.CommitRequest(transaction=pb.Transaction(txn_id=5, write_set=[b"k"]))
+        with pytest.raises(grpc.RpcError) as raised:
+            commit(no_start, timeout=5)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "start_ts is required" in (raised.value.details() or "")
+        stream = channel.stream_stream("/hlc_oracle.v1.Transactions/CommitStream")
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stream(iter([b"\xff\xff\xff"]), timeout=5))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = health.Check(
+            health_pb2.HealthCheckRequest(service="hlc_oracle.v1.Transactions"), timeout=5
+        )
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_decisions_survive_a_graceful_restart(start_oracle: Callable[..., OracleProcess]) -> None:
+    oracle = start_oracle()
+    with OracleClient(oracle.target) as client:
+        start = client.get_timestamp()
+        outcome = client.commit(Transaction(7, start, [], [b"k"]))
+        fenced = client.abort(8)
+    assert oracle.stop() == 0
+    oracle.start()
+    with OracleClient(oracle.target) as client:
+        assert client.transaction_status(7) == outcome
+        assert client.transaction_status(8) == fenced
+        assert isinstance(client.commit(Transaction(9, start, [], [b"k"])), Aborted)
+    assert "group commit: recovered 2 records" in oracle.log_text()
+
+
+CRASH_ROUNDS = 10
+
+
+async def statuses_of(target: str, txn_ids: list[int]) -> list[Committed | Aborted | None]:
+    async with AsyncOracleClient(target) as client:
+        return await asyncio.gather(*(client.transaction_status(i) for i in txn_ids))
+
+
+class CommitLoad:
+    """Threads committing transactions (a hot key each, so some abort) until stopped; records
+    what was acknowledged. No retries: a call that fails when the server dies is simply not
+    acknowledged."""
+
+    def __init__(self, target: str, first_id: int, rng: random.Random) -> None:
+        self.client = OracleClient(target, timeout=2.0, retry=RetryPolicy(attempts=1))
+        self.start = self.client.get_timestamp()
+        self.next_id = first_id
+        self.rng = rng
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.acknowledged: list[Committed | Aborted] = []
+        self.threads = [threading.Thread(target=self.run) for _ in range(8)]
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                txn_id = self.next_id
+                self.next_id += 1
+                keys = [b"hot%d" % self.rng.randrange(50), b"cold%d" % txn_id]
+            try:
+                outcome = self.client.commit(Transaction(txn_id, self.start, [], keys))
+            except OracleError:
+                return
+            with self.lock:
+                self.acknowledged.append(outcome)
+
+    def __enter__(self) -> CommitLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10)
+        self.client.close()
+
+
+def test_kill_9_under_load_keeps_every_acknowledged_decision(tmp_path: Path) -> None:
+    """Concurrent committers run against the real server; it is killed with SIGKILL at a random
+    moment, restarted, and checked: every acknowledged commit is there with the same timestamp,
+    no aborted id turned committed, and no timestamp goes backwards."""
+    rng = random.Random(5)
+    committed: dict[int, Timestamp] = {}
+    aborted: set[int] = set()
+    next_id = 1
+    newest = Timestamp(0, 0, 0)
+    with OracleProcess(tmp_path / "data", "--shutdown-grace", "0") as oracle:
+        for round_number in range(CRASH_ROUNDS):
+            with CommitLoad(oracle.target, next_id, rng) as load:
+                assert load.start > newest, "timestamps went backwards across the restart"
+                time.sleep(0.1 + rng.random() * 0.3)
+                oracle.kill()
+            next_id = load.next_id
+            acknowledged = load.acknowledged
+            assert acknowledged, f"round {round_number}: nothing was acknowledged"
+            for outcome in acknowledged:
+                if isinstance(outcome, Committed):
+                    committed[outcome.txn_id] = outcome.commit_ts
+                else:
+                    aborted.add(outcome.txn_id)
+            oracle.start()
+            # Everything acknowledged in this round, and a sample of the earlier rounds.
+            this_round = [outcome.txn_id for outcome in acknowledged]
+            earlier = sorted(set(committed) | aborted - set(this_round))
+            to_check = this_round + rng.sample(earlier, min(100, len(earlier)))
+            statuses = asyncio.run(statuses_of(oracle.target, to_check))
+            for txn_id, status in zip(to_check, statuses, strict=True):
+                if txn_id in committed:
+                    assert status == Committed(txn_id, committed[txn_id]), (round_number, txn_id)
+                else:
+                    assert isinstance(status, Aborted), (round_number, txn_id, status)
+            newest = max([newest, *committed.values()])
+            with OracleClient(oracle.target) as client:
+                fresh = client.commit(Transaction(next_id, client.get_timestamp(), [], [b"z"]))
+            next_id += 1
+            assert isinstance(fresh, Committed) and fresh.commit_ts > newest
+            committed[fresh.txn_id] = fresh.commit_ts
+            newest = fresh.commit_ts
+        assert len(committed) > CRASH_ROUNDS
