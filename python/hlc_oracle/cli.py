@@ -1,8 +1,9 @@
-"""The ``hlc-oracle`` command: ``serve``, ``now``, ``status``, ``skew``, ``bench``.
+"""The ``hlc-oracle`` command: ``serve``, ``now``, ``status``, ``txn``, ``skew``, ``bench``.
 
-Exit codes: 0 success; 1 the oracle failed the request or could not start; 2 bad usage or
-configuration; 3 the oracle could not be reached (``UNAVAILABLE`` after retries, or timeout);
-130 interrupted.
+Exit codes: 0 success; 1 the oracle failed the request or could not start (``txn status``: the
+transaction aborted); 2 bad usage or configuration; 3 the oracle could not be reached
+(``UNAVAILABLE`` after retries, or timeout); 4 ``txn status``: the id is unknown; 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 
 import grpc
 
+from hlc_oracle import Aborted, Committed, Transaction
 from hlc_oracle import config as config_module
 from hlc_oracle.client import (
     AsyncOracleClient,
@@ -35,6 +37,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_UNKNOWN = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -135,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     _client_arguments(status)
 
+    txn = commands.add_parser(
+        "txn", help="transactions: the decision on a transaction id, or abort one"
+    )
+    txn_commands = txn.add_subparsers(dest="txn_command", required=True, metavar="ACTION")
+    for action, text in (
+        ("status", "print the decision on ID: committed (with its timestamp), aborted, unknown"),
+        (
+            "abort",
+            "abort ID if undecided (a late commit of it is then refused); print the decision",
+        ),
+    ):
+        sub = txn_commands.add_parser(action, help=text)
+        sub.add_argument("txn_id", type=int, metavar="ID", help="transaction id, 1..2**64-1")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        _client_arguments(sub)
+
     skew = commands.add_parser(
         "skew",
         help="measure this machine's clock offset against NTP servers once (before a deploy)",
@@ -148,10 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--mode",
-        choices=("merged", "unary"),
+        choices=("merged", "unary", "commit"),
         default="merged",
         help="merged: concurrent get_timestamp() callers (client merging); unary: GetTimestamps "
-        "calls of --count (default %(default)s)",
+        "calls of --count; commit: concurrent commit() callers (group commit, --keys keys per "
+        "transaction, disjoint) (default %(default)s)",
+    )
+    bench.add_argument(
+        "--keys", type=int, default=8, help="keys per transaction in commit mode (half read)"
     )
     bench.add_argument("--concurrency", type=int, default=64, help="callers (default %(default)s)")
     bench.add_argument("--count", type=int, default=1, help="count per unary call")
@@ -275,6 +298,13 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     async with AsyncOracleClient(args.target, **_client_kwargs(args)) as client:
         await client.status()  # fail fast, and open the connection outside the timing
 
+        # Commit mode: ids unique to this run; every transaction reads and writes its own keys,
+        # so all of them commit and the figure is the group commit's, not the conflict rate's.
+        run_id = time.time_ns() & 0xFFFF_FFFF
+        start = await client.get_timestamp() if args.mode == "commit" else None
+        reads = max(args.keys // 2, 0)
+        writes = max(args.keys - reads, 1)
+
         async def caller() -> None:
             nonlocal issued
             while issued < args.requests and time.perf_counter() < deadline:
@@ -282,6 +312,15 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 started = time.perf_counter()
                 if args.mode == "merged":
                     await client.get_timestamp()
+                elif args.mode == "commit":
+                    assert start is not None
+                    txn_id = (run_id << 32) | issued
+                    keys = [b"%d/%d" % (txn_id, k) for k in range(reads + writes)]
+                    outcome = await client.commit(
+                        Transaction(txn_id, start, keys[:reads], keys[reads:])
+                    )
+                    if not isinstance(outcome, Committed):
+                        raise OracleError(grpc.StatusCode.INTERNAL, f"unexpected {outcome!r}")
                 else:
                     await client.get_timestamps(args.count)
                 latencies.append(time.perf_counter() - started)
@@ -292,9 +331,9 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         elapsed = time.perf_counter() - begin
         progress.update(len(latencies), begin, force=True)
         progress.finish()
-        batches = client.batches
+        batches = client.commit_batches if args.mode == "commit" else client.batches
     latencies.sort()
-    per_call = 1 if args.mode == "merged" else args.count
+    per_call = args.count if args.mode == "unary" else 1
     return {
         "mode": args.mode,
         "concurrency": args.concurrency,
@@ -311,13 +350,68 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def outcome_fields(txn_id: int, outcome: Committed | Aborted | None) -> dict[str, Any]:
+    if outcome is None:
+        return {"txn_id": txn_id, "status": "unknown"}
+    if isinstance(outcome, Committed):
+        return {"txn_id": txn_id, "status": "committed", "commit_ts": str(outcome.commit_ts)}
+    fields: dict[str, Any] = {"txn_id": txn_id, "status": "aborted", "reason": outcome.reason}
+    conflict = outcome.conflict
+    if conflict is not None:
+        fields["conflict"] = {
+            "kind": str(conflict.kind).rsplit(".", 1)[-1].lower(),
+            "key": conflict.key.decode("utf-8", "backslashreplace") if conflict.key else None,
+            "commit_ts": str(conflict.commit_ts) if conflict.commit_ts else None,
+            "winner_txn_id": conflict.winner_txn_id,
+        }
+    return fields
+
+
+def cmd_txn(args: argparse.Namespace) -> int:
+    """``txn status ID``: exit 0 committed, 1 aborted, 4 unknown; ``txn abort ID``: the decision."""
+    with OracleClient(args.target, **_client_kwargs(args)) as client:
+        if args.txn_command == "status":
+            outcome = client.transaction_status(args.txn_id)
+        else:
+            outcome = client.abort(args.txn_id)
+    fields = outcome_fields(args.txn_id, outcome)
+    if args.json:
+        print(json.dumps(fields))
+    else:
+        line = f"transaction {args.txn_id}: {fields['status']}"
+        if "commit_ts" in fields:
+            line += f" at {fields['commit_ts']}"
+        if "reason" in fields:
+            line += f" ({fields['reason']})"
+        conflict = fields.get("conflict")
+        if conflict:
+            lost_to = (
+                f"commit {conflict['commit_ts']}"
+                if conflict["commit_ts"]
+                else f"transaction {conflict['winner_txn_id']}"
+            )
+            line += f": {conflict['kind']} on key {conflict['key']!r}, lost to {lost_to}"
+        print(line)
+    if outcome is None:
+        return EXIT_UNKNOWN
+    return EXIT_OK if isinstance(outcome, Committed) else EXIT_FAILED
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     result = asyncio.run(run_bench(args))
     latency = result["latency_us"]
-    print(
-        f"{result['calls']} calls ({result['timestamps']} timestamps) in {result['seconds']} s: "
-        f"{result['calls_per_second']:,} calls/s, {result['timestamps_per_second']:,} timestamps/s"
-    )
+    if result["mode"] == "commit":
+        print(
+            f"{result['calls']} committed transactions in {result['seconds']} s: "
+            f"{result['calls_per_second']:,} commits/s "
+            f"({result['merged_requests']} CommitStream messages)"
+        )
+    else:
+        print(
+            f"{result['calls']} calls ({result['timestamps']} timestamps) in "
+            f"{result['seconds']} s: {result['calls_per_second']:,} calls/s, "
+            f"{result['timestamps_per_second']:,} timestamps/s"
+        )
     print(
         f"latency us: p50 {latency['p50']}  p90 {latency['p90']}  p99 {latency['p99']}  "
         f"max {latency['max']}"
@@ -331,6 +425,7 @@ COMMANDS = {
     "now": cmd_now,
     "status": cmd_status,
     "skew": run_skew,
+    "txn": cmd_txn,
     "bench": cmd_bench,
 }
 

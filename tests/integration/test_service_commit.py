@@ -4,7 +4,10 @@ status after restart, and kill -9 under a concurrent commit load."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -234,3 +237,32 @@ def test_kill_9_under_load_keeps_every_acknowledged_decision(tmp_path: Path) -> 
             committed[fresh.txn_id] = fresh.commit_ts
             newest = fresh.commit_ts
         assert len(committed) > CRASH_ROUNDS
+
+
+def test_cli_txn_status_abort_and_commit_bench(oracle: OracleProcess) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hlc_oracle.cli", *args, "--target", oracle.target],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    with OracleClient(oracle.target) as client:
+        outcome = client.commit(Transaction(9001, client.get_timestamp(), [], [b"cli"]))
+    assert isinstance(outcome, Committed)
+    done = cli("txn", "status", "9001")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"transaction 9001: committed at {outcome.commit_ts}"
+    unknown = cli("txn", "status", "9002", "--json")
+    assert unknown.returncode == 4
+    assert json.loads(unknown.stdout) == {"txn_id": 9002, "status": "unknown"}
+    fenced = cli("txn", "abort", "9002")
+    assert fenced.returncode == 1 and "aborted (requested)" in fenced.stdout
+    bad = cli("txn", "status", "0")
+    assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr
+    bench = cli("bench", "--mode", "commit", "--concurrency", "16", "--requests", "400")
+    assert bench.returncode == 0, bench.stderr
+    figures = json.loads(bench.stdout.splitlines()[-1])
+    assert figures["mode"] == "commit" and figures["calls"] == 400
+    assert figures["merged_requests"] < 400
