@@ -1,0 +1,254 @@
+"""Group commit beside one-fsync-per-transaction baselines and the raw batched-fsync ceiling.
+
+Every benchmark of a group does the same work per round (``TXNS`` transactions of 8 keys, 4 read
+and 4 written, or as many records), so the ratio of medians is the inverse throughput ratio:
+
+- ``commit sync 1024 txns``: in-process ``GroupCommitScheduler.submit`` in ``sync`` durability
+  with 1, 64 and 1024 concurrent submitters; baselines: a plain file written with one ``write``
+  and one ``fdatasync`` per transaction (the group's baseline), SQLite with one ``INSERT`` and
+  ``COMMIT`` per transaction (synchronous=FULL, journal_mode=WAL: a naive transaction log), and
+  the raw ceiling, 1,000 records per ``fdatasync`` with no other work;
+- ``commit grpc 256 callers``: ``AsyncOracleClient.commit()`` from 256 concurrent callers
+  against a real server (``CommitStream`` with client merging), beside the in-process scheduler
+  with 256 submitters (the baseline: what the network and the service add).
+
+``extra_info`` holds transactions per second and the submitters' p50/p99 latency (microseconds)
+of the median-ish last round; the fsync baseline also records its per-fsync p50.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hlc_oracle import Clock, CommitOptions, Committed, GroupCommitScheduler, Timestamp, Transaction
+from hlc_oracle.client import AsyncOracleClient
+
+from tests.integration.oracle_process import OracleProcess
+
+TXNS = 1024
+KEYS = 8
+RECORD = b"r" * 120  # about the size of one logged commit of 8 keys
+IDS = itertools.count(1)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)] if ordered else 0.0
+
+
+def record_rate(benchmark: Any, count: int, seconds: float, latencies: list[float]) -> None:
+    benchmark.extra_info["per_second"] = round(count / seconds)
+    if latencies:
+        benchmark.extra_info["p50_us"] = round(percentile(latencies, 0.5) * 1e6, 1)
+        benchmark.extra_info["p99_us"] = round(percentile(latencies, 0.99) * 1e6, 1)
+
+
+def transactions(clock: Clock, count: int) -> list[Transaction]:
+    start = clock.now()
+    made = []
+    for _ in range(count):
+        txn_id = next(IDS)
+        keys = [b"%d/%d" % (txn_id, k) for k in range(KEYS)]
+        made.append(Transaction(txn_id, start, keys[: KEYS // 2], keys[KEYS // 2 :]))
+    return made
+
+
+async def submit_all(
+    scheduler: GroupCommitScheduler, txns: list[Transaction], submitters: int
+) -> list[float]:
+    """``submitters`` coroutines share the transactions; returns each submit's latency."""
+    latencies: list[float] = []
+    queue = iter(txns)
+
+    async def submitter() -> None:
+        for txn in queue:
+            started = time.perf_counter()
+            outcome = await scheduler.submit(txn)
+            latencies.append(time.perf_counter() - started)
+            assert isinstance(outcome, Committed)
+
+    await asyncio.gather(*(submitter() for _ in range(submitters)))
+    return latencies
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GroupCommitScheduler]:
+    clock = Clock(node=1)
+    directory = tmp_path_factory.mktemp("commit-bench") / "log"
+    with GroupCommitScheduler(directory, clock, CommitOptions(durability="sync")) as scheduler:
+        yield scheduler
+
+
+def run_scheduler(benchmark: Any, scheduler: GroupCommitScheduler, submitters: int) -> None:
+    figures: dict[str, Any] = {}
+
+    def setup() -> tuple[tuple[list[Transaction]], dict[str, Any]]:
+        return (transactions(scheduler.clock, TXNS),), {}
+
+    def body(txns: list[Transaction]) -> None:
+        started = time.perf_counter()
+        figures["latencies"] = asyncio.run(submit_all(scheduler, txns, submitters))
+        figures["seconds"] = time.perf_counter() - started
+
+    benchmark.pedantic(body, setup=setup, rounds=3, iterations=1)
+    record_rate(benchmark, TXNS, figures["seconds"], figures["latencies"])
+
+
+@pytest.mark.parametrize("submitters", [1, 64, 1024])
+def test_scheduler_sync(benchmark: Any, scheduler: GroupCommitScheduler, submitters: int) -> None:
+    benchmark.group = f"commit sync {TXNS} txns"
+    run_scheduler(benchmark, scheduler, submitters)
+
+
+def test_file_fsync_per_transaction(baseline: Any, tmp_path: Path) -> None:
+    baseline.group = f"commit sync {TXNS} txns"
+    path = tmp_path / "per-record.log"
+    figures: dict[str, Any] = {}
+
+    def body() -> None:
+        latencies = []
+        started = time.perf_counter()
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for _ in range(TXNS):
+                one = time.perf_counter()
+                os.write(descriptor, RECORD)
+                os.fdatasync(descriptor)
+                latencies.append(time.perf_counter() - one)
+        finally:
+            os.close(descriptor)
+        figures["seconds"] = time.perf_counter() - started
+        figures["latencies"] = latencies
+
+    baseline.pedantic(body, rounds=2, iterations=1)
+    record_rate(baseline, TXNS, figures["seconds"], figures["latencies"])
+    baseline.extra_info["fsync_p50_us"] = baseline.extra_info.get("p50_us")
+
+
+def test_sqlite_insert_commit_per_transaction(benchmark: Any, tmp_path: Path) -> None:
+    benchmark.group = f"commit sync {TXNS} txns"
+    connection = sqlite3.connect(tmp_path / "txns.db", isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("CREATE TABLE decisions (txn_id INTEGER PRIMARY KEY, record BLOB)")
+    figures: dict[str, Any] = {}
+
+    def body() -> None:
+        started = time.perf_counter()
+        for _ in range(TXNS):
+            connection.execute("BEGIN")
+            connection.execute(
+                "INSERT INTO decisions (txn_id, record) VALUES (?, ?)", (next(IDS), RECORD)
+            )
+            connection.execute("COMMIT")
+        figures["seconds"] = time.perf_counter() - started
+
+    try:
+        benchmark.pedantic(body, rounds=2, iterations=1)
+    finally:
+        connection.close()
+    record_rate(benchmark, TXNS, figures["seconds"], [])
+
+
+def test_raw_ceiling_1000_records_per_fsync(benchmark: Any, tmp_path: Path) -> None:
+    benchmark.group = f"commit sync {TXNS} txns"
+    path = tmp_path / "batched.log"
+    chunk = RECORD * 1000
+    figures: dict[str, Any] = {}
+
+    def body() -> None:
+        started = time.perf_counter()
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            written = 0
+            while written < TXNS:
+                count = min(1000, TXNS - written)
+                os.write(descriptor, chunk[: count * len(RECORD)])
+                os.fdatasync(descriptor)
+                written += count
+        finally:
+            os.close(descriptor)
+        figures["seconds"] = time.perf_counter() - started
+
+    benchmark.pedantic(body, rounds=5, iterations=1)
+    record_rate(benchmark, TXNS, figures["seconds"], [])
+
+
+# ---- over gRPC ----------------------------------------------------------------------------------
+
+GRPC_TXNS = 256 * 20
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OracleProcess]:
+    with OracleProcess(tmp_path_factory.mktemp("commit-grpc") / "data") as server:
+        yield server
+
+
+def test_grpc_commit_stream_256_callers(benchmark: Any, oracle: OracleProcess) -> None:
+    benchmark.group = "commit grpc 256 callers"
+    loop = asyncio.new_event_loop()
+    client = loop.run_until_complete(_client(oracle.target))
+    start = loop.run_until_complete(_first_timestamp(client))
+    figures: dict[str, Any] = {}
+
+    async def round_of_commits() -> list[float]:
+        latencies: list[float] = []
+        queue = iter(range(GRPC_TXNS))
+
+        async def caller() -> None:
+            for _ in queue:
+                txn_id = next(IDS)
+                keys = [b"g%d/%d" % (txn_id, k) for k in range(KEYS)]
+                txn = Transaction(txn_id, start, keys[: KEYS // 2], keys[KEYS // 2 :])
+                began = time.perf_counter()
+                outcome = await client.commit(txn)
+                latencies.append(time.perf_counter() - began)
+                assert isinstance(outcome, Committed)
+
+        await asyncio.gather(*(caller() for _ in range(256)))
+        return latencies
+
+    def body() -> None:
+        started = time.perf_counter()
+        figures["latencies"] = loop.run_until_complete(round_of_commits())
+        figures["seconds"] = time.perf_counter() - started
+
+    try:
+        benchmark.pedantic(body, rounds=3, iterations=1)
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()
+    record_rate(benchmark, GRPC_TXNS, figures["seconds"], figures["latencies"])
+
+
+async def _client(target: str) -> AsyncOracleClient:
+    return AsyncOracleClient(target)
+
+
+async def _first_timestamp(client: AsyncOracleClient) -> Timestamp:
+    return await client.get_timestamp()
+
+
+def test_in_process_256_submitters(baseline: Any, scheduler: GroupCommitScheduler) -> None:
+    baseline.group = "commit grpc 256 callers"
+    figures: dict[str, Any] = {}
+
+    def setup() -> tuple[tuple[list[Transaction]], dict[str, Any]]:
+        return (transactions(scheduler.clock, GRPC_TXNS),), {}
+
+    def body(txns: list[Transaction]) -> None:
+        started = time.perf_counter()
+        figures["latencies"] = asyncio.run(submit_all(scheduler, txns, 256))
+        figures["seconds"] = time.perf_counter() - started
+
+    baseline.pedantic(body, setup=setup, rounds=3, iterations=1)
+    record_rate(baseline, GRPC_TXNS, figures["seconds"], figures["latencies"])
