@@ -38,6 +38,7 @@ def test_example_config_loads_with_the_real_loader() -> None:
     assert config.limits == defaults.limits
     assert config.tls == defaults.tls
     assert config.log == defaults.log
+    assert config.commit == defaults.commit
     assert config.server.listen == defaults.server.listen
 
 
