@@ -1,0 +1,94 @@
+"""The client library against the real server: retries on UNAVAILABLE, timeouts, async use."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from hlc_oracle import Timestamp
+from hlc_oracle.client import (
+    AsyncOracleClient,
+    OracleClient,
+    OracleTimeoutError,
+    OracleUnavailableError,
+    RetryPolicy,
+)
+
+from tests.integration.oracle_process import OracleProcess
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_retries_with_backoff_until_the_server_is_up(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    port = free_port()
+    patient = RetryPolicy(attempts=30, initial_backoff_s=0.05, max_backoff_s=0.4)
+    results: list[object] = []
+    with OracleClient(f"127.0.0.1:{port}", retry=patient, timeout=2) as client:
+        caller = threading.Thread(target=lambda: results.append(client.get_timestamps(5)))
+        caller.start()
+        time.sleep(0.5)  # the first attempts find nothing listening
+        assert not results
+        start_oracle("--listen", f"127.0.0.1:{port}")
+        caller.join(timeout=30)
+        assert len(results) == 1 and len(results[0]) == 5  # type: ignore[arg-type]
+        assert isinstance(client.get_timestamp(), Timestamp)
+    hasty = RetryPolicy(attempts=2, initial_backoff_s=0.01)
+    with OracleClient(f"127.0.0.1:{free_port()}", retry=hasty, timeout=1) as nobody:
+        started = time.monotonic()
+        with pytest.raises(OracleUnavailableError):
+            nobody.get_timestamp()
+        assert time.monotonic() - started < 10
+
+
+def test_timeouts_on_a_stalled_server(start_oracle: Callable[..., OracleProcess]) -> None:
+    server = start_oracle()
+    with OracleClient(server.target, timeout=0.5, retry=RetryPolicy(attempts=1)) as client:
+        before = client.get_timestamp()
+        server.signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(OracleTimeoutError):
+                client.get_timestamps(1)
+            with pytest.raises(OracleTimeoutError):
+                client.get_timestamp()  # the merged stream path has its own timeout
+        finally:
+            server.signal(signal.SIGCONT)
+        # After the stall the client recovers (a new stream) and time still moves forward.
+        assert client.get_timestamp() > before
+
+
+def test_async_client_merges_concurrent_callers(oracle: OracleProcess) -> None:
+    async def main() -> tuple[list[Timestamp], int]:
+        async with AsyncOracleClient(oracle.target) as client:
+            stamps = await asyncio.gather(*(client.get_timestamp() for _ in range(500)))
+            observed = await client.observe(stamps[-1])
+            assert observed > max(stamps)
+            status = await client.status()
+            assert status.last_timestamp >= observed
+            return list(stamps), client.batches
+
+    stamps, batches = asyncio.run(main())
+    assert len(set(stamps)) == 500
+    assert stamps == sorted(stamps)  # split back in arrival order
+    assert batches <= 3  # 500 callers arriving together: one message (or very few)
+
+
+def test_client_argument_errors(oracle: OracleProcess) -> None:
+    with OracleClient(oracle.target) as client:
+        with pytest.raises(TypeError, match="count must be an int"):
+            client.get_timestamps("3")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"count must be in 1\.\.2\*\*32-1"):
+            client.get_timestamps(2**32)
+        with pytest.raises(TypeError, match="remote must be a Timestamp"):
+            client.observe(5)  # type: ignore[arg-type]
+        assert len(client.get_timestamps(2)) == 2
