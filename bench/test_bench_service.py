@@ -8,10 +8,16 @@ Groups (the echo service is each group's baseline):
 - ``service stream messages``: 1000 pipelined ``count=1`` messages on one stream per round;
 - ``service client merging 256 callers``: ``AsyncOracleClient.get_timestamp()`` from 256 callers,
   one round = 256 x 100 timestamps;
-- ``service count=1000``: ``GetTimestamps(1000)`` from 16 callers, one round = 16 x 10 calls.
+- ``service count=1000 unary c=16``: raw ``GetTimestamps(1000)`` calls (no merging) from 16
+  callers, one round = 16 x 10 calls;
+- ``service count=1000 client c=16``: ``AsyncOracleClient.get_timestamps(1000)`` from 16 callers
+  (the client merges concurrent requests and cuts the range back), one round = 16 x 50 calls.
 
 ``extra_info`` holds each benchmark's rate (calls, messages or timestamps per second, from the
-median round) so ``bench/README.md`` can quote them.
+median round). The machine is shared, and load that comes and goes between the echo benchmark and
+the oracle's (run one after the other) moves their ratio by tens of percent either way; so the
+oracle's benchmark also runs ``INTERLEAVED_PAIRS`` rounds alternating echo, oracle, echo, ... and
+records ``interleaved_ratio`` (median of oracle/echo per pair of rounds; for latency, of p50s).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +44,8 @@ GET = "/hlc_oracle.v1.TimestampOracle/GetTimestamps"
 STREAM = "/hlc_oracle.v1.TimestampOracle/StreamTimestamps"
 ONE = pb.GetTimestampsRequest(count=1).SerializeToString()
 THOUSAND = pb.GetTimestampsRequest(count=1000).SerializeToString()
+SERVERS = ["echo", "oracle"]
+INTERLEAVED_PAIRS = 15
 
 
 def _start_echo(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -93,13 +102,41 @@ def _bench(request: pytest.FixtureRequest, server: str) -> Any:
     return request.getfixturevalue("baseline" if server == "echo" else "benchmark")
 
 
-def _record_rate(benchmark: Any, name: str, per_round: int) -> None:
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None and stats.stats.median > 0:
-        benchmark.extra_info[name] = round(per_round / stats.stats.median)
+def _timed(run: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
 
 
-SERVERS = ["echo", "oracle"]
+def _record(
+    bench: Any,
+    server: str,
+    run: Callable[[], None],
+    make_echo: Callable[[], Callable[[], None]],
+    rate_name: str,
+    per_round: int,
+) -> None:
+    """The rate from the median round and, for the oracle, the interleaved comparison."""
+    stats = getattr(bench, "stats", None)
+    if stats is None:  # --benchmark-disable: the body ran once, nothing is timed
+        return
+    bench.extra_info[rate_name] = round(per_round / stats.stats.median)
+    if server != "oracle":
+        return
+    echo = make_echo()
+    pairs = [(_timed(echo), _timed(run)) for _ in range(INTERLEAVED_PAIRS)]
+    bench.extra_info["interleaved_ratio"] = round(statistics.median(o / e for e, o in pairs), 3)
+    bench.extra_info[f"interleaved_echo_{rate_name}"] = round(
+        per_round / statistics.median(e for e, _ in pairs)
+    )
+    bench.extra_info[f"interleaved_oracle_{rate_name}"] = round(
+        per_round / statistics.median(o for _, o in pairs)
+    )
+
+
+def _percentiles(seconds: list[float]) -> tuple[float, float]:
+    data = sorted(seconds)
+    return data[len(data) // 2] * 1e6, data[int(len(data) * 0.99)] * 1e6
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -108,16 +145,41 @@ def test_unary_latency(
 ) -> None:
     bench = _bench(request, server)
     bench.group = "service unary latency c=1"
-    with grpc.insecure_channel(targets[server]) as channel:
-        call = channel.unary_unary(GET)
-        for _ in range(200):  # connect and warm up outside the timing
-            call(ONE, timeout=5)
+    channels = {name: grpc.insecure_channel(target) for name, target in targets.items()}
+    try:
+        calls = {name: channel.unary_unary(GET) for name, channel in channels.items()}
+        for call in calls.values():
+            for _ in range(200):  # connect and warm up outside the timing
+                call(ONE, timeout=5)
+        call = calls[server]
         bench.pedantic(lambda: call(ONE, timeout=5), rounds=3000, iterations=1)
-    stats = getattr(bench, "stats", None)
-    if stats is not None:
-        data = sorted(stats.stats.data)
-        bench.extra_info["p50_us"] = round(data[len(data) // 2] * 1e6, 1)
-        bench.extra_info["p99_us"] = round(data[int(len(data) * 0.99)] * 1e6, 1)
+        stats = getattr(bench, "stats", None)
+        if stats is None:
+            return
+        p50, p99 = _percentiles(stats.stats.data)
+        bench.extra_info["p50_us"] = round(p50, 1)
+        bench.extra_info["p99_us"] = round(p99, 1)
+        if server == "oracle":
+            samples: dict[str, list[float]] = {"echo": [], "oracle": []}
+            for _ in range(INTERLEAVED_PAIRS):
+                for name in ("echo", "oracle"):
+                    for _ in range(200):
+                        started = time.perf_counter()
+                        calls[name](ONE, timeout=5)
+                        samples[name].append(time.perf_counter() - started)
+            (echo_p50, echo_p99), (oracle_p50, oracle_p99) = (
+                _percentiles(samples["echo"]),
+                _percentiles(samples["oracle"]),
+            )
+            bench.extra_info["interleaved_ratio"] = round(oracle_p50 / echo_p50, 3)
+            bench.extra_info["interleaved_echo_p50_p99_us"] = [round(echo_p50), round(echo_p99)]
+            bench.extra_info["interleaved_oracle_p50_p99_us"] = [
+                round(oracle_p50),
+                round(oracle_p99),
+            ]
+    finally:
+        for channel in channels.values():
+            channel.close()
 
 
 def _aio_channel(loop: asyncio.AbstractEventLoop, target: str) -> Any:
@@ -134,8 +196,7 @@ def _aio_channel(loop: asyncio.AbstractEventLoop, target: str) -> Any:
 def _concurrent_unary(
     loop: asyncio.AbstractEventLoop, target: str, payload: bytes, callers: int, calls: int
 ) -> Callable[[], None]:
-    channel = _aio_channel(loop, target)
-    call = channel.unary_unary(GET)
+    call = _aio_channel(loop, target).unary_unary(GET)
 
     async def caller() -> None:
         for _ in range(calls):
@@ -157,9 +218,13 @@ def test_unary_throughput(
 ) -> None:
     bench = _bench(request, server)
     bench.group = "service unary throughput c=16"
-    run = _concurrent_unary(loop, targets[server], ONE, callers=16, calls=25)
-    bench.pedantic(run, rounds=40, iterations=1)
-    _record_rate(bench, "calls_per_second", 16 * 25)
+
+    def make(name: str) -> Callable[[], None]:
+        return _concurrent_unary(loop, targets[name], ONE, callers=16, calls=25)
+
+    run = make(server)
+    bench.pedantic(run, rounds=30, iterations=1)
+    _record(bench, server, run, lambda: make("echo"), "calls_per_second", 16 * 25)
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -170,10 +235,39 @@ def test_count_1000(
     server: str,
 ) -> None:
     bench = _bench(request, server)
-    bench.group = "service count=1000"
-    run = _concurrent_unary(loop, targets[server], THOUSAND, callers=16, calls=10)
-    bench.pedantic(run, rounds=40, iterations=1)
-    _record_rate(bench, "timestamps_per_second", 16 * 10 * 1000)
+    bench.group = "service count=1000 unary c=16"
+
+    def make(name: str) -> Callable[[], None]:
+        return _concurrent_unary(loop, targets[name], THOUSAND, callers=16, calls=10)
+
+    run = make(server)
+    bench.pedantic(run, rounds=30, iterations=1)
+    _record(bench, server, run, lambda: make("echo"), "timestamps_per_second", 16 * 10 * 1000)
+
+
+MESSAGES = 1000
+
+
+def _pipelined_stream(loop: asyncio.AbstractEventLoop, target: str) -> Callable[[], None]:
+    method = _aio_channel(loop, target).stream_stream(STREAM)
+
+    async def pipelined() -> None:
+        call = method(timeout=30)
+
+        async def write() -> None:
+            for _ in range(MESSAGES):
+                await call.write(ONE)
+            await call.done_writing()
+
+        writer = asyncio.ensure_future(write())
+        received = 0
+        async for _ in call:
+            received += 1
+        await writer
+        assert received == MESSAGES
+
+    loop.run_until_complete(pipelined())  # connect and warm up
+    return lambda: loop.run_until_complete(pipelined())
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -185,28 +279,53 @@ def test_stream_messages(
 ) -> None:
     bench = _bench(request, server)
     bench.group = "service stream messages"
-    messages = 1000
-    channel = _aio_channel(loop, targets[server])
-    method = channel.stream_stream(STREAM)
+    run = _pipelined_stream(loop, targets[server])
+    bench.pedantic(run, rounds=20, iterations=1)
+    _record(
+        bench,
+        server,
+        run,
+        lambda: _pipelined_stream(loop, targets["echo"]),
+        "messages_per_second",
+        MESSAGES,
+    )
 
-    async def pipelined() -> None:
-        call = method(timeout=30)
 
-        async def write() -> None:
-            for _ in range(messages):
-                await call.write(ONE)
-            await call.done_writing()
+CALLERS, CALLS = 256, 100
+RANGE_CALLERS, RANGE_CALLS = 16, 50
 
-        writer = asyncio.ensure_future(write())
-        received = 0
-        async for _ in call:
-            received += 1
-        await writer
-        assert received == messages
 
-    loop.run_until_complete(pipelined())
-    bench.pedantic(lambda: loop.run_until_complete(pipelined()), rounds=20, iterations=1)
-    _record_rate(bench, "messages_per_second", messages)
+def _merged_callers(
+    loop: asyncio.AbstractEventLoop,
+    target: str,
+    clients: list[AsyncOracleClient],
+    count: int = 1,
+) -> Callable[[], None]:
+    """``CALLERS`` x ``CALLS`` ``get_timestamp()`` calls, or ``RANGE_CALLERS`` x ``RANGE_CALLS``
+    ``get_timestamps(count)`` calls, through one client."""
+
+    async def make() -> AsyncOracleClient:
+        return AsyncOracleClient(target)
+
+    client = loop.run_until_complete(make())
+    clients.append(client)
+
+    async def caller() -> None:
+        for _ in range(CALLS):
+            await client.get_timestamp()
+
+    async def range_caller() -> None:
+        for _ in range(RANGE_CALLS):
+            await client.get_timestamps(count)
+
+    async def burst() -> None:
+        if count == 1:
+            await asyncio.gather(*(caller() for _ in range(CALLERS)))
+        else:
+            await asyncio.gather(*(range_caller() for _ in range(RANGE_CALLERS)))
+
+    loop.run_until_complete(burst())  # connect and warm up
+    return lambda: loop.run_until_complete(burst())
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -218,23 +337,44 @@ def test_client_merging(
 ) -> None:
     bench = _bench(request, server)
     bench.group = "service client merging 256 callers"
-    callers, calls = 256, 100
-
-    async def make() -> AsyncOracleClient:
-        return AsyncOracleClient(targets[server])
-
-    client = loop.run_until_complete(make())
-
-    async def caller() -> None:
-        for _ in range(calls):
-            await client.get_timestamp()
-
-    async def burst() -> None:
-        await asyncio.gather(*(caller() for _ in range(callers)))
-
+    clients: list[AsyncOracleClient] = []
     try:
-        loop.run_until_complete(burst())
-        bench.pedantic(lambda: loop.run_until_complete(burst()), rounds=15, iterations=1)
-        _record_rate(bench, "timestamps_per_second", callers * calls)
+        run = _merged_callers(loop, targets[server], clients)
+        bench.pedantic(run, rounds=15, iterations=1)
+        _record(
+            bench,
+            server,
+            run,
+            lambda: _merged_callers(loop, targets["echo"], clients),
+            "timestamps_per_second",
+            CALLERS * CALLS,
+        )
     finally:
-        loop.run_until_complete(client.close())
+        for client in clients:
+            loop.run_until_complete(client.close())
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_client_count_1000(
+    request: pytest.FixtureRequest,
+    targets: dict[str, str],
+    loop: asyncio.AbstractEventLoop,
+    server: str,
+) -> None:
+    bench = _bench(request, server)
+    bench.group = "service count=1000 client c=16"
+    clients: list[AsyncOracleClient] = []
+    try:
+        run = _merged_callers(loop, targets[server], clients, count=1000)
+        bench.pedantic(run, rounds=20, iterations=1)
+        _record(
+            bench,
+            server,
+            run,
+            lambda: _merged_callers(loop, targets["echo"], clients, count=1000),
+            "timestamps_per_second",
+            RANGE_CALLERS * RANGE_CALLS * 1000,
+        )
+    finally:
+        for client in clients:
+            loop.run_until_complete(client.close())

@@ -105,3 +105,82 @@ def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
 
     stamps = asyncio.run(main())
     assert len(set(stamps)) == 3
+
+
+def test_ranges_and_singles_share_a_batch_and_get_disjoint_parts() -> None:
+    fetch = ClockFetch()
+
+    async def main() -> list[object]:
+        batcher = TimestampBatcher(fetch)
+        futures: list[asyncio.Future[object]] = [
+            batcher.get(),  # type: ignore[list-item]
+            batcher.get_range(1000),  # type: ignore[list-item]
+            batcher.get_range(1),  # type: ignore[list-item]
+            batcher.get(),  # type: ignore[list-item]
+            batcher.get_range(7),  # type: ignore[list-item]
+        ]
+        return list(await asyncio.gather(*futures))
+
+    single, thousand, range_of_one, second, seven = asyncio.run(main())
+    assert fetch.counts == [1010]
+    assert isinstance(single, Timestamp) and isinstance(second, Timestamp)
+    assert isinstance(thousand, TimestampRange) and len(thousand) == 1000
+    assert isinstance(range_of_one, TimestampRange) and len(range_of_one) == 1
+    assert isinstance(seven, TimestampRange) and len(seven) == 7
+    # Arrival order, contiguous and disjoint: the merged range cut in pieces.
+    ints = [
+        (single.to_int(), single.to_int()),
+        (thousand.first.to_int(), thousand.last.to_int()),
+        (range_of_one.first.to_int(), range_of_one.last.to_int()),
+        (second.to_int(), second.to_int()),
+        (seven.first.to_int(), seven.last.to_int()),
+    ]
+    for (_, last), (first, _) in itertools.pairwise(ints):
+        assert first == last + 1
+
+
+def test_max_batch_counts_timestamps_and_a_big_request_goes_alone() -> None:
+    fetch = ClockFetch()
+
+    async def main() -> None:
+        batcher = TimestampBatcher(fetch, max_batch=100)
+        await asyncio.gather(
+            batcher.get_range(60), batcher.get_range(60), batcher.get_range(500), batcher.get()
+        )
+
+    asyncio.run(main())
+    assert fetch.counts == [60, 60, 500, 1]
+    with pytest.raises(ValueError, match="count must be at least 1, got 0"):
+        asyncio.run(_get_range(TimestampBatcher(fetch), 0))
+
+
+async def _get_range(batcher: TimestampBatcher, count: int) -> TimestampRange:
+    return await batcher.get_range(count)
+
+
+def test_over_limit_merged_batch_is_retried_request_by_request() -> None:
+    import grpc
+    from hlc_oracle.client import OracleError
+
+    clock = Clock(node=6)
+    counts: list[int] = []
+
+    async def limited_fetch(count: int) -> TimestampRange:
+        # The server's rule (limits.max_count = 100), as the client sees it over the wire.
+        counts.append(count)
+        await asyncio.sleep(0)
+        if count > 100:
+            raise OracleError(grpc.StatusCode.RESOURCE_EXHAUSTED, "count above max_count=100")
+        return clock.reserve(count)
+
+    async def main() -> list[object]:
+        batcher = TimestampBatcher(limited_fetch)
+        futures = [batcher.get_range(80), batcher.get_range(80), batcher.get_range(150)]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    first, second, too_big = asyncio.run(main())
+    assert counts == [310, 80, 80, 150]
+    assert isinstance(first, TimestampRange) and isinstance(second, TimestampRange)
+    assert first.last < second.first
+    assert isinstance(too_big, OracleError)
+    assert too_big.code == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -167,17 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--mode",
-        choices=("merged", "unary", "commit"),
+        choices=("merged", "ranges", "unary", "commit"),
         default="merged",
-        help="merged: concurrent get_timestamp() callers (client merging); unary: GetTimestamps "
-        "calls of --count; commit: concurrent commit() callers (group commit, --keys keys per "
+        help="merged: concurrent get_timestamp() callers (merged by the client); ranges: "
+        "get_timestamps(--count) callers (merged too); unary: one GetTimestamps call of --count "
+        "per request; commit: concurrent commit() callers (group commit, --keys keys per "
         "transaction, disjoint) (default %(default)s)",
     )
     bench.add_argument(
         "--keys", type=int, default=8, help="keys per transaction in commit mode (half read)"
     )
     bench.add_argument("--concurrency", type=int, default=64, help="callers (default %(default)s)")
-    bench.add_argument("--count", type=int, default=1, help="count per unary call")
+    bench.add_argument("--count", type=int, default=1, help="count per request (ranges, unary)")
     bench.add_argument(
         "--requests", type=int, default=100_000, help="calls in all (default %(default)s)"
     )
@@ -321,8 +322,10 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     if not isinstance(outcome, Committed):
                         raise OracleError(grpc.StatusCode.INTERNAL, f"unexpected {outcome!r}")
-                else:
+                elif args.mode == "ranges":
                     await client.get_timestamps(args.count)
+                else:
+                    await client.get_timestamps_unary(args.count)
                 latencies.append(time.perf_counter() - started)
                 progress.update(len(latencies), begin)
 

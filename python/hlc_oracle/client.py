@@ -6,7 +6,9 @@
   does: :class:`TimestampBatcher` collects the callers waiting while a request is in flight, asks
   for all of them in one message on one stream (``count`` = number of callers), and splits the
   range back, so each caller still gets a distinct timestamp.
-- ``get_timestamps(n)`` is one unary call returning a :class:`~hlc_oracle.TimestampRange`.
+- ``get_timestamps(n)`` returns a :class:`~hlc_oracle.TimestampRange`; concurrent calls merge
+  the same way (each gets its own contiguous part); ``get_timestamps_unary(n)`` is one
+  ``GetTimestamps`` call of its own.
 - ``commit(txn)`` calls made concurrently are merged the same way (:class:`CommitBatcher`: one
   ``CommitStream`` message carries every waiting caller's transaction); ``abort(txn_id)`` and
   ``transaction_status(txn_id)`` are unary.
@@ -185,53 +187,108 @@ async def with_retries(policy: RetryPolicy, call: Callable[[], Awaitable[T]]) ->
 
 
 class TimestampBatcher:
-    """Merges concurrent :meth:`get` calls into one ``fetch(count)`` and splits the range back.
+    """Merges concurrent requests into one ``fetch(total)`` and splits the range back.
 
-    While a fetch is in flight, new callers queue; when it returns, all queued callers (up to
-    ``max_batch``) go out in the next fetch. Each caller gets its own timestamp of the range, in
-    the order the callers arrived; a failed fetch fails every caller of that batch.
+    :meth:`get` asks for one timestamp, :meth:`get_range` for ``count`` consecutive ones. While a
+    fetch is in flight, new requests queue; when it returns, the queued requests (up to
+    ``max_batch`` timestamps in all, and always at least one request) go out as one fetch whose
+    range is cut in arrival order: each request gets its own timestamp or contiguous sub-range. A
+    failed fetch fails every request of that batch, except that a merged batch refused with
+    ``RESOURCE_EXHAUSTED`` (above the server's count limit) is retried request by request.
     """
 
     def __init__(
-        self, fetch: Callable[[int], Awaitable[TimestampRange]], max_batch: int = 100_000
+        self, fetch: Callable[[int], Awaitable[TimestampRange]], max_batch: int = 1_000_000
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._fetch = fetch
         self._max_batch = max_batch
-        self._waiting: collections.deque[asyncio.Future[Timestamp]] = collections.deque()
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], int]] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # fetches made, for tests and statistics
 
     def get(self) -> asyncio.Future[Timestamp]:
         """A future resolved with one timestamp of the next batch."""
-        future: asyncio.Future[Timestamp] = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Timestamp] = loop.create_future()
+        self._waiting.append((future, 1))
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+            self._task = loop.create_task(self._drain())
         return future
 
-    async def _drain(self) -> None:
+    def get_range(self, count: int) -> asyncio.Future[TimestampRange]:
+        """A future resolved with ``count`` consecutive timestamps of the next batch."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[TimestampRange] = loop.create_future()
+        # A count of one still answers with a range: the future's type is the caller's choice.
+        self._waiting.append((future, -count if count == 1 else count))
+        if self._task is None:
+            self._task = loop.create_task(self._drain())
+        return future
+
+    def _take(self) -> tuple[list[tuple[asyncio.Future[Any], int]], int]:
         waiting = self._waiting
+        batch = [waiting.popleft()]
+        total = abs(batch[0][1])
+        while waiting and total + abs(waiting[0][1]) <= self._max_batch:
+            item = waiting.popleft()
+            batch.append(item)
+            total += abs(item[1])
+        return batch, total
+
+    async def _drain(self) -> None:
         try:
-            while waiting:
-                size = min(len(waiting), self._max_batch)
-                batch = [waiting.popleft() for _ in range(size)]
-                self.batches += 1
-                try:
-                    timestamps = await self._fetch(size)
-                except BaseException as err:  # every caller of the batch must hear about it
-                    for future in batch:
-                        if not future.done():
-                            future.set_exception(err)
-                    if isinstance(err, asyncio.CancelledError):
-                        raise
-                    continue
-                for future, ts in zip(batch, timestamps, strict=True):
-                    if not future.done():  # a cancelled caller's timestamp is simply unused
-                        future.set_result(ts)
+            while self._waiting:
+                batch, total = self._take()
+                await self._send(batch, total)
         finally:
             self._task = None
+
+    async def _send(self, batch: list[tuple[asyncio.Future[Any], int]], total: int) -> None:
+        self.batches += 1
+        try:
+            timestamps = await self._fetch(total)
+        except OracleError as err:
+            if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and len(batch) > 1:
+                for item in batch:
+                    await self._send([item], abs(item[1]))
+                return
+            self._fail(batch, err)
+            return
+        except asyncio.CancelledError as err:
+            self._fail(batch, err)
+            raise
+        except Exception as err:  # every request of the batch must hear about it
+            self._fail(batch, err)
+            return
+        if len(timestamps) != total:
+            self._fail(
+                batch,
+                OracleError(
+                    grpc.StatusCode.INTERNAL,
+                    f"asked for {total} timestamps, the server answered {len(timestamps)}",
+                ),
+            )
+            return
+        offset = 0
+        for future, count in batch:
+            if count == 1:
+                value: Any = timestamps[offset]
+            else:
+                count = abs(count)
+                value = TimestampRange(timestamps[offset], count)
+            offset += count
+            if not future.done():  # a cancelled caller's timestamps are simply unused
+                future.set_result(value)
+
+    @staticmethod
+    def _fail(batch: list[tuple[asyncio.Future[Any], int]], err: BaseException) -> None:
+        for future, _ in batch:
+            if not future.done():
+                future.set_exception(err)
 
     async def close(self) -> None:
         task = self._task
@@ -239,9 +296,9 @@ class TimestampBatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        error = OracleUnavailableError(grpc.StatusCode.CANCELLED, "client closed")
+        error = OracleError(grpc.StatusCode.CANCELLED, "client closed")
         while self._waiting:
-            future = self._waiting.popleft()
+            future, _ = self._waiting.popleft()
             if not future.done():
                 future.set_exception(error)
 
@@ -557,9 +614,10 @@ class AsyncOracleClient:
     """asyncio client. Use ``async with AsyncOracleClient(target) as client:``.
 
     ``timeout`` bounds every call (seconds); ``retry`` governs retries of ``UNAVAILABLE``;
-    ``credentials`` (see :func:`channel_credentials`) switches to TLS; ``max_batch`` caps how many
-    ``get_timestamp()`` callers share one request; ``commit_batch`` how many ``commit()`` callers
-    share one ``CommitStream`` message, with at most ``commit_in_flight`` messages in flight.
+    ``credentials`` (see :func:`channel_credentials`) switches to TLS; ``max_batch`` caps the
+    count of one merged timestamp request (keep it at or below the server's
+    ``limits.max_count``); ``commit_batch`` how many ``commit()`` callers share one
+    ``CommitStream`` message, with at most ``commit_in_flight`` messages in flight.
     """
 
     def __init__(
@@ -569,7 +627,7 @@ class AsyncOracleClient:
         timeout: float = 5.0,
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
-        max_batch: int = 100_000,
+        max_batch: int = 1_000_000,
         options: list[tuple[str, Any]] | None = None,
         commit_batch: int = 512,
         commit_in_flight: int = 2,
@@ -626,12 +684,22 @@ class AsyncOracleClient:
         return self._batcher.get()
 
     async def get_timestamps(self, count: int) -> TimestampRange:
-        """``count`` consecutive timestamps in one unary call."""
+        """``count`` consecutive timestamps. Concurrent calls (and ``get_timestamp()`` calls)
+        share one stream message; each gets its own contiguous part of the merged range."""
         if not isinstance(count, int) or isinstance(count, bool):
             raise TypeError(f"count must be an int, got {type(count).__name__}")
-        request = pb.GetTimestampsRequest(count=count) if 0 <= count < 2**32 else None
-        if request is None:
+        if not 1 <= count < 2**32:
             raise ValueError(f"count must be in 1..2**32-1, got {count}")
+        return await self._batcher.get_range(count)
+
+    async def get_timestamps_unary(self, count: int) -> TimestampRange:
+        """``count`` consecutive timestamps from one ``GetTimestamps`` call of its own (no
+        merging): the server sees exactly this count."""
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise TypeError(f"count must be an int, got {type(count).__name__}")
+        if not 0 <= count < 2**32:
+            raise ValueError(f"count must be in 0..2**32-1, got {count}")
+        request = pb.GetTimestampsRequest(count=count)
         response = await with_retries(
             self.retry, lambda: self._get_timestamps(request, timeout=self.timeout)
         )
@@ -773,6 +841,9 @@ class OracleClient:
 
     def get_timestamps(self, count: int) -> TimestampRange:
         return self._run(self._client.get_timestamps(count))
+
+    def get_timestamps_unary(self, count: int) -> TimestampRange:
+        return self._run(self._client.get_timestamps_unary(count))
 
     def observe(self, remote: Timestamp) -> Timestamp:
         return self._run(self._client.observe(remote))

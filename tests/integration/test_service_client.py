@@ -58,9 +58,11 @@ def test_timeouts_on_a_stalled_server(start_oracle: Callable[..., OracleProcess]
         server.signal(signal.SIGSTOP)
         try:
             with pytest.raises(OracleTimeoutError):
-                client.get_timestamps(1)
+                client.get_timestamps_unary(1)
             with pytest.raises(OracleTimeoutError):
                 client.get_timestamp()  # the merged stream path has its own timeout
+            with pytest.raises(OracleTimeoutError):
+                client.get_timestamps(3)
         finally:
             server.signal(signal.SIGCONT)
         # After the stall the client recovers (a new stream) and time still moves forward.
@@ -91,4 +93,7 @@ def test_client_argument_errors(oracle: OracleProcess) -> None:
             client.get_timestamps(2**32)
         with pytest.raises(TypeError, match="remote must be a Timestamp"):
             client.observe(5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"count must be in 1\.\.2"):
+            client.get_timestamps(0)
         assert len(client.get_timestamps(2)) == 2
+        assert len(client.get_timestamps_unary(2)) == 2

@@ -47,9 +47,10 @@ def test_reflection_lists_and_describes_the_service(oracle: OracleProcess) -> No
 
 def test_metrics_count_requests_timestamps_and_window_saves(oracle: OracleProcess) -> None:
     with OracleClient(oracle.target) as client:
-        client.get_timestamps(250)
+        client.get_timestamps_unary(250)
+        client.get_timestamps(50)  # through the merged stream
         with pytest.raises(Exception, match="INVALID_ARGUMENT"):
-            client.get_timestamps(0)
+            client.get_timestamps_unary(0)
     url = f"http://127.0.0.1:{oracle.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
@@ -60,7 +61,8 @@ def test_metrics_count_requests_timestamps_and_window_saves(oracle: OracleProces
     }
     assert samples['hlc_oracle_requests_total{code="OK",method="GetTimestamps"}'] >= 1
     assert samples['hlc_oracle_requests_total{code="INVALID_ARGUMENT",method="GetTimestamps"}'] >= 1
-    assert samples["hlc_oracle_timestamps_total"] >= 250
+    assert samples['hlc_oracle_requests_total{code="OK",method="StreamTimestamps"}'] >= 1
+    assert samples["hlc_oracle_timestamps_total"] >= 300
     assert samples["hlc_oracle_window_saves_total"] >= 1
     assert samples["hlc_oracle_serving"] == 1
     assert (
@@ -200,3 +202,6 @@ def test_cli_exit_codes(oracle: OracleProcess, tmp_path: Path) -> None:
     assert bad_config.returncode == 2
     assert "clock.node_id must be in 0..65535, got 70000" in bad_config.stderr
     assert run_cli("frobnicate").returncode == 2
+    taken = run_cli("serve", "--listen", oracle.target, "--data-dir", str(tmp_path / "second"))
+    assert taken.returncode == 1
+    assert f"cannot listen on {oracle.target}" in taken.stderr
