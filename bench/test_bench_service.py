@@ -378,3 +378,58 @@ def test_client_count_1000(
     finally:
         for client in clients:
             loop.run_until_complete(client.close())
+
+
+HANDLER_CALLS = 1000
+
+
+@pytest.fixture(scope="module")
+def in_process_oracle(
+    tmp_path_factory: pytest.TempPathFactory, loop: asyncio.AbstractEventLoop
+) -> Iterator[Any]:
+    """The oracle's node (clock, window, gate, metrics, handlers) without the transport."""
+    from hlc_oracle.config import OracleConfig
+    from hlc_oracle.server.app import OracleServer
+
+    config = OracleConfig()
+    config.server.data_dir = tmp_path_factory.mktemp("in-process") / "data"
+    server = OracleServer(config)
+    loop.run_until_complete(server.window.start())
+    server.gate.unblock("starting")
+    yield server
+    loop.run_until_complete(server.window.stop())
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_handler_cost(
+    request: pytest.FixtureRequest,
+    loop: asyncio.AbstractEventLoop,
+    in_process_oracle: Any,
+    server: str,
+) -> None:
+    """One ``GetTimestamps(1)`` handler call in-process, no network: what the oracle adds per
+    request over the echo handler (parse, gate, clock, metrics, serialize). Quiet, unlike the
+    transport figures."""
+    import importlib.util
+
+    bench = _bench(request, server)
+    bench.group = "service handler in-process"
+    if server == "echo":
+        spec = importlib.util.spec_from_file_location(
+            "echo_server", Path(__file__).with_name("echo_server.py")
+        )
+        assert spec is not None and spec.loader is not None
+        echo = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(echo)
+        handler = echo.get_timestamps
+    else:
+        handler = in_process_oracle.service.get_timestamps
+
+    async def calls() -> None:
+        for _ in range(HANDLER_CALLS):
+            await handler(ONE, None)
+
+    bench.pedantic(lambda: loop.run_until_complete(calls()), rounds=50, iterations=1)
+    stats = getattr(bench, "stats", None)
+    if stats is not None:
+        bench.extra_info["us_per_call"] = round(stats.stats.median / HANDLER_CALLS * 1e6, 2)
