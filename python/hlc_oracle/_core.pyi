@@ -41,6 +41,10 @@ __all__ = [
     "TransactionMismatchError",
     "TransactionTooLargeError",
     "VectorClock",
+    "decode_commit_request",
+    "decode_commit_results",
+    "encode_commit_request",
+    "encode_commit_results",
 ]
 
 LOGICAL_BITS: Final[int]
@@ -404,3 +408,12 @@ class CommitEngine:
     def low_watermark(self) -> Timestamp | None: ...
     @property
     def limits(self) -> tuple[int, int, int]: ...
+
+def decode_commit_request(
+    data: bytes,
+) -> list[Transaction | tuple[int, InvalidTransactionError]]: ...
+def encode_commit_request(txns: Iterable[Transaction]) -> bytes: ...
+def decode_commit_results(data: bytes) -> list[Committed | Aborted | tuple[int, int, str]]: ...
+def encode_commit_results(
+    results: Iterable[Committed | Aborted | tuple[int, int, str]],
+) -> bytes: ...

@@ -32,6 +32,7 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from hlc_oracle import Aborted, Committed, HlcError, Timestamp, TimestampRange, Transaction
+from hlc_oracle._core import decode_commit_results, encode_commit_request
 from hlc_oracle.proto import oracle_pb2 as pb
 
 T = TypeVar("T")
@@ -403,6 +404,9 @@ def transaction_to_wire(txn: Transaction) -> pb.Transaction:
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
+#: One result of a CommitStream message: the decision, or ``(txn_id, grpc code, message)``.
+CommitAnswer = Committed | Aborted | tuple[int, int, str]
+
 
 def outcome_from_wire(result: pb.CommitResult) -> Committed | Aborted:
     """A ``CommitResult`` as the in-process answer; a refused request raises its error."""
@@ -431,27 +435,21 @@ class CommitStream:
     in order, so answers match requests FIFO. Opened on first use, reopened after a failure."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._method = channel.stream_stream(
-            _TRANSACTIONS + "CommitStream",
-            request_serializer=pb.CommitStreamRequest.SerializeToString,
-            response_deserializer=pb.CommitStreamResponse.FromString,
-        )
+        # Messages are encoded and decoded in Rust (encode_commit_request /
+        # decode_commit_results): the channel carries the bytes as they are.
+        self._method = channel.stream_stream(_TRANSACTIONS + "CommitStream")
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
-        self._pending: collections.deque[asyncio.Future[list[pb.CommitResult]]] = (
-            collections.deque()
-        )
+        self._pending: collections.deque[asyncio.Future[list[CommitAnswer]]] = collections.deque()
         self._write_lock = asyncio.Lock()
 
-    async def request(
-        self, transactions: list[pb.Transaction], timeout: float
-    ) -> list[pb.CommitResult]:
+    async def request(self, transactions: list[Transaction], timeout: float) -> list[CommitAnswer]:
         if self._call is None:
             self._call = self._method()
             self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
         call = self._call
-        future: asyncio.Future[list[pb.CommitResult]] = asyncio.get_running_loop().create_future()
-        message = pb.CommitStreamRequest(transactions=transactions)
+        future: asyncio.Future[list[CommitAnswer]] = asyncio.get_running_loop().create_future()
+        message = encode_commit_request(transactions)
         try:
             # One write at a time on a call (grpc.aio refuses overlapping writes); the answer
             # order is the write order, so the future joins the queue under the same lock.
@@ -481,7 +479,10 @@ class CommitStream:
                     )
                 future = self._pending.popleft()
                 if not future.done():
-                    future.set_result(list(response.results))
+                    try:
+                        future.set_result(decode_commit_results(response))
+                    except ValueError as err:
+                        future.set_exception(OracleError(grpc.StatusCode.INTERNAL, str(err)))
         except (grpc.RpcError, OracleError) as err:
             self._fail(call, err)
         except asyncio.CancelledError:
@@ -520,7 +521,7 @@ class CommitBatcher:
 
     def __init__(
         self,
-        send: Callable[[list[pb.Transaction]], Awaitable[list[pb.CommitResult]]],
+        send: Callable[[list[Transaction]], Awaitable[list[CommitAnswer]]],
         max_batch: int = 512,
         max_in_flight: int = 2,
     ) -> None:
@@ -531,15 +532,15 @@ class CommitBatcher:
         self._send = send
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
-        self._waiting: collections.deque[tuple[pb.Transaction, asyncio.Future[pb.CommitResult]]] = (
+        self._waiting: collections.deque[tuple[Transaction, asyncio.Future[CommitAnswer]]] = (
             collections.deque()
         )
         self._in_flight: set[asyncio.Task[None]] = set()
         self.batches = 0  # messages sent, for tests and statistics
         self._closed = False
 
-    def submit(self, transaction: pb.Transaction) -> asyncio.Future[pb.CommitResult]:
-        future: asyncio.Future[pb.CommitResult] = asyncio.get_running_loop().create_future()
+    def submit(self, transaction: Transaction) -> asyncio.Future[CommitAnswer]:
+        future: asyncio.Future[CommitAnswer] = asyncio.get_running_loop().create_future()
         self._waiting.append((transaction, future))
         self._dispatch()
         return future
@@ -553,9 +554,7 @@ class CommitBatcher:
             task = loop.create_task(self._run(batch))
             self._in_flight.add(task)
 
-    async def _run(
-        self, batch: list[tuple[pb.Transaction, asyncio.Future[pb.CommitResult]]]
-    ) -> None:
+    async def _run(self, batch: list[tuple[Transaction, asyncio.Future[CommitAnswer]]]) -> None:
         try:
             results = await self._send([transaction for transaction, _ in batch])
         except BaseException as err:  # every caller of the message must hear about it
@@ -630,7 +629,7 @@ class AsyncOracleClient:
         max_batch: int = 1_000_000,
         options: list[tuple[str, Any]] | None = None,
         commit_batch: int = 512,
-        commit_in_flight: int = 2,
+        commit_in_flight: int = 4,
     ) -> None:
         self.target = target
         self.timeout = timeout
@@ -728,7 +727,7 @@ class AsyncOracleClient:
 
     # --- transactions ---
 
-    async def _send_commits(self, transactions: list[pb.Transaction]) -> list[pb.CommitResult]:
+    async def _send_commits(self, transactions: list[Transaction]) -> list[CommitAnswer]:
         # Resending after UNAVAILABLE is safe: a decided id gets its first decision back.
         return await with_retries(
             self.retry, lambda: self._commit_stream.request(transactions, self.timeout)
@@ -741,8 +740,13 @@ class AsyncOracleClient:
         ``ALREADY_EXISTS``, ``RESOURCE_EXHAUSTED``, ...)."""
         if not isinstance(txn, Transaction):
             raise TypeError(f"txn must be a Transaction, got {type(txn).__name__}")
-        result = await self._commit_batcher.submit(transaction_to_wire(txn))
-        return outcome_from_wire(result)
+        answer = await self._commit_batcher.submit(txn)
+        if isinstance(answer, tuple):
+            _, code_number, message = answer
+            code = _CODES.get(code_number, grpc.StatusCode.UNKNOWN)
+            kind = OracleUnavailableError if code is grpc.StatusCode.UNAVAILABLE else OracleError
+            raise kind(code, message)
+        return answer
 
     async def commit_unary(self, txn: Transaction) -> Committed | Aborted:
         """Like :meth:`commit`, as one unary ``Commit`` call (no merging)."""

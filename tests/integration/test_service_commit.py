@@ -151,8 +151,15 @@ CRASH_ROUNDS = 10
 
 
 async def statuses_of(target: str, txn_ids: list[int]) -> list[Committed | Aborted | None]:
+    # Bounded concurrency: well under the server's limits.max_concurrent_streams.
+    limit = asyncio.Semaphore(64)
     async with AsyncOracleClient(target) as client:
-        return await asyncio.gather(*(client.transaction_status(i) for i in txn_ids))
+
+        async def status(txn_id: int) -> Committed | Aborted | None:
+            async with limit:
+                return await client.transaction_status(txn_id)
+
+        return await asyncio.gather(*(status(i) for i in txn_ids))
 
 
 class CommitLoad:

@@ -34,6 +34,7 @@ from hlc_oracle import (
     TransactionMismatchError,
     TransactionTooLargeError,
 )
+from hlc_oracle._core import decode_commit_request, encode_commit_results
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
@@ -208,46 +209,77 @@ class TransactionsService:
         self.metrics.observe("Commit", "OK", started)
         return bytes(result.SerializeToString())
 
+    async def _decide_message(self, raw: bytes) -> bytes:
+        """Decides the transactions of one serialized ``CommitStreamRequest``; the wire work is in
+        Rust (``decode_commit_request`` / ``encode_commit_results``)."""
+        try:
+            items = decode_commit_request(raw)
+        except ValueError as err:
+            raise _invalid(str(err)) from err
+        txns = [item for item in items if isinstance(item, Transaction)]
+        decided: list[Any] = []
+        if txns:
+            try:
+                scheduler = self._check_gate()
+                decided = await scheduler.submit_many(txns)
+            except (RequestError, HlcError) as err:
+                decided = [err] * len(txns)
+        answers = iter(decided)
+        results: list[Any] = []
+        refused = 0
+        for item in items:
+            answer = next(answers) if isinstance(item, Transaction) else item[1]
+            if isinstance(answer, BaseException):
+                refused += 1
+                txn_id = item.txn_id if isinstance(item, Transaction) else item[0]
+                code = answer.code if isinstance(answer, RequestError) else status_code(answer)
+                message = answer.message if isinstance(answer, RequestError) else str(answer)
+                results.append((txn_id, code.value[0], message))
+            else:
+                results.append(answer)
+        committed = sum(1 for result in results if isinstance(result, Committed))
+        self._count_outcomes(committed, len(results) - committed - refused, refused)
+        return bytes(encode_commit_results(results))
+
+    def _count_outcomes(self, committed: int, aborted: int, refused: int) -> None:
+        for label, count in (("committed", committed), ("aborted", aborted), ("refused", refused)):
+            if count:
+                self.metrics.transactions.labels(label).inc(count)
+
     async def commit_stream(
         self, requests: AsyncIterator[bytes], context: Any
     ) -> AsyncIterator[bytes]:
         """Each request message is handed to the scheduler as soon as it arrives, so pipelined
         messages share batches; responses go out in request order (results carry their ids)."""
-        order: asyncio.Queue[asyncio.Task[list[pb.CommitResult]] | RequestError | None] = (
-            asyncio.Queue()
-        )
+        order: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue()
 
         async def read() -> None:
             try:
                 async for raw in requests:
-                    try:
-                        message = pb.CommitStreamRequest.FromString(raw)
-                    except DecodeError as err:
-                        order.put_nowait(_invalid(f"malformed CommitStreamRequest: {err}"))
-                        return
-                    order.put_nowait(asyncio.create_task(self._decide(list(message.transactions))))
+                    order.put_nowait(asyncio.create_task(self._decide_message(raw)))
             finally:
                 order.put_nowait(None)
 
         reader = asyncio.create_task(read())
-        tasks: list[asyncio.Task[list[pb.CommitResult]]] = []
+        tasks: list[asyncio.Task[bytes]] = []
         try:
             while (item := await order.get()) is not None:
                 started = time.perf_counter()
-                if isinstance(item, RequestError):
-                    await self._fail("CommitStream", item, started, context)
                 tasks.append(item)
-                results = await item
+                try:
+                    response = await item
+                except RequestError as err:
+                    await self._fail("CommitStream", err, started, context)
                 tasks.pop()
                 self.metrics.observe("CommitStream", "OK", started)
-                yield pb.CommitStreamResponse(results=results).SerializeToString()
+                yield response
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             while not order.empty():
                 leftover = order.get_nowait()
-                if isinstance(leftover, asyncio.Task):
+                if leftover is not None:
                     tasks.append(leftover)
             for task in tasks:
                 task.cancel()

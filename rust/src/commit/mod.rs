@@ -25,6 +25,7 @@
 
 mod decisions;
 pub mod record;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -6,13 +6,14 @@ use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyType};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyType};
 
+use crate::commit::wire::{self, WireError, WireResult};
 use crate::commit::{
     AbortReason, CommitEngine, Durability, EngineConfig, EngineError, Limits, Outcome, Request,
     SubmitError,
 };
-use crate::conflict::{Conflict, ConflictKind, Isolation, LostTo};
+use crate::conflict::{Conflict, ConflictKind, Isolation, KeySet, LostTo, Transaction};
 use crate::python::conflict::{PyConflict, PyTransaction};
 use crate::python::errors::{
     ClockSkewError, CommitLogCorruptError, CommitLogError, HlcError, InvalidTransactionError,
@@ -20,6 +21,7 @@ use crate::python::errors::{
 };
 use crate::python::hlc::{u64_arg, PyClock, PyTimestamp};
 use crate::python::log::{log_options, path_arg, PyLogRecovery};
+use crate::timestamp::Timestamp;
 
 fn type_name(value: &Bound<'_, PyAny>) -> String {
     value
@@ -574,4 +576,136 @@ impl PyCommitEngine {
             self.durability()?
         ))
     }
+}
+
+// ---- the CommitStream wire messages, encoded in Rust (see `commit::wire`) ----------------------
+
+fn wire_error(kind: &str, err: &WireError) -> PyErr {
+    PyValueError::new_err(format!("malformed {kind}: {err}"))
+}
+
+/// The transactions of a serialized `CommitStreamRequest`: a `Transaction` each, or
+/// `(txn_id, InvalidTransactionError)` (not raised) for one that cannot be built. `ValueError`
+/// when the message itself does not parse.
+#[pyfunction]
+pub fn decode_commit_request<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+) -> PyResult<Bound<'py, PyList>> {
+    let txns = wire::decode_request(data.as_bytes())
+        .map_err(|err| wire_error("CommitStreamRequest", &err))?;
+    let out = PyList::empty(py);
+    for txn in txns {
+        let start = match txn.start_ts {
+            None => Err(format!("transaction {}: start_ts is required", txn.txn_id)),
+            Some(ts) => Timestamp::new(ts.physical, ts.logical, ts.node)
+                .map_err(|err| format!("transaction {}: malformed start_ts: {err}", txn.txn_id)),
+        };
+        match start {
+            Ok(start_ts) => out.append(Bound::new(
+                py,
+                PyTransaction(Transaction {
+                    id: txn.txn_id,
+                    start_ts,
+                    reads: KeySet::new(&txn.reads),
+                    writes: KeySet::new(&txn.writes),
+                    clock: None,
+                }),
+            )?)?,
+            Err(message) => out.append((
+                txn.txn_id,
+                InvalidTransactionError::new_err(message).into_value(py),
+            ))?,
+        }
+    }
+    Ok(out)
+}
+
+/// A serialized `CommitStreamRequest` of `txns`.
+#[pyfunction]
+pub fn encode_commit_request<'py>(
+    py: Python<'py>,
+    txns: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut out = Vec::new();
+    for (index, item) in txns.try_iter()?.enumerate() {
+        let item = item?;
+        let txn = item.cast::<PyTransaction>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "txns[{index}] must be a Transaction, got {}",
+                type_name(&item)
+            ))
+        })?;
+        let txn = &txn.get().0;
+        wire::encode_transaction(
+            &mut out,
+            txn.id,
+            txn.start_ts,
+            txn.reads.iter(),
+            txn.writes.iter(),
+        );
+    }
+    Ok(PyBytes::new(py, &out))
+}
+
+/// A serialized `CommitStreamResponse`: each item is a `Committed`, an `Aborted`, or a
+/// `(txn_id, grpc_code, message)` tuple for a refused transaction.
+#[pyfunction]
+pub fn encode_commit_results<'py>(
+    py: Python<'py>,
+    results: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut out = Vec::new();
+    for (index, item) in results.try_iter()?.enumerate() {
+        let item = item?;
+        let result = if let Ok(committed) = item.cast::<PyCommitted>() {
+            let committed = committed.get();
+            WireResult::Decided(committed.txn_id, Outcome::Committed(committed.commit_ts.0))
+        } else if let Ok(aborted) = item.cast::<PyAborted>() {
+            let aborted = aborted.get();
+            let reason = match &aborted.conflict {
+                Some(conflict) => AbortReason::Conflict(conflict.clone()),
+                None => AbortReason::Requested,
+            };
+            WireResult::Decided(aborted.txn_id, Outcome::Aborted(reason))
+        } else if let Ok((txn_id, code, message)) = item.extract::<(u64, u32, String)>() {
+            WireResult::Error {
+                txn_id,
+                code,
+                message,
+            }
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "results[{index}] must be Committed, Aborted or (txn_id, code, message), got {}",
+                type_name(&item)
+            )));
+        };
+        wire::encode_result(&mut out, &result);
+    }
+    Ok(PyBytes::new(py, &out))
+}
+
+/// The results of a serialized `CommitStreamResponse`: `Committed`, `Aborted`, or a
+/// `(txn_id, grpc_code, message)` tuple for a refused transaction. `ValueError` when malformed.
+#[pyfunction]
+pub fn decode_commit_results<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+) -> PyResult<Bound<'py, PyList>> {
+    let results = wire::decode_response(data.as_bytes())
+        .map_err(|err| wire_error("CommitStreamResponse", &err))?;
+    let out = PyList::empty(py);
+    for result in results {
+        match result {
+            WireResult::Decided(txn_id, outcome) => {
+                out.append(outcome_object(py, txn_id, &outcome)?)?
+            }
+            WireResult::Error {
+                txn_id,
+                code,
+                message,
+            } => out.append((txn_id, code, message))?,
+        }
+    }
+    Ok(out)
 }

@@ -47,6 +47,10 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
         module.add(name, error)?;
     }
     module.add_class::<commit::PyCommitEngine>()?;
+    module.add_function(wrap_pyfunction!(commit::decode_commit_request, module)?)?;
+    module.add_function(wrap_pyfunction!(commit::encode_commit_request, module)?)?;
+    module.add_function(wrap_pyfunction!(commit::decode_commit_results, module)?)?;
+    module.add_function(wrap_pyfunction!(commit::encode_commit_results, module)?)?;
     module.add_class::<commit::PyCommitted>()?;
     module.add_class::<commit::PyAborted>()?;
     module.add_class::<log::PyCommitLog>()?;

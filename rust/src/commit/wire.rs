@@ -1,0 +1,533 @@
+//! The `CommitStream` messages of `hlc_oracle.v1` (proto/oracle.proto), encoded and decoded here so
+//! that a stream message of hundreds of transactions crosses into Python as one call instead of
+//! hundreds of protobuf objects. Only the protobuf wire format's subset these messages use:
+//! varints, length-delimited fields, and skipping unknown fields of any wire type.
+//!
+//! ```text
+//! Timestamp            1 physical (varint) 2 logical (varint) 3 node (varint)
+//! Transaction          1 txn_id (varint) 2 start_ts (Timestamp) 3 read_set (bytes, repeated)
+//!                      4 write_set (bytes, repeated)
+//! CommitStreamRequest  1 transactions (Transaction, repeated)
+//! Conflict             1 kind (string) 2 key (optional bytes) 3 commit_ts (Timestamp)
+//!                      4 winner_txn_id (varint)
+//! Aborted              1 reason (string) 2 conflict (Conflict)
+//! CommitError          1 code (varint) 2 message (string)
+//! CommitResult         1 txn_id (varint) 2 commit_ts (Timestamp) | 3 aborted | 4 error
+//! CommitStreamResponse 1 results (CommitResult, repeated)
+//! ```
+
+use std::fmt;
+
+use crate::commit::{AbortReason, Outcome};
+use crate::conflict::{Conflict, ConflictKind, LostTo};
+use crate::timestamp::Timestamp;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError(pub String);
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn error(message: impl Into<String>) -> WireError {
+    WireError(message.into())
+}
+
+/// A timestamp as it came over the wire, not yet range-checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WireTimestamp {
+    pub physical: u64,
+    pub logical: u64,
+    pub node: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WireTransaction {
+    pub txn_id: u64,
+    pub start_ts: Option<WireTimestamp>,
+    pub reads: Vec<Vec<u8>>,
+    pub writes: Vec<Vec<u8>>,
+}
+
+/// One result of a `CommitStreamResponse`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireResult {
+    Decided(u64, Outcome),
+    Error {
+        txn_id: u64,
+        code: u32,
+        message: String,
+    },
+}
+
+// ---- primitives --------------------------------------------------------------------------------
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn put_key(out: &mut Vec<u8>, field: u32, wire_type: u8) {
+    put_varint(out, (u64::from(field) << 3) | u64::from(wire_type));
+}
+
+fn put_uint(out: &mut Vec<u8>, field: u32, value: u64) {
+    if value != 0 {
+        put_key(out, field, 0);
+        put_varint(out, value);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    put_key(out, field, 2);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Writes a length-delimited sub-message whose body `body` appends.
+fn put_message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    let mut inner = Vec::new();
+    body(&mut inner);
+    put_bytes(out, field, &inner);
+}
+
+fn put_timestamp(out: &mut Vec<u8>, field: u32, ts: Timestamp) {
+    put_message(out, field, |m| {
+        put_uint(m, 1, ts.physical());
+        put_uint(m, 2, ts.logical());
+        put_uint(m, 3, u64::from(ts.node()));
+    });
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+enum Value<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Other,
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = self
+                .bytes
+                .split_first()
+                .ok_or_else(|| error("truncated varint"))?;
+            self.bytes = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(error("varint longer than 10 bytes"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if n > self.bytes.len() {
+            return Err(error("truncated length-delimited field"));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    /// The next `(field, value)`, or `None` at the end.
+    fn field(&mut self) -> Result<Option<(u64, Value<'a>)>, WireError> {
+        if self.bytes.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let field = key >> 3;
+        if field == 0 {
+            return Err(error("field number 0"));
+        }
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => {
+                self.take(8)?;
+                Value::Other
+            }
+            2 => {
+                let len = usize::try_from(self.varint()?)
+                    .map_err(|_| error("length does not fit in memory"))?;
+                Value::Bytes(self.take(len)?)
+            }
+            5 => {
+                self.take(4)?;
+                Value::Other
+            }
+            other => return Err(error(format!("unsupported wire type {other}"))),
+        };
+        Ok(Some((field, value)))
+    }
+}
+
+fn expect_varint(value: Value<'_>, name: &str) -> Result<u64, WireError> {
+    match value {
+        Value::Varint(v) => Ok(v),
+        _ => Err(error(format!("{name} must be a varint"))),
+    }
+}
+
+fn expect_bytes<'a>(value: Value<'a>, name: &str) -> Result<&'a [u8], WireError> {
+    match value {
+        Value::Bytes(b) => Ok(b),
+        _ => Err(error(format!("{name} must be length-delimited"))),
+    }
+}
+
+fn decode_timestamp(bytes: &[u8]) -> Result<WireTimestamp, WireError> {
+    let mut reader = Reader { bytes };
+    let mut ts = WireTimestamp::default();
+    while let Some((field, value)) = reader.field()? {
+        match field {
+            1 => ts.physical = expect_varint(value, "Timestamp.physical")?,
+            2 => ts.logical = expect_varint(value, "Timestamp.logical")? & 0xFFFF_FFFF,
+            3 => ts.node = expect_varint(value, "Timestamp.node")? & 0xFFFF_FFFF,
+            _ => {}
+        }
+    }
+    Ok(ts)
+}
+
+// ---- requests -----------------------------------------------------------------------------------
+
+fn decode_transaction(bytes: &[u8]) -> Result<WireTransaction, WireError> {
+    let mut reader = Reader { bytes };
+    let mut txn = WireTransaction::default();
+    while let Some((field, value)) = reader.field()? {
+        match field {
+            1 => txn.txn_id = expect_varint(value, "Transaction.txn_id")?,
+            2 => txn.start_ts = Some(decode_timestamp(expect_bytes(value, "start_ts")?)?),
+            3 => txn.reads.push(expect_bytes(value, "read_set")?.to_vec()),
+            4 => txn.writes.push(expect_bytes(value, "write_set")?.to_vec()),
+            _ => {}
+        }
+    }
+    Ok(txn)
+}
+
+/// The transactions of a `CommitStreamRequest`.
+pub fn decode_request(bytes: &[u8]) -> Result<Vec<WireTransaction>, WireError> {
+    let mut reader = Reader { bytes };
+    let mut txns = Vec::new();
+    while let Some((field, value)) = reader.field()? {
+        if field == 1 {
+            txns.push(decode_transaction(expect_bytes(value, "transactions")?)?);
+        }
+    }
+    Ok(txns)
+}
+
+/// Appends one `Transaction` as field `field` of the enclosing message.
+pub fn encode_transaction<'k>(
+    out: &mut Vec<u8>,
+    txn_id: u64,
+    start_ts: Timestamp,
+    reads: impl Iterator<Item = &'k [u8]>,
+    writes: impl Iterator<Item = &'k [u8]>,
+) {
+    put_message(out, 1, |m| {
+        put_uint(m, 1, txn_id);
+        put_timestamp(m, 2, start_ts);
+        for key in reads {
+            put_bytes(m, 3, key);
+        }
+        for key in writes {
+            put_bytes(m, 4, key);
+        }
+    });
+}
+
+// ---- results ------------------------------------------------------------------------------------
+
+fn kind_name(kind: ConflictKind) -> &'static str {
+    match kind {
+        ConflictKind::WriteWrite => "write_write",
+        ConflictKind::ReadWrite => "read_write",
+        ConflictKind::TooOld => "too_old",
+    }
+}
+
+/// Appends one `CommitResult` (field 1 of `CommitStreamResponse`).
+pub fn encode_result(out: &mut Vec<u8>, result: &WireResult) {
+    put_message(out, 1, |m| match result {
+        WireResult::Decided(txn_id, Outcome::Committed(ts)) => {
+            put_uint(m, 1, *txn_id);
+            put_timestamp(m, 2, *ts);
+        }
+        WireResult::Decided(txn_id, Outcome::Aborted(reason)) => {
+            put_uint(m, 1, *txn_id);
+            put_message(m, 3, |a| match reason {
+                AbortReason::Requested => put_bytes(a, 1, b"requested"),
+                AbortReason::Conflict(conflict) => {
+                    put_bytes(a, 1, b"conflict");
+                    put_message(a, 2, |c| {
+                        put_bytes(c, 1, kind_name(conflict.kind).as_bytes());
+                        if let Some(key) = &conflict.key {
+                            put_bytes(c, 2, key);
+                        }
+                        match conflict.lost_to {
+                            LostTo::Commit(ts) | LostTo::LowWatermark(ts) => {
+                                put_timestamp(c, 3, ts);
+                            }
+                            LostTo::BatchMember(id) => put_uint(c, 4, id),
+                        }
+                    });
+                }
+            });
+        }
+        WireResult::Error {
+            txn_id,
+            code,
+            message,
+        } => {
+            put_uint(m, 1, *txn_id);
+            put_message(m, 4, |e| {
+                put_uint(e, 1, u64::from(*code));
+                put_bytes(e, 2, message.as_bytes());
+            });
+        }
+    });
+}
+
+fn checked_timestamp(ts: WireTimestamp) -> Result<Timestamp, WireError> {
+    Timestamp::new(ts.physical, ts.logical, ts.node).map_err(|err| error(err.to_string()))
+}
+
+fn decode_conflict(txn_id: u64, bytes: &[u8]) -> Result<Conflict, WireError> {
+    let mut reader = Reader { bytes };
+    let mut kind = None;
+    let mut key = None;
+    let mut commit_ts = None;
+    let mut winner = 0;
+    while let Some((field, value)) = reader.field()? {
+        match field {
+            1 => {
+                kind = Some(match expect_bytes(value, "Conflict.kind")? {
+                    b"write_write" => ConflictKind::WriteWrite,
+                    b"read_write" => ConflictKind::ReadWrite,
+                    b"too_old" => ConflictKind::TooOld,
+                    _ => return Err(error("unknown Conflict.kind")),
+                });
+            }
+            2 => key = Some(expect_bytes(value, "Conflict.key")?.to_vec()),
+            3 => commit_ts = Some(decode_timestamp(expect_bytes(value, "commit_ts")?)?),
+            4 => winner = expect_varint(value, "Conflict.winner_txn_id")?,
+            _ => {}
+        }
+    }
+    let kind = kind.ok_or_else(|| error("Conflict.kind is missing"))?;
+    let lost_to = match (commit_ts, winner, kind) {
+        (Some(ts), _, ConflictKind::TooOld) => LostTo::LowWatermark(checked_timestamp(ts)?),
+        (Some(ts), _, _) => LostTo::Commit(checked_timestamp(ts)?),
+        (None, id, _) if id != 0 => LostTo::BatchMember(id),
+        _ => return Err(error("Conflict has neither commit_ts nor winner_txn_id")),
+    };
+    Ok(Conflict {
+        txn_id,
+        kind,
+        key,
+        lost_to,
+    })
+}
+
+fn decode_result(bytes: &[u8]) -> Result<WireResult, WireError> {
+    let mut reader = Reader { bytes };
+    let mut txn_id = 0;
+    let mut committed = None;
+    let mut aborted: Option<&[u8]> = None;
+    let mut failure: Option<&[u8]> = None;
+    while let Some((field, value)) = reader.field()? {
+        match field {
+            1 => txn_id = expect_varint(value, "CommitResult.txn_id")?,
+            2 => committed = Some(decode_timestamp(expect_bytes(value, "commit_ts")?)?),
+            3 => aborted = Some(expect_bytes(value, "aborted")?),
+            4 => failure = Some(expect_bytes(value, "error")?),
+            _ => {}
+        }
+    }
+    if let Some(ts) = committed {
+        return Ok(WireResult::Decided(
+            txn_id,
+            Outcome::Committed(checked_timestamp(ts)?),
+        ));
+    }
+    if let Some(body) = aborted {
+        let mut reader = Reader { bytes: body };
+        let mut reason: &[u8] = b"";
+        let mut conflict = None;
+        while let Some((field, value)) = reader.field()? {
+            match field {
+                1 => reason = expect_bytes(value, "Aborted.reason")?,
+                2 => conflict = Some(expect_bytes(value, "Aborted.conflict")?),
+                _ => {}
+            }
+        }
+        let reason = match (reason, conflict) {
+            (b"requested", None) => AbortReason::Requested,
+            (b"conflict", Some(body)) => AbortReason::Conflict(decode_conflict(txn_id, body)?),
+            _ => {
+                return Err(error(
+                    "Aborted needs reason requested, or conflict with a Conflict",
+                ))
+            }
+        };
+        return Ok(WireResult::Decided(txn_id, Outcome::Aborted(reason)));
+    }
+    let body = failure.ok_or_else(|| error("CommitResult has no outcome"))?;
+    let mut reader = Reader { bytes: body };
+    let mut code = 0;
+    let mut message = String::new();
+    while let Some((field, value)) = reader.field()? {
+        match field {
+            1 => code = expect_varint(value, "CommitError.code")?,
+            2 => {
+                message = String::from_utf8_lossy(expect_bytes(value, "CommitError.message")?)
+                    .into_owned();
+            }
+            _ => {}
+        }
+    }
+    Ok(WireResult::Error {
+        txn_id,
+        code: u32::try_from(code).unwrap_or(u32::MAX),
+        message,
+    })
+}
+
+/// The results of a `CommitStreamResponse`.
+pub fn decode_response(bytes: &[u8]) -> Result<Vec<WireResult>, WireError> {
+    let mut reader = Reader { bytes };
+    let mut results = Vec::new();
+    while let Some((field, value)) = reader.field()? {
+        if field == 1 {
+            results.push(decode_result(expect_bytes(value, "results")?)?);
+        }
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(physical: u64, logical: u64, node: u64) -> Timestamp {
+        Timestamp::new(physical, logical, node).unwrap()
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let mut out = Vec::new();
+        let reads: [&[u8]; 2] = [b"r1", b""];
+        let writes: [&[u8]; 1] = [b"w"];
+        encode_transaction(
+            &mut out,
+            7,
+            ts(1_795_000_000_000_000, 5, 3),
+            reads.into_iter(),
+            writes.into_iter(),
+        );
+        encode_transaction(
+            &mut out,
+            u64::MAX,
+            ts(0, 0, 0),
+            [].into_iter(),
+            writes.into_iter(),
+        );
+        let txns = decode_request(&out).unwrap();
+        assert_eq!(txns.len(), 2);
+        assert_eq!(txns[0].txn_id, 7);
+        assert_eq!(
+            txns[0].start_ts,
+            Some(WireTimestamp {
+                physical: 1_795_000_000_000_000,
+                logical: 5,
+                node: 3
+            })
+        );
+        assert_eq!(txns[0].reads, vec![b"r1".to_vec(), vec![]]);
+        assert_eq!(txns[1].txn_id, u64::MAX);
+        assert_eq!(txns[1].start_ts, Some(WireTimestamp::default()));
+    }
+
+    #[test]
+    fn results_round_trip() {
+        let conflict = |lost_to, key: Option<&[u8]>, kind| Conflict {
+            txn_id: 9,
+            kind,
+            key: key.map(<[u8]>::to_vec),
+            lost_to,
+        };
+        let results = vec![
+            WireResult::Decided(1, Outcome::Committed(ts(100, 2, 1))),
+            WireResult::Decided(2, Outcome::Aborted(AbortReason::Requested)),
+            WireResult::Decided(
+                9,
+                Outcome::Aborted(AbortReason::Conflict(conflict(
+                    LostTo::Commit(ts(5, 0, 1)),
+                    Some(b"k"),
+                    ConflictKind::WriteWrite,
+                ))),
+            ),
+            WireResult::Decided(
+                9,
+                Outcome::Aborted(AbortReason::Conflict(conflict(
+                    LostTo::BatchMember(4),
+                    Some(b""),
+                    ConflictKind::ReadWrite,
+                ))),
+            ),
+            WireResult::Decided(
+                9,
+                Outcome::Aborted(AbortReason::Conflict(conflict(
+                    LostTo::LowWatermark(ts(3, 0, 0)),
+                    None,
+                    ConflictKind::TooOld,
+                ))),
+            ),
+            WireResult::Error {
+                txn_id: 0,
+                code: 3,
+                message: "bad".into(),
+            },
+        ];
+        let mut out = Vec::new();
+        for result in &results {
+            encode_result(&mut out, result);
+        }
+        assert_eq!(decode_response(&out).unwrap(), results);
+    }
+
+    #[test]
+    fn damaged_messages_are_errors_not_panics() {
+        let mut out = Vec::new();
+        let writes: [&[u8]; 1] = [b"key"];
+        encode_transaction(
+            &mut out,
+            7,
+            ts(10, 0, 0),
+            [].into_iter(),
+            writes.into_iter(),
+        );
+        for cut in 1..out.len() {
+            assert!(decode_request(&out[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode_request(&[0xff; 12]).is_err());
+        assert!(decode_request(&[0x0b]).is_err()); // wire type 3
+        assert!(decode_response(&[0x0a, 0x00]).is_err()); // a result without outcome
+                                                          // Unknown fields are skipped.
+        let mut with_unknown = vec![0x28, 0x01]; // field 5, varint 1
+        with_unknown.extend_from_slice(&out);
+        assert_eq!(decode_request(&with_unknown).unwrap().len(), 1);
+    }
+}
