@@ -1,6 +1,6 @@
 """Group commit beside one-fsync-per-transaction baselines and the raw batched-fsync ceiling.
 
-Every benchmark of a group does the same work per round (``TXNS`` transactions of 8 keys, 4 read
+Every benchmark of a group does the same work per round (``TXNS`` = 4,096 transactions of 8 keys, 4 read
 and 4 written, or as many records), so the ratio of medians is the inverse throughput ratio:
 
 - ``commit sync 1024 txns``: in-process ``GroupCommitScheduler.submit`` in ``sync`` durability
@@ -33,7 +33,7 @@ from hlc_oracle.client import AsyncOracleClient
 
 from tests.integration.oracle_process import OracleProcess
 
-TXNS = 1024
+TXNS = 4096
 KEYS = 8
 RECORD = b"r" * 120  # about the size of one logged commit of 8 keys
 IDS = itertools.count(1)
