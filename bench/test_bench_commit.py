@@ -1,7 +1,8 @@
 """Group commit beside one-fsync-per-transaction baselines and the raw batched-fsync ceiling.
 
-Every benchmark of a group does the same work per round (``TXNS`` = 4,096 transactions of 8 keys, 4 read
-and 4 written, or as many records), so the ratio of medians is the inverse throughput ratio:
+Every benchmark of a group does the same work per round (``TXNS`` = 4,096 transactions of 8
+keys, 4 read and 4 written, or as many records), so the ratio of medians is the inverse
+throughput ratio:
 
 - ``commit sync 1024 txns``: in-process ``GroupCommitScheduler.submit`` in ``sync`` durability
   with 1, 64 and 1024 concurrent submitters; baselines: a plain file written with one ``write``

@@ -273,3 +273,36 @@ def test_cli_txn_status_abort_and_commit_bench(oracle: OracleProcess) -> None:
     figures = json.loads(bench.stdout.splitlines()[-1])
     assert figures["mode"] == "commit" and figures["calls"] == 400
     assert figures["merged_requests"] < 400
+
+
+def test_damaged_commit_log_stops_start_up_naming_file_and_offset(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    oracle = start_oracle("--set", "commit.segment_size=4096")
+    with OracleClient(oracle.target) as client:
+        start = client.get_timestamp()
+        for txn_id in range(1, 200):
+            client.commit(Transaction(txn_id, start, [], [b"key%d" % txn_id]))
+    assert oracle.stop() == 0
+    segments = sorted((oracle.data_dir / "commit-log").glob("*.wal"))
+    assert len(segments) > 2
+    victim = segments[0]
+    data = bytearray(victim.read_bytes())
+    data[32 + 16 + 5] ^= 0x20  # inside the first record of the first segment
+    victim.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError) as raised:
+        oracle.start()
+    message = str(raised.value)
+    assert "cannot open the commit log" in message
+    assert str(victim) in message and "at offset 32" in message
+    # A torn tail of the last segment, on the other hand, is cut and start-up goes on.
+    data[32 + 16 + 5] ^= 0x20
+    victim.write_bytes(bytes(data))
+    last = segments[-1]
+    written = len(last.read_bytes().rstrip(b"\0"))
+    with open(last, "r+b") as handle:
+        handle.truncate(written - 3)
+    oracle.start()
+    with OracleClient(oracle.target) as client:
+        assert isinstance(client.transaction_status(1), Committed)
+    assert "truncated" in oracle.log_text()
