@@ -209,3 +209,42 @@ def test_unavailable_and_not_serving_during_shutdown(
     assert server.process is not None
     assert server.process.wait(timeout=20) == 0
     assert '"message": "stopped"' in server.log_text()
+
+
+def test_concurrent_rpc_limit_answers_resource_exhausted(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    server = start_oracle("--set", "limits.max_concurrent_rpcs=2")
+    with grpc.insecure_channel(server.target) as channel:
+        method = channel.stream_stream(METHOD + "StreamTimestamps")
+        gates: list[queue.Queue[bytes | None]] = [queue.Queue() for _ in range(3)]
+
+        def requests(gate: queue.Queue[bytes | None]) -> Iterator[bytes]:
+            while (item := gate.get()) is not None:
+                yield item
+
+        streams = [method(requests(gate), timeout=10) for gate in gates]
+        try:
+            for gate, stream in zip(gates[:2], streams[:2], strict=True):
+                gate.put(count_request(1))
+                assert pb.GetTimestampsResponse.FromString(next(stream)).count == 1
+            # Two streams are open: the third call is over the limit.
+            gates[2].put(count_request(1))
+            with pytest.raises(grpc.RpcError) as raised:
+                next(streams[2])
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        finally:
+            for gate in gates:
+                gate.put(None)
+            for stream in streams:
+                stream.cancel()
+        # Once they are closed, calls are served again.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert_still_serving(channel)
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)

@@ -205,3 +205,8 @@ def test_cli_exit_codes(oracle: OracleProcess, tmp_path: Path) -> None:
     taken = run_cli("serve", "--listen", oracle.target, "--data-dir", str(tmp_path / "second"))
     assert taken.returncode == 1
     assert f"cannot listen on {oracle.target}" in taken.stderr
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("x")
+    unusable = run_cli("serve", "--listen", "127.0.0.1:0", "--data-dir", str(not_a_directory))
+    assert unusable.returncode == 1
+    assert "timestamp-window" in unusable.stderr
