@@ -86,5 +86,6 @@ def test_optional_values_and_numbers_from_strings() -> None:
     )
     assert config.metrics.port == 9464
     assert config.limits.max_concurrent_rpcs is None
+    assert config.limits.max_concurrent_streams is None
     assert config.server.shutdown_grace_s == 2.5
     assert config.limits.max_count == 100_000

@@ -616,7 +616,8 @@ class AsyncOracleClient:
     ``credentials`` (see :func:`channel_credentials`) switches to TLS; ``max_batch`` caps the
     count of one merged timestamp request (keep it at or below the server's
     ``limits.max_count``); ``commit_batch`` how many ``commit()`` callers share one
-    ``CommitStream`` message, with at most ``commit_in_flight`` messages in flight.
+    ``CommitStream`` message, with at most ``commit_in_flight`` messages in flight;
+    ``max_concurrent_calls`` bounds the unary calls in progress (more wait their turn).
     """
 
     def __init__(
@@ -630,6 +631,7 @@ class AsyncOracleClient:
         options: list[tuple[str, Any]] | None = None,
         commit_batch: int = 512,
         commit_in_flight: int = 4,
+        max_concurrent_calls: int = 256,
     ) -> None:
         self.target = target
         self.timeout = timeout
@@ -654,6 +656,10 @@ class AsyncOracleClient:
             response_deserializer=pb.GetStatusResponse.FromString,
         )
         self._stream = TimestampStream(self._channel)
+        # grpcio refuses part of a burst of more than about a thousand calls opened at once on a
+        # new connection (CANCELLED / RST_STREAM, measured against a bare grpcio server too), so
+        # unary calls queue here instead.
+        self._unary_calls = asyncio.Semaphore(max_concurrent_calls)
         self._batcher = TimestampBatcher(self._fetch_for_batch, max_batch=max_batch)
         self._commit = self._channel.unary_unary(
             _TRANSACTIONS + "Commit",
@@ -674,6 +680,11 @@ class AsyncOracleClient:
         self._commit_batcher = CommitBatcher(
             self._send_commits, max_batch=commit_batch, max_in_flight=commit_in_flight
         )
+
+    async def _unary(self, policy: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
+        """A unary call with retries, at most ``max_concurrent_calls`` at a time."""
+        async with self._unary_calls:
+            return await with_retries(policy, call)
 
     async def _fetch_for_batch(self, count: int) -> TimestampRange:
         return await with_retries(self.retry, lambda: self._stream.request(count, self.timeout))
@@ -699,7 +710,7 @@ class AsyncOracleClient:
         if not 0 <= count < 2**32:
             raise ValueError(f"count must be in 0..2**32-1, got {count}")
         request = pb.GetTimestampsRequest(count=count)
-        response = await with_retries(
+        response = await self._unary(
             self.retry, lambda: self._get_timestamps(request, timeout=self.timeout)
         )
         return range_from_wire(response)
@@ -709,13 +720,13 @@ class AsyncOracleClient:
         if not isinstance(remote, Timestamp):
             raise TypeError(f"remote must be a Timestamp, got {type(remote).__name__}")
         request = pb.ObserveRequest(remote=timestamp_to_wire(remote))
-        response = await with_retries(
+        response = await self._unary(
             self.retry, lambda: self._observe(request, timeout=self.timeout)
         )
         return timestamp_from_wire(response.timestamp)
 
     async def status(self) -> OracleStatus:
-        response = await with_retries(
+        response = await self._unary(
             self.retry, lambda: self._status(pb.GetStatusRequest(), timeout=self.timeout)
         )
         return OracleStatus.from_wire(response)
@@ -753,7 +764,7 @@ class AsyncOracleClient:
         if not isinstance(txn, Transaction):
             raise TypeError(f"txn must be a Transaction, got {type(txn).__name__}")
         request = pb.CommitRequest(transaction=transaction_to_wire(txn))
-        result = await with_retries(self.retry, lambda: self._commit(request, timeout=self.timeout))
+        result = await self._unary(self.retry, lambda: self._commit(request, timeout=self.timeout))
         return outcome_from_wire(result)
 
     @staticmethod
@@ -767,13 +778,13 @@ class AsyncOracleClient:
     async def abort(self, txn_id: int) -> Committed | Aborted:
         """Aborts an undecided id (a late commit of it is then refused); returns the decision."""
         request = pb.AbortRequest(txn_id=self._txn_id(txn_id))
-        result = await with_retries(self.retry, lambda: self._abort(request, timeout=self.timeout))
+        result = await self._unary(self.retry, lambda: self._abort(request, timeout=self.timeout))
         return outcome_from_wire(result)
 
     async def transaction_status(self, txn_id: int) -> Committed | Aborted | None:
         """The decision on ``txn_id``, or None when the oracle does not know it."""
         request = pb.TransactionStatusRequest(txn_id=self._txn_id(txn_id))
-        response = await with_retries(
+        response = await self._unary(
             self.retry, lambda: self._transaction_status(request, timeout=self.timeout)
         )
         return outcome_from_wire(response.result) if response.known else None

@@ -89,8 +89,10 @@ class LimitsSection:
     max_message_bytes: int = setting(
         64 * 1024, "largest gRPC message accepted or sent (bytes)", "--max-message-bytes"
     )
-    max_concurrent_streams: int = setting(
-        1_024, "largest number of concurrent streams (calls) per connection"
+    max_concurrent_streams: int | None = setting(
+        None,
+        "largest number of concurrent streams (calls) per connection; unset: no limit. A client "
+        "that opens more at once on a new connection sees some calls refused before it learns it",
     )
     max_concurrent_rpcs: int | None = setting(
         None,

@@ -97,3 +97,18 @@ def test_client_argument_errors(oracle: OracleProcess) -> None:
             client.get_timestamps(0)
         assert len(client.get_timestamps(2)) == 2
         assert len(client.get_timestamps_unary(2)) == 2
+
+
+def test_a_burst_of_calls_on_a_new_connection_is_served(oracle: OracleProcess) -> None:
+    # grpcio refuses part of a burst of more than about a thousand calls opened at once on a new
+    # connection; the client queues its unary calls (max_concurrent_calls) so all are answered.
+    async def main() -> list[object]:
+        async with AsyncOracleClient(oracle.target) as client:
+            return list(
+                await asyncio.gather(
+                    *(client.status() for _ in range(3000)), return_exceptions=True
+                )
+            )
+
+    results = asyncio.run(main())
+    assert not [r for r in results if isinstance(r, BaseException)]

@@ -183,10 +183,11 @@ class OracleServer:
         options = [
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
-            ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
             # Two servers must never share a port by accident.
             ("grpc.so_reuseport", 0),
         ]
+        if limits.max_concurrent_streams is not None:
+            options.append(("grpc.max_concurrent_streams", limits.max_concurrent_streams))
         server = grpc.aio.server(
             options=options, maximum_concurrent_rpcs=limits.max_concurrent_rpcs
         )
