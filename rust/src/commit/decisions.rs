@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::commit::Outcome;
 use crate::conflict::TxnId;
+use crate::timestamp::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -12,6 +13,10 @@ pub struct Decision {
     /// Content fingerprint of the submitted transaction; `None` for an abort by request (no
     /// content was ever seen, so any later submission of the id gets the abort).
     pub fingerprint: Option<u64>,
+    /// At or above the start timestamp of the transaction the decision is about: once the
+    /// decision is forgotten, transactions starting at or below it are refused as too old, so a
+    /// late resubmission can never be decided a second time.
+    pub decided_at: Timestamp,
 }
 
 pub struct DecisionIndex {
@@ -42,15 +47,20 @@ impl DecisionIndex {
         self.map.is_empty()
     }
 
-    pub fn insert(&mut self, id: TxnId, decision: Decision) {
+    /// Remembers `decision`; returns the newest `decided_at` of the decisions this forgot.
+    pub fn insert(&mut self, id: TxnId, decision: Decision) -> Option<Timestamp> {
+        let mut forgotten: Option<Timestamp> = None;
         if self.map.insert(id, decision).is_none() {
             self.order.push_back(id);
             while self.order.len() > self.capacity {
                 if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
+                    if let Some(gone) = self.map.remove(&old) {
+                        forgotten = forgotten.max(Some(gone.decided_at));
+                    }
                 }
             }
         }
+        forgotten
     }
 }
 
@@ -62,16 +72,20 @@ mod tests {
     #[test]
     fn keeps_the_newest_capacity_ids() {
         let mut index = DecisionIndex::new(3);
+        let mut forgotten = Vec::new();
         for id in 1..=5 {
-            index.insert(
+            forgotten.push(index.insert(
                 id,
                 Decision {
                     outcome: Outcome::Aborted(AbortReason::Requested),
                     fingerprint: None,
+                    decided_at: Timestamp::new(id * 10, 0, 0).unwrap(),
                 },
-            );
+            ));
         }
         assert_eq!(index.len(), 3);
+        let at = |us| Some(Timestamp::new(us, 0, 0).unwrap());
+        assert_eq!(forgotten, vec![None, None, None, at(10), at(20)]);
         assert!(index.get(2).is_none());
         assert!(index.get(3).is_some() && index.get(5).is_some());
     }

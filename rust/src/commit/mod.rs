@@ -19,9 +19,12 @@
 //! clock is moved past the newest logged commit timestamp).
 //!
 //! Retention: when the log has more than `retain_segments` segments, a checkpoint (the newest
-//! commit timestamp it covers) is written and the covered segments are deleted; after a restart
+//! decision timestamp it covers) is written and the covered segments are deleted; after a restart
 //! the detector's low watermark starts at that timestamp, so a transaction that started before it
-//! is refused as too old rather than checked against forgotten history.
+//! is refused as too old rather than checked against forgotten history or forgotten decisions.
+//! The same holds in memory: when the decisions index forgets its oldest decisions (past
+//! `retained_decisions`), the low watermark rises to them, so a late resubmission of a forgotten
+//! id (or a late commit of an id whose abort was forgotten) is refused, never decided again.
 
 mod decisions;
 pub mod record;
@@ -292,9 +295,10 @@ pub struct CommitEngine {
     limits: Limits,
     decisions: DecisionIndex,
     retain_segments: usize,
-    /// `(last seq of a batch, newest commit timestamp up to it)`, for choosing checkpoints.
+    /// `(last seq of a batch, newest `decided_at` up to it)`, for choosing checkpoints.
     batch_marks: std::collections::VecDeque<(u64, Option<Timestamp>)>,
     newest_commit: Option<Timestamp>,
+    newest_decided: Option<Timestamp>,
     /// Reused encoding buffers.
     buffer: Vec<u8>,
     bounds: Vec<(usize, usize)>,
@@ -326,6 +330,7 @@ impl CommitEngine {
             retain_segments: config.retain_segments,
             batch_marks: std::collections::VecDeque::new(),
             newest_commit: None,
+            newest_decided: None,
             buffer: Vec::new(),
             bounds: Vec::new(),
             committed_total: 0,
@@ -360,14 +365,15 @@ impl CommitEngine {
                 return Err(err);
             }
             if let Some((_, data)) = &recovered.checkpoint {
-                if let Some(covered_commit) = decode_checkpoint(data) {
-                    engine.detector.raise_low_watermark(covered_commit);
-                    engine.newest_commit = engine.newest_commit.max(Some(covered_commit));
+                if let Some(covered) = decode_checkpoint(data) {
+                    engine.detector.raise_low_watermark(covered);
+                    engine.newest_commit = engine.newest_commit.max(Some(covered));
+                    engine.newest_decided = engine.newest_decided.max(Some(covered));
                 }
             }
             engine
                 .batch_marks
-                .push_back((log.next_seq().saturating_sub(1), engine.newest_commit));
+                .push_back((log.next_seq().saturating_sub(1), engine.newest_decided));
             engine.log = Some(log);
             recovery.log = Some(recovered);
         }
@@ -393,11 +399,12 @@ impl CommitEngine {
                 // A commit older than a key's remembered one changes nothing; a logged commit is
                 // always after its start, so recording cannot fail on a sound log.
                 let _ = self.detector.record(&txn, commit_ts);
-                self.decisions.insert(
+                self.remember(
                     txn_id,
                     Decision {
                         outcome: Outcome::Committed(commit_ts),
                         fingerprint: Some(fingerprint),
+                        decided_at: commit_ts,
                     },
                 );
                 self.newest_commit = self.newest_commit.max(Some(commit_ts));
@@ -405,28 +412,40 @@ impl CommitEngine {
             }
             record::DecisionRecord::Aborted {
                 fingerprint,
+                start_ts,
                 conflict,
-                ..
             } => {
-                self.decisions.insert(
+                self.remember(
                     conflict.txn_id,
                     Decision {
                         outcome: Outcome::Aborted(AbortReason::Conflict(conflict)),
                         fingerprint: Some(fingerprint),
+                        decided_at: start_ts,
                     },
                 );
                 recovery.aborts += 1;
             }
-            record::DecisionRecord::AbortRequested { txn_id } => {
-                self.decisions.insert(
+            record::DecisionRecord::AbortRequested { txn_id, decided_at } => {
+                self.remember(
                     txn_id,
                     Decision {
                         outcome: Outcome::Aborted(AbortReason::Requested),
                         fingerprint: None,
+                        decided_at,
                     },
                 );
                 recovery.aborts += 1;
             }
+        }
+    }
+
+    /// Puts a decision in the index; when that forgets older ones, transactions that started
+    /// at or below them are refused from now on (raising the detector's low watermark), so a
+    /// forgotten decision can never be taken a second time, differently.
+    fn remember(&mut self, txn_id: TxnId, decision: Decision) {
+        self.newest_decided = self.newest_decided.max(Some(decision.decided_at));
+        if let Some(forgotten) = self.decisions.insert(txn_id, decision) {
+            self.detector.raise_low_watermark(forgotten);
         }
     }
 
@@ -649,31 +668,38 @@ impl CommitEngine {
         let mut decided: Vec<(usize, Decision)> =
             Vec::with_capacity(fresh_commits.len() + fresh_aborts.len());
         let mut next_commit = 0u64;
-        for (&i, conflict) in fresh_commits.iter().zip(checked) {
-            let outcome = match conflict {
+        for ((&i, conflict), txn) in fresh_commits.iter().zip(checked).zip(&txns) {
+            let (outcome, decided_at) = match conflict {
                 None => match commit_range.and_then(|range| range.get(next_commit)) {
                     Some(commit_ts) => {
                         next_commit += 1;
-                        Outcome::Committed(commit_ts)
+                        (Outcome::Committed(commit_ts), commit_ts)
                     }
                     None => continue, // the clock failed: answered above, nothing logged
                 },
-                Some(conflict) => Outcome::Aborted(AbortReason::Conflict(conflict)),
+                Some(conflict) => (
+                    Outcome::Aborted(AbortReason::Conflict(conflict)),
+                    txn.start_ts,
+                ),
             };
             decided.push((
                 i,
                 Decision {
                     outcome,
                     fingerprint: fingerprints[i],
+                    decided_at,
                 },
             ));
         }
+        // Every start timestamp this clock handed out so far is at or below it.
+        let now = clock.last();
         for &i in &fresh_aborts {
             decided.push((
                 i,
                 Decision {
                     outcome: Outcome::Aborted(AbortReason::Requested),
                     fingerprint: None,
+                    decided_at: now,
                 },
             ));
         }
@@ -703,7 +729,7 @@ impl CommitEngine {
                 Request::Abort(id) => id,
             };
             answers[i] = Some(Ok(decision.outcome.clone()));
-            self.decisions.insert(id, decision);
+            self.remember(id, decision);
         }
         for (i, first) in followers {
             answers[i] = answers[first].clone();
@@ -721,7 +747,7 @@ impl CommitEngine {
         requests: &[Request<'_>],
         decided: &[(usize, Decision)],
     ) -> Result<(), LogError> {
-        let newest = self.newest_commit_after(decided);
+        let newest = self.newest_decided_after(decided);
         let Some(log) = self.log.as_mut() else {
             return Ok(());
         };
@@ -746,9 +772,11 @@ impl CommitEngine {
                         conflict,
                     );
                 }
-                (_, Request::Abort(id)) => record::encode_abort_requested(&mut self.buffer, id),
+                (_, Request::Abort(id)) => {
+                    record::encode_abort_requested(&mut self.buffer, id, decision.decided_at);
+                }
                 (_, Request::Commit(txn)) => {
-                    record::encode_abort_requested(&mut self.buffer, txn.id);
+                    record::encode_abort_requested(&mut self.buffer, txn.id, decision.decided_at);
                 }
             }
             self.bounds.push((start, self.buffer.len()));
@@ -766,15 +794,12 @@ impl CommitEngine {
         Ok(())
     }
 
-    fn newest_commit_after(&self, decided: &[(usize, Decision)]) -> Option<Timestamp> {
+    fn newest_decided_after(&self, decided: &[(usize, Decision)]) -> Option<Timestamp> {
         decided
             .iter()
-            .filter_map(|(_, d)| match d.outcome {
-                Outcome::Committed(ts) => Some(ts),
-                Outcome::Aborted(_) => None,
-            })
+            .map(|(_, d)| d.decided_at)
             .max()
-            .max(self.newest_commit)
+            .max(self.newest_decided)
     }
 
     /// Checkpoints away all but the newest `retain_segments` segments.

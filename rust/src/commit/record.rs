@@ -6,7 +6,7 @@
 //! kind 2 (aborted by a conflict): start_ts | conflict kind u8 (1 write-write, 2 read-write,
 //!        3 too old) | lost-to tag u8 (1 commit, 2 batch member, 3 low watermark) | lost-to value
 //!        (a timestamp, or a txn id as u64 followed by u16 0) | key flag u8 | [key len u32, bytes]
-//! kind 3 (aborted on request): nothing more (fingerprint 0)
+//! kind 3 (aborted on request): decided_at (the clock when it was decided; fingerprint 0)
 //! timestamp = packed (physical << 12 | logical) u64 | node u16
 //! ```
 //! A committed record carries the write set so that recovery can rebuild the conflict detector's
@@ -39,6 +39,7 @@ pub enum DecisionRecord {
     },
     AbortRequested {
         txn_id: TxnId,
+        decided_at: Timestamp,
     },
 }
 
@@ -124,10 +125,11 @@ pub fn encode_aborted(
     }
 }
 
-pub fn encode_abort_requested(out: &mut Vec<u8>, txn_id: TxnId) {
+pub fn encode_abort_requested(out: &mut Vec<u8>, txn_id: TxnId, decided_at: Timestamp) {
     out.extend_from_slice(&[VERSION, KIND_REQUESTED]);
     out.extend_from_slice(&txn_id.to_le_bytes());
     out.extend_from_slice(&0u64.to_le_bytes());
+    put_ts(out, decided_at);
 }
 
 struct Reader<'a> {
@@ -236,7 +238,10 @@ pub fn decode(bytes: &[u8]) -> Result<DecisionRecord, RecordError> {
                 },
             }
         }
-        KIND_REQUESTED => DecisionRecord::AbortRequested { txn_id },
+        KIND_REQUESTED => DecisionRecord::AbortRequested {
+            txn_id,
+            decided_at: r.ts()?,
+        },
         _ => return Err(RecordError("unknown decision kind")),
     };
     if !r.bytes.is_empty() {
@@ -300,10 +305,13 @@ mod tests {
             }
         }
         let mut out = Vec::new();
-        encode_abort_requested(&mut out, 42);
+        encode_abort_requested(&mut out, 42, ts(9, 9, 9));
         assert_eq!(
             decode(&out).unwrap(),
-            DecisionRecord::AbortRequested { txn_id: 42 }
+            DecisionRecord::AbortRequested {
+                txn_id: 42,
+                decided_at: ts(9, 9, 9)
+            }
         );
     }
 

@@ -299,3 +299,46 @@ fn memory_durability_needs_no_directory() {
     assert!(engine.log().is_none());
     assert!(CommitEngine::open(EngineConfig::new(Durability::Sync, None), &clock).is_err());
 }
+
+#[test]
+fn forgotten_decisions_are_never_taken_again() {
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let mut config = EngineConfig::new(Durability::Memory, None);
+    config.retained_decisions = 4;
+    let (mut engine, _) = CommitEngine::open(config, &clock).unwrap();
+    let start = clock.now().unwrap();
+    let first = txn(1, start, &[], &["a"]);
+    committed(&engine.process(&clock, &[Request::Commit(&first)])[0]);
+    let in_doubt = txn(2, start, &[], &["b"]);
+    engine.process(&clock, &[Request::Abort(2)]);
+    for id in 3..=8u64 {
+        let key = format!("k{id}");
+        committed(
+            &engine.process(
+                &clock,
+                &[Request::Commit(&txn(
+                    id,
+                    clock.now().unwrap(),
+                    &[],
+                    &[&key],
+                ))],
+            )[0],
+        );
+    }
+    assert_eq!(engine.status(1), None, "forgotten");
+    // Neither the resubmission of a forgotten commit nor the late commit of a forgotten abort
+    // may be decided again.
+    for late in [&first, &in_doubt] {
+        assert!(matches!(
+            engine.process(&clock, &[Request::Commit(late)])[0],
+            Err(SubmitError::StartTooOld { .. })
+        ));
+    }
+    committed(
+        &engine.process(
+            &clock,
+            &[Request::Commit(&txn(9, clock.now().unwrap(), &[], &["a"]))],
+        )[0],
+    );
+}
