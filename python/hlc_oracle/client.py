@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 
@@ -36,6 +36,7 @@ from hlc_oracle._core import decode_commit_results, encode_commit_request
 from hlc_oracle.proto import oracle_pb2 as pb
 
 T = TypeVar("T")
+Answer = TypeVar("Answer")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _SERVICE = "/hlc_oracle.v1.TimestampOracle/"
@@ -304,31 +305,32 @@ class TimestampBatcher:
                 future.set_exception(error)
 
 
-class TimestampStream:
-    """One ``StreamTimestamps`` call carrying pipelined requests; answers match in FIFO order.
-
-    The call is opened on first use and reopened after it fails.
+class PipelinedStream(Generic[Answer]):
+    """One bidirectional call carrying pipelined request messages. The server answers in request
+    order, so answers match requests FIFO. The call is opened on first use and reopened after it
+    fails; a failure fails every request still waiting on that call.
     """
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._method = channel.stream_stream(
-            _SERVICE + "StreamTimestamps",
-            request_serializer=pb.GetTimestampsRequest.SerializeToString,
-            response_deserializer=pb.GetTimestampsResponse.FromString,
-        )
+    def __init__(self, method: Callable[[], Any], decode: Callable[[Any], Answer]) -> None:
+        self._method = method
+        self._decode = decode
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
-        self._pending: collections.deque[asyncio.Future[TimestampRange]] = collections.deque()
+        self._pending: collections.deque[asyncio.Future[Answer]] = collections.deque()
+        self._write_lock = asyncio.Lock()
 
-    async def request(self, count: int, timeout: float) -> TimestampRange:
+    async def request(self, message: Any, timeout: float) -> Answer:
         if self._call is None:
             self._call = self._method()
             self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
         call = self._call
-        future: asyncio.Future[TimestampRange] = asyncio.get_running_loop().create_future()
-        self._pending.append(future)
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         try:
-            await call.write(pb.GetTimestampsRequest(count=count))
+            # One write at a time on a call (grpc.aio refuses overlapping writes); the answer
+            # order is the write order, so the future joins the queue under the same lock.
+            async with self._write_lock:
+                self._pending.append(future)
+                await call.write(message)
         except grpc.RpcError as err:
             self._fail(call, err)
         except asyncio.InvalidStateError:
@@ -337,15 +339,11 @@ class TimestampStream:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             # The stream's answers can no longer be matched to callers: start a new one.
-            self._fail(
-                call,
-                OracleTimeoutError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout} s"
-                ),
-            )
-            raise OracleTimeoutError(
+            error = OracleTimeoutError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout} s"
-            ) from None
+            )
+            self._fail(call, error)
+            raise error from None
 
     async def _read(self, call: Any) -> None:
         try:
@@ -361,10 +359,11 @@ class TimestampStream:
                     )
                 future = self._pending.popleft()
                 if not future.done():
-                    future.set_result(range_from_wire(response))
-        except grpc.RpcError as err:
-            self._fail(call, err)
-        except OracleError as err:
+                    try:
+                        future.set_result(self._decode(response))
+                    except ValueError as err:
+                        future.set_exception(OracleError(grpc.StatusCode.INTERNAL, str(err)))
+        except (grpc.RpcError, OracleError) as err:
             self._fail(call, err)
         except asyncio.CancelledError:
             self._fail(call, OracleUnavailableError(grpc.StatusCode.CANCELLED, "stream closed"))
@@ -388,6 +387,16 @@ class TimestampStream:
         call = self._call
         if call is not None:
             self._fail(call, OracleUnavailableError(grpc.StatusCode.CANCELLED, "client closed"))
+
+
+def timestamp_stream(channel: grpc.aio.Channel) -> PipelinedStream[TimestampRange]:
+    """``StreamTimestamps``: each request message asks for ``count`` timestamps."""
+    method = channel.stream_stream(
+        _SERVICE + "StreamTimestamps",
+        request_serializer=pb.GetTimestampsRequest.SerializeToString,
+        response_deserializer=pb.GetTimestampsResponse.FromString,
+    )
+    return PipelinedStream(method, range_from_wire)
 
 
 # ---- transactions ----------------------------------------------------------------------------
@@ -430,83 +439,13 @@ def outcome_from_wire(result: pb.CommitResult) -> Committed | Aborted:
     raise kind(code, result.error.message)
 
 
-class CommitStream:
-    """One ``CommitStream`` call carrying pipelined request messages; the server answers them
-    in order, so answers match requests FIFO. Opened on first use, reopened after a failure."""
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        # Messages are encoded and decoded in Rust (encode_commit_request /
-        # decode_commit_results): the channel carries the bytes as they are.
-        self._method = channel.stream_stream(_TRANSACTIONS + "CommitStream")
-        self._call: Any = None
-        self._reader: asyncio.Task[None] | None = None
-        self._pending: collections.deque[asyncio.Future[list[CommitAnswer]]] = collections.deque()
-        self._write_lock = asyncio.Lock()
-
-    async def request(self, transactions: list[Transaction], timeout: float) -> list[CommitAnswer]:
-        if self._call is None:
-            self._call = self._method()
-            self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
-        call = self._call
-        future: asyncio.Future[list[CommitAnswer]] = asyncio.get_running_loop().create_future()
-        message = encode_commit_request(transactions)
-        try:
-            # One write at a time on a call (grpc.aio refuses overlapping writes); the answer
-            # order is the write order, so the future joins the queue under the same lock.
-            async with self._write_lock:
-                self._pending.append(future)
-                await call.write(message)
-        except grpc.RpcError as err:
-            self._fail(call, err)
-        except asyncio.InvalidStateError:
-            self._fail(call, OracleUnavailableError(grpc.StatusCode.UNAVAILABLE, "stream closed"))
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            error = OracleTimeoutError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout} s"
-            )
-            self._fail(call, error)
-            raise error from None
-
-    async def _read(self, call: Any) -> None:
-        try:
-            while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    raise OracleUnavailableError(
-                        grpc.StatusCode.UNAVAILABLE, "the server closed the stream"
-                    )
-                future = self._pending.popleft()
-                if not future.done():
-                    try:
-                        future.set_result(decode_commit_results(response))
-                    except ValueError as err:
-                        future.set_exception(OracleError(grpc.StatusCode.INTERNAL, str(err)))
-        except (grpc.RpcError, OracleError) as err:
-            self._fail(call, err)
-        except asyncio.CancelledError:
-            self._fail(call, OracleUnavailableError(grpc.StatusCode.CANCELLED, "stream closed"))
-            raise
-
-    def _fail(self, call: Any, err: BaseException) -> None:
-        if call is not self._call:
-            return
-        error = error_from_rpc(err) if isinstance(err, grpc.RpcError) else err
-        self._call = None
-        call.cancel()
-        reader, self._reader = self._reader, None
-        if reader is not None and reader is not asyncio.current_task():
-            reader.cancel()
-        pending, self._pending = self._pending, collections.deque()
-        for future in pending:
-            if not future.done():
-                future.set_exception(error)
-
-    async def close(self) -> None:
-        call = self._call
-        if call is not None:
-            self._fail(call, OracleUnavailableError(grpc.StatusCode.CANCELLED, "client closed"))
+def commit_stream(channel: grpc.aio.Channel) -> PipelinedStream[list[CommitAnswer]]:
+    """``CommitStream``: each request message carries a group of transactions. Messages are
+    encoded and decoded in Rust (``encode_commit_request`` / ``decode_commit_results``), so the
+    channel carries the bytes as they are."""
+    return PipelinedStream(
+        channel.stream_stream(_TRANSACTIONS + "CommitStream"), decode_commit_results
+    )
 
 
 class CommitBatcher:
@@ -655,7 +594,7 @@ class AsyncOracleClient:
             request_serializer=pb.GetStatusRequest.SerializeToString,
             response_deserializer=pb.GetStatusResponse.FromString,
         )
-        self._stream = TimestampStream(self._channel)
+        self._stream = timestamp_stream(self._channel)
         # grpcio refuses part of a burst of more than about a thousand calls opened at once on a
         # new connection (CANCELLED / RST_STREAM, measured against a bare grpcio server too), so
         # unary calls queue here instead.
@@ -676,7 +615,7 @@ class AsyncOracleClient:
             request_serializer=pb.TransactionStatusRequest.SerializeToString,
             response_deserializer=pb.TransactionStatusResponse.FromString,
         )
-        self._commit_stream = CommitStream(self._channel)
+        self._commit_stream = commit_stream(self._channel)
         self._commit_batcher = CommitBatcher(
             self._send_commits, max_batch=commit_batch, max_in_flight=commit_in_flight
         )
@@ -687,7 +626,10 @@ class AsyncOracleClient:
             return await with_retries(policy, call)
 
     async def _fetch_for_batch(self, count: int) -> TimestampRange:
-        return await with_retries(self.retry, lambda: self._stream.request(count, self.timeout))
+        return await with_retries(
+            self.retry,
+            lambda: self._stream.request(pb.GetTimestampsRequest(count=count), self.timeout),
+        )
 
     def get_timestamp(self) -> Awaitable[Timestamp]:
         """One timestamp; concurrent callers share one stream message."""
@@ -740,8 +682,9 @@ class AsyncOracleClient:
 
     async def _send_commits(self, transactions: list[Transaction]) -> list[CommitAnswer]:
         # Resending after UNAVAILABLE is safe: a decided id gets its first decision back.
+        message = encode_commit_request(transactions)
         return await with_retries(
-            self.retry, lambda: self._commit_stream.request(transactions, self.timeout)
+            self.retry, lambda: self._commit_stream.request(message, self.timeout)
         )
 
     async def commit(self, txn: Transaction) -> Committed | Aborted:
