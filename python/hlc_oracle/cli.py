@@ -199,9 +199,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = config_module.load(args.config, overrides=_overrides(args))
     configure(config.log.level, config.log.format)
     try:
-        asyncio.run(serve(config))
+        fatal_reason = asyncio.run(serve(config))
     except (StartupError, WindowFileError) as err:
         print(f"hlc-oracle serve: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if fatal_reason is not None:
+        print(f"hlc-oracle serve: stopped: {fatal_reason}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

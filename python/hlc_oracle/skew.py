@@ -388,7 +388,8 @@ class SkewConfig:
         None, "wall-clock jump against the monotonic clock that counts (unset: max offset / 2)"
     )
     fatal_forward_jump: bool = _setting(
-        False, "stop the process (SIGTERM) on a forward jump past the threshold"
+        False,
+        "on a forward jump past the threshold, stop serving and shut down (the server exits 1)",
     )
     history_size: int = _setting(64, "poll results kept in the history")
     burst: int = _setting(

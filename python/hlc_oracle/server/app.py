@@ -88,11 +88,15 @@ class OracleServer:
             config.limits.max_count,
             self.status,
         )
+        # Set by a signal or by a fatal clock jump; serve() waits on it.
+        self.stopping = asyncio.Event()
+        self.fatal_reason: str | None = None
         self.skew = build_skew_monitor(
             config.ntp,
             self.clock.max_offset_us,
             self.gate,
             self.metrics.registry,
+            on_fatal_jump=self._fatal_clock_jump,
             wall_clock=physical_clock,
         )
         # Group commit: the scheduler opens (and replays its log) in start(), once the window
@@ -275,6 +279,14 @@ class OracleServer:
         self.scheduler = scheduler
         self.transactions.scheduler = scheduler
 
+    def _fatal_clock_jump(self, reason: str) -> None:
+        # From the monitor's thread: the gate is already blocked; shut down as on SIGTERM, but
+        # remember why, so the process exits non-zero and a supervisor sees a failure.
+        log.critical("fatal clock jump, shutting down", extra={"fields": {"reason": reason}})
+        self.fatal_reason = reason
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.stopping.set)
+
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, finish in-flight calls, save the high-water mark."""
         grace = self.config.server.shutdown_grace_s if grace is None else grace
@@ -307,17 +319,23 @@ def write_port_file(path: Path, port: int, metrics_port: int | None) -> None:
 
 async def serve(
     config: OracleConfig, physical_clock: SystemClock | ManualClock | None = None
-) -> None:
-    """Runs one node until SIGTERM or SIGINT, then shuts down gracefully."""
+) -> str | None:
+    """Runs one node until SIGTERM or SIGINT (then returns ``None``) or a fatal clock jump (then
+    returns its reason), shutting down gracefully either way."""
     server = OracleServer(config, physical_clock)
-    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+        loop.add_signal_handler(signum, server.stopping.set)
     await server.start()
-    await stopping.wait()
+    await server.stopping.wait()
     log.info(
-        "signal received, shutting down",
-        extra={"fields": {"grace_s": config.server.shutdown_grace_s}},
+        "shutting down",
+        extra={
+            "fields": {
+                "grace_s": config.server.shutdown_grace_s,
+                "cause": server.fatal_reason or "signal",
+            }
+        },
     )
     await server.stop()
+    return server.fatal_reason

@@ -9,8 +9,6 @@ the guard lets the node serve again (after the recovery hold).
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -42,13 +40,14 @@ def build_skew_monitor(
     """A monitor whose verdicts drive ``gate`` and whose figures are in ``registry``.
 
     A fatal forward jump (``fatal_forward_jump``) blocks the gate at once, then calls
-    ``on_fatal_jump`` (default: SIGTERM to this process, i.e. a graceful shutdown). Jumps are
+    ``on_fatal_jump`` (the server shuts down and exits non-zero). Jumps are
     looked for on ``wall_clock``: the physical clock the HLC reads (default the system clock).
     """
 
     def fatal(reason: str) -> None:
         gate.block(JUMP_GATE_KEY, reason)
-        (on_fatal_jump or _terminate)(reason)
+        if on_fatal_jump is not None:
+            on_fatal_jump(reason)
 
     monitor = SkewMonitor(
         config, max_offset_us=max_offset_us, wall_clock=wall_clock, on_fatal_jump=fatal
@@ -75,10 +74,6 @@ def build_skew_monitor(
     monitor.add_listener(follow)
     registry.register(SkewMetricsCollector(monitor))
     return monitor
-
-
-def _terminate(reason: str) -> None:
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def clock_status_fields(status: SkewStatus) -> dict[str, Any]:
