@@ -7,6 +7,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -223,12 +224,16 @@ def test_concurrent_rpc_limit_answers_resource_exhausted(
             while (item := gate.get()) is not None:
                 yield item
 
-        streams = [method(requests(gate), timeout=10) for gate in gates]
+        # The server counts a call from the moment its headers arrive, so each stream is opened
+        # only after the one before it was answered: the third is then the one over the limit.
+        streams: list[Any] = []
         try:
-            for gate, stream in zip(gates[:2], streams[:2], strict=True):
+            for gate in gates[:2]:
+                streams.append(method(requests(gate), timeout=10))
                 gate.put(count_request(1))
-                assert pb.GetTimestampsResponse.FromString(next(stream)).count == 1
+                assert pb.GetTimestampsResponse.FromString(next(streams[-1])).count == 1
             # Two streams are open: the third call is over the limit.
+            streams.append(method(requests(gates[2]), timeout=10))
             gates[2].put(count_request(1))
             with pytest.raises(grpc.RpcError) as raised:
                 next(streams[2])
