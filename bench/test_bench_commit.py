@@ -8,7 +8,9 @@ throughput ratio:
   with 1, 64 and 1024 concurrent submitters; baselines: a plain file written with one ``write``
   and one ``fdatasync`` per transaction (the group's baseline), SQLite with one ``INSERT`` and
   ``COMMIT`` per transaction (synchronous=FULL, journal_mode=WAL: a naive transaction log), and
-  the raw ceiling, 1,000 records per ``fdatasync`` with no other work;
+  the raw ceiling, 1,000 records per ``fdatasync`` with no other work; and the asyncio floor,
+  1024 coroutines awaiting one future per transaction with nothing else done, the most any
+  in-process asyncio submitter could reach on the machine;
 - ``commit grpc 256 callers``: ``AsyncOracleClient.commit()`` from 256 concurrent callers
   against a real server (``CommitStream`` with client merging), beside the in-process scheduler
   with 256 submitters (the baseline: what the network and the service add).
@@ -181,6 +183,49 @@ def test_raw_ceiling_1000_records_per_fsync(benchmark: Any, tmp_path: Path) -> N
 
     benchmark.pedantic(body, rounds=5, iterations=1)
     record_rate(benchmark, TXNS, figures["seconds"], [])
+
+
+async def await_resolved_in_batches(count: int, submitters: int) -> list[float]:
+    """The floor for any in-process asyncio submitter: ``submitters`` coroutines share ``count``
+    awaits of one future each, resolved in batches by one callback on the loop, as the scheduler's
+    writer does, with no checks, no log, no thread and no clock."""
+    loop = asyncio.get_running_loop()
+    pending: list[asyncio.Future[None]] = []
+    latencies: list[float] = []
+
+    def resolve() -> None:
+        batch = pending[:]
+        pending.clear()
+        for future in batch:
+            future.set_result(None)
+
+    queue = iter(range(count))
+
+    async def submitter() -> None:
+        for _ in queue:
+            started = time.perf_counter()
+            future = loop.create_future()
+            if not pending:
+                loop.call_soon(resolve)
+            pending.append(future)
+            await future
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(submitter() for _ in range(submitters)))
+    return latencies
+
+
+def test_asyncio_await_floor_1024(benchmark: Any) -> None:
+    benchmark.group = f"commit sync {TXNS} txns"
+    figures: dict[str, Any] = {}
+
+    def body() -> None:
+        started = time.perf_counter()
+        figures["latencies"] = asyncio.run(await_resolved_in_batches(TXNS, 1024))
+        figures["seconds"] = time.perf_counter() - started
+
+    benchmark.pedantic(body, rounds=3, iterations=1)
+    record_rate(benchmark, TXNS, figures["seconds"], figures["latencies"])
 
 
 # ---- over gRPC ----------------------------------------------------------------------------------
