@@ -50,6 +50,103 @@ def count_request(count: int) -> bytes:
     return pb.GetTimestampsRequest(count=count).SerializeToString()
 
 
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def length_delimited(field: int, body: bytes) -> bytes:
+    return varint(field << 3 | 2) + varint(len(body)) + body
+
+
+def raw_observe(physical: int, logical: int, node: int) -> bytes:
+    """An ObserveRequest written by hand, so each field may hold any 64-bit value."""
+    body = b"\x08" + varint(physical) + b"\x10" + varint(logical) + b"\x18" + varint(node)
+    return length_delimited(1, body)
+
+
+# What the protobuf parser reads without complaint but not as sent: a varint too wide for its
+# uint32 field (truncated to the low 32 bits) and a known field with the wrong wire type (dropped
+# as unknown). Each must be refused, naming the field, rather than served.
+@pytest.mark.parametrize(
+    ("method", "payload", "message"),
+    [
+        (
+            "GetTimestamps",
+            b"\x08" + varint(2**32 + 1),
+            "GetTimestampsRequest.count is 4294967297, out of range for uint32",
+        ),
+        (
+            "GetTimestamps",
+            b"\x08" + varint(2**64 - 1),
+            "GetTimestampsRequest.count is 18446744073709551615, out of range for uint32",
+        ),
+        (
+            "Observe",
+            raw_observe(5, 2**32 + 5, 1),
+            "ObserveRequest.remote.logical is 4294967301, out of range for uint32",
+        ),
+        (
+            "Observe",
+            raw_observe(5, 1, 2**32 + 7),
+            "ObserveRequest.remote.node is 4294967303, out of range for uint32",
+        ),
+        (
+            "GetTimestamps",
+            length_delimited(1, b"abc"),
+            "GetTimestampsRequest.count (field 1) arrived with wire type 2 (length-delimited); "
+            "a uint32 is sent as wire type 0 (varint)",
+        ),
+        (
+            "GetTimestamps",
+            b"\x0d\x05\x00\x00\x00",
+            "GetTimestampsRequest.count (field 1) arrived with wire type 5 (32-bit)",
+        ),
+        (
+            "Observe",
+            length_delimited(1, length_delimited(2, b"\x05")),
+            "ObserveRequest.remote.logical (field 2) arrived with wire type 2 (length-delimited)",
+        ),
+        (
+            "Observe",
+            b"\x08\x05",
+            "ObserveRequest.remote (field 1) arrived with wire type 0 (varint); "
+            "a message is sent as wire type 2",
+        ),
+    ],
+)
+def test_value_the_parser_would_truncate_or_drop_is_refused(
+    channel: grpc.Channel, method: str, payload: bytes, message: str
+) -> None:
+    error = raw_call(channel, method, payload)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert message in (error.details() or ""), error.details()
+    assert_still_serving(channel)
+
+
+def test_unknown_fields_are_still_ignored(channel: grpc.Channel) -> None:
+    # Field 15 (unknown) of every wire type around a valid count: served as count 4.
+    payload = b"\x78\x01" + length_delimited(15, b"xy") + b"\x7d\x00\x00\x00\x00\x08\x04"
+    call = channel.unary_unary(METHOD + "GetTimestamps")
+    response = pb.GetTimestampsResponse.FromString(call(payload, timeout=5))
+    assert response.count == 4
+
+
+def test_oversized_count_on_a_stream_ends_it_with_invalid_argument(channel: grpc.Channel) -> None:
+    stream = channel.stream_stream(METHOD + "StreamTimestamps")
+    responses = stream(iter([count_request(2), b"\x08" + varint(2**32 + 1)]), timeout=5)
+    assert pb.GetTimestampsResponse.FromString(next(responses)).count == 2
+    with pytest.raises(grpc.RpcError) as raised:
+        next(responses)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "count is 4294967297" in (raised.value.details() or "")  # type: ignore[attr-defined]
+    assert_still_serving(channel)
+
+
 @pytest.mark.parametrize(
     ("method", "payload", "code", "message"),
     [
@@ -118,9 +215,11 @@ def test_message_over_the_size_limit(channel: grpc.Channel) -> None:
 
 
 def test_wrong_wire_type_is_not_taken_as_a_count(channel: grpc.Channel) -> None:
-    # Field 1 (count) sent as a length-delimited string: not a varint, so no count was given.
+    # Field 1 (count) sent as a length-delimited string: refused as such, not as "count 0".
     error = raw_call(channel, "GetTimestamps", b"\x0a\x03abc")
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "wire type 2" in (error.details() or "")
+    assert "got 0" not in (error.details() or "")
     assert_still_serving(channel)
 
 

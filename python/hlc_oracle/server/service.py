@@ -2,7 +2,9 @@
 
 Handlers take and return raw bytes (the method handlers have no deserializers) so that a request
 that does not parse gets ``INVALID_ARGUMENT`` with the parser's message instead of grpcio's generic
-``INTERNAL``. All allocation logic is in the Rust ``Clock``; nothing here can move it backwards.
+``INTERNAL``, and so that what the parser would silently truncate or drop (an integer too wide for
+its field, a field with the wrong wire type; see :mod:`hlc_oracle.server.wire`) is refused too.
+All allocation logic is in the Rust ``Clock``; nothing here can move it backwards.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.window import TimestampWindow
+from hlc_oracle.server.wire import WireCheckError, check_wire
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["TimestampOracle"].full_name
 
@@ -38,6 +41,19 @@ class RequestError(Exception):
 
 def _invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _check_wire(raw: bytes, request: Any) -> None:
+    """``INVALID_ARGUMENT`` when the parser truncated or dropped a field of ``raw``. A request that
+    serializes back to the same bytes with no unknown fields (what every well-behaved client
+    sends) needs no closer look."""
+    request.DiscardUnknownFields()
+    if request.SerializeToString() == raw:
+        return
+    try:
+        check_wire(raw, request.DESCRIPTOR)
+    except WireCheckError as err:
+        raise _invalid(str(err)) from err
 
 
 def wire_timestamp(ts: Timestamp) -> pb.Timestamp:
@@ -68,6 +84,7 @@ class TimestampOracleService:
             request = pb.GetTimestampsRequest.FromString(raw)
         except DecodeError as err:
             raise _invalid(f"malformed GetTimestampsRequest: {err}") from err
+        _check_wire(raw, request)
         count = request.count
         if count < 1:
             raise _invalid(f"count must be at least 1, got {count}")
@@ -101,6 +118,7 @@ class TimestampOracleService:
             request = pb.ObserveRequest.FromString(raw)
         except DecodeError as err:
             raise _invalid(f"malformed ObserveRequest: {err}") from err
+        _check_wire(raw, request)
         if not request.HasField("remote"):
             raise _invalid("ObserveRequest.remote is required")
         remote = request.remote
