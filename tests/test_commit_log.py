@@ -108,7 +108,7 @@ def test_damage_in_an_earlier_segment_refuses_to_start(tmp_path: Path) -> None:
         fill(log, 1, 200, 4)
     victim = segments(tmp_path)[1]
     data = bytearray(victim.read_bytes())
-    data[32 + 16 + 3] ^= 0x01  # inside the first record's payload
+    data[32 + 20 + 3] ^= 0x01  # inside the first record's payload (header 32, frame header 20)
     victim.write_bytes(bytes(data))
     with pytest.raises(CommitLogCorruptError) as raised:
         CommitLog.open(tmp_path, segment_size=1024)
@@ -116,6 +116,24 @@ def test_damage_in_an_earlier_segment_refuses_to_start(tmp_path: Path) -> None:
     assert str(victim) in message
     assert "offset 32" in message
     assert isinstance(raised.value, CommitLogError) and isinstance(raised.value, HlcError)
+
+
+def test_damage_before_later_synced_batches_in_the_last_segment_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    """Only the last sync group can be torn: a bad record followed by a batch written after a
+    later fdatasync was acknowledged, so start-up stops instead of cutting it off."""
+    log, _ = CommitLog.open(tmp_path)
+    with log:
+        fill(log, 1, 30, 10)
+    (last,) = segments(tmp_path)
+    data = bytearray(last.read_bytes())
+    fifth = data.index(payload(5))
+    data[fifth + 2] ^= 0x01
+    last.write_bytes(bytes(data))
+    with pytest.raises(CommitLogCorruptError, match=r"record 11 at offset \d+ was written after"):
+        CommitLog.open(tmp_path)
+    assert last.read_bytes() == bytes(data)  # nothing was cut
 
 
 def test_second_open_of_a_directory_is_refused(tmp_path: Path) -> None:

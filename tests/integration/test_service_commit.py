@@ -288,7 +288,7 @@ def test_damaged_commit_log_stops_start_up_naming_file_and_offset(
     assert len(segments) > 2
     victim = segments[0]
     data = bytearray(victim.read_bytes())
-    data[32 + 16 + 5] ^= 0x20  # inside the first record of the first segment
+    data[32 + 20 + 5] ^= 0x20  # inside the first record of the first segment
     victim.write_bytes(bytes(data))
     with pytest.raises(RuntimeError) as raised:
         oracle.start()
@@ -296,7 +296,7 @@ def test_damaged_commit_log_stops_start_up_naming_file_and_offset(
     assert "cannot open the commit log" in message
     assert str(victim) in message and "at offset 32" in message
     # A torn tail of the last segment, on the other hand, is cut and start-up goes on.
-    data[32 + 16 + 5] ^= 0x20
+    data[32 + 20 + 5] ^= 0x20
     victim.write_bytes(bytes(data))
     last = segments[-1]
     written = len(last.read_bytes().rstrip(b"\0"))

@@ -58,6 +58,8 @@ pub struct SegmentDecoder<'a> {
 pub struct Record<'a> {
     pub seq: u64,
     pub offset: u64,
+    /// First record of this record's sync group (written after the same `fdatasync`).
+    pub group_first: u64,
     pub payload: &'a [u8],
 }
 
@@ -111,7 +113,11 @@ impl<'a> SegmentDecoder<'a> {
                 self.finished = true;
                 Ok(None)
             }
-            Ok(Frame::Record { seq, payload }) => {
+            Ok(Frame::Record {
+                seq,
+                group_index,
+                payload,
+            }) => {
                 if seq != self.next_seq {
                     return Err(DecodeError {
                         offset: self.offset as u64,
@@ -124,6 +130,7 @@ impl<'a> SegmentDecoder<'a> {
                 let record = Record {
                     seq,
                     offset: self.offset as u64,
+                    group_first: seq.saturating_sub(u64::from(group_index)),
                     payload,
                 };
                 self.offset += FRAME_HEADER_LEN + payload.len();
@@ -136,6 +143,46 @@ impl<'a> SegmentDecoder<'a> {
             }),
         }
     }
+
+    /// After damage at the decoder's offset: the first intact record further on whose sync group
+    /// starts after `damaged_seq`, if any. Such a record was written after an `fdatasync` that
+    /// already covered the damaged one, so the damage is not a torn write but lost data.
+    ///
+    /// Frames are not aligned, so every byte offset is tried; a candidate must carry a sequence
+    /// number the rest of the segment could hold before its checksum is computed, which keeps
+    /// the scan linear on garbage.
+    pub fn later_synced_record(&self, damaged_seq: u64) -> Option<Record<'a>> {
+        let end = self.bytes.len();
+        let most_records = (end - self.offset) as u64 / FRAME_HEADER_LEN as u64 + 1;
+        let plausible = damaged_seq..damaged_seq.saturating_add(most_records);
+        (self.offset..end).find_map(|at| {
+            let rest = &self.bytes[at..];
+            let seq = rest.get(8..16).map(|word| {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(word);
+                u64::from_le_bytes(bytes)
+            })?;
+            if !plausible.contains(&seq) {
+                return None;
+            }
+            match decode_frame(rest) {
+                Ok(Frame::Record {
+                    seq,
+                    group_index,
+                    payload,
+                }) => {
+                    let group_first = seq.saturating_sub(u64::from(group_index));
+                    (group_first > damaged_seq).then_some(Record {
+                        seq,
+                        offset: at as u64,
+                        group_first,
+                        payload,
+                    })
+                }
+                _ => None,
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -146,7 +193,7 @@ mod tests {
     fn segment(first_seq: u64, payloads: &[&[u8]], zeros: usize) -> Vec<u8> {
         let mut bytes = SegmentHeader { first_seq }.encode().to_vec();
         for (i, payload) in payloads.iter().enumerate() {
-            encode_frame(&mut bytes, first_seq + i as u64, payload);
+            encode_frame(&mut bytes, first_seq + i as u64, i as u32, payload);
         }
         bytes.extend(std::iter::repeat_n(0u8, zeros));
         bytes
@@ -213,8 +260,8 @@ mod tests {
     #[test]
     fn wrong_sequence_number_is_damage() {
         let mut bytes = SegmentHeader { first_seq: 5 }.encode().to_vec();
-        encode_frame(&mut bytes, 5, b"x");
-        encode_frame(&mut bytes, 7, b"y");
+        encode_frame(&mut bytes, 5, 0, b"x");
+        encode_frame(&mut bytes, 7, 1, b"y");
         let err = read_all(&bytes).unwrap_err();
         assert_eq!(
             err.kind,

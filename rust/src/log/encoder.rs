@@ -16,8 +16,9 @@ pub struct Encoder {
     offset: u64,
     /// Reused between batches so appending allocates nothing in the steady state.
     buffer: Vec<u8>,
-    /// Bytes written since the last sync.
-    unsynced: bool,
+    /// Records written since the last sync: the size of the current sync group, which every
+    /// frame carries as its `group_index` so that recovery can tell a torn tail from damage.
+    unsynced: u32,
 }
 
 impl Encoder {
@@ -27,7 +28,7 @@ impl Encoder {
             path,
             offset,
             buffer: Vec::new(),
-            unsynced: false,
+            unsynced: 0,
         }
     }
 
@@ -54,13 +55,15 @@ impl Encoder {
     pub fn append<P: AsRef<[u8]>>(&mut self, first_seq: u64, payloads: &[P], sync: bool) {
         self.buffer.clear();
         for (seq, payload) in (first_seq..).zip(payloads) {
-            encode_frame(&mut self.buffer, seq, payload.as_ref());
+            encode_frame(&mut self.buffer, seq, self.unsynced, payload.as_ref());
+            // Saturating: a group index that is too small only makes recovery more lenient
+            // (it treats more of the tail as unsynced), never stricter.
+            self.unsynced = self.unsynced.saturating_add(1);
         }
         if let Err(err) = self.file.write_all_at(&self.buffer, self.offset) {
             fatal(&self.path, "write", &err);
         }
         self.offset += self.buffer.len() as u64;
-        self.unsynced = true;
         if sync {
             self.sync();
         }
@@ -72,12 +75,12 @@ impl Encoder {
 
     /// `fdatasync` of everything written so far; a failure aborts the process.
     pub fn sync(&mut self) {
-        if !self.unsynced {
+        if self.unsynced == 0 {
             return;
         }
         if let Err(err) = self.file.sync_data() {
             fatal(&self.path, "fdatasync", &err);
         }
-        self.unsynced = false;
+        self.unsynced = 0;
     }
 }

@@ -8,12 +8,18 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"HLCWAL\r\n";
 /// First 8 bytes of the checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"HLCCKP\r\n";
 /// Bumped on any incompatible change of the layout below; readers refuse other versions.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version 2 added `group_index` to the frame header, so recovery can tell a torn tail from
+/// damage to records that were already synced.
+pub const FORMAT_VERSION: u16 = 2;
 
 /// `magic[8] | version u16 | flags u16 | reserved u32 | first_seq u64 | crc32c u32 | zero u32`.
 pub const SEGMENT_HEADER_LEN: usize = 32;
-/// `crc32c u32 | len u32 | seq u64`, then `len` payload bytes.
-pub const FRAME_HEADER_LEN: usize = 16;
+/// `crc32c u32 | len u32 | seq u64 | group_index u32`, then `len` payload bytes.
+///
+/// `group_index` is the record's position among the records written since the last completed
+/// `fdatasync` (its "sync group"): `seq - group_index` is the first record that a crash could
+/// have torn together with this one.
+pub const FRAME_HEADER_LEN: usize = 20;
 /// Largest payload of one record; anything larger read from disk is damage, not data.
 pub const MAX_RECORD_LEN: usize = 64 << 20;
 /// `magic[8] | version u16 | flags u16 | len u32 | covered_seq u64 | crc32c u32 | zero u32`.
@@ -100,13 +106,15 @@ impl SegmentHeader {
     }
 }
 
-/// Appends one framed record to `out`. The checksum covers the length, the sequence number and
-/// the payload, so a record moved or renumbered by damage does not verify.
-pub fn encode_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+/// Appends one framed record to `out`. The checksum covers everything after it (length,
+/// sequence number, group index, payload), so a record moved or renumbered by damage does not
+/// verify.
+pub fn encode_frame(out: &mut Vec<u8>, seq: u64, group_index: u32, payload: &[u8]) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let mut covered = [0u8; 12];
+    let mut covered = [0u8; FRAME_HEADER_LEN - 4];
     covered[..4].copy_from_slice(&len.to_le_bytes());
-    covered[4..].copy_from_slice(&seq.to_le_bytes());
+    covered[4..12].copy_from_slice(&seq.to_le_bytes());
+    covered[12..].copy_from_slice(&group_index.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&covered), payload);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&covered);
@@ -118,6 +126,9 @@ pub fn encode_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
 pub enum Frame<'a> {
     Record {
         seq: u64,
+        /// Position in the sync group: records `seq - group_index ..= seq` were written together
+        /// after the same `fdatasync`.
+        group_index: u32,
         payload: &'a [u8],
     },
     /// An all-zero frame header: the end of the written data (the rest is preallocated zeros).
@@ -144,6 +155,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FormatError> {
         return Err(FormatError::RecordTooLarge(len));
     }
     let seq = read_u64(header, 8);
+    let group_index = read_u32(header, 16);
     let payload =
         bytes
             .get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len)
@@ -155,7 +167,11 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FormatError> {
     if computed != stored {
         return Err(FormatError::RecordChecksum { stored, computed });
     }
-    Ok(Frame::Record { seq, payload })
+    Ok(Frame::Record {
+        seq,
+        group_index,
+        payload,
+    })
 }
 
 /// The checkpoint file: opaque state from the log's user, valid for every record up to
@@ -248,13 +264,14 @@ mod tests {
     #[test]
     fn frame_round_trips() {
         let mut buf = Vec::new();
-        encode_frame(&mut buf, 7, b"hello");
-        encode_frame(&mut buf, 8, b"");
+        encode_frame(&mut buf, 7, 0, b"hello");
+        encode_frame(&mut buf, 8, 1, b"");
         let first = decode_frame(&buf).unwrap();
         assert_eq!(
             first,
             Frame::Record {
                 seq: 7,
+                group_index: 0,
                 payload: b"hello"
             }
         );
@@ -263,6 +280,7 @@ mod tests {
             decode_frame(rest).unwrap(),
             Frame::Record {
                 seq: 8,
+                group_index: 1,
                 payload: b""
             }
         );
@@ -274,13 +292,13 @@ mod tests {
     #[test]
     fn every_bit_flip_is_detected() {
         let mut buf = Vec::new();
-        encode_frame(&mut buf, 3, b"some payload bytes");
+        encode_frame(&mut buf, 3, 2, b"some payload bytes");
         for byte in 0..buf.len() {
             for bit in 0..8 {
                 let mut bad = buf.clone();
                 bad[byte] ^= 1 << bit;
                 assert!(
-                    !matches!(decode_frame(&bad), Ok(Frame::Record { seq: 3, payload }) if payload == b"some payload bytes"),
+                    !matches!(decode_frame(&bad), Ok(Frame::Record { seq: 3, group_index: 2, payload }) if payload == b"some payload bytes"),
                     "flip at byte {byte} bit {bit} went unnoticed"
                 );
             }
@@ -290,7 +308,7 @@ mod tests {
     #[test]
     fn short_and_oversized_frames_are_errors() {
         let mut buf = Vec::new();
-        encode_frame(&mut buf, 1, b"abcdef");
+        encode_frame(&mut buf, 1, 0, b"abcdef");
         assert!(matches!(
             decode_frame(&buf[..buf.len() - 1]),
             Err(FormatError::Short { .. })

@@ -1,7 +1,15 @@
 //! Start-up replay: the checkpoint, then every segment in sequence order, each record handed to
-//! the caller once. A torn or short record at the tail of the LAST segment was never acknowledged
-//! (its batch's fdatasync had not returned), so it is cut off; damage anywhere else means
-//! acknowledged data is unreadable, and start-up stops with an error naming the file and offset.
+//! the caller once.
+//!
+//! A torn or short record at the tail of the LAST segment was never acknowledged (its batch's
+//! fdatasync had not returned), so it is cut off. It is torn only if nothing written after a
+//! later fdatasync follows it: every frame says where its sync group starts, and an intact frame
+//! further on whose group starts after the damaged record proves the damaged one had been synced
+//! (and so acknowledged). That, and damage anywhere else, means acknowledged data is unreadable:
+//! start-up stops with an error naming the file and offset.
+//!
+//! Segments that the checkpoint covers entirely are leftovers of a checkpoint whose removals a
+//! crash interrupted: they are not read, and their removal is finished here.
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -9,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::log::decoder::{DecodeError, SegmentDecoder};
 use crate::log::format::decode_checkpoint;
-use crate::log::segments::{fatal, list_segments, CHECKPOINT_NAME};
+use crate::log::segments::{fatal, list_segments, remove_segments, CHECKPOINT_NAME};
 use crate::log::LogError;
 
 /// Figures of one recovery, for the start-up log line.
@@ -46,7 +54,15 @@ pub fn recover(dir: &Path, visit: &mut dyn FnMut(u64, &[u8])) -> Result<Recovere
     let mut stats = RecoveryStats::default();
     let checkpoint = read_checkpoint(dir)?;
     let covered = checkpoint.as_ref().map_or(0, |(seq, _)| *seq);
-    let segments = list_segments(dir)?;
+    let mut segments = list_segments(dir)?;
+    // The same rule as `CommitLog::checkpoint`: a segment is covered when the next one starts at
+    // or below `covered + 1`.
+    let leftovers = segments
+        .windows(2)
+        .take_while(|pair| pair[1].0.saturating_sub(1) <= covered)
+        .count();
+    let leftover_paths: Vec<PathBuf> = segments.drain(..leftovers).map(|(_, p)| p).collect();
+    remove_segments(dir, &leftover_paths)?;
     stats.segments = segments.len();
 
     let mut next_seq = covered + 1;
@@ -98,6 +114,18 @@ pub fn recover(dir: &Path, visit: &mut dyn FnMut(u64, &[u8])) -> Result<Recovere
                 }
                 Ok(None) => break,
                 Err(err) if is_last => {
+                    if let Some(later) = decoder.later_synced_record(decoder.next_seq()) {
+                        return Err(LogError::Corrupt {
+                            path: path.clone(),
+                            offset: err.offset,
+                            detail: format!(
+                                "{err}; record {} at offset {} was written after a later \
+                                 fdatasync (its sync group starts at record {}), so the damaged \
+                                 records had been synced and acknowledged",
+                                later.seq, later.offset, later.group_first
+                            ),
+                        });
+                    }
                     let cut = decoder.valid_end();
                     let written_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
                     stats.truncated_bytes = (written_end as u64).saturating_sub(cut);

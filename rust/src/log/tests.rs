@@ -321,3 +321,113 @@ fn unsynced_appends_become_durable_on_sync() {
     let (_, seen, _) = open(&dir.0, DEFAULT_SEGMENT_SIZE).unwrap();
     assert_eq!(seen.len(), 2);
 }
+
+/// `(seq, offset)` of every record of a healthy segment file.
+fn record_offsets(path: &Path) -> Vec<(u64, usize)> {
+    let bytes = fs::read(path).unwrap();
+    let mut decoder = SegmentDecoder::new(&bytes).unwrap();
+    let mut offsets = Vec::new();
+    while let Some(record) = decoder.next_record().unwrap() {
+        offsets.push((record.seq, record.offset as usize));
+    }
+    offsets
+}
+
+/// Flips one payload byte of record `seq` in the last segment; returns the record's offset.
+fn damage_record(dir: &Path, seq: u64) -> u64 {
+    let path = last_segment(dir);
+    let (_, at) = record_offsets(&path)
+        .into_iter()
+        .find(|&(s, _)| s == seq)
+        .unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[at + FRAME_HEADER_LEN + 1] ^= 0x10;
+    fs::write(&path, &bytes).unwrap();
+    at as u64
+}
+
+#[test]
+fn damage_followed_by_a_later_synced_batch_in_the_last_segment_refuses_to_open() {
+    let dir = TempDir::new("flip-mid-last");
+    {
+        let (mut log, _, _) = open(&dir.0, DEFAULT_SEGMENT_SIZE).unwrap();
+        fill(&mut log, 30, 10); // synced batches 1..=10, 11..=20, 21..=30
+    }
+    let at = damage_record(&dir.0, 5);
+    let damaged = fs::read(last_segment(&dir.0)).unwrap();
+    match open(&dir.0, DEFAULT_SEGMENT_SIZE) {
+        Err(err @ LogError::Corrupt { .. }) => {
+            let LogError::Corrupt { offset, .. } = &err else {
+                unreachable!()
+            };
+            assert_eq!(*offset, at);
+            let message = err.to_string();
+            assert!(message.contains("record 11"), "{message}");
+            assert!(message.contains("acknowledged"), "{message}");
+        }
+        other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
+    }
+    // Refusing changed nothing: the records after the damage are still there to be rescued.
+    assert_eq!(fs::read(last_segment(&dir.0)).unwrap(), damaged);
+}
+
+#[test]
+fn a_torn_last_batch_is_truncated_even_when_its_later_records_reached_the_disk() {
+    let dir = TempDir::new("torn-group");
+    {
+        let (mut log, _, _) = open(&dir.0, DEFAULT_SEGMENT_SIZE).unwrap();
+        fill(&mut log, 20, 10); // synced batches 1..=10 and 11..=20
+    }
+    // A crash can write a batch's pages out of order: record 12 lost, 13..=20 on disk.
+    let at = damage_record(&dir.0, 12);
+    let (log, seen, recovered) = open(&dir.0, DEFAULT_SEGMENT_SIZE).unwrap();
+    assert_eq!(seen, expected(1..=11));
+    assert_eq!(log.next_seq(), 12);
+    assert_eq!(recovered.stats.truncated_at.unwrap().1, at);
+}
+
+#[test]
+fn unsynced_appends_share_one_sync_group_with_the_batch_that_syncs_them() {
+    let dir = TempDir::new("unsynced-group");
+    {
+        let (mut log, _, _) = open(&dir.0, DEFAULT_SEGMENT_SIZE).unwrap();
+        fill(&mut log, 4, 4);
+        log.append(&[payload(5), payload(6)], false).unwrap();
+        log.append(&[payload(7), payload(8)], true).unwrap();
+    }
+    // 5..=8 were written after the same fdatasync: damage to 5 with 7 intact is a torn write.
+    damage_record(&dir.0, 5);
+    let (_, seen, _) = open(&dir.0, DEFAULT_SEGMENT_SIZE).unwrap();
+    assert_eq!(seen, expected(1..=4));
+}
+
+#[test]
+fn segments_left_behind_by_an_interrupted_checkpoint_are_removed_on_open() {
+    let dir = TempDir::new("checkpoint-leftovers");
+    let saved: Vec<(PathBuf, Vec<u8>)>;
+    {
+        let (mut log, _, _) = open(&dir.0, 1024).unwrap();
+        fill(&mut log, 200, 4);
+        saved = log
+            .segment_paths()
+            .iter()
+            .map(|p| (p.clone(), fs::read(p).unwrap()))
+            .collect();
+        assert!(log.checkpoint(150, b"snapshot-at-150").unwrap() > 1);
+    }
+    // A crash after the checkpoint's rename, before its removals reached the disk.
+    let mut restored = 0;
+    for (path, bytes) in &saved {
+        if !path.exists() {
+            fs::write(path, bytes).unwrap();
+            restored += 1;
+        }
+    }
+    assert!(restored > 1);
+    let (log, seen, recovered) = open(&dir.0, 1024).unwrap();
+    assert_eq!(seen, expected(151..=200));
+    assert_eq!(recovered.checkpoint.unwrap().0, 150);
+    assert_eq!(log.next_seq(), 201);
+    let left = saved.iter().filter(|(path, _)| path.exists()).count();
+    assert_eq!(left, saved.len() - restored);
+}
