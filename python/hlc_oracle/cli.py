@@ -179,12 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--keys", type=int, default=8, help="keys per transaction in commit mode (half read)"
     )
     bench.add_argument("--concurrency", type=int, default=64, help="callers (default %(default)s)")
-    bench.add_argument("--count", type=int, default=1, help="count per request (ranges, unary)")
+    bench.add_argument(
+        "--count",
+        type=int,
+        help="timestamps per request in ranges and unary modes (default 1; refused in merged "
+        "and commit modes, whose requests are one timestamp or transaction each)",
+    )
     bench.add_argument(
         "--requests", type=int, default=100_000, help="calls in all (default %(default)s)"
     )
     bench.add_argument(
-        "--duration", type=float, default=30.0, help="stop after this many seconds at most"
+        "--duration",
+        type=float,
+        default=30.0,
+        help="stop after this many seconds at most, > 0 (default %(default)s)",
     )
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     _client_arguments(bench)
@@ -292,10 +300,29 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[index]
 
 
+def bench_count(args: argparse.Namespace) -> int:
+    """``--count`` as the timestamps each call asks for; ``ConfigError`` where it means nothing."""
+    if args.count is None:
+        return 1
+    if args.mode in ("merged", "commit"):
+        raise config_module.ConfigError(
+            f"--count applies to --mode ranges and unary only; each {args.mode} call is one "
+            + ("timestamp" if args.mode == "merged" else "transaction")
+        )
+    if args.count < 1:
+        raise config_module.ConfigError(f"--count must be at least 1, got {args.count}")
+    return int(args.count)
+
+
 async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the load; returns calls, timestamps, seconds, throughput and latency percentiles."""
-    if args.concurrency < 1 or args.requests < 1 or args.count < 1:
-        raise config_module.ConfigError("--concurrency, --requests and --count must be at least 1")
+    count = bench_count(args)
+    if args.concurrency < 1 or args.requests < 1:
+        raise config_module.ConfigError("--concurrency and --requests must be at least 1")
+    if not args.duration > 0 or args.duration == float("inf"):
+        raise config_module.ConfigError(
+            f"--duration must be a finite number of seconds above 0, got {args.duration}"
+        )
     latencies: list[float] = []
     issued = 0
     deadline = time.perf_counter() + args.duration
@@ -327,9 +354,9 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     if not isinstance(outcome, Committed):
                         raise OracleError(grpc.StatusCode.INTERNAL, f"unexpected {outcome!r}")
                 elif args.mode == "ranges":
-                    await client.get_timestamps(args.count)
+                    await client.get_timestamps(count)
                 else:
-                    await client.get_timestamps_unary(args.count)
+                    await client.get_timestamps_unary(count)
                 latencies.append(time.perf_counter() - started)
                 progress.update(len(latencies), begin)
 
@@ -340,7 +367,9 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         progress.finish()
         batches = client.commit_batches if args.mode == "commit" else client.batches
     latencies.sort()
-    per_call = args.count if args.mode == "unary" else 1
+    # Timestamps per completed call: the requested range in ranges and unary modes, one otherwise
+    # (a merged get_timestamp(), or a commit's one commit timestamp).
+    per_call = count
     return {
         "mode": args.mode,
         "concurrency": args.concurrency,
@@ -351,7 +380,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "timestamps_per_second": round(len(latencies) * per_call / elapsed),
         "merged_requests": batches,
         "latency_us": {
-            name: round(percentile(latencies, q) * 1e6, 1)
+            name: round(percentile(latencies, q) * 1e6, 1) if latencies else None
             for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
         },
     }

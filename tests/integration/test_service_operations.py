@@ -210,3 +210,41 @@ def test_cli_exit_codes(oracle: OracleProcess, tmp_path: Path) -> None:
     unusable = run_cli("serve", "--listen", "127.0.0.1:0", "--data-dir", str(not_a_directory))
     assert unusable.returncode == 1
     assert "timestamp-window" in unusable.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "count", "calls", "timestamps"),
+    [("ranges", "1000", 40, 40_000), ("unary", "7", 40, 280), ("merged", None, 40, 40)],
+)
+def test_cli_bench_counts_timestamps_in_every_mode(
+    oracle: OracleProcess, mode: str, count: str | None, calls: int, timestamps: int
+) -> None:
+    args = ["bench", "--target", oracle.target, "--mode", mode, "--requests", str(calls)]
+    if count is not None:
+        args += ["--count", count]
+    bench = run_cli(*args, "--concurrency", "4", "--no-progress")
+    assert bench.returncode == 0, bench.stderr
+    result = json.loads(bench.stdout.splitlines()[-1])
+    assert (result["calls"], result["timestamps"]) == (calls, timestamps)
+    assert f"{calls} calls ({timestamps} timestamps)" in bench.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "merged", "--count", "5"], "--count applies to --mode ranges and unary only"),
+        (["--count", "5"], "--count applies to --mode ranges and unary only"),
+        (["--mode", "commit", "--count", "5"], "each commit call is one transaction"),
+        (["--mode", "ranges", "--count", "0"], "--count must be at least 1, got 0"),
+        (["--duration", "-1"], "--duration must be a finite number of seconds above 0, got -1"),
+        (["--duration", "0"], "above 0, got 0"),
+        (["--duration", "nan"], "above 0, got nan"),
+    ],
+)
+def test_cli_bench_refuses_meaningless_arguments(
+    oracle: OracleProcess, args: list[str], message: str
+) -> None:
+    bench = run_cli("bench", "--target", oracle.target, "--requests", "10", *args)
+    assert bench.returncode == 2, bench.stdout + bench.stderr
+    assert message in bench.stderr
+    assert "nan" not in bench.stdout.lower()
