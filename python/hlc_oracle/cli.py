@@ -103,8 +103,20 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _client_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     credentials = None
-    if args.tls_ca or args.tls_cert:
-        credentials = channel_credentials(args.tls_ca, args.tls_key, args.tls_cert)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        given, missing = (
+            ("--tls-cert", "--tls-key") if args.tls_key is None else ("--tls-key", "--tls-cert")
+        )
+        raise config_module.ConfigError(
+            f"{given} needs {missing} (mutual TLS takes the client certificate and its key)"
+        )
+    if args.tls_ca is not None or args.tls_cert is not None:
+        try:
+            credentials = channel_credentials(args.tls_ca, args.tls_key, args.tls_cert)
+        except OSError as err:
+            raise config_module.ConfigError(err.strerror or str(err)) from err
+        except ValueError as err:
+            raise config_module.ConfigError(str(err)) from err
     if args.retries < 1:
         raise config_module.ConfigError(f"--retries must be at least 1, got {args.retries}")
     return {

@@ -34,6 +34,7 @@ import grpc
 from hlc_oracle import Aborted, Committed, HlcError, Timestamp, TimestampRange, Transaction
 from hlc_oracle._core import decode_commit_results, encode_commit_request
 from hlc_oracle.proto import oracle_pb2 as pb
+from hlc_oracle.tls import read_pem
 
 T = TypeVar("T")
 Answer = TypeVar("Answer")
@@ -538,13 +539,26 @@ def channel_credentials(
     private_key: Path | bytes | None = None,
     certificate_chain: Path | bytes | None = None,
 ) -> grpc.ChannelCredentials:
-    """TLS credentials from PEM files or bytes (key and chain for mutual TLS)."""
+    """TLS credentials from PEM files or bytes (key and chain for mutual TLS).
 
-    def read(value: Path | bytes | None) -> bytes | None:
-        return value.read_bytes() if isinstance(value, Path) else value
-
+    ``root_certificates`` None trusts the system's CAs. ``private_key`` and ``certificate_chain``
+    go together (gRPC's C core would abort the process on one without the other): ``ValueError``
+    when only one is given, ``OSError`` naming the file when one cannot be read,
+    :class:`~hlc_oracle.tls.PemError` (a ``ValueError``) naming it when it is not PEM.
+    """
+    if (private_key is None) != (certificate_chain is None):
+        missing = "certificate_chain" if certificate_chain is None else "private_key"
+        raise ValueError(
+            f"mutual TLS needs private_key and certificate_chain: {missing} is missing"
+        )
     return grpc.ssl_channel_credentials(
-        read(root_certificates), read(private_key), read(certificate_chain)
+        read_pem(root_certificates, "certificate", "CA bundle")
+        if root_certificates is not None
+        else None,
+        read_pem(private_key, "private key", "client key") if private_key is not None else None,
+        read_pem(certificate_chain, "certificate", "client certificate")
+        if certificate_chain is not None
+        else None,
     )
 
 

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from hlc_oracle.client import OracleClient, OracleUnavailableError, RetryPolicy, channel_credentials
+from hlc_oracle.tls import PemError
 
 from tests.integration.oracle_process import OracleProcess
 
@@ -248,3 +249,105 @@ def test_cli_bench_refuses_meaningless_arguments(
     assert bench.returncode == 2, bench.stdout + bench.stderr
     assert message in bench.stderr
     assert "nan" not in bench.stdout.lower()
+
+
+def test_cli_now_over_tls_and_mutual_tls(
+    start_oracle: Callable[..., OracleProcess], pki: dict[str, Path]
+) -> None:
+    server = start_oracle(
+        "--tls-cert", str(pki["server.pem"]), "--tls-key", str(pki["server-key.pem"]),
+        "--tls-client-ca", str(pki["ca.pem"]),
+        wait_healthy=False,
+    )  # fmt: skip
+    now = run_cli(
+        "now", "--target", server.target, "--tls-ca", str(pki["ca.pem"]),
+        "--tls-cert", str(pki["client.pem"]), "--tls-key", str(pki["client-key.pem"]),
+    )  # fmt: skip
+    assert now.returncode == 0, now.stderr
+    assert now.stdout.strip()
+
+
+def fill(text: str, files: dict[str, str]) -> str:
+    """``text`` with each ``{name}`` replaced by the path ``files[name]``."""
+    for name, path in files.items():
+        text = text.replace("{" + name + "}", path)
+    return text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tls-cert", "{client.pem}"], "--tls-cert needs --tls-key"),
+        (["--tls-key", "{client-key.pem}"], "--tls-key needs --tls-cert"),
+        (["--tls-ca", "/nonexistent/ca.pem"], "cannot read the CA bundle /nonexistent/ca.pem"),
+        (["--tls-ca", "{client-key.pem}"], "is not a PEM certificate"),
+        (["--tls-ca", "{garbage}"], "{garbage} is not a PEM certificate"),
+        (
+            ["--tls-ca", "{ca.pem}", "--tls-cert", "{client.pem}", "--tls-key", "{garbage}"],
+            "the client key {garbage} is not a PEM private key",
+        ),
+        (
+            ["--tls-cert", "/nonexistent/c.pem", "--tls-key", "{client-key.pem}"],
+            "cannot read the client certificate /nonexistent/c.pem",
+        ),
+    ],
+)
+def test_cli_tls_flags_are_checked_before_connecting(
+    pki: dict[str, Path], tmp_path: Path, flags: list[str], message: str
+) -> None:
+    files = {name: str(path) for name, path in pki.items()}
+    files["garbage"] = str(tmp_path / "garbage.pem")
+    (tmp_path / "garbage.pem").write_text("not pem at all\n")
+    args = [fill(flag, files) for flag in flags]
+    # Nothing listens on port 1: a usage error must be found before any connection attempt.
+    result = run_cli("now", "--target", "127.0.0.1:1", "--retries", "1", *args)
+    assert result.returncode == 2, result.stderr
+    assert fill(message, files) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_channel_credentials_raise_typed_errors_naming_the_file(
+    pki: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="private_key is missing"):
+        channel_credentials(pki["ca.pem"], None, pki["client.pem"])
+    with pytest.raises(ValueError, match="certificate_chain is missing"):
+        channel_credentials(pki["ca.pem"], pki["client-key.pem"])
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(FileNotFoundError, match=f"cannot read the CA bundle {missing}"):
+        channel_credentials(missing)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n")
+    with pytest.raises(PemError, match=f"the CA bundle {garbage}: the CERTIFICATE block"):
+        channel_credentials(garbage)
+    with pytest.raises(PemError, match=r"client key .* is not a PEM private key"):
+        channel_credentials(pki["ca.pem"], pki["client.pem"], pki["client.pem"])
+    # PEM bytes are checked too.
+    with pytest.raises(PemError, match=r"the CA bundle \(bytes\) is not a PEM certificate"):
+        channel_credentials(b"nope")
+    assert channel_credentials(pki["ca.pem"].read_bytes()) is not None
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "message"),
+    [
+        ("{garbage}", "{server-key.pem}", "the TLS certificate (tls.cert_file) {garbage} is not"),
+        ("{server.pem}", "{garbage}", "the TLS key (tls.key_file) {garbage} is not a PEM private"),
+        ("{server.pem}", "{server.pem}", "(tls.key_file) {server.pem} is not a PEM private key"),
+        ("{missing}", "{server-key.pem}", "cannot read the TLS certificate (tls.cert_file)"),
+    ],
+)
+def test_serve_checks_tls_files_before_binding(
+    pki: dict[str, Path], tmp_path: Path, cert: str, key: str, message: str
+) -> None:
+    files = {name: str(path) for name, path in pki.items()}
+    files["garbage"] = str(tmp_path / "garbage.pem")
+    files["missing"] = str(tmp_path / "missing.pem")
+    (tmp_path / "garbage.pem").write_text("garbage\n")
+    result = run_cli(
+        "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
+        "--tls-cert", fill(cert, files), "--tls-key", fill(key, files),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert fill(message, files) in result.stderr
+    assert "Failed to bind" not in result.stderr

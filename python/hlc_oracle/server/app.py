@@ -38,6 +38,7 @@ from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.service import SERVICE_NAME, TimestampOracleService, wire_timestamp
 from hlc_oracle.server.skew_guard import build_skew_monitor, clock_status_fields
 from hlc_oracle.server.window import TimestampWindow, WindowStore, floor_for
+from hlc_oracle.tls import PemError, read_pem
 
 log = logging.getLogger("hlc_oracle.server")
 
@@ -169,12 +170,20 @@ class OracleServer:
         tls = self.config.tls
         if tls.cert_file is None or tls.key_file is None:
             return None
+        # Checked here, before binding: gRPC reports a file that is not PEM only as "Failed to
+        # bind to address", without naming it.
         try:
-            cert = tls.cert_file.read_bytes()
-            key = tls.key_file.read_bytes()
-            ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+            cert = read_pem(tls.cert_file, "certificate", "TLS certificate (tls.cert_file)")
+            key = read_pem(tls.key_file, "private key", "TLS key (tls.key_file)")
+            ca = (
+                read_pem(tls.client_ca_file, "certificate", "client CA (tls.client_ca_file)")
+                if tls.client_ca_file
+                else None
+            )
         except OSError as err:
-            raise StartupError(f"cannot read TLS file {err.filename}: {err.strerror}") from err
+            raise StartupError(err.strerror or str(err)) from err
+        except PemError as err:
+            raise StartupError(str(err)) from err
         return grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
         )
@@ -211,7 +220,12 @@ class OracleServer:
             else:
                 port = server.add_secure_port(listen, credentials)
         except RuntimeError as err:
-            raise StartupError(f"cannot listen on {listen}: {err}") from err
+            hint = (
+                " (the TLS files are PEM: check that tls.key_file is the key of tls.cert_file)"
+                if credentials is not None
+                else ""
+            )
+            raise StartupError(f"cannot listen on {listen}: {err}{hint}") from err
         if not port:
             raise StartupError(f"cannot listen on {listen}")
         self.port = port
