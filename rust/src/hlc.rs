@@ -328,6 +328,14 @@ impl Clock {
         Ok(previous.max(ceiling_packed(physical)) >> LOGICAL_BITS)
     }
 
+    /// Moves the clock to at least `floor` (never back), so that everything it hands out from now
+    /// on is above it: a restore after a restart. Unlike `update`, a floor ahead of the physical
+    /// clock is taken whatever the distance: it is this oracle's own history, not a remote claim,
+    /// and refusing it would hand out timestamps below what was already used.
+    pub fn raise_floor(&self, floor: Timestamp) {
+        self.state.fetch_max(floor.packed(), Ordering::AcqRel);
+    }
+
     /// Reads the physical clock, counting backward jumps.
     pub fn physical_now(&self) -> u64 {
         let now = self.source.now_us();

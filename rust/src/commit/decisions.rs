@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::commit::Outcome;
+use crate::commit::{AbortReason, Outcome};
 use crate::conflict::TxnId;
 use crate::timestamp::Timestamp;
 
@@ -17,6 +17,19 @@ pub struct Decision {
     /// decision is forgotten, transactions starting at or below it are refused as too old, so a
     /// late resubmission can never be decided a second time.
     pub decided_at: Timestamp,
+}
+
+impl Decision {
+    /// Where the low watermark must stand once this decision is forgotten, the clock reading
+    /// `now`: its `decided_at`, except that a requested abort's fence (up to the max offset past
+    /// the abort) is taken only as far as `now`, so that forgetting never refuses transactions
+    /// that start after it.
+    pub fn watermark_when_forgotten(&self, now: Timestamp) -> Timestamp {
+        match self.outcome {
+            Outcome::Aborted(AbortReason::Requested) => self.decided_at.min(now),
+            _ => self.decided_at,
+        }
+    }
 }
 
 pub struct DecisionIndex {
@@ -47,15 +60,16 @@ impl DecisionIndex {
         self.map.is_empty()
     }
 
-    /// Remembers `decision`; returns the newest `decided_at` of the decisions this forgot.
-    pub fn insert(&mut self, id: TxnId, decision: Decision) -> Option<Timestamp> {
+    /// Remembers `decision`; returns where the low watermark must rise for the decisions this
+    /// forgot (see [`Decision::watermark_when_forgotten`]), the clock reading `now`.
+    pub fn insert(&mut self, id: TxnId, decision: Decision, now: Timestamp) -> Option<Timestamp> {
         let mut forgotten: Option<Timestamp> = None;
         if self.map.insert(id, decision).is_none() {
             self.order.push_back(id);
             while self.order.len() > self.capacity {
                 if let Some(old) = self.order.pop_front() {
                     if let Some(gone) = self.map.remove(&old) {
-                        forgotten = forgotten.max(Some(gone.decided_at));
+                        forgotten = forgotten.max(Some(gone.watermark_when_forgotten(now)));
                     }
                 }
             }
@@ -67,7 +81,10 @@ impl DecisionIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commit::AbortReason;
+
+    fn at(us: u64) -> Timestamp {
+        Timestamp::new(us, 0, 0).unwrap()
+    }
 
     #[test]
     fn keeps_the_newest_capacity_ids() {
@@ -77,16 +94,40 @@ mod tests {
             forgotten.push(index.insert(
                 id,
                 Decision {
-                    outcome: Outcome::Aborted(AbortReason::Requested),
-                    fingerprint: None,
-                    decided_at: Timestamp::new(id * 10, 0, 0).unwrap(),
+                    outcome: Outcome::Committed(at(id * 10)),
+                    fingerprint: Some(id),
+                    decided_at: at(id * 10),
                 },
+                at(1_000),
             ));
         }
         assert_eq!(index.len(), 3);
-        let at = |us| Some(Timestamp::new(us, 0, 0).unwrap());
-        assert_eq!(forgotten, vec![None, None, None, at(10), at(20)]);
+        assert_eq!(
+            forgotten,
+            vec![None, None, None, Some(at(10)), Some(at(20))]
+        );
         assert!(index.get(2).is_none());
         assert!(index.get(3).is_some() && index.get(5).is_some());
+    }
+
+    #[test]
+    fn a_requested_abort_fences_only_up_to_the_clock_when_forgotten() {
+        let mut index = DecisionIndex::new(1);
+        let abort = Decision {
+            outcome: Outcome::Aborted(AbortReason::Requested),
+            fingerprint: None,
+            decided_at: at(500),
+        };
+        let commit = |ts| Decision {
+            outcome: Outcome::Committed(at(ts)),
+            fingerprint: Some(ts),
+            decided_at: at(ts),
+        };
+        index.insert(1, abort.clone(), at(100));
+        // Forgotten before its fence has passed: the watermark goes only as far as the clock.
+        assert_eq!(index.insert(2, commit(200), at(200)), Some(at(200)));
+        index.insert(3, abort, at(300));
+        // Forgotten after: the whole fence.
+        assert_eq!(index.insert(4, commit(900), at(900)), Some(at(500)));
     }
 }

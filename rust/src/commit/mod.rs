@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use crate::conflict::{Conflict, ConflictDetector, Isolation, Transaction, TxnId};
 use crate::hlc::{Clock, ClockError};
 use crate::log::{CommitLog, LogError, LogOptions, Recovered};
-use crate::timestamp::Timestamp;
+use crate::timestamp::{Timestamp, MAX_PHYSICAL};
 
 pub use decisions::{Decision, DecisionIndex};
 
@@ -378,15 +378,18 @@ impl CommitEngine {
             recovery.log = Some(recovered);
         }
         if let Some(floor) = engine.newest_commit {
-            if clock.last() < floor {
-                clock.update(floor).map_err(EngineError::Clock)?;
-            }
+            clock.raise_floor(floor);
         }
         recovery.floor = engine.newest_commit;
         Ok((engine, recovery))
     }
 
     fn replay(&mut self, decision: record::DecisionRecord, recovery: &mut EngineRecovery) {
+        // What the clock read when this record was written, as far as the log tells.
+        let seen = self
+            .newest_decided
+            .max(self.newest_commit)
+            .unwrap_or(Timestamp::from_packed(0, 0));
         match decision {
             record::DecisionRecord::Committed {
                 txn_id,
@@ -406,6 +409,7 @@ impl CommitEngine {
                         fingerprint: Some(fingerprint),
                         decided_at: commit_ts,
                     },
+                    seen.max(commit_ts),
                 );
                 self.newest_commit = self.newest_commit.max(Some(commit_ts));
                 recovery.commits += 1;
@@ -422,6 +426,7 @@ impl CommitEngine {
                         fingerprint: Some(fingerprint),
                         decided_at: start_ts,
                     },
+                    seen.max(start_ts),
                 );
                 recovery.aborts += 1;
             }
@@ -433,6 +438,7 @@ impl CommitEngine {
                         fingerprint: None,
                         decided_at,
                     },
+                    seen,
                 );
                 recovery.aborts += 1;
             }
@@ -442,9 +448,12 @@ impl CommitEngine {
     /// Puts a decision in the index; when that forgets older ones, transactions that started
     /// at or below them are refused from now on (raising the detector's low watermark), so a
     /// forgotten decision can never be taken a second time, differently.
-    fn remember(&mut self, txn_id: TxnId, decision: Decision) {
-        self.newest_decided = self.newest_decided.max(Some(decision.decided_at));
-        if let Some(forgotten) = self.decisions.insert(txn_id, decision) {
+    /// `now` is the clock's reading (in replay, the newest decision replayed so far).
+    fn remember(&mut self, txn_id: TxnId, decision: Decision, now: Timestamp) {
+        self.newest_decided = self
+            .newest_decided
+            .max(Some(decision.watermark_when_forgotten(now)));
+        if let Some(forgotten) = self.decisions.insert(txn_id, decision, now) {
             self.detector.raise_low_watermark(forgotten);
         }
     }
@@ -584,20 +593,16 @@ impl CommitEngine {
 
         for (i, request) in requests.iter().enumerate() {
             let (txn_id, fingerprint) = match request {
-                Request::Commit(txn) => {
-                    if let Err(err) = self.validate(txn, clock, physical_now) {
-                        answers[i] = Some(Err(err));
-                        continue;
-                    }
-                    (txn.id, Some(fingerprint(txn)))
-                }
-                Request::Abort(0) => {
-                    answers[i] = Some(Err(SubmitError::InvalidTxnId));
-                    continue;
-                }
+                Request::Commit(txn) => (txn.id, Some(fingerprint(txn))),
                 Request::Abort(id) => (*id, None),
             };
+            if txn_id == 0 {
+                answers[i] = Some(Err(SubmitError::InvalidTxnId));
+                continue;
+            }
             fingerprints[i] = fingerprint;
+            // A decided id gets its first decision before any check of the request: a retry
+            // must hear "committed" even after the low watermark passed its start timestamp.
             if let Some(decided) = self.decisions.get(txn_id) {
                 answers[i] = Some(match (decided.fingerprint, fingerprint) {
                     (Some(first), Some(now)) if first != now => {
@@ -606,6 +611,12 @@ impl CommitEngine {
                     _ => Ok(decided.outcome.clone()),
                 });
                 continue;
+            }
+            if let Request::Commit(txn) = request {
+                if let Err(err) = self.validate(txn, clock, physical_now) {
+                    answers[i] = Some(Err(err));
+                    continue;
+                }
             }
             if let Some(&first) = first_of.get(&txn_id) {
                 match (fingerprints[first], fingerprint) {
@@ -691,7 +702,10 @@ impl CommitEngine {
                 },
             ));
         }
-        // Every start timestamp this clock handed out so far is at or below it.
+        // A late commit of an aborted id may carry a start timestamp from a clock up to
+        // max_offset_us ahead of this one; once the abort is forgotten, the low watermark rises
+        // to its `decided_at`, which must therefore be past every such start timestamp.
+        let fence = abort_fence(clock, physical_now);
         let now = clock.last();
         for &i in &fresh_aborts {
             decided.push((
@@ -699,13 +713,13 @@ impl CommitEngine {
                 Decision {
                     outcome: Outcome::Aborted(AbortReason::Requested),
                     fingerprint: None,
-                    decided_at: now,
+                    decided_at: fence,
                 },
             ));
         }
 
         if !decided.is_empty() {
-            if let Err(err) = self.write_decisions(requests, &decided) {
+            if let Err(err) = self.write_decisions(requests, &decided, now) {
                 // Not logged, so not decided: answer with the error and remember nothing.
                 let message = err.to_string();
                 for (i, _) in decided.drain(..) {
@@ -729,7 +743,7 @@ impl CommitEngine {
                 Request::Abort(id) => id,
             };
             answers[i] = Some(Ok(decision.outcome.clone()));
-            self.remember(id, decision);
+            self.remember(id, decision, now);
         }
         for (i, first) in followers {
             answers[i] = answers[first].clone();
@@ -746,8 +760,9 @@ impl CommitEngine {
         &mut self,
         requests: &[Request<'_>],
         decided: &[(usize, Decision)],
+        now: Timestamp,
     ) -> Result<(), LogError> {
-        let newest = self.newest_decided_after(decided);
+        let newest = self.newest_decided_after(decided, now);
         let Some(log) = self.log.as_mut() else {
             return Ok(());
         };
@@ -794,10 +809,14 @@ impl CommitEngine {
         Ok(())
     }
 
-    fn newest_decided_after(&self, decided: &[(usize, Decision)]) -> Option<Timestamp> {
+    fn newest_decided_after(
+        &self,
+        decided: &[(usize, Decision)],
+        now: Timestamp,
+    ) -> Option<Timestamp> {
         decided
             .iter()
-            .map(|(_, d)| d.decided_at)
+            .map(|(_, d)| d.watermark_when_forgotten(now))
             .max()
             .max(self.newest_decided)
     }
@@ -829,6 +848,18 @@ impl CommitEngine {
             eprintln!("hlc-oracle: commit log checkpoint failed: {err}");
         }
     }
+}
+
+/// The newest start timestamp a transaction aborted now could carry: the later of this clock and
+/// physical time, plus the max offset.
+fn abort_fence(clock: &Clock, physical_now: u64) -> Timestamp {
+    let last = clock.last();
+    let physical = last
+        .physical()
+        .max(physical_now)
+        .saturating_add(clock.max_offset_us())
+        .min(MAX_PHYSICAL);
+    Timestamp::new(physical, 0, 0).map_or(last, |fence| fence.max(last))
 }
 
 fn encode_checkpoint(newest_commit: Option<Timestamp>) -> Vec<u8> {

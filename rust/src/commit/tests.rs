@@ -241,7 +241,7 @@ fn recovery_rebuilds_decisions_history_and_clock_floor() {
     assert_eq!(recovery.commits, 10);
     assert_eq!(recovery.aborts, 41);
     assert_eq!(recovery.floor, Some(last_commit));
-    assert!(clock.last() > last_commit);
+    assert!(clock.last() >= last_commit);
     assert_eq!(
         engine.status(1).map(|o| matches!(o, Outcome::Committed(_))),
         Some(true)
@@ -341,4 +341,73 @@ fn forgotten_decisions_are_never_taken_again() {
             &[Request::Commit(&txn(9, clock.now().unwrap(), &[], &["a"]))],
         )[0],
     );
+}
+
+#[test]
+fn recovery_restores_the_floor_even_after_the_wall_clock_stepped_back_past_max_offset() {
+    let dir = TempDir::new("floor-back");
+    let physical = Arc::new(ManualClock::new(50_000_000).unwrap());
+    let last_commit;
+    {
+        let clock = clock_at(&physical);
+        let (mut engine, _) = CommitEngine::open(config(&dir), &clock).unwrap();
+        let t = txn(1, clock.now().unwrap(), &[], &["k"]);
+        last_commit = committed(&engine.process(&clock, &[Request::Commit(&t)])[0]);
+    }
+    // Ten seconds back, far past the clock's max offset (1 ms here).
+    physical.set(40_000_000).unwrap();
+    let clock = clock_at(&physical);
+    let (mut engine, recovery) = CommitEngine::open(config(&dir), &clock).unwrap();
+    assert_eq!(recovery.floor, Some(last_commit));
+    let t = txn(2, clock.now().unwrap(), &[], &["k"]);
+    assert!(committed(&engine.process(&clock, &[Request::Commit(&t)])[0]) > last_commit);
+}
+
+#[test]
+fn a_decided_id_gets_its_decision_even_below_the_low_watermark() {
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let mut config = EngineConfig::new(Durability::Memory, None);
+    config.max_keys = 2;
+    let (mut engine, _) = CommitEngine::open(config, &clock).unwrap();
+    let first = txn(1, clock.now().unwrap(), &[], &["a"]);
+    let ts = committed(&engine.process(&clock, &[Request::Commit(&first)])[0]);
+    for id in 2..=5u64 {
+        let key = format!("k{id}");
+        let t = txn(id, clock.now().unwrap(), &[], &[&key]);
+        committed(&engine.process(&clock, &[Request::Commit(&t)])[0]);
+    }
+    // The detector forgot key "a": its watermark is past the first start timestamp.
+    assert!(engine.detector().low_watermark().unwrap() >= first.start_ts);
+    let again = engine.process(&clock, &[Request::Commit(&first)]);
+    assert_eq!(committed(&again[0]), ts);
+    let changed = txn(1, first.start_ts, &[], &["other"]);
+    assert!(matches!(
+        engine.process(&clock, &[Request::Commit(&changed)])[0],
+        Err(SubmitError::Mismatch { txn_id: 1 })
+    ));
+}
+
+#[test]
+fn a_forgotten_abort_fences_late_commits_from_a_clock_ahead() {
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical); // max offset 1,000 us
+    let mut config = EngineConfig::new(Durability::Memory, None);
+    config.retained_decisions = 2;
+    let (mut engine, _) = CommitEngine::open(config, &clock).unwrap();
+    engine.process(&clock, &[Request::Abort(100)]);
+    // Forget the abort once physical time has passed its fence (abort + max offset).
+    physical.advance(2_000).unwrap();
+    for id in 1..=3u64 {
+        let key = format!("k{id}");
+        let t = txn(id, clock.now().unwrap(), &[], &[&key]);
+        committed(&engine.process(&clock, &[Request::Commit(&t)])[0]);
+    }
+    assert_eq!(engine.status(100), None, "forgotten");
+    // A start timestamp from a peer 900 us ahead of the oracle at the time of the abort.
+    let ahead = Timestamp::new(1_000_900, 0, 7).unwrap();
+    assert!(matches!(
+        engine.process(&clock, &[Request::Commit(&txn(100, ahead, &[], &["x"]))])[0],
+        Err(SubmitError::StartTooOld { .. })
+    ));
 }
