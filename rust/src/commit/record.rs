@@ -6,7 +6,8 @@
 //! kind 2 (aborted by a conflict): start_ts | conflict kind u8 (1 write-write, 2 read-write,
 //!        3 too old) | lost-to tag u8 (1 commit, 2 batch member, 3 low watermark) | lost-to value
 //!        (a timestamp, or a txn id as u64 followed by u16 0) | key flag u8 | [key len u32, bytes]
-//! kind 3 (aborted on request): decided_at (the clock when it was decided; fingerprint 0)
+//! kind 3 (aborted on request): decided_at (the fence: the clock when it was decided plus the
+//!        max offset; fingerprint 0)
 //! timestamp = packed (physical << 12 | logical) u64 | node u16
 //! ```
 //! A committed record carries the write set so that recovery can rebuild the conflict detector's
