@@ -211,7 +211,17 @@ def test_kill_9_under_load_keeps_every_acknowledged_decision(tmp_path: Path) -> 
     aborted: set[int] = set()
     next_id = 1
     newest = Timestamp(0, 0, 0)
-    with OracleProcess(tmp_path / "data", "--shutdown-grace", "0") as oracle:
+    # Small segments, so that kills also land around segment rotations; enough of them kept that
+    # no checkpoint forgets the decisions the test checks.
+    with OracleProcess(
+        tmp_path / "data",
+        "--shutdown-grace",
+        "0",
+        "--set",
+        "commit.segment_size=65536",
+        "--set",
+        "commit.retain_segments=100000",
+    ) as oracle:
         for round_number in range(CRASH_ROUNDS):
             with CommitLoad(oracle.target, next_id, rng) as load:
                 assert load.start > newest, "timestamps went backwards across the restart"
@@ -244,6 +254,8 @@ def test_kill_9_under_load_keeps_every_acknowledged_decision(tmp_path: Path) -> 
             committed[fresh.txn_id] = fresh.commit_ts
             newest = fresh.commit_ts
         assert len(committed) > CRASH_ROUNDS
+    segments = list((tmp_path / "data" / "commit-log").glob("*.wal"))
+    assert len(segments) > 1, "the load never crossed a segment rotation"
 
 
 def test_cli_txn_status_abort_and_commit_bench(oracle: OracleProcess) -> None:
