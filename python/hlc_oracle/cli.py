@@ -1,9 +1,12 @@
 """The ``hlc-oracle`` command: ``serve``, ``now``, ``status``, ``txn``, ``skew``, ``bench``.
 
 Exit codes: 0 success; 1 the oracle failed the request or could not start (``txn status``: the
-transaction aborted); 2 bad usage or configuration; 3 the oracle could not be reached
-(``UNAVAILABLE`` after retries, or timeout); 4 ``txn status``: the id is unknown; 130
-interrupted.
+transaction aborted; ``status``: the node is not serving); 2 bad usage or configuration,
+including a ``--count`` above the server's ``max_count``; 3 the oracle could not be reached
+(``UNAVAILABLE`` from the network after retries, or timeout); 4 ``txn status``: the id is
+unknown; 5 the oracle was reached and refused: not serving (starting, shutting down, clock skew;
+its reason is printed) or overloaded (``RESOURCE_EXHAUSTED``: too many calls, commit queue full);
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from hlc_oracle.client import (
     AsyncOracleClient,
     OracleClient,
     OracleError,
+    OracleNotServingError,
     OracleTimeoutError,
     OracleUnavailableError,
     RetryPolicy,
@@ -39,6 +43,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_UNKNOWN = 4
+EXIT_REFUSED = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -130,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hlc-oracle",
         description="Hybrid-logical-clock timestamp oracle: serve it, or ask one for timestamps.",
-        epilog="Exit codes: 0 ok, 1 request failed or server could not start, 2 bad usage or "
-        "configuration, 3 oracle unreachable or timed out, 130 interrupted.",
+        epilog="Exit codes: 0 ok; 1 request failed or server could not start (txn status: "
+        "aborted; status: not serving); 2 bad usage or configuration (also a count above the "
+        "server's max_count); 3 oracle unreachable or timed out; 4 txn status: unknown id; "
+        "5 oracle reached but refused (not serving, or overloaded); 130 interrupted.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -468,6 +475,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def exit_code_of(err: OracleError) -> int:
+    """The exit code of a status the oracle answered with (not ``UNAVAILABLE``/timeouts)."""
+    if err.code == grpc.StatusCode.INVALID_ARGUMENT or err.refusal == "over-limit":
+        return EXIT_USAGE  # the request itself was wrong: malformed, or above max_count
+    if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return EXIT_REFUSED  # the server is overloaded; the same request may pass later
+    return EXIT_FAILED
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "now": cmd_now,
@@ -486,15 +502,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_module.ConfigError as err:
         print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except OracleNotServingError as err:
+        print(f"hlc-oracle {args.command}: {args.target} refused: {err.details}", file=sys.stderr)
+        return EXIT_REFUSED
     except (OracleUnavailableError, OracleTimeoutError) as err:
         print(f"hlc-oracle {args.command}: cannot reach {args.target}: {err}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except OracleError as err:
-        if err.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
-            print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
-            return EXIT_USAGE
         print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_code_of(err)
     except (TypeError, ValueError) as err:
         print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -44,17 +44,32 @@ _SERVICE = "/hlc_oracle.v1.TimestampOracle/"
 _TRANSACTIONS = "/hlc_oracle.v1.Transactions/"
 
 
-class OracleError(HlcError):
-    """The oracle answered with a non-OK status (``code``), or could not be reached."""
+# Trailing metadata the server puts on its own refusals (see hlc_oracle.server.service):
+# "not-serving" on UNAVAILABLE, "over-limit" on a count above its limits.max_count.
+REFUSAL_METADATA_KEY = "hlc-oracle-refusal"
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+
+class OracleError(HlcError):
+    """The oracle answered with a non-OK status (``code``), or could not be reached.
+
+    ``refusal`` is set when the oracle itself sent the status with its refusal mark:
+    ``"not-serving"`` or ``"over-limit"`` (a count above the server's ``max_count``).
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, refusal: str | None = None) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        self.refusal = refusal
 
 
 class OracleUnavailableError(OracleError):
     """The oracle is not serving or cannot be reached (``UNAVAILABLE``), after all retries."""
+
+
+class OracleNotServingError(OracleUnavailableError):
+    """The oracle was reached and refused: it is not serving now (starting, shutting down, clock
+    skew past the limit, ...; ``details`` says why). Retried like any ``UNAVAILABLE``."""
 
 
 class OracleTimeoutError(OracleError):
@@ -64,11 +79,18 @@ class OracleTimeoutError(OracleError):
 def error_from_rpc(err: grpc.RpcError) -> OracleError:
     code: grpc.StatusCode = err.code()
     details: str = err.details() or ""
+    refusal = None
+    trailing = getattr(err, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == REFUSAL_METADATA_KEY:
+            refusal = value if isinstance(value, str) else value.decode("ascii", "replace")
     kind = {
-        grpc.StatusCode.UNAVAILABLE: OracleUnavailableError,
+        grpc.StatusCode.UNAVAILABLE: (
+            OracleNotServingError if refusal is not None else OracleUnavailableError
+        ),
         grpc.StatusCode.DEADLINE_EXCEEDED: OracleTimeoutError,
     }.get(code, OracleError)
-    return kind(code, details)
+    return kind(code, details, refusal)
 
 
 def timestamp_from_wire(message: pb.Timestamp) -> Timestamp:
@@ -436,8 +458,14 @@ def outcome_from_wire(result: pb.CommitResult) -> Committed | Aborted:
             conflict.winner_txn_id or None,
         )
     code = _CODES.get(result.error.code, grpc.StatusCode.UNKNOWN)
-    kind = OracleUnavailableError if code is grpc.StatusCode.UNAVAILABLE else OracleError
-    raise kind(code, result.error.message)
+    raise _result_error(code, result.error.message)
+
+
+def _result_error(code: grpc.StatusCode, message: str) -> OracleError:
+    """The error of a refused transaction in a ``CommitResult``: the oracle sent it itself."""
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return OracleNotServingError(code, message, "not-serving")
+    return OracleError(code, message)
 
 
 def commit_stream(channel: grpc.aio.Channel) -> PipelinedStream[list[CommitAnswer]]:
@@ -711,9 +739,7 @@ class AsyncOracleClient:
         answer = await self._commit_batcher.submit(txn)
         if isinstance(answer, tuple):
             _, code_number, message = answer
-            code = _CODES.get(code_number, grpc.StatusCode.UNKNOWN)
-            kind = OracleUnavailableError if code is grpc.StatusCode.UNAVAILABLE else OracleError
-            raise kind(code, message)
+            raise _result_error(_CODES.get(code_number, grpc.StatusCode.UNKNOWN), message)
         return answer
 
     async def commit_unary(self, txn: Transaction) -> Committed | Aborted:

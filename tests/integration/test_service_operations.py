@@ -21,7 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from hlc_oracle.client import OracleClient, OracleUnavailableError, RetryPolicy, channel_credentials
+from hlc_oracle import cli
+from hlc_oracle.client import (
+    OracleClient,
+    OracleError,
+    OracleUnavailableError,
+    RetryPolicy,
+    channel_credentials,
+)
 from hlc_oracle.tls import PemError
 
 from tests.integration.oracle_process import OracleProcess
@@ -351,3 +358,28 @@ def test_serve_checks_tls_files_before_binding(
     assert result.returncode == 1, result.stderr
     assert fill(message, files) in result.stderr
     assert "Failed to bind" not in result.stderr
+
+
+def test_cli_exit_codes_tell_usage_from_refusal(oracle: OracleProcess) -> None:
+    helped = run_cli("--help")
+    epilog = " ".join(helped.stdout.split())
+    for text in (
+        "0 ok",
+        "2 bad usage or configuration (also a count above the server's max_count)",
+        "3 oracle unreachable or timed out",
+        "4 txn status: unknown id",
+        "5 oracle reached but refused (not serving, or overloaded)",
+        "130 interrupted",
+    ):
+        assert text in epilog, epilog
+    # A count above the server's limit is the caller's mistake: exit 2.
+    over = run_cli("now", "--target", oracle.target, "--count", "2000000")
+    assert over.returncode == 2, over.stderr
+    assert "above the server's limit max_count=1000000" in over.stderr
+    # RESOURCE_EXHAUSTED without the over-limit mark is the server's load: exit 5, not 2.
+    overloaded = OracleError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
+    assert cli.exit_code_of(overloaded) == cli.EXIT_REFUSED == 5
+    over_limit = OracleError(grpc.StatusCode.RESOURCE_EXHAUSTED, "count", refusal="over-limit")
+    assert cli.exit_code_of(over_limit) == cli.EXIT_USAGE
+    assert cli.exit_code_of(OracleError(grpc.StatusCode.INVALID_ARGUMENT, "x")) == cli.EXIT_USAGE
+    assert cli.exit_code_of(OracleError(grpc.StatusCode.INTERNAL, "x")) == cli.EXIT_FAILED

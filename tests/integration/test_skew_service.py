@@ -11,11 +11,19 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hlc_oracle.client import OracleClient, OracleUnavailableError
+from hlc_oracle import Timestamp
+from hlc_oracle.client import (
+    OracleClient,
+    OracleNotServingError,
+    OracleUnavailableError,
+    RetryPolicy,
+)
+from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.integration.oracle_process import OracleProcess
 from tests.ntp.chrony import ChronyServer
@@ -210,3 +218,64 @@ def test_skew_command(responder: NtpResponder) -> None:
     responder.set(offset_s=2.0)
     past = skew("--server", responder.address, "--json")
     assert past.returncode == 1 and json.loads(past.stdout)["state"] == "unsafe"
+
+
+def test_not_serving_refuses_every_timestamp_rpc_and_the_cli_exits_5(
+    start_oracle: StartOracle, responder: NtpResponder
+) -> None:
+    # No usable NTP answer under unknown_policy=refuse: the node is up but never serving.
+    responder.set(behaviour=Behaviour.SILENT)
+    oracle = start_oracle(*ntp_args(responder.address, unknown_policy="refuse"), wait_healthy=False)
+
+    def not_serving() -> bool:
+        try:
+            return health(oracle) == NOT_SERVING
+        except grpc.RpcError:
+            return False
+
+    wait_for(not_serving, 10)
+    service = "/hlc_oracle.v1.TimestampOracle/"
+    observe = pb.ObserveRequest(remote=pb.Timestamp(physical=int(time.time() * 1e6)))
+    with grpc.insecure_channel(oracle.target) as channel:
+        for method, payload in (
+            ("GetTimestamps", pb.GetTimestampsRequest(count=5).SerializeToString()),
+            ("Observe", observe.SerializeToString()),
+        ):
+            with pytest.raises(grpc.RpcError) as raised:
+                channel.unary_unary(service + method)(payload, timeout=5)
+            error: Any = raised.value
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, method
+            assert error.details().startswith("not serving: "), error.details()
+            assert ("hlc-oracle-refusal", "not-serving") in error.trailing_metadata()
+        stream = channel.stream_stream(service + "StreamTimestamps")
+        with pytest.raises(grpc.RpcError) as raised:
+            next(stream(iter([pb.GetTimestampsRequest(count=1).SerializeToString()]), timeout=5))
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+    no_retry = RetryPolicy(attempts=1)
+    with OracleClient(oracle.target, retry=no_retry) as client:
+        for call in (
+            lambda: client.get_timestamps_unary(3),
+            lambda: client.get_timestamp(),
+            lambda: client.observe(Timestamp(int(time.time() * 1e6), 0, 2)),
+        ):
+            with pytest.raises(OracleNotServingError, match="clock offset unknown") as refused:
+                call()
+            assert refused.value.refusal == "not-serving"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hlc_oracle.cli", *args, "--target", oracle.target],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    now = cli("now", "--retries", "1")
+    assert now.returncode == 5, now.stderr
+    assert f"{oracle.target} refused: not serving: " in now.stderr
+    assert "cannot reach" not in now.stderr
+    status = cli("status")
+    assert status.returncode == 1, status.stderr
+    assert "clock offset unknown" in status.stdout

@@ -135,7 +135,7 @@ class TransactionsService:
 
     async def _fail(self, method: str, err: RequestError, started: float, context: Any) -> NoReturn:
         self.metrics.observe(method, err.code.name, started)
-        await context.abort(err.code, err.message)
+        await context.abort(err.code, err.message, err.trailing_metadata())
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     def _count(self, results: list[pb.CommitResult]) -> None:

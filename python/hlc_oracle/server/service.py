@@ -30,13 +30,24 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["TimestampOracle"].full_name
 CEILING_RETRIES = 3
 
 
+# Trailing metadata that tells a client the status came from the oracle itself, not from the
+# network: "not-serving" on every UNAVAILABLE the handlers send (the oracle is up but refuses:
+# starting, shutting down, clock skew, window or log trouble), "over-limit" on a count above
+# limits.max_count (the caller's request, not the server's load). See hlc_oracle.client.
+REFUSAL_METADATA_KEY = "hlc-oracle-refusal"
+
+
 class RequestError(Exception):
     """A request answered with a non-OK status."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, refusal: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.refusal = refusal or ("not-serving" if code == grpc.StatusCode.UNAVAILABLE else None)
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return () if self.refusal is None else ((REFUSAL_METADATA_KEY, self.refusal),)
 
 
 def _invalid(message: str) -> RequestError:
@@ -92,6 +103,7 @@ class TimestampOracleService:
             raise RequestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"count {count} is above the server's limit max_count={self.max_count}",
+                refusal="over-limit",
             )
         return count
 
@@ -160,7 +172,7 @@ class TimestampOracleService:
 
     async def _fail(self, method: str, err: RequestError, started: float, context: Any) -> NoReturn:
         self.metrics.observe(method, err.code.name, started)
-        await context.abort(err.code, err.message)
+        await context.abort(err.code, err.message, err.trailing_metadata())
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     async def get_timestamps(self, raw: bytes, context: Any) -> bytes:
