@@ -258,17 +258,24 @@ def test_bad_input_gets_clear_errors_and_is_not_logged(tmp_path: Path) -> None:
         assert scheduler.stats()["next_seq"] == next_seq, "nothing was logged"
         ok = scheduler.submit_blocking(Transaction(6, clock.now(), [], [b"k"]))
         assert isinstance(ok, Committed)
+        # A changed resubmission and a start below the low watermark are not logged either.
+        next_seq = scheduler.stats()["next_seq"]
+        with pytest.raises(TransactionMismatchError, match="transaction 6 was already submitted"):
+            scheduler.submit_blocking(Transaction(6, start, [], [b"other"]))
+        assert scheduler.stats()["next_seq"] == next_seq, "nothing was logged"
 
 
-def test_start_below_the_low_watermark_is_refused() -> None:
+def test_start_below_the_low_watermark_is_refused_and_not_logged(tmp_path: Path) -> None:
     clock = Clock(node=1)
-    with GroupCommitScheduler(None, clock, CommitOptions(durability="memory", max_keys=2)) as s:
+    with GroupCommitScheduler(tmp_path, clock, CommitOptions(max_keys=2)) as s:
         old_start = clock.now()
         for i in range(1, 6):
             assert isinstance(s.submit_blocking(make_txn(clock, i, [b"key%d" % i])), Committed)
         assert s.engine.low_watermark is not None
+        next_seq = s.stats()["next_seq"]
         with pytest.raises(StartTimestampError, match="low watermark"):
             s.submit_blocking(Transaction(99, old_start, [], [b"fresh"]))
+        assert s.stats()["next_seq"] == next_seq, "nothing was logged"
 
 
 def test_full_queue_raises_overload_instead_of_growing() -> None:
