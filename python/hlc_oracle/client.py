@@ -107,7 +107,8 @@ def range_from_wire(message: pb.GetTimestampsResponse) -> TimestampRange:
 
 @dataclass(frozen=True)
 class OracleStatus:
-    """``GetStatus``: the node's identity, clock and window. ``message`` holds every field."""
+    """``GetStatus``: every field of the response, flattened (``clock.*`` at the top level; NTP
+    servers as dicts); ``message`` is the response itself."""
 
     node_id: int
     role: str
@@ -121,14 +122,19 @@ class OracleStatus:
     serving: bool
     not_serving_reason: str
     max_count: int
-    # The skew guard: state, why, the NTP offset estimate (None when unknown) and its bound,
-    # wall-clock jumps against the monotonic clock, and each NTP server's last answer.
+    # The skew guard: state, why, the NTP offset estimate (None when unknown) and its bound, the
+    # two levels on |offset| (a warning past the first, not serving under the refuse policy past
+    # the second), wall-clock jumps against the monotonic clock, NTP polls so far, and each NTP
+    # server's last answer.
     skew_state: str
     skew_message: str
     ntp_offset_us: int | None
     ntp_offset_bound_us: int | None
+    skew_warning_level_us: int
+    skew_serving_level_us: int
     wall_forward_jumps: int
     wall_backward_jumps: int
+    ntp_polls: int
     ntp_servers: list[dict[str, Any]]
     message: pb.GetStatusResponse
 
@@ -152,8 +158,11 @@ class OracleStatus:
             skew_message=clock.skew_message,
             ntp_offset_us=clock.ntp_offset_us if clock.ntp_offset_known else None,
             ntp_offset_bound_us=clock.ntp_offset_bound_us if clock.ntp_offset_known else None,
+            skew_warning_level_us=clock.skew_warning_level_us,
+            skew_serving_level_us=clock.skew_serving_level_us,
             wall_forward_jumps=clock.wall_forward_jumps,
             wall_backward_jumps=clock.wall_backward_jumps,
+            ntp_polls=clock.ntp_polls,
             ntp_servers=[_ntp_server(server) for server in clock.ntp_servers],
             message=message,
         )

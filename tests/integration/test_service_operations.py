@@ -29,6 +29,7 @@ from hlc_oracle.client import (
     RetryPolicy,
     channel_credentials,
 )
+from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.tls import PemError
 
 from tests.integration.oracle_process import OracleProcess
@@ -383,3 +384,26 @@ def test_cli_exit_codes_tell_usage_from_refusal(oracle: OracleProcess) -> None:
     assert cli.exit_code_of(over_limit) == cli.EXIT_USAGE
     assert cli.exit_code_of(OracleError(grpc.StatusCode.INVALID_ARGUMENT, "x")) == cli.EXIT_USAGE
     assert cli.exit_code_of(OracleError(grpc.StatusCode.INTERNAL, "x")) == cli.EXIT_FAILED
+
+
+def test_status_shows_every_get_status_field(oracle: OracleProcess) -> None:
+    # Every GetStatus field has a same-named OracleStatus attribute (clock.* flattened; the
+    # known flag becomes None offsets) and a line in `hlc-oracle status` and its JSON.
+    names = [f.name for f in pb.GetStatusResponse.DESCRIPTOR.fields if f.name != "clock"]
+    names += [f.name for f in pb.ClockStatus.DESCRIPTOR.fields if f.name != "ntp_offset_known"]
+    with OracleClient(oracle.target) as client:
+        status = client.status()
+    missing = [name for name in names if not hasattr(status, name)]
+    assert not missing, missing
+    assert (status.skew_warning_level_us, status.skew_serving_level_us) == (250_000, 400_000)
+    assert status.ntp_polls >= 0
+    as_json = run_cli("status", "--target", oracle.target, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    fields = json.loads(as_json.stdout)
+    assert set(names) <= set(fields), set(names) - set(fields)
+    assert fields["skew_serving_level_us"] == 400_000
+    as_text = run_cli("status", "--target", oracle.target)
+    assert as_text.returncode == 0, as_text.stderr
+    shown = {line.split()[0] for line in as_text.stdout.splitlines() if line.strip()}
+    # ntp_servers is one "ntp HOST" line per server (none here).
+    assert set(names) - {"ntp_servers"} <= shown, set(names) - {"ntp_servers"} - shown
