@@ -1,31 +1,65 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the project needs (build tools and the servers that integration
-# tests run on loopback). Idempotent: packages already present are not fetched again.
+# Installs the Debian packages the project needs (build tools, the servers that integration tests
+# run on loopback, and venv support for `make`). Idempotent and quiet: packages already present are
+# not fetched again, and nothing is printed when there is nothing to do.
 set -euo pipefail
 
 packages=(build-essential chrony)
+# `make` runs `python3 -m venv`, which with Debian's python3 needs python3-venv (ensurepip). A
+# python3 from pyenv or a similar build has venv built in, but the package is installed anyway
+# when Debian has it, so `make` works whichever python3 comes first on PATH. Skipped where the
+# package does not exist (no candidate in apt's lists).
+optional_packages=(python3-venv)
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
+# Whether apt's lists offer a version of package $1.
+has_candidate() {
+    local candidate
+    candidate=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }')
+    [[ -n $candidate && $candidate != "(none)" ]]
+}
 
 missing=()
 for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
-        || missing+=("$package")
+    installed "$package" || missing+=("$package")
 done
-if ((${#missing[@]} == 0)); then
+missing_optional=()
+for package in "${optional_packages[@]}"; do
+    installed "$package" || missing_optional+=("$package")
+done
+if ((${#missing[@]} == 0 && ${#missing_optional[@]} == 0)); then
     exit 0
 fi
 if [[ $(id -u) -ne 0 ]]; then
-    echo "setup-system: missing Debian packages: ${missing[*]}; install them as root" >&2
+    if ((${#missing[@]} == 0)) && python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        exit 0 # this python3 makes venvs without the Debian package
+    fi
+    all_missing=("${missing[@]}" "${missing_optional[@]}")
+    echo "setup-system: missing Debian packages: ${all_missing[*]}; install them as root" >&2
     exit 1
 fi
 # Servers (chrony, ...) are started by the tests on loopback, never as system services: a
 # system chronyd would try to reach public NTP pools. Deny service starts during the install.
+policy=${SETUP_SYSTEM_POLICY_RC_D:-/usr/sbin/policy-rc.d} # overridable for tests
 created_policy=
-if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod 755 /usr/sbin/policy-rc.d
+if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
     created_policy=1
 fi
-cleanup() { if [[ -n $created_policy ]]; then rm -f /usr/sbin/policy-rc.d; fi; }
+cleanup() { if [[ -n $created_policy ]]; then rm -f "$policy"; fi; }
 trap cleanup EXIT
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+for package in "${missing_optional[@]}"; do
+    if has_candidate "$package"; then
+        missing+=("$package")
+    fi
+done
+if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    >/dev/null
