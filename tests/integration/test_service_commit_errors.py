@@ -1,0 +1,179 @@
+"""Commits refused over gRPC with the status codes of ``server/commit.py``'s error table: the queue
+full (``RESOURCE_EXHAUSTED``), a start timestamp at or below the low watermark (``OUT_OF_RANGE``),
+and every Transactions RPC while the skew guard keeps the node from serving (``UNAVAILABLE``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hlc_oracle import Committed, Timestamp, Transaction
+from hlc_oracle.client import (
+    AsyncOracleClient,
+    OracleClient,
+    OracleError,
+    OracleNotServingError,
+    RetryPolicy,
+)
+from hlc_oracle.proto import oracle_pb2 as pb
+
+from tests.integration.oracle_process import OracleProcess
+from tests.ntp.responder import Behaviour, NtpResponder
+
+TRANSACTIONS = "/hlc_oracle.v1.Transactions/"
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def wire_transaction(txn_id: int, start: Timestamp, key: bytes) -> pb.Transaction:
+    return pb.Transaction(
+        txn_id=txn_id,
+        start_ts=pb.Timestamp(physical=start.physical, logical=start.logical, node=start.node),
+        write_set=[key],
+    )
+
+
+def test_a_message_larger_than_the_queue_is_refused_with_resource_exhausted(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    oracle = start_oracle("--set", "commit.max_queue=2")
+    with OracleClient(oracle.target, retry=NO_RETRY) as client:
+        start = client.get_timestamp()
+    request = pb.CommitStreamRequest(
+        transactions=[wire_transaction(100 + i, start, b"k%d" % i) for i in range(3)]
+    )
+    with grpc.insecure_channel(oracle.target) as channel:
+        stream = channel.stream_stream(
+            TRANSACTIONS + "CommitStream",
+            request_serializer=pb.CommitStreamRequest.SerializeToString,
+            response_deserializer=pb.CommitStreamResponse.FromString,
+        )
+        (response,) = list(stream(iter([request]), timeout=10))
+    assert [result.txn_id for result in response.results] == [100, 101, 102]
+    for result in response.results:
+        assert result.WhichOneof("outcome") == "error"
+        assert result.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert "the commit queue is full" in result.error.message
+    with OracleClient(oracle.target, retry=NO_RETRY) as client:
+        # Nothing was decided for them, and the server keeps deciding.
+        assert client.transaction_status(100) is None
+        assert isinstance(client.commit(Transaction(104, start, [], [b"k"])), Committed)
+
+
+def test_a_burst_of_unary_commits_past_the_queue_gets_resource_exhausted(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    oracle = start_oracle("--set", "commit.max_queue=1")
+
+    async def burst() -> list[object]:
+        async with AsyncOracleClient(oracle.target, retry=NO_RETRY, timeout=10) as client:
+            start = await client.get_timestamp()
+            calls = [
+                client.commit_unary(Transaction(1000 + i, start, [], [b"key%d" % i]))
+                for i in range(128)
+            ]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(burst())
+    refused = [r for r in results if isinstance(r, OracleError)]
+    committed = [r for r in results if isinstance(r, Committed)]
+    assert len(refused) + len(committed) == len(results), results
+    assert committed, "no commit got through"
+    assert refused, "a burst of 128 unary commits never overflowed a queue of 1"
+    for error in refused:
+        assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+        assert "the commit queue is full" in error.details
+
+
+def test_start_below_the_low_watermark_is_out_of_range(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    # The detector remembers one key: recording a second forgets the first and raises the low
+    # watermark to its commit timestamp.
+    oracle = start_oracle("--set", "commit.max_keys=1")
+    with OracleClient(oracle.target, retry=NO_RETRY) as client:
+        start = client.get_timestamp()
+        first = client.commit(Transaction(1, start, [], [b"a"]))
+        assert isinstance(first, Committed)
+        second = client.commit(Transaction(2, client.get_timestamp(), [], [b"b"]))
+        assert isinstance(second, Committed)
+        for n, call in enumerate((client.commit, client.commit_unary)):
+            txn = Transaction(10 + n, start, [], [b"c"])
+            with pytest.raises(OracleError) as raised:
+                call(txn)
+            assert raised.value.code == grpc.StatusCode.OUT_OF_RANGE, raised.value
+            assert "at or below the low watermark" in raised.value.details
+            assert client.transaction_status(txn.txn_id) is None
+        later = Transaction(20, client.get_timestamp(), [], [b"d"])
+        assert isinstance(client.commit(later), Committed)
+
+
+@pytest.fixture
+def not_serving_oracle(start_oracle: Callable[..., OracleProcess]) -> Iterator[OracleProcess]:
+    """A node whose skew guard refuses: its only NTP server never answers and the policy for an
+    unknown offset is refuse."""
+    with NtpResponder(behaviour=Behaviour.SILENT) as responder:
+        oracle = start_oracle(
+            "--ntp-servers", responder.address,
+            "--set", "ntp.poll_interval_s=0.2", "--set", "ntp.timeout_s=0.2",
+            "--set", "ntp.unknown_policy=refuse",
+            wait_healthy=False,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        with grpc.insecure_channel(oracle.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    if status.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                assert time.monotonic() < deadline, "the node never reported NOT_SERVING"
+                time.sleep(0.05)
+        yield oracle
+
+
+def test_transactions_are_refused_with_unavailable_while_not_serving(
+    not_serving_oracle: OracleProcess,
+) -> None:
+    start = Timestamp(int(time.time() * 1e6) - 1_000_000, 0, 0)
+    txn = Transaction(7, start, [], [b"k"])
+    with grpc.insecure_channel(not_serving_oracle.target) as channel:
+        for method, payload in (
+            ("Commit", pb.CommitRequest(transaction=wire_transaction(7, start, b"k"))),
+            ("Abort", pb.AbortRequest(txn_id=7)),
+            ("GetTransactionStatus", pb.TransactionStatusRequest(txn_id=7)),
+        ):
+            call = channel.unary_unary(
+                TRANSACTIONS + method, request_serializer=type(payload).SerializeToString
+            )
+            with pytest.raises(grpc.RpcError) as raised:
+                call(payload, timeout=5)
+            error: Any = raised.value
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, method
+            assert "not serving: clock-skew: clock offset unknown" in error.details(), method
+            assert ("hlc-oracle-refusal", "not-serving") in error.trailing_metadata()
+        # In a stream, each refused transaction gets an UNAVAILABLE error in its result.
+        stream = channel.stream_stream(
+            TRANSACTIONS + "CommitStream",
+            request_serializer=pb.CommitStreamRequest.SerializeToString,
+            response_deserializer=pb.CommitStreamResponse.FromString,
+        )
+        request = pb.CommitStreamRequest(
+            transactions=[wire_transaction(8, start, b"a"), wire_transaction(9, start, b"b")]
+        )
+        (response,) = list(stream(iter([request]), timeout=10))
+        assert [r.txn_id for r in response.results] == [8, 9]
+        for result in response.results:
+            assert result.WhichOneof("outcome") == "error"
+            assert result.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+            assert "not serving" in result.error.message
+    with OracleClient(not_serving_oracle.target, retry=NO_RETRY) as client:
+        for call in (client.commit, client.commit_unary):
+            with pytest.raises(OracleNotServingError, match="clock offset unknown"):
+                call(txn)
