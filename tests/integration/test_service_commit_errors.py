@@ -177,3 +177,50 @@ def test_transactions_are_refused_with_unavailable_while_not_serving(
         for call in (client.commit, client.commit_unary):
             with pytest.raises(OracleNotServingError, match="clock offset unknown"):
                 call(txn)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def test_a_start_timestamp_field_wider_than_uint32_is_refused_on_both_commit_paths(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    """The protobuf parser would cut logical = 2**32 + 5 down to 5 and commit a transaction the
+    client never sent; unary Commit and CommitStream both answer INVALID_ARGUMENT instead."""
+    oracle = start_oracle()
+    with OracleClient(oracle.target, retry=NO_RETRY) as client:
+        start = client.get_timestamp()
+    timestamp = (
+        b"\x08" + _varint(start.physical) + b"\x10" + _varint(2**32 + 5) + b"\x18" + _varint(0)
+    )
+    transaction = b"\x08" + _varint(4242) + _field(2, timestamp) + _field(4, b"wide")
+    identity = {"request_serializer": None, "response_deserializer": None}
+    with grpc.insecure_channel(oracle.target) as channel:
+        commit = channel.unary_unary(TRANSACTIONS + "Commit", **identity)
+        with pytest.raises(grpc.RpcError) as raised:
+            commit(_field(1, transaction), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "out of range for uint32" in (raised.value.details() or "")  # type: ignore[attr-defined]
+        stream = channel.stream_stream(TRANSACTIONS + "CommitStream", **identity)
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stream(iter([_field(1, transaction)]), timeout=10))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "Timestamp.logical is 4294967301" in (raised.value.details() or "")  # type: ignore[attr-defined]
+    with OracleClient(oracle.target, retry=NO_RETRY) as client:
+        assert client.transaction_status(4242) is None, "nothing was decided"
+        assert isinstance(
+            client.commit(Transaction(4243, client.get_timestamp(), [], [b"ok"])), Committed
+        )

@@ -38,7 +38,7 @@ from hlc_oracle._core import decode_commit_request, encode_commit_results
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
-from hlc_oracle.server.service import RequestError, wire_timestamp
+from hlc_oracle.server.service import RequestError, check_request_wire, wire_timestamp
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Transactions"].full_name
 
@@ -156,6 +156,7 @@ class TransactionsService:
             request = kind.FromString(raw)
         except DecodeError as err:
             raise _invalid(f"malformed {name}: {err}") from err
+        check_request_wire(raw, request)
         if request.txn_id == 0:
             raise _invalid("txn_id must be in 1..2**64-1 (0 is reserved as unset), got 0")
         return int(request.txn_id)
@@ -195,6 +196,7 @@ class TransactionsService:
                 request = pb.CommitRequest.FromString(raw)
             except DecodeError as err:
                 raise _invalid(f"malformed CommitRequest: {err}") from err
+            check_request_wire(raw, request)
             if not request.HasField("transaction"):
                 raise _invalid("CommitRequest.transaction is required")
             (result,) = await self._decide([request.transaction])

@@ -54,7 +54,7 @@ def _invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def _check_wire(raw: bytes, request: Any) -> None:
+def check_request_wire(raw: bytes, request: Any) -> None:
     """``INVALID_ARGUMENT`` when the parser truncated or dropped a field of ``raw``. A request that
     serializes back to the same bytes with no unknown fields (what every well-behaved client
     sends) needs no closer look."""
@@ -95,7 +95,7 @@ class TimestampOracleService:
             request = pb.GetTimestampsRequest.FromString(raw)
         except DecodeError as err:
             raise _invalid(f"malformed GetTimestampsRequest: {err}") from err
-        _check_wire(raw, request)
+        check_request_wire(raw, request)
         count = request.count
         if count < 1:
             raise _invalid(f"count must be at least 1, got {count}")
@@ -130,7 +130,7 @@ class TimestampOracleService:
             request = pb.ObserveRequest.FromString(raw)
         except DecodeError as err:
             raise _invalid(f"malformed ObserveRequest: {err}") from err
-        _check_wire(raw, request)
+        check_request_wire(raw, request)
         if not request.HasField("remote"):
             raise _invalid("ObserveRequest.remote is required")
         remote = request.remote

@@ -178,6 +178,16 @@ fn expect_varint(value: Value<'_>, name: &str) -> Result<u64, WireError> {
     }
 }
 
+/// A `uint32` field: protobuf parsers truncate a wider varint, which would serve a number the
+/// client never sent; it is refused instead.
+fn expect_uint32(value: Value<'_>, name: &str) -> Result<u64, WireError> {
+    let wide = expect_varint(value, name)?;
+    if wide > u64::from(u32::MAX) {
+        return Err(error(format!("{name} is {wide}, out of range for uint32")));
+    }
+    Ok(wide)
+}
+
 fn expect_bytes<'a>(value: Value<'a>, name: &str) -> Result<&'a [u8], WireError> {
     match value {
         Value::Bytes(b) => Ok(b),
@@ -191,8 +201,8 @@ fn decode_timestamp(bytes: &[u8]) -> Result<WireTimestamp, WireError> {
     while let Some((field, value)) = reader.field()? {
         match field {
             1 => ts.physical = expect_varint(value, "Timestamp.physical")?,
-            2 => ts.logical = expect_varint(value, "Timestamp.logical")? & 0xFFFF_FFFF,
-            3 => ts.node = expect_varint(value, "Timestamp.node")? & 0xFFFF_FFFF,
+            2 => ts.logical = expect_uint32(value, "Timestamp.logical")?,
+            3 => ts.node = expect_uint32(value, "Timestamp.node")?,
             _ => {}
         }
     }
@@ -529,5 +539,20 @@ mod tests {
         let mut with_unknown = vec![0x28, 0x01]; // field 5, varint 1
         with_unknown.extend_from_slice(&out);
         assert_eq!(decode_request(&with_unknown).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_timestamp_field_wider_than_uint32_is_refused_not_truncated() {
+        // Timestamp { logical: 2**32 + 5 } inside Transaction { txn_id: 1, start_ts }.
+        let logical = [0x10, 0x85, 0x80, 0x80, 0x80, 0x10];
+        let mut txn = vec![0x08, 0x01, 0x12, logical.len() as u8];
+        txn.extend_from_slice(&logical);
+        let mut request = vec![0x0a, txn.len() as u8];
+        request.extend_from_slice(&txn);
+        let err = decode_request(&request).unwrap_err().to_string();
+        assert!(
+            err.contains("Timestamp.logical is 4294967301, out of range for uint32"),
+            "{err}"
+        );
     }
 }
