@@ -176,6 +176,77 @@ def test_parse_rejects_malformed_text(text: str) -> None:
         Timestamp.parse(text)
 
 
+# Text that names a timestamp another (canonical) text already names, and what the error says.
+NON_CANONICAL_TEXT = [
+    ("2016-12-31T23:59:60.000000Z/0@0", "leap second"),
+    ("2026-11-21T13:51:60.671261Z/4@2", "leap second"),
+    ("2026-11-21T13:51:39.671261Z/04@2", "logical has a leading zero"),
+    ("2026-11-21T13:51:39.671261Z/00@2", "logical has a leading zero"),
+    ("2026-11-21T13:51:39.671261Z/4@002", "node has a leading zero"),
+    ("2026-11-21T13:51:39.671261Z/04@002", "node has a leading zero"),
+    ("2026-11-21T13:51:39.671261Z/4@", "node is empty"),
+    ("2026-11-21T13:51:39.671261Z/4@0x2", "node is not a decimal number"),
+    ("2026-11-21T13:51:39.671261Z/4@\uff12", "node is not a decimal number"),  # fullwidth 2
+    ("2026-11-21T13:51:39.6712610Z/4@2", "date-time"),
+    ("2026-11-21t13:51:39.671261Z/4@2", "date-time"),
+    ("2026-11-21T13:51:39.671261z/4@2", "date-time"),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), NON_CANONICAL_TEXT)
+def test_parse_rejects_non_canonical_text_naming_the_problem(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        Timestamp.parse(text)
+
+
+digit_runs = st.text("0123456789", min_size=1, max_size=5)
+
+
+@given(
+    st.tuples(
+        st.sampled_from(["1970", "2016", "2026", "2112"]),
+        digit_runs,
+        digit_runs,
+        digit_runs,
+        digit_runs,
+        digit_runs,
+        digit_runs,
+        digit_runs,
+        digit_runs,
+    )
+)
+def test_whatever_parses_prints_back_unchanged(parts: tuple[str, ...]) -> None:
+    # Fields of any width (leading zeros, second 60, day 31 of a short month, ...): either the
+    # text is refused, or it is the one text of its timestamp.
+    year, month, day, hour, minute, second, fraction, logical, node = parts
+    text = f"{year}-{month}-{day}T{hour}:{minute}:{second}.{fraction}Z/{logical}@{node}"
+    try:
+        ts = Timestamp.parse(text)
+    except ValueError:
+        return
+    assert str(ts) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "index"),
+    [("\ud800", 0), ("2026-11-21T13:51:39.671261Z/4@2\udfff", 31), ("a\udc80b\ud800", 1)],
+)
+def test_parse_of_a_str_with_a_lone_surrogate_is_a_value_error(text: str, index: int) -> None:
+    with pytest.raises(ValueError, match=f"lone surrogate at index {index}"):
+        Timestamp.parse(text)
+
+
+def test_parse_error_echoes_only_the_start_of_long_text() -> None:
+    with pytest.raises(ValueError) as info:
+        Timestamp.parse("x" * 100_000)
+    message = str(info.value)
+    assert f'"{"x" * 64}"... (100000 bytes)' in message
+    assert len(message) < 300
+    with pytest.raises(ValueError) as info:
+        Timestamp.parse("\ud800" * 100_000)
+    assert len(str(info.value)) < 500
+
+
 def test_parse_wrong_type() -> None:
     with pytest.raises(TypeError, match="str"):
         Timestamp.parse(b"2026-11-21T13:51:39.671261Z/4@2")  # type: ignore[arg-type]

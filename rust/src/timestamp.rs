@@ -14,10 +14,13 @@
 //! - bytes: 10 bytes, the packed `u64` big-endian then the node big-endian, so byte order is
 //!   timestamp order (usable as a database key);
 //! - text: `2026-11-21T13:47:00.123456Z/5@3` — UTC date-time with microseconds, `/logical`, `@node`.
+//!   [`Timestamp::parse`] accepts exactly the text [`Display`](fmt::Display) writes, so each
+//!   timestamp has one text form: no leap second (`:60`), no leading zeros in `logical` or `node`,
+//!   no sign, no missing fraction.
 
 use std::fmt;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Timelike, Utc};
 
 pub const LOGICAL_BITS: u32 = 12;
 pub const PHYSICAL_BITS: u32 = 64 - LOGICAL_BITS;
@@ -29,6 +32,10 @@ pub const ENCODED_LEN: usize = 10;
 
 const TEXT_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
 
+/// How much of an unparsable text an error message repeats: enough to recognise it, and a bounded
+/// message however long the input.
+pub const ECHOED_CHARS: usize = 64;
+
 /// Why a timestamp could not be built or decoded. Each variant names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimestampError {
@@ -36,7 +43,28 @@ pub enum TimestampError {
     LogicalOutOfRange(u128),
     NodeOutOfRange(u128),
     WrongByteLength(usize),
-    Unparsable { text: String, reason: String },
+    /// `text` is at most [`ECHOED_CHARS`] characters of the input; `length` is the input's
+    /// length in bytes, so a message can say that it was cut.
+    Unparsable {
+        text: String,
+        length: usize,
+        reason: String,
+    },
+}
+
+impl TimestampError {
+    /// An [`Unparsable`](Self::Unparsable) error that echoes at most [`ECHOED_CHARS`] of `text`.
+    pub fn unparsable(text: &str, reason: impl Into<String>) -> Self {
+        let end = text
+            .char_indices()
+            .nth(ECHOED_CHARS)
+            .map_or(text.len(), |(index, _)| index);
+        Self::Unparsable {
+            text: text[..end].to_owned(),
+            length: text.len(),
+            reason: reason.into(),
+        }
+    }
 }
 
 impl fmt::Display for TimestampError {
@@ -54,11 +82,20 @@ impl fmt::Display for TimestampError {
                 f,
                 "timestamp bytes must be exactly {ENCODED_LEN} bytes long, got {n}"
             ),
-            Self::Unparsable { text, reason } => write!(
-                f,
-                "cannot parse timestamp {text:?}: {reason} \
-                 (expected like 2026-11-21T13:47:00.123456Z/5@3)"
-            ),
+            Self::Unparsable {
+                text,
+                length,
+                reason,
+            } => {
+                write!(f, "cannot parse timestamp {text:?}")?;
+                if *length > text.len() {
+                    write!(f, "... ({length} bytes)")?;
+                }
+                write!(
+                    f,
+                    ": {reason} (expected like 2026-11-21T13:47:00.123456Z/5@3)"
+                )
+            }
         }
     }
 }
@@ -133,37 +170,50 @@ impl Timestamp {
         DateTime::from_timestamp_micros(micros).unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
+    /// Parses the text form. Only the canonical text (what `to_string` writes) is accepted, so
+    /// `parse(s).to_string() == s` whenever `parse(s)` succeeds.
     pub fn parse(text: &str) -> Result<Self, TimestampError> {
-        let fail = |reason: &str| TimestampError::Unparsable {
-            text: text.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let fail = |reason: &str| TimestampError::unparsable(text, reason);
         let (rest, node) = text
             .rsplit_once('@')
             .ok_or_else(|| fail("missing '@node'"))?;
         let (datetime, logical) = rest
             .rsplit_once('/')
             .ok_or_else(|| fail("missing '/logical'"))?;
-        let node = parse_decimal(node).ok_or_else(|| fail("node is not a decimal number"))?;
-        let logical =
-            parse_decimal(logical).ok_or_else(|| fail("logical is not a decimal number"))?;
+        let node = parse_decimal(node, "node").map_err(|reason| fail(&reason))?;
+        let logical = parse_decimal(logical, "logical").map_err(|reason| fail(&reason))?;
         let naive = NaiveDateTime::parse_from_str(datetime, TEXT_FORMAT)
             .ok()
             // chrono's parser tolerates a missing fraction; only the canonical form is lossless.
             .filter(|naive| naive.format(TEXT_FORMAT).to_string() == datetime)
             .ok_or_else(|| fail("date-time is not YYYY-MM-DDTHH:MM:SS.ffffffZ"))?;
+        // chrono reads second 60 as a leap second, which lands on the same microsecond as second
+        // 00 of the next minute: two texts for one timestamp. Timestamps never write it.
+        if naive.nanosecond() >= 1_000_000_000 {
+            return Err(fail(
+                "second 60 (a leap second) is not a timestamp's text; seconds are 00..59",
+            ));
+        }
         let micros = naive.and_utc().timestamp_micros();
         let physical = u64::try_from(micros).map_err(|_| fail("date-time is before 1970"))?;
         Self::new(physical, logical, node).map_err(|err| fail(&err.to_string()))
     }
 }
 
-/// Plain ASCII digits only: `u64::from_str` would also accept a leading `+`, which is not lossless.
-fn parse_decimal(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+/// A `logical` or `node` field in canonical decimal: ASCII digits, no sign (`u64::from_str` would
+/// take a leading `+`), no leading zero except for `0` itself. Errs with the reason, naming `field`.
+fn parse_decimal(text: &str, field: &str) -> Result<u64, String> {
+    if text.is_empty() {
+        return Err(format!("{field} is empty"));
     }
-    text.parse().ok()
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{field} is not a decimal number"));
+    }
+    if text.len() > 1 && text.starts_with('0') {
+        return Err(format!("{field} has a leading zero"));
+    }
+    text.parse()
+        .map_err(|_| format!("{field} has {} digits, too many for its range", text.len()))
 }
 
 impl fmt::Display for Timestamp {
@@ -241,6 +291,74 @@ mod tests {
         ] {
             assert!(Timestamp::parse(text).is_err(), "{text:?} should not parse");
         }
+    }
+
+    /// Each row: non-canonical text that names one timestamp another text already names, and the
+    /// words the error must use to say what is wrong.
+    #[test]
+    fn only_the_canonical_text_parses() {
+        for (text, reason) in [
+            ("2016-12-31T23:59:60.000000Z/0@0", "leap second"),
+            ("2016-12-31T23:59:60.999999Z/0@0", "leap second"),
+            (
+                "2025-11-21T13:47:00.123456Z/04@3",
+                "logical has a leading zero",
+            ),
+            (
+                "2025-11-21T13:47:00.123456Z/00@3",
+                "logical has a leading zero",
+            ),
+            (
+                "2025-11-21T13:47:00.123456Z/4@002",
+                "node has a leading zero",
+            ),
+            (
+                "2025-11-21T13:47:00.123456Z/4@00",
+                "node has a leading zero",
+            ),
+            ("2025-11-21T13:47:00.123456Z/4@", "node is empty"),
+            ("2025-11-21T13:47:00.123456Z/@4", "logical is empty"),
+            (
+                "2025-11-21T13:47:00.123456Z/+4@3",
+                "logical is not a decimal number",
+            ),
+            (
+                "2025-11-21T13:47:00.123456Z/4@99999999999999999999999",
+                "node has 23 digits",
+            ),
+            ("2025-11-21T13:47:00.1234560Z/4@3", "date-time"),
+            ("2025-11-21T13:47:00.12345Z/4@3", "date-time"),
+            ("2025-11-21T3:47:00.123456Z/4@3", "date-time"),
+        ] {
+            let message = Timestamp::parse(text).unwrap_err().to_string();
+            assert!(message.contains(reason), "{text:?}: {message}");
+        }
+        // The canonical neighbours of the rows above do parse, and print back unchanged.
+        for text in [
+            "2016-12-31T23:59:59.999999Z/0@0",
+            "2017-01-01T00:00:00.000000Z/0@0",
+            "2025-11-21T13:47:00.123456Z/4@3",
+            "2025-11-21T13:47:00.123456Z/0@0",
+            "2025-11-21T13:47:00.123456Z/4095@65535",
+        ] {
+            assert_eq!(Timestamp::parse(text).unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn unparsable_text_is_echoed_only_in_part() {
+        let long = "x".repeat(100_000);
+        let message = Timestamp::parse(&long).unwrap_err().to_string();
+        let echoed = format!("\"{}\"... (100000 bytes)", "x".repeat(ECHOED_CHARS));
+        assert!(message.contains(&echoed), "{message}");
+        assert!(message.len() < 300, "{} bytes", message.len());
+        // Cut on a character boundary, counting characters, not bytes.
+        let wide = "é".repeat(ECHOED_CHARS + 1);
+        let message = Timestamp::parse(&wide).unwrap_err().to_string();
+        assert!(message.contains(&format!("\"{}\"...", "é".repeat(ECHOED_CHARS))));
+        // Short text is echoed whole, without an ellipsis.
+        let message = Timestamp::parse("garbage").unwrap_err().to_string();
+        assert!(message.starts_with("cannot parse timestamp \"garbage\": missing '@node'"));
     }
 
     #[test]

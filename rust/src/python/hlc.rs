@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyInt, PyTuple, PyType};
+use pyo3::types::{PyBool, PyBytes, PyInt, PyString, PyTuple, PyType};
 
 use crate::hlc::{
     Clock, ClockConfig, ClockError, ManualClock, PhysicalSource, TimestampRange, MAX_RESERVE,
@@ -64,6 +64,44 @@ fn i64_arg(value: &Bound<'_, PyAny>, field: &str) -> PyResult<i64> {
 fn node_arg(value: &Bound<'_, PyAny>) -> PyResult<u16> {
     let node = u64_arg(value, "node")?;
     Ok(Timestamp::new(0, 0, node)?.node())
+}
+
+/// The `ValueError` for a `str` that cannot be encoded as UTF-8, naming where; `err` is the
+/// `UnicodeEncodeError` from encoding it.
+#[cold]
+fn not_unicode(text: &Bound<'_, PyString>, err: &PyErr) -> PyErr {
+    let py = text.py();
+    let start = err
+        .value(py)
+        .getattr("start")
+        .and_then(|s| s.extract::<usize>());
+    // Through UTF-16 so each lone surrogate shows as one U+FFFD (pyo3's lossy form gives three).
+    let lossy = text
+        .call_method1("encode", ("utf-16-le", "surrogatepass"))
+        .ok()
+        .and_then(|encoded| encoded.cast_into::<PyBytes>().ok())
+        .map_or_else(
+            || text.to_string_lossy().into_owned(),
+            |encoded| {
+                let units: Vec<u16> = encoded
+                    .as_bytes()
+                    .chunks_exact(2)
+                    .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+                    .collect();
+                String::from_utf16_lossy(&units)
+            },
+        );
+    let at = start.map_or_else(|_| String::new(), |index| format!(" at index {index}"));
+    PyValueError::new_err(
+        TimestampError::unparsable(
+            &lossy,
+            format!(
+                "the text has a lone surrogate{at} (shown as U+FFFD here), \
+                 which is not valid Unicode"
+            ),
+        )
+        .to_string(),
+    )
 }
 
 /// A hybrid-logical-clock timestamp: (physical microseconds, logical counter, node id).
@@ -140,7 +178,7 @@ impl PyTimestamp {
 
     #[classmethod]
     fn parse(_cls: &Bound<'_, PyType>, text: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let text: &str = text.extract().map_err(|_| {
+        let text = text.cast::<PyString>().map_err(|_| {
             PyTypeError::new_err(format!(
                 "timestamp text must be str, got {}",
                 text.get_type()
@@ -148,6 +186,8 @@ impl PyTimestamp {
                     .map_or_else(|_| "?".into(), |n| n.to_string())
             ))
         })?;
+        // A str is not always text: a lone surrogate has no UTF-8 form (and no timestamp has one).
+        let text = text.to_str().map_err(|err| not_unicode(text, &err))?;
         Ok(Self(Timestamp::parse(text)?))
     }
 
