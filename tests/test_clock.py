@@ -145,6 +145,34 @@ def test_remote_past_max_offset_raises_and_leaves_the_clock_unchanged() -> None:
     )
 
 
+# A refused update changes nothing observable, counters included. Each row: (physical clock
+# reading, remote physical offset from it or None for a send, accepted?, backward_jumps after).
+REFUSED_UPDATES = [
+    (START_US, None, True, 0),  # highest reading seen: START_US
+    (START_US - 100, MAX_OFFSET_US + 1_000, False, 0),  # refused: the step back is not recorded
+    (START_US - 100, None, True, 1),  # the next call that succeeds counts it
+    (START_US + 5_000, MAX_OFFSET_US + 1, False, 1),  # refused: this reading is not recorded...
+    (START_US, None, True, 1),  # ... so START_US is no step back from it
+    (START_US - 1_000, 0, True, 2),
+]
+
+
+def test_refused_update_leaves_last_and_backward_jumps_unchanged() -> None:
+    clock, physical = manual_clock()
+    for row, (pt, ahead, accepted, jumps) in enumerate(REFUSED_UPDATES):
+        physical.set(pt)
+        before = clock.last()
+        if ahead is None:
+            clock.now()
+        elif accepted:
+            clock.update(Timestamp(pt + ahead, 0, 1))
+        else:
+            with pytest.raises(ClockSkewError):
+                clock.update(Timestamp(pt + ahead, 0, 1))
+            assert clock.last() == before, f"row {row}"
+        assert clock.backward_jumps == jumps, f"row {row}"
+
+
 def test_logical_overflow_moves_physical_forward() -> None:
     clock, _ = manual_clock(floor=Timestamp(START_US, MAX_LOGICAL - 1))
     assert pair(clock.now()) == (START_US, MAX_LOGICAL)

@@ -24,6 +24,10 @@
 //! `max(c, c_m) + 1`, and so on). A logical counter at its 12-bit maximum carries into physical:
 //! the clock moves physical forward by one microsecond instead of wrapping or failing.
 //!
+//! "Unchanged" after a failed call includes the counters: a call reads the physical clock but
+//! records the reading (and any backward jump it shows) only once it has succeeded, so a refused
+//! `update` leaves `last`, `backward_jumps` and the highest reading seen as they were.
+//!
 //! State is one `AtomicU64` (the packed last timestamp) updated by compare-and-swap, so the clock
 //! is lock-free and safe to share between threads.
 
@@ -240,9 +244,12 @@ pub struct ClockConfig {
     pub max_offset_us: u64,
     pub source: PhysicalSource,
     pub floor: Option<Timestamp>,
-    /// A physical reading this far below the previous one counts as a backward jump. Readers race
-    /// (a thread may be descheduled between reading the clock and recording it), so small drops
-    /// are noise; CockroachDB uses max offset / 10 for the same check.
+    /// A physical reading more than this far below the highest one seen counts as a backward jump;
+    /// smaller drops are not counted (default `max_offset_us / 10`, as CockroachDB's check). The
+    /// drops it hides are mostly not the clock's: a reading is recorded after the call that took
+    /// it succeeds, and threads race between the two, so a thread that was descheduled records a
+    /// reading older than one another thread recorded meanwhile. A real step back smaller than the
+    /// tolerance goes uncounted too, and is harmless: it is well inside `max_offset_us`.
     pub backward_jump_tolerance_us: u64,
     /// Largest physical part the clock may hand out; `None` means no ceiling.
     pub ceiling_physical: Option<u64>,
@@ -339,6 +346,14 @@ impl Clock {
     /// Reads the physical clock, counting backward jumps.
     pub fn physical_now(&self) -> u64 {
         let now = self.source.now_us();
+        self.record_physical(now);
+        now
+    }
+
+    /// Records a physical reading: the highest seen, and a backward jump when `now` is more than
+    /// the tolerance below it. Called only after the call that took the reading has succeeded.
+    #[inline]
+    fn record_physical(&self, now: u64) {
         let previous = self.last_physical.load(Ordering::Relaxed);
         if now > previous {
             self.last_physical.fetch_max(now, Ordering::Relaxed);
@@ -350,18 +365,20 @@ impl Clock {
         {
             self.backward_jumps.fetch_add(1, Ordering::Relaxed);
         }
-        now
     }
 
     /// Send or local event.
     pub fn now(&self) -> Result<Timestamp, ClockError> {
-        let pt = self.physical_now();
-        self.advance(pt, 0, 1).map(|first| self.stamp(first))
+        let pt = self.source.now_us();
+        let first = self.advance(pt, 0, 1)?;
+        self.record_physical(pt);
+        Ok(self.stamp(first))
     }
 
-    /// Receive event: `remote` was observed in a message.
+    /// Receive event: `remote` was observed in a message. On error nothing changes, not even the
+    /// backward-jump count.
     pub fn update(&self, remote: Timestamp) -> Result<Timestamp, ClockError> {
-        let pt = self.physical_now();
+        let pt = self.source.now_us();
         if remote.physical() > pt.saturating_add(self.max_offset_us) {
             return Err(ClockError::Skew {
                 remote_physical: remote.physical(),
@@ -369,8 +386,9 @@ impl Clock {
                 max_offset_us: self.max_offset_us,
             });
         }
-        self.advance(pt, remote.packed(), 1)
-            .map(|first| self.stamp(first))
+        let first = self.advance(pt, remote.packed(), 1)?;
+        self.record_physical(pt);
+        Ok(self.stamp(first))
     }
 
     /// `n` consecutive timestamps in one atomic step; the cost does not depend on `n`.
@@ -378,8 +396,9 @@ impl Clock {
         if n == 0 || n > MAX_RESERVE {
             return Err(ClockError::InvalidReserve(n));
         }
-        let pt = self.physical_now();
+        let pt = self.source.now_us();
         let first = self.advance(pt, 0, n)?;
+        self.record_physical(pt);
         Ok(TimestampRange {
             first,
             count: n,
@@ -509,6 +528,63 @@ mod tests {
         assert_eq!(clock.last(), before);
         // Exactly at the max offset is still accepted.
         assert_eq!(clock.update(remote(1_500, 0)).unwrap(), ts(1_500, 1));
+    }
+
+    /// A refused call changes nothing observable: not `last`, not `backward_jumps`, and not the
+    /// highest physical reading seen (which decides what a later reading counts as a jump). Each
+    /// row: an event, whether it succeeds, and `backward_jumps` after it. Tolerance 0, max offset
+    /// 500 µs.
+    #[test]
+    fn refused_calls_leave_the_counters_unchanged() {
+        use Event::*;
+        let table: Vec<(Event, bool, u64)> = vec![
+            (Send, true, 0), // highest reading seen: 1_000
+            (Physical(900), false, 0),
+            (Receive(remote(1_401, 0)), false, 0), // refused: the step back is not recorded...
+            (Send, true, 1),                       // ...the next call that succeeds counts it
+            (Physical(5_000), false, 0),
+            (Receive(remote(5_501, 0)), false, 1), // refused: 5_000 is not recorded as seen...
+            (Physical(1_000), false, 0),
+            (Send, true, 1), // ...so 1_000 is not a step back from it
+            (Physical(500), false, 0),
+            (Receive(remote(1_000, 0)), true, 2),
+        ];
+        let (clock, physical) = manual_clock(1_000, None);
+        for (row, (event, succeeds, jumps)) in table.into_iter().enumerate() {
+            let before = clock.last();
+            let result = match event {
+                Physical(us) => {
+                    physical.set(us).unwrap();
+                    continue;
+                }
+                Send => clock.now(),
+                Receive(m) => clock.update(m),
+            };
+            assert_eq!(result.is_ok(), succeeds, "row {row}: {result:?}");
+            if !succeeds {
+                assert_eq!(clock.last(), before, "row {row}");
+            }
+            assert_eq!(clock.backward_jumps(), jumps, "row {row}");
+        }
+    }
+
+    #[test]
+    fn refused_for_the_ceiling_leaves_the_counters_unchanged() {
+        let physical = Arc::new(ManualClock::new(1_000).unwrap());
+        let mut config = ClockConfig::new(NODE, 500);
+        config.source = PhysicalSource::Manual(physical.clone());
+        config.backward_jump_tolerance_us = 0;
+        config.floor = Some(ts(2_000, MAX_LOGICAL));
+        config.ceiling_physical = Some(2_000);
+        let clock = Clock::new(config);
+        physical.set(3_000).unwrap(); // past the ceiling: refused, not recorded
+        assert!(clock.now().is_err());
+        assert!(clock.reserve(1).is_err());
+        assert!(clock.update(remote(1_000, 0)).is_err());
+        physical.set(1_000).unwrap();
+        clock.raise_ceiling(2_001).unwrap();
+        assert_eq!(clock.now().unwrap(), ts(2_001, 0));
+        assert_eq!(clock.backward_jumps(), 0);
     }
 
     #[test]

@@ -514,6 +514,10 @@ impl PyClock {
         self.physical_clock.clone_ref(py)
     }
 
+    /// How many times the physical clock was seen stepping back by more than
+    /// `backward_jump_tolerance_us` (default `max_offset_us // 10`); smaller drops are not
+    /// counted, since threads reading the clock concurrently record their readings out of order.
+    /// A call that raises counts nothing.
     #[getter]
     fn backward_jumps(&self) -> u64 {
         self.clock.backward_jumps()
