@@ -330,10 +330,14 @@ def test_clock_constructor_bad_input(kwargs: dict[str, Any], error: type, field:
 def test_clock_method_bad_input() -> None:
     clock, _ = manual_clock()
     before = clock.now()
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^remote must be a Timestamp, got NoneType$"):
+        clock.update(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^remote must be a Timestamp, got int$"):
         clock.update(5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^remote must be a Timestamp, got tuple$"):
         clock.update((START_US, 0))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^first must be a Timestamp, got NoneType$"):
+        TimestampRange(None, 1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="n"):
         clock.reserve(1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="n"):

@@ -377,8 +377,27 @@ def test_record_rejects_bad_commits_and_records_nothing() -> None:
         detector.record(txn, ts(9))
     with pytest.raises(TypeError, match="commit_ts must be a Timestamp, got int"):
         detector.record(txn, 10)  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^txn must be a Transaction, got str$"):
         detector.record("txn", ts(10))  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        detector.check(None)  # type: ignore[arg-type]
     assert len(detector) == 1 and detector.last_commit("b") is None
+
+
+# Each row: a call with an argument of the wrong type, and the TypeError naming that argument.
+WRONG_ARGUMENT_TYPES: list[tuple[str, tuple[Any, ...], str]] = [
+    ("check", (None,), "txn must be a Transaction, got NoneType"),
+    ("check", (ts(1),), "txn must be a Transaction, got Timestamp"),
+    ("record", (None, ts(10)), "txn must be a Transaction, got NoneType"),
+    ("record", (Transaction(2, ts(9)), None), "commit_ts must be a Timestamp, got NoneType"),
+    ("raise_low_watermark", (None,), "ts must be a Timestamp, got NoneType"),
+    ("raise_low_watermark", (7,), "ts must be a Timestamp, got int"),
+]
+
+
+@pytest.mark.parametrize(("method", "args", "message"), WRONG_ARGUMENT_TYPES)
+def test_wrong_argument_types_name_the_argument(
+    method: str, args: tuple[Any, ...], message: str
+) -> None:
+    detector = detector_with_history()
+    with pytest.raises(TypeError, match=f"^{message}$"):
+        getattr(detector, method)(*args)
+    assert len(detector) == 1 and detector.low_watermark is None

@@ -166,10 +166,27 @@ def test_comparison_with_other_types() -> None:
     assert VectorClock() != None  # noqa: E711
     with pytest.raises(TypeError):
         _ = VectorClock() < 1  # type: ignore[operator]
-    with pytest.raises(TypeError):
-        VectorClock().compare({})  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        VectorClock().merge({1: 2})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("method", "argument", "received"),
+    [
+        ("compare", {}, "dict"),
+        ("compare", None, "NoneType"),
+        ("merge", {1: 2}, "dict"),
+        ("merge", None, "NoneType"),
+        ("happens_before", 1, "int"),
+        ("concurrent_with", [], "list"),
+        ("dominates", b"", "bytes"),
+    ],
+)
+def test_wrong_argument_types_name_the_argument(
+    method: str, argument: object, received: str
+) -> None:
+    clock = VectorClock({1: 2})
+    with pytest.raises(TypeError, match=f"^other must be a VectorClock, got {received}$"):
+        getattr(clock, method)(argument)
+    assert clock.to_dict() == {1: 2}
 
 
 def test_counter_overflow_leaves_the_clock_unchanged() -> None:

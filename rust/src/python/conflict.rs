@@ -14,7 +14,7 @@ use crate::conflict::{
     LostTo, Transaction, DEFAULT_MAX_KEYS,
 };
 use crate::python::errors::HlcError;
-use crate::python::hlc::{u64_arg, PyTimestamp};
+use crate::python::hlc::{cast_arg, u64_arg, PyTimestamp};
 use crate::python::vclock::PyVectorClock;
 
 impl From<ConflictError> for PyErr {
@@ -436,8 +436,9 @@ impl PyConflictDetector {
         Ok(self.lock()?.len())
     }
 
-    fn raise_low_watermark(&self, ts: &Bound<'_, PyTimestamp>) -> PyResult<()> {
-        self.lock()?.raise_low_watermark(ts.get().0);
+    fn raise_low_watermark(&self, ts: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ts = cast_arg::<PyTimestamp>(ts, "ts")?.get().0;
+        self.lock()?.raise_low_watermark(ts);
         Ok(())
     }
 
@@ -450,8 +451,9 @@ impl PyConflictDetector {
     }
 
     /// `None` if `txn` may commit after the recorded history, else its first `Conflict`.
-    fn check(&self, txn: &Bound<'_, PyTransaction>) -> PyResult<Option<PyConflict>> {
-        Ok(self.lock()?.check(&txn.get().0).map(PyConflict))
+    fn check(&self, txn: &Bound<'_, PyAny>) -> PyResult<Option<PyConflict>> {
+        let txn = &cast_arg::<PyTransaction>(txn, "txn")?.get().0;
+        Ok(self.lock()?.check(txn).map(PyConflict))
     }
 
     /// Decides a batch in submission order, first committer wins; records nothing.
@@ -466,14 +468,10 @@ impl PyConflictDetector {
     }
 
     /// Remembers `txn`'s writes as committed at `commit_ts` (which must be after its start).
-    fn record(&self, txn: &Bound<'_, PyTransaction>, commit_ts: &Bound<'_, PyAny>) -> PyResult<()> {
-        let commit_ts = commit_ts.cast::<PyTimestamp>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "commit_ts must be a Timestamp, got {}",
-                type_name(commit_ts)
-            ))
-        })?;
-        Ok(self.lock()?.record(&txn.get().0, commit_ts.get().0)?)
+    fn record(&self, txn: &Bound<'_, PyAny>, commit_ts: &Bound<'_, PyAny>) -> PyResult<()> {
+        let txn = &cast_arg::<PyTransaction>(txn, "txn")?.get().0;
+        let commit_ts = cast_arg::<PyTimestamp>(commit_ts, "commit_ts")?.get().0;
+        Ok(self.lock()?.record(txn, commit_ts)?)
     }
 
     /// Groups of mutually independent transactions (first fit, submission order).

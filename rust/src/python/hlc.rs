@@ -5,6 +5,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyInt, PyString, PyTuple, PyType};
+use pyo3::PyTypeInfo;
 
 use crate::hlc::{
     Clock, ClockConfig, ClockError, ManualClock, PhysicalSource, TimestampRange, MAX_RESERVE,
@@ -45,6 +46,37 @@ pub(crate) fn u64_arg(value: &Bound<'_, PyAny>, field: &str) -> PyResult<u64> {
             "{field} must be a non-negative integer below 2**64, got {value}"
         ))
     })
+}
+
+/// `value` as the Python class `T`, or a `TypeError` naming the parameter and the type received
+/// (`remote must be a Timestamp, got NoneType`). Methods take `&Bound<PyAny>` and call this instead
+/// of declaring a typed parameter, whose pyo3 error names neither. The success path is the same
+/// type check pyo3 does for a typed parameter; only a failure pays for the message.
+#[inline]
+pub(crate) fn cast_arg<'a, 'py, T: PyTypeInfo>(
+    value: &'a Bound<'py, PyAny>,
+    field: &str,
+) -> PyResult<&'a Bound<'py, T>> {
+    match value.cast::<T>() {
+        Ok(cast) => Ok(cast),
+        Err(_) => Err(wrong_type::<T>(value, field)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn wrong_type<T: PyTypeInfo>(value: &Bound<'_, PyAny>, field: &str) -> PyErr {
+    let name = |ty: Bound<'_, PyType>| ty.name().map_or_else(|_| "?".into(), |n| n.to_string());
+    let expected = name(T::type_object(value.py()));
+    let article = if expected.starts_with(['A', 'E', 'I', 'O', 'U']) {
+        "an"
+    } else {
+        "a"
+    };
+    PyTypeError::new_err(format!(
+        "{field} must be {article} {expected}, got {}",
+        name(value.get_type())
+    ))
 }
 
 fn i64_arg(value: &Bound<'_, PyAny>, field: &str) -> PyResult<i64> {
@@ -230,9 +262,9 @@ pub struct PyTimestampRange(pub TimestampRange);
 #[pymethods]
 impl PyTimestampRange {
     #[new]
-    fn py_new(first: &Bound<'_, PyTimestamp>, count: &Bound<'_, PyAny>) -> PyResult<Self> {
+    fn py_new(first: &Bound<'_, PyAny>, count: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let first = cast_arg::<PyTimestamp>(first, "first")?.get().0;
         let count = u64_arg(count, "count")?;
-        let first = first.get().0;
         TimestampRange::new(first, count).map(Self).ok_or_else(|| {
             PyValueError::new_err(format!(
                 "count must be at least 1 and the range must end within the 64-bit timestamp \
@@ -465,8 +497,9 @@ impl PyClock {
 
     /// Receive event: a timestamp greater than `remote` and every one before; `ClockSkewError`
     /// (clock unchanged) when `remote` is more than `max_offset_us` ahead of physical time.
-    fn update(&self, remote: &Bound<'_, PyTimestamp>) -> PyResult<PyTimestamp> {
-        Ok(PyTimestamp(self.clock.update(remote.get().0)?))
+    fn update(&self, remote: &Bound<'_, PyAny>) -> PyResult<PyTimestamp> {
+        let remote = cast_arg::<PyTimestamp>(remote, "remote")?.get().0;
+        Ok(PyTimestamp(self.clock.update(remote)?))
     }
 
     /// `n` consecutive timestamps in one atomic step.

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyTuple, PyType};
 
-use crate::python::hlc::u64_arg;
+use crate::python::hlc::{cast_arg, u64_arg};
 use crate::vclock::{NodeId, Ordering, VectorClock, VectorClockError};
 
 impl From<VectorClockError> for PyErr {
@@ -85,6 +85,13 @@ pub(crate) fn clock_from_dict(value: &Bound<'_, PyAny>) -> PyResult<VectorClock>
     Ok(VectorClock::from_entries(entries)?)
 }
 
+/// The `other` argument of the comparisons, borrowed: a `TypeError` naming `other` when it is not a
+/// `VectorClock` (what a `PyRef<PyVectorClock>` parameter does, with a message that names it).
+#[inline]
+fn other_arg<'py>(other: &Bound<'py, PyAny>) -> PyResult<PyRef<'py, PyVectorClock>> {
+    Ok(cast_arg::<PyVectorClock>(other, "other")?.try_borrow()?)
+}
+
 /// A vector clock: node id (0..=65535) → event counter (0..2**64), absent nodes count 0.
 ///
 /// Comparisons are the happens-before partial order: for concurrent clocks `<`, `>`, `<=` and
@@ -113,11 +120,13 @@ impl PyVectorClock {
     }
 
     /// Pointwise maximum with `other`, in place.
-    fn merge(slf: &Bound<'_, Self>, other: &Bound<'_, Self>) {
+    fn merge(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<()> {
+        let other = cast_arg::<Self>(other, "other")?;
         if slf.is(other) {
-            return;
+            return Ok(());
         }
         slf.borrow_mut().0.merge(&other.borrow().0);
+        Ok(())
     }
 
     /// The counter of `node` (0 when absent).
@@ -125,21 +134,22 @@ impl PyVectorClock {
         Ok(self.0.get(node_id_arg(node)?))
     }
 
-    fn compare(&self, py: Python<'_>, other: PyRef<'_, Self>) -> PyResult<Py<PyOrdering>> {
+    fn compare(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyOrdering>> {
+        let other = other_arg(other)?;
         ordering_member(py, self.0.compare(&other.0))
     }
 
-    fn happens_before(&self, other: PyRef<'_, Self>) -> bool {
-        self.0.happens_before(&other.0)
+    fn happens_before(&self, other: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.0.happens_before(&other_arg(other)?.0))
     }
 
-    fn concurrent_with(&self, other: PyRef<'_, Self>) -> bool {
-        self.0.concurrent_with(&other.0)
+    fn concurrent_with(&self, other: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.0.concurrent_with(&other_arg(other)?.0))
     }
 
     /// True when this clock has seen every event of `other` (after or equal), like `>=`.
-    fn dominates(&self, other: PyRef<'_, Self>) -> bool {
-        self.0.dominates(&other.0)
+    fn dominates(&self, other: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.0.dominates(&other_arg(other)?.0))
     }
 
     fn copy(&self) -> Self {
