@@ -13,8 +13,6 @@ import re
 from pathlib import Path
 from typing import Literal
 
-PemKind = Literal["certificate", "private key"]
-
 _BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 
 
@@ -22,13 +20,13 @@ class PemError(ValueError):
     """A TLS file (or bytes) is not PEM, or holds no block of the kind it is used for."""
 
 
-def _label_fits(label: str, kind: PemKind) -> bool:
+def _label_fits(label: str, kind: Literal["certificate", "private key"]) -> bool:
     if kind == "certificate":
         return label in ("CERTIFICATE", "TRUSTED CERTIFICATE", "X509 CERTIFICATE")
     return label.endswith("PRIVATE KEY")
 
 
-def check_pem(data: bytes, kind: PemKind, what: str) -> None:
+def check_pem(data: bytes, kind: Literal["certificate", "private key"], what: str) -> None:
     """Raises :class:`PemError` unless ``data`` holds at least one PEM block of ``kind`` and every
     such block decodes (base64 of a DER sequence). ``what`` names the source in the message."""
     blocks = [
@@ -48,7 +46,9 @@ def check_pem(data: bytes, kind: PemKind, what: str) -> None:
             raise PemError(f"{what}: the {label} block does not hold a DER {kind}")
 
 
-def read_pem(source: Path | str | bytes, kind: PemKind, role: str) -> bytes:
+def read_pem(
+    source: Path | str | bytes, kind: Literal["certificate", "private key"], role: str
+) -> bytes:
     """The bytes of ``source`` (a path, or PEM bytes as they are), checked to hold a ``kind``.
 
     ``role`` says what the file is for ("CA bundle", "client certificate", ...) in messages.
