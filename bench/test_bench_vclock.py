@@ -18,14 +18,6 @@ loro = pytest.importorskip("loro")
 SIZES = [4, 32]
 
 
-def measure(benchmark: Any, target: Any, argument: Any) -> Any:
-    """Fixed loop counts with a warm-up, the same for every member of a group: these calls take
-    tens of nanoseconds, where the default calibration picks loop counts that vary run to run."""
-    return benchmark.pedantic(
-        target, args=(argument,), iterations=2_000, rounds=60, warmup_rounds=3
-    )
-
-
 def counters(size: int, bump: int = 0) -> dict[int, int]:
     entries = {node * 7 + 1: 1000 + node for node in range(size)}
     last = max(entries)
@@ -41,52 +33,52 @@ def loro_vv(entries: dict[int, int]) -> Any:
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_dict_compare(baseline: Any, size: int) -> None:
+def test_dict_compare(baseline: Any, size: int, measure_calls: Any) -> None:
     baseline.group = f"vclock-compare-{size}"
     older, newer = DictVectorClock(counters(size)), DictVectorClock(counters(size, 1))
-    assert measure(baseline, older.compare, newer) == "before"
+    assert measure_calls(baseline, older.compare, newer) == "before"
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_dict_compare_with_any(benchmark: Any, size: int) -> None:
+def test_dict_compare_with_any(benchmark: Any, size: int, measure_calls: Any) -> None:
     benchmark.group = f"vclock-compare-{size}"
     older, newer = DictVectorClock(counters(size)), DictVectorClock(counters(size, 1))
-    assert measure(benchmark, older.compare_with_any, newer) == "before"
+    assert measure_calls(benchmark, older.compare_with_any, newer) == "before"
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_vector_clock_compare(benchmark: Any, size: int) -> None:
+def test_vector_clock_compare(benchmark: Any, size: int, measure_calls: Any) -> None:
     benchmark.group = f"vclock-compare-{size}"
     older, newer = VectorClock(counters(size)), VectorClock(counters(size, 1))
-    assert measure(benchmark, older.compare, newer).__repr__() == "Ordering.BEFORE"
+    assert measure_calls(benchmark, older.compare, newer).__repr__() == "Ordering.BEFORE"
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_loro_includes_vv(benchmark: Any, size: int) -> None:
+def test_loro_includes_vv(benchmark: Any, size: int, measure_calls: Any) -> None:
     benchmark.group = f"vclock-compare-{size}"
     older, newer = loro_vv(counters(size)), loro_vv(counters(size, 1))
-    assert measure(benchmark, newer.includes_vv, older) is True
+    assert measure_calls(benchmark, newer.includes_vv, older) is True
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_dict_merge(baseline: Any, size: int) -> None:
+def test_dict_merge(baseline: Any, size: int, measure_calls: Any) -> None:
     baseline.group = f"vclock-merge-{size}"
     mine, other = DictVectorClock(counters(size)), DictVectorClock(counters(size, 1))
-    measure(baseline, mine.merge, other)
+    measure_calls(baseline, mine.merge, other)
     assert mine.counters == other.counters
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_vector_clock_merge(benchmark: Any, size: int) -> None:
+def test_vector_clock_merge(benchmark: Any, size: int, measure_calls: Any) -> None:
     benchmark.group = f"vclock-merge-{size}"
     mine, other = VectorClock(counters(size)), VectorClock(counters(size, 1))
-    measure(benchmark, mine.merge, other)
+    measure_calls(benchmark, mine.merge, other)
     assert mine == other
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_loro_merge(benchmark: Any, size: int) -> None:
+def test_loro_merge(benchmark: Any, size: int, measure_calls: Any) -> None:
     benchmark.group = f"vclock-merge-{size}"
     mine, other = loro_vv(counters(size)), loro_vv(counters(size, 1))
-    measure(benchmark, mine.merge, other)
+    measure_calls(benchmark, mine.merge, other)
     assert mine.includes_vv(other)
