@@ -32,6 +32,7 @@ def _interleaved_ratio(
     subject: Callable[..., Any],
     reference: Callable[..., Any],
     args: tuple[Any, ...] = (),
+    reference_args: tuple[Any, ...] = (),
     calls: int = 20_000,
     pairs: int = 15,
 ) -> float:
@@ -42,7 +43,7 @@ def _interleaved_ratio(
     for _ in range(pairs):
         started = time.perf_counter()
         for _ in range(calls):
-            reference()
+            reference(*reference_args)
         middle = time.perf_counter()
         for _ in range(calls):
             subject(*args)
@@ -52,5 +53,6 @@ def _interleaved_ratio(
 
 @pytest.fixture
 def interleaved_ratio() -> Callable[..., float]:
-    """``interleaved_ratio(subject, reference, args=())``: see :func:`_interleaved_ratio`."""
+    """``interleaved_ratio(subject, reference, args=(), reference_args=())``: see
+    :func:`_interleaved_ratio`."""
     return _interleaved_ratio
