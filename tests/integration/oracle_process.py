@@ -90,18 +90,24 @@ class OracleProcess:
             self.wait_for_health(deadline)
         return self
 
-    def wait_for_health(self, deadline: float) -> None:
+    def wait_for_health(
+        self, deadline: float, status: int = health_pb2.HealthCheckResponse.SERVING
+    ) -> None:
+        """Polls gRPC health until the node reports ``status`` (by default SERVING)."""
         with grpc.insecure_channel(self.target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 try:
                     response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    if response.status == status:
                         return
                 except grpc.RpcError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"hlc-oracle serve never became healthy:\n{self.log_text()}")
+                    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+                    raise RuntimeError(
+                        f"hlc-oracle serve never reported {name}:\n{self.log_text()}"
+                    )
                 time.sleep(0.05)
 
     def log_text(self) -> str:

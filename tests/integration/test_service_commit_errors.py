@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from hlc_oracle import Committed, Timestamp, Transaction
 from hlc_oracle.client import (
     AsyncOracleClient,
@@ -123,18 +123,7 @@ def not_serving_oracle(start_oracle: Callable[..., OracleProcess]) -> Iterator[O
             "--set", "ntp.unknown_policy=refuse",
             wait_healthy=False,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        with grpc.insecure_channel(oracle.target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                try:
-                    status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                    if status.status == health_pb2.HealthCheckResponse.NOT_SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                assert time.monotonic() < deadline, "the node never reported NOT_SERVING"
-                time.sleep(0.05)
+        oracle.wait_for_health(time.monotonic() + 10, health_pb2.HealthCheckResponse.NOT_SERVING)
         yield oracle
 
 
