@@ -3,6 +3,7 @@ overlapping read and write sets, both isolation levels, eviction and the low wat
 vector-clock write conflicts, the scenarios spelled out as tables, threads, and bad input."""
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -292,6 +293,40 @@ def test_threads_record_and_check_concurrently() -> None:
     assert not errors
     assert len(detector) == 4 * 200 + 1
     assert detector.last_commit("shared") == ts(201)
+
+
+@pytest.fixture(scope="module")
+def large_batch() -> list[Transaction]:
+    """20,000 transactions, 20 writers per shared key: each batch call takes milliseconds."""
+    return [
+        Transaction(i, ts(1), [b"r%d" % i], [b"w%d" % i, b"x%d" % (i % 1000)],
+                    VectorClock({i % 7 + 1: i}))
+        for i in range(1, 20_001)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["check_batch", "partition", "check_concurrent_writes"])
+def test_batch_calls_release_the_gil(method: str, large_batch: list[Transaction]) -> None:
+    """While one thread is inside a batch call, another runs Python. A call that kept the GIL
+    would stop the other thread for its whole length: Rust code never yields it by itself."""
+    detector = ConflictDetector(isolation="serializable")
+    txns = large_batch
+    entered, finished = threading.Event(), threading.Event()
+
+    def call() -> None:
+        entered.set()
+        getattr(detector, method)(txns)
+        finished.set()
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    entered.wait()
+    turns = 0
+    while not finished.is_set():
+        time.sleep(0)  # lets the worker take the GIL back whenever it wants it
+        turns += 1
+    worker.join()
+    assert turns > 50, f"the other thread ran only {turns} times during {method}"
 
 
 # Bad input: a clear TypeError or ValueError naming the problem, and nothing recorded.
