@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use crate::conflict::{Conflict, ConflictDetector, Isolation, Transaction, TxnId};
 use crate::hlc::{Clock, ClockError};
 use crate::log::{CommitLog, LogError, LogOptions, Recovered};
-use crate::timestamp::{Timestamp, MAX_PHYSICAL};
+use crate::timestamp::{Timestamp, MAX_LOGICAL, MAX_PHYSICAL};
 
 pub use decisions::{Decision, DecisionIndex};
 
@@ -851,7 +851,7 @@ impl CommitEngine {
 }
 
 /// The newest start timestamp a transaction aborted now could carry: the later of this clock and
-/// physical time, plus the max offset.
+/// physical time, plus the max offset, with the largest logical counter and node id there.
 fn abort_fence(clock: &Clock, physical_now: u64) -> Timestamp {
     let last = clock.last();
     let physical = last
@@ -859,7 +859,7 @@ fn abort_fence(clock: &Clock, physical_now: u64) -> Timestamp {
         .max(physical_now)
         .saturating_add(clock.max_offset_us())
         .min(MAX_PHYSICAL);
-    Timestamp::new(physical, 0, 0).map_or(last, |fence| fence.max(last))
+    Timestamp::new(physical, MAX_LOGICAL, u64::from(u16::MAX)).map_or(last, |fence| fence.max(last))
 }
 
 fn encode_checkpoint(newest_commit: Option<Timestamp>) -> Vec<u8> {

@@ -404,10 +404,15 @@ fn a_forgotten_abort_fences_late_commits_from_a_clock_ahead() {
         committed(&engine.process(&clock, &[Request::Commit(&t)])[0]);
     }
     assert_eq!(engine.status(100), None, "forgotten");
-    // A start timestamp from a peer 900 us ahead of the oracle at the time of the abort.
-    let ahead = Timestamp::new(1_000_900, 0, 7).unwrap();
-    assert!(matches!(
-        engine.process(&clock, &[Request::Commit(&txn(100, ahead, &[], &["x"]))])[0],
-        Err(SubmitError::StartTooOld { .. })
-    ));
+    // Start timestamps from peers ahead of the oracle at the time of the abort, up to the whole
+    // max offset (and any logical counter and node there).
+    for ahead in [
+        Timestamp::new(1_000_900, 0, 7).unwrap(),
+        Timestamp::new(1_001_000, MAX_LOGICAL, 65_535).unwrap(),
+    ] {
+        assert!(matches!(
+            engine.process(&clock, &[Request::Commit(&txn(100, ahead, &[], &["x"]))])[0],
+            Err(SubmitError::StartTooOld { .. })
+        ));
+    }
 }
