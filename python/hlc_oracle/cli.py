@@ -386,17 +386,14 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         progress.finish()
         batches = client.commit_batches if args.mode == "commit" else client.batches
     latencies.sort()
-    # Timestamps per completed call: the requested range in ranges and unary modes, one otherwise
-    # (a merged get_timestamp(), or a commit's one commit timestamp).
-    per_call = count
     return {
         "mode": args.mode,
         "concurrency": args.concurrency,
         "calls": len(latencies),
-        "timestamps": len(latencies) * per_call,
+        "timestamps": len(latencies) * count,
         "seconds": round(elapsed, 3),
         "calls_per_second": round(len(latencies) / elapsed),
-        "timestamps_per_second": round(len(latencies) * per_call / elapsed),
+        "timestamps_per_second": round(len(latencies) * count / elapsed),
         "merged_requests": batches,
         "latency_us": {
             name: round(percentile(latencies, q) * 1e6, 1) if latencies else None

@@ -33,6 +33,7 @@ import grpc
 
 from hlc_oracle import Aborted, Committed, HlcError, Timestamp, TimestampRange, Transaction
 from hlc_oracle._core import decode_commit_results, encode_commit_request
+from hlc_oracle.proto import REFUSAL_METADATA_KEY
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.tls import read_pem
 
@@ -42,11 +43,6 @@ Answer = TypeVar("Answer")
 DEFAULT_TARGET = "127.0.0.1:50051"
 _SERVICE = "/hlc_oracle.v1.TimestampOracle/"
 _TRANSACTIONS = "/hlc_oracle.v1.Transactions/"
-
-
-# Trailing metadata the server puts on its own refusals (see hlc_oracle.server.service):
-# "not-serving" on UNAVAILABLE, "over-limit" on a count above its limits.max_count.
-REFUSAL_METADATA_KEY = "hlc-oracle-refusal"
 
 
 class OracleError(HlcError):

@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from hlc_oracle import CeilingReachedError, Clock, ClockSkewError, HlcError, Timestamp
+from hlc_oracle.proto import REFUSAL_METADATA_KEY
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
@@ -28,13 +29,6 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["TimestampOracle"].full_name
 # A request that reaches the ceiling waits for a window save and retries; more than a few rounds
 # means saving cannot keep up (or fails), and the caller is better served by UNAVAILABLE.
 CEILING_RETRIES = 3
-
-
-# Trailing metadata that tells a client the status came from the oracle itself, not from the
-# network: "not-serving" on every UNAVAILABLE the handlers send (the oracle is up but refuses:
-# starting, shutting down, clock skew, window or log trouble), "over-limit" on a count above
-# limits.max_count (the caller's request, not the server's load). See hlc_oracle.client.
-REFUSAL_METADATA_KEY = "hlc-oracle-refusal"
 
 
 class RequestError(Exception):

@@ -102,35 +102,15 @@ fn node_arg(value: &Bound<'_, PyAny>) -> PyResult<u16> {
 /// `UnicodeEncodeError` from encoding it.
 #[cold]
 fn not_unicode(text: &Bound<'_, PyString>, err: &PyErr) -> PyErr {
-    let py = text.py();
     let start = err
-        .value(py)
+        .value(text.py())
         .getattr("start")
         .and_then(|s| s.extract::<usize>());
-    // Through UTF-16 so each lone surrogate shows as one U+FFFD (pyo3's lossy form gives three).
-    let lossy = text
-        .call_method1("encode", ("utf-16-le", "surrogatepass"))
-        .ok()
-        .and_then(|encoded| encoded.cast_into::<PyBytes>().ok())
-        .map_or_else(
-            || text.to_string_lossy().into_owned(),
-            |encoded| {
-                let units: Vec<u16> = encoded
-                    .as_bytes()
-                    .chunks_exact(2)
-                    .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
-                    .collect();
-                String::from_utf16_lossy(&units)
-            },
-        );
     let at = start.map_or_else(|_| String::new(), |index| format!(" at index {index}"));
     PyValueError::new_err(
         TimestampError::unparsable(
-            &lossy,
-            format!(
-                "the text has a lone surrogate{at} (shown as U+FFFD here), \
-                 which is not valid Unicode"
-            ),
+            &text.to_string_lossy(),
+            format!("the text has a lone surrogate{at}, which is not valid Unicode"),
         )
         .to_string(),
     )
