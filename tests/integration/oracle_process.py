@@ -110,6 +110,16 @@ class OracleProcess:
                     )
                 time.sleep(0.05)
 
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Runs ``hlc-oracle ARGS --target <this server>`` and returns what it printed."""
+        return subprocess.run(
+            [sys.executable, "-m", "hlc_oracle.cli", *args, "--target", self.target],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -259,28 +257,20 @@ def test_kill_9_under_load_keeps_every_acknowledged_decision(tmp_path: Path) -> 
 
 
 def test_cli_txn_status_abort_and_commit_bench(oracle: OracleProcess) -> None:
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "hlc_oracle.cli", *args, "--target", oracle.target],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
     with OracleClient(oracle.target) as client:
         outcome = client.commit(Transaction(9001, client.get_timestamp(), [], [b"cli"]))
     assert isinstance(outcome, Committed)
-    done = cli("txn", "status", "9001")
+    done = oracle.cli("txn", "status", "9001")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"transaction 9001: committed at {outcome.commit_ts}"
-    unknown = cli("txn", "status", "9002", "--json")
+    unknown = oracle.cli("txn", "status", "9002", "--json")
     assert unknown.returncode == 4
     assert json.loads(unknown.stdout) == {"txn_id": 9002, "status": "unknown"}
-    fenced = cli("txn", "abort", "9002")
+    fenced = oracle.cli("txn", "abort", "9002")
     assert fenced.returncode == 1 and "aborted (requested)" in fenced.stdout
-    bad = cli("txn", "status", "0")
+    bad = oracle.cli("txn", "status", "0")
     assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr
-    bench = cli("bench", "--mode", "commit", "--concurrency", "16", "--requests", "400")
+    bench = oracle.cli("bench", "--mode", "commit", "--concurrency", "16", "--requests", "400")
     assert bench.returncode == 0, bench.stderr
     figures = json.loads(bench.stdout.splitlines()[-1])
     assert figures["mode"] == "commit" and figures["calls"] == 400

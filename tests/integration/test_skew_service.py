@@ -94,13 +94,7 @@ def test_serves_with_chrony_and_reports_the_offset(start_oracle: StartOracle) ->
         assert server["server"] == chrony.address and server["stratum"] == 8
         assert health(oracle) == SERVING
 
-        shown = subprocess.run(
-            [sys.executable, "-m", "hlc_oracle.cli", "status", "--target", oracle.target],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        shown = oracle.cli("status", timeout=30)
         assert shown.returncode == 0, shown.stderr
         assert re.search(r"skew_state\s+ok", shown.stdout)
         assert re.search(r"ntp_offset_us\s+-?\d+", shown.stdout)
@@ -263,19 +257,10 @@ def test_not_serving_refuses_every_timestamp_rpc_and_the_cli_exits_5(
                 call()
             assert refused.value.refusal == "not-serving"
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "hlc_oracle.cli", *args, "--target", oracle.target],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-
-    now = cli("now", "--retries", "1")
+    now = oracle.cli("now", "--retries", "1")
     assert now.returncode == 5, now.stderr
     assert f"{oracle.target} refused: not serving: " in now.stderr
     assert "cannot reach" not in now.stderr
-    status = cli("status")
+    status = oracle.cli("status")
     assert status.returncode == 1, status.stderr
     assert "clock offset unknown" in status.stdout
