@@ -36,6 +36,7 @@ from hlc_oracle.client import (
     RetryPolicy,
     channel_credentials,
 )
+from hlc_oracle.proto import REFUSAL_OVER_LIMIT
 from hlc_oracle.skew import add_skew_arguments, run_skew
 
 EXIT_OK = 0
@@ -474,7 +475,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def exit_code_of(err: OracleError) -> int:
     """The exit code of a status the oracle answered with (not ``UNAVAILABLE``/timeouts)."""
-    if err.code == grpc.StatusCode.INVALID_ARGUMENT or err.refusal == "over-limit":
+    if err.code == grpc.StatusCode.INVALID_ARGUMENT or err.refusal == REFUSAL_OVER_LIMIT:
         return EXIT_USAGE  # the request itself was wrong: malformed, or above max_count
     if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return EXIT_REFUSED  # the server is overloaded; the same request may pass later

@@ -33,7 +33,7 @@ import grpc
 
 from hlc_oracle import Aborted, Committed, HlcError, Timestamp, TimestampRange, Transaction
 from hlc_oracle._core import decode_commit_results, encode_commit_request
-from hlc_oracle.proto import REFUSAL_METADATA_KEY
+from hlc_oracle.proto import REFUSAL_METADATA_KEY, REFUSAL_NOT_SERVING
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.tls import read_pem
 
@@ -469,7 +469,7 @@ def outcome_from_wire(result: pb.CommitResult) -> Committed | Aborted:
 def _result_error(code: grpc.StatusCode, message: str) -> OracleError:
     """The error of a refused transaction in a ``CommitResult``: the oracle sent it itself."""
     if code is grpc.StatusCode.UNAVAILABLE:
-        return OracleNotServingError(code, message, "not-serving")
+        return OracleNotServingError(code, message, REFUSAL_NOT_SERVING)
     return OracleError(code, message)
 
 

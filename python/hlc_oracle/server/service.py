@@ -17,7 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from hlc_oracle import CeilingReachedError, Clock, ClockSkewError, HlcError, Timestamp
-from hlc_oracle.proto import REFUSAL_METADATA_KEY
+from hlc_oracle.proto import REFUSAL_METADATA_KEY, REFUSAL_NOT_SERVING, REFUSAL_OVER_LIMIT
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
@@ -38,7 +38,9 @@ class RequestError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.refusal = refusal or ("not-serving" if code == grpc.StatusCode.UNAVAILABLE else None)
+        self.refusal = refusal or (
+            REFUSAL_NOT_SERVING if code == grpc.StatusCode.UNAVAILABLE else None
+        )
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         return () if self.refusal is None else ((REFUSAL_METADATA_KEY, self.refusal),)
@@ -97,7 +99,7 @@ class TimestampOracleService:
             raise RequestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"count {count} is above the server's limit max_count={self.max_count}",
-                refusal="over-limit",
+                refusal=REFUSAL_OVER_LIMIT,
             )
         return count
 
