@@ -53,9 +53,9 @@ def test_config_file_named_by_the_environment(tmp_path: Path) -> None:
         ("[clock]\nnode_id = 65536\n", "clock.node_id must be in 0..65535, got 65536"),
         ("[limits]\nmax_count = 0\n", "limits.max_count must be in 1..4194304, got 0"),
         ("[server]\nlisten = 'nowhere'\n", "server.listen must be host:port"),
-        ("[tls]\ncert_file = 'a.pem'\n", "tls.cert_file and tls.key_file must be set together"),
+        ("[tls]\ncert_file = 'a.pem'\n", "tls.cert_file must be set together with tls.key_file"),
         ("[log]\nformat = 'xml'\n", "log.format must be json or text"),
-        ("[server\n", "is not valid TOML"),
+        ("[server\n", "not valid TOML"),
     ],
 )
 def test_bad_settings_name_the_field(tmp_path: Path, toml: str, message: str) -> None:
@@ -66,12 +66,72 @@ def test_bad_settings_name_the_field(tmp_path: Path, toml: str, message: str) ->
 
 
 def test_bad_environment_value_names_the_source() -> None:
-    with pytest.raises(ConfigError, match=r"environment: window.size_ms must be int"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^environment variable HLC_ORACLE_WINDOW_SIZE_MS: window.size_ms must be int, "
+        r"got 'soon'$",
+    ):
         load(environ={"HLC_ORACLE_WINDOW_SIZE_MS": "soon"})
 
 
+def test_unknown_environment_variables_are_rejected_like_unknown_keys() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(environ={"HLC_ORACLE_CLOCK_NODEID": "7"})
+    assert str(caught.value) == (
+        "environment variable HLC_ORACLE_CLOCK_NODEID: unknown setting; known: "
+        "HLC_ORACLE_CLOCK_MAX_OFFSET_US, HLC_ORACLE_CLOCK_NODE_ID"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"HLC_ORACLE_NODE_ID: unknown setting; known: "
+        r"HLC_ORACLE_CONFIG, HLC_ORACLE_CLOCK_\*, ",
+    ):
+        load(environ={"HLC_ORACLE_NODE_ID": "7"})
+    # The config file's variable is the one HLC_ORACLE_* name that is not a setting; other
+    # prefixes are not ours.
+    assert load(environ={"HLC_ORACLE_CONFIG": "", "HLC_ORACLEX": "1", "hlc_oracle_x": "1"})
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("file", "config file {path}: clock.node_id must be in 0..65535, got 70000"),
+        (
+            "environment",
+            "environment variable HLC_ORACLE_CLOCK_NODE_ID: clock.node_id must be in 0..65535, "
+            "got 70000",
+        ),
+        ("command line", "command line: clock.node_id must be in 0..65535, got 70000"),
+    ],
+)
+def test_range_errors_have_one_format_naming_source_key_value_and_range(
+    tmp_path: Path, source: str, message: str
+) -> None:
+    path = tmp_path / "oracle.toml"
+    path.write_text("[clock]\nnode_id = 70000\n" if source == "file" else "")
+    environ = {"HLC_ORACLE_CLOCK_NODE_ID": "70000"} if source == "environment" else {}
+    overrides = {"clock": {"node_id": "70000"}} if source == "command line" else None
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ, overrides)
+    assert str(caught.value) == message.format(path=path)
+
+
+def test_section_validators_are_attributed_too(tmp_path: Path) -> None:
+    path = tmp_path / "oracle.toml"
+    path.write_text("[commit]\nmax_queue = 0\n[ntp]\ntimeout_s = 99\n")
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ={})
+    assert str(caught.value) == f"config file {path}: ntp.timeout_s must be in 0.001..60, got 99.0"
+    with pytest.raises(ConfigError) as caught:
+        load(environ={"HLC_ORACLE_COMMIT_MAX_QUEUE": "0"})
+    assert str(caught.value) == (
+        "environment variable HLC_ORACLE_COMMIT_MAX_QUEUE: commit.max_queue must be at least 1, "
+        "got 0"
+    )
+
+
 def test_missing_file() -> None:
-    with pytest.raises(ConfigError, match="cannot read config file"):
+    with pytest.raises(ConfigError, match=r"config file /nonexistent/oracle.toml: cannot read it"):
         load(Path("/nonexistent/oracle.toml"), environ={})
 
 

@@ -6,6 +6,11 @@ variables (``HLC_ORACLE_<SECTION>_<FIELD>``, e.g. ``HLC_ORACLE_SERVER_LISTEN``),
 flags (``--listen``; every field also has ``--<section>.<field>``-style spelling through
 ``--set section.field=value``).
 
+Errors (:class:`ConfigError`) have one shape wherever the value came from:
+``<source>: <section>.<field> must be <what is allowed>, got <value>``, where the source is the
+file's path, ``environment variable HLC_ORACLE_...`` or ``command line``. An unknown section,
+setting or ``HLC_ORACLE_*`` variable is an error listing the known ones.
+
 To add settings, add a field (with a default and a ``doc``) to a section, or a new section
 dataclass and a field of that type to :class:`OracleConfig`; the loader, the environment names,
 the ``--set`` flag and ``hlc-oracle serve --help`` pick it up. A field's ``flag`` metadata gives it
@@ -20,7 +25,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,8 @@ from hlc_oracle.scheduler import CommitOptions
 from hlc_oracle.skew import GuardPolicy, SkewConfig
 
 ENV_PREFIX = "HLC_ORACLE_"
+#: The one ``HLC_ORACLE_*`` variable that is not a setting: the config file's path.
+CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
 
 
 class ConfigError(ValueError):
@@ -146,7 +153,11 @@ class OracleConfig:
     commit: CommitOptions = field(default_factory=CommitOptions)
 
     def validate(self) -> None:
-        """Raises :class:`ConfigError` naming the first field out of range."""
+        """Raises :class:`ConfigError` naming the first field out of range.
+
+        Each message starts with the ``section.field`` it is about, so that :func:`load` can put
+        the setting's source in front of it.
+        """
         from hlc_oracle import MAX_NODE, MAX_RESERVE
 
         host, _, port = self.server.listen.rpartition(":")
@@ -169,14 +180,23 @@ class OracleConfig:
                 raise ConfigError(f"{name} must be in {low}..{high}, got {value}")
         if self.window.check_interval_ms * 2 > self.window.size_ms:
             raise ConfigError(
-                f"window.check_interval_ms ({self.window.check_interval_ms}) must be at most half "
-                f"of window.size_ms ({self.window.size_ms})"
+                "window.check_interval_ms must be at most half of window.size_ms "
+                f"({self.window.size_ms}), got {self.window.check_interval_ms}"
             )
         if (self.tls.cert_file is None) != (self.tls.key_file is None):
-            raise ConfigError("tls.cert_file and tls.key_file must be set together")
+            given, missing = (
+                ("tls.cert_file", "tls.key_file")
+                if self.tls.key_file is None
+                else ("tls.key_file", "tls.cert_file")
+            )
+            path = self.tls.cert_file or self.tls.key_file
+            raise ConfigError(
+                f"{given} must be set together with {missing}, got {str(path)!r} without it"
+            )
         if self.tls.client_ca_file is not None and self.tls.cert_file is None:
             raise ConfigError(
-                "tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file"
+                "tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file, got "
+                f"{str(self.tls.client_ca_file)!r} without them"
             )
         if self.log.level not in ("debug", "info", "warning", "error"):
             raise ConfigError(
@@ -187,15 +207,16 @@ class OracleConfig:
         try:
             self.ntp.validate()
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"ntp: {err}") from err
+            raise ConfigError(f"ntp.{err}") from err
         try:
             self.commit.validate()
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"commit: {err}") from err
+            raise ConfigError(f"commit.{err}") from err
         if not self.ntp.servers and self.ntp.unknown_policy is GuardPolicy.REFUSE:
             raise ConfigError(
-                "ntp.unknown_policy = refuse needs ntp.servers: without servers the offset is "
-                "never known and the node would never serve"
+                "ntp.unknown_policy must be warn while ntp.servers is empty (refuse needs "
+                "ntp.servers: without them the offset is never known and the node would never "
+                "serve), got refuse"
             )
 
 
@@ -264,28 +285,41 @@ def convert(value: Any, annotation: Any, name: str) -> Any:
     raise ConfigError(f"{name} must be {kind}, got {value!r}")
 
 
-def apply(config: OracleConfig, values: Mapping[str, Mapping[str, Any]], source: str) -> None:
-    """Sets ``values[section][field]`` on ``config``; unknown names are errors naming ``source``."""
+def apply(
+    config: OracleConfig,
+    values: Mapping[str, Mapping[str, Any]],
+    source: str | Callable[[str], str],
+    sources: dict[str, str] | None = None,
+) -> None:
+    """Sets ``values[section][field]`` on ``config``; unknown names are errors naming ``source``.
+
+    ``source`` is where the values came from, or a function of ``"section.field"`` saying it.
+    ``sources`` (``"section.field"`` -> where its value came from) is updated for every setting.
+    """
     known = dict(sections(config))
     for section_name, entries in values.items():
         if section_name not in known:
+            where = source(section_name) if callable(source) else source
             raise ConfigError(
-                f"{source}: unknown section [{section_name}]; known: {', '.join(known)}"
+                f"{where}: unknown section [{section_name}]; known: {', '.join(known)}"
             )
         if not isinstance(entries, Mapping):
-            raise ConfigError(f"{source}: [{section_name}] must be a table")
+            where = source(section_name) if callable(source) else source
+            raise ConfigError(f"{where}: [{section_name}] must be a table, got {entries!r}")
         section = known[section_name]
         names = {f.name for f in fields_of(section)}
         for key, value in entries.items():
+            qualified = f"{section_name}.{key}"
+            origin = source(qualified) if callable(source) else source
             if key not in names:
                 raise ConfigError(
-                    f"{source}: unknown setting {section_name}.{key}; "
-                    f"known: {', '.join(sorted(names))}"
+                    f"{origin}: unknown setting {qualified}; "
+                    f"known in [{section_name}]: {', '.join(sorted(names))}"
                 )
-            qualified = f"{section_name}.{key}"
-            setattr(
-                section, key, convert(value, field_type(section, key), f"{source}: {qualified}")
-            )
+            converted = convert(value, field_type(section, key), f"{origin}: {qualified}")
+            setattr(section, key, converted)
+            if sources is not None:
+                sources[qualified] = origin
 
 
 def from_toml(path: Path) -> dict[str, dict[str, Any]]:
@@ -293,24 +327,59 @@ def from_toml(path: Path) -> dict[str, dict[str, Any]]:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+        raise ConfigError(f"config file {path}: cannot read it: {err.strerror}") from err
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+        raise ConfigError(f"config file {path}: not valid TOML: {err}") from err
 
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """``HLC_ORACLE_<SECTION>_<FIELD>`` variables, matched against the known fields."""
-    found: dict[str, dict[str, str]] = {}
+    """``HLC_ORACLE_<SECTION>_<FIELD>`` variables, matched against the known fields.
+
+    Any other ``HLC_ORACLE_*`` variable but ``HLC_ORACLE_CONFIG`` is a :class:`ConfigError`, as
+    an unknown key in the file is: a typo must not be silently ignored.
+    """
+    known: dict[str, tuple[str, str]] = {}
     for section_name, section in sections(OracleConfig()):
         for f in fields_of(section):
-            variable = f"{ENV_PREFIX}{section_name}_{f.name}".upper()
-            if variable in environ:
-                found.setdefault(section_name, {})[f.name] = environ[variable]
+            known[environment_variable(section_name, f.name)] = (section_name, f.name)
+    found: dict[str, dict[str, str]] = {}
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable == CONFIG_VARIABLE:
+            continue
+        if variable not in known:
+            raise ConfigError(unknown_variable_message(variable, known))
+        section_name, field_name = known[variable]
+        found.setdefault(section_name, {})[field_name] = environ[variable]
     return found
+
+
+def unknown_variable_message(variable: str, known: Mapping[str, tuple[str, str]]) -> str:
+    """Names the variables of the section ``variable`` seems to mean, or the sections."""
+    section_prefixes = sorted({f"{ENV_PREFIX}{section.upper()}_" for section, _ in known.values()})
+    prefix = next((p for p in section_prefixes if variable.startswith(p)), None)
+    if prefix is None:
+        listed = ", ".join([CONFIG_VARIABLE, *(f"{p}*" for p in section_prefixes)])
+    else:
+        listed = ", ".join(sorted(name for name in known if name.startswith(prefix)))
+    return f"environment variable {variable}: unknown setting; known: {listed}"
 
 
 def environment_variable(section_name: str, field_name: str) -> str:
     return f"{ENV_PREFIX}{section_name}_{field_name}".upper()
+
+
+def environment_source(qualified: str) -> str:
+    """The source of ``section.field`` when it came from the environment: its variable."""
+    section_name, _, field_name = qualified.partition(".")
+    return f"environment variable {environment_variable(section_name, field_name)}"
+
+
+def attributed(err: ConfigError, sources: Mapping[str, str]) -> ConfigError:
+    """``err`` from :meth:`OracleConfig.validate` with the source of the setting it names."""
+    message = str(err)
+    key = message.split(" ", 1)[0].rstrip(":,")
+    source = sources.get(key)
+    return ConfigError(f"{source}: {message}") if source else err
 
 
 def load(
@@ -321,16 +390,21 @@ def load(
     """Defaults < ``config_file`` (TOML) < ``environ`` < ``overrides`` (command-line flags).
 
     ``environ`` defaults to ``os.environ``; ``HLC_ORACLE_CONFIG`` names a config file when
-    ``config_file`` is not given. The result is validated.
+    ``config_file`` is not given. The result is validated; an error names where the offending
+    value came from.
     """
     environ = os.environ if environ is None else environ
     config = OracleConfig()
-    if config_file is None and environ.get(f"{ENV_PREFIX}CONFIG"):
-        config_file = Path(environ[f"{ENV_PREFIX}CONFIG"])
+    sources: dict[str, str] = {}
+    if config_file is None and environ.get(CONFIG_VARIABLE):
+        config_file = Path(environ[CONFIG_VARIABLE])
     if config_file is not None:
-        apply(config, from_toml(config_file), str(config_file))
-    apply(config, from_environment(environ), "environment")
+        apply(config, from_toml(config_file), f"config file {config_file}", sources)
+    apply(config, from_environment(environ), environment_source, sources)
     if overrides:
-        apply(config, overrides, "command line")
-    config.validate()
+        apply(config, overrides, "command line", sources)
+    try:
+        config.validate()
+    except ConfigError as err:
+        raise attributed(err, sources) from None
     return config
