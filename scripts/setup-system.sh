@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs (build tools, the servers that integration tests
-# run on loopback, and venv support for `make`). Idempotent and quiet: packages already present are
+# run on loopback: chrony and etcd, and venv support for `make`). Idempotent and quiet: packages already present are
 # not fetched again, and nothing is printed when there is nothing to do.
 set -euo pipefail
 
-packages=(build-essential chrony)
+# etcd-server and etcd-client (3.4.23 in bookworm): the clustered mode's shared state; tests start
+# their own members on loopback (tests/etcd_process.py).
+packages=(build-essential chrony etcd-server etcd-client)
 # `make` runs `python3 -m venv`, which with Debian's python3 needs python3-venv (ensurepip). A
 # python3 from pyenv or a similar build has venv built in, but the package is installed anyway
 # when Debian has it, so `make` works whichever python3 comes first on PATH. Skipped where the
@@ -41,8 +43,9 @@ if [[ $(id -u) -ne 0 ]]; then
     echo "setup-system: missing Debian packages: ${all_missing[*]}; install them as root" >&2
     exit 1
 fi
-# Servers (chrony, ...) are started by the tests on loopback, never as system services: a
-# system chronyd would try to reach public NTP pools. Deny service starts during the install.
+# Servers (chrony, etcd) are started by the tests on loopback, never as system services: a
+# system chronyd would try to reach public NTP pools, and the packaged etcd.service would hold the
+# default ports 2379/2380 with a data dir in /var/lib/etcd. Deny service starts during the install.
 policy=${SETUP_SYSTEM_POLICY_RC_D:-/usr/sbin/policy-rc.d} # overridable for tests
 created_policy=
 if [[ ! -e $policy ]]; then
@@ -63,3 +66,8 @@ if ((${#missing[@]} == 0)); then
 fi
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
     >/dev/null
+# Where systemd runs, the package also enabled etcd.service for the next boot: disable it (the
+# policy above only stopped it from starting now).
+if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now etcd.service >/dev/null 2>&1 || true
+fi

@@ -1,6 +1,7 @@
 """scripts/setup-system.sh against fake dpkg-query, apt-cache, apt-get and id on PATH: which
-packages it installs, that python3-venv is added only where Debian has it, and that a second run
-with everything present does nothing and prints nothing."""
+packages it installs (etcd among them), that python3-venv is added only where Debian has it, that
+service starts are denied during the install (the packaged etcd.service never starts), and that a
+second run with everything present does nothing and prints nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "setup-system.sh"
+# The packages every machine gets, in the script's order.
+REQUIRED = "build-essential chrony etcd-server etcd-client"
 
 
 def fake_system(tmp_path: Path, installed: set[str], candidates: dict[str, str]) -> Path:
@@ -29,7 +32,11 @@ def fake_system(tmp_path: Path, installed: set[str], candidates: dict[str, str])
              for name, version in candidates.items()]
             + ['echo "$2:"; echo "  Candidate: (none)"']
         ),
-        "apt-get": f'echo "$@" >> {tmp_path / "apt-get.log"}',
+        # Logs its arguments, and what the service policy answers to starting etcd meanwhile.
+        "apt-get": f"""
+            echo "$@" >> {tmp_path / "apt-get.log"}
+            "$SETUP_SYSTEM_POLICY_RC_D" etcd.service start
+            echo "policy-rc.d: $?" >> {tmp_path / "policy.log"}""",
         "id": "echo 0",
     }  # fmt: skip
     for name, body in scripts.items():
@@ -59,11 +66,13 @@ def apt_calls(tmp_path: Path) -> list[str]:
     ("installed", "candidates", "expected_install"),
     [
         # python3-venv exists in Debian's lists: installed with the rest.
-        (set(), {"python3-venv": "3.11.2-1+b1"}, "build-essential chrony python3-venv"),
-        ({"build-essential", "chrony"}, {"python3-venv": "3.11.2-1+b1"}, "python3-venv"),
+        (set(), {"python3-venv": "3.11.2-1+b1"}, f"{REQUIRED} python3-venv"),
+        (set(REQUIRED.split()), {"python3-venv": "3.11.2-1+b1"}, "python3-venv"),
         # No such package here: skipped, the required ones still installed.
-        (set(), {}, "build-essential chrony"),
-        ({"build-essential", "chrony"}, {}, None),
+        (set(), {}, REQUIRED),
+        (set(REQUIRED.split()), {}, None),
+        # A machine set up before clustering: only etcd is added.
+        ({"build-essential", "chrony", "python3-venv"}, {}, "etcd-server etcd-client"),
     ],
 )
 def test_installs_what_is_missing_and_python3_venv_only_where_it_exists(
@@ -77,11 +86,15 @@ def test_installs_what_is_missing_and_python3_venv_only_where_it_exists(
         assert installs == []
     else:
         assert len(installs) == 1 and installs[0].endswith(expected_install), installs
+    if expected_install is not None:
+        # Every apt-get call ran while service starts (the packaged etcd.service) were denied.
+        policy_answers = (tmp_path / "policy.log").read_text().split("\n")[:-1]
+        assert policy_answers == ["policy-rc.d: 101"] * len(apt_calls(tmp_path))
     assert not (tmp_path / "policy-rc.d").exists()  # the temporary policy was removed
 
 
 def test_nothing_to_do_is_silent_and_touches_no_apt(tmp_path: Path) -> None:
-    everything = {"build-essential", "chrony", "python3-venv"}
+    everything = {*REQUIRED.split(), "python3-venv"}
     result = run(tmp_path, fake_system(tmp_path, everything, {"python3-venv": "1"}))
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     assert apt_calls(tmp_path) == []
