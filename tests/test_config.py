@@ -149,3 +149,107 @@ def test_optional_values_and_numbers_from_strings() -> None:
     assert config.limits.max_concurrent_streams is None
     assert config.server.shutdown_grace_s == 2.5
     assert config.limits.max_count == 100_000
+
+
+def test_cluster_defaults_are_standalone() -> None:
+    cluster = load(environ={}).cluster
+    assert (cluster.etcd_endpoints, cluster.name, cluster.lease_ttl_s, cluster.advertise) == (
+        (),
+        "hlc-oracle",
+        3,
+        None,
+    )
+    assert not cluster.clustered
+    assert load(environ={}).advertise_address == "127.0.0.1:50051"
+
+
+def test_cluster_from_file_environment_and_flags(tmp_path: Path) -> None:
+    path = tmp_path / "oracle.toml"
+    path.write_text(
+        "[cluster]\n"
+        'etcd_endpoints = ["10.0.0.1:2379", "10.0.0.2:2379", "[fd00::3]:2379"]\n'
+        'name = "east"\nlease_ttl_s = 1\n'
+    )
+    from_file = load(path, environ={})
+    assert from_file.cluster.etcd_endpoints == ("10.0.0.1:2379", "10.0.0.2:2379", "[fd00::3]:2379")
+    assert (from_file.cluster.name, from_file.cluster.lease_ttl_s) == ("east", 1)
+    assert from_file.cluster.clustered
+
+    environ = {
+        "HLC_ORACLE_CLUSTER_ETCD_ENDPOINTS": "etcd-0:2379, etcd-1:2379",
+        "HLC_ORACLE_CLUSTER_ADVERTISE": "oracle-0.oracle:50051",
+    }
+    from_environment = load(path, environ)
+    assert from_environment.cluster.etcd_endpoints == ("etcd-0:2379", "etcd-1:2379")
+    assert from_environment.advertise_address == "oracle-0.oracle:50051"
+
+    # What `--etcd-endpoints`, `--cluster-name` and `--set cluster.lease_ttl_s=5` hand to load().
+    flags = {"cluster": {"etcd_endpoints": "127.0.0.1:2379", "name": "west", "lease_ttl_s": "5"}}
+    from_flags = load(path, environ, flags)
+    assert from_flags.cluster.etcd_endpoints == ("127.0.0.1:2379",)
+    assert (from_flags.cluster.name, from_flags.cluster.lease_ttl_s) == ("west", 5)
+
+
+def test_cluster_flags_reach_the_configuration() -> None:
+    from hlc_oracle.cli import _overrides, build_parser
+
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--etcd-endpoints", "127.0.0.1:2379,127.0.0.1:2381",
+            "--cluster-name", "blue",
+            "--advertise", "10.1.2.3:50051",
+            "--set", "cluster.lease_ttl_s=2",
+        ]
+    )  # fmt: skip
+    cluster = load(environ={}, overrides=_overrides(args)).cluster
+    assert cluster.etcd_endpoints == ("127.0.0.1:2379", "127.0.0.1:2381")
+    assert (cluster.name, cluster.advertise, cluster.lease_ttl_s) == ("blue", "10.1.2.3:50051", 2)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "message"),
+    [
+        (
+            {"etcd_endpoints": "127.0.0.1:2379,http://127.0.0.1:2380"},
+            "cluster.etcd_endpoints must be host:port with a port in 1..65535, "
+            "got 'http://127.0.0.1:2380'",
+        ),
+        ({"etcd_endpoints": "etcd-0"}, "cluster.etcd_endpoints must be host:port.*got 'etcd-0'"),
+        ({"etcd_endpoints": "etcd:99999"}, "got 'etcd:99999'"),
+        ({"etcd_endpoints": "etcd:0"}, "got 'etcd:0'"),
+        ({"etcd_endpoints": ":2379"}, "got ':2379'"),
+        ({"etcd_endpoints": "::1:2379"}, "got '::1:2379'"),
+        ({"etcd_endpoints": "a:1,a:1"}, "cluster.etcd_endpoints must list each endpoint once, got 'a:1' twice"),
+        ({"lease_ttl_s": "0"}, "cluster.lease_ttl_s must be in 1..3600, got 0"),
+        ({"lease_ttl_s": "-3"}, "cluster.lease_ttl_s must be in 1..3600, got -3"),
+        ({"lease_ttl_s": "1.5"}, "cluster.lease_ttl_s must be int, got '1.5'"),
+        ({"name": "a/b"}, "cluster.name must be non-empty, without '/'.*got 'a/b'"),
+        ({"name": ""}, "cluster.name must be non-empty.*got ''"),
+        ({"advertise": "oracle-0"}, "cluster.advertise must be host:port.*got 'oracle-0'"),
+    ],
+)
+def test_bad_cluster_settings_name_the_value(cluster: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        load(environ={}, overrides={"cluster": cluster})
+    assert str(raised.value).startswith("command line: cluster.")
+
+
+def test_bad_endpoint_in_the_file_names_the_value(tmp_path: Path) -> None:
+    path = tmp_path / "oracle.toml"
+    path.write_text("[cluster]\netcd_endpoints = [2379]\n")
+    with pytest.raises(ConfigError, match=r"cluster\.etcd_endpoints must be host:port.*got 2379"):
+        load(path, environ={})
+
+
+def test_a_clustered_wildcard_listener_needs_an_advertised_address() -> None:
+    overrides = {
+        "server": {"listen": "0.0.0.0:50051"},
+        "cluster": {"etcd_endpoints": "127.0.0.1:2379"},
+    }
+    with pytest.raises(ConfigError, match=r"cluster\.advertise must be set \(host:port\) when the node is clustered"):
+        load(environ={}, overrides=overrides)
+    overrides["cluster"]["advertise"] = "oracle-0.oracle:50051"
+    assert load(environ={}, overrides=overrides).advertise_address == "oracle-0.oracle:50051"
+    # Standalone, a wildcard listener is fine: nobody is redirected.
+    assert load(environ={}, overrides={"server": {"listen": "0.0.0.0:50051"}})

@@ -137,6 +137,83 @@ class LogSection:
 
 
 @dataclass
+class ClusterSection:
+    etcd_endpoints: tuple[str, ...] = setting(
+        (),
+        "etcd client endpoints, host:port (comma-separated on the command line and in the "
+        "environment); empty: standalone, one node with its local window file and commit log",
+        "--etcd-endpoints",
+    )
+    name: str = setting(
+        "hlc-oracle",
+        "the cluster's name: its keys live under /hlc-oracle/<name>/ in etcd (no '/')",
+        "--cluster-name",
+    )
+    lease_ttl_s: int = setting(
+        3,
+        "seconds of the leader's etcd lease (at least 1): a dead leader is replaced after about "
+        "this long, and a live one that cannot reach etcd stops serving before it runs out",
+    )
+    advertise: str | None = setting(
+        None,
+        "host:port that followers send clients to when this node leads; unset: server.listen",
+        "--advertise",
+    )
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.etcd_endpoints)
+
+    def validate(self) -> None:
+        seen: set[str] = set()
+        for endpoint in self.etcd_endpoints:
+            check_host_port(endpoint, "cluster.etcd_endpoints", allow_port_zero=False)
+            if endpoint in seen:
+                raise ConfigError(
+                    f"cluster.etcd_endpoints must list each endpoint once, got {endpoint!r} twice"
+                )
+            seen.add(endpoint)
+        if not self.name or "/" in self.name or self.name != self.name.strip():
+            raise ConfigError(
+                "cluster.name must be non-empty, without '/' or surrounding spaces (it is one "
+                f"level of the etcd key prefix), got {self.name!r}"
+            )
+        if not 1 <= self.lease_ttl_s <= MAX_LEASE_TTL_S:
+            raise ConfigError(
+                f"cluster.lease_ttl_s must be in 1..{MAX_LEASE_TTL_S}, got {self.lease_ttl_s}"
+            )
+        if self.advertise is not None:
+            check_host_port(self.advertise, "cluster.advertise", allow_port_zero=False)
+
+
+# An hour: a longer lease only delays the replacement of a dead leader.
+MAX_LEASE_TTL_S = 3600
+# Listen addresses that mean "every interface": no client can be sent there.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def check_host_port(value: object, name: str, *, allow_port_zero: bool) -> None:
+    """Raises :class:`ConfigError` unless ``value`` is ``host:port`` (``[v6]:port`` too), with a
+    port in 0..65535 (1..65535 unless ``allow_port_zero``) and no URL scheme."""
+    low = 0 if allow_port_zero else 1
+    expected = f"host:port with a port in {low}..65535"
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be {expected}, got {value!r}")
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if (
+        not host
+        or "/" in host
+        or any(character.isspace() for character in host)
+        or (":" in host and not value.startswith("["))
+        or not port.isdigit()
+        or not low <= int(port) <= 65535
+    ):
+        raise ConfigError(f"{name} must be {expected}, got {value!r}")
+
+
+@dataclass
 class OracleConfig:
     """Everything ``hlc-oracle serve`` needs; the defaults are the embedded single node."""
 
@@ -151,6 +228,14 @@ class OracleConfig:
     ntp: SkewConfig = field(default_factory=SkewConfig)
     # Group commit (hlc_oracle.scheduler): durability, batching, limits, the commit log.
     commit: CommitOptions = field(default_factory=CommitOptions)
+    # Clustered mode (etcd): empty endpoints keep the standalone node.
+    cluster: ClusterSection = field(default_factory=ClusterSection)
+
+    @property
+    def advertise_address(self) -> str:
+        """The address followers redirect clients to: ``cluster.advertise``, else
+        ``server.listen`` (whose port 0 the server replaces with the port it bound)."""
+        return self.cluster.advertise or self.server.listen
 
     def validate(self) -> None:
         """Raises :class:`ConfigError` naming the first field out of range.
@@ -212,6 +297,15 @@ class OracleConfig:
             self.commit.validate()
         except (TypeError, ValueError) as err:
             raise ConfigError(f"commit.{err}") from err
+        self.cluster.validate()
+        if self.cluster.clustered and self.cluster.advertise is None:
+            listen_host = self.server.listen.rpartition(":")[0].strip("[]")
+            if listen_host in WILDCARD_HOSTS:
+                raise ConfigError(
+                    "cluster.advertise must be set (host:port) when the node is clustered and "
+                    "server.listen is a wildcard address (followers send clients to the "
+                    f"advertised address), got none with server.listen {self.server.listen!r}"
+                )
         if not self.ntp.servers and self.ntp.unknown_policy is GuardPolicy.REFUSE:
             raise ConfigError(
                 "ntp.unknown_policy must be warn while ntp.servers is empty (refuse needs "
