@@ -1,0 +1,195 @@
+"""``hlc-oracle bench``: a load generator; throughput and latency percentiles of an oracle."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import grpc
+
+from hlc_oracle import Committed, Transaction
+from hlc_oracle import config as config_module
+from hlc_oracle.cli.exit_codes import EXIT_OK
+from hlc_oracle.cli.options import add_client_arguments, client_kwargs
+from hlc_oracle.client import AsyncOracleClient, OracleError
+
+
+def add_parser(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench", help="load generator: throughput and latency percentiles of an oracle"
+    )
+    bench.add_argument(
+        "--mode",
+        choices=("merged", "ranges", "unary", "commit"),
+        default="merged",
+        help="merged: concurrent get_timestamp() callers (merged by the client); ranges: "
+        "get_timestamps(--count) callers (merged too); unary: one GetTimestamps call of --count "
+        "per request; commit: concurrent commit() callers (group commit, --keys keys per "
+        "transaction, disjoint) (default %(default)s)",
+    )
+    bench.add_argument(
+        "--keys", type=int, default=8, help="keys per transaction in commit mode (half read)"
+    )
+    bench.add_argument("--concurrency", type=int, default=64, help="callers (default %(default)s)")
+    bench.add_argument(
+        "--count",
+        type=int,
+        help="timestamps per request in ranges and unary modes (default 1; refused in merged "
+        "and commit modes, whose requests are one timestamp or transaction each)",
+    )
+    bench.add_argument(
+        "--requests", type=int, default=100_000, help="calls in all (default %(default)s)"
+    )
+    bench.add_argument(
+        "--duration",
+        type=float,
+        default=30.0,
+        help="stop after this many seconds at most, > 0 (default %(default)s)",
+    )
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_client_arguments(bench)
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal stream (nothing when disabled)."""
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.total = total
+        self.stream = stream
+        self.enabled = enabled
+        self._last = 0.0
+
+    def update(self, done: int, started: float, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self._last < 0.2):
+            return
+        self._last = now
+        fraction = min(done / self.total, 1.0)
+        filled = int(fraction * 30)
+        rate = done / max(now - started, 1e-9)
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} {rate:,.0f} calls/s"
+        )
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(int(fraction * len(sorted_values)), len(sorted_values) - 1)
+    return sorted_values[index]
+
+
+def bench_count(args: argparse.Namespace) -> int:
+    """``--count`` as the timestamps each call asks for; ``ConfigError`` where it means nothing."""
+    if args.count is None:
+        return 1
+    if args.mode in ("merged", "commit"):
+        raise config_module.ConfigError(
+            f"--count applies to --mode ranges and unary only; each {args.mode} call is one "
+            + ("timestamp" if args.mode == "merged" else "transaction")
+        )
+    if args.count < 1:
+        raise config_module.ConfigError(f"--count must be at least 1, got {args.count}")
+    return int(args.count)
+
+
+async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs the load; returns calls, timestamps, seconds, throughput and latency percentiles."""
+    count = bench_count(args)
+    if args.concurrency < 1 or args.requests < 1:
+        raise config_module.ConfigError("--concurrency and --requests must be at least 1")
+    if not args.duration > 0 or args.duration == float("inf"):
+        raise config_module.ConfigError(
+            f"--duration must be a finite number of seconds above 0, got {args.duration}"
+        )
+    latencies: list[float] = []
+    issued = 0
+    deadline = time.perf_counter() + args.duration
+    progress = ProgressBar(args.requests, sys.stderr, not args.no_progress and sys.stderr.isatty())
+    async with AsyncOracleClient(args.target, **client_kwargs(args)) as client:
+        await client.status()  # fail fast, and open the connection outside the timing
+
+        # Commit mode: ids unique to this run; every transaction reads and writes its own keys,
+        # so all of them commit and the figure is the group commit's, not the conflict rate's.
+        run_id = time.time_ns() & 0xFFFF_FFFF
+        start = await client.get_timestamp() if args.mode == "commit" else None
+        reads = max(args.keys // 2, 0)
+        writes = max(args.keys - reads, 1)
+
+        async def caller() -> None:
+            nonlocal issued
+            while issued < args.requests and time.perf_counter() < deadline:
+                issued += 1
+                started = time.perf_counter()
+                if args.mode == "merged":
+                    await client.get_timestamp()
+                elif args.mode == "commit":
+                    assert start is not None
+                    txn_id = (run_id << 32) | issued
+                    keys = [b"%d/%d" % (txn_id, k) for k in range(reads + writes)]
+                    outcome = await client.commit(
+                        Transaction(txn_id, start, keys[:reads], keys[reads:])
+                    )
+                    if not isinstance(outcome, Committed):
+                        raise OracleError(grpc.StatusCode.INTERNAL, f"unexpected {outcome!r}")
+                elif args.mode == "ranges":
+                    await client.get_timestamps(count)
+                else:
+                    await client.get_timestamps_unary(count)
+                latencies.append(time.perf_counter() - started)
+                progress.update(len(latencies), begin)
+
+        begin = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(args.concurrency)))
+        elapsed = time.perf_counter() - begin
+        progress.update(len(latencies), begin, force=True)
+        progress.finish()
+        batches = client.commit_batches if args.mode == "commit" else client.batches
+    latencies.sort()
+    return {
+        "mode": args.mode,
+        "concurrency": args.concurrency,
+        "calls": len(latencies),
+        "timestamps": len(latencies) * count,
+        "seconds": round(elapsed, 3),
+        "calls_per_second": round(len(latencies) / elapsed),
+        "timestamps_per_second": round(len(latencies) * count / elapsed),
+        "merged_requests": batches,
+        "latency_us": {
+            name: round(percentile(latencies, q) * 1e6, 1) if latencies else None
+            for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+        },
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    result = asyncio.run(run_bench(args))
+    latency = result["latency_us"]
+    if result["mode"] == "commit":
+        print(
+            f"{result['calls']} committed transactions in {result['seconds']} s: "
+            f"{result['calls_per_second']:,} commits/s "
+            f"({result['merged_requests']} CommitStream messages)"
+        )
+    else:
+        print(
+            f"{result['calls']} calls ({result['timestamps']} timestamps) in "
+            f"{result['seconds']} s: {result['calls_per_second']:,} calls/s, "
+            f"{result['timestamps_per_second']:,} timestamps/s"
+        )
+    print(
+        f"latency us: p50 {latency['p50']}  p90 {latency['p90']}  p99 {latency['p99']}  "
+        f"max {latency['max']}"
+    )
+    print(json.dumps(result))
+    return EXIT_OK

@@ -1,0 +1,136 @@
+"""``hlc-oracle now``, ``status`` and ``txn``: one call (or a few) on an oracle, printed."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+from hlc_oracle import Aborted, Committed
+from hlc_oracle.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNKNOWN
+from hlc_oracle.cli.options import add_client_arguments, client_kwargs
+from hlc_oracle.client import OracleClient
+
+
+def add_parsers(commands: Any) -> None:
+    now = commands.add_parser("now", help="print timestamps from an oracle")
+    now.add_argument("--count", type=int, default=1, help="how many (default %(default)s)")
+    now.add_argument("--json", action="store_true", help="print JSON")
+    add_client_arguments(now)
+
+    status = commands.add_parser("status", help="print an oracle's status")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    add_client_arguments(status)
+
+    txn = commands.add_parser(
+        "txn", help="transactions: the decision on a transaction id, or abort one"
+    )
+    txn_commands = txn.add_subparsers(dest="txn_command", required=True, metavar="ACTION")
+    for action, text in (
+        ("status", "print the decision on ID: committed (with its timestamp), aborted, unknown"),
+        (
+            "abort",
+            "abort ID if undecided (a late commit of it is then refused); print the decision",
+        ),
+    ):
+        sub = txn_commands.add_parser(action, help=text)
+        sub.add_argument("txn_id", type=int, metavar="ID", help="transaction id, 1..2**64-1")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        add_client_arguments(sub)
+
+
+def cmd_now(args: argparse.Namespace) -> int:
+    with OracleClient(args.target, **client_kwargs(args)) as client:
+        if args.count == 1:
+            timestamps = [client.get_timestamp()]
+        else:
+            timestamps = list(client.get_timestamps(args.count))
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"physical": t.physical, "logical": t.logical, "node": t.node, "text": str(t)}
+                    for t in timestamps
+                ]
+            )
+        )
+    else:
+        for ts in timestamps:
+            print(ts)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with OracleClient(args.target, **client_kwargs(args)) as client:
+        status = client.status()
+    fields = {
+        f.name: getattr(status, f.name) for f in dataclasses.fields(status) if f.name != "message"
+    }
+    fields["last_timestamp"] = str(status.last_timestamp)
+    if args.json:
+        print(json.dumps(fields))
+    else:
+        servers = fields.pop("ntp_servers")
+        width = max(len(name) for name in fields)
+        for name, value in fields.items():
+            print(f"{name:<{width}}  {value}")
+        for server in servers:
+            figures = (
+                f"offset {server['offset_us']:+d} us, delay {server['delay_us']} us, "
+                f"stratum {server['stratum']}"
+                if "offset_us" in server
+                else "no good answer yet"
+            )
+            print(
+                f"{'ntp ' + server['server']:<{width}}  {server['last_status']}: {figures} "
+                f"({server['good_samples']} good, {server['unhealthy_samples']} unhealthy)"
+            )
+    return EXIT_OK if status.serving else EXIT_FAILED
+
+
+def outcome_fields(txn_id: int, outcome: Committed | Aborted | None) -> dict[str, Any]:
+    if outcome is None:
+        return {"txn_id": txn_id, "status": "unknown"}
+    if isinstance(outcome, Committed):
+        return {"txn_id": txn_id, "status": "committed", "commit_ts": str(outcome.commit_ts)}
+    fields: dict[str, Any] = {"txn_id": txn_id, "status": "aborted", "reason": outcome.reason}
+    conflict = outcome.conflict
+    if conflict is not None:
+        fields["conflict"] = {
+            "kind": str(conflict.kind).rsplit(".", 1)[-1].lower(),
+            "key": conflict.key.decode("utf-8", "backslashreplace") if conflict.key else None,
+            "commit_ts": str(conflict.commit_ts) if conflict.commit_ts else None,
+            "winner_txn_id": conflict.winner_txn_id,
+        }
+    return fields
+
+
+def cmd_txn(args: argparse.Namespace) -> int:
+    """``txn status ID``: exit 0 committed, 1 aborted, 4 unknown; ``txn abort ID``: the decision."""
+    with OracleClient(args.target, **client_kwargs(args)) as client:
+        if args.txn_command == "status":
+            outcome = client.transaction_status(args.txn_id)
+        else:
+            outcome = client.abort(args.txn_id)
+    fields = outcome_fields(args.txn_id, outcome)
+    if args.json:
+        print(json.dumps(fields))
+    else:
+        line = f"transaction {args.txn_id}: {fields['status']}"
+        if "commit_ts" in fields:
+            line += f" at {fields['commit_ts']}"
+        if "reason" in fields:
+            line += f" ({fields['reason']})"
+        conflict = fields.get("conflict")
+        if conflict:
+            lost_to = (
+                f"commit {conflict['commit_ts']}"
+                if conflict["commit_ts"]
+                else f"transaction {conflict['winner_txn_id']}"
+            )
+            line += f": {conflict['kind']} on key {conflict['key']!r}, lost to {lost_to}"
+        print(line)
+    if outcome is None:
+        return EXIT_UNKNOWN
+    return EXIT_OK if isinstance(outcome, Committed) else EXIT_FAILED

@@ -1,0 +1,83 @@
+"""``hlc-oracle serve``: run one oracle node; its flags come from the configuration's fields."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from hlc_oracle import config as config_module
+from hlc_oracle.cli.exit_codes import EXIT_FAILED, EXIT_OK
+
+
+def add_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run an oracle node (no arguments: the embedded default on 127.0.0.1:50051)",
+        description="Run one oracle node until SIGTERM/SIGINT (graceful shutdown, exit 0).",
+    )
+    _serve_arguments(serve)
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (also HLC_ORACLE_CONFIG); "
+        "flags > HLC_ORACLE_* env > file > defaults",
+    )
+    defaults = config_module.OracleConfig()
+    for section_name, section in config_module.sections(defaults):
+        for f in config_module.fields_of(section):
+            flag = f.metadata.get("flag")
+            if not flag:
+                continue
+            env = config_module.environment_variable(section_name, f.name)
+            parser.add_argument(
+                flag,
+                dest=f"{section_name}.{f.name}",
+                metavar=f.name.upper(),
+                help=f"{f.metadata['doc']} (default {getattr(section, f.name)!r}; {env})",
+            )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="any setting, e.g. --set window.size_ms=5000 (see the example config in deploy/)",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            section, name = key.split(".", 1)
+            overrides.setdefault(section, {})[name] = value
+    for item in args.set:
+        key, equals, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not equals or not dot:
+            raise config_module.ConfigError(f"--set takes SECTION.FIELD=VALUE, got {item!r}")
+        overrides.setdefault(section, {})[name] = value
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from hlc_oracle.server import StartupError, serve
+    from hlc_oracle.server.logs import configure
+    from hlc_oracle.server.window import WindowFileError
+
+    config = config_module.load(args.config, overrides=_overrides(args))
+    configure(config.log.level, config.log.format)
+    try:
+        fatal_reason = asyncio.run(serve(config))
+    except (StartupError, WindowFileError) as err:
+        print(f"hlc-oracle serve: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if fatal_reason is not None:
+        print(f"hlc-oracle serve: stopped: {fatal_reason}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,113 @@
+"""The blocking client, :class:`OracleClient`: an :class:`AsyncOracleClient` driven on a private
+event-loop thread, safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+
+from hlc_oracle import Aborted, Committed, Timestamp, TimestampRange, Transaction
+from hlc_oracle.client.async_client import DEFAULT_TARGET, AsyncOracleClient
+from hlc_oracle.client.errors import OracleError
+from hlc_oracle.client.status import OracleStatus
+
+T = TypeVar("T")
+
+
+class OracleClient:
+    """Blocking client; safe to share between threads. ``with OracleClient(target) as client:``.
+
+    It drives an :class:`AsyncOracleClient` on its own event-loop thread, so concurrent
+    ``get_timestamp()`` calls from many threads are merged in the same way. Arguments are those of
+    :class:`AsyncOracleClient`.
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="hlc-oracle-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+        async def build() -> AsyncOracleClient:
+            return AsyncOracleClient(target, **kwargs)
+
+        try:
+            self._client = self._run(build())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coroutine.close()
+            raise OracleError(grpc.StatusCode.CANCELLED, "client closed")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    @property
+    def target(self) -> str:
+        return self._client.target
+
+    def get_timestamp(self) -> Timestamp:
+        async def one() -> Timestamp:
+            return await self._client.get_timestamp()
+
+        return self._run(one())
+
+    def get_timestamps(self, count: int) -> TimestampRange:
+        return self._run(self._client.get_timestamps(count))
+
+    def get_timestamps_unary(self, count: int) -> TimestampRange:
+        return self._run(self._client.get_timestamps_unary(count))
+
+    def observe(self, remote: Timestamp) -> Timestamp:
+        return self._run(self._client.observe(remote))
+
+    def status(self) -> OracleStatus:
+        return self._run(self._client.status())
+
+    @property
+    def batches(self) -> int:
+        return self._client.batches
+
+    def commit(self, txn: Transaction) -> Committed | Aborted:
+        return self._run(self._client.commit(txn))
+
+    def commit_unary(self, txn: Transaction) -> Committed | Aborted:
+        return self._run(self._client.commit_unary(txn))
+
+    def abort(self, txn_id: int) -> Committed | Aborted:
+        return self._run(self._client.abort(txn_id))
+
+    def transaction_status(self, txn_id: int) -> Committed | Aborted | None:
+        return self._run(self._client.transaction_status(txn_id))
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._run(self._client.close())
+        self._closed = True
+        self._stop_loop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,70 @@
+"""Conversions between the ``hlc_oracle.v1`` messages and the package's values.
+
+Timestamps, ranges, transactions and commit results, both ways where the client needs both; the
+full method paths of the two services.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from hlc_oracle import Aborted, Committed, Timestamp, TimestampRange, Transaction
+from hlc_oracle.client.errors import result_error
+from hlc_oracle.proto import oracle_pb2 as pb
+
+TIMESTAMP_ORACLE_METHODS = "/hlc_oracle.v1.TimestampOracle/"
+TRANSACTIONS_METHODS = "/hlc_oracle.v1.Transactions/"
+
+
+def timestamp_from_wire(message: pb.Timestamp) -> Timestamp:
+    return Timestamp(message.physical, message.logical, message.node)
+
+
+def timestamp_to_wire(ts: Timestamp) -> pb.Timestamp:
+    return pb.Timestamp(physical=ts.physical, logical=ts.logical, node=ts.node)
+
+
+def range_from_wire(message: pb.GetTimestampsResponse) -> TimestampRange:
+    return TimestampRange(timestamp_from_wire(message.first), message.count)
+
+
+def transaction_to_wire(txn: Transaction) -> pb.Transaction:
+    return pb.Transaction(
+        txn_id=txn.txn_id,
+        start_ts=timestamp_to_wire(txn.start_ts),
+        read_set=txn.read_set,
+        write_set=txn.write_set,
+    )
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The gRPC status code of its wire number (``UNKNOWN`` for a number gRPC does not define)."""
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
+
+
+#: One result of a CommitStream message: the decision, or ``(txn_id, grpc code, message)``.
+CommitAnswer = Committed | Aborted | tuple[int, int, str]
+
+
+def outcome_from_wire(result: pb.CommitResult) -> Committed | Aborted:
+    """A ``CommitResult`` as the in-process answer; a refused request raises its error."""
+    outcome = result.WhichOneof("outcome")
+    if outcome == "commit_ts":
+        return Committed(result.txn_id, timestamp_from_wire(result.commit_ts))
+    if outcome == "aborted":
+        aborted = result.aborted
+        if not aborted.HasField("conflict"):
+            return Aborted(result.txn_id, aborted.reason)
+        conflict = aborted.conflict
+        return Aborted.from_conflict(
+            result.txn_id,
+            conflict.kind,
+            conflict.key if conflict.HasField("key") else None,
+            timestamp_from_wire(conflict.commit_ts) if conflict.HasField("commit_ts") else None,
+            conflict.winner_txn_id or None,
+        )
+    code = status_code(result.error.code)
+    raise result_error(code, result.error.message)
