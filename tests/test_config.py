@@ -191,7 +191,8 @@ def test_cluster_from_file_environment_and_flags(tmp_path: Path) -> None:
 
 
 def test_cluster_flags_reach_the_configuration() -> None:
-    from hlc_oracle.cli import _overrides, build_parser
+    from hlc_oracle.cli import build_parser
+    from hlc_oracle.cli.serve import _overrides
 
     args = build_parser().parse_args(
         [
