@@ -6,7 +6,8 @@
 
 The server binds port 0 and reports the port it got through ``--port-file``, so there is no race
 for a free port. Extra ``serve`` flags go in ``args``; ``kill()`` is kill -9; ``restart()`` starts
-it again on the same data dir.
+it again on the same data dir. Two processes on one data dir need their own ``run_dir`` (where the
+port file and the log go; by default beside the data dir).
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ class OracleProcess:
         *args: str,
         env: dict[str, str] | None = None,
         wait_healthy: bool = True,
+        run_dir: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.args = list(args)
         self.env = env
         self.wait_healthy = wait_healthy
-        self.run_dir = data_dir.parent / f"{data_dir.name}-run"
+        self.run_dir = run_dir or data_dir.parent / f"{data_dir.name}-run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.port_file = self.run_dir / "port.json"
         self.log_path = self.run_dir / "server.log"

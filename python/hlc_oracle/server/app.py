@@ -1,9 +1,10 @@
 """One oracle node: the gRPC server, its clock and window, health, reflection and metrics.
 
-Lifecycle: load the saved window (the clock's floor), save a new one ahead (before serving), bind,
-mark SERVING. On SIGTERM/SIGINT: block the gate (health NOT_SERVING, new timestamp requests get
-UNAVAILABLE), stop accepting calls and let in-flight ones finish within the grace period, save the
-high-water mark, exit 0.
+Lifecycle: lock the data dir (one node per data dir, :mod:`~hlc_oracle.server.data_dir`), load
+the saved window (the clock's floor), save a new one ahead (before serving), bind, mark SERVING.
+On SIGTERM/SIGINT: block the gate (health NOT_SERVING, new timestamp requests get UNAVAILABLE),
+stop accepting calls and let in-flight ones finish within the grace period, save the high-water
+mark, release the data dir, exit 0.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from hlc_oracle.config import OracleConfig
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.commit import SERVICE_NAME as TRANSACTIONS_SERVICE_NAME
 from hlc_oracle.server.commit import TransactionsService
+from hlc_oracle.server.data_dir import DataDirLock, DataDirLockedError
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.service import SERVICE_NAME, TimestampOracleService, wire_timestamp
@@ -63,8 +65,13 @@ class OracleServer:
         self.config = config
         self.gate = ServingGate()
         self.metrics = ServerMetrics()
-        self.store = WindowStore(config.server.data_dir)
-        saved = self.store.load()
+        self.data_dir_lock = _lock_data_dir(config)
+        try:
+            self.store = WindowStore(config.server.data_dir)
+            saved = self.store.load()
+        except BaseException:
+            self.data_dir_lock.release()
+            raise
         self.clock = Clock(
             config.clock.node_id,
             config.clock.max_offset_us,
@@ -103,7 +110,9 @@ class OracleServer:
         # Group commit: the scheduler opens (and replays its log) in start(), once the window
         # has raised the clock's ceiling.
         self.scheduler: GroupCommitScheduler | None = None
-        self.transactions = TransactionsService(None, self.gate, self.metrics)
+        self.transactions = TransactionsService(
+            None, self.gate, self.metrics, enabled=config.commit.enabled
+        )
         self.health = health.aio.HealthServicer()
         self.started_at = time.monotonic()
         self.port = 0
@@ -134,7 +143,7 @@ class OracleServer:
             return
 
         def schedule() -> None:
-            for name in ("", SERVICE_NAME, TRANSACTIONS_SERVICE_NAME):
+            for name in self._gated_services():
                 task = loop.create_task(self.health.set(name, status))
                 self._health_tasks.add(task)
                 task.add_done_callback(self._health_tasks.discard)
@@ -145,6 +154,13 @@ class OracleServer:
             "serving" if serving else "not serving",
             extra={"fields": {"reason": message}},
         )
+
+    def _gated_services(self) -> tuple[str, ...]:
+        """The health names that follow the gate. A service disabled by configuration is not
+        among them: it stays NOT_SERVING for the process's life (see :meth:`start`)."""
+        if self.config.commit.enabled:
+            return ("", SERVICE_NAME, TRANSACTIONS_SERVICE_NAME)
+        return ("", SERVICE_NAME)
 
     def status(self) -> pb.GetStatusResponse:
         refusal = self.gate.refusal()
@@ -191,6 +207,11 @@ class OracleServer:
     async def start(self) -> None:
         """Saves the first window, binds, starts serving; raises :class:`StartupError`."""
         self._loop = asyncio.get_running_loop()
+        if not self.config.commit.enabled:
+            # Permanent: clients that watch health must not wait for it to turn SERVING.
+            await self.health.set(
+                TRANSACTIONS_SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING
+            )
         self.gate.add_listener(self._gate_changed)
         limits = self.config.limits
         options = [
@@ -317,12 +338,39 @@ class OracleServer:
         if self._stop_metrics is not None:
             self._stop_metrics()
             self._stop_metrics = None
+        # Last: the final window save above is this node's last write to the data dir.
+        self.data_dir_lock.release()
         log.info(
             "stopped",
             extra={
                 "fields": {"last": str(self.clock.last()), "saved_window_us": self.window.limit_us}
             },
         )
+
+
+def _lock_data_dir(config: OracleConfig) -> DataDirLock:
+    """Locks the data dir before anything reads it; :class:`StartupError` when it cannot."""
+    data_dir = config.server.data_dir
+    log_dir = config.commit.log_dir
+    if config.commit.enabled and log_dir is not None and _same_dir(log_dir, data_dir):
+        # The commit log locks its own directory's LOCK: the same file, so it would find it taken.
+        raise StartupError(
+            f"commit.log_dir {log_dir} is the data dir itself: give the commit log a directory "
+            f"of its own (the default is {data_dir / 'commit-log'})"
+        )
+    try:
+        return DataDirLock.acquire(data_dir)
+    except DataDirLockedError as err:
+        raise StartupError(str(err)) from err
+    except OSError as err:
+        raise StartupError(f"cannot lock the data dir {data_dir}: {err}") from err
+
+
+def _same_dir(first: Path, second: Path) -> bool:
+    try:
+        return first.resolve() == second.resolve()
+    except OSError:
+        return False
 
 
 def write_port_file(path: Path, port: int, metrics_port: int | None) -> None:

@@ -1,5 +1,10 @@
 """The ``hlc_oracle.v1.Transactions`` handlers: parse, check the gate, hand to the scheduler.
 
+With ``commit.enabled = false`` every call is refused with ``UNIMPLEMENTED`` ("not supported or
+enabled", in gRPC's words) and the ``REFUSAL_DISABLED`` mark: permanent, so clients do not retry.
+``GetTransactionStatus`` is a read: the gate's blocks for skew, the window or start-up do not
+close it (see :mod:`hlc_oracle.server.gate`).
+
 All deciding happens in :class:`~hlc_oracle.GroupCommitScheduler`; these handlers only turn wire
 messages into :class:`~hlc_oracle.Transaction` objects and answers back into messages, and map the
 scheduler's errors to status codes (in a stream, a refused transaction gets a ``CommitError`` in
@@ -35,6 +40,7 @@ from hlc_oracle import (
     TransactionTooLargeError,
 )
 from hlc_oracle._core import decode_commit_request, encode_commit_results
+from hlc_oracle.proto import REFUSAL_DISABLED
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
@@ -116,22 +122,50 @@ def result_to_wire(txn_id: int, answer: object) -> pb.CommitResult:
 
 class TransactionsService:
     def __init__(
-        self, scheduler: GroupCommitScheduler | None, gate: ServingGate, metrics: ServerMetrics
+        self,
+        scheduler: GroupCommitScheduler | None,
+        gate: ServingGate,
+        metrics: ServerMetrics,
+        enabled: bool = True,
     ) -> None:
         #: Set by the server once the commit log is open; until then every call is UNAVAILABLE.
         self.scheduler = scheduler
         self.gate = gate
         self.metrics = metrics
+        #: ``commit.enabled``: when false, every call is refused for good (``REFUSAL_DISABLED``).
+        self.enabled = enabled
+
+    def _loaded(self) -> GroupCommitScheduler:
+        """The scheduler, once the commit log is replayed; the permanent refusal when disabled."""
+        if not self.enabled:
+            raise RequestError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "group commit is disabled on this server (commit.enabled = false); "
+                "the Transactions service answers nothing here",
+                refusal=REFUSAL_DISABLED,
+            )
+        if self.scheduler is None:
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE, "not serving: the commit log is not loaded yet"
+            )
+        return self.scheduler
 
     def _check_gate(self) -> GroupCommitScheduler:
+        """For calls that decide: the gate must be open."""
+        scheduler = self._loaded()
         refusal = self.gate.refusal()
         if refusal is not None:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, f"not serving: {refusal}")
-        if self.scheduler is None:
-            raise RequestError(
-                grpc.StatusCode.UNAVAILABLE, "group commit is not enabled on this server"
-            )
-        return self.scheduler
+        return scheduler
+
+    def _check_reads(self) -> GroupCommitScheduler:
+        """For ``GetTransactionStatus``: only blocks that make this node's decisions stale close
+        it (:meth:`ServingGate.read_refusal`)."""
+        scheduler = self._loaded()
+        refusal = self.gate.read_refusal()
+        if refusal is not None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"not serving: {refusal}")
+        return scheduler
 
     async def _fail(self, method: str, err: RequestError, started: float, context: Any) -> NoReturn:
         self.metrics.observe(method, err.code.name, started)
@@ -192,6 +226,7 @@ class TransactionsService:
     async def commit(self, raw: bytes, context: Any) -> bytes:
         started = time.perf_counter()
         try:
+            self._loaded()  # a disabled service refuses the call itself, with its mark
             try:
                 request = pb.CommitRequest.FromString(raw)
             except DecodeError as err:
@@ -253,6 +288,10 @@ class TransactionsService:
     ) -> AsyncIterator[bytes]:
         """Each request message is handed to the scheduler as soon as it arrives, so pipelined
         messages share batches; responses go out in request order (results carry their ids)."""
+        try:
+            self._loaded()  # a disabled service refuses the stream itself, with its mark
+        except RequestError as err:
+            await self._fail("CommitStream", err, time.perf_counter(), context)
         order: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue()
 
         async def read() -> None:
@@ -307,7 +346,7 @@ class TransactionsService:
         started = time.perf_counter()
         try:
             txn_id = self._parse_id(raw, pb.TransactionStatusRequest, "TransactionStatusRequest")
-            scheduler = self._check_gate()
+            scheduler = self._check_reads()
             # status() may wait for the batch being written: keep it off the event loop.
             answer = await asyncio.to_thread(scheduler.status, txn_id)
         except RequestError as err:

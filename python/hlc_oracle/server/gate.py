@@ -5,6 +5,19 @@ clock skew guard) blocks the gate under its own key with a message, and unblocks
 the condition clears. The node serves while no key blocks it. Every change notifies listeners
 (the gRPC health service turns NOT_SERVING / SERVING), and every timestamp handler calls
 :meth:`ServingGate.refusal` and answers ``UNAVAILABLE`` with the message it returns.
+
+What the gate covers, and why:
+
+- Closed by any block: the calls that hand out a timestamp or decide a transaction, since each
+  takes a timestamp from the clock or moves it (``GetTimestamps``, ``StreamTimestamps``,
+  ``Observe``, ``Commit``, ``CommitStream``, ``Abort``).
+- Closed only by the blocks in :data:`READ_CLOSING_KEYS` (:meth:`ServingGate.read_refusal`):
+  ``GetTransactionStatus``. Reading a decision hands nothing out, and it is what a participant
+  needs to resolve an in-doubt transaction while the node refuses for skew, the window or a
+  start-up. It needs the decisions loaded (the commit log replayed), and that they are this
+  node's to tell: not on a clustered follower or a leader that lost its fence, where another node
+  may have decided since.
+- Never closed: ``GetStatus`` (it reports why the node refuses), health and reflection.
 """
 
 from __future__ import annotations
@@ -13,6 +26,10 @@ import threading
 from collections.abc import Callable
 
 Listener = Callable[[bool, str | None], None]
+
+#: Block keys under which this node's decisions may be stale, because another node may decide:
+#: a clustered follower, and a leader whose fenced write failed. They close reads too.
+READ_CLOSING_KEYS = frozenset({"not-leader", "fence"})
 
 
 class ServingGate:
@@ -24,6 +41,7 @@ class ServingGate:
         self._listeners: list[Listener] = []
         # Read without the lock on the hot path: a single attribute load is atomic in CPython.
         self._refusal: str | None = None
+        self._read_refusal: str | None = None
 
     def block(self, key: str, message: str) -> None:
         """Stops serving for reason ``key`` (replacing that key's message if already blocked)."""
@@ -42,6 +60,11 @@ class ServingGate:
         """``None`` while serving; otherwise the message to answer ``UNAVAILABLE`` with."""
         return self._refusal
 
+    def read_refusal(self) -> str | None:
+        """``None`` while decisions may be read (see the module docstring); otherwise the message
+        to answer ``UNAVAILABLE`` with."""
+        return self._read_refusal
+
     @property
     def serving(self) -> bool:
         return self._refusal is None
@@ -57,10 +80,13 @@ class ServingGate:
             listener(self._refusal is None, self._refusal)
 
     def _changed(self) -> None:
-        self._refusal = (
-            "; ".join(f"{key}: {message}" for key, message in self._reasons.items())
-            if self._reasons
-            else None
+        self._refusal = _joined(self._reasons)
+        self._read_refusal = _joined(
+            {key: message for key, message in self._reasons.items() if key in READ_CLOSING_KEYS}
         )
         for listener in self._listeners:
             listener(self._refusal is None, self._refusal)
+
+
+def _joined(reasons: dict[str, str]) -> str | None:
+    return "; ".join(f"{key}: {message}" for key, message in reasons.items()) if reasons else None
