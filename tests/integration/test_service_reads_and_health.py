@@ -1,0 +1,151 @@
+"""Reads stay open while the node refuses, and health tells the truth about a disabled service:
+a real ``hlc-oracle serve`` process, its skew guard fed by a real NTP responder on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hlc_oracle import Committed, Transaction
+from hlc_oracle.client import OracleClient
+from hlc_oracle.proto import (
+    REFUSAL_DISABLED,
+    REFUSAL_METADATA_KEY,
+    REFUSAL_NOT_SERVING,
+)
+from hlc_oracle.proto import oracle_pb2 as pb
+
+from tests.integration.oracle_process import OracleProcess
+from tests.integration.test_skew_service import ntp_args, wait_for
+from tests.ntp.responder import Behaviour, NtpResponder
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+TIMESTAMPS = "hlc_oracle.v1.TimestampOracle"
+TRANSACTIONS = "hlc_oracle.v1.Transactions"
+
+
+@pytest.fixture
+def responder() -> Iterator[NtpResponder]:
+    with NtpResponder() as server:
+        yield server
+
+
+def health(oracle: OracleProcess, service: str = "") -> int:
+    with grpc.insecure_channel(oracle.target) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
+        return int(response.status)
+
+
+def call(oracle: OracleProcess, method: str, request: Any) -> bytes:
+    """One unary call by its full name, the raw response bytes; raises ``grpc.RpcError``."""
+    with grpc.insecure_channel(oracle.target) as channel:
+        answer: bytes = channel.unary_unary(f"/{method}")(request.SerializeToString(), timeout=5)
+        return answer
+
+
+def refusal_of(oracle: OracleProcess, method: str, request: Any) -> tuple[Any, str, str | None]:
+    """The status code, details and refusal mark a call is refused with."""
+    with pytest.raises(grpc.RpcError) as raised:
+        call(oracle, method, request)
+    error: Any = raised.value
+    marks = dict(error.trailing_metadata() or ())
+    return error.code(), error.details(), marks.get(REFUSAL_METADATA_KEY)
+
+
+def transaction_status(oracle: OracleProcess, txn_id: int) -> pb.TransactionStatusResponse:
+    raw = call(
+        oracle, f"{TRANSACTIONS}/GetTransactionStatus", pb.TransactionStatusRequest(txn_id=txn_id)
+    )
+    return pb.TransactionStatusResponse.FromString(raw)
+
+
+def test_decisions_and_status_are_readable_while_the_skew_guard_refuses(
+    start_oracle: Callable[..., OracleProcess], responder: NtpResponder
+) -> None:
+    oracle = start_oracle(*ntp_args(responder.address, unknown_policy="refuse"))
+    with OracleClient(oracle.target) as client:
+        start = client.get_timestamp()
+        committed = client.commit(Transaction(1, start, [], ["k"]))
+        assert isinstance(committed, Committed)
+        client.abort(2)
+
+    def refusing() -> bool:
+        return health(oracle) == NOT_SERVING
+
+    # NTP goes silent: under unknown_policy=refuse the node stops handing out timestamps.
+    responder.set(behaviour=Behaviour.SILENT)
+    wait_for(refusing, 10)
+    for restarted in (False, True):
+        # The decisions are read from the scheduler, replayed from the commit log after a restart.
+        first = transaction_status(oracle, 1)
+        assert first.known and first.result.commit_ts.physical == committed.commit_ts.physical
+        assert transaction_status(oracle, 2).result.WhichOneof("outcome") == "aborted"
+        assert not transaction_status(oracle, 3).known
+        status = pb.GetStatusResponse.FromString(
+            call(oracle, f"{TIMESTAMPS}/GetStatus", pb.GetStatusRequest())
+        )
+        assert not status.serving and "clock offset unknown" in status.not_serving_reason
+        # What hands out a timestamp or decides stays refused, retryably.
+        for method, request in (
+            (f"{TIMESTAMPS}/GetTimestamps", pb.GetTimestampsRequest(count=1)),
+            (f"{TRANSACTIONS}/Abort", pb.AbortRequest(txn_id=4)),
+            (
+                f"{TRANSACTIONS}/Commit",
+                pb.CommitRequest(
+                    transaction=pb.Transaction(txn_id=5, start_ts=status.last_timestamp)
+                ),
+            ),
+        ):
+            code, details, mark = refusal_of(oracle, method, request)
+            assert (code, mark) == (grpc.StatusCode.UNAVAILABLE, REFUSAL_NOT_SERVING), method
+            assert "clock offset unknown" in details, method
+        # The participant's tool: `hlc-oracle txn status` answers (exit 0: committed).
+        shown = oracle.cli("txn", "status", "1")
+        assert shown.returncode == 0, shown.stderr
+        if not restarted:
+            # kill -9 and restart while NTP is still silent: it never serves, yet reads answer.
+            oracle.wait_healthy = False
+            oracle.restart()
+            wait_for(refusing, 10)
+
+
+def test_a_disabled_transactions_service_is_not_serving_and_refuses_for_good(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    oracle = start_oracle("--set", "commit.enabled=false")
+    assert health(oracle) == SERVING
+    assert health(oracle, TIMESTAMPS) == SERVING
+    assert health(oracle, TRANSACTIONS) == NOT_SERVING
+    with OracleClient(oracle.target) as client:
+        assert client.get_timestamp() < client.get_timestamp()
+        start = client.get_timestamp()
+    for method, request in (
+        (
+            "Commit",
+            pb.CommitRequest(
+                transaction=pb.Transaction(
+                    txn_id=1, start_ts=pb.Timestamp(physical=start.physical)
+                )
+            ),
+        ),
+        ("Abort", pb.AbortRequest(txn_id=1)),
+        ("GetTransactionStatus", pb.TransactionStatusRequest(txn_id=1)),
+    ):
+        code, details, mark = refusal_of(oracle, f"{TRANSACTIONS}/{method}", request)
+        assert (code, mark) == (grpc.StatusCode.UNIMPLEMENTED, REFUSAL_DISABLED), method
+        assert "commit.enabled = false" in details, method
+    with grpc.insecure_channel(oracle.target) as channel:
+        stream = channel.stream_stream(f"/{TRANSACTIONS}/CommitStream")
+        with pytest.raises(grpc.RpcError) as raised:
+            next(stream(iter([pb.CommitStreamRequest().SerializeToString()]), timeout=5))
+        error: Any = raised.value
+        assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert (REFUSAL_METADATA_KEY, REFUSAL_DISABLED) in error.trailing_metadata()
+    # Health stays NOT_SERVING for the disabled service whatever the gate does.
+    assert health(oracle, TRANSACTIONS) == NOT_SERVING
