@@ -30,6 +30,20 @@ def test_gate_blocks_while_any_reason_remains() -> None:
     assert gate.reasons() == {}
 
 
+def test_reads_close_only_for_blocks_that_make_decisions_stale() -> None:
+    gate = ServingGate()
+    for key in ("starting", "window", "clock-skew", "clock-jump", "shutdown"):
+        gate.block(key, "refusing")
+    assert gate.refusal() is not None and gate.read_refusal() is None
+    gate.block("not-leader", "the leader is node-2")
+    assert gate.read_refusal() == "not-leader: the leader is node-2"
+    gate.block("fence", "lost the fence")
+    assert gate.read_refusal() == "not-leader: the leader is node-2; fence: lost the fence"
+    gate.unblock("not-leader")
+    gate.unblock("fence")
+    assert gate.read_refusal() is None and not gate.serving
+
+
 def test_window_file_round_trip_and_atomic_replace(tmp_path: Path) -> None:
     store = WindowStore(tmp_path / "data")
     assert store.load() is None
