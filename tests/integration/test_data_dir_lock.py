@@ -26,6 +26,24 @@ def second_node(data_dir: Path, tmp_path: Path, name: str, *args: str) -> Oracle
     return OracleProcess(data_dir, *args, run_dir=tmp_path / name)
 
 
+def start_together(nodes: list[OracleProcess]) -> dict[int, BaseException]:
+    """Starts every node at once (one thread each); the start failures, by index."""
+    failures: dict[int, BaseException] = {}
+
+    def start(index: int) -> None:
+        try:
+            nodes[index].start()
+        except BaseException as err:
+            failures[index] = err
+
+    threads = [threading.Thread(target=start, args=(index,)) for index in range(len(nodes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    return failures
+
+
 def refused_start(node: OracleProcess) -> str:
     """Starts ``node``, which must exit 1; returns its log."""
     with pytest.raises(RuntimeError, match="exited with 1") as refused:
@@ -53,9 +71,11 @@ def test_a_second_node_on_a_held_data_dir_exits_1_naming_the_dir_and_the_holder(
     with OracleClient(first.target) as client:
         last = client.get_timestamp()
     assert first.stop() == 0
-    with second_node(first.data_dir, tmp_path, "third", *mode) as third:
-        with OracleClient(third.target) as client:
-            assert client.get_timestamp() > last
+    with (
+        second_node(first.data_dir, tmp_path, "third", *mode) as third,
+        OracleClient(third.target) as client,
+    ):
+        assert client.get_timestamp() > last
 
 
 def test_nodes_started_at_the_same_moment_one_serves_and_the_other_exits_1(
@@ -67,20 +87,8 @@ def test_nodes_started_at_the_same_moment_one_serves_and_the_other_exits_1(
             second_node(data_dir, tmp_path, f"round{round_number}-node{index}")
             for index in range(2)
         ]
-        failures: dict[int, BaseException] = {}
-
-        def start(index: int, nodes: list[OracleProcess] = nodes) -> None:
-            try:
-                nodes[index].start()
-            except BaseException as err:  # noqa: BLE001 - collected and checked below
-                failures[index] = err
-
-        threads = [threading.Thread(target=start, args=(index,)) for index in range(2)]
         try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(60)
+            failures = start_together(nodes)
             assert len(failures) == 1, {index: str(err) for index, err in failures.items()}
             (loser,) = failures
             winner = nodes[1 - loser]
@@ -105,9 +113,11 @@ def test_kill_9_releases_the_data_dir(
     with OracleClient(first.target) as client:
         last = client.get_timestamp()
     first.kill()
-    with second_node(first.data_dir, tmp_path, "after-kill", *NO_COMMIT) as second:
-        with OracleClient(second.target) as client:
-            assert client.get_timestamp() > last
+    with (
+        second_node(first.data_dir, tmp_path, "after-kill", *NO_COMMIT) as second,
+        OracleClient(second.target) as client,
+    ):
+        assert client.get_timestamp() > last
 
 
 def test_the_lock_names_its_holder_and_is_released(tmp_path: Path) -> None:
@@ -129,6 +139,6 @@ def test_a_commit_log_in_the_data_dir_itself_is_refused_before_anything_is_read(
     config = OracleConfig()
     config.server.data_dir = tmp_path / "data"
     config.commit.log_dir = tmp_path / "data" / "." / ""
-    with pytest.raises(StartupError, match="commit.log_dir .* is the data dir itself"):
+    with pytest.raises(StartupError, match=r"commit.log_dir .* is the data dir itself"):
         OracleServer(config)
     assert not (tmp_path / "data").exists()

@@ -129,9 +129,7 @@ def test_a_disabled_transactions_service_is_not_serving_and_refuses_for_good(
         (
             "Commit",
             pb.CommitRequest(
-                transaction=pb.Transaction(
-                    txn_id=1, start_ts=pb.Timestamp(physical=start.physical)
-                )
+                transaction=pb.Transaction(txn_id=1, start_ts=pb.Timestamp(physical=start.physical))
             ),
         ),
         ("Abort", pb.AbortRequest(txn_id=1)),

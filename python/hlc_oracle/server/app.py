@@ -362,8 +362,10 @@ def _lock_data_dir(config: OracleConfig) -> DataDirLock:
         return DataDirLock.acquire(data_dir)
     except DataDirLockedError as err:
         raise StartupError(str(err)) from err
+    except FileExistsError as err:
+        raise StartupError(f"the data dir {data_dir} is not a directory") from err
     except OSError as err:
-        raise StartupError(f"cannot lock the data dir {data_dir}: {err}") from err
+        raise StartupError(f"cannot lock the data dir {data_dir}: {err.strerror}") from err
 
 
 def _same_dir(first: Path, second: Path) -> bool:

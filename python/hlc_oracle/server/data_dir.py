@@ -1,4 +1,4 @@
-"""One node per data dir: an exclusive ``flock`` on ``<data_dir>/LOCK``, held for the process's life.
+"""One node per data dir: an exclusive ``flock`` on ``<data_dir>/LOCK`` for the process's life.
 
 Two nodes on one data dir would load the same timestamp window and hand out identical timestamps,
 and their window saves would race on the same temporary file. So the server takes this lock in
