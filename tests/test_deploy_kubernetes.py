@@ -1,16 +1,19 @@
 """deploy/kustomization.yaml and deploy/kubernetes/ are checked by parsing (no cluster here): the
-manifests are well formed, and what they say about ports, user, config and data matches the
-config loader, the container image and the example config."""
+manifests are well formed, and what they say about ports, user, config, data, the etcd cluster and
+leader-only readiness matches the config loader, the container image, the example config and the
+gRPC service names."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hlc_oracle.config import load
+from hlc_oracle.config import OracleConfig, load
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+PROTO = DEPLOY.parent / "python" / "hlc_oracle" / "proto" / "oracle.proto"
 
 
 def kustomization() -> dict[str, Any]:
@@ -18,61 +21,191 @@ def kustomization() -> dict[str, Any]:
     return document
 
 
-def manifests() -> dict[str, dict[str, Any]]:
-    by_kind: dict[str, dict[str, Any]] = {}
+def manifests() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every resource of the kustomization by (kind, name)."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
     for resource in kustomization()["resources"]:
         for document in yaml.safe_load_all((DEPLOY / resource).read_text()):
             assert document["apiVersion"] and document["metadata"]["name"]
-            by_kind[document["kind"]] = document
-    return by_kind
+            key = (document["kind"], document["metadata"]["name"])
+            assert key not in found, key
+            found[key] = document
+    return found
 
 
-def container() -> dict[str, Any]:
-    spec = manifests()["StatefulSet"]["spec"]["template"]["spec"]
-    (only,) = spec["containers"]
-    result: dict[str, Any] = only
+def oracle_set() -> dict[str, Any]:
+    return manifests()[("StatefulSet", "hlc-oracle")]
+
+
+def etcd_set() -> dict[str, Any]:
+    return manifests()[("StatefulSet", "etcd")]
+
+
+def only_container(stateful_set: dict[str, Any]) -> dict[str, Any]:
+    (container,) = stateful_set["spec"]["template"]["spec"]["containers"]
+    result: dict[str, Any] = container
     return result
 
 
+def env_file(path: Path) -> dict[str, str]:
+    """A kustomize ``envs`` file: KEY=VALUE lines, # comments."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def generated_env(name: str) -> dict[str, str]:
+    (generator,) = [g for g in kustomization()["configMapGenerator"] if g["name"] == name]
+    merged: dict[str, str] = {}
+    for path in generator["envs"]:
+        merged.update(env_file(DEPLOY / path))
+    return merged
+
+
+def pod_env(container: dict[str, Any], pod_name: str) -> dict[str, str]:
+    """The container's environment as Kubernetes gives it to pod ``pod_name``: ConfigMaps from
+    ``envFrom``, then ``env`` with field references resolved and ``$(VAR)`` expanded."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(generated_env(source["configMapRef"]["name"]))
+    fields = {
+        "metadata.name": pod_name,
+        "metadata.labels['apps.kubernetes.io/pod-index']": pod_name.rpartition("-")[2],
+    }
+    for item in container["env"]:
+        if "valueFrom" in item:
+            value = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            value = re.sub(r"\$\((\w+)\)", lambda match: env[match[1]], item["value"])
+        env[item["name"]] = value
+    return env
+
+
+def oracle_config(pod_name: str) -> OracleConfig:
+    env = {
+        key: value
+        for key, value in pod_env(only_container(oracle_set()), pod_name).items()
+        if key.startswith("HLC_ORACLE_")
+    }
+    return load(DEPLOY / "oracle.example.toml", environ=env)
+
+
 def test_every_resource_and_generated_file_exists() -> None:
-    kinds = manifests()
-    assert set(kinds) == {"Namespace", "Service", "StatefulSet"}
+    assert set(manifests()) == {
+        ("Namespace", "hlc-oracle"),
+        ("Service", "etcd"),
+        ("StatefulSet", "etcd"),
+        ("Service", "hlc-oracle"),
+        ("Service", "hlc-oracle-peers"),
+        ("StatefulSet", "hlc-oracle"),
+    }
     for generator in kustomization()["configMapGenerator"]:
-        for entry in generator["files"]:
+        for entry in generator.get("files", []):
             assert (DEPLOY / entry.partition("=")[2]).is_file()
+        for path in generator.get("envs", []):
+            assert env_file(DEPLOY / path)
+
+
+def test_three_replicas_started_together_and_updated_by_hand() -> None:
+    spec = oracle_set()["spec"]
+    assert spec["replicas"] == 3
+    # Followers never become ready: OrderedReady would never start the third pod, and a rolling
+    # update would stall on the first follower.
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"]["type"] == "OnDelete"
+
+
+def test_every_pod_is_a_clustered_node_with_its_own_id_and_address() -> None:
+    replicas = oracle_set()["spec"]["replicas"]
+    peers = manifests()[("Service", oracle_set()["spec"]["serviceName"])]
+    configs = [oracle_config(f"hlc-oracle-{ordinal}") for ordinal in range(replicas)]
+    assert len({config.clock.node_id for config in configs}) == replicas
+    for ordinal, config in enumerate(configs):
+        assert config.cluster.clustered
+        assert config.cluster.etcd_endpoints == configs[0].cluster.etcd_endpoints
+        assert config.cluster.name == configs[0].cluster.name
+        # The address followers redirect to is the pod's stable name under the headless service
+        # that publishes pods before they are ready (followers never are).
+        host, _, port = config.advertise_address.rpartition(":")
+        assert host == f"hlc-oracle-{ordinal}.{peers['metadata']['name']}"
+        assert int(port) == int(config.server.listen.rpartition(":")[2])
+    assert peers["spec"]["clusterIP"] == "None"
+    assert peers["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_etcd_endpoints_are_the_members_of_the_etcd_set() -> None:
+    etcd = etcd_set()
+    service = etcd["spec"]["serviceName"]
+    members = {f"etcd-{ordinal}.{service}:2379" for ordinal in range(etcd["spec"]["replicas"])}
+    assert set(oracle_config("hlc-oracle-0").cluster.etcd_endpoints) == members
+    env = pod_env(only_container(etcd), "etcd-1")
+    assert env["ETCD_NAME"] == "etcd-1"
+    assert env["ETCD_ADVERTISE_CLIENT_URLS"] == f"http://etcd-1.{service}:2379"
+    initial = dict(entry.split("=", 1) for entry in env["ETCD_INITIAL_CLUSTER"].split(","))
+    assert initial == {
+        f"etcd-{ordinal}": f"http://etcd-{ordinal}.{service}:2380"
+        for ordinal in range(etcd["spec"]["replicas"])
+    }
+    assert initial["etcd-1"] == env["ETCD_INITIAL_ADVERTISE_PEER_URLS"]
+    assert etcd["spec"]["podManagementPolicy"] == "Parallel"
+    assert manifests()[("Service", service)]["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_etcd_carries_the_settings_the_oracle_needs() -> None:
+    env = pod_env(only_container(etcd_set()), "etcd-0")
+    assert int(env["ETCD_QUOTA_BACKEND_BYTES"]) == 8 * 2**30
+    assert env["ETCD_AUTO_COMPACTION_MODE"] == "periodic"
+    assert env["ETCD_AUTO_COMPACTION_RETENTION"] == "5m"
+    # etcd grants no lease below 1.5 x its election timeout: the oracle's lease must be above.
+    lease_ttl_ms = oracle_config("hlc-oracle-0").cluster.lease_ttl_s * 1000
+    assert lease_ttl_ms >= 1.5 * int(env["ETCD_ELECTION_TIMEOUT"])
+    assert int(env["ETCD_HEARTBEAT_INTERVAL"]) * 5 <= int(env["ETCD_ELECTION_TIMEOUT"])
+    assert only_container(etcd_set())["image"].endswith(":v3.4.23")
 
 
 def test_container_ports_match_the_config_the_pod_runs_with() -> None:
-    env = {item["name"]: item["value"] for item in container()["env"]}
-    config = load(DEPLOY / "oracle.example.toml", environ=env)
-    ports = {port["name"]: port["containerPort"] for port in container()["ports"]}
+    config = oracle_config("hlc-oracle-0")
+    ports = {port["name"]: port["containerPort"] for port in only_container(oracle_set())["ports"]}
     assert config.server.listen == "0.0.0.0:50051"
     assert ports["grpc"] == int(config.server.listen.rpartition(":")[2])
     assert ports["metrics"] == config.metrics.port
     assert config.metrics.host == "0.0.0.0"
-    service_ports = {p["name"]: p for p in manifests()["Service"]["spec"]["ports"]}
-    assert service_ports["grpc"]["port"] == ports["grpc"]
-    assert service_ports["metrics"]["port"] == ports["metrics"]
+    for name in ("hlc-oracle", "hlc-oracle-peers"):
+        service_ports = {p["name"]: p for p in manifests()[("Service", name)]["spec"]["ports"]}
+        assert service_ports["grpc"]["port"] == ports["grpc"]
+    peers_ports = {p["name"] for p in manifests()[("Service", "hlc-oracle-peers")]["spec"]["ports"]}
+    assert "metrics" in peers_ports
 
 
-def test_probes_use_grpc_health_for_readiness_only() -> None:
-    probes = container()
-    assert probes["readinessProbe"]["grpc"]["port"] == 50051
-    # A node stopped by the skew guard must not be restarted in a loop: liveness is TCP only.
-    assert "tcpSocket" in probes["livenessProbe"]
+def test_ready_only_on_the_leader_and_clients_sent_to_ready_pods() -> None:
+    container = only_container(oracle_set())
+    readiness = container["readinessProbe"]["grpc"]
+    assert readiness["port"] == 50051
+    # The timestamp service's health: NOT_SERVING on followers (and on a node the skew guard
+    # stopped), SERVING on the leader.
+    package = re.search(r"^package ([\w.]+);", PROTO.read_text(), re.MULTILINE)
+    assert package is not None
+    service_name = readiness["service"]
+    assert service_name == f"{package[1]}.TimestampOracle"
+    assert re.search(rf"^service {service_name.rpartition('.')[2]} {{", PROTO.read_text(), re.M)
+    # A follower must not be restarted for not leading: liveness is TCP only.
+    assert "tcpSocket" in container["livenessProbe"]
+    clients = manifests()[("Service", "hlc-oracle")]["spec"]
+    assert not clients.get("publishNotReadyAddresses", False)
+    labels = oracle_set()["spec"]["template"]["metadata"]["labels"]
+    assert clients["selector"].items() <= labels.items()
 
 
 def test_runs_as_the_image_user_with_data_and_config_mounted() -> None:
-    pod = manifests()["StatefulSet"]["spec"]["template"]["spec"]
+    pod = oracle_set()["spec"]["template"]["spec"]
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert f"--uid {pod['securityContext']['runAsUser']}" in dockerfile
     assert pod["securityContext"]["runAsNonRoot"] is True
-    mounts = {mount["name"]: mount["mountPath"] for mount in container()["volumeMounts"]}
-    env = {item["name"]: item["value"] for item in container()["env"]}
-    config = load(DEPLOY / "oracle.example.toml", environ=env)
+    container = only_container(oracle_set())
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    config = oracle_config("hlc-oracle-0")
     assert Path(mounts["data"]) == config.server.data_dir
-    assert container()["args"][-1] == f"{mounts['config']}/oracle.toml"
-    claims = manifests()["StatefulSet"]["spec"]["volumeClaimTemplates"]
+    assert container["args"][-1] == f"{mounts['config']}/oracle.toml"
+    claims = oracle_set()["spec"]["volumeClaimTemplates"]
     assert [claim["metadata"]["name"] for claim in claims] == ["data"]
     grace = pod["terminationGracePeriodSeconds"]
     assert grace > config.server.shutdown_grace_s
