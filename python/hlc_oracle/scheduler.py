@@ -6,6 +6,9 @@
 committer wins), one clock ``reserve`` for the commit timestamps, one log append with every
 decision (one ``write`` + one ``fdatasync``), then recording the commits in the conflict detector.
 A lone transaction therefore waits for nothing but its own write; a busy oracle batches more.
+Where the batch becomes durable is the scheduler's :class:`~hlc_oracle.durable.DurableStep`:
+the local commit log by default, or an external store (clustered mode) with
+:class:`~hlc_oracle.durable.ExternalDurableStep`.
 
 Durability, by name:
 
@@ -31,6 +34,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -45,12 +49,12 @@ from hlc_oracle._core import (
     Aborted,
     CeilingReachedError,
     Clock,
-    CommitEngine,
     Committed,
     SchedulerClosedError,
     SchedulerOverloadedError,
     Transaction,
 )
+from hlc_oracle.durable import DurableStep, LocalDurableStep
 
 __all__ = ["CommitOptions", "GroupCommitScheduler", "Outcome"]
 
@@ -165,8 +169,9 @@ class _Entry:
 class GroupCommitScheduler:
     """Batches commits into one durable log write each; see the module docstring.
 
-    ``path`` is the log directory (None only with durability "memory"). Opening replays the log
-    (decisions, conflict history, clock floor) before the scheduler accepts anything.
+    ``path`` is the log directory (None with durability "memory" or an external
+    ``durable_step``). Opening replays the log (decisions, conflict history, clock floor) before
+    the scheduler accepts anything.
     """
 
     def __init__(
@@ -174,24 +179,15 @@ class GroupCommitScheduler:
         path: str | os.PathLike[str] | None,
         clock: Clock | None = None,
         options: CommitOptions | None = None,
+        durable_step: DurableStep | None = None,
     ) -> None:
         self.options = dataclasses.replace(options) if options else CommitOptions()
         self.clock = clock if clock is not None else Clock()
-        opts = self.options
-        started = time.perf_counter()
-        self.engine = CommitEngine(
-            path,
-            self.clock,
-            durability=opts.durability,
-            isolation=opts.isolation,
-            max_keys=opts.max_keys,
-            max_read_keys=opts.max_read_keys,
-            max_write_keys=opts.max_write_keys,
-            max_key_bytes=opts.max_key_bytes,
-            retained_decisions=opts.retained_decisions,
-            segment_size=opts.segment_size,
-            retain_segments=opts.retain_segments,
+        self.durable_step: DurableStep = (
+            durable_step if durable_step is not None else LocalDurableStep()
         )
+        started = time.perf_counter()
+        self.engine = self.durable_step.open_engine(path, self.clock, self.options)
         self._log_recovery(time.perf_counter() - started)
         self._queue: collections.deque[_Entry] = collections.deque()
         self._queued = 0
@@ -212,7 +208,7 @@ class GroupCommitScheduler:
         recovery = self.engine.recovery
         stats = self.engine.stats()
         if recovery is None:
-            logger.info("group commit: durability=memory, no log to recover")
+            logger.info("group commit: durability=%s, no log to recover", self.engine.durability)
             return
         logger.info(
             "group commit: recovered %d records (%d commits, %d aborts) from %d segments, "
@@ -346,7 +342,7 @@ class GroupCommitScheduler:
 
     def _run(self) -> None:
         engine = self.engine
-        sync_after = self.options.durability == "async"
+        step = self.durable_step
         while True:
             batch = self._take_batch()
             if batch is None:
@@ -355,16 +351,14 @@ class GroupCommitScheduler:
                 requests = batch[0].requests
             else:
                 requests = [request for entry in batch for request in entry.requests]
-            try:
-                answers: list[Outcome | BaseException] = engine.process(requests)
-            except BaseException as error:  # every waiter must hear about it
-                answers = [error] * len(requests)
-            batch = self._retry_after_ceiling(batch, answers)
-            self._deliver(batch, answers)
-            if sync_after:
-                engine.sync()
+            step.decide(engine, requests, functools.partial(self._finish, batch))
             with self._lock:
                 self._in_flight = 0
+
+    def _finish(self, batch: list[_Entry], answers: list[Outcome | BaseException]) -> None:
+        """A batch's answers may go out (called by the durable step, from any thread)."""
+        batch = self._retry_after_ceiling(batch, answers)
+        self._deliver(batch, answers)
 
     def _retry_after_ceiling(
         self, batch: list[_Entry], answers: list[Outcome | BaseException]
@@ -428,7 +422,8 @@ class GroupCommitScheduler:
 
     @property
     def durability(self) -> str:
-        return self.options.durability
+        """The engine's: "sync", "async", "memory", or "external" (clustered)."""
+        return self.engine.durability
 
     @property
     def closed(self) -> bool:
@@ -452,6 +447,7 @@ class GroupCommitScheduler:
             self._wakeup.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        self.durable_step.drain(self.engine, timeout)
         self.engine.close()
 
     async def aclose(self) -> None:

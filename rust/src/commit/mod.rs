@@ -1,18 +1,23 @@
-//! The group-commit hot path: one call per batch decides, timestamps, logs and records.
+//! The group-commit hot path: one call per batch decides, timestamps, makes durable and records.
 //!
-//! [`CommitEngine::process`] takes a batch of requests (commit a transaction, or abort an id) and,
-//! in one pass without the GIL:
-//! 1. validates each transaction (bad input gets an error and never reaches the log);
-//! 2. answers ids that are already decided with their first decision (idempotency), after checking
-//!    that a resubmitted transaction has the same contents (a fingerprint of start timestamp, read
-//!    and write sets);
-//! 3. runs ONE `check_batch` over the new transactions (first committer wins);
-//! 4. takes the commit timestamps from the clock in ONE `reserve` (after moving the clock past the
-//!    newest start timestamp, so every commit timestamp is greater than its transaction's start and
-//!    than every earlier commit timestamp);
-//! 5. appends every new decision (commits, conflict aborts, requested aborts) to the commit log in
-//!    ONE write and, in `sync` durability, ONE `fdatasync`;
-//! 6. records the commits in the conflict detector and the decisions index, and returns the answers.
+//! [`CommitEngine::decide`] takes a batch of requests (commit a transaction, or abort an id) and,
+//! in one pass without the GIL, runs these steps (each a method of the same name):
+//! 1. `triage`: validates each transaction (bad input gets an error and never reaches the log),
+//!    and answers ids that are already decided with their first decision (idempotency), after
+//!    checking that a resubmitted transaction has the same contents (a fingerprint of start
+//!    timestamp, read and write sets);
+//! 2. `check_conflicts`: ONE `check_batch` over the new transactions (first committer wins);
+//! 3. `take_timestamps`: the commit timestamps from the clock in ONE `reserve` (after moving the
+//!    clock past the newest start timestamp, so every commit timestamp is greater than its
+//!    transaction's start and than every earlier commit timestamp);
+//!    `decide_requested_aborts`: the aborts asked for by id, with their fence;
+//! 4. `make_durable`: encodes every new decision (commits, conflict aborts, requested aborts) and
+//!    hands the records to the durable step ([`durable`]: the local commit log in ONE write and,
+//!    in `sync` durability, ONE `fdatasync`; or pieces for an external store, clustered mode);
+//! 5. `record`: the commits in the conflict detector, every decision in the decisions index;
+//! 6. the answers: at once, or (external step) once the batch's pieces are confirmed durable.
+//!
+//! [`CommitEngine::process`] is `decide` for the local log (answers at once).
 //!
 //! Recovery ([`CommitEngine::open`]) replays the log: the decisions index (for `status` and
 //! idempotency, within `retained_decisions`), the detector's history, and the clock's floor (the
@@ -27,6 +32,7 @@
 //! id (or a late commit of an id whose abort was forgotten) is refused, never decided again.
 
 mod decisions;
+pub mod durable;
 pub mod record;
 pub mod wire;
 
@@ -40,6 +46,9 @@ use crate::log::{CommitLog, LogError, LogOptions, Recovered};
 use crate::timestamp::{Timestamp, MAX_LOGICAL, MAX_PHYSICAL};
 
 pub use decisions::{Decision, DecisionIndex};
+pub use durable::{ConfirmError, Handout, Released};
+
+use durable::{DurableStep, ExternalBatches, LocalLog, Persisted};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -50,6 +59,9 @@ pub enum Durability {
     Async,
     /// No log at all: for tests and benchmarks. Everything is lost on restart.
     Memory,
+    /// Acknowledged after an external store (clustered: etcd) confirms the batch's records,
+    /// which the engine hands out from `decide` (see `durable.rs`).
+    External,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +109,10 @@ pub struct EngineConfig {
     pub log_options: LogOptions,
     /// Segments kept before older ones are checkpointed away.
     pub retain_segments: usize,
+    /// `External`: the largest piece of a batch handed out (a larger batch is split).
+    pub max_batch_bytes: usize,
+    /// `External`: the sequence number of the first piece handed out.
+    pub first_batch_seq: u64,
 }
 
 impl EngineConfig {
@@ -110,6 +126,8 @@ impl EngineConfig {
             log_dir,
             log_options: LogOptions::default(),
             retain_segments: 8,
+            max_batch_bytes: durable::DEFAULT_MAX_BATCH_BYTES,
+            first_batch_seq: 1,
         }
     }
 }
@@ -151,8 +169,12 @@ pub enum SubmitError {
         txn_id: TxnId,
     },
     Clock(ClockError),
-    /// The batch could not be written to the commit log (nothing of it was).
+    /// The batch could not be written to the commit log (nothing of it was), or the engine is
+    /// closed or stopped.
     Log(String),
+    /// The external store's write of the batch failed or its outcome is unknown: the
+    /// transaction may or may not be decided; the store (read by the next leader) says which.
+    OutcomeUnknown(String),
 }
 
 impl fmt::Display for SubmitError {
@@ -212,6 +234,11 @@ impl fmt::Display for SubmitError {
             ),
             Self::Clock(err) => write!(f, "cannot take commit timestamps: {err}"),
             Self::Log(message) => write!(f, "cannot write the commit log: {message}"),
+            Self::OutcomeUnknown(reason) => write!(
+                f,
+                "outcome unknown: the decision write failed or was not confirmed ({reason}); \
+                 ask the current leader for the transaction's status"
+            ),
         }
     }
 }
@@ -260,6 +287,15 @@ pub enum Request<'a> {
     Abort(TxnId),
 }
 
+impl Request<'_> {
+    pub fn txn_id(&self) -> TxnId {
+        match self {
+            Self::Commit(txn) => txn.id,
+            Self::Abort(id) => *id,
+        }
+    }
+}
+
 /// What recovery found, for the start-up log line.
 #[derive(Debug, Default)]
 pub struct EngineRecovery {
@@ -290,15 +326,14 @@ const CHECKPOINT_VERSION: u8 = 1;
 
 pub struct CommitEngine {
     detector: ConflictDetector,
-    log: Option<CommitLog>,
+    /// Where a batch becomes durable (`durable.rs`).
+    durable: DurableStep,
     durability: Durability,
     limits: Limits,
     decisions: DecisionIndex,
-    retain_segments: usize,
-    /// `(last seq of a batch, newest `decided_at` up to it)`, for choosing checkpoints.
-    batch_marks: std::collections::VecDeque<(u64, Option<Timestamp>)>,
     newest_commit: Option<Timestamp>,
     newest_decided: Option<Timestamp>,
+    next_ticket: u64,
     /// Reused encoding buffers.
     buffer: Vec<u8>,
     bounds: Vec<(usize, usize)>,
@@ -323,14 +358,13 @@ impl CommitEngine {
         }
         let mut engine = Self {
             detector,
-            log: None,
+            durable: DurableStep::Memory,
             durability: config.durability,
             limits: config.limits,
             decisions: DecisionIndex::new(config.retained_decisions),
-            retain_segments: config.retain_segments,
-            batch_marks: std::collections::VecDeque::new(),
             newest_commit: None,
             newest_decided: None,
+            next_ticket: 1,
             buffer: Vec::new(),
             bounds: Vec::new(),
             committed_total: 0,
@@ -339,10 +373,11 @@ impl CommitEngine {
             closed: false,
         };
         let mut recovery = EngineRecovery::default();
-        if config.durability != Durability::Memory {
+        if matches!(config.durability, Durability::Sync | Durability::Async) {
             let dir = config.log_dir.clone().ok_or_else(|| {
                 EngineError::InvalidConfig(
-                    "a log directory is required unless durability is \"memory\"".into(),
+                    "a log directory is required unless durability is \"memory\" or \"external\""
+                        .into(),
                 )
             })?;
             let mut replay_error = None;
@@ -371,11 +406,33 @@ impl CommitEngine {
                     engine.newest_decided = engine.newest_decided.max(Some(covered));
                 }
             }
-            engine
-                .batch_marks
-                .push_back((log.next_seq().saturating_sub(1), engine.newest_decided));
-            engine.log = Some(log);
+            engine.durable = DurableStep::Local(LocalLog::new(
+                log,
+                config.durability == Durability::Sync,
+                config.retain_segments,
+                engine.newest_decided,
+            ));
             recovery.log = Some(recovered);
+        }
+        if config.durability == Durability::External {
+            if let Some(dir) = &config.log_dir {
+                return Err(EngineError::InvalidConfig(format!(
+                    "durability \"external\" keeps no local log, but a log directory was given: \
+                     {}",
+                    dir.display()
+                )));
+            }
+            if config.max_batch_bytes < durable::MIN_MAX_BATCH_BYTES {
+                return Err(EngineError::InvalidConfig(format!(
+                    "max_batch_bytes must be at least {}, got {}",
+                    durable::MIN_MAX_BATCH_BYTES,
+                    config.max_batch_bytes
+                )));
+            }
+            engine.durable = DurableStep::External(ExternalBatches::new(
+                config.first_batch_seq,
+                config.max_batch_bytes,
+            ));
         }
         if let Some(floor) = engine.newest_commit {
             clock.raise_floor(floor);
@@ -445,6 +502,42 @@ impl CommitEngine {
         }
     }
 
+    /// Recovery on promotion (durability `External`): replays the decisions of one stored piece
+    /// (in the order the pieces were handed out), and moves `clock` past its newest commit.
+    /// A piece that does not decode is an error naming `batch_seq`, never skipped.
+    pub fn replay_piece(
+        &mut self,
+        clock: &Clock,
+        batch_seq: u64,
+        piece: &[u8],
+    ) -> Result<EngineRecovery, EngineError> {
+        let bad = |err: record::RecordError| EngineError::BadRecord {
+            seq: batch_seq,
+            detail: format!("decision batch: {err}"),
+        };
+        let records = durable::decode_piece(piece).map_err(bad)?;
+        let decisions = records
+            .into_iter()
+            .map(record::decode)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let mut recovery = EngineRecovery::default();
+        for decision in decisions {
+            self.replay(decision, &mut recovery);
+        }
+        if let Some(floor) = self.newest_commit {
+            clock.raise_floor(floor);
+        }
+        recovery.floor = self.newest_commit;
+        Ok(recovery)
+    }
+
+    /// Refuses, from now on, every transaction that started at or below `ts` as too old (a new
+    /// leader passes the previous leader's window limit, as Apache Omid does).
+    pub fn raise_low_watermark(&mut self, ts: Timestamp) {
+        self.detector.raise_low_watermark(ts);
+    }
+
     /// Puts a decision in the index; when that forgets older ones, transactions that started
     /// at or below them are refused from now on (raising the detector's low watermark), so a
     /// forgotten decision can never be taken a second time, differently.
@@ -470,8 +563,15 @@ impl CommitEngine {
         &self.detector
     }
 
-    /// The decision for `txn_id`, if it is decided and still retained.
+    /// The decision for `txn_id`, if it is decided (durably) and still retained.
     pub fn status(&self, txn_id: TxnId) -> Option<&Outcome> {
+        if self
+            .durable
+            .external()
+            .is_some_and(|external| external.is_pending(txn_id))
+        {
+            return None;
+        }
         self.decisions.get(txn_id).map(|d| &d.outcome)
     }
 
@@ -485,14 +585,17 @@ impl CommitEngine {
     }
 
     pub fn log(&self) -> Option<&CommitLog> {
-        self.log.as_ref()
+        self.durable.log()
     }
 
     /// Syncs and closes the log (releasing its directory lock); later batches are refused.
-    pub fn close(&mut self) {
+    /// Batches still pending in an external store are answered "outcome unknown".
+    pub fn close(&mut self) -> Vec<Released> {
         self.sync();
-        self.log = None;
+        let unanswered = self.fail("the commit engine was closed");
+        self.durable = DurableStep::Memory;
         self.closed = true;
+        unanswered
     }
 
     pub fn is_closed(&self) -> bool {
@@ -501,9 +604,7 @@ impl CommitEngine {
 
     /// `fdatasync` of batches appended in `Async` durability.
     pub fn sync(&mut self) {
-        if let Some(log) = self.log.as_mut() {
-            log.sync();
-        }
+        self.durable.sync();
     }
 
     fn validate(
@@ -571,40 +672,158 @@ impl CommitEngine {
     }
 
     /// Decides, timestamps, logs and records one batch; one answer per request, in order.
+    /// With the local log or in memory; the external durable step goes through [`Self::decide`].
     pub fn process(
         &mut self,
         clock: &Clock,
         requests: &[Request<'_>],
     ) -> Vec<Result<Outcome, SubmitError>> {
-        let count = requests.len();
-        if self.closed {
-            let closed = SubmitError::Log("the commit engine is closed".into());
-            return vec![Err(closed); count];
+        if self.durability == Durability::External {
+            let refusal = SubmitError::Log(
+                "the engine's durable step is external: use decide, then confirm or fail".into(),
+            );
+            return vec![Err(refusal); requests.len()];
         }
-        let mut answers: Vec<Option<Result<Outcome, SubmitError>>> = vec![None; count];
-        let mut fingerprints: Vec<Option<u64>> = vec![None; count];
+        let mut handout = self.decide(clock, requests);
+        handout
+            .released
+            .pop()
+            .map(|released| released.answers)
+            .unwrap_or_default()
+    }
+
+    /// Decides one batch in named steps: validate and answer decided ids, check conflicts, take
+    /// timestamps, make durable, record, answer. The answers are in `released` (in request
+    /// order) at once, unless the durable step is external: then the batch's records are in
+    /// `pieces`, and its answers come from [`Self::confirm`] once they are durable.
+    pub fn decide(&mut self, clock: &Clock, requests: &[Request<'_>]) -> Handout {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        if let Some(refusal) = self.refusal() {
+            return Handout {
+                ticket,
+                pieces: Vec::new(),
+                released: vec![Released {
+                    ticket,
+                    txn_ids: requests.iter().map(Request::txn_id).collect(),
+                    answers: vec![Err(refusal); requests.len()],
+                    committed: 0,
+                    aborted: 0,
+                }],
+            };
+        }
+        let physical_now = clock.physical_now();
+        let mut batch = self.triage(clock, requests, physical_now);
+        let (txns, checked) = self.check_conflicts(&batch);
+        Self::take_timestamps(clock, &mut batch, &txns, checked);
+        Self::decide_requested_aborts(clock, physical_now, &mut batch);
+        let now = clock.last();
+        let pieces = self.make_durable(&mut batch, now);
+        let (committed, aborted) = self.record(&mut batch, now);
+        self.batches_total += 1;
+        self.durable.after_batch();
+        let decided_ids = if pieces.is_empty() {
+            Vec::new()
+        } else {
+            batch.recorded.iter().map(|&i| batch.txn_id(i)).collect()
+        };
+        let txn_ids = requests.iter().map(Request::txn_id).collect();
+        let released = Released {
+            ticket,
+            txn_ids,
+            answers: batch.into_answers(),
+            committed,
+            aborted,
+        };
+        let released = self.durable.answer(released, decided_ids);
+        self.count_released(&released);
+        Handout {
+            ticket,
+            pieces,
+            released,
+        }
+    }
+
+    /// External durable step: piece `batch_seq` is durable. Returns the answers this releases
+    /// (in decision order).
+    pub fn confirm(&mut self, batch_seq: u64) -> Result<Vec<Released>, ConfirmError> {
+        let Some(external) = self.durable.external_mut() else {
+            return Err(ConfirmError::UnknownBatch {
+                batch_seq,
+                pending: "none: the durable step is not external".into(),
+            });
+        };
+        let released = external.confirm(batch_seq)?;
+        self.count_released(&released);
+        Ok(released)
+    }
+
+    /// External durable step: a piece's write failed or its outcome is unknown. Every pending
+    /// batch is answered [`SubmitError::OutcomeUnknown`], and every later batch is refused.
+    pub fn fail(&mut self, reason: &str) -> Vec<Released> {
+        self.durable
+            .external_mut()
+            .map(|external| external.fail(reason))
+            .unwrap_or_default()
+    }
+
+    /// Batches decided and not yet answered (external durable step).
+    pub fn pending_batches(&self) -> usize {
+        self.durable
+            .external()
+            .map_or(0, ExternalBatches::pending_batches)
+    }
+
+    /// The sequence number the next piece will get (external durable step).
+    pub fn next_batch_seq(&self) -> Option<u64> {
+        self.durable.external().map(ExternalBatches::next_batch_seq)
+    }
+
+    fn count_released(&mut self, released: &[Released]) {
+        for batch in released {
+            self.committed_total += batch.committed;
+            self.aborted_total += batch.aborted;
+        }
+    }
+
+    /// Why every request is refused now (closed, or stopped after a failed external write).
+    fn refusal(&self) -> Option<SubmitError> {
+        if self.closed {
+            return Some(SubmitError::Log("the commit engine is closed".into()));
+        }
+        let stopped = self.durable.external().and_then(ExternalBatches::stopped)?;
+        Some(SubmitError::Log(format!(
+            "the commit engine stopped after a failed decision write ({stopped}); it must be \
+             reopened"
+        )))
+    }
+
+    /// Step 1: validate each request and answer decided ids with their first decision; sort the
+    /// rest into new commits, new aborts, and repeats of an id new in this batch.
+    fn triage<'r, 'a>(
+        &self,
+        clock: &Clock,
+        requests: &'r [Request<'a>],
+        physical_now: u64,
+    ) -> Batch<'r, 'a> {
+        let mut batch = Batch::new(requests);
         // First request of each id new in this batch; later ones copy its answer.
         let mut first_of: HashMap<TxnId, usize, foldhash::fast::RandomState> =
-            HashMap::with_capacity_and_hasher(count, Default::default());
-        let mut followers: Vec<(usize, usize)> = Vec::new();
-        let mut fresh_commits: Vec<usize> = Vec::with_capacity(count);
-        let mut fresh_aborts: Vec<usize> = Vec::new();
-        let physical_now = clock.physical_now();
-
+            HashMap::with_capacity_and_hasher(requests.len(), Default::default());
         for (i, request) in requests.iter().enumerate() {
             let (txn_id, fingerprint) = match request {
                 Request::Commit(txn) => (txn.id, Some(fingerprint(txn))),
                 Request::Abort(id) => (*id, None),
             };
             if txn_id == 0 {
-                answers[i] = Some(Err(SubmitError::InvalidTxnId));
+                batch.answers[i] = Some(Err(SubmitError::InvalidTxnId));
                 continue;
             }
-            fingerprints[i] = fingerprint;
+            batch.fingerprints[i] = fingerprint;
             // A decided id gets its first decision before any check of the request: a retry
             // must hear "committed" even after the low watermark passed its start timestamp.
             if let Some(decided) = self.decisions.get(txn_id) {
-                answers[i] = Some(match (decided.fingerprint, fingerprint) {
+                batch.answers[i] = Some(match (decided.fingerprint, fingerprint) {
                     (Some(first), Some(now)) if first != now => {
                         Err(SubmitError::Mismatch { txn_id })
                     }
@@ -614,41 +833,59 @@ impl CommitEngine {
             }
             if let Request::Commit(txn) = request {
                 if let Err(err) = self.validate(txn, clock, physical_now) {
-                    answers[i] = Some(Err(err));
+                    batch.answers[i] = Some(Err(err));
                     continue;
                 }
             }
             if let Some(&first) = first_of.get(&txn_id) {
-                match (fingerprints[first], fingerprint) {
+                match (batch.fingerprints[first], fingerprint) {
                     (Some(a), Some(b)) if a != b => {
-                        answers[i] = Some(Err(SubmitError::Mismatch { txn_id }));
+                        batch.answers[i] = Some(Err(SubmitError::Mismatch { txn_id }));
                     }
-                    _ => followers.push((i, first)),
+                    _ => batch.followers.push((i, first)),
                 }
                 continue;
             }
             first_of.insert(txn_id, i);
             match request {
-                Request::Commit(_) => fresh_commits.push(i),
-                Request::Abort(_) => fresh_aborts.push(i),
+                Request::Commit(_) => batch.fresh_commits.push(i),
+                Request::Abort(_) => batch.fresh_aborts.push(i),
             }
         }
+        batch
+    }
 
-        // ONE check over the batch, first committer wins.
-        let txns: Vec<&Transaction> = fresh_commits
+    /// Step 2: ONE check over the new commits, first committer wins. Returns them with their
+    /// conflicts (None: accepted).
+    fn check_conflicts<'a>(
+        &self,
+        batch: &Batch<'_, 'a>,
+    ) -> (Vec<&'a Transaction>, Vec<Option<Conflict>>) {
+        let txns: Vec<&'a Transaction> = batch
+            .fresh_commits
             .iter()
-            .filter_map(|&i| match requests[i] {
+            .filter_map(|&i| match batch.requests[i] {
                 Request::Commit(txn) => Some(txn),
                 Request::Abort(_) => None,
             })
             .collect();
         let checked = match self.detector.check_batch(&txns) {
             Ok(decision) => decision.outcomes,
-            // Ids are unique by construction (`first_of`); keep going if that ever changes.
+            // Ids are unique by construction (`triage`); keep going if that ever changes.
             Err(_) => txns.iter().map(|txn| self.detector.check(txn)).collect(),
         };
+        (txns, checked)
+    }
 
-        // ONE reservation for the accepted ones, above every start timestamp.
+    /// Step 3: ONE clock reservation for the accepted commits, above every start timestamp;
+    /// decides the new commits (committed, or aborted by their conflict). When the clock
+    /// refuses, the accepted ones are answered with its error and nothing is decided for them.
+    fn take_timestamps(
+        clock: &Clock,
+        batch: &mut Batch<'_, '_>,
+        txns: &[&Transaction],
+        checked: Vec<Option<Conflict>>,
+    ) {
         let accepted = checked.iter().filter(|c| c.is_none()).count() as u64;
         let mut commit_range = None;
         if accepted > 0 {
@@ -666,20 +903,19 @@ impl CommitEngine {
             match reserved {
                 Ok(range) => commit_range = Some(range),
                 Err(err) => {
-                    for (&i, conflict) in fresh_commits.iter().zip(&checked) {
+                    for (&i, conflict) in batch.fresh_commits.iter().zip(&checked) {
                         if conflict.is_none() {
-                            answers[i] = Some(Err(SubmitError::Clock(err.clone())));
+                            batch.answers[i] = Some(Err(SubmitError::Clock(err.clone())));
                         }
                     }
                 }
             }
         }
-
-        // Encode every new decision, in request order.
-        let mut decided: Vec<(usize, Decision)> =
-            Vec::with_capacity(fresh_commits.len() + fresh_aborts.len());
+        batch
+            .decided
+            .reserve(batch.fresh_commits.len() + batch.fresh_aborts.len());
         let mut next_commit = 0u64;
-        for ((&i, conflict), txn) in fresh_commits.iter().zip(checked).zip(&txns) {
+        for ((&i, conflict), txn) in batch.fresh_commits.iter().zip(checked).zip(txns) {
             let (outcome, decided_at) = match conflict {
                 None => match commit_range.and_then(|range| range.get(next_commit)) {
                     Some(commit_ts) => {
@@ -693,22 +929,25 @@ impl CommitEngine {
                     txn.start_ts,
                 ),
             };
-            decided.push((
+            batch.decided.push((
                 i,
                 Decision {
                     outcome,
-                    fingerprint: fingerprints[i],
+                    fingerprint: batch.fingerprints[i],
                     decided_at,
                 },
             ));
         }
+    }
+
+    /// Step 4: decides the requested aborts.
+    fn decide_requested_aborts(clock: &Clock, physical_now: u64, batch: &mut Batch<'_, '_>) {
         // A late commit of an aborted id may carry a start timestamp from a clock up to
         // max_offset_us ahead of this one; once the abort is forgotten, the low watermark rises
         // to its `decided_at`, which must therefore be past every such start timestamp.
         let fence = abort_fence(clock, physical_now);
-        let now = clock.last();
-        for &i in &fresh_aborts {
-            decided.push((
+        for &i in &batch.fresh_aborts {
+            batch.decided.push((
                 i,
                 Decision {
                     outcome: Outcome::Aborted(AbortReason::Requested),
@@ -717,60 +956,46 @@ impl CommitEngine {
                 },
             ));
         }
-
-        if !decided.is_empty() {
-            if let Err(err) = self.write_decisions(requests, &decided, now) {
-                // Not logged, so not decided: answer with the error and remember nothing.
-                let message = err.to_string();
-                for (i, _) in decided.drain(..) {
-                    answers[i] = Some(Err(SubmitError::Log(message.clone())));
-                }
-            }
-        }
-
-        // Durable (or as durable as asked): record and answer.
-        for (i, decision) in decided {
-            match (&decision.outcome, requests[i]) {
-                (Outcome::Committed(commit_ts), Request::Commit(txn)) => {
-                    let _ = self.detector.record(txn, *commit_ts);
-                    self.newest_commit = self.newest_commit.max(Some(*commit_ts));
-                    self.committed_total += 1;
-                }
-                _ => self.aborted_total += 1,
-            }
-            let id = match requests[i] {
-                Request::Commit(txn) => txn.id,
-                Request::Abort(id) => id,
-            };
-            answers[i] = Some(Ok(decision.outcome.clone()));
-            self.remember(id, decision, now);
-        }
-        for (i, first) in followers {
-            answers[i] = answers[first].clone();
-        }
-        self.batches_total += 1;
-        self.maybe_checkpoint();
-        answers
-            .into_iter()
-            .map(|answer| answer.unwrap_or(Err(SubmitError::InvalidTxnId)))
-            .collect()
     }
 
-    fn write_decisions(
-        &mut self,
-        requests: &[Request<'_>],
-        decided: &[(usize, Decision)],
-        now: Timestamp,
-    ) -> Result<(), LogError> {
-        let newest = self.newest_decided_after(decided, now);
-        let Some(log) = self.log.as_mut() else {
-            return Ok(());
-        };
+    /// Step 5: encodes the new decisions and hands them to the durable step. Returns the pieces
+    /// handed out (external step). When the local log cannot take the batch, nothing of it is
+    /// decided: its new decisions are answered with the error and forgotten.
+    fn make_durable(&mut self, batch: &mut Batch<'_, '_>, now: Timestamp) -> Vec<(u64, Vec<u8>)> {
+        if batch.decided.is_empty() {
+            return Vec::new();
+        }
+        let newest = self.newest_decided_after(&batch.decided, now);
+        if matches!(self.durable, DurableStep::Memory) {
+            return Vec::new();
+        }
+        self.encode_decisions(batch);
+        let payloads: Vec<&[u8]> = self
+            .bounds
+            .iter()
+            .map(|&(start, end)| &self.buffer[start..end])
+            .collect();
+        match self.durable.persist(&payloads, newest) {
+            Ok(Persisted::Now) => Vec::new(),
+            Ok(Persisted::HandedOut(pieces)) => pieces,
+            Err(err) => {
+                // Not logged, so not decided: answer with the error and remember nothing.
+                let message = err.to_string();
+                for (i, _) in batch.decided.drain(..) {
+                    batch.answers[i] = Some(Err(SubmitError::Log(message.clone())));
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// The batch's new decisions as records, in `self.buffer` at `self.bounds`.
+    fn encode_decisions(&mut self, batch: &Batch<'_, '_>) {
         self.buffer.clear();
         self.bounds.clear();
-        for (i, decision) in decided {
+        for (i, decision) in &batch.decided {
             let start = self.buffer.len();
-            match (&decision.outcome, requests[*i]) {
+            match (&decision.outcome, batch.requests[*i]) {
                 (Outcome::Committed(commit_ts), Request::Commit(txn)) => record::encode_committed(
                     &mut self.buffer,
                     txn.id,
@@ -796,17 +1021,26 @@ impl CommitEngine {
             }
             self.bounds.push((start, self.buffer.len()));
         }
-        let payloads: Vec<&[u8]> = self
-            .bounds
-            .iter()
-            .map(|&(start, end)| &self.buffer[start..end])
-            .collect();
-        // A failed write or fsync aborts the process inside the log; an error returned here
-        // (a new segment could not be created) means nothing of the batch was written.
-        if let Some((_, last)) = log.append(&payloads, self.durability == Durability::Sync)? {
-            self.batch_marks.push_back((last, newest));
+    }
+
+    /// Step 6: records the new decisions in the conflict detector and the decisions index, and
+    /// answers them. Returns `(committed, aborted)`.
+    fn record(&mut self, batch: &mut Batch<'_, '_>, now: Timestamp) -> (u64, u64) {
+        let (mut committed, mut aborted) = (0, 0);
+        for (i, decision) in std::mem::take(&mut batch.decided) {
+            match (&decision.outcome, batch.requests[i]) {
+                (Outcome::Committed(commit_ts), Request::Commit(txn)) => {
+                    let _ = self.detector.record(txn, *commit_ts);
+                    self.newest_commit = self.newest_commit.max(Some(*commit_ts));
+                    committed += 1;
+                }
+                _ => aborted += 1,
+            }
+            batch.answers[i] = Some(Ok(decision.outcome.clone()));
+            batch.recorded.push(i);
+            self.remember(batch.txn_id(i), decision, now);
         }
-        Ok(())
+        (committed, aborted)
     }
 
     fn newest_decided_after(
@@ -820,33 +1054,51 @@ impl CommitEngine {
             .max()
             .max(self.newest_decided)
     }
+}
 
-    /// Checkpoints away all but the newest `retain_segments` segments.
-    fn maybe_checkpoint(&mut self) {
-        let Some(log) = self.log.as_mut() else {
-            return;
-        };
-        let firsts = log.segment_first_seqs();
-        if firsts.len() <= self.retain_segments {
-            return;
+/// One batch on its way through [`CommitEngine::decide`]'s steps.
+struct Batch<'r, 'a> {
+    requests: &'r [Request<'a>],
+    answers: Vec<Option<Result<Outcome, SubmitError>>>,
+    fingerprints: Vec<Option<u64>>,
+    /// `(request, earlier request of the same id new in this batch)`: shares its answer.
+    followers: Vec<(usize, usize)>,
+    /// Requests whose id is new in this batch, commits and aborts.
+    fresh_commits: Vec<usize>,
+    fresh_aborts: Vec<usize>,
+    /// New decisions, in the order they are made durable.
+    decided: Vec<(usize, Decision)>,
+    /// Requests whose new decision was recorded.
+    recorded: Vec<usize>,
+}
+
+impl<'r, 'a> Batch<'r, 'a> {
+    fn new(requests: &'r [Request<'a>]) -> Self {
+        let count = requests.len();
+        Self {
+            requests,
+            answers: vec![None; count],
+            fingerprints: vec![None; count],
+            followers: Vec::new(),
+            fresh_commits: Vec::with_capacity(count),
+            fresh_aborts: Vec::new(),
+            decided: Vec::new(),
+            recorded: Vec::new(),
         }
-        let keep_from = firsts[firsts.len() - self.retain_segments];
-        let covered = keep_from - 1;
-        // Segments hold whole batches, so a batch ends exactly at `covered`.
-        while self.batch_marks.len() > 1 && self.batch_marks[1].0 <= covered {
-            self.batch_marks.pop_front();
+    }
+
+    fn txn_id(&self, i: usize) -> TxnId {
+        self.requests[i].txn_id()
+    }
+
+    fn into_answers(mut self) -> Vec<Result<Outcome, SubmitError>> {
+        for &(i, first) in &self.followers {
+            self.answers[i] = self.answers[first].clone();
         }
-        let Some(&(mark_seq, newest)) = self.batch_marks.front() else {
-            return;
-        };
-        if mark_seq > covered {
-            return;
-        }
-        let data = encode_checkpoint(newest);
-        if let Err(err) = log.checkpoint(covered, &data) {
-            // Retention is housekeeping: the log stays correct, it only grows.
-            eprintln!("hlc-oracle: commit log checkpoint failed: {err}");
-        }
+        self.answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or(Err(SubmitError::InvalidTxnId)))
+            .collect()
     }
 }
 

@@ -416,3 +416,165 @@ fn a_forgotten_abort_fences_late_commits_from_a_clock_ahead() {
         ));
     }
 }
+
+fn external_engine(clock: &Clock, max_batch_bytes: usize) -> CommitEngine {
+    let mut config = EngineConfig::new(Durability::External, None);
+    config.max_batch_bytes = max_batch_bytes;
+    config.first_batch_seq = 10;
+    CommitEngine::open(config, clock).unwrap().0
+}
+
+#[test]
+fn external_step_hands_out_pieces_and_answers_only_once_confirmed_in_order() {
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let mut engine = external_engine(&clock, 1 << 20);
+    let start = clock.now().unwrap();
+    let a = txn(1, start, &[], &["x"]);
+    let first = engine.decide(&clock, &[Request::Commit(&a)]);
+    assert_eq!(first.pieces.len(), 1);
+    assert_eq!(first.pieces[0].0, 10);
+    assert!(first.released.is_empty(), "nothing answered before durable");
+    assert_eq!(engine.status(1), None, "a pending decision is not reported");
+    assert_eq!(engine.pending_batches(), 1);
+
+    // A later batch is checked against the pending one, and a resubmission of the pending id
+    // waits for it.
+    let b = txn(2, start, &[], &["x"]);
+    let second = engine.decide(&clock, &[Request::Commit(&b), Request::Commit(&a)]);
+    assert_eq!(second.pieces[0].0, 11);
+    assert!(second.released.is_empty());
+    // A batch with nothing new to write still waits for the ones before it.
+    let third = engine.decide(&clock, &[Request::Commit(&a)]);
+    assert!(third.pieces.is_empty() && third.released.is_empty());
+
+    // Confirmed out of order: nothing goes out until piece 10 is durable.
+    assert!(engine.confirm(11).unwrap().is_empty());
+    let released = engine.confirm(10).unwrap();
+    assert_eq!(
+        released.iter().map(|r| r.ticket).collect::<Vec<_>>(),
+        vec![first.ticket, second.ticket, third.ticket]
+    );
+    let commit_ts = committed(&released[0].answers[0]);
+    assert_eq!(released[0].txn_ids, vec![1]);
+    assert_eq!(
+        conflict(&released[1].answers[0]).key.as_deref(),
+        Some(&b"x"[..])
+    );
+    assert_eq!(committed(&released[1].answers[1]), commit_ts);
+    assert_eq!(committed(&released[2].answers[0]), commit_ts);
+    assert_eq!(engine.status(1), Some(&Outcome::Committed(commit_ts)));
+    assert_eq!(engine.totals(), (1, 1, 3));
+    assert_eq!(engine.pending_batches(), 0);
+
+    // Confirming what is not pending is refused.
+    assert!(matches!(
+        engine.confirm(10),
+        Err(ConfirmError::UnknownBatch { batch_seq: 10, .. })
+    ));
+    assert!(engine.confirm(99).is_err());
+}
+
+#[test]
+fn external_failure_answers_every_pending_batch_outcome_unknown_and_stops() {
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let mut engine = external_engine(&clock, 1 << 20);
+    let start = clock.now().unwrap();
+    let a = txn(1, start, &[], &["x"]);
+    let b = txn(2, start, &[], &["y"]);
+    let first = engine.decide(&clock, &[Request::Commit(&a)]);
+    let second = engine.decide(&clock, &[Request::Commit(&b), Request::Abort(3)]);
+    assert!(engine.confirm(second.pieces[0].0).unwrap().is_empty());
+    let failed = engine.fail("etcd txn timed out");
+    assert_eq!(
+        failed.iter().map(|r| r.ticket).collect::<Vec<_>>(),
+        vec![first.ticket, second.ticket]
+    );
+    for answer in failed.iter().flat_map(|r| &r.answers) {
+        assert!(
+            matches!(answer, Err(SubmitError::OutcomeUnknown(reason)) if reason == "etcd txn timed out")
+        );
+    }
+    assert_eq!(engine.totals().0, 0, "nothing counted as committed");
+    // Stopped: later work is refused, nothing is guessed.
+    let later = engine.decide(&clock, &[Request::Commit(&txn(4, start, &[], &["z"]))]);
+    assert!(later.pieces.is_empty());
+    assert!(matches!(
+        later.released[0].answers[0],
+        Err(SubmitError::Log(_))
+    ));
+    assert!(matches!(
+        engine.confirm(first.pieces[0].0),
+        Err(ConfirmError::Stopped(_))
+    ));
+    assert_eq!(engine.status(1), None);
+}
+
+#[test]
+fn external_pieces_split_by_size_and_replay_on_another_engine() {
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let mut engine = external_engine(&clock, 300);
+    let start = clock.now().unwrap();
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i:04}")).collect();
+    let txns: Vec<Transaction> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| txn(i as u64 + 1, start, &[], &[key.as_str()]))
+        .collect();
+    let requests: Vec<Request<'_>> = txns.iter().map(Request::Commit).collect();
+    let handout = engine.decide(&clock, &requests);
+    assert!(handout.pieces.len() > 1, "split, never refused");
+    assert!(handout.pieces.iter().all(|(_, piece)| piece.len() <= 300));
+    let mut released = Vec::new();
+    for (seq, _) in handout.pieces.iter().rev() {
+        released.extend(engine.confirm(*seq).unwrap());
+    }
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].answers.len(), 40);
+
+    // A new leader replays the pieces: decisions, conflict history and clock floor.
+    let other_physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let other_clock = clock_at(&other_physical);
+    let mut successor = external_engine(&other_clock, 300);
+    let mut commits = 0;
+    for (seq, piece) in &handout.pieces {
+        commits += successor
+            .replay_piece(&other_clock, *seq, piece)
+            .unwrap()
+            .commits;
+    }
+    assert_eq!(commits, 40);
+    let last_ts = committed(&released[0].answers[39]);
+    assert_eq!(successor.status(40), Some(&Outcome::Committed(last_ts)));
+    assert!(other_clock.last() >= last_ts);
+    let late = successor.decide(
+        &other_clock,
+        &[Request::Commit(&txn(99, start, &[], &["key-0001"]))],
+    );
+    assert!(late.released.is_empty(), "parked until durable");
+    assert_eq!(late.pieces.len(), 1);
+    let answers = successor.confirm(late.pieces[0].0).unwrap();
+    conflict(&answers[0].answers[0]);
+    assert!(matches!(
+        successor.replay_piece(&other_clock, 7, &[1, 9, 0, 0, 0]),
+        Err(EngineError::BadRecord { seq: 7, .. })
+    ));
+}
+
+#[test]
+fn process_refuses_the_external_step_and_external_refuses_a_log_dir() {
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let mut engine = external_engine(&clock, 1 << 20);
+    let start = clock.now().unwrap();
+    let answers = engine.process(&clock, &[Request::Commit(&txn(1, start, &[], &["x"]))]);
+    assert!(matches!(answers[0], Err(SubmitError::Log(_))));
+    let dir = TempDir::new("external");
+    let config = EngineConfig::new(Durability::External, Some(dir.0.clone()));
+    assert!(matches!(
+        CommitEngine::open(config, &clock),
+        Err(EngineError::InvalidConfig(_))
+    ));
+}

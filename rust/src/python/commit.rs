@@ -10,14 +10,15 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyType};
 
 use crate::commit::wire::{self, WireError, WireResult};
 use crate::commit::{
-    AbortReason, CommitEngine, Durability, EngineConfig, EngineError, Limits, Outcome, Request,
-    SubmitError,
+    AbortReason, CommitEngine, ConfirmError, Durability, EngineConfig, EngineError, Limits,
+    Outcome, Released, Request, SubmitError,
 };
 use crate::conflict::{Conflict, ConflictKind, Isolation, KeySet, LostTo, Transaction};
 use crate::python::conflict::{PyConflict, PyTransaction};
 use crate::python::errors::{
-    ClockSkewError, CommitLogCorruptError, CommitLogError, HlcError, InvalidTransactionError,
-    StartTimestampError, TransactionMismatchError, TransactionTooLargeError,
+    ClockSkewError, CommitLogCorruptError, CommitLogError, CommitOutcomeUnknownError, HlcError,
+    InvalidTransactionError, StartTimestampError, TransactionMismatchError,
+    TransactionTooLargeError,
 };
 use crate::python::hlc::{u64_arg, PyClock, PyTimestamp};
 use crate::python::log::{log_options, path_arg, PyLogRecovery};
@@ -56,6 +57,7 @@ fn submit_error(err: &SubmitError) -> PyErr {
         SubmitError::Mismatch { .. } => TransactionMismatchError::new_err(message),
         SubmitError::Clock(_) => HlcError::new_err(message),
         SubmitError::Log(_) => CommitLogError::new_err(message),
+        SubmitError::OutcomeUnknown(_) => CommitOutcomeUnknownError::new_err(message),
     }
 }
 
@@ -266,8 +268,9 @@ fn durability_arg(value: &str) -> PyResult<Durability> {
         "sync" => Ok(Durability::Sync),
         "async" => Ok(Durability::Async),
         "memory" => Ok(Durability::Memory),
+        "external" => Ok(Durability::External),
         other => Err(PyValueError::new_err(format!(
-            "durability must be \"sync\", \"async\" or \"memory\", got {other:?}"
+            "durability must be \"sync\", \"async\", \"memory\" or \"external\", got {other:?}"
         ))),
     }
 }
@@ -277,6 +280,7 @@ fn durability_name(durability: Durability) -> &'static str {
         Durability::Sync => "sync",
         Durability::Async => "async",
         Durability::Memory => "memory",
+        Durability::External => "external",
     }
 }
 
@@ -299,6 +303,73 @@ fn usize_arg(value: Option<&Bound<'_, PyAny>>, field: &str, default: usize) -> P
 enum Item {
     Commit(Py<PyTransaction>),
     Abort(u64),
+}
+
+impl Item {
+    fn txn_id(&self) -> u64 {
+        match self {
+            Self::Commit(txn) => txn.get().0.id,
+            Self::Abort(id) => *id,
+        }
+    }
+}
+
+fn items_arg(requests: &Bound<'_, PyAny>) -> PyResult<Vec<Item>> {
+    let iterator = requests.try_iter().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "requests must be an iterable of Transaction or int, got {}",
+            type_name(requests)
+        ))
+    })?;
+    let mut items = Vec::new();
+    for (index, item) in iterator.enumerate() {
+        let item = item?;
+        if let Ok(txn) = item.cast::<PyTransaction>() {
+            items.push(Item::Commit(txn.clone().unbind()));
+        } else if item.is_instance_of::<PyInt>() && !item.is_instance_of::<PyBool>() {
+            items.push(Item::Abort(u64_arg(&item, &format!("requests[{index}]"))?));
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "requests[{index}] must be a Transaction or an int transaction id, got {}",
+                type_name(&item)
+            )));
+        }
+    }
+    Ok(items)
+}
+
+fn item_requests(items: &[Item]) -> Vec<Request<'_>> {
+    items
+        .iter()
+        .map(|item| match item {
+            Item::Commit(txn) => Request::Commit(&txn.get().0),
+            Item::Abort(id) => Request::Abort(*id),
+        })
+        .collect()
+}
+
+fn answer_object<'py>(
+    py: Python<'py>,
+    txn_id: u64,
+    answer: &Result<Outcome, SubmitError>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match answer {
+        Ok(outcome) => outcome_object(py, txn_id, outcome),
+        Err(err) => Ok(submit_error(err).into_value(py).into_bound(py).into_any()),
+    }
+}
+
+/// `[(ticket, [answer, ...]), ...]`.
+fn released_list<'py>(py: Python<'py>, released: &[Released]) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for batch in released {
+        let answers = PyList::empty(py);
+        for (txn_id, answer) in batch.txn_ids.iter().zip(&batch.answers) {
+            answers.append(answer_object(py, *txn_id, answer)?)?;
+        }
+        out.append((batch.ticket, answers))?;
+    }
+    Ok(out)
 }
 
 /// The per-batch hot path of group commit: validate, `check_batch`, one clock `reserve`, one log
@@ -339,6 +410,8 @@ impl PyCommitEngine {
         segment_size = None,
         retain_segments = None,
         preallocate = true,
+        max_batch_bytes = None,
+        first_batch_seq = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -355,6 +428,8 @@ impl PyCommitEngine {
         segment_size: Option<&Bound<'_, PyAny>>,
         retain_segments: Option<&Bound<'_, PyAny>>,
         preallocate: bool,
+        max_batch_bytes: Option<&Bound<'_, PyAny>>,
+        first_batch_seq: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let durability = durability_arg(durability)?;
         let path = match path.filter(|p| !p.is_none()) {
@@ -393,6 +468,16 @@ impl PyCommitEngine {
         config.retain_segments =
             usize_arg(retain_segments, "retain_segments", config.retain_segments)?;
         config.log_options = log_options(segment_size, preallocate)?;
+        config.max_batch_bytes =
+            usize_arg(max_batch_bytes, "max_batch_bytes", config.max_batch_bytes)?;
+        if let Some(first) = first_batch_seq.filter(|v| !v.is_none()) {
+            config.first_batch_seq = u64_arg(first, "first_batch_seq")?;
+            if config.first_batch_seq == 0 {
+                return Err(PyValueError::new_err(
+                    "first_batch_seq must be at least 1, got 0",
+                ));
+            }
+        }
         let clock_ref = clock.clone_ref(py);
         let (engine, recovery) =
             py.detach(|| CommitEngine::open(config, clock_ref.get().core()))?;
@@ -422,52 +507,99 @@ impl PyCommitEngine {
         py: Python<'py>,
         requests: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let iterator = requests.try_iter().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "requests must be an iterable of Transaction or int, got {}",
-                type_name(requests)
-            ))
-        })?;
-        let mut items = Vec::new();
-        for (index, item) in iterator.enumerate() {
-            let item = item?;
-            if let Ok(txn) = item.cast::<PyTransaction>() {
-                items.push(Item::Commit(txn.clone().unbind()));
-            } else if item.is_instance_of::<PyInt>() && !item.is_instance_of::<PyBool>() {
-                items.push(Item::Abort(u64_arg(&item, &format!("requests[{index}]"))?));
-            } else {
-                return Err(PyTypeError::new_err(format!(
-                    "requests[{index}] must be a Transaction or an int transaction id, got {}",
-                    type_name(&item)
-                )));
-            }
-        }
+        let items = items_arg(requests)?;
         let answers = py.detach(|| {
-            let requests: Vec<Request<'_>> = items
-                .iter()
-                .map(|item| match item {
-                    Item::Commit(txn) => Request::Commit(&txn.get().0),
-                    Item::Abort(id) => Request::Abort(*id),
-                })
-                .collect();
-            let mut engine = self
-                .engine
-                .lock()
-                .map_err(|_| HlcError::new_err("the commit engine lock is poisoned"))?;
-            Ok::<_, PyErr>(engine.process(self.clock.get().core(), &requests))
+            let requests = item_requests(&items);
+            Ok::<_, PyErr>(self.lock()?.process(self.clock.get().core(), &requests))
         })?;
         let out = PyList::empty(py);
         for (item, answer) in items.iter().zip(&answers) {
-            let txn_id = match item {
-                Item::Commit(txn) => txn.get().0.id,
-                Item::Abort(id) => *id,
-            };
-            match answer {
-                Ok(outcome) => out.append(outcome_object(py, txn_id, outcome)?)?,
-                Err(err) => out.append(submit_error(err).into_value(py))?,
-            }
+            out.append(answer_object(py, item.txn_id(), answer)?)?;
         }
         Ok(out)
+    }
+
+    /// Decides one batch like `process`, for any durable step: returns `(ticket, pieces,
+    /// released)`. `pieces` are `(batch_seq, bytes)` to make durable (durability "external"
+    /// only; empty otherwise); `released` are `(ticket, answers)` that can go out now, this
+    /// batch's or (external) earlier ones', in decision order.
+    fn decide<'py>(
+        &self,
+        py: Python<'py>,
+        requests: &Bound<'py, PyAny>,
+    ) -> PyResult<(u64, Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let items = items_arg(requests)?;
+        let handout = py.detach(|| {
+            let requests = item_requests(&items);
+            Ok::<_, PyErr>(self.lock()?.decide(self.clock.get().core(), &requests))
+        })?;
+        let pieces = PyList::empty(py);
+        for (seq, bytes) in &handout.pieces {
+            pieces.append((*seq, PyBytes::new(py, bytes)))?;
+        }
+        Ok((
+            handout.ticket,
+            pieces,
+            released_list(py, &handout.released)?,
+        ))
+    }
+
+    /// Durability "external": piece `batch_seq` is durable. Returns the `(ticket, answers)` this
+    /// releases, in decision order. `ValueError` for a batch that is not pending;
+    /// `CommitLogError` once the engine has stopped.
+    fn confirm<'py>(&self, py: Python<'py>, batch_seq: u64) -> PyResult<Bound<'py, PyList>> {
+        let released = py
+            .detach(|| Ok::<_, PyErr>(self.lock()?.confirm(batch_seq)))?
+            .map_err(|err| match err {
+                ConfirmError::UnknownBatch { .. } => PyValueError::new_err(err.to_string()),
+                ConfirmError::Stopped(_) => CommitLogError::new_err(err.to_string()),
+            })?;
+        released_list(py, &released)
+    }
+
+    /// Durability "external": a piece's write failed or its outcome is unknown (`reason` says
+    /// which). Returns every pending batch's `(ticket, answers)`, each answer a
+    /// `CommitOutcomeUnknownError`; every later batch is refused until the engine is reopened.
+    fn fail<'py>(&self, py: Python<'py>, reason: &str) -> PyResult<Bound<'py, PyList>> {
+        let released = py.detach(|| Ok::<_, PyErr>(self.lock()?.fail(reason)))?;
+        released_list(py, &released)
+    }
+
+    /// Recovery on promotion (durability "external"): replays one stored piece's decisions (in
+    /// batch order) into the decisions index and conflict history, and moves the clock past its
+    /// newest commit. Returns `(commits, aborts)` replayed; `CommitLogCorruptError` naming
+    /// `batch_seq` when the piece does not decode (it is never skipped).
+    fn replay_piece(
+        &self,
+        py: Python<'_>,
+        batch_seq: u64,
+        data: &Bound<'_, PyBytes>,
+    ) -> PyResult<(u64, u64)> {
+        let data = data.as_bytes().to_vec();
+        let recovery = py.detach(|| {
+            let mut engine = self.lock()?;
+            Ok::<_, PyErr>(engine.replay_piece(self.clock.get().core(), batch_seq, &data)?)
+        })?;
+        Ok((recovery.commits, recovery.aborts))
+    }
+
+    /// Refuses, from now on, every transaction that started at or below `ts` as too old (a new
+    /// leader passes the previous leader's window limit).
+    fn raise_low_watermark(&self, ts: &Bound<'_, PyTimestamp>) -> PyResult<()> {
+        self.lock()?.raise_low_watermark(ts.get().0);
+        Ok(())
+    }
+
+    /// Batches decided and not yet answered (durability "external"; 0 otherwise).
+    #[getter]
+    fn pending_batches(&self) -> PyResult<usize> {
+        Ok(self.lock()?.pending_batches())
+    }
+
+    /// The sequence number the next piece will get (None unless durability is "external").
+    #[getter]
+    fn next_batch_seq(&self) -> PyResult<Option<u64>> {
+        Ok(self.lock()?.next_batch_seq())
     }
 
     /// The decision for `txn_id` (`Committed` or `Aborted`), or None when unknown (never decided,
@@ -495,7 +627,8 @@ impl PyCommitEngine {
     /// Syncs and closes the log, releasing the directory; later batches are refused. Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| {
-            self.lock()?.close();
+            // Pending external batches were answered by the scheduler's drain before this.
+            let _unanswered = self.lock()?.close();
             Ok(())
         })
     }

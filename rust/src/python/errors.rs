@@ -30,6 +30,12 @@ create_exception!(
 );
 create_exception!(
     hlc_oracle,
+    CommitOutcomeUnknownError,
+    CommitLogError,
+    "A batch's decision write failed or its outcome is unknown: the transaction may or may not be decided (ask the current leader); the engine stopped."
+);
+create_exception!(
+    hlc_oracle,
     CeilingReachedError,
     HlcError,
     "A timestamp would pass the clock's ceiling (its persisted window): extend the window first."

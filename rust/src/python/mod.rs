@@ -20,6 +20,10 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     for (name, error) in [
         (
+            "CommitOutcomeUnknownError",
+            py.get_type::<errors::CommitOutcomeUnknownError>(),
+        ),
+        (
             "InvalidTransactionError",
             py.get_type::<errors::InvalidTransactionError>(),
         ),

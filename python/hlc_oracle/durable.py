@@ -1,0 +1,242 @@
+"""Where a batch becomes durable: the group-commit scheduler's one seam between standalone and
+clustered mode.
+
+The :class:`~hlc_oracle.CommitEngine` decides a batch (validation, idempotency, conflicts,
+timestamps) and encodes its new decisions as records (``rust/src/commit/durable.rs``). A
+:class:`DurableStep` opens the engine and runs each batch through it:
+
+- :class:`LocalDurableStep` (standalone): the engine appends the records to its local commit log
+  inside :meth:`~hlc_oracle.CommitEngine.process` (one ``write``, one ``fdatasync`` in ``sync``
+  durability) and the answers go out at once.
+- :class:`ExternalDurableStep` (clustered): the engine, opened with durability ``"external"``,
+  hands out each batch's records as numbered pieces ``(batch_seq, bytes)``; the step writes each
+  piece with ``store`` (a coroutine on the store's event loop: one fenced etcd txn in clustered
+  mode) and reports it durable (:meth:`~hlc_oracle.CommitEngine.confirm`) or failed
+  (:meth:`~hlc_oracle.CommitEngine.fail`). Up to ``max_in_flight`` batches are pending at once;
+  later batches are decided against them; answers go out in decision order, each once its pieces
+  are durable. A failed write, or one whose outcome is unknown (timeout, cancellation), answers
+  every pending batch :class:`~hlc_oracle.CommitOutcomeUnknownError` (``UNAVAILABLE``) and stops
+  the engine: nothing is guessed, and the node must stop serving (``on_failure``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from hlc_oracle._core import Aborted, Clock, CommitEngine, CommitLogError, Committed, Transaction
+
+if TYPE_CHECKING:
+    import os
+
+    from hlc_oracle.scheduler import CommitOptions
+
+__all__ = [
+    "Answers",
+    "DecisionStore",
+    "DurableStep",
+    "ExternalDurableStep",
+    "LocalDurableStep",
+]
+
+#: One batch's answers, in request order: the decision, or the exception that refused it.
+Answers = list[Committed | Aborted | BaseException]
+#: Writes one piece ``(batch_seq, data)``; returns once it is durable, raises when it is not (or
+#: when its outcome is unknown).
+DecisionStore = Callable[[int, bytes], Awaitable[None]]
+
+
+class DurableStep(Protocol):
+    """How the scheduler's writer thread turns a batch of requests into durable answers."""
+
+    def open_engine(
+        self, path: str | os.PathLike[str] | None, clock: Clock, options: CommitOptions
+    ) -> CommitEngine:
+        """The engine this step drives (replaying what it can recover)."""
+        ...
+
+    def decide(
+        self,
+        engine: CommitEngine,
+        requests: list[Transaction | int],
+        finish: Callable[[Answers], None],
+    ) -> None:
+        """Decides ``requests``; calls ``finish`` with their answers (from any thread) once they
+        may go out. May block the writer thread while too many batches are pending."""
+        ...
+
+    def drain(self, engine: CommitEngine, timeout: float | None) -> None:
+        """Before closing: waits for the pending batches' answers (none are left unanswered)."""
+        ...
+
+
+def _engine_options(options: CommitOptions) -> dict[str, Any]:
+    return {
+        "isolation": options.isolation,
+        "max_keys": options.max_keys,
+        "max_read_keys": options.max_read_keys,
+        "max_write_keys": options.max_write_keys,
+        "max_key_bytes": options.max_key_bytes,
+        "retained_decisions": options.retained_decisions,
+    }
+
+
+class LocalDurableStep:
+    """Standalone: the local commit log, written and synced inside the engine's call."""
+
+    def __init__(self) -> None:
+        self._sync_after = False
+
+    def open_engine(
+        self, path: str | os.PathLike[str] | None, clock: Clock, options: CommitOptions
+    ) -> CommitEngine:
+        self._sync_after = options.durability == "async"
+        return CommitEngine(
+            path,
+            clock,
+            durability=options.durability,
+            segment_size=options.segment_size,
+            retain_segments=options.retain_segments,
+            **_engine_options(options),
+        )
+
+    def decide(
+        self,
+        engine: CommitEngine,
+        requests: list[Transaction | int],
+        finish: Callable[[Answers], None],
+    ) -> None:
+        try:
+            answers: Answers = engine.process(requests)
+        except BaseException as error:  # every waiter must hear about it
+            answers = [error] * len(requests)
+        finish(answers)
+        if self._sync_after:
+            engine.sync()
+
+    def drain(self, engine: CommitEngine, timeout: float | None) -> None:
+        return None
+
+
+class ExternalDurableStep:
+    """Clustered: each batch's records are written by ``store`` on ``loop``; see the module
+    docstring. ``first_batch_seq`` continues after the pieces already stored (a new leader);
+    ``max_batch_bytes`` caps one piece (etcd refuses requests over 1.5 MiB by default)."""
+
+    def __init__(
+        self,
+        store: DecisionStore,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_in_flight: int = 4,
+        max_batch_bytes: int = 1 << 20,
+        first_batch_seq: int = 1,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        if not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= 64:
+            raise ValueError(f"max_in_flight must be an int in 1..64, got {max_in_flight!r}")
+        self._store = store
+        self._loop = loop
+        self.max_in_flight = max_in_flight
+        self.max_batch_bytes = max_batch_bytes
+        self.first_batch_seq = first_batch_seq
+        #: Called once (from the store's loop) with the reason when a write fails: the node must
+        #: stop serving.
+        self.on_failure = on_failure
+        #: Why the engine stopped, once a write failed.
+        self.failure: str | None = None
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
+        self._finishers: dict[int, Callable[[Answers], None]] = {}
+        # Answers released before their ticket's finisher was registered (a confirmation on the
+        # loop can release a batch while the writer thread is still inside decide).
+        self._early: dict[int, Answers] = {}
+
+    def open_engine(
+        self, path: str | os.PathLike[str] | None, clock: Clock, options: CommitOptions
+    ) -> CommitEngine:
+        if path is not None:
+            raise ValueError(f"the external durable step keeps no local log, got path={path!r}")
+        return CommitEngine(
+            None,
+            clock,
+            durability="external",
+            max_batch_bytes=self.max_batch_bytes,
+            first_batch_seq=self.first_batch_seq,
+            **_engine_options(options),
+        )
+
+    def pending(self) -> int:
+        """Batches decided and not yet answered."""
+        with self._lock:
+            return len(self._finishers)
+
+    def decide(
+        self,
+        engine: CommitEngine,
+        requests: list[Transaction | int],
+        finish: Callable[[Answers], None],
+    ) -> None:
+        with self._settled:
+            while len(self._finishers) >= self.max_in_flight:
+                self._settled.wait()
+        try:
+            ticket, pieces, released = engine.decide(requests)
+        except BaseException as error:
+            finish([error] * len(requests))
+            return
+        with self._lock:
+            early = self._early.pop(ticket, None)
+            if early is None:
+                self._finishers[ticket] = finish
+        if early is not None:
+            finish(early)
+        self._release(released)
+        for batch_seq, data in pieces:
+            asyncio.run_coroutine_threadsafe(self._write(engine, batch_seq, data), self._loop)
+
+    async def _write(self, engine: CommitEngine, batch_seq: int, data: bytes) -> None:
+        try:
+            await self._store(batch_seq, data)
+        except BaseException as error:  # failed, or cancelled: the outcome is unknown either way
+            reason = f"decision batch {batch_seq}: {type(error).__name__}: {error}"
+            first = self.failure is None
+            if first:
+                self.failure = reason
+            self._release(engine.fail(reason))
+            if first and self.on_failure is not None:
+                self.on_failure(reason)
+            if not isinstance(error, Exception):
+                raise
+            return
+        try:
+            released = engine.confirm(batch_seq)
+        except CommitLogError:  # stopped by an earlier failure: its callers were answered
+            return
+        self._release(released)
+
+    def _release(self, released: list[tuple[int, Answers]]) -> None:
+        if not released:
+            return
+        ready: list[tuple[Callable[[Answers], None], Answers]] = []
+        with self._settled:
+            for ticket, answers in released:
+                finish = self._finishers.pop(ticket, None)
+                if finish is None:
+                    self._early[ticket] = answers
+                else:
+                    ready.append((finish, answers))
+            self._settled.notify_all()
+        for finish, answers in ready:
+            finish(answers)
+
+    def drain(self, engine: CommitEngine, timeout: float | None) -> None:
+        """Waits for the pending batches; when they outlast ``timeout``, they are answered
+        outcome unknown. Must not run on the store's loop (the confirmations run there)."""
+        with self._settled:
+            self._settled.wait_for(lambda: not self._finishers, timeout)
+            unsettled = bool(self._finishers)
+        if unsettled:
+            self._release(engine.fail("closed while decision writes were unconfirmed"))

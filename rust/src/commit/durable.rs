@@ -1,0 +1,471 @@
+//! Where a batch becomes durable: the one step between deciding a batch and answering it.
+//!
+//! The engine decides a batch (validation, idempotency, conflicts, timestamps) and encodes every
+//! new decision as a record (`record.rs`). [`DurableStep`] makes those records durable; nothing
+//! before it (validation, checking) or after it (recording, answering) knows which kind it is:
+//! - [`DurableStep::Memory`]: nowhere (tests and benchmarks; everything is lost on restart).
+//! - [`DurableStep::Local`]: the local [`CommitLog`], standalone mode: ONE `write` per batch and,
+//!   in `sync` durability, ONE `fdatasync`, inside the engine's call; answers follow at once.
+//!   Retention (checkpoints of the log) lives here too.
+//! - [`DurableStep::External`]: a store the engine cannot write itself (clustered mode: one fenced
+//!   etcd txn per batch, written by Python). Two-phase:
+//!   1. deciding a batch hands out its records as numbered *pieces* `(batch_seq, bytes)` (a batch
+//!      larger than `max_batch_bytes` is split, never refused) and parks the answers;
+//!   2. the caller writes each piece and reports [`ExternalBatches::confirm`] (durable) or
+//!      [`ExternalBatches::fail`] (failed, or outcome unknown).
+//!
+//!   While pieces are pending, later batches are decided against them (the engine records a
+//!   decision in its conflict detector and decisions index when it hands it out), so a few
+//!   batches can be in flight to hide the store's latency. Answers are released in the order the
+//!   batches were decided, each once every piece up to its last one is confirmed, so an answer
+//!   that repeats a pending decision (an idempotent resubmission) never goes out before that
+//!   decision is durable. A failure answers every pending batch "outcome unknown" (the next
+//!   leader decides by reading the store; nothing is guessed here) and stops the engine: every
+//!   later batch is refused until the engine is opened again.
+//!
+//! A piece is `version u8 = 1 | per record: len u32 (little-endian) | record`; records are the
+//! commit log's payloads ([`super::record`]), so recovery replays both stores the same way.
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::fmt;
+
+use crate::commit::SubmitError;
+use crate::commit::{record::RecordError, Outcome};
+use crate::conflict::TxnId;
+use crate::log::{CommitLog, LogError};
+use crate::timestamp::Timestamp;
+
+const PIECE_VERSION: u8 = 1;
+/// Default cap of one piece: etcd refuses requests over 1.5 MiB by default, and the txn that
+/// carries a piece adds its key, the fence compares and gRPC framing.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 1 << 20;
+/// Smallest accepted piece cap (one small record and the piece header must fit).
+pub const MIN_MAX_BATCH_BYTES: usize = 256;
+
+/// The answers of one decided batch, with what it adds to the engine's totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// Which `decide` call these answers belong to.
+    pub ticket: u64,
+    /// The id of each request, in request order.
+    pub txn_ids: Vec<TxnId>,
+    pub answers: Vec<Result<Outcome, SubmitError>>,
+    pub(crate) committed: u64,
+    pub(crate) aborted: u64,
+}
+
+/// What one `decide` call hands back: the pieces to make durable (external step only), and the
+/// answers that can go out now (this batch's, or earlier ones' in the external step).
+#[derive(Debug, Default)]
+pub struct Handout {
+    pub ticket: u64,
+    pub pieces: Vec<(u64, Vec<u8>)>,
+    pub released: Vec<Released>,
+}
+
+/// The local commit log and its retention.
+pub struct LocalLog {
+    log: CommitLog,
+    sync: bool,
+    retain_segments: usize,
+    /// `(last seq of a batch, newest `decided_at` up to it)`, for choosing checkpoints.
+    batch_marks: VecDeque<(u64, Option<Timestamp>)>,
+}
+
+impl LocalLog {
+    pub fn new(
+        log: CommitLog,
+        sync: bool,
+        retain_segments: usize,
+        newest_decided: Option<Timestamp>,
+    ) -> Self {
+        let mut batch_marks = VecDeque::new();
+        batch_marks.push_back((log.next_seq().saturating_sub(1), newest_decided));
+        Self {
+            log,
+            sync,
+            retain_segments,
+            batch_marks,
+        }
+    }
+
+    pub fn log(&self) -> &CommitLog {
+        &self.log
+    }
+
+    /// Appends one batch's records in ONE write (+ ONE fdatasync when `sync`). An error (a new
+    /// segment could not be created) means nothing of the batch was written; a failed write or
+    /// fsync aborts the process inside the log.
+    pub fn append(
+        &mut self,
+        payloads: &[&[u8]],
+        newest_decided: Option<Timestamp>,
+    ) -> Result<(), LogError> {
+        if let Some((_, last)) = self.log.append(payloads, self.sync)? {
+            self.batch_marks.push_back((last, newest_decided));
+        }
+        Ok(())
+    }
+
+    pub fn sync(&mut self) {
+        self.log.sync();
+    }
+
+    /// Checkpoints away all but the newest `retain_segments` segments.
+    pub fn maybe_checkpoint(&mut self) {
+        let firsts = self.log.segment_first_seqs();
+        if firsts.len() <= self.retain_segments {
+            return;
+        }
+        let keep_from = firsts[firsts.len() - self.retain_segments];
+        let covered = keep_from - 1;
+        // Segments hold whole batches, so a batch ends exactly at `covered`.
+        while self.batch_marks.len() > 1 && self.batch_marks[1].0 <= covered {
+            self.batch_marks.pop_front();
+        }
+        let Some(&(mark_seq, newest)) = self.batch_marks.front() else {
+            return;
+        };
+        if mark_seq > covered {
+            return;
+        }
+        let data = super::encode_checkpoint(newest);
+        if let Err(err) = self.log.checkpoint(covered, &data) {
+            // Retention is housekeeping: the log stays correct, it only grows.
+            eprintln!("hlc-oracle: commit log checkpoint failed: {err}");
+        }
+    }
+}
+
+/// Why `confirm` refused a batch sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfirmError {
+    /// Never handed out, or already confirmed.
+    UnknownBatch { batch_seq: u64, pending: String },
+    /// The engine stopped after a failure; nothing more is released.
+    Stopped(String),
+}
+
+impl fmt::Display for ConfirmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownBatch { batch_seq, pending } => write!(
+                f,
+                "batch {batch_seq} is not pending (pending batches: {pending}); it was never \
+                 handed out or is already confirmed"
+            ),
+            Self::Stopped(reason) => write!(
+                f,
+                "the commit engine stopped after a failed decision write ({reason}); reopen it"
+            ),
+        }
+    }
+}
+
+struct ParkedBatch {
+    released: Released,
+    /// The batch's answers may go out once every piece up to this one is durable.
+    last_seq: u64,
+    /// Its new decisions: hidden from `status` until then.
+    decided_ids: Vec<TxnId>,
+}
+
+/// Batches handed out to an external store and not yet confirmed.
+pub struct ExternalBatches {
+    max_batch_bytes: usize,
+    /// The next piece's sequence number.
+    next_seq: u64,
+    /// Every piece up to this one is confirmed.
+    durable_through: u64,
+    /// Pieces confirmed out of order, past `durable_through`.
+    confirmed: BTreeSet<u64>,
+    parked: VecDeque<ParkedBatch>,
+    /// Ids whose decision is not yet durable (not answered by `status`).
+    pending_ids: HashSet<TxnId, foldhash::fast::RandomState>,
+    stopped: Option<String>,
+}
+
+impl ExternalBatches {
+    /// The first piece gets `first_batch_seq` (a new leader continues after the stored ones).
+    pub fn new(first_batch_seq: u64, max_batch_bytes: usize) -> Self {
+        let first = first_batch_seq.max(1);
+        Self {
+            max_batch_bytes,
+            next_seq: first,
+            durable_through: first - 1,
+            confirmed: BTreeSet::new(),
+            parked: VecDeque::new(),
+            pending_ids: HashSet::default(),
+            stopped: None,
+        }
+    }
+
+    /// Splits `payloads` into pieces of at most `max_batch_bytes` (a record larger than that goes
+    /// alone in its piece) and numbers them.
+    fn hand_out(&mut self, payloads: &[&[u8]]) -> Vec<(u64, Vec<u8>)> {
+        let mut pieces = Vec::new();
+        let mut piece = vec![PIECE_VERSION];
+        for payload in payloads {
+            if piece.len() > 1 && piece.len() + 4 + payload.len() > self.max_batch_bytes {
+                pieces.push(std::mem::replace(&mut piece, vec![PIECE_VERSION]));
+            }
+            piece.extend_from_slice(
+                &u32::try_from(payload.len())
+                    .unwrap_or(u32::MAX)
+                    .to_le_bytes(),
+            );
+            piece.extend_from_slice(payload);
+        }
+        if piece.len() > 1 {
+            pieces.push(piece);
+        }
+        pieces
+            .into_iter()
+            .map(|piece| {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                (seq, piece)
+            })
+            .collect()
+    }
+
+    fn park(&mut self, released: Released, decided_ids: Vec<TxnId>) {
+        self.pending_ids.extend(decided_ids.iter().copied());
+        self.parked.push_back(ParkedBatch {
+            released,
+            last_seq: self.next_seq - 1,
+            decided_ids,
+        });
+    }
+
+    /// The batches at the front whose pieces are all durable, in decision order.
+    fn take_releasable(&mut self) -> Vec<Released> {
+        let mut out = Vec::new();
+        while self
+            .parked
+            .front()
+            .is_some_and(|batch| batch.last_seq <= self.durable_through)
+        {
+            if let Some(batch) = self.parked.pop_front() {
+                for id in &batch.decided_ids {
+                    self.pending_ids.remove(id);
+                }
+                out.push(batch.released);
+            }
+        }
+        out
+    }
+
+    /// Piece `batch_seq` is durable; returns the answers this releases.
+    pub fn confirm(&mut self, batch_seq: u64) -> Result<Vec<Released>, ConfirmError> {
+        if let Some(reason) = &self.stopped {
+            return Err(ConfirmError::Stopped(reason.clone()));
+        }
+        if batch_seq <= self.durable_through
+            || batch_seq >= self.next_seq
+            || !self.confirmed.insert(batch_seq)
+        {
+            return Err(ConfirmError::UnknownBatch {
+                batch_seq,
+                pending: self.pending_range(),
+            });
+        }
+        while self.confirmed.remove(&(self.durable_through + 1)) {
+            self.durable_through += 1;
+        }
+        Ok(self.take_releasable())
+    }
+
+    fn pending_range(&self) -> String {
+        if self.durable_through + 1 >= self.next_seq {
+            "none".into()
+        } else {
+            format!("{}..={}", self.durable_through + 1, self.next_seq - 1)
+        }
+    }
+
+    /// A piece's write failed or its outcome is unknown: every parked batch is answered "outcome
+    /// unknown", and the engine stops.
+    pub fn fail(&mut self, reason: &str) -> Vec<Released> {
+        if self.stopped.is_none() {
+            self.stopped = Some(reason.to_string());
+        }
+        // `pending_ids` stay: `status` must not report decisions that may never have been stored.
+        self.confirmed.clear();
+        let unknown = SubmitError::OutcomeUnknown(reason.to_string());
+        self.parked
+            .drain(..)
+            .map(|batch| Released {
+                answers: vec![Err(unknown.clone()); batch.released.answers.len()],
+                ticket: batch.released.ticket,
+                txn_ids: batch.released.txn_ids,
+                committed: 0,
+                aborted: 0,
+            })
+            .collect()
+    }
+
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
+    }
+
+    /// Batches decided and not yet released.
+    pub fn pending_batches(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Pieces handed out and not yet confirmed.
+    pub fn pending_pieces(&self) -> u64 {
+        self.next_seq - 1 - self.durable_through - self.confirmed.len() as u64
+    }
+
+    pub fn next_batch_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn is_pending(&self, txn_id: TxnId) -> bool {
+        self.pending_ids.contains(&txn_id)
+    }
+}
+
+/// The records of one piece, in order.
+pub fn decode_piece(piece: &[u8]) -> Result<Vec<&[u8]>, RecordError> {
+    let Some((&version, mut rest)) = piece.split_first() else {
+        return Err(RecordError("empty decision batch"));
+    };
+    if version != PIECE_VERSION {
+        return Err(RecordError("unknown decision batch version"));
+    }
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return Err(RecordError("truncated record length in decision batch"));
+        }
+        let (len, tail) = rest.split_at(4);
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if len > tail.len() {
+            return Err(RecordError("record longer than the decision batch"));
+        }
+        let (record, tail) = tail.split_at(len);
+        records.push(record);
+        rest = tail;
+    }
+    Ok(records)
+}
+
+/// The durable step of the engine; see the module documentation.
+pub enum DurableStep {
+    Memory,
+    Local(LocalLog),
+    External(ExternalBatches),
+}
+
+/// What happened to a batch's records in [`DurableStep::persist`].
+pub enum Persisted {
+    /// Durable (or as durable as the mode asks): record and answer now.
+    Now,
+    /// Handed out: record now (so later batches see them), answer when confirmed.
+    HandedOut(Vec<(u64, Vec<u8>)>),
+}
+
+impl DurableStep {
+    /// Makes one batch's records durable, or hands them out. An error means nothing of the batch
+    /// was written.
+    pub fn persist(
+        &mut self,
+        payloads: &[&[u8]],
+        newest_decided: Option<Timestamp>,
+    ) -> Result<Persisted, LogError> {
+        match self {
+            Self::Memory => Ok(Persisted::Now),
+            Self::Local(log) => {
+                log.append(payloads, newest_decided)?;
+                Ok(Persisted::Now)
+            }
+            Self::External(external) => Ok(Persisted::HandedOut(external.hand_out(payloads))),
+        }
+    }
+
+    /// Answers a decided batch: at once, or (external) once its pieces are confirmed.
+    pub fn answer(&mut self, released: Released, decided_ids: Vec<TxnId>) -> Vec<Released> {
+        match self {
+            Self::External(external) => {
+                external.park(released, decided_ids);
+                external.take_releasable()
+            }
+            _ => vec![released],
+        }
+    }
+
+    /// Housekeeping after a batch (the local log's retention).
+    pub fn after_batch(&mut self) {
+        if let Self::Local(log) = self {
+            log.maybe_checkpoint();
+        }
+    }
+
+    pub fn sync(&mut self) {
+        if let Self::Local(log) = self {
+            log.sync();
+        }
+    }
+
+    pub fn log(&self) -> Option<&CommitLog> {
+        match self {
+            Self::Local(log) => Some(log.log()),
+            _ => None,
+        }
+    }
+
+    pub fn external(&self) -> Option<&ExternalBatches> {
+        match self {
+            Self::External(external) => Some(external),
+            _ => None,
+        }
+    }
+
+    pub fn external_mut(&mut self) -> Option<&mut ExternalBatches> {
+        match self {
+            Self::External(external) => Some(external),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_split_by_bytes_and_decode_back() {
+        let mut external = ExternalBatches::new(5, 64);
+        let records: Vec<Vec<u8>> = (0u8..10).map(|i| vec![i; 20]).collect();
+        let payloads: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        let pieces = external.hand_out(&payloads);
+        assert!(pieces.len() > 1);
+        assert_eq!(
+            pieces.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            (5..5 + pieces.len() as u64).collect::<Vec<_>>()
+        );
+        let mut back = Vec::new();
+        for (_, piece) in &pieces {
+            assert!(piece.len() <= 64);
+            back.extend(decode_piece(piece).unwrap());
+        }
+        assert_eq!(back, payloads);
+        // A record over the cap goes alone, never refused.
+        let big = vec![7u8; 100];
+        let pieces = external.hand_out(&[b"a".as_slice(), &big, b"b".as_slice()]);
+        assert_eq!(pieces.len(), 3);
+        assert_eq!(decode_piece(&pieces[1].1).unwrap(), vec![big.as_slice()]);
+    }
+
+    #[test]
+    fn damaged_pieces_are_errors() {
+        assert!(decode_piece(&[]).is_err());
+        assert!(decode_piece(&[9]).is_err());
+        assert!(decode_piece(&[1, 3, 0]).is_err());
+        assert!(decode_piece(&[1, 3, 0, 0, 0, 1]).is_err());
+        assert_eq!(decode_piece(&[1]).unwrap(), Vec::<&[u8]>::new());
+    }
+}

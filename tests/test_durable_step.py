@@ -1,0 +1,176 @@
+"""The durable step's seam: the external (clustered) implementation driven by the scheduler, with a
+plain coroutine standing in for the store (the etcd store's own tests run against a real etcd)."""
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from hlc_oracle import (
+    Aborted,
+    Clock,
+    CommitEngine,
+    CommitLogCorruptError,
+    CommitLogError,
+    CommitOptions,
+    CommitOutcomeUnknownError,
+    Committed,
+    GroupCommitScheduler,
+    Timestamp,
+    Transaction,
+)
+from hlc_oracle.durable import ExternalDurableStep, LocalDurableStep
+
+
+def _txn(clock: Clock, txn_id: int, *writes: bytes) -> Transaction:
+    return Transaction(txn_id, clock.now(), [], list(writes))
+
+
+class _Store:
+    """Keeps the pieces it is given; each write waits until `gate` is set."""
+
+    def __init__(self) -> None:
+        self.pieces: dict[int, bytes] = {}
+        self.gate = asyncio.Event()
+        self.fail_with: BaseException | None = None
+
+    async def write(self, batch_seq: int, data: bytes) -> None:
+        await self.gate.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.pieces[batch_seq] = data
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _scheduler(store: _Store, **kwargs: int) -> tuple[GroupCommitScheduler, ExternalDurableStep]:
+    step = ExternalDurableStep(store.write, asyncio.get_running_loop(), **kwargs)
+    clock = Clock(node=1)
+    return GroupCommitScheduler(None, clock, CommitOptions(), durable_step=step), step
+
+
+def test_answers_wait_for_the_store_and_a_new_engine_replays_the_pieces() -> None:
+    async def run() -> None:
+        store = _Store()
+        scheduler, step = _scheduler(store, max_in_flight=2)
+        clock = scheduler.clock
+        assert scheduler.durability == "external"
+        rival = _txn(clock, 2, b"x")  # started before 1 commits
+        one = _txn(clock, 1, b"x")
+        first = asyncio.ensure_future(scheduler.submit(one))
+        await _until(lambda: step.pending() == 1, "the first batch to be pending")
+        # A later batch is decided against the pending one (conflict on x) and waits too.
+        late = asyncio.ensure_future(scheduler.submit_many([rival, _txn(clock, 3, b"y")]))
+        await _until(lambda: step.pending() == 2, "the second batch to be pending")
+        await asyncio.sleep(0.05)
+        assert not first.done() and not late.done(), "nothing answered before durable"
+        assert scheduler.status(1) is None, "a pending decision is not reported"
+        store.gate.set()
+        committed = await first
+        assert isinstance(committed, Committed)
+        aborted, other = await late
+        assert isinstance(aborted, Aborted) and aborted.conflict is not None
+        assert aborted.conflict.key == b"x" and isinstance(other, Committed)
+        assert scheduler.status(1) == committed
+        # Idempotent resubmission once durable.
+        assert await scheduler.submit(one) == committed
+        await scheduler.aclose()
+        assert sorted(store.pieces) == [1, 2]
+
+        # The next leader: replay, then the same decisions and a clock above them.
+        successor = CommitEngine(None, Clock(node=2), durability="external", first_batch_seq=3)
+        replayed = [successor.replay_piece(seq, data) for seq, data in sorted(store.pieces.items())]
+        assert replayed == [(1, 0), (1, 1)]
+        assert successor.status(1) == committed
+        assert successor.next_batch_seq == 3
+        assert successor.clock.now() > other.commit_ts
+        with pytest.raises(CommitLogCorruptError, match="7"):
+            successor.replay_piece(7, b"\x01\x05\x00")
+
+    asyncio.run(run())
+
+
+def test_a_failed_write_answers_every_pending_batch_outcome_unknown_and_stops() -> None:
+    async def run() -> None:
+        store = _Store()
+        failures: list[str] = []
+        scheduler, step = _scheduler(store, max_in_flight=4)
+        step.on_failure = failures.append
+        clock = scheduler.clock
+        pending = [
+            asyncio.ensure_future(scheduler.submit(_txn(clock, i, f"k{i}".encode())))
+            for i in range(1, 4)
+        ]
+        await _until(lambda: step.pending() >= 1, "pending batches")
+        store.fail_with = TimeoutError("etcd txn deadline exceeded")
+        store.gate.set()
+        for future in pending:
+            with pytest.raises(CommitOutcomeUnknownError, match="etcd txn deadline exceeded"):
+                await future
+        assert failures and "TimeoutError" in failures[0]
+        assert step.failure == failures[0]
+        # Stopped until reopened: nothing more is decided, nothing is guessed.
+        with pytest.raises(CommitLogError, match="reopened"):
+            await scheduler.submit(_txn(clock, 9, b"z"))
+        assert scheduler.status(1) is None
+        assert store.pieces == {}
+        await scheduler.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_large_batch_is_split_into_pieces_never_refused() -> None:
+    async def run() -> None:
+        store = _Store()
+        store.gate.set()
+        scheduler, _ = _scheduler(store, max_batch_bytes=1024)
+        clock = scheduler.clock
+        txns = [_txn(clock, i, f"key-{i:05d}".encode() * 4) for i in range(1, 201)]
+        answers = await scheduler.submit_many(txns)
+        assert all(isinstance(answer, Committed) for answer in answers)
+        assert len(store.pieces) > 5
+        assert all(len(piece) <= 1024 for piece in store.pieces.values())
+        await scheduler.aclose()
+
+    asyncio.run(run())
+
+
+def test_bad_configurations_are_refused() -> None:
+    async def run() -> None:
+        store = _Store()
+        loop = asyncio.get_running_loop()
+        with pytest.raises(ValueError, match="max_in_flight"):
+            ExternalDurableStep(store.write, loop, max_in_flight=0)
+        with pytest.raises(ValueError, match="keeps no local log"):
+            GroupCommitScheduler(
+                "somewhere", Clock(), durable_step=ExternalDurableStep(store.write, loop)
+            )
+
+    asyncio.run(run())
+    with pytest.raises(ValueError, match="max_batch_bytes must be at least 256"):
+        CommitEngine(None, Clock(), durability="external", max_batch_bytes=10)
+    engine = CommitEngine(None, Clock(), durability="memory")
+    with pytest.raises(ValueError, match="not pending"):
+        engine.confirm(1)
+    assert engine.pending_batches == 0 and engine.next_batch_seq is None
+    assert engine.fail("nothing pending") == []
+
+
+def test_the_local_step_answers_at_once() -> None:
+    clock = Clock()
+    with GroupCommitScheduler(
+        None, clock, CommitOptions(durability="memory"), durable_step=LocalDurableStep()
+    ) as scheduler:
+        answer = scheduler.submit_blocking(_txn(clock, 1, b"a"))
+        assert isinstance(answer, Committed)
+        ticket, pieces, released = scheduler.engine.decide([_txn(clock, 2, b"b"), 1])
+        assert pieces == []
+        assert [t for t, _ in released] == [ticket]
+        assert released[0][1][1] == answer
+        scheduler.engine.raise_low_watermark(Timestamp(clock.now().physical + 10**6))
+        assert scheduler.engine.low_watermark is not None
