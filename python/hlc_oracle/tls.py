@@ -1,4 +1,4 @@
-"""PEM files for TLS, read and checked before gRPC sees them.
+"""PEM files for TLS, read and checked before gRPC sees them, and what a certificate says.
 
 gRPC's C core aborts the whole process on a client certificate without its key, and reports a
 server certificate or key that is not PEM only as "Failed to bind to address". Reading and checking
@@ -9,9 +9,12 @@ the files here first turns both into errors that name the file: ``OSError`` when
 from __future__ import annotations
 
 import binascii
+import datetime
 import re
 from pathlib import Path
 from typing import Literal
+
+from cryptography import x509
 
 _BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 
@@ -65,3 +68,12 @@ def read_pem(
         raise type(err)(err.errno, f"cannot read the {role} {path}: {err.strerror}") from err
     check_pem(data, kind, f"the {role} {path}")
     return data
+
+
+def certificate_not_after(pem: bytes) -> datetime.datetime:
+    """When the first certificate in ``pem`` (the leaf of a chain) stops being valid, in UTC.
+    Raises :class:`PemError` when it does not parse as an X.509 certificate."""
+    try:
+        return x509.load_pem_x509_certificate(pem).not_valid_after_utc
+    except ValueError as err:
+        raise PemError(f"not an X.509 certificate: {err}") from err

@@ -1,5 +1,6 @@
 """Fixtures that run the real oracle on loopback: ``oracle`` (one per module) and
-``start_oracle`` (a fresh one per call, stopped at the end of the test)."""
+``start_oracle`` (a fresh one per call, stopped at the end of the test); ``pki``, test
+certificates (see :mod:`tests.integration.pki`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.oracle_process import OracleProcess
+from tests.integration.pki import make_pki
 
 
 @pytest.fixture(scope="module")
@@ -32,3 +34,9 @@ def start_oracle(tmp_path: Path) -> Iterator[Callable[..., OracleProcess]]:
     finally:
         for server in started:
             server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """CAs, server and client certificates as PEM files, by file name (``ca.pem``, ...)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -68,6 +68,7 @@ class OracleProcess:
         self.port_file.unlink(missing_ok=True)
         env = {**os.environ, **(self.env or {})}
         self.starts += 1
+        logged_before = len(self.log_text())
         log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
@@ -88,6 +89,13 @@ class OracleProcess:
         ports = json.loads(self.port_file.read_text())
         self.port = ports["port"]
         self.metrics_port = ports["metrics_port"]
+        # The log goes through the server's stderr relay, a process of its own: wait for the
+        # record the server writes after the port file, and every earlier record is there too.
+        while "started" not in self.log_text()[logged_before:]:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"hlc-oracle serve never logged 'started':\n{self.log_text()}")
+            time.sleep(0.01)
         if self.wait_healthy:
             self.wait_for_health(deadline)
         return self

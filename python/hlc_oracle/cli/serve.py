@@ -68,16 +68,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     from hlc_oracle.server import StartupError, serve
     from hlc_oracle.server.logs import configure
+    from hlc_oracle.server.stderr_relay import json_stderr
     from hlc_oracle.server.window import WindowFileError
 
     config = config_module.load(args.config, overrides=_overrides(args))
     configure(config.log.level, config.log.format)
-    try:
-        fatal_reason = asyncio.run(serve(config))
-    except (StartupError, WindowFileError) as err:
-        print(f"hlc-oracle serve: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    if fatal_reason is not None:
-        print(f"hlc-oracle serve: stopped: {fatal_reason}", file=sys.stderr)
-        return EXIT_FAILED
+    # In JSON mode even grpc-core's own lines and the errors below become JSON records.
+    with json_stderr(enabled=config.log.format == "json"):
+        try:
+            fatal_reason = asyncio.run(serve(config))
+        except (StartupError, WindowFileError) as err:
+            print(f"hlc-oracle serve: {err}", file=sys.stderr)
+            return EXIT_FAILED
+        if fatal_reason is not None:
+            print(f"hlc-oracle serve: stopped: {fatal_reason}", file=sys.stderr)
+            return EXIT_FAILED
     return EXIT_OK

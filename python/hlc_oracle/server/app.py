@@ -10,6 +10,7 @@ mark, release the data dir, exit 0.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import signal
@@ -40,9 +41,12 @@ from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.service import SERVICE_NAME, TimestampOracleService, wire_timestamp
 from hlc_oracle.server.skew_guard import build_skew_monitor, clock_status_fields
 from hlc_oracle.server.window import TimestampWindow, WindowStore, floor_for
-from hlc_oracle.tls import PemError, read_pem
+from hlc_oracle.tls import PemError, certificate_not_after, read_pem
 
 log = logging.getLogger("hlc_oracle.server")
+
+#: A server certificate that expires sooner than this is warned about at start-up.
+CERTIFICATE_WARNING_DAYS = 30
 
 
 def package_version() -> str:
@@ -200,6 +204,7 @@ class OracleServer:
             raise StartupError(err.strerror or str(err)) from err
         except PemError as err:
             raise StartupError(str(err)) from err
+        warn_if_expiring(cert, tls.cert_file)
         return grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
         )
@@ -345,6 +350,32 @@ class OracleServer:
             extra={
                 "fields": {"last": str(self.clock.last()), "saved_window_us": self.window.limit_us}
             },
+        )
+
+
+def warn_if_expiring(cert: bytes, path: Path, now: datetime.datetime | None = None) -> None:
+    """Logs a warning when the server certificate expires within
+    :data:`CERTIFICATE_WARNING_DAYS`, an error when it has expired: clients will refuse the
+    handshake then, and nothing else would say why."""
+    try:
+        not_after = certificate_not_after(cert)
+    except PemError as err:
+        log.warning(
+            "cannot read the TLS certificate's expiry date",
+            extra={"fields": {"cert_file": str(path), "error": str(err)}},
+        )
+        return
+    days_left = (not_after - (now or datetime.datetime.now(datetime.UTC))).total_seconds() / 86400
+    fields = {"cert_file": str(path), "not_after": not_after.isoformat(), "days_left": days_left}
+    if days_left <= 0:
+        log.error(
+            f"the TLS certificate {path} has expired: clients will refuse the handshake",
+            extra={"fields": fields},
+        )
+    elif days_left <= CERTIFICATE_WARNING_DAYS:
+        log.warning(
+            f"the TLS certificate {path} expires in {days_left:.1f} days: renew it",
+            extra={"fields": fields},
         )
 
 

@@ -1,0 +1,156 @@
+"""TLS failures named: the real server logs each refused handshake as a JSON record (grpc-core's
+own stderr lines go through the relay), and warns at start-up about a certificate near or past
+its expiry. Certificates are made in the test (:mod:`tests.integration.pki`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hlc_oracle.server.stderr_relay import convert, record_for
+
+from tests.integration.oracle_process import OracleProcess
+
+StartOracle = Callable[..., OracleProcess]
+
+
+def mutual_tls_server(start_oracle: StartOracle, pki: dict[str, Path]) -> OracleProcess:
+    return start_oracle(
+        "--tls-cert", str(pki["server.pem"]), "--tls-key", str(pki["server-key.pem"]),
+        "--tls-client-ca", str(pki["ca.pem"]),
+        wait_healthy=False,
+    )  # fmt: skip
+
+
+def records(oracle: OracleProcess) -> list[dict[str, Any]]:
+    """Every line of the server's log, each of which must be one JSON object."""
+    lines = [line for line in oracle.log_text().splitlines() if line.strip()]
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"a log line is not JSON: {line!r}")
+    return parsed
+
+
+def wait_for_record(oracle: OracleProcess, **fields: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for record in records(oracle):
+            if all(record.get(key) == value for key, value in fields.items()):
+                return record
+        time.sleep(0.05)
+    pytest.fail(f"no log record with {fields}:\n{oracle.log_text()}")
+
+
+def health_check(channel: grpc.Channel) -> None:
+    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+
+
+def pem(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("client", "cause"),
+    [
+        ("none", "the client sent no certificate (mutual TLS is on)"),
+        ("other-ca-client", "the client's certificate is not signed by tls.client_ca_file"),
+        ("expired-client", "the client's certificate has expired"),
+        ("plaintext", "the client spoke plaintext (no TLS) to this TLS port"),
+    ],
+)
+def test_a_refused_handshake_is_one_json_record_naming_its_likely_cause(
+    start_oracle: StartOracle, pki: dict[str, Path], client: str, cause: str
+) -> None:
+    oracle = mutual_tls_server(start_oracle, pki)
+    if client == "plaintext":
+        channel = grpc.insecure_channel(oracle.target)
+    else:
+        keys = (
+            {}
+            if client == "none"
+            else {
+                "private_key": pem(pki[f"{client}-key.pem"]),
+                "certificate_chain": pem(pki[f"{client}.pem"]),
+            }
+        )
+        credentials = grpc.ssl_channel_credentials(pem(pki["ca.pem"]), **keys)
+        channel = grpc.secure_channel(oracle.target, credentials)
+    with channel, pytest.raises(grpc.RpcError):
+        health_check(channel)
+    record = wait_for_record(oracle, logger="grpc", message="TLS handshake failed")
+    assert record["level"] == "warning"
+    assert record["likely_cause"].startswith(cause)
+    assert "SSL" in record["error"]
+    # Stopping writes more records; the whole log, start to end, stays one JSON object a line.
+    assert oracle.stop() == 0
+    assert records(oracle)[-1]["message"] == "stopped"
+
+
+def test_the_good_client_still_gets_through(
+    start_oracle: StartOracle, pki: dict[str, Path]
+) -> None:
+    oracle = mutual_tls_server(start_oracle, pki)
+    credentials = grpc.ssl_channel_credentials(
+        pem(pki["ca.pem"]), pem(pki["client-key.pem"]), pem(pki["client.pem"])
+    )
+    with grpc.secure_channel(oracle.target, credentials) as channel:
+        health_check(channel)
+    assert not [r for r in records(oracle) if r.get("message") == "TLS handshake failed"]
+
+
+@pytest.mark.parametrize(
+    ("certificate", "level", "message"),
+    [
+        ("expiring-server", "warning", "expires in 10.0 days: renew it"),
+        ("expired-server", "error", "has expired: clients will refuse the handshake"),
+    ],
+)
+def test_start_up_warns_about_a_certificate_near_or_past_its_expiry(
+    start_oracle: StartOracle, pki: dict[str, Path], certificate: str, level: str, message: str
+) -> None:
+    oracle = start_oracle(
+        "--tls-cert", str(pki[f"{certificate}.pem"]),
+        "--tls-key", str(pki[f"{certificate}-key.pem"]),
+        wait_healthy=False,
+    )  # fmt: skip
+    path = pki[f"{certificate}.pem"]
+    warning = wait_for_record(oracle, message=f"the TLS certificate {path} {message}")
+    assert (warning["level"], warning["cert_file"]) == (level, str(path))
+    expected_days = 10 if certificate == "expiring-server" else -2
+    assert abs(warning["days_left"] - expected_days) < 0.1
+    assert warning["not_after"]
+
+
+def test_a_certificate_valid_for_long_draws_no_warning(
+    start_oracle: StartOracle, pki: dict[str, Path]
+) -> None:
+    oracle = mutual_tls_server(start_oracle, pki)
+    wait_for_record(oracle, message="started")
+    assert not [r for r in records(oracle) if r.get("cert_file")]
+
+
+def test_the_relay_keeps_json_lines_and_wraps_every_other_line() -> None:
+    own = b'{"ts": "2026-11-30T09:00:00.000Z", "level": "info", "message": "started"}'
+    assert convert(own) == own + b"\n"
+    grpc_line = (
+        "E1130 09:17:52.482876   11307 chttp2_transport.cc:1234] ipv4:127.0.0.1:5: connection reset"
+    )
+    record = record_for(grpc_line)
+    assert (record["level"], record["logger"], record["thread"]) == ("error", "grpc", 11307)
+    assert record["source"] == "chttp2_transport.cc:1234"
+    assert record["message"] == "ipv4:127.0.0.1:5: connection reset"
+    assert "likely_cause" not in record
+    # Anything else (a traceback, the commit log's fatal line) is an error record of its own.
+    wrapped = json.loads(convert(b"hlc-oracle: FATAL: fdatasync of /d/x.wal failed"))
+    assert (wrapped["level"], wrapped["logger"]) == ("error", "stderr")
+    assert wrapped["message"] == "hlc-oracle: FATAL: fdatasync of /d/x.wal failed"
+    assert json.loads(convert(b"[1, 2]"))["message"] == "[1, 2]"  # JSON, but not a record
