@@ -228,6 +228,10 @@ def test_cluster_flags_reach_the_configuration() -> None:
         ({"name": "a/b"}, "cluster.name must be non-empty, without '/'.*got 'a/b'"),
         ({"name": ""}, "cluster.name must be non-empty.*got ''"),
         ({"advertise": "oracle-0"}, "cluster.advertise must be host:port.*got 'oracle-0'"),
+        (
+            {"decision_retention_s": "30"},
+            "cluster.decision_retention_s must be in 60..604800, got 30",
+        ),
     ],
 )
 def test_bad_cluster_settings_name_the_value(cluster: dict[str, str], message: str) -> None:

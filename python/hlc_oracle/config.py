@@ -159,6 +159,12 @@ class ClusterSection:
         "host:port that followers send clients to when this node leads; unset: server.listen",
         "--advertise",
     )
+    decision_retention_s: float = setting(
+        600.0,
+        "seconds the leader keeps group-commit decisions in etcd (status and idempotent "
+        "resubmission across a failover work this long); at least 60, and longer than clients "
+        "keep retrying a commit",
+    )
 
     @property
     def clustered(self) -> bool:
@@ -184,10 +190,19 @@ class ClusterSection:
             )
         if self.advertise is not None:
             check_host_port(self.advertise, "cluster.advertise", allow_port_zero=False)
+        if not MIN_DECISION_RETENTION_S <= self.decision_retention_s <= MAX_DECISION_RETENTION_S:
+            raise ConfigError(
+                f"cluster.decision_retention_s must be in {MIN_DECISION_RETENTION_S:g}.."
+                f"{MAX_DECISION_RETENTION_S:g}, got {self.decision_retention_s:g}"
+            )
 
 
 # An hour: a longer lease only delays the replacement of a dead leader.
 MAX_LEASE_TTL_S = 3600
+# Decisions are kept at least a minute (clients retry a commit for seconds) and at most a week
+# (etcd holds them all, within its quota).
+MIN_DECISION_RETENTION_S = 60.0
+MAX_DECISION_RETENTION_S = 7 * 86_400.0
 # Listen addresses that mean "every interface": no client can be sent there.
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
