@@ -81,7 +81,10 @@ class ClockSection:
 @dataclass
 class WindowSection:
     size_ms: int = setting(
-        3_000, "how far ahead of the clock the persisted timestamp limit is saved (milliseconds)"
+        200,
+        "how far ahead of the clock the persisted timestamp limit is saved (milliseconds); at "
+        "most clock.max_offset_us/2 lets a node restarted after a crash, or a new leader, serve "
+        "at once; a larger window makes it wait until the saved limit is that close (HLC bound)",
     )
     check_interval_ms: int = setting(
         50, "how often the window renewer checks the clock against the limit (milliseconds)"

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from hlc_oracle import Timestamp, TimestampRange
-from hlc_oracle.client import OracleClient
+from hlc_oracle.client import OracleClient, OracleNotServingError, RetryPolicy
 
 from tests.integration.oracle_process import OracleProcess
 
@@ -111,29 +112,27 @@ def test_kill_9_under_load_and_restart_never_regresses(
             assert client.get_timestamps(10).first.to_int() > max(seen)
 
 
-def test_restart_after_the_clock_stepped_back(
+def test_restart_after_the_clock_stepped_back_waits_out_the_saved_limit(
     start_oracle: Callable[..., OracleProcess], tmp_path: Path
 ) -> None:
     # A data dir whose saved window is an hour ahead of this machine's clock: as if the node had
-    # run with a clock an hour fast that was then stepped back.
+    # run with a clock an hour fast that was then stepped back. Serving above the saved limit would
+    # hand out timestamps an hour ahead, which every HLC peer refuses: the node waits instead.
     data_dir = tmp_path / "stepped-back"
     data_dir.mkdir()
     future = int(time.time() * 1e6) + 3_600_000_000
     (data_dir / "timestamp-window").write_text(
         json.dumps({"format": 1, "limit_physical_us": future})
     )
-    server = start_oracle(data_dir=data_dir)
-    with OracleClient(server.target) as client:
-        first = client.get_timestamp()
-        batch = client.get_timestamps(5000)
+    server = start_oracle(data_dir=data_dir, wait_healthy=False)
+    with OracleClient(server.target, retry=RetryPolicy(attempts=1)) as client:
         status = client.status()
-    assert first.physical > future
-    assert batch.first > first
+        with pytest.raises(OracleNotServingError, match=r"hlc-bound: the saved timestamp limit"):
+            client.get_timestamp()
+    assert not status.serving
+    assert "within max_offset/2 (0.250 s)" in status.not_serving_reason
     assert status.persisted_window_us > future
-    # A graceful stop saves the high-water mark, still ahead of the system clock.
+    # Nothing regresses meanwhile: a graceful stop keeps a limit at or above the saved one.
     assert server.stop() == 0
     saved = json.loads((data_dir / "timestamp-window").read_text())["limit_physical_us"]
-    assert saved >= batch.last.physical
-    server.start()
-    with OracleClient(server.target) as client:
-        assert client.get_timestamp() > batch.last
+    assert saved >= future

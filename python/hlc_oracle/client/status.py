@@ -41,6 +41,12 @@ class OracleStatus:
     wall_backward_jumps: int
     ntp_polls: int
     ntp_servers: list[dict[str, Any]]
+    # Clustered mode: the leader this node knows (address "" and epoch 0 when none) and the time
+    # left of this node's lease; zero values when standalone.
+    leader_address: str
+    leader_node_id: int
+    epoch: int
+    lease_remaining_s: float
     message: pb.GetStatusResponse
 
     @classmethod
@@ -69,6 +75,10 @@ class OracleStatus:
             wall_backward_jumps=clock.wall_backward_jumps,
             ntp_polls=clock.ntp_polls,
             ntp_servers=[_ntp_server(server) for server in clock.ntp_servers],
+            leader_address=message.leader_address,
+            leader_node_id=message.leader_node_id,
+            epoch=message.epoch,
+            lease_remaining_s=message.lease_remaining_s,
             message=message,
         )
 

@@ -17,7 +17,7 @@ import signal
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -40,8 +40,19 @@ from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.service import SERVICE_NAME, TimestampOracleService, wire_timestamp
 from hlc_oracle.server.skew_guard import build_skew_monitor, clock_status_fields
-from hlc_oracle.server.window import TimestampWindow, WindowStore, floor_for
+from hlc_oracle.server.window import (
+    TimestampWindow,
+    WindowPersistence,
+    WindowSaveError,
+    WindowStore,
+    floor_for,
+    lead_bound_us,
+    wait_out_lead,
+)
 from hlc_oracle.tls import PemError, certificate_not_after, read_pem
+
+if TYPE_CHECKING:
+    from hlc_oracle.cluster.node import ClusterNode
 
 log = logging.getLogger("hlc_oracle.server")
 
@@ -72,7 +83,8 @@ class OracleServer:
         self.data_dir_lock = _lock_data_dir(config)
         try:
             self.store = WindowStore(config.server.data_dir)
-            saved = self.store.load()
+            # Clustered, the window lives in etcd and the floor comes with each leadership term.
+            saved = None if config.cluster.clustered else self.store.load()
         except BaseException:
             self.data_dir_lock.release()
             raise
@@ -84,9 +96,25 @@ class OracleServer:
             # Nothing may be handed out before the first save raises the ceiling.
             ceiling_physical=saved if saved is not None else 0,
         )
+        self.cluster: ClusterNode | None = None
+        persistence: WindowPersistence = self.store
+        if config.cluster.clustered:
+            # Imported here: the cluster package builds on this one (and standalone needs no etcd).
+            from hlc_oracle.cluster.node import ClusterNode
+
+            self.cluster = ClusterNode(
+                endpoints=config.cluster.etcd_endpoints,
+                cluster_name=config.cluster.name,
+                lease_ttl_s=config.cluster.lease_ttl_s,
+                node_id=config.clock.node_id,
+                clock=self.clock,
+                gate=self.gate,
+                metrics=self.metrics,
+            )
+            persistence = self.cluster.store
         self.window = TimestampWindow(
             self.clock,
-            self.store,
+            persistence,
             size_us=config.window.size_ms * 1000,
             check_interval_s=config.window.check_interval_ms / 1000,
             on_saved=self.metrics.window_saved,
@@ -126,6 +154,7 @@ class OracleServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health_tasks: set[asyncio.Task[None]] = set()
         self.saved_at_start = saved
+        self._lead_wait: asyncio.Task[None] | None = None
         # Not serving until the first window save and bind have succeeded.
         self.gate.block("starting", "the server is starting")
 
@@ -146,9 +175,15 @@ class OracleServer:
         if loop is None or loop.is_closed():
             return
 
+        # "" is the node's own health: a follower is healthy though it does not serve (its only
+        # reason is not leading), so liveness checks and `hlc-oracle status` see it as up.
+        member_ok = serving or self.gate.blocking_keys() == {"not-leader"}
+        overall = health_pb2.HealthCheckResponse.SERVING if member_ok else status
+
         def schedule() -> None:
             for name in self._gated_services():
-                task = loop.create_task(self.health.set(name, status))
+                value = overall if name == "" else status
+                task = loop.create_task(self.health.set(name, value))
                 self._health_tasks.add(task)
                 task.add_done_callback(self._health_tasks.discard)
 
@@ -168,9 +203,15 @@ class OracleServer:
 
     def status(self) -> pb.GetStatusResponse:
         refusal = self.gate.refusal()
+        cluster = self.cluster
+        leader = cluster.leader if cluster is not None else None
         return pb.GetStatusResponse(
             node_id=self.clock.node,
-            role=self.config.server.role,
+            role=self.config.server.role if cluster is None else cluster.role,
+            leader_address=leader.address if leader is not None else "",
+            leader_node_id=max(leader.node_id, 0) if leader is not None else 0,
+            epoch=leader.epoch if leader is not None else 0,
+            lease_remaining_s=cluster.lease_remaining_s() if cluster is not None else 0.0,
             last_timestamp=wire_timestamp(self.clock.last()),
             persisted_window_us=self.window.limit_us,
             uptime_seconds=time.monotonic() - self.started_at,
@@ -255,12 +296,14 @@ class OracleServer:
         if not port:
             raise StartupError(f"cannot listen on {listen}")
         self.port = port
-        try:
-            await self.window.start()
-        except OSError as err:
-            raise StartupError(
-                f"cannot save the timestamp window in {self.store.data_dir}: {err}"
-            ) from err
+        if self.cluster is not None:
+            await self._join_cluster(port)
+        else:
+            try:
+                await self.window.start()
+            except WindowSaveError as err:
+                raise StartupError(str(err)) from err
+            self._wait_out_saved_lead()
         self._open_scheduler()
         if self.config.metrics.port is not None:
             try:
@@ -295,6 +338,42 @@ class OracleServer:
                 }
             },
         )
+
+    async def _join_cluster(self, port: int) -> None:
+        from hlc_oracle.cluster.etcd import EtcdError
+        from hlc_oracle.cluster.members import DuplicateNodeError
+
+        assert self.cluster is not None
+        advertise = self.config.advertise_address
+        host, _, listen_port = advertise.rpartition(":")
+        if listen_port == "0":
+            advertise = f"{host}:{port}"
+        try:
+            await self.cluster.start(self.window, advertise)
+        except (EtcdError, DuplicateNodeError) as err:
+            raise StartupError(str(err)) from err
+
+    def _wait_out_saved_lead(self) -> None:
+        """The HLC bound after a restart: the clock starts above the saved limit, which may be up
+        to the window ahead of the physical clock (more if the clock was stepped back); serve only
+        once the first timestamps are within max_offset/2 of it."""
+        saved = self.saved_at_start
+        if saved is None or saved + 1 - self.clock.physical_now() <= lead_bound_us(
+            self.clock.max_offset_us
+        ):
+            return
+
+        def waiting(message: str) -> None:
+            self.gate.block("hlc-bound", message)
+            log.warning("waiting out the saved window", extra={"fields": {"reason": message}})
+
+        async def wait() -> None:
+            await wait_out_lead(self.clock, saved, waiting)
+            self.gate.unblock("hlc-bound")
+
+        # Blocked now, before "starting" is lifted; the task lifts it when the wait is over.
+        self.gate.block("hlc-bound", "waiting out the saved timestamp window")
+        self._lead_wait = asyncio.create_task(wait(), name="hlc-bound-wait")
 
     def _open_scheduler(self) -> None:
         """Opens the group-commit scheduler: replays the commit log (decisions, conflict history,
@@ -331,6 +410,14 @@ class OracleServer:
         """Graceful shutdown: NOT_SERVING, finish in-flight calls, save the high-water mark."""
         grace = self.config.server.shutdown_grace_s if grace is None else grace
         self.gate.block("shutdown", "the server is shutting down")
+        if self._lead_wait is not None:
+            self._lead_wait.cancel()
+        if self.cluster is not None:
+            # Hand over first, so a follower takes over while this node drains its connections.
+            if self.scheduler is not None:
+                await self.scheduler.aclose()
+                self.scheduler = None
+            await self.cluster.resign()
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
@@ -339,7 +426,8 @@ class OracleServer:
         if self.scheduler is not None:
             # In-flight calls are done: decide what is still queued, sync, release the log.
             await self.scheduler.aclose()
-        await self.window.stop()
+        if self.cluster is None:
+            await self.window.stop()
         if self._stop_metrics is not None:
             self._stop_metrics()
             self._stop_metrics = None

@@ -44,7 +44,12 @@ from hlc_oracle.proto import REFUSAL_DISABLED
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
-from hlc_oracle.server.service import RequestError, check_request_wire, wire_timestamp
+from hlc_oracle.server.service import (
+    RequestError,
+    check_request_wire,
+    gate_refusal,
+    wire_timestamp,
+)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Transactions"].full_name
 
@@ -153,18 +158,18 @@ class TransactionsService:
     def _check_gate(self) -> GroupCommitScheduler:
         """For calls that decide: the gate must be open."""
         scheduler = self._loaded()
-        refusal = self.gate.refusal()
-        if refusal is not None:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"not serving: {refusal}")
+        refused = gate_refusal(self.gate)
+        if refused is not None:
+            raise refused
         return scheduler
 
     def _check_reads(self) -> GroupCommitScheduler:
         """For ``GetTransactionStatus``: only blocks that make this node's decisions stale close
         it (:meth:`ServingGate.read_refusal`)."""
         scheduler = self._loaded()
-        refusal = self.gate.read_refusal()
-        if refusal is not None:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"not serving: {refusal}")
+        refused = gate_refusal(self.gate, reads=True)
+        if refused is not None:
+            raise refused
         return scheduler
 
     async def _fail(self, method: str, err: RequestError, started: float, context: Any) -> NoReturn:

@@ -54,6 +54,29 @@ class ServerMetrics:
         self.serving = Gauge(
             "hlc_oracle_serving", "1 while the node serves timestamps", registry=self.registry
         )
+        # Clustered mode (hlc_oracle.cluster); a standalone node reports role="standalone".
+        self.cluster_role = Gauge(
+            "hlc_oracle_cluster_role",
+            "1 for this node's current role (leader, follower or standalone), 0 for the others",
+            ["role"],
+            registry=self.registry,
+        )
+        self.cluster_epoch = Gauge(
+            "hlc_oracle_cluster_epoch",
+            "Epoch (the leader key's create revision in etcd) of the leader this node knows",
+            registry=self.registry,
+        )
+        self.cluster_leader_changes = Counter(
+            "hlc_oracle_cluster_leader_changes",
+            "New leader epochs this node has seen (won or observed)",
+            registry=self.registry,
+        )
+        self.cluster_keepalive_age = Gauge(
+            "hlc_oracle_cluster_keepalive_age_seconds",
+            "Seconds since etcd last acknowledged this node's lease keepalive (0 standalone)",
+            registry=self.registry,
+        )
+        self.set_role("standalone")
         self._children: dict[tuple[str, str], Any] = {}
         self._histograms: dict[str, Any] = {}
 
@@ -69,6 +92,10 @@ class ServerMetrics:
         if histogram is None:
             histogram = self._histograms[method] = self.latency.labels(method)
         histogram.observe(elapsed)
+
+    def set_role(self, role: str) -> None:
+        for name in ("leader", "follower", "standalone"):
+            self.cluster_role.labels(name).set(1 if name == role else 0)
 
     def window_saved(self, limit_us: int) -> None:
         self.window_saves.inc()

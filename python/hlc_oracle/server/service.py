@@ -17,11 +17,17 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from hlc_oracle import CeilingReachedError, Clock, ClockSkewError, HlcError, Timestamp
-from hlc_oracle.proto import REFUSAL_METADATA_KEY, REFUSAL_NOT_SERVING, REFUSAL_OVER_LIMIT
+from hlc_oracle.proto import (
+    LEADER_METADATA_KEY,
+    REFUSAL_METADATA_KEY,
+    REFUSAL_NOT_LEADER,
+    REFUSAL_NOT_SERVING,
+    REFUSAL_OVER_LIMIT,
+)
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
-from hlc_oracle.server.window import TimestampWindow
+from hlc_oracle.server.window import TimestampWindow, WindowSaveError
 from hlc_oracle.server.wire import WireCheckError, check_wire
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["TimestampOracle"].full_name
@@ -34,16 +40,46 @@ CEILING_RETRIES = 3
 class RequestError(Exception):
     """A request answered with a non-OK status."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, refusal: str | None = None) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        refusal: str | None = None,
+        leader: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.refusal = refusal or (
             REFUSAL_NOT_SERVING if code == grpc.StatusCode.UNAVAILABLE else None
         )
+        self.leader = leader
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
-        return () if self.refusal is None else ((REFUSAL_METADATA_KEY, self.refusal),)
+        metadata: tuple[tuple[str, str], ...] = (
+            () if self.refusal is None else ((REFUSAL_METADATA_KEY, self.refusal),)
+        )
+        if self.leader is not None:
+            metadata += ((LEADER_METADATA_KEY, self.leader),)
+        return metadata
+
+
+def gate_refusal(gate: ServingGate, reads: bool = False) -> RequestError | None:
+    """The ``UNAVAILABLE`` every gated handler answers while ``gate`` blocks (``reads``: the
+    read gate of ``GetTransactionStatus``); a clustered node that does not lead marks it
+    not-leader and names the leader it knows (or "")."""
+    refusal = gate.read_refusal() if reads else gate.refusal()
+    if refusal is None:
+        return None
+    redirect = gate.redirect
+    if redirect is not None:
+        return RequestError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"not serving: {refusal}",
+            refusal=REFUSAL_NOT_LEADER,
+            leader=redirect,
+        )
+    return RequestError(grpc.StatusCode.UNAVAILABLE, f"not serving: {refusal}")
 
 
 def _invalid(message: str) -> RequestError:
@@ -104,9 +140,9 @@ class TimestampOracleService:
         return count
 
     def _check_gate(self) -> None:
-        refusal = self.gate.refusal()
-        if refusal is not None:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"not serving: {refusal}")
+        refused = gate_refusal(self.gate)
+        if refused is not None:
+            raise refused
 
     def _grant(self, count: int) -> bytes:
         self._check_gate()
@@ -151,7 +187,7 @@ class TimestampOracleService:
         for _ in range(CEILING_RETRIES):
             try:
                 await self.window.extend(at_least_us)
-            except OSError as err:
+            except WindowSaveError as err:
                 raise RequestError(
                     grpc.StatusCode.UNAVAILABLE, f"cannot extend the timestamp window: {err}"
                 ) from err

@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from hlc_oracle import MAX_LOGICAL, Clock, HlcError, Timestamp
 
@@ -32,12 +33,41 @@ class WindowFileError(HlcError):
     """The window file in the data dir is unreadable or damaged: starting could regress time."""
 
 
+class WindowSaveError(HlcError):
+    """A new limit could not be made durable (disk error, etcd unreachable, a refused fence)."""
+
+
+class WindowPersistence(Protocol):
+    """Where the window's limit is made durable."""
+
+    @property
+    def location(self) -> str:
+        """Where the limit lives, for messages (a path, or etcd endpoints and key)."""
+        ...
+
+    async def persist(self, limit_physical_us: int) -> None:
+        """Durably replaces the saved limit; raises :class:`WindowSaveError`."""
+        ...
+
+
 class WindowStore:
     """The ``timestamp-window`` file of a data dir: one JSON object with the physical limit."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.path = data_dir / WINDOW_FILE
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    async def persist(self, limit_physical_us: int) -> None:
+        try:
+            await asyncio.to_thread(self.save, limit_physical_us)
+        except OSError as err:
+            raise WindowSaveError(
+                f"cannot save the timestamp window to {self.path}: {err}"
+            ) from err
 
     def load(self) -> int | None:
         """The saved limit (microseconds), or ``None`` for a fresh data dir."""
@@ -93,7 +123,7 @@ class TimestampWindow:
     def __init__(
         self,
         clock: Clock,
-        store: WindowStore,
+        store: WindowPersistence,
         size_us: int,
         check_interval_s: float,
         on_saved: Callable[[int], None] | None = None,
@@ -123,12 +153,11 @@ class TimestampWindow:
                 return
             target = high_water + self.size_us
             try:
-                await asyncio.to_thread(self.store.save, target)
-            except OSError as err:
-                message = f"cannot save the timestamp window to {self.store.path}: {err}"
+                await self.store.persist(target)
+            except WindowSaveError as err:
                 log.error("window save failed", extra={"fields": {"error": str(err)}})
                 if self._on_failure:
-                    self._on_failure(message)
+                    self._on_failure(str(err))
                 raise
             if self._on_failure:
                 self._on_failure(None)
@@ -136,10 +165,26 @@ class TimestampWindow:
             if self._on_saved:
                 self._on_saved(target)
 
-    async def start(self) -> None:
+    async def start(self, at_least_us: int = 0) -> None:
         """The first save (before serving), then the background renewer."""
-        await self.extend()
+        await self.extend(at_least_us)
         self._task = asyncio.create_task(self._renew(), name="timestamp-window-renewer")
+
+    async def restart(self, saved_limit_us: int) -> None:
+        """A new leadership term: whatever this node saved before may have been passed by another
+        leader, so save afresh from the shared ``saved_limit_us`` (and start renewing)."""
+        await self.halt()
+        async with self._lock:
+            self.limit_us = 0
+        await self.start(saved_limit_us)
+
+    async def halt(self) -> None:
+        """Stops renewing, saving nothing (a clustered node that lost leadership)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
     async def _renew(self) -> None:
         while True:
@@ -147,19 +192,50 @@ class TimestampWindow:
             if self.limit_us - self._high_water() <= self.size_us // 2:
                 try:
                     await self.extend()
-                except OSError:
+                except WindowSaveError:
                     continue  # Reported through on_failure; retried at the next check.
 
     async def stop(self) -> None:
         """Stops renewing and saves the exact high-water mark (the clock must be quiescent)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.halt()
         async with self._lock:
             # Everything handed out is at or below last(); saving that, rather than the window's
             # far end, lets a restart with a correct clock start at the present.
             final = max(self.clock.last().physical, 0)
-            await asyncio.to_thread(self.store.save, final)
+            await self.store.persist(final)
             self.limit_us = final
+
+
+def lead_bound_us(max_offset_us: int) -> int:
+    """How far a handed-out timestamp may run ahead of the node's physical clock: half the max
+    offset, so that every HLC peer with the same max offset accepts it (``update`` refuses a
+    remote more than max offset ahead, and the peer's clock may lag ours by the other half)."""
+    return max_offset_us // 2
+
+
+async def wait_out_lead(
+    clock: Clock,
+    floor_physical_us: int,
+    on_waiting: Callable[[str], None],
+    alive: Callable[[], bool] = lambda: True,
+) -> bool:
+    """Waits until a clock starting above ``floor_physical_us`` hands out nothing more than
+    :func:`lead_bound_us` ahead of its physical clock (a saved window limit can be up to the
+    window size ahead, or far more after the system clock was stepped back). Reports the wait once
+    through ``on_waiting``; returns ``False`` if ``alive()`` turned false meanwhile."""
+    bound = lead_bound_us(clock.max_offset_us)
+    reported = False
+    while alive():
+        # The first timestamp above the floor is one microsecond past it.
+        lead = floor_physical_us + 1 - clock.physical_now()
+        if lead <= bound:
+            return True
+        if not reported:
+            on_waiting(
+                f"the saved timestamp limit is {lead / 1e6:.3f} s ahead of this node's clock; "
+                f"waiting until it is within max_offset/2 ({bound / 1e6:.3f} s), so that no "
+                "timestamp handed out runs further ahead (HLC peers would refuse it)"
+            )
+            reported = True
+        await asyncio.sleep(min((lead - bound) / 1e6, 0.2))
+    return False

@@ -1,0 +1,12 @@
+"""Clustered mode on etcd: one elected leader serves, followers redirect (ARCHITECTURE.md,
+"Cluster (etcd)").
+
+- :mod:`.etcd`: the client, one gRPC channel to every endpoint;
+- :mod:`.session`: the lease, its keepalives and the local serving deadline;
+- :mod:`.election`: campaign, watch, resign; epoch = the winning revision;
+- :mod:`.fence`: the one builder of a leader's writes (compare the leader key's value and create
+  revision);
+- :mod:`.members`: ``members/<node-id>``, so two live nodes never share an id;
+- :mod:`.window_store`: the timestamp window in etcd;
+- :mod:`.node`: the leadership loop the server drives.
+"""

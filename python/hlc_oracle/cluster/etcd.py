@@ -1,0 +1,298 @@
+"""The etcd v3 client of a clustered node: one gRPC channel to all endpoints.
+
+aetcd's high-level ``Client`` talks to one ``host:port``; losing that member would stop the node.
+Here one ``grpc.aio`` channel resolves every endpoint and balances over them (``round_robin``), so
+a call made while a member is down goes to a live one, and a call waits for a connection
+(``wait_for_ready``) up to its deadline while members restart. The messages and stubs are the
+ones aetcd generated from etcd's ``rpc.proto``; every other module of :mod:`hlc_oracle.cluster`
+goes through this one, which keeps the untyped generated code in one place.
+
+Streams (lease keepalive, watch) break when their member dies; their owners reopen them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aetcd import rpc
+from aetcd.rpc import rpc_pb2_grpc
+
+from hlc_oracle import HlcError
+
+# etcd's Compare targets and results, and its event types, by name.
+EQUAL = rpc.Compare.EQUAL
+CREATE = rpc.Compare.CREATE
+VALUE = rpc.Compare.VALUE
+EVENT_DELETE = rpc.Event.DELETE
+#: Pause before trying a broken call again on the channel's other members.
+RETRY_PAUSE_S = 0.01
+
+
+class EtcdError(HlcError):
+    """etcd could not be reached, or refused a request; the message names the endpoints."""
+
+
+class LeaseNotFoundError(EtcdError):
+    """etcd no longer knows the lease (it expired or was revoked)."""
+
+
+class EndpointError(EtcdError, ValueError):
+    """A malformed ``cluster.etcd_endpoints`` entry."""
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``host:port`` (an optional ``http://`` is allowed, as etcdctl takes it) as a pair."""
+    text = endpoint.strip()
+    text = text.removeprefix("http://")
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535 or "/" in text:
+        raise EndpointError(
+            f"etcd endpoint {endpoint!r} is not host:port (port 1..65535), "
+            "e.g. 127.0.0.1:2379 (https is not supported)"
+        )
+    return host, int(port)
+
+
+def channel_target(endpoints: Sequence[str]) -> str:
+    """One gRPC target naming every endpoint: ``ipv4:a:p,b:q`` (names resolved now)."""
+    if not endpoints:
+        raise EndpointError("no etcd endpoints given")
+    addresses: list[str] = []
+    for endpoint in endpoints:
+        host, port = parse_endpoint(endpoint)
+        try:
+            infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as err:
+            raise EndpointError(
+                f"etcd endpoint {endpoint!r}: cannot resolve {host!r}: {err}"
+            ) from err
+        for info in infos:
+            address = f"{info[4][0]}:{port}"
+            if address not in addresses:
+                addresses.append(address)
+    return "ipv4:" + ",".join(addresses)
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+
+def _key_value(kv: Any) -> KeyValue:
+    return KeyValue(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease)
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    #: For each ``get`` of the branch that ran, the key's value, or ``None`` when absent.
+    gets: tuple[KeyValue | None, ...]
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    deleted: bool
+    kv: KeyValue
+
+
+def compare_value(key: bytes, value: bytes) -> Any:
+    return rpc.Compare(key=key, target=VALUE, result=EQUAL, value=value)
+
+
+def compare_create_revision(key: bytes, revision: int) -> Any:
+    return rpc.Compare(key=key, target=CREATE, result=EQUAL, create_revision=revision)
+
+
+def put(key: bytes, value: bytes, lease: int = 0) -> Any:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+def delete(key: bytes) -> Any:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+
+
+def get(key: bytes) -> Any:
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
+
+
+class EtcdClient:
+    """Unary calls with a deadline of ``timeout_s`` each; failures raise :class:`EtcdError`."""
+
+    def __init__(self, endpoints: Sequence[str], timeout_s: float = 1.0) -> None:
+        self.endpoints = tuple(endpoints)
+        self.timeout_s = timeout_s
+        self.target = channel_target(self.endpoints)
+        # Made on first use, on the running event loop (grpc.aio channels belong to one loop).
+        self._channel: Any = None
+        self._stubs: tuple[Any, Any, Any] | None = None
+
+    def _connect(self) -> tuple[Any, Any, Any]:
+        if self._stubs is not None:
+            return self._stubs
+        self._channel = grpc.aio.insecure_channel(
+            self.target,
+            options=[
+                ("grpc.lb_policy_name", "round_robin"),
+                # Reconnect to a restarted member quickly (the default backoff reaches 120 s).
+                ("grpc.initial_reconnect_backoff_ms", 50),
+                ("grpc.min_reconnect_backoff_ms", 50),
+                ("grpc.max_reconnect_backoff_ms", 500),
+                ("grpc.keepalive_time_ms", 2000),
+                ("grpc.keepalive_timeout_ms", 1000),
+            ],
+        )
+        self._stubs = (
+            rpc_pb2_grpc.KVStub(self._channel),
+            rpc_pb2_grpc.LeaseStub(self._channel),
+            rpc_pb2_grpc.WatchStub(self._channel),
+        )
+        return self._stubs
+
+    @property
+    def kv(self) -> Any:
+        return self._connect()[0]
+
+    @property
+    def lease(self) -> Any:
+        return self._connect()[1]
+
+    @property
+    def watch_stub(self) -> Any:
+        return self._connect()[2]
+
+    def describe(self) -> str:
+        return ",".join(self.endpoints)
+
+    def _error(self, what: str, err: grpc.aio.AioRpcError) -> EtcdError:
+        message = f"etcd ({self.describe()}): {what}: {err.code().name} {err.details()}"
+        if "lease not found" in (err.details() or ""):
+            return LeaseNotFoundError(message)
+        return EtcdError(message)
+
+    async def _call(self, what: str, method: Any, request: Any, timeout_s: float | None) -> Any:
+        """One unary call, tried again within its deadline when the member it went to broke
+        the connection (gRPC retries by itself only calls that never reached the wire). Every
+        request sent here is safe to repeat: reads, lease calls, and txns whose compare fails
+        harmlessly on a repeat (see Election.campaign and members.register)."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        while True:
+            try:
+                return await method(
+                    request,
+                    timeout=max(0.001, deadline - time.monotonic()),
+                    wait_for_ready=True,
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                    raise self._error(what, err) from err
+            await asyncio.sleep(RETRY_PAUSE_S)
+
+    async def grant(self, ttl_s: int, timeout_s: float | None = None) -> tuple[int, int]:
+        """A new lease: ``(id, granted ttl in seconds)``."""
+        reply = await self._call(
+            "lease grant", self.lease.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl_s), timeout_s
+        )
+        if reply.error:
+            raise EtcdError(f"etcd ({self.describe()}): lease grant: {reply.error}")
+        return int(reply.ID), int(reply.TTL)
+
+    async def revoke(self, lease_id: int) -> None:
+        await self._call(
+            "lease revoke", self.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease_id), None
+        )
+
+    async def time_to_live(self, lease_id: int) -> int:
+        """Seconds the lease has left; -1 when it is gone."""
+        reply = await self._call(
+            "lease ttl",
+            self.lease.LeaseTimeToLive,
+            rpc.LeaseTimeToLiveRequest(ID=lease_id),
+            None,
+        )
+        return int(reply.TTL)
+
+    def keepalive_stream(self) -> Any:
+        """A ``LeaseKeepAlive`` stream (``write`` a request, ``read`` the answer)."""
+        return self.lease.LeaseKeepAlive(wait_for_ready=True)
+
+    @staticmethod
+    def keepalive_request(lease_id: int) -> Any:
+        return rpc.LeaseKeepAliveRequest(ID=lease_id)
+
+    async def get(self, key: bytes) -> tuple[KeyValue | None, int]:
+        """The key (or ``None``) and the store's revision at the read."""
+        reply = await self._call("get", self.kv.Range, rpc.RangeRequest(key=key), None)
+        kv = _key_value(reply.kvs[0]) if reply.kvs else None
+        return kv, int(reply.header.revision)
+
+    async def put(self, key: bytes, value: bytes) -> int:
+        reply = await self._call("put", self.kv.Put, rpc.PutRequest(key=key, value=value), None)
+        return int(reply.header.revision)
+
+    async def delete(self, key: bytes) -> None:
+        await self._call("delete", self.kv.DeleteRange, rpc.DeleteRangeRequest(key=key), None)
+
+    async def txn(
+        self,
+        compare: Sequence[Any],
+        success: Sequence[Any],
+        failure: Sequence[Any] = (),
+        timeout_s: float | None = None,
+    ) -> TxnResult:
+        reply = await self._call(
+            "txn",
+            self.kv.Txn,
+            rpc.TxnRequest(compare=compare, success=success, failure=failure),
+            timeout_s,
+        )
+        gets: list[KeyValue | None] = []
+        for response in reply.responses:
+            if response.WhichOneof("response") == "response_range":
+                kvs = response.response_range.kvs
+                gets.append(_key_value(kvs[0]) if kvs else None)
+        return TxnResult(bool(reply.succeeded), int(reply.header.revision), tuple(gets))
+
+    async def watch(self, key: bytes, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Events of ``key`` from ``start_revision`` on, until the stream breaks (then
+        :class:`EtcdError`) or the caller stops iterating."""
+        create = rpc.WatchRequest(
+            create_request=rpc.WatchCreateRequest(key=key, start_revision=start_revision)
+        )
+        # The request side stays open: etcd ends a watch whose client half-closes.
+        call = self.watch_stub.Watch(wait_for_ready=True)
+        try:
+            await call.write(create)
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    break
+                if response.canceled:
+                    raise EtcdError(
+                        f"etcd ({self.describe()}): watch of {key!r} canceled: "
+                        f"{response.cancel_reason or 'compacted'}"
+                    )
+                for event in response.events:
+                    yield WatchEvent(event.type == EVENT_DELETE, _key_value(event.kv))
+        except grpc.aio.AioRpcError as err:
+            raise self._error("watch", err) from err
+        finally:
+            call.cancel()
+        raise EtcdError(f"etcd ({self.describe()}): watch of {key!r} ended")
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._stubs = None

@@ -1,0 +1,65 @@
+"""``members/<node-id>``: a node's claim on its node id, bound to its lease.
+
+Two live nodes with one node id would stamp equal timestamps; the key makes the second one refuse
+to start. A key left by a node that was killed lives until its lease expires, so a node restarted
+at once waits up to that lease's remaining TTL before deciding the holder is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+
+from hlc_oracle import HlcError
+from hlc_oracle.cluster.etcd import EtcdClient, compare_create_revision
+from hlc_oracle.cluster.etcd import get as get_op
+from hlc_oracle.cluster.etcd import put as put_op
+
+EXPIRY_SLACK_S = 2.0
+
+
+class DuplicateNodeError(HlcError):
+    """A live node already holds this node id."""
+
+
+def member_value(node_id: int, address: str) -> bytes:
+    return json.dumps(
+        {"node_id": node_id, "address": address, "host": socket.gethostname(), "pid": os.getpid()},
+        sort_keys=True,
+    ).encode()
+
+
+async def register(
+    client: EtcdClient, prefix: str, node_id: int, address: str, lease_id: int
+) -> None:
+    """Puts ``members/<node_id>`` bound to ``lease_id``; raises :class:`DuplicateNodeError`
+    when another live lease holds it."""
+    key = f"{prefix}members/{node_id}".encode()
+    value = member_value(node_id, address)
+    waited_until: float | None = None
+    while True:
+        result = await client.txn(
+            [compare_create_revision(key, 0)], [put_op(key, value, lease_id)], [get_op(key)]
+        )
+        if result.succeeded:
+            return
+        holder = result.gets[0] if result.gets else None
+        if holder is None or holder.lease == lease_id:
+            return
+        remaining = await client.time_to_live(holder.lease)
+        now = time.monotonic()
+        if remaining < 0:
+            pass  # The lease just ended; its key goes with it.
+        elif waited_until is None:
+            # Perhaps this node's previous process, killed: its lease runs out within its TTL
+            # (etcd rounds the remaining seconds down, and sweeps expired leases every 0.5 s).
+            waited_until = now + remaining + EXPIRY_SLACK_S
+        elif now >= waited_until:
+            raise DuplicateNodeError(
+                f"node id {node_id} is held by a live node ({holder.value.decode(errors='replace')}"
+                f" under {key.decode()}); give every node its own clock.node_id"
+            )
+        await asyncio.sleep(0.1)

@@ -1,0 +1,330 @@
+"""A clustered node's leadership: what the server sees as "serving or not", and the window.
+
+The server knows nothing of etcd beyond this class: it hands over its gate, clock, window and
+metrics, calls :meth:`ClusterNode.start` after binding (etcd reachable, node id claimed) and
+:meth:`ClusterNode.resign` on SIGTERM. Everything else runs in one task, :meth:`ClusterNode._run`:
+
+- campaign (:mod:`.election`); a loser follows: its gate stays blocked under ``not-leader`` with
+  the leader's address as ``gate.redirect``, and it watches the leader key to campaign again when
+  the key is deleted;
+- a winner takes over: reads the saved window limit (the clock's floor), waits until that floor
+  is within max_offset/2 of its physical clock (the HLC bound), saves a new window through the
+  fence, raises its clock past the floor, puts its lease's serving deadline on the gate, and
+  serves;
+- it leads until its lease is lost (etcd says it expired), a fenced write fails (another term
+  began: stop at once, block the gate under ``fence``), or it resigns; then it follows again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, Timestamp
+from hlc_oracle.cluster.election import Election, LeaderInfo
+from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, LeaseNotFoundError
+from hlc_oracle.cluster.fence import Fence, FenceError, Term
+from hlc_oracle.cluster.members import register
+from hlc_oracle.cluster.session import Session, stop_task
+from hlc_oracle.cluster.window_store import EtcdWindowStore
+from hlc_oracle.server.gate import ServingGate
+from hlc_oracle.server.metrics import ServerMetrics
+from hlc_oracle.server.window import TimestampWindow, WindowSaveError, wait_out_lead
+
+log = logging.getLogger("hlc_oracle.cluster")
+
+
+def startup_wait_s(lease_ttl_s: int) -> float:
+    """How long a node waits for etcd at start before it exits 1 naming the endpoints: two lease
+    TTLs, at least 3 s (long enough for an etcd that starts beside it)."""
+    return max(3.0, 2.0 * lease_ttl_s)
+
+
+#: Pause between attempts while etcd cannot be reached (campaign, watch, new lease).
+RETRY_S = 0.1
+#: How often a leader compares its serving deadline with the clock, for health and logs (requests
+#: check the deadline themselves, see ServingGate.refusal).
+LEASE_CHECK_S = 0.02
+
+
+def key_prefix(cluster_name: str) -> str:
+    return f"/hlc-oracle/{cluster_name}/"
+
+
+class ClusterNode:
+    def __init__(
+        self,
+        *,
+        endpoints: Sequence[str],
+        cluster_name: str,
+        lease_ttl_s: int,
+        node_id: int,
+        clock: Clock,
+        gate: ServingGate,
+        metrics: ServerMetrics,
+    ) -> None:
+        self.prefix = key_prefix(cluster_name)
+        self.lease_ttl_s = lease_ttl_s
+        self.node_id = node_id
+        self.clock = clock
+        self.gate = gate
+        self.metrics = metrics
+        # Unary etcd calls get a third of the TTL: a stalled member must not outlast the lease.
+        self.client = EtcdClient(endpoints, timeout_s=max(lease_ttl_s / 3, 0.2))
+        self.store = EtcdWindowStore(self.client, self.prefix, self._fenced)
+        self.session = self._new_session_object()
+        self.window: TimestampWindow | None = None
+        self.address = ""
+        self.election: Election | None = None
+        self.role = "follower"
+        self.leader: LeaderInfo | None = None
+        self._term: Term | None = None
+        self._fence_failure = asyncio.Event()
+        self._fence_reason = ""
+        self._resigning = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._seen_epochs: set[int] = set()
+        metrics.set_role("follower")
+        metrics.cluster_keepalive_age.set_function(
+            lambda: time.monotonic() - self.session.last_ack if self.session.last_ack else 0.0
+        )
+        gate.redirect = ""
+        gate.block("not-leader", "this node is a follower; no leader known yet")
+
+    # --- what the server reads ---
+
+    @property
+    def epoch(self) -> int:
+        return self.leader.epoch if self.leader is not None else 0
+
+    def lease_remaining_s(self) -> float:
+        return max(0.0, self.session.remaining_s())
+
+    # --- start and stop ---
+
+    def _new_session_object(self) -> Session:
+        return Session(self.client, self.lease_ttl_s, on_renewed=self._lease_renewed)
+
+    def _lease_renewed(self) -> None:
+        if self.role == "leader":
+            self.gate.set_deadline(self.session.deadline)
+
+    async def start(self, window: TimestampWindow, address: str) -> None:
+        """Grants the lease and claims the node id, then runs the election in the background.
+
+        Raises :class:`EtcdError` when etcd cannot be reached within :func:`startup_wait_s`, and
+        :class:`~hlc_oracle.cluster.members.DuplicateNodeError` when a live node has this id."""
+        self.window = window
+        self.address = address
+        self.election = Election(self.client, self.prefix, self.node_id, address)
+        wait_s = startup_wait_s(self.lease_ttl_s)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                await self.session.open(timeout_s=max(0.1, min(1.0, deadline - time.monotonic())))
+                break
+            except EtcdError as err:
+                if time.monotonic() >= deadline:
+                    raise EtcdError(
+                        f"etcd is unreachable at {self.client.describe()} "
+                        f"(waited {wait_s:.0f} s): {err}"
+                    ) from err
+                await asyncio.sleep(RETRY_S)
+        await register(self.client, self.prefix, self.node_id, address, self.session.lease_id)
+        self.session.start()
+        self._task = asyncio.create_task(self._run(), name="cluster-election")
+        log.info(
+            "joined the cluster",
+            extra={
+                "fields": {
+                    "etcd": self.client.describe(),
+                    "prefix": self.prefix,
+                    "lease": hex(self.session.lease_id),
+                    "lease_ttl_s": self.session.granted_ttl_s,
+                    "advertise": address,
+                }
+            },
+        )
+
+    async def resign(self, before_delete: Callable[[], object] | None = None) -> None:
+        """Graceful stop: the gate is already blocked by the caller. Stops campaigning; a leader
+        saves its exact high-water mark (fenced), deletes the leader key (fenced) so a follower
+        takes over at once; then the lease is revoked (the member key goes with it)."""
+        self._resigning.set()
+        if self._task is not None:
+            await stop_task(self._task, timeout_s=2.0)
+            self._task = None
+        term = self._term
+        if term is not None and self.election is not None and self.window is not None:
+            fence = Fence(self.client, term)
+            try:
+                await self.window.stop()
+                await self.election.resign(fence)
+                log.info("resigned", extra={"fields": {"epoch": term.epoch}})
+            except (EtcdError, FenceError, WindowSaveError) as err:
+                log.warning("resign failed", extra={"fields": {"error": str(err)}})
+            await self._step_down("this node resigned (shutting down)")
+        await self.session.close(revoke=True)
+        await self.client.close()
+
+    # --- the election loop ---
+
+    async def _run(self) -> None:
+        while not self._resigning.is_set():
+            try:
+                if self.session.lost.is_set():
+                    await self._renew_session()
+                assert self.election is not None
+                outcome = await self.election.campaign(self.session.lease_id)
+                if outcome.term is not None:
+                    await self._lead(outcome.term)
+                    continue
+                if outcome.holder is not None:
+                    self._follow(outcome.holder)
+                await self._wait_for_vacancy(outcome.revision)
+            except LeaseNotFoundError as err:
+                log.warning("lease gone", extra={"fields": {"error": str(err)}})
+                self.session.lost.set()
+            except (EtcdError, WindowSaveError) as err:
+                log.warning("etcd call failed", extra={"fields": {"error": str(err)}})
+                await asyncio.sleep(RETRY_S)
+            except Exception:
+                # The loop must outlive anything unforeseen: without it the node never leads.
+                log.exception("election loop error")
+                await asyncio.sleep(RETRY_S)
+
+    async def _renew_session(self) -> None:
+        """A new lease after the old one expired in etcd, and the node id claimed again."""
+        await self.session.close(revoke=False)
+        self.session = self._new_session_object()
+        await self.session.open()
+        await register(self.client, self.prefix, self.node_id, self.address, self.session.lease_id)
+        self.session.start()
+        log.info("new lease", extra={"fields": {"lease": hex(self.session.lease_id)}})
+
+    async def _wait_for_vacancy(self, revision: int) -> None:
+        assert self.election is not None
+        watch = asyncio.ensure_future(self.election.wait_for_vacancy(revision, self._follow))
+        lost = asyncio.ensure_future(self.session.lost.wait())
+        try:
+            await asyncio.wait((watch, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watch, lost):
+                if not task.done():
+                    await stop_task(task)
+        if watch.done() and not watch.cancelled():
+            error = watch.exception()
+            if error is not None:
+                raise error
+
+    def _saw(self, leader: LeaderInfo) -> None:
+        if leader.epoch not in self._seen_epochs:
+            self._seen_epochs.add(leader.epoch)
+            self.metrics.cluster_leader_changes.inc()
+        self.metrics.cluster_epoch.set(leader.epoch)
+        self.leader = leader
+
+    def _follow(self, leader: LeaderInfo) -> None:
+        self._saw(leader)
+        self.gate.redirect = leader.address
+        self.gate.block(
+            "not-leader",
+            f"this node is a follower; the leader is node {leader.node_id} at "
+            f"{leader.address or '(unknown address)'} (epoch {leader.epoch})",
+        )
+        log.info(
+            "following",
+            extra={
+                "fields": {
+                    "leader_node_id": leader.node_id,
+                    "leader_address": leader.address,
+                    "epoch": leader.epoch,
+                }
+            },
+        )
+
+    async def _lead(self, term: Term) -> None:
+        assert self.window is not None
+        self._term = term
+        self._fence_failure.clear()
+        self.store.fence = Fence(self.client, term)
+        self._saw(LeaderInfo(self.node_id, self.address, term.epoch))
+        self.role = "leader"
+        self.metrics.set_role("leader")
+        # Clients retry here (not-serving, no redirect) while the new term gets ready.
+        self.gate.redirect = None
+        self.gate.block("not-leader", f"taking over as leader of epoch {term.epoch}")
+        log.info("won the election", extra={"fields": {"epoch": term.epoch}})
+        try:
+            saved = await self.store.load()
+            floor = saved if saved is not None else 0
+            if not await wait_out_lead(
+                self.clock,
+                floor,
+                lambda message: self.gate.block("not-leader", message),
+                alive=self.session.alive,
+            ):
+                return
+            await self.window.restart(floor)
+            if saved is not None and self.clock.last() < Timestamp(saved, MAX_LOGICAL, MAX_NODE):
+                # The previous leader handed out nothing past its saved limit: start above it.
+                self.clock.update(Timestamp(saved, MAX_LOGICAL, MAX_NODE))
+            self.gate.set_deadline(self.session.deadline)
+            self.gate.unblock("fence")
+            self.gate.unblock("not-leader")
+            log.info(
+                "leading",
+                extra={"fields": {"epoch": term.epoch, "floor_us": saved, "window_us": floor}},
+            )
+            await self._hold()
+        finally:
+            if not self._resigning.is_set():
+                await self._step_down(self._why_not_leading())
+
+    async def _hold(self) -> None:
+        """Leads until the lease is lost, a fenced write fails, or the node resigns; keeps the
+        ``lease`` block of the gate (health) in step with the serving deadline meanwhile."""
+        while not (
+            self.session.lost.is_set() or self._fence_failure.is_set() or self._resigning.is_set()
+        ):
+            if self.session.alive():
+                self.gate.unblock("lease")
+            else:
+                self.gate.block(
+                    "lease",
+                    "the lease was not renewed in time (etcd unreachable or the process paused)",
+                )
+            await asyncio.sleep(LEASE_CHECK_S)
+
+    def _why_not_leading(self) -> str:
+        if self._fence_failure.is_set():
+            return f"fenced out ({self._fence_reason})"
+        if self.session.lost.is_set():
+            return "this node's lease expired in etcd"
+        return "leadership ended"
+
+    def _fenced(self, reason: str) -> None:
+        """A fenced write failed: stop serving at once (before anything else runs)."""
+        self._fence_reason = reason
+        self.gate.block("fence", reason)
+        log.error("fenced out, stopping serving", extra={"fields": {"reason": reason}})
+        self._fence_failure.set()
+
+    async def _step_down(self, reason: str) -> None:
+        was_leader = self.role == "leader"
+        self.gate.redirect = ""
+        self.gate.block("not-leader", f"this node is a follower: {reason}")
+        self.gate.set_deadline(None)
+        # The reasons now live in the not-leader message; a follower's "" health stays SERVING.
+        self.gate.unblock("lease")
+        self.gate.unblock("fence")
+        self.store.fence = None
+        self._term = None
+        self.role = "follower"
+        self.metrics.set_role("follower")
+        if self.window is not None:
+            await self.window.halt()
+        if was_leader:
+            log.warning("stepped down", extra={"fields": {"reason": reason}})

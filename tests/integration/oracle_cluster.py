@@ -1,0 +1,280 @@
+"""Several real ``hlc-oracle serve`` nodes on one etcd, and what the cluster tests check.
+
+    with OracleCluster(tmp_path, etcd.endpoint, size=3) as cluster:   # started, a leader elected
+        leader = cluster.wait_for_leader()                              # an OracleProcess
+        client = LeaderClient(cluster.targets)                          # follows redirects
+    # every node stopped by pid
+
+:class:`LeaderClient` is the test's stand-in for the client library's multi-target support:
+it keeps a channel per target, follows a follower's redirect (trailing metadata
+``hlc-oracle-leader``) at once and moves to the next target when one is unreachable or refuses.
+Swapping in the library is one line in :func:`leader_client`.
+
+:class:`CallLog` records every successful call of the load threads (wall and monotonic times before
+the call, after it, the range it got) and checks the cluster's promises over them: no timestamp
+twice, real-time order across threads and nodes, and the HLC bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from hlc_oracle import Timestamp, TimestampRange
+from hlc_oracle.client import OracleClient, OracleStatus
+from hlc_oracle.proto import LEADER_METADATA_KEY
+from hlc_oracle.proto import oracle_pb2 as pb
+
+from tests.etcd_process import free_tcp_port
+from tests.integration.oracle_process import OracleProcess
+
+DEFAULT_MAX_OFFSET_US = 500_000
+
+
+class OracleCluster:
+    """``size`` nodes with node ids 1..size, the given etcd endpoints and a lease TTL."""
+
+    def __init__(
+        self,
+        directory: Path,
+        etcd_endpoints: str,
+        size: int = 3,
+        lease_ttl_s: int = 1,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        # Fixed ports (the last --listen wins over OracleProcess's port 0): a restarted node is
+        # found where it was, as in a real deployment.
+        self.etcd_endpoints = etcd_endpoints
+        self.lease_ttl_s = lease_ttl_s
+        self.extra_args = extra_args
+        addresses = [f"127.0.0.1:{free_tcp_port()}" for _ in range(size)]
+        self.nodes = [
+            OracleProcess(directory / f"node{index}", *self.node_args(index, address))
+            for index, address in enumerate(addresses, start=1)
+        ]
+
+    def node_args(self, node_id: int, address: str) -> list[str]:
+        return [
+            "--listen", address,
+            "--advertise", address,
+            "--etcd-endpoints", self.etcd_endpoints,
+            "--node-id", str(node_id),
+            "--set", f"cluster.lease_ttl_s={self.lease_ttl_s}",
+            "--shutdown-grace", "2",
+            *self.extra_args,
+        ]  # fmt: skip
+
+    @property
+    def targets(self) -> list[str]:
+        return [node.target for node in self.nodes]
+
+    def start(self) -> Self:
+        for node in self.nodes:
+            node.start()
+        self.wait_for_leader()
+        return self
+
+    def statuses(self) -> dict[int, OracleStatus]:
+        """The status of every running node, by node id (unreachable nodes left out)."""
+        found: dict[int, OracleStatus] = {}
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            with contextlib.suppress(Exception), OracleClient(node.target, timeout=1) as client:
+                status = client.status()
+                found[status.node_id] = status
+        return found
+
+    def wait_for_leader(
+        self, timeout_s: float = 20.0, other_than: int | None = None
+    ) -> OracleProcess:
+        """The node that reports itself leader and serving (not ``other_than``'s node id)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for node_id, status in self.statuses().items():
+                if status.role == "leader" and status.serving and node_id != other_than:
+                    return self.nodes[node_id - 1]
+            time.sleep(0.05)
+        raise AssertionError(f"no serving leader within {timeout_s} s: {self.statuses()}")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.__exit__(None, None, None)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LeaderClient:
+    """Timestamps from whichever node leads, over plain gRPC (see the module docstring)."""
+
+    def __init__(self, targets: list[str], call_timeout_s: float = 1.0) -> None:
+        self.targets = list(targets)
+        self.call_timeout_s = call_timeout_s
+        self._channels: dict[str, grpc.Channel] = {}
+        self._current = 0
+        self._lock = threading.Lock()
+
+    def _stub(self, target: str) -> Any:
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels[target] = grpc.insecure_channel(target)
+        return channel.unary_unary(
+            "/hlc_oracle.v1.TimestampOracle/GetTimestamps",
+            request_serializer=pb.GetTimestampsRequest.SerializeToString,
+            response_deserializer=pb.GetTimestampsResponse.FromString,
+        )
+
+    def get_timestamps(self, count: int, give_up_after_s: float = 10.0) -> TimestampRange:
+        return self.get_timestamps_timed(count, give_up_after_s)[0]
+
+    def get_timestamps_timed(
+        self, count: int, give_up_after_s: float = 10.0
+    ) -> tuple[TimestampRange, int]:
+        """The range, and the wall clock (microseconds) when the attempt that got it was sent."""
+        deadline = time.monotonic() + give_up_after_s
+        with self._lock:
+            target = self.targets[self._current]
+        while True:
+            sent_us = time.time_ns() // 1000
+            try:
+                reply = self._stub(target)(
+                    pb.GetTimestampsRequest(count=count), timeout=self.call_timeout_s
+                )
+                with self._lock:
+                    self._current = self.targets.index(target) if target in self.targets else 0
+                first = reply.first
+                first_ts = Timestamp(first.physical, first.logical, first.node)
+                return TimestampRange(first_ts, count), sent_us
+            except grpc.RpcError as err:
+                if time.monotonic() > deadline:
+                    raise
+                redirect = dict(err.trailing_metadata() or ()).get(LEADER_METADATA_KEY)  # type: ignore[attr-defined]
+                if redirect and redirect != target:
+                    target = redirect
+                    continue
+                index = self.targets.index(target) if target in self.targets else -1
+                target = self.targets[(index + 1) % len(self.targets)]
+                if (index + 1) % len(self.targets) == 0:
+                    time.sleep(0.005)
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+
+def leader_client(targets: list[str]) -> LeaderClient:
+    """The multi-target client the cluster tests use."""
+    return LeaderClient(targets)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One successful call: the wall clock (microseconds) when its successful attempt was sent,
+    monotonic ns before the call (with its retries) and after it, and the range it returned."""
+
+    wall_sent_us: int
+    wall_after_us: int
+    before_ns: int
+    after_ns: int
+    first: Timestamp
+    last: Timestamp
+
+
+class CallLog:
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self._lock = threading.Lock()
+
+    def record(self, client: LeaderClient, count: int) -> None:
+        before = time.monotonic_ns()
+        got, sent_us = client.get_timestamps_timed(count)
+        after = time.monotonic_ns()
+        after_us = time.time_ns() // 1000
+        with self._lock:
+            self.calls.append(Call(sent_us, after_us, before, after, got.first, got.last))
+
+    def gaps_ms(self, events_ns: list[int]) -> list[float]:
+        """For each event, last success that finished before it to first success that began
+        after it (milliseconds)."""
+        ends = sorted(call.after_ns for call in self.calls)
+        gaps = []
+        for event in events_ns:
+            before = max((end for end in ends if end <= event), default=event)
+            after = min((end for end in ends if end > event), default=event)
+            gaps.append((after - before) / 1e6)
+        return gaps
+
+    def check(self, max_offset_us: int = DEFAULT_MAX_OFFSET_US) -> None:
+        calls = sorted(self.calls, key=lambda call: call.first)
+        # No timestamp twice: the ranges, in order, never overlap.
+        for earlier, later in itertools.pairwise(calls):
+            assert earlier.last < later.first, f"overlap: {earlier} and {later}"
+        # Real-time order: a call that returned before another began has the smaller timestamps.
+        by_start = sorted(self.calls, key=lambda call: call.before_ns)
+        by_end = sorted(self.calls, key=lambda call: call.after_ns)
+        latest: Call | None = None
+        index = 0
+        for call in by_start:
+            while index < len(by_end) and by_end[index].after_ns < call.before_ns:
+                if latest is None or by_end[index].last > latest.last:
+                    latest = by_end[index]
+                index += 1
+            assert latest is None or latest.last < call.first, (
+                f"real-time order broken: {latest} returned before {call} began"
+            )
+        # The HLC bound: nothing ran more than max_offset/2 ahead of the node's physical clock
+        # (the same machine's) when it was handed out, some time between the successful attempt's
+        # send and its answer. Ahead of the answer's time is a certain breach; for attempts answered
+        # within 20 ms (all but the few that waited for a window save), ahead of the send time too.
+        bound = max_offset_us // 2
+        for call in self.calls:
+            assert call.last.physical - call.wall_after_us <= bound, call
+            if call.wall_after_us - call.wall_sent_us <= 20_000:
+                assert call.last.physical - call.wall_sent_us <= bound, call
+
+
+@contextlib.contextmanager
+def load(client: LeaderClient, log: CallLog, threads: int = 3, count: int = 4) -> Iterator[None]:
+    """``threads`` threads calling ``client`` back to back until the block ends."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                log.record(client, count)
+            except BaseException as err:
+                errors.append(err)
+                return
+
+    workers = [threading.Thread(target=run, daemon=True) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    assert not errors, errors

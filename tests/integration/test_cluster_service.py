@@ -1,0 +1,139 @@
+"""Clustered nodes on a real etcd: election, followers' redirects, status, health, metrics, and
+the start-up refusals (a live duplicate node id, etcd unreachable)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hlc_oracle.proto import (
+    LEADER_METADATA_KEY,
+    REFUSAL_METADATA_KEY,
+    REFUSAL_NOT_LEADER,
+)
+from hlc_oracle.proto import oracle_pb2 as pb
+
+from tests.etcd_process import EtcdMember, free_tcp_port
+from tests.integration.oracle_cluster import OracleCluster, leader_client
+from tests.integration.oracle_process import OracleProcess
+
+SERVICES = ("hlc_oracle.v1.TimestampOracle", "hlc_oracle.v1.Transactions")
+
+
+def health(target: str, service: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=2
+        )
+        return int(reply.status)
+
+
+def refusal_of(target: str, method: str, request: bytes) -> grpc.RpcError:
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(method)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=2)
+    return caught.value
+
+
+def test_three_nodes_elect_one_leader_and_followers_redirect(
+    etcd: EtcdMember, tmp_path: Path
+) -> None:
+    with OracleCluster(tmp_path, etcd.endpoint, extra_args=("--metrics-port", "0")) as cluster:
+        leader = cluster.wait_for_leader()
+        statuses = cluster.statuses()
+        assert sorted(status.role for status in statuses.values()) == [
+            "follower", "follower", "leader",
+        ]  # fmt: skip
+        leading = next(status for status in statuses.values() if status.role == "leader")
+        # Every node names the same leader and epoch; only the leader serves.
+        assert {(s.leader_address, s.leader_node_id, s.epoch) for s in statuses.values()} == {
+            (leader.target, leading.node_id, leading.epoch)
+        }
+        assert leading.epoch > 0 and 0 < leading.lease_remaining_s <= 1.0
+        for node in cluster.nodes:
+            status = statuses[cluster.nodes.index(node) + 1]
+            serving = health_pb2.HealthCheckResponse.SERVING
+            # "" is the node's own health: a follower is up, it only does not lead.
+            assert health(node.target, "") == serving
+            for service in SERVICES:
+                expected = serving if node is leader else health_pb2.HealthCheckResponse.NOT_SERVING
+                assert health(node.target, service) == expected, (node.target, service)
+            if node is leader:
+                assert status.serving
+                continue
+            assert not status.serving and "follower" in status.not_serving_reason
+            # Timestamps, commits and transaction status are refused with the redirect.
+            for method, request in (
+                ("/hlc_oracle.v1.TimestampOracle/GetTimestamps",
+                 pb.GetTimestampsRequest(count=1).SerializeToString()),
+                ("/hlc_oracle.v1.Transactions/GetTransactionStatus",
+                 pb.TransactionStatusRequest(txn_id=1).SerializeToString()),
+            ):  # fmt: skip
+                err = refusal_of(node.target, method, request)
+                assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+                metadata = dict(err.trailing_metadata())  # type: ignore[attr-defined]
+                assert metadata[REFUSAL_METADATA_KEY] == REFUSAL_NOT_LEADER
+                assert metadata[LEADER_METADATA_KEY] == leader.target
+            metrics = fetch_metrics(node)
+            assert 'hlc_oracle_cluster_role{role="follower"} 1.0' in metrics
+            assert f"hlc_oracle_cluster_epoch {float(leading.epoch)}" in metrics
+        leader_metrics = fetch_metrics(leader)
+        assert 'hlc_oracle_cluster_role{role="leader"} 1.0' in leader_metrics
+        assert "hlc_oracle_cluster_leader_changes_total 1.0" in leader_metrics
+        age = next(
+            float(line.split()[1])
+            for line in leader_metrics.splitlines()
+            if line.startswith("hlc_oracle_cluster_keepalive_age_seconds")
+        )
+        assert 0 <= age < 1.0
+        # A client given every node gets its timestamps from the leader.
+        client = leader_client(cluster.targets)
+        try:
+            got = client.get_timestamps(5)
+        finally:
+            client.close()
+        assert got.first.node == leading.node_id
+
+
+def fetch_metrics(node: OracleProcess) -> str:
+    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+def test_a_live_duplicate_node_id_is_refused(etcd: EtcdMember, tmp_path: Path) -> None:
+    with OracleCluster(tmp_path, etcd.endpoint, size=1) as cluster:
+        first = cluster.nodes[0]
+        duplicate = serve_once(
+            tmp_path / "dup", "--etcd-endpoints", etcd.endpoint, "--node-id", "1",
+            "--set", "cluster.lease_ttl_s=1",
+        )  # fmt: skip
+        assert duplicate.returncode == 1, duplicate.stderr
+        assert "node id 1 is held by a live node" in duplicate.stderr
+        assert first.process is not None and first.process.poll() is None
+
+
+def test_etcd_unreachable_at_start_exits_1_naming_the_endpoints(tmp_path: Path) -> None:
+    endpoints = f"127.0.0.1:{free_tcp_port()},127.0.0.1:{free_tcp_port()}"
+    started = time.monotonic()
+    result = serve_once(
+        tmp_path / "data", "--etcd-endpoints", endpoints, "--set", "cluster.lease_ttl_s=1"
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"etcd is unreachable at {endpoints} (waited 3 s)" in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def serve_once(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hlc_oracle.cli", "serve", "--listen", "127.0.0.1:0",
+         "--data-dir", str(data_dir), "--log-format", "text", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip

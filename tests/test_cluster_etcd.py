@@ -1,0 +1,171 @@
+"""hlc_oracle.cluster against a real etcd: session, election, fence, members, the window key."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from hlc_oracle.cluster.election import Election
+from hlc_oracle.cluster.etcd import EndpointError, EtcdClient, EtcdError, channel_target
+from hlc_oracle.cluster.fence import Fence, FenceError
+from hlc_oracle.cluster.members import DuplicateNodeError, register
+from hlc_oracle.cluster.session import Session
+from hlc_oracle.cluster.window_store import EtcdWindowStore
+from hlc_oracle.server.window import WindowSaveError
+
+from tests.etcd_process import EtcdCluster, EtcdMember
+
+PREFIX = "/hlc-oracle/test/"
+
+
+def run(etcd_endpoints: list[str], body: Callable[[EtcdClient], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        client = EtcdClient(etcd_endpoints, timeout_s=1.0)
+        try:
+            return await body(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["", "localhost", "127.0.0.1:0", "127.0.0.1:70000", "https://h:1", "h:x"]
+)
+def test_malformed_endpoints_are_named(endpoint: str) -> None:
+    with pytest.raises(EndpointError, match="is not host:port"):
+        channel_target([endpoint])
+
+
+def test_one_channel_target_names_every_endpoint() -> None:
+    assert channel_target(["127.0.0.1:1", "localhost:2"]) == "ipv4:127.0.0.1:1,127.0.0.1:2"
+
+
+def test_campaign_epochs_and_the_fence(etcd: EtcdMember) -> None:
+    async def body(client: EtcdClient) -> None:
+        first, second = Session(client, 1), Session(client, 1)
+        await first.open()
+        await second.open()
+        one = Election(client, PREFIX, 1, "127.0.0.1:1")
+        two = Election(client, PREFIX, 2, "127.0.0.1:2")
+        won = await one.campaign(first.lease_id)
+        lost = await two.campaign(second.lease_id)
+        assert won.term is not None and lost.term is None
+        assert lost.holder is not None and lost.holder.node_id == 1
+        assert lost.holder.epoch == won.term.epoch == won.revision
+        fenced: list[str] = []
+        store = EtcdWindowStore(client, PREFIX, fenced.append)
+        with pytest.raises(WindowSaveError, match="not the leader"):
+            await store.persist(5)
+        store.fence = Fence(client, won.term)
+        await store.persist(1_000)
+        assert await store.load() == 1_000
+        # Node 1 resigns; node 2, watching, sees the vacancy and wins a later epoch.
+        vacancy = asyncio.create_task(two.wait_for_vacancy(lost.revision, lambda _: None))
+        await one.resign(Fence(client, won.term))
+        await asyncio.wait_for(vacancy, 5)
+        again = await two.campaign(second.lease_id)
+        assert again.term is not None and again.term.epoch > won.term.epoch
+        # Node 1's late window write is refused by the fence, and reported.
+        with pytest.raises(WindowSaveError, match="refused by the fence: the leader key holds"):
+            await store.persist(9_000)
+        assert fenced and "epoch" in fenced[0]
+        assert await store.load() == 1_000
+        with pytest.raises(FenceError):
+            await one.resign(Fence(client, won.term))
+        await first.close(revoke=True)
+        await second.close(revoke=True)
+
+    run([etcd.endpoint], body)
+
+
+def test_session_deadline_passes_without_etcd(etcd: EtcdMember) -> None:
+    async def body(client: EtcdClient) -> float:
+        renewed: list[float] = []
+        session = Session(client, 1, on_renewed=lambda: renewed.append(time.monotonic()))
+        await session.open()
+        session.start()
+        await asyncio.sleep(1.0)
+        assert session.alive() and len(renewed) >= 3  # keepalives every TTL/3
+        # The deadline is local: it passes while etcd does not answer at all.
+        etcd.pause()
+        try:
+            paused = time.monotonic()
+            while session.alive():
+                await asyncio.sleep(0.01)
+            stopped_after = time.monotonic() - paused
+        finally:
+            etcd.resume()
+        await session.close(revoke=False)
+        return stopped_after
+
+    stopped_after = run([etcd.endpoint], body)
+    # At most the TTL minus the margin after the last acknowledged keepalive.
+    assert stopped_after <= 1.0
+
+
+def test_a_live_node_id_is_refused_and_a_dead_ones_is_waited_for(etcd: EtcdMember) -> None:
+    async def body(client: EtcdClient) -> None:
+        holder, other = Session(client, 1), Session(client, 1)
+        await holder.open()
+        holder.start()
+        await other.open()
+        other.start()
+        await register(client, PREFIX, 7, "127.0.0.1:7", holder.lease_id)
+        with pytest.raises(DuplicateNodeError, match="node id 7 is held by a live node"):
+            await register(client, PREFIX, 7, "127.0.0.1:8", other.lease_id)
+        # A holder that stops keeping its lease alive (killed) frees the id within its TTL.
+        await holder.close(revoke=False)
+        started = time.monotonic()
+        await register(client, PREFIX, 7, "127.0.0.1:8", other.lease_id)
+        assert time.monotonic() - started < 4.0
+        await other.close(revoke=True)
+
+    run([etcd.endpoint], body)
+
+
+def test_one_channel_survives_a_member_kill(etcd_cluster: EtcdCluster) -> None:
+    async def put_soon(client: EtcdClient, value: bytes) -> None:
+        # A write that reached a raft leader just killed is lost, and etcd answers it only after
+        # its own request timeout: calls are short and tried again, as the node's loops do.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await client.put(b"/k", value)
+                return
+            except EtcdError:
+                if time.monotonic() > deadline:
+                    raise
+
+    async def body(client: EtcdClient) -> None:
+        await put_soon(client, b"1")
+        for member in (etcd_cluster.raft_leader(), etcd_cluster.members[0]):
+            member.kill()
+            await put_soon(client, b"2")
+            # Two of three down would leave no quorum: put it back before the next kill.
+            member.restart()
+        kv, _ = await client.get(b"/k")
+        assert kv is not None and kv.value == b"2"
+
+    async def main() -> None:
+        client = EtcdClient(etcd_cluster.endpoints, timeout_s=0.3)
+        try:
+            await body(client)
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+
+
+def test_unreachable_etcd_is_named(etcd: EtcdMember) -> None:
+    endpoint = etcd.endpoint
+    etcd.kill()
+
+    async def body(client: EtcdClient) -> None:
+        with pytest.raises(EtcdError, match=endpoint):
+            await client.grant(1, timeout_s=0.3)
+
+    run([endpoint], body)
