@@ -1,0 +1,155 @@
+"""Leader failover on a real etcd, under timestamp load: kill -9, graceful handover, a paused
+leader, etcd stopped, etcd's raft leader killed. After each, every call the load threads made is
+checked (tests/integration/oracle_cluster.py, CallLog.check): no timestamp handed out twice,
+real-time order across threads and nodes, and no timestamp more than max_offset/2 ahead of the
+physical clock. Lease TTL 1 s throughout (etcd runs with --election-timeout 100)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from hlc_oracle.proto import REFUSAL_METADATA_KEY
+from hlc_oracle.proto import oracle_pb2 as pb
+
+from tests.etcd_process import EtcdCluster, EtcdMember
+from tests.integration.oracle_cluster import CallLog, OracleCluster, leader_client, load
+
+KILL_ROUNDS = 10
+LEASE_TTL_S = 1
+
+
+def test_kill_the_leader_under_load(etcd: EtcdMember, tmp_path: Path) -> None:
+    with OracleCluster(tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S) as cluster:
+        client = leader_client(cluster.targets)
+        calls = CallLog()
+        epochs = []
+        with load(client, calls):
+            for _ in range(KILL_ROUNDS):
+                leader = cluster.wait_for_leader()
+                leader_id = cluster.nodes.index(leader) + 1
+                before = len(calls.calls)
+                leader.kill()
+                successor = cluster.wait_for_leader(other_than=leader_id)
+                epochs.append(cluster.statuses()[cluster.nodes.index(successor) + 1].epoch)
+                # Restarted at once, the killed node waits for its old lease (its node id) to
+                # lapse, then follows.
+                leader.start()
+                assert len(calls.calls) > before
+        client.close()
+    assert epochs == sorted(set(epochs)), epochs
+    assert len(calls.calls) > KILL_ROUNDS
+    calls.check()
+
+
+def test_graceful_handover_under_load(etcd: EtcdMember, tmp_path: Path) -> None:
+    with OracleCluster(tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S) as cluster:
+        client = leader_client(cluster.targets)
+        calls = CallLog()
+        with load(client, calls):
+            for _ in range(2):
+                leader = cluster.wait_for_leader()
+                leader_id = cluster.nodes.index(leader) + 1
+                assert leader.stop() == 0
+                assert "resigned" in leader.log_text()
+                cluster.wait_for_leader(other_than=leader_id)
+                leader.start()
+        client.close()
+    calls.check()
+
+
+def test_a_paused_leader_stops_by_itself_and_serves_nothing_after(
+    etcd: EtcdMember, tmp_path: Path
+) -> None:
+    with OracleCluster(tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S) as cluster:
+        client = leader_client(cluster.targets)
+        calls = CallLog()
+        with load(client, calls):
+            old = cluster.wait_for_leader()
+            old_id = cluster.nodes.index(old) + 1
+            old.signal(signal.SIGSTOP)
+            try:
+                cluster.wait_for_leader(other_than=old_id)
+                # A call sent to the paused leader waits in its socket until it resumes.
+                late: list[BaseException | pb.GetTimestampsResponse] = []
+                caller = threading.Thread(target=call_directly, args=(old.target, late))
+                caller.start()
+                time.sleep(0.3)
+            finally:
+                old.signal(signal.SIGCONT)
+            caller.join(10)
+            assert len(late) == 1 and isinstance(late[0], grpc.RpcError), late
+            assert late[0].code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            metadata = dict(late[0].trailing_metadata())  # type: ignore[attr-defined]
+            assert metadata[REFUSAL_METADATA_KEY] in ("not-leader", "not-serving")
+            # It knows it lost: a follower now, refusing everything.
+            deadline = time.monotonic() + 10
+            while cluster.statuses()[old_id].role != "follower":
+                assert time.monotonic() < deadline, old.log_text()[-3000:]
+                time.sleep(0.05)
+            again: list[BaseException | pb.GetTimestampsResponse] = []
+            call_directly(old.target, again)
+            assert isinstance(again[0], grpc.RpcError)
+        client.close()
+    assert "lease expired in etcd" in old.log_text() or "fenced out" in old.log_text()
+    calls.check()
+
+
+def call_directly(target: str, into: list[BaseException | pb.GetTimestampsResponse]) -> None:
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            "/hlc_oracle.v1.TimestampOracle/GetTimestamps",
+            request_serializer=pb.GetTimestampsRequest.SerializeToString,
+            response_deserializer=pb.GetTimestampsResponse.FromString,
+        )
+        try:
+            into.append(call(pb.GetTimestampsRequest(count=1), timeout=10))
+        except grpc.RpcError as err:
+            into.append(err)
+
+
+def test_etcd_stopped_then_back(etcd: EtcdMember, tmp_path: Path) -> None:
+    with OracleCluster(tmp_path, etcd.endpoint, size=2, lease_ttl_s=LEASE_TTL_S) as cluster:
+        client = leader_client(cluster.targets)
+        calls = CallLog()
+        with load(client, calls, threads=2):
+            cluster.wait_for_leader()
+            time.sleep(0.3)
+            stopped_ns = time.monotonic_ns()
+            etcd.stop()
+            time.sleep(LEASE_TTL_S * 2)
+            # The leader stopped by itself: nothing succeeded a TTL after etcd went away.
+            last_ns = max(call.after_ns for call in calls.calls)
+            assert last_ns - stopped_ns < LEASE_TTL_S * 1e9
+            etcd.restart()
+            cluster.wait_for_leader()
+            served = len(calls.calls)
+            time.sleep(0.3)
+            assert len(calls.calls) > served
+        client.close()
+    calls.check()
+
+
+@pytest.mark.parametrize("rounds", [2])
+def test_etcd_raft_leader_killed(etcd_cluster: EtcdCluster, tmp_path: Path, rounds: int) -> None:
+    endpoints = etcd_cluster.endpoints_flag
+    with OracleCluster(tmp_path, endpoints, size=2, lease_ttl_s=LEASE_TTL_S) as cluster:
+        client = leader_client(cluster.targets)
+        calls = CallLog()
+        with load(client, calls, threads=2):
+            for _ in range(rounds):
+                cluster.wait_for_leader()
+                raft_leader = etcd_cluster.raft_leader()
+                raft_leader.kill()
+                time.sleep(0.5)
+                cluster.wait_for_leader()
+                served = len(calls.calls)
+                time.sleep(0.3)
+                assert len(calls.calls) > served
+                raft_leader.restart()
+        client.close()
+    calls.check()
