@@ -214,16 +214,12 @@ class CallLog:
         with self._lock:
             self.calls.append(Call(sent_us, after_us, before, after, got.first, got.last))
 
-    def gaps_ms(self, events_ns: list[int]) -> list[float]:
-        """For each event, last success that finished before it to first success that began
-        after it (milliseconds)."""
-        ends = sorted(call.after_ns for call in self.calls)
-        gaps = []
-        for event in events_ns:
-            before = max((end for end in ends if end <= event), default=event)
-            after = min((end for end in ends if end > event), default=event)
-            gaps.append((after - before) / 1e6)
-        return gaps
+    def largest_gap_ms(self, from_ns: int) -> float:
+        """The longest time between two consecutive successful calls ending at or after
+        ``from_ns`` (monotonic): around a failover, from the last success before to the first
+        success after."""
+        ends = sorted(call.after_ns for call in self.calls if call.after_ns >= from_ns)
+        return max(((b - a) / 1e6 for a, b in itertools.pairwise(ends)), default=0.0)
 
     def check(self, max_offset_us: int = DEFAULT_MAX_OFFSET_US) -> None:
         calls = sorted(self.calls, key=lambda call: call.first)

@@ -1,0 +1,142 @@
+"""Clustered mode on a real etcd (one member on loopback, ``--election-timeout 100``).
+
+- ``cluster unary throughput c=16``: ``GetTimestamps(1)`` from 16 concurrent callers through a
+  clustered leader (three nodes, the two followers idle) beside a standalone node (the baseline),
+  same run, with the interleaved ratio as in ``test_bench_service.py``. Both run the default
+  window (200 ms): the leader's window saves are fenced etcd txns, off the request path.
+- ``cluster failover``: the client-visible gap when the leader goes away, for clients given all
+  three targets (three threads calling back to back; ``tests/integration/oracle_cluster.py``'s
+  ``LeaderClient``, which follows redirects at once and moves on from an unreachable node). The
+  gap of a round is the longest time between two consecutive successful calls from just before
+  the event to well after it: the last success before to the first success after. Rounds of a
+  graceful handover (SIGTERM of the leader) and of kill -9 with a 1 s lease TTL; the killed or
+  stopped node is restarted as a follower before the next round. ``extra_info`` holds every
+  round's gap and the maximum. These are figures, not timings: the benchmark's own time is one
+  pass over the rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.test_bench_service import INTERLEAVED_PAIRS, ONE, _concurrent_unary, _timed
+from tests.etcd_process import EtcdMember
+from tests.integration.oracle_cluster import CallLog, OracleCluster, leader_client, load
+from tests.integration.oracle_process import OracleProcess
+
+ROUNDS = 10
+CALLERS, CALLS = 16, 25
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMember]:
+    with EtcdMember(tmp_path_factory.mktemp("cluster-bench") / "etcd") as member:
+        yield member
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    event_loop = asyncio.new_event_loop()
+    yield event_loop
+    event_loop.close()
+
+
+@pytest.fixture(scope="module")
+def throughput_targets(
+    etcd: EtcdMember, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    directory = tmp_path_factory.mktemp("cluster-throughput")
+    with (
+        OracleProcess(directory / "standalone") as standalone,
+        OracleCluster(
+            directory / "cluster",
+            etcd.endpoint,
+            lease_ttl_s=3,
+            extra_args=("--cluster-name", "throughput"),
+        ) as cluster,
+    ):
+        yield {"standalone": standalone.target, "leader": cluster.wait_for_leader().target}
+
+
+@pytest.mark.parametrize("mode", ["standalone", "leader"])
+def test_leader_throughput(
+    request: pytest.FixtureRequest,
+    throughput_targets: dict[str, str],
+    loop: asyncio.AbstractEventLoop,
+    mode: str,
+) -> None:
+    bench = request.getfixturevalue("baseline" if mode == "standalone" else "benchmark")
+    bench.group = "cluster unary throughput c=16"
+
+    def make(name: str) -> Callable[[], None]:
+        return _concurrent_unary(loop, throughput_targets[name], ONE, CALLERS, CALLS)
+
+    run = make(mode)
+    bench.pedantic(run, rounds=30, iterations=1)
+    stats = getattr(bench, "stats", None)
+    if stats is None:  # --benchmark-disable: ran once, nothing timed
+        return
+    bench.extra_info["calls_per_second"] = round(CALLERS * CALLS / stats.stats.median)
+    if mode == "leader":
+        standalone = make("standalone")
+        pairs = [(_timed(standalone), _timed(run)) for _ in range(INTERLEAVED_PAIRS)]
+        # Leader time over standalone time per pair: its inverse is the throughput ratio.
+        bench.extra_info["interleaved_ratio"] = round(statistics.median(o / e for e, o in pairs), 3)
+        bench.extra_info["interleaved_throughput_ratio"] = round(
+            statistics.median(e / o for e, o in pairs), 3
+        )
+
+
+def failover_gaps(
+    directory: Path, etcd: EtcdMember, rounds: int, event: Callable[[OracleProcess], None]
+) -> list[float]:
+    """Milliseconds of client-visible gap for each of ``rounds`` leader losses."""
+    gaps: list[float] = []
+    with OracleCluster(
+        directory, etcd.endpoint, lease_ttl_s=1, extra_args=("--cluster-name", directory.name)
+    ) as cluster:
+        client = leader_client(cluster.targets)
+        calls = CallLog()
+        try:
+            with load(client, calls, threads=3, count=1):
+                for _ in range(rounds):
+                    leader = cluster.wait_for_leader()
+                    leader_id = cluster.nodes.index(leader) + 1
+                    time.sleep(0.5)  # steady load before the event
+                    at = time.monotonic_ns()
+                    event(leader)
+                    cluster.wait_for_leader(other_than=leader_id)
+                    time.sleep(0.3)
+                    gaps.append(calls.largest_gap_ms(at - 200_000_000))
+                    leader.start()
+        finally:
+            client.close()
+    calls.check()
+    return gaps
+
+
+def stop_gracefully(node: OracleProcess) -> None:
+    assert node.stop() == 0
+
+
+@pytest.mark.parametrize("event", ["sigterm", "kill -9"])
+def test_failover_gap(benchmark: Any, etcd: EtcdMember, tmp_path: Path, event: str) -> None:
+    benchmark.group = "cluster failover"
+    rounds = 1 if benchmark.disabled else ROUNDS
+    action = stop_gracefully if event == "sigterm" else OracleProcess.kill
+    gaps: list[float] = []
+    benchmark.pedantic(
+        lambda: gaps.extend(failover_gaps(tmp_path, etcd, rounds, action)),
+        rounds=1,
+        iterations=1,
+    )
+    benchmark.extra_info["gaps_ms"] = [round(gap, 1) for gap in gaps]
+    benchmark.extra_info["max_gap_ms"] = round(max(gaps), 1)
+    benchmark.extra_info["median_gap_ms"] = round(statistics.median(gaps), 1)
