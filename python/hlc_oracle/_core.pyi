@@ -42,6 +42,7 @@ __all__ = [
     "TransactionMismatchError",
     "TransactionTooLargeError",
     "VectorClock",
+    "count_commit_request",
     "decode_commit_request",
     "decode_commit_results",
     "encode_commit_request",
@@ -392,6 +393,10 @@ class CommitEngine:
     def process(
         self, requests: Iterable[Transaction | int]
     ) -> list[Committed | Aborted | BaseException]: ...
+    def process_parts(self, parts: Iterable[Iterable[Transaction | int] | bytes]) -> list[Any]: ...
+    def decide_parts(
+        self, parts: Iterable[Iterable[Transaction | int] | bytes]
+    ) -> tuple[int, list[tuple[int, bytes]], list[tuple[int, list[Any]]]]: ...
     def decide(
         self, requests: Iterable[Transaction | int]
     ) -> tuple[
@@ -430,6 +435,7 @@ class CommitEngine:
     @property
     def limits(self) -> tuple[int, int, int]: ...
 
+def count_commit_request(data: bytes) -> int: ...
 def decode_commit_request(
     data: bytes,
 ) -> list[Transaction | tuple[int, InvalidTransactionError]]: ...

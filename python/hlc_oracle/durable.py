@@ -26,7 +26,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hlc_oracle._core import Aborted, Clock, CommitEngine, CommitLogError, Committed, Transaction
+from hlc_oracle._core import Clock, CommitEngine, CommitLogError, Transaction
 
 if TYPE_CHECKING:
     import os
@@ -39,10 +39,15 @@ __all__ = [
     "DurableStep",
     "ExternalDurableStep",
     "LocalDurableStep",
+    "Parts",
 ]
 
-#: One batch's answers, in request order: the decision, or the exception that refused it.
-Answers = list[Committed | Aborted | BaseException]
+#: One batch's results, per part (see ``CommitEngine.process_parts``): a list part's answers in
+#: request order (the decision, or the exception that refused it), or a serialized message's
+#: ``(response, committed, aborted, refused, ceiling)``; or one exception for the whole batch.
+Answers = list[Any] | BaseException
+#: A batch's parts: lists of requests, or serialized ``CommitStreamRequest`` messages.
+Parts = list[list[Transaction | int] | bytes]
 #: Writes one piece ``(batch_seq, data)``; returns once it is durable, raises when it is not (or
 #: when its outcome is unknown).
 DecisionStore = Callable[[int, bytes], Awaitable[None]]
@@ -60,11 +65,11 @@ class DurableStep(Protocol):
     def decide(
         self,
         engine: CommitEngine,
-        requests: list[Transaction | int],
+        parts: Parts,
         finish: Callable[[Answers], None],
     ) -> None:
-        """Decides ``requests``; calls ``finish`` with their answers (from any thread) once they
-        may go out. May block the writer thread while too many batches are pending."""
+        """Decides the batch ``parts``; calls ``finish`` with their answers (from any thread) once
+        they may go out. May block the writer thread while too many batches are pending."""
         ...
 
     def drain(self, engine: CommitEngine, timeout: float | None) -> None:
@@ -105,13 +110,13 @@ class LocalDurableStep:
     def decide(
         self,
         engine: CommitEngine,
-        requests: list[Transaction | int],
+        parts: Parts,
         finish: Callable[[Answers], None],
     ) -> None:
         try:
-            answers: Answers = engine.process(requests)
+            answers: Answers = engine.process_parts(parts)
         except BaseException as error:  # every waiter must hear about it
-            answers = [error] * len(requests)
+            answers = error
         finish(answers)
         if self._sync_after:
             engine.sync()
@@ -152,7 +157,7 @@ class ExternalDurableStep:
         self._finishers: dict[int, Callable[[Answers], None]] = {}
         # Answers released before their ticket's finisher was registered (a confirmation on the
         # loop can release a batch while the writer thread is still inside decide).
-        self._early: dict[int, Answers] = {}
+        self._early: dict[int, list[Any]] = {}
 
     def open_engine(
         self, path: str | os.PathLike[str] | None, clock: Clock, options: CommitOptions
@@ -176,16 +181,16 @@ class ExternalDurableStep:
     def decide(
         self,
         engine: CommitEngine,
-        requests: list[Transaction | int],
+        parts: Parts,
         finish: Callable[[Answers], None],
     ) -> None:
         with self._settled:
             while len(self._finishers) >= self.max_in_flight:
                 self._settled.wait()
         try:
-            ticket, pieces, released = engine.decide(requests)
+            ticket, pieces, released = engine.decide_parts(parts)
         except BaseException as error:
-            finish([error] * len(requests))
+            finish(error)
             return
         with self._lock:
             early = self._early.pop(ticket, None)
@@ -217,10 +222,10 @@ class ExternalDurableStep:
             return
         self._release(released)
 
-    def _release(self, released: list[tuple[int, Answers]]) -> None:
+    def _release(self, released: list[tuple[int, list[Any]]]) -> None:
         if not released:
             return
-        ready: list[tuple[Callable[[Answers], None], Answers]] = []
+        ready: list[tuple[Callable[[Answers], None], list[Any]]] = []
         with self._settled:
             for ticket, answers in released:
                 finish = self._finishers.pop(ticket, None)

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from hlc_oracle._core import (
     Aborted,
@@ -53,10 +53,11 @@ from hlc_oracle._core import (
     SchedulerClosedError,
     SchedulerOverloadedError,
     Transaction,
+    count_commit_request,
 )
 from hlc_oracle.durable import DurableStep, LocalDurableStep
 
-__all__ = ["CommitOptions", "GroupCommitScheduler", "Outcome"]
+__all__ = ["CommitOptions", "GroupCommitScheduler", "Outcome", "StreamResult"]
 
 Outcome = Committed | Aborted
 
@@ -154,16 +155,33 @@ _Waiter = asyncio.Future[Any] | concurrent.futures.Future[Any]
 CEILING_RETRIES = 3
 
 
+# What an entry holds: one request (answered with its answer), a group (answered with a list),
+# or one serialized CommitStreamRequest (answered with a StreamResult).
+_SINGLE, _GROUP, _STREAM = 0, 1, 2
+
+
 class _Entry:
-    """One queued submission: a single request, or a group answered with one list."""
+    """One queued submission."""
 
-    __slots__ = ("attempts", "group", "requests", "waiter")
+    __slots__ = ("attempts", "kind", "payload", "size", "waiter")
 
-    def __init__(self, requests: list[_Request], waiter: _Waiter, group: bool) -> None:
-        self.requests = requests
+    def __init__(self, kind: int, payload: Any, size: int, waiter: _Waiter) -> None:
+        self.kind = kind
+        self.payload = payload
+        self.size = size
         self.waiter = waiter
-        self.group = group
         self.attempts = 0
+
+
+class StreamResult(NamedTuple):
+    """The answer to one serialized ``CommitStreamRequest``
+    (:meth:`GroupCommitScheduler.submit_stream`): the serialized ``CommitStreamResponse`` and what
+    it holds."""
+
+    response: bytes
+    committed: int
+    aborted: int
+    refused: int
 
 
 class GroupCommitScheduler:
@@ -230,7 +248,7 @@ class GroupCommitScheduler:
         with self._lock:
             if self._closed:
                 raise SchedulerClosedError("the group-commit scheduler is closed")
-            size = len(entry.requests)
+            size = entry.size
             if self._queued + size > self.options.max_queue:
                 raise SchedulerOverloadedError(
                     f"the commit queue is full ({self._queued} of {self.options.max_queue} "
@@ -257,14 +275,14 @@ class GroupCommitScheduler:
         """Commits ``txn`` in the next batch: ``Committed`` or ``Aborted``; raises on bad input."""
         self._check_transaction(txn)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Entry([txn], future, False))
+        self._enqueue(_Entry(_SINGLE, txn, 1, future))
         return await future
 
     def submit_blocking(self, txn: Transaction, timeout: float | None = None) -> Outcome:
         """The blocking form of :meth:`submit`, for threads without an event loop."""
         self._check_transaction(txn)
         future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        self._enqueue(_Entry([txn], future, False))
+        self._enqueue(_Entry(_SINGLE, txn, 1, future))
         return future.result(timeout)
 
     async def submit_many(
@@ -284,8 +302,23 @@ class GroupCommitScheduler:
         future: asyncio.Future[list[Outcome | BaseException]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._enqueue(_Entry(group, future, True))
+        self._enqueue(_Entry(_GROUP, group, len(group), future))
         return await future
+
+    async def submit_stream(self, message: bytes) -> StreamResult:
+        """Decides the transactions of one serialized ``CommitStreamRequest`` with the next batch,
+        bytes in and bytes out: no Python object per transaction. Each malformed or refused
+        transaction gets its own error result (with its gRPC code) in the response, the rest are
+        decided; ``ValueError`` when the message itself is malformed (nothing is decided)."""
+        size = count_commit_request(message)
+        if size == 0:
+            return StreamResult(b"", 0, 0, 0)
+        future: asyncio.Future[tuple[bytes, int, int, int, bool]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._enqueue(_Entry(_STREAM, message, size, future))
+        response, committed, aborted, refused, _ = await future
+        return StreamResult(response, committed, aborted, refused)
 
     async def abort(self, txn_id: int) -> Outcome:
         """Records an abort for an undecided id, so that a late commit of it is refused (how a
@@ -293,13 +326,13 @@ class GroupCommitScheduler:
         abort, or the first decision when the id was already decided."""
         self._check_txn_id(txn_id)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Entry([txn_id], future, False))
+        self._enqueue(_Entry(_SINGLE, txn_id, 1, future))
         return await future
 
     def abort_blocking(self, txn_id: int, timeout: float | None = None) -> Outcome:
         self._check_txn_id(txn_id)
         future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        self._enqueue(_Entry([txn_id], future, False))
+        self._enqueue(_Entry(_SINGLE, txn_id, 1, future))
         return future.result(timeout)
 
     def status(self, txn_id: int) -> Outcome | None:
@@ -331,11 +364,11 @@ class GroupCommitScheduler:
                     self._writer_idle = False
             queue = self._queue
             batch = [queue.popleft()]
-            taken = len(batch[0].requests)
-            while queue and taken + len(queue[0].requests) <= opts.max_batch_size:
+            taken = batch[0].size
+            while queue and taken + queue[0].size <= opts.max_batch_size:
                 entry = queue.popleft()
                 batch.append(entry)
-                taken += len(entry.requests)
+                taken += entry.size
             self._queued -= taken
             self._in_flight = taken
             return batch
@@ -347,64 +380,50 @@ class GroupCommitScheduler:
             batch = self._take_batch()
             if batch is None:
                 return
-            if len(batch) == 1:
-                requests = batch[0].requests
-            else:
-                requests = [request for entry in batch for request in entry.requests]
-            step.decide(engine, requests, functools.partial(self._finish, batch))
+            step.decide(engine, _parts(batch), functools.partial(self._finish, batch))
             with self._lock:
                 self._in_flight = 0
 
-    def _finish(self, batch: list[_Entry], answers: list[Outcome | BaseException]) -> None:
+    def _finish(self, batch: list[_Entry], results: PartResults | BaseException) -> None:
         """A batch's answers may go out (called by the durable step, from any thread)."""
-        batch = self._retry_after_ceiling(batch, answers)
+        answers = _entry_answers(batch, results)
+        if self.on_ceiling is not None:
+            batch, answers = self._retry_after_ceiling(batch, answers)
         self._deliver(batch, answers)
 
     def _retry_after_ceiling(
-        self, batch: list[_Entry], answers: list[Outcome | BaseException]
-    ) -> list[_Entry]:
+        self, batch: list[_Entry], answers: list[object]
+    ) -> tuple[list[_Entry], list[object]]:
         """Entries refused because the clock reached its ceiling (the persisted timestamp window)
         go back to the front of the queue once ``on_ceiling`` has raised it. Nothing was logged
         for them, and resubmitting the decided members of a group only returns their decisions."""
-        if self.on_ceiling is None or not any(
-            isinstance(answer, CeilingReachedError) for answer in answers
-        ):
-            return batch
-        keep: list[_Entry] = []
-        retry: list[_Entry] = []
-        position = 0
-        for entry in batch:
-            size = len(entry.requests)
-            mine = answers[position : position + size]
-            if entry.attempts < CEILING_RETRIES and any(
-                isinstance(answer, CeilingReachedError) for answer in mine
-            ):
-                entry.attempts += 1
-                retry.append(entry)
-                del answers[position : position + size]
-            else:
-                keep.append(entry)
-                position += size
+        retry = [
+            index
+            for index, (entry, answer) in enumerate(zip(batch, answers, strict=True))
+            if entry.attempts < CEILING_RETRIES and _hit_ceiling(entry.kind, answer)
+        ]
+        if not retry or self.on_ceiling is None:
+            return batch, answers
         try:
             self.on_ceiling()
         except Exception:  # the retried requests then report the ceiling again
             logger.exception("group commit: raising the clock ceiling failed")
+        again = set(retry)
         with self._lock:
-            for entry in reversed(retry):
+            for index in reversed(retry):
+                entry = batch[index]
+                entry.attempts += 1
                 self._queue.appendleft(entry)
-                self._queued += len(entry.requests)
-        return keep
+                self._queued += entry.size
+            if self._writer_idle:
+                self._wakeup.notify()
+        kept = [i for i in range(len(batch)) if i not in again]
+        return [batch[i] for i in kept], [answers[i] for i in kept]
 
     @staticmethod
-    def _deliver(batch: list[_Entry], answers: list[Outcome | BaseException]) -> None:
+    def _deliver(batch: list[_Entry], answers: list[object]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
-        position = 0
-        for entry in batch:
-            size = len(entry.requests)
-            answer: object = (
-                answers[position : position + size] if entry.group else answers[position]
-            )
-            position += size
+        for entry, answer in zip(batch, answers, strict=True):
             waiter = entry.waiter
             if isinstance(waiter, asyncio.Future):
                 by_loop.setdefault(waiter.get_loop(), []).append((waiter, answer))
@@ -474,6 +493,66 @@ class GroupCommitScheduler:
         traceback: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+#: Per part of a batch: the list of answers of a list part, or a message's
+#: ``(response, committed, aborted, refused, ceiling)`` (or its ``ValueError``).
+PartResults = list[Any]
+
+
+def _parts(batch: list[_Entry]) -> list[list[_Request] | bytes]:
+    """The batch as the engine's parts: consecutive single and group entries share one list, each
+    message is a part of its own."""
+    parts: list[list[_Request] | bytes] = []
+    objects: list[_Request] | None = None
+    for entry in batch:
+        if entry.kind == _STREAM:
+            parts.append(entry.payload)
+            objects = None
+            continue
+        if objects is None:
+            objects = []
+            parts.append(objects)
+        if entry.kind == _SINGLE:
+            objects.append(entry.payload)
+        else:
+            objects.extend(entry.payload)
+    return parts
+
+
+def _entry_answers(batch: list[_Entry], results: PartResults | BaseException) -> list[object]:
+    """Each entry's answer, walking the parts as :func:`_parts` built them."""
+    if isinstance(results, BaseException):
+        return [[results] * entry.size if entry.kind == _GROUP else results for entry in batch]
+    answers: list[object] = []
+    part = -1
+    position = 0
+    objects: list[Any] | None = None
+    for entry in batch:
+        if entry.kind == _STREAM:
+            part += 1
+            objects = None
+            answers.append(results[part])
+            continue
+        if objects is None:
+            part += 1
+            objects = results[part]
+            position = 0
+        if entry.kind == _SINGLE:
+            answers.append(objects[position])
+            position += 1
+        else:
+            answers.append(objects[position : position + entry.size])
+            position += entry.size
+    return answers
+
+
+def _hit_ceiling(kind: int, answer: object) -> bool:
+    if kind == _SINGLE:
+        return isinstance(answer, CeilingReachedError)
+    if kind == _GROUP:
+        return any(isinstance(one, CeilingReachedError) for one in answer)  # type: ignore[attr-defined]
+    return isinstance(answer, tuple) and bool(answer[4])
 
 
 def _resolve(pairs: list[tuple[asyncio.Future[Any], object]]) -> None:

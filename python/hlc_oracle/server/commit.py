@@ -252,35 +252,38 @@ class TransactionsService:
         return bytes(result.SerializeToString())
 
     async def _decide_message(self, raw: bytes) -> bytes:
-        """Decides the transactions of one serialized ``CommitStreamRequest``; the wire work is in
-        Rust (``decode_commit_request`` / ``encode_commit_results``)."""
+        """Decides the transactions of one serialized ``CommitStreamRequest``, bytes in and bytes
+        out: the scheduler hands the message to the engine, which decodes, validates, decides,
+        makes durable and encodes the response in Rust; this handler counts per message."""
+        try:
+            scheduler = self._check_gate()
+            result = await scheduler.submit_stream(raw)
+        except ValueError as err:
+            raise _invalid(str(err)) from err
+        except (RequestError, HlcError) as err:
+            return self._refuse_message(raw, err)
+        self._count_outcomes(result.committed, result.aborted, result.refused)
+        return result.response
+
+    def _refuse_message(self, raw: bytes, refusal: RequestError | HlcError) -> bytes:
+        """Every transaction of a message the scheduler did not take gets ``refusal`` as its error
+        result (the service's refusal path, not its hot path)."""
         try:
             items = decode_commit_request(raw)
         except ValueError as err:
             raise _invalid(str(err)) from err
-        txns = [item for item in items if isinstance(item, Transaction)]
-        decided: list[Any] = []
-        if txns:
-            try:
-                scheduler = self._check_gate()
-                decided = await scheduler.submit_many(txns)
-            except (RequestError, HlcError) as err:
-                decided = [err] * len(txns)
-        answers = iter(decided)
+        if isinstance(refusal, RequestError):
+            code, message = refusal.code, refusal.message
+        else:
+            code, message = status_code(refusal), str(refusal)
         results: list[Any] = []
-        refused = 0
         for item in items:
-            answer = next(answers) if isinstance(item, Transaction) else item[1]
-            if isinstance(answer, BaseException):
-                refused += 1
-                txn_id = item.txn_id if isinstance(item, Transaction) else item[0]
-                code = answer.code if isinstance(answer, RequestError) else status_code(answer)
-                message = answer.message if isinstance(answer, RequestError) else str(answer)
-                results.append((txn_id, code.value[0], message))
-            else:
-                results.append(answer)
-        committed = sum(1 for result in results if isinstance(result, Committed))
-        self._count_outcomes(committed, len(results) - committed - refused, refused)
+            if isinstance(item, Transaction):
+                results.append((item.txn_id, code.value[0], message))
+            else:  # malformed: its own error comes first
+                txn_id, error = item
+                results.append((txn_id, status_code(error).value[0], str(error)))
+        self._count_outcomes(0, 0, len(results))
         return bytes(encode_commit_results(results))
 
     def _count_outcomes(self, committed: int, aborted: int, refused: int) -> None:

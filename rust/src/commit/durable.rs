@@ -43,7 +43,7 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 1 << 20;
 pub const MIN_MAX_BATCH_BYTES: usize = 256;
 
 /// The answers of one decided batch, with what it adds to the engine's totals.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Released {
     /// Which `decide` call these answers belong to.
     pub ticket: u64,

@@ -34,6 +34,7 @@
 mod decisions;
 pub mod durable;
 pub mod record;
+pub mod stream;
 pub mod wire;
 
 use std::collections::HashMap;

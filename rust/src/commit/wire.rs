@@ -19,7 +19,7 @@
 use std::fmt;
 
 use crate::commit::{AbortReason, Outcome};
-use crate::conflict::{Conflict, ConflictKind, LostTo};
+use crate::conflict::{Conflict, ConflictKind, KeySet, LostTo, Transaction};
 use crate::timestamp::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +236,113 @@ pub fn decode_request(bytes: &[u8]) -> Result<Vec<WireTransaction>, WireError> {
         }
     }
     Ok(txns)
+}
+
+/// One transaction of a `CommitStreamRequest`, decoded straight into the engine's form (keys
+/// copied once, into their key sets), or the message naming why it cannot be one.
+pub enum DecodedTransaction {
+    Ready(Transaction),
+    Malformed { txn_id: u64, message: String },
+}
+
+fn decode_engine_transaction(bytes: &[u8]) -> Result<DecodedTransaction, WireError> {
+    let mut reader = Reader { bytes };
+    let mut txn_id = 0;
+    let mut start = None;
+    let mut reads = KeySet::default();
+    let mut writes = KeySet::default();
+    while let Some((field, value)) = reader.field()? {
+        match field {
+            1 => txn_id = expect_varint(value, "Transaction.txn_id")?,
+            2 => start = Some(decode_timestamp(expect_bytes(value, "start_ts")?)?),
+            3 => reads.push(expect_bytes(value, "read_set")?),
+            4 => writes.push(expect_bytes(value, "write_set")?),
+            _ => {}
+        }
+    }
+    let start_ts = match start {
+        None => {
+            return Ok(DecodedTransaction::Malformed {
+                txn_id,
+                message: format!("transaction {txn_id}: start_ts is required"),
+            })
+        }
+        Some(ts) => match Timestamp::new(ts.physical, ts.logical, ts.node) {
+            Ok(start_ts) => start_ts,
+            Err(err) => {
+                return Ok(DecodedTransaction::Malformed {
+                    txn_id,
+                    message: format!("transaction {txn_id}: malformed start_ts: {err}"),
+                })
+            }
+        },
+    };
+    Ok(DecodedTransaction::Ready(Transaction {
+        id: txn_id,
+        start_ts,
+        reads,
+        writes,
+        clock: None,
+    }))
+}
+
+/// The transactions of a `CommitStreamRequest`, ready for the engine.
+pub fn decode_request_transactions(bytes: &[u8]) -> Result<Vec<DecodedTransaction>, WireError> {
+    let mut reader = Reader { bytes };
+    let mut txns = Vec::new();
+    while let Some((field, value)) = reader.field()? {
+        if field == 1 {
+            txns.push(decode_engine_transaction(expect_bytes(
+                value,
+                "transactions",
+            )?)?);
+        }
+    }
+    Ok(txns)
+}
+
+/// How many transactions a `CommitStreamRequest` holds, checking only its outer framing (a
+/// cheap look before the message is queued).
+pub fn count_request_transactions(bytes: &[u8]) -> Result<usize, WireError> {
+    let mut reader = Reader { bytes };
+    let mut count = 0;
+    while let Some((field, value)) = reader.field()? {
+        if field == 1 {
+            expect_bytes(value, "transactions")?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+fn varint_len(value: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn uint_field_len(value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        1 + varint_len(value)
+    }
+}
+
+/// Appends a committed `CommitResult` without building its sub-messages apart (the hot path: one
+/// per committed transaction).
+pub fn encode_committed_result(out: &mut Vec<u8>, txn_id: u64, ts: Timestamp) {
+    let ts_len = uint_field_len(ts.physical())
+        + uint_field_len(ts.logical())
+        + uint_field_len(u64::from(ts.node()));
+    let result_len = uint_field_len(txn_id) + 1 + varint_len(ts_len as u64) + ts_len;
+    put_key(out, 1, 2);
+    put_varint(out, result_len as u64);
+    put_uint(out, 1, txn_id);
+    put_key(out, 2, 2);
+    put_varint(out, ts_len as u64);
+    put_uint(out, 1, ts.physical());
+    put_uint(out, 2, ts.logical());
+    put_uint(out, 3, u64::from(ts.node()));
 }
 
 /// Appends one `Transaction` as field `field` of the enclosing message.

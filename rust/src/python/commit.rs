@@ -1,6 +1,7 @@
 //! Python face of `commit`: the batch engine the `GroupCommitScheduler` drives, and the
 //! `Committed` / `Aborted` answers.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
@@ -14,11 +15,15 @@ use crate::commit::{
     Outcome, Released, Request, SubmitError,
 };
 use crate::conflict::{Conflict, ConflictKind, Isolation, KeySet, LostTo, Transaction};
+use crate::hlc::ClockError;
+use crate::python::commit_parts::{
+    decode_parts, part_data, part_results, parts_arg, requests_of, split_answers, PartLayout,
+};
 use crate::python::conflict::{PyConflict, PyTransaction};
 use crate::python::errors::{
-    ClockSkewError, CommitLogCorruptError, CommitLogError, CommitOutcomeUnknownError, HlcError,
-    InvalidTransactionError, StartTimestampError, TransactionMismatchError,
-    TransactionTooLargeError,
+    CeilingReachedError, ClockSkewError, CommitLogCorruptError, CommitLogError,
+    CommitOutcomeUnknownError, HlcError, InvalidTransactionError, StartTimestampError,
+    TransactionMismatchError, TransactionTooLargeError,
 };
 use crate::python::hlc::{u64_arg, PyClock, PyTimestamp};
 use crate::python::log::{log_options, path_arg, PyLogRecovery};
@@ -55,6 +60,9 @@ fn submit_error(err: &SubmitError) -> PyErr {
             StartTimestampError::new_err(message)
         }
         SubmitError::Mismatch { .. } => TransactionMismatchError::new_err(message),
+        SubmitError::Clock(ClockError::CeilingReached { .. }) => {
+            CeilingReachedError::new_err(message)
+        }
         SubmitError::Clock(_) => HlcError::new_err(message),
         SubmitError::Log(_) => CommitLogError::new_err(message),
         SubmitError::OutcomeUnknown(_) => CommitOutcomeUnknownError::new_err(message),
@@ -300,7 +308,7 @@ fn usize_arg(value: Option<&Bound<'_, PyAny>>, field: &str, default: usize) -> P
     }
 }
 
-enum Item {
+pub(crate) enum Item {
     Commit(Py<PyTransaction>),
     Abort(u64),
 }
@@ -312,9 +320,16 @@ impl Item {
             Self::Abort(id) => *id,
         }
     }
+
+    pub(crate) fn request(&self) -> Request<'_> {
+        match self {
+            Self::Commit(txn) => Request::Commit(&txn.get().0),
+            Self::Abort(id) => Request::Abort(*id),
+        }
+    }
 }
 
-fn items_arg(requests: &Bound<'_, PyAny>) -> PyResult<Vec<Item>> {
+pub(crate) fn items_arg(requests: &Bound<'_, PyAny>) -> PyResult<Vec<Item>> {
     let iterator = requests.try_iter().map_err(|_| {
         PyTypeError::new_err(format!(
             "requests must be an iterable of Transaction or int, got {}",
@@ -339,16 +354,10 @@ fn items_arg(requests: &Bound<'_, PyAny>) -> PyResult<Vec<Item>> {
 }
 
 fn item_requests(items: &[Item]) -> Vec<Request<'_>> {
-    items
-        .iter()
-        .map(|item| match item {
-            Item::Commit(txn) => Request::Commit(&txn.get().0),
-            Item::Abort(id) => Request::Abort(*id),
-        })
-        .collect()
+    items.iter().map(Item::request).collect()
 }
 
-fn answer_object<'py>(
+pub(crate) fn answer_object<'py>(
     py: Python<'py>,
     txn_id: u64,
     answer: &Result<Outcome, SubmitError>,
@@ -359,14 +368,34 @@ fn answer_object<'py>(
     }
 }
 
-/// `[(ticket, [answer, ...]), ...]`.
-fn released_list<'py>(py: Python<'py>, released: &[Released]) -> PyResult<Bound<'py, PyList>> {
+/// `[(ticket, answers), ...]`: `answers` a list per request (for `decide`), or the per-part
+/// results of `decide_parts` (see `commit_parts`) when `layouts` knows the ticket.
+fn released_list<'py>(
+    py: Python<'py>,
+    released: &[Released],
+    layouts: &Mutex<HashMap<u64, Vec<PartLayout>>>,
+) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
     for batch in released {
-        let answers = PyList::empty(py);
-        for (txn_id, answer) in batch.txn_ids.iter().zip(&batch.answers) {
-            answers.append(answer_object(py, *txn_id, answer)?)?;
-        }
+        let layout = layouts
+            .lock()
+            .map_err(|_| HlcError::new_err("the commit engine lock is poisoned"))?
+            .remove(&batch.ticket);
+        let answers = match layout {
+            Some(layout) => part_results(
+                py,
+                split_answers(&layout, batch),
+                &batch.txn_ids,
+                &batch.answers,
+            )?,
+            None => {
+                let answers = PyList::empty(py);
+                for (txn_id, answer) in batch.txn_ids.iter().zip(&batch.answers) {
+                    answers.append(answer_object(py, *txn_id, answer)?)?;
+                }
+                answers
+            }
+        };
         out.append((batch.ticket, answers))?;
     }
     Ok(out)
@@ -383,6 +412,8 @@ pub struct PyCommitEngine {
     recovered_aborts: u64,
     floor: Option<PyTimestamp>,
     path: Option<PathBuf>,
+    /// How to split the answers of `decide_parts` batches not yet released.
+    layouts: Mutex<HashMap<u64, Vec<PartLayout>>>,
 }
 
 impl PyCommitEngine {
@@ -496,6 +527,7 @@ impl PyCommitEngine {
             recovered_aborts: recovery.aborts,
             floor: recovery.floor.map(PyTimestamp),
             path,
+            layouts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -519,6 +551,66 @@ impl PyCommitEngine {
         Ok(out)
     }
 
+    /// Decides one batch of parts (see `commit_parts`): each part a list of requests or one
+    /// serialized `CommitStreamRequest`. Returns per part, in order: the list of answers, or
+    /// `(response bytes, committed, aborted, refused, ceiling)` for a message (a `ValueError`, not
+    /// raised, when the message is malformed). Local log or memory only, like `process`.
+    fn process_parts<'py>(
+        &self,
+        py: Python<'py>,
+        parts: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let inputs = parts_arg(parts)?;
+        let data = part_data(&inputs);
+        let (txn_ids, answers, split) = py.detach(|| {
+            let decoded = decode_parts(&data);
+            let (requests, layout) = requests_of(&decoded);
+            let answers = self.lock()?.process(self.clock.get().core(), &requests);
+            let released = Released {
+                ticket: 0,
+                txn_ids: requests.iter().map(Request::txn_id).collect(),
+                answers,
+                ..Released::default()
+            };
+            let split = split_answers(&layout, &released);
+            Ok::<_, PyErr>((released.txn_ids, released.answers, split))
+        })?;
+        part_results(py, split, &txn_ids, &answers)
+    }
+
+    /// `decide` for a batch of parts (see `process_parts`): `(ticket, pieces, released)`, where
+    /// each released batch's answers are per-part results when it was decided by this method.
+    fn decide_parts<'py>(
+        &self,
+        py: Python<'py>,
+        parts: &Bound<'py, PyAny>,
+    ) -> PyResult<(u64, Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let inputs = parts_arg(parts)?;
+        let data = part_data(&inputs);
+        let handout = py.detach(|| {
+            let decoded = decode_parts(&data);
+            let (requests, layout) = requests_of(&decoded);
+            let mut engine = self.lock()?;
+            let handout = engine.decide(self.clock.get().core(), &requests);
+            // Registered before the engine lock is released: a confirmation cannot release the
+            // batch before its layout is known.
+            self.layouts
+                .lock()
+                .map_err(|_| HlcError::new_err("the commit engine lock is poisoned"))?
+                .insert(handout.ticket, layout);
+            Ok::<_, PyErr>(handout)
+        })?;
+        let pieces = PyList::empty(py);
+        for (seq, bytes) in &handout.pieces {
+            pieces.append((*seq, PyBytes::new(py, bytes)))?;
+        }
+        Ok((
+            handout.ticket,
+            pieces,
+            released_list(py, &handout.released, &self.layouts)?,
+        ))
+    }
+
     /// Decides one batch like `process`, for any durable step: returns `(ticket, pieces,
     /// released)`. `pieces` are `(batch_seq, bytes)` to make durable (durability "external"
     /// only; empty otherwise); `released` are `(ticket, answers)` that can go out now, this
@@ -540,7 +632,7 @@ impl PyCommitEngine {
         Ok((
             handout.ticket,
             pieces,
-            released_list(py, &handout.released)?,
+            released_list(py, &handout.released, &self.layouts)?,
         ))
     }
 
@@ -554,7 +646,7 @@ impl PyCommitEngine {
                 ConfirmError::UnknownBatch { .. } => PyValueError::new_err(err.to_string()),
                 ConfirmError::Stopped(_) => CommitLogError::new_err(err.to_string()),
             })?;
-        released_list(py, &released)
+        released_list(py, &released, &self.layouts)
     }
 
     /// Durability "external": a piece's write failed or its outcome is unknown (`reason` says
@@ -562,7 +654,7 @@ impl PyCommitEngine {
     /// `CommitOutcomeUnknownError`; every later batch is refused until the engine is reopened.
     fn fail<'py>(&self, py: Python<'py>, reason: &str) -> PyResult<Bound<'py, PyList>> {
         let released = py.detach(|| Ok::<_, PyErr>(self.lock()?.fail(reason)))?;
-        released_list(py, &released)
+        released_list(py, &released, &self.layouts)
     }
 
     /// Recovery on promotion (durability "external"): replays one stored piece's decisions (in
@@ -752,6 +844,14 @@ pub fn decode_commit_request<'py>(
         }
     }
     Ok(out)
+}
+
+/// How many transactions a serialized `CommitStreamRequest` holds (only its outer framing is
+/// read); `ValueError` when that is malformed.
+#[pyfunction]
+pub fn count_commit_request(data: &Bound<'_, PyBytes>) -> PyResult<usize> {
+    wire::count_request_transactions(data.as_bytes())
+        .map_err(|err| wire_error("CommitStreamRequest", &err))
 }
 
 /// A serialized `CommitStreamRequest` of `txns`.

@@ -1,6 +1,7 @@
 //! The pyo3 glue: each submodule wraps one core module; nothing here holds logic of its own.
 
 pub mod commit;
+pub mod commit_parts;
 pub mod conflict;
 pub mod errors;
 pub mod hlc;
@@ -52,6 +53,7 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     module.add_class::<commit::PyCommitEngine>()?;
     module.add_function(wrap_pyfunction!(commit::decode_commit_request, module)?)?;
+    module.add_function(wrap_pyfunction!(commit::count_commit_request, module)?)?;
     module.add_function(wrap_pyfunction!(commit::encode_commit_request, module)?)?;
     module.add_function(wrap_pyfunction!(commit::decode_commit_results, module)?)?;
     module.add_function(wrap_pyfunction!(commit::encode_commit_results, module)?)?;

@@ -1,0 +1,241 @@
+//! One `CommitStreamRequest` as a part of a group-commit batch: bytes in, bytes out.
+//!
+//! The server hands the serialized message to the scheduler untouched; here it is decoded
+//! straight into the engine's transactions, decided with the rest of the batch (the same
+//! validation, idempotency, fencing and durable step as any other request), and the answers are
+//! encoded as the serialized `CommitStreamResponse`, with no Python object per transaction. A
+//! transaction that cannot be built (no or a malformed `start_ts`) gets its own error result in
+//! its place; the others are decided. The gRPC status code of each refusal is chosen here, by
+//! the same rules as the server's `ERROR_CODES` for the exceptions of the in-process API.
+
+use crate::commit::wire::{
+    self, encode_committed_result, DecodedTransaction, WireError, WireResult,
+};
+use crate::commit::{Outcome, SubmitError};
+use crate::conflict::Transaction;
+use crate::hlc::ClockError;
+
+fn clock_error_is_ceiling(err: &ClockError) -> bool {
+    matches!(err, ClockError::CeilingReached { .. })
+}
+
+pub const CODE_INVALID_ARGUMENT: u32 = 3;
+pub const CODE_ALREADY_EXISTS: u32 = 6;
+pub const CODE_RESOURCE_EXHAUSTED: u32 = 8;
+pub const CODE_OUT_OF_RANGE: u32 = 11;
+pub const CODE_INTERNAL: u32 = 13;
+pub const CODE_UNAVAILABLE: u32 = 14;
+
+/// The gRPC status code of a refused transaction.
+pub fn status_code(err: &SubmitError) -> u32 {
+    match err {
+        SubmitError::InvalidTxnId | SubmitError::EmptyWriteSet { .. } => CODE_INVALID_ARGUMENT,
+        SubmitError::TooManyKeys { .. } | SubmitError::KeyTooLarge { .. } => {
+            CODE_RESOURCE_EXHAUSTED
+        }
+        SubmitError::StartInFuture { .. } | SubmitError::StartTooOld { .. } => CODE_OUT_OF_RANGE,
+        SubmitError::Mismatch { .. } => CODE_ALREADY_EXISTS,
+        SubmitError::Clock(err) if clock_error_is_ceiling(err) => CODE_UNAVAILABLE,
+        SubmitError::Clock(_) => CODE_INTERNAL,
+        SubmitError::Log(_) | SubmitError::OutcomeUnknown(_) => CODE_UNAVAILABLE,
+    }
+}
+
+/// A decoded message: its well-formed transactions (for the engine) and its shape.
+pub struct StreamPart {
+    pub transactions: Vec<Transaction>,
+    pub shape: StreamShape,
+}
+
+/// Where the malformed transactions of a message sit among the well-formed ones.
+#[derive(Debug, Clone, Default)]
+pub struct StreamShape {
+    total: usize,
+    /// `(position in the message, txn_id, message)`, in position order.
+    malformed: Vec<(usize, u64, String)>,
+}
+
+/// What a response holds, for the server's metrics (counted per message) and the scheduler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamCounts {
+    pub committed: u64,
+    pub aborted: u64,
+    pub refused: u64,
+    /// Some transaction was refused at the clock's ceiling (the scheduler raises it and retries).
+    pub ceiling: bool,
+}
+
+impl StreamPart {
+    /// Decodes a serialized `CommitStreamRequest`; an error when the message itself is malformed.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let decoded = wire::decode_request_transactions(bytes)?;
+        let mut transactions = Vec::with_capacity(decoded.len());
+        let mut shape = StreamShape {
+            total: decoded.len(),
+            malformed: Vec::new(),
+        };
+        for (position, txn) in decoded.into_iter().enumerate() {
+            match txn {
+                DecodedTransaction::Ready(txn) => transactions.push(txn),
+                DecodedTransaction::Malformed { txn_id, message } => {
+                    shape.malformed.push((position, txn_id, message));
+                }
+            }
+        }
+        Ok(Self {
+            transactions,
+            shape,
+        })
+    }
+}
+
+impl StreamShape {
+    /// The serialized `CommitStreamResponse`: `answers` are those of the well-formed
+    /// transactions (ids `txn_ids`), in message order.
+    pub fn encode_response(
+        &self,
+        txn_ids: &[u64],
+        answers: &[Result<Outcome, SubmitError>],
+    ) -> (Vec<u8>, StreamCounts) {
+        let mut out = Vec::with_capacity(self.total * 24);
+        let mut counts = StreamCounts::default();
+        let mut decided = txn_ids.iter().zip(answers);
+        let mut malformed = self.malformed.iter().peekable();
+        for position in 0..self.total {
+            if let Some((_, txn_id, message)) = malformed.next_if(|(at, _, _)| *at == position) {
+                counts.refused += 1;
+                wire::encode_result(
+                    &mut out,
+                    &WireResult::Error {
+                        txn_id: *txn_id,
+                        code: CODE_INVALID_ARGUMENT,
+                        message: message.clone(),
+                    },
+                );
+                continue;
+            }
+            let Some((&txn_id, answer)) = decided.next() else {
+                break; // fewer answers than transactions: cannot happen, the engine answers all
+            };
+            match answer {
+                Ok(Outcome::Committed(ts)) => {
+                    counts.committed += 1;
+                    encode_committed_result(&mut out, txn_id, *ts);
+                }
+                Ok(outcome) => {
+                    counts.aborted += 1;
+                    wire::encode_result(&mut out, &WireResult::Decided(txn_id, outcome.clone()));
+                }
+                Err(err) => {
+                    counts.refused += 1;
+                    if let SubmitError::Clock(clock) = err {
+                        counts.ceiling |= clock_error_is_ceiling(clock);
+                    }
+                    wire::encode_result(
+                        &mut out,
+                        &WireResult::Error {
+                            txn_id,
+                            code: status_code(err),
+                            message: err.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+        (out, counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::AbortReason;
+    use crate::timestamp::Timestamp;
+
+    fn ts(physical: u64) -> Timestamp {
+        Timestamp::new(physical, 3, 7).unwrap()
+    }
+
+    #[test]
+    fn malformed_transactions_keep_their_place_and_the_rest_is_answered() {
+        let mut message = Vec::new();
+        wire::encode_transaction(
+            &mut message,
+            1,
+            ts(10),
+            [&b"r"[..]].into_iter(),
+            [&b"w"[..]].into_iter(),
+        );
+        // Transaction 2 without start_ts: field 1 (txn_id) only.
+        message.extend_from_slice(&[0x0a, 0x02, 0x08, 0x02]);
+        wire::encode_transaction(
+            &mut message,
+            3,
+            ts(11),
+            std::iter::empty(),
+            [&b"x"[..]].into_iter(),
+        );
+        assert_eq!(wire::count_request_transactions(&message).unwrap(), 3);
+        let part = StreamPart::decode(&message).unwrap();
+        assert_eq!(part.transactions.len(), 2);
+        assert_eq!(part.transactions[0].reads.get(0), Some(&b"r"[..]));
+        let answers = vec![
+            Ok(Outcome::Committed(ts(20))),
+            Err(SubmitError::Clock(ClockError::CeilingReached {
+                needed_physical: 30,
+                ceiling_physical: 29,
+            })),
+        ];
+        let (response, counts) = part.shape.encode_response(&[1, 3], &answers);
+        assert_eq!(
+            counts,
+            StreamCounts {
+                committed: 1,
+                aborted: 0,
+                refused: 2,
+                ceiling: true
+            }
+        );
+        let results = wire::decode_response(&response).unwrap();
+        assert_eq!(
+            results[0],
+            WireResult::Decided(1, Outcome::Committed(ts(20)))
+        );
+        assert!(matches!(
+            &results[1],
+            WireResult::Error { txn_id: 2, code: CODE_INVALID_ARGUMENT, message } if message.contains("start_ts is required")
+        ));
+        assert!(matches!(
+            &results[2],
+            WireResult::Error {
+                txn_id: 3,
+                code: CODE_UNAVAILABLE,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_fast_committed_encoding_matches_the_general_one() {
+        for (txn_id, stamp) in [
+            (1, Timestamp::new(0, 0, 0).unwrap()),
+            (u64::MAX, Timestamp::new(1 << 50, 4095, 65535).unwrap()),
+            (300, Timestamp::new(1_796_000_000_000_000, 0, 1).unwrap()),
+        ] {
+            let mut fast = Vec::new();
+            encode_committed_result(&mut fast, txn_id, stamp);
+            let mut general = Vec::new();
+            wire::encode_result(
+                &mut general,
+                &WireResult::Decided(txn_id, Outcome::Committed(stamp)),
+            );
+            assert_eq!(fast, general);
+        }
+        let mut out = Vec::new();
+        wire::encode_result(
+            &mut out,
+            &WireResult::Decided(4, Outcome::Aborted(AbortReason::Requested)),
+        );
+        assert!(!out.is_empty());
+    }
+}
