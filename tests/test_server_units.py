@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
 from hlc_oracle import MAX_LOGICAL, CeilingReachedError, Clock, ManualClock, Timestamp
-from hlc_oracle.server.gate import ServingGate
-from hlc_oracle.server.window import TimestampWindow, WindowFileError, WindowStore, floor_for
+from hlc_oracle.server.gate import LEASE_LAPSED, ServingGate
+from hlc_oracle.server.window import (
+    TimestampWindow,
+    WindowFileError,
+    WindowStore,
+    floor_for,
+    lead_bound_us,
+    wait_out_lead,
+)
 
 
 def test_gate_blocks_while_any_reason_remains() -> None:
@@ -121,3 +129,47 @@ def test_window_saves_before_raising_and_renews_ahead(tmp_path: Path) -> None:
     assert max(saved) == 16_600_000
     # stop() wrote the exact high-water mark, below the window's far end.
     assert json.loads(store.path.read_text())["limit_physical_us"] == 15_600_000
+
+
+def test_gate_deadline_is_checked_on_every_call_and_closes_reads() -> None:
+    gate = ServingGate()
+    changes: list[bool] = []
+    gate.add_listener(lambda serving, _: changes.append(serving))
+    gate.set_deadline(time.monotonic() + 60)
+    assert gate.serving and gate.read_refusal() is None
+    # Past the deadline the gate refuses at once, with no timer having run.
+    gate.set_deadline(time.monotonic() - 0.001)
+    assert gate.refusal() == LEASE_LAPSED and gate.read_refusal() == LEASE_LAPSED
+    assert not gate.serving
+    gate.set_deadline(None)
+    assert gate.serving
+    # The same block twice notifies once; blocking_keys is what a listener may read.
+    gate.block("not-leader", "a follower")
+    gate.block("not-leader", "a follower")
+    assert gate.blocking_keys() == {"not-leader"}
+    assert changes == [True, False]
+
+
+def test_a_floor_ahead_of_the_clock_is_waited_out_to_max_offset_half() -> None:
+    manual = ManualClock(10_000_000)
+    clock = Clock(1, max_offset_us=500_000, physical_clock=manual)
+    messages: list[str] = []
+
+    async def main() -> bool:
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(0.001)
+                manual.advance(50_000)
+
+        ticker = asyncio.create_task(tick())
+        try:
+            return await wait_out_lead(clock, 11_000_000, messages.append)
+        finally:
+            ticker.cancel()
+
+    assert asyncio.run(main())
+    assert lead_bound_us(clock.max_offset_us) == 250_000
+    # Released once the first timestamp above the floor is at most 250 ms ahead.
+    assert 11_000_001 - clock.physical_now() <= 250_000
+    assert len(messages) == 1 and "1.000 s ahead" in messages[0]
+    assert "within max_offset/2 (0.250 s)" in messages[0]

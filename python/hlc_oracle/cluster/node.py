@@ -26,7 +26,7 @@ from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, Timestamp
 from hlc_oracle.cluster.election import Election, LeaderInfo
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, LeaseNotFoundError
 from hlc_oracle.cluster.fence import Fence, FenceError, Term
-from hlc_oracle.cluster.members import register
+from hlc_oracle.cluster.members import DuplicateNodeError, register
 from hlc_oracle.cluster.session import Session, stop_task
 from hlc_oracle.cluster.window_store import EtcdWindowStore
 from hlc_oracle.server.gate import ServingGate
@@ -64,6 +64,7 @@ class ClusterNode:
         clock: Clock,
         gate: ServingGate,
         metrics: ServerMetrics,
+        on_fatal: Callable[[str], None],
     ) -> None:
         self.prefix = key_prefix(cluster_name)
         self.lease_ttl_s = lease_ttl_s
@@ -71,6 +72,7 @@ class ClusterNode:
         self.clock = clock
         self.gate = gate
         self.metrics = metrics
+        self._on_fatal = on_fatal
         # Unary etcd calls get a third of the TTL: a stalled member must not outlast the lease.
         self.client = EtcdClient(endpoints, timeout_s=max(lease_ttl_s / 3, 0.2))
         self.store = EtcdWindowStore(self.client, self.prefix, self._fenced)
@@ -184,6 +186,12 @@ class ClusterNode:
                 if outcome.holder is not None:
                     self._follow(outcome.holder)
                 await self._wait_for_vacancy(outcome.revision)
+            except DuplicateNodeError as err:
+                # Another node took this id while this one had no lease: two live nodes with one
+                # id would hand out equal timestamps. Stop for good.
+                self.gate.block("member", str(err))
+                self._on_fatal(str(err))
+                return
             except LeaseNotFoundError as err:
                 log.warning("lease gone", extra={"fields": {"error": str(err)}})
                 self.session.lost.set()
@@ -320,6 +328,8 @@ class ClusterNode:
         # The reasons now live in the not-leader message; a follower's "" health stays SERVING.
         self.gate.unblock("lease")
         self.gate.unblock("fence")
+        # A failed save of the last term's window is not a follower's concern.
+        self.gate.unblock("window")
         self.store.fence = None
         self._term = None
         self.role = "follower"

@@ -110,6 +110,7 @@ class OracleServer:
                 clock=self.clock,
                 gate=self.gate,
                 metrics=self.metrics,
+                on_fatal=self._fatal_cluster,
             )
             persistence = self.cluster.store
         self.window = TimestampWindow(
@@ -405,6 +406,14 @@ class OracleServer:
         self.fatal_reason = reason
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.stopping.set)
+
+    def _fatal_cluster(self, reason: str) -> None:
+        # On the loop: the cluster node has blocked the gate; exit non-zero as for a clock jump.
+        log.critical(
+            "cannot stay in the cluster, shutting down", extra={"fields": {"reason": reason}}
+        )
+        self.fatal_reason = reason
+        self.stopping.set()
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, finish in-flight calls, save the high-water mark."""
