@@ -109,11 +109,11 @@ def fetch_metrics(node: OracleProcess) -> str:
 
 
 def test_a_live_duplicate_node_id_is_refused(etcd: EtcdMember, tmp_path: Path) -> None:
-    with OracleCluster(tmp_path, etcd.endpoint, size=1) as cluster:
+    # The default 3 s lease: a 1 s one can lapse on a loaded machine, and then the id is free.
+    with OracleCluster(tmp_path, etcd.endpoint, size=1, lease_ttl_s=3) as cluster:
         first = cluster.nodes[0]
         duplicate = serve_once(
             tmp_path / "dup", "--etcd-endpoints", etcd.endpoint, "--node-id", "1",
-            "--set", "cluster.lease_ttl_s=1",
         )  # fmt: skip
         assert duplicate.returncode == 1, duplicate.stderr
         assert "node id 1 is held by a live node" in duplicate.stderr

@@ -40,6 +40,7 @@ async def register(
     key = f"{prefix}members/{node_id}".encode()
     value = member_value(node_id, address)
     waited_until: float | None = None
+    lowest_remaining: int | None = None
     while True:
         result = await client.txn(
             [compare_create_revision(key, 0)], [put_op(key, value, lease_id)], [get_op(key)]
@@ -52,12 +53,18 @@ async def register(
         remaining = await client.time_to_live(holder.lease)
         now = time.monotonic()
         if remaining < 0:
-            pass  # The lease just ended; its key goes with it.
-        elif waited_until is None:
+            await asyncio.sleep(0.05)  # The lease just ended; its key goes with it.
+            continue
+        # A killed holder's lease only runs down; one that goes back up is being kept alive.
+        renewed = lowest_remaining is not None and remaining > lowest_remaining
+        lowest_remaining = (
+            remaining if lowest_remaining is None else min(lowest_remaining, remaining)
+        )
+        if waited_until is None:
             # Perhaps this node's previous process, killed: its lease runs out within its TTL
             # (etcd rounds the remaining seconds down, and sweeps expired leases every 0.5 s).
             waited_until = now + remaining + EXPIRY_SLACK_S
-        elif now >= waited_until:
+        elif renewed or now >= waited_until:
             raise DuplicateNodeError(
                 f"node id {node_id} is held by a live node ({holder.value.decode(errors='replace')}"
                 f" under {key.decode()}); give every node its own clock.node_id"
