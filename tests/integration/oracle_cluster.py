@@ -138,7 +138,16 @@ class LeaderClient:
     def _stub(self, target: str) -> Any:
         channel = self._channels.get(target)
         if channel is None:
-            channel = self._channels[target] = grpc.insecure_channel(target)
+            # Reconnect to a restarted node within tens of milliseconds (gRPC's default backoff
+            # starts at 1 s): the next leader may be the node that came back last.
+            channel = self._channels[target] = grpc.insecure_channel(
+                target,
+                options=[
+                    ("grpc.initial_reconnect_backoff_ms", 20),
+                    ("grpc.min_reconnect_backoff_ms", 20),
+                    ("grpc.max_reconnect_backoff_ms", 200),
+                ],
+            )
         return channel.unary_unary(
             "/hlc_oracle.v1.TimestampOracle/GetTimestamps",
             request_serializer=pb.GetTimestampsRequest.SerializeToString,
