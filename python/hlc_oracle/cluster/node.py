@@ -83,6 +83,8 @@ class ClusterNode:
         self.role = "follower"
         self.leader: LeaderInfo | None = None
         self._term: Term | None = None
+        # Set once a new term's floor is applied and its first window saved.
+        self._took_over = False
         self._fence_failure = asyncio.Event()
         self._fence_reason = ""
         self._resigning = asyncio.Event()
@@ -150,7 +152,7 @@ class ClusterNode:
             },
         )
 
-    async def resign(self, before_delete: Callable[[], object] | None = None) -> None:
+    async def resign(self) -> None:
         """Graceful stop: the gate is already blocked by the caller. Stops campaigning; a leader
         saves its exact high-water mark (fenced), deletes the leader key (fenced) so a follower
         takes over at once; then the lease is revoked (the member key goes with it)."""
@@ -162,7 +164,10 @@ class ClusterNode:
         if term is not None and self.election is not None and self.window is not None:
             fence = Fence(self.client, term)
             try:
-                await self.window.stop()
+                if self._took_over:
+                    # Only once this term's floor is applied: before that the clock may be below
+                    # the saved limit, and saving its high-water mark would lower the window.
+                    await self.window.stop()
                 await self.election.resign(fence)
                 log.info("resigned", extra={"fields": {"epoch": term.epoch}})
             except (EtcdError, FenceError, WindowSaveError) as err:
@@ -279,6 +284,7 @@ class ClusterNode:
             if saved is not None and self.clock.last() < Timestamp(saved, MAX_LOGICAL, MAX_NODE):
                 # The previous leader handed out nothing past its saved limit: start above it.
                 self.clock.update(Timestamp(saved, MAX_LOGICAL, MAX_NODE))
+            self._took_over = True
             self.gate.set_deadline(self.session.deadline)
             self.gate.unblock("fence")
             self.gate.unblock("not-leader")
@@ -332,6 +338,7 @@ class ClusterNode:
         self.gate.unblock("window")
         self.store.fence = None
         self._term = None
+        self._took_over = False
         self.role = "follower"
         self.metrics.set_role("follower")
         if self.window is not None:
