@@ -3,6 +3,7 @@ a real ``hlc-oracle serve`` process, its skew guard fed by a real NTP responder 
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,7 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hlc_oracle import Committed, Transaction
-from hlc_oracle.client import OracleClient
+from hlc_oracle.cli import EXIT_DISABLED
+from hlc_oracle.client import OracleClient, OracleDisabledError, OracleUnavailableError
 from hlc_oracle.proto import (
     REFUSAL_DISABLED,
     REFUSAL_METADATA_KEY,
@@ -118,7 +120,7 @@ def test_decisions_and_status_are_readable_while_the_skew_guard_refuses(
 def test_a_disabled_transactions_service_is_not_serving_and_refuses_for_good(
     start_oracle: Callable[..., OracleProcess],
 ) -> None:
-    oracle = start_oracle("--set", "commit.enabled=false")
+    oracle = start_oracle("--set", "commit.enabled=false", "--metrics-port", "0")
     assert health(oracle) == SERVING
     assert health(oracle, TIMESTAMPS) == SERVING
     assert health(oracle, TRANSACTIONS) == NOT_SERVING
@@ -147,3 +149,35 @@ def test_a_disabled_transactions_service_is_not_serving_and_refuses_for_good(
         assert (REFUSAL_METADATA_KEY, REFUSAL_DISABLED) in error.trailing_metadata()
     # Health stays NOT_SERVING for the disabled service whatever the gate does.
     assert health(oracle, TRANSACTIONS) == NOT_SERVING
+    # The client takes the refusal as final: its own error, no retry, exit code 6.
+    with OracleClient(oracle.target) as client:  # the default policy: 5 attempts
+        for call in (
+            lambda: client.transaction_status(1),
+            lambda: client.commit(Transaction(2, client.get_timestamp(), [], ["k"])),
+            lambda: client.abort(3),
+        ):
+            with pytest.raises(OracleDisabledError, match=r"commit\.enabled = false") as refused:
+                call()
+            assert not isinstance(refused.value, OracleUnavailableError)
+            assert refused.value.refusal == REFUSAL_DISABLED
+    refusals = unimplemented_calls(oracle)
+    assert refusals["GetTransactionStatus"] == 2  # one above, one now: never retried
+    assert refusals["Abort"] == 2
+    shown = oracle.cli("txn", "status", "1")
+    assert shown.returncode == EXIT_DISABLED, shown.stderr
+    assert f"{oracle.target} refused for good: " in shown.stderr
+    assert "commit.enabled = false" in shown.stderr
+    assert unimplemented_calls(oracle)["GetTransactionStatus"] == 3
+
+
+def unimplemented_calls(oracle: OracleProcess) -> dict[str, float]:
+    """Calls answered UNIMPLEMENTED, by method, from the server's /metrics."""
+    url = f"http://127.0.0.1:{oracle.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith('hlc_oracle_requests_total{code="UNIMPLEMENTED"'):
+            method = line.split('method="', 1)[1].split('"', 1)[0]
+            counts[method] = float(line.rsplit(" ", 1)[1])
+    return counts

@@ -1,18 +1,30 @@
 """TLS failures named: the real server logs each refused handshake as a JSON record (grpc-core's
 own stderr lines go through the relay), and warns at start-up about a certificate near or past
-its expiry. Certificates are made in the test (:mod:`tests.integration.pki`)."""
+its expiry; the client tells a handshake failure from an unreachable server
+(``OracleTlsHandshakeError``, exit code 7) and names the likely cause. Certificates are made in
+the test (:mod:`tests.integration.pki`)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hlc_oracle.cli import EXIT_TLS_HANDSHAKE, EXIT_UNREACHABLE
+from hlc_oracle.client import (
+    OracleClient,
+    OracleTlsHandshakeError,
+    OracleUnavailableError,
+    RetryPolicy,
+    channel_credentials,
+)
 from hlc_oracle.server.stderr_relay import convert, record_for
 
 from tests.integration.oracle_process import OracleProcess
@@ -154,3 +166,140 @@ def test_the_relay_keeps_json_lines_and_wraps_every_other_line() -> None:
     assert (wrapped["level"], wrapped["logger"]) == ("error", "stderr")
     assert wrapped["message"] == "hlc-oracle: FATAL: fdatasync of /d/x.wal failed"
     assert json.loads(convert(b"[1, 2]"))["message"] == "[1, 2]"  # JSON, but not a record
+
+
+# --- the client's side ---
+
+ONE_ATTEMPT = RetryPolicy(attempts=1)
+
+
+@pytest.fixture(scope="module")
+def mutual_tls_oracle(
+    tmp_path_factory: pytest.TempPathFactory, pki: dict[str, Path]
+) -> Iterator[OracleProcess]:
+    with OracleProcess(
+        tmp_path_factory.mktemp("mtls") / "data",
+        "--tls-cert", str(pki["server.pem"]), "--tls-key", str(pki["server-key.pem"]),
+        "--tls-client-ca", str(pki["ca.pem"]),
+        wait_healthy=False,
+    ) as oracle:  # fmt: skip
+        yield oracle
+
+
+# (CA bundle, client certificate, the cause the client names, as it starts)
+CLIENT_CASES = {
+    "no client certificate": (
+        "ca.pem",
+        None,
+        "the server closed the connection right after the TLS handshake: it requires a client "
+        "certificate (mutual TLS): give --tls-cert and --tls-key",
+    ),
+    "a certificate from another CA": (
+        "ca.pem",
+        "other-ca-client",
+        "the server closed the connection right after the TLS handshake: it does not trust this "
+        "client's certificate, issued by CN=other-ca",
+    ),
+    "an expired certificate": (
+        "ca.pem",
+        "expired-client",
+        "the server closed the connection right after the TLS handshake: this client's "
+        "certificate expired at ",
+    ),
+    "plaintext to the TLS port": (
+        None,
+        None,
+        "the server speaks TLS and this client connected in plaintext",
+    ),
+    "a server certificate from another CA": (
+        "other-ca.pem",
+        "client",
+        "the server's certificate is not signed by a CA in this client's bundle (--tls-ca)",
+    ),
+}
+
+
+def tls_flags(pki: dict[str, Path], ca: str | None, client: str | None) -> list[str]:
+    flags = [] if ca is None else ["--tls-ca", str(pki[ca])]
+    if client is not None:
+        flags += [
+            "--tls-cert",
+            str(pki[f"{client}.pem"]),
+            "--tls-key",
+            str(pki[f"{client}-key.pem"]),
+        ]
+    return flags
+
+
+@pytest.mark.parametrize("case", CLIENT_CASES)
+def test_the_client_names_a_failed_handshake_and_the_command_exits_7(
+    mutual_tls_oracle: OracleProcess, pki: dict[str, Path], case: str
+) -> None:
+    ca, client, cause = CLIENT_CASES[case]
+    credentials = (
+        None
+        if ca is None
+        else channel_credentials(
+            pki[ca],
+            pki[f"{client}-key.pem"] if client else None,
+            pki[f"{client}.pem"] if client else None,
+        )
+    )
+    with (
+        OracleClient(
+            mutual_tls_oracle.target, credentials=credentials, retry=ONE_ATTEMPT, timeout=3
+        ) as oracle,
+        pytest.raises(OracleTlsHandshakeError) as failed,
+    ):
+        oracle.status()
+    assert failed.value.cause.startswith(cause), failed.value.cause
+    assert str(failed.value).startswith("UNAVAILABLE: TLS handshake failed: ")
+    assert isinstance(failed.value, OracleUnavailableError)  # code that catches that still works
+    done = mutual_tls_oracle.cli(
+        "now", "--retries", "1", "--timeout", "3", *tls_flags(pki, ca, client)
+    )
+    assert done.returncode == EXIT_TLS_HANDSHAKE, done.stderr
+    expected = f"hlc-oracle now: TLS handshake with {mutual_tls_oracle.target} failed: {cause}"
+    # The last line: grpc-core may print its own "Handshake failed" line first (GRPC_VERBOSITY).
+    assert done.stderr.splitlines()[-1].startswith(expected), done.stderr
+    assert "cannot reach" not in done.stderr
+
+
+def test_tls_to_a_plaintext_port_is_named_too(
+    start_oracle: StartOracle, pki: dict[str, Path]
+) -> None:
+    plaintext = start_oracle()
+    with (
+        OracleClient(
+            plaintext.target, credentials=channel_credentials(pki["ca.pem"]), retry=ONE_ATTEMPT
+        ) as oracle,
+        pytest.raises(OracleTlsHandshakeError, match="the server does not speak TLS"),
+    ):
+        oracle.get_timestamp()
+
+
+def test_an_unreachable_server_stays_unreachable_with_tls(pki: dict[str, Path]) -> None:
+    credentials = channel_credentials(pki["ca.pem"], pki["client-key.pem"], pki["client.pem"])
+    with (
+        OracleClient(
+            "127.0.0.1:1", credentials=credentials, retry=ONE_ATTEMPT, timeout=2
+        ) as oracle,
+        pytest.raises(OracleUnavailableError) as failed,
+    ):
+        oracle.status()
+    assert not isinstance(failed.value, OracleTlsHandshakeError)
+
+
+def test_the_good_client_gets_through_the_mutual_tls_oracle(
+    mutual_tls_oracle: OracleProcess, pki: dict[str, Path]
+) -> None:
+    done = mutual_tls_oracle.cli("now", *tls_flags(pki, "ca.pem", "client"))
+    assert done.returncode == 0, done.stderr
+    unreachable = subprocess.run(
+        [
+            sys.executable, "-m", "hlc_oracle.cli", "status", "--target", "127.0.0.1:1",
+            "--retries", "1", "--timeout", "1", *tls_flags(pki, "ca.pem", "client"),
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert unreachable.returncode == EXIT_UNREACHABLE, unreachable.stderr

@@ -9,7 +9,8 @@ including a ``--count`` above the server's ``max_count``; 3 the oracle could not
 (``UNAVAILABLE`` from the network after retries, or timeout); 4 ``txn status``: the id is
 unknown; 5 the oracle was reached and refused: not serving (starting, shutting down, clock skew;
 its reason is printed) or overloaded (``RESOURCE_EXHAUSTED``: too many calls, commit queue full);
-130 interrupted.
+6 the service is disabled by the node's configuration (permanent); 7 the TLS handshake failed
+(the message names the likely cause); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,27 +23,33 @@ from collections.abc import Sequence
 from hlc_oracle import config as config_module
 from hlc_oracle.cli import bench, calls, serve, skew
 from hlc_oracle.cli.exit_codes import (
+    EXIT_DISABLED,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_TLS_HANDSHAKE,
     EXIT_UNKNOWN,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     exit_code_of,
 )
 from hlc_oracle.client import (
+    OracleDisabledError,
     OracleError,
     OracleNotServingError,
     OracleTimeoutError,
+    OracleTlsHandshakeError,
     OracleUnavailableError,
 )
 
 __all__ = [
+    "EXIT_DISABLED",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_REFUSED",
+    "EXIT_TLS_HANDSHAKE",
     "EXIT_UNKNOWN",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
@@ -59,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok; 1 request failed or server could not start (txn status: "
         "aborted; status: not serving); 2 bad usage or configuration (also a count above the "
         "server's max_count); 3 oracle unreachable or timed out; 4 txn status: unknown id; "
-        "5 oracle reached but refused (not serving, or overloaded); 130 interrupted.",
+        "5 oracle reached but refused (not serving, or overloaded); 6 service disabled by the "
+        "node's configuration (permanent); 7 TLS handshake failed; 130 interrupted.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -88,6 +96,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_module.ConfigError as err:
         print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except OracleDisabledError as err:
+        print(
+            f"hlc-oracle {args.command}: {args.target} refused for good: {err.details} "
+            "(disabled by its configuration; not retried)",
+            file=sys.stderr,
+        )
+        return EXIT_DISABLED
+    except OracleTlsHandshakeError as err:
+        print(
+            f"hlc-oracle {args.command}: TLS handshake with {args.target} failed: {err.cause}",
+            file=sys.stderr,
+        )
+        return EXIT_TLS_HANDSHAKE
     except OracleNotServingError as err:
         print(f"hlc-oracle {args.command}: {args.target} refused: {err.details}", file=sys.stderr)
         return EXIT_REFUSED

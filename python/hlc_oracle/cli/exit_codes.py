@@ -5,7 +5,9 @@ aborted; ``status``: the node is not serving); 2 bad usage or configuration, inc
 ``--count`` above the server's ``max_count``; 3 the oracle could not be reached (``UNAVAILABLE``
 from the network after retries, or timeout); 4 ``txn status``: the id is unknown; 5 the oracle
 was reached and refused: not serving (starting, shutting down, clock skew; its reason is printed)
-or overloaded (``RESOURCE_EXHAUSTED``: too many calls, commit queue full); 130 interrupted.
+or overloaded (``RESOURCE_EXHAUSTED``: too many calls, commit queue full); 6 the service is
+disabled by the node's configuration (permanent, not retried); 7 the TLS handshake failed (the
+message names the likely cause); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_UNKNOWN = 4
 EXIT_REFUSED = 5
+EXIT_DISABLED = 6
+EXIT_TLS_HANDSHAKE = 7
 EXIT_INTERRUPTED = 130
 
 

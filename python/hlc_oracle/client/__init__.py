@@ -26,6 +26,7 @@ One concept per module:
 ``streams``            pipelined bidirectional streams (:class:`PipelinedStream`)
 ``commit_batcher``     merging concurrent commits into ``CommitStream`` messages
 ``credentials``        TLS credentials (:func:`channel_credentials`)
+``handshake``          telling a failed TLS handshake from an unreachable oracle, and why
 ``async_client``       :class:`AsyncOracleClient`
 ``blocking_client``    :class:`OracleClient`
 =====================  ==========================================================================
@@ -40,9 +41,11 @@ from hlc_oracle.client.blocking_client import OracleClient
 from hlc_oracle.client.commit_batcher import CommitBatcher
 from hlc_oracle.client.credentials import channel_credentials
 from hlc_oracle.client.errors import (
+    OracleDisabledError,
     OracleError,
     OracleNotServingError,
     OracleTimeoutError,
+    OracleTlsHandshakeError,
     OracleUnavailableError,
     error_from_rpc,
 )
@@ -65,10 +68,12 @@ __all__ = [
     "CommitAnswer",
     "CommitBatcher",
     "OracleClient",
+    "OracleDisabledError",
     "OracleError",
     "OracleNotServingError",
     "OracleStatus",
     "OracleTimeoutError",
+    "OracleTlsHandshakeError",
     "OracleUnavailableError",
     "PipelinedStream",
     "RetryPolicy",

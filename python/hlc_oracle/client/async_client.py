@@ -14,7 +14,8 @@ import grpc
 from hlc_oracle import Aborted, Committed, Timestamp, TimestampRange, Transaction
 from hlc_oracle._core import encode_commit_request
 from hlc_oracle.client.commit_batcher import CommitBatcher
-from hlc_oracle.client.errors import result_error
+from hlc_oracle.client.errors import OracleTlsHandshakeError, OracleUnavailableError, result_error
+from hlc_oracle.client.handshake import diagnose, material_of
 from hlc_oracle.client.retry import RetryPolicy, with_retries
 from hlc_oracle.client.status import OracleStatus
 from hlc_oracle.client.streams import commit_stream, timestamp_stream
@@ -64,6 +65,8 @@ class AsyncOracleClient:
         self.target = target
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self._tls = credentials is not None
+        self._tls_material = material_of(credentials)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=options)
         else:
@@ -112,10 +115,27 @@ class AsyncOracleClient:
     async def _unary(self, policy: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
         """A unary call with retries, at most ``max_concurrent_calls`` at a time."""
         async with self._unary_calls:
+            return await self._retrying(policy, call)
+
+    async def _retrying(self, policy: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
+        """``with_retries``; when the oracle stays unreachable, a look at the TLS handshake tells
+        a handshake failure (:class:`OracleTlsHandshakeError`) from a server that is not there."""
+        try:
             return await with_retries(policy, call)
+        except OracleUnavailableError as err:
+            # Only a plain transport failure: a refusal (any mark) came from a server that the
+            # handshake let through.
+            if type(err) is not OracleUnavailableError or err.refusal is not None:
+                raise
+            failure = await diagnose(
+                self.target, self._tls_material, self._tls, timeout=min(1.0, self.timeout)
+            )
+            if failure is None:
+                raise
+            raise OracleTlsHandshakeError(err.code, failure.cause, err.details) from err
 
     async def _fetch_for_batch(self, count: int) -> TimestampRange:
-        return await with_retries(
+        return await self._retrying(
             self.retry,
             lambda: self._stream.request(pb.GetTimestampsRequest(count=count), self.timeout),
         )
@@ -172,7 +192,7 @@ class AsyncOracleClient:
     async def _send_commits(self, transactions: list[Transaction]) -> list[CommitAnswer]:
         # Resending after UNAVAILABLE is safe: a decided id gets its first decision back.
         message = encode_commit_request(transactions)
-        return await with_retries(
+        return await self._retrying(
             self.retry, lambda: self._commit_stream.request(message, self.timeout)
         )
 

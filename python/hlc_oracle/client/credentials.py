@@ -1,6 +1,8 @@
 """TLS credentials for the client's channel, from PEM files or bytes.
 
-:func:`channel_credentials` checks the files before gRPC's C core sees them.
+:func:`channel_credentials` checks the files before gRPC's C core sees them, and keeps their
+bytes beside the credentials, so that a failed handshake can be diagnosed
+(:mod:`hlc_oracle.client.handshake`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from hlc_oracle.client.handshake import TlsMaterial, remember_material
 from hlc_oracle.tls import read_pem
 
 
@@ -29,7 +32,7 @@ def channel_credentials(
         raise ValueError(
             f"mutual TLS needs private_key and certificate_chain: {missing} is missing"
         )
-    return grpc.ssl_channel_credentials(
+    material = TlsMaterial(
         read_pem(root_certificates, "certificate", "CA bundle")
         if root_certificates is not None
         else None,
@@ -38,3 +41,8 @@ def channel_credentials(
         if certificate_chain is not None
         else None,
     )
+    credentials = grpc.ssl_channel_credentials(
+        material.root_certificates, material.private_key, material.certificate_chain
+    )
+    remember_material(credentials, material)
+    return credentials

@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 
 from hlc_oracle import HlcError
-from hlc_oracle.proto import REFUSAL_METADATA_KEY, REFUSAL_NOT_SERVING
+from hlc_oracle.proto import REFUSAL_DISABLED, REFUSAL_METADATA_KEY, REFUSAL_NOT_SERVING
 
 
 class OracleError(HlcError):
@@ -36,6 +36,23 @@ class OracleNotServingError(OracleUnavailableError):
     skew past the limit, ...; ``details`` says why). Retried like any ``UNAVAILABLE``."""
 
 
+class OracleTlsHandshakeError(OracleUnavailableError):
+    """The oracle's port answered but the TLS handshake failed, so no call can get through:
+    ``cause`` names the likely cause (no client certificate, one from another CA, expired,
+    plaintext to a TLS port or the reverse; see :mod:`hlc_oracle.client.handshake`)."""
+
+    def __init__(self, code: grpc.StatusCode, cause: str, grpc_details: str) -> None:
+        super().__init__(code, f"TLS handshake failed: {cause}")
+        self.cause = cause
+        #: What gRPC itself said (typically "Socket closed", or that it could not connect).
+        self.grpc_details = grpc_details
+
+
+class OracleDisabledError(OracleError):
+    """The service is disabled by the node's configuration (mark ``disabled``; e.g. group commit
+    with ``commit.enabled = false``). Permanent: never retried."""
+
+
 class OracleTimeoutError(OracleError):
     """The call did not finish within the client's timeout (``DEADLINE_EXCEEDED``)."""
 
@@ -48,6 +65,8 @@ def error_from_rpc(err: grpc.RpcError) -> OracleError:
     for key, value in (trailing() if callable(trailing) else None) or ():
         if key == REFUSAL_METADATA_KEY:
             refusal = value if isinstance(value, str) else value.decode("ascii", "replace")
+    if refusal == REFUSAL_DISABLED:
+        return OracleDisabledError(code, details, refusal)
     kind = {
         grpc.StatusCode.UNAVAILABLE: (
             OracleNotServingError if refusal is not None else OracleUnavailableError
