@@ -140,8 +140,8 @@ class TransactionsService:
         #: ``commit.enabled``: when false, every call is refused for good (``REFUSAL_DISABLED``).
         self.enabled = enabled
 
-    def _loaded(self) -> GroupCommitScheduler:
-        """The scheduler, once the commit log is replayed; the permanent refusal when disabled."""
+    def _check_enabled(self) -> None:
+        """The permanent refusal of a service disabled by configuration, before anything else."""
         if not self.enabled:
             raise RequestError(
                 grpc.StatusCode.UNIMPLEMENTED,
@@ -149,6 +149,9 @@ class TransactionsService:
                 "the Transactions service answers nothing here",
                 refusal=REFUSAL_DISABLED,
             )
+
+    def _loaded(self) -> GroupCommitScheduler:
+        """The scheduler, once the commit log is replayed."""
         if self.scheduler is None:
             raise RequestError(
                 grpc.StatusCode.UNAVAILABLE, "not serving: the commit log is not loaded yet"
@@ -157,20 +160,20 @@ class TransactionsService:
 
     def _check_gate(self) -> GroupCommitScheduler:
         """For calls that decide: the gate must be open."""
-        scheduler = self._loaded()
+        self._check_enabled()
         refused = gate_refusal(self.gate)
         if refused is not None:
             raise refused
-        return scheduler
+        return self._loaded()
 
     def _check_reads(self) -> GroupCommitScheduler:
         """For ``GetTransactionStatus``: only blocks that make this node's decisions stale close
         it (:meth:`ServingGate.read_refusal`)."""
-        scheduler = self._loaded()
+        self._check_enabled()
         refused = gate_refusal(self.gate, reads=True)
         if refused is not None:
             raise refused
-        return scheduler
+        return self._loaded()
 
     async def _fail(self, method: str, err: RequestError, started: float, context: Any) -> NoReturn:
         self.metrics.observe(method, err.code.name, started)
@@ -231,7 +234,7 @@ class TransactionsService:
     async def commit(self, raw: bytes, context: Any) -> bytes:
         started = time.perf_counter()
         try:
-            self._loaded()  # a disabled service refuses the call itself, with its mark
+            self._check_enabled()  # a disabled service refuses the call itself, with its mark
             try:
                 request = pb.CommitRequest.FromString(raw)
             except DecodeError as err:
@@ -297,7 +300,7 @@ class TransactionsService:
         """Each request message is handed to the scheduler as soon as it arrives, so pipelined
         messages share batches; responses go out in request order (results carry their ids)."""
         try:
-            self._loaded()  # a disabled service refuses the stream itself, with its mark
+            self._check_enabled()  # a disabled service refuses the stream itself, with its mark
         except RequestError as err:
             await self._fail("CommitStream", err, time.perf_counter(), context)
         order: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue()
