@@ -70,7 +70,7 @@ def test_a_second_node_on_a_held_data_dir_exits_1_naming_the_dir_and_the_holder(
     # A graceful stop releases the dir: the next node starts on it, above the first's timestamps.
     with OracleClient(first.target) as client:
         last = client.get_timestamp()
-    assert first.stop() == 0
+    assert first.stop() == 0, first.log_text()
     with (
         second_node(first.data_dir, tmp_path, "third", *mode) as third,
         OracleClient(third.target) as client,
