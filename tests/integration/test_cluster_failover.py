@@ -153,3 +153,27 @@ def test_etcd_raft_leader_killed(etcd_cluster: EtcdCluster, tmp_path: Path, roun
                 raft_leader.restart()
         client.close()
     calls.check()
+
+
+def test_a_window_past_the_bound_is_waited_out_by_the_next_leader(
+    etcd: EtcdMember, tmp_path: Path
+) -> None:
+    # The old 3 s default window runs far past max_offset/2 (250 ms): the next leader's floor, the
+    # saved limit, is still seconds ahead of its clock when it wins, and it must wait to serve.
+    extra = ("--set", "window.size_ms=3000")
+    with OracleCluster(
+        tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S, extra_args=extra
+    ) as cluster:
+        client = leader_client(cluster.targets)
+        calls = CallLog()
+        with load(client, calls):
+            leader = cluster.wait_for_leader()
+            time.sleep(0.3)
+            leader.kill()
+            successor = cluster.wait_for_leader(other_than=cluster.nodes.index(leader) + 1)
+            served = len(calls.calls)
+            time.sleep(0.3)
+            assert len(calls.calls) > served
+        client.close()
+    assert "waiting until it is within max_offset/2" in successor.log_text()
+    calls.check()
