@@ -15,6 +15,7 @@ from hlc_oracle.config import OracleConfig
 from hlc_oracle.server.app import OracleServer, StartupError
 from hlc_oracle.server.data_dir import LOCK_FILE, DataDirLock, DataDirLockedError
 
+from tests.etcd_process import EtcdMember, free_tcp_port
 from tests.integration.oracle_process import OracleProcess
 
 # The case: without group commit the commit log's own LOCK was the only lock there was.
@@ -104,6 +105,27 @@ def test_nodes_started_at_the_same_moment_one_serves_and_the_other_exits_1(
         finally:
             for node in nodes:
                 node.__exit__(None, None, None)
+
+
+def test_clustered_nodes_lock_their_data_dir_too(etcd: EtcdMember, tmp_path: Path) -> None:
+    def clustered(node_id: int, name: str) -> OracleProcess:
+        address = f"127.0.0.1:{free_tcp_port()}"
+        return OracleProcess(
+            tmp_path / "data",
+            "--listen", address, "--advertise", address,
+            "--etcd-endpoints", etcd.endpoint, "--node-id", str(node_id),
+            run_dir=tmp_path / name,
+        )  # fmt: skip
+
+    with clustered(1, "first") as first:
+        assert first.process is not None
+        second = clustered(2, "second")
+        try:
+            log = refused_start(second)
+        finally:
+            second.kill()
+        assert f"the data dir {tmp_path / 'data'} is in use" in log
+        assert f"pid {first.process.pid}" in log
 
 
 def test_kill_9_releases_the_data_dir(
