@@ -150,6 +150,34 @@ def test_a_certificate_valid_for_long_draws_no_warning(
     assert not [r for r in records(oracle) if r.get("cert_file")]
 
 
+def test_the_relay_outlives_a_killed_server_only_to_read_the_pipe_to_its_end(
+    start_oracle: StartOracle,
+) -> None:
+    oracle = start_oracle()
+    assert oracle.process is not None
+    pid = oracle.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    (relay,) = [
+        child
+        for child in children
+        if "stderr_relay" in Path(f"/proc/{child}/cmdline").read_text(errors="replace")
+    ]
+    oracle.kill()
+
+    def running() -> bool:
+        try:
+            state = Path(f"/proc/{relay}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return state != "Z"  # an exited child not reaped yet by whoever adopted it
+
+    deadline = time.monotonic() + 10
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not running(), "the relay outlived the end of the pipe"
+    assert records(oracle)[-1]["message"] == "started"
+
+
 def test_the_relay_keeps_json_lines_and_wraps_every_other_line() -> None:
     own = b'{"ts": "2026-11-30T09:00:00.000Z", "level": "info", "message": "started"}'
     assert convert(own) == own + b"\n"
