@@ -18,11 +18,13 @@ $(PYTHON):
 	$(PYTHON) -m pip install --quiet --upgrade pip "maturin>=1.9.4,<2"
 
 # Builds the extension in release mode and installs the package (editable) with its dev extras.
+# The build also generates the protobuf modules (rust/build.rs runs grpcio-tools, which the dev
+# extra pins): every build after an edit of python/hlc_oracle/proto/*.proto regenerates them.
 build: $(PYTHON)
 	$(BIN)/maturin develop --release --extras dev --quiet
-	$(MAKE) proto
 
-# Generated protobuf modules (not checked in): python/hlc_oracle/proto/*_pb2.py and .pyi.
+# The same generation without a Rust build, for a quick look at an edited .proto. The modules
+# (python/hlc_oracle/proto/*_pb2.py and .pyi) are never checked in.
 PROTOS := $(wildcard python/hlc_oracle/proto/*.proto)
 proto:
 	$(PYTHON) -m grpc_tools.protoc -I python --python_out=python --pyi_out=python $(PROTOS)

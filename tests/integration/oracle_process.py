@@ -7,7 +7,9 @@
 The server binds port 0 and reports the port it got through ``--port-file``, so there is no race
 for a free port. Extra ``serve`` flags go in ``args``; ``kill()`` is kill -9; ``restart()`` starts
 it again on the same data dir. Two processes on one data dir need their own ``run_dir`` (where the
-port file and the log go; by default beside the data dir).
+port file and the log go; by default beside the data dir). ``program`` runs another
+installation's command (e.g. a fresh venv's ``bin/hlc-oracle``) instead of this interpreter's
+``-m hlc_oracle.cli``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -36,10 +39,12 @@ class OracleProcess:
         env: dict[str, str] | None = None,
         wait_healthy: bool = True,
         run_dir: Path | None = None,
+        program: Sequence[str] = (sys.executable, "-m", "hlc_oracle.cli"),
     ) -> None:
         self.data_dir = data_dir
         self.args = list(args)
         self.env = env
+        self.program = list(program)
         self.wait_healthy = wait_healthy
         self.run_dir = run_dir or data_dir.parent / f"{data_dir.name}-run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +61,7 @@ class OracleProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "hlc_oracle.cli", "serve",
+            *self.program, "serve",
             "--listen", "127.0.0.1:0",
             "--data-dir", str(self.data_dir),
             "--port-file", str(self.port_file),
@@ -123,7 +128,8 @@ class OracleProcess:
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Runs ``hlc-oracle ARGS --target <this server>`` and returns what it printed."""
         return subprocess.run(
-            [sys.executable, "-m", "hlc_oracle.cli", *args, "--target", self.target],
+            [*self.program, *args, "--target", self.target],
+            env={**os.environ, **(self.env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
