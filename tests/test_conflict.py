@@ -2,6 +2,8 @@
 overlapping read and write sets, both isolation levels, eviction and the low watermark), partition,
 vector-clock write conflicts, the scenarios spelled out as tables, threads, and bad input."""
 
+import enum
+import pickle
 import threading
 import time
 from typing import Any
@@ -436,3 +438,10 @@ def test_wrong_argument_types_name_the_argument(
     with pytest.raises(TypeError, match=f"^{message}$"):
         getattr(detector, method)(*args)
     assert len(detector) == 1 and detector.low_watermark is None
+
+
+def test_conflict_kind_is_an_enum_whose_values_are_the_wire_names() -> None:
+    assert isinstance(ConflictKind.TOO_OLD, enum.Enum)
+    assert [k.value for k in ConflictKind] == ["write_write", "read_write", "too_old"]
+    assert ConflictKind["READ_WRITE"] is ConflictKind("read_write") is ConflictKind.READ_WRITE
+    assert pickle.loads(pickle.dumps(ConflictKind.WRITE_WRITE)) is ConflictKind.WRITE_WRITE

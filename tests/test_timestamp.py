@@ -110,7 +110,10 @@ def test_int_form_spans_64_bits() -> None:
 def test_out_of_range_fields_raise_value_error_naming_the_field(
     args: tuple[int, ...], field: str
 ) -> None:
-    with pytest.raises(ValueError, match=field):
+    bound = {"physical": MAX_PHYSICAL, "logical": MAX_LOGICAL, "node": MAX_NODE}[field]
+    value = args[-1]
+    # The field's own bound (2**52 for physical), whether or not the value fits in 64 bits.
+    with pytest.raises(ValueError, match=rf"^{field} must be in 0\.\.={bound}\b.*, got {value}$"):
         Timestamp(*args)
 
 

@@ -2,6 +2,7 @@
 forms, the Python protocols, and bad input."""
 
 import copy
+import enum
 import pickle
 
 import pytest
@@ -268,3 +269,12 @@ def test_arbitrary_bytes_decode_or_raise_value_error(data: bytes) -> None:
         return
     # Whatever decodes is canonical: it encodes back to the same bytes.
     assert decoded.to_bytes() == data
+
+
+def test_ordering_is_an_enum() -> None:
+    assert isinstance(Ordering.BEFORE, enum.Enum)
+    assert list(Ordering) == [Ordering.BEFORE, Ordering.AFTER, Ordering.EQUAL, Ordering.CONCURRENT]
+    assert Ordering["CONCURRENT"] is Ordering("concurrent") is Ordering.CONCURRENT
+    assert [o.name for o in Ordering] == ["BEFORE", "AFTER", "EQUAL", "CONCURRENT"]
+    assert pickle.loads(pickle.dumps(Ordering.AFTER)) is Ordering.AFTER
+    assert Ordering.__module__ == "hlc_oracle"

@@ -1,6 +1,7 @@
 """Type stub of the compiled core (``hlc_oracle._core``). Import from ``hlc_oracle`` instead."""
 
 import datetime
+import enum
 import os
 from collections.abc import Iterable, Iterator
 from types import TracebackType
@@ -211,18 +212,13 @@ class CommitLog:
         /,
     ) -> bool: ...
 
-@final
-class Ordering:
+class Ordering(enum.Enum):
     """How two vector clocks relate in the happens-before partial order."""
 
-    BEFORE: ClassVar[Ordering]
-    AFTER: ClassVar[Ordering]
-    EQUAL: ClassVar[Ordering]
-    CONCURRENT: ClassVar[Ordering]
-    def __int__(self) -> int: ...
-    def __eq__(self, other: object, /) -> bool: ...
-    def __ne__(self, other: object, /) -> bool: ...
-    def __hash__(self) -> int: ...
+    BEFORE = "before"
+    AFTER = "after"
+    EQUAL = "equal"
+    CONCURRENT = "concurrent"
 
 @final
 class VectorClock:
@@ -275,17 +271,12 @@ class Transaction:
     @property
     def clock(self) -> VectorClock | None: ...
 
-@final
-class ConflictKind:
-    """Why a transaction was rejected."""
+class ConflictKind(enum.Enum):
+    """Why a transaction was rejected; the values are the gRPC service's ``Conflict.kind``."""
 
-    WRITE_WRITE: ClassVar[ConflictKind]
-    READ_WRITE: ClassVar[ConflictKind]
-    TOO_OLD: ClassVar[ConflictKind]
-    def __int__(self) -> int: ...
-    def __eq__(self, other: object, /) -> bool: ...
-    def __ne__(self, other: object, /) -> bool: ...
-    def __hash__(self) -> int: ...
+    WRITE_WRITE = "write_write"
+    READ_WRITE = "read_write"
+    TOO_OLD = "too_old"
 
 @final
 class Conflict:

@@ -55,7 +55,10 @@ class ServerSection:
         "--listen",
     )
     data_dir: Path = setting(
-        Path("hlc-oracle-data"), "directory for the persisted timestamp window", "--data-dir"
+        Path("hlc-oracle-data"),
+        "the node's state: the persisted timestamp window and the commit log (commit-log/, up "
+        "to commit.retain_segments x commit.segment_size)",
+        "--data-dir",
     )
     role: str = setting("standalone", "role reported by GetStatus")
     shutdown_grace_s: float = setting(

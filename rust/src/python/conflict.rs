@@ -5,8 +5,9 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::conflict::{
@@ -15,6 +16,7 @@ use crate::conflict::{
 };
 use crate::python::errors::HlcError;
 use crate::python::hlc::{cast_arg, u64_arg, PyTimestamp};
+use crate::python::python_enum;
 use crate::python::vclock::PyVectorClock;
 
 impl From<ConflictError> for PyErr {
@@ -163,29 +165,29 @@ impl PyTransaction {
     }
 }
 
-/// Why a transaction was rejected.
-#[pyclass(name = "ConflictKind", module = "hlc_oracle", frozen, eq, hash)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PyConflictKind {
-    /// It writes a key committed after its start.
-    #[pyo3(name = "WRITE_WRITE")]
-    WriteWrite,
-    /// (serializable) It reads a key committed after its start.
-    #[pyo3(name = "READ_WRITE")]
-    ReadWrite,
-    /// It started at or below the low watermark, so it cannot be verified.
-    #[pyo3(name = "TOO_OLD")]
-    TooOld,
-}
+static CONFLICT_KIND_MEMBERS: PyOnceLock<[Py<PyAny>; 3]> = PyOnceLock::new();
 
-impl From<ConflictKind> for PyConflictKind {
-    fn from(kind: ConflictKind) -> Self {
-        match kind {
-            ConflictKind::WriteWrite => Self::WriteWrite,
-            ConflictKind::ReadWrite => Self::ReadWrite,
-            ConflictKind::TooOld => Self::TooOld,
-        }
-    }
+/// Adds the `ConflictKind` enum to the module. Its values are the names the gRPC service sends
+/// (`Conflict.kind`), so `ConflictKind("write_write")` reads one.
+pub(crate) fn register_conflict_kind(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    let members = python_enum(
+        module,
+        "ConflictKind",
+        "Why a transaction was rejected: WRITE_WRITE (it writes a key committed after its \
+         start), READ_WRITE (serializable: it reads one), TOO_OLD (it started at or below the \
+         low watermark, so it cannot be verified).",
+        &[
+            (kind_name(ConflictKind::WriteWrite), "write_write"),
+            (kind_name(ConflictKind::ReadWrite), "read_write"),
+            (kind_name(ConflictKind::TooOld), "too_old"),
+        ],
+    )?;
+    let members: [Py<PyAny>; 3] = members
+        .try_into()
+        .map_err(|_| PyRuntimeError::new_err("ConflictKind has three members"))?;
+    // Set once per process; a second registration (another interpreter) keeps the first set.
+    let _ = CONFLICT_KIND_MEMBERS.set(module.py(), members);
+    Ok(())
 }
 
 fn kind_name(kind: ConflictKind) -> &'static str {
@@ -211,10 +213,17 @@ impl PyConflict {
     }
 
     #[getter]
-    fn kind<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        // The class attribute, so `conflict.kind is ConflictKind.TOO_OLD` holds.
-        py.get_type::<PyConflictKind>()
-            .getattr(kind_name(self.0.kind))
+    fn kind(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        // The enum member itself, so `conflict.kind is ConflictKind.TOO_OLD` holds.
+        let members = CONFLICT_KIND_MEMBERS.get(py).ok_or_else(|| {
+            PyRuntimeError::new_err("hlc_oracle._core.ConflictKind is not registered")
+        })?;
+        let index = match self.0.kind {
+            ConflictKind::WriteWrite => 0,
+            ConflictKind::ReadWrite => 1,
+            ConflictKind::TooOld => 2,
+        };
+        Ok(members[index].clone_ref(py))
     }
 
     #[getter]

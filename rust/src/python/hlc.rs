@@ -11,7 +11,7 @@ use crate::hlc::{
     Clock, ClockConfig, ClockError, ManualClock, PhysicalSource, TimestampRange, MAX_RESERVE,
 };
 use crate::python::errors::{CeilingReachedError, ClockSkewError, HlcError};
-use crate::timestamp::{Timestamp, TimestampError};
+use crate::timestamp::{Timestamp, TimestampError, MAX_LOGICAL, MAX_NODE, MAX_PHYSICAL};
 
 impl From<TimestampError> for PyErr {
     fn from(err: TimestampError) -> Self {
@@ -46,6 +46,29 @@ pub(crate) fn u64_arg(value: &Bound<'_, PyAny>, field: &str) -> PyResult<u64> {
             "{field} must be a non-negative integer below 2**64, got {value}"
         ))
     })
+}
+
+/// An integer argument in `0..=max`, else a `ValueError` naming `field`, the range (with `unit`)
+/// and the value; the same message whether or not the value fits in 64 bits (`u64_arg` would say
+/// "below 2**64" for a physical time whose real bound is 2**52).
+pub(crate) fn bounded_arg(
+    value: &Bound<'_, PyAny>,
+    field: &str,
+    max: u64,
+    unit: &str,
+) -> PyResult<u64> {
+    if !value.is_instance_of::<PyInt>() || value.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "{field} must be an int, got {}",
+            value.get_type().name()?
+        )));
+    }
+    match value.extract::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(PyValueError::new_err(format!(
+            "{field} must be in 0..={max}{unit}, got {value}"
+        ))),
+    }
 }
 
 /// `value` as the Python class `T`, or a `TypeError` naming the parameter and the type received
@@ -94,7 +117,7 @@ fn i64_arg(value: &Bound<'_, PyAny>, field: &str) -> PyResult<i64> {
 }
 
 fn node_arg(value: &Bound<'_, PyAny>) -> PyResult<u16> {
-    let node = u64_arg(value, "node")?;
+    let node = bounded_arg(value, "node", MAX_NODE, "")?;
     Ok(Timestamp::new(0, 0, node)?.node())
 }
 
@@ -132,9 +155,14 @@ impl PyTimestamp {
         logical: Option<&Bound<'_, PyAny>>,
         node: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let physical = u64_arg(physical, "physical")?;
-        let logical = logical.map_or(Ok(0), |v| u64_arg(v, "logical"))?;
-        let node = node.map_or(Ok(0), |v| u64_arg(v, "node"))?;
+        let physical = bounded_arg(
+            physical,
+            "physical",
+            MAX_PHYSICAL,
+            " (microseconds since the Unix epoch)",
+        )?;
+        let logical = logical.map_or(Ok(0), |v| bounded_arg(v, "logical", MAX_LOGICAL, ""))?;
+        let node = node.map_or(Ok(0), |v| bounded_arg(v, "node", MAX_NODE, ""))?;
         Ok(Self(Timestamp::new(physical, logical, node)?))
     }
 

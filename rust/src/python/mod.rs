@@ -9,6 +9,35 @@ pub mod log;
 pub mod vclock;
 
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyType};
+
+/// Makes `name` a Python `enum.Enum` class with `members` (name, value) in `module`. The core's
+/// enums are Python enums rather than `#[pyclass]` enums because only a real `Enum` iterates
+/// (`list(Ordering)`), indexes by name and value (`Ordering["BEFORE"]`, `Ordering("before")`) and
+/// has `.name`/`.value`: iterating a class needs a metaclass, which a `#[pyclass]` cannot have.
+/// Returns the members in the order given, for the glue to hand out without a lookup.
+pub(crate) fn python_enum(
+    module: &Bound<'_, PyModule>,
+    name: &str,
+    doc: &str,
+    members: &[(&str, &str)],
+) -> PyResult<Vec<Py<PyAny>>> {
+    let py = module.py();
+    let options = PyDict::new(py);
+    options.set_item("module", "hlc_oracle")?;
+    options.set_item("qualname", name)?;
+    let class = py
+        .import("enum")?
+        .getattr("Enum")?
+        .call((name, members.to_vec()), Some(&options))?
+        .cast_into::<PyType>()?;
+    class.setattr("__doc__", doc)?;
+    module.add(name, &class)?;
+    members
+        .iter()
+        .map(|(member, _)| Ok(class.getattr(*member)?.unbind()))
+        .collect()
+}
 
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = module.py();
@@ -71,10 +100,10 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<hlc::PySystemClock>()?;
     module.add_class::<hlc::PyManualClock>()?;
     module.add_class::<hlc::TimestampRangeIterator>()?;
-    module.add_class::<vclock::PyOrdering>()?;
+    vclock::register_ordering(module)?;
     module.add_class::<vclock::PyVectorClock>()?;
     module.add_class::<conflict::PyTransaction>()?;
-    module.add_class::<conflict::PyConflictKind>()?;
+    conflict::register_conflict_kind(module)?;
     module.add_class::<conflict::PyConflict>()?;
     module.add_class::<conflict::PyBatchDecision>()?;
     module.add_class::<conflict::PyConflictDetector>()?;

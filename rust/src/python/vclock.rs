@@ -1,12 +1,13 @@
 //! Python face of `vclock`: `VectorClock` and the `Ordering` enum.
 
 use pyo3::basic::CompareOp;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyTuple, PyType};
 
-use crate::python::hlc::{cast_arg, u64_arg};
+use crate::python::hlc::{bounded_arg, cast_arg, u64_arg};
+use crate::python::python_enum;
 use crate::vclock::{NodeId, Ordering, VectorClock, VectorClockError};
 
 impl From<VectorClockError> for PyErr {
@@ -15,37 +16,35 @@ impl From<VectorClockError> for PyErr {
     }
 }
 
-/// How two vector clocks relate: `BEFORE`, `AFTER`, `EQUAL` or `CONCURRENT`.
-#[pyclass(name = "Ordering", module = "hlc_oracle", frozen, eq, hash)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PyOrdering {
-    #[pyo3(name = "BEFORE")]
-    Before,
-    #[pyo3(name = "AFTER")]
-    After,
-    #[pyo3(name = "EQUAL")]
-    Equal,
-    #[pyo3(name = "CONCURRENT")]
-    Concurrent,
+static ORDERING_MEMBERS: PyOnceLock<[Py<PyAny>; 4]> = PyOnceLock::new();
+
+/// Adds the `Ordering` enum (`BEFORE`, `AFTER`, `EQUAL`, `CONCURRENT`) to the module.
+pub(crate) fn register_ordering(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    let members = python_enum(
+        module,
+        "Ordering",
+        "How two vector clocks relate in the happens-before partial order.",
+        &[
+            ("BEFORE", "before"),
+            ("AFTER", "after"),
+            ("EQUAL", "equal"),
+            ("CONCURRENT", "concurrent"),
+        ],
+    )?;
+    let members: [Py<PyAny>; 4] = members
+        .try_into()
+        .map_err(|_| PyRuntimeError::new_err("Ordering has four members"))?;
+    // Set once per process; a second registration (another interpreter) keeps the first set.
+    let _ = ORDERING_MEMBERS.set(module.py(), members);
+    Ok(())
 }
 
-static ORDERING_MEMBERS: PyOnceLock<[Py<PyOrdering>; 4]> = PyOnceLock::new();
-
-/// The class attribute for `ordering`, so results can be tested with `is` and no object is
-/// allocated per comparison.
-fn ordering_member(py: Python<'_>, ordering: Ordering) -> PyResult<Py<PyOrdering>> {
-    let members = ORDERING_MEMBERS.get_or_try_init(py, || -> PyResult<_> {
-        let class = py.get_type::<PyOrdering>();
-        let member = |name: &str| -> PyResult<Py<PyOrdering>> {
-            Ok(class.getattr(name)?.cast_into::<PyOrdering>()?.unbind())
-        };
-        Ok([
-            member("BEFORE")?,
-            member("AFTER")?,
-            member("EQUAL")?,
-            member("CONCURRENT")?,
-        ])
-    })?;
+/// The enum member for `ordering`: the same object every time (results can be tested with
+/// `is`), and nothing allocated per comparison.
+fn ordering_member(py: Python<'_>, ordering: Ordering) -> PyResult<Py<PyAny>> {
+    let members = ORDERING_MEMBERS
+        .get(py)
+        .ok_or_else(|| PyRuntimeError::new_err("hlc_oracle._core.Ordering is not registered"))?;
     let index = match ordering {
         Ordering::Before => 0,
         Ordering::After => 1,
@@ -57,7 +56,7 @@ fn ordering_member(py: Python<'_>, ordering: Ordering) -> PyResult<Py<PyOrdering
 
 /// A node id argument: an int in `0..=65535`.
 pub(crate) fn node_id_arg(value: &Bound<'_, PyAny>) -> PyResult<NodeId> {
-    let node = u64_arg(value, "node")?;
+    let node = bounded_arg(value, "node", u64::from(NodeId::MAX), "")?;
     NodeId::try_from(node).map_err(|_| {
         PyValueError::new_err(format!("node must be in 0..={}, got {node}", NodeId::MAX))
     })
@@ -134,7 +133,7 @@ impl PyVectorClock {
         Ok(self.0.get(node_id_arg(node)?))
     }
 
-    fn compare(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyOrdering>> {
+    fn compare(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let other = other_arg(other)?;
         ordering_member(py, self.0.compare(&other.0))
     }
