@@ -201,7 +201,8 @@ def test_counter_overflow_leaves_the_clock_unchanged() -> None:
     ("node", "error", "message"),
     [
         (MAX_NODE + 1, ValueError, "node must be in 0..=65535, got 65536"),
-        (-1, ValueError, "node must be a non-negative integer"),
+        (-1, ValueError, "node must be in 0..=65535, got -1"),
+        (2**64, ValueError, "node must be in 0..=65535, got 18446744073709551616"),
         ("1", TypeError, "node must be an int, got str"),
         (True, TypeError, "node must be an int, got bool"),
         (1.0, TypeError, "node must be an int, got float"),
