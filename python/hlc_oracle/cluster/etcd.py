@@ -42,6 +42,11 @@ class LeaseNotFoundError(EtcdError):
     """etcd no longer knows the lease (it expired or was revoked)."""
 
 
+class EtcdQuotaError(EtcdError):
+    """etcd refused a write: its database is over ``--quota-backend-bytes`` (the NOSPACE alarm
+    is raised, and every write is refused until an operator clears it)."""
+
+
 class EndpointError(EtcdError, ValueError):
     """A malformed ``cluster.etcd_endpoints`` entry."""
 
@@ -123,6 +128,20 @@ def delete(key: bytes) -> Any:
     return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
 
 
+def delete_range(start: bytes, end: bytes) -> Any:
+    """Deletes every key in ``[start, end)``."""
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=start, range_end=end))
+
+
+@dataclass(frozen=True)
+class RangePage:
+    kvs: tuple[KeyValue, ...]
+    #: More keys lie in the range past the page's last key.
+    more: bool
+    #: The store's revision the page was read at.
+    revision: int
+
+
 def get(key: bytes) -> Any:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
 
@@ -179,6 +198,8 @@ class EtcdClient:
         message = f"etcd ({self.describe()}): {what}: {err.code().name} {err.details()}"
         if "lease not found" in (err.details() or ""):
             return LeaseNotFoundError(message)
+        if "database space exceeded" in (err.details() or ""):
+            return EtcdQuotaError(message)
         return EtcdError(message)
 
     async def _call(self, what: str, method: Any, request: Any, timeout_s: float | None) -> Any:
@@ -236,6 +257,40 @@ class EtcdClient:
         reply = await self._call("get", self.kv.Range, rpc.RangeRequest(key=key), None)
         kv = _key_value(reply.kvs[0]) if reply.kvs else None
         return kv, int(reply.header.revision)
+
+    async def range(
+        self,
+        start: bytes,
+        end: bytes,
+        *,
+        limit: int = 0,
+        revision: int = 0,
+        newest_first: bool = False,
+        keys_only: bool = False,
+    ) -> RangePage:
+        """Keys in ``[start, end)`` in key order (``newest_first``: descending), at most
+        ``limit`` (0: all), at ``revision`` (0: the latest; page on at the first page's)."""
+        request = rpc.RangeRequest(
+            key=start, range_end=end, limit=limit, revision=revision, keys_only=keys_only
+        )
+        if newest_first:
+            request.sort_order = rpc.RangeRequest.DESCEND
+            request.sort_target = rpc.RangeRequest.KEY
+        reply = await self._call("range", self.kv.Range, request, None)
+        kvs = tuple(_key_value(kv) for kv in reply.kvs)
+        return RangePage(kvs, bool(reply.more), int(reply.header.revision))
+
+    async def compact(self, revision: int) -> None:
+        """Drops the history before ``revision`` (etcd's keyspace compaction)."""
+        await self._call("compact", self.kv.Compact, rpc.CompactionRequest(revision=revision), None)
+
+    async def nospace_alarm(self) -> bool:
+        """Whether etcd's NOSPACE alarm (database over its quota) is raised on any member."""
+        self._connect()
+        maintenance = rpc_pb2_grpc.MaintenanceStub(self._channel)
+        request = rpc.AlarmRequest(action=rpc.AlarmRequest.GET, memberID=0, alarm=rpc.NONE)
+        reply = await self._call("alarm list", maintenance.Alarm, request, None)
+        return any(alarm.alarm == rpc.NOSPACE for alarm in reply.alarms)
 
     async def put(self, key: bytes, value: bytes) -> int:
         reply = await self._call("put", self.kv.Put, rpc.PutRequest(key=key, value=value), None)
