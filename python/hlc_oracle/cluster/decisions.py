@@ -1,0 +1,420 @@
+"""The decision log in etcd: where a clustered leader's group-commit decisions become durable, and
+where the next leader finds them (the durable step's etcd store, its recovery and retention).
+
+Keys, under the cluster's prefix (``/hlc-oracle/<name>/``):
+
+- ``decisions/<epoch>/<seq>``, both numbers zero-padded to 20 digits so that key order is
+  (epoch, seq) order: one piece of a decided batch, the engine's encoded decision records
+  (:class:`~hlc_oracle.durable.ExternalDurableStep` hands them out, at most ``max_batch_bytes``
+  each: a batch over etcd's request limit is split, never refused). ``seq`` runs on across terms:
+  a new leader continues after the newest stored piece.
+- ``checkpoint``: ``{"epoch": E, "seq": S}``, the first piece retention kept; every older piece
+  was deleted.
+
+Writing: one txn per piece, fenced (:class:`~hlc_oracle.cluster.fence.Fence`): it puts the key
+only while this node's term holds, so a deposed leader's late piece is refused, and its callers
+are never answered. A failed write, or one whose outcome is unknown, fails every pending batch
+(``UNAVAILABLE``, the engine's ``CommitOutcomeUnknownError``) and stops the node serving; the
+next leader learns what was written by reading the keys.
+
+Recovery on promotion (:meth:`DecisionLog.recover`), in this order: the conflict detector's low
+watermark is raised to the previous leader's window limit (Apache Omid: every transaction that
+started under the old leader and is not decided aborts as too old, so its lost conflict history
+never needs rebuilding); the pieces after the checkpoint are replayed in key order, in pages of
+a consistent snapshot (status and idempotent resubmission keep working, and the clock moves past
+every replayed commit); then the node may serve. A key or piece that does not decode stops the
+promotion with the key named: it is never skipped.
+
+Retention (:meth:`DecisionLog.trim`, run periodically by the leader): pieces written more than
+``retention_s`` ago (recovered ones count from the promotion) are deleted with a DeleteRange in
+the same fenced txn that moves the checkpoint, and etcd's history is compacted up to the
+revision of the previous trim (one period behind, so a watch a follower re-opens from a recent
+revision is not refused). A trimmed transaction's status is unknown to the next leader.
+
+etcd's quota: past ``--quota-backend-bytes`` etcd raises the NOSPACE alarm and refuses every
+write with "database space exceeded". A piece refused so raises :class:`DecisionQuotaError`,
+which names the alarm; the node stops serving with the ``etcd-quota`` reason until an operator
+clears the alarm (:meth:`DecisionLog.quota_alarm`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+
+from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, GroupCommitScheduler, HlcError, Timestamp
+from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, EtcdQuotaError, delete_range, put
+from hlc_oracle.cluster.fence import Fence, FenceError
+from hlc_oracle.durable import ExternalDurableStep
+from hlc_oracle.scheduler import CommitOptions
+from hlc_oracle.server.gate import ServingGate
+
+logger = logging.getLogger("hlc_oracle.cluster.decisions")
+
+#: Digits of the zero-padded epoch and seq in a decision key (a u64 has at most 20).
+KEY_DIGITS = 20
+#: Keys read per page at recovery: bounded memory, and each read well under etcd's limits.
+RECOVERY_PAGE_KEYS = 256
+#: Default retention of decision keys; at least the clients' retry window (see config).
+DEFAULT_RETENTION_S = 600.0
+#: Decision batches written at once: etcd's latency (a raft round) is hidden behind the next ones.
+MAX_IN_FLIGHT = 4
+#: How often a leader trims expired pieces, at most (a tenth of the retention when shorter).
+TRIM_INTERVAL_S = 30.0
+#: How often a node whose write met etcd's quota looks whether the alarm was cleared.
+QUOTA_POLL_S = 1.0
+#: Gate keys: a decision write met etcd's quota, or failed otherwise (outcome unknown).
+QUOTA_BLOCK = "etcd-quota"
+DECISION_WRITE_BLOCK = "decision-write"
+
+__all__ = [
+    "ClusteredGroupCommit",
+    "DecisionDecodeError",
+    "DecisionLog",
+    "DecisionQuotaError",
+    "Recovered",
+    "decision_key",
+    "parse_decision_key",
+]
+
+
+class DecisionDecodeError(HlcError):
+    """A decision key, its value, or the checkpoint does not decode: promotion stops, naming it."""
+
+
+class DecisionQuotaError(EtcdQuotaError):
+    """etcd refused a decision piece: its database is over quota (the NOSPACE alarm)."""
+
+
+def decision_key(prefix: str, epoch: int, seq: int) -> bytes:
+    return f"{prefix}decisions/{epoch:0{KEY_DIGITS}d}/{seq:0{KEY_DIGITS}d}".encode()
+
+
+def decisions_range(prefix: str) -> tuple[bytes, bytes]:
+    """``[start, end)`` of every decision key (``end``: the prefix with its last byte + 1)."""
+    start = f"{prefix}decisions/".encode()
+    return start, start[:-1] + bytes([start[-1] + 1])
+
+
+def parse_decision_key(prefix: str, key: bytes) -> tuple[int, int]:
+    """``(epoch, seq)`` of a decision key; :class:`DecisionDecodeError` naming it otherwise."""
+    start = f"{prefix}decisions/".encode()
+    parts = key[len(start) :].split(b"/") if key.startswith(start) else []
+    if len(parts) != 2 or not all(len(p) == KEY_DIGITS and p.isdigit() for p in parts):
+        raise DecisionDecodeError(
+            f"decision key {key!r} is not {start.decode()}<epoch>/<seq> with {KEY_DIGITS}-digit "
+            "numbers: promotion stopped (a decision key is never skipped)"
+        )
+    return int(parts[0]), int(parts[1])
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What a promotion found: pieces replayed, the newest piece's seq (0: none since the
+    checkpoint, or ever), and the store's revision it read at."""
+
+    pieces: int
+    newest_seq: int
+    revision: int
+    commits: int
+    aborts: int
+
+
+class DecisionLog:
+    """The decision keys of one cluster, as the leader of one term writes, recovers and trims
+    them. ``write`` is the :class:`~hlc_oracle.durable.ExternalDurableStep`'s store."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        prefix: str,
+        fence: Fence,
+        *,
+        retention_s: float = DEFAULT_RETENTION_S,
+        page_keys: int = RECOVERY_PAGE_KEYS,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.fence = fence
+        self.retention_s = retention_s
+        self.page_keys = page_keys
+        self._now = now
+        self.checkpoint_key = f"{prefix}checkpoint".encode()
+        # (written at, epoch, seq) of every piece still stored, oldest first.
+        self._kept: collections.deque[tuple[float, int, int]] = collections.deque()
+        self._compact_next: int | None = None
+        self.trimmed_pieces = 0
+
+    @property
+    def epoch(self) -> int:
+        return self.fence.term.epoch
+
+    # --- writing ---
+
+    async def write(self, batch_seq: int, data: bytes) -> None:
+        """Stores one piece in a fenced txn; returns once etcd has it. Raises
+        :class:`~hlc_oracle.cluster.fence.FenceError` (another term began),
+        :class:`DecisionQuotaError`, or another :class:`~hlc_oracle.cluster.etcd.EtcdError`
+        (unreachable, or the outcome is unknown)."""
+        key = decision_key(self.prefix, self.epoch, batch_seq)
+        try:
+            await self.fence.write([put(key, data)], f"decision batch {batch_seq}")
+        except EtcdQuotaError as err:
+            raise DecisionQuotaError(
+                f"decision batch {batch_seq} ({len(data)} bytes) refused: {err} (etcd's NOSPACE "
+                "alarm: compact, defragment, then `etcdctl alarm disarm`)"
+            ) from err
+        self._kept.append((self._now(), self.epoch, batch_seq))
+
+    # --- recovery ---
+
+    async def newest_seq(self) -> int:
+        """The seq of the newest stored piece, or the checkpoint's seq - 1, or 0: the seq a new
+        leader continues after (its engine's ``first_batch_seq`` is this + 1)."""
+        start, end = decisions_range(self.prefix)
+        page = await self.client.range(start, end, limit=1, newest_first=True, keys_only=True)
+        if page.kvs:
+            return parse_decision_key(self.prefix, page.kvs[0].key)[1]
+        checkpoint = await self.read_checkpoint()
+        return checkpoint[1] - 1 if checkpoint is not None else 0
+
+    async def read_checkpoint(self) -> tuple[int, int] | None:
+        kv, _ = await self.client.get(self.checkpoint_key)
+        if kv is None:
+            return None
+        try:
+            value = json.loads(kv.value)
+            epoch, seq = int(value["epoch"]), int(value["seq"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise DecisionDecodeError(
+                f"checkpoint key {self.checkpoint_key!r} holds {kv.value[:80]!r}, not "
+                f'{{"epoch": E, "seq": S}}: promotion stopped ({err})'
+            ) from None
+        return epoch, seq
+
+    async def recover(
+        self,
+        low_watermark: Timestamp | None,
+        raise_low_watermark: Callable[[Timestamp], None],
+        replay_piece: Callable[[int, bytes], tuple[int, int]],
+    ) -> Recovered:
+        """Promotion's first steps, in order: the low watermark (the previous leader's window
+        limit; ``None`` when there was none), then every piece after the checkpoint replayed in
+        key order (``replay_piece(seq, data)`` -> (commits, aborts)), read in pages at one
+        revision. Raises :class:`DecisionDecodeError` naming a key that does not decode."""
+        if low_watermark is not None:
+            raise_low_watermark(low_watermark)
+        checkpoint = await self.read_checkpoint()
+        start, end = decisions_range(self.prefix)
+        if checkpoint is not None:
+            start = max(start, decision_key(self.prefix, *checkpoint))
+        revision = 0
+        pieces = newest = commits = aborts = 0
+        promoted_at = self._now()
+        while True:
+            page = await self.client.range(start, end, limit=self.page_keys, revision=revision)
+            revision = page.revision
+            for kv in page.kvs:
+                epoch, seq = parse_decision_key(self.prefix, kv.key)
+                try:
+                    committed, aborted = replay_piece(seq, kv.value)
+                except HlcError as err:
+                    raise DecisionDecodeError(
+                        f"decision key {kv.key!r} does not decode: {err}: promotion stopped "
+                        "(a decision key is never skipped)"
+                    ) from err
+                commits += committed
+                aborts += aborted
+                pieces += 1
+                newest = max(newest, seq)
+                self._kept.append((promoted_at, epoch, seq))
+            if not page.more or not page.kvs:
+                break
+            start = page.kvs[-1].key + b"\0"
+        if newest == 0 and checkpoint is not None:
+            newest = checkpoint[1] - 1
+        self._compact_next = None
+        return Recovered(pieces, newest, revision, commits, aborts)
+
+    # --- retention ---
+
+    async def trim(self) -> int:
+        """Deletes the pieces older than ``retention_s`` and moves the checkpoint past them, in
+        one fenced txn, then compacts etcd's history up to the previous trim's revision.
+        Returns how many pieces were deleted."""
+        cutoff = self._now() - self.retention_s
+        expired = 0
+        while expired < len(self._kept) and self._kept[expired][0] <= cutoff:
+            expired += 1
+        if expired == 0:
+            return 0
+        if expired < len(self._kept):
+            _, epoch, seq = self._kept[expired]
+        else:  # everything expired: the checkpoint names the next piece of this term
+            _, epoch, last_seq = self._kept[-1]
+            seq = last_seq + 1
+        start, _ = decisions_range(self.prefix)
+        first_kept = decision_key(self.prefix, epoch, seq)
+        checkpoint = json.dumps({"epoch": epoch, "seq": seq}).encode()
+        result = await self.fence.write(
+            [put(self.checkpoint_key, checkpoint), delete_range(start, first_kept)],
+            f"decision retention (checkpoint {epoch}/{seq})",
+        )
+        for _ in range(expired):
+            self._kept.popleft()
+        self.trimmed_pieces += expired
+        compact_to, self._compact_next = self._compact_next, result.revision
+        if compact_to is not None:
+            await self.client.compact(compact_to)
+        logger.debug("decision retention: %d pieces trimmed, checkpoint %d/%d", expired, epoch, seq)
+        return expired
+
+    # --- quota ---
+
+    async def quota_alarm(self) -> bool:
+        """Whether etcd's NOSPACE alarm is raised (on any member)."""
+        return await self.client.nospace_alarm()
+
+
+class ClusteredGroupCommit:
+    """Group commit on a clustered node: opened by each promotion, closed by each step-down.
+
+    ``install(scheduler)`` hands the scheduler to the Transactions service (``None``: none, this
+    node does not lead). ``end_term(reason)`` is called once when a decision write fails: the
+    node must stop serving at once and not lead again in this epoch (its in-flight writes are
+    fenced off only by a new one). A quota failure also blocks the gate under ``etcd-quota``
+    until etcd's NOSPACE alarm is cleared.
+    """
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        prefix: str,
+        clock: Clock,
+        options: CommitOptions,
+        gate: ServingGate,
+        *,
+        retention_s: float,
+        install: Callable[[GroupCommitScheduler | None], None],
+        end_term: Callable[[str], None],
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.clock = clock
+        self.options = options
+        self.gate = gate
+        self.retention_s = retention_s
+        self.install = install
+        self.end_term = end_term
+        self.scheduler: GroupCommitScheduler | None = None
+        self.log: DecisionLog | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._quota_task: asyncio.Task[None] | None = None
+
+    async def promote(self, fence: Fence, previous_window_limit_us: int | None) -> Recovered:
+        """Recovery, in order: low watermark (the previous leader's window limit), the
+        decisions replayed, the clock past them; then the scheduler is installed and the node
+        may serve. Raises :class:`DecisionDecodeError` or :class:`EtcdError` (nothing
+        installed)."""
+        log = DecisionLog(self.client, self.prefix, fence, retention_s=self.retention_s)
+        step = ExternalDurableStep(
+            log.write,
+            asyncio.get_running_loop(),
+            max_in_flight=MAX_IN_FLIGHT,
+            first_batch_seq=await log.newest_seq() + 1,
+            on_failure=self._write_failed,
+        )
+        scheduler = GroupCommitScheduler(None, self.clock, self.options, durable_step=step)
+        engine = scheduler.engine
+        low_watermark = (
+            None
+            if previous_window_limit_us is None
+            else Timestamp(previous_window_limit_us, MAX_LOGICAL, MAX_NODE)
+        )
+        try:
+            recovered = await log.recover(
+                low_watermark, engine.raise_low_watermark, engine.replay_piece
+            )
+        except BaseException:
+            await scheduler.aclose()
+            raise
+        self.log, self.scheduler = log, scheduler
+        self._spawn(self._trim_periodically(log))
+        self.install(scheduler)
+        self.gate.unblock(DECISION_WRITE_BLOCK)
+        log_fields = {
+            "epoch": fence.term.epoch,
+            "pieces": recovered.pieces,
+            "commits": recovered.commits,
+            "aborts": recovered.aborts,
+            "next_batch_seq": recovered.newest_seq + 1,
+        }
+        logger.info("decisions recovered", extra={"fields": log_fields})
+        return recovered
+
+    async def demote(self) -> None:
+        """Step-down or shutdown: the scheduler is uninstalled, then closed (its pending
+        batches settle: answered once durable, or outcome unknown)."""
+        self.install(None)
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        scheduler, self.scheduler, self.log = self.scheduler, None, None
+        if scheduler is not None:
+            await scheduler.aclose()
+        # A failed write's block ends with its term (the node's not-leader block covers it).
+        self.gate.unblock(DECISION_WRITE_BLOCK)
+
+    async def close(self) -> None:
+        await self.demote()
+        if self._quota_task is not None:
+            self._quota_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._quota_task
+
+    def _spawn(self, coroutine: Coroutine[None, None, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _write_failed(self, reason: str) -> None:
+        """The step's ``on_failure`` (on the loop): stop serving at once."""
+        if DecisionQuotaError.__name__ in reason:
+            self.gate.block(QUOTA_BLOCK, f"etcd is over its quota (NOSPACE alarm): {reason}")
+            if self._quota_task is None or self._quota_task.done():
+                self._quota_task = asyncio.ensure_future(self._until_quota_cleared())
+        else:
+            self.gate.block(DECISION_WRITE_BLOCK, f"a decision write failed: {reason}")
+        self.install(None)
+        self.end_term(reason)
+
+    async def _until_quota_cleared(self) -> None:
+        while True:
+            await asyncio.sleep(QUOTA_POLL_S)
+            try:
+                if not await self.client.nospace_alarm():
+                    break
+            except EtcdError as err:
+                logger.warning("etcd alarm check failed", extra={"fields": {"error": str(err)}})
+        self.gate.unblock(QUOTA_BLOCK)
+        logger.info("etcd's NOSPACE alarm is cleared")
+
+    async def _trim_periodically(self, log: DecisionLog) -> None:
+        interval = min(TRIM_INTERVAL_S, self.retention_s / 10)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await log.trim()
+            except FenceError as err:
+                self._write_failed(f"decision retention: {err}")
+                return
+            except EtcdError as err:
+                logger.warning("decision retention failed", extra={"fields": {"error": str(err)}})
