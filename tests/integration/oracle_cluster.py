@@ -37,6 +37,16 @@ from tests.etcd_process import free_tcp_port
 from tests.integration.oracle_process import OracleProcess
 
 DEFAULT_MAX_OFFSET_US = 500_000
+#: Answers about the request itself, the same from every node: never tried again.
+FINAL_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
 
 
 class OracleCluster:
@@ -135,7 +145,7 @@ class LeaderClient:
         self._current = 0
         self._lock = threading.Lock()
 
-    def _stub(self, target: str) -> Any:
+    def _stub(self, target: str, method: str, response_type: Any) -> Any:
         channel = self._channels.get(target)
         if channel is None:
             # Reconnect to a restarted node within tens of milliseconds (gRPC's default backoff
@@ -149,9 +159,9 @@ class LeaderClient:
                 ],
             )
         return channel.unary_unary(
-            "/hlc_oracle.v1.TimestampOracle/GetTimestamps",
-            request_serializer=pb.GetTimestampsRequest.SerializeToString,
-            response_deserializer=pb.GetTimestampsResponse.FromString,
+            method,
+            request_serializer=lambda request: request.SerializeToString(),
+            response_deserializer=response_type.FromString,
         )
 
     def get_timestamps(self, count: int, give_up_after_s: float = 10.0) -> TimestampRange:
@@ -161,22 +171,56 @@ class LeaderClient:
         self, count: int, give_up_after_s: float = 10.0
     ) -> tuple[TimestampRange, int]:
         """The range, and the wall clock (microseconds) when the attempt that got it was sent."""
+        reply, sent_us = self.call(
+            "/hlc_oracle.v1.TimestampOracle/GetTimestamps",
+            pb.GetTimestampsRequest(count=count),
+            pb.GetTimestampsResponse,
+            give_up_after_s,
+        )
+        first = reply.first
+        first_ts = Timestamp(first.physical, first.logical, first.node)
+        return TimestampRange(first_ts, count), sent_us
+
+    def commit(self, transaction: Any, give_up_after_s: float = 10.0) -> Any:
+        """``Commit`` of a ``pb.Transaction`` on the leader: its ``pb.CommitResult``. A call the
+        leader died under is sent again (the same id and contents) to the next one."""
+        reply, _ = self.call(
+            "/hlc_oracle.v1.Transactions/Commit",
+            pb.CommitRequest(transaction=transaction),
+            pb.CommitResult,
+            give_up_after_s,
+        )
+        return reply
+
+    def transaction_status(self, txn_id: int, give_up_after_s: float = 10.0) -> Any:
+        reply, _ = self.call(
+            "/hlc_oracle.v1.Transactions/GetTransactionStatus",
+            pb.TransactionStatusRequest(txn_id=txn_id),
+            pb.TransactionStatusResponse,
+            give_up_after_s,
+        )
+        return reply
+
+    def call(
+        self, method: str, request: Any, response_type: Any, give_up_after_s: float = 10.0
+    ) -> tuple[Any, int]:
+        """The reply of ``method`` from the leader, and the wall clock (microseconds) when the
+        attempt that got it was sent; a failed call is tried again (a redirect at once, else on
+        the next target) until ``give_up_after_s``, unless its answer is final (FINAL_CODES)."""
         deadline = time.monotonic() + give_up_after_s
         with self._lock:
             target = self.targets[self._current]
         while True:
             sent_us = time.time_ns() // 1000
             try:
-                reply = self._stub(target)(
-                    pb.GetTimestampsRequest(count=count), timeout=self.call_timeout_s
+                reply = self._stub(target, method, response_type)(
+                    request, timeout=self.call_timeout_s
                 )
                 with self._lock:
                     self._current = self.targets.index(target) if target in self.targets else 0
-                first = reply.first
-                first_ts = Timestamp(first.physical, first.logical, first.node)
-                return TimestampRange(first_ts, count), sent_us
+                return reply, sent_us
             except grpc.RpcError as err:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or err.code() in FINAL_CODES:  # type: ignore[attr-defined]
                     raise
                 redirect = dict(err.trailing_metadata() or ()).get(LEADER_METADATA_KEY)  # type: ignore[attr-defined]
                 if redirect and redirect != target:

@@ -18,11 +18,13 @@ metrics, calls :meth:`ClusterNode.start` after binding (etcd reachable, node id 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 
 from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, Timestamp
+from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionDecodeError
 from hlc_oracle.cluster.election import Election, LeaderInfo
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, LeaseNotFoundError
 from hlc_oracle.cluster.fence import Fence, FenceError, Term
@@ -44,6 +46,8 @@ def startup_wait_s(lease_ttl_s: int) -> float:
 
 #: Pause between attempts while etcd cannot be reached (campaign, watch, new lease).
 RETRY_S = 0.1
+#: Pause before campaigning again after a promotion stopped on a decision key that does not decode.
+PROMOTION_RETRY_S = 1.0
 #: How often a leader compares its serving deadline with the clock, for health and logs (requests
 #: check the deadline themselves, see ServingGate.refusal).
 LEASE_CHECK_S = 0.02
@@ -90,6 +94,11 @@ class ClusterNode:
         self._resigning = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._seen_epochs: set[int] = set()
+        #: Clustered group commit (issue 11), set by the server when commit is enabled: opened by
+        #: each promotion, closed by each step-down.
+        self.group_commit: ClusteredGroupCommit | None = None
+        # Epochs whose decision write failed: never led again (a new epoch fences their writes).
+        self._abandoned_epochs: set[int] = set()
         metrics.set_role("follower")
         metrics.cluster_keepalive_age.set_function(
             lambda: time.monotonic() - self.session.last_ack if self.session.last_ack else 0.0
@@ -164,6 +173,8 @@ class ClusterNode:
         if term is not None and self.election is not None and self.window is not None:
             fence = Fence(self.client, term)
             try:
+                if self.group_commit is not None:
+                    await self.group_commit.close()  # drain decisions before handing over
                 if self._took_over:
                     # Only once this term's floor is applied: before that the clock may be below
                     # the saved limit, and saving its high-water mark would lower the window.
@@ -173,6 +184,8 @@ class ClusterNode:
             except (EtcdError, FenceError, WindowSaveError) as err:
                 log.warning("resign failed", extra={"fields": {"error": str(err)}})
             await self._step_down("this node resigned (shutting down)")
+        if self.group_commit is not None:
+            await self.group_commit.close()
         await self.session.close(revoke=True)
         await self.client.close()
 
@@ -185,6 +198,10 @@ class ClusterNode:
                     await self._renew_session()
                 assert self.election is not None
                 outcome = await self.election.campaign(self.session.lease_id)
+                if outcome.term is not None and outcome.term.epoch in self._abandoned_epochs:
+                    with contextlib.suppress(FenceError):
+                        await self.election.resign(Fence(self.client, outcome.term))
+                    continue
                 if outcome.term is not None:
                     await self._lead(outcome.term)
                     continue
@@ -200,6 +217,10 @@ class ClusterNode:
             except LeaseNotFoundError as err:
                 log.warning("lease gone", extra={"fields": {"error": str(err)}})
                 self.session.lost.set()
+            except DecisionDecodeError as err:
+                # Never skipped: this node does not lead until the key is repaired.
+                log.error("promotion stopped", extra={"fields": {"error": str(err)}})
+                await asyncio.sleep(PROMOTION_RETRY_S)
             except (EtcdError, WindowSaveError) as err:
                 log.warning("etcd call failed", extra={"fields": {"error": str(err)}})
                 await asyncio.sleep(RETRY_S)
@@ -285,6 +306,9 @@ class ClusterNode:
                 # The previous leader handed out nothing past its saved limit: start above it.
                 self.clock.update(Timestamp(saved, MAX_LOGICAL, MAX_NODE))
             self._took_over = True
+            if self.group_commit is not None:
+                # Low watermark, decisions replayed, clock past them: then serve.
+                await self.group_commit.promote(Fence(self.client, term), saved)
             self.gate.set_deadline(self.session.deadline)
             self.gate.unblock("fence")
             self.gate.unblock("not-leader")
@@ -319,6 +343,15 @@ class ClusterNode:
             return "this node's lease expired in etcd"
         return "leadership ended"
 
+    def end_term(self, reason: str) -> None:
+        """A decision write failed (its outcome unknown): stop leading at once, and never again
+        in this epoch."""
+        if self._term is not None:
+            self._abandoned_epochs.add(self._term.epoch)
+        self._fence_reason = reason
+        log.error("decision write failed, stepping down", extra={"fields": {"reason": reason}})
+        self._fence_failure.set()
+
     def _fenced(self, reason: str) -> None:
         """A fenced write failed: stop serving at once (before anything else runs)."""
         self._fence_reason = reason
@@ -330,6 +363,8 @@ class ClusterNode:
         was_leader = self.role == "leader"
         self.gate.redirect = ""
         self.gate.block("not-leader", f"this node is a follower: {reason}")
+        if self.group_commit is not None:
+            await self.group_commit.demote()
         self.gate.set_deadline(None)
         # The reasons now live in the not-leader message; a follower's "" health stays SERVING.
         self.gate.unblock("lease")

@@ -113,6 +113,20 @@ class OracleServer:
                 on_fatal=self._fatal_cluster,
             )
             persistence = self.cluster.store
+            if config.commit.enabled:
+                from hlc_oracle.cluster.decisions import ClusteredGroupCommit
+
+                # Clustered, group commit opens with each leadership term (issue 11).
+                self.cluster.group_commit = ClusteredGroupCommit(
+                    self.cluster.client,
+                    self.cluster.prefix,
+                    self.clock,
+                    config.commit,
+                    self.gate,
+                    retention_s=config.cluster.decision_retention_s,
+                    install=self._install_scheduler,
+                    end_term=self.cluster.end_term,
+                )
         self.window = TimestampWindow(
             self.clock,
             persistence,
@@ -380,8 +394,8 @@ class OracleServer:
         """Opens the group-commit scheduler: replays the commit log (decisions, conflict history,
         clock floor) before anything is served."""
         options = self.config.commit
-        if not options.enabled:
-            return
+        if not options.enabled or self.cluster is not None:
+            return  # clustered: ClusteredGroupCommit opens one per leadership term
         log_dir = options.log_dir or self.store.data_dir / "commit-log"
         try:
             scheduler = GroupCommitScheduler(
@@ -389,13 +403,18 @@ class OracleServer:
             )
         except (CommitLogError, HlcError, OSError, ValueError) as err:
             raise StartupError(f"cannot open the commit log in {log_dir}: {err}") from err
-        loop = asyncio.get_running_loop()
+        self._install_scheduler(scheduler)
 
-        def raise_ceiling() -> None:
-            # Called from the scheduler's writer thread; the window lives on this loop.
-            asyncio.run_coroutine_threadsafe(self.window.extend(0), loop).result(10)
+    def _install_scheduler(self, scheduler: GroupCommitScheduler | None) -> None:
+        """The scheduler the Transactions service decides with (``None``: none, refused)."""
+        if scheduler is not None:
+            loop = asyncio.get_running_loop()
 
-        scheduler.on_ceiling = raise_ceiling
+            def raise_ceiling() -> None:
+                # Called from the scheduler's writer thread; the window lives on this loop.
+                asyncio.run_coroutine_threadsafe(self.window.extend(0), loop).result(10)
+
+            scheduler.on_ceiling = raise_ceiling
         self.scheduler = scheduler
         self.transactions.scheduler = scheduler
 
@@ -422,10 +441,8 @@ class OracleServer:
         if self._lead_wait is not None:
             self._lead_wait.cancel()
         if self.cluster is not None:
-            # Hand over first, so a follower takes over while this node drains its connections.
-            if self.scheduler is not None:
-                await self.scheduler.aclose()
-                self.scheduler = None
+            # Hand over first (the pending decisions drained), so a follower takes over while
+            # this node drains its connections.
             await self.cluster.resign()
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
