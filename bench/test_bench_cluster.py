@@ -4,6 +4,9 @@
   clustered leader (three nodes, the two followers idle) beside a standalone node (the baseline),
   same run, with the interleaved ratio as in ``test_bench_service.py``. Both run the default
   window (200 ms): the leader's window saves are fenced etcd txns, off the request path.
+- ``cluster handler in-process``: one ``GetTimestamps(1)`` handler call without the transport, a
+  clustered leader's node (its lease, keepalives and fenced window on the real etcd) beside a
+  standalone one, interleaved: what leading adds per request, without the network's noise.
 - ``cluster failover``: the client-visible gap when the leader goes away, for clients given all
   three targets (three threads calling back to back; ``tests/integration/oracle_cluster.py``'s
   ``LeaderClient``, which follows redirects at once and moves on from an unreachable node). The
@@ -26,7 +29,13 @@ from typing import Any
 
 import pytest
 
-from bench.test_bench_service import INTERLEAVED_PAIRS, ONE, _concurrent_unary, _timed
+from bench.test_bench_service import (
+    HANDLER_CALLS,
+    INTERLEAVED_PAIRS,
+    ONE,
+    _concurrent_unary,
+    _timed,
+)
 from tests.etcd_process import EtcdMember
 from tests.integration.oracle_cluster import CallLog, OracleCluster, leader_client, load
 from tests.integration.oracle_process import OracleProcess
@@ -91,6 +100,70 @@ def test_leader_throughput(
         bench.extra_info["interleaved_ratio"] = round(statistics.median(o / e for e, o in pairs), 3)
         bench.extra_info["interleaved_throughput_ratio"] = round(
             statistics.median(e / o for e, o in pairs), 3
+        )
+
+
+@pytest.fixture(scope="module")
+def in_process_nodes(
+    etcd: EtcdMember, tmp_path_factory: pytest.TempPathFactory, loop: asyncio.AbstractEventLoop
+) -> Iterator[dict[str, Any]]:
+    """A standalone node and a clustered leader, each without its transport, on ``loop``."""
+    from hlc_oracle.config import OracleConfig
+    from hlc_oracle.server.app import OracleServer
+
+    directory = tmp_path_factory.mktemp("cluster-in-process")
+    standalone_config, leader_config = OracleConfig(), OracleConfig()
+    standalone_config.server.data_dir = directory / "standalone"
+    leader_config.server.data_dir = directory / "leader"
+    leader_config.cluster.etcd_endpoints = (etcd.endpoint,)
+    leader_config.cluster.name = "in-process"
+    standalone, leader = OracleServer(standalone_config), OracleServer(leader_config)
+    assert leader.cluster is not None
+    loop.run_until_complete(standalone.window.start())
+    loop.run_until_complete(leader.cluster.start(leader.window, "127.0.0.1:1"))
+    for server in (standalone, leader):
+        server.gate.unblock("starting")
+    deadline = time.monotonic() + 20
+    while not leader.gate.serving:
+        assert time.monotonic() < deadline, leader.gate.reasons()
+        loop.run_until_complete(asyncio.sleep(0.02))
+    yield {"standalone": standalone, "leader": leader}
+    loop.run_until_complete(standalone.window.stop())
+    loop.run_until_complete(leader.cluster.resign())
+
+
+@pytest.mark.parametrize("mode", ["standalone", "leader"])
+def test_handler_cost(
+    request: pytest.FixtureRequest,
+    in_process_nodes: dict[str, Any],
+    loop: asyncio.AbstractEventLoop,
+    mode: str,
+) -> None:
+    bench = request.getfixturevalue("baseline" if mode == "standalone" else "benchmark")
+    bench.group = "cluster handler in-process"
+
+    def rounds_of(name: str) -> Callable[[], None]:
+        handler = in_process_nodes[name].service.get_timestamps
+
+        async def calls() -> None:
+            for _ in range(HANDLER_CALLS):
+                await handler(ONE, None)
+
+        return lambda: loop.run_until_complete(calls())
+
+    run = rounds_of(mode)
+    bench.pedantic(run, rounds=50, iterations=1)
+    assert in_process_nodes[mode].gate.serving
+    stats = getattr(bench, "stats", None)
+    if stats is None:
+        return
+    bench.extra_info["us_per_call"] = round(stats.stats.median / HANDLER_CALLS * 1e6, 2)
+    if mode == "leader":
+        standalone = rounds_of("standalone")
+        pairs = [(_timed(standalone), _timed(run)) for _ in range(INTERLEAVED_PAIRS)]
+        bench.extra_info["interleaved_ratio"] = round(statistics.median(o / e for e, o in pairs), 3)
+        bench.extra_info["interleaved_min_ratio"] = round(
+            min(o for _, o in pairs) / min(e for e, _ in pairs), 3
         )
 
 
