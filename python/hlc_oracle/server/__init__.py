@@ -5,7 +5,10 @@
 - :mod:`~hlc_oracle.server.gate`: :class:`ServingGate`, the one place that decides whether the
   node serves timestamps (health follows it);
 - :mod:`~hlc_oracle.server.window`: the persisted timestamp window;
-- :mod:`~hlc_oracle.server.metrics`, :mod:`~hlc_oracle.server.logs`: operations.
+- :mod:`~hlc_oracle.server.data_dir`: one node per data dir (the ``LOCK`` file);
+- :mod:`~hlc_oracle.server.certificates`: the TLS files, checked, and their expiry watched;
+- :mod:`~hlc_oracle.server.metrics`, :mod:`~hlc_oracle.server.logs`: operations;
+  :mod:`~hlc_oracle.server.stderr_relay`: everything on stderr as JSON records.
 """
 
 from hlc_oracle.server.app import OracleServer, StartupError, serve

@@ -10,7 +10,6 @@ mark, release the data dir, exit 0.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import logging
 import signal
@@ -33,6 +32,7 @@ from hlc_oracle import (
 )
 from hlc_oracle.config import OracleConfig
 from hlc_oracle.proto import oracle_pb2 as pb
+from hlc_oracle.server.certificates import server_credentials
 from hlc_oracle.server.commit import SERVICE_NAME as TRANSACTIONS_SERVICE_NAME
 from hlc_oracle.server.commit import TransactionsService
 from hlc_oracle.server.data_dir import DataDirLock, DataDirLockedError
@@ -49,15 +49,12 @@ from hlc_oracle.server.window import (
     lead_bound_us,
     wait_out_lead,
 )
-from hlc_oracle.tls import PemError, certificate_not_after, read_pem
+from hlc_oracle.tls import PemError
 
 if TYPE_CHECKING:
     from hlc_oracle.cluster.node import ClusterNode
 
 log = logging.getLogger("hlc_oracle.server")
-
-#: A server certificate that expires sooner than this is warned about at start-up.
-CERTIFICATE_WARNING_DAYS = 30
 
 
 def package_version() -> str:
@@ -243,27 +240,12 @@ class OracleServer:
         )
 
     def _credentials(self) -> Any:
-        tls = self.config.tls
-        if tls.cert_file is None or tls.key_file is None:
-            return None
-        # Checked here, before binding: gRPC reports a file that is not PEM only as "Failed to
-        # bind to address", without naming it.
         try:
-            cert = read_pem(tls.cert_file, "certificate", "TLS certificate (tls.cert_file)")
-            key = read_pem(tls.key_file, "private key", "TLS key (tls.key_file)")
-            ca = (
-                read_pem(tls.client_ca_file, "certificate", "client CA (tls.client_ca_file)")
-                if tls.client_ca_file
-                else None
-            )
+            return server_credentials(self.config.tls)
         except OSError as err:
             raise StartupError(err.strerror or str(err)) from err
         except PemError as err:
             raise StartupError(str(err)) from err
-        warn_if_expiring(cert, tls.cert_file)
-        return grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-        )
 
     async def start(self) -> None:
         """Saves the first window, binds, starts serving; raises :class:`StartupError`."""
@@ -464,32 +446,6 @@ class OracleServer:
             extra={
                 "fields": {"last": str(self.clock.last()), "saved_window_us": self.window.limit_us}
             },
-        )
-
-
-def warn_if_expiring(cert: bytes, path: Path, now: datetime.datetime | None = None) -> None:
-    """Logs a warning when the server certificate expires within
-    :data:`CERTIFICATE_WARNING_DAYS`, an error when it has expired: clients will refuse the
-    handshake then, and nothing else would say why."""
-    try:
-        not_after = certificate_not_after(cert)
-    except PemError as err:
-        log.warning(
-            "cannot read the TLS certificate's expiry date",
-            extra={"fields": {"cert_file": str(path), "error": str(err)}},
-        )
-        return
-    days_left = (not_after - (now or datetime.datetime.now(datetime.UTC))).total_seconds() / 86400
-    fields = {"cert_file": str(path), "not_after": not_after.isoformat(), "days_left": days_left}
-    if days_left <= 0:
-        log.error(
-            f"the TLS certificate {path} has expired: clients will refuse the handshake",
-            extra={"fields": fields},
-        )
-    elif days_left <= CERTIFICATE_WARNING_DAYS:
-        log.warning(
-            f"the TLS certificate {path} expires in {days_left:.1f} days: renew it",
-            extra={"fields": fields},
         )
 
 
