@@ -10,6 +10,7 @@ resubmitted decided id gets its first decision. Lease TTL 1 s (etcd runs with
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
 import threading
@@ -21,6 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from hlc_oracle import Clock, CommitEngine, Committed
+from hlc_oracle.cluster.decisions import DecisionLog
+from hlc_oracle.cluster.etcd import EtcdClient
+from hlc_oracle.cluster.fence import Fence, Term
+from hlc_oracle.cluster.node import key_prefix
 from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.etcd_process import EtcdCluster, EtcdMember
@@ -223,3 +229,58 @@ def test_three_member_etcd_loses_its_raft_leader_under_commit_load(
             cluster.wait_for_leader()
         commits.check(client)
         client.close()
+
+
+def test_etcd_quota_alarm_stops_the_leader_with_its_reason(tmp_path: Path) -> None:
+    """etcd over its quota refuses the leader's decision pieces: the node stops serving with
+    gate key etcd-quota, and every commit it acknowledged reads back from the keys in etcd."""
+    quota = ("--quota-backend-bytes=2097152",)
+    with EtcdMember(tmp_path / "etcd", extra_args=quota) as etcd:
+        with OracleCluster(tmp_path, etcd.endpoint, size=1, lease_ttl_s=LEASE_TTL_S) as cluster:
+            node = cluster.wait_for_leader()
+            client = leader_client([node.target])
+            start = client.get_timestamps(1).first
+            acknowledged: dict[int, Any] = {}
+            refused = None
+            for txn_id in range(1, 2000):
+                txn = pb.Transaction(
+                    txn_id=txn_id,
+                    start_ts=pb.Timestamp(
+                        physical=start.physical, logical=start.logical, node=start.node
+                    ),
+                    write_set=[b"%d-%d-" % (txn_id, n) + b"x" * 200 for n in range(40)],
+                )
+                try:
+                    acknowledged[txn_id] = client.commit(txn, give_up_after_s=0)
+                except grpc.RpcError as err:
+                    refused = err
+                    break
+            client.close()
+            assert refused is not None and acknowledged
+            assert refused.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 10
+            while "etcd-quota" not in (reason := cluster.statuses()[1].not_serving_reason):
+                assert time.monotonic() < deadline, reason
+                time.sleep(0.05)
+            assert "database space exceeded" in reason
+        assert all(result.HasField("commit_ts") for result in acknowledged.values())
+        # The keys in etcd hold every acknowledged decision (read as a next leader would).
+        engine = CommitEngine(None, Clock(node=9), durability="external")
+        asyncio.run(replay_decisions(etcd.endpoint, engine))
+        for txn_id, result in acknowledged.items():
+            decided = engine.status(txn_id)
+            assert isinstance(decided, Committed), (txn_id, decided)
+            assert decided.commit_ts.physical == result.commit_ts.physical
+            assert decided.commit_ts.logical == result.commit_ts.logical
+
+
+async def replay_decisions(endpoint: str, engine: CommitEngine) -> None:
+    client = EtcdClient([endpoint])
+    try:
+        prefix = key_prefix("hlc-oracle")
+        # Reading needs no leadership: a fence that is never written through.
+        reader = Fence(client, Term(f"{prefix}leader".encode(), b"", 0))
+        log = DecisionLog(client, prefix, reader)
+        await log.recover(None, engine.raise_low_watermark, engine.replay_piece)
+    finally:
+        await client.close()
