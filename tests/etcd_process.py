@@ -77,6 +77,7 @@ class EtcdMember:
         initial_cluster: str | None = None,
         cluster_token: str | None = None,
         extra_args: tuple[str, ...] = (),
+        on_disk: bool = False,
     ) -> None:
         self.directory = directory
         self.name = name
@@ -87,7 +88,11 @@ class EtcdMember:
         # Members bootstrap one cluster only when they share the token (it seeds the cluster id).
         self._cluster_token = cluster_token or f"hlc-oracle-test-{name}-{id(self)}"
         self.extra_args = extra_args
-        self.data_dir = Path(tempfile.mkdtemp(prefix=f"etcd-{name}-", dir=data_root())) / "data"
+        # ``on_disk``: under ``directory``, for figures that must include etcd's fsyncs.
+        root = str(directory) if on_disk else data_root()
+        if on_disk:
+            directory.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(tempfile.mkdtemp(prefix=f"etcd-{name}-", dir=root)) / "data"
         self.log_path = directory / "etcd.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -263,12 +268,19 @@ class EtcdStartError(RuntimeError):
 class EtcdCluster:
     """``size`` members (three by default) that form one cluster on loopback."""
 
-    def __init__(self, directory: Path, size: int = 3, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        size: int = 3,
+        extra_args: tuple[str, ...] = (),
+        on_disk: bool = False,
+    ) -> None:
         if size < 1:
             raise ValueError(f"an etcd cluster needs at least 1 member, got {size}")
         self.directory = directory
         self.size = size
         self.extra_args = extra_args
+        self.on_disk = on_disk
         self.members: list[EtcdMember] = []
 
     @property
@@ -310,6 +322,7 @@ class EtcdCluster:
                 initial_cluster=initial_cluster,
                 cluster_token=f"hlc-oracle-test-{id(self)}-{attempt}",
                 extra_args=self.extra_args,
+                on_disk=self.on_disk,
             )
             for index, (client, peer) in enumerate(ports)
         ]

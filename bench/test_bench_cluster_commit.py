@@ -1,0 +1,247 @@
+"""Group commit in clustered mode (issue 11): decisions written to etcd, one fenced txn per piece.
+
+- ``cluster commit 256 callers``: ``AsyncOracleClient.commit()`` from 256 concurrent callers (8
+  keys per transaction, no conflicts), the same as ``commit grpc 256 callers`` in
+  ``test_bench_commit.py``: a standalone node with its local commit log in ``sync`` durability
+  (the baseline), a clustered leader (a one-node cluster) on one etcd member, on a three-member
+  etcd in memory (``tests/etcd_process.py``), and on three members with their data on disk. Every
+  etcd member runs on this machine with ``--election-timeout 100``.
+- ``cluster commit latency c=1``: one caller committing back to back; p50 and p99 per mode.
+- ``cluster commit after kill -9``: three nodes on one etcd member, lease TTL 1 s, commit load from
+  four threads given all three targets (``tests/integration/test_cluster_commit.py``'s
+  ``CommitLoad``); per round, milliseconds from the leader's kill -9 to the first commit
+  acknowledged after it by another node (its commit timestamp's node id). Figures, not timings:
+  the benchmark's own time is one pass.
+- ``cluster decision piece size``: in process, the scheduler on the etcd decision log (one
+  member) with pieces capped at 16 KiB to 1 MiB, 2048 submitters: decided transactions/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hlc_oracle import Clock, CommitOptions, Committed, GroupCommitScheduler, Transaction
+from hlc_oracle.client import AsyncOracleClient
+from hlc_oracle.cluster.decisions import DecisionLog
+from hlc_oracle.cluster.etcd import EtcdClient, compare_create_revision, put
+from hlc_oracle.cluster.fence import Fence, Term
+from hlc_oracle.durable import ExternalDurableStep
+
+from bench.test_bench_commit import KEYS, percentile, record_rate, submit_all
+from tests.etcd_process import EtcdCluster, EtcdMember
+from tests.integration.oracle_cluster import OracleCluster, leader_client
+from tests.integration.oracle_process import OracleProcess
+from tests.integration.test_cluster_commit import CommitLoad
+
+CALLERS, PER_CALLER = 256, 20
+#: The standalone baseline; a one-node cluster on one etcd member, on three (in memory), and on
+#: three keeping their data on disk (etcd's own fsyncs included).
+MODES = ["standalone", "etcd1", "etcd3", "etcd3-disk"]
+LATENCY_COMMITS = 300
+KILL_ROUNDS = 10
+PIECE_BYTES = (16 << 10, 64 << 10, 256 << 10, 1 << 20)
+PIECE_TXNS, PIECE_SUBMITTERS = 20_000, 2048
+IDS = itertools.count(10**12)
+
+
+@pytest.fixture(scope="module")
+def commit_targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A standalone node, a one-node cluster on one etcd member, one on three members."""
+    directory = tmp_path_factory.mktemp("cluster-commit")
+    with (
+        EtcdMember(directory / "etcd1") as etcd1,
+        EtcdCluster(directory / "etcd3") as etcd3,
+        EtcdCluster(directory / "etcd3-disk", on_disk=True) as etcd3_disk,
+        OracleProcess(directory / "standalone") as standalone,
+        OracleCluster(directory / "on-etcd1", etcd1.endpoint, size=1, lease_ttl_s=3) as one,
+        OracleCluster(directory / "on-etcd3", etcd3.endpoints_flag, size=1, lease_ttl_s=3) as three,
+        OracleCluster(
+            directory / "on-etcd3-disk", etcd3_disk.endpoints_flag, size=1, lease_ttl_s=3
+        ) as three_on_disk,
+    ):
+        yield {
+            "standalone": standalone.target,
+            "etcd1": one.wait_for_leader().target,
+            "etcd3": three.wait_for_leader().target,
+            "etcd3-disk": three_on_disk.wait_for_leader().target,
+        }
+
+
+def transactions(start: Any, count: int) -> list[Transaction]:
+    made = []
+    for _ in range(count):
+        txn_id = next(IDS)
+        keys = [b"c%d/%d" % (txn_id, k) for k in range(KEYS)]
+        made.append(Transaction(txn_id, start, keys[: KEYS // 2], keys[KEYS // 2 :]))
+    return made
+
+
+def commit_round(target: str, callers: int, per_caller: int) -> tuple[float, list[float]]:
+    """Seconds for ``callers`` x ``per_caller`` commits, and each commit's latency."""
+
+    async def run() -> tuple[float, list[float]]:
+        client = AsyncOracleClient(target)
+        try:
+            start = await client.get_timestamp()
+            batches = [transactions(start, per_caller) for _ in range(callers)]
+            latencies: list[float] = []
+
+            async def caller(txns: list[Transaction]) -> None:
+                for txn in txns:
+                    began = time.perf_counter()
+                    assert isinstance(await client.commit(txn), Committed)
+                    latencies.append(time.perf_counter() - began)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(caller(batch) for batch in batches))
+            return time.perf_counter() - started, latencies
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_commit_256_callers(
+    request: pytest.FixtureRequest, commit_targets: dict[str, str], mode: str
+) -> None:
+    bench = request.getfixturevalue("baseline" if mode == "standalone" else "benchmark")
+    bench.group = "cluster commit 256 callers"
+    figures: dict[str, Any] = {}
+
+    def body() -> None:
+        figures["seconds"], figures["latencies"] = commit_round(
+            commit_targets[mode], CALLERS, PER_CALLER
+        )
+
+    bench.pedantic(body, rounds=3, iterations=1)
+    record_rate(bench, CALLERS * PER_CALLER, figures["seconds"], figures["latencies"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_commit_latency_one_caller(
+    request: pytest.FixtureRequest, commit_targets: dict[str, str], mode: str
+) -> None:
+    bench = request.getfixturevalue("baseline" if mode == "standalone" else "benchmark")
+    bench.group = "cluster commit latency c=1"
+    commits = 20 if bench.disabled else LATENCY_COMMITS
+    figures: dict[str, Any] = {}
+
+    def body() -> None:
+        figures["seconds"], figures["latencies"] = commit_round(commit_targets[mode], 1, commits)
+
+    bench.pedantic(body, rounds=1, iterations=1)
+    record_rate(bench, commits, figures["seconds"], figures["latencies"])
+    bench.extra_info["p99_ms"] = round(percentile(figures["latencies"], 0.99) * 1e3, 2)
+
+
+def first_commit_gaps(directory: Path, etcd: EtcdMember, rounds: int) -> list[float]:
+    """Milliseconds from each kill -9 of the leader to the first commit acknowledged after it."""
+    gaps: list[float] = []
+    with OracleCluster(directory, etcd.endpoint, lease_ttl_s=1) as cluster:
+        client = leader_client(cluster.targets)
+        commits = CommitLoad(client)
+        try:
+            with commits.running():
+                for _ in range(rounds):
+                    leader = cluster.wait_for_leader()
+                    leader_id = cluster.nodes.index(leader) + 1
+                    time.sleep(0.5)  # steady load before the kill
+                    killed_at = time.monotonic_ns()
+                    leader.kill()
+                    cluster.wait_for_leader(other_than=leader_id)
+                    deadline = time.monotonic() + 10
+                    while time.monotonic() < deadline:
+                        # Decided by another node than the killed one (its answers in flight
+                        # may still arrive just after the kill).
+                        with commits.lock:
+                            after = [
+                                d.after_ns
+                                for d in commits.decided
+                                if d.after_ns > killed_at
+                                and d.result.HasField("commit_ts")
+                                and d.result.commit_ts.node != leader_id
+                            ]
+                        if after:
+                            gaps.append((min(after) - killed_at) / 1e6)
+                            break
+                        time.sleep(0.01)
+                    leader.start()
+        finally:
+            client.close()
+    return gaps
+
+
+def test_first_commit_after_kill(benchmark: Any, tmp_path: Path) -> None:
+    benchmark.group = "cluster commit after kill -9"
+    rounds = 1 if benchmark.disabled else KILL_ROUNDS
+    gaps: list[float] = []
+    with EtcdMember(tmp_path / "etcd") as etcd:
+        benchmark.pedantic(
+            lambda: gaps.extend(first_commit_gaps(tmp_path, etcd, rounds)), rounds=1, iterations=1
+        )
+    assert len(gaps) == rounds, gaps
+    benchmark.extra_info["gaps_ms"] = [round(gap, 1) for gap in gaps]
+    benchmark.extra_info["max_gap_ms"] = round(max(gaps), 1)
+    benchmark.extra_info["median_gap_ms"] = round(statistics.median(gaps), 1)
+
+
+async def decide_through_etcd(endpoint: str, piece_bytes: int, count: int) -> tuple[float, int]:
+    """Seconds to decide ``count`` transactions in process on the etcd decision log, and the
+    pieces written."""
+    client = EtcdClient([endpoint], timeout_s=2.0)
+    prefix = f"/hlc-oracle/bench-{piece_bytes}-{next(IDS)}/"
+    leader_key = f"{prefix}leader".encode()
+    taken = await client.txn([compare_create_revision(leader_key, 0)], [put(leader_key, b"b")])
+    term = Term(leader_key, b"b", taken.revision)
+    log = DecisionLog(client, prefix, Fence(client, term))
+    step = ExternalDurableStep(
+        log.write,
+        asyncio.get_running_loop(),
+        max_in_flight=4,
+        max_batch_bytes=piece_bytes,
+        first_batch_seq=await log.newest_seq() + 1,
+    )
+    options = CommitOptions(max_batch_size=8192)
+    scheduler = GroupCommitScheduler(None, Clock(node=9), options, durable_step=step)
+    try:
+        txns = transactions(scheduler.clock.now(), count)
+        started = time.perf_counter()
+        await submit_all(scheduler, txns, PIECE_SUBMITTERS)
+        seconds = time.perf_counter() - started
+        pieces = await log.newest_seq()
+    finally:
+        await scheduler.aclose()
+        await client.close()
+    return seconds, pieces
+
+
+@pytest.fixture(scope="module")
+def piece_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMember]:
+    with EtcdMember(tmp_path_factory.mktemp("piece") / "etcd") as member:
+        yield member
+
+
+@pytest.mark.parametrize("piece_bytes", PIECE_BYTES)
+def test_decision_piece_size(benchmark: Any, piece_etcd: EtcdMember, piece_bytes: int) -> None:
+    benchmark.group = "cluster decision piece size"
+    if piece_bytes == PIECE_BYTES[-1]:
+        benchmark.extra_info["baseline"] = True
+    count = 2_000 if benchmark.disabled else PIECE_TXNS
+    figures: dict[str, Any] = {}
+
+    def body() -> None:
+        figures["seconds"], figures["pieces"] = asyncio.run(
+            decide_through_etcd(piece_etcd.endpoint, piece_bytes, count)
+        )
+
+    benchmark.pedantic(body, rounds=3, iterations=1)
+    benchmark.extra_info["per_second"] = round(count / figures["seconds"])
+    benchmark.extra_info["pieces"] = figures["pieces"]
