@@ -30,8 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from hlc_oracle import Clock, CommitOptions, Committed, GroupCommitScheduler, Timestamp, Transaction
+from hlc_oracle._core import decode_commit_results, encode_commit_request
 from hlc_oracle.client import AsyncOracleClient
 
 from tests.integration.oracle_process import OracleProcess
@@ -298,3 +300,234 @@ def test_in_process_256_submitters(baseline: Any, scheduler: GroupCommitSchedule
 
     baseline.pedantic(body, setup=setup, rounds=3, iterations=1)
     record_rate(baseline, GRPC_TXNS, figures["seconds"], figures["latencies"])
+
+
+# ---- CommitStream, bytes in and bytes out (issue 12) --------------------------------------------
+
+STREAM_TXNS = 100_000
+STREAM_IN_FLIGHT = 8
+COMMIT_STREAM = "/hlc_oracle.v1.Transactions/CommitStream"
+#: The server of "today's code" (before the bytes path), for the same-run comparison of merged
+#: ``commit()``: a tree whose ``python/`` holds that version's package and compiled core (see
+#: bench/README.md, "Group commit at volume"). Unset: that comparison is skipped.
+OLD_TREE = os.environ.get("HLC_BENCH_OLD_TREE")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` so far (from /proc, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_pid(server: OracleProcess) -> int:
+    assert server.process is not None
+    return server.process.pid
+
+
+async def stream_round(target: str, txns: list[Transaction], per_message: int) -> int:
+    """One client, one ``CommitStream``: ``txns`` in messages of ``per_message`` encoded with
+    ``encode_commit_request``, ``STREAM_IN_FLIGHT`` messages in flight, every response decoded.
+    Returns the committed count."""
+    committed = 0
+    async with grpc.aio.insecure_channel(
+        target, options=[("grpc.max_receive_message_length", 64 << 20)]
+    ) as channel:
+        call = channel.stream_stream(COMMIT_STREAM)()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+
+        async def write() -> None:
+            for start in range(0, len(txns), per_message):
+                await slots.acquire()
+                await call.write(encode_commit_request(txns[start : start + per_message]))
+            await call.done_writing()
+
+        writer = asyncio.create_task(write())
+        async for response in call:
+            slots.release()
+            results = decode_commit_results(response)
+            committed += sum(1 for result in results if isinstance(result, Committed))
+        await writer
+    return committed
+
+
+def stream_transactions(start: Timestamp, count: int) -> list[Transaction]:
+    made = []
+    for _ in range(count):
+        txn_id = next(IDS)
+        keys = [b"s%d/%d" % (txn_id, k) for k in range(KEYS)]
+        made.append(Transaction(txn_id, start, keys[: KEYS // 2], keys[KEYS // 2 :]))
+    return made
+
+
+@pytest.fixture(scope="module")
+def stream_oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OracleProcess]:
+    # A message of 1,000 transactions of 8 keys is about 80 KB: over the 64 KiB default.
+    with OracleProcess(
+        tmp_path_factory.mktemp("commit-stream") / "data", "--max-message-bytes", str(4 << 20)
+    ) as server:
+        yield server
+
+
+@pytest.mark.parametrize("per_message", [100, 1000])
+def test_grpc_commit_stream_messages(
+    benchmark: Any, stream_oracle: OracleProcess, per_message: int
+) -> None:
+    benchmark.group = f"commit stream {STREAM_TXNS} txns"
+    pid = server_pid(stream_oracle)
+    figures: dict[str, Any] = {}
+
+    def setup() -> tuple[tuple[list[Transaction]], dict[str, Any]]:
+        # A fresh snapshot per round: the detector forgets keys past max_keys, and a start below
+        # its low watermark is refused as too old.
+        start = asyncio.run(_timestamp_of(stream_oracle.target))
+        return (stream_transactions(start, STREAM_TXNS),), {}
+
+    def body(txns: list[Transaction]) -> None:
+        server_before = process_cpu_seconds(pid)
+        client_before = time.process_time()
+        started = time.perf_counter()
+        committed = asyncio.run(stream_round(stream_oracle.target, txns, per_message))
+        figures["seconds"] = time.perf_counter() - started
+        figures["server_cpu"] = process_cpu_seconds(pid) - server_before
+        figures["client_cpu"] = time.process_time() - client_before
+        assert committed == len(txns)
+
+    benchmark.pedantic(body, setup=setup, rounds=3, iterations=1)
+    record_rate(benchmark, STREAM_TXNS, figures["seconds"], [])
+    benchmark.extra_info["server_cpu_us_per_txn"] = round(
+        figures["server_cpu"] / STREAM_TXNS * 1e6, 2
+    )
+    benchmark.extra_info["client_cpu_us_per_txn"] = round(
+        figures["client_cpu"] / STREAM_TXNS * 1e6, 2
+    )
+
+
+def test_raw_ceiling_stream_group(baseline: Any, tmp_path: Path) -> None:
+    """The raw ceiling (1,000 records per ``fdatasync``) for as many records as the stream
+    benchmarks commit, in their group."""
+    baseline.group = f"commit stream {STREAM_TXNS} txns"
+    path = tmp_path / "batched.log"
+    chunk = RECORD * 1000
+    figures: dict[str, Any] = {}
+
+    def body() -> None:
+        started = time.perf_counter()
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for _ in range(STREAM_TXNS // 1000):
+                os.write(descriptor, chunk)
+                os.fdatasync(descriptor)
+        finally:
+            os.close(descriptor)
+        figures["seconds"] = time.perf_counter() - started
+
+    baseline.pedantic(body, rounds=5, iterations=1)
+    record_rate(baseline, STREAM_TXNS, figures["seconds"], [])
+
+
+async def _timestamp_of(target: str) -> Timestamp:
+    client = AsyncOracleClient(target)
+    try:
+        return await client.get_timestamp()
+    finally:
+        await client.close()
+
+
+@pytest.fixture(scope="module")
+def old_oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OracleProcess]:
+    if OLD_TREE is None:
+        pytest.skip("HLC_BENCH_OLD_TREE is not set: no server of today's code to compare with")
+    env = {"PYTHONPATH": str(Path(OLD_TREE) / "python")}
+    with OracleProcess(
+        tmp_path_factory.mktemp("commit-old") / "data", "--max-message-bytes", str(4 << 20), env=env
+    ) as server:
+        yield server
+
+
+@pytest.mark.parametrize("version", ["new", "old"])
+def test_grpc_merged_commit_256_callers_new_vs_old_server(
+    benchmark: Any, request: pytest.FixtureRequest, version: str
+) -> None:
+    """The client's merged ``commit()`` (256 callers) against this server and against a server
+    of the code before the bytes path, in the same run; the old one is the baseline."""
+    benchmark.group = "commit grpc 256 callers, new vs old server"
+    if version == "old":
+        benchmark.extra_info["baseline"] = True
+    server: OracleProcess = request.getfixturevalue(
+        "old_oracle" if version == "old" else "stream_oracle"
+    )
+    loop = asyncio.new_event_loop()
+    client = loop.run_until_complete(_client(server.target))
+    start = loop.run_until_complete(_first_timestamp(client))
+    figures: dict[str, Any] = {}
+
+    async def round_of_commits() -> None:
+        queue = iter(range(GRPC_TXNS))
+
+        async def caller() -> None:
+            for _ in queue:
+                txn_id = next(IDS)
+                keys = [b"m%d/%d" % (txn_id, k) for k in range(KEYS)]
+                txn = Transaction(txn_id, start, keys[: KEYS // 2], keys[KEYS // 2 :])
+                assert isinstance(await client.commit(txn), Committed)
+
+        await asyncio.gather(*(caller() for _ in range(256)))
+
+    def body() -> None:
+        started = time.perf_counter()
+        loop.run_until_complete(round_of_commits())
+        figures["seconds"] = time.perf_counter() - started
+
+    try:
+        benchmark.pedantic(body, rounds=3, iterations=1)
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()
+    record_rate(benchmark, GRPC_TXNS, figures["seconds"], [])
+
+
+MEMORY_SECONDS = float(os.environ.get("HLC_BENCH_MEMORY_SECONDS", "60"))
+
+
+def resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_grpc_commit_stream_memory_sustained(benchmark: Any, stream_oracle: OracleProcess) -> None:
+    """Messages of 1,000 at full rate for ``MEMORY_SECONDS`` (2 s in the smoke run): the server's
+    resident memory after the first 10 s and at the end (``max_keys`` and
+    ``retained_decisions`` bound it)."""
+    benchmark.group = "commit stream memory"
+    seconds = 2.0 if benchmark.disabled else MEMORY_SECONDS
+    pid = server_pid(stream_oracle)
+    figures: dict[str, Any] = {"samples": []}
+
+    async def sustained() -> int:
+        committed = 0
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            figures["samples"].append((round(elapsed, 1), resident_bytes(pid)))
+            start = await _timestamp_of(stream_oracle.target)
+            txns = stream_transactions(start, 20_000)
+            committed += await stream_round(stream_oracle.target, txns, 1000)
+        figures["samples"].append((round(time.perf_counter() - started, 1), resident_bytes(pid)))
+        return committed
+
+    def body() -> None:
+        started = time.perf_counter()
+        figures["committed"] = asyncio.run(sustained())
+        figures["seconds"] = time.perf_counter() - started
+
+    benchmark.pedantic(body, rounds=1, iterations=1)
+    samples = figures["samples"]
+    after_10s = next((rss for at, rss in samples if at >= 10.0), samples[0][1])
+    end = samples[-1][1]
+    record_rate(benchmark, figures["committed"], figures["seconds"], [])
+    benchmark.extra_info["rss_start_mb"] = round(samples[0][1] / 2**20, 1)
+    benchmark.extra_info["rss_10s_mb"] = round(after_10s / 2**20, 1)
+    benchmark.extra_info["rss_end_mb"] = round(end / 2**20, 1)
+    benchmark.extra_info["rss_max_mb"] = round(max(rss for _, rss in samples) / 2**20, 1)
+    benchmark.extra_info["rss_end_over_10s"] = round(end / after_10s, 3)

@@ -423,10 +423,17 @@ class GroupCommitScheduler:
     @staticmethod
     def _deliver(batch: list[_Entry], answers: list[object]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
+        # Callers mostly share one loop: look it up once per run of them, not once per answer.
+        last_loop: asyncio.AbstractEventLoop | None = None
+        pairs: list[tuple[asyncio.Future[Any], object]] = []
         for entry, answer in zip(batch, answers, strict=True):
             waiter = entry.waiter
             if isinstance(waiter, asyncio.Future):
-                by_loop.setdefault(waiter.get_loop(), []).append((waiter, answer))
+                loop = waiter.get_loop()
+                if loop is not last_loop:
+                    pairs = by_loop.setdefault(loop, [])
+                    last_loop = loop
+                pairs.append((waiter, answer))
             elif isinstance(answer, BaseException):
                 waiter.set_exception(answer)
             else:
