@@ -531,3 +531,8 @@ def test_grpc_commit_stream_memory_sustained(benchmark: Any, stream_oracle: Orac
     benchmark.extra_info["rss_end_mb"] = round(end / 2**20, 1)
     benchmark.extra_info["rss_max_mb"] = round(max(rss for _, rss in samples) / 2**20, 1)
     benchmark.extra_info["rss_end_over_10s"] = round(end / after_10s, 3)
+    # The first sample at or after each 10 s mark: where the growth stops.
+    series: dict[int, float] = {}
+    for at, rss in samples:
+        series.setdefault(int(at // 10) * 10, round(rss / 2**20, 1))
+    benchmark.extra_info["rss_every_10s_mb"] = list(series.values())

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, Final, NamedTuple, Self
 
 from hlc_oracle._core import (
     Aborted,
@@ -160,17 +160,14 @@ CEILING_RETRIES = 3
 _SINGLE, _GROUP, _STREAM = 0, 1, 2
 
 
-class _Entry:
-    """One queued submission."""
-
-    __slots__ = ("attempts", "kind", "payload", "size", "waiter")
-
-    def __init__(self, kind: int, payload: Any, size: int, waiter: _Waiter) -> None:
-        self.kind = kind
-        self.payload = payload
-        self.size = size
-        self.waiter = waiter
-        self.attempts = 0
+#: One queued submission: ``(kind, payload, size, waiter, attempts)``. A plain tuple, because one
+#: is made per caller: building it costs a fraction of an object with ``__init__``.
+_Entry = tuple[int, Any, int, Any, int]
+_KIND: Final = 0
+_PAYLOAD: Final = 1
+_SIZE: Final = 2
+_WAITER: Final = 3
+_ATTEMPTS: Final = 4
 
 
 class StreamResult(NamedTuple):
@@ -248,7 +245,7 @@ class GroupCommitScheduler:
         with self._lock:
             if self._closed:
                 raise SchedulerClosedError("the group-commit scheduler is closed")
-            size = entry.size
+            size = entry[_SIZE]
             if self._queued + size > self.options.max_queue:
                 raise SchedulerOverloadedError(
                     f"the commit queue is full ({self._queued} of {self.options.max_queue} "
@@ -275,14 +272,14 @@ class GroupCommitScheduler:
         """Commits ``txn`` in the next batch: ``Committed`` or ``Aborted``; raises on bad input."""
         self._check_transaction(txn)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Entry(_SINGLE, txn, 1, future))
+        self._enqueue((_SINGLE, txn, 1, future, 0))
         return await future
 
     def submit_blocking(self, txn: Transaction, timeout: float | None = None) -> Outcome:
         """The blocking form of :meth:`submit`, for threads without an event loop."""
         self._check_transaction(txn)
         future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        self._enqueue(_Entry(_SINGLE, txn, 1, future))
+        self._enqueue((_SINGLE, txn, 1, future, 0))
         return future.result(timeout)
 
     async def submit_many(
@@ -302,7 +299,7 @@ class GroupCommitScheduler:
         future: asyncio.Future[list[Outcome | BaseException]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._enqueue(_Entry(_GROUP, group, len(group), future))
+        self._enqueue((_GROUP, group, len(group), future, 0))
         return await future
 
     async def submit_stream(self, message: bytes) -> StreamResult:
@@ -316,7 +313,7 @@ class GroupCommitScheduler:
         future: asyncio.Future[tuple[bytes, int, int, int, bool]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._enqueue(_Entry(_STREAM, message, size, future))
+        self._enqueue((_STREAM, message, size, future, 0))
         response, committed, aborted, refused, _ = await future
         return StreamResult(response, committed, aborted, refused)
 
@@ -326,13 +323,13 @@ class GroupCommitScheduler:
         abort, or the first decision when the id was already decided."""
         self._check_txn_id(txn_id)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Entry(_SINGLE, txn_id, 1, future))
+        self._enqueue((_SINGLE, txn_id, 1, future, 0))
         return await future
 
     def abort_blocking(self, txn_id: int, timeout: float | None = None) -> Outcome:
         self._check_txn_id(txn_id)
         future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        self._enqueue(_Entry(_SINGLE, txn_id, 1, future))
+        self._enqueue((_SINGLE, txn_id, 1, future, 0))
         return future.result(timeout)
 
     def status(self, txn_id: int) -> Outcome | None:
@@ -364,11 +361,11 @@ class GroupCommitScheduler:
                     self._writer_idle = False
             queue = self._queue
             batch = [queue.popleft()]
-            taken = batch[0].size
-            while queue and taken + queue[0].size <= opts.max_batch_size:
+            taken = batch[0][_SIZE]
+            while queue and taken + queue[0][_SIZE] <= opts.max_batch_size:
                 entry = queue.popleft()
                 batch.append(entry)
-                taken += entry.size
+                taken += entry[_SIZE]
             self._queued -= taken
             self._in_flight = taken
             return batch
@@ -380,13 +377,16 @@ class GroupCommitScheduler:
             batch = self._take_batch()
             if batch is None:
                 return
-            step.decide(engine, _parts(batch), functools.partial(self._finish, batch))
+            parts, all_single = _parts(batch)
+            step.decide(engine, parts, functools.partial(self._finish, batch, all_single))
             with self._lock:
                 self._in_flight = 0
 
-    def _finish(self, batch: list[_Entry], results: PartResults | BaseException) -> None:
+    def _finish(
+        self, batch: list[_Entry], all_single: bool, results: PartResults | BaseException
+    ) -> None:
         """A batch's answers may go out (called by the durable step, from any thread)."""
-        answers = _entry_answers(batch, results)
+        answers = _entry_answers(batch, all_single, results)
         if self.on_ceiling is not None:
             batch, answers = self._retry_after_ceiling(batch, answers)
         self._deliver(batch, answers)
@@ -400,7 +400,7 @@ class GroupCommitScheduler:
         retry = [
             index
             for index, (entry, answer) in enumerate(zip(batch, answers, strict=True))
-            if entry.attempts < CEILING_RETRIES and _hit_ceiling(entry.kind, answer)
+            if entry[_ATTEMPTS] < CEILING_RETRIES and _hit_ceiling(entry[_KIND], answer)
         ]
         if not retry or self.on_ceiling is None:
             return batch, answers
@@ -411,10 +411,9 @@ class GroupCommitScheduler:
         again = set(retry)
         with self._lock:
             for index in reversed(retry):
-                entry = batch[index]
-                entry.attempts += 1
-                self._queue.appendleft(entry)
-                self._queued += entry.size
+                kind, payload, size, waiter, attempts = batch[index]
+                self._queue.appendleft((kind, payload, size, waiter, attempts + 1))
+                self._queued += size
             if self._writer_idle:
                 self._wakeup.notify()
         kept = [i for i in range(len(batch)) if i not in again]
@@ -427,7 +426,7 @@ class GroupCommitScheduler:
         last_loop: asyncio.AbstractEventLoop | None = None
         pairs: list[tuple[asyncio.Future[Any], object]] = []
         for entry, answer in zip(batch, answers, strict=True):
-            waiter = entry.waiter
+            waiter = entry[_WAITER]
             if isinstance(waiter, asyncio.Future):
                 loop = waiter.get_loop()
                 if loop is not last_loop:
@@ -507,36 +506,43 @@ class GroupCommitScheduler:
 PartResults = list[Any]
 
 
-def _parts(batch: list[_Entry]) -> list[list[_Request] | bytes]:
+def _parts(batch: list[_Entry]) -> tuple[list[list[_Request] | bytes], bool]:
     """The batch as the engine's parts: consecutive single and group entries share one list, each
-    message is a part of its own."""
+    message is a part of its own; and whether every entry is a single request."""
+    singles = [entry[_PAYLOAD] for entry in batch if entry[_KIND] == _SINGLE]
+    if len(singles) == len(batch):  # the common in-process case, without the general walk
+        return [singles], True
     parts: list[list[_Request] | bytes] = []
     objects: list[_Request] | None = None
-    for entry in batch:
-        if entry.kind == _STREAM:
-            parts.append(entry.payload)
+    for kind, payload, _, _, _ in batch:
+        if kind == _STREAM:
+            parts.append(payload)
             objects = None
             continue
         if objects is None:
             objects = []
             parts.append(objects)
-        if entry.kind == _SINGLE:
-            objects.append(entry.payload)
+        if kind == _SINGLE:
+            objects.append(payload)
         else:
-            objects.extend(entry.payload)
-    return parts
+            objects.extend(payload)
+    return parts, False
 
 
-def _entry_answers(batch: list[_Entry], results: PartResults | BaseException) -> list[object]:
+def _entry_answers(
+    batch: list[_Entry], all_single: bool, results: PartResults | BaseException
+) -> list[object]:
     """Each entry's answer, walking the parts as :func:`_parts` built them."""
     if isinstance(results, BaseException):
-        return [[results] * entry.size if entry.kind == _GROUP else results for entry in batch]
+        return [[results] * entry[_SIZE] if entry[_KIND] == _GROUP else results for entry in batch]
+    if all_single:
+        return list(results[0])  # one list part: one answer per entry, in order
     answers: list[object] = []
     part = -1
     position = 0
     objects: list[Any] | None = None
-    for entry in batch:
-        if entry.kind == _STREAM:
+    for kind, _, size, _, _ in batch:
+        if kind == _STREAM:
             part += 1
             objects = None
             answers.append(results[part])
@@ -545,12 +551,12 @@ def _entry_answers(batch: list[_Entry], results: PartResults | BaseException) ->
             part += 1
             objects = results[part]
             position = 0
-        if entry.kind == _SINGLE:
+        if kind == _SINGLE:
             answers.append(objects[position])
             position += 1
         else:
-            answers.append(objects[position : position + entry.size])
-            position += entry.size
+            answers.append(objects[position : position + size])
+            position += size
     return answers
 
 
