@@ -41,7 +41,7 @@ class _Store:
 
 
 async def _until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(500):
+    for _ in range(2000):
         if condition():
             return
         await asyncio.sleep(0.01)
