@@ -8,5 +8,7 @@
   revision);
 - :mod:`.members`: ``members/<node-id>``, so two live nodes never share an id;
 - :mod:`.window_store`: the timestamp window in etcd;
+- :mod:`.decisions`: group-commit decisions in etcd (the durable step of a leader's commits),
+  their recovery on promotion and their retention;
 - :mod:`.node`: the leadership loop the server drives.
 """
