@@ -335,6 +335,20 @@ class OracleConfig:
             )
 
 
+def as_typed(value: Any) -> str:
+    """``value`` as a user would type it in a flag, the environment or ``--set``: ``unset``,
+    ``true``, a plain path, a comma-separated list (``none`` when empty), an enum's value."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, enum.Enum):
+        return as_typed(value.value)
+    if isinstance(value, tuple | list):
+        return ",".join(as_typed(item) for item in value) or "none"
+    return str(value)
+
+
 def sections(config: OracleConfig) -> list[tuple[str, Any]]:
     """``(name, section object)`` for each section of ``config``."""
     return [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)]

@@ -267,7 +267,10 @@ def test_cli_txn_status_abort_and_commit_bench(oracle: OracleProcess) -> None:
     assert unknown.returncode == 4
     assert json.loads(unknown.stdout) == {"txn_id": 9002, "status": "unknown"}
     fenced = oracle.cli("txn", "abort", "9002")
-    assert fenced.returncode == 1 and "aborted (requested)" in fenced.stdout
+    assert fenced.returncode == 0 and "aborted (requested)" in fenced.stdout
+    # Aborting a committed transaction cannot take effect: it stays committed, exit 1.
+    too_late = oracle.cli("txn", "abort", "9001")
+    assert too_late.returncode == 1 and "committed at" in too_late.stdout
     bad = oracle.cli("txn", "status", "0")
     assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr
     bench = oracle.cli("bench", "--mode", "commit", "--concurrency", "16", "--requests", "400")

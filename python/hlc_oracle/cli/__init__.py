@@ -1,16 +1,9 @@
 """The ``hlc-oracle`` command: ``serve``, ``now``, ``status``, ``txn``, ``skew``, ``bench``.
 
 One module per command family: ``serve``, ``calls`` (``now``, ``status``, ``txn``), ``bench``
-and ``skew``; ``options`` holds the options every client command shares, ``exit_codes`` the codes.
-
-Exit codes: 0 success; 1 the oracle failed the request or could not start (``txn status``: the
-transaction aborted; ``status``: the node is not serving); 2 bad usage or configuration,
-including a ``--count`` above the server's ``max_count``; 3 the oracle could not be reached
-(``UNAVAILABLE`` from the network after retries, or timeout); 4 ``txn status``: the id is
-unknown; 5 the oracle was reached and refused: not serving (starting, shutting down, clock skew;
-its reason is printed) or overloaded (``RESOURCE_EXHAUSTED``: too many calls, commit queue full);
-6 the service is disabled by the node's configuration (permanent); 7 the TLS handshake failed
-(the message names the likely cause); 130 interrupted.
+and ``skew``; ``options`` holds the options every client command shares and the argument types,
+``exit_codes`` the codes and what each means for every command (``--help`` prints the table).
+No parser accepts abbreviated options: ``serve --port 50061`` is an error, not ``--port-file``.
 """
 
 from __future__ import annotations
@@ -19,6 +12,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
+from typing import Any
 
 from hlc_oracle import config as config_module
 from hlc_oracle.cli import bench, calls, serve, skew
@@ -32,6 +27,7 @@ from hlc_oracle.cli.exit_codes import (
     EXIT_UNKNOWN,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    epilog,
     exit_code_of,
 )
 from hlc_oracle.client import (
@@ -53,22 +49,37 @@ __all__ = [
     "EXIT_UNKNOWN",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "Parser",
     "build_parser",
     "exit_code_of",
     "main",
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that takes no abbreviations (``allow_abbrev=False``); subcommand
+    parsers are made of the parent's class, so every parser of the command is one of these."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def version() -> str:
+    try:
+        return metadata.version("hlc-oracle")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hlc-oracle",
         description="Hybrid-logical-clock timestamp oracle: serve it, or ask one for timestamps.",
-        epilog="Exit codes: 0 ok; 1 request failed or server could not start (txn status: "
-        "aborted; status: not serving); 2 bad usage or configuration (also a count above the "
-        "server's max_count); 3 oracle unreachable or timed out; 4 txn status: unknown id; "
-        "5 oracle reached but refused (not serving, or overloaded); 6 service disabled by the "
-        "node's configuration (permanent); 7 TLS handshake failed; 130 interrupted.",
+        epilog=epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"hlc-oracle {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve.add_parser(commands)

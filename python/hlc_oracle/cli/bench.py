@@ -15,7 +15,12 @@ import grpc
 from hlc_oracle import Committed, Transaction
 from hlc_oracle import config as config_module
 from hlc_oracle.cli.exit_codes import EXIT_OK
-from hlc_oracle.cli.options import add_client_arguments, client_kwargs
+from hlc_oracle.cli.options import (
+    add_client_arguments,
+    client_kwargs,
+    positive_int,
+    positive_seconds,
+)
 from hlc_oracle.client import AsyncOracleClient, OracleError
 
 
@@ -33,21 +38,26 @@ def add_parser(commands: Any) -> None:
         "transaction, disjoint) (default %(default)s)",
     )
     bench.add_argument(
-        "--keys", type=int, default=8, help="keys per transaction in commit mode (half read)"
+        "--keys",
+        type=positive_int,
+        default=8,
+        help="keys per transaction in commit mode (half read), at least 1 (default %(default)s)",
     )
-    bench.add_argument("--concurrency", type=int, default=64, help="callers (default %(default)s)")
+    bench.add_argument(
+        "--concurrency", type=positive_int, default=64, help="callers (default %(default)s)"
+    )
     bench.add_argument(
         "--count",
-        type=int,
+        type=positive_int,
         help="timestamps per request in ranges and unary modes (default 1; refused in merged "
         "and commit modes, whose requests are one timestamp or transaction each)",
     )
     bench.add_argument(
-        "--requests", type=int, default=100_000, help="calls in all (default %(default)s)"
+        "--requests", type=positive_int, default=100_000, help="calls in all (default %(default)s)"
     )
     bench.add_argument(
         "--duration",
-        type=float,
+        type=positive_seconds,
         default=30.0,
         help="stop after this many seconds at most, > 0 (default %(default)s)",
     )

@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 from typing import Any
 
 from hlc_oracle import Aborted, Committed
 from hlc_oracle.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNKNOWN
-from hlc_oracle.cli.options import add_client_arguments, client_kwargs
-from hlc_oracle.client import OracleClient
+from hlc_oracle.cli.options import add_client_arguments, client_kwargs, positive_int
+from hlc_oracle.client import OracleClient, OracleStatus
 
 
 def add_parsers(commands: Any) -> None:
     now = commands.add_parser("now", help="print timestamps from an oracle")
-    now.add_argument("--count", type=int, default=1, help="how many (default %(default)s)")
+    now.add_argument(
+        "--count", type=positive_int, default=1, help="how many, at least 1 (default %(default)s)"
+    )
     now.add_argument("--json", action="store_true", help="print JSON")
     add_client_arguments(now)
 
     status = commands.add_parser("status", help="print an oracle's status")
-    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print every field as JSON, with raw values (microseconds, seconds, 0 for none)",
+    )
     add_client_arguments(status)
 
     txn = commands.add_parser(
@@ -73,8 +80,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         servers = fields.pop("ntp_servers")
         width = max(len(name) for name in fields)
-        for name, value in fields.items():
-            print(f"{name:<{width}}  {value}")
+        for name in fields:
+            print(f"{name:<{width}}  {for_people(status, name)}")
         for server in servers:
             figures = (
                 f"offset {server['offset_us']:+d} us, delay {server['delay_us']} us, "
@@ -87,6 +94,58 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"({server['good_samples']} good, {server['unhealthy_samples']} unhealthy)"
             )
     return EXIT_OK if status.serving else EXIT_FAILED
+
+
+def for_people(status: OracleStatus, name: str) -> str:
+    """One ``GetStatus`` field as a person reads it: units, ``unknown``/``none`` for what the
+    node does not know or does not have (never a 1970 timestamp), times as UTC dates."""
+    value = getattr(status, name)
+    if name == "last_timestamp":
+        return str(value) if value.physical else "none (no timestamp handed out yet)"
+    if name in ("persisted_window_us", "physical_now_us"):
+        if not value:
+            return "none"
+        text = f"{utc(value)} ({value} us since the Unix epoch)"
+        if name == "persisted_window_us" and status.physical_now_us:
+            ahead_ms = (value - status.physical_now_us) / 1000
+            text += f", {ahead_ms:,.0f} ms ahead of the clock"
+        return text
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if name == "uptime_seconds":
+        return duration(value)
+    if name.endswith("_us") and isinstance(value, int):
+        signed = "+" if name == "ntp_offset_us" and value > 0 else ""
+        return f"{signed}{value:,} us"
+    if name.endswith("_s") and isinstance(value, float):
+        return f"{value:.3f} s"
+    if name == "epoch" and not value:
+        return "none"
+    if isinstance(value, str) and not value:
+        return "none"
+    return str(value)
+
+
+def utc(microseconds: int) -> str:
+    moment = datetime.datetime.fromtimestamp(microseconds / 1e6, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def duration(seconds: float) -> str:
+    """``5.8 s``, ``12 min 5 s``, ``3 h 4 min``, ``2 d 3 h``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s"
 
 
 def outcome_fields(txn_id: int, outcome: Committed | Aborted | None) -> dict[str, Any]:
@@ -107,7 +166,8 @@ def outcome_fields(txn_id: int, outcome: Committed | Aborted | None) -> dict[str
 
 
 def cmd_txn(args: argparse.Namespace) -> int:
-    """``txn status ID``: exit 0 committed, 1 aborted, 4 unknown; ``txn abort ID``: the decision."""
+    """``txn status ID``: exit 0 committed, 1 aborted, 4 unknown; ``txn abort ID``: exit 0 when
+    it is aborted (by this call or before), 1 when it had committed."""
     with OracleClient(args.target, **client_kwargs(args)) as client:
         if args.txn_command == "status":
             outcome = client.transaction_status(args.txn_id)
@@ -133,4 +193,6 @@ def cmd_txn(args: argparse.Namespace) -> int:
         print(line)
     if outcome is None:
         return EXIT_UNKNOWN
-    return EXIT_OK if isinstance(outcome, Committed) else EXIT_FAILED
+    # txn status: 0 committed, 1 aborted; txn abort: 0 aborted (its purpose), 1 it had committed.
+    wanted = Committed if args.txn_command == "status" else Aborted
+    return EXIT_OK if isinstance(outcome, wanted) else EXIT_FAILED

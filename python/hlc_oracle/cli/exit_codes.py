@@ -1,16 +1,10 @@
-"""The command's exit codes, and the code of each status the oracle answers with.
-
-0 success; 1 the oracle failed the request or could not start (``txn status``: the transaction
-aborted; ``status``: the node is not serving); 2 bad usage or configuration, including a
-``--count`` above the server's ``max_count``; 3 the oracle could not be reached (``UNAVAILABLE``
-from the network after retries, or timeout); 4 ``txn status``: the id is unknown; 5 the oracle
-was reached and refused: not serving (starting, shutting down, clock skew; its reason is printed)
-or overloaded (``RESOURCE_EXHAUSTED``: too many calls, commit queue full); 6 the service is
-disabled by the node's configuration (permanent, not retried); 7 the TLS handshake failed (the
-message names the likely cause); 130 interrupted.
+"""The command's exit codes, one table for every command, and the code of each status the oracle
+answers with. ``MEANINGS`` is the table; the ``--help`` epilog and the README print it.
 """
 
 from __future__ import annotations
+
+import textwrap
 
 import grpc
 
@@ -26,6 +20,36 @@ EXIT_REFUSED = 5
 EXIT_DISABLED = 6
 EXIT_TLS_HANDSHAKE = 7
 EXIT_INTERRUPTED = 130
+
+#: What each code means, for every command (``serve``, ``now``, ``status``, ``txn status``,
+#: ``txn abort``, ``bench``, ``skew``).
+MEANINGS: dict[int, str] = {
+    EXIT_OK: "ok: serve stopped gracefully; now, bench: answered; status: the node is serving; "
+    "txn status: committed; txn abort: the transaction is aborted (now or before); skew: the "
+    "offset is within the serving level",
+    EXIT_FAILED: "failed: serve could not start, or stopped on a fatal error; the request "
+    "failed; status: the node is not serving; txn status: aborted; txn abort: it had committed, "
+    "so it stays committed; skew: the offset is past the serving level",
+    EXIT_USAGE: "bad usage or configuration: unknown or impossible flags and values (timeouts, "
+    "ports, targets, counts, keys), bad config or TLS files given to serve, a malformed request "
+    "(INVALID_ARGUMENT), a --count above the server's max_count",
+    EXIT_UNREACHABLE: "the oracle could not be reached (UNAVAILABLE from the network after the "
+    "retries) or timed out; skew: no usable NTP answer",
+    EXIT_UNKNOWN: "txn status: the transaction id is unknown",
+    EXIT_REFUSED: "the oracle was reached and refused: not serving (starting, shutting down, "
+    "clock skew; the reason is printed) or overloaded (RESOURCE_EXHAUSTED)",
+    EXIT_DISABLED: "the service is disabled by the node's configuration (permanent, not retried)",
+    EXIT_TLS_HANDSHAKE: "the TLS handshake failed (the message names the likely cause)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+def epilog() -> str:
+    """The exit-code table for ``--help``."""
+    return "exit codes:\n" + "\n".join(
+        textwrap.fill(meaning, 88, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
+        for code, meaning in MEANINGS.items()
+    )
 
 
 def exit_code_of(err: OracleError) -> int:

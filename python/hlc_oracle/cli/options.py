@@ -1,8 +1,10 @@
-"""The options every client command shares: ``--target``, ``--timeout``, ``--retries``, TLS."""
+"""The options every client command shares: ``--target``, ``--timeout``, ``--retries``, TLS;
+and the argument types that make impossible values usage errors (exit 2) before anything runs."""
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +12,69 @@ from hlc_oracle import config as config_module
 from hlc_oracle.client import RetryPolicy, channel_credentials
 
 
+def positive_int(text: str) -> int:
+    """An integer of at least 1 (counts, keys, callers, attempts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        message = f"must be an integer of at least 1, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """A finite number of seconds above 0 (timeouts, durations)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds above 0, got {text!r}"
+        )
+    return value
+
+
+def target_address(text: str) -> str:
+    """``host:port``, or several comma-separated (the nodes of a cluster), each port 1..65535.
+
+    gRPC would dial port 443 for ``host:`` and wrap ``host:99999`` around to another port; both
+    are refused here. ``[v6]:port`` is accepted; the text is returned unchanged.
+    """
+    entries = [entry.strip() for entry in text.split(",")]
+    for entry in entries:
+        host, colon, port = entry.rpartition(":")
+        if not colon or not host or host in ("[]",):
+            raise argparse.ArgumentTypeError(f"{entry!r} must be host:port")
+        if not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise argparse.ArgumentTypeError(
+                f"{entry!r}: the port must be in 1..65535, got {port!r}"
+            )
+    return text
+
+
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--target", default="127.0.0.1:50051", help="oracle address host:port (default %(default)s)"
+        "--target",
+        type=target_address,
+        default="127.0.0.1:50051",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="oracle address (default %(default)s)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds per call (default %(default)s)"
+        "--timeout",
+        type=positive_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds per call, above 0 (default %(default)s)",
     )
     parser.add_argument(
-        "--retries", type=int, default=3, help="attempts on UNAVAILABLE (default %(default)s)"
+        "--retries",
+        type=positive_int,
+        default=3,
+        help="attempts on UNAVAILABLE, at least 1 (default %(default)s)",
     )
     parser.add_argument("--tls-ca", type=Path, help="PEM CA bundle: connect with TLS")
     parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from hlc_oracle.cli.options import positive_int, positive_seconds
 from hlc_oracle.skew import (
     DEFAULT_MAX_OFFSET_US,
-    GuardPolicy,
     GuardState,
     SkewConfig,
     SkewMonitor,
@@ -57,10 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of the max offset past which the node would stop serving "
         "(default %(default)s)",
     )
-    parser.add_argument("--timeout", type=float, default=1.0, help="seconds per query")
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=1.0,
+        help="seconds per query, above 0 (default %(default)s)",
+    )
     parser.add_argument(
         "--burst",
-        type=int,
+        type=positive_int,
         default=1,
         help="queries per server, keeping the shortest round trip (default %(default)s)",
     )
@@ -78,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
             serving_fraction=args.serving_fraction,
             warning_fraction=min(SkewConfig.warning_fraction, args.serving_fraction),
             recovery_hold_s=0,
-            policy=GuardPolicy.REFUSE,
-            unknown_policy=GuardPolicy.REFUSE,
+            # policy and unknown_policy stay the server's defaults, so the status (and --json)
+            # shows what a node with these servers would do; the exit code follows the state.
         )
         monitor = SkewMonitor(config, max_offset_us=args.max_offset_us)
     except (TypeError, ValueError) as err:

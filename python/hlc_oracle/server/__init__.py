@@ -11,8 +11,15 @@
   :mod:`~hlc_oracle.server.stderr_relay`: everything on stderr as JSON records.
 """
 
-from hlc_oracle.server.app import OracleServer, StartupError, serve
+from hlc_oracle.server.app import OracleServer, StartupConfigError, StartupError, serve
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.service import SERVICE_NAME
 
-__all__ = ["SERVICE_NAME", "OracleServer", "ServingGate", "StartupError", "serve"]
+__all__ = [
+    "SERVICE_NAME",
+    "OracleServer",
+    "ServingGate",
+    "StartupConfigError",
+    "StartupError",
+    "serve",
+]

@@ -68,6 +68,12 @@ class StartupError(Exception):
     """The server could not start (address in use, unreadable TLS files, damaged data dir)."""
 
 
+class StartupConfigError(StartupError):
+    """The server could not start because of what its operator gave it (TLS files that cannot be
+    read or are not PEM): the command exits 2, a usage error, so a supervisor that restarts on
+    failure but not on exit 2 (systemd's ``RestartPreventExitStatus=2``) stops trying."""
+
+
 class OracleServer:
     """A single oracle node built from an :class:`OracleConfig`."""
 
@@ -243,9 +249,9 @@ class OracleServer:
         try:
             return server_credentials(self.config.tls)
         except OSError as err:
-            raise StartupError(err.strerror or str(err)) from err
+            raise StartupConfigError(err.strerror or str(err)) from err
         except PemError as err:
-            raise StartupError(str(err)) from err
+            raise StartupConfigError(str(err)) from err
 
     async def start(self) -> None:
         """Saves the first window, binds, starts serving; raises :class:`StartupError`."""
