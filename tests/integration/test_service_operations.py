@@ -184,10 +184,10 @@ def test_cli_bench_counts_timestamps_in_every_mode(
         (["--mode", "merged", "--count", "5"], "--count applies to --mode ranges and unary only"),
         (["--count", "5"], "--count applies to --mode ranges and unary only"),
         (["--mode", "commit", "--count", "5"], "each commit call is one transaction"),
-        (["--mode", "ranges", "--count", "0"], "--count must be at least 1, got 0"),
-        (["--duration", "-1"], "--duration must be a finite number of seconds above 0, got -1"),
-        (["--duration", "0"], "above 0, got 0"),
-        (["--duration", "nan"], "above 0, got nan"),
+        (["--mode", "ranges", "--count", "0"], "--count: must be at least 1, got 0"),
+        (["--duration", "-1"], "--duration: must be a finite number of seconds above 0, got '-1'"),
+        (["--duration", "0"], "above 0, got '0'"),
+        (["--duration", "nan"], "above 0, got 'nan'"),
     ],
 )
 def test_cli_bench_refuses_meaningless_arguments(
@@ -296,7 +296,8 @@ def test_serve_checks_tls_files_before_binding(
         "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
         "--tls-cert", fill(cert, files), "--tls-key", fill(key, files),
     )  # fmt: skip
-    assert result.returncode == 1, result.stderr
+    # A usage error (exit 2), which the systemd unit's RestartPreventExitStatus=2 does not restart.
+    assert result.returncode == 2, result.stderr
     assert fill(message, files) in result.stderr
     assert "Failed to bind" not in result.stderr
 
@@ -306,10 +307,11 @@ def test_cli_exit_codes_tell_usage_from_refusal(oracle: OracleProcess) -> None:
     epilog = " ".join(helped.stdout.split())
     for text in (
         "0 ok",
-        "2 bad usage or configuration (also a count above the server's max_count)",
-        "3 oracle unreachable or timed out",
-        "4 txn status: unknown id",
-        "5 oracle reached but refused (not serving, or overloaded)",
+        "2 bad usage or configuration",
+        "a --count above the server's max_count",
+        "3 the oracle could not be reached",
+        "4 txn status: the transaction id is unknown",
+        "5 the oracle was reached and refused",
         "130 interrupted",
     ):
         assert text in epilog, epilog
