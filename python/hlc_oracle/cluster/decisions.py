@@ -22,7 +22,8 @@ watermark is raised to the previous leader's window limit (Apache Omid: every tr
 started under the old leader and is not decided aborts as too old, so its lost conflict history
 never needs rebuilding); the pieces after the checkpoint are replayed in key order, in pages of
 a consistent snapshot (status and idempotent resubmission keep working, and the clock moves past
-every replayed commit); then the node may serve. A key or piece that does not decode stops the
+every replayed commit; a page whose answer would pass gRPC's 4 MiB receive limit is read again
+with fewer keys); then the node may serve. A key or piece that does not decode stops the
 promotion with the key named: it is never skipped.
 
 Retention (:meth:`DecisionLog.trim`, run periodically by the leader): pieces written more than
@@ -218,8 +219,16 @@ class DecisionLog:
         revision = 0
         pieces = newest = commits = aborts = 0
         promoted_at = self._now()
+        limit = self.page_keys
         while True:
-            page = await self.client.range(start, end, limit=self.page_keys, revision=revision)
+            try:
+                page = await self.client.range(start, end, limit=limit, revision=revision)
+            except EtcdError as err:
+                # Pieces are up to 1 MiB: a page of many can pass gRPC's 4 MiB receive limit.
+                if "larger than max" not in str(err) or limit == 1:
+                    raise
+                limit = max(1, limit // 8)
+                continue
             revision = page.revision
             for kv in page.kvs:
                 epoch, seq = parse_decision_key(self.prefix, kv.key)
