@@ -168,8 +168,11 @@ class EtcdClient:
                 ("grpc.initial_reconnect_backoff_ms", 50),
                 ("grpc.min_reconnect_backoff_ms", 50),
                 ("grpc.max_reconnect_backoff_ms", 500),
-                ("grpc.keepalive_time_ms", 2000),
-                ("grpc.keepalive_timeout_ms", 1000),
+                # Pings find a dead connection (a watch would wait on it forever); not more often
+                # than etcd's --grpc-keepalive-min-time (5 s by default), or etcd answers an idle
+                # connection's pings with GOAWAY too_many_pings.
+                ("grpc.keepalive_time_ms", 5000),
+                ("grpc.keepalive_timeout_ms", 2000),
             ],
         )
         self._stubs = (
