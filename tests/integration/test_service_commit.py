@@ -8,6 +8,7 @@ import json
 import random
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -311,3 +312,74 @@ def test_damaged_commit_log_stops_start_up_naming_file_and_offset(
     with OracleClient(oracle.target) as client:
         assert isinstance(client.transaction_status(1), Committed)
     assert "truncated" in oracle.log_text()
+
+
+def _transaction_counts(oracle: OracleProcess) -> dict[str, float]:
+    url = f"http://127.0.0.1:{oracle.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    counts = {"committed": 0.0, "aborted": 0.0, "refused": 0.0}
+    for line in text.splitlines():
+        if line.startswith("hlc_oracle_transactions_total{"):
+            name, value = line.rsplit(" ", 1)
+            counts[name.split('outcome="', 1)[1].split('"', 1)[0]] = float(value)
+    return counts
+
+
+def test_a_stream_message_is_decided_per_transaction_and_counted_per_message(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    oracle = start_oracle(
+        "--set", "commit.max_write_keys=2", "--max-message-bytes", "4096", "--metrics-port", "0"
+    )  # fmt: skip
+    with OracleClient(oracle.target) as client:
+        start = client.get_timestamp()
+    before = _transaction_counts(oracle)
+    ts = pb.Timestamp(physical=start.physical, logical=start.logical, node=start.node)
+    message = pb.CommitStreamRequest(
+        transactions=[
+            pb.Transaction(txn_id=1, start_ts=ts, write_set=[b"a"]),
+            pb.Transaction(txn_id=2, start_ts=ts, write_set=[b"a"]),  # loses to 1
+            pb.Transaction(txn_id=3, write_set=[b"b"]),  # no start_ts
+            pb.Transaction(txn_id=4, start_ts=ts, write_set=[b"c", b"d", b"e"]),  # too many keys
+            pb.Transaction(txn_id=0, start_ts=ts, write_set=[b"f"]),  # id 0 is unset
+            pb.Transaction(txn_id=5, start_ts=ts, write_set=[b"g"]),
+        ]
+    )
+    with grpc.insecure_channel(oracle.target) as channel:
+        stream = channel.stream_stream(
+            "/hlc_oracle.v1.Transactions/CommitStream",
+            request_serializer=pb.CommitStreamRequest.SerializeToString,
+            response_deserializer=pb.CommitStreamResponse.FromString,
+        )
+        (response,) = list(stream(iter([message]), timeout=10))
+        outcomes = [
+            (r.txn_id, r.WhichOneof("outcome"), r.error.code if r.HasField("error") else None)
+            for r in response.results
+        ]
+        assert outcomes == [
+            (1, "commit_ts", None),
+            (2, "aborted", None),
+            (3, "error", grpc.StatusCode.INVALID_ARGUMENT.value[0]),
+            (4, "error", grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]),
+            (0, "error", grpc.StatusCode.INVALID_ARGUMENT.value[0]),
+            (5, "commit_ts", None),
+        ]
+        assert response.results[1].aborted.conflict.winner_txn_id == 1
+        assert _transaction_counts(oracle) == {
+            "committed": before["committed"] + 2,
+            "aborted": before["aborted"] + 1,
+            "refused": before["refused"] + 3,
+        }
+        # Over --max-message-bytes: the whole message is refused, nothing of it is decided.
+        big = pb.CommitStreamRequest(
+            transactions=[
+                pb.Transaction(txn_id=100 + i, start_ts=ts, write_set=[b"k" * 100])
+                for i in range(50)
+            ]
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stream(iter([big]), timeout=10))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with OracleClient(oracle.target) as client:
+        assert client.transaction_status(100) is None
