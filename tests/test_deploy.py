@@ -9,6 +9,8 @@ import asyncio
 import configparser
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +225,25 @@ def test_the_real_etcd_takes_the_compose_settings(tmp_path: Path) -> None:
     assert '"auto-compaction-mode":"periodic"' in log
     assert '"auto-compaction-interval":"5m0s"' in log
     assert f'"election-timeout":"{env["ETCD_ELECTION_TIMEOUT"]}ms"' in log
+
+
+def test_the_compose_healthcheck_passes_on_a_leader_and_on_a_follower(
+    etcd: EtcdMember, tmp_path: Path
+) -> None:
+    """The oracle services' healthcheck command, run against a real two-node cluster: a follower
+    is healthy too (it does not serve timestamps, but the node is well)."""
+    from tests.integration.oracle_cluster import OracleCluster
+
+    command = compose()["services"]["hlc-oracle-1"]["healthcheck"]["test"]
+    assert command[:2] == ["CMD", "python"]
+    with OracleCluster(tmp_path, etcd.endpoint, size=2) as cluster:
+        roles = {status.role for status in cluster.statuses().values()}
+        assert roles == {"leader", "follower"}
+        for node in cluster.nodes:
+            probe = [
+                sys.executable,
+                *command[2:-1],
+                command[-1].replace("127.0.0.1:50051", node.target),
+            ]
+            result = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+            assert result.returncode == 0, (node.target, result.stderr)
