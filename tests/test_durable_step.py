@@ -174,3 +174,19 @@ def test_the_local_step_answers_at_once() -> None:
         assert released[0][1][1] == answer
         scheduler.engine.raise_low_watermark(Timestamp(clock.now().physical + 10**6))
         assert scheduler.engine.low_watermark is not None
+
+
+def test_closing_with_unconfirmed_writes_answers_them_outcome_unknown() -> None:
+    async def run() -> None:
+        store = _Store()  # its gate never opens: the write stays in flight
+        scheduler, step = _scheduler(store)
+        pending = asyncio.ensure_future(scheduler.submit(_txn(scheduler.clock, 1, b"a")))
+        await _until(lambda: step.pending() == 1, "the batch to be pending")
+        await asyncio.to_thread(scheduler.close, 0.2)
+        with pytest.raises(CommitOutcomeUnknownError, match="closed while decision writes"):
+            await pending
+        store.gate.set()  # the late write finds the engine closed: nothing more is answered
+        await asyncio.sleep(0.05)
+        assert list(store.pieces) == [1]
+
+    asyncio.run(run())

@@ -218,7 +218,9 @@ class ExternalDurableStep:
             return
         try:
             released = engine.confirm(batch_seq)
-        except CommitLogError:  # stopped by an earlier failure: its callers were answered
+        except (CommitLogError, ValueError):
+            # Stopped by an earlier failure, or closed after a drain that timed out: its callers
+            # were answered "outcome unknown" then.
             return
         self._release(released)
 
