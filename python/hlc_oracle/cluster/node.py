@@ -338,6 +338,8 @@ class ClusterNode:
 
     def _why_not_leading(self) -> str:
         if self._fence_failure.is_set():
+            if self._fence_reason.startswith("a decision write failed"):
+                return self._fence_reason
             return f"fenced out ({self._fence_reason})"
         if self.session.lost.is_set():
             return "this node's lease expired in etcd"
@@ -348,7 +350,7 @@ class ClusterNode:
         in this epoch."""
         if self._term is not None:
             self._abandoned_epochs.add(self._term.epoch)
-        self._fence_reason = reason
+        self._fence_reason = f"a decision write failed: {reason}"
         log.error("decision write failed, stepping down", extra={"fields": {"reason": reason}})
         self._fence_failure.set()
 
