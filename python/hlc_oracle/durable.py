@@ -31,7 +31,7 @@ from hlc_oracle._core import Clock, CommitEngine, CommitLogError, Transaction
 if TYPE_CHECKING:
     import os
 
-    from hlc_oracle.scheduler import CommitOptions
+    from hlc_oracle.commit_options import CommitOptions
 
 __all__ = [
     "Answers",
