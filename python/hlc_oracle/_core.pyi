@@ -13,6 +13,7 @@ __all__ = [
     "MAX_NODE",
     "MAX_PHYSICAL",
     "MAX_RESERVE",
+    "SYNC_BUCKET_BOUNDS_US",
     "Aborted",
     "BatchDecision",
     "CeilingReachedError",
@@ -53,6 +54,8 @@ __all__ = [
 LOGICAL_BITS: Final[int]
 MAX_LOGICAL: Final[int]
 MAX_NODE: Final[int]
+#: Upper bounds (microseconds) of the buckets of ``CommitEngine.sync_timings()``.
+SYNC_BUCKET_BOUNDS_US: Final[tuple[int, ...]]
 MAX_PHYSICAL: Final[int]
 MAX_RESERVE: Final[int]
 
@@ -419,6 +422,7 @@ class CommitEngine:
     @property
     def recovery(self) -> LogRecovery | None: ...
     def stats(self) -> dict[str, int | None]: ...
+    def sync_timings(self) -> tuple[list[int], int] | None: ...
     @property
     def floor(self) -> Timestamp | None: ...
     @property

@@ -160,6 +160,7 @@ class OracleServer:
         # Group commit: the scheduler opens (and replays its log) in start(), once the window
         # has raised the clock's ceiling.
         self.scheduler: GroupCommitScheduler | None = None
+        self.metrics.watch_group_commit(lambda: self.scheduler)
         self.transactions = TransactionsService(
             None, self.gate, self.metrics, enabled=config.commit.enabled
         )

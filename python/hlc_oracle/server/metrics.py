@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from hlc_oracle._core import SYNC_BUCKET_BOUNDS_US
+
+if TYPE_CHECKING:
+    from hlc_oracle.scheduler import GroupCommitScheduler
 
 # Unary latency on loopback is tens of microseconds; the buckets reach from there to a second.
 LATENCY_BUCKETS = (
@@ -101,6 +112,10 @@ class ServerMetrics:
         self.window_saves.inc()
         self.window_limit.set(limit_us)
 
+    def watch_group_commit(self, scheduler: Callable[[], GroupCommitScheduler | None]) -> None:
+        """Exports group commit's figures from ``scheduler()`` (the current one, or None)."""
+        self.registry.register(GroupCommitCollector(scheduler))
+
     def serve(self, host: str, port: int) -> tuple[int, Callable[[], None]]:
         """Starts the ``/metrics`` HTTP endpoint; returns the bound port and a stop function."""
         server, thread = start_http_server(port, addr=host, registry=self.registry)
@@ -111,3 +126,53 @@ class ServerMetrics:
             thread.join(timeout=5)
 
         return int(server.server_port), stop
+
+
+class GroupCommitCollector:
+    """Group commit's figures, read from the scheduler when ``/metrics`` is scraped, so the
+    request path pays nothing: batches, decisions by outcome, the queue, and how long the commit
+    log's ``fdatasync`` takes (a histogram the Rust log keeps). Counters start again from zero
+    when a new scheduler opens (a clustered node's next term), which ``rate()`` handles."""
+
+    def __init__(self, scheduler: Callable[[], GroupCommitScheduler | None]) -> None:
+        self._scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        scheduler = self._scheduler()
+        if scheduler is None:
+            return
+        stats = scheduler.stats()
+        yield CounterMetricFamily(
+            "hlc_oracle_commit_batches",
+            "Group-commit batches decided (one durable write each)",
+            value=stats["batches"] or 0,
+        )
+        decisions = CounterMetricFamily(
+            "hlc_oracle_commit_decisions",
+            "Transactions decided by group commit (resubmissions answered from the index not "
+            "counted), by outcome",
+            labels=["outcome"],
+        )
+        decisions.add_metric(["committed"], stats["committed"] or 0)
+        decisions.add_metric(["aborted"], stats["aborted"] or 0)
+        yield decisions
+        yield GaugeMetricFamily(
+            "hlc_oracle_commit_queue_length",
+            "Commit requests waiting for a batch",
+            value=stats["queued"] or 0,
+        )
+        timings = scheduler.engine.sync_timings()
+        if timings is not None:
+            counts, total_ns = timings
+            buckets: list[tuple[str, float]] = []
+            cumulative = 0
+            for bound_us, count in zip((*SYNC_BUCKET_BOUNDS_US, None), counts, strict=True):
+                cumulative += count
+                bound = str(bound_us / 1e6) if bound_us is not None else "+Inf"
+                buckets.append((bound, cumulative))
+            yield HistogramMetricFamily(
+                "hlc_oracle_commit_log_sync_seconds",
+                "Duration of each fdatasync of the commit log (one per batch in sync durability)",
+                buckets=buckets,
+                sum_value=total_ns / 1e9,
+            )

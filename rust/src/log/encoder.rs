@@ -4,9 +4,11 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use crate::log::format::{encode_frame, FRAME_HEADER_LEN, MAX_RECORD_LEN};
 use crate::log::segments::fatal;
+use crate::log::sync_timings::SyncTimings;
 use crate::log::LogError;
 
 pub struct Encoder {
@@ -19,6 +21,8 @@ pub struct Encoder {
     /// Records written since the last sync: the size of the current sync group, which every
     /// frame carries as its `group_index` so that recovery can tell a torn tail from damage.
     unsynced: u32,
+    /// How long each `fdatasync` took; carried from segment to segment.
+    pub timings: SyncTimings,
 }
 
 impl Encoder {
@@ -29,6 +33,7 @@ impl Encoder {
             offset,
             buffer: Vec::new(),
             unsynced: 0,
+            timings: SyncTimings::default(),
         }
     }
 
@@ -78,9 +83,11 @@ impl Encoder {
         if self.unsynced == 0 {
             return;
         }
+        let started = Instant::now();
         if let Err(err) = self.file.sync_data() {
             fatal(&self.path, "fdatasync", &err);
         }
+        self.timings.record(started.elapsed());
         self.unsynced = 0;
     }
 }

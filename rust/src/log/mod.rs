@@ -57,6 +57,7 @@ mod encoder;
 mod format;
 mod recovery;
 mod segments;
+mod sync_timings;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -65,6 +66,7 @@ use std::path::{Path, PathBuf};
 pub use decoder::{DecodeError, DecodeErrorKind, Record, SegmentDecoder};
 pub use format::{FORMAT_VERSION, FRAME_HEADER_LEN, MAX_RECORD_LEN, SEGMENT_HEADER_LEN};
 pub use recovery::{Recovered, RecoveryStats};
+pub use sync_timings::{SyncTimings, SYNC_BUCKET_BOUNDS_US};
 
 use encoder::Encoder;
 
@@ -266,6 +268,11 @@ impl CommitLog {
         self.encoder.sync();
     }
 
+    /// How long the `fdatasync`s since opening took.
+    pub fn sync_timings(&self) -> &SyncTimings {
+        &self.encoder.timings
+    }
+
     fn rotate(&mut self) -> Result<(), LogError> {
         // The old segment must be complete on disk before a newer one exists, or recovery would
         // see damage in a segment that is no longer the last.
@@ -277,7 +284,9 @@ impl CommitLog {
         };
         let (file, path) = segments::create_segment(&self.dir, self.next_seq, preallocate)?;
         self.segments.push((self.next_seq, path.clone()));
+        let timings = std::mem::take(&mut self.encoder.timings);
         self.encoder = Encoder::new(file, path, SEGMENT_HEADER_LEN as u64);
+        self.encoder.timings = timings;
         Ok(())
     }
 

@@ -768,6 +768,17 @@ impl PyCommitEngine {
         Ok(stats)
     }
 
+    /// How long the log's `fdatasync`s took since it was opened: the count per bucket (upper
+    /// bounds in µs: `SYNC_BUCKET_BOUNDS_US`, then one unbounded bucket) and the sum of the
+    /// durations in nanoseconds; None without a log (durability "memory", clustered).
+    fn sync_timings(&self) -> PyResult<Option<(Vec<u64>, u64)>> {
+        let engine = self.lock()?;
+        Ok(engine.log().map(|log| {
+            let timings = log.sync_timings();
+            (timings.counts.to_vec(), timings.total_ns)
+        }))
+    }
+
     /// The newest commit timestamp found on recovery (the clock runs above it), or None.
     #[getter]
     fn floor(&self) -> Option<PyTimestamp> {
