@@ -71,6 +71,9 @@ def test_no_parser_accepts_abbreviations(capsys: pytest.CaptureFixture[str]) -> 
         (["bench", "--duration", "0"], "--duration: must be a finite number of seconds above 0"),
         (["txn", "status", "1", "--timeout", "0"], "--timeout: must be a finite number"),
         (["skew", "--server", "x", "--burst", "0"], "--burst: must be at least 1, got 0"),
+        (["txn", "status", "0"], "ID: must be in 1..2**64-1, got 0"),
+        (["txn", "abort", str(2**64)], f"ID: must be in 1..2**64-1, got {2**64}"),
+        (["txn", "status", "x"], "ID: must be an integer in 1..2**64-1, got 'x'"),
     ],
 )
 def test_impossible_values_are_usage_errors(

@@ -10,7 +10,12 @@ from typing import Any
 
 from hlc_oracle import Aborted, Committed
 from hlc_oracle.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNKNOWN
-from hlc_oracle.cli.options import add_client_arguments, client_kwargs, positive_int
+from hlc_oracle.cli.options import (
+    add_client_arguments,
+    client_kwargs,
+    positive_int,
+    transaction_id,
+)
 from hlc_oracle.client import OracleClient, OracleStatus
 
 
@@ -42,7 +47,9 @@ def add_parsers(commands: Any) -> None:
         ),
     ):
         sub = txn_commands.add_parser(action, help=text)
-        sub.add_argument("txn_id", type=int, metavar="ID", help="transaction id, 1..2**64-1")
+        sub.add_argument(
+            "txn_id", type=transaction_id, metavar="ID", help="transaction id, 1..2**64-1"
+        )
         sub.add_argument("--json", action="store_true", help="print JSON")
         add_client_arguments(sub)
 

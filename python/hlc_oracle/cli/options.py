@@ -24,6 +24,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def transaction_id(text: str) -> int:
+    """A transaction id, 1..2**64-1 (0 is the wire's "unset")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer in 1..2**64-1, got {text!r}"
+        ) from None
+    if not 1 <= value <= 2**64 - 1:
+        raise argparse.ArgumentTypeError(f"must be in 1..2**64-1, got {value}")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     """A finite number of seconds above 0 (timeouts, durations)."""
     try:
