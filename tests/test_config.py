@@ -258,3 +258,14 @@ def test_a_clustered_wildcard_listener_needs_an_advertised_address() -> None:
     assert load(environ={}, overrides=overrides).advertise_address == "oracle-0.oracle:50051"
     # Standalone, a wildcard listener is fine: nobody is redirected.
     assert load(environ={}, overrides={"server": {"listen": "0.0.0.0:50051"}})
+
+
+def test_the_default_message_limit_admits_the_largest_transaction() -> None:
+    from hlc_oracle.proto import largest_transaction_message_bytes
+    from hlc_oracle.scheduler import CommitOptions
+
+    commit = CommitOptions()
+    largest = largest_transaction_message_bytes(
+        commit.max_read_keys, commit.max_write_keys, commit.max_key_bytes
+    )
+    assert largest <= OracleConfig().limits.max_message_bytes < largest + 2**20

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hlc_oracle.proto import DEFAULT_MAX_MESSAGE_BYTES
 from hlc_oracle.scheduler import CommitOptions
 from hlc_oracle.skew import GuardPolicy, SkewConfig
 
@@ -100,7 +101,10 @@ class LimitsSection:
         1_000_000, "largest count of one GetTimestamps request (at most 4,194,304)", "--max-count"
     )
     max_message_bytes: int = setting(
-        64 * 1024, "largest gRPC message accepted or sent (bytes)", "--max-message-bytes"
+        DEFAULT_MAX_MESSAGE_BYTES,
+        "largest gRPC message accepted or sent (bytes); the default admits the largest "
+        "transaction the default commit limits allow",
+        "--max-message-bytes",
     )
     max_concurrent_streams: int | None = setting(
         None,

@@ -204,14 +204,16 @@ def test_bad_request_gets_status_and_server_keeps_serving(
     assert_still_serving(channel)
 
 
-def test_message_over_the_size_limit(channel: grpc.Channel) -> None:
-    # Valid protobuf (an unknown bytes field pads it) but over limits.max_message_bytes (64 KiB).
-    # Field 15, length-delimited, 100,000 bytes (varint a0 8d 06).
+def test_message_over_the_size_limit(start_oracle: Callable[..., OracleProcess]) -> None:
+    # Valid protobuf (an unknown bytes field pads it) but over limits.max_message_bytes (64 KiB
+    # here). Field 15, length-delimited, 100,000 bytes (varint a0 8d 06).
+    server = start_oracle("--max-message-bytes", "65536")
     padded = count_request(1) + b"\x7a\xa0\x8d\x06" + bytes(100_000)
-    error = raw_call(channel, "GetTimestamps", padded)
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "larger than max" in (error.details() or "")
-    assert_still_serving(channel)
+    with grpc.insecure_channel(server.target) as channel:
+        error = raw_call(channel, "GetTimestamps", padded)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in (error.details() or "")
+        assert_still_serving(channel)
 
 
 def test_wrong_wire_type_is_not_taken_as_a_count(channel: grpc.Channel) -> None:

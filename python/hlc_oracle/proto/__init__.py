@@ -24,3 +24,29 @@ REFUSAL_NOT_LEADER = "not-leader"
 #: Trailing metadata on a follower's refusal: the leader's advertised address, empty when no
 #: leader is known.
 LEADER_METADATA_KEY = "hlc-oracle-leader"
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def largest_transaction_message_bytes(
+    max_read_keys: int, max_write_keys: int, max_key_bytes: int
+) -> int:
+    """Encoded size of a ``CommitStreamRequest`` (or ``CommitRequest``) carrying one transaction
+    at the commit limits: every key of both sets at ``max_key_bytes``, the widest id and start
+    timestamp. A message limit at least this large admits every transaction the limits allow."""
+    key = 1 + _varint_bytes(max_key_bytes) + max_key_bytes  # tag, length, bytes
+    # txn_id (tag + 10-byte varint) and start_ts (tag, length, physical < 2**52, logical < 4096,
+    # node < 65536).
+    fixed = (1 + 10) + (1 + 1 + (1 + 8) + (1 + 2) + (1 + 3))
+    body = (max_read_keys + max_write_keys) * key + fixed
+    return 1 + _varint_bytes(body) + body
+
+
+#: The server's default ``limits.max_message_bytes`` and the client's default: the largest
+#: transaction the default commit limits allow (10,000 read and 10,000 write keys of 4,096 bytes,
+#: about 78.2 MiB), rounded up to whole MiB.
+DEFAULT_MAX_MESSAGE_BYTES = (
+    -(-largest_transaction_message_bytes(10_000, 10_000, 4096) // 2**20) * 2**20
+)
