@@ -34,7 +34,8 @@ def test_retries_with_backoff_until_the_server_is_up(
     port = free_port()
     patient = RetryPolicy(attempts=30, initial_backoff_s=0.05, max_backoff_s=0.4)
     results: list[object] = []
-    with OracleClient(f"127.0.0.1:{port}", retry=patient, timeout=2) as client:
+    # The timeout bounds the whole call: within it the call waits for the server to come up.
+    with OracleClient(f"127.0.0.1:{port}", retry=patient, timeout=20) as client:
         caller = threading.Thread(target=lambda: results.append(client.get_timestamps(5)))
         caller.start()
         time.sleep(0.5)  # the first attempts find nothing listening

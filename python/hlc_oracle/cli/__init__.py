@@ -133,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        print(f"hlc-oracle {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`hlc-oracle status | head`): stop writing without a traceback,

@@ -21,7 +21,7 @@ from hlc_oracle.cli.options import (
     positive_int,
     positive_seconds,
 )
-from hlc_oracle.client import AsyncOracleClient, OracleError
+from hlc_oracle.client import AsyncOracleClient, OracleError, OracleOutcomeUnknownError
 
 
 def add_parser(commands: Any) -> None:
@@ -124,6 +124,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         )
     latencies: list[float] = []
     issued = 0
+    unknown_outcomes = 0
     deadline = time.perf_counter() + args.duration
     progress = ProgressBar(args.requests, sys.stderr, not args.no_progress and sys.stderr.isatty())
     async with AsyncOracleClient(args.target, **client_kwargs(args)) as client:
@@ -137,7 +138,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         writes = max(args.keys - reads, 1)
 
         async def caller() -> None:
-            nonlocal issued
+            nonlocal issued, unknown_outcomes
             while issued < args.requests and time.perf_counter() < deadline:
                 issued += 1
                 started = time.perf_counter()
@@ -147,9 +148,15 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     assert start is not None
                     txn_id = (run_id << 32) | issued
                     keys = [b"%d/%d" % (txn_id, k) for k in range(reads + writes)]
-                    outcome = await client.commit(
-                        Transaction(txn_id, start, keys[:reads], keys[reads:])
-                    )
+                    try:
+                        outcome = await client.commit(
+                            Transaction(txn_id, start, keys[:reads], keys[reads:])
+                        )
+                    except OracleOutcomeUnknownError:
+                        # The connection was lost and the retries ran out: neither committed nor
+                        # failed as far as this run knows. Counted apart, not as a latency.
+                        unknown_outcomes += 1
+                        continue
                     if not isinstance(outcome, Committed):
                         raise OracleError(grpc.StatusCode.INTERNAL, f"unexpected {outcome!r}")
                 elif args.mode == "ranges":
@@ -175,6 +182,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "calls_per_second": round(len(latencies) / elapsed),
         "timestamps_per_second": round(len(latencies) * count / elapsed),
         "merged_requests": batches,
+        "unknown_outcomes": unknown_outcomes,
         "latency_us": {
             name: round(percentile(latencies, q) * 1e6, 1) if latencies else None
             for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
@@ -190,6 +198,10 @@ def run(args: argparse.Namespace) -> int:
             f"{result['calls']} committed transactions in {result['seconds']} s: "
             f"{result['calls_per_second']:,} commits/s "
             f"({result['merged_requests']} CommitStream messages)"
+        )
+        print(
+            f"{result['unknown_outcomes']} transactions with an unknown outcome (connection lost, "
+            "retries spent; ask transaction_status for each)"
         )
     else:
         print(

@@ -12,13 +12,16 @@
 - ``commit(txn)`` calls made concurrently are merged the same way (:class:`CommitBatcher`: one
   ``CommitStream`` message carries every waiting caller's transaction); ``abort(txn_id)`` and
   ``transaction_status(txn_id)`` are unary.
-- Every call has a timeout; ``UNAVAILABLE`` is retried with exponential backoff and jitter.
+- Every call has a timeout that bounds it end to end; within it, calls wait for the channel to
+  connect, and ``UNAVAILABLE`` and lost connections are retried (commits with the same id).
   Failures raise :class:`OracleError` (or a subclass) carrying the gRPC status code.
 
 One concept per module:
 
 =====================  ==========================================================================
-``errors``             the error types and how a gRPC failure becomes one
+``errors``             the error types and how a gRPC failure becomes one (honestly)
+``channel``            how the channel connects and reconnects (its options)
+``node``               one node: its channel, RPC methods and streams
 ``wire``               conversions between protobuf messages and the package's values
 ``status``             ``GetStatus`` as :class:`OracleStatus`
 ``retry``              how the client retries (:class:`RetryPolicy`, :func:`with_retries`)
@@ -38,12 +41,15 @@ from __future__ import annotations
 
 from hlc_oracle.client.async_client import DEFAULT_TARGET, AsyncOracleClient
 from hlc_oracle.client.blocking_client import OracleClient
+from hlc_oracle.client.channel import CHANNEL_OPTIONS
 from hlc_oracle.client.commit_batcher import CommitBatcher
 from hlc_oracle.client.credentials import channel_credentials
 from hlc_oracle.client.errors import (
+    ConnectionLostError,
     OracleDisabledError,
     OracleError,
     OracleNotServingError,
+    OracleOutcomeUnknownError,
     OracleTimeoutError,
     OracleTlsHandshakeError,
     OracleUnavailableError,
@@ -63,14 +69,17 @@ from hlc_oracle.client.wire import (
 )
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "DEFAULT_TARGET",
     "AsyncOracleClient",
     "CommitAnswer",
     "CommitBatcher",
+    "ConnectionLostError",
     "OracleClient",
     "OracleDisabledError",
     "OracleError",
     "OracleNotServingError",
+    "OracleOutcomeUnknownError",
     "OracleStatus",
     "OracleTimeoutError",
     "OracleTlsHandshakeError",

@@ -14,15 +14,20 @@ import grpc
 from hlc_oracle import Aborted, Committed, Timestamp, TimestampRange, Transaction
 from hlc_oracle._core import encode_commit_request
 from hlc_oracle.client.commit_batcher import CommitBatcher
-from hlc_oracle.client.errors import OracleTlsHandshakeError, OracleUnavailableError, result_error
+from hlc_oracle.client.errors import (
+    OracleError,
+    OracleTlsHandshakeError,
+    OracleUnavailableError,
+    refused_message_limit,
+    result_error,
+    transaction_too_large,
+)
 from hlc_oracle.client.handshake import diagnose, material_of
+from hlc_oracle.client.node import OracleNode
 from hlc_oracle.client.retry import RetryPolicy, with_retries
 from hlc_oracle.client.status import OracleStatus
-from hlc_oracle.client.streams import commit_stream, timestamp_stream
 from hlc_oracle.client.timestamp_batcher import TimestampBatcher
 from hlc_oracle.client.wire import (
-    TIMESTAMP_ORACLE_METHODS,
-    TRANSACTIONS_METHODS,
     CommitAnswer,
     outcome_from_wire,
     range_from_wire,
@@ -31,22 +36,32 @@ from hlc_oracle.client.wire import (
     timestamp_to_wire,
     transaction_to_wire,
 )
+from hlc_oracle.proto import DEFAULT_MAX_MESSAGE_BYTES
 from hlc_oracle.proto import oracle_pb2 as pb
 
 T = TypeVar("T")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+#: Merged ``CommitStream`` messages stop growing here: past a few MiB a bigger message only
+#: delays its first answer. A single transaction may still use the whole message limit.
+MERGED_MESSAGE_BYTES = 4 * 2**20
 
 
 class AsyncOracleClient:
     """asyncio client. Use ``async with AsyncOracleClient(target) as client:``.
 
-    ``timeout`` bounds every call (seconds); ``retry`` governs retries of ``UNAVAILABLE``;
-    ``credentials`` (see :func:`channel_credentials`) switches to TLS; ``max_batch`` caps the
-    count of one merged timestamp request (keep it at or below the server's
-    ``limits.max_count``); ``commit_batch`` how many ``commit()`` callers share one
+    ``timeout`` bounds every call end to end, retries and connection setup included (seconds);
+    ``retry`` governs the attempts within it (see :mod:`hlc_oracle.client.retry`);
+    ``credentials`` (see :func:`channel_credentials`) switches to TLS; ``options`` are gRPC
+    channel options over the client's defaults (:mod:`hlc_oracle.client.channel`);
+    ``max_batch`` caps the count of one merged timestamp request (keep it at or below the
+    server's ``limits.max_count``); ``commit_batch`` how many ``commit()`` callers share one
     ``CommitStream`` message, with at most ``commit_in_flight`` messages in flight;
-    ``max_concurrent_calls`` bounds the unary calls in progress (more wait their turn).
+    ``max_message_bytes`` the server's ``limits.max_message_bytes`` (its default by default):
+    merged messages are split by encoded size under it, and a transaction that alone exceeds it
+    raises :class:`~hlc_oracle.TransactionTooLargeError` before it is sent (a server refusing a
+    message as too large teaches the client its lower limit); ``max_concurrent_calls`` bounds the
+    unary calls in progress (more wait their turn).
     """
 
     def __init__(
@@ -61,84 +76,61 @@ class AsyncOracleClient:
         commit_batch: int = 512,
         commit_in_flight: int = 4,
         max_concurrent_calls: int = 256,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        if not (isinstance(timeout, int | float) and 0 < timeout < float("inf")):
+            raise ValueError(f"timeout must be a number of seconds above 0, got {timeout!r}")
+        if not isinstance(max_message_bytes, int) or max_message_bytes < 64:
+            raise ValueError(f"max_message_bytes must be at least 64, got {max_message_bytes!r}")
         self.target = target
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.retry = retry or RetryPolicy()
+        self.max_message_bytes = max_message_bytes
         self._tls = credentials is not None
         self._tls_material = material_of(credentials)
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
-        self._get_timestamps = self._channel.unary_unary(
-            TIMESTAMP_ORACLE_METHODS + "GetTimestamps",
-            request_serializer=pb.GetTimestampsRequest.SerializeToString,
-            response_deserializer=pb.GetTimestampsResponse.FromString,
-        )
-        self._observe = self._channel.unary_unary(
-            TIMESTAMP_ORACLE_METHODS + "Observe",
-            request_serializer=pb.ObserveRequest.SerializeToString,
-            response_deserializer=pb.ObserveResponse.FromString,
-        )
-        self._status = self._channel.unary_unary(
-            TIMESTAMP_ORACLE_METHODS + "GetStatus",
-            request_serializer=pb.GetStatusRequest.SerializeToString,
-            response_deserializer=pb.GetStatusResponse.FromString,
-        )
-        self._stream = timestamp_stream(self._channel)
+        self._node = OracleNode(target, credentials, options)
         # grpcio refuses part of a burst of more than about a thousand calls opened at once on a
         # new connection (CANCELLED / RST_STREAM, measured against a bare grpcio server too), so
         # unary calls queue here instead.
         self._unary_calls = asyncio.Semaphore(max_concurrent_calls)
         self._batcher = TimestampBatcher(self._fetch_for_batch, max_batch=max_batch)
-        self._commit = self._channel.unary_unary(
-            TRANSACTIONS_METHODS + "Commit",
-            request_serializer=pb.CommitRequest.SerializeToString,
-            response_deserializer=pb.CommitResult.FromString,
-        )
-        self._abort = self._channel.unary_unary(
-            TRANSACTIONS_METHODS + "Abort",
-            request_serializer=pb.AbortRequest.SerializeToString,
-            response_deserializer=pb.CommitResult.FromString,
-        )
-        self._transaction_status = self._channel.unary_unary(
-            TRANSACTIONS_METHODS + "GetTransactionStatus",
-            request_serializer=pb.TransactionStatusRequest.SerializeToString,
-            response_deserializer=pb.TransactionStatusResponse.FromString,
-        )
-        self._commit_stream = commit_stream(self._channel)
         self._commit_batcher = CommitBatcher(
             self._send_commits, max_batch=commit_batch, max_in_flight=commit_in_flight
         )
 
-    async def _unary(self, policy: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
-        """A unary call with retries, at most ``max_concurrent_calls`` at a time."""
-        async with self._unary_calls:
-            return await self._retrying(policy, call)
-
-    async def _retrying(self, policy: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
-        """``with_retries``; when the oracle stays unreachable, a look at the TLS handshake tells
-        a handshake failure (:class:`OracleTlsHandshakeError`) from a server that is not there."""
+    async def _call(self, call: Callable[[float], Awaitable[T]], changes_state: bool = False) -> T:
+        """``call(remaining_seconds)`` under the retry policy, within the client's timeout. When
+        the oracle stays unreachable, a look at the TLS handshake tells a handshake failure
+        (:class:`OracleTlsHandshakeError`) from a server that is not there."""
         try:
-            return await with_retries(policy, call)
+            return await with_retries(
+                self.retry,
+                call,
+                self.timeout,
+                changes_state=changes_state,
+                connected=self._node.ready,
+            )
         except OracleUnavailableError as err:
             # Only a plain transport failure: a refusal (any mark) came from a server that the
-            # handshake let through.
+            # handshake let through; a lost connection had one. The look is short, so a call
+            # still ends close to its timeout.
             if type(err) is not OracleUnavailableError or err.refusal is not None:
                 raise
             failure = await diagnose(
-                self.target, self._tls_material, self._tls, timeout=min(1.0, self.timeout)
+                self.target, self._tls_material, self._tls, timeout=min(1.0, self.timeout / 4)
             )
             if failure is None:
                 raise
             raise OracleTlsHandshakeError(err.code, failure.cause, err.details) from err
 
+    async def _unary(self, call: Callable[[float], Awaitable[T]], changes_state: bool = False) -> T:
+        """A unary call with retries, at most ``max_concurrent_calls`` at a time."""
+        async with self._unary_calls:
+            return await self._call(call, changes_state)
+
     async def _fetch_for_batch(self, count: int) -> TimestampRange:
-        return await self._retrying(
-            self.retry,
-            lambda: self._stream.request(pb.GetTimestampsRequest(count=count), self.timeout),
-        )
+        request = pb.GetTimestampsRequest(count=count)
+        return await self._call(lambda remaining: self._node.timestamps.request(request, remaining))
 
     def get_timestamp(self) -> Awaitable[Timestamp]:
         """One timestamp; concurrent callers share one stream message."""
@@ -162,7 +154,9 @@ class AsyncOracleClient:
             raise ValueError(f"count must be in 0..2**32-1, got {count}")
         request = pb.GetTimestampsRequest(count=count)
         response = await self._unary(
-            self.retry, lambda: self._get_timestamps(request, timeout=self.timeout)
+            lambda remaining: self._node.get_timestamps(
+                request, timeout=remaining, wait_for_ready=True
+            )
         )
         return range_from_wire(response)
 
@@ -172,13 +166,15 @@ class AsyncOracleClient:
             raise TypeError(f"remote must be a Timestamp, got {type(remote).__name__}")
         request = pb.ObserveRequest(remote=timestamp_to_wire(remote))
         response = await self._unary(
-            self.retry, lambda: self._observe(request, timeout=self.timeout)
+            lambda remaining: self._node.observe(request, timeout=remaining, wait_for_ready=True)
         )
         return timestamp_from_wire(response.timestamp)
 
     async def status(self) -> OracleStatus:
         response = await self._unary(
-            self.retry, lambda: self._status(pb.GetStatusRequest(), timeout=self.timeout)
+            lambda remaining: self._node.get_status(
+                pb.GetStatusRequest(), timeout=remaining, wait_for_ready=True
+            )
         )
         return OracleStatus.from_wire(response)
 
@@ -189,24 +185,58 @@ class AsyncOracleClient:
 
     # --- transactions ---
 
+    def _message_limit(self, transactions: int) -> int:
+        if transactions == 1:
+            return self.max_message_bytes
+        return min(self.max_message_bytes, MERGED_MESSAGE_BYTES)
+
     async def _send_commits(self, transactions: list[Transaction]) -> list[CommitAnswer]:
-        # Resending after UNAVAILABLE is safe: a decided id gets its first decision back.
+        """One ``CommitStream`` message for ``transactions`` (several when it would be too large);
+        their answers in order. A lost connection resends the message on a new stream: the same
+        ids, so a transaction decided before the loss gets its first decision back."""
         message = encode_commit_request(transactions)
-        return await self._retrying(
-            self.retry, lambda: self._commit_stream.request(message, self.timeout)
+        if len(message) > self._message_limit(len(transactions)):
+            return await self._send_split(transactions, len(message))
+        try:
+            return await self._call(
+                lambda remaining: self._node.commits.request(message, remaining),
+                changes_state=True,
+            )
+        except OracleError as err:
+            limit = refused_message_limit(err)
+            if limit is None:
+                raise
+            # The server's limit is lower than this client was told: learn it, and resend (the
+            # refusal ended the stream, so messages that fit were refused too).
+            self.max_message_bytes = min(self.max_message_bytes, limit)
+            if len(message) <= self._message_limit(len(transactions)):
+                return await self._send_commits(transactions)
+            return await self._send_split(transactions, len(message))
+
+    async def _send_split(self, transactions: list[Transaction], size: int) -> list[CommitAnswer]:
+        if len(transactions) == 1:
+            return [transaction_too_large(transactions[0].txn_id, size, self.max_message_bytes)]
+        half = len(transactions) // 2
+        first, second = await asyncio.gather(
+            self._send_commits(transactions[:half]), self._send_commits(transactions[half:])
         )
+        return first + second
 
     async def commit(self, txn: Transaction) -> Committed | Aborted:
         """Commits ``txn`` through group commit: ``Committed`` or ``Aborted``, as in-process.
         Concurrent calls share one ``CommitStream`` message; a refused transaction raises
         :class:`OracleError` with the status code (``INVALID_ARGUMENT``, ``OUT_OF_RANGE``,
-        ``ALREADY_EXISTS``, ``RESOURCE_EXHAUSTED``, ...)."""
+        ``ALREADY_EXISTS``, ``RESOURCE_EXHAUSTED``, ...); one that does not fit in a message
+        :class:`~hlc_oracle.TransactionTooLargeError`; a commit whose connection was lost and
+        whose retries ran out :class:`OracleOutcomeUnknownError`."""
         if not isinstance(txn, Transaction):
             raise TypeError(f"txn must be a Transaction, got {type(txn).__name__}")
         answer = await self._commit_batcher.submit(txn)
         if isinstance(answer, tuple):
             _, code_number, message = answer
             raise result_error(status_code(code_number), message)
+        if isinstance(answer, Exception):
+            raise answer
         return answer
 
     async def commit_unary(self, txn: Transaction) -> Committed | Aborted:
@@ -214,7 +244,22 @@ class AsyncOracleClient:
         if not isinstance(txn, Transaction):
             raise TypeError(f"txn must be a Transaction, got {type(txn).__name__}")
         request = pb.CommitRequest(transaction=transaction_to_wire(txn))
-        result = await self._unary(self.retry, lambda: self._commit(request, timeout=self.timeout))
+        size = request.ByteSize()
+        if size > self.max_message_bytes:
+            raise transaction_too_large(txn.txn_id, size, self.max_message_bytes)
+        try:
+            result = await self._unary(
+                lambda remaining: self._node.commit(
+                    request, timeout=remaining, wait_for_ready=True
+                ),
+                changes_state=True,
+            )
+        except OracleError as err:
+            limit = refused_message_limit(err)
+            if limit is None:
+                raise
+            self.max_message_bytes = min(self.max_message_bytes, limit)
+            raise transaction_too_large(txn.txn_id, size, limit) from None
         return outcome_from_wire(result)
 
     @staticmethod
@@ -228,14 +273,19 @@ class AsyncOracleClient:
     async def abort(self, txn_id: int) -> Committed | Aborted:
         """Aborts an undecided id (a late commit of it is then refused); returns the decision."""
         request = pb.AbortRequest(txn_id=self._txn_id(txn_id))
-        result = await self._unary(self.retry, lambda: self._abort(request, timeout=self.timeout))
+        result = await self._unary(
+            lambda remaining: self._node.abort(request, timeout=remaining, wait_for_ready=True),
+            changes_state=True,
+        )
         return outcome_from_wire(result)
 
     async def transaction_status(self, txn_id: int) -> Committed | Aborted | None:
         """The decision on ``txn_id``, or None when the oracle does not know it."""
         request = pb.TransactionStatusRequest(txn_id=self._txn_id(txn_id))
         response = await self._unary(
-            self.retry, lambda: self._transaction_status(request, timeout=self.timeout)
+            lambda remaining: self._node.transaction_status(
+                request, timeout=remaining, wait_for_ready=True
+            )
         )
         return outcome_from_wire(response.result) if response.known else None
 
@@ -245,11 +295,11 @@ class AsyncOracleClient:
         return self._commit_batcher.batches
 
     async def close(self) -> None:
+        """Fails what still waits, ends the streams and closes the channel; every task the
+        client started has finished when this returns."""
         await self._commit_batcher.close()
-        await self._commit_stream.close()
         await self._batcher.close()
-        await self._stream.close()
-        await self._channel.close()
+        await self._node.close()
 
     async def __aenter__(self) -> Self:
         return self

@@ -5,6 +5,7 @@ event-loop thread, safe to share between threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
 from types import TracebackType
@@ -18,6 +19,19 @@ from hlc_oracle.client.errors import OracleError
 from hlc_oracle.client.status import OracleStatus
 
 T = TypeVar("T")
+
+# How long close() waits for the private loop's tasks and thread (they normally take milliseconds).
+_FINISH_TIMEOUT_S = 5.0
+
+
+async def _finish_tasks() -> None:
+    """Cancels every other task of the running loop and waits for them; then async generators."""
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 class OracleClient:
@@ -90,16 +104,27 @@ class OracleClient:
         return self._run(self._client.transaction_status(txn_id))
 
     def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
+        """Lets every task on the private loop finish (gRPC's own included), then stops and closes
+        the loop: closing it with tasks pending printed "Task was destroyed but it is pending!"
+        and, from gRPC callbacks, "Event loop is closed"."""
+        if self._thread.is_alive():
+            finishing = asyncio.run_coroutine_threadsafe(_finish_tasks(), self._loop)
+            with contextlib.suppress(Exception):
+                finishing.result(timeout=_FINISH_TIMEOUT_S)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=_FINISH_TIMEOUT_S)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def close(self) -> None:
+        """Closes the client (what still waits fails with ``CANCELLED``); idempotent."""
         if self._closed:
             return
-        self._run(self._client.close())
-        self._closed = True
-        self._stop_loop()
+        try:
+            self._run(self._client.close())
+        finally:
+            self._closed = True
+            self._stop_loop()
 
     def __enter__(self) -> Self:
         return self

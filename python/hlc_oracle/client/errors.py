@@ -3,13 +3,22 @@
 A gRPC failure becomes one of them in :func:`error_from_rpc`, the one place that reads a
 status code and the oracle's refusal mark; :func:`result_error` does the same for a refused
 transaction inside a ``CommitResult``.
+
+Honest classification: a status the oracle sent itself is reported as such. A connection that
+drops while a call is in flight surfaces in grpc-core as ``UNAVAILABLE``, ``CANCELLED``,
+``UNKNOWN`` or ``INTERNAL`` ("Internal error from Core") without the oracle's refusal mark; the
+request may or may not have reached the oracle, so it becomes a :class:`ConnectionLostError`
+(retried), never the server's ``INTERNAL``. When the retries run out after one, a call that
+changes state raises :class:`OracleOutcomeUnknownError`.
 """
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
-from hlc_oracle import HlcError
+from hlc_oracle import HlcError, TransactionTooLargeError
 from hlc_oracle.proto import REFUSAL_DISABLED, REFUSAL_METADATA_KEY, REFUSAL_NOT_SERVING
 
 
@@ -53,11 +62,38 @@ class OracleDisabledError(OracleError):
     with ``commit.enabled = false``). Permanent: never retried."""
 
 
+class OracleOutcomeUnknownError(OracleUnavailableError):
+    """The connection was lost while a commit or abort was in flight, and the retries (with the
+    same transaction id) ran out: whether the oracle decided it is unknown. Resubmit the same
+    transaction id (a decided id returns its first decision) or ask ``transaction_status(id)``."""
+
+
 class OracleTimeoutError(OracleError):
-    """The call did not finish within the client's timeout (``DEADLINE_EXCEEDED``)."""
+    """The call did not finish within the client's timeout (``DEADLINE_EXCEEDED``): the oracle
+    was reached but did not answer in time. The outcome of a commit that timed out is unknown."""
+
+
+class ConnectionLostError(OracleUnavailableError):
+    """The connection failed while the request may have been on its way or answered (a broken
+    stream, a reset, grpc-core's own ``INTERNAL``): retried; ``details`` keeps what gRPC said."""
+
+
+# grpc-core reports a connection lost mid-call with these codes; the oracle itself sends them only
+# with its refusal mark.
+_CONNECTION_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+# The channel could not connect at all: the request never left this process.
+_NOT_SENT_PREFIX = "failed to connect to all addresses"
 
 
 def error_from_rpc(err: grpc.RpcError) -> OracleError:
+    """The :class:`OracleError` of a failed gRPC call (see the module's classification)."""
     code: grpc.StatusCode = err.code()
     details: str = err.details() or ""
     refusal = None
@@ -67,13 +103,28 @@ def error_from_rpc(err: grpc.RpcError) -> OracleError:
             refusal = value if isinstance(value, str) else value.decode("ascii", "replace")
     if refusal == REFUSAL_DISABLED:
         return OracleDisabledError(code, details, refusal)
-    kind = {
-        grpc.StatusCode.UNAVAILABLE: (
-            OracleNotServingError if refusal is not None else OracleUnavailableError
-        ),
-        grpc.StatusCode.DEADLINE_EXCEEDED: OracleTimeoutError,
-    }.get(code, OracleError)
-    return kind(code, details, refusal)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return OracleTimeoutError(code, details, refusal)
+    if refusal is not None:
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return OracleNotServingError(code, details, refusal)
+        return OracleError(code, details, refusal)
+    if code in _CONNECTION_CODES:
+        if code is grpc.StatusCode.UNAVAILABLE and details.startswith(_NOT_SENT_PREFIX):
+            return OracleUnavailableError(code, details)
+        return connection_lost(f"{code.name}: {details}" if details else code.name)
+    return OracleError(code, details)
+
+
+def connection_lost(what: str) -> ConnectionLostError:
+    """A :class:`ConnectionLostError` whose message says what gRPC (or the stream) reported."""
+    return ConnectionLostError(grpc.StatusCode.UNAVAILABLE, f"connection lost: {what}")
+
+
+def is_retryable(error: OracleError) -> bool:
+    """Whether another attempt may succeed: unreachable, connection lost, or not serving for now
+    (a service disabled by configuration is permanent)."""
+    return isinstance(error, OracleUnavailableError) and error.refusal != REFUSAL_DISABLED
 
 
 def result_error(code: grpc.StatusCode, message: str) -> OracleError:
@@ -81,3 +132,23 @@ def result_error(code: grpc.StatusCode, message: str) -> OracleError:
     if code is grpc.StatusCode.UNAVAILABLE:
         return OracleNotServingError(code, message, REFUSAL_NOT_SERVING)
     return OracleError(code, message)
+
+
+# gRPC's words when a message is over the receiver's limit: "... larger than max (SIZE vs. LIMIT)".
+_LARGER_THAN_MAX = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+
+
+def refused_message_limit(error: OracleError) -> int | None:
+    """The server's message limit, when ``error`` is its refusal of a message over it."""
+    if error.code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    found = _LARGER_THAN_MAX.search(error.details)
+    return int(found.group(2)) if found else None
+
+
+def transaction_too_large(txn_id: int, size: int, limit: int) -> TransactionTooLargeError:
+    """The error of a transaction that alone does not fit in one message."""
+    return TransactionTooLargeError(
+        f"transaction {txn_id} encodes to {size} bytes, above the message limit of {limit} "
+        "bytes (the server's limits.max_message_bytes; the client's max_message_bytes)"
+    )

@@ -1,7 +1,13 @@
 """How the client retries: :class:`RetryPolicy` and :func:`with_retries`.
 
-A policy is attempts and a backoff (exponential, capped, with jitter); ``with_retries`` runs a
-call under it, retrying ``UNAVAILABLE`` and turning gRPC failures into :class:`OracleError`.
+A call has one deadline, its timeout, and every attempt runs inside it: no call takes longer
+than its timeout, however many attempts it makes. Attempts wait for the channel to be ready
+(gRPC's wait-for-ready) instead of failing fast while a node is down, so a call made during an
+outage is sent as soon as the node is reachable again (the channel's reconnect cadence is in
+:mod:`hlc_oracle.client.channel`). What is retried: ``UNAVAILABLE`` (unreachable, or not serving
+for now) and a connection lost mid-call; commits and aborts are retried with the same transaction
+id, which is safe because a decided id returns its first decision. Between attempts the client
+sleeps a short backoff with jitter.
 """
 
 from __future__ import annotations
@@ -14,19 +20,37 @@ from typing import TypeVar
 
 import grpc
 
-from hlc_oracle.client.errors import OracleUnavailableError, error_from_rpc
+from hlc_oracle.client.errors import (
+    ConnectionLostError,
+    OracleError,
+    OracleOutcomeUnknownError,
+    OracleTimeoutError,
+    OracleUnavailableError,
+    error_from_rpc,
+    is_retryable,
+)
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries of ``UNAVAILABLE``: ``attempts`` tries in all, sleeping ``initial_backoff_s``,
-    doubling up to ``max_backoff_s``, each sleep with up to 50% random jitter."""
+    """Retries within a call's timeout: at most ``attempts`` tries, sleeping ``initial_backoff_s``
+    between the first two, doubling up to ``max_backoff_s``, each sleep with up to 50% random
+    jitter. The short cap keeps a node that comes back (or starts serving) answered promptly."""
 
     attempts: int = 5
-    initial_backoff_s: float = 0.05
-    max_backoff_s: float = 1.0
+    initial_backoff_s: float = 0.02
+    max_backoff_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ValueError(f"attempts must be an int of at least 1, got {self.attempts!r}")
+        if not 0 <= self.initial_backoff_s <= self.max_backoff_s:
+            raise ValueError(
+                "backoffs must satisfy 0 <= initial_backoff_s <= max_backoff_s, got "
+                f"{self.initial_backoff_s} and {self.max_backoff_s}"
+            )
 
     def delays(self) -> list[float]:
         delay = self.initial_backoff_s
@@ -37,16 +61,69 @@ class RetryPolicy:
         return result
 
 
-async def with_retries(policy: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
-    """``await call()``, retried on ``UNAVAILABLE``; gRPC failures become :class:`OracleError`."""
+async def with_retries(
+    policy: RetryPolicy,
+    call: Callable[[float], Awaitable[T]],
+    timeout: float,
+    *,
+    changes_state: bool = False,
+    connected: Callable[[], bool] | None = None,
+) -> T:
+    """``await call(remaining_seconds)``, retried as the module says, all within ``timeout``.
+
+    gRPC failures become :class:`OracleError`. ``changes_state`` (commit, abort): when a
+    connection was lost during an attempt and no later attempt got an answer, the error is
+    :class:`OracleOutcomeUnknownError`. ``connected`` tells a node that never answered (the
+    channel is not ready at the deadline: :class:`OracleUnavailableError`) from one that is
+    reachable but slow (:class:`OracleTimeoutError`).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    lost: ConnectionLostError | None = None
     for delay in [*policy.delays(), None]:
-        try:
-            return await call()
-        except grpc.RpcError as err:
-            error = error_from_rpc(err)
-        except OracleUnavailableError as err:
-            error = err
-        if not isinstance(error, OracleUnavailableError) or delay is None:
-            raise error
+        error: OracleError
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            error = OracleTimeoutError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout} s"
+            )
+        else:
+            try:
+                return await call(remaining)
+            except grpc.RpcError as err:
+                error = error_from_rpc(err)
+            except OracleError as err:
+                error = err
+        if isinstance(error, ConnectionLostError):
+            lost = error
+        if not is_retryable(error) or delay is None or loop.time() + delay >= deadline:
+            raise _final_error(error, lost, changes_state, timeout, connected) from None
         await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _final_error(
+    error: OracleError,
+    lost: ConnectionLostError | None,
+    changes_state: bool,
+    timeout: float,
+    connected: Callable[[], bool] | None,
+) -> OracleError:
+    gave_up = is_retryable(error) or isinstance(error, OracleTimeoutError)
+    if lost is not None and changes_state and gave_up:
+        return OracleOutcomeUnknownError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{lost.details}; retrying the same transaction id got no answer within {timeout} s "
+            f"(last: {error.details}), so its outcome is unknown: resubmit the same transaction "
+            "id (a decided id returns its first decision) or ask transaction_status(id)",
+        )
+    if (
+        isinstance(error, OracleTimeoutError)
+        and error.refusal is None
+        and connected is not None
+        and not connected()
+    ):
+        return OracleUnavailableError(
+            grpc.StatusCode.UNAVAILABLE, f"could not connect within {timeout} s"
+        )
+    return error

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import grpc
 
@@ -16,7 +16,7 @@ from hlc_oracle._core import decode_commit_results
 from hlc_oracle.client.errors import (
     OracleError,
     OracleTimeoutError,
-    OracleUnavailableError,
+    connection_lost,
     error_from_rpc,
 )
 from hlc_oracle.client.wire import (
@@ -36,48 +36,63 @@ class PipelinedStream(Generic[Answer]):
     fails; a failure fails every request still waiting on that call.
     """
 
-    def __init__(self, method: Callable[[], Any], decode: Callable[[Any], Answer]) -> None:
+    def __init__(self, method: Callable[..., Any], decode: Callable[[Any], Answer]) -> None:
         self._method = method
         self._decode = decode
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: collections.deque[asyncio.Future[Answer]] = collections.deque()
         self._write_lock = asyncio.Lock()
+        # Reader tasks of ended calls, cancelled but maybe not finished: close() waits for them.
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    def _open(self) -> Any:
+        if self._call is None:
+            # wait_for_ready: while the node is down, the call waits for the channel to connect
+            # (request() bounds the wait) instead of failing at once.
+            self._call = self._method(wait_for_ready=True)
+            self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
+        return self._call
 
     async def request(self, message: Any, timeout: float) -> Answer:
-        if self._call is None:
-            self._call = self._method()
-            self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
-        call = self._call
+        """Sends ``message`` and returns its answer, all within ``timeout`` seconds: opening the
+        call and waiting for a connection included. A call that breaks fails its requests with
+        :class:`~hlc_oracle.client.errors.ConnectionLostError`; a timeout ends the call too
+        (its answers could no longer be matched to requests), and the next request opens a new
+        one."""
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        call = self._open()
         try:
-            # One write at a time on a call (grpc.aio refuses overlapping writes); the answer
-            # order is the write order, so the future joins the queue under the same lock.
-            async with self._write_lock:
-                self._pending.append(future)
-                await call.write(message)
-        except grpc.RpcError as err:
-            self._fail(call, err)
-        except asyncio.InvalidStateError:
-            self._fail(call, OracleUnavailableError(grpc.StatusCode.UNAVAILABLE, "stream closed"))
-        try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                # One write at a time on a call (grpc.aio refuses overlapping writes); the answer
+                # order is the write order, so the future joins the queue under the same lock.
+                async with self._write_lock:
+                    call = self._open()  # the call may have failed while this request waited
+                    self._pending.append(future)
+                    try:
+                        await call.write(message)
+                    except grpc.RpcError as err:
+                        self._fail(call, error_from_rpc(err))
+                    except asyncio.InvalidStateError:
+                        self._fail(call, connection_lost("the stream had ended"))
+                return await future
         except TimeoutError:
-            # The stream's answers can no longer be matched to callers: start a new one.
+            future.cancel()  # a future nobody awaits must not hold an exception
             error = OracleTimeoutError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout} s"
             )
             self._fail(call, error)
             raise error from None
+        except BaseException:
+            future.cancel()  # cancelled while writing: nobody will await the answer
+            raise
 
     async def _read(self, call: Any) -> None:
         try:
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
-                    raise OracleUnavailableError(
-                        grpc.StatusCode.UNAVAILABLE, "the server closed the stream"
-                    )
+                    raise connection_lost("the server closed the stream")
                 if not self._pending:
                     raise OracleError(
                         grpc.StatusCode.INTERNAL, "the server answered a request never sent"
@@ -88,30 +103,35 @@ class PipelinedStream(Generic[Answer]):
                         future.set_result(self._decode(response))
                     except ValueError as err:
                         future.set_exception(OracleError(grpc.StatusCode.INTERNAL, str(err)))
-        except (grpc.RpcError, OracleError) as err:
+        except grpc.RpcError as err:
+            self._fail(call, error_from_rpc(err))
+        except OracleError as err:
             self._fail(call, err)
-        except asyncio.CancelledError:
-            self._fail(call, OracleUnavailableError(grpc.StatusCode.CANCELLED, "stream closed"))
-            raise
 
-    def _fail(self, call: Any, err: BaseException) -> None:
+    def _fail(self, call: Any, error: OracleError) -> None:
+        """Ends ``call`` (if it is still the current one) and fails every request waiting on it."""
         if call is not self._call:
             return
-        error = error_from_rpc(err) if isinstance(err, grpc.RpcError) else err
         self._call = None
         call.cancel()
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
+            self._stopping.add(reader)
+            reader.add_done_callback(self._stopping.discard)
         pending, self._pending = self._pending, collections.deque()
         for future in pending:
             if not future.done():
                 future.set_exception(error)
 
     async def close(self) -> None:
+        """Ends the call, fails what waits on it, and waits for its reader task to finish."""
         call = self._call
         if call is not None:
-            self._fail(call, OracleUnavailableError(grpc.StatusCode.CANCELLED, "client closed"))
+            self._fail(call, OracleError(grpc.StatusCode.CANCELLED, "client closed"))
+        stopping = list(self._stopping)
+        if stopping:
+            await asyncio.gather(*stopping, return_exceptions=True)
 
 
 def timestamp_stream(channel: grpc.aio.Channel) -> PipelinedStream[TimestampRange]:
@@ -128,6 +148,6 @@ def commit_stream(channel: grpc.aio.Channel) -> PipelinedStream[list[CommitAnswe
     """``CommitStream``: each request message carries a group of transactions. Messages are
     encoded and decoded in Rust (``encode_commit_request`` / ``decode_commit_results``), so the
     channel carries the bytes as they are."""
-    return PipelinedStream(
-        channel.stream_stream(TRANSACTIONS_METHODS + "CommitStream"), decode_commit_results
-    )
+    # The decoder's list holds decisions and refusals only; the client adds its own errors.
+    decode = cast(Callable[[bytes], list[CommitAnswer]], decode_commit_results)
+    return PipelinedStream(channel.stream_stream(TRANSACTIONS_METHODS + "CommitStream"), decode)

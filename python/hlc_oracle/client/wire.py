@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-from hlc_oracle import Aborted, Committed, Timestamp, TimestampRange, Transaction
+from hlc_oracle import Aborted, Committed, HlcError, Timestamp, TimestampRange, Transaction
 from hlc_oracle.client.errors import result_error
 from hlc_oracle.proto import oracle_pb2 as pb
 
@@ -45,8 +45,9 @@ def status_code(number: int) -> grpc.StatusCode:
     return _CODES.get(number, grpc.StatusCode.UNKNOWN)
 
 
-#: One result of a CommitStream message: the decision, or ``(txn_id, grpc code, message)``.
-CommitAnswer = Committed | Aborted | tuple[int, int, str]
+#: One result of a CommitStream message: the decision, or ``(txn_id, grpc code, message)`` for a
+#: transaction the oracle refused, or the error of one the client could not send (too large).
+CommitAnswer = Committed | Aborted | tuple[int, int, str] | HlcError
 
 
 def outcome_from_wire(result: pb.CommitResult) -> Committed | Aborted:

@@ -1,0 +1,73 @@
+"""One oracle node as the client sees it: its channel, its RPC methods and its two streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from hlc_oracle.client.channel import is_ready, open_channel
+from hlc_oracle.client.streams import commit_stream, timestamp_stream
+from hlc_oracle.client.wire import TIMESTAMP_ORACLE_METHODS, TRANSACTIONS_METHODS
+from hlc_oracle.proto import oracle_pb2 as pb
+
+
+class OracleNode:
+    """The channel to one node (``target``, ``host:port``) and what the client calls on it.
+
+    Unary methods are gRPC multicallables (call them with ``timeout=`` and
+    ``wait_for_ready=True``); ``timestamps`` and ``commits`` are the pipelined
+    ``StreamTimestamps`` and ``CommitStream`` calls, opened on first use.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None,
+        options: list[tuple[str, Any]] | None,
+    ) -> None:
+        self.target = target
+        self.channel = open_channel(target, credentials, options)
+        channel = self.channel
+        self.get_timestamps = channel.unary_unary(
+            TIMESTAMP_ORACLE_METHODS + "GetTimestamps",
+            request_serializer=pb.GetTimestampsRequest.SerializeToString,
+            response_deserializer=pb.GetTimestampsResponse.FromString,
+        )
+        self.observe = channel.unary_unary(
+            TIMESTAMP_ORACLE_METHODS + "Observe",
+            request_serializer=pb.ObserveRequest.SerializeToString,
+            response_deserializer=pb.ObserveResponse.FromString,
+        )
+        self.get_status = channel.unary_unary(
+            TIMESTAMP_ORACLE_METHODS + "GetStatus",
+            request_serializer=pb.GetStatusRequest.SerializeToString,
+            response_deserializer=pb.GetStatusResponse.FromString,
+        )
+        self.commit = channel.unary_unary(
+            TRANSACTIONS_METHODS + "Commit",
+            request_serializer=pb.CommitRequest.SerializeToString,
+            response_deserializer=pb.CommitResult.FromString,
+        )
+        self.abort = channel.unary_unary(
+            TRANSACTIONS_METHODS + "Abort",
+            request_serializer=pb.AbortRequest.SerializeToString,
+            response_deserializer=pb.CommitResult.FromString,
+        )
+        self.transaction_status = channel.unary_unary(
+            TRANSACTIONS_METHODS + "GetTransactionStatus",
+            request_serializer=pb.TransactionStatusRequest.SerializeToString,
+            response_deserializer=pb.TransactionStatusResponse.FromString,
+        )
+        self.timestamps = timestamp_stream(channel)
+        self.commits = commit_stream(channel)
+
+    def ready(self) -> bool:
+        """Whether the channel is connected now."""
+        return is_ready(self.channel)
+
+    async def close(self) -> None:
+        """Ends both streams (failing what waits on them), then closes the channel."""
+        await self.commits.close()
+        await self.timestamps.close()
+        await self.channel.close()
