@@ -112,12 +112,12 @@ class AsyncOracleClient:
             )
         except OracleUnavailableError as err:
             # Only a plain transport failure: a refusal (any mark) came from a server that the
-            # handshake let through; a lost connection had one. The look is short, so a call
-            # still ends close to its timeout.
+            # handshake let through; a lost connection had one. The look is short (half the
+            # timeout, 1 s at most), so a call ends within 1.5 times its timeout at worst.
             if type(err) is not OracleUnavailableError or err.refusal is not None:
                 raise
             failure = await diagnose(
-                self.target, self._tls_material, self._tls, timeout=min(1.0, self.timeout / 4)
+                self.target, self._tls_material, self._tls, timeout=min(1.0, self.timeout / 2)
             )
             if failure is None:
                 raise
