@@ -34,7 +34,6 @@ from typing import Any
 import grpc
 import pytest
 from hlc_oracle import Clock, CommitOptions, Committed, GroupCommitScheduler, Timestamp, Transaction
-from hlc_oracle._core import decode_commit_results, encode_commit_request
 from hlc_oracle.client import AsyncOracleClient
 
 from tests.integration.oracle_process import OracleProcess
@@ -307,7 +306,6 @@ def test_in_process_256_submitters(baseline: Any, scheduler: GroupCommitSchedule
 
 STREAM_TXNS = 100_000
 STREAM_IN_FLIGHT = 8
-COMMIT_STREAM = "/hlc_oracle.v1.Transactions/CommitStream"
 #: The server of "today's code" (before the bytes path), for the same-run comparison of merged
 #: ``commit()``: a tree whose ``python/`` holds that version's package and compiled core (see
 #: bench/README.md, "Group commit at volume"). Unset: that comparison is skipped.
@@ -326,28 +324,22 @@ def server_pid(server: OracleProcess) -> int:
 
 
 async def stream_round(target: str, txns: list[Transaction], per_message: int) -> int:
-    """One client, one ``CommitStream``: ``txns`` in messages of ``per_message`` encoded with
-    ``encode_commit_request``, ``STREAM_IN_FLIGHT`` messages in flight, every response decoded.
+    """One client process, one ``CommitStream``: ``txns`` in ``commit_many`` calls of
+    ``per_message``, ``STREAM_IN_FLIGHT`` calls in flight (``commit_many`` encodes each message
+    with ``encode_commit_request`` and decodes its answers with ``decode_commit_results``).
     Returns the committed count."""
+    batches = [txns[start : start + per_message] for start in range(0, len(txns), per_message)]
+    batches.reverse()  # popped from the end: sent in order
     committed = 0
-    async with grpc.aio.insecure_channel(
-        target, options=[("grpc.max_receive_message_length", 64 << 20)]
-    ) as channel:
-        call = channel.stream_stream(COMMIT_STREAM)()
-        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+    async with AsyncOracleClient(target, timeout=60.0) as client:
 
-        async def write() -> None:
-            for start in range(0, len(txns), per_message):
-                await slots.acquire()
-                await call.write(encode_commit_request(txns[start : start + per_message]))
-            await call.done_writing()
+        async def sender() -> None:
+            nonlocal committed
+            while batches:
+                results = await client.commit_many(batches.pop())
+                committed += sum(1 for result in results if isinstance(result, Committed))
 
-        writer = asyncio.create_task(write())
-        async for response in call:
-            slots.release()
-            results = decode_commit_results(response)
-            committed += sum(1 for result in results if isinstance(result, Committed))
-        await writer
+        await asyncio.gather(*(sender() for _ in range(STREAM_IN_FLIGHT)))
     return committed
 
 

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import grpc
 
-from hlc_oracle import Committed, Transaction
+from hlc_oracle import Committed, Timestamp, Transaction
 from hlc_oracle import config as config_module
 from hlc_oracle.cli.exit_codes import EXIT_OK
 from hlc_oracle.cli.options import (
@@ -30,12 +30,18 @@ def add_parser(commands: Any) -> None:
     )
     bench.add_argument(
         "--mode",
-        choices=("merged", "ranges", "unary", "commit"),
+        choices=("merged", "ranges", "unary", "commit", "commit-batch"),
         default="merged",
         help="merged: concurrent get_timestamp() callers (merged by the client); ranges: "
         "get_timestamps(--count) callers (merged too); unary: one GetTimestamps call of --count "
         "per request; commit: concurrent commit() callers (group commit, --keys keys per "
-        "transaction, disjoint) (default %(default)s)",
+        "transaction, disjoint); commit-batch: callers each sending commit_many() of --batch "
+        "transactions, built before the timing (default %(default)s)",
+    )
+    bench.add_argument(
+        "--batch",
+        type=positive_int,
+        help="transactions per commit_many() call in commit-batch mode (default 100)",
     )
     bench.add_argument(
         "--keys",
@@ -103,7 +109,7 @@ def bench_count(args: argparse.Namespace) -> int:
     """``--count`` as the timestamps each call asks for; ``ConfigError`` where it means nothing."""
     if args.count is None:
         return 1
-    if args.mode in ("merged", "commit"):
+    if args.mode in ("merged", "commit", "commit-batch"):
         raise config_module.ConfigError(
             f"--count applies to --mode ranges and unary only; each {args.mode} call is one "
             + ("timestamp" if args.mode == "merged" else "transaction")
@@ -113,9 +119,33 @@ def bench_count(args: argparse.Namespace) -> int:
     return int(args.count)
 
 
+def bench_batch(args: argparse.Namespace) -> int:
+    """``--batch`` as the transactions of one commit_many() call; ``ConfigError`` elsewhere."""
+    if args.batch is None:
+        return 100
+    if args.mode != "commit-batch":
+        raise config_module.ConfigError("--batch applies to --mode commit-batch only")
+    return int(args.batch)
+
+
+def bench_transactions(run_id: int, start: Timestamp, count: int, keys: int) -> list[Transaction]:
+    """``count`` transactions with ids unique to this run; each reads and writes its own keys,
+    so all of them commit and the figure is the group commit's, not the conflict rate's."""
+    reads = keys // 2
+    transactions = []
+    for n in range(1, count + 1):
+        txn_id = (run_id << 32) | n
+        names = [b"%d/%d" % (txn_id, k) for k in range(max(keys, reads + 1))]
+        transactions.append(Transaction(txn_id, start, names[:reads], names[reads:]))
+    return transactions
+
+
 async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the load; returns calls, timestamps, seconds, throughput and latency percentiles."""
+    if args.mode == "commit-batch":
+        return await run_commit_batches(args)
     count = bench_count(args)
+    bench_batch(args)
     if args.concurrency < 1 or args.requests < 1:
         raise config_module.ConfigError("--concurrency and --requests must be at least 1")
     if not args.duration > 0 or args.duration == float("inf"):
@@ -190,9 +220,76 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def run_commit_batches(args: argparse.Namespace) -> dict[str, Any]:
+    """Commit-batch mode: ``--concurrency`` callers each sending ``commit_many`` of ``--batch``
+    transactions (so that many messages in flight); latencies are per call."""
+    batch = bench_batch(args)
+    bench_count(args)
+    latencies: list[float] = []
+    batches_sent = 0
+    transactions_done = 0
+    deadline = time.perf_counter() + args.duration
+    progress = ProgressBar(args.requests, sys.stderr, not args.no_progress and sys.stderr.isatty())
+    async with AsyncOracleClient(args.target, **client_kwargs(args)) as client:
+        await client.status()  # fail fast, and open the connection outside the timing
+        start = await client.get_timestamp()
+        transactions = bench_transactions(
+            time.time_ns() & 0xFFFF_FFFF, start, args.requests, args.keys
+        )
+        batches = [transactions[i : i + batch] for i in range(0, len(transactions), batch)]
+        batches.reverse()  # popped from the end, so sent in id order
+
+        async def caller() -> None:
+            nonlocal batches_sent, transactions_done
+            while batches and time.perf_counter() < deadline:
+                sent = batches.pop()
+                batches_sent += 1
+                started = time.perf_counter()
+                results = await client.commit_many(sent)
+                latencies.append(time.perf_counter() - started)
+                for result in results:
+                    if not isinstance(result, Committed):
+                        raise OracleError(grpc.StatusCode.INTERNAL, f"unexpected {result!r}")
+                transactions_done += len(results)
+                progress.update(transactions_done, begin)
+
+        begin = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(args.concurrency)))
+        elapsed = time.perf_counter() - begin
+        progress.update(transactions_done, begin, force=True)
+        progress.finish()
+    latencies.sort()
+    return {
+        "mode": args.mode,
+        "concurrency": args.concurrency,
+        "batch": batch,
+        "calls": transactions_done,
+        "batches": batches_sent,
+        "seconds": round(elapsed, 3),
+        "calls_per_second": round(transactions_done / elapsed),
+        "latency_us": {
+            name: round(percentile(latencies, q) * 1e6, 1) if latencies else None
+            for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+        },
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     result = asyncio.run(run_bench(args))
     latency = result["latency_us"]
+    if result["mode"] == "commit-batch":
+        print(
+            f"{result['calls']} committed transactions in {result['seconds']} s: "
+            f"{result['calls_per_second']:,} commits/s "
+            f"({result['batches']} commit_many calls of {result['batch']}, "
+            f"{result['concurrency']} in flight)"
+        )
+        print(
+            f"latency us per call: p50 {latency['p50']}  p90 {latency['p90']}  "
+            f"p99 {latency['p99']}  max {latency['max']}"
+        )
+        print(json.dumps(result))
+        return EXIT_OK
     if result["mode"] == "commit":
         print(
             f"{result['calls']} committed transactions in {result['seconds']} s: "

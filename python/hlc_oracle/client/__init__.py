@@ -11,7 +11,8 @@
   ``GetTimestamps`` call of its own.
 - ``commit(txn)`` calls made concurrently are merged the same way (:class:`CommitBatcher`: one
   ``CommitStream`` message carries every waiting caller's transaction); ``abort(txn_id)`` and
-  ``transaction_status(txn_id)`` are unary.
+  ``transaction_status(txn_id)`` are unary. ``commit_many(txns)`` sends many transactions in
+  one call (one or a few ``CommitStream`` messages) and returns their results in order.
 - Every call has a timeout that bounds it end to end; within it, calls wait for the channel to
   connect, and ``UNAVAILABLE`` and lost connections are retried (commits with the same id).
   Failures raise :class:`OracleError` (or a subclass) carrying the gRPC status code.
@@ -28,6 +29,7 @@ One concept per module:
 ``timestamp_batcher``  merging concurrent timestamp requests (:class:`TimestampBatcher`)
 ``streams``            pipelined bidirectional streams (:class:`PipelinedStream`)
 ``commit_batcher``     merging concurrent commits into ``CommitStream`` messages
+``commit_many``        many transactions in one call (``commit_many(txns)``), results in order
 ``credentials``        TLS credentials (:func:`channel_credentials`)
 ``handshake``          telling a failed TLS handshake from an unreachable oracle, and why
 ``async_client``       :class:`AsyncOracleClient`
@@ -43,6 +45,7 @@ from hlc_oracle.client.async_client import DEFAULT_TARGET, AsyncOracleClient
 from hlc_oracle.client.blocking_client import OracleClient
 from hlc_oracle.client.channel import CHANNEL_OPTIONS
 from hlc_oracle.client.commit_batcher import CommitBatcher
+from hlc_oracle.client.commit_many import CommitManyResult
 from hlc_oracle.client.credentials import channel_credentials
 from hlc_oracle.client.errors import (
     ConnectionLostError,
@@ -74,6 +77,7 @@ __all__ = [
     "AsyncOracleClient",
     "CommitAnswer",
     "CommitBatcher",
+    "CommitManyResult",
     "ConnectionLostError",
     "OracleClient",
     "OracleDisabledError",

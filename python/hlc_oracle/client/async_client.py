@@ -5,7 +5,7 @@ retries and request merging.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -14,6 +14,7 @@ import grpc
 from hlc_oracle import Aborted, Committed, Timestamp, TimestampRange, Transaction
 from hlc_oracle._core import encode_commit_request
 from hlc_oracle.client.commit_batcher import CommitBatcher
+from hlc_oracle.client.commit_many import CommitManyResult, commit_many
 from hlc_oracle.client.errors import (
     OracleError,
     OracleTlsHandshakeError,
@@ -238,6 +239,13 @@ class AsyncOracleClient:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    async def commit_many(self, txns: Sequence[Transaction]) -> list[CommitManyResult]:
+        """Commits many transactions in one call, as one or a few ``CommitStream`` messages
+        (split by encoded bytes); their results in order: ``Committed``, ``Aborted``, or the
+        error that refused that transaction alone (returned, not raised). Concurrent calls
+        pipeline on the stream. See :mod:`hlc_oracle.client.commit_many`."""
+        return await commit_many(self._send_commits, txns)
 
     async def commit_unary(self, txn: Transaction) -> Committed | Aborted:
         """Like :meth:`commit`, as one unary ``Commit`` call (no merging)."""

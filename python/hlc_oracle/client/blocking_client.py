@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -15,6 +15,7 @@ import grpc
 
 from hlc_oracle import Aborted, Committed, Timestamp, TimestampRange, Transaction
 from hlc_oracle.client.async_client import DEFAULT_TARGET, AsyncOracleClient
+from hlc_oracle.client.commit_many import CommitManyResult
 from hlc_oracle.client.errors import OracleError
 from hlc_oracle.client.status import OracleStatus
 
@@ -93,6 +94,10 @@ class OracleClient:
 
     def commit(self, txn: Transaction) -> Committed | Aborted:
         return self._run(self._client.commit(txn))
+
+    def commit_many(self, txns: Sequence[Transaction]) -> list[CommitManyResult]:
+        """See :meth:`AsyncOracleClient.commit_many`."""
+        return self._run(self._client.commit_many(txns))
 
     def commit_unary(self, txn: Transaction) -> Committed | Aborted:
         return self._run(self._client.commit_unary(txn))
