@@ -31,7 +31,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from hlc_oracle import Clock, CommitOptions, Committed, GroupCommitScheduler, Timestamp, Transaction
 from hlc_oracle.client import AsyncOracleClient

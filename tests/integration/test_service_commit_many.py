@@ -78,7 +78,10 @@ def test_a_batch_over_the_message_limit_commits_whole_in_several_messages(
             # 2,000 transactions of 40 keys of about 30 bytes: about 2.6 MB, 40 times the limit.
             batch = [
                 Transaction(
-                    10_000 + i, start, [], [b"batch-%06d-key-%03d-padding-xx" % (i, k) for k in range(40)]
+                    10_000 + i,
+                    start,
+                    [],
+                    [b"batch-%06d-key-%03d-padding-xx" % (i, k) for k in range(40)],
                 )
                 for i in range(2000)
             ]
@@ -99,7 +102,10 @@ def test_concurrent_calls_pipeline_on_the_stream_and_answer_their_own(
         async with AsyncOracleClient(oracle.target) as client:
             start = await client.get_timestamp()
             batches = [
-                [Transaction(100_000 + 1000 * b + i, start, [], [b"p%d/%d" % (b, i)]) for i in range(200)]
+                [
+                    Transaction(100_000 + 1000 * b + i, start, [], [b"p%d/%d" % (b, i)])
+                    for i in range(200)
+                ]
                 for b in range(16)
             ]
             answers = await asyncio.gather(*(client.commit_many(batch) for batch in batches))
