@@ -66,35 +66,6 @@ def test_results_come_in_order_each_transaction_with_its_own_result_or_error(
             client.commit_many(batch[0])  # type: ignore[arg-type]
 
 
-def test_a_batch_over_the_message_limit_commits_whole_in_several_messages(
-    start_oracle: Callable[..., OracleProcess],
-) -> None:
-    limit = 64 * 1024
-    oracle = start_oracle("--max-message-bytes", str(limit))
-
-    async def scenario() -> None:
-        async with AsyncOracleClient(oracle.target, max_message_bytes=limit) as client:
-            start = await client.get_timestamp()
-            # 2,000 transactions of 40 keys of about 30 bytes: about 2.6 MB, 40 times the limit.
-            batch = [
-                Transaction(
-                    10_000 + i,
-                    start,
-                    [],
-                    [b"batch-%06d-key-%03d-padding-xx" % (i, k) for k in range(40)],
-                )
-                for i in range(2000)
-            ]
-            results = await client.commit_many(batch)
-            assert [r.txn_id for r in results if isinstance(r, Committed)] == [
-                t.txn_id for t in batch
-            ]
-            # Resent whole, the same ids return their first decisions.
-            assert await client.commit_many(batch[:10]) == results[:10]
-
-    asyncio.run(scenario())
-
-
 def test_concurrent_calls_pipeline_on_the_stream_and_answer_their_own(
     oracle: OracleProcess,
 ) -> None:
