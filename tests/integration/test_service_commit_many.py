@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Callable
 
 import grpc
 import pytest
-from hlc_oracle import Aborted, Committed, Timestamp, Transaction
-from hlc_oracle.client import AsyncOracleClient, OracleClient, OracleError
+from hlc_oracle import Aborted, Committed, Timestamp, Transaction, TransactionTooLargeError
+from hlc_oracle.client import (
+    AsyncOracleClient,
+    OracleClient,
+    OracleError,
+    OracleOutcomeUnknownError,
+    RetryPolicy,
+)
 
 from tests.integration.oracle_process import OracleProcess
+from tests.integration.tcp_proxy import TcpProxy
 
 
 def test_results_come_in_order_each_transaction_with_its_own_result_or_error(
@@ -66,6 +75,46 @@ def test_results_come_in_order_each_transaction_with_its_own_result_or_error(
             client.commit_many(batch[0])  # type: ignore[arg-type]
 
 
+def test_a_batch_over_the_message_limit_commits_whole_in_several_messages(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    limit = 64 * 1024
+    oracle = start_oracle("--max-message-bytes", str(limit))
+
+    async def scenario() -> None:
+        async with AsyncOracleClient(oracle.target, max_message_bytes=limit) as client:
+            start = await client.get_timestamp()
+            # 2,000 transactions of 40 keys of about 30 bytes: about 2.6 MB, 40 times the limit.
+            batch = [
+                Transaction(
+                    10_000 + i,
+                    start,
+                    [],
+                    [b"batch-%06d-key-%03d-padding-xx" % (i, k) for k in range(40)],
+                )
+                for i in range(2000)
+            ]
+            # One transaction of 3,000 keys (about 100 KB) fits in no message: its own error,
+            # and the rest still commits.
+            huge = Transaction(
+                9, start, [], [b"huge-%06d-padding-padding-xxxx" % k for k in range(3000)]
+            )
+            batch.insert(1000, huge)
+            results = await client.commit_many(batch)
+            too_large = results.pop(1000)
+            assert isinstance(too_large, TransactionTooLargeError), too_large
+            assert "transaction 9 encodes to" in str(too_large) and str(limit) in str(too_large)
+            batch.pop(1000)
+            assert [r.txn_id for r in results if isinstance(r, Committed)] == [
+                t.txn_id for t in batch
+            ]
+            assert await client.transaction_status(9) is None
+            # Resent whole, the same ids return their first decisions.
+            assert await client.commit_many(batch[:10]) == results[:10]
+
+    asyncio.run(scenario())
+
+
 def test_concurrent_calls_pipeline_on_the_stream_and_answer_their_own(
     oracle: OracleProcess,
 ) -> None:
@@ -89,6 +138,54 @@ def test_concurrent_calls_pipeline_on_the_stream_and_answer_their_own(
     asyncio.run(scenario())
 
 
+def _cut_after_decided(
+    proxy: TcpProxy, direct: OracleClient, client: OracleClient, batch: list[Transaction]
+) -> list[object]:
+    """Sends ``batch`` with ``client`` through ``proxy``, holds the answer back until the server
+    has decided the whole batch, then cuts the connection; what ``commit_many`` returned or
+    raised."""
+    client.status()  # connected through the proxy
+    proxy.hold_answers()
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(client.commit_many(batch))
+        except OracleError as err:
+            outcome.append(err)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert proxy.wait_for_held_answer()
+    deadline = time.monotonic() + 20
+    while direct.transaction_status(batch[-1].txn_id) is None:
+        assert time.monotonic() < deadline, "the server never decided the batch"
+        time.sleep(0.01)
+    proxy.cut()  # the answer was on its way: the connection drops under it
+    caller.join(timeout=60)
+    return outcome
+
+
+def test_a_batch_cut_after_it_was_decided_is_resent_to_the_same_decisions(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    server = start_oracle()
+    with TcpProxy(server.target) as proxy, OracleClient(server.target) as direct:
+        start = direct.get_timestamp()
+        batch = [Transaction(300 + i, start, [], [b"cut/%d" % i]) for i in range(100)]
+        with OracleClient(proxy.target, timeout=20) as client:
+            (results,) = _cut_after_decided(proxy, direct, client, batch)
+        assert isinstance(results, list) and len(results) == len(batch)
+        assert results == [direct.transaction_status(txn.txn_id) for txn in batch]
+        assert all(isinstance(result, Committed) for result in results)
+        # Spent retries: the outcome is unknown, not INTERNAL; resubmitting gets the decisions.
+        again = [Transaction(500 + i, start, [], [b"cut2/%d" % i]) for i in range(100)]
+        with OracleClient(proxy.target, timeout=2, retry=RetryPolicy(attempts=1)) as client:
+            (failure,) = _cut_after_decided(proxy, direct, client, again)
+        assert isinstance(failure, OracleOutcomeUnknownError), failure
+        assert direct.commit_many(again) == [direct.transaction_status(t.txn_id) for t in again]
+
+
 def test_bench_commit_batch_mode(oracle: OracleProcess) -> None:
     done = oracle.cli(
         "bench", "--mode", "commit-batch", "--batch", "100", "--concurrency", "4",
@@ -98,5 +195,5 @@ def test_bench_commit_batch_mode(oracle: OracleProcess) -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["mode"] == "commit-batch" and result["batch"] == 100
     assert result["calls"] == 2000  # transactions
-    assert result["batches"] == 20
+    assert result["batches"] == 20 and result["unknown_outcomes"] == 0
     assert "committed transactions" in done.stdout

@@ -228,6 +228,7 @@ async def run_commit_batches(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[float] = []
     batches_sent = 0
     transactions_done = 0
+    unknown_outcomes = 0
     deadline = time.perf_counter() + args.duration
     progress = ProgressBar(args.requests, sys.stderr, not args.no_progress and sys.stderr.isatty())
     async with AsyncOracleClient(args.target, **client_kwargs(args)) as client:
@@ -240,12 +241,17 @@ async def run_commit_batches(args: argparse.Namespace) -> dict[str, Any]:
         batches.reverse()  # popped from the end, so sent in id order
 
         async def caller() -> None:
-            nonlocal batches_sent, transactions_done
+            nonlocal batches_sent, transactions_done, unknown_outcomes
             while batches and time.perf_counter() < deadline:
                 sent = batches.pop()
                 batches_sent += 1
                 started = time.perf_counter()
-                results = await client.commit_many(sent)
+                try:
+                    results = await client.commit_many(sent)
+                except OracleOutcomeUnknownError:
+                    # Connection lost, retries spent: counted apart, not as a latency.
+                    unknown_outcomes += len(sent)
+                    continue
                 latencies.append(time.perf_counter() - started)
                 for result in results:
                     if not isinstance(result, Committed):
@@ -265,6 +271,7 @@ async def run_commit_batches(args: argparse.Namespace) -> dict[str, Any]:
         "batch": batch,
         "calls": transactions_done,
         "batches": batches_sent,
+        "unknown_outcomes": unknown_outcomes,
         "seconds": round(elapsed, 3),
         "calls_per_second": round(transactions_done / elapsed),
         "latency_us": {
@@ -283,6 +290,10 @@ def run(args: argparse.Namespace) -> int:
             f"{result['calls_per_second']:,} commits/s "
             f"({result['batches']} commit_many calls of {result['batch']}, "
             f"{result['concurrency']} in flight)"
+        )
+        print(
+            f"{result['unknown_outcomes']} transactions with an unknown outcome (connection lost, "
+            "retries spent; ask transaction_status for each)"
         )
         print(
             f"latency us per call: p50 {latency['p50']}  p90 {latency['p90']}  "
