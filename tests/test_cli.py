@@ -141,13 +141,19 @@ def test_status_for_people_has_units_unknowns_and_no_1970() -> None:
     assert shown["ntp_offset_us"] == "unknown" and shown["ntp_offset_bound_us"] == "unknown"
     assert shown["max_offset_us"] == "500,000 us"
     assert shown["serving"] == "no"
-    assert shown["leader_address"] == "none" and shown["epoch"] == "none"
+    for name in ("leader_address", "leader_node_id", "epoch", "lease_remaining_s"):
+        assert shown[name] == "none (standalone)", name
     assert not any("1970" in text or "None" in text for text in shown.values()), shown
     response.last_timestamp.physical = 1_795_269_099_671_261
     response.clock.physical_now_us = 1_795_269_099_700_000
     response.persisted_window_us = 1_795_269_102_700_000
     response.uptime_seconds = 3725.0
+    response.role = "follower"
+    response.lease_remaining_s = 2.5
     served = OracleStatus.from_wire(response)
+    assert for_people(served, "leader_address") == "none"  # no leader known
+    assert for_people(served, "epoch") == "none"
+    assert for_people(served, "lease_remaining_s") == "2.500 s"
     assert for_people(served, "last_timestamp") == str(Timestamp(1_795_269_099_671_261))
     assert for_people(served, "uptime_seconds") == "1 h 2 min"
     assert for_people(served, "persisted_window_us").endswith(", 3,000 ms ahead of the clock")

@@ -103,10 +103,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if status.serving else EXIT_FAILED
 
 
+#: GetStatus fields that only a clustered node has values for.
+CLUSTER_FIELDS = ("leader_address", "leader_node_id", "epoch", "lease_remaining_s")
+
+
 def for_people(status: OracleStatus, name: str) -> str:
     """One ``GetStatus`` field as a person reads it: units, ``unknown``/``none`` for what the
     node does not know or does not have (never a 1970 timestamp), times as UTC dates."""
     value = getattr(status, name)
+    if name in CLUSTER_FIELDS and status.role == "standalone":
+        return "none (standalone)"
     if name == "last_timestamp":
         return str(value) if value.physical else "none (no timestamp handed out yet)"
     if name in ("persisted_window_us", "physical_now_us"):

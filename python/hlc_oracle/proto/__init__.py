@@ -1,6 +1,8 @@
 """Generated protobuf modules of the ``hlc_oracle.v1`` wire contract (``oracle.proto``).
 
-``make build`` generates ``oracle_pb2.py`` and ``oracle_pb2.pyi`` here with grpcio-tools.
+Every build generates ``oracle_pb2.py`` and ``oracle_pb2.pyi`` here with grpcio-tools
+(``rust/build.rs``, when maturin builds the package: ``make build``, ``pip install``, an sdist);
+they are never checked in.
 
 The trailing-metadata keys and values below are part of the wire contract too: the server sets
 them, the client reads them, and both import them from here.
