@@ -185,7 +185,6 @@ def test_installed_package_serves_answers_and_commits(
         )
         assert bench.returncode == 0, bench.stderr
         assert bench.stdout.startswith("20 committed transactions"), bench.stdout
-        assert oracle.stop() == 0
 
 
 def test_a_build_that_cannot_generate_the_protobuf_modules_fails_loudly(tmp_path: Path) -> None:
