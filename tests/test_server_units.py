@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -129,6 +130,58 @@ def test_window_saves_before_raising_and_renews_ahead(tmp_path: Path) -> None:
     assert max(saved) == 16_600_000
     # stop() wrote the exact high-water mark, below the window's far end.
     assert json.loads(store.path.read_text())["limit_physical_us"] == 15_600_000
+
+
+class HeldWindowStore(WindowStore):
+    """The real file store, counting saves under way; once ``hold_next`` is set, the next save
+    holds on in its thread until another save starts beside it (or 1 s passes)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.hold_next = False
+        self.holding = threading.Event()
+        self.another_started = threading.Event()
+        self.under_way = 0
+        self.most_under_way = 0
+        self._count_lock = threading.Lock()
+
+    def save(self, limit_physical_us: int) -> None:
+        with self._count_lock:
+            self.under_way += 1
+            self.most_under_way = max(self.most_under_way, self.under_way)
+            if self.under_way > 1:
+                self.another_started.set()
+            hold, self.hold_next = self.hold_next, False
+        try:
+            if hold:
+                self.holding.set()
+                self.another_started.wait(1.0)
+            super().save(limit_physical_us)
+        finally:
+            with self._count_lock:
+                self.under_way -= 1
+
+
+def test_stop_waits_for_the_renewers_save_under_way(tmp_path: Path) -> None:
+    """Issue 15: window saves cannot race. stop() cancels the renewer in the middle of a save;
+    its final save must start only once that one is over (they share one temporary file)."""
+    manual = ManualClock(10_000_000)
+    clock = Clock(2, physical_clock=manual, ceiling_physical=0)
+    store = HeldWindowStore(tmp_path)
+    window = TimestampWindow(clock, store, size_us=1_000_000, check_interval_s=0.001)
+
+    async def main() -> None:
+        await window.start()
+        store.hold_next = True
+        manual.advance(600_000)  # past half the window: the renewer's next check saves
+        assert clock.now().physical == 10_600_000
+        assert await asyncio.to_thread(store.holding.wait, 5.0)
+        await window.stop()
+
+    asyncio.run(main())
+    assert store.most_under_way == 1
+    assert store.load() == 10_600_000
+    assert not store.path.with_name(store.path.name + ".tmp").exists()
 
 
 def test_gate_deadline_is_checked_on_every_call_and_closes_reads() -> None:

@@ -153,7 +153,7 @@ class TimestampWindow:
                 return
             target = high_water + self.size_us
             try:
-                await self.store.persist(target)
+                await self._persist_to_the_end(target)
             except WindowSaveError as err:
                 log.error("window save failed", extra={"fields": {"error": str(err)}})
                 if self._on_failure:
@@ -164,6 +164,23 @@ class TimestampWindow:
             self.limit_us = self.clock.raise_ceiling(target)
             if self._on_saved:
                 self._on_saved(target)
+
+    async def _persist_to_the_end(self, limit_physical_us: int) -> None:
+        """``store.persist``, holding the caller (and so the lock) until the save is over even if
+        the caller is cancelled: a save cannot be called back once started (the file store's
+        thread runs on, an etcd txn may still apply). Released early, the lock would let the next
+        save (stop()'s final one, a new term's first) run beside it: two file saves share one
+        temporary file, so one loses its rename (FileNotFoundError) or the file is left torn."""
+        save = asyncio.ensure_future(self.store.persist(limit_physical_us))
+        try:
+            await asyncio.shield(save)
+        except asyncio.CancelledError:
+            while not save.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([save])
+            if not save.cancelled():
+                save.exception()  # retrieved: the cancelled caller has no use for its outcome
+            raise
 
     async def start(self, at_least_us: int = 0) -> None:
         """The first save (before serving), then the background renewer."""
