@@ -32,8 +32,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Self
+
+from tests.started_fixture import StartedFixture
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -63,7 +64,7 @@ def free_tcp_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class EtcdMember:
+class EtcdMember(StartedFixture):
     """One etcd process. Alone (``EtcdMember(dir)``) it is a one-member cluster; inside an
     :class:`EtcdCluster` it is given its ports and the cluster's ``--initial-cluster``."""
 
@@ -243,21 +244,6 @@ class EtcdMember:
             self.kill()
             shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 class EtcdStartError(RuntimeError):
     def __init__(self, member: EtcdMember, what: str) -> None:
@@ -265,7 +251,7 @@ class EtcdStartError(RuntimeError):
         self.member = member
 
 
-class EtcdCluster:
+class EtcdCluster(StartedFixture):
     """``size`` members (three by default) that form one cluster on loopback."""
 
     def __init__(
@@ -343,18 +329,3 @@ class EtcdCluster:
     def close(self) -> None:
         for member in self.members:
             member.close()
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

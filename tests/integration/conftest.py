@@ -33,7 +33,7 @@ def start_oracle(tmp_path: Path) -> Iterator[Callable[..., OracleProcess]]:
         yield start
     finally:
         for server in started:
-            server.__exit__(None, None, None)
+            server.close()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import grpc
@@ -35,6 +34,7 @@ from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.etcd_process import free_tcp_port
 from tests.integration.oracle_process import OracleProcess
+from tests.started_fixture import StartedFixture
 
 DEFAULT_MAX_OFFSET_US = 500_000
 #: Answers about the request itself, the same from every node: never tried again.
@@ -49,7 +49,7 @@ FINAL_CODES = frozenset(
 )
 
 
-class OracleCluster:
+class OracleCluster(StartedFixture):
     """``size`` nodes with node ids 1..size, the given etcd endpoints and a lease TTL."""
 
     def __init__(
@@ -117,22 +117,7 @@ class OracleCluster:
 
     def close(self) -> None:
         for node in self.nodes:
-            node.__exit__(None, None, None)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+            node.close()
 
 
 class LeaderClient:

@@ -22,16 +22,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.started_fixture import StartedFixture
+
 START_TIMEOUT_S = 30.0
 
 
-class OracleProcess:
+class OracleProcess(StartedFixture):
     def __init__(
         self,
         data_dir: Path,
@@ -167,15 +168,8 @@ class OracleProcess:
         self.kill()
         return self.start()
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Stops it (SIGTERM, then kill -9 if it does not exit); the data dir and log stay."""
         try:
             if self.process is not None and self.process.poll() is None:
                 self.stop()

@@ -104,7 +104,7 @@ def test_nodes_started_at_the_same_moment_one_serves_and_the_other_exits_1(
                 assert client.get_timestamp() < client.get_timestamp()
         finally:
             for node in nodes:
-                node.__exit__(None, None, None)
+                node.close()
 
 
 def test_clustered_nodes_lock_their_data_dir_too(etcd: EtcdMember, tmp_path: Path) -> None:
