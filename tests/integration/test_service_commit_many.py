@@ -197,3 +197,20 @@ def test_bench_commit_batch_mode(oracle: OracleProcess) -> None:
     assert result["calls"] == 2000  # transactions
     assert result["batches"] == 20 and result["unknown_outcomes"] == 0
     assert "committed transactions" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "commit-batch", "--batch", "0"], "--batch: must be at least 1, got 0"),
+        (["--batch", "5"], "--batch applies to --mode commit-batch only"),
+        (["--mode", "commit", "--batch", "5"], "--batch applies to --mode commit-batch only"),
+        (["--mode", "commit-batch", "--count", "5"], "commit-batch calls carry --batch"),
+    ],
+)
+def test_bench_commit_batch_refuses_meaningless_arguments(
+    oracle: OracleProcess, args: list[str], message: str
+) -> None:
+    done = oracle.cli("bench", "--requests", "10", "--no-progress", *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr

@@ -109,7 +109,12 @@ def bench_count(args: argparse.Namespace) -> int:
     """``--count`` as the timestamps each call asks for; ``ConfigError`` where it means nothing."""
     if args.count is None:
         return 1
-    if args.mode in ("merged", "commit", "commit-batch"):
+    if args.mode == "commit-batch":
+        raise config_module.ConfigError(
+            "--count applies to --mode ranges and unary only; commit-batch calls carry --batch "
+            "transactions"
+        )
+    if args.mode in ("merged", "commit"):
         raise config_module.ConfigError(
             f"--count applies to --mode ranges and unary only; each {args.mode} call is one "
             + ("timestamp" if args.mode == "merged" else "transaction")
