@@ -76,6 +76,8 @@ def cmd_now(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if "," in args.target:
+        return cluster_status(args)
     with OracleClient(args.target, **client_kwargs(args)) as client:
         status = client.status()
     fields = {
@@ -101,6 +103,46 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"({server['good_samples']} good, {server['unhealthy_samples']} unhealthy)"
             )
     return EXIT_OK if status.serving else EXIT_FAILED
+
+
+def cluster_status(args: argparse.Namespace) -> int:
+    """``status --target a,b,c``: one line per node (role, node id, serving, the leader it knows,
+    epoch), or why it did not answer. Exit 0 when some node serves, 1 otherwise."""
+    with OracleClient(args.target, **client_kwargs(args)) as client:
+        answers = client.statuses()
+    rows: list[dict[str, Any]] = []
+    for target, answer in answers.items():
+        if isinstance(answer, OracleStatus):
+            rows.append(
+                {
+                    "target": target,
+                    "role": answer.role,
+                    "node_id": answer.node_id,
+                    "serving": answer.serving,
+                    "leader_address": answer.leader_address,
+                    "epoch": answer.epoch,
+                    "lease_remaining_s": answer.lease_remaining_s,
+                    "not_serving_reason": answer.not_serving_reason,
+                }
+            )
+        else:
+            rows.append({"target": target, "error": str(answer)})
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        width = max(len(row["target"]) for row in rows)
+        for row in rows:
+            if "error" in row:
+                print(f"{row['target']:<{width}}  unreachable: {row['error']}")
+                continue
+            serving = "serving" if row["serving"] else f"not serving ({row['not_serving_reason']})"
+            leader = f", leader {row['leader_address']}" if row["leader_address"] else ""
+            epoch = f", epoch {row['epoch']}" if row["epoch"] else ""
+            print(
+                f"{row['target']:<{width}}  {row['role']} node {row['node_id']}, {serving}"
+                f"{leader}{epoch}"
+            )
+    return EXIT_OK if any(row.get("serving") for row in rows) else EXIT_FAILED
 
 
 #: GetStatus fields that only a clustered node has values for.

@@ -23,6 +23,7 @@ One concept per module:
 ``errors``             the error types and how a gRPC failure becomes one (honestly)
 ``channel``            how the channel connects and reconnects (its options)
 ``node``               one node: its channel, RPC methods and streams
+``targets``            several nodes: target lists, the leader's redirects, moving on
 ``wire``               conversions between protobuf messages and the package's values
 ``status``             ``GetStatus`` as :class:`OracleStatus`
 ``retry``              how the client retries (:class:`RetryPolicy`, :func:`with_retries`)
@@ -54,6 +55,7 @@ from hlc_oracle.client.errors import (
     OracleNotServingError,
     OracleOutcomeUnknownError,
     OracleTimeoutError,
+    OracleTimestampRegressionError,
     OracleTlsHandshakeError,
     OracleUnavailableError,
     error_from_rpc,
@@ -61,6 +63,7 @@ from hlc_oracle.client.errors import (
 from hlc_oracle.client.retry import RetryPolicy, with_retries
 from hlc_oracle.client.status import OracleStatus
 from hlc_oracle.client.streams import PipelinedStream, commit_stream, timestamp_stream
+from hlc_oracle.client.targets import parse_targets
 from hlc_oracle.client.timestamp_batcher import TimestampBatcher
 from hlc_oracle.client.wire import (
     CommitAnswer,
@@ -86,6 +89,7 @@ __all__ = [
     "OracleOutcomeUnknownError",
     "OracleStatus",
     "OracleTimeoutError",
+    "OracleTimestampRegressionError",
     "OracleTlsHandshakeError",
     "OracleUnavailableError",
     "PipelinedStream",
@@ -95,6 +99,7 @@ __all__ = [
     "commit_stream",
     "error_from_rpc",
     "outcome_from_wire",
+    "parse_targets",
     "range_from_wire",
     "timestamp_from_wire",
     "timestamp_stream",

@@ -17,8 +17,10 @@ from hlc_oracle.client.commit_batcher import CommitBatcher
 from hlc_oracle.client.commit_many import CommitManyResult, commit_many
 from hlc_oracle.client.errors import (
     OracleError,
+    OracleTimestampRegressionError,
     OracleTlsHandshakeError,
     OracleUnavailableError,
+    error_from_rpc,
     refused_message_limit,
     result_error,
     transaction_too_large,
@@ -27,6 +29,7 @@ from hlc_oracle.client.handshake import diagnose, material_of
 from hlc_oracle.client.node import OracleNode
 from hlc_oracle.client.retry import RetryPolicy, with_retries
 from hlc_oracle.client.status import OracleStatus
+from hlc_oracle.client.targets import NodeSet, parse_targets
 from hlc_oracle.client.timestamp_batcher import TimestampBatcher
 from hlc_oracle.client.wire import (
     CommitAnswer,
@@ -37,7 +40,7 @@ from hlc_oracle.client.wire import (
     timestamp_to_wire,
     transaction_to_wire,
 )
-from hlc_oracle.proto import DEFAULT_MAX_MESSAGE_BYTES
+from hlc_oracle.proto import DEFAULT_MAX_MESSAGE_BYTES, REFUSAL_NOT_LEADER
 from hlc_oracle.proto import oracle_pb2 as pb
 
 T = TypeVar("T")
@@ -46,6 +49,8 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 #: Merged ``CommitStream`` messages stop growing here: past a few MiB a bigger message only
 #: delays its first answer. A single transaction may still use the whole message limit.
 MERGED_MESSAGE_BYTES = 4 * 2**20
+#: Redirects one attempt follows (a leader changing under it): more is a failed attempt.
+_MAX_REDIRECTS = 3
 
 
 class AsyncOracleClient:
@@ -67,7 +72,7 @@ class AsyncOracleClient:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         timeout: float = 5.0,
         retry: RetryPolicy | None = None,
@@ -83,13 +88,15 @@ class AsyncOracleClient:
             raise ValueError(f"timeout must be a number of seconds above 0, got {timeout!r}")
         if not isinstance(max_message_bytes, int) or max_message_bytes < 64:
             raise ValueError(f"max_message_bytes must be at least 64, got {max_message_bytes!r}")
-        self.target = target
+        self.target = target if isinstance(target, str) else ",".join(target)
         self.timeout = float(timeout)
         self.retry = retry or RetryPolicy()
         self.max_message_bytes = max_message_bytes
         self._tls = credentials is not None
         self._tls_material = material_of(credentials)
-        self._node = OracleNode(target, credentials, options)
+        self._nodes = NodeSet(parse_targets(target), credentials, options)
+        # The highest timestamp handed to a caller: a node answering at or below it is an error.
+        self._highest: Timestamp | None = None
         # grpcio refuses part of a burst of more than about a thousand calls opened at once on a
         # new connection (CANCELLED / RST_STREAM, measured against a bare grpcio server too), so
         # unary calls queue here instead.
@@ -99,17 +106,20 @@ class AsyncOracleClient:
             self._send_commits, max_batch=commit_batch, max_in_flight=commit_in_flight
         )
 
-    async def _call(self, call: Callable[[float], Awaitable[T]], changes_state: bool = False) -> T:
-        """``call(remaining_seconds)`` under the retry policy, within the client's timeout. When
-        the oracle stays unreachable, a look at the TLS handshake tells a handshake failure
+    async def _call(
+        self, call: Callable[[OracleNode, float], Awaitable[T]], changes_state: bool = False
+    ) -> T:
+        """``call(node, remaining_seconds)`` on the current node under the retry policy, within
+        the client's timeout (see :mod:`hlc_oracle.client.targets` for moving between nodes).
+        When the oracle stays unreachable, a look at the TLS handshake tells a handshake failure
         (:class:`OracleTlsHandshakeError`) from a server that is not there."""
         try:
             return await with_retries(
                 self.retry,
-                call,
+                lambda remaining: self._on_current_node(call, remaining),
                 self.timeout,
                 changes_state=changes_state,
-                connected=self._node.ready,
+                connected=lambda: self._nodes.current.ready(),
             )
         except OracleUnavailableError as err:
             # Only a plain transport failure: a refusal (any mark) came from a server that the
@@ -118,20 +128,71 @@ class AsyncOracleClient:
             if type(err) is not OracleUnavailableError or err.refusal is not None:
                 raise
             failure = await diagnose(
-                self.target, self._tls_material, self._tls, timeout=min(1.0, self.timeout / 2)
+                self._nodes.current.target,
+                self._tls_material,
+                self._tls,
+                timeout=min(1.0, self.timeout / 2),
             )
             if failure is None:
                 raise
             raise OracleTlsHandshakeError(err.code, failure.cause, err.details) from err
 
-    async def _unary(self, call: Callable[[float], Awaitable[T]], changes_state: bool = False) -> T:
+    async def _on_current_node(
+        self, call: Callable[[OracleNode, float], Awaitable[T]], remaining: float
+    ) -> T:
+        """One attempt: a follower's redirect is followed at once, inside the attempt; a node
+        that is unreachable or knows no leader sends the next attempt to the next target."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + remaining
+        for _ in range(_MAX_REDIRECTS + 1):
+            node = self._nodes.current
+            try:
+                return await call(node, max(deadline - loop.time(), 0.001))
+            except grpc.RpcError as err:
+                error = error_from_rpc(err)
+            except OracleError as err:
+                error = err
+            if error.refusal == REFUSAL_NOT_LEADER and self._nodes.follow(error.leader or "", node):
+                continue
+            if isinstance(error, OracleUnavailableError) and (
+                error.refusal in (None, REFUSAL_NOT_LEADER)
+            ):
+                self._nodes.move_on(node)
+            raise error
+        raise OracleUnavailableError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"more than {_MAX_REDIRECTS} redirects between {', '.join(self._nodes.targets)}",
+        )
+
+    def _monotonic(self, node: OracleNode, first: Timestamp, last: Timestamp) -> None:
+        """Refuses timestamps not above every one handed out before (see
+        :class:`OracleTimestampRegressionError`); otherwise remembers the new highest."""
+        highest = self._highest
+        if highest is not None and first <= highest:
+            raise OracleTimestampRegressionError(
+                grpc.StatusCode.DATA_LOSS,
+                f"{node.target} answered {first}, not above {highest} that this client returned "
+                "before: refused, so time never goes backwards for its callers",
+            )
+        self._highest = last
+
+    async def _unary(
+        self, call: Callable[[OracleNode, float], Awaitable[T]], changes_state: bool = False
+    ) -> T:
         """A unary call with retries, at most ``max_concurrent_calls`` at a time."""
         async with self._unary_calls:
             return await self._call(call, changes_state)
 
     async def _fetch_for_batch(self, count: int) -> TimestampRange:
         request = pb.GetTimestampsRequest(count=count)
-        return await self._call(lambda remaining: self._node.timestamps.request(request, remaining))
+
+        async def fetch(node: OracleNode, remaining: float) -> TimestampRange:
+            answer = await node.timestamps.request(request, remaining)
+            if len(answer):
+                self._monotonic(node, answer.first, answer[len(answer) - 1])
+            return answer
+
+        return await self._call(fetch)
 
     def get_timestamp(self) -> Awaitable[Timestamp]:
         """One timestamp; concurrent callers share one stream message."""
@@ -154,27 +215,56 @@ class AsyncOracleClient:
         if not 0 <= count < 2**32:
             raise ValueError(f"count must be in 0..2**32-1, got {count}")
         request = pb.GetTimestampsRequest(count=count)
-        response = await self._unary(
-            lambda remaining: self._node.get_timestamps(
-                request, timeout=remaining, wait_for_ready=True
+
+        async def fetch(node: OracleNode, remaining: float) -> TimestampRange:
+            response = await node.get_timestamps(
+                request, timeout=remaining, wait_for_ready=node.wait_for_ready
             )
-        )
-        return range_from_wire(response)
+            answer = range_from_wire(response)
+            if len(answer):
+                self._monotonic(node, answer.first, answer[len(answer) - 1])
+            return answer
+
+        return await self._unary(fetch)
 
     async def observe(self, remote: Timestamp) -> Timestamp:
         """Receive event on the oracle's clock; returns its new timestamp (above ``remote``)."""
         if not isinstance(remote, Timestamp):
             raise TypeError(f"remote must be a Timestamp, got {type(remote).__name__}")
         request = pb.ObserveRequest(remote=timestamp_to_wire(remote))
-        response = await self._unary(
-            lambda remaining: self._node.observe(request, timeout=remaining, wait_for_ready=True)
-        )
-        return timestamp_from_wire(response.timestamp)
+
+        async def observe(node: OracleNode, remaining: float) -> Timestamp:
+            response = await node.observe(
+                request, timeout=remaining, wait_for_ready=node.wait_for_ready
+            )
+            answer = timestamp_from_wire(response.timestamp)
+            self._monotonic(node, answer, answer)
+            return answer
+
+        return await self._unary(observe)
+
+    async def statuses(self) -> dict[str, OracleStatus | OracleError]:
+        """``GetStatus`` of every node in the target list (each within the timeout, no retries,
+        no redirects): its status, or the error it failed with. On a cluster this shows every
+        node's role."""
+
+        async def one(node: OracleNode) -> OracleStatus | OracleError:
+            try:
+                response = await node.get_status(
+                    pb.GetStatusRequest(), timeout=self.timeout, wait_for_ready=node.wait_for_ready
+                )
+            except grpc.RpcError as err:
+                return error_from_rpc(err)
+            return OracleStatus.from_wire(response)
+
+        nodes = self._nodes.all()
+        answers = await asyncio.gather(*(one(node) for node in nodes))
+        return {node.target: answer for node, answer in zip(nodes, answers, strict=True)}
 
     async def status(self) -> OracleStatus:
         response = await self._unary(
-            lambda remaining: self._node.get_status(
-                pb.GetStatusRequest(), timeout=remaining, wait_for_ready=True
+            lambda node, remaining: node.get_status(
+                pb.GetStatusRequest(), timeout=remaining, wait_for_ready=node.wait_for_ready
             )
         )
         return OracleStatus.from_wire(response)
@@ -200,7 +290,7 @@ class AsyncOracleClient:
             return await self._send_split(transactions, len(message))
         try:
             return await self._call(
-                lambda remaining: self._node.commits.request(message, remaining),
+                lambda node, remaining: node.commits.request(message, remaining),
                 changes_state=True,
             )
         except OracleError as err:
@@ -257,8 +347,8 @@ class AsyncOracleClient:
             raise transaction_too_large(txn.txn_id, size, self.max_message_bytes)
         try:
             result = await self._unary(
-                lambda remaining: self._node.commit(
-                    request, timeout=remaining, wait_for_ready=True
+                lambda node, remaining: node.commit(
+                    request, timeout=remaining, wait_for_ready=node.wait_for_ready
                 ),
                 changes_state=True,
             )
@@ -282,7 +372,9 @@ class AsyncOracleClient:
         """Aborts an undecided id (a late commit of it is then refused); returns the decision."""
         request = pb.AbortRequest(txn_id=self._txn_id(txn_id))
         result = await self._unary(
-            lambda remaining: self._node.abort(request, timeout=remaining, wait_for_ready=True),
+            lambda node, remaining: node.abort(
+                request, timeout=remaining, wait_for_ready=node.wait_for_ready
+            ),
             changes_state=True,
         )
         return outcome_from_wire(result)
@@ -291,8 +383,8 @@ class AsyncOracleClient:
         """The decision on ``txn_id``, or None when the oracle does not know it."""
         request = pb.TransactionStatusRequest(txn_id=self._txn_id(txn_id))
         response = await self._unary(
-            lambda remaining: self._node.transaction_status(
-                request, timeout=remaining, wait_for_ready=True
+            lambda node, remaining: node.transaction_status(
+                request, timeout=remaining, wait_for_ready=node.wait_for_ready
             )
         )
         return outcome_from_wire(response.result) if response.known else None
@@ -307,7 +399,7 @@ class AsyncOracleClient:
         client started has finished when this returns."""
         await self._commit_batcher.close()
         await self._batcher.close()
-        await self._node.close()
+        await self._nodes.close()
 
     async def __aenter__(self) -> Self:
         return self

@@ -43,7 +43,7 @@ class OracleClient:
     :class:`AsyncOracleClient`.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, **kwargs: Any) -> None:
+    def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="hlc-oracle-client", daemon=True
@@ -87,6 +87,9 @@ class OracleClient:
 
     def status(self) -> OracleStatus:
         return self._run(self._client.status())
+
+    def statuses(self) -> dict[str, OracleStatus | OracleError]:
+        return self._run(self._client.statuses())
 
     @property
     def batches(self) -> int:

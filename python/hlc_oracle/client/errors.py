@@ -19,7 +19,12 @@ import re
 import grpc
 
 from hlc_oracle import HlcError, TransactionTooLargeError
-from hlc_oracle.proto import REFUSAL_DISABLED, REFUSAL_METADATA_KEY, REFUSAL_NOT_SERVING
+from hlc_oracle.proto import (
+    LEADER_METADATA_KEY,
+    REFUSAL_DISABLED,
+    REFUSAL_METADATA_KEY,
+    REFUSAL_NOT_SERVING,
+)
 
 
 class OracleError(HlcError):
@@ -34,6 +39,8 @@ class OracleError(HlcError):
         self.code = code
         self.details = details
         self.refusal = refusal
+        #: A follower's refusal (``not-leader``): the leader's address it named, "" when unknown.
+        self.leader: str | None = None
 
 
 class OracleUnavailableError(OracleError):
@@ -73,6 +80,12 @@ class OracleTimeoutError(OracleError):
     was reached but did not answer in time. The outcome of a commit that timed out is unknown."""
 
 
+class OracleTimestampRegressionError(OracleError):
+    """A node answered a timestamp not above one this client returned before (a node of another
+    cluster in the target list, or a broken one): never returned, so the caller never sees time
+    go backwards."""
+
+
 class ConnectionLostError(OracleUnavailableError):
     """The connection failed while the request may have been on its way or answered (a broken
     stream, a reset, grpc-core's own ``INTERNAL``): retried; ``details`` keeps what gRPC said."""
@@ -98,9 +111,19 @@ def error_from_rpc(err: grpc.RpcError) -> OracleError:
     details: str = err.details() or ""
     refusal = None
     trailing = getattr(err, "trailing_metadata", None)
+    leader = None
     for key, value in (trailing() if callable(trailing) else None) or ():
+        text = value if isinstance(value, str) else value.decode("ascii", "replace")
         if key == REFUSAL_METADATA_KEY:
-            refusal = value if isinstance(value, str) else value.decode("ascii", "replace")
+            refusal = text
+        elif key == LEADER_METADATA_KEY:
+            leader = text
+    error = _classify(code, details, refusal)
+    error.leader = leader
+    return error
+
+
+def _classify(code: grpc.StatusCode, details: str, refusal: str | None) -> OracleError:
     if refusal == REFUSAL_DISABLED:
         return OracleDisabledError(code, details, refusal)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -16,7 +16,7 @@ class OracleNode:
     """The channel to one node (``target``, ``host:port``) and what the client calls on it.
 
     Unary methods are gRPC multicallables (call them with ``timeout=`` and
-    ``wait_for_ready=True``); ``timestamps`` and ``commits`` are the pipelined
+    ``wait_for_ready=node.wait_for_ready``); ``timestamps`` and ``commits`` are the pipelined
     ``StreamTimestamps`` and ``CommitStream`` calls, opened on first use.
     """
 
@@ -25,8 +25,11 @@ class OracleNode:
         target: str,
         credentials: grpc.ChannelCredentials | None,
         options: list[tuple[str, Any]] | None,
+        wait_for_ready: bool = True,
     ) -> None:
         self.target = target
+        #: Whether calls wait for the channel to connect (one target) or fail fast (several).
+        self.wait_for_ready = wait_for_ready
         self.channel = open_channel(target, credentials, options)
         channel = self.channel
         self.get_timestamps = channel.unary_unary(
@@ -59,8 +62,8 @@ class OracleNode:
             request_serializer=pb.TransactionStatusRequest.SerializeToString,
             response_deserializer=pb.TransactionStatusResponse.FromString,
         )
-        self.timestamps = timestamp_stream(channel)
-        self.commits = commit_stream(channel)
+        self.timestamps = timestamp_stream(channel, wait_for_ready)
+        self.commits = commit_stream(channel, wait_for_ready)
 
     def ready(self) -> bool:
         """Whether the channel is connected now."""

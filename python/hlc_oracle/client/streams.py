@@ -36,8 +36,14 @@ class PipelinedStream(Generic[Answer]):
     fails; a failure fails every request still waiting on that call.
     """
 
-    def __init__(self, method: Callable[..., Any], decode: Callable[[Any], Answer]) -> None:
+    def __init__(
+        self,
+        method: Callable[..., Any],
+        decode: Callable[[Any], Answer],
+        wait_for_ready: bool = True,
+    ) -> None:
         self._method = method
+        self._wait_for_ready = wait_for_ready
         self._decode = decode
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -50,7 +56,7 @@ class PipelinedStream(Generic[Answer]):
         if self._call is None:
             # wait_for_ready: while the node is down, the call waits for the channel to connect
             # (request() bounds the wait) instead of failing at once.
-            self._call = self._method(wait_for_ready=True)
+            self._call = self._method(wait_for_ready=self._wait_for_ready)
             self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
         return self._call
 
@@ -134,20 +140,25 @@ class PipelinedStream(Generic[Answer]):
             await asyncio.gather(*stopping, return_exceptions=True)
 
 
-def timestamp_stream(channel: grpc.aio.Channel) -> PipelinedStream[TimestampRange]:
+def timestamp_stream(
+    channel: grpc.aio.Channel, wait_for_ready: bool = True
+) -> PipelinedStream[TimestampRange]:
     """``StreamTimestamps``: each request message asks for ``count`` timestamps."""
     method = channel.stream_stream(
         TIMESTAMP_ORACLE_METHODS + "StreamTimestamps",
         request_serializer=pb.GetTimestampsRequest.SerializeToString,
         response_deserializer=pb.GetTimestampsResponse.FromString,
     )
-    return PipelinedStream(method, range_from_wire)
+    return PipelinedStream(method, range_from_wire, wait_for_ready)
 
 
-def commit_stream(channel: grpc.aio.Channel) -> PipelinedStream[list[CommitAnswer]]:
+def commit_stream(
+    channel: grpc.aio.Channel, wait_for_ready: bool = True
+) -> PipelinedStream[list[CommitAnswer]]:
     """``CommitStream``: each request message carries a group of transactions. Messages are
     encoded and decoded in Rust (``encode_commit_request`` / ``decode_commit_results``), so the
     channel carries the bytes as they are."""
     # The decoder's list holds decisions and refusals only; the client adds its own errors.
     decode = cast(Callable[[bytes], list[CommitAnswer]], decode_commit_results)
-    return PipelinedStream(channel.stream_stream(TRANSACTIONS_METHODS + "CommitStream"), decode)
+    method = channel.stream_stream(TRANSACTIONS_METHODS + "CommitStream")
+    return PipelinedStream(method, decode, wait_for_ready)

@@ -1,0 +1,100 @@
+"""A client given several targets (issue 10 item 9), against two real standalone servers and an
+address where nothing listens: moving on when a node is unreachable, the monotonic guard, bad
+entries, and ``hlc-oracle status --target a,b,c``. Redirects from real followers are tested with
+the cluster (tests/integration/test_cluster_service.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+from hlc_oracle import Committed, Timestamp, Transaction
+from hlc_oracle.client import (
+    OracleClient,
+    OracleTimestampRegressionError,
+    RetryPolicy,
+    parse_targets,
+)
+
+from tests.integration.oracle_process import OracleProcess
+
+
+def dead_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_the_client_moves_on_from_an_unreachable_target(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    server = start_oracle()
+    with OracleClient(f"{dead_address()},{server.target}", timeout=10) as client:
+        first = client.get_timestamp()
+        assert client.get_timestamps(3).first > first
+        start = client.get_timestamp()
+        assert isinstance(client.commit(Transaction(1, start, [], [b"k"])), Committed)
+        assert client.status().serving
+
+
+def test_a_node_answering_lower_is_an_error_never_a_regression(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    ahead, behind = start_oracle(), start_oracle()
+    with OracleClient(
+        [ahead.target, behind.target], timeout=10, retry=RetryPolicy(attempts=10)
+    ) as client:
+        # The first node's clock follows a remote event 400 ms ahead (within the max offset):
+        # its timestamps are then ahead of the second node's for a while.
+        now_us = int(time.time() * 1e6)
+        before = client.observe(Timestamp(now_us + 400_000, 0, 9))
+        assert client.get_timestamp() > before
+        ahead.kill()  # the client moves on to the second node, whose clock is behind
+        with pytest.raises(OracleTimestampRegressionError, match="not above"):
+            while True:
+                client.get_timestamp()
+        # Once the second node's clock passes everything returned before, it is answered again.
+        time.sleep(0.6)
+        assert client.get_timestamp() > before
+
+
+def test_a_bad_entry_in_a_target_list_is_named() -> None:
+    assert parse_targets("a:1, b:2 ,a:1") == ["a:1", "b:2"]
+    assert parse_targets(["a:1", "b:2"]) == ["a:1", "b:2"]
+    with pytest.raises(ValueError, match=re.escape("entry 'nonsense' in '127.0.0.1:1,nonsense'")):
+        OracleClient("127.0.0.1:1,nonsense")
+    with pytest.raises(ValueError, match=re.escape("port must be in 1..65535, got '99999'")):
+        parse_targets("a:1,b:99999")
+
+
+def status(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hlc_oracle.cli", "status", "--timeout", "3", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_status_of_several_nodes_shows_each(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    one, two = start_oracle(), start_oracle()
+    dead = dead_address()
+    targets = f"{one.target},{two.target},{dead}"
+    text = status("--target", targets)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith(one.target) and "standalone node 0, serving" in lines[0]
+    assert lines[2].startswith(dead) and "unreachable" in lines[2]
+    as_json = status("--json", "--target", targets)
+    rows = json.loads(as_json.stdout)
+    assert [row["target"] for row in rows] == [one.target, two.target, dead]
+    assert rows[0]["role"] == "standalone" and "error" in rows[2]
