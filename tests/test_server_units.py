@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,23 @@ def test_reads_close_only_for_blocks_that_make_decisions_stale() -> None:
     gate.unblock("not-leader")
     gate.unblock("fence")
     assert gate.read_refusal() is None and not gate.serving
+
+
+def test_window_saves_from_many_threads_do_not_race(tmp_path: Path) -> None:
+    # A save cancelled on the event loop (asyncio.to_thread) keeps running in its thread while
+    # the next save starts: both used to rename the same temporary file, and one failed.
+    store = WindowStore(tmp_path / "data")
+    limits = [[1_000 * thread + step for step in range(25)] for thread in range(6)]
+
+    def save_all(mine: list[int]) -> None:
+        for limit in mine:
+            store.save(limit)
+
+    with ThreadPoolExecutor(len(limits)) as pool:
+        for done in [pool.submit(save_all, mine) for mine in limits]:
+            done.result()
+    assert store.load() in {mine[-1] for mine in limits}
+    assert sorted(path.name for path in (tmp_path / "data").iterdir()) == ["timestamp-window"]
 
 
 def test_window_file_round_trip_and_atomic_replace(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -56,6 +57,11 @@ class WindowStore:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.path = data_dir / WINDOW_FILE
+        # Saves run in threads (asyncio.to_thread), and cancelling the coroutine that awaits one
+        # (a shutdown halting the renewer, a request giving up) does not stop its thread: the
+        # next save could start while it still runs, and both use the one temporary file. The
+        # data dir's lock keeps other processes out; this keeps this process's saves in turn.
+        self._saving = threading.Lock()
 
     @property
     def location(self) -> str:
@@ -94,7 +100,12 @@ class WindowStore:
         return limit
 
     def save(self, limit_physical_us: int) -> None:
-        """Durably replaces the saved limit: write, fsync, atomic rename, fsync the directory."""
+        """Durably replaces the saved limit: write, fsync, atomic rename, fsync the directory.
+        Saves from several threads take turns."""
+        with self._saving:
+            self._save(limit_physical_us)
+
+    def _save(self, limit_physical_us: int) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(WINDOW_FILE + ".tmp")
         payload = json.dumps({"format": FORMAT_VERSION, "limit_physical_us": limit_physical_us})
