@@ -252,6 +252,15 @@ class CallLog:
         with self._lock:
             self.calls.append(Call(sent_us, after_us, before, after, got.first, got.last))
 
+    def wait_for_more_than(self, count: int, timeout_s: float = 10.0) -> None:
+        """Waits until more than ``count`` calls have succeeded: the service resumed. Bounded by
+        ``timeout_s``, not a fixed pause: on a loaded machine the first call after a failover
+        can take longer than any short sleep (how long is the failover benchmark's figure)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.calls) <= count:
+            assert time.monotonic() < deadline, f"no call succeeded within {timeout_s} s"
+            time.sleep(0.02)
+
     def largest_gap_ms(self, from_ns: int) -> float:
         """The longest time between two consecutive successful calls ending at or after
         ``from_ns`` (monotonic): around a failover, from the last success before to the first

@@ -127,9 +127,7 @@ def test_etcd_stopped_then_back(etcd: EtcdMember, tmp_path: Path) -> None:
             assert last_ns - stopped_ns < LEASE_TTL_S * 1e9
             etcd.restart()
             cluster.wait_for_leader()
-            served = len(calls.calls)
-            time.sleep(0.3)
-            assert len(calls.calls) > served
+            calls.wait_for_more_than(len(calls.calls))
         client.close()
     calls.check()
 
@@ -147,9 +145,7 @@ def test_etcd_raft_leader_killed(etcd_cluster: EtcdCluster, tmp_path: Path, roun
                 raft_leader.kill()
                 time.sleep(0.5)
                 cluster.wait_for_leader()
-                served = len(calls.calls)
-                time.sleep(0.3)
-                assert len(calls.calls) > served
+                calls.wait_for_more_than(len(calls.calls))
                 raft_leader.restart()
         client.close()
     calls.check()
@@ -171,9 +167,7 @@ def test_a_window_past_the_bound_is_waited_out_by_the_next_leader(
             time.sleep(0.3)
             leader.kill()
             successor = cluster.wait_for_leader(other_than=cluster.nodes.index(leader) + 1)
-            served = len(calls.calls)
-            time.sleep(0.3)
-            assert len(calls.calls) > served
+            calls.wait_for_more_than(len(calls.calls))
         client.close()
     assert "waiting until it is within max_offset/2" in successor.log_text()
     calls.check()
