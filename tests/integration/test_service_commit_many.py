@@ -5,6 +5,7 @@ batches split by encoded bytes under the message limit, concurrent calls pipelin
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 import time
@@ -136,6 +137,34 @@ def test_concurrent_calls_pipeline_on_the_stream_and_answer_their_own(
             assert client.commit_batches == 0
 
     asyncio.run(scenario())
+
+
+def test_concurrent_calls_are_in_flight_together(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    server = start_oracle()
+    with TcpProxy(server.target) as proxy, OracleClient(server.target) as direct:
+        start = direct.get_timestamp()
+        batches = [
+            [Transaction(700 + 10 * b + i, start, [], [b"f%d/%d" % (b, i)]) for i in range(10)]
+            for b in range(4)
+        ]
+        with OracleClient(proxy.target, timeout=30) as client:
+            client.status()  # connected through the proxy
+            proxy.hold_answers()
+            with concurrent.futures.ThreadPoolExecutor(len(batches)) as pool:
+                calls = [pool.submit(client.commit_many, batch) for batch in batches]
+                # The server decides every batch while no answer reaches the client: the four
+                # messages were in flight together on the client's stream.
+                deadline = time.monotonic() + 20
+                while any(direct.transaction_status(b[-1].txn_id) is None for b in batches):
+                    assert time.monotonic() < deadline, "not every batch reached the server"
+                    time.sleep(0.01)
+                assert not any(call.done() for call in calls)
+                proxy.cut()  # the answers are resent on a new stream: the same decisions
+                results = [call.result(timeout=60) for call in calls]
+        assert results == [[direct.transaction_status(t.txn_id) for t in b] for b in batches]
+        assert all(isinstance(r, Committed) for batch_results in results for r in batch_results)
 
 
 def _cut_after_decided(
