@@ -56,6 +56,10 @@ _MAX_REDIRECTS = 3
 class AsyncOracleClient:
     """asyncio client. Use ``async with AsyncOracleClient(target) as client:``.
 
+    ``target`` is ``"host:port"``, or the nodes of a cluster (``"a:1,b:2"`` or a list): the
+    client follows the leader's redirects and moves on from unreachable nodes
+    (:mod:`hlc_oracle.client.targets`), and never returns a timestamp not above one it returned
+    before (:class:`OracleTimestampRegressionError`).
     ``timeout`` bounds every call end to end, retries and connection setup included (seconds);
     ``retry`` governs the attempts within it (see :mod:`hlc_oracle.client.retry`);
     ``credentials`` (see :func:`channel_credentials`) switches to TLS; ``options`` are gRPC
