@@ -370,7 +370,7 @@ def test_grpc_commit_stream_messages(
 
     def setup() -> tuple[tuple[list[Transaction]], dict[str, Any]]:
         # A fresh snapshot per round: the detector forgets keys past max_keys, and a start below
-        # its low watermark is refused as too old.
+        # its low watermark is aborted as too old.
         start = asyncio.run(_timestamp_of(stream_oracle.target))
         return (stream_transactions(start, STREAM_TXNS),), {}
 

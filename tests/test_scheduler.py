@@ -265,13 +265,29 @@ def test_bad_input_gets_clear_errors_and_is_not_logged(tmp_path: Path) -> None:
         assert scheduler.stats()["next_seq"] == next_seq, "nothing was logged"
 
 
-def test_start_below_the_low_watermark_is_refused_and_not_logged(tmp_path: Path) -> None:
+def test_an_undecided_start_below_the_low_watermark_is_aborted_and_logged(tmp_path: Path) -> None:
     clock = Clock(node=1)
+    stale = Transaction(99, clock.now(), [], [b"fresh"])
     with GroupCommitScheduler(tmp_path, clock, CommitOptions(max_keys=2)) as s:
-        old_start = clock.now()
         for i in range(1, 6):
             assert isinstance(s.submit_blocking(make_txn(clock, i, [b"key%d" % i])), Committed)
-        assert s.engine.low_watermark is not None
+        assert s.engine.low_watermark is not None and s.engine.low_watermark >= stale.start_ts
+        next_seq = s.stats()["next_seq"]
+        aborted = s.submit_blocking(stale)
+        assert isinstance(aborted, Aborted) and aborted.conflict is not None
+        assert aborted.conflict.kind is ConflictKind.TOO_OLD
+        assert s.stats()["next_seq"] == next_seq + 1, "the abort was logged"
+    with GroupCommitScheduler(tmp_path, clock, CommitOptions(max_keys=2)) as s:
+        assert s.status(99) == aborted
+        assert s.submit_blocking(stale) == aborted
+
+
+def test_a_start_below_forgotten_decisions_is_refused_and_not_logged(tmp_path: Path) -> None:
+    clock = Clock(node=1)
+    with GroupCommitScheduler(tmp_path, clock, CommitOptions(retained_decisions=1)) as s:
+        old_start = clock.now()
+        for i in range(1, 3):
+            assert isinstance(s.submit_blocking(make_txn(clock, i, [b"key%d" % i])), Committed)
         next_seq = s.stats()["next_seq"]
         with pytest.raises(StartTimestampError, match="low watermark"):
             s.submit_blocking(Transaction(99, old_start, [], [b"fresh"]))

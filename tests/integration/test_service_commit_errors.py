@@ -1,6 +1,8 @@
 """Commits refused over gRPC with the status codes of ``server/commit.py``'s error table: the queue
-full (``RESOURCE_EXHAUSTED``), a start timestamp at or below the low watermark (``OUT_OF_RANGE``),
-and every Transactions RPC while the skew guard keeps the node from serving (``UNAVAILABLE``)."""
+full (``RESOURCE_EXHAUSTED``), a start timestamp at or below forgotten decisions (``OUT_OF_RANGE``;
+an undecided one below the detector's low watermark is aborted as too old instead, and that abort
+is logged and survives a kill -9), and every Transactions RPC while the skew guard keeps the node
+from serving (``UNAVAILABLE``)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from hlc_oracle import Committed, Timestamp, Transaction
+from hlc_oracle import Aborted, Committed, ConflictKind, Timestamp, Transaction
 from hlc_oracle.client import (
     AsyncOracleClient,
     OracleClient,
@@ -89,11 +91,12 @@ def test_a_burst_of_unary_commits_past_the_queue_gets_resource_exhausted(
         assert "the commit queue is full" in error.details
 
 
-def test_start_below_the_low_watermark_is_out_of_range(
+def test_an_undecided_start_below_the_low_watermark_is_aborted_too_old_and_it_lasts(
     start_oracle: Callable[..., OracleProcess],
 ) -> None:
     # The detector remembers one key: recording a second forgets the first and raises the low
-    # watermark to its commit timestamp.
+    # watermark to its commit timestamp. No decision is forgotten, so an id it has not decided
+    # is known undecided: aborted as too old, and that abort is logged so it cannot flip.
     oracle = start_oracle("--set", "commit.max_keys=1")
     with OracleClient(oracle.target, retry=NO_RETRY) as client:
         start = client.get_timestamp()
@@ -101,6 +104,37 @@ def test_start_below_the_low_watermark_is_out_of_range(
         assert isinstance(first, Committed)
         second = client.commit(Transaction(2, client.get_timestamp(), [], [b"b"]))
         assert isinstance(second, Committed)
+        too_old = [Transaction(10 + n, start, [], [b"c"]) for n in range(2)]
+        aborts = [client.commit(too_old[0]), client.commit_unary(too_old[1])]
+        for txn, aborted in zip(too_old, aborts, strict=True):
+            assert isinstance(aborted, Aborted) and aborted.reason == "conflict", aborted
+            assert aborted.conflict is not None
+            assert aborted.conflict.kind is ConflictKind.TOO_OLD
+            assert aborted.conflict.commit_ts is not None
+            assert aborted.conflict.commit_ts >= start
+            assert client.transaction_status(txn.txn_id) == aborted
+            assert client.commit(txn) == aborted, "a resubmission gets the same abort"
+        later = Transaction(20, client.get_timestamp(), [], [b"d"])
+        assert isinstance(client.commit(later), Committed)
+    oracle.restart()  # kill -9, then the same data dir
+    with OracleClient(oracle.target, retry=NO_RETRY) as client:
+        for txn, aborted in zip(too_old, aborts, strict=True):
+            assert client.transaction_status(txn.txn_id) == aborted
+            assert client.commit(txn) == aborted
+
+
+def test_a_start_below_forgotten_decisions_is_out_of_range(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    # One decision retained: deciding a second forgets the first, so a start at or below it may
+    # belong to a forgotten decision and is refused, never decided (an abort could flip a commit).
+    oracle = start_oracle("--set", "commit.retained_decisions=1")
+    with OracleClient(oracle.target, retry=NO_RETRY) as client:
+        start = client.get_timestamp()
+        assert isinstance(client.commit(Transaction(1, start, [], [b"a"])), Committed)
+        assert isinstance(
+            client.commit(Transaction(2, client.get_timestamp(), [], [b"b"])), Committed
+        )
         for n, call in enumerate((client.commit, client.commit_unary)):
             txn = Transaction(10 + n, start, [], [b"c"])
             with pytest.raises(OracleError) as raised:

@@ -30,6 +30,16 @@
 //! The same holds in memory: when the decisions index forgets its oldest decisions (past
 //! `retained_decisions`), the low watermark rises to them, so a late resubmission of a forgotten
 //! id (or a late commit of an id whose abort was forgotten) is refused, never decided again.
+//!
+//! Too old, refused or aborted: a transaction that started at or below the detector's low
+//! watermark cannot have its conflicts checked. When its decision may have been forgotten (its
+//! start is at or below `decisions_forgotten_through`: a checkpoint, or the decisions index's
+//! cap) it is refused ([`SubmitError::StartTooOld`]), since deciding it could flip a forgotten
+//! commit. Otherwise the index proves it undecided, and `check_conflicts` decides it Aborted
+//! (conflict kind too old), recorded and made durable like every decision, so it can never flip:
+//! Apache Omid's rule for the transactions a new leader inherits (its low watermark is the
+//! previous leader's window limit), and the same rule for history the detector's memory bound
+//! forgot.
 
 mod decisions;
 pub mod durable;
@@ -226,7 +236,8 @@ impl fmt::Display for SubmitError {
             } => write!(
                 f,
                 "transaction {txn_id}: start_ts {start_ts} is at or below the low watermark \
-                 {low_watermark}; its conflicts can no longer be checked, restart it"
+                 {low_watermark}, below which decisions are forgotten; it cannot be decided, \
+                 restart it"
             ),
             Self::Mismatch { txn_id } => write!(
                 f,
@@ -334,6 +345,9 @@ pub struct CommitEngine {
     decisions: DecisionIndex,
     newest_commit: Option<Timestamp>,
     newest_decided: Option<Timestamp>,
+    /// Decisions of transactions that started at or below this may have been forgotten (a
+    /// checkpoint, or the decisions index's cap): such a start is refused, never decided.
+    decisions_forgotten_through: Option<Timestamp>,
     next_ticket: u64,
     /// Reused encoding buffers.
     buffer: Vec<u8>,
@@ -365,6 +379,7 @@ impl CommitEngine {
             decisions: DecisionIndex::new(config.retained_decisions),
             newest_commit: None,
             newest_decided: None,
+            decisions_forgotten_through: None,
             next_ticket: 1,
             buffer: Vec::new(),
             bounds: Vec::new(),
@@ -403,6 +418,7 @@ impl CommitEngine {
             if let Some((_, data)) = &recovered.checkpoint {
                 if let Some(covered) = decode_checkpoint(data) {
                     engine.detector.raise_low_watermark(covered);
+                    engine.forget_decisions_through(covered);
                     engine.newest_commit = engine.newest_commit.max(Some(covered));
                     engine.newest_decided = engine.newest_decided.max(Some(covered));
                 }
@@ -533,10 +549,18 @@ impl CommitEngine {
         Ok(recovery)
     }
 
-    /// Refuses, from now on, every transaction that started at or below `ts` as too old (a new
-    /// leader passes the previous leader's window limit, as Apache Omid does).
+    /// Aborts as too old (a recorded decision), from now on, every undecided transaction that
+    /// started at or below `ts` (a new leader passes the previous leader's window limit, as
+    /// Apache Omid does).
     pub fn raise_low_watermark(&mut self, ts: Timestamp) {
         self.detector.raise_low_watermark(ts);
+    }
+
+    /// Decisions of transactions that started at or below `ts` may be forgotten: such starts are
+    /// refused from now on, never decided (a decision could flip a forgotten commit).
+    fn forget_decisions_through(&mut self, ts: Timestamp) {
+        self.detector.raise_low_watermark(ts);
+        self.decisions_forgotten_through = self.decisions_forgotten_through.max(Some(ts));
     }
 
     /// Puts a decision in the index; when that forgets older ones, transactions that started
@@ -548,7 +572,7 @@ impl CommitEngine {
             .newest_decided
             .max(Some(decision.watermark_when_forgotten(now)));
         if let Some(forgotten) = self.decisions.insert(txn_id, decision, now) {
-            self.detector.raise_low_watermark(forgotten);
+            self.forget_decisions_through(forgotten);
         }
     }
 
@@ -660,7 +684,9 @@ impl CommitEngine {
                 max_offset_us: clock.max_offset_us(),
             });
         }
-        if let Some(low_watermark) = self.detector.low_watermark() {
+        // Below the detector's low watermark but above this, the transaction is provably
+        // undecided: `check_conflicts` aborts it as too old, and that abort is recorded.
+        if let Some(low_watermark) = self.decisions_forgotten_through {
             if txn.start_ts <= low_watermark {
                 return Err(SubmitError::StartTooOld {
                     txn_id,

@@ -578,3 +578,69 @@ fn process_refuses_the_external_step_and_external_refuses_a_log_dir() {
         Err(EngineError::InvalidConfig(_))
     ));
 }
+
+#[test]
+fn an_undecided_start_below_a_new_leaders_watermark_is_aborted_too_old_and_recorded() {
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let mut engine = external_engine(&clock, 1 << 20);
+    let inherited = txn(7, clock.now().unwrap(), &[], &["k"]);
+    // Promotion: the low watermark is the previous leader's window limit.
+    let window_limit = clock.now().unwrap();
+    engine.raise_low_watermark(window_limit);
+    let handout = engine.decide(&clock, &[Request::Commit(&inherited)]);
+    assert!(handout.released.is_empty(), "recorded like every decision");
+    assert_eq!(handout.pieces.len(), 1);
+    let answers = engine.confirm(handout.pieces[0].0).unwrap();
+    let aborted = conflict(&answers[0].answers[0]).clone();
+    assert_eq!(aborted.kind, ConflictKind::TooOld);
+    assert_eq!(aborted.lost_to, LostTo::LowWatermark(window_limit));
+    let outcome = Outcome::Aborted(AbortReason::Conflict(aborted));
+    assert_eq!(engine.status(7), Some(&outcome));
+    // A resubmission gets the same abort, without a new record.
+    let again = engine.decide(&clock, &[Request::Commit(&inherited)]);
+    assert!(again.pieces.is_empty());
+    assert_eq!(again.released[0].answers[0], Ok(outcome.clone()));
+
+    // The next leader replays the piece: the abort cannot flip there either.
+    let mut successor = external_engine(&clock, 1 << 20);
+    successor
+        .replay_piece(&clock, handout.pieces[0].0, &handout.pieces[0].1)
+        .unwrap();
+    assert_eq!(successor.status(7), Some(&outcome));
+    let retry = successor.decide(&clock, &[Request::Commit(&inherited)]);
+    assert!(retry.pieces.is_empty());
+    assert_eq!(retry.released[0].answers[0], Ok(outcome));
+}
+
+#[test]
+fn a_too_old_abort_is_logged_and_survives_a_restart() {
+    let dir = TempDir::new("too-old");
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let mut config = config(&dir);
+    config.max_keys = 2;
+    let stale = txn(1, clock.now().unwrap(), &[], &["fresh"]);
+    let outcome;
+    {
+        let (mut engine, _) = CommitEngine::open(config.clone(), &clock).unwrap();
+        for id in 2..=5u64 {
+            let key = format!("k{id}");
+            let t = txn(id, clock.now().unwrap(), &[], &[&key]);
+            committed(&engine.process(&clock, &[Request::Commit(&t)])[0]);
+        }
+        // The detector's memory bound forgot history past the stale start; no decision was
+        // forgotten, so the stale transaction is known undecided: aborted, not refused.
+        assert!(engine.detector().low_watermark().unwrap() >= stale.start_ts);
+        let answer = engine.process(&clock, &[Request::Commit(&stale)]);
+        assert_eq!(conflict(&answer[0]).kind, ConflictKind::TooOld);
+        outcome = answer[0].clone().unwrap();
+    }
+    let (mut engine, recovery) = CommitEngine::open(config, &clock).unwrap();
+    assert_eq!(recovery.aborts, 1);
+    assert_eq!(engine.status(1), Some(&outcome));
+    assert_eq!(
+        engine.process(&clock, &[Request::Commit(&stale)])[0],
+        Ok(outcome)
+    );
+}

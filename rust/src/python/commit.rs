@@ -675,8 +675,8 @@ impl PyCommitEngine {
         Ok((recovery.commits, recovery.aborts))
     }
 
-    /// Refuses, from now on, every transaction that started at or below `ts` as too old (a new
-    /// leader passes the previous leader's window limit).
+    /// Aborts as too old (a recorded decision), from now on, every undecided transaction that
+    /// started at or below `ts` (a new leader passes the previous leader's window limit).
     fn raise_low_watermark(&self, ts: &Bound<'_, PyTimestamp>) -> PyResult<()> {
         self.lock()?.raise_low_watermark(ts.get().0);
         Ok(())
@@ -785,8 +785,8 @@ impl PyCommitEngine {
         self.floor
     }
 
-    /// Transactions that started at or below this are refused as too old (None: nothing
-    /// forgotten yet).
+    /// Transactions that started at or below this are too old: aborted (and recorded) when
+    /// undecided, refused when their decision may be forgotten (None: nothing forgotten yet).
     #[getter]
     fn low_watermark(&self) -> PyResult<Option<PyTimestamp>> {
         Ok(self.lock()?.detector().low_watermark().map(PyTimestamp))

@@ -56,7 +56,8 @@ create_exception!(
     hlc_oracle,
     StartTimestampError,
     InvalidTransactionError,
-    "A transaction's start timestamp is in the future or at or below the low watermark."
+    "A transaction's start timestamp is in the future, or at or below forgotten decisions (the low \
+     watermark after a checkpoint or the decisions index's cap)."
 );
 create_exception!(
     hlc_oracle,
