@@ -8,8 +8,10 @@
   clustered leader's node (its lease, keepalives and fenced window on the real etcd) beside a
   standalone one, interleaved: what leading adds per request, without the network's noise.
 - ``cluster failover``: the client-visible gap when the leader goes away, for clients given all
-  three targets (three threads calling back to back; ``tests/integration/oracle_cluster.py``'s
-  ``LeaderClient``, which follows redirects at once and moves on from an unreachable node). The
+  three targets (three threads calling back to back; the client library's ``OracleClient`` given
+  every node, through ``tests/integration/oracle_cluster.py``'s ``leader_client``: it follows
+  redirects at once and moves on from an unreachable node; runs A to D used a test-only client
+  over plain gRPC, ``LeaderClient``, that does the same). The
   gap of a round is the longest time between two consecutive successful calls from just before
   the event to well after it: the last success before to the first success after. Rounds of a
   graceful handover (SIGTERM of the leader) and of kill -9 with a 1 s lease TTL; the killed or

@@ -36,7 +36,7 @@ from hlc_oracle.durable import ExternalDurableStep
 
 from bench.test_bench_commit import KEYS, percentile, record_rate, submit_all
 from tests.etcd_process import EtcdCluster, EtcdMember
-from tests.integration.oracle_cluster import OracleCluster, leader_client
+from tests.integration.oracle_cluster import LeaderClient, OracleCluster
 from tests.integration.oracle_process import OracleProcess
 from tests.integration.test_cluster_commit import CommitLoad
 
@@ -148,7 +148,7 @@ def first_commit_gaps(directory: Path, etcd: EtcdMember, rounds: int) -> list[fl
     """Milliseconds from each kill -9 of the leader to the first commit acknowledged after it."""
     gaps: list[float] = []
     with OracleCluster(directory, etcd.endpoint, lease_ttl_s=1) as cluster:
-        client = leader_client(cluster.targets)
+        client = LeaderClient(cluster.targets)
         commits = CommitLoad(client)
         try:
             with commits.running():

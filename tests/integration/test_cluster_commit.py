@@ -30,7 +30,7 @@ from hlc_oracle.cluster.node import key_prefix
 from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.etcd_process import EtcdCluster, EtcdMember
-from tests.integration.oracle_cluster import LeaderClient, OracleCluster, leader_client
+from tests.integration.oracle_cluster import LeaderClient, OracleCluster
 
 KILL_ROUNDS = 10
 LEASE_TTL_S = 1
@@ -160,7 +160,7 @@ def commit_stream_message(target: str, load: CommitLoad, count: int = 20) -> Non
 
 def test_kill_the_leader_under_commit_load(etcd: EtcdMember, tmp_path: Path) -> None:
     with OracleCluster(tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S) as cluster:
-        client = leader_client(cluster.targets)
+        client = LeaderClient(cluster.targets)
         commits = CommitLoad(client)
         with commits.running():
             for _ in range(KILL_ROUNDS):
@@ -184,7 +184,7 @@ def test_a_deposed_leader_acknowledges_nothing_the_next_leader_lacks(
     SIGCONT the old one's pending decision writes are refused by the fence. Every commit any
     client saw acknowledged reads back from the new leader."""
     with OracleCluster(tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S) as cluster:
-        client = leader_client(cluster.targets)
+        client = LeaderClient(cluster.targets)
         commits = CommitLoad(client)
         with commits.running():
             old = cluster.wait_for_leader()
@@ -212,7 +212,7 @@ def test_three_member_etcd_loses_its_raft_leader_under_commit_load(
     etcd_cluster: EtcdCluster, tmp_path: Path
 ) -> None:
     with OracleCluster(tmp_path, etcd_cluster.endpoints_flag, lease_ttl_s=LEASE_TTL_S) as cluster:
-        client = leader_client(cluster.targets)
+        client = LeaderClient(cluster.targets)
         commits = CommitLoad(client)
         with commits.running():
             time.sleep(0.3)
@@ -230,7 +230,7 @@ def test_etcd_quota_alarm_stops_the_leader_with_its_reason(tmp_path: Path) -> No
     with EtcdMember(tmp_path / "etcd", extra_args=quota) as etcd:
         with OracleCluster(tmp_path, etcd.endpoint, size=1, lease_ttl_s=LEASE_TTL_S) as cluster:
             node = cluster.wait_for_leader()
-            client = leader_client([node.target])
+            client = LeaderClient([node.target])
             start = client.get_timestamps(1).first
             acknowledged: dict[int, Any] = {}
             refused = None
