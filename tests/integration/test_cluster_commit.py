@@ -286,7 +286,7 @@ def test_a_too_old_retry_on_the_new_leader_is_recorded_and_reads_back_aborted(
     too old, and that abort is a decision in etcd: it reads back, a resubmission gets it, and so
     does the leader after the next failover (Apache Omid's rule)."""
     with OracleCluster(tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S) as cluster:
-        client = leader_client(cluster.targets)
+        client = LeaderClient(cluster.targets)
         first = cluster.wait_for_leader()
         first_id = cluster.nodes.index(first) + 1
         start = client.get_timestamps(1).first
