@@ -154,9 +154,11 @@ def test_etcd_raft_leader_killed(etcd_cluster: EtcdCluster, tmp_path: Path, roun
 def test_a_window_past_the_bound_is_waited_out_by_the_next_leader(
     etcd: EtcdMember, tmp_path: Path
 ) -> None:
-    # The old 3 s default window runs far past max_offset/2 (250 ms): the next leader's floor, the
-    # saved limit, is still seconds ahead of its clock when it wins, and it must wait to serve.
-    extra = ("--set", "window.size_ms=3000")
+    # A 6 s window runs far past max_offset/2 (250 ms): the saved limit is 3 to 6 s ahead when
+    # the leader dies (renewed at half the window), so the next leader's floor is still seconds
+    # ahead of its clock when it wins a lease TTL or two later, and it must wait to serve. (With
+    # 3 s, a limit 1.5 s ahead and a slow takeover on a loaded machine left nothing to wait out.)
+    extra = ("--set", "window.size_ms=6000")
     with OracleCluster(
         tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S, extra_args=extra
     ) as cluster:
