@@ -21,6 +21,7 @@ from hlc_oracle import (
     CommitOutcomeUnknownError,
     Committed,
     GroupCommitScheduler,
+    StartTimestampError,
     Transaction,
 )
 from hlc_oracle.cluster.decisions import (
@@ -63,15 +64,21 @@ class Leader:
         cls, client: EtcdClient, node: int, *, retention_s: float = 600.0, **log_options: Any
     ) -> tuple[Leader, Any]:
         fence = await take_leadership(client, f"node-{node}")
-        log = DecisionLog(client, PREFIX, fence, retention_s=retention_s, **log_options)
+        clock = Clock(node=node)
+        log = DecisionLog(
+            client, PREFIX, fence, retention_s=retention_s, clock=clock, **log_options
+        )
         first = await log.newest_seq() + 1
         step = ExternalDurableStep(
             log.write, asyncio.get_running_loop(), max_in_flight=4, first_batch_seq=first
         )
-        scheduler = GroupCommitScheduler(None, Clock(node=node), CommitOptions(), durable_step=step)
+        scheduler = GroupCommitScheduler(None, clock, CommitOptions(), durable_step=step)
         engine = scheduler.engine
         recovered = await log.recover(
-            None, engine.raise_low_watermark, lambda seq, data: engine.replay_piece(seq, data)
+            None,
+            engine.raise_low_watermark,
+            lambda seq, data: engine.replay_piece(seq, data),
+            engine.raise_forgotten_through,
         )
         return cls(log, scheduler, step), recovered
 
@@ -186,6 +193,67 @@ def test_retention_trims_old_pieces_moves_the_checkpoint_and_compacts(etcd: Etcd
         assert all(successor.scheduler.status(n) is None for n in range(100, 110))
         assert old and recent
         await successor.scheduler.aclose()
+
+    run(scenario)
+
+
+def test_a_trimmed_commit_resubmitted_to_the_next_leader_is_refused_never_decided_again(
+    etcd: EtcdMember,
+) -> None:
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        now = [1000.0]
+        leader, _ = await Leader.promote(client, 1, retention_s=60.0, now=lambda: now[0])
+        txns = transactions(leader.scheduler.clock, 1, 10, keys=1000)
+        answers = await leader.commit(txns)
+        assert all(isinstance(a, Committed) for a in answers), answers
+        now[0] += 61
+        assert await leader.log.trim() >= 1
+        checkpoint = await leader.log.read_checkpoint()
+        assert checkpoint is not None and checkpoint.forgotten_through is not None
+        assert checkpoint.forgotten_through >= max(t.start_ts for t in txns)
+        await leader.scheduler.aclose()
+        newest = await leader.log.newest_seq()
+
+        successor, recovered = await Leader.promote(client, 2)
+        assert recovered.pieces == 0
+        assert successor.scheduler.engine.low_watermark == checkpoint.forgotten_through
+        # The trimmed commit's resubmission: refused (OUT_OF_RANGE), never aborted or committed
+        # again; its status stays unknown and nothing reaches etcd.
+        again = await successor.commit(txns[:3])
+        assert all(isinstance(a, StartTimestampError) for a in again), again
+        assert "at or below" in str(again[0]) and str(txns[0].txn_id) in str(again[0])
+        assert all(successor.scheduler.status(t.txn_id) is None for t in txns)
+        assert await successor.log.newest_seq() == newest
+        # Transactions that start after the trim still commit.
+        fresh = await successor.commit(transactions(successor.scheduler.clock, 100, 3, keys=1000))
+        assert all(isinstance(a, Committed) for a in fresh), fresh
+        await successor.scheduler.aclose()
+
+        # A checkpoint written before the bound was stored still reads (the old caveat holds).
+        await client.put(
+            f"{PREFIX}checkpoint".encode(), json.dumps({"epoch": 1, "seq": newest + 1}).encode()
+        )
+        third, recovered = await Leader.promote(client, 3)
+        legacy = await third.log.read_checkpoint()
+        assert legacy is not None and legacy.forgotten_through is None
+        assert recovered.pieces >= 1  # the fresh pieces, after the checkpoint
+        assert all(third.scheduler.status(t.txn_id) is None for t in txns)
+        await third.scheduler.aclose()
+
+    run(scenario)
+
+
+def test_a_checkpoint_that_does_not_decode_stops_the_promotion_naming_it(
+    etcd: EtcdMember,
+) -> None:
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        key = f"{PREFIX}checkpoint".encode()
+        await client.put(key, b'{"epoch": 1, "seq": 2, "forgotten_through": "soon"}')
+        with pytest.raises(DecisionDecodeError, match="checkpoint"):
+            await Leader.promote(client, 1)
+        await client.delete(key)
 
     run(scenario)
 

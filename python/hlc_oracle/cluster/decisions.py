@@ -8,8 +8,10 @@ Keys, under the cluster's prefix (``/hlc-oracle/<name>/``):
   (:class:`~hlc_oracle.durable.ExternalDurableStep` hands them out, at most ``max_batch_bytes``
   each: a batch over etcd's request limit is split, never refused). ``seq`` runs on across terms:
   a new leader continues after the newest stored piece.
-- ``checkpoint``: ``{"epoch": E, "seq": S}``, the first piece retention kept; every older piece
-  was deleted.
+- ``checkpoint``: ``{"epoch": E, "seq": S, "forgotten_through": [physical, logical, node]}``:
+  the first piece retention kept (every older piece was deleted), and a timestamp at or above
+  every trimmed decision's (a commit's timestamp, an abort's start). Checkpoints written before
+  ``forgotten_through`` existed lack it and still read.
 
 Writing: one txn per piece, fenced (:class:`~hlc_oracle.cluster.fence.Fence`): it puts the key
 only while this node's term holds, so a deposed leader's late piece is refused, and its callers
@@ -23,14 +25,17 @@ started under the old leader and is not decided aborts as too old, so its lost c
 never needs rebuilding); the pieces after the checkpoint are replayed in key order, in pages of
 a consistent snapshot (status and idempotent resubmission keep working, and the clock moves past
 every replayed commit; a page whose answer would pass gRPC's 4 MiB receive limit is read again
-with fewer keys); then the node may serve. A key or piece that does not decode stops the
-promotion with the key named: it is never skipped.
+with fewer keys); the checkpoint's ``forgotten_through`` becomes the engine's "decisions
+forgotten through" point (a resubmission of a trimmed id is refused ``OUT_OF_RANGE``, never
+decided again: deciding it could flip a trimmed commit to aborted); then the node may serve. A
+key or piece that does not decode stops the promotion with the key named: it is never skipped.
 
 Retention (:meth:`DecisionLog.trim`, run periodically by the leader): pieces written more than
 ``retention_s`` ago (recovered ones count from the promotion) are deleted with a DeleteRange in
 the same fenced txn that moves the checkpoint, and etcd's history is compacted up to the
 revision of the previous trim (one period behind, so a watch a follower re-opens from a recent
-revision is not refused). A trimmed transaction's status is unknown to the next leader.
+revision is not refused). A trimmed transaction's status is unknown to the next leader, and
+its resubmission there is refused (see recovery).
 
 etcd's quota: past ``--quota-backend-bytes`` etcd raises the NOSPACE alarm and refuses every
 write with "database space exceeded". A piece refused so raises :class:`DecisionQuotaError`,
@@ -116,6 +121,38 @@ def parse_decision_key(prefix: str, key: bytes) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """The checkpoint key's value: the first piece retention kept, and a timestamp at or above
+    every trimmed decision's (``None`` in a checkpoint written before it was stored)."""
+
+    epoch: int
+    seq: int
+    forgotten_through: Timestamp | None = None
+
+    def encode(self) -> bytes:
+        value: dict[str, object] = {"epoch": self.epoch, "seq": self.seq}
+        if self.forgotten_through is not None:
+            ts = self.forgotten_through
+            value["forgotten_through"] = [ts.physical, ts.logical, ts.node]
+        return json.dumps(value).encode()
+
+
+def clock_reading(clock: Clock) -> Timestamp:
+    """At or above every timestamp ``clock`` handed out or observed, and its physical time;
+    nothing is handed out (so no window ceiling can refuse it)."""
+    return max(clock.last(), Timestamp(clock.physical_now(), 0, 0))
+
+
+def decided_through_bound(clock: Clock, skew_bounds: int = 1) -> Timestamp:
+    """A timestamp at or above every decision this node has taken so far: its commits are at or
+    below the clock's reading, and an abort's start (its decision time) comes from a client's
+    clock at most ``max_offset_us`` ahead (``skew_bounds`` of them for decisions another node
+    took)."""
+    physical = clock_reading(clock).physical + skew_bounds * clock.max_offset_us
+    return Timestamp(physical, MAX_LOGICAL, MAX_NODE)
+
+
+@dataclass(frozen=True)
 class Recovered:
     """What a promotion found: pieces replayed, the newest piece's seq (0: none since the
     checkpoint, or ever), and the store's revision it read at."""
@@ -140,6 +177,7 @@ class DecisionLog:
         retention_s: float = DEFAULT_RETENTION_S,
         page_keys: int = RECOVERY_PAGE_KEYS,
         now: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -148,8 +186,15 @@ class DecisionLog:
         self.page_keys = page_keys
         self._now = now
         self.checkpoint_key = f"{prefix}checkpoint".encode()
-        # (written at, epoch, seq) of every piece still stored, oldest first.
-        self._kept: collections.deque[tuple[float, int, int]] = collections.deque()
+        # The leader's clock: it bounds each written piece's decisions, for the checkpoint's
+        # ``forgotten_through`` (None: a reader, or a test that never trims).
+        self.clock = clock
+        # (written at, epoch, seq, decided through) of every piece still stored, oldest first.
+        self._kept: collections.deque[tuple[float, int, int, Timestamp | None]] = (
+            collections.deque()
+        )
+        # The stored checkpoint's ``forgotten_through``, carried into the next one.
+        self._forgotten_through: Timestamp | None = None
         self._compact_next: int | None = None
         self.trimmed_pieces = 0
 
@@ -172,7 +217,8 @@ class DecisionLog:
                 f"decision batch {batch_seq} ({len(data)} bytes) refused: {err} (etcd's NOSPACE "
                 "alarm: compact, defragment, then `etcdctl alarm disarm`)"
             ) from err
-        self._kept.append((self._now(), self.epoch, batch_seq))
+        through = None if self.clock is None else decided_through_bound(self.clock)
+        self._kept.append((self._now(), self.epoch, batch_seq, through))
 
     # --- recovery ---
 
@@ -184,38 +230,45 @@ class DecisionLog:
         if page.kvs:
             return parse_decision_key(self.prefix, page.kvs[0].key)[1]
         checkpoint = await self.read_checkpoint()
-        return checkpoint[1] - 1 if checkpoint is not None else 0
+        return checkpoint.seq - 1 if checkpoint is not None else 0
 
-    async def read_checkpoint(self) -> tuple[int, int] | None:
+    async def read_checkpoint(self) -> Checkpoint | None:
         kv, _ = await self.client.get(self.checkpoint_key)
         if kv is None:
             return None
         try:
             value = json.loads(kv.value)
             epoch, seq = int(value["epoch"]), int(value["seq"])
-        except (ValueError, KeyError, TypeError) as err:
+            through = value.get("forgotten_through")
+            forgotten_through = None if through is None else Timestamp(*map(int, through))
+        except (ValueError, KeyError, TypeError, AttributeError, HlcError) as err:
             raise DecisionDecodeError(
                 f"checkpoint key {self.checkpoint_key!r} holds {kv.value[:80]!r}, not "
-                f'{{"epoch": E, "seq": S}}: promotion stopped ({err})'
+                f'{{"epoch": E, "seq": S, "forgotten_through": [physical, logical, node]}}: '
+                f"promotion stopped ({err})"
             ) from None
-        return epoch, seq
+        return Checkpoint(epoch, seq, forgotten_through)
 
     async def recover(
         self,
         low_watermark: Timestamp | None,
         raise_low_watermark: Callable[[Timestamp], None],
         replay_piece: Callable[[int, bytes], tuple[int, int]],
+        raise_forgotten_through: Callable[[Timestamp], None] | None = None,
     ) -> Recovered:
         """Promotion's first steps, in order: the low watermark (the previous leader's window
         limit; ``None`` when there was none), then every piece after the checkpoint replayed in
         key order (``replay_piece(seq, data)`` -> (commits, aborts)), read in pages at one
-        revision. Raises :class:`DecisionDecodeError` naming a key that does not decode."""
+        revision, then ``raise_forgotten_through(ts)`` with the checkpoint's bound on trimmed
+        decisions (a leader must pass it; a reader may not). Raises
+        :class:`DecisionDecodeError` naming a key that does not decode."""
         if low_watermark is not None:
             raise_low_watermark(low_watermark)
         checkpoint = await self.read_checkpoint()
         start, end = decisions_range(self.prefix)
         if checkpoint is not None:
-            start = max(start, decision_key(self.prefix, *checkpoint))
+            start = max(start, decision_key(self.prefix, checkpoint.epoch, checkpoint.seq))
+            self._forgotten_through = checkpoint.forgotten_through
         revision = 0
         pieces = newest = commits = aborts = 0
         promoted_at = self._now()
@@ -243,12 +296,19 @@ class DecisionLog:
                 aborts += aborted
                 pieces += 1
                 newest = max(newest, seq)
-                self._kept.append((promoted_at, epoch, seq))
+                self._kept.append((promoted_at, epoch, seq, None))
             if not page.more or not page.kvs:
                 break
             start = page.kvs[-1].key + b"\0"
         if newest == 0 and checkpoint is not None:
-            newest = checkpoint[1] - 1
+            newest = checkpoint.seq - 1
+        if self.clock is not None and pieces:
+            # Replayed pieces were decided on other nodes: their clocks may run up to
+            # max_offset_us ahead of this one, and their clients' a further max_offset_us.
+            through = decided_through_bound(self.clock, skew_bounds=2)
+            self._kept = collections.deque((t, e, s, through) for t, e, s, _ in self._kept)
+        if raise_forgotten_through is not None and self._forgotten_through is not None:
+            raise_forgotten_through(self._forgotten_through)
         self._compact_next = None
         return Recovered(pieces, newest, revision, commits, aborts)
 
@@ -265,17 +325,26 @@ class DecisionLog:
         if expired == 0:
             return 0
         if expired < len(self._kept):
-            _, epoch, seq = self._kept[expired]
+            _, epoch, seq, _ = self._kept[expired]
         else:  # everything expired: the checkpoint names the next piece of this term
-            _, epoch, last_seq = self._kept[-1]
+            _, epoch, last_seq, _ = self._kept[-1]
             seq = last_seq + 1
+        forgotten_through = self._forgotten_through
+        for _, _, _, through in list(self._kept)[:expired]:
+            if through is not None and (forgotten_through is None or through > forgotten_through):
+                forgotten_through = through
+        if forgotten_through is not None and self.clock is not None:
+            # As the engine does when its index forgets: never past the clock, so starts taken
+            # after the trim are not refused (trimmed pieces are a retention period old).
+            forgotten_through = min(forgotten_through, clock_reading(self.clock))
         start, _ = decisions_range(self.prefix)
         first_kept = decision_key(self.prefix, epoch, seq)
-        checkpoint = json.dumps({"epoch": epoch, "seq": seq}).encode()
+        checkpoint = Checkpoint(epoch, seq, forgotten_through).encode()
         result = await self.fence.write(
             [put(self.checkpoint_key, checkpoint), delete_range(start, first_kept)],
             f"decision retention (checkpoint {epoch}/{seq})",
         )
+        self._forgotten_through = forgotten_through
         for _ in range(expired):
             self._kept.popleft()
         self.trimmed_pieces += expired
@@ -332,7 +401,9 @@ class ClusteredGroupCommit:
         decisions replayed, the clock past them; then the scheduler is installed and the node
         may serve. Raises :class:`DecisionDecodeError` or :class:`EtcdError` (nothing
         installed)."""
-        log = DecisionLog(self.client, self.prefix, fence, retention_s=self.retention_s)
+        log = DecisionLog(
+            self.client, self.prefix, fence, retention_s=self.retention_s, clock=self.clock
+        )
         step = ExternalDurableStep(
             log.write,
             asyncio.get_running_loop(),
@@ -349,7 +420,10 @@ class ClusteredGroupCommit:
         )
         try:
             recovered = await log.recover(
-                low_watermark, engine.raise_low_watermark, engine.replay_piece
+                low_watermark,
+                engine.raise_low_watermark,
+                engine.replay_piece,
+                engine.raise_forgotten_through,
             )
         except BaseException:
             await scheduler.aclose()

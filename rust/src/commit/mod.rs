@@ -557,8 +557,9 @@ impl CommitEngine {
     }
 
     /// Decisions of transactions that started at or below `ts` may be forgotten: such starts are
-    /// refused from now on, never decided (a decision could flip a forgotten commit).
-    fn forget_decisions_through(&mut self, ts: Timestamp) {
+    /// refused from now on, never decided (a decision could flip a forgotten commit). A new
+    /// clustered leader passes the newest decision retention trimmed from etcd.
+    pub fn forget_decisions_through(&mut self, ts: Timestamp) {
         self.detector.raise_low_watermark(ts);
         self.decisions_forgotten_through = self.decisions_forgotten_through.max(Some(ts));
     }

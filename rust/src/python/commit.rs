@@ -682,6 +682,15 @@ impl PyCommitEngine {
         Ok(())
     }
 
+    /// Decisions of transactions that started at or below `ts` may have been forgotten (a new
+    /// leader passes the newest decision retention trimmed from etcd): such starts are refused
+    /// (`StartTimestampError`, OUT_OF_RANGE) from now on, never decided, so a forgotten commit
+    /// cannot flip to aborted.
+    fn raise_forgotten_through(&self, ts: &Bound<'_, PyTimestamp>) -> PyResult<()> {
+        self.lock()?.forget_decisions_through(ts.get().0);
+        Ok(())
+    }
+
     /// Batches decided and not yet answered (durability "external"; 0 otherwise).
     #[getter]
     fn pending_batches(&self) -> PyResult<usize> {
