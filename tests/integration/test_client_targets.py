@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -41,6 +42,26 @@ def test_the_client_moves_on_from_an_unreachable_target(
         start = client.get_timestamp()
         assert isinstance(client.commit(Transaction(1, start, [], [b"k"])), Committed)
         assert client.status().serving
+
+
+def test_several_targets_ride_out_an_outage_with_the_default_retries(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    """A failover lasts up to the leader's lease TTL (3 s by default): a client of several nodes
+    keeps trying until its timeout by default, not for five quick attempts (about 0.3 s when
+    every node refuses at once)."""
+    port = dead_address().rsplit(":", 1)[1]
+    server = start_oracle("--listen", f"127.0.0.1:{port}")
+    with OracleClient(f"{dead_address()},{server.target}", timeout=15) as client:
+        first = client.get_timestamp()
+        server.kill()
+        back = threading.Timer(1.5, server.start)
+        back.start()
+        try:
+            later = client.get_timestamp()
+        finally:
+            back.join()
+        assert later > first
 
 
 def test_a_node_answering_lower_is_an_error_never_a_regression(

@@ -86,8 +86,9 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retries",
         type=positive_int,
-        default=3,
-        help="attempts on UNAVAILABLE, at least 1 (default %(default)s)",
+        default=None,
+        help="attempts on UNAVAILABLE, at least 1 (default: 5 for one target; for several, as "
+        "many as fit in --timeout, to ride out a leader failover)",
     )
     parser.add_argument("--tls-ca", type=Path, help="PEM CA bundle: connect with TLS")
     parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
@@ -110,10 +111,10 @@ def client_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             raise config_module.ConfigError(err.strerror or str(err)) from err
         except ValueError as err:
             raise config_module.ConfigError(str(err)) from err
-    if args.retries < 1:
+    if args.retries is not None and args.retries < 1:
         raise config_module.ConfigError(f"--retries must be at least 1, got {args.retries}")
     return {
         "timeout": args.timeout,
-        "retry": RetryPolicy(attempts=args.retries),
+        "retry": None if args.retries is None else RetryPolicy(attempts=args.retries),
         "credentials": credentials,
     }

@@ -61,7 +61,8 @@ class AsyncOracleClient:
     (:mod:`hlc_oracle.client.targets`), and never returns a timestamp not above one it returned
     before (:class:`OracleTimestampRegressionError`).
     ``timeout`` bounds every call end to end, retries and connection setup included (seconds);
-    ``retry`` governs the attempts within it (see :mod:`hlc_oracle.client.retry`);
+    ``retry`` governs the attempts within it (see :mod:`hlc_oracle.client.retry`; by default 5
+    for one node, and for several as many as fit in the timeout, to ride out a failover);
     ``credentials`` (see :func:`channel_credentials`) switches to TLS; ``options`` are gRPC
     channel options over the client's defaults (:mod:`hlc_oracle.client.channel`);
     ``max_batch`` caps the count of one merged timestamp request (keep it at or below the
@@ -94,11 +95,14 @@ class AsyncOracleClient:
             raise ValueError(f"max_message_bytes must be at least 64, got {max_message_bytes!r}")
         self.target = target if isinstance(target, str) else ",".join(target)
         self.timeout = float(timeout)
-        self.retry = retry or RetryPolicy()
+        addresses = parse_targets(target)
+        if retry is None:
+            retry = RetryPolicy() if len(addresses) == 1 else RetryPolicy.until_deadline(timeout)
+        self.retry = retry
         self.max_message_bytes = max_message_bytes
         self._tls = credentials is not None
         self._tls_material = material_of(credentials)
-        self._nodes = NodeSet(parse_targets(target), credentials, options)
+        self._nodes = NodeSet(addresses, credentials, options)
         # The highest timestamp handed to a caller: a node answering at or below it is an error.
         self._highest: Timestamp | None = None
         # grpcio refuses part of a burst of more than about a thousand calls opened at once on a
