@@ -66,7 +66,11 @@ logger = logging.getLogger("hlc_oracle.scheduler")
 _Request = Transaction | int
 _Waiter = asyncio.Future[Any] | concurrent.futures.Future[Any]
 
-#: Times a request refused at the clock's ceiling is retried after ``on_ceiling``.
+#: Times a request refused at the clock's ceiling is retried although the ceiling has not risen
+#: since its batch was tried (the window was already well ahead: what the request needs is further
+#: off, e.g. a start timestamp ahead of this clock). Retries after the ceiling rose are not
+#: counted: the window is being saved, so the request waits for it however long a pause (a loaded
+#: machine) separates the raise from the retried batch; a fixed count lost that race.
 CEILING_RETRIES = 3
 
 
@@ -293,25 +297,34 @@ class GroupCommitScheduler:
             if batch is None:
                 return
             parts, all_single = _parts(batch)
-            step.decide(engine, parts, functools.partial(self._finish, batch, all_single))
+            # The ceiling this batch is tried under: a retry after it rose is not counted.
+            ceiling = self.clock.ceiling_physical
+            finish = functools.partial(self._finish, batch, all_single, ceiling)
+            step.decide(engine, parts, finish)
             with self._lock:
                 self._in_flight = 0
 
     def _finish(
-        self, batch: list[_Entry], all_single: bool, results: PartResults | BaseException
+        self,
+        batch: list[_Entry],
+        all_single: bool,
+        tried_ceiling: int | None,
+        results: PartResults | BaseException,
     ) -> None:
         """A batch's answers may go out (called by the durable step, from any thread)."""
         answers = _entry_answers(batch, all_single, results)
         if self.on_ceiling is not None:
-            batch, answers = self._retry_after_ceiling(batch, answers)
+            batch, answers = self._retry_after_ceiling(batch, answers, tried_ceiling)
         self._deliver(batch, answers)
 
     def _retry_after_ceiling(
-        self, batch: list[_Entry], answers: list[object]
+        self, batch: list[_Entry], answers: list[object], tried_ceiling: int | None
     ) -> tuple[list[_Entry], list[object]]:
         """Entries refused because the clock reached its ceiling (the persisted timestamp window)
-        go back to the front of the queue once ``on_ceiling`` has raised it. Nothing was logged
-        for them, and resubmitting the decided members of a group only returns their decisions."""
+        go back to the front of the queue once ``on_ceiling`` has raised it (see
+        :data:`CEILING_RETRIES`). Nothing was logged for them, and resubmitting the decided
+        members of a group only returns their decisions. When ``on_ceiling`` fails (the window
+        cannot be saved), they are answered with the refusal at once."""
         retry = [
             index
             for index, (entry, answer) in enumerate(zip(batch, answers, strict=True))
@@ -321,13 +334,15 @@ class GroupCommitScheduler:
             return batch, answers
         try:
             self.on_ceiling()
-        except Exception:  # the retried requests then report the ceiling again
+        except Exception:
             logger.exception("group commit: raising the clock ceiling failed")
+            return batch, answers
+        counted = 0 if self.clock.ceiling_physical != tried_ceiling else 1
         again = set(retry)
         with self._lock:
             for index in reversed(retry):
                 kind, payload, size, waiter, attempts = batch[index]
-                self._queue.appendleft((kind, payload, size, waiter, attempts + 1))
+                self._queue.appendleft((kind, payload, size, waiter, attempts + counted))
                 self._queued += size
             if self._writer_idle:
                 self._wakeup.notify()

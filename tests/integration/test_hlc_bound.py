@@ -1,21 +1,32 @@
 """The HLC bound after a crash, standalone: a node restarted at once after a kill -9 hands out
 nothing more than max_offset/2 ahead of its physical clock, so a peer Clock with the default max
 offset accepts its first timestamps (the cluster's failover tests check the same after a
-failover)."""
+failover). And the small window that bound requires never turns into refused commits: a commit
+that meets the ceiling waits for the window's next save."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
-from hlc_oracle import Clock, Timestamp
-from hlc_oracle.client import OracleClient, OracleNotServingError, RetryPolicy
+from hlc_oracle import Clock, Committed, Timestamp, Transaction
+from hlc_oracle.client import (
+    AsyncOracleClient,
+    OracleClient,
+    OracleError,
+    OracleNotServingError,
+    RetryPolicy,
+)
 
 from tests.integration.oracle_process import OracleProcess
 
 MAX_OFFSET_US = 500_000
 BOUND_US = MAX_OFFSET_US // 2
+COMMITS_PER_CALLER = 300
 
 
 def hand_out_for(target: str, seconds: float) -> Timestamp:
@@ -68,3 +79,55 @@ def test_a_window_larger_than_the_bound_is_waited_out(
     assert first > before
     assert first.physical - sent_us <= BOUND_US
     Clock(9).update(first)
+
+
+def pause_repeatedly(server: OracleProcess, stop: threading.Event) -> None:
+    """SIGSTOP for 20 ms every 30 ms, until ``stop`` (at most 2,000 times): the pauses of a loaded
+    machine, longer than a 10 ms window, at random points between a raised ceiling and the batch
+    retried under it."""
+    for _ in range(2000):
+        if stop.wait(0.01):
+            return
+        server.signal(signal.SIGSTOP)
+        time.sleep(0.02)
+        server.signal(signal.SIGCONT)
+
+
+def test_commits_at_the_ceiling_wait_for_the_window_under_pauses(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    """With a 10 ms window and the process paused past it again and again, every commit is
+    decided: none is answered with the ceiling's refusal while the window can be saved."""
+    server = start_oracle("--set", "window.size_ms=10", "--set", "window.check_interval_ms=5")
+    committed: list[Committed] = []
+    errors: list[OracleError] = []
+
+    async def load() -> None:
+        async with AsyncOracleClient(server.target, timeout=30) as client:
+            start = await client.get_timestamp()
+
+            async def caller(worker: int) -> None:
+                for sequence in range(COMMITS_PER_CALLER):
+                    txn_id = (worker << 32) | sequence
+                    key = b"%d/%d" % (worker, sequence)
+                    try:
+                        outcome = await client.commit(Transaction(txn_id, start, [], [key]))
+                    except OracleError as err:
+                        errors.append(err)
+                        continue
+                    assert isinstance(outcome, Committed), outcome
+                    committed.append(outcome)
+
+            await asyncio.gather(*(caller(worker) for worker in range(1, 65)))
+
+    stop = threading.Event()
+    pauser = threading.Thread(target=pause_repeatedly, args=(server, stop))
+    pauser.start()
+    try:
+        asyncio.run(load())
+    finally:
+        stop.set()
+        pauser.join()
+        server.signal(signal.SIGCONT)
+    assert not errors, [(e.code, e.details) for e in errors[:5]]
+    assert len(committed) == 64 * COMMITS_PER_CALLER
