@@ -131,3 +131,39 @@ def test_commits_at_the_ceiling_wait_for_the_window_under_pauses(
         server.signal(signal.SIGCONT)
     assert not errors, [(e.code, e.details) for e in errors[:5]]
     assert len(committed) == 64 * COMMITS_PER_CALLER
+
+
+def test_timestamps_at_the_ceiling_wait_for_the_window_under_pauses(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    """The same for GetTimestamps, with no client retries: no call is refused while the window
+    can be saved, and no timestamp is handed out twice."""
+    server = start_oracle("--set", "window.size_ms=10", "--set", "window.check_interval_ms=5")
+    firsts: list[Timestamp] = []
+    errors: list[OracleError] = []
+
+    async def load() -> None:
+        async with AsyncOracleClient(
+            server.target, timeout=30, retry=RetryPolicy(attempts=1)
+        ) as client:
+
+            async def caller() -> None:
+                for _ in range(COMMITS_PER_CALLER):
+                    try:
+                        firsts.append((await client.get_timestamps_unary(10)).first)
+                    except OracleError as err:
+                        errors.append(err)
+
+            await asyncio.gather(*(caller() for _ in range(16)))
+
+    stop = threading.Event()
+    pauser = threading.Thread(target=pause_repeatedly, args=(server, stop))
+    pauser.start()
+    try:
+        asyncio.run(load())
+    finally:
+        stop.set()
+        pauser.join()
+        server.signal(signal.SIGCONT)
+    assert not errors, [(e.code, e.details) for e in errors[:5]]
+    assert len(set(firsts)) == len(firsts) == 16 * COMMITS_PER_CALLER

@@ -172,17 +172,21 @@ class AsyncOracleClient:
             f"more than {_MAX_REDIRECTS} redirects between {', '.join(self._nodes.targets)}",
         )
 
-    def _monotonic(self, node: OracleNode, first: Timestamp, last: Timestamp) -> None:
-        """Refuses timestamps not above every one handed out before (see
-        :class:`OracleTimestampRegressionError`); otherwise remembers the new highest."""
-        highest = self._highest
-        if highest is not None and first <= highest:
+    def _monotonic(
+        self, node: OracleNode, floor: Timestamp | None, first: Timestamp, last: Timestamp
+    ) -> None:
+        """Refuses timestamps not above ``floor``, the highest this client had handed out when
+        the call began (see :class:`OracleTimestampRegressionError`); otherwise remembers the new
+        highest. Calls in flight together may finish in any order: only a call that returned
+        before another began must have the lower timestamp (real-time order)."""
+        if floor is not None and first <= floor:
             raise OracleTimestampRegressionError(
                 grpc.StatusCode.DATA_LOSS,
-                f"{node.target} answered {first}, not above {highest} that this client returned "
+                f"{node.target} answered {first}, not above {floor} that this client returned "
                 "before: refused, so time never goes backwards for its callers",
             )
-        self._highest = last
+        if self._highest is None or last > self._highest:
+            self._highest = last
 
     async def _unary(
         self, call: Callable[[OracleNode, float], Awaitable[T]], changes_state: bool = False
@@ -195,9 +199,10 @@ class AsyncOracleClient:
         request = pb.GetTimestampsRequest(count=count)
 
         async def fetch(node: OracleNode, remaining: float) -> TimestampRange:
+            floor = self._highest
             answer = await node.timestamps.request(request, remaining)
             if len(answer):
-                self._monotonic(node, answer.first, answer[len(answer) - 1])
+                self._monotonic(node, floor, answer.first, answer[len(answer) - 1])
             return answer
 
         return await self._call(fetch)
@@ -225,12 +230,13 @@ class AsyncOracleClient:
         request = pb.GetTimestampsRequest(count=count)
 
         async def fetch(node: OracleNode, remaining: float) -> TimestampRange:
+            floor = self._highest
             response = await node.get_timestamps(
                 request, timeout=remaining, wait_for_ready=node.wait_for_ready
             )
             answer = range_from_wire(response)
             if len(answer):
-                self._monotonic(node, answer.first, answer[len(answer) - 1])
+                self._monotonic(node, floor, answer.first, answer[len(answer) - 1])
             return answer
 
         return await self._unary(fetch)
@@ -242,11 +248,12 @@ class AsyncOracleClient:
         request = pb.ObserveRequest(remote=timestamp_to_wire(remote))
 
         async def observe(node: OracleNode, remaining: float) -> Timestamp:
+            floor = self._highest
             response = await node.observe(
                 request, timeout=remaining, wait_for_ready=node.wait_for_ready
             )
             answer = timestamp_from_wire(response.timestamp)
-            self._monotonic(node, answer, answer)
+            self._monotonic(node, floor, answer, answer)
             return answer
 
         return await self._unary(observe)

@@ -32,8 +32,8 @@ from hlc_oracle.server.wire import WireCheckError, check_wire
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["TimestampOracle"].full_name
 
-# A request that reaches the ceiling waits for a window save and retries; more than a few rounds
-# means saving cannot keep up (or fails), and the caller is better served by UNAVAILABLE.
+# A request that reaches the ceiling waits for a window save and retries; a few rounds in which
+# the ceiling did not rise mean saving cannot keep up: the caller is better served by UNAVAILABLE.
 CEILING_RETRIES = 3
 
 
@@ -184,7 +184,13 @@ class TimestampOracleService:
         return pb.ObserveResponse(timestamp=wire_timestamp(ts)).SerializeToString()
 
     async def _after_extending(self, attempt: Callable[[], bytes], at_least_us: int = 0) -> bytes:
-        for _ in range(CEILING_RETRIES):
+        # A round counts against CEILING_RETRIES only when the ceiling did not rise: while the
+        # window keeps being saved, the request waits however long a paused or loaded process
+        # takes (a save leaves about half the 200 ms window as margin). Group commit's writer
+        # follows the same rule (GroupCommitScheduler._retry_after_ceiling).
+        stalled = 0
+        while stalled < CEILING_RETRIES:
+            ceiling_before = self.clock.ceiling_physical
             try:
                 await self.window.extend(at_least_us)
             except WindowSaveError as err:
@@ -194,7 +200,8 @@ class TimestampOracleService:
             try:
                 return attempt()
             except CeilingReachedError:
-                continue
+                if self.clock.ceiling_physical == ceiling_before:
+                    stalled += 1
         raise RequestError(
             grpc.StatusCode.UNAVAILABLE,
             "the persisted timestamp window could not be extended fast enough; retry",
