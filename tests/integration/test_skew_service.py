@@ -97,7 +97,8 @@ def test_serves_with_chrony_and_reports_the_offset(start_oracle: StartOracle) ->
         shown = oracle.cli("status", timeout=30)
         assert shown.returncode == 0, shown.stderr
         assert re.search(r"skew_state\s+ok", shown.stdout)
-        assert re.search(r"ntp_offset_us\s+-?\d+", shown.stdout)
+        # Signed like an offset ("+3 us" ahead, "-2 us" behind, "0 us"), thousands grouped.
+        assert re.search(r"ntp_offset_us\s+[+-]?\d[\d,]* us\b", shown.stdout), shown.stdout
         assert f"ntp {chrony.address}" in shown.stdout and "stratum 8" in shown.stdout
 
         assert oracle.metrics_port is not None
