@@ -2,8 +2,9 @@
 
 It serves ``hlc_oracle.v1.TimestampOracle``'s ``GetTimestamps`` and ``StreamTimestamps`` with the
 same transport settings and the same parse-and-serialize work per message as the oracle, but
-answers a fixed timestamp: no clock, no gate, no window, no metrics. The oracle's figures divided by
-this one's show what the oracle adds over the transport.
+answers consecutive ranges from a plain counter: no clock, no gate, no window, no metrics. (A fixed
+answer would be refused by the client, which never hands out a timestamp not above one it returned
+before.) The oracle's figures divided by this one's show what the oracle adds over the transport.
 
     python bench/echo_server.py PORT_FILE    # binds 127.0.0.1:0, writes {"port": N} to PORT_FILE
 """
@@ -21,12 +22,18 @@ from typing import Any
 import grpc
 from hlc_oracle.proto import oracle_pb2 as pb
 
-FIXED = pb.Timestamp(physical=1_795_000_000_000_000, logical=0, node=0)
+LOGICAL_BITS = 12
+# The next timestamp to answer, in the integer form (physical << 12 | logical).
+next_position = 1_795_000_000_000_000 << LOGICAL_BITS
 
 
 def answer(raw: bytes) -> bytes:
+    global next_position
     request = pb.GetTimestampsRequest.FromString(raw)
-    return pb.GetTimestampsResponse(first=FIXED, count=request.count).SerializeToString()
+    physical, logical = divmod(next_position, 1 << LOGICAL_BITS)
+    next_position += request.count
+    first = pb.Timestamp(physical=physical, logical=logical, node=0)
+    return pb.GetTimestampsResponse(first=first, count=request.count).SerializeToString()
 
 
 async def get_timestamps(raw: bytes, context: Any) -> bytes:
