@@ -10,7 +10,8 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 from hlc_oracle import Clock, Committed, Timestamp, Transaction
@@ -93,6 +94,19 @@ def pause_repeatedly(server: OracleProcess, stop: threading.Event) -> None:
         server.signal(signal.SIGCONT)
 
 
+def run_while_pausing(server: OracleProcess, load: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """``asyncio.run(load())`` while :func:`pause_repeatedly` pauses ``server``; resumed after."""
+    stop = threading.Event()
+    pauser = threading.Thread(target=pause_repeatedly, args=(server, stop))
+    pauser.start()
+    try:
+        asyncio.run(load())
+    finally:
+        stop.set()
+        pauser.join()
+        server.signal(signal.SIGCONT)
+
+
 def test_commits_at_the_ceiling_wait_for_the_window_under_pauses(
     start_oracle: Callable[..., OracleProcess],
 ) -> None:
@@ -120,15 +134,7 @@ def test_commits_at_the_ceiling_wait_for_the_window_under_pauses(
 
             await asyncio.gather(*(caller(worker) for worker in range(1, 65)))
 
-    stop = threading.Event()
-    pauser = threading.Thread(target=pause_repeatedly, args=(server, stop))
-    pauser.start()
-    try:
-        asyncio.run(load())
-    finally:
-        stop.set()
-        pauser.join()
-        server.signal(signal.SIGCONT)
+    run_while_pausing(server, load)
     assert not errors, [(e.code, e.details) for e in errors[:5]]
     assert len(committed) == 64 * COMMITS_PER_CALLER
 
@@ -156,14 +162,6 @@ def test_timestamps_at_the_ceiling_wait_for_the_window_under_pauses(
 
             await asyncio.gather(*(caller() for _ in range(16)))
 
-    stop = threading.Event()
-    pauser = threading.Thread(target=pause_repeatedly, args=(server, stop))
-    pauser.start()
-    try:
-        asyncio.run(load())
-    finally:
-        stop.set()
-        pauser.join()
-        server.signal(signal.SIGCONT)
+    run_while_pausing(server, load)
     assert not errors, [(e.code, e.details) for e in errors[:5]]
     assert len(set(firsts)) == len(firsts) == 16 * COMMITS_PER_CALLER

@@ -11,8 +11,8 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyType};
 
 use crate::commit::wire::{self, WireError, WireResult};
 use crate::commit::{
-    AbortReason, CommitEngine, ConfirmError, Durability, EngineConfig, EngineError, Limits,
-    Outcome, Released, Request, SubmitError,
+    AbortReason, CommitEngine, ConfirmError, Durability, EngineConfig, EngineError, Handout,
+    Limits, Outcome, Released, Request, SubmitError,
 };
 use crate::conflict::{Conflict, ConflictKind, Isolation, KeySet, LostTo, Transaction};
 use crate::hlc::ClockError;
@@ -368,6 +368,23 @@ pub(crate) fn answer_object<'py>(
     }
 }
 
+/// A decided batch for Python: `(ticket, [(batch_seq, bytes), ...], released)`.
+fn handout_tuple<'py>(
+    py: Python<'py>,
+    handout: &Handout,
+    layouts: &Mutex<HashMap<u64, Vec<PartLayout>>>,
+) -> PyResult<(u64, Bound<'py, PyList>, Bound<'py, PyList>)> {
+    let pieces = PyList::empty(py);
+    for (seq, bytes) in &handout.pieces {
+        pieces.append((*seq, PyBytes::new(py, bytes)))?;
+    }
+    Ok((
+        handout.ticket,
+        pieces,
+        released_list(py, &handout.released, layouts)?,
+    ))
+}
+
 /// `[(ticket, answers), ...]`: `answers` a list per request (for `decide`), or the per-part
 /// results of `decide_parts` (see `commit_parts`) when `layouts` knows the ticket.
 fn released_list<'py>(
@@ -600,15 +617,7 @@ impl PyCommitEngine {
                 .insert(handout.ticket, layout);
             Ok::<_, PyErr>(handout)
         })?;
-        let pieces = PyList::empty(py);
-        for (seq, bytes) in &handout.pieces {
-            pieces.append((*seq, PyBytes::new(py, bytes)))?;
-        }
-        Ok((
-            handout.ticket,
-            pieces,
-            released_list(py, &handout.released, &self.layouts)?,
-        ))
+        handout_tuple(py, &handout, &self.layouts)
     }
 
     /// Decides one batch like `process`, for any durable step: returns `(ticket, pieces,
@@ -625,15 +634,7 @@ impl PyCommitEngine {
             let requests = item_requests(&items);
             Ok::<_, PyErr>(self.lock()?.decide(self.clock.get().core(), &requests))
         })?;
-        let pieces = PyList::empty(py);
-        for (seq, bytes) in &handout.pieces {
-            pieces.append((*seq, PyBytes::new(py, bytes)))?;
-        }
-        Ok((
-            handout.ticket,
-            pieces,
-            released_list(py, &handout.released, &self.layouts)?,
-        ))
+        handout_tuple(py, &handout, &self.layouts)
     }
 
     /// Durability "external": piece `batch_seq` is durable. Returns the `(ticket, answers)` this
