@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -76,6 +77,35 @@ def test_campaign_epochs_and_the_fence(etcd: EtcdMember) -> None:
         assert await store.load() == 1_000
         with pytest.raises(FenceError):
             await one.resign(Fence(client, won.term))
+        await first.close(revoke=True)
+        await second.close(revoke=True)
+
+    run([etcd.endpoint], body)
+
+
+def test_depose_deletes_the_leader_key_only_in_the_term_it_names(etcd: EtcdMember) -> None:
+    async def body(client: EtcdClient) -> None:
+        first, second = Session(client, 5), Session(client, 5)
+        await first.open()
+        await second.open()
+        one = Election(client, PREFIX, 1, "127.0.0.1:1")
+        two = Election(client, PREFIX, 2, "127.0.0.1:2")
+        won = await one.campaign(first.lease_id)
+        holder = (await two.campaign(second.lease_id)).holder
+        assert won.term is not None and holder is not None and holder.lease == first.lease_id
+        # Another lease, or another epoch, under the same key: not the term seen, kept.
+        assert not await two.depose(replace(holder, lease=second.lease_id))
+        assert not await two.depose(replace(holder, epoch=holder.epoch + 1))
+        assert await two.current() == holder
+        assert await two.depose(holder)
+        assert await two.current() is None
+        # A second follower racing for the same verdict: its compare fails harmlessly, also once
+        # the key is won again (the next term is never deposed by a verdict on the last one).
+        assert not await one.depose(holder)
+        assert (await two.campaign(second.lease_id)).term is not None
+        assert not await one.depose(holder)
+        current = await one.current()
+        assert current is not None and (current.node_id, current.lease) == (2, second.lease_id)
         await first.close(revoke=True)
         await second.close(revoke=True)
 

@@ -161,13 +161,20 @@ class ClusterSection:
     )
     lease_ttl_s: int = setting(
         3,
-        "seconds of the leader's etcd lease (at least 1): a dead leader is replaced after about "
-        "this long, and a live one that cannot reach etcd stops serving before it runs out",
+        "seconds of the leader's etcd lease (at least 1): a leader whose host died or is cut off "
+        "is replaced after about this long (a killed process at once, see depose_dead_leader), "
+        "and a live one that cannot reach etcd stops serving before it runs out",
     )
     advertise: str | None = setting(
         None,
         "host:port that followers send clients to when this node leads; unset: server.listen",
         "--advertise",
+    )
+    depose_dead_leader: bool = setting(
+        True,
+        "followers delete the leader key at once when the leader's advertised address refuses "
+        "connections (its process is gone) instead of waiting out its lease; needs an advertised "
+        "address that reaches the node itself, not a proxy or load balancer that may refuse",
     )
     decision_retention_s: float = setting(
         600.0,

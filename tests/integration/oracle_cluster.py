@@ -18,10 +18,12 @@ twice, real-time order across threads and nodes, and the HLC bound.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,8 @@ from typing import Any, Self
 import grpc
 from hlc_oracle import Timestamp, TimestampRange
 from hlc_oracle.client import OracleClient, OracleStatus, RetryPolicy
+from hlc_oracle.cluster.etcd import EtcdClient, KeyValue
+from hlc_oracle.cluster.node import key_prefix
 from hlc_oracle.proto import LEADER_METADATA_KEY
 from hlc_oracle.proto import oracle_pb2 as pb
 
@@ -116,9 +120,58 @@ class OracleCluster(StartedFixture):
             time.sleep(0.05)
         raise AssertionError(f"no serving leader within {timeout_s} s: {self.statuses()}")
 
+    def wait_for_followers_connected(self, leader: OracleProcess, timeout_s: float = 10.0) -> None:
+        """Waits until every other running node holds its liveness connection to ``leader``
+        (``hlc_oracle_cluster_leader_connected`` 1; the nodes need ``--metrics-port 0``): from
+        then on they depose it at once if its process dies."""
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            if node is leader or node.process is None or node.process.poll() is not None:
+                continue
+            while metric_value(fetch_metrics(node), "hlc_oracle_cluster_leader_connected") != 1:
+                assert time.monotonic() < deadline, f"{node.target} not connected to the leader"
+                time.sleep(0.05)
+
     def close(self) -> None:
         for node in self.nodes:
             node.close()
+
+
+def fetch_metrics(node: OracleProcess) -> str:
+    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+def metric_value(metrics: str, name: str) -> float:
+    return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith(name))
+
+
+def read_etcd_key(endpoint: str, key: str) -> KeyValue | None:
+    """``key`` (under the default cluster's prefix) as etcd holds it now, or ``None``."""
+
+    async def read() -> KeyValue | None:
+        client = EtcdClient([endpoint])
+        try:
+            kv, _ = await client.get(f"{key_prefix('hlc-oracle')}{key}".encode())
+            return kv
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
+def lease_seconds_left(endpoint: str, lease_id: int) -> int:
+    """What etcd's LeaseTimeToLive says of ``lease_id``: seconds left, -1 when it is gone."""
+
+    async def read() -> int:
+        client = EtcdClient([endpoint])
+        try:
+            return await client.time_to_live(lease_id)
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
 
 
 class LeaderClient:

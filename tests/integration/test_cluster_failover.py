@@ -2,7 +2,8 @@
 leader, etcd stopped, etcd's raft leader killed. After each, every call the load threads made is
 checked (tests/integration/oracle_cluster.py, CallLog.check): no timestamp handed out twice,
 real-time order across threads and nodes, and no timestamp more than max_offset/2 ahead of the
-physical clock. Lease TTL 1 s throughout (etcd runs with --election-timeout 100)."""
+physical clock. Lease TTL 1 s (etcd runs with --election-timeout 100), but for the deposition of
+a killed leader, which a 10 s lease tells apart from a lease expiry."""
 
 from __future__ import annotations
 
@@ -17,10 +18,23 @@ from hlc_oracle.proto import REFUSAL_METADATA_KEY
 from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.etcd_process import EtcdCluster, EtcdMember
-from tests.integration.oracle_cluster import CallLog, OracleCluster, leader_client, load
+from tests.integration.oracle_cluster import (
+    CallLog,
+    OracleCluster,
+    fetch_metrics,
+    leader_client,
+    lease_seconds_left,
+    load,
+    metric_value,
+    read_etcd_key,
+)
 
 KILL_ROUNDS = 10
 LEASE_TTL_S = 1
+#: Far longer than a deposition takes: a successor serving while this lease lives in etcd was not
+#: elected by the lease's expiry.
+LONG_LEASE_TTL_S = 10
+DEPOSED = "deposed epoch"
 
 
 def test_kill_the_leader_under_load(etcd: EtcdMember, tmp_path: Path) -> None:
@@ -46,6 +60,43 @@ def test_kill_the_leader_under_load(etcd: EtcdMember, tmp_path: Path) -> None:
     calls.check()
 
 
+def test_a_killed_leader_is_deposed_before_its_lease_runs_out(
+    etcd: EtcdMember, tmp_path: Path
+) -> None:
+    """The followers hold a connection to the leader; its process killed, its address refuses
+    connections, and a follower deletes the leader key at once (compared on the dead term): the
+    next leader serves while the dead one's lease still lives in etcd."""
+    with OracleCluster(
+        tmp_path, etcd.endpoint, lease_ttl_s=LONG_LEASE_TTL_S, extra_args=("--metrics-port", "0")
+    ) as cluster:
+        client = leader_client(cluster.targets)
+        calls = CallLog()
+        with load(client, calls):
+            leader = cluster.wait_for_leader()
+            leader_id = cluster.nodes.index(leader) + 1
+            cluster.wait_for_followers_connected(leader)
+            term = read_etcd_key(etcd.endpoint, "leader")
+            assert term is not None and term.lease != 0
+            before = len(calls.calls)
+            leader.kill()
+            cluster.wait_for_leader(other_than=leader_id)
+            # Not the lease's doing: it still lives, and so does the dead node's member key.
+            assert lease_seconds_left(etcd.endpoint, term.lease) > 0
+            assert read_etcd_key(etcd.endpoint, f"members/{leader_id}") is not None
+            calls.wait_for_more_than(before)
+        client.close()
+        followers = [node for node in cluster.nodes if node is not leader]
+        deposed = [
+            metric_value(fetch_metrics(node), "hlc_oracle_cluster_leaders_deposed_total")
+            for node in followers
+        ]
+        # Both followers saw the refusal; the compare on the term let one delete the key.
+        logs = "\n".join(node.log_text()[-3000:] for node in followers)
+        assert sorted(deposed) == [0, 1], (deposed, logs)
+        assert sum(f"{DEPOSED} {term.create_revision}" in n.log_text() for n in followers) == 1
+    calls.check()
+
+
 def test_graceful_handover_under_load(etcd: EtcdMember, tmp_path: Path) -> None:
     with OracleCluster(tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S) as cluster:
         client = leader_client(cluster.targets)
@@ -59,6 +110,9 @@ def test_graceful_handover_under_load(etcd: EtcdMember, tmp_path: Path) -> None:
                 cluster.wait_for_leader(other_than=leader_id)
                 leader.start()
         client.close()
+        # The leader deleted its key before closing its port: the refusal its followers then saw
+        # found the term already ended, and deposed nothing.
+        assert not any(DEPOSED in node.log_text() for node in cluster.nodes)
     calls.check()
 
 
@@ -96,6 +150,8 @@ def test_a_paused_leader_stops_by_itself_and_serves_nothing_after(
             assert isinstance(again[0], grpc.RpcError)
         client.close()
     assert "lease expired in etcd" in old.log_text() or "fenced out" in old.log_text()
+    # A paused process still accepts connections: its followers waited for its lease.
+    assert not any(DEPOSED in node.log_text() for node in cluster.nodes)
     calls.check()
 
 

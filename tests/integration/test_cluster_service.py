@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -20,8 +19,12 @@ from hlc_oracle.proto import (
 from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.etcd_process import EtcdMember, free_tcp_port
-from tests.integration.oracle_cluster import OracleCluster, leader_client
-from tests.integration.oracle_process import OracleProcess
+from tests.integration.oracle_cluster import (
+    OracleCluster,
+    fetch_metrics,
+    leader_client,
+    metric_value,
+)
 
 SERVICES = ("hlc_oracle.v1.TimestampOracle", "hlc_oracle.v1.Transactions")
 
@@ -104,16 +107,6 @@ def test_three_nodes_elect_one_leader_and_followers_redirect(
         finally:
             client.close()
         assert got.first.node == leading.node_id
-
-
-def fetch_metrics(node: OracleProcess) -> str:
-    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        return str(reply.read().decode())
-
-
-def metric_value(metrics: str, name: str) -> float:
-    return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith(name))
 
 
 def test_a_live_duplicate_node_id_is_refused(etcd: EtcdMember, tmp_path: Path) -> None:

@@ -10,5 +10,7 @@
 - :mod:`.window_store`: the timestamp window in etcd;
 - :mod:`.decisions`: group-commit decisions in etcd (the durable step of a leader's commits),
   their recovery on promotion and their retention;
+- :mod:`.leader_liveness`: a follower's connection to the leader, whose refusal (the leader's
+  process is gone) lets it depose the leader without waiting out its lease;
 - :mod:`.node`: the leadership loop the server drives.
 """

@@ -4,7 +4,9 @@
 identity there bound to its lease; otherwise read who holds it. The winning txn's revision is the
 key's create revision: the leader's *epoch*, unique and increasing across terms. A node that lost
 watches the key from the revision it read and campaigns again when the key is deleted (its holder
-resigned, or its lease expired). ``resign`` deletes the key through the fence.
+resigned, or its lease expired). ``resign`` deletes the key through the fence. ``depose`` is a
+follower's delete of a dead leader's key, compared on the term it follows
+(:mod:`.leader_liveness`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, KeyValue, compare_create_revision
+from hlc_oracle.cluster.etcd import (
+    EtcdClient,
+    EtcdError,
+    KeyValue,
+    compare_create_revision,
+    compare_lease,
+)
 from hlc_oracle.cluster.etcd import delete as delete_op
 from hlc_oracle.cluster.etcd import get as get_op
 from hlc_oracle.cluster.etcd import put as put_op
@@ -27,6 +35,8 @@ class LeaderInfo:
     node_id: int
     address: str
     epoch: int
+    #: The lease the key is bound to (0 when not read from etcd).
+    lease: int = 0
 
 
 def identity(node_id: int, address: str) -> bytes:
@@ -37,10 +47,10 @@ def identity(node_id: int, address: str) -> bytes:
 def leader_info(kv: KeyValue) -> LeaderInfo:
     try:
         data = json.loads(kv.value)
-        return LeaderInfo(int(data["node_id"]), str(data["address"]), kv.create_revision)
+        return LeaderInfo(int(data["node_id"]), str(data["address"]), kv.create_revision, kv.lease)
     except (ValueError, TypeError, KeyError):
         # Written by something else than hlc-oracle: still a leader, just not one to redirect to.
-        return LeaderInfo(-1, "", kv.create_revision)
+        return LeaderInfo(-1, "", kv.create_revision, kv.lease)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,22 @@ class Election:
                 return
             on_leader(leader_info(event.kv))
         raise EtcdError("watch of the leader key ended")
+
+    async def depose(self, leader: LeaderInfo) -> bool:
+        """Deletes the leader key only while it still holds ``leader``'s term (its create
+        revision and lease): a follower's verdict that the leader's process is gone. Returns
+        whether it did; ``False`` when the key is already gone or holds another term (also when
+        etcd broke the connection after a first try deleted it, and the try was repeated)."""
+        if leader.epoch <= 0 or leader.lease == 0:
+            return False  # not a term read from etcd: nothing to compare with
+        result = await self.client.txn(
+            [
+                compare_create_revision(self.key, leader.epoch),
+                compare_lease(self.key, leader.lease),
+            ],
+            [delete_op(self.key)],
+        )
+        return result.succeeded
 
     async def resign(self, fence: Fence) -> None:
         """Deletes the leader key, only if this node's term still holds it."""

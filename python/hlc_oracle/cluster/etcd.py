@@ -29,6 +29,7 @@ from hlc_oracle import HlcError
 EQUAL = rpc.Compare.EQUAL
 CREATE = rpc.Compare.CREATE
 VALUE = rpc.Compare.VALUE
+LEASE = rpc.Compare.LEASE
 EVENT_DELETE = rpc.Event.DELETE
 #: Pause before trying a broken call again on the channel's other members.
 RETRY_PAUSE_S = 0.01
@@ -118,6 +119,11 @@ def compare_value(key: bytes, value: bytes) -> Any:
 
 def compare_create_revision(key: bytes, revision: int) -> Any:
     return rpc.Compare(key=key, target=CREATE, result=EQUAL, create_revision=revision)
+
+
+def compare_lease(key: bytes, lease: int) -> Any:
+    """The key is bound to ``lease`` (0: to none, or absent)."""
+    return rpc.Compare(key=key, target=LEASE, result=EQUAL, lease=lease)
 
 
 def put(key: bytes, value: bytes, lease: int = 0) -> Any:

@@ -6,7 +6,9 @@ metrics, calls :meth:`ClusterNode.start` after binding (etcd reachable, node id 
 
 - campaign (:mod:`.election`); a loser follows: its gate stays blocked under ``not-leader`` with
   the leader's address as ``gate.redirect``, and it watches the leader key to campaign again when
-  the key is deleted;
+  the key is deleted; meanwhile it holds a connection to the leader's address and deposes the
+  leader (deletes its key, compared on its term) once that address refuses connections, the
+  leader's process being gone (:mod:`.leader_liveness`; ``depose_dead_leader``);
 - a winner takes over: reads the saved window limit (the clock's floor), waits until that floor
   is within max_offset/2 of its physical clock (the HLC bound), saves a new window through the
   fence, raises its clock past the floor, puts its lease's serving deadline on the gate, and
@@ -28,6 +30,7 @@ from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionDecodeErr
 from hlc_oracle.cluster.election import Election, LeaderInfo
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, LeaseNotFoundError
 from hlc_oracle.cluster.fence import Fence, FenceError, Term
+from hlc_oracle.cluster.leader_liveness import host_and_port, wait_until_refused
 from hlc_oracle.cluster.members import DuplicateNodeError, register
 from hlc_oracle.cluster.session import Session, stop_task
 from hlc_oracle.cluster.window_store import EtcdWindowStore
@@ -69,9 +72,11 @@ class ClusterNode:
         gate: ServingGate,
         metrics: ServerMetrics,
         on_fatal: Callable[[str], None],
+        depose_dead_leader: bool = True,
     ) -> None:
         self.prefix = key_prefix(cluster_name)
         self.lease_ttl_s = lease_ttl_s
+        self.depose_dead_leader = depose_dead_leader
         self.node_id = node_id
         self.clock = clock
         self.gate = gate
@@ -207,7 +212,7 @@ class ClusterNode:
                     continue
                 if outcome.holder is not None:
                     self._follow(outcome.holder)
-                await self._wait_for_vacancy(outcome.revision)
+                await self._wait_for_vacancy(outcome.revision, outcome.holder)
             except DuplicateNodeError as err:
                 # Another node took this id while this one had no lease: two live nodes with one
                 # id would hand out equal timestamps. Stop for good.
@@ -238,20 +243,82 @@ class ClusterNode:
         self.session.start()
         log.info("new lease", extra={"fields": {"lease": hex(self.session.lease_id)}})
 
-    async def _wait_for_vacancy(self, revision: int) -> None:
+    async def _wait_for_vacancy(self, revision: int, holder: LeaderInfo | None) -> None:
+        """Follows ``holder`` until the leader key is deleted or this node's lease is lost; the
+        dead-leader watch runs only meanwhile (stopped here, whatever ends the wait)."""
         assert self.election is not None
         watch = asyncio.ensure_future(self.election.wait_for_vacancy(revision, self._follow))
         lost = asyncio.ensure_future(self.session.lost.wait())
+        liveness: asyncio.Future[None] | None = None
+        verdict = asyncio.Event()
+        if holder is not None and self._watches_liveness_of(holder):
+            liveness = asyncio.ensure_future(self._depose_when_dead(holder, verdict))
         try:
             await asyncio.wait((watch, lost), return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (watch, lost):
                 if not task.done():
                     await stop_task(task)
+            if liveness is not None:
+                if verdict.is_set():
+                    # Its txn is in flight, and the vacancy seen may be its own: let it finish
+                    # and report (one etcd call, bounded by the client's deadline).
+                    await asyncio.wait({liveness}, timeout=self.client.timeout_s + 0.1)
+                await stop_task(liveness)
         if watch.done() and not watch.cancelled():
             error = watch.exception()
             if error is not None:
                 raise error
+
+    def _watches_liveness_of(self, leader: LeaderInfo) -> bool:
+        """Whether to depose ``leader`` once its address refuses connections: a term read from
+        etcd, with an address to connect to that is not this node's own."""
+        return (
+            self.depose_dead_leader
+            and leader.lease != 0
+            and leader.address != self.address
+            and host_and_port(leader.address) is not None
+        )
+
+    async def _depose_when_dead(self, leader: LeaderInfo, verdict: asyncio.Event) -> None:
+        """Deletes ``leader``'s key (compared on its term) once its process is gone, setting
+        ``verdict`` first; the watch of the key then sees the vacancy. Runs while this node
+        follows ``leader``. One attempt: if etcd fails it, the lease still ends the term."""
+        assert self.election is not None
+        fields: dict[str, object] = {
+            "epoch": leader.epoch,
+            "leader_node_id": leader.node_id,
+            "leader_address": leader.address,
+        }
+        try:
+            await wait_until_refused(
+                leader.address, on_connected=self.metrics.cluster_leader_connected.set
+            )
+            verdict.set()
+            deposed = await self.election.depose(leader)
+        except EtcdError as err:
+            log.warning(
+                "leader unreachable (connection refused), deposing it failed",
+                extra={"fields": {**fields, "error": str(err)}},
+            )
+            return
+        except Exception:
+            # The lease still replaces the leader; this follower only loses the shortcut.
+            log.exception("dead-leader watch failed", extra={"fields": fields})
+            return
+        finally:
+            self.metrics.cluster_leader_connected.set(0)
+        if deposed:
+            self.metrics.cluster_leaders_deposed.inc()
+            log.info(
+                f"leader unreachable (connection refused), deposed epoch {leader.epoch}",
+                extra={"fields": fields},
+            )
+        else:
+            log.info(
+                "leader unreachable (connection refused); its term had already ended",
+                extra={"fields": fields},
+            )
 
     def _saw(self, leader: LeaderInfo) -> None:
         if leader.epoch not in self._seen_epochs:

@@ -114,6 +114,7 @@ class OracleServer:
                 gate=self.gate,
                 metrics=self.metrics,
                 on_fatal=self._fatal_cluster,
+                depose_dead_leader=config.cluster.depose_dead_leader,
             )
             persistence = self.cluster.store
             if config.commit.enabled:

@@ -82,6 +82,18 @@ class ServerMetrics:
             "New leader epochs this node has seen (won or observed)",
             registry=self.registry,
         )
+        self.cluster_leaders_deposed = Counter(
+            "hlc_oracle_cluster_leaders_deposed",
+            "Leader terms this follower ended because the leader's process was gone (its address "
+            "refused connections), without waiting for its lease",
+            registry=self.registry,
+        )
+        self.cluster_leader_connected = Gauge(
+            "hlc_oracle_cluster_leader_connected",
+            "1 while this follower holds its liveness connection to the leader's address (a "
+            "leader whose address then refuses connections is deposed at once)",
+            registry=self.registry,
+        )
         self.cluster_keepalive_age = Gauge(
             "hlc_oracle_cluster_keepalive_age_seconds",
             "Seconds since etcd last acknowledged this node's lease keepalive (0 standalone)",
