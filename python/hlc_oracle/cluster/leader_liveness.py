@@ -28,10 +28,15 @@ Why this is safe:
   make a deposed leader's commit durable: its next write fails and it stops serving.
 
 The one assumption: the advertised address reaches the node's own listening socket, with nothing
-in between that could refuse while the node lives (a proxy, a load balancer, a Service address
-with no ready endpoint). Where it does not, set ``cluster.depose_dead_leader = false``. An address
-that this follower has never connected to (it names another container's loopback, say) is never
-taken as proof.
+in between that could refuse while the node lives: a proxy, a load balancer, a Service address
+with no ready endpoint, or a firewall rule that rejects (iptables' ``REJECT`` answers with an
+ICMP port-unreachable, which a connect reports as a refusal; ``DROP`` is a timeout, harmless).
+A live leader deposed on such a refusal keeps serving from its window until its next fenced
+write fails or its lease deadline passes, while the next leader may already serve: timestamps
+stay unique (the next leader starts above the saved window limit, and node ids differ), but
+real-time order across the two could break. Where the assumption does not hold, set
+``cluster.depose_dead_leader = false``. An address that this follower has never connected to
+(it names another container's loopback, say) is never taken as proof.
 
 What still waits for the lease: a host that crashed or lost power (no RST: the connection hangs
 and a probe times out), a network partition (timeouts and unreachable hosts prove nothing), a
