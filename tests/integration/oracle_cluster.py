@@ -31,7 +31,7 @@ from typing import Any, Self
 
 import grpc
 from hlc_oracle import Timestamp, TimestampRange
-from hlc_oracle.client import OracleClient, OracleStatus, RetryPolicy
+from hlc_oracle.client import OracleClient, OracleStatus
 from hlc_oracle.cluster.etcd import EtcdClient, KeyValue
 from hlc_oracle.cluster.node import key_prefix
 from hlc_oracle.proto import LEADER_METADATA_KEY
@@ -268,14 +268,11 @@ class LeaderClient:
             channel.close()
 
 
-#: Attempts for as long as a failover lasts (the default 5 give up before a 1 s lease lapses),
-#: as often as :class:`LeaderClient` tries; the 10 s timeout bounds each call.
-FAILOVER_RETRY = RetryPolicy(attempts=10_000, initial_backoff_s=0.005, max_backoff_s=0.02)
-
-
 def leader_client(targets: list[str]) -> OracleClient:
-    """The library's client given every node, riding out a failover (:data:`FAILOVER_RETRY`)."""
-    return OracleClient(targets, timeout=10.0, retry=FAILOVER_RETRY)
+    """The library's client given every node, with its defaults (for several targets, retries
+    until the call's deadline: :meth:`~hlc_oracle.client.RetryPolicy.until_deadline`); the 10 s
+    timeout outlasts any failover these tests cause."""
+    return OracleClient(targets, timeout=10.0)
 
 
 @dataclass(frozen=True)

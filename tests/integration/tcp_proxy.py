@@ -7,7 +7,9 @@
         proxy.cut()                                  # then every connection is closed, unsent
 
 Threads copy bytes both ways; ``cut()`` closes both sockets of every connection, so the client
-sees its connection drop mid-call while the server has already answered.
+sees its connection drop mid-call while the server has already answered. ``unplug()`` makes the
+node unreachable (connections cut, new ones refused) while the server keeps serving, and
+``plug()`` makes it reachable again on the same port.
 """
 
 from __future__ import annotations
@@ -23,25 +25,30 @@ class TcpProxy:
     def __init__(self, target: str) -> None:
         host, _, port = target.rpartition(":")
         self.upstream = (host, int(port))
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._holding = False
         self._held = threading.Event()
         self.cuts = 0
-        self._closed = False
-        self._acceptor = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
+        self.port = 0
+        self._listen()
+
+    def _listen(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self.port = self._listener.getsockname()[1]
+        self._acceptor = threading.Thread(
+            target=self._accept, args=(self._listener,), name="tcp-proxy", daemon=True
+        )
         self._acceptor.start()
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except OSError:
                 return  # closed
             try:
@@ -49,6 +56,10 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            # Without TCP_NODELAY, Nagle's algorithm and delayed ACKs hold small messages back
+            # for about 40 ms, a delay no direct connection has.
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._sockets += [client, server]
             for source, sink, answers in ((client, server, False), (server, client, True)):
@@ -86,7 +97,18 @@ class TcpProxy:
             sock.close()
         self._holding = False
 
+    def unplug(self) -> None:
+        """The node becomes unreachable: no listener (connections refused), every connection cut."""
+        self.close()
+
+    def plug(self) -> None:
+        """The node is reachable again, on the same port."""
+        self._listen()
+
     def close(self) -> None:
+        # shutdown() wakes the acceptor thread blocked in accept(); close() alone does not.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         self.cut()
         self._acceptor.join(timeout=5)

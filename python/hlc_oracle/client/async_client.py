@@ -155,6 +155,7 @@ class AsyncOracleClient:
         for _ in range(_MAX_REDIRECTS + 1):
             node = self._nodes.current
             try:
+                await node.connect(deadline)
                 return await call(node, max(deadline - loop.time(), 0.001))
             except grpc.RpcError as err:
                 error = error_from_rpc(err)

@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from hlc_oracle.client.channel import is_ready, open_channel
+from hlc_oracle.client.channel import NodeChannel
 from hlc_oracle.client.streams import commit_stream, timestamp_stream
 from hlc_oracle.client.wire import TIMESTAMP_ORACLE_METHODS, TRANSACTIONS_METHODS
 from hlc_oracle.proto import oracle_pb2 as pb
@@ -17,7 +17,8 @@ class OracleNode:
 
     Unary methods are gRPC multicallables (call them with ``timeout=`` and
     ``wait_for_ready=node.wait_for_ready``); ``timestamps`` and ``commits`` are the pipelined
-    ``StreamTimestamps`` and ``CommitStream`` calls, opened on first use.
+    ``StreamTimestamps`` and ``CommitStream`` calls, opened on first use. When the channel is
+    replaced (:class:`~hlc_oracle.client.channel.NodeChannel`), all of them move to the new one.
     """
 
     def __init__(
@@ -30,8 +31,18 @@ class OracleNode:
         self.target = target
         #: Whether calls wait for the channel to connect (one target) or fail fast (several).
         self.wait_for_ready = wait_for_ready
-        self.channel = open_channel(target, credentials, options)
-        channel = self.channel
+        self.connection = NodeChannel(target, credentials, options, self._moved)
+        channel = self.connection.channel
+        self._bind_methods(channel)
+        self.timestamps = timestamp_stream(channel, wait_for_ready)
+        self.commits = commit_stream(channel, wait_for_ready)
+
+    def _moved(self, channel: grpc.aio.Channel) -> None:
+        self._bind_methods(channel)
+        self.timestamps.move_to(channel)
+        self.commits.move_to(channel)
+
+    def _bind_methods(self, channel: grpc.aio.Channel) -> None:
         self.get_timestamps = channel.unary_unary(
             TIMESTAMP_ORACLE_METHODS + "GetTimestamps",
             request_serializer=pb.GetTimestampsRequest.SerializeToString,
@@ -62,15 +73,18 @@ class OracleNode:
             request_serializer=pb.TransactionStatusRequest.SerializeToString,
             response_deserializer=pb.TransactionStatusResponse.FromString,
         )
-        self.timestamps = timestamp_stream(channel, wait_for_ready)
-        self.commits = commit_stream(channel, wait_for_ready)
 
     def ready(self) -> bool:
         """Whether the channel is connected now."""
-        return is_ready(self.channel)
+        return self.connection.ready()
+
+    async def connect(self, deadline: float) -> None:
+        """Before an attempt: waits (until ``deadline``, loop time) for a channel that is down to
+        connect again, or, for a node that is not waited for, probes it in the background."""
+        await self.connection.connect(deadline, self.wait_for_ready)
 
     async def close(self) -> None:
         """Ends both streams (failing what waits on them), then closes the channel."""
         await self.commits.close()
         await self.timestamps.close()
-        await self.channel.close()
+        await self.connection.close()

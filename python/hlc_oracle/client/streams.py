@@ -38,11 +38,13 @@ class PipelinedStream(Generic[Answer]):
 
     def __init__(
         self,
-        method: Callable[..., Any],
+        channel: grpc.aio.Channel,
+        method_of: Callable[[grpc.aio.Channel], Any],
         decode: Callable[[Any], Answer],
         wait_for_ready: bool = True,
     ) -> None:
-        self._method = method
+        self._method_of = method_of
+        self._method = method_of(channel)
         self._wait_for_ready = wait_for_ready
         self._decode = decode
         self._call: Any = None
@@ -59,6 +61,13 @@ class PipelinedStream(Generic[Answer]):
             self._call = self._method(wait_for_ready=self._wait_for_ready)
             self._reader = asyncio.get_running_loop().create_task(self._read(self._call))
         return self._call
+
+    def move_to(self, channel: grpc.aio.Channel) -> None:
+        """The next call opens on ``channel`` (a new connection to the same node); the current
+        one, on the old connection, fails what still waits on it."""
+        self._method = self._method_of(channel)
+        if self._call is not None:
+            self._fail(self._call, connection_lost("the connection was replaced by a new one"))
 
     async def request(self, message: Any, timeout: float) -> Answer:
         """Sends ``message`` and returns its answer, all within ``timeout`` seconds: opening the
@@ -144,12 +153,15 @@ def timestamp_stream(
     channel: grpc.aio.Channel, wait_for_ready: bool = True
 ) -> PipelinedStream[TimestampRange]:
     """``StreamTimestamps``: each request message asks for ``count`` timestamps."""
-    method = channel.stream_stream(
-        TIMESTAMP_ORACLE_METHODS + "StreamTimestamps",
-        request_serializer=pb.GetTimestampsRequest.SerializeToString,
-        response_deserializer=pb.GetTimestampsResponse.FromString,
-    )
-    return PipelinedStream(method, range_from_wire, wait_for_ready)
+
+    def method_of(on: grpc.aio.Channel) -> Any:
+        return on.stream_stream(
+            TIMESTAMP_ORACLE_METHODS + "StreamTimestamps",
+            request_serializer=pb.GetTimestampsRequest.SerializeToString,
+            response_deserializer=pb.GetTimestampsResponse.FromString,
+        )
+
+    return PipelinedStream(channel, method_of, range_from_wire, wait_for_ready)
 
 
 def commit_stream(
@@ -160,5 +172,8 @@ def commit_stream(
     channel carries the bytes as they are."""
     # The decoder's list holds decisions and refusals only; the client adds its own errors.
     decode = cast(Callable[[bytes], list[CommitAnswer]], decode_commit_results)
-    method = channel.stream_stream(TRANSACTIONS_METHODS + "CommitStream")
-    return PipelinedStream(method, decode, wait_for_ready)
+
+    def method_of(on: grpc.aio.Channel) -> Any:
+        return on.stream_stream(TRANSACTIONS_METHODS + "CommitStream")
+
+    return PipelinedStream(channel, method_of, decode, wait_for_ready)
