@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from hlc_oracle.client import OracleClient
 from hlc_oracle.config import OracleConfig
-from hlc_oracle.server.app import OracleServer, StartupError
+from hlc_oracle.server.app import OracleServer
 from hlc_oracle.server.data_dir import LOCK_FILE, DataDirLock, DataDirLockedError
+from hlc_oracle.server.startup import StartupError
 
 from tests.etcd_process import EtcdMember, free_tcp_port
 from tests.integration.oracle_process import OracleProcess

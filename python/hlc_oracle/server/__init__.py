@@ -6,14 +6,17 @@
   node serves timestamps (health follows it);
 - :mod:`~hlc_oracle.server.window`: the persisted timestamp window;
 - :mod:`~hlc_oracle.server.data_dir`: one node per data dir (the ``LOCK`` file);
+- :mod:`~hlc_oracle.server.startup`: what stops a node from starting, and the start-up steps
+  around its data dir;
 - :mod:`~hlc_oracle.server.certificates`: the TLS files, checked, and their expiry watched;
 - :mod:`~hlc_oracle.server.metrics`, :mod:`~hlc_oracle.server.logs`: operations;
   :mod:`~hlc_oracle.server.stderr_relay`: everything on stderr as JSON records.
 """
 
-from hlc_oracle.server.app import OracleServer, StartupConfigError, StartupError, serve
+from hlc_oracle.server.app import OracleServer, serve
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.service import SERVICE_NAME
+from hlc_oracle.server.startup import StartupConfigError, StartupError
 
 __all__ = [
     "SERVICE_NAME",

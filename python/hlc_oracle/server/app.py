@@ -10,12 +10,10 @@ mark, release the data dir, exit 0.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import time
 from importlib import metadata
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -35,11 +33,16 @@ from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.certificates import server_credentials
 from hlc_oracle.server.commit import SERVICE_NAME as TRANSACTIONS_SERVICE_NAME
 from hlc_oracle.server.commit import TransactionsService
-from hlc_oracle.server.data_dir import DataDirLock, DataDirLockedError
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.service import SERVICE_NAME, TimestampOracleService, wire_timestamp
 from hlc_oracle.server.skew_guard import build_skew_monitor, clock_status_fields
+from hlc_oracle.server.startup import (
+    StartupConfigError,
+    StartupError,
+    lock_data_dir,
+    write_port_file,
+)
 from hlc_oracle.server.window import (
     TimestampWindow,
     WindowPersistence,
@@ -64,16 +67,6 @@ def package_version() -> str:
         return "unknown"
 
 
-class StartupError(Exception):
-    """The server could not start (address in use, unreadable TLS files, damaged data dir)."""
-
-
-class StartupConfigError(StartupError):
-    """The server could not start because of what its operator gave it (TLS files that cannot be
-    read or are not PEM): the command exits 2, a usage error, so a supervisor that restarts on
-    failure but not on exit 2 (systemd's ``RestartPreventExitStatus=2``) stops trying."""
-
-
 class OracleServer:
     """A single oracle node built from an :class:`OracleConfig`."""
 
@@ -83,7 +76,7 @@ class OracleServer:
         self.config = config
         self.gate = ServingGate()
         self.metrics = ServerMetrics()
-        self.data_dir_lock = _lock_data_dir(config)
+        self.data_dir_lock = lock_data_dir(config)
         try:
             self.store = WindowStore(config.server.data_dir)
             # Clustered, the window lives in etcd and the floor comes with each leadership term.
@@ -455,39 +448,6 @@ class OracleServer:
                 "fields": {"last": str(self.clock.last()), "saved_window_us": self.window.limit_us}
             },
         )
-
-
-def _lock_data_dir(config: OracleConfig) -> DataDirLock:
-    """Locks the data dir before anything reads it; :class:`StartupError` when it cannot."""
-    data_dir = config.server.data_dir
-    log_dir = config.commit.log_dir
-    if config.commit.enabled and log_dir is not None and _same_dir(log_dir, data_dir):
-        # The commit log locks its own directory's LOCK: the same file, so it would find it taken.
-        raise StartupError(
-            f"commit.log_dir {log_dir} is the data dir itself: give the commit log a directory "
-            f"of its own (the default is {data_dir / 'commit-log'})"
-        )
-    try:
-        return DataDirLock.acquire(data_dir)
-    except DataDirLockedError as err:
-        raise StartupError(str(err)) from err
-    except FileExistsError as err:
-        raise StartupError(f"the data dir {data_dir} is not a directory") from err
-    except OSError as err:
-        raise StartupError(f"cannot lock the data dir {data_dir}: {err.strerror}") from err
-
-
-def _same_dir(first: Path, second: Path) -> bool:
-    try:
-        return first.resolve() == second.resolve()
-    except OSError:
-        return False
-
-
-def write_port_file(path: Path, port: int, metrics_port: int | None) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({"port": port, "metrics_port": metrics_port}))
-    temporary.replace(path)
 
 
 async def serve(
