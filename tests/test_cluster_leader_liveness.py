@@ -8,7 +8,11 @@ import asyncio
 import socket
 
 import pytest
-from hlc_oracle.cluster.leader_liveness import host_and_port, wait_until_refused
+from hlc_oracle.cluster.leader_liveness import (
+    MIN_CONNECT_INTERVAL_S,
+    host_and_port,
+    wait_until_refused,
+)
 
 from tests.etcd_process import free_tcp_port
 
@@ -94,3 +98,26 @@ def test_a_listener_that_accepts_nothing_is_alive() -> None:
         return events
 
     assert asyncio.run(main()) == [True, False]
+
+
+def test_a_listener_that_closes_every_connection_at_once_does_not_make_it_spin() -> None:
+    async def main() -> int:
+        accepted = 0
+
+        async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            writer.close()
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        watch = asyncio.ensure_future(wait_until_refused(f"127.0.0.1:{port}"))
+        await asyncio.sleep(SETTLE_S)
+        assert not watch.done()
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        server.close()
+        return accepted
+
+    # One connect per MIN_CONNECT_INTERVAL_S at most (and at least a few on an idle loopback).
+    assert 2 <= asyncio.run(main()) <= SETTLE_S / MIN_CONNECT_INTERVAL_S + 1
