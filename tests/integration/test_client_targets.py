@@ -19,6 +19,7 @@ from hlc_oracle import Committed, Timestamp, Transaction
 from hlc_oracle.client import (
     OracleClient,
     OracleTimestampRegressionError,
+    OracleUnavailableError,
     RetryPolicy,
     parse_targets,
 )
@@ -42,6 +43,24 @@ def test_the_client_moves_on_from_an_unreachable_target(
         start = client.get_timestamp()
         assert isinstance(client.commit(Transaction(1, start, [], [b"k"])), Committed)
         assert client.status().serving
+
+
+def test_one_attempt_passes_over_every_target(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    """Moving on from an unreachable node is not a failed attempt: with a single attempt, two
+    dead targets in front of the live one still end in its answer."""
+    server = start_oracle()
+    targets = [dead_address(), dead_address(), server.target]
+    with OracleClient(targets, timeout=10, retry=RetryPolicy(attempts=1)) as client:
+        assert client.get_timestamp()
+        start = client.get_timestamp()
+        assert isinstance(client.commit(Transaction(7, start, [], [b"pass"])), Committed)
+    with (
+        OracleClient(targets[:2], timeout=2, retry=RetryPolicy(attempts=1)) as client,
+        pytest.raises(OracleUnavailableError),
+    ):
+        client.get_timestamp()  # every target failed: the attempt ends, and with it the call
 
 
 def test_several_targets_ride_out_an_outage_with_the_default_retries(

@@ -16,6 +16,7 @@ from hlc_oracle._core import encode_commit_request
 from hlc_oracle.client.commit_batcher import CommitBatcher
 from hlc_oracle.client.commit_many import CommitManyResult, commit_many
 from hlc_oracle.client.errors import (
+    ConnectionLostError,
     OracleError,
     OracleTimestampRegressionError,
     OracleTlsHandshakeError,
@@ -148,11 +149,15 @@ class AsyncOracleClient:
     async def _on_current_node(
         self, call: Callable[[OracleNode, float], Awaitable[T]], remaining: float
     ) -> T:
-        """One attempt: a follower's redirect is followed at once, inside the attempt; a node
-        that is unreachable or knows no leader sends the next attempt to the next target."""
+        """One attempt, a pass over the nodes: a follower's redirect is followed at once; a node
+        that is unreachable or knows no leader sends the call on to the next target at once. The
+        attempt fails (and the retry policy backs off) once every target failed in it, or a
+        redirect leads back to a node that already failed in it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + remaining
-        for _ in range(_MAX_REDIRECTS + 1):
+        failed: set[str] = set()
+        redirects = 0
+        while True:
             node = self._nodes.current
             try:
                 await node.connect(deadline)
@@ -162,16 +167,22 @@ class AsyncOracleClient:
             except OracleError as err:
                 error = err
             if error.refusal == REFUSAL_NOT_LEADER and self._nodes.follow(error.leader or "", node):
-                continue
-            if isinstance(error, OracleUnavailableError) and (
-                error.refusal in (None, REFUSAL_NOT_LEADER)
+                redirects += 1
+                if self._nodes.current.target not in failed and redirects <= _MAX_REDIRECTS:
+                    continue
+                raise error
+            if not isinstance(error, OracleUnavailableError) or error.refusal not in (
+                None,
+                REFUSAL_NOT_LEADER,
             ):
-                self._nodes.move_on(node)
-            raise error
-        raise OracleUnavailableError(
-            grpc.StatusCode.UNAVAILABLE,
-            f"more than {_MAX_REDIRECTS} redirects between {', '.join(self._nodes.targets)}",
-        )
+                raise error  # an answer to give, or a node to try again after a pause
+            failed.add(node.target)
+            self._nodes.move_on(node)
+            # A lost connection ends the attempt: a commit may have been decided on it, and the
+            # retry policy must see that to report an unknown outcome if no later answer comes.
+            lost = isinstance(error, ConnectionLostError)
+            if lost or self._nodes.current.target in failed or loop.time() >= deadline:
+                raise error
 
     def _monotonic(
         self, node: OracleNode, floor: Timestamp | None, first: Timestamp, last: Timestamp

@@ -188,7 +188,10 @@ class NodeChannel:
         loop = asyncio.get_running_loop()
         if loop.time() - self._replaced_at < MIN_REPLACE_INTERVAL_S:
             return False
-        if await is_listening(self.target) and not self.ready():
+        listening = await is_listening(self.target)
+        # Only a channel still failed: one that went back to connecting meanwhile may hold calls
+        # that its own attempt will carry.
+        if listening and self.channel.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
             self._replace()
         return False
 

@@ -48,6 +48,8 @@ class PipelinedStream(Generic[Answer]):
         self._wait_for_ready = wait_for_ready
         self._decode = decode
         self._call: Any = None
+        # The call whose first write went through (its later writes cannot wait for it to start).
+        self._started: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: collections.deque[asyncio.Future[Answer]] = collections.deque()
         self._write_lock = asyncio.Lock()
@@ -84,12 +86,18 @@ class PipelinedStream(Generic[Answer]):
                 async with self._write_lock:
                     call = self._open()  # the call may have failed while this request waited
                     self._pending.append(future)
-                    try:
-                        await call.write(message)
-                    except grpc.RpcError as err:
-                        self._fail(call, error_from_rpc(err))
-                    except asyncio.InvalidStateError:
-                        self._fail(call, connection_lost("the stream had ended"))
+                    if call is self._started:
+                        await self._write(call, message)
+                    else:
+                        # The first write waits for the call to start. A call failed before it
+                        # started (its channel replaced) never ends that wait: the failed answer
+                        # ends it instead.
+                        writing = asyncio.ensure_future(self._write(call, message))
+                        await asyncio.wait((writing, future), return_when=asyncio.FIRST_COMPLETED)
+                        if writing.done():
+                            self._started = call
+                        else:
+                            writing.cancel()
                 return await future
         except TimeoutError:
             future.cancel()  # a future nobody awaits must not hold an exception
@@ -101,6 +109,14 @@ class PipelinedStream(Generic[Answer]):
         except BaseException:
             future.cancel()  # cancelled while writing: nobody will await the answer
             raise
+
+    async def _write(self, call: Any, message: Any) -> None:
+        try:
+            await call.write(message)
+        except grpc.RpcError as err:
+            self._fail(call, error_from_rpc(err))
+        except asyncio.InvalidStateError:
+            self._fail(call, connection_lost("the stream had ended"))
 
     async def _read(self, call: Any) -> None:
         try:

@@ -7,7 +7,9 @@ cluster), or a list of them. The client calls one node at a time (:attr:`NodeSet
   trailing metadata ``hlc-oracle-leader``; the client goes there at once (:meth:`follow`), adding
   the address if it was not in the list, and that is not counted as a failed attempt;
 - a node that cannot be reached, or whose connection is lost, or a follower that knows no leader,
-  sends the client to the next target in the list (:meth:`move_on`), as a failed attempt.
+  sends the client to the next target in the list (:meth:`move_on`); the call goes on to it at
+  once, and the attempt fails only once every target has failed in it (see
+  ``AsyncOracleClient._on_current_node``).
 
 With one target, calls wait for its channel to connect (wait-for-ready, within their deadline);
 with several they fail fast on a node that is down, so the client can move on.

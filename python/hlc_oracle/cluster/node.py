@@ -170,6 +170,10 @@ class ClusterNode:
         """Graceful stop: the gate is already blocked by the caller. Stops campaigning; a leader
         saves its exact high-water mark (fenced), deletes the leader key (fenced) so a follower
         takes over at once; then the lease is revoked (the member key goes with it)."""
+        if self.role == "leader":
+            # Refusals name no leader from now on, so clients move on to the other nodes at once
+            # instead of retrying this one until it closes its listener.
+            self.gate.redirect = ""
         self._resigning.set()
         if self._task is not None:
             await stop_task(self._task, timeout_s=2.0)
