@@ -8,9 +8,9 @@ import asyncio
 import socket
 
 import pytest
+from hlc_oracle.addresses import split_host_port
 from hlc_oracle.cluster.leader_liveness import (
     MIN_CONNECT_INTERVAL_S,
-    host_and_port,
     wait_until_refused,
 )
 
@@ -33,8 +33,8 @@ SETTLE_S = 0.5
         (":50051", None),
     ],
 )
-def test_host_and_port(address: str, parsed: tuple[str, int] | None) -> None:
-    assert host_and_port(address) == parsed
+def test_split_host_port(address: str, parsed: tuple[str, int] | None) -> None:
+    assert split_host_port(address) == parsed
 
 
 def test_a_malformed_address_is_named() -> None:

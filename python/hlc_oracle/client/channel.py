@@ -42,6 +42,8 @@ from typing import Any
 
 import grpc
 
+from hlc_oracle.addresses import split_host_port
+
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 100),
@@ -80,16 +82,13 @@ def is_ready(channel: grpc.aio.Channel) -> bool:
     return channel.get_state(try_to_connect=False) is grpc.ChannelConnectivity.READY
 
 
-def host_and_port(target: str) -> tuple[str, int]:
-    """The host (IPv6 brackets removed) and port of a ``host:port`` target."""
-    host, _, port = target.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 async def is_listening(target: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
     """Whether ``target`` accepts a TCP connection within ``timeout`` (the connection is closed at
     once: gRPC servers drop it without a word)."""
-    host, port = host_and_port(target)
+    address = split_host_port(target)
+    if address is None:
+        return False  # not host:port: gRPC's own reconnects remain
+    host, port = address
     try:
         async with asyncio.timeout(timeout):
             _, writer = await asyncio.open_connection(host, port)

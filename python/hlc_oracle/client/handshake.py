@@ -36,6 +36,8 @@ from typing import Any
 
 from cryptography import x509
 
+from hlc_oracle.addresses import split_host_port
+
 #: The client's first bytes on an HTTP/2 connection (RFC 9113 §3.4) and an empty SETTINGS frame:
 #: a server that accepted the handshake answers with its own SETTINGS.
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -75,17 +77,6 @@ class HandshakeFailure:
     cause: str
 
 
-def split_target(target: str) -> tuple[str, int] | None:
-    """``host:port`` (``[v6]:port`` too) of a plain target; ``None`` for a name-resolver URI or
-    a target without a port, which this module does not try to resolve as gRPC would."""
-    if "://" in target or target.startswith(("unix:", "ipv4:", "ipv6:", "dns:")):
-        return None
-    host, colon, port = target.rpartition(":")
-    if not colon or not port.isdigit():
-        return None
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
 async def diagnose(
     target: str, material: TlsMaterial | None, tls: bool, timeout: float = 2.0
 ) -> HandshakeFailure | None:
@@ -99,7 +90,7 @@ def diagnose_blocking(
     target: str, material: TlsMaterial | None, tls: bool, timeout: float = 2.0
 ) -> HandshakeFailure | None:
     """:func:`diagnose`, in the calling thread."""
-    address = split_target(target)
+    address = split_host_port(target)
     if address is None:
         return None
     try:

@@ -58,6 +58,8 @@ import contextlib
 import time
 from collections.abc import Callable
 
+from hlc_oracle.addresses import split_host_port
+
 #: A probe's TCP connect that takes longer proves nothing (the host is down or cut off).
 PROBE_TIMEOUT_S = 0.2
 #: First pause after an attempt that proved nothing; it doubles up to :data:`MAX_RETRY_PAUSE_S`.
@@ -68,16 +70,6 @@ MAX_RETRY_PAUSE_S = 1.0
 MIN_CONNECT_INTERVAL_S = 0.05
 #: Bytes read at a time from the held connection (discarded).
 READ_SIZE = 65536
-
-
-def host_and_port(address: str) -> tuple[str, int] | None:
-    """``host:port`` (``[v6]:port`` too) as a pair, or ``None`` when it is not one."""
-    host, _, port = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        return None
-    return host, int(port)
 
 
 async def _hold(reader: asyncio.StreamReader) -> None:
@@ -98,7 +90,7 @@ async def wait_until_refused(
     earlier connect to it succeeded (see the module docstring), and runs until cancelled
     otherwise. ``on_connected`` hears when the connection is made (``True``) and when it ends.
     Raises :class:`ValueError` when ``address`` is not ``host:port``."""
-    parsed = host_and_port(address)
+    parsed = split_host_port(address)
     if parsed is None:
         raise ValueError(f"leader address {address!r} is not host:port (port 1..65535)")
     host, port = parsed

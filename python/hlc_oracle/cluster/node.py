@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable, Sequence
 
 from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, Timestamp
+from hlc_oracle.addresses import split_host_port
 from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionDecodeError
 from hlc_oracle.cluster.election import Election, LeaderInfo
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, LeaseNotFoundError
 from hlc_oracle.cluster.fence import Fence, FenceError, Term
-from hlc_oracle.cluster.leader_liveness import host_and_port, wait_until_refused
+from hlc_oracle.cluster.leader_liveness import wait_until_refused
 from hlc_oracle.cluster.members import DuplicateNodeError, register
 from hlc_oracle.cluster.session import Session, stop_task
 from hlc_oracle.cluster.window_store import EtcdWindowStore
@@ -281,7 +282,7 @@ class ClusterNode:
             self.depose_dead_leader
             and leader.lease != 0
             and leader.address != self.address
-            and host_and_port(leader.address) is not None
+            and split_host_port(leader.address) is not None
         )
 
     async def _depose_when_dead(self, leader: LeaderInfo, verdict: asyncio.Event) -> None:
