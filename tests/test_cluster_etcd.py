@@ -9,9 +9,16 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hlc_oracle.cluster.election import Election
-from hlc_oracle.cluster.etcd import EndpointError, EtcdClient, EtcdError, channel_target
-from hlc_oracle.cluster.fence import Fence, FenceError
+from hlc_oracle.cluster.election import Election, end_of_term
+from hlc_oracle.cluster.etcd import (
+    EndpointError,
+    EtcdClient,
+    EtcdError,
+    KeyValue,
+    WatchEvent,
+    channel_target,
+)
+from hlc_oracle.cluster.fence import Fence, FenceError, Term
 from hlc_oracle.cluster.members import DuplicateNodeError, register
 from hlc_oracle.cluster.session import Session
 from hlc_oracle.cluster.window_store import EtcdWindowStore
@@ -108,6 +115,75 @@ def test_depose_deletes_the_leader_key_only_in_the_term_it_names(etcd: EtcdMembe
         assert current is not None and (current.node_id, current.lease) == (2, second.lease_id)
         await first.close(revoke=True)
         await second.close(revoke=True)
+
+    run([etcd.endpoint], body)
+
+
+OWN = b'{"address": "127.0.0.1:1", "node_id": 1}'
+TERM = Term(b"/leader", OWN, 7)
+
+
+@pytest.mark.parametrize(
+    ("deleted", "create_revision", "value", "ended"),
+    [
+        # The put that made the term, or one that keeps its value and create revision.
+        (False, 7, OWN, None),
+        (True, 0, b"", "deleted at revision 9 (a follower deposed this node"),
+        (False, 7, b"operator", "overwritten at revision 9: it holds operator of epoch 7"),
+        # This node's identity in a later term (the key was deleted and won again): not this term.
+        (False, 9, OWN, "overwritten at revision 9: it holds {"),
+    ],
+)
+def test_end_of_term_names_what_ended_the_term(
+    deleted: bool, create_revision: int, value: bytes, ended: str | None
+) -> None:
+    event = WatchEvent(deleted, KeyValue(b"/leader", value, create_revision, 9, 0))
+    found = end_of_term(event, TERM)
+    if ended is None:
+        assert found is None
+    else:
+        assert found is not None and ended in found, found
+
+
+def test_a_leader_sees_its_key_overwritten_or_deleted_across_a_broken_watch(
+    etcd: EtcdMember,
+) -> None:
+    async def body(client: EtcdClient) -> None:
+        session = Session(client, 5)
+        await session.open()
+        one = Election(client, PREFIX, 1, "127.0.0.1:1")
+        broken: list[EtcdError] = []
+
+        async def campaign() -> Term:
+            won = await one.campaign(session.lease_id)
+            assert won.term is not None
+            return won.term
+
+        term = await campaign()
+        watch = asyncio.create_task(one.wait_for_end_of_term(term, broken.append, 0.05))
+        # Its own value again (the create revision stays): the term holds, no verdict.
+        await client.put(one.key, one.value)
+        await asyncio.sleep(0.2)
+        assert not watch.done()
+        await client.put(one.key, b"operator")
+        assert "overwritten" in await asyncio.wait_for(watch, 5)
+
+        await client.delete(one.key)
+        term = await campaign()
+        watch = asyncio.create_task(one.wait_for_end_of_term(term, broken.append, 0.05))
+        await asyncio.sleep(0.1)
+        etcd.stop()
+        deadline = time.monotonic() + 5
+        while not broken:
+            assert time.monotonic() < deadline, "the watch never reported its break"
+            await asyncio.sleep(0.02)
+        etcd.restart()
+        # No verdict from the break: the term still holds once etcd is back.
+        await asyncio.sleep(0.5)
+        assert not watch.done()
+        await client.delete(one.key)
+        assert "deleted at revision" in await asyncio.wait_for(watch, 10)
+        await session.close(revoke=True)
 
     run([etcd.endpoint], body)
 

@@ -109,13 +109,19 @@ class OracleCluster(StartedFixture):
         return found
 
     def wait_for_leader(
-        self, timeout_s: float = 20.0, other_than: int | None = None
+        self, timeout_s: float = 20.0, other_than: int | None = None, after_epoch: int = 0
     ) -> OracleProcess:
-        """The node that reports itself leader and serving (not ``other_than``'s node id)."""
+        """The node that reports itself leader and serving (not ``other_than``'s node id), in an
+        epoch above ``after_epoch``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for node_id, status in self.statuses().items():
-                if status.role == "leader" and status.serving and node_id != other_than:
+                if (
+                    status.role == "leader"
+                    and status.serving
+                    and node_id != other_than
+                    and status.epoch > after_epoch
+                ):
                     return self.nodes[node_id - 1]
             time.sleep(0.05)
         raise AssertionError(f"no serving leader within {timeout_s} s: {self.statuses()}")
@@ -147,18 +153,39 @@ def metric_value(metrics: str, name: str) -> float:
     return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith(name))
 
 
+def _etcd_key(key: str) -> bytes:
+    return f"{key_prefix('hlc-oracle')}{key}".encode()
+
+
 def read_etcd_key(endpoint: str, key: str) -> KeyValue | None:
     """``key`` (under the default cluster's prefix) as etcd holds it now, or ``None``."""
 
     async def read() -> KeyValue | None:
         client = EtcdClient([endpoint])
         try:
-            kv, _ = await client.get(f"{key_prefix('hlc-oracle')}{key}".encode())
+            kv, _ = await client.get(_etcd_key(key))
             return kv
         finally:
             await client.close()
 
     return asyncio.run(read())
+
+
+def write_etcd_key(endpoint: str, key: str, value: bytes | None) -> None:
+    """What an operator's ``etcdctl put`` (``value``) or ``etcdctl del`` (``None``) of ``key``
+    (under the default cluster's prefix) does: a plain write, compared on nothing."""
+
+    async def write() -> None:
+        client = EtcdClient([endpoint])
+        try:
+            if value is None:
+                await client.delete(_etcd_key(key))
+            else:
+                await client.put(_etcd_key(key), value)
+        finally:
+            await client.close()
+
+    asyncio.run(write())
 
 
 def lease_seconds_left(endpoint: str, lease_id: int) -> int:

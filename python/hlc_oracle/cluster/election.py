@@ -6,11 +6,14 @@ key's create revision: the leader's *epoch*, unique and increasing across terms.
 watches the key from the revision it read and campaigns again when the key is deleted (its holder
 resigned, or its lease expired). ``resign`` deletes the key through the fence. ``depose`` is a
 follower's delete of a dead leader's key, compared on the term it follows
-(:mod:`.leader_liveness`).
+(:mod:`.leader_liveness`). ``wait_for_end_of_term`` is the leader's own watch of the key: it
+returns what ended the term (a delete, or a put of another term) as soon as etcd reports it, so
+a deposed leader stops serving without waiting for its next fenced write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from hlc_oracle.cluster.etcd import (
     EtcdClient,
     EtcdError,
     KeyValue,
+    WatchEvent,
     compare_create_revision,
     compare_lease,
 )
@@ -51,6 +55,27 @@ def leader_info(kv: KeyValue) -> LeaderInfo:
     except (ValueError, TypeError, KeyError):
         # Written by something else than hlc-oracle: still a leader, just not one to redirect to.
         return LeaderInfo(-1, "", kv.create_revision, kv.lease)
+
+
+#: Who deletes a live leader's key: a leader never deletes its own but when it resigns.
+DELETED_BY = (
+    "a follower deposed this node, an operator deleted it, or this node's lease expired in etcd"
+)
+
+
+def end_of_term(event: WatchEvent, term: Term) -> str | None:
+    """What ``event`` on the leader key did to ``term``: ``None`` while the key still holds the
+    term (its value and create revision), else a sentence naming the change."""
+    kv = event.kv
+    if event.deleted:
+        return f"the leader key was deleted at revision {kv.mod_revision} ({DELETED_BY})"
+    if kv.create_revision == term.epoch and kv.value == term.value:
+        return None
+    return (
+        f"the leader key was overwritten at revision {kv.mod_revision}: it holds "
+        f"{kv.value.decode(errors='replace')} of epoch {kv.create_revision}, not this node's "
+        f"epoch {term.epoch}"
+    )
 
 
 @dataclass(frozen=True)
@@ -98,6 +123,46 @@ class Election:
                 return
             on_leader(leader_info(event.kv))
         raise EtcdError("watch of the leader key ended")
+
+    async def wait_for_end_of_term(
+        self,
+        term: Term,
+        on_watch_broken: Callable[[EtcdError], None],
+        retry_pause_s: float,
+    ) -> str:
+        """Watches the leader key from ``term``'s epoch on and returns what ended the term
+        (:func:`end_of_term`) once a change reaches this node. A broken watch is no verdict: it
+        is reported to ``on_watch_broken``, then the key is read (a read still holding the term
+        covers every revision up to the read's, also history compacted meanwhile) and watched
+        again from there; reads are tried ``retry_pause_s`` apart while etcd cannot be reached
+        (unreported: the lease deadline covers etcd's loss)."""
+        seen = term.epoch  # the latest revision known to hold the term
+        while True:
+            try:
+                async for event in self.client.watch(self.key, seen + 1):
+                    ended = end_of_term(event, term)
+                    if ended is not None:
+                        return ended
+                    seen = max(seen, event.kv.mod_revision)
+                raise EtcdError("watch of the leader key ended")
+            except EtcdError as err:
+                on_watch_broken(err)
+            while True:
+                await asyncio.sleep(retry_pause_s)
+                try:
+                    kv, revision = await self.client.get(self.key)
+                except EtcdError:
+                    continue
+                if kv is None:
+                    return (
+                        f"the leader key was deleted (found gone at revision {revision}, read "
+                        f"after its watch broke: {DELETED_BY})"
+                    )
+                ended = end_of_term(WatchEvent(False, kv), term)
+                if ended is not None:
+                    return ended
+                seen = max(seen, revision)
+                break
 
     async def depose(self, leader: LeaderInfo) -> bool:
         """Deletes the leader key only while it still holds ``leader``'s term (its create

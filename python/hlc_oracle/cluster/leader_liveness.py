@@ -25,18 +25,28 @@ Why this is safe:
   the cluster, and a graceful stop deletes the leader key (resigns) before it closes the
   listener; a SIGSTOPped process still accepts connections (the kernel completes the handshake);
 - every write a leader makes is fenced on its epoch (:mod:`.fence`), so even a wrong guess cannot
-  make a deposed leader's commit durable: its next write fails and it stops serving.
+  make a deposed leader's commit durable: its next write fails and it stops serving; and a leader
+  watches its own key, so it stops serving as soon as the delete reaches it (below).
 
 The one assumption: the advertised address reaches the node's own listening socket, with nothing
 in between that could refuse while the node lives: a proxy, a load balancer, a Service address
 with no ready endpoint, or a firewall rule that rejects (iptables' ``REJECT`` answers with an
 ICMP port-unreachable, which a connect reports as a refusal; ``DROP`` is a timeout, harmless).
-A live leader deposed on such a refusal keeps serving from its window until its next fenced
-write fails or its lease deadline passes, while the next leader may already serve: timestamps
-stay unique (the next leader starts above the saved window limit, and node ids differ), but
-real-time order across the two could break. Where the assumption does not hold, set
-``cluster.depose_dead_leader = false``. An address that this follower has never connected to
-(it names another container's loopback, say) is never taken as proof.
+A live leader deposed on such a refusal learns it from its own watch of the leader key
+(:meth:`.election.Election.wait_for_end_of_term`): it blocks its gate and steps down when etcd's
+delete event reaches it, about when the followers' watches report the same delete and they start to
+campaign. Before that event it may still serve from its window. The next leader serves only after
+its campaign, a read of the saved window and a fenced window save (several etcd round trips after
+its own event), so the two overlap only when the old leader's event comes that much later: its
+process stalled (a GC or scheduling pause, an overloaded host), or its watch stream was broken and
+is being re-established (then the read of the key that precedes the new watch, its next fenced
+write, about every 100 ms, or its lease deadline stops it, whichever comes first). In such an
+overlap timestamps stay unique (the next leader starts above the saved window limit, and node ids
+differ), but real-time order across the two could break. The watch narrows that window from "until
+the next fenced write" to "until the watch event reaches the old leader"; it does not close it.
+Where the assumption does not hold, set ``cluster.depose_dead_leader = false``. An address that
+this follower has never connected to (it names another container's loopback, say) is never taken as
+proof.
 
 What still waits for the lease: a host that crashed or lost power (no RST: the connection hangs
 and a probe times out), a network partition (timeouts and unreachable hosts prove nothing), a

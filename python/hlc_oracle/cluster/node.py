@@ -14,7 +14,10 @@ metrics, calls :meth:`ClusterNode.start` after binding (etcd reachable, node id 
   fence, raises its clock past the floor, puts its lease's serving deadline on the gate, and
   serves;
 - it leads until its lease is lost (etcd says it expired), a fenced write fails (another term
-  began: stop at once, block the gate under ``fence``), or it resigns; then it follows again.
+  began: stop at once, block the gate under ``fence``), its own watch of the leader key sees the
+  key deleted or overwritten (deposed by a follower or an operator: the same stop, without
+  waiting for the next fenced write; :meth:`.election.Election.wait_for_end_of_term`), or it
+  resigns; then it follows again.
 """
 
 from __future__ import annotations
@@ -95,8 +98,11 @@ class ClusterNode:
         self._term: Term | None = None
         # Set once a new term's floor is applied and its first window saved.
         self._took_over = False
+        # The term ended at once (fenced write, leader key changed, decision write): _end_reason.
         self._fence_failure = asyncio.Event()
-        self._fence_reason = ""
+        self._end_reason = ""
+        # How this node's last term ended, told in its follower refusals until it leads again.
+        self._last_term_note = ""
         self._resigning = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._seen_epochs: set[int] = set()
@@ -338,7 +344,8 @@ class ClusterNode:
         self.gate.block(
             "not-leader",
             f"this node is a follower; the leader is node {leader.node_id} at "
-            f"{leader.address or '(unknown address)'} (epoch {leader.epoch})",
+            f"{leader.address or '(unknown address)'} (epoch {leader.epoch})"
+            + self._last_term_note,
         )
         log.info(
             "following",
@@ -355,6 +362,7 @@ class ClusterNode:
         assert self.window is not None
         self._term = term
         self._fence_failure.clear()
+        self._last_term_note = ""
         self.store.fence = Fence(self.client, term)
         self._saw(LeaderInfo(self.node_id, self.address, term.epoch))
         self.role = "leader"
@@ -363,6 +371,9 @@ class ClusterNode:
         self.gate.redirect = None
         self.gate.block("not-leader", f"taking over as leader of epoch {term.epoch}")
         log.info("won the election", extra={"fields": {"epoch": term.epoch}})
+        # Beside the term, off the request path: from the epoch's revision on, so a change made
+        # while taking over is seen too.
+        own_watch = asyncio.ensure_future(self._watch_own_term(term))
         try:
             saved = await self.store.load()
             floor = saved if saved is not None else 0
@@ -370,7 +381,7 @@ class ClusterNode:
                 self.clock,
                 floor,
                 lambda message: self.gate.block("not-leader", message),
-                alive=self.session.alive,
+                alive=lambda: self.session.alive() and not self._fence_failure.is_set(),
             ):
                 return
             await self.window.restart(floor)
@@ -382,6 +393,8 @@ class ClusterNode:
                 # Low watermark, decisions replayed, clock past them: then serve.
                 await self.group_commit.promote(Fence(self.client, term), saved)
             self.gate.set_deadline(self.session.deadline)
+            if self._fence_failure.is_set():
+                return  # the term ended while taking over: never serve in it
             self.gate.unblock("fence")
             self.gate.unblock("not-leader")
             log.info(
@@ -390,6 +403,7 @@ class ClusterNode:
             )
             await self._hold()
         finally:
+            await stop_task(own_watch)
             if not self._resigning.is_set():
                 await self._step_down(self._why_not_leading())
 
@@ -408,11 +422,34 @@ class ClusterNode:
                 )
             await asyncio.sleep(LEASE_CHECK_S)
 
+    async def _watch_own_term(self, term: Term) -> None:
+        """Ends ``term`` at once when etcd reports its leader key deleted or overwritten, unless
+        this node is resigning (its own resign deletes the key)."""
+        assert self.election is not None
+        try:
+            ended = await self.election.wait_for_end_of_term(term, self._own_watch_broke, RETRY_S)
+        except Exception:
+            # Not a verdict on the term: its fenced writes and its lease still end it.
+            log.exception(
+                "watch of this leader's key failed", extra={"fields": {"epoch": term.epoch}}
+            )
+            return
+        if self._resigning.is_set() or self._term != term:
+            return
+        self.metrics.cluster_leader_key_lost.inc()
+        event = f"leader key lost, stopping serving (epoch {term.epoch})"
+        self._end_term_now(f"{ended}; not serving", ended, event)
+
+    @staticmethod
+    def _own_watch_broke(error: EtcdError) -> None:
+        log.warning(
+            "watch of this leader's key broke; reading it and watching again",
+            extra={"fields": {"error": str(error)}},
+        )
+
     def _why_not_leading(self) -> str:
         if self._fence_failure.is_set():
-            if self._fence_reason.startswith("a decision write failed"):
-                return self._fence_reason
-            return f"fenced out ({self._fence_reason})"
+            return self._end_reason
         if self.session.lost.is_set():
             return "this node's lease expired in etcd"
         return "leadership ended"
@@ -422,19 +459,26 @@ class ClusterNode:
         in this epoch."""
         if self._term is not None:
             self._abandoned_epochs.add(self._term.epoch)
-        self._fence_reason = f"a decision write failed: {reason}"
+        self._end_reason = f"a decision write failed: {reason}"
         log.error("decision write failed, stepping down", extra={"fields": {"reason": reason}})
         self._fence_failure.set()
 
     def _fenced(self, reason: str) -> None:
         """A fenced write failed: stop serving at once (before anything else runs)."""
-        self._fence_reason = reason
-        self.gate.block("fence", reason)
-        log.error("fenced out, stopping serving", extra={"fields": {"reason": reason}})
+        self._end_term_now(reason, f"fenced out ({reason})", "fenced out, stopping serving")
+
+    def _end_term_now(self, gate_message: str, step_down_reason: str, event: str) -> None:
+        """Blocks the gate under ``fence`` (requests are refused from now on) and ends the
+        ``_hold`` loop, which then steps down with ``step_down_reason``."""
+        self._end_reason = step_down_reason
+        self.gate.block("fence", gate_message)
+        log.error(event, extra={"fields": {"reason": gate_message}})
         self._fence_failure.set()
 
     async def _step_down(self, reason: str) -> None:
         was_leader = self.role == "leader"
+        if was_leader and self._term is not None:
+            self._last_term_note = f"; this node led epoch {self._term.epoch} until: {reason}"
         self.gate.redirect = ""
         self.gate.block("not-leader", f"this node is a follower: {reason}")
         if self.group_commit is not None:

@@ -88,6 +88,13 @@ class ServerMetrics:
             "refused connections), without waiting for its lease",
             registry=self.registry,
         )
+        self.cluster_leader_key_lost = Counter(
+            "hlc_oracle_cluster_leader_key_lost",
+            "Leader terms this node ended because its watch of its own leader key saw the key "
+            "deleted or overwritten (deposed by a follower, deleted by an operator, or its lease "
+            "expired in etcd)",
+            registry=self.registry,
+        )
         self.cluster_leader_connected = Gauge(
             "hlc_oracle_cluster_leader_connected",
             "1 while this follower holds its liveness connection to the leader's address (a "
