@@ -4,10 +4,11 @@ on until its next fenced write fails. Three real nodes on a real etcd, under tim
 CallLog.check after each (no timestamp twice, real-time order, the HLC bound).
 
 The nodes run with a 10 s lease (the serving deadline cannot be what stops the old leader) and a
-2 s window, so fenced window renewals come about once a second rather than every 100 ms: the stop
-these tests see is the watch's, not a failed renewal's (the logs tell them apart). The max offset
-is raised to 4 s to keep that window within the HLC bound (max_offset/2), so the next leader
-serves at once."""
+20 s window, so the leader's only fenced window write in these short tests is its first one
+(renewals come when half the window is used, every 100 ms with the default 200 ms window): the
+stop these tests see can only be the watch's, not a failed renewal's (the logs tell them apart).
+The max offset is raised to 40 s to keep that window within the HLC bound (max_offset/2), so the
+next leader serves at once."""
 
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ from tests.integration.oracle_cluster import (
 )
 
 LEASE_TTL_S = 10
-MAX_OFFSET_US = 4_000_000
+MAX_OFFSET_US = 40_000_000
 WATCH_ARGS = (
     "--metrics-port", "0",
-    "--set", "window.size_ms=2000",
+    "--set", "window.size_ms=20000",
     "--max-offset-us", str(MAX_OFFSET_US),
 )  # fmt: skip
 LOST = "leader key lost, stopping serving"
@@ -76,7 +77,13 @@ def test_a_deleted_leader_key_stops_the_leader_and_a_new_one_is_elected(
             before = len(calls.calls)
             write_etcd_key(etcd.endpoint, "leader", None)  # etcdctl del
             # Every node campaigns, the old leader too once it stepped down: a later epoch.
-            cluster.wait_for_leader(after_epoch=term.create_revision)
+            successor = cluster.wait_for_leader(after_epoch=term.create_revision)
+            if successor is not leader:
+                # A follower now, and its refusals say how its term ended (once it follows the
+                # successor: "this node led epoch N until: ...").
+                status = status_of(leader.target)
+                assert not status.serving
+                assert "the leader key was deleted at revision" in status.not_serving_reason, status
             calls.wait_for_more_than(before)
         client.close()
         log = leader.log_text()
