@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from hlc_oracle.client import AsyncOracleClient, OracleUnavailableError
+from hlc_oracle.client import AsyncOracleClient, OracleError, OracleUnavailableError
 from hlc_oracle.client.channel import MIN_REPLACE_INTERVAL_S, is_listening
 
 from tests.integration.oracle_process import OracleProcess
@@ -116,5 +116,25 @@ def test_a_port_that_accepts_but_never_speaks_grpc_fails_the_call_in_time() -> N
                 assert loop.time() - began < timeout + 1.5  # the TLS look is bounded too
                 replacements = client._nodes.current.connection.replacements
                 assert 1 <= replacements <= timeout / MIN_REPLACE_INTERVAL_S + 1
+
+    asyncio.run(main())
+
+
+def test_closing_the_client_ends_a_waiting_call_with_an_oracle_error(
+    oracle: OracleProcess,
+) -> None:
+    """A call waiting for an unreachable node when the client closes fails as an OracleError,
+    not with a CancelledError its caller never asked for."""
+
+    async def main() -> None:
+        with TcpProxy(oracle.target) as proxy:
+            client = AsyncOracleClient(proxy.target, timeout=10.0)
+            await client.get_timestamp()
+            proxy.unplug()
+            waiting = asyncio.ensure_future(client.get_timestamps_unary(1))
+            await asyncio.sleep(0.2)  # the call waits; the probe finds nothing listening
+            await client.close()
+            with pytest.raises(OracleError):
+                await asyncio.wait_for(waiting, 10)
 
     asyncio.run(main())

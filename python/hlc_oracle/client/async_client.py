@@ -166,6 +166,8 @@ class AsyncOracleClient:
                 error = error_from_rpc(err)
             except OracleError as err:
                 error = err
+            except grpc.aio.UsageError as err:  # the channel was closed under the call
+                raise OracleError(grpc.StatusCode.CANCELLED, f"client closed: {err}") from None
             if error.refusal == REFUSAL_NOT_LEADER and self._nodes.follow(error.leader or "", node):
                 redirects += 1
                 if self._nodes.current.target not in failed and redirects <= _MAX_REDIRECTS:

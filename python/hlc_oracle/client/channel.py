@@ -147,6 +147,11 @@ class NodeChannel:
             await asyncio.wait_for(asyncio.shield(connecting), max(remaining, 0.0))
         except TimeoutError:
             pass
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this call is cancelled
+            # The probing stopped under it (the client is closing): the call fails on its own.
         finally:
             self._waiters -= 1
             if self._waiters == 0 and not connecting.done():
