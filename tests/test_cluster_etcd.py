@@ -40,6 +40,18 @@ def run(etcd_endpoints: list[str], body: Callable[[EtcdClient], Awaitable[Any]])
     return asyncio.run(main())
 
 
+async def candidates(
+    client: EtcdClient, lease_ttl_s: int
+) -> tuple[tuple[Session, Election], tuple[Session, Election]]:
+    """Nodes 1 and 2, each with an open session (lease) and its election on ``PREFIX``."""
+    pairs = []
+    for node_id in (1, 2):
+        session = Session(client, lease_ttl_s)
+        await session.open()
+        pairs.append((session, Election(client, PREFIX, node_id, f"127.0.0.1:{node_id}")))
+    return pairs[0], pairs[1]
+
+
 @pytest.mark.parametrize(
     "endpoint", ["", "localhost", "127.0.0.1:0", "127.0.0.1:70000", "https://h:1", "h:x"]
 )
@@ -54,11 +66,7 @@ def test_one_channel_target_names_every_endpoint() -> None:
 
 def test_campaign_epochs_and_the_fence(etcd: EtcdMember) -> None:
     async def body(client: EtcdClient) -> None:
-        first, second = Session(client, 1), Session(client, 1)
-        await first.open()
-        await second.open()
-        one = Election(client, PREFIX, 1, "127.0.0.1:1")
-        two = Election(client, PREFIX, 2, "127.0.0.1:2")
+        (first, one), (second, two) = await candidates(client, lease_ttl_s=1)
         won = await one.campaign(first.lease_id)
         lost = await two.campaign(second.lease_id)
         assert won.term is not None and lost.term is None
@@ -92,11 +100,7 @@ def test_campaign_epochs_and_the_fence(etcd: EtcdMember) -> None:
 
 def test_depose_deletes_the_leader_key_only_in_the_term_it_names(etcd: EtcdMember) -> None:
     async def body(client: EtcdClient) -> None:
-        first, second = Session(client, 5), Session(client, 5)
-        await first.open()
-        await second.open()
-        one = Election(client, PREFIX, 1, "127.0.0.1:1")
-        two = Election(client, PREFIX, 2, "127.0.0.1:2")
+        (first, one), (second, two) = await candidates(client, lease_ttl_s=5)
         won = await one.campaign(first.lease_id)
         holder = (await two.campaign(second.lease_id)).holder
         assert won.term is not None and holder is not None and holder.lease == first.lease_id
