@@ -328,7 +328,9 @@ def test_batch_calls_release_the_gil(method: str, large_batch: list[Transaction]
         time.sleep(0)  # lets the worker take the GIL back whenever it wants it
         turns += 1
     worker.join()
-    assert turns > 50, f"the other thread ran only {turns} times during {method}"
+    # A call holding the GIL lets the other thread run about twice (before and after it); one
+    # releasing it, thousands of times on an idle host, and 42 in a CI run on two busy cores.
+    assert turns > 10, f"the other thread ran only {turns} times during {method}"
 
 
 # Bad input: a clear TypeError or ValueError naming the problem, and nothing recorded.
