@@ -120,21 +120,28 @@ def test_a_port_that_accepts_but_never_speaks_grpc_fails_the_call_in_time() -> N
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("waiting_for", ["the node", "its answer"])
 def test_closing_the_client_ends_a_waiting_call_with_an_oracle_error(
-    oracle: OracleProcess,
+    oracle: OracleProcess, waiting_for: str
 ) -> None:
-    """A call waiting for an unreachable node when the client closes fails as an OracleError,
-    not with a CancelledError its caller never asked for."""
+    """A call waiting when the client closes, for an unreachable node or for the answer of one
+    that went silent, fails as an OracleError, not with a CancelledError its caller never asked
+    for (grpc.aio ends a call whose channel closes under it that way)."""
 
     async def main() -> None:
         with TcpProxy(oracle.target) as proxy:
             client = AsyncOracleClient(proxy.target, timeout=10.0)
             await client.get_timestamp()
-            proxy.unplug()
+            if waiting_for == "the node":
+                proxy.unplug()
+            else:
+                proxy.hold_answers()
             waiting = asyncio.ensure_future(client.get_timestamps_unary(1))
-            await asyncio.sleep(0.2)  # the call waits; the probe finds nothing listening
+            if waiting_for == "its answer":
+                assert await asyncio.to_thread(proxy.wait_for_held_answer)
+            await asyncio.sleep(0.2)
             await client.close()
-            with pytest.raises(OracleError):
+            with pytest.raises(OracleError, match="client closed"):
                 await asyncio.wait_for(waiting, 10)
 
     asyncio.run(main())

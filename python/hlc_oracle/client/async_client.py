@@ -166,8 +166,15 @@ class AsyncOracleClient:
                 error = error_from_rpc(err)
             except OracleError as err:
                 error = err
-            except grpc.aio.UsageError as err:  # the channel was closed under the call
+            except grpc.aio.UsageError as err:  # the channel was closed before the call
                 raise OracleError(grpc.StatusCode.CANCELLED, f"client closed: {err}") from None
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this call was cancelled
+                # grpc.aio ends a call whose channel closed under it this way: not the caller's
+                # cancellation, so an error the caller can catch as the client's.
+                raise OracleError(grpc.StatusCode.CANCELLED, "client closed") from None
             if error.refusal == REFUSAL_NOT_LEADER and self._nodes.follow(error.leader or "", node):
                 redirects += 1
                 if self._nodes.current.target not in failed and redirects <= _MAX_REDIRECTS:
