@@ -295,6 +295,23 @@ class LeaderClient:
             channel.close()
 
 
+def get_timestamps_directly(
+    target: str, timeout: float = 10.0
+) -> pb.GetTimestampsResponse | grpc.RpcError:
+    """One ``GetTimestamps(1)`` on ``target`` over plain gRPC (no retries, no redirects): its
+    answer, or the error it failed with."""
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            "/hlc_oracle.v1.TimestampOracle/GetTimestamps",
+            request_serializer=pb.GetTimestampsRequest.SerializeToString,
+            response_deserializer=pb.GetTimestampsResponse.FromString,
+        )
+        try:
+            return call(pb.GetTimestampsRequest(count=1), timeout=timeout)  # type: ignore[no-any-return]
+        except grpc.RpcError as err:
+            return err
+
+
 def leader_client(targets: list[str]) -> OracleClient:
     """The library's client given every node, with its defaults (for several targets, retries
     until the call's deadline: :meth:`~hlc_oracle.client.RetryPolicy.until_deadline`); the 10 s

@@ -22,6 +22,7 @@ from tests.integration.oracle_cluster import (
     CallLog,
     OracleCluster,
     fetch_metrics,
+    get_timestamps_directly,
     leader_client,
     lease_seconds_left,
     load,
@@ -133,8 +134,10 @@ def test_a_paused_leader_stops_by_itself_and_serves_nothing_after(
             try:
                 cluster.wait_for_leader(other_than=old_id)
                 # A call sent to the paused leader waits in its socket until it resumes.
-                late: list[BaseException | pb.GetTimestampsResponse] = []
-                caller = threading.Thread(target=call_directly, args=(old.target, late))
+                late: list[pb.GetTimestampsResponse | grpc.RpcError] = []
+                caller = threading.Thread(
+                    target=lambda: late.append(get_timestamps_directly(old.target))
+                )
                 caller.start()
                 time.sleep(0.3)
             finally:
@@ -149,9 +152,7 @@ def test_a_paused_leader_stops_by_itself_and_serves_nothing_after(
             while cluster.statuses()[old_id].role != "follower":
                 assert time.monotonic() < deadline, old.log_text()[-3000:]
                 time.sleep(0.05)
-            again: list[BaseException | pb.GetTimestampsResponse] = []
-            call_directly(old.target, again)
-            assert isinstance(again[0], grpc.RpcError)
+            assert isinstance(get_timestamps_directly(old.target), grpc.RpcError)
         client.close()
     # Whichever came first on SIGCONT: the lease's end, a fenced write, or its watch of the key
     # (deleted by etcd when the lease expired).
@@ -162,19 +163,6 @@ def test_a_paused_leader_stops_by_itself_and_serves_nothing_after(
     # A paused process still accepts connections: its followers waited for its lease.
     assert not any(DEPOSED in node.log_text() for node in cluster.nodes)
     calls.check()
-
-
-def call_directly(target: str, into: list[BaseException | pb.GetTimestampsResponse]) -> None:
-    with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(
-            "/hlc_oracle.v1.TimestampOracle/GetTimestamps",
-            request_serializer=pb.GetTimestampsRequest.SerializeToString,
-            response_deserializer=pb.GetTimestampsResponse.FromString,
-        )
-        try:
-            into.append(call(pb.GetTimestampsRequest(count=1), timeout=10))
-        except grpc.RpcError as err:
-            into.append(err)
 
 
 def test_etcd_stopped_then_back(etcd: EtcdMember, tmp_path: Path) -> None:

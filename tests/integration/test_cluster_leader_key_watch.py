@@ -18,13 +18,13 @@ from pathlib import Path
 import grpc
 from hlc_oracle.client import OracleClient, OracleStatus
 from hlc_oracle.proto import REFUSAL_METADATA_KEY
-from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.etcd_process import EtcdMember
 from tests.integration.oracle_cluster import (
     CallLog,
     OracleCluster,
     fetch_metrics,
+    get_timestamps_directly,
     leader_client,
     load,
     metric_value,
@@ -46,20 +46,6 @@ KEY_LOST_METRIC = "hlc_oracle_cluster_leader_key_lost_total"
 def status_of(target: str) -> OracleStatus:
     with OracleClient(target, timeout=2) as client:
         return client.status()
-
-
-def refusal_of(target: str) -> grpc.RpcError:
-    with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(
-            "/hlc_oracle.v1.TimestampOracle/GetTimestamps",
-            request_serializer=pb.GetTimestampsRequest.SerializeToString,
-            response_deserializer=pb.GetTimestampsResponse.FromString,
-        )
-        try:
-            call(pb.GetTimestampsRequest(count=1), timeout=5)
-        except grpc.RpcError as err:
-            return err
-    raise AssertionError(f"{target} still serves timestamps")
 
 
 def test_a_deleted_leader_key_stops_the_leader_and_a_new_one_is_elected(
@@ -116,7 +102,8 @@ def test_an_overwritten_leader_key_stops_the_leader_and_its_status_says_why(
             assert f"it holds operator of epoch {term.create_revision}" in (
                 status.not_serving_reason
             )
-            refused = refusal_of(leader.target)
+            refused = get_timestamps_directly(leader.target, timeout=5)
+            assert isinstance(refused, grpc.RpcError), f"{leader.target} still serves timestamps"
             assert refused.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
             metadata = dict(refused.trailing_metadata())  # type: ignore[attr-defined]
             assert metadata[REFUSAL_METADATA_KEY] == "not-leader"
