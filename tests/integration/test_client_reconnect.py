@@ -58,11 +58,19 @@ def test_a_call_waiting_through_an_outage_goes_out_on_a_new_channel(
     oracle: OracleProcess,
 ) -> None:
     """The node is unreachable, a call waits for it, the node listens again: the client replaces
-    the channel gRPC is backing off on, and the waiting call is answered on the new one."""
+    the channel gRPC is backing off on, and the waiting call is answered on the new one. gRPC's
+    own backoff is set to 30 s here, so only the replacement can answer the call in time (with
+    the defaults, gRPC's own attempt every 100 ms sometimes gets there first)."""
+    slow_backoff = [
+        ("grpc.initial_reconnect_backoff_ms", 30_000),
+        ("grpc.max_reconnect_backoff_ms", 30_000),
+    ]
 
     async def main() -> None:
         with TcpProxy(oracle.target) as proxy:
-            async with AsyncOracleClient(proxy.target, timeout=10.0) as client:
+            async with AsyncOracleClient(
+                proxy.target, timeout=20.0, options=slow_backoff
+            ) as client:
                 before = await client.get_timestamp()
                 node = client._nodes.current
                 proxy.unplug()
@@ -71,7 +79,7 @@ def test_a_call_waiting_through_an_outage_goes_out_on_a_new_channel(
                 assert not waiting.done()
                 assert node.connection.replacements == 0
                 proxy.plug()
-                after = await asyncio.wait_for(waiting, 10)
+                after = await asyncio.wait_for(waiting, 10)  # well inside gRPC's 30 s
                 assert after > before
                 assert node.connection.replacements >= 1
                 # Both streams moved to the new channel: commits and timestamps keep working.
