@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from types import TracebackType
 from typing import Self
 
+from tests.started_fixture import StartedFixture
 
-class TcpProxy:
+
+class TcpProxy(StartedFixture):
     def __init__(self, target: str) -> None:
         host, _, port = target.rpartition(":")
         self.upstream = (host, int(port))
@@ -31,7 +32,13 @@ class TcpProxy:
         self._held = threading.Event()
         self.cuts = 0
         self.port = 0
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+
+    def start(self) -> Self:
+        """Listens on a free loopback port (the same one again after :meth:`unplug`)."""
         self._listen()
+        return self
 
     def _listen(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", self.port))
@@ -106,20 +113,11 @@ class TcpProxy:
         self._listen()
 
     def close(self) -> None:
-        # shutdown() wakes the acceptor thread blocked in accept(); close() alone does not.
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
+        if self._listener is not None:
+            # shutdown() wakes the acceptor thread blocked in accept(); close() alone does not.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
         self.cut()
-        self._acceptor.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+        if self._acceptor is not None:
+            self._acceptor.join(timeout=5)

@@ -317,6 +317,16 @@ class AsyncOracleClient:
             return self.max_message_bytes
         return min(self.max_message_bytes, MERGED_MESSAGE_BYTES)
 
+    def _learn_message_limit(self, err: OracleError) -> int:
+        """The message limit a server named refusing a message as too large: lower than this
+        client was told, so it becomes the client's. ``err`` is raised again when it is not
+        such a refusal."""
+        limit = refused_message_limit(err)
+        if limit is None:
+            raise err
+        self.max_message_bytes = min(self.max_message_bytes, limit)
+        return limit
+
     async def _send_commits(self, transactions: list[Transaction]) -> list[CommitAnswer]:
         """One ``CommitStream`` message for ``transactions`` (several when it would be too large);
         their answers in order. A lost connection resends the message on a new stream: the same
@@ -330,12 +340,8 @@ class AsyncOracleClient:
                 changes_state=True,
             )
         except OracleError as err:
-            limit = refused_message_limit(err)
-            if limit is None:
-                raise
-            # The server's limit is lower than this client was told: learn it, and resend (the
-            # refusal ended the stream, so messages that fit were refused too).
-            self.max_message_bytes = min(self.max_message_bytes, limit)
+            self._learn_message_limit(err)
+            # Resend: the refusal ended the stream, so messages that fit were refused too.
             if len(message) <= self._message_limit(len(transactions)):
                 return await self._send_commits(transactions)
             return await self._send_split(transactions, len(message))
@@ -389,10 +395,7 @@ class AsyncOracleClient:
                 changes_state=True,
             )
         except OracleError as err:
-            limit = refused_message_limit(err)
-            if limit is None:
-                raise
-            self.max_message_bytes = min(self.max_message_bytes, limit)
+            limit = self._learn_message_limit(err)
             raise transaction_too_large(txn.txn_id, size, limit) from None
         return outcome_from_wire(result)
 
