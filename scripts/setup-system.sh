@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs (build tools, the servers that integration tests
-# run on loopback: chrony and etcd, and venv support for `make`). Idempotent and quiet: packages already present are
-# not fetched again, and nothing is printed when there is nothing to do.
+# run on loopback: chrony and etcd, libfaketime for the skewed-clock tests, and venv support for
+# `make`). Idempotent and quiet: packages already present are not fetched again, and nothing is
+# printed when there is nothing to do.
 set -euo pipefail
 
 # etcd-server and etcd-client (3.4.23 in bookworm): the clustered mode's shared state; tests start
 # their own members on loopback (tests/etcd_process.py).
-packages=(build-essential chrony etcd-server etcd-client)
+# faketime: libfaketimeMT.so.1, which the skewed-clock tests preload into a node to put its wall
+# clock seconds ahead or behind (FAKETIME=+2s) while its monotonic clock stays true.
+packages=(build-essential chrony etcd-server etcd-client faketime)
 # `make` runs `python3 -m venv`, which with Debian's python3 needs python3-venv (ensurepip). A
 # python3 from pyenv or a similar build has venv built in, but the package is installed anyway
 # when Debian has it, so `make` works whichever python3 comes first on PATH. Skipped where the

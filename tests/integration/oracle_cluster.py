@@ -24,7 +24,7 @@ import itertools
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -55,7 +55,9 @@ FINAL_CODES = frozenset(
 
 
 class OracleCluster(StartedFixture):
-    """``size`` nodes with node ids 1..size, the given etcd endpoints and a lease TTL."""
+    """``size`` nodes with node ids 1..size, the given etcd endpoints and a lease TTL;
+    ``node_env`` adds environment variables to some nodes by node id (e.g.
+    :func:`~tests.integration.oracle_process.skewed_clock_env` for a node whose clock is off)."""
 
     def __init__(
         self,
@@ -64,6 +66,7 @@ class OracleCluster(StartedFixture):
         size: int = 3,
         lease_ttl_s: int = 1,
         extra_args: tuple[str, ...] = (),
+        node_env: Mapping[int, Mapping[str, str]] | None = None,
     ) -> None:
         # Fixed ports (the last --listen wins over OracleProcess's port 0): a restarted node is
         # found where it was, as in a real deployment.
@@ -72,7 +75,11 @@ class OracleCluster(StartedFixture):
         self.extra_args = extra_args
         addresses = [f"127.0.0.1:{free_tcp_port()}" for _ in range(size)]
         self.nodes = [
-            OracleProcess(directory / f"node{index}", *self.node_args(index, address))
+            OracleProcess(
+                directory / f"node{index}",
+                *self.node_args(index, address),
+                env=dict((node_env or {}).get(index, {})) or None,
+            )
             for index, address in enumerate(addresses, start=1)
         ]
 

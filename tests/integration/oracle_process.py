@@ -9,11 +9,13 @@ for a free port. Extra ``serve`` flags go in ``args``; ``kill()`` is kill -9; ``
 it again on the same data dir. Two processes on one data dir need their own ``run_dir`` (where the
 port file and the log go; by default beside the data dir). ``program`` runs another
 installation's command (e.g. a fresh venv's ``bin/hlc-oracle``) instead of this interpreter's
-``-m hlc_oracle.cli``.
+``-m hlc_oracle.cli``. :func:`skewed_clock_env` is the environment that runs a node with its
+wall clock shifted (libfaketime), its monotonic clock left true.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -30,6 +32,25 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.started_fixture import StartedFixture
 
 START_TIMEOUT_S = 30.0
+#: Where Debian's ``faketime`` package (scripts/setup-system.sh) puts the thread-safe library.
+FAKETIME_LIBRARY_GLOB = "/usr/lib/*/faketime/libfaketimeMT.so.1"
+
+
+def skewed_clock_env(offset: str) -> dict[str, str]:
+    """The environment that puts a process's wall clock ``offset`` away from the host's
+    (libfaketime's relative form: ``"+2s"`` ahead, ``"-2s"`` behind), its monotonic clock left
+    true (lease deadlines and timeouts run at the right pace). Raises ``FileNotFoundError`` when
+    the library is not installed."""
+    found = sorted(glob.glob(FAKETIME_LIBRARY_GLOB))
+    if not found:
+        raise FileNotFoundError(
+            f"no {FAKETIME_LIBRARY_GLOB}: install Debian's faketime (scripts/setup-system.sh)"
+        )
+    return {
+        "LD_PRELOAD": found[0],
+        "FAKETIME": offset,
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
 
 
 class OracleProcess(StartedFixture):
