@@ -136,6 +136,22 @@ class Checkpoint:
             value["forgotten_through"] = [ts.physical, ts.logical, ts.node]
         return json.dumps(value).encode()
 
+    @classmethod
+    def decode(cls, data: bytes, key: bytes = b"checkpoint") -> Checkpoint:
+        """The value stored at ``key``; :class:`DecisionDecodeError` naming it otherwise."""
+        try:
+            value = json.loads(data)
+            epoch, seq = int(value["epoch"]), int(value["seq"])
+            through = value.get("forgotten_through")
+            forgotten_through = None if through is None else Timestamp(*map(int, through))
+        except (ValueError, KeyError, TypeError, AttributeError, HlcError) as err:
+            raise DecisionDecodeError(
+                f"checkpoint key {key!r} holds {data[:80]!r}, not "
+                f'{{"epoch": E, "seq": S, "forgotten_through": [physical, logical, node]}}: '
+                f"promotion stopped ({err})"
+            ) from None
+        return cls(epoch, seq, forgotten_through)
+
 
 def clock_reading(clock: Clock) -> Timestamp:
     """At or above every timestamp ``clock`` handed out or observed, and its physical time;
@@ -234,20 +250,7 @@ class DecisionLog:
 
     async def read_checkpoint(self) -> Checkpoint | None:
         kv, _ = await self.client.get(self.checkpoint_key)
-        if kv is None:
-            return None
-        try:
-            value = json.loads(kv.value)
-            epoch, seq = int(value["epoch"]), int(value["seq"])
-            through = value.get("forgotten_through")
-            forgotten_through = None if through is None else Timestamp(*map(int, through))
-        except (ValueError, KeyError, TypeError, AttributeError, HlcError) as err:
-            raise DecisionDecodeError(
-                f"checkpoint key {self.checkpoint_key!r} holds {kv.value[:80]!r}, not "
-                f'{{"epoch": E, "seq": S, "forgotten_through": [physical, logical, node]}}: '
-                f"promotion stopped ({err})"
-            ) from None
-        return Checkpoint(epoch, seq, forgotten_through)
+        return None if kv is None else Checkpoint.decode(kv.value, self.checkpoint_key)
 
     async def recover(
         self,

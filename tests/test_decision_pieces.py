@@ -1,0 +1,142 @@
+"""Decision pieces and checkpoints as etcd holds them, read by this release: the version-1
+pieces and checkpoints of ``tests/data/decision_pieces_v1`` (written by the release before the
+compact format, see its ``generate.py``) replay into the same decisions, so a rolling upgrade
+keeps every decision, its fingerprint and its conflict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hlc_oracle import (
+    Aborted,
+    Clock,
+    CommitEngine,
+    Committed,
+    Timestamp,
+    Transaction,
+    TransactionMismatchError,
+)
+from hlc_oracle.cluster.decisions import Checkpoint, DecisionDecodeError
+
+V1 = Path(__file__).parent / "data" / "decision_pieces_v1"
+#: The fields of a decision in ``expected.json`` (the rest describe the request).
+DECISION_FIELDS = (
+    "outcome",
+    "commit_ts",
+    "reason",
+    "kind",
+    "key",
+    "conflict_commit_ts",
+    "winner_txn_id",
+)
+
+
+def v1_pieces() -> list[tuple[int, bytes]]:
+    return [(int(path.stem.split("-")[1]), path.read_bytes()) for path in sorted(V1.glob("*.bin"))]
+
+
+def v1_expected() -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((V1 / "expected.json").read_text())
+    return result
+
+
+def first_decisions() -> dict[int, dict[str, Any]]:
+    """Each id's first decision (a later abort of a decided id only repeats it)."""
+    first: dict[int, dict[str, Any]] = {}
+    for entry in v1_expected()["decisions"]:
+        first.setdefault(entry["txn_id"], entry)
+    return first
+
+
+def as_expected(outcome: object) -> dict[str, Any]:
+    """An answer in ``expected.json``'s terms (``generate.py``'s ``outcome_json``)."""
+    if isinstance(outcome, Committed):
+        return {"outcome": "committed", "commit_ts": str(outcome.commit_ts)}
+    assert isinstance(outcome, Aborted), outcome
+    conflict = outcome.conflict
+    if conflict is None:
+        return {"outcome": "aborted", "reason": outcome.reason}
+    return {
+        "outcome": "aborted",
+        "reason": outcome.reason,
+        "kind": str(conflict.kind.value),
+        "key": None if conflict.key is None else conflict.key.hex(),
+        "conflict_commit_ts": None if conflict.commit_ts is None else str(conflict.commit_ts),
+        "winner_txn_id": conflict.winner_txn_id,
+    }
+
+
+def decision(entry: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in entry.items() if key in DECISION_FIELDS}
+
+
+def transaction(entry: dict[str, Any]) -> Transaction:
+    return Transaction(
+        entry["txn_id"],
+        Timestamp.parse(entry["start_ts"]),
+        [bytes.fromhex(key) for key in entry["read_set"]],
+        [bytes.fromhex(key) for key in entry["write_set"]],
+    )
+
+
+def answers(engine: CommitEngine, requests: list[Transaction | int]) -> list[Any]:
+    """Requests of ids already decided: answered at once, nothing handed out."""
+    _, pieces, released = engine.decide(requests)
+    assert pieces == []
+    return [answer for _, batch in released for answer in batch]
+
+
+@pytest.fixture
+def replayed() -> CommitEngine:
+    engine = CommitEngine(None, Clock(node=9), durability="external")
+    for seq, data in v1_pieces():
+        engine.replay_piece(seq, data)
+    return engine
+
+
+def test_the_v1_fixture_holds_every_kind_of_decision() -> None:
+    kinds = {
+        entry.get("kind", entry.get("reason", entry["outcome"]))
+        for entry in first_decisions().values()
+    }
+    assert kinds == {"committed", "write_write", "read_write", "too_old", "requested"}
+    assert len(v1_pieces()) >= 5
+    assert all(data[0] == 1 for _, data in v1_pieces())
+
+
+def test_v1_pieces_replay_into_their_first_decisions(replayed: CommitEngine) -> None:
+    for txn_id, entry in first_decisions().items():
+        assert as_expected(replayed.status(txn_id)) == decision(entry), txn_id
+    # The clock runs above every replayed commit.
+    assert replayed.clock.last() > Timestamp.parse(v1_expected()["clock_last"])
+
+
+def test_v1_resubmissions_get_their_first_decision_and_other_contents_are_refused(
+    replayed: CommitEngine,
+) -> None:
+    decided = [entry for entry in first_decisions().values() if "start_ts" in entry]
+    got = answers(replayed, [transaction(entry) for entry in decided])
+    for entry, answer in zip(decided, got, strict=True):
+        assert as_expected(answer) == decision(entry)
+    # The fingerprint survived: the same id with other contents is refused.
+    changed = transaction(decided[0])
+    other = Transaction(changed.txn_id, changed.start_ts, [], [b"another key"])
+    (refused,) = answers(replayed, [other])
+    assert isinstance(refused, TransactionMismatchError)
+    # Aborts by id are kept as such.
+    by_id = [entry for entry in first_decisions().values() if entry.get("abort_by_id")]
+    got = answers(replayed, [entry["txn_id"] for entry in by_id])
+    assert [as_expected(answer) for answer in got] == [decision(entry) for entry in by_id]
+
+
+def test_v1_checkpoints_decode() -> None:
+    old = Checkpoint.decode((V1 / "checkpoint-without-forgotten-through.json").read_bytes())
+    assert (old.epoch, old.seq, old.forgotten_through) == (12, 3, None)
+    new = Checkpoint.decode((V1 / "checkpoint.json").read_bytes())
+    assert (new.epoch, new.seq) == (12, 3)
+    assert new.forgotten_through == Timestamp.parse(v1_expected()["forgotten_through"])
+    with pytest.raises(DecisionDecodeError, match="checkpoint"):
+        Checkpoint.decode(b'{"epoch": 1}')
