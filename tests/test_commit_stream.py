@@ -18,7 +18,7 @@ from hlc_oracle import (
 )
 from hlc_oracle._core import decode_commit_results, encode_commit_request
 from hlc_oracle.durable import ExternalDurableStep
-from hlc_oracle.scheduler import StreamResult
+from hlc_oracle.scheduler import CeilingRaised, StreamResult
 
 # A Transaction of id 7 whose start_ts has a logical counter past its 12 bits: the Rust decoder
 # takes the message, and the transaction gets its own INVALID_ARGUMENT result.
@@ -129,8 +129,9 @@ def test_a_message_refused_at_the_ceiling_is_retried_once_it_is_raised(tmp_path:
         with GroupCommitScheduler(None, clock, CommitOptions(durability="memory")) as scheduler:
             raised: list[int] = []
 
-            def raise_ceiling() -> None:
+            def raise_ceiling(done: CeilingRaised) -> None:
                 raised.append(clock.raise_ceiling(physical.now_us() + 1_000_000))
+                done(None)
 
             scheduler.on_ceiling = raise_ceiling
             start = clock.now()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hlc_oracle import (
     Aborted,
+    CeilingReachedError,
     Clock,
     CommitEngine,
     CommitOptions,
@@ -26,6 +27,8 @@ from hlc_oracle import (
     TransactionMismatchError,
     TransactionTooLargeError,
 )
+from hlc_oracle.durable import ExternalDurableStep
+from hlc_oracle.scheduler import CEILING_RETRIES, CeilingRaised
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -403,5 +406,139 @@ def test_submit_many_answers_a_group_in_order_with_errors_in_place() -> None:
             assert await s.submit_many([]) == []
             with pytest.raises(TypeError, match="requests must be Transactions or int ids"):
                 await s.submit_many(["x"])  # type: ignore[list-item]
+
+    asyncio.run(scenario())
+
+
+# ---- the clock's ceiling: requests refused at it wait for a raise, which nobody waits on ----
+
+
+def _at_the_ceiling() -> tuple[ManualClock, Clock, Timestamp]:
+    """A clock whose physical time is past its ceiling, and a start taken before."""
+    physical = ManualClock(1_000_000)
+    clock = Clock(node=1, physical_clock=physical, ceiling_physical=1_000_010)
+    start = clock.now()
+    physical.advance(100)
+    return physical, clock, start
+
+
+def test_a_ceiling_raise_is_started_not_waited_for() -> None:
+    async def scenario() -> None:
+        physical, clock, start = _at_the_ceiling()
+        async with GroupCommitScheduler(None, clock, CommitOptions(durability="memory")) as sched:
+            returned = threading.Event()
+            timers: list[threading.Timer] = []
+
+            def on_ceiling(done: CeilingRaised) -> None:
+                def later() -> None:
+                    # The caller of on_ceiling went on before the ceiling rose.
+                    assert returned.wait(5)
+                    clock.raise_ceiling(physical.now_us() + 1_000_000)
+                    done(None)
+
+                timers.append(threading.Timer(0.05, later))
+                timers[-1].start()
+                returned.set()
+
+            sched.on_ceiling = on_ceiling
+            outcome = await sched.submit(Transaction(1, start, [], [b"a"]))
+            assert isinstance(outcome, Committed) and len(timers) == 1
+            for timer in timers:
+                timer.join()
+
+    asyncio.run(scenario())
+
+
+def test_a_ceiling_raised_on_the_loop_that_releases_the_batch() -> None:
+    """Clustered, a batch refused at the ceiling behind one whose decision write is pending is
+    released on the event loop that confirms that write, and the window is saved on that loop
+    too: the raise must run there while nothing waits for it."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        physical = ManualClock(1_000_000)
+        clock = Clock(node=1, physical_clock=physical, ceiling_physical=1_000_010)
+        start = clock.now()
+        writing, release = asyncio.Event(), asyncio.Event()
+        on_loop: list[bool] = []
+
+        async def store(batch_seq: int, data: bytes) -> None:
+            writing.set()
+            await release.wait()
+
+        async def extend() -> None:
+            await asyncio.sleep(0.01)  # a save: a round trip on this loop
+            clock.raise_ceiling(physical.now_us() + 1_000_000)
+
+        def on_ceiling(done: CeilingRaised) -> None:
+            on_loop.append(threading.current_thread() is threading.main_thread())
+            future = asyncio.run_coroutine_threadsafe(extend(), loop)
+            future.add_done_callback(lambda saved: done(saved.exception()))
+
+        step = ExternalDurableStep(store, loop)
+        sched = GroupCommitScheduler(None, clock, durable_step=step)
+        sched.on_ceiling = on_ceiling
+        try:
+            first = asyncio.ensure_future(sched.submit(Transaction(1, start, [], [b"a"])))
+            await asyncio.wait_for(writing.wait(), 5)
+            physical.advance(100)  # past the ceiling
+            second = asyncio.ensure_future(sched.submit(Transaction(2, start, [], [b"b"])))
+            for _ in range(500):  # the second batch decided (refused) behind the first
+                if step.pending() == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert step.pending() == 2
+            release.set()
+            outcomes = await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
+            assert all(isinstance(o, Committed) for o in outcomes)
+            assert on_loop == [True]
+        finally:
+            await sched.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_ceiling_raise_answers_with_the_refusal() -> None:
+    async def scenario() -> None:
+        _, clock, start = _at_the_ceiling()
+        async with GroupCommitScheduler(None, clock, CommitOptions(durability="memory")) as sched:
+            sched.on_ceiling = lambda done: done(OSError("the window cannot be saved"))
+            with pytest.raises(CeilingReachedError):
+                await sched.submit(Transaction(1, start, [], [b"a"]))
+            # The writer goes on with the next request.
+            sched.on_ceiling = lambda done: done(RuntimeError("still not"))
+            with pytest.raises(CeilingReachedError):
+                await sched.submit(Transaction(2, start, [], [b"b"]))
+
+    asyncio.run(scenario())
+
+
+def test_only_a_raise_that_left_the_ceiling_where_it_was_counts_as_a_retry() -> None:
+    async def scenario() -> None:
+        physical, clock, start = _at_the_ceiling()
+        async with GroupCommitScheduler(None, clock, CommitOptions(durability="memory")) as sched:
+            calls: list[int] = []
+
+            def stalled(done: CeilingRaised) -> None:
+                calls.append(0)
+                done(None)  # "raised", but the ceiling stays
+
+            sched.on_ceiling = stalled
+            with pytest.raises(CeilingReachedError):
+                await sched.submit(Transaction(1, start, [], [b"a"]))
+            assert len(calls) == CEILING_RETRIES
+
+            rising: list[int] = []
+
+            def creeping(done: CeilingRaised) -> None:
+                # Rises each time, but too little: never counted, until it rises enough.
+                rising.append(clock.raise_ceiling(clock.ceiling_physical + 10))  # type: ignore[operator]
+                if len(rising) == 2 * CEILING_RETRIES:
+                    clock.raise_ceiling(physical.now_us() + 1_000_000)
+                done(None)
+
+            sched.on_ceiling = creeping
+            outcome = await sched.submit(Transaction(2, start, [], [b"b"]))
+            assert isinstance(outcome, Committed) and len(rising) == 2 * CEILING_RETRIES
 
     asyncio.run(scenario())

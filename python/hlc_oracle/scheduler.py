@@ -56,7 +56,7 @@ from hlc_oracle._core import (
 from hlc_oracle.commit_options import CommitOptions
 from hlc_oracle.durable import DurableStep, LocalDurableStep
 
-__all__ = ["CommitOptions", "GroupCommitScheduler", "Outcome", "StreamResult"]
+__all__ = ["CeilingRaised", "CommitOptions", "GroupCommitScheduler", "Outcome", "StreamResult"]
 
 Outcome = Committed | Aborted
 
@@ -72,6 +72,11 @@ _Waiter = asyncio.Future[Any] | concurrent.futures.Future[Any]
 #: counted: the window is being saved, so the request waits for it however long a pause (a loaded
 #: machine) separates the raise from the retried batch; a fixed count lost that race.
 CEILING_RETRIES = 3
+#: Least seconds between two warnings that raising the ceiling failed (etcd away: every batch).
+CEILING_REPORT_INTERVAL_S = 10.0
+
+#: What ``on_ceiling`` is handed: call it once the raise is over, with ``None`` or its error.
+CeilingRaised = Callable[[BaseException | None], None]
 
 
 # What an entry holds: one request (answered with its answer), a group (answered with a list),
@@ -125,10 +130,18 @@ class GroupCommitScheduler:
         self._log_recovery(time.perf_counter() - started)
         self._queue: collections.deque[_Entry] = collections.deque()
         self._queued = 0
-        #: Called (from the writer thread) when the clock refused commit timestamps at its
-        #: ceiling: it must raise the ceiling (the server extends its persisted window).
-        self.on_ceiling: Callable[[], None] | None = None
+        #: Called (from whichever thread releases a batch: the writer, or the durable step's
+        #: event loop) when the clock refused commit timestamps at its ceiling, with a callback:
+        #: it must START raising the ceiling (the server extends its persisted window) and return
+        #: at once, then call the callback (from any thread) with ``None`` once the ceiling rose,
+        #: or with the error. It must never wait for the raise itself.
+        self.on_ceiling: Callable[[CeilingRaised], None] | None = None
         self._lock = threading.Lock()
+        # Raises under way, and the requests parked until they complete.
+        self._raising = 0
+        self._parked = 0
+        self._ceiling_failures = 0
+        self._ceiling_report_at = 0.0
         self._wakeup = threading.Condition(self._lock)
         self._writer_idle = False
         self._closed = False
@@ -165,9 +178,10 @@ class GroupCommitScheduler:
             if self._closed:
                 raise SchedulerClosedError("the group-commit scheduler is closed")
             size = entry[_SIZE]
-            if self._queued + size > self.options.max_queue:
+            waiting = self._queued + self._parked
+            if waiting + size > self.options.max_queue:
                 raise SchedulerOverloadedError(
-                    f"the commit queue is full ({self._queued} of {self.options.max_queue} "
+                    f"the commit queue is full ({waiting} of {self.options.max_queue} "
                     "requests waiting); retry later"
                 )
             self._queue.append(entry)
@@ -263,8 +277,10 @@ class GroupCommitScheduler:
         """Blocks until there is work; None when closed and drained."""
         opts = self.options
         with self._lock:
-            while not self._queue:
-                if self._closed:
+            # While the ceiling is being raised, new batches would only meet it too: the parked
+            # requests go first once it rose.
+            while not self._queue or self._raising:
+                if self._closed and not self._queue and not self._raising:
                     return None
                 self._writer_idle = True
                 self._wakeup.wait()
@@ -321,33 +337,72 @@ class GroupCommitScheduler:
         self, batch: list[_Entry], answers: list[object], tried_ceiling: int | None
     ) -> tuple[list[_Entry], list[object]]:
         """Entries refused because the clock reached its ceiling (the persisted timestamp window)
-        go back to the front of the queue once ``on_ceiling`` has raised it (see
-        :data:`CEILING_RETRIES`). Nothing was logged for them, and resubmitting the decided
-        members of a group only returns their decisions. When ``on_ceiling`` fails (the window
-        cannot be saved), they are answered with the refusal at once."""
+        are parked while ``on_ceiling`` raises it, and go back to the front of the queue when the
+        raise completes (see :data:`CEILING_RETRIES`); the writer takes no new batch meanwhile.
+        Nothing was logged for them, and resubmitting the decided members of a group only returns
+        their decisions. When the raise fails (the window cannot be saved), they are answered
+        with the refusal. Nothing here waits for the raise: this runs on whatever thread released
+        the batch, the event loop that saves the window among them."""
         retry = [
             index
             for index, (entry, answer) in enumerate(zip(batch, answers, strict=True))
             if entry[_ATTEMPTS] < CEILING_RETRIES and _hit_ceiling(entry[_KIND], answer)
         ]
-        if not retry or self.on_ceiling is None:
+        on_ceiling = self.on_ceiling
+        if not retry or on_ceiling is None:
             return batch, answers
-        try:
-            self.on_ceiling()
-        except Exception:
-            logger.exception("group commit: raising the clock ceiling failed")
-            return batch, answers
-        counted = 0 if self.clock.ceiling_physical != tried_ceiling else 1
-        again = set(retry)
+        parked = [batch[i] for i in retry]
+        refusals = [answers[i] for i in retry]
         with self._lock:
-            for index in reversed(retry):
-                kind, payload, size, waiter, attempts = batch[index]
-                self._queue.appendleft((kind, payload, size, waiter, attempts + counted))
-                self._queued += size
-            if self._writer_idle:
-                self._wakeup.notify()
+            self._raising += 1
+            self._parked += sum(entry[_SIZE] for entry in parked)
+        completed = threading.Event()  # exactly once, whoever reports
+
+        def raised(error: BaseException | None) -> None:
+            if completed.is_set():
+                return
+            completed.set()
+            self._ceiling_raised(parked, refusals, tried_ceiling, error)
+
+        try:
+            on_ceiling(raised)
+        except Exception as error:  # the raise could not even start
+            raised(error)
+        again = set(retry)
         kept = [i for i in range(len(batch)) if i not in again]
         return [batch[i] for i in kept], [answers[i] for i in kept]
+
+    def _ceiling_raised(
+        self,
+        parked: list[_Entry],
+        refusals: list[object],
+        tried_ceiling: int | None,
+        error: BaseException | None,
+    ) -> None:
+        """The raise started for ``parked`` is over (from any thread): re-queue them in front,
+        counting the attempt only when the ceiling did not rise; or, when it failed, answer them
+        with their refusal."""
+        counted = 0 if self.clock.ceiling_physical != tried_ceiling else 1
+        size = sum(entry[_SIZE] for entry in parked)
+        with self._lock:
+            self._raising -= 1
+            self._parked -= size
+            if error is None:
+                for kind, payload, entry_size, waiter, attempts in reversed(parked):
+                    self._queue.appendleft((kind, payload, entry_size, waiter, attempts + counted))
+                self._queued += size
+            self._wakeup.notify_all()
+        if error is not None:
+            self._ceiling_failures += 1
+            if self._ceiling_failures == 1 or time.monotonic() >= self._ceiling_report_at:
+                self._ceiling_report_at = time.monotonic() + CEILING_REPORT_INTERVAL_S
+                logger.warning(
+                    "group commit: raising the clock ceiling failed (%d failures so far): %s: %s",
+                    self._ceiling_failures,
+                    type(error).__name__,
+                    error,
+                )
+            self._deliver(parked, refusals)
 
     @staticmethod
     def _deliver(batch: list[_Entry], answers: list[object]) -> None:
@@ -385,13 +440,13 @@ class GroupCommitScheduler:
         return self._closed
 
     def queue_length(self) -> int:
-        """Requests waiting for a batch (not counting the one being written)."""
-        return self._queued
+        """Requests waiting for a batch (not counting the one being written), parked ones too."""
+        return self._queued + self._parked
 
     def stats(self) -> dict[str, int | None]:
         """committed, aborted, batches, queued, in_flight, recovered_*, retained_decisions, ..."""
         figures: dict[str, int | None] = dict(self.engine.stats())
-        figures["queued"] = self._queued
+        figures["queued"] = self._queued + self._parked
         figures["in_flight"] = self._in_flight
         return figures
 

@@ -10,6 +10,7 @@ mark, release the data dir, exit 0.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import signal
 import time
@@ -30,6 +31,7 @@ from hlc_oracle import (
 )
 from hlc_oracle.config import OracleConfig
 from hlc_oracle.proto import oracle_pb2 as pb
+from hlc_oracle.scheduler import CeilingRaised
 from hlc_oracle.server.certificates import server_credentials
 from hlc_oracle.server.commit import SERVICE_NAME as TRANSACTIONS_SERVICE_NAME
 from hlc_oracle.server.commit import TransactionsService
@@ -58,6 +60,12 @@ if TYPE_CHECKING:
     from hlc_oracle.cluster.node import ClusterNode
 
 log = logging.getLogger("hlc_oracle.server")
+
+
+def _failure_of(future: concurrent.futures.Future[None]) -> BaseException | None:
+    if future.cancelled():
+        return concurrent.futures.CancelledError("the window save was cancelled")
+    return future.exception()
 
 
 def package_version() -> str:
@@ -393,9 +401,12 @@ class OracleServer:
         if scheduler is not None:
             loop = asyncio.get_running_loop()
 
-            def raise_ceiling() -> None:
-                # Called from the scheduler's writer thread; the window lives on this loop.
-                asyncio.run_coroutine_threadsafe(self.window.extend(0), loop).result(10)
+            def raise_ceiling(done: CeilingRaised) -> None:
+                # From the writer thread, or from this loop itself (a clustered batch is released
+                # where its decision write is confirmed): start the save, never wait for it; the
+                # scheduler re-queues the refused requests when it is over.
+                future = asyncio.run_coroutine_threadsafe(self.window.extend(0), loop)
+                future.add_done_callback(lambda saved: done(_failure_of(saved)))
 
             scheduler.on_ceiling = raise_ceiling
         self.scheduler = scheduler
