@@ -57,6 +57,7 @@ from hlc_oracle.server.window import (
 from hlc_oracle.tls import PemError
 
 if TYPE_CHECKING:
+    from hlc_oracle.cluster.control_loop import ControlLoop
     from hlc_oracle.cluster.node import ClusterNode
 
 log = logging.getLogger("hlc_oracle.server")
@@ -101,10 +102,16 @@ class OracleServer:
             ceiling_physical=saved if saved is not None else 0,
         )
         self.cluster: ClusterNode | None = None
+        #: Clustered: the leadership thread's loop, where the cluster node, its etcd client, the
+        #: window's saves and the decision writes run (see :mod:`hlc_oracle.cluster.control_loop`).
+        self.control: ControlLoop | None = None
         persistence: WindowPersistence = self.store
         if config.cluster.clustered:
             # Imported here: the cluster package builds on this one (and standalone needs no etcd).
+            from hlc_oracle.cluster.control_loop import ControlLoop
             from hlc_oracle.cluster.node import ClusterNode
+
+            self.control = ControlLoop()
 
             self.cluster = ClusterNode(
                 endpoints=config.cluster.etcd_endpoints,
@@ -346,17 +353,23 @@ class OracleServer:
         )
 
     async def _join_cluster(self, port: int) -> None:
+        from hlc_oracle.cluster.control_loop import drop_spurious_poller_wakeups
         from hlc_oracle.cluster.etcd import EtcdError
         from hlc_oracle.cluster.members import DuplicateNodeError
 
-        assert self.cluster is not None
+        assert self.cluster is not None and self.control is not None
         advertise = self.config.advertise_address
         host, _, listen_port = advertise.rpartition(":")
         if listen_port == "0":
             advertise = f"{host}:{port}"
+        # Two loops talk gRPC from here on: this one (the server) and the leadership loop.
+        drop_spurious_poller_wakeups(asyncio.get_running_loop())
+        self.control.start()
+        self.window.run_on(self.control.loop)
         try:
-            await self.cluster.start(self.window, advertise)
+            await self.control.call(self.cluster.start(self.window, advertise))
         except (EtcdError, DuplicateNodeError) as err:
+            await asyncio.to_thread(self.control.stop)
             raise StartupError(str(err)) from err
 
     def _wait_out_saved_lead(self) -> None:
@@ -402,9 +415,9 @@ class OracleServer:
             loop = asyncio.get_running_loop()
 
             def raise_ceiling(done: CeilingRaised) -> None:
-                # From the writer thread, or from this loop itself (a clustered batch is released
-                # where its decision write is confirmed): start the save, never wait for it; the
-                # scheduler re-queues the refused requests when it is over.
+                # From the writer thread, or from the loop that confirms a clustered batch's
+                # decision write (the leadership loop, the window's home): start the save, never
+                # wait for it; the scheduler re-queues the refused requests when it is over.
                 future = asyncio.run_coroutine_threadsafe(self.window.extend(0), loop)
                 future.add_done_callback(lambda saved: done(_failure_of(saved)))
 
@@ -421,12 +434,14 @@ class OracleServer:
             self._loop.call_soon_threadsafe(self.stopping.set)
 
     def _fatal_cluster(self, reason: str) -> None:
-        # On the loop: the cluster node has blocked the gate; exit non-zero as for a clock jump.
+        # On the leadership loop: the cluster node has blocked the gate; exit non-zero as for a
+        # clock jump.
         log.critical(
             "cannot stay in the cluster, shutting down", extra={"fields": {"reason": reason}}
         )
         self.fatal_reason = reason
-        self.stopping.set()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.stopping.set)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, finish in-flight calls, save the high-water mark."""
@@ -434,10 +449,10 @@ class OracleServer:
         self.gate.block("shutdown", "the server is shutting down")
         if self._lead_wait is not None:
             self._lead_wait.cancel()
-        if self.cluster is not None:
+        if self.cluster is not None and self.control is not None and self.control.running:
             # Hand over first (the pending decisions drained), so a follower takes over while
             # this node drains its connections.
-            await self.cluster.resign()
+            await self.control.call(self.cluster.resign())
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
@@ -448,6 +463,8 @@ class OracleServer:
             await self.scheduler.aclose()
         if self.cluster is None:
             await self.window.stop()
+        if self.control is not None:
+            await asyncio.to_thread(self.control.stop)
         if self._stop_metrics is not None:
             self._stop_metrics()
             self._stop_metrics = None

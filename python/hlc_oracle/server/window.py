@@ -148,15 +148,31 @@ class TimestampWindow:
         self._on_failure = on_failure
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._home: asyncio.AbstractEventLoop | None = None
         ceiling = clock.ceiling_physical
         self.limit_us: int = 0 if ceiling is None else ceiling
 
     def _high_water(self) -> int:
         return max(self.clock.physical_now(), self.clock.last().physical)
 
+    def run_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The window's home loop: every save runs there (a clustered node's leadership loop, where
+        the etcd client lives), whichever loop calls :meth:`extend`. Set before first use."""
+        self._home = loop
+
     async def extend(self, at_least_us: int = 0) -> None:
         """Saves a limit ``size_us`` past the clock (and past ``at_least_us``), then raises the
-        ceiling to it."""
+        ceiling to it. From another loop than the window's home, the save runs at home and the
+        caller awaits it there without blocking its own loop."""
+        home = self._home
+        if home is not None and asyncio.get_running_loop() is not home:
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self._extend(at_least_us), home)
+            )
+            return
+        await self._extend(at_least_us)
+
+    async def _extend(self, at_least_us: int) -> None:
         async with self._lock:
             high_water = max(self._high_water(), at_least_us)
             # A concurrent caller may have extended while this one waited for the lock.
