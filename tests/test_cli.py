@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 from hlc_oracle import Timestamp
-from hlc_oracle.cli import EXIT_USAGE, build_parser, main
-from hlc_oracle.cli.calls import for_people
+from hlc_oracle.cli import EXIT_UNREACHABLE, EXIT_USAGE, build_parser, main
+from hlc_oracle.cli.bench import bench_count
+from hlc_oracle.cli.calls import for_people, status_fields
 from hlc_oracle.cli.exit_codes import MEANINGS
 from hlc_oracle.client import OracleStatus
+from hlc_oracle.config import ConfigError
 from hlc_oracle.proto import oracle_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +32,14 @@ def every_parser(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentP
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
                 yield from every_parser(child)
+
+
+def option_help(command: str, option: str) -> str:
+    """The help text of ``option`` of ``command``, unwrapped."""
+    (commands,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = commands.choices[command]
+    (action,) = (a for a in parser._actions if option in a.option_strings)
+    return str(action.help)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,6 +74,13 @@ def test_no_parser_accepts_abbreviations(capsys: pytest.CaptureFixture[str]) -> 
         (["now", "--target", "127.0.0.1:"], "the port must be in 1..65535, got ''"),
         (["now", "--target", "oracle"], "'oracle' must be host:port"),
         (["now", "--target", "a:1,:2"], "':2' must be host:port"),
+        # A URL, a ';' list and a stray comma are named, not dialed until the timeout.
+        (["now", "--target", "http://127.0.0.1:51151"], "is a URL: give host:port without"),
+        (["now", "--target", "a:1;b:2"], "it has ';' (separate several addresses with commas)"),
+        (["now", "--target", "a;b"], "it has ';'"),
+        (["status", "--target", "a:1,"], "has an empty target (a trailing comma)"),
+        (["status", "--target", "a:1,,b:2"], "has an empty target (entry 2)"),
+        (["now", "--target", "::1:5"], "put an IPv6 address in [brackets]"),
         (["now", "--count", "0"], "--count: must be at least 1, got 0"),
         (["now", "--retries", "0"], "--retries: must be at least 1, got 0"),
         (["bench", "--mode", "commit", "--keys", "0"], "--keys: must be at least 1, got 0"),
@@ -83,6 +100,55 @@ def test_impossible_values_are_usage_errors(
         main(args)
     assert exited.value.code == EXIT_USAGE
     assert message in capsys.readouterr().err
+
+
+def test_an_unknown_option_shows_the_usage_of_its_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for args, usage in (
+        (["serve", "--bogus"], "usage: hlc-oracle serve "),
+        (["txn", "status", "1", "--bogus"], "usage: hlc-oracle txn status "),
+        (["--bogus", "now"], "usage: hlc-oracle [-h]"),  # given before the command: the top's
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(args)
+        assert exited.value.code == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.startswith(usage) and "unrecognized arguments: --bogus" in err, err
+
+
+def test_status_of_several_targets_none_reachable_exits_3_as_for_one() -> None:
+    # Nothing listens on ports 1 and 2 of loopback: unreachable, as the exit-code table says.
+    one = run_cli("status", "--target", "127.0.0.1:1", "--timeout", "1")
+    several = run_cli("status", "--target", "127.0.0.1:1,127.0.0.1:2", "--timeout", "1")
+    assert one.returncode == several.returncode == EXIT_UNREACHABLE, several.stderr
+    assert several.stdout.count("unreachable") == 2
+
+
+def test_a_commit_log_in_the_data_dir_is_a_usage_error_in_plain_text(tmp_path: Path) -> None:
+    done = run_cli("serve", "--data-dir", str(tmp_path), "--set", f"commit.log_dir={tmp_path}")
+    assert done.returncode == EXIT_USAGE, done.stderr
+    # Plain text like every other configuration error, not a JSON log record.
+    assert done.stderr.startswith(
+        f"hlc-oracle serve: command line: commit.log_dir {tmp_path} is the data dir itself"
+    ), done.stderr
+
+
+def test_status_json_help_says_null_for_unknown_and_bench_count_names_every_refusing_mode() -> None:
+    status_help = option_help("status", "--json")
+    assert "null for what the node does not know" in status_help
+    assert "0 for none" not in status_help
+    count_help = option_help("bench", "--count")
+    refused_clause = count_help[count_help.index("refused in") : count_help.index("whose")]
+    for mode in ("merged", "ranges", "unary", "commit", "commit-batch"):
+        args = build_parser().parse_args(["bench", "--mode", mode, "--count", "2"])
+        try:
+            bench_count(args)
+            refused = False
+        except ConfigError:
+            refused = True
+        named = re.search(rf"(?<![\w-]){re.escape(mode)}(?![\w-])", refused_clause) is not None
+        assert named == refused, (mode, refused_clause)
 
 
 def test_good_targets_pass() -> None:
@@ -144,6 +210,9 @@ def test_status_for_people_has_units_unknowns_and_no_1970() -> None:
     for name in ("leader_address", "leader_node_id", "epoch", "lease_remaining_s"):
         assert shown[name] == "none (standalone)", name
     assert not any("1970" in text or "None" in text for text in shown.values()), shown
+    # --json: null for what the node has not got, never a 1970 timestamp.
+    assert status_fields(fresh)["last_timestamp"] is None
+    assert status_fields(fresh)["ntp_offset_us"] is None
     response.last_timestamp.physical = 1_795_269_099_671_261
     response.clock.physical_now_us = 1_795_269_099_700_000
     response.persisted_window_us = 1_795_269_102_700_000
@@ -153,6 +222,12 @@ def test_status_for_people_has_units_unknowns_and_no_1970() -> None:
     served = OracleStatus.from_wire(response)
     assert for_people(served, "leader_address") == "none"  # no leader known
     assert for_people(served, "epoch") == "none"
+    response.epoch = 1028
+    # An epoch is etcd's revision, so epochs jump (295, 1028, 6880): status says so.
+    assert for_people(OracleStatus.from_wire(response), "epoch") == (
+        "1028 (etcd's revision when this leader won: it grows with every new leader, by the "
+        "number of etcd writes in between)"
+    )
     assert for_people(served, "lease_remaining_s") == "2.500 s"
     assert for_people(served, "last_timestamp") == str(Timestamp(1_795_269_099_671_261))
     assert for_people(served, "uptime_seconds") == "1 h 2 min"

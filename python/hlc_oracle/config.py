@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hlc_oracle.addresses import AddressError, parse_host_port
 from hlc_oracle.proto import DEFAULT_MAX_MESSAGE_BYTES
 from hlc_oracle.scheduler import CommitOptions
 from hlc_oracle.skew import GuardPolicy, SkewConfig
@@ -228,21 +229,13 @@ def check_host_port(value: object, name: str, *, allow_port_zero: bool) -> None:
     """Raises :class:`ConfigError` unless ``value`` is ``host:port`` (``[v6]:port`` too), with a
     port in 0..65535 (1..65535 unless ``allow_port_zero``) and no URL scheme."""
     low = 0 if allow_port_zero else 1
-    expected = f"host:port with a port in {low}..65535"
+    message = f"{name} must be host:port with a port in {low}..65535, got {value!r}"
     if not isinstance(value, str):
-        raise ConfigError(f"{name} must be {expected}, got {value!r}")
-    host, _, port = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if (
-        not host
-        or "/" in host
-        or any(character.isspace() for character in host)
-        or (":" in host and not value.startswith("["))
-        or not port.isdigit()
-        or not low <= int(port) <= 65535
-    ):
-        raise ConfigError(f"{name} must be {expected}, got {value!r}")
+        raise ConfigError(message)
+    try:
+        parse_host_port(value, allow_port_zero=allow_port_zero)
+    except AddressError:
+        raise ConfigError(message) from None
 
 
 @dataclass
@@ -277,9 +270,7 @@ class OracleConfig:
         """
         from hlc_oracle import MAX_NODE, MAX_RESERVE
 
-        host, _, port = self.server.listen.rpartition(":")
-        if not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"server.listen must be host:port, got {self.server.listen!r}")
+        check_host_port(self.server.listen, "server.listen", allow_port_zero=True)
         checks: list[tuple[str, int | float | None, int | float, int | float]] = [
             ("clock.node_id", self.clock.node_id, 0, MAX_NODE),
             ("clock.max_offset_us", self.clock.max_offset_us, 0, 2**52),
@@ -329,6 +320,9 @@ class OracleConfig:
             self.commit.validate()
         except (TypeError, ValueError) as err:
             raise ConfigError(f"commit.{err}") from err
+        shared = commit_log_in_data_dir(self)
+        if shared is not None:
+            raise ConfigError(shared)
         self.cluster.validate()
         if self.cluster.clustered and self.cluster.advertise is None:
             listen_host = self.server.listen.rpartition(":")[0].strip("[]")
@@ -344,6 +338,24 @@ class OracleConfig:
                 "ntp.servers: without them the offset is never known and the node would never "
                 "serve), got refuse"
             )
+
+
+def commit_log_in_data_dir(config: OracleConfig) -> str | None:
+    """Why ``commit.log_dir`` cannot be ``server.data_dir`` itself, when it is (the commit log
+    locks its directory's ``LOCK``, the file the data dir's lock takes); ``None`` otherwise."""
+    log_dir, data_dir = config.commit.log_dir, config.server.data_dir
+    if not config.commit.enabled or log_dir is None:
+        return None
+    try:
+        same = log_dir.resolve() == data_dir.resolve()
+    except OSError:
+        return None
+    if not same:
+        return None
+    return (
+        f"commit.log_dir {log_dir} is the data dir itself: give the commit log a directory of "
+        f"its own (the default is {data_dir / 'commit-log'})"
+    )
 
 
 def as_typed(value: Any) -> str:

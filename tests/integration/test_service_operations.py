@@ -153,7 +153,9 @@ def test_cli_exit_codes(oracle: OracleProcess, tmp_path: Path) -> None:
     assert run_cli("frobnicate").returncode == 2
     taken = run_cli("serve", "--listen", oracle.target, "--data-dir", str(tmp_path / "second"))
     assert taken.returncode == 1
-    assert f"cannot listen on {oracle.target}" in taken.stderr
+    # Said in words, not as grpc-core's "Failed to bind ... set GRPC_VERBOSITY=debug".
+    assert f"cannot listen on {oracle.target}: address already in use" in taken.stderr
+    assert "GRPC_VERBOSITY" not in taken.stderr and "Failed to bind" not in taken.stderr
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("x")
     unusable = run_cli("serve", "--listen", "127.0.0.1:0", "--data-dir", str(not_a_directory))
@@ -349,3 +351,16 @@ def test_status_shows_every_get_status_field(oracle: OracleProcess) -> None:
     shown = {line.split()[0] for line in as_text.stdout.splitlines() if line.strip()}
     # ntp_servers is one "ntp HOST" line per server (none here).
     assert set(names) - {"ntp_servers"} <= shown, set(names) - {"ntp_servers"} - shown
+
+
+def test_status_json_of_several_targets_has_every_field_of_one(oracle: OracleProcess) -> None:
+    one = json.loads(run_cli("status", "--target", oracle.target, "--json").stdout)
+    assert one["last_timestamp"] is None or "1970" not in one["last_timestamp"]
+    # Milliseconds, not 5.043464223000001.
+    assert one["uptime_seconds"] == round(one["uptime_seconds"], 3)
+    several = run_cli("status", "--target", f"{oracle.target},127.0.0.1:1", "--json")
+    assert several.returncode == 0, several.stderr
+    answered, unreachable = json.loads(several.stdout)
+    assert set(answered) == {"target", *one}
+    assert answered["target"] == oracle.target and answered["node_id"] == one["node_id"]
+    assert set(unreachable) == {"target", "error"}

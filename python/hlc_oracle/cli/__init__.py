@@ -16,7 +16,7 @@ from importlib import metadata
 from typing import Any
 
 from hlc_oracle import config as config_module
-from hlc_oracle.cli import bench, calls, serve, skew
+from hlc_oracle.cli import _grpc_core_logs, bench, calls, serve, skew  # noqa: F401 (first)
 from hlc_oracle.cli.exit_codes import (
     EXIT_DISABLED,
     EXIT_FAILED,
@@ -29,15 +29,9 @@ from hlc_oracle.cli.exit_codes import (
     EXIT_USAGE,
     epilog,
     exit_code_of,
+    failure_of,
 )
-from hlc_oracle.client import (
-    OracleDisabledError,
-    OracleError,
-    OracleNotServingError,
-    OracleTimeoutError,
-    OracleTlsHandshakeError,
-    OracleUnavailableError,
-)
+from hlc_oracle.client import OracleError
 
 __all__ = [
     "EXIT_DISABLED",
@@ -99,36 +93,36 @@ COMMANDS = {
 }
 
 
+def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """The parser of the command ``args`` came from (``txn status``'s for ``txn status``)."""
+    for dest in ("command", "txn_command"):
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, dest, None)
+        if not subparsers or name is None:
+            break
+        parser = subparsers[0].choices[name]
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse reports a subcommand's unknown option with the top-level usage; the usage of the
+    # command that was typed is the one that helps.
+    words = list(sys.argv[1:] if argv is None else argv)
+    args, unknown = parser.parse_known_args(words)
+    if unknown:
+        typed_after_command = unknown[0] in words[words.index(args.command) + 1 :]
+        reporter = chosen_parser(parser, args) if typed_after_command else parser
+        reporter.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return COMMANDS[args.command](args)
     except config_module.ConfigError as err:
         print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except OracleDisabledError as err:
-        print(
-            f"hlc-oracle {args.command}: {args.target} refused for good: {err.details} "
-            "(disabled by its configuration; not retried)",
-            file=sys.stderr,
-        )
-        return EXIT_DISABLED
-    except OracleTlsHandshakeError as err:
-        print(
-            f"hlc-oracle {args.command}: TLS handshake with {args.target} failed: {err.cause}",
-            file=sys.stderr,
-        )
-        return EXIT_TLS_HANDSHAKE
-    except OracleNotServingError as err:
-        print(f"hlc-oracle {args.command}: {args.target} refused: {err.details}", file=sys.stderr)
-        return EXIT_REFUSED
-    except (OracleUnavailableError, OracleTimeoutError) as err:
-        print(f"hlc-oracle {args.command}: cannot reach {args.target}: {err}", file=sys.stderr)
-        return EXIT_UNREACHABLE
     except OracleError as err:
-        print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
-        return exit_code_of(err)
+        message, code = failure_of(err, args.target)
+        print(f"hlc-oracle {args.command}: {message}", file=sys.stderr)
+        return code
     except (TypeError, ValueError) as err:
         print(f"hlc-oracle {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -55,8 +55,9 @@ def add_parser(commands: Any) -> None:
     bench.add_argument(
         "--count",
         type=positive_int,
-        help="timestamps per request in ranges and unary modes (default 1; refused in merged "
-        "and commit modes, whose requests are one timestamp or transaction each)",
+        help="timestamps per request in ranges and unary modes (default 1); refused in merged, "
+        "commit and commit-batch modes, whose requests are one timestamp, one transaction, or "
+        "--batch transactions each",
     )
     bench.add_argument(
         "--requests", type=positive_int, default=100_000, help="calls in all (default %(default)s)"

@@ -9,14 +9,14 @@ import json
 from typing import Any
 
 from hlc_oracle import Aborted, Committed
-from hlc_oracle.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNKNOWN
+from hlc_oracle.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_UNKNOWN, failure_of
 from hlc_oracle.cli.options import (
     add_client_arguments,
     client_kwargs,
     positive_int,
     transaction_id,
 )
-from hlc_oracle.client import OracleClient, OracleStatus
+from hlc_oracle.client import OracleClient, OracleError, OracleStatus
 
 
 def add_parsers(commands: Any) -> None:
@@ -31,7 +31,10 @@ def add_parsers(commands: Any) -> None:
     status.add_argument(
         "--json",
         action="store_true",
-        help="print every field as JSON, with raw values (microseconds, seconds, 0 for none)",
+        help="print every field as JSON, with raw values (microseconds, seconds): null for "
+        "what the node does not know or has not got (the NTP offset before an answer, the last "
+        'timestamp before the first), 0 or "" for the cluster fields of a standalone node or '
+        "one that knows no leader; with several targets, a list of them, one per node",
     )
     add_client_arguments(status)
 
@@ -75,15 +78,25 @@ def cmd_now(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def status_fields(status: OracleStatus) -> dict[str, Any]:
+    """Every ``GetStatus`` field of one node, with raw values, as ``status --json`` prints them:
+    ``null`` for what the node does not know (the NTP offset before an answer) or has not got
+    (the last timestamp before the first one handed out); 0 or ``""`` for the cluster fields of
+    a node that knows no leader, or is standalone."""
+    fields = {
+        f.name: getattr(status, f.name) for f in dataclasses.fields(status) if f.name != "message"
+    }
+    last = status.last_timestamp
+    fields["last_timestamp"] = str(last) if last.physical else None
+    return fields
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     if "," in args.target:
         return cluster_status(args)
     with OracleClient(args.target, **client_kwargs(args)) as client:
         status = client.status()
-    fields = {
-        f.name: getattr(status, f.name) for f in dataclasses.fields(status) if f.name != "message"
-    }
-    fields["last_timestamp"] = str(status.last_timestamp)
+    fields = status_fields(status)
     if args.json:
         print(json.dumps(fields))
     else:
@@ -107,24 +120,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cluster_status(args: argparse.Namespace) -> int:
     """``status --target a,b,c``: one line per node (role, node id, serving, the leader it knows,
-    epoch), or why it did not answer. Exit 0 when some node serves, 1 otherwise."""
+    epoch), or why it did not answer; ``--json``: every field of each node, as for one target,
+    with its ``target`` (or the ``error`` instead). Exit 0 when some node serves, 1 when nodes
+    answered and none serves, and when none answered, the code of the first node's failure (3
+    when all are unreachable), as for one target."""
     with OracleClient(args.target, **client_kwargs(args)) as client:
         answers = client.statuses()
     rows: list[dict[str, Any]] = []
     for target, answer in answers.items():
         if isinstance(answer, OracleStatus):
-            rows.append(
-                {
-                    "target": target,
-                    "role": answer.role,
-                    "node_id": answer.node_id,
-                    "serving": answer.serving,
-                    "leader_address": answer.leader_address,
-                    "epoch": answer.epoch,
-                    "lease_remaining_s": answer.lease_remaining_s,
-                    "not_serving_reason": answer.not_serving_reason,
-                }
-            )
+            rows.append({"target": target, **status_fields(answer)})
         else:
             rows.append({"target": target, "error": str(answer)})
     if args.json:
@@ -142,8 +147,17 @@ def cluster_status(args: argparse.Namespace) -> int:
                 f"{row['target']:<{width}}  {row['role']} node {row['node_id']}, {serving}"
                 f"{leader}{epoch}"
             )
+    failures = [answer for answer in answers.values() if isinstance(answer, OracleError)]
+    if failures and len(failures) == len(answers):
+        return failure_of(failures[0], args.target)[1]
     return EXIT_OK if any(row.get("serving") for row in rows) else EXIT_FAILED
 
+
+#: What an epoch number is, for people reading ``status``.
+EPOCH_MEANING = (
+    "etcd's revision when this leader won: it grows with every new leader, by the number of etcd "
+    "writes in between"
+)
 
 #: GetStatus fields that only a clustered node has values for.
 CLUSTER_FIELDS = ("leader_address", "leader_node_id", "epoch", "lease_remaining_s")
@@ -176,8 +190,8 @@ def for_people(status: OracleStatus, name: str) -> str:
         return f"{signed}{value:,} us"
     if name.endswith("_s") and isinstance(value, float):
         return f"{value:.3f} s"
-    if name == "epoch" and not value:
-        return "none"
+    if name == "epoch":
+        return f"{value} ({EPOCH_MEANING})" if value else "none"
     if isinstance(value, str) and not value:
         return "none"
     return str(value)

@@ -8,7 +8,14 @@ import textwrap
 
 import grpc
 
-from hlc_oracle.client import OracleError
+from hlc_oracle.client import (
+    OracleDisabledError,
+    OracleError,
+    OracleNotServingError,
+    OracleTimeoutError,
+    OracleTlsHandshakeError,
+    OracleUnavailableError,
+)
 from hlc_oracle.proto import REFUSAL_OVER_LIMIT
 
 EXIT_OK = 0
@@ -59,3 +66,21 @@ def exit_code_of(err: OracleError) -> int:
     if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return EXIT_REFUSED  # the server is overloaded; the same request may pass later
     return EXIT_FAILED
+
+
+def failure_of(err: OracleError, target: str) -> tuple[str, int]:
+    """What to print after the command's name when a call on ``target`` failed with ``err``, and
+    the exit code: one mapping for every client command, and for each node of ``status``."""
+    if isinstance(err, OracleDisabledError):
+        return (
+            f"{target} refused for good: {err.details} (disabled by its configuration; not "
+            "retried)",
+            EXIT_DISABLED,
+        )
+    if isinstance(err, OracleTlsHandshakeError):
+        return f"TLS handshake with {target} failed: {err.cause}", EXIT_TLS_HANDSHAKE
+    if isinstance(err, OracleNotServingError):
+        return f"{target} refused: {err.details}", EXIT_REFUSED
+    if isinstance(err, OracleUnavailableError | OracleTimeoutError):
+        return f"cannot reach {target}: {err}", EXIT_UNREACHABLE
+    return str(err), exit_code_of(err)

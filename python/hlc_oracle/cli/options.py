@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hlc_oracle import config as config_module
+from hlc_oracle.addresses import AddressError, parse_address_list
 from hlc_oracle.client import RetryPolicy, channel_credentials
 
 
@@ -51,20 +52,13 @@ def positive_seconds(text: str) -> float:
 
 
 def target_address(text: str) -> str:
-    """``host:port``, or several comma-separated (the nodes of a cluster), each port 1..65535.
-
-    gRPC would dial port 443 for ``host:`` and wrap ``host:99999`` around to another port; both
-    are refused here. ``[v6]:port`` is accepted; the text is returned unchanged.
-    """
-    entries = [entry.strip() for entry in text.split(",")]
-    for entry in entries:
-        host, colon, port = entry.rpartition(":")
-        if not colon or not host or host in ("[]",):
-            raise argparse.ArgumentTypeError(f"{entry!r} must be host:port")
-        if not (port.isdigit() and 1 <= int(port) <= 65535):
-            raise argparse.ArgumentTypeError(
-                f"{entry!r}: the port must be in 1..65535, got {port!r}"
-            )
+    """``host:port``, or several comma-separated (the nodes of a cluster), each port 1..65535
+    (see :mod:`hlc_oracle.addresses`: a URL, a ``;`` list or a stray comma is named, not dialed);
+    the text is returned unchanged."""
+    try:
+        parse_address_list(text, "target")
+    except AddressError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 

@@ -22,30 +22,15 @@ from typing import Any
 
 import grpc
 
+from hlc_oracle.addresses import parse_address_list
 from hlc_oracle.client.node import OracleNode
 
 
 def parse_targets(target: str | Sequence[str]) -> list[str]:
-    """The node addresses of ``target``; ``ValueError`` naming a bad entry (not ``host:port``
-    with a port in 1..65535), or an empty list."""
-    entries = target.split(",") if isinstance(target, str) else list(target)
-    if not entries:
-        raise ValueError("target lists no node: give host:port, or several comma-separated")
-    addresses = []
-    for raw in entries:
-        if not isinstance(raw, str):
-            raise TypeError(f"target entries must be str, got {type(raw).__name__}")
-        entry = raw.strip()
-        host, colon, port = entry.rpartition(":")
-        if not colon or not host or host == "[]":
-            raise ValueError(f"target entry {raw!r} in {target!r} must be host:port")
-        if not (port.isdigit() and 1 <= int(port) <= 65535):
-            raise ValueError(
-                f"target entry {raw!r} in {target!r}: the port must be in 1..65535, got {port!r}"
-            )
-        if entry not in addresses:
-            addresses.append(entry)
-    return addresses
+    """The node addresses of ``target``, each once; ``ValueError``
+    (:class:`~hlc_oracle.addresses.AddressError`) naming a bad entry (not ``host:port`` with a
+    port in 1..65535), a stray comma, or an empty list."""
+    return parse_address_list(target, "target")
 
 
 class NodeSet:
