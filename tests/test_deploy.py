@@ -51,6 +51,18 @@ def test_example_config_loads_with_the_real_loader() -> None:
     assert config.server.listen == defaults.server.listen
 
 
+def test_example_config_says_what_it_does_beyond_the_defaults() -> None:
+    """Run as root, the example creates /var/lib/hlc-oracle and polls public NTP pools: its
+    header says so, with what an offline host sees."""
+    text = (DEPLOY / "oracle.example.toml").read_text()
+    header = text[: text.index("[server]")]
+    config = load(DEPLOY / "oracle.example.toml", environ={})
+    assert str(config.server.data_dir) in header and "creates" in header
+    assert config.ntp.servers and "public NTP pool" in header and "internet" in header
+    assert "Offline" in header and "logged once" in header
+    assert str(config.metrics.port) in header
+
+
 def test_example_cluster_block_loads_clustered_once_uncommented(tmp_path: Path) -> None:
     """The [cluster] block's commented examples are valid settings: uncommented, the node is
     clustered and advertises the example address."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -435,6 +436,22 @@ def test_unreachable_servers_are_unknown(responder: NtpResponder, policy: GuardP
     assert status.serving is (policy is GuardPolicy.WARN)
     assert "timeout" in status.message and "unresolvable" in status.message
     assert all(s.consecutive_failures == 2 and s.good_samples == 0 for s in status.servers)
+
+
+def test_a_failing_server_is_warned_about_once_and_no_servers_make_no_polls(
+    responder: NtpResponder, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Offline, the example config's three pool servers used to log three warnings every poll.
+    responder.set(behaviour=Behaviour.SILENT)
+    monitor = SkewMonitor(SkewConfig(servers=ntp(responder.address), timeout_s=0.1))
+    with caplog.at_level(logging.DEBUG, logger="hlc_oracle.skew"):
+        for _ in range(3):
+            status = monitor.poll_once()
+    about_server = [r for r in caplog.records if responder.address in r.getMessage()]
+    assert [r.levelno for r in about_server] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert status.polls == 3
+    # A monitor without servers polls nothing: GetStatus's ntp_polls reads 0, not 1.
+    assert SkewMonitor(SkewConfig()).poll_once().polls == 0
 
 
 def test_falseticker_among_chrony(chrony: ChronyServer, responder: NtpResponder) -> None:

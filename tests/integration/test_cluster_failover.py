@@ -7,6 +7,7 @@ a killed leader, which a 10 s lease tells apart from a lease expiry."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -110,6 +111,15 @@ def test_graceful_handover_under_load(etcd: EtcdMember, tmp_path: Path) -> None:
                 leader_id = cluster.nodes.index(leader) + 1
                 assert leader.stop() == 0
                 assert "resigned" in leader.log_text()
+                # A graceful stop hands over on purpose: its step-down is no warning.
+                steps = [
+                    record
+                    for line in leader.log_text().splitlines()
+                    if line.startswith("{")
+                    and (record := json.loads(line))["message"] == "stepped down"
+                    and "resigned" in record["reason"]
+                ]
+                assert steps and all(step["level"] == "info" for step in steps), steps
                 cluster.wait_for_leader(other_than=leader_id)
                 leader.start()
         client.close()

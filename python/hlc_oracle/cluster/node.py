@@ -497,4 +497,6 @@ class ClusterNode:
         if self.window is not None:
             await self.window.halt()
         if was_leader:
-            log.warning("stepped down", extra={"fields": {"reason": reason}})
+            # A graceful stop (SIGTERM) hands over on purpose: not a warning.
+            level = logging.INFO if self._resigning.is_set() else logging.WARNING
+            log.log(level, "stepped down", extra={"fields": {"reason": reason}})

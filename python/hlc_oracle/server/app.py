@@ -42,6 +42,7 @@ from hlc_oracle.server.skew_guard import build_skew_monitor, clock_status_fields
 from hlc_oracle.server.startup import (
     StartupConfigError,
     StartupError,
+    check_listen_address,
     lock_data_dir,
     write_port_file,
 )
@@ -242,7 +243,7 @@ class OracleServer:
             lease_remaining_s=cluster.lease_remaining_s() if cluster is not None else 0.0,
             last_timestamp=wire_timestamp(self.clock.last()),
             persisted_window_us=self.window.limit_us,
-            uptime_seconds=time.monotonic() - self.started_at,
+            uptime_seconds=round(time.monotonic() - self.started_at, 3),
             version=package_version(),
             clock=pb.ClockStatus(
                 max_offset_us=self.clock.max_offset_us,
@@ -294,6 +295,7 @@ class OracleServer:
         )  # fmt: skip
         listen = self.config.server.listen
         credentials = self._credentials()
+        check_listen_address(listen)
         try:
             if credentials is None:
                 port = server.add_insecure_port(listen)
@@ -472,9 +474,7 @@ class OracleServer:
         self.data_dir_lock.release()
         log.info(
             "stopped",
-            extra={
-                "fields": {"last": str(self.clock.last()), "saved_window_us": self.window.limit_us}
-            },
+            extra={"fields": {"last": self.clock.last(), "saved_window_us": self.window.limit_us}},
         )
 
 

@@ -1,7 +1,10 @@
 """Structured logs: one JSON object per line (or plain text), with fields from ``extra``.
 
 Call ``log.info("message", extra={"fields": {"key": value}})``; the fields become keys of the
-JSON object.
+JSON object (``key=value`` pairs in text). Values are written as a reader wants them
+(:func:`loggable`): a timestamp as its text, and a node's "no timestamp yet" as ``null`` rather
+than 1970; a float without binary noise (``5.043464``, not ``5.043464223000001``); in text, a
+field without a value (``None``) is left out rather than printed as ``None``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,27 @@ import logging
 import sys
 import time
 from typing import Any
+
+from hlc_oracle import Timestamp
+
+#: Decimal places a logged float keeps: microseconds, for values in seconds.
+FLOAT_DECIMALS = 6
+
+
+def loggable(value: Any) -> Any:
+    """``value`` as a log record shows it (see the module docstring)."""
+    if isinstance(value, Timestamp):
+        return str(value) if value.physical else None
+    if isinstance(value, float):
+        return round(value, FLOAT_DECIMALS)
+    return value
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = getattr(record, "fields", None)
+    if not isinstance(fields, dict):
+        return {}
+    return {key: loggable(value) for key, value in fields.items()}
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,9 +46,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
+        entry.update(_fields(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -32,10 +54,9 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", None)
-        suffix = ""
-        if isinstance(fields, dict):
-            suffix = " " + " ".join(f"{key}={value}" for key, value in fields.items())
+        suffix = "".join(
+            f" {key}={value}" for key, value in _fields(record).items() if value is not None
+        )
         return f"{record.levelname.lower():7} {record.name}: {record.getMessage()}{suffix}"
 
 

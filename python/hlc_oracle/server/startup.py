@@ -1,13 +1,21 @@
 """What stops a node from starting (:class:`StartupError`), and the start-up steps around its
-data dir: taking the data dir's lock, and writing the port file."""
+data dir and its port: taking the data dir's lock, checking that the listen address is free, and
+writing the port file."""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
+import socket
 from pathlib import Path
 
-from hlc_oracle.config import OracleConfig
+from hlc_oracle.addresses import parse_host_port
+from hlc_oracle.config import OracleConfig, commit_log_in_data_dir
 from hlc_oracle.server.data_dir import DataDirLock, DataDirLockedError
+
+log = logging.getLogger("hlc_oracle.server")
 
 
 class StartupError(Exception):
@@ -23,28 +31,55 @@ class StartupConfigError(StartupError):
 def lock_data_dir(config: OracleConfig) -> DataDirLock:
     """Locks the data dir before anything reads it; :class:`StartupError` when it cannot."""
     data_dir = config.server.data_dir
-    log_dir = config.commit.log_dir
-    if config.commit.enabled and log_dir is not None and _same_dir(log_dir, data_dir):
-        # The commit log locks its own directory's LOCK: the same file, so it would find it taken.
-        raise StartupError(
-            f"commit.log_dir {log_dir} is the data dir itself: give the commit log a directory "
-            f"of its own (the default is {data_dir / 'commit-log'})"
-        )
+    shared = commit_log_in_data_dir(config)
+    if shared is not None:
+        raise StartupConfigError(shared)
+    created = not data_dir.exists()
     try:
-        return DataDirLock.acquire(data_dir)
+        lock = DataDirLock.acquire(data_dir)
     except DataDirLockedError as err:
         raise StartupError(str(err)) from err
     except FileExistsError as err:
         raise StartupError(f"the data dir {data_dir} is not a directory") from err
     except OSError as err:
         raise StartupError(f"cannot lock the data dir {data_dir}: {err.strerror}") from err
+    if created:
+        log.info("created the data dir", extra={"fields": {"data_dir": str(data_dir.resolve())}})
+    return lock
 
 
-def _same_dir(first: Path, second: Path) -> bool:
+def check_listen_address(listen: str) -> None:
+    """:class:`StartupError` saying "address already in use" when another process listens on
+    ``listen`` (or the address cannot be bound at all), before gRPC tries: gRPC reports both
+    only as "Failed to bind ... set GRPC_VERBOSITY=debug". Binds a throwaway socket with the
+    options gRPC uses (``SO_REUSEADDR``; no ``SO_REUSEPORT``) on each address the host resolves
+    to; port 0 (any free port) needs no check."""
+    host, port = parse_host_port(listen, allow_port_zero=True)
+    if port == 0:
+        return
     try:
-        return first.resolve() == second.resolve()
-    except OSError:
-        return False
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as err:
+        raise StartupError(f"cannot listen on {listen}: cannot resolve {host!r}: {err}") from err
+    failures: list[OSError] = []
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"cannot listen on {listen}: address already in use (another process "
+                    "listens on that port: another node? give this one another --listen port, "
+                    "or port 0 for any free one)"
+                ) from err
+            failures.append(err)
+    if failures and len(failures) == len(infos):
+        reason = failures[0].strerror or os.strerror(failures[0].errno or 0)
+        raise StartupError(f"cannot listen on {listen}: {reason}")
 
 
 def write_port_file(path: Path, port: int, metrics_port: int | None) -> None:

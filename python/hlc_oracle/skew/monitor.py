@@ -203,7 +203,8 @@ class SkewMonitor:
                 previous = self.guard.decision
                 decision = self.guard.observe(now, estimate, self._why_unknown())
                 self._estimate = estimate
-                self._polls += 1
+                if self._servers:  # a round without servers polled nothing
+                    self._polls += 1
                 self._last_poll_wall_s = time.time()
                 self._history.append(
                     HistoryEntry(
@@ -261,7 +262,21 @@ class SkewMonitor:
                 old.bad_samples + 1,
                 old.consecutive_failures + 1,
             )
-            log.warning("ntp server %s: %s (%s)", sample.server, sample.status, sample.detail)
+            # An unreachable server (a host offline) fails every poll the same way: say it once,
+            # and again when the failure changes; the repeats go to the debug level.
+            repeated = (
+                old.consecutive_failures > 0
+                and old.last_sample is not None
+                and old.last_sample.status == sample.status
+            )
+            log.log(
+                logging.DEBUG if repeated else logging.WARNING,
+                "ntp server %s: %s (%s)%s",
+                sample.server,
+                sample.status,
+                sample.detail,
+                "" if repeated else "; repeats of this failure are logged at debug level",
+            )
         self._servers[sample.server] = new
 
     def _why_unknown(self) -> str:
