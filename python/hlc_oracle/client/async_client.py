@@ -26,7 +26,7 @@ from hlc_oracle.client.errors import (
     result_error,
     transaction_too_large,
 )
-from hlc_oracle.client.handshake import diagnose, material_of
+from hlc_oracle.client.handshake import HandshakeFailure, diagnose, material_of
 from hlc_oracle.client.node import OracleNode
 from hlc_oracle.client.retry import RetryPolicy, with_retries
 from hlc_oracle.client.status import OracleStatus
@@ -50,6 +50,12 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 #: Merged ``CommitStream`` messages stop growing here: past a few MiB a bigger message only
 #: delays its first answer. A single transaction may still use the whole message limit.
 MERGED_MESSAGE_BYTES = 4 * 2**20
+#: How long a call waits for a connection before it also looks at the TLS handshake, in
+#: parallel (a quarter of the timeout when that is shorter): a healthy node connects in far
+#: less, so the look costs nothing on the way to a node that answers.
+LOOK_AFTER_S = 0.25
+#: A look needs at least this long (a TCP connect and a handshake on the network).
+MIN_LOOK_S = 0.05
 #: Redirects one attempt follows (a leader changing under it): more is a failed attempt.
 _MAX_REDIRECTS = 3
 
@@ -121,30 +127,60 @@ class AsyncOracleClient:
         """``call(node, remaining_seconds)`` on the current node under the retry policy, within
         the client's timeout (see :mod:`hlc_oracle.client.targets` for moving between nodes).
         When the oracle stays unreachable, a look at the TLS handshake tells a handshake failure
-        (:class:`OracleTlsHandshakeError`) from a server that is not there."""
-        try:
-            return await with_retries(
+        (:class:`OracleTlsHandshakeError`) from a server that is not there. The look runs beside
+        the call once it has waited a while for a connection (:data:`LOOK_AFTER_S`, or a quarter
+        of the timeout), and within the same deadline: a look not finished by then is dropped and
+        the call fails as unreachable, on time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        attempt = asyncio.ensure_future(
+            with_retries(
                 self.retry,
                 lambda remaining: self._on_current_node(call, remaining),
                 self.timeout,
                 changes_state=changes_state,
                 connected=lambda: self._nodes.current.ready(),
             )
-        except OracleUnavailableError as err:
-            # Only a plain transport failure: a refusal (any mark) came from a server that the
-            # handshake let through; a lost connection had one. The look is short (half the
-            # timeout, 1 s at most), so a call ends within 1.5 times its timeout at worst.
-            if type(err) is not OracleUnavailableError or err.refusal is not None:
-                raise
-            failure = await diagnose(
+        )
+        look: asyncio.Future[HandshakeFailure | None] | None = None
+        try:
+            await asyncio.wait((attempt,), timeout=min(LOOK_AFTER_S, self.timeout / 4))
+            if not attempt.done() and not self._nodes.current.ready():
+                look = self._look_at_handshake(deadline)
+            try:
+                return await attempt
+            except OracleUnavailableError as err:
+                # Only a plain transport failure: a refusal (any mark) came from a server that
+                # the handshake let through; a lost connection had one.
+                if type(err) is not OracleUnavailableError or err.refusal is not None:
+                    raise
+                look = look or self._look_at_handshake(deadline)
+                if look is None:
+                    raise
+                await asyncio.wait((look,), timeout=max(0.0, deadline - loop.time()))
+                failure = look.result() if look.done() else None
+                if failure is None:
+                    raise
+                raise OracleTlsHandshakeError(err.code, failure.cause, err.details) from err
+        finally:
+            for task in (attempt, look):
+                if task is not None and not task.done():
+                    task.cancel()
+
+    def _look_at_handshake(self, deadline: float) -> asyncio.Future[HandshakeFailure | None] | None:
+        """The TLS look at the current node, started now and bounded by ``deadline`` (loop time;
+        at most 1 s); ``None`` when too little time is left for one."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining < MIN_LOOK_S:
+            return None
+        return asyncio.ensure_future(
+            diagnose(
                 self._nodes.current.target,
                 self._tls_material,
                 self._tls,
-                timeout=min(1.0, self.timeout / 2),
+                timeout=min(1.0, remaining),
             )
-            if failure is None:
-                raise
-            raise OracleTlsHandshakeError(err.code, failure.cause, err.details) from err
+        )
 
     async def _on_current_node(
         self, call: Callable[[OracleNode, float], Awaitable[T]], remaining: float

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import weakref
 from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -35,6 +36,27 @@ async def _finish_tasks() -> None:
     await asyncio.get_running_loop().shutdown_asyncgens()
 
 
+def _shut_down(
+    loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: AsyncOracleClient | None
+) -> None:
+    """Closes ``client`` on its private ``loop``, lets every task there finish (gRPC's own
+    included), then stops the loop, joins its ``thread`` and closes the loop: closing it with
+    tasks pending printed "Task was destroyed but it is pending!" and, from gRPC callbacks,
+    "Event loop is closed"."""
+    if thread.is_alive():
+        steps: list[Coroutine[Any, Any, None]] = [_finish_tasks()]
+        if client is not None:
+            steps.insert(0, client.close())
+        for step in steps:
+            done = asyncio.run_coroutine_threadsafe(step, loop)
+            with contextlib.suppress(Exception):
+                done.result(timeout=_FINISH_TIMEOUT_S)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=_FINISH_TIMEOUT_S)
+    if not thread.is_alive():
+        loop.close()
+
+
 class OracleClient:
     """Blocking client; safe to share between threads. ``with OracleClient(target) as client:``.
 
@@ -57,8 +79,13 @@ class OracleClient:
         try:
             self._client = self._run(build())
         except BaseException:
-            self._stop_loop()
+            _shut_down(self._loop, self._thread, None)
             raise
+        # Closes the client once: from close(), when it is garbage-collected, or at interpreter
+        # exit for a client never closed (its pending tasks would otherwise be destroyed with the
+        # loop: "Task was destroyed but it is pending!", and gRPC's callbacks would find the
+        # loop closed). The finalizer holds the loop, thread and async client, never self.
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self._client)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._closed:
@@ -111,28 +138,13 @@ class OracleClient:
     def transaction_status(self, txn_id: int) -> Committed | Aborted | None:
         return self._run(self._client.transaction_status(txn_id))
 
-    def _stop_loop(self) -> None:
-        """Lets every task on the private loop finish (gRPC's own included), then stops and closes
-        the loop: closing it with tasks pending printed "Task was destroyed but it is pending!"
-        and, from gRPC callbacks, "Event loop is closed"."""
-        if self._thread.is_alive():
-            finishing = asyncio.run_coroutine_threadsafe(_finish_tasks(), self._loop)
-            with contextlib.suppress(Exception):
-                finishing.result(timeout=_FINISH_TIMEOUT_S)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=_FINISH_TIMEOUT_S)
-        if not self._thread.is_alive():
-            self._loop.close()
-
     def close(self) -> None:
-        """Closes the client (what still waits fails with ``CANCELLED``); idempotent."""
+        """Closes the client (what still waits fails with ``CANCELLED``); idempotent. A client
+        never closed is closed when it is garbage-collected, or at interpreter exit."""
         if self._closed:
             return
-        try:
-            self._run(self._client.close())
-        finally:
-            self._closed = True
-            self._stop_loop()
+        self._closed = True
+        self._finalizer()
 
     def __enter__(self) -> Self:
         return self

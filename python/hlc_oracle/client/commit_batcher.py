@@ -63,10 +63,15 @@ class CommitBatcher:
         try:
             results = await self._send([transaction for transaction, _ in batch])
         except BaseException as err:  # every caller of the message must hear about it
+            cancelled = isinstance(err, asyncio.CancelledError)
             for _, future in batch:
-                if not future.done():
+                # A cancellation (the client closing, asyncio.run ending) cancels the callers'
+                # futures: an exception set on them may never be retrieved, and asyncio says so.
+                if cancelled:
+                    future.cancel()
+                elif not future.done():
                     future.set_exception(err)
-            if isinstance(err, asyncio.CancelledError):
+            if cancelled:
                 raise
         else:
             if len(results) != len(batch):

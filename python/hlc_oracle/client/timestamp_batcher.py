@@ -88,8 +88,11 @@ class TimestampBatcher:
                 return
             self._fail(batch, err)
             return
-        except asyncio.CancelledError as err:
-            self._fail(batch, err)
+        except asyncio.CancelledError:
+            # Cancelled with the client or the program (asyncio.run cancels what is left): the
+            # callers' futures are cancelled, not failed with an exception nobody may retrieve.
+            for future, _ in batch:
+                future.cancel()
             raise
         except Exception as err:  # every request of the batch must hear about it
             self._fail(batch, err)
