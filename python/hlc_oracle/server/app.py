@@ -455,6 +455,10 @@ class OracleServer:
             # Hand over first (the pending decisions drained), so a follower takes over while
             # this node drains its connections.
             await self.control.call(self.cluster.resign())
+        # Open streams end now with the gate's refusal (clients retry elsewhere), rather than
+        # holding the stop for the whole grace.
+        self.service.streams.end_all()
+        self.transactions.streams.end_all()
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)

@@ -44,10 +44,12 @@ from hlc_oracle.proto import REFUSAL_DISABLED
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
+from hlc_oracle.server.open_streams import OpenStreams, StreamEndedError
 from hlc_oracle.server.service import (
     RequestError,
     check_request_wire,
     gate_refusal,
+    stopping_refusal,
     wire_timestamp,
 )
 
@@ -139,6 +141,8 @@ class TransactionsService:
         self.metrics = metrics
         #: ``commit.enabled``: when false, every call is refused for good (``REFUSAL_DISABLED``).
         self.enabled = enabled
+        #: Open ``CommitStream``s, ended by a graceful stop.
+        self.streams = OpenStreams()
 
     def _check_enabled(self) -> None:
         """The permanent refusal of a service disabled by configuration, before anything else."""
@@ -303,20 +307,28 @@ class TransactionsService:
             self._check_enabled()  # a disabled service refuses the stream itself, with its mark
         except RequestError as err:
             await self._fail("CommitStream", err, time.perf_counter(), context)
-        order: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue()
+        # Each message's decision in request order; then None (the client ended the stream) or
+        # StreamEndedError (the server is stopping: answer the refusal after what was handed over).
+        order: asyncio.Queue[asyncio.Task[bytes] | StreamEndedError | None] = asyncio.Queue()
 
         async def read() -> None:
+            ended: StreamEndedError | None = None
+            iterator = aiter(requests)
             try:
-                async for raw in requests:
+                while (raw := await self.streams.next_request(iterator)) is not None:
                     order.put_nowait(asyncio.create_task(self._decide_message(raw)))
+            except StreamEndedError as err:
+                ended = err
             finally:
-                order.put_nowait(None)
+                order.put_nowait(ended)
 
         reader = asyncio.create_task(read())
         tasks: list[asyncio.Task[bytes]] = []
         try:
             while (item := await order.get()) is not None:
                 started = time.perf_counter()
+                if isinstance(item, StreamEndedError):
+                    await self._fail("CommitStream", stopping_refusal(self.gate), started, context)
                 tasks.append(item)
                 try:
                     response = await item
@@ -331,7 +343,7 @@ class TransactionsService:
                 await reader
             while not order.empty():
                 leftover = order.get_nowait()
-                if leftover is not None:
+                if isinstance(leftover, asyncio.Task):
                     tasks.append(leftover)
             for task in tasks:
                 task.cancel()

@@ -27,6 +27,7 @@ from hlc_oracle.proto import (
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
+from hlc_oracle.server.open_streams import OpenStreams, StreamEndedError
 from hlc_oracle.server.window import TimestampWindow, WindowSaveError
 from hlc_oracle.server.wire import WireCheckError, check_wire
 
@@ -82,6 +83,14 @@ def gate_refusal(gate: ServingGate, reads: bool = False) -> RequestError | None:
     return RequestError(grpc.StatusCode.UNAVAILABLE, f"not serving: {refusal}")
 
 
+def stopping_refusal(gate: ServingGate) -> RequestError:
+    """What an open stream ends with at a graceful stop (:mod:`.open_streams`): the gate's
+    refusal, the gate being blocked by then."""
+    return gate_refusal(gate) or RequestError(
+        grpc.StatusCode.UNAVAILABLE, "not serving: the server is shutting down"
+    )
+
+
 def _invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
@@ -119,6 +128,8 @@ class TimestampOracleService:
         self.metrics = metrics
         self.max_count = max_count
         self._status = status
+        #: Open ``StreamTimestamps`` calls, ended by a graceful stop.
+        self.streams = OpenStreams()
 
     # --- the core calls (synchronous; CeilingReachedError propagates for the async retry) ---
 
@@ -230,7 +241,16 @@ class TimestampOracleService:
     async def stream_timestamps(
         self, requests: AsyncIterator[bytes], context: Any
     ) -> AsyncIterator[bytes]:
-        async for raw in requests:
+        iterator = aiter(requests)
+        while True:
+            try:
+                raw = await self.streams.next_request(iterator)
+            except StreamEndedError:
+                await self._fail(
+                    "StreamTimestamps", stopping_refusal(self.gate), time.perf_counter(), context
+                )
+            if raw is None:
+                return
             started = time.perf_counter()
             try:
                 count = self._parse_count(raw)
