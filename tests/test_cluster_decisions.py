@@ -5,6 +5,7 @@ recovery, and a three-member etcd losing its raft leader under load."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,14 @@ from hlc_oracle.cluster.decisions import (
     DecisionQuotaError,
     decision_key,
 )
-from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, compare_create_revision, delete, put
+from hlc_oracle.cluster.etcd import (
+    EtcdClient,
+    EtcdError,
+    EtcdQuotaError,
+    compare_create_revision,
+    delete,
+    put,
+)
 from hlc_oracle.cluster.fence import Fence, FenceError, Term
 from hlc_oracle.durable import ExternalDurableStep
 
@@ -286,11 +294,14 @@ def test_the_quota_alarm_refuses_pieces_and_nothing_unwritten_is_acknowledged(
         acknowledged: dict[int, Outcome] = {}
         refused = 0
         for round_ in range(200):
-            big = [
-                Transaction(round_ * 100 + n, clock.now(), [], [f"{round_}-{n}".encode() * 200])
+            # Pieces are small (no write sets): filler keys beside them bring the quota near.
+            with contextlib.suppress(EtcdQuotaError):
+                await client.put(f"/filler/{round_}".encode(), bytes(64 << 10))
+            txns = [
+                Transaction(round_ * 100 + n, clock.now(), [], [f"{round_}-{n}".encode()])
                 for n in range(1, 40)
             ]
-            for txn, answer in zip(big, await leader.commit(big), strict=True):
+            for txn, answer in zip(txns, await leader.commit(txns), strict=True):
                 if isinstance(answer, Committed | Aborted):
                     acknowledged[txn.txn_id] = answer
                 else:

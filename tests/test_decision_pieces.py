@@ -140,3 +140,20 @@ def test_v1_checkpoints_decode() -> None:
     assert new.forgotten_through == Timestamp.parse(v1_expected()["forgotten_through"])
     with pytest.raises(DecisionDecodeError, match="checkpoint"):
         Checkpoint.decode(b'{"epoch": 1}')
+
+
+def test_this_release_writes_version_2_pieces_that_replay() -> None:
+    writer = CommitEngine(None, Clock(node=3), durability="external")
+    start = writer.clock.now()
+    requests: list[Transaction | int] = [
+        Transaction(1, start, [b"a"], [b"b", b"c"]),
+        Transaction(2, start, [], [b"b"]),  # loses to 1 in the same batch
+        77,  # abort by id
+    ]
+    _, pieces, _ = writer.decide(requests)
+    assert [data[0] for _, data in pieces] == [2]
+    first = [answer for seq, _ in pieces for _, batch in writer.confirm(seq) for answer in batch]
+    reader = CommitEngine(None, Clock(node=4), durability="external")
+    for seq, data in pieces:
+        assert reader.replay_piece(seq, data) == (1, 2)
+    assert [reader.status(txn_id) for txn_id in (1, 2, 77)] == first

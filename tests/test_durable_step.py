@@ -133,7 +133,7 @@ def test_a_large_batch_is_split_into_pieces_never_refused() -> None:
         txns = [_txn(clock, i, f"key-{i:05d}".encode() * 4) for i in range(1, 201)]
         answers = await scheduler.submit_many(txns)
         assert all(isinstance(answer, Committed) for answer in answers)
-        assert len(store.pieces) > 5
+        assert len(store.pieces) > 1
         assert all(len(piece) <= 1024 for piece in store.pieces.values())
         await scheduler.aclose()
 

@@ -11,6 +11,7 @@ resubmitted decided id gets its first decision. Lease TTL 1 s (etcd runs with
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import signal
 import threading
@@ -34,6 +35,8 @@ from tests.integration.oracle_cluster import LeaderClient, OracleCluster
 
 KILL_ROUNDS = 10
 LEASE_TTL_S = 1
+#: etcd's quota in the quota test: 2 MiB.
+QUOTA_BYTES = 2 << 20
 KEYS = 200
 
 
@@ -226,7 +229,7 @@ def test_three_member_etcd_loses_its_raft_leader_under_commit_load(
 def test_etcd_quota_alarm_stops_the_leader_with_its_reason(tmp_path: Path) -> None:
     """etcd over its quota refuses the leader's decision pieces: the node stops serving with
     gate key etcd-quota, and every commit it acknowledged reads back from the keys in etcd."""
-    quota = ("--quota-backend-bytes=2097152",)
+    quota = (f"--quota-backend-bytes={QUOTA_BYTES}",)
     with EtcdMember(tmp_path / "etcd", extra_args=quota) as etcd:
         with OracleCluster(tmp_path, etcd.endpoint, size=1, lease_ttl_s=LEASE_TTL_S) as cluster:
             node = cluster.wait_for_leader()
@@ -234,7 +237,9 @@ def test_etcd_quota_alarm_stops_the_leader_with_its_reason(tmp_path: Path) -> No
             start = client.get_timestamps(1).first
             acknowledged: dict[int, Any] = {}
             refused = None
-            for txn_id in range(1, 2000):
+            # Pieces are small: filler keys bring the quota near, so that a piece crosses it.
+            asyncio.run(fill_up_to(etcd.endpoint, QUOTA_BYTES - (128 << 10)))
+            for txn_id in range(1, 5000):
                 txn = pb.Transaction(
                     txn_id=txn_id,
                     start_ts=pb.Timestamp(
@@ -264,6 +269,22 @@ def test_etcd_quota_alarm_stops_the_leader_with_its_reason(tmp_path: Path) -> No
             assert isinstance(decided, Committed), (txn_id, decided)
             assert decided.commit_ts.physical == result.commit_ts.physical
             assert decided.commit_ts.logical == result.commit_ts.logical
+
+
+async def fill_up_to(endpoint: str, total_bytes: int) -> None:
+    """Filler keys until etcd's database file reaches ``total_bytes``: 4 KiB each (bbolt grows
+    its file by leaps for larger values), 32 KiB between looks at the size (etcd updates it
+    once a backend commit, every 100 ms)."""
+    client = EtcdClient([endpoint], timeout_s=5.0)
+    try:
+        for n in itertools.count():
+            if (await client.db_size()).total >= total_bytes:
+                return
+            for k in range(8):
+                await client.put(f"/filler/{n}/{k}".encode(), bytes(4 << 10))
+            await asyncio.sleep(0.11)
+    finally:
+        await client.close()
 
 
 async def replay_decisions(endpoint: str, engine: CommitEngine) -> None:

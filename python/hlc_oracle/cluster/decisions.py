@@ -4,7 +4,9 @@ where the next leader finds them (the durable step's etcd store, its recovery an
 Keys, under the cluster's prefix (``/hlc-oracle/<name>/``):
 
 - ``decisions/<epoch>/<seq>``, both numbers zero-padded to 20 digits so that key order is
-  (epoch, seq) order: one piece of a decided batch, the engine's encoded decision records
+  (epoch, seq) order: one piece of a decided batch, its decisions in the piece format
+  (``rust/src/commit/piece.rs``: versioned; version 2 keeps about 14 bytes a commit and no write
+  sets; version-1 pieces of earlier releases still replay)
   (:class:`~hlc_oracle.durable.ExternalDurableStep` hands them out, at most ``max_batch_bytes``
   each: a batch over etcd's request limit is split, never refused). ``seq`` runs on across terms:
   a new leader continues after the newest stored piece.

@@ -148,6 +148,16 @@ class RangePage:
     revision: int
 
 
+@dataclass(frozen=True)
+class DbSize:
+    """A member's database: the file's size (what etcd's quota counts), the part of it in use
+    (the rest is free pages, reused before the file grows), and the store's revision."""
+
+    total: int
+    in_use: int
+    revision: int
+
+
 def get(key: bytes) -> Any:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
 
@@ -300,6 +310,13 @@ class EtcdClient:
         request = rpc.AlarmRequest(action=rpc.AlarmRequest.GET, memberID=0, alarm=rpc.NONE)
         reply = await self._call("alarm list", maintenance.Alarm, request, None)
         return any(alarm.alarm == rpc.NOSPACE for alarm in reply.alarms)
+
+    async def db_size(self) -> DbSize:
+        """The database size of the member the call reaches (etcd's Status RPC)."""
+        self._connect()
+        maintenance = rpc_pb2_grpc.MaintenanceStub(self._channel)
+        reply = await self._call("status", maintenance.Status, rpc.StatusRequest(), None)
+        return DbSize(int(reply.dbSize), int(reply.dbSizeInUse), int(reply.header.revision))
 
     async def put(self, key: bytes, value: bytes) -> int:
         reply = await self._call("put", self.kv.Put, rpc.PutRequest(key=key, value=value), None)

@@ -23,8 +23,8 @@
 //!   leader decides by reading the store; nothing is guessed here) and stops the engine: every
 //!   later batch is refused until the engine is opened again.
 //!
-//! A piece is `version u8 = 1 | per record: len u32 (little-endian) | record`; records are the
-//! commit log's payloads ([`super::record`]), so recovery replays both stores the same way.
+//! A piece's format is in [`super::piece`] (version 2, compact; version 1 pieces, the commit
+//! log's records framed, still replay).
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fmt;
@@ -35,7 +35,7 @@ use crate::conflict::TxnId;
 use crate::log::{CommitLog, LogError};
 use crate::timestamp::Timestamp;
 
-const PIECE_VERSION: u8 = 1;
+const PIECE_VERSION: u8 = super::piece::VERSION_1;
 /// Default cap of one piece: etcd refuses requests over 1.5 MiB by default, and the txn that
 /// carries a piece adds its key, the fence compares and gRPC framing.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 1 << 20;
@@ -200,25 +200,13 @@ impl ExternalBatches {
         }
     }
 
-    /// Splits `payloads` into pieces of at most `max_batch_bytes` (a record larger than that goes
-    /// alone in its piece) and numbers them.
-    fn hand_out(&mut self, payloads: &[&[u8]]) -> Vec<(u64, Vec<u8>)> {
-        let mut pieces = Vec::new();
-        let mut piece = vec![PIECE_VERSION];
-        for payload in payloads {
-            if piece.len() > 1 && piece.len() + 4 + payload.len() > self.max_batch_bytes {
-                pieces.push(std::mem::replace(&mut piece, vec![PIECE_VERSION]));
-            }
-            piece.extend_from_slice(
-                &u32::try_from(payload.len())
-                    .unwrap_or(u32::MAX)
-                    .to_le_bytes(),
-            );
-            piece.extend_from_slice(payload);
-        }
-        if piece.len() > 1 {
-            pieces.push(piece);
-        }
+    /// The largest piece handed out (a single larger record goes alone in its piece).
+    pub fn max_batch_bytes(&self) -> usize {
+        self.max_batch_bytes
+    }
+
+    /// Numbers the pieces of one batch (encoded by [`super::piece::PieceEncoder`]).
+    pub fn hand_out(&mut self, pieces: Vec<Vec<u8>>) -> Vec<(u64, Vec<u8>)> {
         pieces
             .into_iter()
             .map(|piece| {
@@ -328,7 +316,7 @@ impl ExternalBatches {
     }
 }
 
-/// The records of one piece, in order.
+/// The records of one version-1 piece, in order.
 pub fn decode_piece(piece: &[u8]) -> Result<Vec<&[u8]>, RecordError> {
     let Some((&version, mut rest)) = piece.split_first() else {
         return Err(RecordError("empty decision batch"));
@@ -360,29 +348,18 @@ pub enum DurableStep {
     External(ExternalBatches),
 }
 
-/// What happened to a batch's records in [`DurableStep::persist`].
-pub enum Persisted {
-    /// Durable (or as durable as the mode asks): record and answer now.
-    Now,
-    /// Handed out: record now (so later batches see them), answer when confirmed.
-    HandedOut(Vec<(u64, Vec<u8>)>),
-}
-
 impl DurableStep {
-    /// Makes one batch's records durable, or hands them out. An error means nothing of the batch
-    /// was written.
+    /// Makes one batch's records durable (memory: nowhere; the local log: one write). An error
+    /// means nothing of the batch was written. An external step's pieces are encoded by the
+    /// engine ([`super::piece`]) and numbered by [`ExternalBatches::hand_out`] instead.
     pub fn persist(
         &mut self,
         payloads: &[&[u8]],
         newest_decided: Option<Timestamp>,
-    ) -> Result<Persisted, LogError> {
+    ) -> Result<(), LogError> {
         match self {
-            Self::Memory => Ok(Persisted::Now),
-            Self::Local(log) => {
-                log.append(payloads, newest_decided)?;
-                Ok(Persisted::Now)
-            }
-            Self::External(external) => Ok(Persisted::HandedOut(external.hand_out(payloads))),
+            Self::Local(log) => log.append(payloads, newest_decided),
+            Self::Memory | Self::External(_) => Ok(()),
         }
     }
 
@@ -437,27 +414,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pieces_split_by_bytes_and_decode_back() {
+    fn pieces_are_numbered_on_from_the_first_seq() {
         let mut external = ExternalBatches::new(5, 64);
-        let records: Vec<Vec<u8>> = (0u8..10).map(|i| vec![i; 20]).collect();
-        let payloads: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
-        let pieces = external.hand_out(&payloads);
-        assert!(pieces.len() > 1);
+        let pieces = external.hand_out(vec![vec![2], vec![2, 0]]);
         assert_eq!(
             pieces.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
-            (5..5 + pieces.len() as u64).collect::<Vec<_>>()
+            vec![5, 6]
         );
-        let mut back = Vec::new();
-        for (_, piece) in &pieces {
-            assert!(piece.len() <= 64);
-            back.extend(decode_piece(piece).unwrap());
-        }
-        assert_eq!(back, payloads);
-        // A record over the cap goes alone, never refused.
-        let big = vec![7u8; 100];
-        let pieces = external.hand_out(&[b"a".as_slice(), &big, b"b".as_slice()]);
-        assert_eq!(pieces.len(), 3);
-        assert_eq!(decode_piece(&pieces[1].1).unwrap(), vec![big.as_slice()]);
+        assert_eq!(external.next_batch_seq(), 7);
+        assert_eq!(external.pending_pieces(), 2);
     }
 
     #[test]

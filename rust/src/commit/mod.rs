@@ -43,6 +43,7 @@
 
 mod decisions;
 pub mod durable;
+pub mod piece;
 pub mod record;
 pub mod stream;
 pub mod wire;
@@ -59,7 +60,8 @@ use crate::timestamp::{Timestamp, MAX_LOGICAL, MAX_PHYSICAL};
 pub use decisions::{Decision, DecisionIndex};
 pub use durable::{ConfirmError, Handout, Released};
 
-use durable::{DurableStep, ExternalBatches, LocalLog, Persisted};
+use durable::{DurableStep, ExternalBatches, LocalLog};
+use piece::PieceEncoder;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -472,10 +474,14 @@ impl CommitEngine {
                 commit_ts,
                 writes,
             } => {
-                let txn = Transaction::new(txn_id, start_ts, Vec::<Vec<u8>>::new(), writes, None);
-                // A commit older than a key's remembered one changes nothing; a logged commit is
-                // always after its start, so recording cannot fail on a sound log.
-                let _ = self.detector.record(&txn, commit_ts);
+                if !writes.is_empty() {
+                    // (A compact piece carries no write set: see `piece.rs`.)
+                    let txn =
+                        Transaction::new(txn_id, start_ts, Vec::<Vec<u8>>::new(), writes, None);
+                    // A commit older than a key's remembered one changes nothing; a logged
+                    // commit is always after its start, so recording cannot fail on a sound log.
+                    let _ = self.detector.record(&txn, commit_ts);
+                }
                 self.remember(
                     txn_id,
                     Decision {
@@ -532,12 +538,7 @@ impl CommitEngine {
             seq: batch_seq,
             detail: format!("decision batch: {err}"),
         };
-        let records = durable::decode_piece(piece).map_err(bad)?;
-        let decisions = records
-            .into_iter()
-            .map(record::decode)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(bad)?;
+        let decisions = piece::decode(piece).map_err(bad)?;
         let mut recovery = EngineRecovery::default();
         for decision in decisions {
             self.replay(decision, &mut recovery);
@@ -994,8 +995,14 @@ impl CommitEngine {
             return Vec::new();
         }
         let newest = self.newest_decided_after(&batch.decided, now);
-        if matches!(self.durable, DurableStep::Memory) {
-            return Vec::new();
+        match &mut self.durable {
+            DurableStep::Memory => return Vec::new(),
+            DurableStep::External(external) => {
+                let mut encoder = PieceEncoder::new(external.max_batch_bytes());
+                Self::encode_pieces(&mut encoder, batch);
+                return external.hand_out(encoder.into_pieces());
+            }
+            DurableStep::Local(_) => {}
         }
         self.encode_decisions(batch);
         let payloads: Vec<&[u8]> = self
@@ -1003,16 +1010,31 @@ impl CommitEngine {
             .iter()
             .map(|&(start, end)| &self.buffer[start..end])
             .collect();
-        match self.durable.persist(&payloads, newest) {
-            Ok(Persisted::Now) => Vec::new(),
-            Ok(Persisted::HandedOut(pieces)) => pieces,
-            Err(err) => {
-                // Not logged, so not decided: answer with the error and remember nothing.
-                let message = err.to_string();
-                for (i, _) in batch.decided.drain(..) {
-                    batch.answers[i] = Some(Err(SubmitError::Log(message.clone())));
+        if let Err(err) = self.durable.persist(&payloads, newest) {
+            // Not logged, so not decided: answer with the error and remember nothing.
+            let message = err.to_string();
+            for (i, _) in batch.decided.drain(..) {
+                batch.answers[i] = Some(Err(SubmitError::Log(message.clone())));
+            }
+        }
+        Vec::new()
+    }
+
+    /// The batch's new decisions in an external step's pieces (no write sets: see `piece.rs`).
+    fn encode_pieces(encoder: &mut PieceEncoder, batch: &Batch<'_, '_>) {
+        for (i, decision) in &batch.decided {
+            match (&decision.outcome, batch.requests[*i]) {
+                (Outcome::Committed(commit_ts), Request::Commit(txn)) => encoder.committed(
+                    txn.id,
+                    decision.fingerprint.unwrap_or(0),
+                    txn.start_ts,
+                    *commit_ts,
+                ),
+                (Outcome::Aborted(AbortReason::Conflict(conflict)), Request::Commit(txn)) => {
+                    encoder.aborted(decision.fingerprint.unwrap_or(0), txn.start_ts, conflict);
                 }
-                Vec::new()
+                (_, Request::Abort(id)) => encoder.abort_requested(id, decision.decided_at),
+                (_, Request::Commit(txn)) => encoder.abort_requested(txn.id, decision.decided_at),
             }
         }
     }

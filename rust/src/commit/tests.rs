@@ -534,7 +534,8 @@ fn external_pieces_split_by_size_and_replay_on_another_engine() {
     assert_eq!(released.len(), 1);
     assert_eq!(released[0].answers.len(), 40);
 
-    // A new leader replays the pieces: decisions, conflict history and clock floor.
+    // A new leader replays the pieces: decisions and clock floor (no conflict history: its low
+    // watermark, the previous leader's window limit, aborts what started under that leader).
     let other_physical = Arc::new(ManualClock::new(1_000_000).unwrap());
     let other_clock = clock_at(&other_physical);
     let mut successor = external_engine(&other_clock, 300);
@@ -549,6 +550,7 @@ fn external_pieces_split_by_size_and_replay_on_another_engine() {
     let last_ts = committed(&released[0].answers[39]);
     assert_eq!(successor.status(40), Some(&Outcome::Committed(last_ts)));
     assert!(other_clock.last() >= last_ts);
+    successor.raise_low_watermark(clock.last());
     let late = successor.decide(
         &other_clock,
         &[Request::Commit(&txn(99, start, &[], &["key-0001"]))],
