@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup system build proto serve test lint rust-test python-test bench bench-smoke clean
+.PHONY: setup system build proto serve cluster test lint rust-test python-test bench bench-smoke clean
 
 setup: system build
 
@@ -31,6 +31,10 @@ proto:
 
 serve: setup
 	$(BIN)/hlc-oracle serve
+
+# A local cluster to try: one etcd member and three nodes on 127.0.0.1, until Ctrl-C.
+cluster: build
+	$(BIN)/hlc-oracle cluster
 
 lint: build
 	cargo fmt --check

@@ -1,8 +1,10 @@
-"""The ``hlc-oracle`` command: ``serve``, ``now``, ``status``, ``txn``, ``skew``, ``bench``.
+"""The ``hlc-oracle`` command: ``serve``, ``now``, ``status``, ``txn``, ``skew``, ``bench``,
+``cluster``.
 
-One module per command family: ``serve``, ``calls`` (``now``, ``status``, ``txn``), ``bench``
-and ``skew``; ``options`` holds the options every client command shares and the argument types,
-``exit_codes`` the codes and what each means for every command (``--help`` prints the table).
+One module per command family: ``serve``, ``calls`` (``now``, ``status``, ``txn``), ``bench``,
+``skew`` and ``cluster`` (a local cluster to try); ``options`` holds the options every client
+command shares and the argument types, ``exit_codes`` the codes and what each means for every
+command (``--help`` prints the table).
 No parser accepts abbreviated options: ``serve --port 50061`` is an error, not ``--port-file``.
 """
 
@@ -16,7 +18,7 @@ from importlib import metadata
 from typing import Any
 
 from hlc_oracle import config as config_module
-from hlc_oracle.cli import _grpc_core_logs, bench, calls, serve, skew  # noqa: F401 (first)
+from hlc_oracle.cli import _grpc_core_logs, bench, calls, cluster, serve, skew  # noqa: F401 (first)
 from hlc_oracle.cli.exit_codes import (
     EXIT_DISABLED,
     EXIT_FAILED,
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     calls.add_parsers(commands)
     skew.add_parser(commands)
     bench.add_parser(commands)
+    cluster.add_parser(commands)
     return parser
 
 
@@ -90,6 +93,7 @@ COMMANDS = {
     "skew": skew.run,
     "txn": calls.cmd_txn,
     "bench": bench.run,
+    "cluster": cluster.run,
 }
 
 
