@@ -86,13 +86,21 @@ class OracleCluster(StartedFixture):
     def node_args(self, node_id: int, address: str) -> list[str]:
         return [
             "--listen", address,
-            "--advertise", address,
-            "--etcd-endpoints", self.etcd_endpoints,
+            "--advertise", self.advertised(node_id, address),
+            "--etcd-endpoints", self.etcd_endpoints_of(node_id),
             "--node-id", str(node_id),
             "--set", f"cluster.lease_ttl_s={self.lease_ttl_s}",
             "--shutdown-grace", "2",
             *self.extra_args,
         ]  # fmt: skip
+
+    # Hooks for a cluster whose nodes reach etcd and each other through proxies
+    # (tests/integration/nemesis.py): each node's etcd endpoints, and the address it advertises.
+    def etcd_endpoints_of(self, node_id: int) -> str:
+        return self.etcd_endpoints
+
+    def advertised(self, node_id: int, address: str) -> str:
+        return address
 
     @property
     def targets(self) -> list[str]:
