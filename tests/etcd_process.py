@@ -6,6 +6,9 @@
         cluster.endpoints                                 # ['127.0.0.1:<port>', ...]
         cluster.members[0].kill()                         # kill -9 by pid; restart() brings it back
     # every member stopped (SIGTERM, then SIGKILL) and its data dir removed; logs stay
+    tls = EtcdTls(ca, server_cert, server_key, client_cert, client_key)   # certificates by path
+    with EtcdMember(tmp_path / "etcd", tls=tls) as etcd:  # https, client certificates required
+        etcd.enable_auth("/hlc-oracle/test/")             # root, a role, user ``oracle``; auth on
 
 Each member runs Debian's ``etcd`` (``scripts/setup-system.sh`` installs it) on free loopback ports
 with its own temporary data dir (in memory where possible: :func:`data_root`) and
@@ -14,6 +17,14 @@ grants leases from 1 s (its minimum TTL is 1.5 x the election timeout). A three-
 takes about 2.3 s, since each new member first asks its peers, 1 s each, whether the cluster
 exists. The log goes to ``<dir>/etcd.log`` (``--logger zap --log-outputs``); failures quote its
 tail.
+
+With ``tls``, the member serves https and demands a client certificate signed by the CA
+(``--client-cert-auth``: with auth on, the certificate's CN is the user), and the fixture's own
+health checks and ``etcdctl`` calls present ``tls.client_cert``, whose CN should be ``root``.
+:meth:`EtcdMember.enable_auth` sets etcd's auth up as an operator would, with ``etcdctl``: the
+``root`` user, a role with readwrite on one key prefix only, a user ``oracle`` with that role
+(with a password, or none: then only a certificate with CN ``oracle`` logs in as it), and
+``auth enable``.
 
 Free ports are probed, then handed to etcd (peer URLs must be known before a cluster starts, so
 etcd cannot bind port 0 here); another process can take one in between, so a member that fails to
@@ -26,11 +37,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -41,6 +54,46 @@ STOP_TIMEOUT_S = 10.0
 BIND_ATTEMPTS = 3
 HEARTBEAT_INTERVAL_MS = 10
 ELECTION_TIMEOUT_MS = 100
+
+
+#: The password of etcd's ``root`` user after :meth:`EtcdMember.enable_auth`.
+ROOT_PASSWORD = "root-password"
+#: The role :meth:`EtcdMember.enable_auth` grants the ``oracle`` user.
+ORACLE_ROLE = "hlc-oracle"
+
+
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM files: the CA, the member's server certificate and key, and the client certificate
+    and key the fixture itself uses (health checks, ``etcdctl``)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def flags(self) -> list[str]:
+        return [
+            "--cert-file", str(self.server_cert),
+            "--key-file", str(self.server_key),
+            "--trusted-ca-file", str(self.ca),
+            "--client-cert-auth",
+        ]  # fmt: skip
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+
+def etcdctl_path() -> str:
+    path = shutil.which("etcdctl") or (
+        "/usr/bin/etcdctl" if Path("/usr/bin/etcdctl").exists() else None
+    )
+    if path is None:
+        raise RuntimeError("etcdctl is not installed: run `make system` (scripts/setup-system.sh)")
+    return path
 
 
 def etcd_path() -> str:
@@ -79,9 +132,11 @@ class EtcdMember(StartedFixture):
         cluster_token: str | None = None,
         extra_args: tuple[str, ...] = (),
         on_disk: bool = False,
+        tls: EtcdTls | None = None,
     ) -> None:
         self.directory = directory
         self.name = name
+        self.tls = tls
         self.client_port = client_port or 0
         self.peer_port = peer_port or 0
         self._fixed_ports = client_port is not None
@@ -105,7 +160,7 @@ class EtcdMember(StartedFixture):
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     @property
     def peer_url(self) -> str:
@@ -132,6 +187,7 @@ class EtcdMember(StartedFixture):
             "--election-timeout", str(ELECTION_TIMEOUT_MS),
             "--logger", "zap",
             "--log-outputs", str(self.log_path),
+            *(self.tls.flags() if self.tls else ()),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -166,11 +222,57 @@ class EtcdMember(StartedFixture):
             time.sleep(0.02)
 
     def healthy(self) -> bool:
+        context = self.tls.ssl_context() if self.tls else None
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=1) as response:
+            with urllib.request.urlopen(
+                f"{self.client_url}/health", timeout=1, context=context
+            ) as response:
                 return b'"health":"true"' in response.read()
         except (urllib.error.URLError, OSError):
             return False
+
+    def etcdctl(self, *args: str, user: str | None = None) -> str:
+        """Runs ``etcdctl`` against this member (with the fixture's client certificate under
+        TLS, as ``user`` ``name:password`` when given); its output, or ``RuntimeError``."""
+        command = [etcdctl_path(), "--endpoints", self.client_url, "--dial-timeout", "5s"]
+        if self.tls:
+            command += [
+                "--cacert", str(self.tls.ca),
+                "--cert", str(self.tls.client_cert),
+                "--key", str(self.tls.client_key),
+            ]  # fmt: skip
+        if user:
+            command += ["--user", user]
+        result = subprocess.run(
+            [*command, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "ETCDCTL_API": "3"},
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def enable_auth(self, prefix: str, oracle_password: str | None = None) -> None:
+        """etcd's auth on, as an operator sets it up: ``root`` (password :data:`ROOT_PASSWORD`),
+        the role :data:`ORACLE_ROLE` with readwrite on ``prefix`` only, and the user ``oracle``
+        with that role (``oracle_password``; none: it logs in by certificate CN only)."""
+        self.etcdctl("user", "add", f"root:{ROOT_PASSWORD}")
+        self.etcdctl("user", "grant-role", "root", "root")
+        self.etcdctl("role", "add", ORACLE_ROLE)
+        self.etcdctl("role", "grant-permission", ORACLE_ROLE, "readwrite", prefix, "--prefix=true")
+        if oracle_password is None:
+            self.etcdctl("user", "add", "oracle", "--no-password")
+        else:
+            self.etcdctl("user", "add", f"oracle:{oracle_password}")
+        self.etcdctl("user", "grant-role", "oracle", ORACLE_ROLE)
+        self.etcdctl("auth", "enable")
+
+    def as_root(self, *args: str) -> str:
+        """``etcdctl`` as ``root`` once auth is on."""
+        return self.etcdctl(*args, user=f"root:{ROOT_PASSWORD}")
 
     def start(self) -> Self:
         """Starts a lone member (fresh ports on a bind failure) and waits until it answers."""

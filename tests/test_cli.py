@@ -247,6 +247,19 @@ def test_serve_with_bad_tls_files_exits_2(tmp_path: Path) -> None:
         assert str(cert) in done.stderr
 
 
+def test_serve_with_the_key_of_another_certificate_exits_2(tmp_path: Path) -> None:
+    from tests.integration.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    cert, key = pki["server.pem"], pki["client-key.pem"]
+    done = run_cli(
+        "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
+        "--tls-cert", str(cert), "--tls-key", str(key), "--log-format", "text",
+    )  # fmt: skip
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert f"the TLS key {key} and certificate {cert}: the key does not match" in done.stderr
+
+
 def test_skew_json_shows_the_default_policies() -> None:
     # Port 1 on loopback answers nothing usable: state unknown, exit 3, and the JSON says what a
     # node with the default configuration would do (unknown_policy warn).

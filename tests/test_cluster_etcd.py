@@ -53,7 +53,7 @@ async def candidates(
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["", "localhost", "127.0.0.1:0", "127.0.0.1:70000", "https://h:1", "h:x"]
+    "endpoint", ["", "localhost", "127.0.0.1:0", "127.0.0.1:70000", "ftp://h:1", "h:x"]
 )
 def test_malformed_endpoints_are_named(endpoint: str) -> None:
     with pytest.raises(EndpointError, match="is not host:port"):
@@ -62,6 +62,9 @@ def test_malformed_endpoints_are_named(endpoint: str) -> None:
 
 def test_one_channel_target_names_every_endpoint() -> None:
     assert channel_target(["127.0.0.1:1", "localhost:2"]) == "ipv4:127.0.0.1:1,127.0.0.1:2"
+    assert channel_target(["https://127.0.0.1:1", "http://localhost:2"]) == (
+        "ipv4:127.0.0.1:1,127.0.0.1:2"
+    )
 
 
 def test_campaign_epochs_and_the_fence(etcd: EtcdMember) -> None:

@@ -212,9 +212,9 @@ def test_cluster_flags_reach_the_configuration() -> None:
     ("cluster", "message"),
     [
         (
-            {"etcd_endpoints": "127.0.0.1:2379,http://127.0.0.1:2380"},
-            "cluster.etcd_endpoints must be host:port with a port in 1..65535, "
-            "got 'http://127.0.0.1:2380'",
+            {"etcd_endpoints": "127.0.0.1:2379,ftp://127.0.0.1:2380"},
+            "cluster.etcd_endpoints must be host:port, http://host:port or https://host:port "
+            "with a port in 1..65535, got 'ftp://127.0.0.1:2380'",
         ),
         ({"etcd_endpoints": "etcd-0"}, "cluster.etcd_endpoints must be host:port.*got 'etcd-0'"),
         ({"etcd_endpoints": "etcd:99999"}, "got 'etcd:99999'"),
@@ -222,6 +222,30 @@ def test_cluster_flags_reach_the_configuration() -> None:
         ({"etcd_endpoints": ":2379"}, "got ':2379'"),
         ({"etcd_endpoints": "::1:2379"}, "got '::1:2379'"),
         ({"etcd_endpoints": "a:1,a:1"}, "must list each endpoint once, got 'a:1' twice"),
+        (
+            {"etcd_endpoints": "http://a:1,https://b:1"},
+            "cluster.etcd_endpoints must use one scheme .*got http:// and https://",
+        ),
+        (
+            {"etcd_endpoints": "a:1", "etcd_cert": "c.pem"},
+            "cluster.etcd_cert must be set together with cluster.etcd_key, got 'c.pem'",
+        ),
+        (
+            {"etcd_endpoints": "a:1", "etcd_key": "k.pem"},
+            "cluster.etcd_key must be set together with cluster.etcd_cert, got 'k.pem'",
+        ),
+        (
+            {"etcd_endpoints": "http://a:1", "etcd_ca": "ca.pem"},
+            r"cluster.etcd_ca \(TLS\) cannot go with http:// endpoints",
+        ),
+        (
+            {"etcd_endpoints": "a:1", "etcd_user": "oracle"},
+            "cluster.etcd_user needs cluster.etcd_password_file .*got user 'oracle'",
+        ),
+        (
+            {"etcd_endpoints": "a:1", "etcd_password_file": "pw"},
+            "cluster.etcd_password_file needs cluster.etcd_user, got 'pw'",
+        ),
         ({"lease_ttl_s": "0"}, "cluster.lease_ttl_s must be in 1..3600, got 0"),
         ({"lease_ttl_s": "-3"}, "cluster.lease_ttl_s must be in 1..3600, got -3"),
         ({"lease_ttl_s": "1.5"}, "cluster.lease_ttl_s must be int, got '1.5'"),
@@ -238,6 +262,41 @@ def test_bad_cluster_settings_name_the_value(cluster: dict[str, str], message: s
     with pytest.raises(ConfigError, match=message) as raised:
         load(environ={}, overrides={"cluster": cluster})
     assert str(raised.value).startswith("command line: cluster.")
+
+
+def test_etcd_tls_and_auth_settings_from_flags_and_the_environment() -> None:
+    from hlc_oracle.cli import build_parser
+    from hlc_oracle.cli.serve import _overrides
+
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--etcd-endpoints", "https://etcd-0:2379,etcd-1:2379",
+            "--etcd-cert", "/certs/oracle.pem",
+            "--etcd-key", "/certs/oracle-key.pem",
+        ]
+    )  # fmt: skip
+    environ = {
+        "HLC_ORACLE_CLUSTER_ETCD_CA": "/certs/ca.pem",
+        "HLC_ORACLE_CLUSTER_ETCD_USER": "oracle",
+        "HLC_ORACLE_CLUSTER_ETCD_PASSWORD_FILE": "/secrets/etcd-password",
+    }
+    cluster = load(environ=environ, overrides=_overrides(args)).cluster
+    assert (cluster.etcd_ca, cluster.etcd_cert, cluster.etcd_key) == (
+        Path("/certs/ca.pem"),
+        Path("/certs/oracle.pem"),
+        Path("/certs/oracle-key.pem"),
+    )
+    assert (cluster.etcd_user, cluster.etcd_password_file) == (
+        "oracle",
+        Path("/secrets/etcd-password"),
+    )
+    assert cluster.etcd_tls
+    plaintext = load(environ={}, overrides={"cluster": {"etcd_endpoints": "http://a:1,b:2"}})
+    assert not plaintext.cluster.etcd_tls
+    # A CA alone turns TLS on for host:port endpoints, as etcdctl's --cacert does.
+    with_ca = load(environ={}, overrides={"cluster": {"etcd_endpoints": "a:1", "etcd_ca": "c"}})
+    assert with_ca.cluster.etcd_tls
 
 
 def test_bad_endpoint_in_the_file_names_the_value(tmp_path: Path) -> None:

@@ -151,9 +151,35 @@ class LogSection:
 class ClusterSection:
     etcd_endpoints: tuple[str, ...] = setting(
         (),
-        "etcd client endpoints, host:port (comma-separated on the command line and in the "
-        "environment); empty: standalone, one node with its local window file and commit log",
+        "etcd client endpoints, host:port, http://host:port or https://host:port, one scheme "
+        "for all (comma-separated on the command line and in the environment); empty: "
+        "standalone, one node with its local window file and commit log",
         "--etcd-endpoints",
+    )
+    etcd_ca: Path | None = setting(
+        None,
+        "PEM CA bundle that signed etcd's server certificates: connect to etcd with TLS "
+        "(https:// endpoints do too, trusting the system's CAs without it)",
+        "--etcd-ca",
+    )
+    etcd_cert: Path | None = setting(
+        None,
+        "PEM client certificate for etcd's --client-cert-auth (TLS); with etcd's auth on and "
+        "no etcd_user, etcd takes the user from its CN",
+        "--etcd-cert",
+    )
+    etcd_key: Path | None = setting(None, "PEM private key of etcd_cert", "--etcd-key")
+    etcd_user: str | None = setting(
+        None,
+        "etcd user (etcd's auth), with etcd_password_file; unset: the user is etcd_cert's CN, "
+        "or etcd's auth is off",
+        "--etcd-user",
+    )
+    etcd_password_file: Path | None = setting(
+        None,
+        "file holding etcd_user's password (its first line); there is no password setting, so "
+        "none shows on a command line",
+        "--etcd-password-file",
     )
     name: str = setting(
         "hlc-oracle",
@@ -188,15 +214,39 @@ class ClusterSection:
     def clustered(self) -> bool:
         return bool(self.etcd_endpoints)
 
+    @property
+    def etcd_tls(self) -> bool:
+        """Whether the link to etcd uses TLS: https:// endpoints, or a CA or client certificate
+        given (as etcdctl does with --cacert or --cert)."""
+        schemes = {split_scheme(endpoint)[0] for endpoint in self.etcd_endpoints}
+        return "https" in schemes or self.etcd_ca is not None or self.etcd_cert is not None
+
     def validate(self) -> None:
         seen: set[str] = set()
+        schemes: set[str | None] = set()
         for endpoint in self.etcd_endpoints:
-            check_host_port(endpoint, "cluster.etcd_endpoints", allow_port_zero=False)
-            if endpoint in seen:
+            if not isinstance(endpoint, str):
+                check_host_port(endpoint, "cluster.etcd_endpoints", allow_port_zero=False)
+            scheme, address = split_scheme(endpoint)
+            try:
+                check_host_port(address, "cluster.etcd_endpoints", allow_port_zero=False)
+            except ConfigError:
+                raise ConfigError(
+                    "cluster.etcd_endpoints must be host:port, http://host:port or "
+                    f"https://host:port with a port in 1..65535, got {endpoint!r}"
+                ) from None
+            if address in seen:
                 raise ConfigError(
                     f"cluster.etcd_endpoints must list each endpoint once, got {endpoint!r} twice"
                 )
-            seen.add(endpoint)
+            seen.add(address)
+            schemes.add(scheme)
+        if {"http", "https"} <= schemes:
+            raise ConfigError(
+                "cluster.etcd_endpoints must use one scheme (one channel to every member), got "
+                f"http:// and https:// in {','.join(self.etcd_endpoints)!r}"
+            )
+        self._validate_etcd_security("http" in schemes)
         if not self.name or "/" in self.name or self.name != self.name.strip():
             raise ConfigError(
                 "cluster.name must be non-empty, without '/' or surrounding spaces (it is one "
@@ -213,6 +263,50 @@ class ClusterSection:
                 f"cluster.decision_retention_s must be in {MIN_DECISION_RETENTION_S:g}.."
                 f"{MAX_DECISION_RETENTION_S:g}, got {self.decision_retention_s:g}"
             )
+
+    def _validate_etcd_security(self, plaintext_scheme: bool) -> None:
+        if (self.etcd_cert is None) != (self.etcd_key is None):
+            given, missing = (
+                ("cluster.etcd_cert", "cluster.etcd_key")
+                if self.etcd_key is None
+                else ("cluster.etcd_key", "cluster.etcd_cert")
+            )
+            path = self.etcd_cert or self.etcd_key
+            raise ConfigError(
+                f"{given} must be set together with {missing}, got {str(path)!r} without it"
+            )
+        if plaintext_scheme and (self.etcd_ca is not None or self.etcd_cert is not None):
+            setting_name = "cluster.etcd_ca" if self.etcd_ca is not None else "cluster.etcd_cert"
+            raise ConfigError(
+                f"{setting_name} (TLS) cannot go with http:// endpoints (plaintext): write "
+                f"https:// or host:port, got {','.join(self.etcd_endpoints)!r}"
+            )
+        if (self.etcd_user is None) != (self.etcd_password_file is None):
+            if self.etcd_user is None:
+                raise ConfigError(
+                    "cluster.etcd_password_file needs cluster.etcd_user, got "
+                    f"{str(self.etcd_password_file)!r} without it"
+                )
+            raise ConfigError(
+                "cluster.etcd_user needs cluster.etcd_password_file (the password is read from "
+                f"a file, never given as a setting), got user {self.etcd_user!r} without it"
+            )
+        if self.etcd_user is not None and (
+            not self.etcd_user or self.etcd_user != self.etcd_user.strip()
+        ):
+            raise ConfigError(
+                "cluster.etcd_user must be non-empty, without surrounding spaces, got "
+                f"{self.etcd_user!r}"
+            )
+
+
+def split_scheme(endpoint: str) -> tuple[str | None, str]:
+    """``("https", "host:port")`` for ``https://host:port``; ``(None, text)`` without a scheme."""
+    for scheme in ("http", "https"):
+        prefix = f"{scheme}://"
+        if endpoint.lower().startswith(prefix):
+            return scheme, endpoint[len(prefix) :]
+    return None, endpoint
 
 
 # An hour: a longer lease only delays the replacement of a dead leader.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 _BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 
@@ -77,3 +78,49 @@ def certificate_not_after(pem: bytes) -> datetime.datetime:
         return x509.load_pem_x509_certificate(pem).not_valid_after_utc
     except ValueError as err:
         raise PemError(f"not an X.509 certificate: {err}") from err
+
+
+def check_not_expired(pem: bytes, what: str, now: datetime.datetime | None = None) -> None:
+    """Raises :class:`PemError` naming ``what`` when the first certificate in ``pem`` has expired
+    or is not valid yet."""
+    try:
+        certificate = x509.load_pem_x509_certificate(pem)
+    except ValueError as err:
+        raise PemError(f"{what} is not an X.509 certificate: {err}") from err
+    now = now or datetime.datetime.now(datetime.UTC)
+    if certificate.not_valid_after_utc <= now:
+        raise PemError(f"{what} expired at {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+    if certificate.not_valid_before_utc > now:
+        raise PemError(
+            f"{what} is not valid until {certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+        )
+
+
+def check_key_pair(certificate_pem: bytes, key_pem: bytes, what: str) -> None:
+    """Raises :class:`PemError` unless the private key in ``key_pem`` belongs to the first
+    certificate in ``certificate_pem`` (gRPC would only fail the handshake, without saying why).
+    ``what`` names the pair ("the etcd client certificate a.pem and key b.pem")."""
+    try:
+        certificate = x509.load_pem_x509_certificate(certificate_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as err:
+        # TypeError: an encrypted key (gRPC cannot take a passphrase either).
+        raise PemError(f"{what}: cannot be loaded: {err}") from err
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.DER
+    if key.public_key().public_bytes(encoding, public) != certificate.public_key().public_bytes(
+        encoding, public
+    ):
+        raise PemError(f"{what}: the key does not match the certificate (another pair's key?)")
+
+
+def certificate_common_name(pem: bytes) -> str | None:
+    """The CN of the first certificate in ``pem`` (what etcd takes as the user name under
+    ``--client-cert-auth``), or ``None`` when it has none or does not parse."""
+    try:
+        names = x509.load_pem_x509_certificate(pem).subject.get_attributes_for_oid(
+            x509.NameOID.COMMON_NAME
+        )
+    except ValueError:
+        return None
+    return str(names[0].value) if names else None

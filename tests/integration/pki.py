@@ -1,6 +1,7 @@
 """Test certificates, made with ``cryptography``: a CA, a server certificate for 127.0.0.1, client
-certificates good and bad (expired, from another CA), and server certificates near or past their
-expiry, written as PEM files.
+certificates good and bad (expired, from another CA), server certificates near or past their
+expiry, and etcd's users by CN (``oracle``, ``root``), written as PEM files. Each leaf's CN is its
+name.
 
     files = make_pki(tmp_path)   # {"ca.pem": Path, "server.pem": ..., "server-key.pem": ...}
 """
@@ -57,6 +58,9 @@ LEAVES = {
     "other-ca-client": (True, datetime.timedelta(days=365)),
     "expiring-server": (False, datetime.timedelta(days=10)),
     "expired-server": (False, datetime.timedelta(days=-2)),
+    # etcd's users, named by the certificate's CN under --client-cert-auth.
+    "oracle": (False, datetime.timedelta(days=365)),
+    "root": (False, datetime.timedelta(days=365)),
 }
 
 

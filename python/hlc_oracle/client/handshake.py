@@ -71,6 +71,26 @@ def material_of(credentials: Any) -> TlsMaterial | None:
 
 
 @dataclass(frozen=True)
+class Remedies:
+    """The settings each cause names, in the words of the program that connects: the client's
+    flags by default; a clustered node's link to etcd names its own (``cluster.etcd_*``)."""
+
+    #: Where the CA bundle is given.
+    ca: str = "--tls-ca; channel_credentials(ca) in code"
+    #: The CA bundle's setting, named when it does not hold the server's CA.
+    bundle: str = "--tls-ca"
+    #: How to connect without TLS.
+    plaintext: str = "connect without --tls-ca"
+    #: Where the client certificate and key are given.
+    client_certificate: str = "--tls-cert and --tls-key"
+    #: The server's setting that names the CAs it trusts for client certificates.
+    server_client_ca: str = "the server's tls.client_ca_file"
+
+
+CLIENT_REMEDIES = Remedies()
+
+
+@dataclass(frozen=True)
 class HandshakeFailure:
     """What :func:`diagnose` found: ``cause``, one sentence naming the likely cause."""
 
@@ -78,16 +98,24 @@ class HandshakeFailure:
 
 
 async def diagnose(
-    target: str, material: TlsMaterial | None, tls: bool, timeout: float = 2.0
+    target: str,
+    material: TlsMaterial | None,
+    tls: bool,
+    timeout: float = 2.0,
+    remedies: Remedies = CLIENT_REMEDIES,
 ) -> HandshakeFailure | None:
     """The handshake failure behind an unreachable ``target``, or ``None`` when the cause is not
     TLS (nothing listens, or the handshake works). ``tls`` says whether the channel used TLS;
     ``material`` is what it used, when known. Blocking work runs in a thread."""
-    return await asyncio.to_thread(diagnose_blocking, target, material, tls, timeout)
+    return await asyncio.to_thread(diagnose_blocking, target, material, tls, timeout, remedies)
 
 
 def diagnose_blocking(
-    target: str, material: TlsMaterial | None, tls: bool, timeout: float = 2.0
+    target: str,
+    material: TlsMaterial | None,
+    tls: bool,
+    timeout: float = 2.0,
+    remedies: Remedies = CLIENT_REMEDIES,
 ) -> HandshakeFailure | None:
     """:func:`diagnose`, in the calling thread."""
     address = split_host_port(target)
@@ -95,8 +123,8 @@ def diagnose_blocking(
         return None
     try:
         if not tls:
-            return _plaintext_to_tls(address, timeout)
-        return _tls_handshake(address, material, timeout)
+            return _plaintext_to_tls(address, timeout, remedies)
+        return _tls_handshake(address, material, timeout, remedies)
     except OSError:
         return None  # unreachable (refused, reset, silent): not a TLS matter
 
@@ -105,7 +133,9 @@ def _connect(address: tuple[str, int], timeout: float) -> socket.socket:
     return socket.create_connection(address, timeout=timeout)
 
 
-def _plaintext_to_tls(address: tuple[str, int], timeout: float) -> HandshakeFailure | None:
+def _plaintext_to_tls(
+    address: tuple[str, int], timeout: float, remedies: Remedies
+) -> HandshakeFailure | None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -117,32 +147,34 @@ def _plaintext_to_tls(address: tuple[str, int], timeout: float) -> HandshakeFail
             return None  # it does not speak TLS either: not a TLS matter
     return HandshakeFailure(
         "the server speaks TLS and this client connected in plaintext: give the CA bundle "
-        "(--tls-ca; channel_credentials(ca) in code)"
+        f"({remedies.ca})"
     )
 
 
 def _tls_handshake(
-    address: tuple[str, int], material: TlsMaterial | None, timeout: float
+    address: tuple[str, int], material: TlsMaterial | None, timeout: float, remedies: Remedies
 ) -> HandshakeFailure | None:
     with _client_context(material) as context, _connect(address, timeout) as raw:
         try:
             secure = context.wrap_socket(raw, server_hostname=address[0])
         except ssl.SSLCertVerificationError as err:
-            return HandshakeFailure(_server_certificate_cause(err, address[0]))
+            return HandshakeFailure(_server_certificate_cause(err, address[0], remedies))
         except ssl.SSLError as err:
-            return HandshakeFailure(_protocol_cause(err))
+            return HandshakeFailure(_protocol_cause(err, remedies))
         except OSError:
             # Closed or reset in the middle of the handshake: what a plaintext port does.
-            return HandshakeFailure(_PLAINTEXT_PORT)
+            return HandshakeFailure(_plaintext_port(remedies))
         with secure:
             if _server_answers(secure):
                 return None
-    return HandshakeFailure(_client_certificate_cause(material))
+    return HandshakeFailure(_client_certificate_cause(material, remedies))
 
 
-_PLAINTEXT_PORT = (
-    "the server does not speak TLS (a plaintext port?): connect without --tls-ca, or check the port"
-)
+def _plaintext_port(remedies: Remedies) -> str:
+    return (
+        f"the server does not speak TLS (a plaintext port?): {remedies.plaintext}, or check the "
+        "port"
+    )
 
 
 @contextlib.contextmanager
@@ -183,7 +215,9 @@ def _server_answers(secure: ssl.SSLSocket) -> bool:
         return False
 
 
-def _server_certificate_cause(err: ssl.SSLCertVerificationError, host: str) -> str:
+def _server_certificate_cause(
+    err: ssl.SSLCertVerificationError, host: str, remedies: Remedies
+) -> str:
     reason = err.verify_message or str(err)
     if "expired" in reason:
         return f"the server's certificate has expired ({reason})"
@@ -192,26 +226,26 @@ def _server_certificate_cause(err: ssl.SSLCertVerificationError, host: str) -> s
     if "mismatch" in reason or "match" in reason:
         return f"the server's certificate does not name {host} ({reason})"
     return (
-        "the server's certificate is not signed by a CA in this client's bundle (--tls-ca): "
-        f"a certificate from another CA? ({reason})"
+        "the server's certificate is not signed by a CA in this client's bundle "
+        f"({remedies.bundle}): a certificate from another CA? ({reason})"
     )
 
 
-def _protocol_cause(err: ssl.SSLError) -> str:
+def _protocol_cause(err: ssl.SSLError, remedies: Remedies) -> str:
     reason = err.reason or ""
     if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNEXPECTED_EOF_WHILE_READING"):
-        return _PLAINTEXT_PORT
+        return _plaintext_port(remedies)
     return f"the TLS handshake failed: {err}"
 
 
-def _client_certificate_cause(material: TlsMaterial | None) -> str:
+def _client_certificate_cause(material: TlsMaterial | None, remedies: Remedies) -> str:
     refused = "the server closed the connection right after the TLS handshake"
     if material is None:
         return f"{refused}: it refused this client's certificate, or its lack of one (mutual TLS)"
     if material.certificate_chain is None:
         return (
-            f"{refused}: it requires a client certificate (mutual TLS): give --tls-cert and "
-            "--tls-key"
+            f"{refused}: it requires a client certificate (mutual TLS): give "
+            f"{remedies.client_certificate}"
         )
     try:
         leaf = x509.load_pem_x509_certificate(material.certificate_chain)
@@ -230,6 +264,6 @@ def _client_certificate_cause(material: TlsMaterial | None) -> str:
         )
     return (
         f"{refused}: it does not trust this client's certificate, issued by "
-        f"{leaf.issuer.rfc4514_string()}: a certificate from another CA than the server's "
-        "tls.client_ca_file?"
+        f"{leaf.issuer.rfc4514_string()}: a certificate from another CA than "
+        f"{remedies.server_client_ca}?"
     )

@@ -8,11 +8,20 @@ ones aetcd generated from etcd's ``rpc.proto``; every other module of :mod:`hlc_
 goes through this one, which keeps the untyped generated code in one place.
 
 Streams (lease keepalive, watch) break when their member dies; their owners reopen them.
+
+Secured etcd (:mod:`.etcd_security`): the channel is a TLS one when the node is given TLS
+settings, and every member's certificate is checked against one name, the first endpoint's host
+(one channel has one authority): a certificate for each member must name it too, as a shared SAN
+or a wildcard does. With a user and password, calls carry etcd's auth token, asked for on first
+use and again whenever etcd says it is no longer valid (it expires). A call etcd's role refuses
+raises :class:`EtcdPermissionError` naming the keys, a refused login :class:`EtcdAuthError`:
+neither heals by retrying, so a node stops on them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -24,6 +33,10 @@ from aetcd import rpc
 from aetcd.rpc import rpc_pb2_grpc
 
 from hlc_oracle import HlcError
+from hlc_oracle.cluster.etcd_security import EtcdSecurity
+from hlc_oracle.config import split_scheme
+
+log = logging.getLogger("hlc_oracle.cluster")
 
 # etcd's Compare targets and results, and its event types, by name.
 EQUAL = rpc.Compare.EQUAL
@@ -48,20 +61,39 @@ class EtcdQuotaError(EtcdError):
     is raised, and every write is refused until an operator clears it)."""
 
 
+class EtcdRefusedError(EtcdError):
+    """etcd answered, and refused the node itself: retrying does not help."""
+
+
+class EtcdPermissionError(EtcdRefusedError):
+    """etcd's auth refused a request: the node's user has no role granting it on these keys."""
+
+    def __init__(self, message: str, keys: tuple[bytes, ...]) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+class EtcdAuthError(EtcdRefusedError):
+    """etcd refused the node's login (wrong user or password, auth off, no user given)."""
+
+
 class EndpointError(EtcdError, ValueError):
     """A malformed ``cluster.etcd_endpoints`` entry."""
 
 
+#: The message etcd answers a call with when its auth token has expired or is unknown.
+INVALID_TOKEN = "invalid auth token"
+
+
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``host:port`` (an optional ``http://`` is allowed, as etcdctl takes it) as a pair."""
-    text = endpoint.strip()
-    text = text.removeprefix("http://")
+    """``host:port`` (an optional ``http://`` or ``https://``, as etcdctl takes it) as a pair."""
+    _, text = split_scheme(endpoint.strip())
     host, _, port = text.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) <= 65535 or "/" in text:
         raise EndpointError(
-            f"etcd endpoint {endpoint!r} is not host:port (port 1..65535), "
-            "e.g. 127.0.0.1:2379 (https is not supported)"
+            f"etcd endpoint {endpoint!r} is not host:port, http://host:port or "
+            "https://host:port (port 1..65535), e.g. 127.0.0.1:2379"
         )
     return host, int(port)
 
@@ -162,35 +194,64 @@ def get(key: bytes) -> Any:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
 
 
-class EtcdClient:
-    """Unary calls with a deadline of ``timeout_s`` each; failures raise :class:`EtcdError`."""
+def _request_keys(request: Any) -> tuple[bytes, ...]:
+    """The keys a request names (a txn's compares and operations), for messages."""
+    if isinstance(request, rpc.TxnRequest):
+        keys = [compare.key for compare in request.compare]
+        for op in (*request.success, *request.failure):
+            kind = op.WhichOneof("request")
+            if kind is not None:
+                keys.append(getattr(op, kind).key)
+        return tuple(dict.fromkeys(keys))
+    key = getattr(request, "key", None)
+    return (key,) if isinstance(key, bytes) and key else ()
 
-    def __init__(self, endpoints: Sequence[str], timeout_s: float = 1.0) -> None:
+
+class EtcdClient:
+    """Unary calls with a deadline of ``timeout_s`` each; failures raise :class:`EtcdError`.
+    ``security``: TLS and etcd's auth (plaintext without auth when ``None``)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        timeout_s: float = 1.0,
+        security: EtcdSecurity | None = None,
+    ) -> None:
         self.endpoints = tuple(endpoints)
         self.timeout_s = timeout_s
         self.target = channel_target(self.endpoints)
+        self.security = security or EtcdSecurity()
         # Made on first use, on the running event loop (grpc.aio channels belong to one loop).
         self._channel: Any = None
         self._stubs: tuple[Any, Any, Any] | None = None
+        # etcd's auth token (user and password only), and how many times one was asked for.
+        self._token: str | None = None
+        self._token_lock: asyncio.Lock | None = None
+        self.authentications = 0
 
     def _connect(self) -> tuple[Any, Any, Any]:
         if self._stubs is not None:
             return self._stubs
-        self._channel = grpc.aio.insecure_channel(
-            self.target,
-            options=[
-                ("grpc.lb_policy_name", "round_robin"),
-                # Reconnect to a restarted member quickly (the default backoff reaches 120 s).
-                ("grpc.initial_reconnect_backoff_ms", 50),
-                ("grpc.min_reconnect_backoff_ms", 50),
-                ("grpc.max_reconnect_backoff_ms", 500),
-                # Pings find a dead connection (a watch would wait on it forever); not more often
-                # than etcd's --grpc-keepalive-min-time (5 s by default), or etcd answers an idle
-                # connection's pings with GOAWAY too_many_pings.
-                ("grpc.keepalive_time_ms", 5000),
-                ("grpc.keepalive_timeout_ms", 2000),
-            ],
-        )
+        credentials = self.security.channel_credentials()
+        options: list[tuple[str, Any]] = [
+            ("grpc.lb_policy_name", "round_robin"),
+            # Reconnect to a restarted member quickly (the default backoff reaches 120 s).
+            ("grpc.initial_reconnect_backoff_ms", 50),
+            ("grpc.min_reconnect_backoff_ms", 50),
+            ("grpc.max_reconnect_backoff_ms", 500),
+            # Pings find a dead connection (a watch would wait on it forever); not more often
+            # than etcd's --grpc-keepalive-min-time (5 s by default), or etcd answers an idle
+            # connection's pings with GOAWAY too_many_pings.
+            ("grpc.keepalive_time_ms", 5000),
+            ("grpc.keepalive_timeout_ms", 2000),
+        ]
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.target, options=options)
+        else:
+            # One channel, one name to check every member's certificate against.
+            first_host = parse_endpoint(self.endpoints[0])[0]
+            options.append(("grpc.ssl_target_name_override", first_host))
+            self._channel = grpc.aio.secure_channel(self.target, credentials, options=options)
         self._stubs = (
             rpc_pb2_grpc.KVStub(self._channel),
             rpc_pb2_grpc.LeaseStub(self._channel),
@@ -213,31 +274,105 @@ class EtcdClient:
     def describe(self) -> str:
         return ",".join(self.endpoints)
 
-    def _error(self, what: str, err: grpc.aio.AioRpcError) -> EtcdError:
-        message = f"etcd ({self.describe()}): {what}: {err.code().name} {err.details()}"
-        if "lease not found" in (err.details() or ""):
+    def _error(
+        self, what: str, err: grpc.aio.AioRpcError, keys: tuple[bytes, ...] = ()
+    ) -> EtcdError:
+        details = err.details() or ""
+        message = f"etcd ({self.describe()}): {what}: {err.code().name} {details}"
+        if err.code() == grpc.StatusCode.PERMISSION_DENIED:
+            return self.permission_error(what, keys)
+        if err.code() == grpc.StatusCode.UNAUTHENTICATED or (
+            err.code() == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details
+        ):
+            return EtcdAuthError(f"{message} (as {self.security.who()})")
+        if "lease not found" in details:
             return LeaseNotFoundError(message)
-        if "database space exceeded" in (err.details() or ""):
+        if "database space exceeded" in details:
             return EtcdQuotaError(message)
         return EtcdError(message)
 
-    async def _call(self, what: str, method: Any, request: Any, timeout_s: float | None) -> Any:
+    def permission_error(self, what: str, keys: tuple[bytes, ...]) -> EtcdPermissionError:
+        named = ", ".join(key.decode(errors="replace") for key in keys) or "(no key)"
+        return EtcdPermissionError(
+            f"etcd ({self.describe()}): permission denied: {what} of {named} refused to "
+            f"{self.security.who()}: its role needs readwrite on the cluster's key prefix",
+            keys,
+        )
+
+    async def _call(
+        self,
+        what: str,
+        method: Any,
+        request: Any,
+        timeout_s: float | None,
+        *,
+        authenticated: bool = True,
+    ) -> Any:
         """One unary call, tried again within its deadline when the member it went to broke
-        the connection (gRPC retries by itself only calls that never reached the wire). Every
-        request sent here is safe to repeat: reads, lease calls, and txns whose compare fails
-        harmlessly on a repeat (see Election.campaign and members.register)."""
+        the connection (gRPC retries by itself only calls that never reached the wire), or when
+        etcd no longer takes the auth token (a new one is asked for first). Every request sent
+        here is safe to repeat: reads, lease calls, and txns whose compare fails harmlessly on a
+        repeat (see Election.campaign and members.register)."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         while True:
+            metadata = await self._auth_metadata(deadline) if authenticated else None
             try:
                 return await method(
                     request,
                     timeout=max(0.001, deadline - time.monotonic()),
                     wait_for_ready=True,
+                    metadata=metadata,
                 )
             except grpc.aio.AioRpcError as err:
+                expired = err.code() == grpc.StatusCode.UNAUTHENTICATED and INVALID_TOKEN in (
+                    err.details() or ""
+                )
+                if expired and metadata is not None and time.monotonic() < deadline:
+                    self._token_expired(metadata)
+                    continue
                 if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
-                    raise self._error(what, err) from err
+                    raise self._error(what, err, _request_keys(request)) from err
             await asyncio.sleep(RETRY_PAUSE_S)
+
+    # --- etcd's auth token (user and password) ---
+
+    async def _auth_metadata(self, deadline: float) -> tuple[tuple[str, str], ...] | None:
+        """The ``token`` metadata for a call, asking etcd for a token when there is none."""
+        if self.security.user is None:
+            return None
+        if self._token_lock is None:
+            self._token_lock = asyncio.Lock()
+        async with self._token_lock:
+            if self._token is None:
+                self._token = await self._authenticate(max(0.001, deadline - time.monotonic()))
+        return (("token", self._token),)
+
+    async def _authenticate(self, timeout_s: float) -> str:
+        request = rpc.AuthenticateRequest(
+            name=self.security.user or "", password=self.security.password or ""
+        )
+        self._connect()
+        auth = rpc_pb2_grpc.AuthStub(self._channel)
+        reply = await self._call(
+            "authenticate", auth.Authenticate, request, timeout_s, authenticated=False
+        )
+        self.authentications += 1
+        if self.authentications > 1:
+            log.info(
+                "new etcd auth token (the last one expired)",
+                extra={"fields": {"etcd_user": self.security.user}},
+            )
+        return str(reply.token)
+
+    def _token_expired(self, metadata: tuple[tuple[str, str], ...] | None) -> None:
+        """Forgets the token ``metadata`` carried (unless a newer one replaced it meanwhile)."""
+        if metadata is not None and self._token == metadata[0][1]:
+            self._token = None
+
+    def stream_metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The current token for a stream opened without waiting (etcd 3.4 checks none on the
+        lease keepalive stream; the watch asks for a fresh one itself)."""
+        return (("token", self._token),) if self._token is not None else None
 
     async def grant(self, ttl_s: int, timeout_s: float | None = None) -> tuple[int, int]:
         """A new lease: ``(id, granted ttl in seconds)``."""
@@ -265,7 +400,7 @@ class EtcdClient:
 
     def keepalive_stream(self) -> Any:
         """A ``LeaseKeepAlive`` stream (``write`` a request, ``read`` the answer)."""
-        return self.lease.LeaseKeepAlive(wait_for_ready=True)
+        return self.lease.LeaseKeepAlive(wait_for_ready=True, metadata=self.stream_metadata())
 
     @staticmethod
     def keepalive_request(lease_id: int) -> Any:
@@ -351,8 +486,9 @@ class EtcdClient:
         create = rpc.WatchRequest(
             create_request=rpc.WatchCreateRequest(key=key, start_revision=start_revision)
         )
+        metadata = await self._auth_metadata(time.monotonic() + self.timeout_s)
         # The request side stays open: etcd ends a watch whose client half-closes.
-        call = self.watch_stub.Watch(wait_for_ready=True)
+        call = self.watch_stub.Watch(wait_for_ready=True, metadata=metadata)
         try:
             await call.write(create)
             while True:
@@ -360,9 +496,13 @@ class EtcdClient:
                 if response is grpc.aio.EOF:
                     break
                 if response.canceled:
+                    reason = response.cancel_reason or "compacted"
+                    if INVALID_TOKEN in reason:
+                        self._token_expired(metadata)  # the watch's owner opens a new one
+                    if "permission denied" in reason:
+                        raise self.permission_error("watch", (key,))
                     raise EtcdError(
-                        f"etcd ({self.describe()}): watch of {key!r} canceled: "
-                        f"{response.cancel_reason or 'compacted'}"
+                        f"etcd ({self.describe()}): watch of {key!r} canceled: {reason}"
                     )
                 for event in response.events:
                     yield WatchEvent(event.type == EVENT_DELETE, _key_value(event.kv))

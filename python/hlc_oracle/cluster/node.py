@@ -32,7 +32,8 @@ from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, Timestamp
 from hlc_oracle.addresses import split_host_port
 from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionDecodeError
 from hlc_oracle.cluster.election import Election, LeaderInfo
-from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, LeaseNotFoundError
+from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, EtcdRefusedError, LeaseNotFoundError
+from hlc_oracle.cluster.etcd_security import EtcdSecurity, diagnose_endpoints
 from hlc_oracle.cluster.fence import Fence, FenceError, Term
 from hlc_oracle.cluster.leader_liveness import wait_until_refused
 from hlc_oracle.cluster.members import DuplicateNodeError, register
@@ -77,6 +78,7 @@ class ClusterNode:
         metrics: ServerMetrics,
         on_fatal: Callable[[str], None],
         depose_dead_leader: bool = True,
+        security: EtcdSecurity | None = None,
     ) -> None:
         self.prefix = key_prefix(cluster_name)
         self.lease_ttl_s = lease_ttl_s
@@ -87,7 +89,7 @@ class ClusterNode:
         self.metrics = metrics
         self._on_fatal = on_fatal
         # Unary etcd calls get a third of the TTL: a stalled member must not outlast the lease.
-        self.client = EtcdClient(endpoints, timeout_s=max(lease_ttl_s / 3, 0.2))
+        self.client = EtcdClient(endpoints, timeout_s=max(lease_ttl_s / 3, 0.2), security=security)
         self.store = EtcdWindowStore(self.client, self.prefix, self._fenced)
         self.session = self._new_session_object()
         self.window: TimestampWindow | None = None
@@ -150,7 +152,14 @@ class ClusterNode:
             try:
                 await self.session.open(timeout_s=max(0.1, min(1.0, deadline - time.monotonic())))
                 break
+            except EtcdRefusedError:
+                raise
             except EtcdError as err:
+                # A handshake that fails looks like an unreachable etcd to gRPC: say which it is,
+                # at once (a TLS mismatch does not heal while the node waits).
+                cause = await diagnose_endpoints(self.client.endpoints, self.client.security)
+                if cause is not None:
+                    raise EtcdError(cause) from err
                 if time.monotonic() >= deadline:
                     raise EtcdError(
                         f"etcd is unreachable at {self.client.describe()} "
@@ -165,6 +174,7 @@ class ClusterNode:
             extra={
                 "fields": {
                     "etcd": self.client.describe(),
+                    **self.client.security.describe(),
                     "prefix": self.prefix,
                     "lease": hex(self.session.lease_id),
                     "lease_ttl_s": self.session.granted_ttl_s,
@@ -233,6 +243,11 @@ class ClusterNode:
             except LeaseNotFoundError as err:
                 log.warning("lease gone", extra={"fields": {"error": str(err)}})
                 self.session.lost.set()
+            except EtcdRefusedError as err:
+                # etcd's role or login refuses this node: retrying would never end. Stop.
+                self.gate.block("member", str(err))
+                self._on_fatal(str(err))
+                return
             except DecisionDecodeError as err:
                 # Never skipped: this node does not lead until the key is repaired.
                 log.error("promotion stopped", extra={"fields": {"error": str(err)}})

@@ -43,6 +43,7 @@ from hlc_oracle.server.startup import (
     StartupConfigError,
     StartupError,
     check_listen_address,
+    etcd_security,
     lock_data_dir,
     write_port_file,
 )
@@ -86,6 +87,8 @@ class OracleServer:
         self.config = config
         self.gate = ServingGate()
         self.metrics = ServerMetrics()
+        # Checked before anything is locked or bound: a bad etcd file exits 2, naming it.
+        security = etcd_security(config) if config.cluster.clustered else None
         self.data_dir_lock = lock_data_dir(config)
         try:
             self.store = WindowStore(config.server.data_dir)
@@ -124,6 +127,7 @@ class OracleServer:
                 metrics=self.metrics,
                 on_fatal=self._fatal_cluster,
                 depose_dead_leader=config.cluster.depose_dead_leader,
+                security=security,
             )
             persistence = self.cluster.store
             if config.commit.enabled:

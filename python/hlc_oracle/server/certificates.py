@@ -1,7 +1,8 @@
 """The server's TLS files: read and checked before binding, and their expiry date watched.
 
-gRPC reports a file that is not PEM only as "Failed to bind to address", without naming it, so the
-files are read and checked here first (:func:`~hlc_oracle.tls.read_pem`). And a certificate that
+gRPC reports a file that is not PEM, or a key of another certificate, only as "Failed to bind to
+address" or a failed handshake, without naming it, so the files are read and checked here first
+(:func:`~hlc_oracle.tls.read_pem`, :func:`~hlc_oracle.tls.check_key_pair`). And a certificate that
 has expired makes every client's handshake fail with nothing on the server's side to say why, so
 start-up warns ahead of time (:func:`warn_if_expiring`).
 """
@@ -16,7 +17,7 @@ from typing import Any
 import grpc
 
 from hlc_oracle.config import TlsSection
-from hlc_oracle.tls import PemError, certificate_not_after, read_pem
+from hlc_oracle.tls import PemError, certificate_not_after, check_key_pair, read_pem
 
 log = logging.getLogger("hlc_oracle.server")
 
@@ -31,6 +32,7 @@ def server_credentials(tls: TlsSection) -> Any:
         return None
     cert = read_pem(tls.cert_file, "certificate", "TLS certificate (tls.cert_file)")
     key = read_pem(tls.key_file, "private key", "TLS key (tls.key_file)")
+    check_key_pair(cert, key, f"the TLS key {tls.key_file} and certificate {tls.cert_file}")
     ca = (
         read_pem(tls.client_ca_file, "certificate", "client CA (tls.client_ca_file)")
         if tls.client_ca_file
