@@ -34,6 +34,7 @@ from aetcd.rpc import rpc_pb2_grpc
 
 from hlc_oracle import HlcError
 from hlc_oracle.cluster.etcd_security import EtcdSecurity
+from hlc_oracle.cluster.reachability import EtcdReachability
 from hlc_oracle.config import split_scheme
 
 log = logging.getLogger("hlc_oracle.cluster")
@@ -46,6 +47,8 @@ LEASE = rpc.Compare.LEASE
 EVENT_DELETE = rpc.Event.DELETE
 #: Pause before trying a broken call again on the channel's other members.
 RETRY_PAUSE_S = 0.01
+#: A call that ends so got no answer from etcd (any other error is etcd's answer).
+UNANSWERED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 class EtcdError(HlcError):
@@ -221,6 +224,8 @@ class EtcdClient:
         self.timeout_s = timeout_s
         self.target = channel_target(self.endpoints)
         self.security = security or EtcdSecurity()
+        #: Told of every unary call's outcome (logs etcd's loss and return once each).
+        self.reachability = EtcdReachability(self.describe())
         # Made on first use, on the running event loop (grpc.aio channels belong to one loop).
         self._channel: Any = None
         self._stubs: tuple[Any, Any, Any] | None = None
@@ -317,7 +322,7 @@ class EtcdClient:
         while True:
             metadata = await self._auth_metadata(deadline) if authenticated else None
             try:
-                return await method(
+                reply = await method(
                     request,
                     timeout=max(0.001, deadline - time.monotonic()),
                     wait_for_ready=True,
@@ -331,7 +336,15 @@ class EtcdClient:
                     self._token_expired(metadata)
                     continue
                 if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
-                    raise self._error(what, err, _request_keys(request)) from err
+                    error = self._error(what, err, _request_keys(request))
+                    if err.code() in UNANSWERED:
+                        self.reachability.failed(what, str(error))
+                    else:
+                        self.reachability.answered()
+                    raise error from err
+            else:
+                self.reachability.answered()
+                return reply
             await asyncio.sleep(RETRY_PAUSE_S)
 
     # --- etcd's auth token (user and password) ---

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import time
@@ -19,6 +20,8 @@ from hlc_oracle.cluster.etcd import get as get_op
 from hlc_oracle.cluster.etcd import put as put_op
 
 EXPIRY_SLACK_S = 2.0
+
+log = logging.getLogger("hlc_oracle.cluster")
 
 
 class DuplicateNodeError(HlcError):
@@ -64,6 +67,17 @@ async def register(
             # Perhaps this node's previous process, killed: its lease runs out within its TTL
             # (etcd rounds the remaining seconds down, and sweeps expired leases every 0.5 s).
             waited_until = now + remaining + EXPIRY_SLACK_S
+            log.info(
+                "node id held by another lease; waiting for it to expire",
+                extra={
+                    "fields": {
+                        "node_id": node_id,
+                        "holder": holder.value.decode(errors="replace"),
+                        "lease": hex(holder.lease),
+                        "waits_up_to_s": round(remaining + EXPIRY_SLACK_S, 1),
+                    }
+                },
+            )
         elif renewed or now >= waited_until:
             raise DuplicateNodeError(
                 f"node id {node_id} is held by a live node ({holder.value.decode(errors='replace')}"

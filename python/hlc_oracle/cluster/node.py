@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, Timestamp
 from hlc_oracle.addresses import split_host_port
@@ -39,6 +39,7 @@ from hlc_oracle.cluster.leader_liveness import wait_until_refused
 from hlc_oracle.cluster.members import DuplicateNodeError, register
 from hlc_oracle.cluster.session import Session, stop_task
 from hlc_oracle.cluster.window_store import EtcdWindowStore
+from hlc_oracle.log_rate import RateLimitedLog
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.window import TimestampWindow, WindowSaveError, wait_out_lead
@@ -54,6 +55,8 @@ def startup_wait_s(lease_ttl_s: int) -> float:
 
 #: Pause between attempts while etcd cannot be reached (campaign, watch, new lease).
 RETRY_S = 0.1
+#: Leases granted at start-up before giving up, when each lapses before its first use.
+LEASE_ATTEMPTS = 3
 #: Pause before campaigning again after a promotion stopped on a decision key that does not decode.
 PROMOTION_RETRY_S = 1.0
 #: How often a leader compares its serving deadline with the clock, for health and logs (requests
@@ -79,8 +82,11 @@ class ClusterNode:
         on_fatal: Callable[[str], None],
         depose_dead_leader: bool = True,
         security: EtcdSecurity | None = None,
+        after_grant: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.prefix = key_prefix(cluster_name)
+        #: Awaited between a lease's grant and its first use (tests: a pause longer than the TTL).
+        self._after_grant = after_grant
         self.lease_ttl_s = lease_ttl_s
         self.depose_dead_leader = depose_dead_leader
         self.node_id = node_id
@@ -88,6 +94,8 @@ class ClusterNode:
         self.gate = gate
         self.metrics = metrics
         self._on_fatal = on_fatal
+        # Records that repeat while etcd is away, limited in rate.
+        self._failures = RateLimitedLog(log)
         # Unary etcd calls get a third of the TTL: a stalled member must not outlast the lease.
         self.client = EtcdClient(endpoints, timeout_s=max(lease_ttl_s / 3, 0.2), security=security)
         self.store = EtcdWindowStore(self.client, self.prefix, self._fenced)
@@ -146,27 +154,28 @@ class ClusterNode:
         self.window = window
         self.address = address
         self.election = Election(self.client, self.prefix, self.node_id, address)
-        wait_s = startup_wait_s(self.lease_ttl_s)
-        deadline = time.monotonic() + wait_s
-        while True:
+        deadline = time.monotonic() + startup_wait_s(self.lease_ttl_s)
+        for attempt in range(1, LEASE_ATTEMPTS + 1):
+            await self._grant_lease(deadline)
+            if attempt == 1:
+                await self._learn_leader()
+            if self._after_grant is not None:
+                await self._after_grant()
             try:
-                await self.session.open(timeout_s=max(0.1, min(1.0, deadline - time.monotonic())))
+                await register(
+                    self.client, self.prefix, self.node_id, address, self.session.lease_id
+                )
                 break
-            except EtcdRefusedError:
-                raise
-            except EtcdError as err:
-                # A handshake that fails looks like an unreachable etcd to gRPC: say which it is,
-                # at once (a TLS mismatch does not heal while the node waits).
-                cause = await diagnose_endpoints(self.client.endpoints, self.client.security)
-                if cause is not None:
-                    raise EtcdError(cause) from err
-                if time.monotonic() >= deadline:
-                    raise EtcdError(
-                        f"etcd is unreachable at {self.client.describe()} "
-                        f"(waited {wait_s:.0f} s): {err}"
-                    ) from err
-                await asyncio.sleep(RETRY_S)
-        await register(self.client, self.prefix, self.node_id, address, self.session.lease_id)
+            except LeaseNotFoundError as err:
+                # The lease lapsed before its first use (a pause longer than its TTL between
+                # the grant and this txn): grant another and go on.
+                if attempt == LEASE_ATTEMPTS:
+                    raise
+                log.warning(
+                    "the new lease expired before it was used; granting another",
+                    extra={"fields": {"lease": hex(self.session.lease_id), "error": str(err)}},
+                )
+                self.session = self._new_session_object()
         self.session.start()
         self._task = asyncio.create_task(self._run(), name="cluster-election")
         log.info(
@@ -182,6 +191,52 @@ class ClusterNode:
                 }
             },
         )
+
+    async def _grant_lease(self, deadline: float) -> None:
+        """Opens the session, trying until ``deadline`` while etcd cannot be reached (saying once
+        what it waits for); then raises :class:`EtcdError` naming the endpoints."""
+        reported = False
+        while True:
+            try:
+                await self.session.open(timeout_s=max(0.1, min(1.0, deadline - time.monotonic())))
+                return
+            except EtcdRefusedError:
+                raise
+            except EtcdError as err:
+                # A handshake that fails looks like an unreachable etcd to gRPC: say which it is,
+                # at once (a TLS mismatch does not heal while the node waits).
+                cause = await diagnose_endpoints(self.client.endpoints, self.client.security)
+                if cause is not None:
+                    raise EtcdError(cause) from err
+                if time.monotonic() >= deadline:
+                    raise EtcdError(
+                        f"etcd is unreachable at {self.client.describe()} (waited "
+                        f"{startup_wait_s(self.lease_ttl_s):.0f} s): {err}"
+                    ) from err
+                if not reported:
+                    reported = True
+                    log.warning(
+                        "waiting for etcd to grant this node's lease",
+                        extra={
+                            "fields": {
+                                "etcd": self.client.describe(),
+                                "gives_up_in_s": round(deadline - time.monotonic(), 1),
+                                "error": str(err),
+                            }
+                        },
+                    )
+                await asyncio.sleep(RETRY_S)
+
+    async def _learn_leader(self) -> None:
+        """Names the current leader (status, redirects) before the node id is claimed: a node
+        restarted after a kill waits there until its previous process's lease expires."""
+        assert self.election is not None
+        try:
+            leader = await self.election.current()
+        except EtcdError:
+            return  # the election loop reads it soon enough
+        if leader is not None:
+            self._follow(leader)
 
     async def resign(self) -> None:
         """Graceful stop: the gate is already blocked by the caller. Stops campaigning; a leader
@@ -224,6 +279,7 @@ class ClusterNode:
                     await self._renew_session()
                 assert self.election is not None
                 outcome = await self.election.campaign(self.session.lease_id)
+                self._failures.clear("election")
                 if outcome.term is not None and outcome.term.epoch in self._abandoned_epochs:
                     with contextlib.suppress(FenceError):
                         await self.election.resign(Fence(self.client, outcome.term))
@@ -253,7 +309,7 @@ class ClusterNode:
                 log.error("promotion stopped", extra={"fields": {"error": str(err)}})
                 await asyncio.sleep(PROMOTION_RETRY_S)
             except (EtcdError, WindowSaveError) as err:
-                log.warning("etcd call failed", extra={"fields": {"error": str(err)}})
+                self._failures.warning("election", "etcd call failed", {"error": str(err)})
                 await asyncio.sleep(RETRY_S)
             except Exception:
                 # The loop must outlive anything unforeseen: without it the node never leads.
@@ -261,10 +317,13 @@ class ClusterNode:
                 await asyncio.sleep(RETRY_S)
 
     async def _renew_session(self) -> None:
-        """A new lease after the old one expired in etcd, and the node id claimed again."""
+        """A new lease after the old one expired in etcd, and the node id claimed again (a lease
+        that lapses again before the claim raises LeaseNotFoundError: the loop tries again)."""
         await self.session.close(revoke=False)
         self.session = self._new_session_object()
         await self.session.open()
+        if self._after_grant is not None:
+            await self._after_grant()
         await register(self.client, self.prefix, self.node_id, self.address, self.session.lease_id)
         self.session.start()
         log.info("new lease", extra={"fields": {"lease": hex(self.session.lease_id)}})
@@ -354,6 +413,7 @@ class ClusterNode:
         self.leader = leader
 
     def _follow(self, leader: LeaderInfo) -> None:
+        known = self.role == "follower" and self.leader == leader
         self._saw(leader)
         self.gate.redirect = leader.address
         self.gate.block(
@@ -362,6 +422,8 @@ class ClusterNode:
             f"{leader.address or '(unknown address)'} (epoch {leader.epoch})"
             + self._last_term_note,
         )
+        if known:
+            return  # already said
         log.info(
             "following",
             extra={
@@ -455,11 +517,11 @@ class ClusterNode:
         event = f"leader key lost, stopping serving (epoch {term.epoch})"
         self._end_term_now(f"{ended}; not serving", ended, event)
 
-    @staticmethod
-    def _own_watch_broke(error: EtcdError) -> None:
-        log.warning(
+    def _own_watch_broke(self, error: EtcdError) -> None:
+        self._failures.warning(
+            "own-watch",
             "watch of this leader's key broke; reading it and watching again",
-            extra={"fields": {"error": str(error)}},
+            {"error": str(error)},
         )
 
     def _why_not_leading(self) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError
+from hlc_oracle.log_rate import RateLimitedLog
 
 log = logging.getLogger("hlc_oracle.cluster.session")
 
@@ -70,6 +71,7 @@ class Session:
         self._on_renewed = on_renewed
         self._monotonic = monotonic
         self._task: asyncio.Task[None] | None = None
+        self._failures = RateLimitedLog(log)
 
     @property
     def interval_s(self) -> float:
@@ -118,17 +120,19 @@ class Session:
                     self.lost.set()
                     break
                 self._acknowledged(sent, ttl)
+                self.client.reachability.answered()
+                self._failures.clear("keepalive")
             else:
                 # The member behind the stream died or stalls: a new stream next round, on
                 # whichever member the channel reaches. The deadline keeps running meanwhile.
-                log.warning(
+                self.client.reachability.failed("lease keepalive", error)
+                self._failures.warning(
+                    "keepalive",
                     "lease keepalive failed",
-                    extra={
-                        "fields": {
-                            "lease": hex(self.lease_id),
-                            "error": error,
-                            "serving_deadline_in_s": round(self.remaining_s(), 3),
-                        }
+                    {
+                        "lease": hex(self.lease_id),
+                        "error": error,
+                        "serving_deadline_in_s": round(self.remaining_s(), 3),
                     },
                 )
                 abandon(exchange)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hlc_oracle import MAX_LOGICAL, Clock, HlcError, Timestamp
+from hlc_oracle.log_rate import RateLimitedLog
 
 log = logging.getLogger("hlc_oracle.server.window")
 
@@ -149,6 +150,7 @@ class TimestampWindow:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._home: asyncio.AbstractEventLoop | None = None
+        self._failures = RateLimitedLog(log)
         ceiling = clock.ceiling_physical
         self.limit_us: int = 0 if ceiling is None else ceiling
 
@@ -182,10 +184,13 @@ class TimestampWindow:
             try:
                 await self._persist_to_the_end(target)
             except WindowSaveError as err:
-                log.error("window save failed", extra={"fields": {"error": str(err)}})
+                # Every renewal and every request at the ceiling tries again: limited in rate.
+                self._failures.log(logging.ERROR, "save", "window save failed", {"error": str(err)})
                 if self._on_failure:
                     self._on_failure(str(err))
                 raise
+            if self._failures.clear("save"):
+                log.info("window saved again", extra={"fields": {"limit_us": target}})
             if self._on_failure:
                 self._on_failure(None)
             self.limit_us = self.clock.raise_ceiling(target)
