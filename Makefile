@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup system build proto serve cluster test lint rust-test python-test bench bench-smoke clean
+.PHONY: setup system build proto serve cluster docs docs-check test lint rust-test python-test bench bench-smoke clean
 
 setup: system build
 
@@ -48,6 +48,17 @@ lint: build
 rust-test:
 	cargo test
 
+# The documentation site (MkDocs, Material theme, mkdocstrings): the settings page is generated
+# from config.py's field metadata; --strict turns every warning (a broken link, a missing page)
+# into a failure. Local only: no network.
+export NO_MKDOCS_2_WARNING := 1
+docs: build
+	$(PYTHON) -m hlc_oracle.config_reference docs/settings.md
+	$(BIN)/mkdocs build --strict --quiet
+
+docs-check: build
+	$(BIN)/mkdocs build --strict --quiet --site-dir $(abspath target)/docs-site
+
 python-test: build
 	$(BIN)/pytest tests
 
@@ -59,7 +70,7 @@ bench: build
 	$(BIN)/pytest bench --benchmark-json=bench/results/latest.json
 	$(PYTHON) bench/ratios.py bench/results/latest.json
 
-test: setup lint rust-test python-test bench-smoke
+test: setup lint rust-test python-test docs-check bench-smoke
 
 clean:
-	rm -rf target $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
+	rm -rf target $(VENV) site .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

@@ -307,7 +307,7 @@ STREAM_TXNS = 100_000
 STREAM_IN_FLIGHT = 8
 #: The server of "today's code" (before the bytes path), for the same-run comparison of merged
 #: ``commit()``: a tree whose ``python/`` holds that version's package and compiled core (see
-#: bench/README.md, "Group commit at volume"). Unset: that comparison is skipped.
+#: bench/HISTORY.md, "Group commit at volume"). Unset: that comparison is skipped.
 OLD_TREE = os.environ.get("HLC_BENCH_OLD_TREE")
 
 

@@ -163,16 +163,25 @@ def test_version() -> None:
     assert re.fullmatch(r"hlc-oracle \d+\.\d+\.\d+\S*\n", done.stdout), done.stdout
 
 
-def test_one_exit_code_table_in_help_and_readme() -> None:
+def test_one_exit_code_table_in_help_and_docs() -> None:
     helped = run_cli("--help").stdout
     for code in MEANINGS:
         assert re.search(rf"^  {code}\s", helped, re.M), code
     # Every command is covered, txn abort included.
     table = " ".join(MEANINGS.values())
-    for command in ("serve", "now", "status", "txn status", "txn abort", "bench", "skew"):
+    for command in (
+        "serve",
+        "now",
+        "status",
+        "txn status",
+        "txn abort",
+        "bench",
+        "skew",
+        "cluster",
+    ):
         assert command in table, command
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("Command exit codes, the same for every command") :]
+    page = (ROOT / "docs" / "cli.md").read_text()
+    section = page[page.index("Command exit codes, the same for every command") :] + "\n\n"
     rows = re.findall(
         r"^\| (\d+) \|", section[: section.index("\n\n", section.index("| ---"))], re.M
     )

@@ -29,14 +29,15 @@ EXIT_TLS_HANDSHAKE = 7
 EXIT_INTERRUPTED = 130
 
 #: What each code means, for every command (``serve``, ``now``, ``status``, ``txn status``,
-#: ``txn abort``, ``bench``, ``skew``).
+#: ``txn abort``, ``bench``, ``skew``, ``cluster``).
 MEANINGS: dict[int, str] = {
     EXIT_OK: "ok: serve stopped gracefully; now, bench: answered; status: the node is serving; "
     "txn status: committed; txn abort: the transaction is aborted (now or before); skew: the "
-    "offset is within the serving level",
+    "offset is within the serving level; cluster: stopped by Ctrl-C or SIGTERM",
     EXIT_FAILED: "failed: serve could not start, or stopped on a fatal error; the request "
     "failed; status: the node is not serving; txn status: aborted; txn abort: it had committed, "
-    "so it stays committed; skew: the offset is past the serving level",
+    "so it stays committed; skew: the offset is past the serving level; cluster: could not "
+    "start, or one of its processes exited",
     EXIT_USAGE: "bad usage or configuration: unknown or impossible flags and values (timeouts, "
     "ports, targets, counts, keys), bad config or TLS files given to serve, a malformed request "
     "(INVALID_ARGUMENT), a --count above the server's max_count",

@@ -1,15 +1,7 @@
-//! The payload of one commit-log record: one decision (format version 1, little-endian).
+//! The payload of one commit-log record: one decision (format version 1, little-endian). Its
+//! layout is described with the log's own format, in one place: the documentation site's "Commit
+//! log format" page, "Record payloads" (`docs/commit-log.md` in the repository).
 //!
-//! ```text
-//! version u8 = 1 | kind u8 | txn_id u64 | fingerprint u64
-//! kind 1 (committed): start_ts | commit_ts | write count u32 | per key: len u32, bytes
-//! kind 2 (aborted by a conflict): start_ts | conflict kind u8 (1 write-write, 2 read-write,
-//!        3 too old) | lost-to tag u8 (1 commit, 2 batch member, 3 low watermark) | lost-to value
-//!        (a timestamp, or a txn id as u64 followed by u16 0) | key flag u8 | [key len u32, bytes]
-//! kind 3 (aborted on request): decided_at (the fence: the clock when it was decided plus the
-//!        max offset; fingerprint 0)
-//! timestamp = packed (physical << 12 | logical) u64 | node u16
-//! ```
 //! A committed record carries the write set so that recovery can rebuild the conflict detector's
 //! history; the fingerprint lets a resubmission after a restart be told apart from a different
 //! transaction reusing the id.

@@ -14,43 +14,12 @@
 //!   fsync the kernel may have dropped the dirty pages, and a retry could "succeed" on lost data).
 //! - One process at a time: the directory is locked with `flock` on `LOCK`.
 //!
-//! # On-disk format (format version 2, all integers little-endian)
-//! Directory contents:
-//! - `<first_seq:016x>.wal` — segments, named by the sequence number of their first record (16
-//!   lowercase hex digits, so names sort in log order);
-//! - `checkpoint` — optional: state of the log's user that covers every record up to a sequence
-//!   number; segments entirely covered by it are deleted (retention);
-//! - `LOCK` — the `flock` target; `*.tmp` — files being created, deleted on open.
-//!
-//! A segment is a 32-byte header followed by frames:
-//! ```text
-//! header: magic "HLCWAL\r\n" (8) | version u16 = 2 | flags u16 = 0 | reserved u32 = 0
-//!         | first_seq u64 | crc32c u32 of the 24 bytes before it | zero u32
-//! frame:  crc32c u32 | len u32 | seq u64 | group_index u32 | payload (len bytes)
-//!         crc32c = CRC-32C (Castagnoli) of len | seq | group_index | payload, as stored
-//! ```
-//! `group_index` is the record's position among the records written since the last completed
-//! `fdatasync` (its sync group): records `seq - group_index ..= seq` could only be torn together.
-//! Segments are preallocated to `segment_size` with zeros, so an `fdatasync` only flushes data
-//! blocks; a frame header of 20 zero bytes marks the end of the written data (no real frame has
-//! one: `seq >= 1`), and only zeros may follow it. A segment is created as `<name>.tmp` with its
-//! header written and synced, renamed into place, and the directory fsynced; the previous segment
-//! is synced before the switch. A batch that does not fit in the rest of the segment starts a new
-//! one (a batch larger than `segment_size` gets a segment of its own that grows past it).
-//!
-//! The checkpoint file is replaced atomically (temp file, fsync, rename, directory fsync):
-//! ```text
-//! magic "HLCCKP\r\n" (8) | version u16 = 2 | flags u16 = 0 | len u32 | covered_seq u64
-//! | crc32c u32 of the 24 bytes before it and the data | zero u32 | data (len bytes)
-//! ```
-//!
-//! Recovery reads the checkpoint, then the segments in order, checking each header, that each
-//! segment's first sequence number continues the previous one, every frame's checksum and
-//! sequence number, and that only zeros follow the end marker. At the first bad frame of the last
-//! segment it looks further on for an intact frame whose sync group starts after the bad record:
-//! if there is one, the bad record had been synced (acknowledged) and recovery stops; if not, the
-//! bad frame and everything after it are a torn tail and are cut off. Segments the checkpoint
-//! covers entirely (left behind when a crash interrupted a checkpoint's removals) are removed.
+//! # On-disk format
+//! Format version 2, all integers little-endian: the segment files (`<first_seq:016x>.wal`), their
+//! header and record frames, the `checkpoint` file, and what recovery does with each, are
+//! described in one place, the documentation site's "Commit log format" page
+//! (`docs/commit-log.md` in the repository). `format.rs` holds the constants; `encoder.rs`,
+//! `decoder.rs` and `recovery.rs` write, read and repair it.
 
 mod decoder;
 mod encoder;
