@@ -56,7 +56,7 @@ class LoadFigures:
             "timestamp_errors": len(self.timestamp_errors),
             "timestamp_p50_ms": round(statistics.median(latencies) * 1e3, 2) if latencies else 0,
             "timestamp_p99_ms": (
-                round(statistics.quantiles(latencies, n=100)[98] * 1e3, 2)
+                round(statistics.quantiles(latencies, n=100, method="inclusive")[98] * 1e3, 2)
                 if len(latencies) > 1
                 else 0
             ),
@@ -129,8 +129,11 @@ def run_steady_load(
     clustered: bool,
     calls_in_flight: int = 8,
     per_call: int = 1_000,
+    into: LoadFigures | None = None,
 ) -> LoadFigures:
-    figures = LoadFigures()
+    """Runs the load on ``target`` for ``seconds`` (plus the last calls' answers); the figures
+    are added to ``into`` when given (a run in several slices)."""
+    figures = into if into is not None else LoadFigures()
     started = time.monotonic()
     until = started + seconds
     beside = threading.Thread(
@@ -138,6 +141,6 @@ def run_steady_load(
     )
     beside.start()
     asyncio.run(commits_in_flight(target, until, figures, calls_in_flight, per_call))
-    figures.seconds = time.monotonic() - started
+    figures.seconds += time.monotonic() - started
     beside.join(CLIENT_TIMEOUT_S + 5)
     return figures

@@ -1,0 +1,89 @@
+"""A clustered leader under sustained commit load beside timestamp calls, against a standalone node
+in the same run.
+
+``cluster load``: one etcd member and one clustered node (default settings, lease TTL 3 s), and a
+standalone node; each gets the same load for ``HLC_BENCH_LOAD_S`` seconds in all (60 by default;
+a smoke run, ``--benchmark-disable``, runs 3 s), in slices of ``HLC_BENCH_LOAD_SLICE_S`` (10 s)
+that alternate between the two, so that load from elsewhere on a shared host weighs on both
+alike. The load comes from ``tests/integration/steady_load.py``: one
+asyncio client keeps 8 ``commit_many`` calls of 1,000 fresh transactions in flight (each call's
+start timestamp is taken just before it), and a thread beside it takes one timestamp every 50 ms.
+Recorded per node: decided transactions per second, every batch answered or the errors, the
+timestamp calls' p50, p99 and slowest, the epochs seen by a status call every second (a leader
+that froze and lost its lease shows a second epoch), and the clustered rate as a ratio of the
+standalone one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.etcd_process import EtcdMember
+from tests.integration.oracle_cluster import OracleCluster
+from tests.integration.oracle_process import OracleProcess
+from tests.integration.steady_load import LoadFigures, run_steady_load
+
+#: Seconds of load per node (the issue's figure is 60 s); a smoke run takes SMOKE_S.
+LOAD_S = float(os.environ.get("HLC_BENCH_LOAD_S", "60"))
+SMOKE_S = 3.0
+#: Each node's load comes in slices of this length, alternating with the other node's.
+SLICE_S = float(os.environ.get("HLC_BENCH_LOAD_SLICE_S", "10"))
+CALLS_IN_FLIGHT, PER_CALL = 8, 1_000
+
+
+@pytest.fixture(scope="module")
+def load_targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    directory: Path = tmp_path_factory.mktemp("cluster-load")
+    with (
+        EtcdMember(directory / "etcd") as etcd,
+        OracleProcess(directory / "standalone") as standalone,
+        OracleCluster(directory / "clustered", etcd.endpoint, size=1, lease_ttl_s=3) as cluster,
+    ):
+        yield {"standalone": standalone.target, "clustered": cluster.wait_for_leader().target}
+
+
+def test_clustered_load_beside_timestamps(benchmark: Any, load_targets: dict[str, str]) -> None:
+    benchmark.group = "cluster load"
+    seconds = SMOKE_S if benchmark.disabled else LOAD_S
+    figures = {"standalone": LoadFigures(), "clustered": LoadFigures()}
+
+    def body() -> None:
+        left = seconds
+        while left > 0:
+            piece = min(SLICE_S, left)
+            for mode, into in figures.items():
+                run_steady_load(
+                    load_targets[mode],
+                    piece,
+                    clustered=mode == "clustered",
+                    calls_in_flight=CALLS_IN_FLIGHT,
+                    per_call=PER_CALL,
+                    into=into,
+                )
+            left -= piece
+
+    benchmark.pedantic(body, rounds=1, iterations=1)
+    standalone, clustered = figures["standalone"], figures["clustered"]
+    benchmark.extra_info["seconds_each"] = seconds
+    benchmark.extra_info["slice_s"] = SLICE_S
+    benchmark.extra_info["standalone"] = standalone.summary()
+    benchmark.extra_info["clustered"] = clustered.summary()
+    rate = clustered.summary()["per_second"] / max(1, standalone.summary()["per_second"])
+    benchmark.extra_info["clustered_to_standalone"] = round(rate, 3)
+    print(
+        f"\ncluster load ({seconds:.0f} s each in {SLICE_S:.0f} s slices, "
+        f"load average {os.getloadavg()[0]:.2f}):"
+    )
+    for name, one in figures.items():
+        print(f"  {name}: {one.summary()}")
+    print(f"  clustered/standalone rate: {rate:.3f}")
+    # Outcomes, not timings: one leader throughout, every batch and timestamp call answered.
+    assert len(clustered.epochs) == 1 and 0 not in clustered.epochs, clustered.summary()
+    for one in figures.values():
+        assert not one.batch_errors and not one.timestamp_errors, one.summary()
+        assert one.batches > 0
