@@ -17,6 +17,7 @@ standalone one.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.etcd_process import EtcdMember
-from tests.integration.oracle_cluster import OracleCluster
+from tests.integration.oracle_cluster import OracleCluster, fetch_metrics
 from tests.integration.oracle_process import OracleProcess
 from tests.integration.steady_load import LoadFigures, run_steady_load
 
@@ -37,20 +38,39 @@ CALLS_IN_FLIGHT, PER_CALL = 8, 1_000
 
 
 @pytest.fixture(scope="module")
-def load_targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def load_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, OracleProcess]]:
     directory: Path = tmp_path_factory.mktemp("cluster-load")
+    metrics = ("--metrics-port", "0")
     with (
         EtcdMember(directory / "etcd") as etcd,
-        OracleProcess(directory / "standalone") as standalone,
-        OracleCluster(directory / "clustered", etcd.endpoint, size=1, lease_ttl_s=3) as cluster,
+        OracleProcess(directory / "standalone", *metrics) as standalone,
+        OracleCluster(
+            directory / "clustered", etcd.endpoint, size=1, lease_ttl_s=3, extra_args=metrics
+        ) as cluster,
     ):
-        yield {"standalone": standalone.target, "clustered": cluster.wait_for_leader().target}
+        yield {"standalone": standalone, "clustered": cluster.wait_for_leader()}
 
 
-def test_clustered_load_beside_timestamps(benchmark: Any, load_targets: dict[str, str]) -> None:
+def window_counts(node: OracleProcess) -> Counter[str]:
+    """The node's window saves, and its waits at the clock's ceiling by path (timestamps, commit
+    batches), from its /metrics."""
+    counts: Counter[str] = Counter()
+    for line in fetch_metrics(node).splitlines():
+        if line.startswith("hlc_oracle_window_saves_total "):
+            counts["window_saves"] = int(float(line.split()[1]))
+        elif line.startswith("hlc_oracle_ceiling_waits_total{"):
+            path = line.split('path="', 1)[1].split('"', 1)[0]
+            counts[f"ceiling_waits_{path}"] = int(float(line.split()[1]))
+    return counts
+
+
+def test_clustered_load_beside_timestamps(
+    benchmark: Any, load_nodes: dict[str, OracleProcess]
+) -> None:
     benchmark.group = "cluster load"
     seconds = SMOKE_S if benchmark.disabled else LOAD_S
     figures = {"standalone": LoadFigures(), "clustered": LoadFigures()}
+    before = {mode: window_counts(node) for mode, node in load_nodes.items()}
 
     def body() -> None:
         left = seconds
@@ -58,7 +78,7 @@ def test_clustered_load_beside_timestamps(benchmark: Any, load_targets: dict[str
             piece = min(SLICE_S, left)
             for mode, into in figures.items():
                 run_steady_load(
-                    load_targets[mode],
+                    load_nodes[mode].target,
                     piece,
                     clustered=mode == "clustered",
                     calls_in_flight=CALLS_IN_FLIGHT,
@@ -68,6 +88,9 @@ def test_clustered_load_beside_timestamps(benchmark: Any, load_targets: dict[str
             left -= piece
 
     benchmark.pedantic(body, rounds=1, iterations=1)
+    # How often a request or batch had to wait for a window save: the window is renewed ahead of
+    # demand, so these stay near zero while the saves go on.
+    saves = {mode: window_counts(node) - before[mode] for mode, node in load_nodes.items()}
     standalone, clustered = figures["standalone"], figures["clustered"]
     benchmark.extra_info["seconds_each"] = seconds
     benchmark.extra_info["slice_s"] = SLICE_S
@@ -80,7 +103,8 @@ def test_clustered_load_beside_timestamps(benchmark: Any, load_targets: dict[str
         f"load average {os.getloadavg()[0]:.2f}):"
     )
     for name, one in figures.items():
-        print(f"  {name}: {one.summary()}")
+        benchmark.extra_info[name]["window"] = dict(saves[name])
+        print(f"  {name}: {one.summary()} window: {dict(saves[name])}")
     print(f"  clustered/standalone rate: {rate:.3f}")
     # Outcomes, not timings: one leader throughout, every batch and timestamp call answered.
     assert len(clustered.epochs) == 1 and 0 not in clustered.epochs, clustered.summary()

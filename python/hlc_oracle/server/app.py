@@ -420,7 +420,10 @@ class OracleServer:
         if scheduler is not None:
             loop = asyncio.get_running_loop()
 
+            waits = self.metrics.ceiling_waits.labels("commit")
+
             def raise_ceiling(done: CeilingRaised) -> None:
+                waits.inc()
                 # From the writer thread, or from the loop that confirms a clustered batch's
                 # decision write (the leadership loop, the window's home): start the save, never
                 # wait for it; the scheduler re-queues the refused requests when it is over.

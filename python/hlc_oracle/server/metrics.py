@@ -57,6 +57,13 @@ class ServerMetrics:
             "Durable saves of the persisted timestamp window",
             registry=self.registry,
         )
+        self.ceiling_waits = Counter(
+            "hlc_oracle_ceiling_waits",
+            "Requests (timestamps) or batches (commit) that reached the clock's ceiling and waited "
+            "for a window save: the window is renewed ahead of demand, so this stays near zero",
+            ["path"],
+            registry=self.registry,
+        )
         self.window_limit = Gauge(
             "hlc_oracle_window_limit_physical_us",
             "Physical limit (microseconds since the epoch) of the saved timestamp window",

@@ -199,6 +199,7 @@ class TimestampOracleService:
         # window keeps being saved, the request waits however long a paused or loaded process
         # takes (a save leaves about half the 200 ms window as margin). Group commit's writer
         # follows the same rule (GroupCommitScheduler._retry_after_ceiling).
+        self.metrics.ceiling_waits.labels("timestamps").inc()
         stalled = 0
         while stalled < CEILING_RETRIES:
             ceiling_before = self.clock.ceiling_physical
