@@ -31,6 +31,7 @@ One concept per module:
 ``streams``            pipelined bidirectional streams (:class:`PipelinedStream`)
 ``commit_batcher``     merging concurrent commits into ``CommitStream`` messages
 ``commit_many``        many transactions in one call (``commit_many(txns)``), results in order
+``pending_commits``    one message across attempts: refused transactions go again, in order
 ``credentials``        TLS credentials (:func:`channel_credentials`)
 ``handshake``          telling a failed TLS handshake from an unreachable oracle, and why
 ``async_client``       :class:`AsyncOracleClient`

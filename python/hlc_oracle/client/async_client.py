@@ -16,18 +16,20 @@ from hlc_oracle._core import encode_commit_request
 from hlc_oracle.client.commit_batcher import CommitBatcher
 from hlc_oracle.client.commit_many import CommitManyResult, commit_many
 from hlc_oracle.client.errors import (
-    ConnectionLostError,
     OracleError,
     OracleTimestampRegressionError,
     OracleTlsHandshakeError,
     OracleUnavailableError,
+    decision_error,
     error_from_rpc,
+    outcome_in_doubt,
     refused_message_limit,
     result_error,
     transaction_too_large,
 )
 from hlc_oracle.client.handshake import HandshakeFailure, diagnose, material_of
 from hlc_oracle.client.node import OracleNode
+from hlc_oracle.client.pending_commits import PendingCommits
 from hlc_oracle.client.retry import RetryPolicy, with_retries
 from hlc_oracle.client.status import OracleStatus
 from hlc_oracle.client.targets import NodeSet, parse_targets
@@ -136,7 +138,7 @@ class AsyncOracleClient:
         attempt = asyncio.ensure_future(
             with_retries(
                 self.retry,
-                lambda remaining: self._on_current_node(call, remaining),
+                lambda remaining: self._on_current_node(call, remaining, changes_state),
                 self.timeout,
                 changes_state=changes_state,
                 connected=lambda: self._nodes.current.ready(),
@@ -183,12 +185,16 @@ class AsyncOracleClient:
         )
 
     async def _on_current_node(
-        self, call: Callable[[OracleNode, float], Awaitable[T]], remaining: float
+        self,
+        call: Callable[[OracleNode, float], Awaitable[T]],
+        remaining: float,
+        changes_state: bool = False,
     ) -> T:
         """One attempt, a pass over the nodes: a follower's redirect is followed at once; a node
-        that is unreachable or knows no leader sends the call on to the next target at once. The
+        that is unreachable or names no leader sends the call on to the next target at once. The
         attempt fails (and the retry policy backs off) once every target failed in it, or a
-        redirect leads back to a node that already failed in it."""
+        redirect leads back to a node that already failed in it. ``changes_state``: the node's
+        ``UNAVAILABLE`` is read as :func:`~hlc_oracle.client.errors.decision_error` says."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + remaining
         failed: set[str] = set()
@@ -211,21 +217,22 @@ class AsyncOracleClient:
                 # grpc.aio ends a call whose channel closed under it this way: not the caller's
                 # cancellation, so an error the caller can catch as the client's.
                 raise OracleError(grpc.StatusCode.CANCELLED, "client closed") from None
+            if changes_state:
+                error = decision_error(error)
             if error.refusal == REFUSAL_NOT_LEADER and self._nodes.follow(error.leader or "", node):
                 redirects += 1
                 if self._nodes.current.target not in failed and redirects <= _MAX_REDIRECTS:
                     continue
                 raise error
-            if not isinstance(error, OracleUnavailableError) or error.refusal not in (
-                None,
-                REFUSAL_NOT_LEADER,
+            if not isinstance(error, OracleUnavailableError) or (
+                error.refusal not in (None, REFUSAL_NOT_LEADER) and error.leader != ""
             ):
                 raise error  # an answer to give, or a node to try again after a pause
             failed.add(node.target)
             self._nodes.move_on(node)
-            # A lost connection ends the attempt: a commit may have been decided on it, and the
-            # retry policy must see that to report an unknown outcome if no later answer comes.
-            lost = isinstance(error, ConnectionLostError)
+            # A lost answer ends the attempt: a commit may have been decided on it, and the retry
+            # policy must see that to report an unknown outcome if no later answer comes.
+            lost = outcome_in_doubt(error)
             if lost or self._nodes.current.target in failed or loop.time() >= deadline:
                 raise error
 
@@ -365,17 +372,19 @@ class AsyncOracleClient:
 
     async def _send_commits(self, transactions: list[Transaction]) -> list[CommitAnswer]:
         """One ``CommitStream`` message for ``transactions`` (several when it would be too large);
-        their answers in order. A lost connection resends the message on a new stream: the same
-        ids, so a transaction decided before the loss gets its first decision back."""
+        their answers in order. A lost connection resends the message on a new stream, and the
+        transactions a node refused without deciding go again to the next leader
+        (:mod:`hlc_oracle.client.pending_commits`): the same ids, so a transaction decided before
+        gets its first decision back."""
         message = encode_commit_request(transactions)
         if len(message) > self._message_limit(len(transactions)):
             return await self._send_split(transactions, len(message))
+        pending = PendingCommits(transactions, message)
         try:
-            return await self._call(
-                lambda node, remaining: node.commits.request(message, remaining),
-                changes_state=True,
-            )
+            return await self._call(pending.send, changes_state=True)
         except OracleError as err:
+            if pending.answered:
+                return pending.finish(err)
             self._learn_message_limit(err)
             # Resend: the refusal ended the stream, so messages that fit were refused too.
             if len(message) <= self._message_limit(len(transactions)):

@@ -2,7 +2,8 @@
 
 A gRPC failure becomes one of them in :func:`error_from_rpc`, the one place that reads a
 status code and the oracle's refusal mark; :func:`result_error` does the same for a refused
-transaction inside a ``CommitResult``.
+transaction inside a ``CommitResult``, and :func:`decision_error` says what an ``UNAVAILABLE`` means
+to a call that decides.
 
 Honest classification: a status the oracle sent itself is reported as such. A connection that
 drops while a call is in flight surfaces in grpc-core as ``UNAVAILABLE``, ``CANCELLED``,
@@ -10,6 +11,13 @@ drops while a call is in flight surfaces in grpc-core as ``UNAVAILABLE``, ``CANC
 request may or may not have reached the oracle, so it becomes a :class:`ConnectionLostError`
 (retried), never the server's ``INTERNAL``. When the retries run out after one, a call that
 changes state raises :class:`OracleOutcomeUnknownError`.
+
+A call that decides (commit, abort) tells two kinds of ``UNAVAILABLE`` the oracle sends apart: a
+refusal by its serving gate (a follower, a leader taking over or shutting down, ...; the message
+begins with ``NOT_SERVING_PREFIX``) decided nothing, so the transaction is sent again, with the
+same id, wherever the leader is now; any other (a decision write that failed or was not
+confirmed, a scheduler closed under the batch) may have decided it, so it counts as a lost answer:
+sent again too, and :class:`OracleOutcomeUnknownError` when the retries run out.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import grpc
 from hlc_oracle import HlcError, TransactionTooLargeError
 from hlc_oracle.proto import (
     LEADER_METADATA_KEY,
+    NOT_SERVING_PREFIX,
     REFUSAL_DISABLED,
     REFUSAL_METADATA_KEY,
     REFUSAL_NOT_SERVING,
@@ -70,9 +79,10 @@ class OracleDisabledError(OracleError):
 
 
 class OracleOutcomeUnknownError(OracleUnavailableError):
-    """The connection was lost while a commit or abort was in flight, and the retries (with the
-    same transaction id) ran out: whether the oracle decided it is unknown. Resubmit the same
-    transaction id (a decided id returns its first decision) or ask ``transaction_status(id)``."""
+    """The connection was lost while a commit or abort was in flight (or the node answered that
+    it could not confirm the decision), and the retries (with the same transaction id) ran out:
+    whether the oracle decided it is unknown. Resubmit the same transaction id (a decided id
+    returns its first decision) or ask ``transaction_status(id)``."""
 
 
 class OracleTimeoutError(OracleError):
@@ -144,6 +154,12 @@ def connection_lost(what: str) -> ConnectionLostError:
     return ConnectionLostError(grpc.StatusCode.UNAVAILABLE, f"connection lost: {what}")
 
 
+def outcome_in_doubt(error: OracleError) -> bool:
+    """Whether a commit or abort in flight when ``error`` happened may have been decided: a lost
+    connection, or a node's answer that it could not confirm the decision."""
+    return isinstance(error, ConnectionLostError | OracleOutcomeUnknownError)
+
+
 def is_retryable(error: OracleError) -> bool:
     """Whether another attempt may succeed: unreachable, connection lost, or not serving for now
     (a service disabled by configuration is permanent)."""
@@ -151,10 +167,27 @@ def is_retryable(error: OracleError) -> bool:
 
 
 def result_error(code: grpc.StatusCode, message: str) -> OracleError:
-    """The error of a refused transaction in a ``CommitResult``: the oracle sent it itself."""
+    """The error of a refused transaction in a ``CommitResult``: the oracle sent it itself (an
+    ``UNAVAILABLE`` as :func:`decision_error` says)."""
     if code is grpc.StatusCode.UNAVAILABLE:
-        return OracleNotServingError(code, message, REFUSAL_NOT_SERVING)
+        return decision_error(OracleNotServingError(code, message, REFUSAL_NOT_SERVING))
     return OracleError(code, message)
+
+
+def decision_error(error: OracleError) -> OracleError:
+    """``error`` as a call that decides (commit, abort) must read it: an ``UNAVAILABLE`` the oracle
+    sent that is not its serving gate's refusal leaves the outcome unknown
+    (:class:`OracleOutcomeUnknownError`, retried with the same id); anything else is unchanged."""
+    if (
+        isinstance(error, OracleNotServingError)
+        and error.refusal == REFUSAL_NOT_SERVING
+        and not error.details.startswith(NOT_SERVING_PREFIX)
+    ):
+        return OracleOutcomeUnknownError(
+            error.code,
+            f"the oracle could not confirm the decision ({error.details}); it may be decided",
+        )
+    return error
 
 
 # gRPC's words when a message is over the receiver's limit: "... larger than max (SIZE vs. LIMIT)".

@@ -8,6 +8,12 @@ outage is sent as soon as the node is reachable again (the channel's reconnect c
 for now) and a connection lost mid-call; commits and aborts are retried with the same transaction
 id, which is safe because a decided id returns its first decision. Between attempts the client
 sleeps a short backoff with jitter.
+
+A commit or abort whose answer was lost in some attempt (:func:`~hlc_oracle.client.errors.
+outcome_in_doubt`) and that no later attempt answered ends as
+:class:`~hlc_oracle.client.errors.OracleOutcomeUnknownError`; one that was only refused (nothing
+decided) ends with the refusal. ``CommitStream`` messages go through the same rule, per
+transaction (:mod:`hlc_oracle.client.pending_commits`).
 """
 
 from __future__ import annotations
@@ -22,13 +28,13 @@ from typing import TypeVar
 import grpc
 
 from hlc_oracle.client.errors import (
-    ConnectionLostError,
     OracleError,
     OracleOutcomeUnknownError,
     OracleTimeoutError,
     OracleUnavailableError,
     error_from_rpc,
     is_retryable,
+    outcome_in_doubt,
 )
 
 T = TypeVar("T")
@@ -81,15 +87,16 @@ async def with_retries(
 ) -> T:
     """``await call(remaining_seconds)``, retried as the module says, all within ``timeout``.
 
-    gRPC failures become :class:`OracleError`. ``changes_state`` (commit, abort): when a
-    connection was lost during an attempt and no later attempt got an answer, the error is
-    :class:`OracleOutcomeUnknownError`. ``connected`` tells a node that never answered (the
-    channel is not ready at the deadline: :class:`OracleUnavailableError`) from one that is
-    reachable but slow (:class:`OracleTimeoutError`).
+    gRPC failures become :class:`OracleError`. ``changes_state`` (commit, abort): when an
+    attempt's answer was lost (:func:`~hlc_oracle.client.errors.outcome_in_doubt`) and no later
+    attempt got one, the error is :class:`OracleOutcomeUnknownError`. ``connected`` tells a node
+    that never answered (the channel is not ready at the deadline:
+    :class:`OracleUnavailableError`) from one that is reachable but slow
+    (:class:`OracleTimeoutError`).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    lost: ConnectionLostError | None = None
+    lost: OracleError | None = None
     for delay in [*policy.delays(), None]:
         error: OracleError
         remaining = deadline - loop.time()
@@ -104,7 +111,7 @@ async def with_retries(
                 error = error_from_rpc(err)
             except OracleError as err:
                 error = err
-        if isinstance(error, ConnectionLostError):
+        if outcome_in_doubt(error):
             lost = error
         if not is_retryable(error) or delay is None or loop.time() + delay >= deadline:
             raise _final_error(error, lost, changes_state, timeout, connected) from None
@@ -114,7 +121,7 @@ async def with_retries(
 
 def _final_error(
     error: OracleError,
-    lost: ConnectionLostError | None,
+    lost: OracleError | None,
     changes_state: bool,
     timeout: float,
     connected: Callable[[], bool] | None,

@@ -22,6 +22,12 @@ REFUSAL_DISABLED = "disabled"
 #: A clustered follower: the leader (if known) is named by ``LEADER_METADATA_KEY``; clients go
 #: there at once without counting a failure.
 REFUSAL_NOT_LEADER = "not-leader"
+#: How the message of every refusal by the serving gate begins (and of a node whose commit log is
+#: not loaded yet): the call was refused before anything was decided. A ``CommitStream`` answer
+#: carries a refused transaction's code and message without trailing metadata, so a client tells
+#: a refusal (safe to send elsewhere) from another ``UNAVAILABLE`` (a decision write that failed or
+#: was not confirmed: the outcome is unknown) by this prefix.
+NOT_SERVING_PREFIX = "not serving: "
 
 #: Trailing metadata on a follower's refusal: the leader's advertised address, empty when no
 #: leader is known.

@@ -40,7 +40,7 @@ from hlc_oracle import (
     TransactionTooLargeError,
 )
 from hlc_oracle._core import decode_commit_request, encode_commit_results
-from hlc_oracle.proto import REFUSAL_DISABLED
+from hlc_oracle.proto import NOT_SERVING_PREFIX, REFUSAL_DISABLED
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
@@ -158,7 +158,7 @@ class TransactionsService:
         """The scheduler, once the commit log is replayed."""
         if self.scheduler is None:
             raise RequestError(
-                grpc.StatusCode.UNAVAILABLE, "not serving: the commit log is not loaded yet"
+                grpc.StatusCode.UNAVAILABLE, f"{NOT_SERVING_PREFIX}the commit log is not loaded yet"
             )
         return self.scheduler
 
@@ -246,6 +246,8 @@ class TransactionsService:
             check_request_wire(raw, request)
             if not request.HasField("transaction"):
                 raise _invalid("CommitRequest.transaction is required")
+            # A refusal keeps the gate's marks (a follower names its leader), as Abort's does.
+            self._check_gate()
             (result,) = await self._decide([request.transaction])
             if result.WhichOneof("outcome") == "error":
                 code = grpc.StatusCode.INTERNAL

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from hlc_oracle import CeilingReachedError, Clock, ClockSkewError, HlcError, Timestamp
 from hlc_oracle.proto import (
     LEADER_METADATA_KEY,
+    NOT_SERVING_PREFIX,
     REFUSAL_METADATA_KEY,
     REFUSAL_NOT_LEADER,
     REFUSAL_NOT_SERVING,
@@ -76,11 +77,11 @@ def gate_refusal(gate: ServingGate, reads: bool = False) -> RequestError | None:
     if redirect is not None:
         return RequestError(
             grpc.StatusCode.UNAVAILABLE,
-            f"not serving: {refusal}",
+            f"{NOT_SERVING_PREFIX}{refusal}",
             refusal=REFUSAL_NOT_LEADER,
             leader=redirect,
         )
-    return RequestError(grpc.StatusCode.UNAVAILABLE, f"not serving: {refusal}")
+    return RequestError(grpc.StatusCode.UNAVAILABLE, f"{NOT_SERVING_PREFIX}{refusal}")
 
 
 def stopping_refusal(gate: ServingGate) -> RequestError:

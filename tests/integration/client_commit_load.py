@@ -1,0 +1,166 @@
+"""Commit load through the client library, for the tests and benchmarks of commits across leader
+changes: :class:`ClientCommitLoad`.
+
+    with ClientCommitLoad(cluster.targets) as load:   # callers on a thread of their own
+        load.run()                                      # they call until pause() or the end
+        load.wait_for_more_than(len(load.decided) + 200)
+        ...
+    load.decided, load.answers, load.unknown, load.errors
+
+Each transaction takes a fresh start timestamp and writes keys of its own, so it conflicts with
+nothing: a committed answer is the rule, an abort means it started under a leader that is gone
+(too old). Unlike ``tests/integration/test_cluster_commit.py``'s ``CommitLoad`` (plain gRPC,
+resending itself), every retry here is the library's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+from hlc_oracle import Aborted, Committed, Timestamp, Transaction
+from hlc_oracle.client import AsyncOracleClient, OracleOutcomeUnknownError
+
+#: Far above any failover the tests and benchmarks cause: a call ends with an error only when
+#: something is wrong.
+CLIENT_TIMEOUT_S = 20.0
+
+
+class ClientCommitLoad:
+    """Callers of one :class:`AsyncOracleClient` given ``targets``: ``commit_callers`` calling
+    ``commit()``, ``batch_callers`` calling ``commit_many()`` of ``batch`` transactions, and one
+    alternating ``commit_unary()`` and ``abort()`` of a fresh id. They call while the load runs
+    (:meth:`run`, :meth:`pause`).
+
+    Records every acknowledged decision (:attr:`decided`: id to the transaction, None for an
+    abort(), and its decision), every committed answer's time and deciding node
+    (:attr:`answers`: monotonic ns, the commit timestamp's node id), the ids whose outcome is
+    unknown (:attr:`unknown`) and every other error (:attr:`errors`). A caller goes on after an
+    error."""
+
+    def __init__(
+        self,
+        targets: list[str],
+        commit_callers: int = 8,
+        batch_callers: int = 2,
+        batch: int = 20,
+        timeout: float = CLIENT_TIMEOUT_S,
+    ) -> None:
+        self.targets = targets
+        self.commit_callers = commit_callers
+        self.batch_callers = batch_callers
+        self.batch = batch
+        self.timeout = timeout
+        self.decided: dict[int, tuple[Transaction | None, Committed | Aborted]] = {}
+        self.answers: list[tuple[int, int]] = []
+        self.unknown: list[int] = []
+        self.errors: list[BaseException] = []
+        self._ids = itertools.count(1)
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> ClientCommitLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._running.set()
+        self._thread.join(self.timeout * 2)
+        assert not self._thread.is_alive(), "the load did not stop"
+
+    def run(self) -> None:
+        self._running.set()
+
+    def pause(self) -> None:
+        """The callers stop after the call each has in flight."""
+        self._running.clear()
+
+    def errors_by_kind(self) -> dict[str, int]:
+        """Failed calls by the error's class, unknown outcomes (per transaction) included."""
+        kinds = collections.Counter(type(error).__name__ for error in self.errors)
+        if self.unknown:
+            kinds[OracleOutcomeUnknownError.__name__] += len(self.unknown)
+        return dict(sorted(kinds.items()))
+
+    def wait_for_more_than(self, count: int, timeout_s: float = 30.0) -> None:
+        """Until more than ``count`` decisions were acknowledged (bounded); fails at once on an
+        error other than an unknown outcome."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.decided) <= count:
+            assert not self.errors, self.errors[:3]
+            assert time.monotonic() < deadline, f"stuck at {len(self.decided)} decisions"
+            time.sleep(0.02)
+
+    async def _run(self) -> None:
+        async with AsyncOracleClient(self.targets, timeout=self.timeout) as client:
+            callers = [self._commits for _ in range(self.commit_callers)]
+            callers += [self._batches for _ in range(self.batch_callers)]
+            callers.append(self._unary)
+            await asyncio.gather(*(self._calling(caller, client) for caller in callers))
+
+    async def _calling(
+        self, caller: Callable[[AsyncOracleClient], Awaitable[None]], client: AsyncOracleClient
+    ) -> None:
+        while True:
+            while not self._running.is_set():
+                await asyncio.sleep(0.01)
+            if self._stop.is_set():
+                return
+            try:
+                await caller(client)
+            except Exception as err:
+                self.errors.append(err)
+                await asyncio.sleep(0.01)
+
+    def _record(self, txn_id: int, txn: Transaction | None, result: Committed | Aborted) -> None:
+        self.decided[txn_id] = (txn, result)
+        if isinstance(result, Committed):
+            self.answers.append((time.monotonic_ns(), result.commit_ts.node))
+
+    def _transaction(self, start: Timestamp) -> Transaction:
+        txn_id = next(self._ids)
+        return Transaction(txn_id, start, [b"r/%d" % txn_id], [b"w/%d" % txn_id])
+
+    async def _commits(self, client: AsyncOracleClient) -> None:
+        txn = self._transaction(await client.get_timestamp())
+        try:
+            self._record(txn.txn_id, txn, await client.commit(txn))
+        except OracleOutcomeUnknownError:
+            self.unknown.append(txn.txn_id)
+
+    async def _batches(self, client: AsyncOracleClient) -> None:
+        start = await client.get_timestamp()
+        batch = [self._transaction(start) for _ in range(self.batch)]
+        try:
+            results = await client.commit_many(batch)
+        except OracleOutcomeUnknownError:
+            self.unknown.extend(txn.txn_id for txn in batch)
+            return
+        for txn, result in zip(batch, results, strict=True):
+            if isinstance(result, OracleOutcomeUnknownError):
+                self.unknown.append(txn.txn_id)
+            elif isinstance(result, Committed | Aborted):
+                self._record(txn.txn_id, txn, result)
+            else:
+                self.errors.append(result)
+
+    async def _unary(self, client: AsyncOracleClient) -> None:
+        txn = self._transaction(await client.get_timestamp())
+        aborted_id = next(self._ids)
+        try:
+            self._record(txn.txn_id, txn, await client.commit_unary(txn))
+            self._record(aborted_id, None, await client.abort(aborted_id))
+        except OracleOutcomeUnknownError:
+            self.unknown.extend((txn.txn_id, aborted_id))
