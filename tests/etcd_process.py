@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -46,6 +45,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
+
+from hlc_oracle.local_cluster import etcd_program as etcd_path
+from hlc_oracle.local_cluster import free_port as free_tcp_port
+from hlc_oracle.local_cluster import memory_root as data_root
 
 from tests.started_fixture import StartedFixture
 
@@ -94,27 +97,6 @@ def etcdctl_path() -> str:
     if path is None:
         raise RuntimeError("etcdctl is not installed: run `make system` (scripts/setup-system.sh)")
     return path
-
-
-def etcd_path() -> str:
-    path = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
-    if path is None:
-        raise RuntimeError("etcd is not installed: run `make system` (scripts/setup-system.sh)")
-    return path
-
-
-def data_root() -> str | None:
-    """Where members keep their data: memory (``/dev/shm``) where there is one. Each WAL
-    preallocates and fsyncs 64 MB at start, which on a shared disk made a three-member start take
-    2 s instead of 0.2 s; a kill -9 keeps what the process wrote either way."""
-    shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class EtcdMember(StartedFixture):

@@ -69,6 +69,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def memory_root() -> str | None:
+    """Where etcd keeps its data: memory (``/dev/shm``) where there is one (each member's WAL
+    preallocates and syncs 64 MB at start: 2 s instead of 0.2 s on a shared disk); ``None``
+    (the system's temporary directory) elsewhere."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: a new session (a terminal's Ctrl-C reaches only the parent,
     which stops the children in order), and SIGKILL when the parent dies (Linux)."""
@@ -178,9 +186,7 @@ class LocalCluster:
         return self
 
     def _start_etcd(self, directory: Path) -> None:
-        shm = Path("/dev/shm")
-        in_memory = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-        data_root = Path(tempfile.mkdtemp(prefix="hlc-oracle-cluster-etcd-", dir=in_memory))
+        data_root = Path(tempfile.mkdtemp(prefix="hlc-oracle-cluster-etcd-", dir=memory_root()))
         self._temporary.append(data_root)
         for attempt in range(ETCD_START_ATTEMPTS):
             client_url = f"http://127.0.0.1:{free_port()}"

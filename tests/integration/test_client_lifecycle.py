@@ -93,4 +93,4 @@ def test_a_call_to_a_silent_node_ends_at_its_deadline() -> None:
                 client.get_timestamp()
             took = time.monotonic() - started
     # The look used to start after the deadline and add up to half the timeout (3 s here).
-    assert took < timeout + 0.4, took
+    assert took < timeout + 0.8, took
