@@ -59,3 +59,12 @@ def test_the_docs_name_no_file_that_is_missing() -> None:
             if "<" not in path and "*" not in path and not (ROOT / path).exists():
                 missing.add(f"{page.relative_to(ROOT)}: {path}")
     assert not missing, sorted(missing)
+
+
+def test_every_make_verb_the_docs_name_exists() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([\w-]+):", makefile, re.M))
+    named = set()
+    for page in [ROOT / "README.md", *DOCS.rglob("*.md")]:
+        named.update(re.findall(r"(?:`|^)make ([a-z][\w-]*)", page.read_text(), re.M))
+    assert named - targets == set(), sorted(named - targets)
