@@ -9,7 +9,8 @@ set -euo pipefail
 # their own members on loopback (tests/etcd_process.py).
 # faketime: libfaketimeMT.so.1, which the skewed-clock tests preload into a node to put its wall
 # clock seconds ahead or behind (FAKETIME=+2s) while its monotonic clock stays true.
-packages=(build-essential chrony etcd-server etcd-client faketime)
+# openssl: deploy/etcd-pki.sh makes the deploy files' etcd certificates with it (its test runs it).
+packages=(build-essential chrony etcd-server etcd-client faketime openssl)
 # `make` runs `python3 -m venv`, which with Debian's python3 needs python3-venv (ensurepip). A
 # python3 from pyenv or a similar build has venv built in, but the package is installed anyway
 # when Debian has it, so `make` works whichever python3 comes first on PATH. Skipped where the

@@ -16,7 +16,7 @@ from typing import Any
 
 import aetcd
 import yaml
-from hlc_oracle.config import OracleConfig, load
+from hlc_oracle.config import OracleConfig, load, split_scheme
 
 from tests.etcd_process import EtcdMember
 
@@ -118,9 +118,19 @@ def url_port(url: str) -> int:
     return int(url.rpartition(":")[2])
 
 
+def etcd_member_names() -> set[str]:
+    return {name for name in compose()["services"] if re.fullmatch(r"etcd-\d+", name)}
+
+
+def host_files(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> host path (under deploy/) of the service's bind mounts."""
+    mounts = [mount.split(":") for mount in service["volumes"]]
+    return {target: source for source, target, *_ in mounts if source.startswith("./")}
+
+
 def test_compose_runs_three_etcd_members_with_the_operator_settings() -> None:
     services = compose()["services"]
-    members = {name: service for name, service in services.items() if name.startswith("etcd")}
+    members = {name: services[name] for name in etcd_member_names()}
     assert set(members) == {"etcd-1", "etcd-2", "etcd-3"}
     initial = dict(
         entry.split("=", 1)
@@ -131,8 +141,16 @@ def test_compose_runs_three_etcd_members_with_the_operator_settings() -> None:
     for name, member in members.items():
         env = member["environment"]
         assert env["ETCD_NAME"] == name
-        assert env["ETCD_INITIAL_ADVERTISE_PEER_URLS"] == initial[name] == f"http://{name}:2380"
-        assert env["ETCD_ADVERTISE_CLIENT_URLS"] == f"http://{name}:2379"
+        assert env["ETCD_INITIAL_ADVERTISE_PEER_URLS"] == initial[name] == f"https://{name}:2380"
+        assert env["ETCD_ADVERTISE_CLIENT_URLS"] == f"https://{name}:2379"
+        assert env["ETCD_LISTEN_CLIENT_URLS"].startswith("https://")
+        # TLS with client certificates on both sides, the files mounted from deploy/etcd-pki/.
+        files = host_files(member)
+        for side in ("", "PEER_"):
+            assert env[f"ETCD_{side}CLIENT_CERT_AUTH"] == "true"
+            for setting in ("CERT_FILE", "KEY_FILE", "TRUSTED_CA_FILE"):
+                path = env[f"ETCD_{side}{setting}"]
+                assert files[path] == f"./etcd-pki/{Path(path).name}"
         assert url_port(env["ETCD_LISTEN_CLIENT_URLS"]) == 2379
         # What an operator must set for the oracle: a quota and compaction.
         assert int(env["ETCD_QUOTA_BACKEND_BYTES"]) == 8 * 2**30
@@ -140,7 +158,7 @@ def test_compose_runs_three_etcd_members_with_the_operator_settings() -> None:
         assert env["ETCD_AUTO_COMPACTION_RETENTION"] == "5m"
         assert member["image"].endswith(":v3.4.23")  # the version the tests run (Debian's)
         assert member["healthcheck"]["test"][:2] == ["CMD", "etcdctl"]
-        (volume,) = member["volumes"]
+        (volume,) = [v for v in member["volumes"] if not v.startswith("./")]
         assert volume.endswith(f":{env['ETCD_DATA_DIR']}")
         volumes.add(volume.split(":")[0])
     assert len(volumes) == 3 and volumes <= set(compose()["volumes"])
@@ -150,7 +168,7 @@ def test_compose_runs_three_clustered_oracle_nodes() -> None:
     services = compose()["services"]
     nodes = {name: service for name, service in services.items() if name.startswith("hlc-oracle")}
     assert set(nodes) == {"hlc-oracle-1", "hlc-oracle-2", "hlc-oracle-3"}
-    etcd_members = {name for name in services if name.startswith("etcd")}
+    etcd_members = etcd_member_names()
     # The image's environment (Dockerfile ENV) under the service's.
     image_env = dict(
         assignment.split("=", 1)
@@ -163,14 +181,19 @@ def test_compose_runs_three_clustered_oracle_nodes() -> None:
         assert node["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
         assert (DEPLOY / node["build"]["dockerfile"].removeprefix("deploy/")).exists()
         assert node["stop_signal"] == "SIGTERM"
-        assert set(node["depends_on"]) == etcd_members
-        assert all(dep["condition"] == "service_healthy" for dep in node["depends_on"].values())
+        # After the members are healthy and etcd's auth is on.
+        assert node["depends_on"] == {
+            **{member: {"condition": "service_healthy"} for member in etcd_members},
+            "etcd-auth": {"condition": "service_completed_successfully"},
+        }
         # Healthy means "the node is well", leader or follower: gRPC health of "".
         health = node["healthcheck"]["test"]
         assert health[:3] == ["CMD", "python", "-c"] and "service=''" in health[3]
         config_file = None
         for mount in node["volumes"]:
             source, target = mount.split(":")[:2]
+            if source.startswith("./etcd-pki/"):
+                continue  # made by etcd-pki.sh (test_the_deploy_pki_...)
             if source.startswith("./"):
                 assert (DEPLOY / source).exists(), source
                 config_file = DEPLOY / source
@@ -181,8 +204,19 @@ def test_compose_runs_three_clustered_oracle_nodes() -> None:
         config = load(config_file, environ={**image_env, **node["environment"]})
         assert node["command"][-1] == "/etc/hlc-oracle/oracle.toml"
         assert config.cluster.clustered
-        assert {e.partition(":")[0] for e in config.cluster.etcd_endpoints} == etcd_members
+        addresses = [split_scheme(e) for e in config.cluster.etcd_endpoints]
+        assert {address.partition(":")[0] for _, address in addresses} == etcd_members
         assert {url_port(e) for e in config.cluster.etcd_endpoints} == {2379}
+        assert {scheme for scheme, _ in addresses} == {"https"}
+        # The oracle's own certificate and the CA, nothing more (no root or server key).
+        files = host_files(node)
+        for path in (config.cluster.etcd_ca, config.cluster.etcd_cert, config.cluster.etcd_key):
+            assert path is not None and files[str(path)] == f"./etcd-pki/{path.name}"
+        assert {Path(f).name for f in files.values() if "etcd-pki" in f} == {
+            "ca.pem",
+            "oracle.pem",
+            "oracle-key.pem",
+        }
         node_ids.add(config.clock.node_id)
         # A node advertises its port published on the host, where the clients are.
         published = {p.rsplit(":", 1)[1]: p.rsplit(":", 1)[0] for p in node["ports"]}

@@ -6,6 +6,7 @@ gRPC service names."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ def test_every_resource_and_generated_file_exists() -> None:
         ("Service", "hlc-oracle"),
         ("Service", "hlc-oracle-peers"),
         ("StatefulSet", "hlc-oracle"),
+        ("Job", "etcd-auth"),
     }
     for generator in kustomization()["configMapGenerator"]:
         for entry in generator.get("files", []):
@@ -135,14 +137,16 @@ def test_every_pod_is_a_clustered_node_with_its_own_id_and_address() -> None:
 def test_etcd_endpoints_are_the_members_of_the_etcd_set() -> None:
     etcd = etcd_set()
     service = etcd["spec"]["serviceName"]
-    members = {f"etcd-{ordinal}.{service}:2379" for ordinal in range(etcd["spec"]["replicas"])}
+    members = {
+        f"https://etcd-{ordinal}.{service}:2379" for ordinal in range(etcd["spec"]["replicas"])
+    }
     assert set(oracle_config("hlc-oracle-0").cluster.etcd_endpoints) == members
     env = pod_env(only_container(etcd), "etcd-1")
     assert env["ETCD_NAME"] == "etcd-1"
-    assert env["ETCD_ADVERTISE_CLIENT_URLS"] == f"http://etcd-1.{service}:2379"
+    assert env["ETCD_ADVERTISE_CLIENT_URLS"] == f"https://etcd-1.{service}:2379"
     initial = dict(entry.split("=", 1) for entry in env["ETCD_INITIAL_CLUSTER"].split(","))
     assert initial == {
-        f"etcd-{ordinal}": f"http://etcd-{ordinal}.{service}:2380"
+        f"etcd-{ordinal}": f"https://etcd-{ordinal}.{service}:2380"
         for ordinal in range(etcd["spec"]["replicas"])
     }
     assert initial["etcd-1"] == env["ETCD_INITIAL_ADVERTISE_PEER_URLS"]
@@ -209,3 +213,82 @@ def test_runs_as_the_image_user_with_data_and_config_mounted() -> None:
     assert [claim["metadata"]["name"] for claim in claims] == ["data"]
     grace = pod["terminationGracePeriodSeconds"]
     assert grace > config.server.shutdown_grace_s
+
+
+def secret_files(secret_name: str) -> dict[str, Path]:
+    """The files a generated Secret holds, by key (their base names), as paths under deploy/."""
+    (generator,) = [g for g in kustomization()["secretGenerator"] if g["name"] == secret_name]
+    return {Path(entry).name: DEPLOY / entry for entry in generator["files"]}
+
+
+def mounted_secret(pod: dict[str, Any], container: dict[str, Any], path: str) -> str:
+    """The name of the Secret the container mounts at ``path``."""
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == path]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["defaultMode"] == 0o440  # the pod's group (fsGroup) only
+    name: str = volume["secret"]["secretName"]
+    return name
+
+
+def test_etcd_runs_tls_with_client_certificates_from_its_secret() -> None:
+    pod = etcd_set()["spec"]["template"]["spec"]
+    container = only_container(etcd_set())
+    env = pod_env(container, "etcd-0")
+    files = secret_files(mounted_secret(pod, container, "/etc/etcd/pki"))
+    for side in ("", "PEER_"):
+        assert env[f"ETCD_{side}CLIENT_CERT_AUTH"] == "true"
+        for setting in ("CERT_FILE", "KEY_FILE", "TRUSTED_CA_FILE"):
+            path = Path(env[f"ETCD_{side}{setting}"])
+            assert path.parent == Path("/etc/etcd/pki") and path.name in files
+    for name in ("ETCD_LISTEN_CLIENT_URLS", "ETCD_LISTEN_PEER_URLS", "ETCD_ADVERTISE_CLIENT_URLS"):
+        assert env[name].startswith("https://")
+    # The probes' port stays plain: /health only.
+    assert env["ETCD_LISTEN_METRICS_URLS"].startswith("http://")
+    assert container["readinessProbe"]["httpGet"]["port"] == "metrics"
+
+
+def test_the_oracle_reaches_etcd_with_its_own_certificate_only() -> None:
+    pod = oracle_set()["spec"]["template"]["spec"]
+    container = only_container(oracle_set())
+    config = oracle_config("hlc-oracle-0").cluster
+    assert config.etcd_tls and config.etcd_user is None  # the user is the certificate's CN
+    mount = "/etc/hlc-oracle/etcd"
+    files = secret_files(mounted_secret(pod, container, mount))
+    assert set(files) == {"ca.pem", "oracle.pem", "oracle-key.pem"}  # no root key, no server key
+    for path in (config.etcd_ca, config.etcd_cert, config.etcd_key):
+        assert path is not None and path.parent == Path(mount) and path.name in files
+
+
+def test_the_auth_job_runs_the_auth_script_as_root_on_the_oracle_cluster_name() -> None:
+    job = manifests()[("Job", "etcd-auth")]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    name_source = env["HLC_ORACLE_CLUSTER_NAME"]["valueFrom"]["configMapKeyRef"]
+    assert name_source == {"name": "hlc-oracle-cluster", "key": "HLC_ORACLE_CLUSTER_NAME"}
+    assert "HLC_ORACLE_CLUSTER_NAME" in generated_env("hlc-oracle-cluster")
+    endpoints = env["ETCDCTL_ENDPOINTS"]["value"].split(",")
+    assert set(endpoints) == set(oracle_config("hlc-oracle-0").cluster.etcd_endpoints)
+    files = secret_files(mounted_secret(pod, container, "/etc/etcd/pki"))
+    for name in ("ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY"):
+        assert Path(env[name]["value"]).name in files
+    assert Path(env["ETCDCTL_CERT"]["value"]).name == "root.pem"
+    assert pod["restartPolicy"] == "OnFailure"
+    dockerfile = (DEPLOY / "etcd-auth.Dockerfile").read_text()
+    assert "COPY deploy/etcd-auth.sh" in dockerfile
+    assert container["image"] in {image["name"] for image in kustomization()["images"]}
+
+
+def test_the_secrets_hold_what_the_pki_script_makes(tmp_path: Path) -> None:
+    """Every file a Secret is generated from is one that deploy/etcd-pki.sh writes."""
+    subprocess.run(
+        ["sh", str(DEPLOY / "etcd-pki.sh"), str(tmp_path / "etcd-pki")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    made = {path.name for path in (tmp_path / "etcd-pki").iterdir()}
+    for generator in kustomization()["secretGenerator"]:
+        for entry in generator["files"]:
+            assert entry.startswith("etcd-pki/") and Path(entry).name in made, entry

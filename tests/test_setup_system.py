@@ -13,7 +13,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "setup-system.sh"
 # The packages every machine gets, in the script's order.
-REQUIRED = "build-essential chrony etcd-server etcd-client faketime"
+REQUIRED = "build-essential chrony etcd-server etcd-client faketime openssl"
 
 
 def fake_system(tmp_path: Path, installed: set[str], candidates: dict[str, str]) -> Path:
@@ -72,10 +72,14 @@ def apt_calls(tmp_path: Path) -> list[str]:
         (set(), {}, REQUIRED),
         (set(REQUIRED.split()), {}, None),
         # A machine set up before clustering: only etcd is added.
-        ({"build-essential", "chrony", "python3-venv"}, {}, "etcd-server etcd-client faketime"),
+        (
+            {"build-essential", "chrony", "python3-venv", "openssl"},
+            {},
+            "etcd-server etcd-client faketime",
+        ),
         # A machine set up before the skewed-clock tests: only faketime is added.
         (
-            {"build-essential", "chrony", "etcd-server", "etcd-client", "python3-venv"},
+            {"build-essential", "chrony", "etcd-server", "etcd-client", "python3-venv", "openssl"},
             {},
             "faketime",
         ),
