@@ -169,14 +169,19 @@ class History:
     def successes(self) -> int:
         return sum(op.ok for op in self.operations)
 
-    def largest_gap_ms(self, after: Instant | None = None) -> float:
-        """The longest time between two consecutive successful completions at or after
-        ``after`` (monotonic): around a fault, from the last success before to the first after."""
+    def largest_gap_ms(self, after: Instant | None = None, until: Instant | None = None) -> float:
+        """The longest time between two consecutive successful completions between ``after``
+        and ``until`` (monotonic): around a fault, from the last success before to the first
+        after."""
         since = 0 if after is None else after.monotonic_ns
+        end = None if until is None else until.monotonic_ns
         ends = sorted(
             op.complete.monotonic_ns
-            for op in self.operations
-            if op.ok and op.complete is not None and op.complete.monotonic_ns >= since
+            for op in list(self.operations)
+            if op.ok
+            and op.complete is not None
+            and op.complete.monotonic_ns >= since
+            and (end is None or op.complete.monotonic_ns <= end)
         )
         return max(((b - a) / 1e6 for a, b in itertools.pairwise(ends)), default=0.0)
 

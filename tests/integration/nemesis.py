@@ -43,7 +43,8 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self, TypeVar
 
@@ -51,7 +52,7 @@ from hlc_oracle import Aborted, Committed, HlcError, TimestampRange, Transaction
 from hlc_oracle.client import AsyncOracleClient
 
 from tests.etcd_process import EtcdCluster, EtcdMember
-from tests.integration.history import History, Instant, Kind, Operation
+from tests.integration.history import CheckResult, History, Instant, Kind, Operation, check
 from tests.integration.oracle_cluster import OracleCluster
 from tests.integration.oracle_process import OracleProcess, skewed_clock_env
 from tests.integration.tcp_proxy import TcpProxy
@@ -370,3 +371,188 @@ def read_back(targets: list[str], history: History, timeout_s: float = 30.0) -> 
                 history.read_back(txn_id, decision)
 
     asyncio.run(run())
+
+
+# -- scenarios: one definition each, run by the tests (a round or a few) and the benchmark ------
+
+#: How long a fault that needs no failover is held while the load runs through it.
+HOLD_S = 1.5
+#: Figures of a round start this long before its fault: the last success before it is in view.
+BEFORE_FAULT_NS = 200_000_000
+
+Round = Callable[[FaultCluster, Load], None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A fault scenario: what its cluster needs, and one round of it (the fault, the wait for
+    the cluster to serve again, the fault healed or the lost node restarted)."""
+
+    name: str
+    round: Round
+    etcd_members: int = 1
+    etcd_proxies: bool = False
+    peer_proxies: bool = False
+    clock_offsets: Mapping[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What a run of a scenario gave: the checker's verdict over the whole history, and each
+    round's gap (milliseconds without a successful call, from just before the fault to the
+    first success after it)."""
+
+    result: CheckResult
+    gaps_ms: list[float]
+
+
+def run_scenario(scenario: Scenario, directory: Path, rounds: int) -> Outcome:
+    """``rounds`` rounds of ``scenario`` under :class:`Load`, every commit read back after."""
+    gaps: list[float] = []
+    with FaultCluster(
+        directory,
+        etcd_members=scenario.etcd_members,
+        etcd_proxies=scenario.etcd_proxies,
+        peer_proxies=scenario.peer_proxies,
+        clock_offsets=scenario.clock_offsets,
+    ) as cluster:
+        with Load(cluster.targets) as load:
+            load.wait_for_success_after(Instant.now())
+            for _ in range(rounds):
+                before = Instant.now()
+                scenario.round(cluster, load)
+                load.wait_for_success_after(Instant.now())
+                start = Instant(before.monotonic_ns - BEFORE_FAULT_NS, before.wall_us)
+                gaps.append(load.history.largest_gap_ms(start, Instant.now()))
+        read_back(cluster.targets, load.history)
+    return Outcome(check(load.history), gaps)
+
+
+def kill_the_leader(cluster: FaultCluster, load: Load) -> None:
+    leader = cluster.wait_for_leader()
+    cluster.kill(leader)
+    cluster.wait_for_leader(other_than=leader)
+    cluster.node(leader).start()
+
+
+def stop_the_leader(cluster: FaultCluster, load: Load) -> None:
+    leader = cluster.wait_for_leader()
+    cluster.terminate(leader)
+    cluster.wait_for_leader(other_than=leader)
+    cluster.node(leader).start()
+
+
+def pause_the_leader(cluster: FaultCluster, load: Load) -> None:
+    """SIGSTOP past the lease: calls queue at its socket until a successor serves; SIGCONT."""
+    leader = cluster.wait_for_leader()
+    with cluster.paused(leader):
+        cluster.wait_for_leader(other_than=leader)
+        time.sleep(0.3)
+
+
+def cut_the_leader_off_from_etcd(cluster: FaultCluster, load: Load) -> None:
+    """It stops serving by its own lease deadline; a follower wins once etcd expires the lease;
+    healed, the old leader's late writes are fenced out."""
+    leader = cluster.wait_for_leader()
+    with cluster.cut_off_from_etcd(leader):
+        cluster.wait_for_leader(other_than=leader)
+        time.sleep(0.5)
+
+
+def cut_a_follower_off_from_etcd(cluster: FaultCluster, load: Load) -> None:
+    """Harmless: the leader keeps its term and serves throughout."""
+    leader = cluster.wait_for_leader()
+    follower = next(node for node in range(1, cluster.size + 1) if node != leader)
+    with cluster.cut_off_from_etcd(follower):
+        time.sleep(HOLD_S)
+        load.wait_for_success_after(Instant.now())
+    assert cluster.wait_for_leader() == leader
+
+
+def partition_the_leader_from_its_peers(cluster: FaultCluster, load: Load) -> None:
+    """Followers lose their connection to the leader without a refusal: no proof of death, no
+    deposition; etcd still sees the leader, which keeps its term and serves throughout."""
+    leader = cluster.wait_for_leader()
+    with cluster.partitioned_from_peers(leader):
+        time.sleep(HOLD_S)
+        load.wait_for_success_after(Instant.now())
+    assert cluster.wait_for_leader() == leader
+
+
+def kill_the_leader_behind_a_partition(cluster: FaultCluster, load: Load) -> None:
+    """Its death reaches no follower as a refusal: the next leader waits for the lease."""
+    leader = cluster.wait_for_leader()
+    with cluster.partitioned_from_peers(leader):
+        cluster.kill(leader)
+        cluster.wait_for_leader(other_than=leader)
+    cluster.node(leader).start()
+
+
+def lose_an_etcd_member(raft_leader: bool) -> Round:
+    def lose(cluster: FaultCluster, load: Load) -> None:
+        with cluster.etcd_member_lost(raft_leader):
+            time.sleep(HOLD_S)
+            load.wait_for_success_after(Instant.now())
+
+    return lose
+
+
+def lose_an_etcd_member_and_the_leader(cluster: FaultCluster, load: Load) -> None:
+    leader = cluster.wait_for_leader()
+    with cluster.etcd_member_lost():
+        cluster.kill(leader)
+        cluster.wait_for_leader(other_than=leader)
+    cluster.node(leader).start()
+
+
+def cut_the_leader_off_then_kill_its_successor(cluster: FaultCluster, load: Load) -> None:
+    """The cut-off leader still holds its window when the next one dies: the third must start
+    above both."""
+    first = cluster.wait_for_leader()
+    with cluster.cut_off_from_etcd(first):
+        second = cluster.wait_for_leader(other_than=first)
+        cluster.kill(second)
+        third = cluster.wait_for_leader(other_than=second)
+        assert third != first, "a leader cut off from etcd serves"
+    cluster.node(second).start()
+
+
+#: The node whose wall clock is off: started last, so the first leader keeps true time.
+SKEWED = 3
+
+SCENARIOS = {
+    scenario.name: scenario
+    for scenario in [
+        Scenario("kill -9 of the leader", kill_the_leader),
+        Scenario("SIGTERM of the leader", stop_the_leader),
+        Scenario("leader paused past its lease", pause_the_leader),
+        Scenario("leader cut off from etcd", cut_the_leader_off_from_etcd, etcd_proxies=True),
+        Scenario("follower cut off from etcd", cut_a_follower_off_from_etcd, etcd_proxies=True),
+        Scenario(
+            "leader partitioned from its peers",
+            partition_the_leader_from_its_peers,
+            peer_proxies=True,
+        ),
+        Scenario(
+            "leader killed behind a partition",
+            kill_the_leader_behind_a_partition,
+            peer_proxies=True,
+        ),
+        Scenario("etcd raft leader lost", lose_an_etcd_member(True), etcd_members=3),
+        Scenario("etcd follower lost", lose_an_etcd_member(False), etcd_members=3),
+        Scenario(
+            "etcd member and the leader lost",
+            lose_an_etcd_member_and_the_leader,
+            etcd_members=3,
+        ),
+        Scenario(
+            "leader cut off from etcd, successor killed",
+            cut_the_leader_off_then_kill_its_successor,
+            etcd_proxies=True,
+        ),
+        *(
+            Scenario(f"one clock 2 s {way}, leaders killed", kill_the_leader, clock_offsets=offset)
+            for way, offset in (("ahead", {SKEWED: "+2s"}), ("behind", {SKEWED: "-2s"}))
+        ),
+    ]
+}
