@@ -12,8 +12,9 @@ which compare ``CommitResult`` messages byte for byte with ``GetTransactionStatu
 send a ``pb.Transaction`` again unchanged when its leader died under it.
 
 :class:`CallLog` records every successful call of the load threads (wall and monotonic times before
-the call, after it, the range it got) and checks the cluster's promises over them: no timestamp
-twice, real-time order across threads and nodes, and the HLC bound.
+the call, after it, the range it got) and has the fault suite's checker
+(:mod:`tests.integration.history`) judge them: no timestamp twice, real-time order across threads
+and nodes, and the HLC bound.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from hlc_oracle.proto import LEADER_METADATA_KEY
 from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.etcd_process import free_tcp_port
+from tests.integration.history import DEFAULT_MAX_OFFSET_US, History, Instant, Operation, check
 from tests.integration.oracle_process import OracleProcess
 from tests.started_fixture import StartedFixture
 
-DEFAULT_MAX_OFFSET_US = 500_000
 #: Answers about the request itself, the same from every node: never tried again.
 FINAL_CODES = frozenset(
     {
@@ -378,32 +379,22 @@ class CallLog:
         return max(((b - a) / 1e6 for a, b in itertools.pairwise(ends)), default=0.0)
 
     def check(self, max_offset_us: int = DEFAULT_MAX_OFFSET_US) -> None:
-        calls = sorted(self.calls, key=lambda call: call.first)
-        # No timestamp twice: the ranges, in order, never overlap.
-        for earlier, later in itertools.pairwise(calls):
-            assert earlier.last < later.first, f"overlap: {earlier} and {later}"
-        # Real-time order: a call that returned before another began has the smaller timestamps.
-        by_start = sorted(self.calls, key=lambda call: call.before_ns)
-        by_end = sorted(self.calls, key=lambda call: call.after_ns)
-        latest: Call | None = None
-        index = 0
-        for call in by_start:
-            while index < len(by_end) and by_end[index].after_ns < call.before_ns:
-                if latest is None or by_end[index].last > latest.last:
-                    latest = by_end[index]
-                index += 1
-            assert latest is None or latest.last < call.first, (
-                f"real-time order broken: {latest} returned before {call} began"
-            )
-        # The HLC bound: nothing ran more than max_offset/2 ahead of the node's physical clock
-        # (the same machine's) when it was handed out, some time between the call and its answer.
-        # Ahead of the answer's time is a certain breach; for calls answered within 20 ms (all but
-        # the few that waited for a window save or a failover), ahead of the call's time too.
-        bound = max_offset_us // 2
+        """The calls judged by the fault suite's checker (:mod:`tests.integration.history`):
+        no timestamp twice, real-time order across threads and nodes, and none more than
+        max_offset/2 ahead of the host's clock when its call returned."""
+        history = History()
         for call in self.calls:
-            assert call.last.physical - call.wall_after_us <= bound, call
-            if call.wall_after_us - call.wall_sent_us <= 20_000:
-                assert call.last.physical - call.wall_sent_us <= bound, call
+            history.add(
+                Operation(
+                    0,
+                    "timestamps",
+                    Instant(call.before_ns, call.wall_sent_us),
+                    Instant(call.after_ns, call.wall_after_us),
+                    call.first,
+                    call.last,
+                )
+            )
+        check(history, max_offset_us).assert_valid()
 
 
 @contextlib.contextmanager
