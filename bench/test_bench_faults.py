@@ -8,6 +8,8 @@ Figures, not timings (the benchmark's own time is one pass), in ``extra_info``:
 
 - ``gaps_ms``: per round, the longest time without a successful call, from 200 ms before the
   fault to the first success after the cluster served again; ``max_gap_ms``, ``median_gap_ms``;
+- ``new_terms``: rounds that ended under a new leader's term (every round of a fault that
+  takes the leader away; none, on a quiet host, of one that spares it);
 - ``anomalies``: what the checker found, by kind (``{}``: the history is valid);
 - the history's ``figures``: operations, successes, commits and aborts acknowledged, commits
   whose outcome stayed unknown (``indeterminate``), errors by type, and ``max_lead_us``, the most
@@ -47,6 +49,7 @@ def test_fault_scenario(benchmark: Any, tmp_path: Path, name: str) -> None:
     benchmark.extra_info["gaps_ms"] = [round(gap, 1) for gap in gaps]
     benchmark.extra_info["max_gap_ms"] = round(max(gaps), 1)
     benchmark.extra_info["median_gap_ms"] = round(statistics.median(gaps), 1)
+    benchmark.extra_info["new_terms"] = outcome.new_terms
     benchmark.extra_info["anomalies"] = dict(
         Counter(anomaly.kind for anomaly in outcome.result.anomalies)
     )
