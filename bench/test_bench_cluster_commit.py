@@ -12,6 +12,16 @@
   ``CommitLoad``); per round, milliseconds from the leader's kill -9 to the first commit
   acknowledged after it by another node (its commit timestamp's node id). Figures, not timings:
   the benchmark's own time is one pass.
+- ``cluster failover under commit load``: three nodes on one etcd member, lease TTL 1 s, after
+  ``retained`` decisions committed (10,000 / 300,000 / 2,000,000, kept in etcd by the default
+  retention); then the client library's commit load (``tests/integration/client_commit_load.py``:
+  eight ``commit()`` callers, two ``commit_many(100)`` callers and a ``commit_unary()``/``abort()``
+  caller, one client given all three targets) through ``ROUNDS`` graceful handovers (SIGTERM of
+  the leader) and ``ROUNDS`` kill -9 of the leader. A round's gap, measured by the client: from
+  the old leader's last committed answer to the next leader's first (each answer's node is its
+  commit timestamp's). ``extra_info`` holds every gap and the failed commit calls by error kind
+  (an unknown outcome counted per transaction); the target is none but
+  ``OracleOutcomeUnknownError``. Figures, not timings: the benchmark's own time is one pass.
 - ``cluster decision piece size``: in process, the scheduler on the etcd decision log (one
   member) with pieces capped at 16 KiB to 1 MiB, 2048 submitters: decided transactions/s.
 """
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import statistics
 import time
 from collections.abc import Iterator
@@ -36,6 +47,7 @@ from hlc_oracle.durable import ExternalDurableStep
 
 from bench.test_bench_commit import KEYS, percentile, record_rate, submit_all
 from tests.etcd_process import EtcdCluster, EtcdMember
+from tests.integration.client_commit_load import ClientCommitLoad
 from tests.integration.oracle_cluster import LeaderClient, OracleCluster
 from tests.integration.oracle_process import OracleProcess
 from tests.integration.test_cluster_commit import CommitLoad
@@ -193,6 +205,119 @@ def test_first_commit_after_kill(benchmark: Any, tmp_path: Path) -> None:
     benchmark.extra_info["gaps_ms"] = [round(gap, 1) for gap in gaps]
     benchmark.extra_info["max_gap_ms"] = round(max(gaps), 1)
     benchmark.extra_info["median_gap_ms"] = round(statistics.median(gaps), 1)
+
+
+#: Decisions in etcd before the failover rounds; the smoke run (make bench-smoke) keeps a few.
+RETAINED = (10_000, 300_000, 2_000_000)
+SMOKE_RETAINED = 1_000
+RETAIN_BATCH, RETAIN_IN_FLIGHT = 5_000, 8
+
+
+def retain_decisions(targets: list[str], count: int) -> int:
+    """Commits ``count`` transactions (one key each) through ``targets``' leader, as
+    ``commit_many`` calls in flight together; how many committed."""
+
+    async def run() -> int:
+        async with AsyncOracleClient(targets, timeout=60.0) as client:
+            start = await client.get_timestamp()
+            left = count
+            committed = 0
+
+            async def sender() -> None:
+                nonlocal left, committed
+                while left > 0:
+                    size = min(left, RETAIN_BATCH)
+                    left -= size
+                    ids = [next(IDS) for _ in range(size)]
+                    batch = [Transaction(i, start, [], [b"kept/%d" % i]) for i in ids]
+                    results = await client.commit_many(batch)
+                    committed += sum(isinstance(result, Committed) for result in results)
+
+            await asyncio.gather(*(sender() for _ in range(RETAIN_IN_FLIGHT)))
+            return committed
+
+    return asyncio.run(run())
+
+
+def answered_by(
+    load: ClientCommitLoad, node_id: int | None, after_ns: int, other_than: int = 0
+) -> int:
+    """When (monotonic ns) the load's first committed answer after ``after_ns`` came from node
+    ``node_id`` (None: any node but ``other_than``); waits for it (bounded)."""
+    deadline = time.monotonic() + 20
+    while True:
+        found = [
+            t
+            for t, node in list(load.answers)
+            if t > after_ns and (node == node_id if node_id is not None else node != other_than)
+        ]
+        if found:
+            return min(found)
+        assert time.monotonic() < deadline, (
+            f"no commit answered by node {node_id or f'other than {other_than}'}: "
+            f"{load.errors_by_kind()} {load.errors[:3]}"
+        )
+        time.sleep(0.01)
+
+
+def commit_failover_gaps(
+    directory: Path, etcd: EtcdMember, retained: int, rounds: int
+) -> dict[str, Any]:
+    """Per event (``sigterm``, ``kill -9``), milliseconds from the old leader's last committed
+    answer to the next leader's first, for ``rounds`` rounds each under the client's commit
+    load; with the decisions retained before and the failed calls by kind."""
+    figures: dict[str, Any] = {"sigterm": [], "kill -9": []}
+    with OracleCluster(
+        directory, etcd.endpoint, lease_ttl_s=1, extra_args=("--cluster-name", directory.name)
+    ) as cluster:
+        figures["retained"] = retain_decisions(cluster.targets, retained)
+        with ClientCommitLoad(cluster.targets, batch=100) as load:
+            load.run()
+            for event in ("sigterm", "kill -9"):
+                for _ in range(rounds):
+                    leader = cluster.wait_for_leader()
+                    leader_id = cluster.nodes.index(leader) + 1
+                    answered_by(load, leader_id, time.monotonic_ns())
+                    time.sleep(0.5)  # steady load before the event
+                    at = time.monotonic_ns()
+                    if event == "sigterm":
+                        leader.signal(signal.SIGTERM)
+                    else:
+                        leader.kill()
+                    cluster.wait_for_leader(other_than=leader_id)
+                    first = answered_by(load, None, at, other_than=leader_id)
+                    last = max(t for t, node in list(load.answers) if node == leader_id)
+                    figures[event].append((first - last) / 1e6)
+                    leader.stop()
+                    leader.start()
+            load.pause()
+        figures["decided"] = len(load.decided)
+        figures["errors"] = load.errors_by_kind()
+    return figures
+
+
+@pytest.mark.parametrize("retained", RETAINED)
+def test_failover_under_commit_load(benchmark: Any, tmp_path: Path, retained: int) -> None:
+    benchmark.group = "cluster failover under commit load"
+    rounds = 1 if benchmark.disabled else KILL_ROUNDS
+    keep = SMOKE_RETAINED if benchmark.disabled else retained
+    figures: dict[str, Any] = {}
+    with EtcdMember(tmp_path / "etcd") as etcd:
+        benchmark.pedantic(
+            lambda: figures.update(commit_failover_gaps(tmp_path, etcd, keep, rounds)),
+            rounds=1,
+            iterations=1,
+        )
+    for event in ("sigterm", "kill -9"):
+        gaps = figures[event]
+        assert len(gaps) == rounds, figures
+        name = event.replace(" ", "").replace("-", "")
+        benchmark.extra_info[f"{name}_gaps_ms"] = [round(gap, 1) for gap in gaps]
+        benchmark.extra_info[f"{name}_max_gap_ms"] = round(max(gaps), 1)
+        benchmark.extra_info[f"{name}_median_gap_ms"] = round(statistics.median(gaps), 1)
+    benchmark.extra_info["retained"] = figures["retained"]
+    benchmark.extra_info["decided_under_load"] = figures["decided"]
+    benchmark.extra_info["errors"] = figures["errors"]
 
 
 async def decide_through_etcd(endpoint: str, piece_bytes: int, count: int) -> tuple[float, int]:

@@ -10,9 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-import grpc
-
-from hlc_oracle import Committed, Timestamp, Transaction
+from hlc_oracle import Aborted, Committed, Timestamp, Transaction
 from hlc_oracle import config as config_module
 from hlc_oracle.cli.exit_codes import EXIT_OK
 from hlc_oracle.cli.options import (
@@ -146,6 +144,40 @@ def bench_transactions(run_id: int, start: Timestamp, count: int, keys: int) -> 
     return transactions
 
 
+class Outcomes:
+    """What a run's calls ended with besides success: aborted transactions (in the commit
+    modes; a transaction that started under a previous leader and reached the next undecided is
+    aborted as too old), transactions whose outcome is unknown, and errors by kind (the error's
+    class), each counted per transaction in the commit modes and per call otherwise. The run
+    goes on after each: a failover costs figures, not the run."""
+
+    def __init__(self) -> None:
+        self.aborted = 0
+        self.unknown_outcomes = 0
+        self.errors: dict[str, int] = {}
+
+    def failed(self, error: Exception, count: int = 1) -> None:
+        if isinstance(error, OracleOutcomeUnknownError):
+            self.unknown_outcomes += count
+        kind = type(error).__name__
+        self.errors[kind] = self.errors.get(kind, 0) + count
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "aborted": self.aborted,
+            "unknown_outcomes": self.unknown_outcomes,
+            "errors": dict(sorted(self.errors.items())),
+        }
+
+
+def latency_figures(latencies: list[float]) -> dict[str, float | None]:
+    latencies.sort()
+    return {
+        name: round(percentile(latencies, q) * 1e6, 1) if latencies else None
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+    }
+
+
 async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the load; returns calls, timestamps, seconds, throughput and latency percentiles."""
     if args.mode == "commit-batch":
@@ -160,7 +192,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         )
     latencies: list[float] = []
     issued = 0
-    unknown_outcomes = 0
+    outcomes = Outcomes()
     deadline = time.perf_counter() + args.duration
     progress = ProgressBar(args.requests, sys.stderr, not args.no_progress and sys.stderr.isatty())
     async with AsyncOracleClient(args.target, **client_kwargs(args)) as client:
@@ -173,32 +205,41 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         reads = max(args.keys // 2, 0)
         writes = max(args.keys - reads, 1)
 
+        async def call() -> bool:
+            """One call of the mode; whether it succeeded (a committed transaction)."""
+            nonlocal issued, start
+            issued += 1
+            if args.mode == "merged":
+                await client.get_timestamp()
+            elif args.mode == "commit":
+                assert start is not None
+                txn_id = (run_id << 32) | issued
+                keys = [b"%d/%d" % (txn_id, k) for k in range(reads + writes)]
+                outcome = await client.commit(
+                    Transaction(txn_id, start, keys[:reads], keys[reads:])
+                )
+                if isinstance(outcome, Aborted):
+                    # Started under a leader that is gone: later transactions start anew.
+                    outcomes.aborted += 1
+                    start = await client.get_timestamp()
+                    return False
+            elif args.mode == "ranges":
+                await client.get_timestamps(count)
+            else:
+                await client.get_timestamps_unary(count)
+            return True
+
         async def caller() -> None:
-            nonlocal issued, unknown_outcomes
             while issued < args.requests and time.perf_counter() < deadline:
-                issued += 1
                 started = time.perf_counter()
-                if args.mode == "merged":
-                    await client.get_timestamp()
-                elif args.mode == "commit":
-                    assert start is not None
-                    txn_id = (run_id << 32) | issued
-                    keys = [b"%d/%d" % (txn_id, k) for k in range(reads + writes)]
-                    try:
-                        outcome = await client.commit(
-                            Transaction(txn_id, start, keys[:reads], keys[reads:])
-                        )
-                    except OracleOutcomeUnknownError:
-                        # The connection was lost and the retries ran out: neither committed nor
-                        # failed as far as this run knows. Counted apart, not as a latency.
-                        unknown_outcomes += 1
+                try:
+                    if not await call():
                         continue
-                    if not isinstance(outcome, Committed):
-                        raise OracleError(grpc.StatusCode.INTERNAL, f"unexpected {outcome!r}")
-                elif args.mode == "ranges":
-                    await client.get_timestamps(count)
-                else:
-                    await client.get_timestamps_unary(count)
+                except OracleError as err:
+                    # Counted apart, not as a latency; a commit whose connection was lost and
+                    # whose retries ran out is neither committed nor failed as far as we know.
+                    outcomes.failed(err)
+                    continue
                 latencies.append(time.perf_counter() - started)
                 progress.update(len(latencies), begin)
 
@@ -208,7 +249,6 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         progress.update(len(latencies), begin, force=True)
         progress.finish()
         batches = client.commit_batches if args.mode == "commit" else client.batches
-    latencies.sort()
     return {
         "mode": args.mode,
         "concurrency": args.concurrency,
@@ -218,12 +258,14 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "calls_per_second": round(len(latencies) / elapsed),
         "timestamps_per_second": round(len(latencies) * count / elapsed),
         "merged_requests": batches,
-        "unknown_outcomes": unknown_outcomes,
-        "latency_us": {
-            name: round(percentile(latencies, q) * 1e6, 1) if latencies else None
-            for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
-        },
+        **outcomes.figures(),
+        "latency_us": latency_figures(latencies),
     }
+
+
+def restarted(batch: list[Transaction], start: Timestamp) -> list[Transaction]:
+    """``batch`` with ``start`` as every transaction's start timestamp."""
+    return [Transaction(t.txn_id, start, t.read_set, t.write_set) for t in batch]
 
 
 async def run_commit_batches(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,7 +276,7 @@ async def run_commit_batches(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[float] = []
     batches_sent = 0
     transactions_done = 0
-    unknown_outcomes = 0
+    outcomes = Outcomes()
     deadline = time.perf_counter() + args.duration
     progress = ProgressBar(args.requests, sys.stderr, not args.no_progress and sys.stderr.isatty())
     async with AsyncOracleClient(args.target, **client_kwargs(args)) as client:
@@ -247,22 +289,31 @@ async def run_commit_batches(args: argparse.Namespace) -> dict[str, Any]:
         batches.reverse()  # popped from the end, so sent in id order
 
         async def caller() -> None:
-            nonlocal batches_sent, transactions_done, unknown_outcomes
+            nonlocal batches_sent, transactions_done, start
             while batches and time.perf_counter() < deadline:
                 sent = batches.pop()
+                if sent[0].start_ts != start:  # built before a failover aborted their start
+                    sent = restarted(sent, start)
                 batches_sent += 1
                 started = time.perf_counter()
                 try:
                     results = await client.commit_many(sent)
-                except OracleOutcomeUnknownError:
-                    # Connection lost, retries spent: counted apart, not as a latency.
-                    unknown_outcomes += len(sent)
+                except OracleError as err:
+                    outcomes.failed(err, len(sent))  # counted apart, not as a latency
                     continue
                 latencies.append(time.perf_counter() - started)
+                committed = 0
                 for result in results:
-                    if not isinstance(result, Committed):
-                        raise OracleError(grpc.StatusCode.INTERNAL, f"unexpected {result!r}")
-                transactions_done += len(results)
+                    if isinstance(result, Committed):
+                        committed += 1
+                    elif isinstance(result, Aborted):
+                        outcomes.aborted += 1
+                    else:
+                        outcomes.failed(result)
+                if committed < len(results) and sent[0].start_ts == start:
+                    # Started under a leader that is gone: later batches start anew.
+                    start = await client.get_timestamp()
+                transactions_done += committed
                 progress.update(transactions_done, begin)
 
         begin = time.perf_counter()
@@ -270,21 +321,31 @@ async def run_commit_batches(args: argparse.Namespace) -> dict[str, Any]:
         elapsed = time.perf_counter() - begin
         progress.update(transactions_done, begin, force=True)
         progress.finish()
-    latencies.sort()
     return {
         "mode": args.mode,
         "concurrency": args.concurrency,
         "batch": batch,
         "calls": transactions_done,
         "batches": batches_sent,
-        "unknown_outcomes": unknown_outcomes,
+        **outcomes.figures(),
         "seconds": round(elapsed, 3),
         "calls_per_second": round(transactions_done / elapsed),
-        "latency_us": {
-            name: round(percentile(latencies, q) * 1e6, 1) if latencies else None
-            for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
-        },
+        "latency_us": latency_figures(latencies),
     }
+
+
+def print_outcomes(result: dict[str, Any]) -> None:
+    unit = "transactions" if result["mode"].startswith("commit") else "calls"
+    if unit == "transactions":
+        print(
+            f"{result['aborted']} transactions aborted (started under a previous leader); "
+            f"{result['unknown_outcomes']} transactions with an unknown outcome (connection "
+            "lost, retries spent; ask transaction_status for each)"
+        )
+    errors = result["errors"]
+    if errors:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in errors.items())
+        print(f"{sum(errors.values())} {unit} failed: {kinds}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -297,10 +358,7 @@ def run(args: argparse.Namespace) -> int:
             f"({result['batches']} commit_many calls of {result['batch']}, "
             f"{result['concurrency']} in flight)"
         )
-        print(
-            f"{result['unknown_outcomes']} transactions with an unknown outcome (connection lost, "
-            "retries spent; ask transaction_status for each)"
-        )
+        print_outcomes(result)
         print(
             f"latency us per call: p50 {latency['p50']}  p90 {latency['p90']}  "
             f"p99 {latency['p99']}  max {latency['max']}"
@@ -313,16 +371,13 @@ def run(args: argparse.Namespace) -> int:
             f"{result['calls_per_second']:,} commits/s "
             f"({result['merged_requests']} CommitStream messages)"
         )
-        print(
-            f"{result['unknown_outcomes']} transactions with an unknown outcome (connection lost, "
-            "retries spent; ask transaction_status for each)"
-        )
     else:
         print(
             f"{result['calls']} calls ({result['timestamps']} timestamps) in "
             f"{result['seconds']} s: {result['calls_per_second']:,} calls/s, "
             f"{result['timestamps_per_second']:,} timestamps/s"
         )
+    print_outcomes(result)
     print(
         f"latency us: p50 {latency['p50']}  p90 {latency['p90']}  p99 {latency['p99']}  "
         f"max {latency['max']}"
