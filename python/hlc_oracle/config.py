@@ -34,6 +34,7 @@ from hlc_oracle.addresses import AddressError, parse_host_port
 from hlc_oracle.proto import DEFAULT_MAX_MESSAGE_BYTES
 from hlc_oracle.scheduler import CommitOptions
 from hlc_oracle.skew import GuardPolicy, SkewConfig
+from hlc_oracle.skew.peers import PeersConfig
 
 ENV_PREFIX = "HLC_ORACLE_"
 #: The one ``HLC_ORACLE_*`` variable that is not a setting: the config file's path.
@@ -345,6 +346,8 @@ class OracleConfig:
     log: LogSection = field(default_factory=LogSection)
     # NTP polling and the max-offset guard (hlc_oracle.skew): servers, thresholds, policies.
     ntp: SkewConfig = field(default_factory=SkewConfig)
+    # Clustered: each node measures its clock against its peers (hlc_oracle.skew.peers).
+    peers: PeersConfig = field(default_factory=PeersConfig)
     # Group commit (hlc_oracle.scheduler): durability, batching, limits, the commit log.
     commit: CommitOptions = field(default_factory=CommitOptions)
     # Clustered mode (etcd): empty endpoints keep the standalone node.
@@ -410,6 +413,10 @@ class OracleConfig:
             self.ntp.validate()
         except (TypeError, ValueError) as err:
             raise ConfigError(f"ntp.{err}") from err
+        try:
+            self.peers.validate()
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"peers.{err}") from err
         try:
             self.commit.validate()
         except (TypeError, ValueError) as err:

@@ -101,6 +101,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(fields))
     else:
         servers = fields.pop("ntp_servers")
+        peers = fields.pop("peers")
         width = max(len(name) for name in fields)
         for name in fields:
             print(f"{name:<{width}}  {for_people(status, name)}")
@@ -115,6 +116,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{'ntp ' + server['server']:<{width}}  {server['last_status']}: {figures} "
                 f"({server['good_samples']} good, {server['unhealthy_samples']} unhealthy)"
             )
+        for peer in peers:
+            figures = (
+                f"offset {peer['offset_us']:+d} us +-{peer['bound_us']} us"
+                + (" (far)" if peer["far"] else "")
+                if "offset_us" in peer
+                else f"not measured ({peer['last_error'] or 'no answer yet'})"
+            )
+            print(f"{'peer node ' + str(peer['node_id']):<{width}}  {peer['address']}: {figures}")
     return EXIT_OK if status.serving else EXIT_FAILED
 
 

@@ -41,6 +41,12 @@ class OracleStatus:
     wall_backward_jumps: int
     ntp_polls: int
     ntp_servers: list[dict[str, Any]]
+    # The peers check (clustered): "ok", "far", "no-majority" or "off", why (naming the
+    # offsets), the threshold, and each peer's offset (peer - local) and bound as dicts.
+    peers_state: str
+    peers_message: str
+    peers_threshold_us: int
+    peers: list[dict[str, Any]]
     # Clustered mode: the leader this node knows (address "" and epoch 0 when none) and the time
     # left of this node's lease; zero values when standalone.
     leader_address: str
@@ -75,6 +81,10 @@ class OracleStatus:
             wall_backward_jumps=clock.wall_backward_jumps,
             ntp_polls=clock.ntp_polls,
             ntp_servers=[_ntp_server(server) for server in clock.ntp_servers],
+            peers_state=clock.peers_state,
+            peers_message=clock.peers_message,
+            peers_threshold_us=clock.peers_threshold_us,
+            peers=[_peer(peer) for peer in clock.peers],
             leader_address=message.leader_address,
             leader_node_id=message.leader_node_id,
             epoch=message.epoch,
@@ -99,4 +109,17 @@ def _ntp_server(server: pb.NtpServerStatus) -> dict[str, Any]:
             leap=server.leap,
             last_good_unix_s=server.last_good_unix_s,
         )
+    return entry
+
+
+def _peer(peer: pb.PeerClockStatus) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "node_id": peer.node_id,
+        "address": peer.address,
+        "good_samples": peer.good_samples,
+        "failed_samples": peer.failed_samples,
+        "last_error": peer.last_error,
+    }
+    if peer.measured:
+        entry.update(offset_us=peer.offset_us, bound_us=peer.bound_us, far=peer.far)
     return entry

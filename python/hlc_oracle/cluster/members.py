@@ -3,6 +3,7 @@
 Two live nodes with one node id would stamp equal timestamps; the key makes the second one refuse
 to start. A key left by a node that was killed lives until its lease expires, so a node restarted
 at once waits up to that lease's remaining TTL before deciding the holder is alive.
+:class:`MemberDirectory` lists the live members (the peers whose clocks a node measures).
 """
 
 from __future__ import annotations
@@ -84,3 +85,33 @@ async def register(
                 f" under {key.decode()}); give every node its own clock.node_id"
             )
         await asyncio.sleep(0.1)
+
+
+async def live_members(client: EtcdClient, prefix: str) -> dict[int, str]:
+    """``{node_id: address}`` of every live node (its ``members/`` key, bound to its lease)."""
+    start = f"{prefix}members/".encode()
+    # The prefix with its last byte + 1: every key under it.
+    page = await client.range(start, start[:-1] + bytes([start[-1] + 1]))
+    found: dict[int, str] = {}
+    for kv in page.kvs:
+        try:
+            data = json.loads(kv.value)
+            found[int(data["node_id"])] = str(data["address"])
+        except (ValueError, TypeError, KeyError):
+            continue  # not written by hlc-oracle
+    return found
+
+
+class MemberDirectory:
+    """:func:`live_members` on the node's own etcd client (the peers monitor's directory; the
+    client stays open: the node closes it)."""
+
+    def __init__(self, client: EtcdClient, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    async def peers(self) -> dict[int, str]:
+        return await live_members(self.client, self.prefix)
+
+    async def close(self) -> None:
+        pass

@@ -4,7 +4,9 @@ The server knows nothing of etcd beyond this class: it hands over its gate, cloc
 metrics, calls :meth:`ClusterNode.start` after binding (etcd reachable, node id claimed) and
 :meth:`ClusterNode.resign` on SIGTERM. Everything else runs in one task, :meth:`ClusterNode._run`:
 
-- campaign (:mod:`.election`); a loser follows: its gate stays blocked under ``not-leader`` with
+- campaign (:mod:`.election`), unless the clock check refuses (a clock far from its peers) or,
+  deferred a while, when this node's clock lags the saved window and another node could serve at
+  once (:mod:`.candidacy`); a loser follows: its gate stays blocked under ``not-leader`` with
   the leader's address as ``gate.redirect``, and it watches the leader key to campaign again when
   the key is deleted; meanwhile it holds a connection to the leader's address and deposes the
   leader (deletes its key, compared on its term) once that address refuses connections, the
@@ -14,9 +16,10 @@ metrics, calls :meth:`ClusterNode.start` after binding (etcd reachable, node id 
   fence, raises its clock past the floor, puts its lease's serving deadline on the gate, and
   serves;
 - it leads until its lease is lost (etcd says it expired), a fenced write fails (another term
-  began: stop at once, block the gate under ``fence``), its own watch of the leader key sees the
-  key deleted or overwritten (deposed by a follower or an operator: the same stop, without
-  waiting for the next fenced write; :meth:`.election.Election.wait_for_end_of_term`), or it
+  began: stop at once, block the gate under ``fence``), its clock turns far from its peers (it
+  resigns: the window saved, the leader key deleted through the fence), its own watch of the leader
+  key sees the key deleted or overwritten (deposed by a follower or an operator: the same stop,
+  without waiting for the next fenced write; :meth:`.election.Election.wait_for_end_of_term`), or it
   resigns; then it follows again.
 """
 
@@ -30,13 +33,14 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, Timestamp
 from hlc_oracle.addresses import split_host_port
+from hlc_oracle.cluster.candidacy import campaign_deferral
 from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionDecodeError
-from hlc_oracle.cluster.election import Election, LeaderInfo
+from hlc_oracle.cluster.election import Election, LeaderInfo, leader_info
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, EtcdRefusedError, LeaseNotFoundError
 from hlc_oracle.cluster.etcd_security import EtcdSecurity, diagnose_endpoints
 from hlc_oracle.cluster.fence import Fence, FenceError, Term
 from hlc_oracle.cluster.leader_liveness import wait_until_refused
-from hlc_oracle.cluster.members import DuplicateNodeError, register
+from hlc_oracle.cluster.members import DuplicateNodeError, live_members, register
 from hlc_oracle.cluster.session import Session, stop_task
 from hlc_oracle.cluster.window_store import EtcdWindowStore
 from hlc_oracle.log_rate import RateLimitedLog
@@ -59,6 +63,10 @@ RETRY_S = 0.1
 LEASE_ATTEMPTS = 3
 #: Pause before campaigning again after a promotion stopped on a decision key that does not decode.
 PROMOTION_RETRY_S = 1.0
+#: How often a node that may not campaign (its clock far from its peers) looks again.
+SIT_OUT_S = 0.5
+#: How often a node deferring its campaign looks whether another node took the leader key.
+DEFER_CHECK_S = 0.1
 #: How often a leader compares its serving deadline with the clock, for health and logs (requests
 #: check the deadline themselves, see ServingGate.refusal).
 LEASE_CHECK_S = 0.02
@@ -121,6 +129,11 @@ class ClusterNode:
         self.group_commit: ClusteredGroupCommit | None = None
         # Epochs whose decision write failed: never led again (a new epoch fences their writes).
         self._abandoned_epochs: set[int] = set()
+        #: Why this node must not campaign or lead now (its clock far from its peers), or None;
+        #: set by the server to the peers check (hlc_oracle.skew.peers).
+        self.leadership_check: Callable[[], str | None] = lambda: None
+        # The reason the last check gave, told in follower refusals while it holds.
+        self._campaign_note = ""
         metrics.set_role("follower")
         metrics.cluster_keepalive_age.set_function(
             lambda: time.monotonic() - self.session.last_ack if self.session.last_ack else 0.0
@@ -278,6 +291,8 @@ class ClusterNode:
                 if self.session.lost.is_set():
                     await self._renew_session()
                 assert self.election is not None
+                if await self._sits_out():
+                    continue
                 outcome = await self.election.campaign(self.session.lease_id)
                 self._failures.clear("election")
                 if outcome.term is not None and outcome.term.epoch in self._abandoned_epochs:
@@ -315,6 +330,62 @@ class ClusterNode:
                 # The loop must outlive anything unforeseen: without it the node never leads.
                 log.exception("election loop error")
                 await asyncio.sleep(RETRY_S)
+
+    def _block_as_follower(self, leader: LeaderInfo) -> None:
+        self.gate.block(
+            "not-leader",
+            f"this node is a follower; the leader is node {leader.node_id} at "
+            f"{leader.address or '(unknown address)'} (epoch {leader.epoch})"
+            + self._last_term_note
+            + self._campaign_note,
+        )
+
+    def leadership_check_changed(self, refusal: str | None) -> None:
+        """The clock check's verdict flipped: a follower's refusals say so at once (a leader's
+        ``_hold`` sees it within :data:`LEASE_CHECK_S`)."""
+        self._campaign_note = f"; it does not campaign: {refusal}" if refusal else ""
+        if self.role == "follower" and self.leader is not None and self.gate.redirect:
+            self._block_as_follower(self.leader)
+
+    async def _sits_out(self) -> bool:
+        """Whether this node stays out of this campaign: its clock is far from its peers (it
+        follows and looks again in :data:`SIT_OUT_S`), or deferred first because its clock lags
+        the saved window (:mod:`.candidacy`; then it campaigns)."""
+        assert self.election is not None
+        refusal = self.leadership_check()
+        self._campaign_note = f"; it does not campaign: {refusal}" if refusal else ""
+        if refusal is not None:
+            kv, revision = await self.client.get(self.election.key)
+            if kv is None:
+                self.gate.redirect = ""
+                self.gate.block("not-leader", "this node is a follower" + self._campaign_note)
+                await asyncio.sleep(SIT_OUT_S)
+                return True
+            if kv.lease == self.session.lease_id:
+                # This node's own term, left behind by a resign that failed: end it now.
+                await self.election.resign(
+                    Fence(self.client, Term(kv.key, kv.value, kv.create_revision))
+                )
+                return True
+            holder = leader_info(kv)
+            self._follow(holder)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_for_vacancy(revision, holder), SIT_OUT_S)
+            return True
+        deferral = await campaign_deferral(self.clock, await self.store.load(), self._live_peers)
+        if deferral.seconds > 0:
+            log.info("campaign deferred", extra={"fields": {"reason": deferral.reason}})
+            self.gate.block("not-leader", f"this node is a follower: {deferral.reason}")
+            until = time.monotonic() + deferral.seconds
+            # Until the time is up or another node holds the key (then the campaign just loses).
+            while (
+                time.monotonic() < until and (await self.client.get(self.election.key))[0] is None
+            ):
+                await asyncio.sleep(min(DEFER_CHECK_S, max(0.0, until - time.monotonic())))
+        return False
+
+    async def _live_peers(self) -> int:
+        return len(set(await live_members(self.client, self.prefix)) - {self.node_id})
 
     async def _renew_session(self) -> None:
         """A new lease after the old one expired in etcd, and the node id claimed again (a lease
@@ -416,12 +487,7 @@ class ClusterNode:
         known = self.role == "follower" and self.leader == leader
         self._saw(leader)
         self.gate.redirect = leader.address
-        self.gate.block(
-            "not-leader",
-            f"this node is a follower; the leader is node {leader.node_id} at "
-            f"{leader.address or '(unknown address)'} (epoch {leader.epoch})"
-            + self._last_term_note,
-        )
+        self._block_as_follower(leader)
         if known:
             return  # already said
         log.info(
@@ -479,6 +545,10 @@ class ClusterNode:
                 extra={"fields": {"epoch": term.epoch, "floor_us": saved, "window_us": floor}},
             )
             await self._hold()
+            refusal = self.leadership_check()
+            if refusal is not None and not self._resigning.is_set():
+                await stop_task(own_watch)  # the key's delete below is this node's own
+                await self._resign_term(term, refusal)
         finally:
             await stop_task(own_watch)
             if not self._resigning.is_set():
@@ -490,6 +560,8 @@ class ClusterNode:
         while not (
             self.session.lost.is_set() or self._fence_failure.is_set() or self._resigning.is_set()
         ):
+            if self.leadership_check() is not None:
+                return  # _lead resigns the term
             if self.session.alive():
                 self.gate.unblock("lease")
             else:
@@ -498,6 +570,26 @@ class ClusterNode:
                     "the lease was not renewed in time (etcd unreachable or the process paused)",
                 )
             await asyncio.sleep(LEASE_CHECK_S)
+
+    async def _resign_term(self, term: Term, reason: str) -> None:
+        """Gives up a term this node must not hold (its clock is far from its peers): stops
+        serving, saves its high-water mark and deletes the leader key, both through the fence,
+        so that a healthy node takes over at once."""
+        assert self.election is not None and self.window is not None
+        self.gate.redirect = ""  # clients move on at once
+        self.gate.block("not-leader", f"resigning leadership: {reason}")
+        self._end_reason = f"resigned: {reason}"
+        log.warning("resigning leadership", extra={"fields": {"reason": reason}})
+        try:
+            if self.group_commit is not None:
+                await self.group_commit.demote()  # pending batches settle first
+            if self._took_over:
+                await self.window.stop()
+            await self.election.resign(Fence(self.client, term))
+        except (EtcdError, FenceError, WindowSaveError) as err:
+            # The lease still ends the term; meanwhile the gate refuses.
+            log.warning("resign failed", extra={"fields": {"error": str(err)}})
+        self._fence_failure.set()  # _why_not_leading reads _end_reason
 
     async def _watch_own_term(self, term: Term) -> None:
         """Ends ``term`` at once when etcd reports its leader key deleted or overwritten, unless

@@ -38,7 +38,13 @@ from hlc_oracle.server.commit import TransactionsService
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.service import SERVICE_NAME, TimestampOracleService, wire_timestamp
-from hlc_oracle.server.skew_guard import build_skew_monitor, clock_status_fields
+from hlc_oracle.server.skew_guard import (
+    build_peer_monitor,
+    build_skew_monitor,
+    clock_status_fields,
+    peer_channel_credentials,
+    peers_status_fields,
+)
 from hlc_oracle.server.startup import (
     StartupConfigError,
     StartupError,
@@ -61,6 +67,7 @@ from hlc_oracle.tls import PemError
 if TYPE_CHECKING:
     from hlc_oracle.cluster.control_loop import ControlLoop
     from hlc_oracle.cluster.node import ClusterNode
+    from hlc_oracle.skew.peers import PeerOffsetMonitor, PeersVerdict
 
 log = logging.getLogger("hlc_oracle.server")
 
@@ -144,6 +151,12 @@ class OracleServer:
                     install=self._install_scheduler,
                     end_term=self.cluster.end_term,
                 )
+        self.peers: PeerOffsetMonitor | None = None
+        self._peers_refused = False
+        if self.cluster is not None and config.peers.enabled:
+            self.peers = self._build_peers(self.cluster)
+            self.cluster.leadership_check = self.peers.leadership_refusal
+            self.peers.add_listener(self._peers_verdict)
         self.window = TimestampWindow(
             self.clock,
             persistence,
@@ -190,6 +203,32 @@ class OracleServer:
         self._lead_wait: asyncio.Task[None] | None = None
         # Not serving until the first window save and bind have succeeded.
         self.gate.block("starting", "the server is starting")
+
+    def _build_peers(self, cluster: ClusterNode) -> PeerOffsetMonitor:
+        """The peers check: started once this node's member key is in etcd (:meth:`start`)."""
+        from hlc_oracle.cluster.members import MemberDirectory
+
+        config = self.config
+        try:
+            credentials = peer_channel_credentials(config.tls)
+        except OSError as err:
+            raise StartupConfigError(f"cannot read the TLS files for peers: {err}") from err
+        return build_peer_monitor(
+            config.peers,
+            node_id=self.clock.node,
+            max_offset_us=self.clock.max_offset_us,
+            window_us=config.window.size_ms * 1000,
+            local_now_us=self.clock.physical_now,
+            directory=lambda: MemberDirectory(cluster.client, cluster.prefix),
+            credentials=credentials,
+            registry=self.metrics.registry,
+        )
+
+    def _peers_verdict(self, verdict: PeersVerdict) -> None:
+        refuses = verdict.refuses_leadership
+        if self.cluster is not None and refuses != self._peers_refused:
+            self._peers_refused = refuses
+            self.cluster.leadership_check_changed(verdict.message if refuses else None)
 
     def _window_failure(self, message: str | None) -> None:
         if message is None:
@@ -254,6 +293,12 @@ class OracleServer:
                 backward_jumps=self.clock.backward_jumps,
                 physical_now_us=self.clock.physical_now(),
                 **clock_status_fields(self.skew.status()),
+                **peers_status_fields(
+                    self.peers.verdict if self.peers is not None else None,
+                    "a standalone node has no peers"
+                    if cluster is None
+                    else "disabled (peers.enabled = false)",
+                ),
             ),
             serving=refusal is None,
             not_serving_reason=refusal or "",
@@ -377,6 +422,14 @@ class OracleServer:
         except (EtcdError, DuplicateNodeError) as err:
             await asyncio.to_thread(self.control.stop)
             raise StartupError(str(err)) from err
+        if self.peers is not None:
+            # On the leadership loop, beside the election that reads its verdict, with the
+            # node's etcd client, and off the request path.
+            await self.control.call(self._start_peers(self.peers))
+
+    @staticmethod
+    async def _start_peers(peers: PeerOffsetMonitor) -> None:
+        peers.start()
 
     def _wait_out_saved_lead(self) -> None:
         """The HLC bound after a restart: the clock starts above the saved limit, which may be up
@@ -458,6 +511,8 @@ class OracleServer:
         self.gate.block("shutdown", "the server is shutting down")
         if self._lead_wait is not None:
             self._lead_wait.cancel()
+        if self.peers is not None and self.control is not None and self.control.running:
+            await self.control.call(self.peers.stop())  # before the etcd client closes
         if self.cluster is not None and self.control is not None and self.control.running:
             # Hand over first (the pending decisions drained), so a follower takes over while
             # this node drains its connections.

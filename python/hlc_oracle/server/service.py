@@ -292,6 +292,21 @@ class TimestampOracleService:
         self.metrics.observe("GetStatus", "OK", started)
         return response
 
+    async def get_peer_clock(self, raw: bytes, context: Any) -> bytes:
+        """The physical clock, for a peer's offset measurement: no gate (followers answer too)."""
+        started = time.perf_counter()
+        try:
+            pb.GetPeerClockRequest.FromString(raw)
+        except DecodeError as err:
+            await self._fail(
+                "GetPeerClock", _invalid(f"malformed GetPeerClockRequest: {err}"), started, context
+            )
+        response = pb.GetPeerClockResponse(
+            node_id=self.clock.node, physical_now_us=self.clock.physical_now()
+        ).SerializeToString()
+        self.metrics.observe("GetPeerClock", "OK", started)
+        return response
+
     def handler(self) -> grpc.GenericRpcHandler:
         unary: Callable[[Callable[[bytes, Any], Awaitable[bytes]]], Any] = (
             grpc.unary_unary_rpc_method_handler
@@ -303,5 +318,6 @@ class TimestampOracleService:
                 "StreamTimestamps": grpc.stream_stream_rpc_method_handler(self.stream_timestamps),
                 "Observe": unary(self.observe),
                 "GetStatus": unary(self.get_status),
+                "GetPeerClock": unary(self.get_peer_clock),
             },
         )

@@ -5,6 +5,10 @@ While the guard says the node must not serve (``unsafe`` under the ``refuse`` po
 ``unknown`` under ``unknown_policy = refuse``) the gate is blocked under the key ``clock-skew``
 with the guard's message, which names the measured offset and the limit; it is unblocked when
 the guard lets the node serve again (after the recovery hold).
+
+Clustered, the peers check (:mod:`hlc_oracle.skew.peers`) is built here too: its transport
+(``GetPeerClock`` over gRPC), its metrics and its ``GetStatus`` fields. It does not touch the
+gate: its verdict keeps the node from campaigning or leading (the election asks it).
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 from prometheus_client import CollectorRegistry
 
+from hlc_oracle.config import TlsSection
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.skew import (
@@ -23,6 +29,15 @@ from hlc_oracle.skew import (
     SkewMetricsCollector,
     SkewMonitor,
     SkewStatus,
+)
+from hlc_oracle.skew.metrics import PeersMetricsCollector
+from hlc_oracle.skew.peers import (
+    PeerDirectory,
+    PeerOffsetMonitor,
+    PeersConfig,
+    PeersState,
+    PeerState,
+    PeersVerdict,
 )
 
 GATE_KEY = "clock-skew"
@@ -110,4 +125,114 @@ def _server_to_wire(server: ServerState) -> pb.NtpServerStatus:
         message.stratum = good.stratum or 0
         message.leap = good.leap or 0
         message.last_good_unix_s = good.wall_s
+    return message
+
+
+# --- the peers check (clustered) ---
+
+
+class GrpcPeerTransport:
+    """``GetPeerClock`` over one gRPC channel per peer address, on the monitor's own loop."""
+
+    def __init__(self, credentials: grpc.ChannelCredentials | None) -> None:
+        self.credentials = credentials
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def call(self, address: str, timeout_s: float) -> tuple[int, int]:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = (
+                grpc.aio.insecure_channel(address)
+                if self.credentials is None
+                else grpc.aio.secure_channel(address, self.credentials)
+            )
+        method = channel.unary_unary(
+            PEER_CLOCK_METHOD,
+            request_serializer=pb.GetPeerClockRequest.SerializeToString,
+            response_deserializer=pb.GetPeerClockResponse.FromString,
+        )
+        try:
+            reply = await method(pb.GetPeerClockRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise PeerCallError(f"{err.code().name}: {err.details()}") from None
+        return int(reply.node_id), int(reply.physical_now_us)
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()
+
+
+PEER_CLOCK_METHOD = "/hlc_oracle.v1.TimestampOracle/GetPeerClock"
+
+
+class PeerCallError(Exception):
+    """A peer did not answer ``GetPeerClock`` (its gRPC status and details)."""
+
+
+def peer_channel_credentials(tls: TlsSection) -> grpc.ChannelCredentials | None:
+    """How a node reaches its peers: in the clear when it serves in the clear; under TLS it
+    trusts ``tls.client_ca_file`` (the cluster's CA, which mutual TLS already names) or else the
+    system's CAs, and presents its own certificate when mutual TLS is on."""
+    if tls.cert_file is None or tls.key_file is None:
+        return None
+    if tls.client_ca_file is None:
+        return grpc.ssl_channel_credentials()
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls.client_ca_file.read_bytes(),
+        private_key=tls.key_file.read_bytes(),
+        certificate_chain=tls.cert_file.read_bytes(),
+    )
+
+
+def build_peer_monitor(
+    config: PeersConfig,
+    *,
+    node_id: int,
+    max_offset_us: int,
+    window_us: int,
+    local_now_us: Callable[[], int],
+    directory: Callable[[], PeerDirectory],
+    credentials: grpc.ChannelCredentials | None,
+    registry: CollectorRegistry,
+) -> PeerOffsetMonitor:
+    """A peers monitor whose figures are in ``registry`` (not started)."""
+    monitor = PeerOffsetMonitor(
+        config,
+        node_id=node_id,
+        max_offset_us=max_offset_us,
+        window_us=window_us,
+        local_now_us=local_now_us,
+        directory=directory,
+        transport=lambda: GrpcPeerTransport(credentials),
+    )
+    registry.register(PeersMetricsCollector(monitor))
+    return monitor
+
+
+def peers_status_fields(verdict: PeersVerdict | None, off_reason: str) -> dict[str, Any]:
+    """The peers fields of ``pb.ClockStatus``; ``verdict`` ``None``: off, for ``off_reason``."""
+    if verdict is None:
+        return {"peers_state": PeersState.OFF.value, "peers_message": f"off: {off_reason}"}
+    return {
+        "peers_state": verdict.state.value,
+        "peers_message": verdict.message,
+        "peers_threshold_us": verdict.threshold_us,
+        "peers": [_peer_to_wire(peer) for peer in verdict.peers],
+    }
+
+
+def _peer_to_wire(peer: PeerState) -> pb.PeerClockStatus:
+    message = pb.PeerClockStatus(
+        node_id=peer.node_id,
+        address=peer.address,
+        measured=peer.estimate is not None,
+        far=bool(peer.far),
+        good_samples=peer.good_samples,
+        failed_samples=peer.failed_samples,
+        last_error=peer.last_error,
+    )
+    if peer.estimate is not None:
+        message.offset_us = peer.estimate.offset_us
+        message.bound_us = peer.estimate.bound_us
     return message

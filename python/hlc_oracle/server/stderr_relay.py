@@ -31,6 +31,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import IO, Any
@@ -141,9 +142,12 @@ def json_stderr(enabled: bool = True) -> Iterator[None]:
         sys.stderr.flush()
         os.dup2(original, 2)  # the pipe's last writer goes: the relay reads its end
         os.close(original)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        # Not process.wait(timeout=...): it polls with time.sleep, which fails (EINVAL) under
+        # libfaketime with its monotonic clock left true (the skewed-clock tests' nodes).
+        waiter = threading.Thread(target=process.wait, daemon=True)
+        waiter.start()
+        waiter.join(10)
+        if waiter.is_alive():
             process.kill()
             process.wait()
 

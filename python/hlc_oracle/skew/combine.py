@@ -1,8 +1,10 @@
-"""How NTP samples are combined into one :class:`OffsetEstimate` (:func:`combine_samples`).
+"""How offset samples are combined into one :class:`OffsetEstimate` (:func:`combine_samples`).
 
-Each server gives the interval ``offset +- (delay/2 + its own root distance)``; the largest set of
-servers whose intervals overlap (Marzullo) are the truechimers, the others falsetickers; the
-estimate is the median of the truechimers' offsets and its bound covers all their intervals.
+One rule for every source of samples: NTP servers (each gives the interval
+``offset +- (delay/2 + its own root distance)``) and a peer's recent measurements
+(:mod:`.peers`: ``offset +- RTT/2``). The largest set of samples whose intervals overlap
+(Marzullo) are the truechimers, the others falsetickers; the estimate is the median of the
+truechimers' offsets and its bound covers all their intervals.
 """
 
 from __future__ import annotations
@@ -10,8 +12,22 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from hlc_oracle.skew.ntp import NtpSample
+
+class OffsetSample(Protocol):
+    """What :func:`combine_samples` reads of a sample (an NTP answer, a peer's measurement)."""
+
+    @property
+    def server(self) -> str: ...
+    @property
+    def healthy(self) -> bool: ...
+    @property
+    def offset_us(self) -> int | None: ...
+    @property
+    def bound_us(self) -> int: ...
+    @property
+    def wall_s(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -27,8 +43,9 @@ class OffsetEstimate:
     wall_s: float
 
 
-def combine_samples(samples: Sequence[NtpSample]) -> OffsetEstimate | None:
-    """Combines healthy samples (one per server); ``None`` when there is none."""
+def combine_samples(samples: Sequence[OffsetSample]) -> OffsetEstimate | None:
+    """Combines healthy samples (one per server, or one peer's recent ones); ``None`` when
+    there is none."""
     good = [s for s in samples if s.healthy and s.offset_us is not None]
     if not good:
         return None

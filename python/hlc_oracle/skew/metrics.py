@@ -1,4 +1,5 @@
-"""The skew monitor's Prometheus collector (:class:`SkewMetricsCollector`)."""
+"""Prometheus collectors of the skew monitor (:class:`SkewMetricsCollector`) and of the peers
+check (:class:`PeersMetricsCollector`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from hlc_oracle.skew.guard import GuardState
 from hlc_oracle.skew.monitor import SkewMonitor, SkewStatus
+from hlc_oracle.skew.peers import PeerOffsetMonitor, PeersState, PeersVerdict
 
 
 class SkewMetricsCollector(Collector):
@@ -117,4 +119,69 @@ class SkewMetricsCollector(Collector):
         polls.add_metric([], float(status.polls))
         jumps.add_metric(["forward"], float(status.forward_jumps))
         jumps.add_metric(["backward"], float(status.backward_jumps))
+        return families
+
+
+class PeersMetricsCollector(Collector):
+    """The peers check's figures, read from the monitor's last verdict at scrape time."""
+
+    def __init__(self, monitor: PeerOffsetMonitor) -> None:
+        self.monitor = monitor
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(None)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self.monitor.verdict)
+
+    def _families(self, verdict: PeersVerdict | None) -> list[Metric]:
+        offset = GaugeMetricFamily(
+            "hlc_oracle_peer_clock_offset_seconds",
+            "Combined offset of each peer's clock (peer - local; positive: this node is behind)",
+            labels=["peer"],
+        )
+        bound = GaugeMetricFamily(
+            "hlc_oracle_peer_clock_offset_bound_seconds",
+            "Error bound of each peer's offset: the truth is within offset +- bound",
+            labels=["peer"],
+        )
+        far = GaugeMetricFamily(
+            "hlc_oracle_peer_clock_far",
+            "1 while a peer is more than the threshold away, on the evidence",
+            labels=["peer"],
+        )
+        state = GaugeMetricFamily(
+            "hlc_oracle_peers_state",
+            "1 for the peers check's current verdict (ok, far, no-majority, off)",
+            labels=["state"],
+        )
+        threshold = GaugeMetricFamily(
+            "hlc_oracle_peers_threshold_seconds", "Offset past which a peer counts as far"
+        )
+        samples = CounterMetricFamily(
+            "hlc_oracle_peer_clock_samples",
+            "Measurements of each peer by result (good, or failed: unreachable, too slow)",
+            labels=["peer", "result"],
+        )
+        messages = CounterMetricFamily(
+            "hlc_oracle_peers_messages",
+            "Round trips of the peers check: GetPeerClock calls and reads of the member keys",
+            labels=["kind"],
+        )
+        families = [offset, bound, far, state, threshold, samples, messages]
+        if verdict is None:
+            return families
+        for peer in verdict.peers:
+            label = str(peer.node_id)
+            if peer.estimate is not None:
+                offset.add_metric([label], peer.estimate.offset_us / 1e6)
+                bound.add_metric([label], peer.estimate.bound_us / 1e6)
+                far.add_metric([label], 1.0 if peer.far else 0.0)
+            samples.add_metric([label, "good"], float(peer.good_samples))
+            samples.add_metric([label, "failed"], float(peer.failed_samples))
+        for candidate in PeersState:
+            state.add_metric([candidate.value], 1.0 if candidate is verdict.state else 0.0)
+        threshold.add_metric([], verdict.threshold_us / 1e6)
+        messages.add_metric(["peer_clock"], float(self.monitor.pings))
+        messages.add_metric(["members_read"], float(self.monitor.directory_reads))
         return families

@@ -1,0 +1,58 @@
+"""Who should campaign, and when: healthy candidates first.
+
+Two rules, asked before every campaign (:class:`~hlc_oracle.cluster.node.ClusterNode`):
+
+- **Clock health.** A node whose clock is far from a majority of its peers
+  (:mod:`hlc_oracle.skew.peers`) does not campaign, and a leader that turns far resigns. The
+  check is a callable that returns the reason (naming the offsets), or ``None``.
+- **Prefer candidates that can serve at once.** A new leader's clock floor is the saved window
+  limit, and it serves only once that floor is within max_offset/2 of its own clock (the HLC
+  bound, :func:`~hlc_oracle.server.window.wait_out_lead`). A candidate whose clock is behind the
+  saved limit by more than that would win and then wait, stretching the failover gap. So it
+  defers its campaign by the time it would have to wait (at most :data:`MAX_DEFER_S`) while
+  another member is alive: a healthy peer campaigns at once and wins; if none does, this node
+  campaigns after the deferral, having waited out most of the lead already.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from hlc_oracle import Clock
+from hlc_oracle.server.window import lead_bound_us
+
+#: Longest deferral of a lagging candidate's campaign (seconds): past it, it campaigns anyway.
+MAX_DEFER_S = 5.0
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """How long to defer a campaign, and why (for the follower's not-serving message)."""
+
+    seconds: float
+    reason: str
+
+
+async def campaign_deferral(
+    clock: Clock, saved_limit_us: int | None, count_live_peers: Callable[[], Awaitable[int]]
+) -> Deferral:
+    """The deferral of a candidate with ``clock`` and the saved window limit: zero when it could
+    serve at once, or when no other member is alive (``count_live_peers``, asked only when this
+    node lags: one etcd read)."""
+    if saved_limit_us is None:
+        return Deferral(0.0, "")
+    bound = lead_bound_us(clock.max_offset_us)
+    lead = saved_limit_us + 1 - clock.physical_now()
+    if lead <= bound:
+        return Deferral(0.0, "")
+    live_peers = await count_live_peers()
+    if live_peers == 0:
+        return Deferral(0.0, "")
+    seconds = min((lead - bound) / 1e6, MAX_DEFER_S)
+    return Deferral(
+        seconds,
+        f"the saved timestamp limit is {lead / 1e6:.3f} s ahead of this node's clock (more than "
+        f"max_offset/2, {bound / 1e6:.3f} s): deferring its campaign {seconds:.3f} s so that one "
+        f"of the {live_peers} other live node(s) that can serve at once takes over",
+    )
