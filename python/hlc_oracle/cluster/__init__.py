@@ -1,5 +1,5 @@
-"""Clustered mode on etcd: one elected leader serves, followers redirect (ARCHITECTURE.md,
-"Cluster (etcd)").
+"""Clustered mode on etcd: one elected leader serves, followers redirect (the documentation's
+"Clustered mode" page, ``docs/cluster.md``).
 
 - :mod:`.etcd`: the client, one gRPC channel to every endpoint;
 - :mod:`.session`: the lease, its keepalives and the local serving deadline;
