@@ -16,7 +16,9 @@ standalone one.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.etcd_process import EtcdMember
-from tests.integration.oracle_cluster import OracleCluster, fetch_metrics
+from tests.integration.oracle_cluster import OracleCluster, fetch_metrics, metric_value
 from tests.integration.oracle_process import OracleProcess
 from tests.integration.steady_load import LoadFigures, run_steady_load
 
@@ -35,6 +37,7 @@ SMOKE_S = 3.0
 #: Each node's load comes in slices of this length, alternating with the other node's.
 SLICE_S = float(os.environ.get("HLC_BENCH_LOAD_SLICE_S", "10"))
 CALLS_IN_FLIGHT, PER_CALL = 8, 1_000
+KEEPALIVE_SAMPLE_S = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,17 @@ def window_counts(node: OracleProcess) -> Counter[str]:
     return counts
 
 
+def sample_keepalive_age(node: OracleProcess, stop: threading.Event, ages: list[float]) -> None:
+    """The leader's seconds since its last acknowledged keepalive, every 100 ms until ``stop``:
+    keepalives go every TTL/3 (1 s here), so the age stays under that plus a round trip while the
+    leadership thread is not held up by the load."""
+    while not stop.wait(KEEPALIVE_SAMPLE_S):
+        with contextlib.suppress(OSError, StopIteration):
+            ages.append(
+                metric_value(fetch_metrics(node), "hlc_oracle_cluster_keepalive_age_seconds")
+            )
+
+
 def test_clustered_load_beside_timestamps(
     benchmark: Any, load_nodes: dict[str, OracleProcess]
 ) -> None:
@@ -71,6 +85,12 @@ def test_clustered_load_beside_timestamps(
     seconds = SMOKE_S if benchmark.disabled else LOAD_S
     figures = {"standalone": LoadFigures(), "clustered": LoadFigures()}
     before = {mode: window_counts(node) for mode, node in load_nodes.items()}
+    ages: list[float] = []
+    stop_sampling = threading.Event()
+    sampler = threading.Thread(
+        target=sample_keepalive_age, args=(load_nodes["clustered"], stop_sampling, ages)
+    )
+    sampler.start()
 
     def body() -> None:
         left = seconds
@@ -87,7 +107,11 @@ def test_clustered_load_beside_timestamps(
                 )
             left -= piece
 
-    benchmark.pedantic(body, rounds=1, iterations=1)
+    try:
+        benchmark.pedantic(body, rounds=1, iterations=1)
+    finally:
+        stop_sampling.set()
+        sampler.join()
     # How often a request or batch had to wait for a window save: the window is renewed ahead of
     # demand, so these stay near zero while the saves go on.
     saves = {mode: window_counts(node) - before[mode] for mode, node in load_nodes.items()}
@@ -98,6 +122,7 @@ def test_clustered_load_beside_timestamps(
     benchmark.extra_info["clustered"] = clustered.summary()
     rate = clustered.summary()["per_second"] / max(1, standalone.summary()["per_second"])
     benchmark.extra_info["clustered_to_standalone"] = round(rate, 3)
+    benchmark.extra_info["keepalive_age_max_s"] = round(max(ages, default=0.0), 3)
     print(
         f"\ncluster load ({seconds:.0f} s each in {SLICE_S:.0f} s slices, "
         f"load average {os.getloadavg()[0]:.2f}):"
@@ -106,6 +131,7 @@ def test_clustered_load_beside_timestamps(
         benchmark.extra_info[name]["window"] = dict(saves[name])
         print(f"  {name}: {one.summary()} window: {dict(saves[name])}")
     print(f"  clustered/standalone rate: {rate:.3f}")
+    print(f"  leader's keepalive age, largest sample: {max(ages, default=0.0):.3f} s")
     # Outcomes, not timings: one leader throughout, every batch and timestamp call answered.
     assert len(clustered.epochs) == 1 and 0 not in clustered.epochs, clustered.summary()
     for one in figures.values():
