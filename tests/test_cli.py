@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -155,6 +156,24 @@ def test_good_targets_pass() -> None:
     for target in ("127.0.0.1:50051", "oracle-0.oracle:1", "[::1]:50051", "a:1,b:2,c:65535"):
         args = build_parser().parse_args(["now", "--target", target])
         assert args.target == target
+
+
+def test_only_the_command_quiets_grpc_core() -> None:
+    # A program (or pytest) importing the CLI must not set GRPC_VERBOSITY for itself and the
+    # servers it starts; the command itself does (see hlc_oracle/cli/_grpc_core_logs.py).
+    env = {key: value for key, value in os.environ.items() if key != "GRPC_VERBOSITY"}
+    program = "import os, hlc_oracle.cli; print(os.environ.get('GRPC_VERBOSITY'))"
+    imported = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True, text=True, timeout=60, check=True, env=env,
+    )  # fmt: skip
+    assert imported.stdout.strip() == "None"
+    from hlc_oracle.cli._grpc_core_logs import running_as_the_command
+
+    assert running_as_the_command(["-m", "now"])
+    assert running_as_the_command(["/venv/bin/hlc-oracle", "now"])
+    assert not running_as_the_command(["/venv/bin/pytest", "tests"])
+    assert not running_as_the_command(["-c"])
 
 
 def test_version() -> None:

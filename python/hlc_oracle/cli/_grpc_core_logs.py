@@ -22,5 +22,18 @@ import sys
 #: The command that keeps grpc-core's INFO lines.
 KEEPS_GRPC_LINES = "serve"
 
-if "grpc" not in sys.modules and KEEPS_GRPC_LINES not in sys.argv[1:]:
+
+def running_as_the_command(argv: list[str]) -> bool:
+    """Whether this process is the ``hlc-oracle`` command: its console script, or
+    ``python -m hlc_oracle.cli`` (``argv[0]`` is ``-m`` while the package is imported). A program
+    or a test runner that imports the package keeps its environment untouched: the servers it
+    starts would inherit the variable."""
+    return bool(argv) and (argv[0] == "-m" or os.path.basename(argv[0]) == "hlc-oracle")
+
+
+if (
+    "grpc" not in sys.modules
+    and running_as_the_command(sys.argv)
+    and KEEPS_GRPC_LINES not in sys.argv[1:]
+):
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
