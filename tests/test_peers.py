@@ -11,6 +11,7 @@ import pytest
 from hlc_oracle import Clock, ManualClock
 from hlc_oracle.cluster.candidacy import MAX_DEFER_S, campaign_deferral
 from hlc_oracle.skew.combine import OffsetEstimate
+from hlc_oracle.skew.metrics import PeersMetricsCollector
 from hlc_oracle.skew.peers import (
     PeerOffsetMonitor,
     PeersConfig,
@@ -21,6 +22,7 @@ from hlc_oracle.skew.peers import (
     judge_peers,
     measure,
 )
+from prometheus_client import CollectorRegistry
 
 MAX_OFFSET_US = 500_000
 THRESHOLD_US = 30_000
@@ -232,3 +234,11 @@ def test_monitor_rounds() -> None:
     asyncio.run(rounds())
     assert seen[0] is PeersState.FAR
     assert monitor.pings == 5 and monitor.directory_reads == 3
+    registry = CollectorRegistry()
+    registry.register(PeersMetricsCollector(monitor))
+    assert registry.get_sample_value(
+        "hlc_oracle_peer_clock_offset_seconds", {"peer": "2"}
+    ) == pytest.approx(2.0, abs=1e-3)
+    assert registry.get_sample_value("hlc_oracle_peers_state", {"state": "far"}) == 1.0
+    assert registry.get_sample_value("hlc_oracle_peers_threshold_seconds") == 0.03
+    assert registry.get_sample_value("hlc_oracle_peers_messages_total", {"kind": "peer_clock"}) == 5

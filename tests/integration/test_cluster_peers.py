@@ -117,3 +117,35 @@ def test_two_nodes_have_no_majority(etcd: EtcdMember, tmp_path: Path) -> None:
             assert len(status.peers) == 1 and "offset_us" in status.peers[0]
         # Without a majority the check holds nothing back: some node leads.
         cluster.wait_for_leader()
+
+
+def test_a_lagging_candidate_defers_to_one_that_can_serve_at_once(
+    etcd: EtcdMember, tmp_path: Path
+) -> None:
+    """The peers check off, node 3's clock 2 s behind: the saved window is 2 s ahead of it, so
+    it would wait out the HLC bound after winning; it defers its campaign and a healthy node,
+    which serves at once, takes over every time."""
+    with OracleCluster(
+        tmp_path,
+        etcd.endpoint,
+        extra_args=("--set", "peers.enabled=false"),
+        node_env={SKEWED: skewed_clock_env("-2s")},
+    ) as cluster:
+        for _ in range(2):
+            leader = cluster.wait_for_leader()
+            leader_id = cluster.nodes.index(leader) + 1
+            assert leader_id != SKEWED
+            leader.stop()
+            assert cluster.nodes.index(cluster.wait_for_leader(other_than=leader_id)) + 1 != SKEWED
+            leader.start()
+        assert "campaign deferred" in cluster.nodes[SKEWED - 1].log_text()
+        assert cluster.statuses()[SKEWED].peers_state == "off"
+
+
+def test_status_command_prints_the_peers(etcd: EtcdMember, tmp_path: Path) -> None:
+    with OracleCluster(tmp_path, etcd.endpoint, extra_args=FAST_PEERS) as cluster:
+        wait_for_status(cluster, 1, "ok", measured=2)
+        printed = cluster.nodes[0].cli("status").stdout
+        assert re.search(r"peers_state +ok", printed), printed
+        for node_id in (2, 3):
+            assert re.search(rf"peer node {node_id} +127\.0\.0\.1:\d+: offset [-+]\d+ us", printed)

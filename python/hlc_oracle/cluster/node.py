@@ -373,7 +373,7 @@ class ClusterNode:
                 await asyncio.wait_for(self._wait_for_vacancy(revision, holder), SIT_OUT_S)
             return True
         deferral = await campaign_deferral(self.clock, await self.store.load(), self._live_peers)
-        if deferral.seconds > 0:
+        if deferral.seconds > 0 and (await self.client.get(self.election.key))[0] is None:
             log.info("campaign deferred", extra={"fields": {"reason": deferral.reason}})
             self.gate.block("not-leader", f"this node is a follower: {deferral.reason}")
             until = time.monotonic() + deferral.seconds

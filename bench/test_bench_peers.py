@@ -1,0 +1,171 @@
+"""The peers check (``hlc_oracle.skew.peers``) on real etcd and real nodes.
+
+- ``peers skewed failover``: three nodes, node 3's wall clock 2 s ahead or behind (libfaketime,
+  ``tests/integration/oracle_process.py``'s ``skewed_clock_env``), the default peers settings
+  (one measurement of every peer a second), a 1 s lease; three threads take timestamps through
+  the client library given every node while the leader is killed (kill -9) six times, each
+  killed node restarted before the next round. Figures: who led each round (never node 3), each
+  failover's client-visible gap (the longest time between two consecutive successful calls
+  around the kill), the largest lead of a timestamp over the host's true time when the call
+  returned (``lead_ms``: a certain lead; ``lead_upper_ms`` measures against the time the call
+  was sent), and the skewed node's peers message.
+- ``peers cost``: what the monitor costs: its messages per second per node (``GetPeerClock``
+  round trips and member-key reads, from the ``hlc_oracle_peers_messages`` counter over an idle
+  spell) and the leader's timestamp throughput (``GetTimestamps(1)``, 16 concurrent callers)
+  with the monitor on against off: two clusters on one etcd, one with ``peers.enabled=false``,
+  bursts on either leader back to back in pairs, the median of the per-pair ratios.
+
+These are figures, not timings: the benchmark's own time is one pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.test_bench_service import ONE, _concurrent_unary, _timed
+from tests.etcd_process import EtcdMember
+from tests.integration.oracle_cluster import (
+    CallLog,
+    OracleCluster,
+    fetch_metrics,
+    leader_client,
+    load,
+)
+from tests.integration.oracle_process import skewed_clock_env
+
+SKEWED = 3
+FAILOVERS = 6
+#: Interleaved throughput pairs (a burst without the monitor, one with it).
+PAIRS = 40
+CALLERS, CALLS = 16, 25
+#: The peers check's messages: GetPeerClock round trips and reads of the member keys.
+MESSAGES = re.compile(r'^hlc_oracle_peers_messages_total\{kind="[a-z_]+"\} (\S+)$', re.M)
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMember]:
+    with EtcdMember(tmp_path_factory.mktemp("peers-bench") / "etcd") as member:
+        yield member
+
+
+def wait_until_far(cluster: OracleCluster, timeout_s: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = cluster.statuses().get(SKEWED)
+        if status is not None and status.peers_state == "far" and status.role == "follower":
+            return status.peers_message
+        time.sleep(0.1)
+    raise AssertionError(f"node {SKEWED} never found far: {cluster.statuses().get(SKEWED)}")
+
+
+@pytest.mark.parametrize("offset", ["+2s", "-2s"], ids=["ahead", "behind"])
+def test_skewed_failovers(benchmark: Any, etcd: EtcdMember, tmp_path: Path, offset: str) -> None:
+    benchmark.group = "peers skewed failover"
+    if benchmark.disabled and offset == "-2s":
+        pytest.skip("bench-smoke: the ahead case runs the code; tests cover behind")
+    rounds = 1 if benchmark.disabled else FAILOVERS
+    figures: dict[str, Any] = {}
+
+    def run() -> None:
+        with OracleCluster(
+            tmp_path,
+            etcd.endpoint,
+            extra_args=("--cluster-name", "ahead" if offset == "+2s" else "behind"),
+            node_env={SKEWED: skewed_clock_env(offset)},
+        ) as cluster:
+            figures["message_before"] = wait_until_far(cluster)
+            client = leader_client(cluster.targets)
+            calls = CallLog()
+            leaders: list[int] = []
+            gaps: list[float] = []
+            try:
+                with load(client, calls, threads=3, count=1):
+                    for _ in range(rounds):
+                        leader = cluster.wait_for_leader()
+                        leaders.append(cluster.nodes.index(leader) + 1)
+                        time.sleep(0.5)  # steady load before the kill
+                        at = time.monotonic_ns()
+                        leader.kill()
+                        cluster.wait_for_leader(other_than=leaders[-1])
+                        time.sleep(0.3)
+                        gaps.append(calls.largest_gap_ms(at - 200_000_000))
+                        leader.start()
+                    leaders.append(cluster.nodes.index(cluster.wait_for_leader()) + 1)
+            finally:
+                client.close()
+            figures["message_after"] = cluster.statuses()[SKEWED].peers_message
+            calls.check()
+            figures["leaders"] = leaders
+            figures["gaps_ms"] = [round(gap, 1) for gap in gaps]
+            figures["calls"] = len(calls.calls)
+            figures["lead_ms"] = round(
+                max(c.last.physical - c.wall_after_us for c in calls.calls) / 1000, 1
+            )
+            figures["lead_upper_ms"] = round(
+                max(c.last.physical - c.wall_sent_us for c in calls.calls) / 1000, 1
+            )
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(figures)
+    benchmark.extra_info["max_gap_ms"] = max(figures["gaps_ms"])
+    assert SKEWED not in figures["leaders"], figures
+    assert "does not campaign or lead" in figures["message_after"], figures
+
+
+def messages_per_second(cluster: OracleCluster, spell_s: float) -> list[float]:
+    """Each node's peers-check messages per second over ``spell_s`` of idle time."""
+
+    def counts() -> list[float]:
+        return [sum(map(float, MESSAGES.findall(fetch_metrics(node)))) for node in cluster.nodes]
+
+    before, started = counts(), time.monotonic()
+    time.sleep(spell_s)
+    after, elapsed = counts(), time.monotonic() - started
+    return [round((b - a) / elapsed, 2) for a, b in zip(before, after, strict=True)]
+
+
+def test_monitor_cost(benchmark: Any, etcd: EtcdMember, tmp_path: Path) -> None:
+    benchmark.group = "peers cost"
+    pairs = 1 if benchmark.disabled else PAIRS
+    spell_s = 0.5 if benchmark.disabled else 10.0
+    figures: dict[str, Any] = {}
+
+    def cluster(name: str, *args: str) -> OracleCluster:
+        extra = ("--cluster-name", name, "--metrics-port", "0", *args)
+        return OracleCluster(tmp_path / name, etcd.endpoint, lease_ttl_s=3, extra_args=extra)
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            with cluster("on") as on, cluster("off", "--set", "peers.enabled=false") as off:
+                figures["messages_per_second_per_node"] = messages_per_second(on, spell_s)
+                with_monitor = _concurrent_unary(
+                    loop, on.wait_for_leader().target, ONE, CALLERS, CALLS
+                )
+                without = _concurrent_unary(loop, off.wait_for_leader().target, ONE, CALLERS, CALLS)
+                # Back to back, in pairs: load that comes and goes hits both sides of a pair.
+                figures["pairs"] = [(_timed(without), _timed(with_monitor)) for _ in range(pairs)]
+        finally:
+            loop.close()
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    times = figures.pop("pairs")
+    benchmark.extra_info.update(figures)
+    benchmark.extra_info["calls_per_second_on"] = round(
+        CALLERS * CALLS / statistics.median(t for _, t in times)
+    )
+    benchmark.extra_info["calls_per_second_off"] = round(
+        CALLERS * CALLS / statistics.median(t for t, _ in times)
+    )
+    # Time without over time with, per pair: the throughput ratio on / off.
+    benchmark.extra_info["throughput_ratio_on_off"] = round(
+        statistics.median(off / on for off, on in times), 3
+    )
