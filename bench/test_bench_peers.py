@@ -14,6 +14,8 @@
   spell) and the leader's timestamp throughput (``GetTimestamps(1)``, 16 concurrent callers)
   with the monitor on against off: two clusters on one etcd, one with ``peers.enabled=false``,
   bursts on either leader back to back in pairs, the median of the per-pair ratios.
+- ``peers transport``: ``GetPeerClock`` against ``GetStatus`` as the measurement's RPC: round
+  trip and answer size on one node.
 
 These are figures, not timings: the benchmark's own time is one pass.
 """
@@ -28,7 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from hlc_oracle.proto import oracle_pb2 as pb
 
 from bench.test_bench_service import ONE, _concurrent_unary, _timed
 from tests.etcd_process import EtcdMember
@@ -39,7 +43,7 @@ from tests.integration.oracle_cluster import (
     leader_client,
     load,
 )
-from tests.integration.oracle_process import skewed_clock_env
+from tests.integration.oracle_process import OracleProcess, skewed_clock_env
 
 SKEWED = 3
 FAILOVERS = 6
@@ -169,3 +173,48 @@ def test_monitor_cost(benchmark: Any, etcd: EtcdMember, tmp_path: Path) -> None:
     benchmark.extra_info["throughput_ratio_on_off"] = round(
         statistics.median(off / on for off, on in times), 3
     )
+
+
+def test_transport_cost(benchmark: Any, tmp_path: Path) -> None:
+    """Why a dedicated RPC: ``GetPeerClock`` against ``GetStatus`` (which also carries
+    ``clock.physical_now_us``) on one node, sequential round trips, interleaved blocks; the
+    answers' sizes. A smaller answer built without the status's work also means a shorter round
+    trip, and the round trip is the measurement's error bound."""
+    benchmark.group = "peers transport"
+    calls = 20 if benchmark.disabled else 300
+    pairs = 1 if benchmark.disabled else 15
+    figures: dict[str, Any] = {}
+
+    def run() -> None:
+        with OracleProcess(tmp_path / "node") as node, grpc.insecure_channel(node.target) as ch:
+            peer_clock = ch.unary_unary(
+                "/hlc_oracle.v1.TimestampOracle/GetPeerClock",
+                request_serializer=pb.GetPeerClockRequest.SerializeToString,
+                response_deserializer=pb.GetPeerClockResponse.FromString,
+            )
+            status = ch.unary_unary(
+                "/hlc_oracle.v1.TimestampOracle/GetStatus",
+                request_serializer=pb.GetStatusRequest.SerializeToString,
+                response_deserializer=pb.GetStatusResponse.FromString,
+            )
+            figures["peer_clock_bytes"] = peer_clock(pb.GetPeerClockRequest()).ByteSize()
+            figures["status_bytes"] = status(pb.GetStatusRequest()).ByteSize()
+
+            def block(call: Any, request: Any) -> float:
+                started = time.perf_counter()
+                for _ in range(calls):
+                    call(request, timeout=10)
+                return (time.perf_counter() - started) / calls
+
+            times = [
+                (block(status, pb.GetStatusRequest()), block(peer_clock, pb.GetPeerClockRequest()))
+                for _ in range(pairs)
+            ]
+            figures["status_round_trip_us"] = round(statistics.median(s for s, _ in times) * 1e6)
+            figures["peer_clock_round_trip_us"] = round(
+                statistics.median(p for _, p in times) * 1e6
+            )
+            figures["status_over_peer_clock"] = round(statistics.median(s / p for s, p in times), 3)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(figures)
