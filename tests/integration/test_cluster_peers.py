@@ -1,19 +1,24 @@
 """The peers check on real etcd and real nodes, one node's wall clock shifted by libfaketime
 (Debian's faketime, scripts/setup-system.sh): three nodes, node 3 two seconds ahead or behind,
-never leads and names its offset; two nodes have no majority and say so."""
+never leads and names its offset; two nodes have no majority and say so; a candidate whose clock
+lags the saved window defers to one that can serve at once; the peers' transport under TLS."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hlc_oracle.client import OracleStatus
+from hlc_oracle.config import TlsSection
+from hlc_oracle.server.skew_guard import GrpcPeerTransport, peer_channel_credentials
 
 from tests.etcd_process import EtcdMember
 from tests.integration.oracle_cluster import OracleCluster
-from tests.integration.oracle_process import skewed_clock_env
+from tests.integration.oracle_process import OracleProcess, skewed_clock_env
 
 SKEWED = 3
 #: Measure often, so a verdict comes within a second or two; generous waits on two busy cores.
@@ -149,3 +154,31 @@ def test_status_command_prints_the_peers(etcd: EtcdMember, tmp_path: Path) -> No
         assert re.search(r"peers_state +ok", printed), printed
         for node_id in (2, 3):
             assert re.search(rf"peer node {node_id} +127\.0\.0\.1:\d+: offset [-+]\d+ us", printed)
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+def test_peers_reach_each_other_under_tls(
+    start_oracle: Callable[..., OracleProcess], pki: dict[str, Path], mutual: bool
+) -> None:
+    """The transport a TLS node measures its peers with: it trusts ``peers.ca_file`` (or
+    ``tls.client_ca_file``) and, under mutual TLS, presents its own certificate."""
+    tls_args = ["--tls-cert", str(pki["server.pem"]), "--tls-key", str(pki["server-key.pem"])]
+    if mutual:
+        tls_args += ["--tls-client-ca", str(pki["ca.pem"])]
+    peer = start_oracle(*tls_args, "--node-id", "7", wait_healthy=False)
+    tls = TlsSection(
+        cert_file=pki["server.pem"],
+        key_file=pki["server-key.pem"],
+        client_ca_file=pki["ca.pem"] if mutual else None,
+    )
+    ca_file = None if mutual else pki["ca.pem"]
+
+    async def ask() -> tuple[int, int]:
+        transport = GrpcPeerTransport(peer_channel_credentials(tls, ca_file))
+        try:
+            return await transport.call(peer.target, timeout_s=10)
+        finally:
+            await transport.close()
+
+    node_id, peer_now_us = asyncio.run(ask())
+    assert node_id == 7 and abs(peer_now_us - time.time_ns() // 1000) < 5_000_000

@@ -210,7 +210,7 @@ class OracleServer:
 
         config = self.config
         try:
-            credentials = peer_channel_credentials(config.tls)
+            credentials = peer_channel_credentials(config.tls, config.peers.ca_file)
         except OSError as err:
             raise StartupConfigError(f"cannot read the TLS files for peers: {err}") from err
         return build_peer_monitor(

@@ -14,6 +14,7 @@ gate: its verdict keeps the node from campaigning or leading (the election asks 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -170,16 +171,21 @@ class PeerCallError(Exception):
     """A peer did not answer ``GetPeerClock`` (its gRPC status and details)."""
 
 
-def peer_channel_credentials(tls: TlsSection) -> grpc.ChannelCredentials | None:
-    """How a node reaches its peers: in the clear when it serves in the clear; under TLS it
-    trusts ``tls.client_ca_file`` (the cluster's CA, which mutual TLS already names) or else the
-    system's CAs, and presents its own certificate when mutual TLS is on."""
+def peer_channel_credentials(
+    tls: TlsSection, ca_file: Path | None = None
+) -> grpc.ChannelCredentials | None:
+    """How a node reaches its peers: in the clear when it serves in the clear. Under TLS it
+    trusts ``ca_file`` (``peers.ca_file``), else ``tls.client_ca_file`` (the cluster's CA, which
+    mutual TLS already names), else the system's CAs; and presents its own certificate when
+    mutual TLS is on (its peers ask for one)."""
     if tls.cert_file is None or tls.key_file is None:
         return None
+    roots_file = ca_file or tls.client_ca_file
+    roots = roots_file.read_bytes() if roots_file is not None else None
     if tls.client_ca_file is None:
-        return grpc.ssl_channel_credentials()
+        return grpc.ssl_channel_credentials(root_certificates=roots)
     return grpc.ssl_channel_credentials(
-        root_certificates=tls.client_ca_file.read_bytes(),
+        root_certificates=roots,
         private_key=tls.key_file.read_bytes(),
         certificate_chain=tls.cert_file.read_bytes(),
     )

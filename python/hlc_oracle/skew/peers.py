@@ -68,6 +68,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from hlc_oracle.skew.combine import OffsetEstimate, combine_samples
@@ -111,6 +112,12 @@ class PeersConfig:
     sample_max_age_s: float | None = _setting(
         None, "seconds a sample counts (unset: three intervals plus the timeout)"
     )
+    # _setting only wraps dataclasses.field; the default is None.
+    ca_file: Path | None = _setting(  # noqa: RUF009
+        None,
+        "under TLS: PEM CA bundle that signed the peers' server certificates (unset: "
+        "tls.client_ca_file, else the system's CAs)",
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -127,6 +134,10 @@ class PeersConfig:
         _check_int(self.samples_kept, "samples_kept", 1, 1000)
         if self.sample_max_age_s is not None:
             _check_number(self.sample_max_age_s, "sample_max_age_s", 0.01, 86_400)
+        if isinstance(self.ca_file, str):
+            self.ca_file = Path(self.ca_file)
+        if self.ca_file is not None and not isinstance(self.ca_file, Path):
+            raise TypeError(f"ca_file must be a path, got {type(self.ca_file).__name__}")
 
     @property
     def max_sample_age_s(self) -> float:
