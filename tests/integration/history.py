@@ -363,7 +363,7 @@ def _decisions(history: History, require_read_back: bool) -> list[Anomaly]:
 
 def _figures(history: History, stamped: list[_Stamped]) -> dict[str, object]:
     ops = history.operations
-    errors = Counter(op.error_type for op in ops if op.error_type is not None)
+    errors = Counter(f"{op.kind} {op.error_type}" for op in ops if op.error_type is not None)
     decisions = Counter(type(op.decision).__name__.lower() for op in ops if op.decision is not None)
     lead = max((s.high_physical - s.made_before_us for s in stamped), default=None)
     return {
@@ -372,7 +372,7 @@ def _figures(history: History, stamped: list[_Stamped]) -> dict[str, object]:
         "timestamps": sum(op.kind == "timestamps" and op.ok for op in ops),
         **{name: count for name, count in sorted(decisions.items())},
         "indeterminate": sum(op.complete is None for op in ops),
-        "errors": dict(sorted(errors.items())),
+        "errors": dict(sorted(errors.items())),  # by the call's kind and the error's type
         "max_lead_us": lead,
         "largest_gap_ms": round(history.largest_gap_ms(), 1),
     }

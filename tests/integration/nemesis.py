@@ -447,12 +447,18 @@ def stop_the_leader(cluster: FaultCluster, load: Load) -> None:
     cluster.node(leader).start()
 
 
-def pause_the_leader(cluster: FaultCluster, load: Load) -> None:
-    """SIGSTOP past the lease: calls queue at its socket until a successor serves; SIGCONT."""
-    leader = cluster.wait_for_leader()
-    with cluster.paused(leader):
-        cluster.wait_for_leader(other_than=leader)
-        time.sleep(0.3)
+def pause_the_leader(held_s: float) -> Round:
+    """SIGSTOP past the lease, held ``held_s`` after a successor serves, then SIGCONT. Calls
+    already sent to the paused leader wait at its socket meanwhile (the client moves on only
+    from a node that refuses or fails, not from one that says nothing)."""
+
+    def pause(cluster: FaultCluster, load: Load) -> None:
+        leader = cluster.wait_for_leader()
+        with cluster.paused(leader):
+            cluster.wait_for_leader(other_than=leader)
+            time.sleep(held_s)
+
+    return pause
 
 
 def cut_the_leader_off_from_etcd(cluster: FaultCluster, load: Load) -> None:
@@ -529,7 +535,8 @@ SCENARIOS = {
     for scenario in [
         Scenario("kill -9 of the leader", kill_the_leader),
         Scenario("SIGTERM of the leader", stop_the_leader),
-        Scenario("leader paused past its lease", pause_the_leader),
+        Scenario("leader paused past its lease", pause_the_leader(0.3)),
+        Scenario("leader paused 3 s past its successor", pause_the_leader(3.0)),
         Scenario("leader cut off from etcd", cut_the_leader_off_from_etcd, etcd_proxies=True),
         Scenario("follower cut off from etcd", cut_a_follower_off_from_etcd, etcd_proxies=True),
         Scenario(
