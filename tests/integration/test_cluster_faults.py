@@ -28,17 +28,9 @@ ROUNDS = {
     "one clock 2 s ahead, leaders killed": 3,
     "one clock 2 s behind, leaders killed": 3,
 }
-NO_PEER_MONITOR = pytest.mark.xfail(
-    reason="no peer clock-offset monitor yet: a node 2 s ahead wins elections like any other "
-    "and hands out timestamps 2 s ahead of true time",
-    strict=False,
-)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(name, marks=NO_PEER_MONITOR) if "ahead" in name else name for name in SCENARIOS],
-)
+@pytest.mark.parametrize("name", list(SCENARIOS))
 def test_fault(tmp_path: Path, name: str) -> None:
     outcome = run_scenario(SCENARIOS[name], tmp_path, ROUNDS.get(name, 1))
     outcome.result.assert_valid()
