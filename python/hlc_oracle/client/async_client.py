@@ -135,39 +135,42 @@ class AsyncOracleClient:
         the call fails as unreachable, on time."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        attempt = asyncio.ensure_future(
-            with_retries(
-                self.retry,
-                lambda remaining: self._on_current_node(call, remaining, changes_state),
-                self.timeout,
-                changes_state=changes_state,
-                connected=lambda: self._nodes.current.ready(),
-            )
+        retried = with_retries(
+            self.retry,
+            lambda remaining: self._on_current_node(call, remaining, changes_state),
+            self.timeout,
+            changes_state=changes_state,
+            connected=lambda: self._nodes.current.ready(),
         )
         look: asyncio.Future[HandshakeFailure | None] | None = None
         try:
-            await asyncio.wait((attempt,), timeout=min(LOOK_AFTER_S, self.timeout / 4))
-            if not attempt.done() and not self._nodes.current.ready():
-                look = self._look_at_handshake(deadline)
+            if self._nodes.current.ready():
+                return await retried  # the common case: connected, no look to start beside it
+            attempt = asyncio.ensure_future(retried)
             try:
+                await asyncio.wait((attempt,), timeout=min(LOOK_AFTER_S, self.timeout / 4))
+                if not attempt.done() and not self._nodes.current.ready():
+                    look = self._look_at_handshake(deadline)
                 return await attempt
-            except OracleUnavailableError as err:
-                # Only a plain transport failure: a refusal (any mark) came from a server that
-                # the handshake let through; a lost connection had one.
-                if type(err) is not OracleUnavailableError or err.refusal is not None:
-                    raise
-                look = look or self._look_at_handshake(deadline)
-                if look is None:
-                    raise
-                await asyncio.wait((look,), timeout=max(0.0, deadline - loop.time()))
-                failure = look.result() if look.done() else None
-                if failure is None:
-                    raise
-                raise OracleTlsHandshakeError(err.code, failure.cause, err.details) from err
+            finally:
+                if not attempt.done():
+                    attempt.cancel()
+        except OracleUnavailableError as err:
+            # Only a plain transport failure: a refusal (any mark) came from a server that the
+            # handshake let through; a lost connection had one.
+            if type(err) is not OracleUnavailableError or err.refusal is not None:
+                raise
+            look = look or self._look_at_handshake(deadline)
+            if look is None:
+                raise
+            await asyncio.wait((look,), timeout=max(0.0, deadline - loop.time()))
+            failure = look.result() if look.done() else None
+            if failure is None:
+                raise
+            raise OracleTlsHandshakeError(err.code, failure.cause, err.details) from err
         finally:
-            for task in (attempt, look):
-                if task is not None and not task.done():
-                    task.cancel()
+            if look is not None and not look.done():
+                look.cancel()
 
     def _look_at_handshake(self, deadline: float) -> asyncio.Future[HandshakeFailure | None] | None:
         """The TLS look at the current node, started now and bounded by ``deadline`` (loop time;
