@@ -46,6 +46,8 @@ from tests.etcd_process import EtcdCluster, EtcdMember
 
 PREFIX = "/hlc-oracle/test/"
 LEADER_KEY = f"{PREFIX}leader".encode()
+#: A piece of no decisions (format version 2, count 0).
+EMPTY_PIECE = b"\x02\x00"
 Outcome = Committed | Aborted
 
 
@@ -312,7 +314,7 @@ def test_the_quota_alarm_refuses_pieces_and_nothing_unwritten_is_acknowledged(
         assert refused and failures and "database space exceeded" in failures[0]
         assert await leader.log.quota_alarm()
         with pytest.raises(DecisionQuotaError, match="NOSPACE"):
-            await leader.log.write(10**6, b"x")
+            await leader.log.write(10**6, EMPTY_PIECE)
         await leader.scheduler.aclose()
         # etcd refuses every put now, a campaign's too: read back under the old term's fence.
         engine = CommitEngine(None, Clock(node=2), durability="external")
@@ -375,10 +377,10 @@ def test_delete_of_the_leader_key_alone_ends_the_term(etcd: EtcdMember) -> None:
         client = client_of([etcd.endpoint])
         fence = await take_leadership(client, "node-1")
         log = DecisionLog(client, PREFIX, fence)
-        await log.write(1, b"")
+        await log.write(1, EMPTY_PIECE)
         await client.txn([], [delete(LEADER_KEY)])
         with pytest.raises(FenceError, match="decision batch 2"):
-            await log.write(2, b"")
+            await log.write(2, EMPTY_PIECE)
 
     run(scenario)
 

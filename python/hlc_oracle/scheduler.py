@@ -47,6 +47,7 @@ from hlc_oracle._core import (
     Aborted,
     CeilingReachedError,
     Clock,
+    CommitLogError,
     Committed,
     SchedulerClosedError,
     SchedulerOverloadedError,
@@ -74,6 +75,9 @@ _Waiter = asyncio.Future[Any] | concurrent.futures.Future[Any]
 CEILING_RETRIES = 3
 #: Least seconds between two warnings that raising the ceiling failed (etcd away: every batch).
 CEILING_REPORT_INTERVAL_S = 10.0
+
+#: Longest a status query waits for a new leader's decision history.
+HISTORY_STATUS_WAIT_S = 30.0
 
 #: What ``on_ceiling`` is handed: call it once the raise is over, with ``None`` or its error.
 CeilingRaised = Callable[[BaseException | None], None]
@@ -142,6 +146,10 @@ class GroupCommitScheduler:
         self._parked = 0
         self._ceiling_failures = 0
         self._ceiling_report_at = 0.0
+        # Requests held while a new clustered leader's decision history loads (set: loaded).
+        self._history_held: list[_Entry] = []
+        self._history_loaded = threading.Event()
+        self._history_loaded.set()
         self._wakeup = threading.Condition(self._lock)
         self._writer_idle = False
         self._closed = False
@@ -267,9 +275,49 @@ class GroupCommitScheduler:
 
     def status(self, txn_id: int) -> Outcome | None:
         """``Committed`` or ``Aborted`` for a decided id, None when unknown (never decided, or
-        older than ``retained_decisions``). May wait for the batch being written."""
+        older than ``retained_decisions``). May wait for the batch being written, and, on a new
+        clustered leader, for its decision history (see :meth:`hold_for_history`)."""
         self._check_txn_id(txn_id)
-        return self.engine.status(txn_id)
+        answer = self.engine.status(txn_id)
+        if answer is None and not self._history_loaded.is_set():
+            if not self._history_loaded.wait(HISTORY_STATUS_WAIT_S):
+                raise CommitLogError(
+                    f"transaction {txn_id}: taking over: the decision history is still loading "
+                    f"after {HISTORY_STATUS_WAIT_S:g} s; retry"
+                )
+            answer = self.engine.status(txn_id)
+        return answer
+
+    # ---- a new clustered leader's decision history --------------------------------------------
+
+    def hold_for_history(self) -> None:
+        """Until :meth:`history_loaded`, a request the engine says may need the decision history
+        (``CommitEngine.needs_history``, after ``begin_history_load``) is held, the others are
+        decided; ``status`` of an id the engine does not know waits."""
+        self._history_loaded.clear()
+
+    def history_loaded(self) -> None:
+        """The engine's history is loaded (``end_history_load`` was called): the held requests
+        go to the front of the queue."""
+        with self._lock:
+            held, self._history_held = self._history_held, []
+            size = sum(entry[_SIZE] for entry in held)
+            self._parked -= size
+            self._queue.extendleft(reversed(held))
+            self._queued += size
+            self._history_loaded.set()
+            self._wakeup.notify_all()
+
+    def _hold_needing_history(self, batch: list[_Entry]) -> list[_Entry]:
+        """The entries of ``batch`` that may be decided now; the others are held."""
+        needs = [self.engine.needs_history(entry[_PAYLOAD]) for entry in batch]
+        with self._lock:
+            if self._history_loaded.is_set():  # loaded meanwhile: nothing is held any more
+                return batch
+            held = [entry for entry, wait in zip(batch, needs, strict=True) if wait]
+            self._history_held.extend(held)
+            self._parked += sum(entry[_SIZE] for entry in held)
+        return [entry for entry, wait in zip(batch, needs, strict=True) if not wait]
 
     # ---- the writer thread ------------------------------------------------------------------
 
@@ -312,6 +360,12 @@ class GroupCommitScheduler:
             batch = self._take_batch()
             if batch is None:
                 return
+            if not self._history_loaded.is_set():
+                batch = self._hold_needing_history(batch)
+                if not batch:
+                    with self._lock:
+                        self._in_flight = 0
+                    continue
             parts, all_single = _parts(batch)
             # The ceiling this batch is tried under: a retry after it rose is not counted.
             ceiling = self.clock.ceiling_physical
@@ -457,6 +511,12 @@ class GroupCommitScheduler:
             self._wakeup.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        with self._lock:
+            held, self._history_held = self._history_held, []
+            self._parked -= sum(entry[_SIZE] for entry in held)
+        if held:  # never decided: refused, so callers retry elsewhere
+            refusal = SchedulerClosedError("the group-commit scheduler closed while taking over")
+            self._deliver(held, _entry_answers(held, False, refusal))
         self.durable_step.drain(self.engine, timeout)
         self.engine.close()
 

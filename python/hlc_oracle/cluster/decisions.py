@@ -21,16 +21,38 @@ are never answered. A failed write, or one whose outcome is unknown, fails every
 (``UNAVAILABLE``, the engine's ``CommitOutcomeUnknownError``) and stops the node serving; the
 next leader learns what was written by reading the keys.
 
-Recovery on promotion (:meth:`DecisionLog.recover`), in this order: the conflict detector's low
-watermark is raised to the previous leader's window limit (Apache Omid: every transaction that
-started under the old leader and is not decided aborts as too old, so its lost conflict history
-never needs rebuilding); the pieces after the checkpoint are replayed in key order, in pages of
-a consistent snapshot (status and idempotent resubmission keep working, and the clock moves past
-every replayed commit; a page whose answer would pass gRPC's 4 MiB receive limit is read again
-with fewer keys); the checkpoint's ``forgotten_through`` becomes the engine's "decisions
-forgotten through" point (a resubmission of a trimmed id is refused ``OUT_OF_RANGE``, never
-decided again: deciding it could flip a trimmed commit to aborted); then the node may serve. A
-key or piece that does not decode stops the promotion with the key named: it is never skipped.
+Taking over (:meth:`ClusteredGroupCommit.promote`) does not wait for the history. In order: the
+conflict detector's low watermark ``W`` is raised to the previous leader's window limit (Apache
+Omid: every transaction that started under the old leader and is not decided aborts as too old,
+so its lost conflict history never needs rebuilding); the checkpoint's ``forgotten_through``
+becomes the engine's "decisions forgotten through" point (a resubmission of a trimmed id is
+refused ``OUT_OF_RANGE``, never decided again: deciding it could flip a trimmed commit to
+aborted); the ids earlier leaders aborted by id are read (``aborts/<epoch>/<seq>/<txn_id>``, one
+empty key per abort by id, written in the same fenced txn as its piece; rare); then the node
+serves, and the pieces after the checkpoint replay in the background, in key order, in pages of
+a consistent snapshot (a page whose answer would pass gRPC's 4 MiB receive limit is read again
+with fewer keys; each piece replays in a worker thread).
+
+The rule while the history loads: a request is decided at once when the decisions index answers
+it (decided in this term, or already replayed) or when it commits a transaction that started
+above ``W`` and whose id no earlier leader aborted by id. Every other request waits for the
+history (the scheduler holds it, then decides it first once the history is in): a commit that
+started at or below ``W`` (a resubmission, or one to abort as too old), an abort by id, a commit
+of an id aborted by id; and a status query of an id the index does not know.
+
+Why no decision can flip: suppose an earlier leader stored a decision about a transaction ``T``
+that started above ``W``. No leader hands out a timestamp above its saved window, and ``W`` is the
+newest saved window limit, so every stored commit timestamp is at or below ``W``. A commit of
+``T`` would have a timestamp above its start, so above ``W``: impossible. A conflict abort: the
+engine moves its clock past the start of every transaction it decides, aborted ones included, so
+``T``'s start is at or below that leader's window, hence at or below ``W``: impossible. A too-old
+abort: ``T`` started at or below that leader's low watermark, at or below ``W``: impossible. What
+remains is an abort by id, which carries no start timestamp, and those ids are known before the
+node serves. So a transaction decided early has no stored decision, and the replayed history
+never contradicts it (a replayed decision never replaces one the engine holds, and counts as
+older: the index forgets it first). The same proof, at the engine's level, is in
+``rust/src/commit/history.rs``. A key or piece that does not decode ends the term with the key
+named (the held requests are refused): it is never skipped.
 
 Retention (:meth:`DecisionLog.trim`, run periodically by the leader): pieces written more than
 ``retention_s`` ago (recovered ones count from the promotion) are deleted with a DeleteRange in
@@ -57,6 +79,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, GroupCommitScheduler, HlcError, Timestamp
+from hlc_oracle._core import piece_requested_aborts
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, EtcdQuotaError, delete_range, put
 from hlc_oracle.cluster.fence import Fence, FenceError
 from hlc_oracle.durable import ExternalDurableStep
@@ -69,12 +92,16 @@ logger = logging.getLogger("hlc_oracle.cluster.decisions")
 KEY_DIGITS = 20
 #: Keys read per page at recovery: bounded memory, and each read well under etcd's limits.
 RECOVERY_PAGE_KEYS = 256
+#: Abort keys read per page (keys only).
+ABORT_PAGE_KEYS = 4096
 #: Default retention of decision keys; at least the clients' retry window (see config).
 DEFAULT_RETENTION_S = 600.0
 #: Decision batches written at once: etcd's latency (a raft round) is hidden behind the next ones.
 MAX_IN_FLIGHT = 4
 #: How often a leader trims expired pieces, at most (a tenth of the retention when shorter).
 TRIM_INTERVAL_S = 30.0
+#: Pause before reading the decision history again after etcd failed a read.
+HISTORY_RETRY_S = 1.0
 #: How often a node whose write met etcd's quota looks whether the alarm was cleared.
 QUOTA_POLL_S = 1.0
 #: Gate keys: a decision write met etcd's quota, or failed otherwise (outcome unknown).
@@ -107,6 +134,18 @@ def decision_key(prefix: str, epoch: int, seq: int) -> bytes:
 def decisions_range(prefix: str) -> tuple[bytes, bytes]:
     """``[start, end)`` of every decision key (``end``: the prefix with its last byte + 1)."""
     start = f"{prefix}decisions/".encode()
+    return start, start[:-1] + bytes([start[-1] + 1])
+
+
+def abort_key(prefix: str, epoch: int, seq: int, txn_id: int) -> bytes:
+    """The key recording that piece ``epoch/seq`` aborts ``txn_id`` by id."""
+    digits = KEY_DIGITS
+    return f"{prefix}aborts/{epoch:0{digits}d}/{seq:0{digits}d}/{txn_id:0{digits}d}".encode()
+
+
+def aborts_range(prefix: str) -> tuple[bytes, bytes]:
+    """``[start, end)`` of every abort key."""
+    start = f"{prefix}aborts/".encode()
     return start, start[:-1] + bytes([start[-1] + 1])
 
 
@@ -228,8 +267,13 @@ class DecisionLog:
         :class:`DecisionQuotaError`, or another :class:`~hlc_oracle.cluster.etcd.EtcdError`
         (unreachable, or the outcome is unknown)."""
         key = decision_key(self.prefix, self.epoch, batch_seq)
+        operations = [put(key, data)]
+        # Aborts by id carry no start timestamp: a new leader reads them before it decides
+        # anything (see ClusteredGroupCommit.promote). They are rare: a key each.
+        for txn_id in piece_requested_aborts(data):
+            operations.append(put(abort_key(self.prefix, self.epoch, batch_seq, txn_id), b""))
         try:
-            await self.fence.write([put(key, data)], f"decision batch {batch_seq}")
+            await self.fence.write(operations, f"decision batch {batch_seq}")
         except EtcdQuotaError as err:
             raise DecisionQuotaError(
                 f"decision batch {batch_seq} ({len(data)} bytes) refused: {err} (etcd's NOSPACE "
@@ -254,6 +298,28 @@ class DecisionLog:
         kv, _ = await self.client.get(self.checkpoint_key)
         return None if kv is None else Checkpoint.decode(kv.value, self.checkpoint_key)
 
+    async def aborted_ids(self) -> list[int]:
+        """Every id a stored piece aborts by id (their keys, read in pages)."""
+        start, end = aborts_range(self.prefix)
+        ids: list[int] = []
+        revision = 0
+        while True:
+            page = await self.client.range(
+                start, end, limit=ABORT_PAGE_KEYS, revision=revision, keys_only=True
+            )
+            revision = page.revision
+            for kv in page.kvs:
+                tail = kv.key.rsplit(b"/", 1)[-1]
+                if len(tail) != KEY_DIGITS or not tail.isdigit():
+                    raise DecisionDecodeError(
+                        f"abort key {kv.key!r} does not end in a {KEY_DIGITS}-digit id: "
+                        "promotion stopped (a decision key is never skipped)"
+                    )
+                ids.append(int(tail))
+            if not page.more or not page.kvs:
+                return ids
+            start = page.kvs[-1].key + b"\0"
+
     async def recover(
         self,
         low_watermark: Timestamp | None,
@@ -261,15 +327,33 @@ class DecisionLog:
         replay_piece: Callable[[int, bytes], tuple[int, int]],
         raise_forgotten_through: Callable[[Timestamp], None] | None = None,
     ) -> Recovered:
-        """Promotion's first steps, in order: the low watermark (the previous leader's window
-        limit; ``None`` when there was none), then every piece after the checkpoint replayed in
-        key order (``replay_piece(seq, data)`` -> (commits, aborts)), read in pages at one
-        revision, then ``raise_forgotten_through(ts)`` with the checkpoint's bound on trimmed
-        decisions (a leader must pass it; a reader may not). Raises
+        """Every step of a promotion at once, in order: the low watermark (the previous leader's
+        window limit; ``None`` when there was none), then every piece after the checkpoint
+        replayed in key order (``replay_piece(seq, data)`` -> (commits, aborts)), read in pages
+        at one revision, then ``raise_forgotten_through(ts)`` with the checkpoint's bound on
+        trimmed decisions (a leader must pass it; a reader may not). Raises
         :class:`DecisionDecodeError` naming a key that does not decode."""
         if low_watermark is not None:
             raise_low_watermark(low_watermark)
         checkpoint = await self.read_checkpoint()
+        recovered = await self.load_history(checkpoint, replay_piece)
+        if raise_forgotten_through is not None and self._forgotten_through is not None:
+            raise_forgotten_through(self._forgotten_through)
+        return recovered
+
+    async def load_history(
+        self,
+        checkpoint: Checkpoint | None,
+        replay_piece: Callable[[int, bytes], tuple[int, int]],
+        *,
+        in_thread: bool = False,
+    ) -> Recovered:
+        """Replays every piece after ``checkpoint`` in key order, read in pages at one revision
+        (``in_thread``: each replay in a worker thread, so that a long history never holds the
+        event loop). The pieces count for retention from now on. Raises
+        :class:`DecisionDecodeError` naming a key that does not decode; on any error nothing is
+        counted for retention (a second attempt replays again: a replayed decision never
+        replaces one the engine knows)."""
         start, end = decisions_range(self.prefix)
         if checkpoint is not None:
             start = max(start, decision_key(self.prefix, checkpoint.epoch, checkpoint.seq))
@@ -277,6 +361,7 @@ class DecisionLog:
         revision = 0
         pieces = newest = commits = aborts = 0
         promoted_at = self._now()
+        kept: list[tuple[float, int, int, Timestamp | None]] = []
         limit = self.page_keys
         while True:
             try:
@@ -291,7 +376,10 @@ class DecisionLog:
             for kv in page.kvs:
                 epoch, seq = parse_decision_key(self.prefix, kv.key)
                 try:
-                    committed, aborted = replay_piece(seq, kv.value)
+                    if in_thread:
+                        committed, aborted = await asyncio.to_thread(replay_piece, seq, kv.value)
+                    else:
+                        committed, aborted = replay_piece(seq, kv.value)
                 except HlcError as err:
                     raise DecisionDecodeError(
                         f"decision key {kv.key!r} does not decode: {err}: promotion stopped "
@@ -301,19 +389,19 @@ class DecisionLog:
                 aborts += aborted
                 pieces += 1
                 newest = max(newest, seq)
-                self._kept.append((promoted_at, epoch, seq, None))
+                kept.append((promoted_at, epoch, seq, None))
             if not page.more or not page.kvs:
                 break
             start = page.kvs[-1].key + b"\0"
         if newest == 0 and checkpoint is not None:
             newest = checkpoint.seq - 1
+        through = None
         if self.clock is not None and pieces:
             # Replayed pieces were decided on other nodes: their clocks may run up to
             # max_offset_us ahead of this one, and their clients' a further max_offset_us.
             through = decided_through_bound(self.clock, skew_bounds=2)
-            self._kept = collections.deque((t, e, s, through) for t, e, s, _ in self._kept)
-        if raise_forgotten_through is not None and self._forgotten_through is not None:
-            raise_forgotten_through(self._forgotten_through)
+        # Older than every piece this term wrote meanwhile: in front of them.
+        self._kept.extendleft((t, e, s, through) for t, e, s, _ in reversed(kept))
         self._compact_next = None
         return Recovered(pieces, newest, revision, commits, aborts)
 
@@ -344,9 +432,14 @@ class DecisionLog:
             forgotten_through = min(forgotten_through, clock_reading(self.clock))
         start, _ = decisions_range(self.prefix)
         first_kept = decision_key(self.prefix, epoch, seq)
+        aborts_start, _ = aborts_range(self.prefix)
         checkpoint = Checkpoint(epoch, seq, forgotten_through).encode()
         result = await self.fence.write(
-            [put(self.checkpoint_key, checkpoint), delete_range(start, first_kept)],
+            [
+                put(self.checkpoint_key, checkpoint),
+                delete_range(start, first_kept),
+                delete_range(aborts_start, abort_key(self.prefix, epoch, seq, 0)),
+            ],
             f"decision retention (checkpoint {epoch}/{seq})",
         )
         self._forgotten_through = forgotten_through
@@ -400,15 +493,21 @@ class ClusteredGroupCommit:
         self.log: DecisionLog | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._quota_task: asyncio.Task[None] | None = None
+        #: A promotion's decision history is still loading (requests that may need it wait).
+        self.history_loading = False
 
-    async def promote(self, fence: Fence, previous_window_limit_us: int | None) -> Recovered:
-        """Recovery, in order: low watermark (the previous leader's window limit), the
-        decisions replayed, the clock past them; then the scheduler is installed and the node
-        may serve. Raises :class:`DecisionDecodeError` or :class:`EtcdError` (nothing
-        installed)."""
+    async def promote(self, fence: Fence, previous_window_limit_us: int | None) -> None:
+        """Takes over without waiting for the decision history, in order: the low watermark
+        (the previous leader's window limit), the checkpoint's bound on trimmed decisions, and
+        the ids earlier leaders aborted by id (small: read now); then the scheduler is
+        installed and the node may serve, while the pieces replay in the background (see the
+        module docstring: only requests that may need them wait). Raises
+        :class:`DecisionDecodeError` or :class:`EtcdError` (nothing installed)."""
         log = DecisionLog(
             self.client, self.prefix, fence, retention_s=self.retention_s, clock=self.clock
         )
+        checkpoint = await log.read_checkpoint()
+        aborted_ids = await log.aborted_ids()
         step = ExternalDurableStep(
             log.write,
             asyncio.get_running_loop(),
@@ -423,29 +522,58 @@ class ClusteredGroupCommit:
             if previous_window_limit_us is None
             else Timestamp(previous_window_limit_us, MAX_LOGICAL, MAX_NODE)
         )
-        try:
-            recovered = await log.recover(
-                low_watermark,
-                engine.raise_low_watermark,
-                engine.replay_piece,
-                engine.raise_forgotten_through,
-            )
-        except BaseException:
-            await scheduler.aclose()
-            raise
+        engine.begin_history_load(low_watermark, aborted_ids)
+        if checkpoint is not None and checkpoint.forgotten_through is not None:
+            engine.raise_forgotten_through(checkpoint.forgotten_through)
+        scheduler.hold_for_history()
         self.log, self.scheduler = log, scheduler
-        self._spawn(self._trim_periodically(log))
+        self.history_loading = True
         self.install(scheduler)
         self.gate.unblock(DECISION_WRITE_BLOCK)
+        self._spawn(self._load_history(log, scheduler, checkpoint, fence.term.epoch))
+        logger.info(
+            "serving while the decision history loads",
+            extra={"fields": {"epoch": fence.term.epoch, "aborted_by_id": len(aborted_ids)}},
+        )
+
+    async def _load_history(
+        self,
+        log: DecisionLog,
+        scheduler: GroupCommitScheduler,
+        checkpoint: Checkpoint | None,
+        epoch: int,
+    ) -> None:
+        """Replays the stored pieces, then releases the requests held for them and starts
+        retention. etcd unreachable: tried again; a piece that does not decode: the term ends
+        (nothing is guessed; the held requests are refused when the scheduler closes)."""
+        engine = scheduler.engine
+        started = time.monotonic()
+        while True:
+            try:
+                recovered = await log.load_history(checkpoint, engine.replay_piece, in_thread=True)
+                break
+            except DecisionDecodeError as err:
+                logger.error("decision history", extra={"fields": {"error": str(err)}})
+                self._write_failed(f"decision history: {err}")
+                return
+            except EtcdError as err:
+                logger.warning(
+                    "decision history: etcd read failed, trying again",
+                    extra={"fields": {"error": str(err)}},
+                )
+                await asyncio.sleep(HISTORY_RETRY_S)
+        engine.end_history_load()
+        scheduler.history_loaded()
+        self.history_loading = False
+        self._spawn(self._trim_periodically(log))
         log_fields = {
-            "epoch": fence.term.epoch,
+            "epoch": epoch,
             "pieces": recovered.pieces,
             "commits": recovered.commits,
             "aborts": recovered.aborts,
-            "next_batch_seq": recovered.newest_seq + 1,
+            "seconds": round(time.monotonic() - started, 3),
         }
         logger.info("decisions recovered", extra={"fields": log_fields})
-        return recovered
 
     async def demote(self) -> None:
         """Step-down or shutdown: the scheduler is uninstalled, then closed (its pending
@@ -456,6 +584,7 @@ class ClusteredGroupCommit:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         scheduler, self.scheduler, self.log = self.scheduler, None, None
+        self.history_loading = False
         if scheduler is not None:
             await scheduler.aclose()
         # A failed write's block ends with its term (the node's not-leader block covers it).

@@ -1,5 +1,7 @@
 //! The decisions index: the outcome of the most recent `capacity` decided transaction ids, for
-//! `status` and idempotent resubmission. Older ids are forgotten oldest first.
+//! `status` and idempotent resubmission. Older ids are forgotten oldest first. Replayed decisions
+//! (a log or a decision history, read after this engine may already have decided some) count as
+//! older than every decision taken here: they are forgotten first.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -35,6 +37,9 @@ impl Decision {
 pub struct DecisionIndex {
     // Transaction ids are chosen by clients: a seeded hasher keeps them from forcing collisions.
     map: HashMap<TxnId, Decision, foldhash::fast::RandomState>,
+    /// Replayed ids, in replay order: all older than `order`'s.
+    replayed: VecDeque<TxnId>,
+    /// Ids decided here, in decision order.
     order: VecDeque<TxnId>,
     capacity: usize,
 }
@@ -43,6 +48,7 @@ impl DecisionIndex {
     pub fn new(capacity: usize) -> Self {
         Self {
             map: HashMap::default(),
+            replayed: VecDeque::new(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
         }
@@ -63,15 +69,37 @@ impl DecisionIndex {
     /// Remembers `decision`; returns where the low watermark must rise for the decisions this
     /// forgot (see [`Decision::watermark_when_forgotten`]), the clock reading `now`.
     pub fn insert(&mut self, id: TxnId, decision: Decision, now: Timestamp) -> Option<Timestamp> {
+        if self.map.insert(id, decision).is_some() {
+            return None;
+        }
+        self.order.push_back(id);
+        self.forget_over_capacity(now)
+    }
+
+    /// Remembers a replayed decision, older than every one taken here; an id already known
+    /// keeps its decision (the first one).
+    pub fn insert_replayed(
+        &mut self,
+        id: TxnId,
+        decision: Decision,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        if self.map.contains_key(&id) {
+            return None;
+        }
+        self.map.insert(id, decision);
+        self.replayed.push_back(id);
+        self.forget_over_capacity(now)
+    }
+
+    fn forget_over_capacity(&mut self, now: Timestamp) -> Option<Timestamp> {
         let mut forgotten: Option<Timestamp> = None;
-        if self.map.insert(id, decision).is_none() {
-            self.order.push_back(id);
-            while self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    if let Some(gone) = self.map.remove(&old) {
-                        forgotten = forgotten.max(Some(gone.watermark_when_forgotten(now)));
-                    }
-                }
+        while self.map.len() > self.capacity {
+            let Some(old) = self.replayed.pop_front().or_else(|| self.order.pop_front()) else {
+                break;
+            };
+            if let Some(gone) = self.map.remove(&old) {
+                forgotten = forgotten.max(Some(gone.watermark_when_forgotten(now)));
             }
         }
         forgotten

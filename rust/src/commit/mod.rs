@@ -43,6 +43,7 @@
 
 mod decisions;
 pub mod durable;
+mod history;
 pub mod piece;
 pub mod record;
 pub mod stream;
@@ -351,6 +352,8 @@ pub struct CommitEngine {
     /// checkpoint, or the decisions index's cap): such a start is refused, never decided.
     decisions_forgotten_through: Option<Timestamp>,
     next_ticket: u64,
+    /// Set while a new clustered leader's decision history loads (`history.rs`).
+    history: Option<history::HistoryLoad>,
     /// Reused encoding buffers.
     buffer: Vec<u8>,
     bounds: Vec<(usize, usize)>,
@@ -383,6 +386,7 @@ impl CommitEngine {
             newest_decided: None,
             decisions_forgotten_through: None,
             next_ticket: 1,
+            history: None,
             buffer: Vec::new(),
             bounds: Vec::new(),
             committed_total: 0,
@@ -482,7 +486,7 @@ impl CommitEngine {
                     // commit is always after its start, so recording cannot fail on a sound log.
                     let _ = self.detector.record(&txn, commit_ts);
                 }
-                self.remember(
+                self.remember_replayed(
                     txn_id,
                     Decision {
                         outcome: Outcome::Committed(commit_ts),
@@ -499,7 +503,7 @@ impl CommitEngine {
                 start_ts,
                 conflict,
             } => {
-                self.remember(
+                self.remember_replayed(
                     conflict.txn_id,
                     Decision {
                         outcome: Outcome::Aborted(AbortReason::Conflict(conflict)),
@@ -511,7 +515,7 @@ impl CommitEngine {
                 recovery.aborts += 1;
             }
             record::DecisionRecord::AbortRequested { txn_id, decided_at } => {
-                self.remember(
+                self.remember_replayed(
                     txn_id,
                     Decision {
                         outcome: Outcome::Aborted(AbortReason::Requested),
@@ -574,6 +578,17 @@ impl CommitEngine {
             .newest_decided
             .max(Some(decision.watermark_when_forgotten(now)));
         if let Some(forgotten) = self.decisions.insert(txn_id, decision, now) {
+            self.forget_decisions_through(forgotten);
+        }
+    }
+
+    /// [`Self::remember`] for a replayed decision: older than every decision taken here, and
+    /// never replacing one already known.
+    fn remember_replayed(&mut self, txn_id: TxnId, decision: Decision, now: Timestamp) {
+        self.newest_decided = self
+            .newest_decided
+            .max(Some(decision.watermark_when_forgotten(now)));
+        if let Some(forgotten) = self.decisions.insert_replayed(txn_id, decision, now) {
             self.forget_decisions_through(forgotten);
         }
     }
@@ -860,6 +875,14 @@ impl CommitEngine {
                 });
                 continue;
             }
+            if self.needs_history(request) {
+                // The scheduler holds these until the history is loaded: none should get here.
+                batch.answers[i] = Some(Err(SubmitError::Log(format!(
+                    "transaction {txn_id}: taking over: the decision history is still loading \
+                     and may hold this transaction's decision; retry"
+                ))));
+                continue;
+            }
             if let Request::Commit(txn) = request {
                 if let Err(err) = self.validate(txn, clock, physical_now) {
                     batch.answers[i] = Some(Err(err));
@@ -916,30 +939,28 @@ impl CommitEngine {
         checked: Vec<Option<Conflict>>,
     ) {
         let accepted = checked.iter().filter(|c| c.is_none()).count() as u64;
-        let mut commit_range = None;
-        if accepted > 0 {
-            let newest_start = txns
-                .iter()
-                .zip(&checked)
-                .filter(|(_, c)| c.is_none())
-                .map(|(txn, _)| txn.start_ts)
-                .max();
-            let reserved = match newest_start {
-                Some(start) if start > clock.last() => clock.update(start).map(|_| ()),
-                _ => Ok(()),
-            }
-            .and_then(|()| clock.reserve(accepted));
-            match reserved {
-                Ok(range) => commit_range = Some(range),
-                Err(err) => {
-                    for (&i, conflict) in batch.fresh_commits.iter().zip(&checked) {
-                        if conflict.is_none() {
-                            batch.answers[i] = Some(Err(SubmitError::Clock(err.clone())));
-                        }
-                    }
-                }
-            }
+        // The clock passes the start of every transaction decided here, aborted ones too, so
+        // every decision's start is at or below the window this leader saved (a new leader
+        // relies on it while its history loads: `history.rs`).
+        let newest_start = txns.iter().map(|txn| txn.start_ts).max();
+        let reserved = match newest_start {
+            Some(start) if start > clock.last() => clock.update(start).map(|_| ()),
+            _ => Ok(()),
         }
+        .and_then(|()| match accepted {
+            0 => Ok(None),
+            n => clock.reserve(n).map(Some),
+        });
+        let commit_range = match reserved {
+            Ok(range) => range,
+            Err(err) => {
+                // Nothing of the new commits is decided: each is answered with the refusal.
+                for &i in &batch.fresh_commits {
+                    batch.answers[i] = Some(Err(SubmitError::Clock(err.clone())));
+                }
+                return;
+            }
+        };
         batch
             .decided
             .reserve(batch.fresh_commits.len() + batch.fresh_aborts.len());

@@ -301,6 +301,32 @@ pub fn decode_request_transactions(bytes: &[u8]) -> Result<Vec<DecodedTransactio
     Ok(txns)
 }
 
+/// The id and start timestamp (`None`: missing or malformed) of each transaction of a
+/// `CommitStreamRequest`, its keys skipped: a cheap look before the message is decided.
+pub fn request_ids_and_starts(bytes: &[u8]) -> Result<Vec<(u64, Option<Timestamp>)>, WireError> {
+    let mut reader = Reader { bytes };
+    let mut out = Vec::new();
+    while let Some((field, value)) = reader.field()? {
+        if field != 1 {
+            continue;
+        }
+        let mut txn = Reader {
+            bytes: expect_bytes(value, "transactions")?,
+        };
+        let (mut txn_id, mut start) = (0, None);
+        while let Some((field, value)) = txn.field()? {
+            match field {
+                1 => txn_id = expect_varint(value, "Transaction.txn_id")?,
+                2 => start = Some(decode_timestamp(expect_bytes(value, "start_ts")?)?),
+                _ => {}
+            }
+        }
+        let start = start.and_then(|ts| Timestamp::new(ts.physical, ts.logical, ts.node).ok());
+        out.push((txn_id, start));
+    }
+    Ok(out)
+}
+
 /// How many transactions a `CommitStreamRequest` holds, checking only its outer framing (a
 /// cheap look before the message is queued).
 pub fn count_request_transactions(bytes: &[u8]) -> Result<usize, WireError> {

@@ -676,6 +676,60 @@ impl PyCommitEngine {
         Ok((recovery.commits, recovery.aborts))
     }
 
+    /// A new clustered leader serves while its decision history loads: until
+    /// `end_history_load`, only requests no stored decision can be about are decided (see
+    /// `rust/src/commit/history.rs`). `low_watermark`: the previous leader's window limit (raised
+    /// in the conflict detector too), or None; `aborted_ids`: the ids earlier leaders aborted by
+    /// id.
+    #[pyo3(signature = (low_watermark, aborted_ids))]
+    fn begin_history_load(
+        &self,
+        low_watermark: Option<PyRef<'_, PyTimestamp>>,
+        aborted_ids: Vec<u64>,
+    ) -> PyResult<()> {
+        self.lock()?
+            .begin_history_load(low_watermark.map(|ts| ts.0), aborted_ids);
+        Ok(())
+    }
+
+    /// The history is replayed: every request is decided again.
+    fn end_history_load(&self) -> PyResult<()> {
+        self.lock()?.end_history_load();
+        Ok(())
+    }
+
+    /// Whether the decision history is still loading.
+    #[getter]
+    fn history_loading(&self) -> PyResult<bool> {
+        Ok(self.lock()?.history_loading())
+    }
+
+    /// Whether a queued request must wait for the decision history: a `Transaction`, an `int`
+    /// (an abort by id), a list of them (any one), or a serialized `CommitStreamRequest` (any of
+    /// its transactions). False once the history is loaded.
+    fn needs_history(&self, py: Python<'_>, request: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if let Ok(message) = request.cast::<PyBytes>() {
+            let Ok(starts) = wire::request_ids_and_starts(message.as_bytes()) else {
+                return Ok(false); // malformed: refused whole, nothing decided
+            };
+            return py.detach(|| {
+                let engine = self.lock()?;
+                Ok(starts
+                    .iter()
+                    .any(|&(txn_id, start)| engine.needs_history_of(txn_id, start)))
+            });
+        }
+        let items = if request.is_instance_of::<PyList>() {
+            items_arg(request)?
+        } else {
+            items_arg(&PyList::new(py, [request])?.into_any())?
+        };
+        let engine = self.lock()?;
+        Ok(items
+            .iter()
+            .any(|item| engine.needs_history(&item.request())))
+    }
+
     /// Aborts as too old (a recorded decision), from now on, every undecided transaction that
     /// started at or below `ts` (a new leader passes the previous leader's window limit).
     fn raise_low_watermark(&self, ts: &Bound<'_, PyTimestamp>) -> PyResult<()> {
@@ -865,6 +919,23 @@ pub fn decode_commit_request<'py>(
         }
     }
     Ok(out)
+}
+
+/// The ids a decision piece aborts by id (`abort(txn_id)`: no start timestamp), in order;
+/// `CommitLogCorruptError` when the piece does not decode.
+#[pyfunction]
+pub fn piece_requested_aborts(py: Python<'_>, data: &Bound<'_, PyBytes>) -> PyResult<Vec<u64>> {
+    let data = data.as_bytes();
+    let records = py
+        .detach(|| crate::commit::piece::decode(data))
+        .map_err(|err| CommitLogCorruptError::new_err(err.to_string()))?;
+    Ok(records
+        .iter()
+        .filter_map(|record| match record {
+            crate::commit::record::DecisionRecord::AbortRequested { txn_id, .. } => Some(*txn_id),
+            _ => None,
+        })
+        .collect())
 }
 
 /// How many transactions a serialized `CommitStreamRequest` holds (only its outer framing is
