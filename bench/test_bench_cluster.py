@@ -19,6 +19,8 @@
   leader as soon as its address refuses connections (``cluster.depose_dead_leader``, on by
   default; ``hlc_oracle/cluster/leader_liveness.py``); ``kill -9, lease only`` turns that off, so
   the dead leader's lease must expire first (runs A to E): the baseline of the same run.
+  ``kill -9, TLS etcd`` is the kill -9 rounds on an etcd member with TLS, client certificates and
+  auth (``tests/integration/secured_etcd.py``; the nodes log in by their certificate's CN).
   ``extra_info`` holds every round's gap and the maximum. These are figures, not timings: the
   benchmark's own time is one pass over the rounds.
 """
@@ -44,6 +46,7 @@ from bench.test_bench_service import (
 from tests.etcd_process import EtcdMember
 from tests.integration.oracle_cluster import CallLog, OracleCluster, leader_client, load
 from tests.integration.oracle_process import OracleProcess
+from tests.integration.secured_etcd import oracle_etcd_args, secured_etcd_with_pki
 
 ROUNDS = 10
 CALLERS, CALLS = 16, 25
@@ -174,7 +177,7 @@ def test_handler_cost(
 
 def failover_gaps(
     directory: Path,
-    etcd: EtcdMember,
+    etcd_endpoints: str,
     rounds: int,
     event: Callable[[OracleProcess], None],
     extra_args: tuple[str, ...] = (),
@@ -183,7 +186,7 @@ def failover_gaps(
     gaps: list[float] = []
     with OracleCluster(
         directory,
-        etcd.endpoint,
+        etcd_endpoints,
         lease_ttl_s=1,
         extra_args=("--cluster-name", directory.name, *extra_args),
     ) as cluster:
@@ -215,15 +218,34 @@ def stop_gracefully(node: OracleProcess) -> None:
 LEASE_ONLY = ("--set", "cluster.depose_dead_leader=false")
 
 
-@pytest.mark.parametrize("event", ["sigterm", "kill -9", "kill -9, lease only"])
-def test_failover_gap(benchmark: Any, etcd: EtcdMember, tmp_path: Path, event: str) -> None:
+@pytest.fixture(scope="module")
+def etcd_tls(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[EtcdMember, dict[str, Path]]]:
+    # Every round names its own cluster: the role covers every cluster's keys.
+    directory = tmp_path_factory.mktemp("cluster-bench-tls")
+    with secured_etcd_with_pki(directory, prefix="/hlc-oracle/") as secured:
+        yield secured
+
+
+@pytest.mark.parametrize(
+    "event", ["sigterm", "kill -9", "kill -9, lease only", "kill -9, TLS etcd"]
+)
+def test_failover_gap(
+    request: pytest.FixtureRequest, benchmark: Any, tmp_path: Path, event: str
+) -> None:
     benchmark.group = "cluster failover"
     rounds = 1 if benchmark.disabled else ROUNDS
     action = stop_gracefully if event == "sigterm" else OracleProcess.kill
     extra_args = LEASE_ONLY if event.endswith("lease only") else ()
+    if event.endswith("TLS etcd"):
+        member, pki = request.getfixturevalue("etcd_tls")
+        endpoints, extra_args = member.client_url, oracle_etcd_args(pki)
+    else:
+        endpoints = request.getfixturevalue("etcd").endpoint
     gaps: list[float] = []
     benchmark.pedantic(
-        lambda: gaps.extend(failover_gaps(tmp_path, etcd, rounds, action, extra_args)),
+        lambda: gaps.extend(failover_gaps(tmp_path, endpoints, rounds, action, extra_args)),
         rounds=1,
         iterations=1,
     )

@@ -14,11 +14,14 @@ prefix only (``/hlc-oracle/hlc-oracle/``); the user ``oracle`` logs in by its ce
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from hlc_oracle.cluster.node import key_prefix
 
 from tests.etcd_process import EtcdMember, EtcdTls
+from tests.integration.pki import make_pki
 
 ORACLE_PASSWORD = "oracle-password"
 #: The prefix the ``oracle`` user may read and write: the default cluster's.
@@ -36,18 +39,37 @@ def etcd_tls(pki: dict[str, Path]) -> EtcdTls:
 
 
 def secured_etcd(
-    directory: Path, pki: dict[str, Path], extra_args: tuple[str, ...] = (), *, auth: bool = True
+    directory: Path,
+    pki: dict[str, Path],
+    extra_args: tuple[str, ...] = (),
+    *,
+    auth: bool = True,
+    prefix: str = GRANTED_PREFIX,
 ) -> EtcdMember:
     """A started member with TLS and client certificates required; with ``auth``, etcd's auth on
-    and the ``oracle`` user's role limited to :data:`GRANTED_PREFIX`. The caller closes it."""
+    and the ``oracle`` user's role limited to ``prefix``. The caller closes it."""
     member = EtcdMember(directory, tls=etcd_tls(pki), extra_args=extra_args).start()
     try:
         if auth:
-            member.enable_auth(GRANTED_PREFIX, oracle_password=ORACLE_PASSWORD)
+            member.enable_auth(prefix, oracle_password=ORACLE_PASSWORD)
     except BaseException:
         member.close()
         raise
     return member
+
+
+@contextlib.contextmanager
+def secured_etcd_with_pki(
+    directory: Path, extra_args: tuple[str, ...] = (), prefix: str = GRANTED_PREFIX
+) -> Iterator[tuple[EtcdMember, dict[str, Path]]]:
+    """Certificates made under ``directory`` and a :func:`secured_etcd` on them, stopped at the
+    end (for benchmarks and tests without the ``pki`` fixture)."""
+    pki = make_pki(directory / "pki")
+    member = secured_etcd(directory / "etcd", pki, extra_args, prefix=prefix)
+    try:
+        yield member, pki
+    finally:
+        member.close()
 
 
 def oracle_etcd_args(
