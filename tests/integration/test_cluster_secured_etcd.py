@@ -20,13 +20,14 @@ from hlc_oracle.cluster.etcd import EtcdAuthError, EtcdClient, EtcdPermissionErr
 from hlc_oracle.cluster.etcd_security import EtcdSecurity
 from hlc_oracle.config import ClusterSection
 
-from tests.etcd_process import EtcdMember
+from tests.etcd_process import ORACLE_ROLE, EtcdMember
 from tests.integration.oracle_cluster import OracleCluster, leader_client
 from tests.integration.secured_etcd import (
     GRANTED_PREFIX,
     ORACLE_PASSWORD,
     oracle_etcd_args,
     secured_etcd,
+    secured_etcd_with_pki,
 )
 
 #: etcd's auth token lives this long after its last use, here (5 minutes by default).
@@ -259,6 +260,28 @@ def test_a_role_without_the_cluster_prefix_exits_1_naming_the_key(
     line = the_line(result)
     assert "permission denied" in line and "/hlc-oracle/other/members/3" in line
     assert "user 'oracle' (the client certificate's CN)" in line
+
+
+def test_a_permission_revoked_while_leading_stops_the_node(
+    pki: dict[str, Path], tmp_path: Path
+) -> None:
+    """An operator revokes the role's readwrite while the node leads: its next window save is
+    refused, and it exits 1 naming the key instead of retrying (its own etcd: the module's stays
+    granted)."""
+    with (
+        secured_etcd_with_pki(tmp_path / "secured") as (member, own_pki),
+        OracleCluster(
+            tmp_path, member.client_url, size=1, lease_ttl_s=3, extra_args=oracle_etcd_args(own_pki)
+        ) as cluster,
+    ):
+        node = cluster.wait_for_leader()
+        member.as_root("role", "revoke-permission", ORACLE_ROLE, GRANTED_PREFIX, "--prefix=true")
+        assert node.process is not None
+        assert node.process.wait(timeout=30) == 1
+        stopped = [line for line in node.log_text().splitlines() if "stopped:" in line]
+        assert len(stopped) == 1, node.log_text()
+        assert "permission denied" in stopped[0]
+        assert f"of {GRANTED_PREFIX}" in stopped[0]  # the key it was refused on
 
 
 def test_tls_to_a_plaintext_port_exits_1_naming_the_cause(

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,6 +233,9 @@ class EtcdClient:
         self._token: str | None = None
         self._token_lock: asyncio.Lock | None = None
         self.authentications = 0
+        #: Told of every refusal (:class:`EtcdRefusedError`) as it is raised, whichever task
+        #: made the call: the owner stops on it, since retrying never helps.
+        self.on_refused: Callable[[EtcdRefusedError], None] | None = None
 
     def _connect(self) -> tuple[Any, Any, Any]:
         if self._stubs is not None:
@@ -296,6 +299,11 @@ class EtcdClient:
             return EtcdQuotaError(message)
         return EtcdError(message)
 
+    def _reported(self, error: EtcdError) -> EtcdError:
+        if isinstance(error, EtcdRefusedError) and self.on_refused is not None:
+            self.on_refused(error)
+        return error
+
     def permission_error(self, what: str, keys: tuple[bytes, ...]) -> EtcdPermissionError:
         named = ", ".join(key.decode(errors="replace") for key in keys) or "(no key)"
         return EtcdPermissionError(
@@ -341,7 +349,7 @@ class EtcdClient:
                         self.reachability.failed(what, str(error))
                     else:
                         self.reachability.answered()
-                    raise error from err
+                    raise self._reported(error) from err
             else:
                 self.reachability.answered()
                 return reply
@@ -513,7 +521,7 @@ class EtcdClient:
                     if INVALID_TOKEN in reason:
                         self._token_expired(metadata)  # the watch's owner opens a new one
                     if "permission denied" in reason:
-                        raise self.permission_error("watch", (key,))
+                        raise self._reported(self.permission_error("watch", (key,)))
                     raise EtcdError(
                         f"etcd ({self.describe()}): watch of {key!r} canceled: {reason}"
                     )

@@ -122,6 +122,8 @@ class ClusterNode:
         # How this node's last term ended, told in its follower refusals until it leads again.
         self._last_term_note = ""
         self._resigning = asyncio.Event()
+        # What etcd refused (its role or login), once the node stops on it.
+        self._refusal: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._seen_epochs: set[int] = set()
         #: Clustered group commit (issue 11), set by the server when commit is enabled: opened by
@@ -190,6 +192,9 @@ class ClusterNode:
                 )
                 self.session = self._new_session_object()
         self.session.start()
+        # From now on a refusal by etcd's role or login, on any task, stops the node (at start
+        # it is the start's own error).
+        self.client.on_refused = self._refused
         self._task = asyncio.create_task(self._run(), name="cluster-election")
         log.info(
             "joined the cluster",
@@ -250,6 +255,15 @@ class ClusterNode:
             return  # the election loop reads it soon enough
         if leader is not None:
             self._follow(leader)
+
+    def _refused(self, err: EtcdRefusedError) -> None:
+        """etcd's role or login refuses this node: retrying would never end. Stop (once)."""
+        if self._refusal is not None:
+            return
+        self._refusal = str(err)
+        log.error("etcd refused this node", extra={"fields": {"error": str(err)}})
+        self.gate.block("member", str(err))
+        self._on_fatal(str(err))
 
     async def resign(self) -> None:
         """Graceful stop: the gate is already blocked by the caller. Stops campaigning; a leader
@@ -315,9 +329,7 @@ class ClusterNode:
                 log.warning("lease gone", extra={"fields": {"error": str(err)}})
                 self.session.lost.set()
             except EtcdRefusedError as err:
-                # etcd's role or login refuses this node: retrying would never end. Stop.
-                self.gate.block("member", str(err))
-                self._on_fatal(str(err))
+                self._refused(err)
                 return
             except DecisionDecodeError as err:
                 # Never skipped: this node does not lead until the key is repaired.
