@@ -93,15 +93,18 @@ def test_election_failover_and_commits_with_the_certificate_user(
 def test_a_password_user_gets_a_new_token_when_the_old_one_expires(
     etcd_tls: EtcdMember, pki: dict[str, Path], password_file: Path, tmp_path: Path
 ) -> None:
-    """A follower's token expires while it only watches (streams keep no token alive); when the
-    leader dies it campaigns with a fresh one and leads. The certificate (CN ``client``) is no
-    etcd user: the password's token is what etcd goes by."""
+    """Tokens expire (a short TTL here), and etcd forgets every token when its auth is turned
+    off and on again, as an operator may; when the leader dies the follower campaigns with a
+    fresh token and leads. The certificate (CN ``client``) is no etcd user: the password's token
+    is what etcd goes by."""
     args = oracle_etcd_args(pki, certificate="client", password_file=password_file)
     with OracleCluster(tmp_path, etcd_tls.client_url, size=2, extra_args=args) as cluster:
         leader = cluster.wait_for_leader()
         status = cluster.statuses()
         leader_id = next(node for node, s in status.items() if s.role == "leader")
-        time.sleep(3 * TOKEN_TTL_S)  # the follower's token expires meanwhile
+        time.sleep(3 * TOKEN_TTL_S)  # an idle node's token expires meanwhile
+        etcd_tls.as_root("auth", "disable")
+        etcd_tls.etcdctl("auth", "enable")  # no token is valid any more
         leader.kill()
         successor = cluster.wait_for_leader(other_than=leader_id)
         with leader_client([successor.target]) as client:
