@@ -38,7 +38,7 @@ def workload() -> tuple[list[tuple[int, int, list[bytes], list[bytes]]], list[by
 def test_model_check_batch(baseline: Any) -> None:
     baseline.group = GROUP
     batch, history = workload()
-    detector = ModelDetector("serializable", max_keys=2 * HISTORY)
+    detector = ModelDetector("serializable")
     for n, k in enumerate(history):
         detector.record(ModelTransaction(-n - 1, 0, writes=(k,)), HISTORY + n)
     txns = [ModelTransaction(n, start, tuple(r), tuple(w)) for n, start, r, w in batch]
@@ -58,7 +58,7 @@ def test_check_batch(benchmark: Any) -> None:
     assert len(decision) == BATCH
 
     # The same decisions as the model (the benchmark measures the real thing).
-    model = ModelDetector("serializable", max_keys=2 * HISTORY)
+    model = ModelDetector("serializable")
     for n, k in enumerate(history):
         model.record(ModelTransaction(-n - 1, 0, writes=(k,)), HISTORY + n)
     expected = model.check_batch(

@@ -106,7 +106,7 @@ def test_decisions_match_the_model(
     reverse: bool,
 ) -> None:
     detector = ConflictDetector(isolation, max_keys=max_keys)
-    reference = model.ModelDetector(isolation, max_keys)
+    reference = model.ModelDetector(isolation)
     now, next_id = 20, 1
     for specs in rounds:
         pairs = []
@@ -131,6 +131,14 @@ def test_decisions_match_the_model(
         for i, commit in zip(accepted, reversed(commits) if reverse else commits, strict=True):
             detector.record(core_txns[i], ts(commit, 1))
             reference.record(model_txns[i], (commit, 1))
+            # The keys the detector chose to forget (its memory bound), forgotten by the model
+            # too: the low watermarks must then agree, and so must every later decision.
+            for key in list(reference.last_commit):
+                remembered = detector.last_commit(key)
+                if remembered is None:
+                    reference.forget(key)
+                else:
+                    assert model_ts(remembered) == reference.last_commit[key]
         now += len(accepted) + 1
         assert len(detector) == len(reference.last_commit) <= max_keys
         lw = detector.low_watermark
@@ -251,9 +259,13 @@ def test_memory_stays_bounded() -> None:
     for n in range(20):
         txn = Transaction(n, ts(n * 1000), write_set=[f"k{n}-{i}" for i in range(500)])
         detector.record(txn, ts(n * 1000 + 1))
-    assert len(detector) == 1000
-    # About 50-110 bytes a key (rust/src/conflict.rs); allow for the map doubling.
-    assert detector.memory_bytes < 1000 * 200
+    assert len(detector) <= 1000
+    # One table allocated at creation: 16 bytes a key at a multiple of 16 keys, at most 32 from 8
+    # keys up (rust/src/conflict/table.rs).
+    assert detector.memory_bytes <= 32 * 1000
+    assert ConflictDetector().memory_bytes == 16 * 1_000_000
+    for max_keys in (8, 9, 15, 17, 1001):
+        assert ConflictDetector(max_keys=max_keys).memory_bytes <= 32 * max_keys
 
 
 def test_keys_str_is_utf8_bytes_and_transaction_reads_back() -> None:

@@ -14,22 +14,26 @@
 //! that writes (or, under serializable, reads) a key written by an earlier accepted member of the
 //! same batch loses to it, since that member will commit after this one's start.
 //!
-//! Memory bound: at most `max_keys` keys are remembered. Recording a new key when full forgets the
-//! least recently recorded key and raises the low watermark to the newest forgotten commit, so
-//! forgetting never lets a conflict through: any transaction that could have conflicted with a
-//! forgotten commit started at or below the watermark and is rejected as too old.
+//! Memory bound: at most `max_keys` keys are remembered, in one flat table allocated at creation
+//! (`table.rs`: buckets of slots holding a key hash and its last commit, after Apache Omid's
+//! `CommitHashMap`). Recording a new key into a full table forgets the oldest commit among the
+//! key's candidate slots and raises the low watermark to it, so forgetting never lets a conflict
+//! through: any transaction that could have conflicted with a forgotten commit started at or below
+//! the watermark and is rejected as too old. Which keys are forgotten is the table's choice (by
+//! bucket, not strictly the least recently recorded key of all); that the watermark covers them is
+//! the rule.
 //!
 //! Keys are hashed once, when a [`Transaction`] is built (foldhash, with a random seed per process
-//! so that nobody outside can choose colliding keys); the detector stores only the 64-bit hashes.
-//! Two distinct keys with the same hash (probability about `n / 2^64` per check) can only cause a
-//! false conflict, never a missed one. Memory per remembered key: one hash-map slot (8-byte hash +
-//! 16-byte [`Timestamp`] + 1 control byte, at a load factor between 7/16 and 7/8) and one 24-byte
-//! eviction-queue entry (up to 1.5 while superseded entries wait for compaction, in a ring buffer
-//! whose capacity is a power of two); see [`ConflictDetector::memory_bytes`] and the README for
-//! measured figures.
+//! so that nobody outside can choose colliding keys); the detector stores only a tag of the hash.
+//! Two distinct keys that share a slot (probability about 1e-13 per check, see `table.rs`) can
+//! only cause a false conflict, never a missed one. Memory: 16 bytes per key (`max_keys` rounded up
+//! to a multiple of 16), at most 32 from 8 keys up; see [`ConflictDetector::memory_bytes`].
+//!
+//! The batch calls prefetch the table's buckets a few transactions ahead, so that the cache misses
+//! of a large table overlap.
 
 use std::borrow::Borrow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
@@ -40,7 +44,11 @@ use crate::vclock::{Ordering, VectorClock};
 /// Transaction ids are unsigned 64-bit integers, unique within one batch.
 pub type TxnId = u64;
 
-/// Default `max_keys`: one million remembered keys, about 76 to 103 MB when full.
+mod table;
+
+use table::KeyTable;
+
+/// Default `max_keys`: one million remembered keys, a table of 16 MB.
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 static KEY_HASHER: OnceLock<foldhash::fast::RandomState> = OnceLock::new();
@@ -240,6 +248,8 @@ pub struct ConcurrentWrite {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum ConflictError {
     ZeroMaxKeys,
+    /// The table for `max_keys` keys cannot be allocated.
+    TooManyKeys(usize),
     DuplicateTxnId(TxnId),
     CommitNotAfterStart {
         txn_id: TxnId,
@@ -252,6 +262,11 @@ impl fmt::Display for ConflictError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ZeroMaxKeys => write!(f, "max_keys must be at least 1, got 0"),
+            Self::TooManyKeys(max_keys) => write!(
+                f,
+                "max_keys {max_keys} is too large: its table of about {} bytes cannot be allocated",
+                max_keys.saturating_mul(16)
+            ),
             Self::DuplicateTxnId(id) => {
                 write!(f, "duplicate transaction id {id} in one batch")
             }
@@ -285,23 +300,24 @@ pub struct ConflictDetector {
     isolation: Isolation,
     max_keys: usize,
     /// Key hash → timestamp of the last recorded commit that wrote the key.
-    last_commit: HashKeyed<Timestamp>,
-    /// `(key hash, commit)` in recording order; an entry whose commit is no longer the key's last
-    /// is superseded and skipped when forgetting.
-    order: VecDeque<(u64, Timestamp)>,
+    table: KeyTable,
     low_watermark: Option<Timestamp>,
 }
 
+/// Transactions a batch call looks ahead when it prefetches the table's buckets.
+const PREFETCH_AHEAD: usize = 4;
+
 impl ConflictDetector {
+    /// A detector remembering up to `max_keys` keys; its table is allocated now.
     pub fn new(isolation: Isolation, max_keys: usize) -> Result<Self, ConflictError> {
         if max_keys == 0 {
             return Err(ConflictError::ZeroMaxKeys);
         }
+        let table = KeyTable::new(max_keys).map_err(|_| ConflictError::TooManyKeys(max_keys))?;
         Ok(Self {
             isolation,
             max_keys,
-            last_commit: hash_keyed(0),
-            order: VecDeque::new(),
+            table,
             low_watermark: None,
         })
     }
@@ -316,11 +332,11 @@ impl ConflictDetector {
 
     /// Number of keys remembered now.
     pub fn len(&self) -> usize {
-        self.last_commit.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.last_commit.is_empty()
+        self.table.len() == 0
     }
 
     /// The newest forgotten commit (or the highest raised one): transactions that started at or
@@ -337,15 +353,32 @@ impl ConflictDetector {
 
     /// The last recorded commit of `key`, if still remembered.
     pub fn last_commit(&self, key: &[u8]) -> Option<Timestamp> {
-        self.last_commit.get(&key_hash(key)).copied()
+        self.table.get(key_hash(key))
     }
 
-    /// Bytes held by the history now (allocated capacity of the map and the eviction queue).
+    /// Bytes held by the history (its table, allocated once at creation).
     pub fn memory_bytes(&self) -> usize {
-        // The map has `capacity * 8 / 7` slots of one entry plus one control byte each.
-        let slot = size_of::<(u64, Timestamp)>() + 1;
-        self.last_commit.capacity() / 7 * 8 * slot
-            + self.order.capacity() * size_of::<(u64, Timestamp)>()
+        self.table.memory_bytes()
+    }
+
+    /// Starts loading the table's buckets of `txn`'s checked keys (writes, and reads under
+    /// serializable), so that a later check or record finds them in the cache.
+    pub fn prefetch(&self, txn: &Transaction) {
+        for &hash in txn.writes.hashes() {
+            self.table.prefetch(hash, false);
+        }
+        if self.isolation == Isolation::Serializable {
+            for &hash in txn.reads.hashes() {
+                self.table.prefetch(hash, false);
+            }
+        }
+    }
+
+    /// Starts loading the table's buckets of `txn`'s writes, ahead of [`Self::record`].
+    pub fn prefetch_writes(&self, txn: &Transaction) {
+        for &hash in txn.writes.hashes() {
+            self.table.prefetch(hash, true);
+        }
     }
 
     /// The first reason `txn` cannot commit after the recorded history, or `None`.
@@ -363,7 +396,13 @@ impl ConflictDetector {
         let write_count: usize = txns.iter().map(|t| t.borrow().writes.len()).sum();
         let mut batch_writes: HashKeyed<TxnId> = hash_keyed(write_count);
         let mut outcomes = Vec::with_capacity(txns.len());
-        for txn in txns {
+        for ahead in txns.iter().take(PREFETCH_AHEAD) {
+            self.prefetch(ahead.borrow());
+        }
+        for (index, txn) in txns.iter().enumerate() {
+            if let Some(ahead) = txns.get(index + PREFETCH_AHEAD) {
+                self.prefetch(ahead.borrow());
+            }
             let txn = txn.borrow();
             let outcome = self.first_conflict(txn, Some(&batch_writes));
             if outcome.is_none() {
@@ -401,8 +440,8 @@ impl ConflictDetector {
         };
         for &(kind, keys) in &sets[..checked] {
             for (index, &hash) in keys.hashes().iter().enumerate() {
-                let lost_to = match self.last_commit.get(&hash) {
-                    Some(&commit) if commit > txn.start_ts => Some(LostTo::Commit(commit)),
+                let lost_to = match self.table.get(hash) {
+                    Some(commit) if commit > txn.start_ts => Some(LostTo::Commit(commit)),
                     _ => batch_writes
                         .and_then(|writes| writes.get(&hash))
                         .map(|&winner| LostTo::BatchMember(winner)),
@@ -431,37 +470,11 @@ impl ConflictDetector {
             });
         }
         for &hash in txn.writes.hashes() {
-            match self.last_commit.get_mut(&hash) {
-                Some(last) if *last >= commit_ts => continue,
-                Some(last) => *last = commit_ts,
-                None => {
-                    while self.last_commit.len() >= self.max_keys {
-                        self.forget_oldest();
-                    }
-                    self.last_commit.insert(hash, commit_ts);
-                }
+            if let Some(evicted) = self.table.record(hash, commit_ts) {
+                self.raise_low_watermark(evicted);
             }
-            self.order.push_back((hash, commit_ts));
-        }
-        // Superseded entries are dropped once they make up a third of the queue: amortized O(1)
-        // per recorded key, and the queue stays within 1.5 entries per remembered key.
-        let live = self.last_commit.len();
-        if self.order.len() > live + live / 2 + 64 {
-            let last_commit = &self.last_commit;
-            self.order
-                .retain(|(hash, commit)| last_commit.get(hash) == Some(commit));
         }
         Ok(())
-    }
-
-    fn forget_oldest(&mut self) {
-        while let Some((hash, commit)) = self.order.pop_front() {
-            if self.last_commit.get(&hash) == Some(&commit) {
-                self.last_commit.remove(&hash);
-                self.raise_low_watermark(commit);
-                return;
-            }
-        }
     }
 
     /// Splits a batch into groups of mutually independent transactions (indices, in submission
@@ -752,7 +765,7 @@ mod tests {
     }
 
     #[test]
-    fn eviction_queue_stays_bounded() {
+    fn rewriting_remembered_keys_forgets_nothing() {
         let mut detector = detector(Isolation::Snapshot, 4);
         for commit in 1..10_000u64 {
             let key = format!("k{}", commit % 3);
@@ -761,8 +774,41 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(detector.len(), 3);
-        assert!(detector.order.len() <= 3 + 1 + 64 + 1);
         assert_eq!(detector.low_watermark(), None);
+        assert_eq!(detector.last_commit(b"k0"), Some(ts(9_999)));
+    }
+
+    #[test]
+    fn a_forgotten_key_is_never_a_missed_conflict() {
+        // Many more keys than the table holds: every check of a key written after a start is a
+        // conflict, or the start is at or below the low watermark (too old).
+        let mut detector = detector(Isolation::Snapshot, 64);
+        for commit in 1..5_000u64 {
+            let key = format!("k{}", commit * 7 % 1_000);
+            detector
+                .record(&txn(commit, commit - 1, &[], &[&key]), ts(commit))
+                .unwrap();
+            if commit % 50 == 0 {
+                let start = commit - 10;
+                for back in 0..10 {
+                    let written = format!("k{}", (commit - back) * 7 % 1_000);
+                    let found = detector.check(&txn(900_000 + commit, start, &[], &[&written]));
+                    assert!(found.is_some(), "commit {commit}: {written} after {start}");
+                }
+            }
+        }
+        assert!(detector.len() <= 64);
+        assert!(detector.memory_bytes() <= 32 * 64);
+    }
+
+    #[test]
+    fn the_table_takes_16_bytes_a_key_at_the_default_size() {
+        let detector = detector(Isolation::Snapshot, DEFAULT_MAX_KEYS);
+        assert_eq!(detector.memory_bytes(), 16 * DEFAULT_MAX_KEYS);
+        assert!(matches!(
+            ConflictDetector::new(Isolation::Snapshot, usize::MAX),
+            Err(ConflictError::TooManyKeys(usize::MAX))
+        ));
     }
 
     #[test]

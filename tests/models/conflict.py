@@ -5,9 +5,13 @@ totally ordered values (the tests use ``(packed, node)`` tuples, which order lik
 Outcomes are ``None`` (accepted) or ``(kind, key, lost_to)`` with ``kind`` one of
 ``"write-write"``, ``"read-write"``, ``"too-old"`` and ``lost_to`` one of ``("commit", ts)``,
 ``("batch", txn_id)``, ``("watermark", ts)``.
+
+Memory bound: which keys a bounded detector forgets is its own choice (the Rust table forgets by
+bucket); the rule is that forgetting a key raises the low watermark to the key's last commit. The
+model remembers everything until told to :meth:`ModelDetector.forget` a key, and applies that rule,
+so a test can replay the real detector's choices and compare every decision exactly.
 """
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,11 +37,9 @@ def _check_unique(txns: Sequence[ModelTransaction]) -> None:
 
 
 class ModelDetector:
-    def __init__(self, isolation: str = "snapshot", max_keys: int = 1_000_000) -> None:
+    def __init__(self, isolation: str = "snapshot") -> None:
         self.serializable = isolation == "serializable"
-        self.max_keys = max_keys
         self.last_commit: dict[bytes, Any] = {}
-        self.order: deque[tuple[bytes, Any]] = deque()
         self.low_watermark: Any = None
 
     def _first_conflict(self, txn: ModelTransaction, batch_writes: dict[bytes, int]) -> Outcome:
@@ -75,22 +77,15 @@ class ModelDetector:
             raise ValueError("commit_ts must be after start_ts")
         for key in txn.writes:
             last = self.last_commit.get(key)
-            if last is not None and last >= commit:
-                continue
-            if last is None:
-                while len(self.last_commit) >= self.max_keys:
-                    self._forget_oldest()
-            self.last_commit[key] = commit
-            self.order.append((key, commit))
+            if last is None or last < commit:
+                self.last_commit[key] = commit
 
-    def _forget_oldest(self) -> None:
-        while self.order:
-            key, commit = self.order.popleft()
-            if self.last_commit.get(key) == commit:
-                del self.last_commit[key]
-                if self.low_watermark is None or commit > self.low_watermark:
-                    self.low_watermark = commit
-                return
+    def forget(self, key: bytes) -> None:
+        """Forgets ``key`` (a bounded detector's choice) and raises the low watermark to its last
+        commit: a transaction that could conflict with it started at or below that commit."""
+        commit = self.last_commit.pop(key)
+        if self.low_watermark is None or commit > self.low_watermark:
+            self.low_watermark = commit
 
     def partition(self, txns: Sequence[ModelTransaction]) -> list[list[int]]:
         _check_unique(txns)

@@ -339,6 +339,9 @@ pub fn fingerprint(txn: &Transaction) -> u64 {
 
 const CHECKPOINT_VERSION: u8 = 1;
 
+/// Decisions the `record` step looks ahead when it prefetches the detector's buckets.
+const RECORD_PREFETCH_AHEAD: usize = 4;
+
 pub struct CommitEngine {
     detector: ConflictDetector,
     /// Where a batch becomes durable (`durable.rs`).
@@ -1098,7 +1101,23 @@ impl CommitEngine {
     /// answers them. Returns `(committed, aborted)`.
     fn record(&mut self, batch: &mut Batch<'_, '_>, now: Timestamp) -> (u64, u64) {
         let (mut committed, mut aborted) = (0, 0);
-        for (i, decision) in std::mem::take(&mut batch.decided) {
+        let decided = std::mem::take(&mut batch.decided);
+        let requests = batch.requests;
+        let order: Vec<usize> = decided.iter().map(|&(i, _)| i).collect();
+        let commit_of = |at: usize| match order.get(at).map(|&i| requests[i]) {
+            Some(Request::Commit(txn)) => Some(txn),
+            _ => None,
+        };
+        // The detector's buckets of a few commits ahead load while this one is recorded.
+        for ahead in 0..RECORD_PREFETCH_AHEAD {
+            if let Some(txn) = commit_of(ahead) {
+                self.detector.prefetch_writes(txn);
+            }
+        }
+        for (at, (i, decision)) in decided.into_iter().enumerate() {
+            if let Some(txn) = commit_of(at + RECORD_PREFETCH_AHEAD) {
+                self.detector.prefetch_writes(txn);
+            }
             match (&decision.outcome, batch.requests[i]) {
                 (Outcome::Committed(commit_ts), Request::Commit(txn)) => {
                     let _ = self.detector.record(txn, *commit_ts);

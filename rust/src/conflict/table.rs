@@ -1,0 +1,407 @@
+//! The detector's memory: the last commit timestamp of each remembered key, in one flat table
+//! allocated once (after Apache Omid's `CommitHashMap`).
+//!
+//! Layout: `buckets` of [`SLOTS`] slots, each bucket 256 bytes (four cache lines, aligned). Line
+//! one holds the slots' 32-bit short tags (a check of a key the table does not hold reads only
+//! this line of each candidate), line two the rest of each tag (16 bits) beside the commit's node,
+//! lines three and four the commits' packed timestamps: 16 bytes a slot. A short tag is never
+//! zero, so a zero one is an empty slot. A bucket's slots are kept in commit order, occupied ones
+//! first, so its oldest commit is its first slot. There are `ceil(max_keys / 16)` buckets: 16
+//! bytes per key when `max_keys` is a multiple of 16, at most 32 bytes per key from `max_keys = 8`
+//! up (a table of fewer keys still takes one bucket, 256 bytes).
+//!
+//! Each key has two candidate buckets (two choices, from its hash); it lives in at most one slot
+//! of the two. Recording a key not in the table takes an empty slot of the emptier candidate
+//! while fewer than `max_keys` keys are remembered; otherwise it evicts the oldest commit of its
+//! 32 candidate slots and returns it, for the caller to raise the low watermark to it. Eviction
+//! is therefore by bucket, not the least recently recorded key of all; with 32 candidates the
+//! evicted commit is among the oldest of the table: when a full table of 1,000,000 keys takes
+//! 400,000 new keys, the chance that every candidate of one of them is among those 400,000 (so
+//! that the eviction refuses transactions that started before them) is about
+//! `400,000 * 0.4^32`, 1e-7 (with 16 candidates it was 0.2, and tests saw it happen).
+//!
+//! Hash collisions: two keys whose hashes share a candidate bucket and the 48-bit tag are one
+//! slot, holding the later of their commits. A check of either then sees a commit at or after its
+//! own last one: a collision can cause a false conflict (probability at most 32 / 2^47, about
+//! 2e-13, per key checked) and never hides one.
+
+use std::collections::TryReserveError;
+
+use crate::timestamp::Timestamp;
+
+/// Slots per bucket.
+pub const SLOTS: usize = 16;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(256))]
+struct Bucket {
+    /// The first 32 bits of each slot's tag, zero when the slot is empty.
+    short: [u32; SLOTS],
+    /// The other 16 bits of each slot's tag above its commit's node.
+    rest_node: [u32; SLOTS],
+    /// The packed `(physical, logical)` of each slot's commit.
+    commits: [u64; SLOTS],
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Self {
+            short: [0; SLOTS],
+            rest_node: [0; SLOTS],
+            commits: [0; SLOTS],
+        }
+    }
+}
+
+impl Bucket {
+    /// Bit `i` of the first mask set when slot `i`'s short tag is `short`, of the second when
+    /// slot `i` is empty: eight vector compares.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn scan(&self, short: u32) -> (u32, u32) {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi32, _mm_load_si128, _mm_movemask_epi8, _mm_packs_epi16,
+            _mm_packs_epi32, _mm_set1_epi32, _mm_setzero_si128,
+        };
+        let lanes = self.short.as_ptr().cast::<__m128i>();
+        // SAFETY: SSE2 is part of every x86_64 target; the four loads read the 64 bytes of
+        // `self.short`, which is 16-byte aligned (first field of a 256-byte aligned struct).
+        unsafe {
+            let words = [0, 1, 2, 3].map(|n| _mm_load_si128(lanes.add(n)));
+            let mask = |wanted: __m128i| {
+                let equal = words.map(|word| _mm_cmpeq_epi32(word, wanted));
+                let low = _mm_packs_epi32(equal[0], equal[1]);
+                let high = _mm_packs_epi32(equal[2], equal[3]);
+                _mm_movemask_epi8(_mm_packs_epi16(low, high)) as u32
+            };
+            (
+                mask(_mm_set1_epi32(short as i32)),
+                mask(_mm_setzero_si128()),
+            )
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    #[inline(always)]
+    fn scan(&self, short: u32) -> (u32, u32) {
+        let (mut matches, mut empties) = (0, 0);
+        for (at, &word) in self.short.iter().enumerate() {
+            matches |= u32::from(word == short) << at;
+            empties |= u32::from(word == 0) << at;
+        }
+        (matches, empties)
+    }
+
+    /// The slot holding `tag`, if any, and the number of occupied slots (a prefix).
+    #[inline(always)]
+    fn find(&self, tag: Tag) -> (Option<usize>, usize) {
+        let (mut candidates, empties) = self.scan(tag.short);
+        while candidates != 0 {
+            let at = candidates.trailing_zeros() as usize;
+            if self.rest_node[at] >> 16 == tag.rest {
+                return (Some(at), 0);
+            }
+            candidates &= candidates - 1;
+        }
+        (None, SLOTS - empties.count_ones() as usize)
+    }
+
+    #[inline]
+    fn commit(&self, at: usize) -> Timestamp {
+        Timestamp::from_packed(self.commits[at], self.rest_node[at] as u16)
+    }
+
+    /// Removes slot `at` of the `occupied` first, keeping the order of the others.
+    fn remove(&mut self, at: usize, occupied: usize) {
+        self.short.copy_within(at + 1..occupied, at);
+        self.rest_node.copy_within(at + 1..occupied, at);
+        self.commits.copy_within(at + 1..occupied, at);
+        self.short[occupied - 1] = 0;
+    }
+
+    /// A full bucket's common case: drops the oldest slot and appends `tag` at `commit`, newer
+    /// than every other (fixed-length moves, no search).
+    fn push_out_oldest(&mut self, tag: Tag, commit: Timestamp) {
+        self.short.copy_within(1..SLOTS, 0);
+        self.rest_node.copy_within(1..SLOTS, 0);
+        self.commits.copy_within(1..SLOTS, 0);
+        self.short[SLOTS - 1] = tag.short;
+        self.rest_node[SLOTS - 1] = tag.rest << 16 | u32::from(commit.node());
+        self.commits[SLOTS - 1] = commit.packed();
+    }
+
+    /// Inserts `tag` at `commit` in commit order among the `occupied` first slots (fewer than
+    /// [`SLOTS`]); commits mostly arrive in order, so the search starts from the newest.
+    fn insert(&mut self, occupied: usize, tag: Tag, commit: Timestamp) {
+        let mut at = occupied;
+        while at > 0 && self.commit(at - 1) > commit {
+            at -= 1;
+        }
+        self.short.copy_within(at..occupied, at + 1);
+        self.rest_node.copy_within(at..occupied, at + 1);
+        self.commits.copy_within(at..occupied, at + 1);
+        self.short[at] = tag.short;
+        self.rest_node[at] = tag.rest << 16 | u32::from(commit.node());
+        self.commits[at] = commit.packed();
+    }
+}
+
+/// A key hash's 48-bit tag: `short` is never zero.
+#[derive(Clone, Copy)]
+struct Tag {
+    short: u32,
+    rest: u32,
+}
+
+/// Where a key hash lives: its two candidate buckets and its tag.
+#[derive(Clone, Copy)]
+struct Place {
+    first: usize,
+    second: usize,
+    tag: Tag,
+}
+
+/// `value * range / 2^64`: a uniform index in `0..range` from a uniform 64-bit value.
+fn reduce(value: u64, range: usize) -> usize {
+    ((u128::from(value) * range as u128) >> 64) as usize
+}
+
+/// The splitmix64 finalizer: a second, independent-looking 64-bit value from the hash.
+fn remix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+pub struct KeyTable {
+    buckets: Vec<Bucket>,
+    max_keys: usize,
+    len: usize,
+}
+
+impl KeyTable {
+    /// A table for `max_keys` keys (at least 1), allocated and zeroed now.
+    pub fn new(max_keys: usize) -> Result<Self, TryReserveError> {
+        let count = max_keys.max(1).div_ceil(SLOTS);
+        let mut buckets = Vec::new();
+        buckets.try_reserve_exact(count)?;
+        buckets.resize(count, Bucket::default());
+        Ok(Self {
+            buckets,
+            max_keys: max_keys.max(1),
+            len: 0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes of the table (fixed at creation).
+    pub fn memory_bytes(&self) -> usize {
+        self.buckets.capacity() * size_of::<Bucket>()
+    }
+
+    #[inline(always)]
+    fn place(&self, hash: u64) -> Place {
+        let count = self.buckets.len();
+        Place {
+            first: reduce(hash, count),
+            second: reduce(remix(hash), count),
+            // The hash's low 48 bits (the bucket indices come from its high bits and the remix),
+            // with one bit forced so that no short tag is zero.
+            tag: Tag {
+                short: hash as u32 | 1,
+                rest: (hash >> 32) as u32 & 0xffff,
+            },
+        }
+    }
+
+    /// Asks the CPU to start loading `hash`'s two buckets (a no-op where unsupported): issued a
+    /// few keys ahead, the cache misses of a batch overlap instead of following one another.
+    /// `whole`: all four lines (to record), else the short tags' line (to check).
+    #[inline]
+    pub fn prefetch(&self, hash: u64, whole: bool) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let place = self.place(hash);
+            for index in [place.first, place.second] {
+                if let Some(bucket) = self.buckets.get(index) {
+                    let line = std::ptr::from_ref(bucket).cast::<i8>();
+                    // SAFETY: SSE is part of every x86_64 target, and a prefetch only hints the
+                    // cache (it never faults); both addresses are inside `bucket` anyway.
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(line);
+                        if whole {
+                            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
+                            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(128));
+                            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(192));
+                        }
+                    }
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (hash, whole);
+    }
+
+    /// The commit remembered for `hash`, if any.
+    #[inline]
+    pub fn get(&self, hash: u64) -> Option<Timestamp> {
+        let place = self.place(hash);
+        [place.first, place.second].into_iter().find_map(|index| {
+            let bucket = &self.buckets[index];
+            bucket.find(place.tag).0.map(|at| bucket.commit(at))
+        })
+    }
+
+    /// Remembers `commit` for `hash` (a key's commit only moves forward). Returns the commit it
+    /// evicted to make room, if it did.
+    pub fn record(&mut self, hash: u64, commit: Timestamp) -> Option<Timestamp> {
+        let place = self.place(hash);
+        let candidates = [place.first, place.second];
+        let mut occupied = [0; 2];
+        for (n, index) in candidates.into_iter().enumerate() {
+            let bucket = &mut self.buckets[index];
+            match bucket.find(place.tag) {
+                (Some(at), _) => {
+                    if bucket.commit(at) < commit {
+                        let occupied = SLOTS - bucket.scan(0).0.count_ones() as usize;
+                        bucket.remove(at, occupied);
+                        bucket.insert(occupied - 1, place.tag, commit);
+                    }
+                    return None;
+                }
+                (None, count) => occupied[n] = count,
+            }
+        }
+        // While there is room, the emptier candidate takes it.
+        let emptier = usize::from(occupied[1] < occupied[0]);
+        if self.len < self.max_keys && occupied[emptier] < SLOTS {
+            self.buckets[candidates[emptier]].insert(occupied[emptier], place.tag, commit);
+            self.len += 1;
+            return None;
+        }
+        // Otherwise the oldest commit of the candidates (a bucket's first slot) makes room. When
+        // the table is full at most 15 of its slots are empty, so a candidate is occupied.
+        let oldest = (0..2)
+            .filter(|&n| occupied[n] > 0)
+            .min_by_key(|&n| self.buckets[candidates[n]].commit(0))?;
+        let bucket = &mut self.buckets[candidates[oldest]];
+        let evicted = bucket.commit(0);
+        if occupied[oldest] == SLOTS && bucket.commit(SLOTS - 1) <= commit {
+            bucket.push_out_oldest(place.tag, commit);
+        } else {
+            bucket.remove(0, occupied[oldest]);
+            bucket.insert(occupied[oldest] - 1, place.tag, commit);
+        }
+        Some(evicted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conflict::key_hash;
+
+    fn ts(packed: u64) -> Timestamp {
+        Timestamp::from_packed(packed, 0)
+    }
+
+    #[test]
+    fn a_bucket_is_four_cache_lines_and_a_slot_16_bytes() {
+        assert_eq!(size_of::<Bucket>(), 256);
+        assert_eq!(size_of::<Bucket>() / SLOTS, 16);
+        assert_eq!(align_of::<Bucket>(), 256);
+    }
+
+    #[test]
+    fn at_most_32_bytes_per_key_from_8_keys_and_16_at_multiples_of_16() {
+        for max_keys in (8..2_000).chain([1_000_000, 1_000_001]) {
+            let table = KeyTable::new(max_keys).unwrap();
+            assert!(table.memory_bytes() <= 32 * max_keys, "{max_keys}");
+            if max_keys % SLOTS == 0 {
+                assert_eq!(table.memory_bytes(), 16 * max_keys);
+            }
+        }
+        assert_eq!(KeyTable::new(1).unwrap().memory_bytes(), 256);
+    }
+
+    #[test]
+    fn a_key_moves_only_forward_and_is_found_again() {
+        let mut table = KeyTable::new(100).unwrap();
+        let h = key_hash(b"k");
+        assert_eq!(table.get(h), None);
+        assert_eq!(table.record(h, ts(10)), None);
+        assert_eq!(table.record(h, ts(5)), None);
+        assert_eq!(table.get(h), Some(ts(10)));
+        table.record(h, Timestamp::from_packed(10, 7));
+        assert_eq!(table.get(h), Some(Timestamp::from_packed(10, 7)));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn when_full_the_oldest_candidate_is_evicted_and_returned() {
+        let mut table = KeyTable::new(3).unwrap();
+        for (n, key) in [b"a", b"b", b"c"].iter().enumerate() {
+            assert_eq!(table.record(key_hash(*key), ts(10 + n as u64)), None);
+        }
+        // One bucket: every key's candidates are the whole table.
+        assert_eq!(table.record(key_hash(b"d"), ts(20)), Some(ts(10)));
+        assert_eq!(table.get(key_hash(b"a")), None);
+        assert_eq!(table.len(), 3);
+    }
+
+    #[test]
+    fn a_full_table_evicts_old_commits_only() {
+        // Rounds of 80,000 new keys into 200,000 (the proportion of the commit benchmark's rounds
+        // to the default table): no commit of the running round is evicted (which would refuse
+        // the round's transactions as too old).
+        let max_keys = 200_000;
+        let mut table = KeyTable::new(max_keys).unwrap();
+        let mut commit = 0u64;
+        for round in 0..8 {
+            let round_start = commit;
+            let mut newest_evicted = None;
+            for _ in 0..80_000 {
+                commit += 1;
+                let hash = key_hash(&commit.to_le_bytes());
+                newest_evicted = newest_evicted.max(table.record(hash, ts(commit)));
+            }
+            if let Some(evicted) = newest_evicted {
+                assert!(
+                    evicted < ts(round_start),
+                    "round {round}: evicted {evicted}"
+                );
+            }
+            assert!(table.len() <= max_keys);
+        }
+        assert_eq!(table.len(), max_keys);
+    }
+
+    #[test]
+    fn every_recorded_key_is_found_or_its_commit_evicted() {
+        let mut table = KeyTable::new(50).unwrap();
+        let mut evicted_max = None;
+        let mut recorded = Vec::new();
+        for n in 1..500u64 {
+            let key = (n * 7919 % 97).to_le_bytes();
+            let hash = key_hash(&key);
+            evicted_max = evicted_max.max(table.record(hash, ts(n)));
+            recorded.push((hash, n));
+        }
+        // The newest commit of each key is remembered, or at or below the newest eviction.
+        let mut newest = std::collections::HashMap::new();
+        for (hash, n) in recorded {
+            newest.insert(hash, n);
+        }
+        for (hash, n) in newest {
+            match table.get(hash) {
+                Some(found) => assert_eq!(found, ts(n)),
+                None => assert!(Some(ts(n)) <= evicted_max),
+            }
+        }
+        assert!(table.len() <= 50);
+    }
+}
