@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import pytest
 from hlc_oracle import Clock, ManualClock
-from hlc_oracle.cluster.candidacy import MAX_DEFER_S, campaign_deferral
+from hlc_oracle.cluster.candidacy import MAX_DEFER_S, campaign_deferral, can_serve_at_once
 from hlc_oracle.skew.combine import OffsetEstimate
 from hlc_oracle.skew.metrics import PeersMetricsCollector
 from hlc_oracle.skew.peers import (
@@ -163,12 +163,29 @@ def test_campaign_deferral(saved_ahead_us: int | None, live_peers: int, expected
     clock = Clock(1, MAX_OFFSET_US, physical)
     saved = None if saved_ahead_us is None else 1_000_000_000 + saved_ahead_us - 1
 
-    async def count() -> int:
+    async def count(lead_us: int) -> int:
         return live_peers
 
     deferral = asyncio.run(campaign_deferral(clock, saved, count))
     assert deferral.seconds == pytest.approx(expected_s)
     assert bool(deferral.reason) is (expected_s > 0)
+
+
+@pytest.mark.parametrize(
+    ("lead_us", "peer_offset_us", "expected"),
+    [
+        # This node 2 s behind a healthy peer: the peer is 2 s ahead of it, within the bound.
+        (2_000_000, 2_000_000, True),
+        (2_000_000, 1_700_000, False),
+        # Everyone lags alike (a large window): nobody can serve at once.
+        (3_000_000, 0, False),
+        (3_000_000, None, True),  # not measured: counted as able
+    ],
+)
+def test_which_peers_could_serve_at_once(
+    lead_us: int, peer_offset_us: int | None, expected: bool
+) -> None:
+    assert can_serve_at_once(lead_us, peer_offset_us, MAX_OFFSET_US) is expected
 
 
 class Directory:
@@ -221,6 +238,10 @@ def test_monitor_rounds() -> None:
         assert monitor.verdict.state is PeersState.FAR
         refusal = monitor.leadership_refusal()
         assert refusal is not None and "behind its peers" in refusal
+        assert monitor.peer_offsets() == {
+            2: pytest.approx(2_000_000, abs=1_000),
+            3: pytest.approx(2_000_000, abs=1_000),
+        }
         # A peer that answers as another node id is not measured.
         transport.skews["b"] = (4, 0)
         await monitor.measure_round(directory, transport)

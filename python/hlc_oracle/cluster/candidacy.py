@@ -10,8 +10,12 @@ Two rules, asked before every campaign (:class:`~hlc_oracle.cluster.node.Cluster
   bound, :func:`~hlc_oracle.server.window.wait_out_lead`). A candidate whose clock is behind the
   saved limit by more than that would win and then wait, stretching the failover gap. So it
   defers its campaign by the time it would have to wait (at most :data:`MAX_DEFER_S`) while
-  another member is alive: a healthy peer campaigns at once and wins; if none does, this node
-  campaigns after the deferral, having waited out most of the lead already.
+  another live member could serve at once: one whose clock, by the peers check's estimate, is
+  within max_offset/2 of the saved limit (a member not measured counts as able). That peer
+  campaigns at once and wins; if none does, this node campaigns after the deferral, having
+  waited out most of the lead already. When every candidate lags alike (a window larger than
+  max_offset/2, or a leader whose clock ran ahead), nobody defers: waiting for one another would
+  only add to the wait.
 """
 
 from __future__ import annotations
@@ -35,18 +39,18 @@ class Deferral:
 
 
 async def campaign_deferral(
-    clock: Clock, saved_limit_us: int | None, count_live_peers: Callable[[], Awaitable[int]]
+    clock: Clock, saved_limit_us: int | None, count_ready_peers: Callable[[int], Awaitable[int]]
 ) -> Deferral:
     """The deferral of a candidate with ``clock`` and the saved window limit: zero when it could
-    serve at once, or when no other member is alive (``count_live_peers``, asked only when this
-    node lags: one etcd read)."""
+    serve at once, or when no other live member could (``count_ready_peers(lead_us)``, given
+    this node's lead to wait out, asked only when it lags: one etcd read)."""
     if saved_limit_us is None:
         return Deferral(0.0, "")
     bound = lead_bound_us(clock.max_offset_us)
     lead = saved_limit_us + 1 - clock.physical_now()
     if lead <= bound:
         return Deferral(0.0, "")
-    live_peers = await count_live_peers()
+    live_peers = await count_ready_peers(lead)
     if live_peers == 0:
         return Deferral(0.0, "")
     seconds = min((lead - bound) / 1e6, MAX_DEFER_S)
@@ -56,3 +60,9 @@ async def campaign_deferral(
         f"max_offset/2, {bound / 1e6:.3f} s): deferring its campaign {seconds:.3f} s so that one "
         f"of the {live_peers} other live node(s) that can serve at once takes over",
     )
+
+
+def can_serve_at_once(lead_us: int, peer_offset_us: int | None, max_offset_us: int) -> bool:
+    """Whether a peer ``peer_offset_us`` away (peer - local; ``None``: not measured, counted as
+    able) would be within max_offset/2 of a saved limit ``lead_us`` ahead of this node's clock."""
+    return peer_offset_us is None or lead_us - peer_offset_us <= lead_bound_us(max_offset_us)

@@ -29,11 +29,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, Timestamp
 from hlc_oracle.addresses import split_host_port
-from hlc_oracle.cluster.candidacy import campaign_deferral
+from hlc_oracle.cluster.candidacy import campaign_deferral, can_serve_at_once
 from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionDecodeError
 from hlc_oracle.cluster.election import Election, LeaderInfo, leader_info
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, EtcdRefusedError, LeaseNotFoundError
@@ -134,6 +134,9 @@ class ClusterNode:
         #: Why this node must not campaign or lead now (its clock far from its peers), or None;
         #: set by the server to the peers check (hlc_oracle.skew.peers).
         self.leadership_check: Callable[[], str | None] = lambda: None
+        #: Each measured peer's clock offset (peer - local, us) by node id; set by the server to
+        #: the peers check's estimates (:mod:`.candidacy` asks which peers could serve at once).
+        self.peer_offsets: Callable[[], Mapping[int, int]] = dict
         # The reason the last check gave, told in follower refusals while it holds.
         self._campaign_note = ""
         metrics.set_role("follower")
@@ -384,7 +387,7 @@ class ClusterNode:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait_for_vacancy(revision, holder), SIT_OUT_S)
             return True
-        deferral = await campaign_deferral(self.clock, await self.store.load(), self._live_peers)
+        deferral = await campaign_deferral(self.clock, await self.store.load(), self._ready_peers)
         if deferral.seconds > 0 and (await self.client.get(self.election.key))[0] is None:
             log.info("campaign deferred", extra={"fields": {"reason": deferral.reason}})
             self.gate.block("not-leader", f"this node is a follower: {deferral.reason}")
@@ -396,8 +399,14 @@ class ClusterNode:
                 await asyncio.sleep(min(DEFER_CHECK_S, max(0.0, until - time.monotonic())))
         return False
 
-    async def _live_peers(self) -> int:
-        return len(set(await live_members(self.client, self.prefix)) - {self.node_id})
+    async def _ready_peers(self, lead_us: int) -> int:
+        """Live members that could serve at once where this node must wait out ``lead_us``."""
+        offsets = self.peer_offsets()
+        members = set(await live_members(self.client, self.prefix)) - {self.node_id}
+        return sum(
+            can_serve_at_once(lead_us, offsets.get(node), self.clock.max_offset_us)
+            for node in members
+        )
 
     async def _renew_session(self) -> None:
         """A new lease after the old one expired in etcd, and the node id claimed again (a lease

@@ -156,6 +156,7 @@ class OracleServer:
         if self.cluster is not None and config.peers.enabled:
             self.peers = self._build_peers(self.cluster)
             self.cluster.leadership_check = self.peers.leadership_refusal
+            self.cluster.peer_offsets = self.peers.peer_offsets
             self.peers.add_listener(self._peers_verdict)
         self.window = TimestampWindow(
             self.clock,

@@ -378,6 +378,14 @@ class PeerOffsetMonitor:
         with self._lock:
             self._listeners.append(listener)
 
+    def peer_offsets(self) -> dict[int, int]:
+        """Each peer's current offset estimate (peer - local, us), by node id."""
+        return {
+            peer.node_id: peer.estimate.offset_us
+            for peer in self.verdict.peers
+            if peer.estimate is not None
+        }
+
     def leadership_refusal(self) -> str | None:
         """Why this node must not campaign or lead now (its clock is far from its peers), or
         ``None``. Cheap: reads the last verdict."""
