@@ -5,7 +5,7 @@ changes: :class:`ClientCommitLoad`.
         load.run()                                      # they call until pause() or the end
         load.wait_for_more_than(len(load.decided) + 200)
         ...
-    load.decided, load.answers, load.unknown, load.errors
+    load.decided, load.answered, load.answers, load.unknown, load.errors
 
 Each transaction takes a fresh start timestamp and writes keys of its own, so it conflicts with
 nothing: a committed answer is the rule, an abort means it started under a leader that is gone
@@ -38,10 +38,11 @@ class ClientCommitLoad:
     (:meth:`run`, :meth:`pause`).
 
     Records every acknowledged decision (:attr:`decided`: id to the transaction, None for an
-    abort(), and its decision), every committed answer's time and deciding node
-    (:attr:`answers`: monotonic ns, the commit timestamp's node id), the ids whose outcome is
-    unknown (:attr:`unknown`) and every other error (:attr:`errors`). A caller goes on after an
-    error."""
+    abort(), and its decision), when each call got its decisions (:attr:`answered`, monotonic
+    ns), every committed answer's time and deciding node (:attr:`answers`: monotonic ns, the
+    commit timestamp's node id; a resubmitted id answered by the next leader keeps the node that
+    decided it), the ids whose outcome is unknown (:attr:`unknown`) and every other error
+    (:attr:`errors`). A caller goes on after an error."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class ClientCommitLoad:
         self.batch = batch
         self.timeout = timeout
         self.decided: dict[int, tuple[Transaction | None, Committed | Aborted]] = {}
+        self.answered: list[int] = []
         self.answers: list[tuple[int, int]] = []
         self.unknown: list[int] = []
         self.errors: list[BaseException] = []
@@ -94,6 +96,12 @@ class ClientCommitLoad:
             kinds[OracleOutcomeUnknownError.__name__] += len(self.unknown)
         return dict(sorted(kinds.items()))
 
+    def largest_gap_ms(self, from_ns: int) -> float:
+        """The longest time between two consecutive answered calls at or after ``from_ns``
+        (monotonic): around a failover, the old leader's last answer to the next one's first."""
+        times = sorted(t for t in self.answered if t >= from_ns)
+        return max(((b - a) / 1e6 for a, b in itertools.pairwise(times)), default=0.0)
+
     def wait_for_more_than(self, count: int, timeout_s: float = 30.0) -> None:
         """Until more than ``count`` decisions were acknowledged (bounded); fails at once on an
         error other than an unknown outcome."""
@@ -125,9 +133,11 @@ class ClientCommitLoad:
                 await asyncio.sleep(0.01)
 
     def _record(self, txn_id: int, txn: Transaction | None, result: Committed | Aborted) -> None:
+        now = time.monotonic_ns()
+        self.answered.append(now)
         self.decided[txn_id] = (txn, result)
         if isinstance(result, Committed):
-            self.answers.append((time.monotonic_ns(), result.commit_ts.node))
+            self.answers.append((now, result.commit_ts.node))
 
     def _transaction(self, start: Timestamp) -> Transaction:
         txn_id = next(self._ids)

@@ -409,7 +409,9 @@ class AsyncOracleClient:
         :class:`OracleError` with the status code (``INVALID_ARGUMENT``, ``OUT_OF_RANGE``,
         ``ALREADY_EXISTS``, ``RESOURCE_EXHAUSTED``, ...); one that does not fit in a message
         :class:`~hlc_oracle.TransactionTooLargeError`; a commit whose connection was lost and
-        whose retries ran out :class:`OracleOutcomeUnknownError`."""
+        whose retries ran out :class:`OracleOutcomeUnknownError`. A node's refusal to decide
+        (not the leader, taking over, shutting down) is no answer: the transaction goes again, the
+        same id, to the next leader, within the call's timeout."""
         if not isinstance(txn, Transaction):
             raise TypeError(f"txn must be a Transaction, got {type(txn).__name__}")
         answer = await self._commit_batcher.submit(txn)

@@ -3,8 +3,9 @@ and answered in order, each transaction with its own result.
 
 The client's message sender (``AsyncOracleClient._send_commits``) already does the work per
 message: encoding in Rust (``encode_commit_request``), splitting by encoded bytes under the
-server's message limit, decoding in Rust (``decode_commit_results``), and resending a message
-whose stream broke with the same transaction ids (a decided id returns its first decision). This
+server's message limit, decoding in Rust (``decode_commit_results``), resending a message whose
+stream broke with the same transaction ids (a decided id returns its first decision), and sending
+the transactions a node refused again to the next leader. This
 module adds only what a batch needs on top: the argument check and turning each refused
 transaction's ``(txn_id, code, message)`` into its error, so one bad transaction does not fail
 the others. Concurrent ``commit_many`` calls each send their own message on the one pipelined
@@ -43,9 +44,12 @@ async def commit_many(
 ) -> list[CommitManyResult]:
     """Commits ``txns`` with ``send`` (the client's message sender); their results in order.
 
-    A transaction that fits in no message is refused before anything is sent. A connection lost
-    for longer than the retry budget raises (the client's unknown-outcome error): resubmitting
-    the same ids returns the decisions already made.
+    A transaction that fits in no message is refused before anything is sent. A transaction a
+    node refused without deciding it goes again to the next leader (see
+    :mod:`hlc_oracle.client.pending_commits`). A connection lost for longer than the retry
+    budget raises (the client's unknown-outcome error) when no answer came at all, and is the
+    result of each transaction still unanswered otherwise: resubmitting the same ids returns
+    the decisions already made.
     """
     if isinstance(txns, Transaction | str | bytes) or not isinstance(txns, Sequence):
         raise TypeError(
