@@ -210,6 +210,12 @@ class ClusterSection:
         "resubmission across a failover work this long); at least 60, and longer than clients "
         "keep retrying a commit",
     )
+    etcd_quota_bytes: int = setting(
+        0,
+        "etcd's --quota-backend-bytes, for the leader's capacity guard (it shortens decision "
+        "retention before etcd's database fills); 0: read it from the members' /metrics "
+        "(plaintext links), else assume etcd's default 2 GiB",
+    )
 
     @property
     def clustered(self) -> bool:
@@ -259,6 +265,10 @@ class ClusterSection:
             )
         if self.advertise is not None:
             check_host_port(self.advertise, "cluster.advertise", allow_port_zero=False)
+        if not isinstance(self.etcd_quota_bytes, int) or self.etcd_quota_bytes < 0:
+            raise ConfigError(
+                f"cluster.etcd_quota_bytes must be an int >= 0, got {self.etcd_quota_bytes!r}"
+            )
         if not MIN_DECISION_RETENTION_S <= self.decision_retention_s <= MAX_DECISION_RETENTION_S:
             raise ConfigError(
                 f"cluster.decision_retention_s must be in {MIN_DECISION_RETENTION_S:g}.."

@@ -80,6 +80,7 @@ from dataclasses import dataclass
 
 from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, GroupCommitScheduler, HlcError, Timestamp
 from hlc_oracle._core import piece_requested_aborts
+from hlc_oracle.cluster.capacity import Capacity, CapacityGuard
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, EtcdQuotaError, delete_range, put
 from hlc_oracle.cluster.fence import Fence, FenceError
 from hlc_oracle.durable import ExternalDurableStep
@@ -407,9 +408,10 @@ class DecisionLog:
 
     # --- retention ---
 
-    async def trim(self) -> int:
+    async def trim(self, *, compact_now: bool = False) -> int:
         """Deletes the pieces older than ``retention_s`` and moves the checkpoint past them, in
-        one fenced txn, then compacts etcd's history up to the previous trim's revision.
+        one fenced txn, then compacts etcd's history up to the previous trim's revision (with
+        ``compact_now``, up to this one's: the capacity guard frees the space at once).
         Returns how many pieces were deleted."""
         cutoff = self._now() - self.retention_s
         expired = 0
@@ -447,6 +449,8 @@ class DecisionLog:
             self._kept.popleft()
         self.trimmed_pieces += expired
         compact_to, self._compact_next = self._compact_next, result.revision
+        if compact_now:
+            compact_to, self._compact_next = result.revision, None
         if compact_to is not None:
             await self.client.compact(compact_to)
         logger.debug("decision retention: %d pieces trimmed, checkpoint %d/%d", expired, epoch, seq)
@@ -480,6 +484,7 @@ class ClusteredGroupCommit:
         retention_s: float,
         install: Callable[[GroupCommitScheduler | None], None],
         end_term: Callable[[str], None],
+        quota_bytes: int = 0,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -495,6 +500,10 @@ class ClusteredGroupCommit:
         self._quota_task: asyncio.Task[None] | None = None
         #: A promotion's decision history is still loading (requests that may need it wait).
         self.history_loading = False
+        #: etcd's quota when configured (0: read from etcd; see :mod:`.capacity`).
+        self.quota_bytes = quota_bytes
+        #: This term's capacity guard, once its history is loaded.
+        self.guard: CapacityGuard | None = None
 
     async def promote(self, fence: Fence, previous_window_limit_us: int | None) -> None:
         """Takes over without waiting for the decision history, in order: the low watermark
@@ -566,6 +575,8 @@ class ClusteredGroupCommit:
         scheduler.history_loaded()
         self.history_loading = False
         self._spawn(self._trim_periodically(log))
+        self.guard = CapacityGuard(self.client, log, quota_bytes=self.quota_bytes)
+        self._spawn(self.guard.run())
         log_fields = {
             "epoch": epoch,
             "pieces": recovered.pieces,
@@ -574,6 +585,11 @@ class ClusteredGroupCommit:
             "seconds": round(time.monotonic() - started, 3),
         }
         logger.info("decisions recovered", extra={"fields": log_fields})
+
+    def capacity(self) -> Capacity | None:
+        """What the capacity guard saw last (the retention in force among it); None unless this
+        node leads with its history loaded."""
+        return self.guard.capacity if self.guard is not None else None
 
     async def demote(self) -> None:
         """Step-down or shutdown: the scheduler is uninstalled, then closed (its pending
@@ -585,6 +601,7 @@ class ClusteredGroupCommit:
                 await task
         scheduler, self.scheduler, self.log = self.scheduler, None, None
         self.history_loading = False
+        self.guard = None
         if scheduler is not None:
             await scheduler.aclose()
         # A failed write's block ends with its term (the node's not-leader block covers it).
@@ -625,9 +642,9 @@ class ClusteredGroupCommit:
         logger.info("etcd's NOSPACE alarm is cleared")
 
     async def _trim_periodically(self, log: DecisionLog) -> None:
-        interval = min(TRIM_INTERVAL_S, self.retention_s / 10)
         while True:
-            await asyncio.sleep(interval)
+            # The capacity guard may have shortened the retention: trim more often then.
+            await asyncio.sleep(min(TRIM_INTERVAL_S, log.retention_s / 10))
             try:
                 await log.trim()
             except FenceError as err:

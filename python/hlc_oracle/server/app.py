@@ -150,7 +150,9 @@ class OracleServer:
                     retention_s=config.cluster.decision_retention_s,
                     install=self._install_scheduler,
                     end_term=self.cluster.end_term,
+                    quota_bytes=config.cluster.etcd_quota_bytes,
                 )
+                self.metrics.watch_decision_capacity(self.cluster.group_commit.capacity)
         self.peers: PeerOffsetMonitor | None = None
         self._peers_refused = False
         if self.cluster is not None and config.peers.enabled:
@@ -304,7 +306,14 @@ class OracleServer:
             serving=refusal is None,
             not_serving_reason=refusal or "",
             max_count=self.config.limits.max_count,
+            decision_retention_s=self._decision_retention_s(),
         )
+
+    def _decision_retention_s(self) -> float:
+        """A clustered leader's decision retention now (0 otherwise)."""
+        group_commit = self.cluster.group_commit if self.cluster is not None else None
+        capacity = group_commit.capacity() if group_commit is not None else None
+        return capacity.retention_s if capacity is not None else 0.0
 
     def _credentials(self) -> Any:
         try:
