@@ -6,25 +6,35 @@
   half read, ids ``run << 32 | n``). Figures: the growth of etcd's database file (``dbSize``,
   what its quota counts) and of its part in use, per decision, and the piece bytes per decision.
   Nothing is trimmed during the run (retention is longer than it).
+- ``takeover with a decision history``: two nodes on one etcd member; 10,000, 300,000 or
+  2,000,000 decisions committed through the leader (commit_many of 1,000, 8 in flight); the
+  leader killed (kill -9). From the next leader's log: ``won the election`` to ``leading`` (it
+  serves), and the background load of the history (``decisions recovered``: seconds).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import itertools
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from hlc_oracle import Clock, CommitOptions, GroupCommitScheduler
+from hlc_oracle import Clock, CommitOptions, Committed, GroupCommitScheduler, Transaction
 from hlc_oracle.cli.bench import bench_transactions
+from hlc_oracle.client import AsyncOracleClient
 from hlc_oracle.cluster.decisions import DecisionLog
 from hlc_oracle.cluster.etcd import EtcdClient, compare_create_revision, put
 from hlc_oracle.cluster.fence import Fence, Term
 from hlc_oracle.durable import ExternalDurableStep
 
 from tests.etcd_process import EtcdMember
+from tests.integration.oracle_cluster import OracleCluster
 
 GROUP, IN_FLIGHT, KEYS = 1_000, 8, 8
 DECISIONS = 300_000
@@ -95,3 +105,83 @@ def test_decision_bytes_in_etcd(benchmark: Any, capacity_etcd: EtcdMember) -> No
     benchmark.pedantic(body, rounds=1, iterations=1)
     benchmark.extra_info.update(figures)
     benchmark.extra_info["decisions"] = count
+
+
+# --- takeover with a decision history ----------------------------------------------------------
+
+HISTORY_SIZES = (10_000, 300_000, 2_000_000)
+SMOKE_HISTORY = 2_000
+
+
+def log_events(text: str) -> list[dict[str, Any]]:
+    events = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    return events
+
+
+def event_time(event: dict[str, Any]) -> float:
+    return datetime.datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
+
+
+async def commit_history(targets: list[str], count: int) -> None:
+    """``count`` fresh commits through the leader, 8 commit_many calls of 1,000 in flight."""
+    run_id = time.time_ns() & 0xFFFF_FFFF
+    async with AsyncOracleClient(targets) as client:
+        sent = itertools.count(0, GROUP)
+
+        async def sender() -> None:
+            while (first := next(sent)) < count:
+                start = await client.get_timestamp()
+                group = [
+                    Transaction((run_id << 32) | n, start, [], [b"%d" % n])
+                    for n in range(first + 1, min(first + GROUP, count) + 1)
+                ]
+                results = await client.commit_many(group)
+                assert all(isinstance(r, Committed) for r in results), results[0]
+
+        await asyncio.gather(*(sender() for _ in range(IN_FLIGHT)))
+
+
+def takeover_after_kill(directory: Path, count: int) -> dict[str, Any]:
+    """Two nodes on one etcd member; ``count`` decisions committed; the leader killed: from the
+    next leader's log, won the election -> serving ("leading") -> history loaded."""
+    with (
+        EtcdMember(directory / "etcd") as etcd,
+        OracleCluster(directory, etcd.endpoint, size=2, lease_ttl_s=1) as cluster,
+    ):
+        leader = cluster.wait_for_leader()
+        asyncio.run(commit_history(cluster.targets, count))
+        leader_id = cluster.nodes.index(leader) + 1
+        leader.kill()
+        successor = cluster.wait_for_leader(other_than=leader_id, timeout_s=60)
+        deadline = time.monotonic() + 120
+        while True:
+            events = log_events(successor.log_text())
+            won = [e for e in events if e.get("message") == "won the election"]
+            leading = [e for e in events if e.get("message") == "leading"]
+            loaded = [e for e in events if e.get("message") == "decisions recovered"]
+            if won and leading and loaded:
+                break
+            assert time.monotonic() < deadline, "the next leader never loaded its history"
+            time.sleep(0.1)
+    return {
+        "decisions": count,
+        "won_to_serving_ms": round((event_time(leading[-1]) - event_time(won[-1])) * 1e3, 1),
+        "history_load_s": loaded[-1].get("seconds"),
+        "history_commits": loaded[-1].get("commits"),
+    }
+
+
+@pytest.mark.parametrize("count", HISTORY_SIZES)
+def test_takeover_with_a_decision_history(benchmark: Any, tmp_path: Path, count: int) -> None:
+    benchmark.group = "takeover with a decision history"
+    if benchmark.disabled and count != HISTORY_SIZES[0]:
+        pytest.skip("one size is enough for the smoke run")
+    size = SMOKE_HISTORY if benchmark.disabled else count
+    figures: dict[str, Any] = {}
+    benchmark.pedantic(
+        lambda: figures.update(takeover_after_kill(tmp_path, size)), rounds=1, iterations=1
+    )
+    benchmark.extra_info.update(figures)
