@@ -179,10 +179,14 @@ def test_retention_trims_old_pieces_moves_the_checkpoint_and_compacts(etcd: Etcd
         now = [1000.0]
         leader, _ = await Leader.promote(client, 1, retention_s=60.0, now=lambda: now[0])
         old = await leader.commit(transactions(leader.scheduler.clock, 1, 10, keys=1000))
+        await leader.scheduler.abort(50)  # an abort by id: its key goes with its piece
         old_seq = await leader.log.newest_seq()
         now[0] += 61
         recent = await leader.commit(transactions(leader.scheduler.clock, 100, 10, keys=1000))
+        await leader.scheduler.abort(150)
+        assert await leader.log.aborted_ids() == [50, 150]
         assert await leader.log.trim() >= 1  # the old pieces; the recent ones stay
+        assert await leader.log.aborted_ids() == [150]
         start = decision_key(PREFIX, 0, 0)
         page = await client.range(start, decision_key(PREFIX, 2**63, 0))
         seqs = [int(kv.key.rsplit(b"/", 1)[1]) for kv in page.kvs]

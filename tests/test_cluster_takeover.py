@@ -14,12 +14,14 @@ from hlc_oracle import (
     MAX_LOGICAL,
     MAX_NODE,
     Clock,
+    CommitEngine,
     CommitOptions,
     Committed,
     GroupCommitScheduler,
     Timestamp,
     Transaction,
 )
+from hlc_oracle._core import encode_commit_request
 from hlc_oracle.cluster import decisions
 from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionLog
 from hlc_oracle.server.gate import ServingGate
@@ -170,3 +172,23 @@ def test_an_undecodable_history_ends_the_term_and_refuses_what_waited(etcd: Etcd
         await group_commit.close()
 
     run(scenario)
+
+
+def test_what_waits_for_the_history_in_every_request_shape() -> None:
+    """``needs_history`` of a transaction, an abort, a group and a serialized message."""
+    engine = CommitEngine(None, Clock(node=2), durability="external")
+    watermark = engine.clock.now()
+    fresh = Transaction(1, engine.clock.now(), [], [b"a"])
+    old = Transaction(2, watermark, [], [b"a"])
+    aborted_by_id = Transaction(3, engine.clock.now(), [], [b"a"])
+    engine.begin_history_load(watermark, [3])
+    assert engine.history_loading
+    assert not engine.needs_history(fresh)
+    assert engine.needs_history(old) and engine.needs_history(aborted_by_id)
+    assert engine.needs_history(7)  # an abort by id
+    assert not engine.needs_history([fresh]) and engine.needs_history([fresh, 7])
+    assert not engine.needs_history(encode_commit_request([fresh]))
+    assert engine.needs_history(encode_commit_request([fresh, old]))
+    assert engine.needs_history(encode_commit_request([aborted_by_id]))
+    engine.end_history_load()
+    assert not engine.needs_history(encode_commit_request([old])) and not engine.needs_history(7)
