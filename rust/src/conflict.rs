@@ -121,6 +121,13 @@ impl KeySet {
         self.hashes.push(key_hash(key));
     }
 
+    /// Empties the set, keeping its buffers for the next keys.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+        self.hashes.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.ends.len()
     }

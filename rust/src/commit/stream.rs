@@ -7,13 +7,16 @@
 //! transaction that cannot be built (no or a malformed `start_ts`) gets its own error result in
 //! its place; the others are decided. The gRPC status code of each refusal is chosen here, by
 //! the same rules as the server's `ERROR_CODES` for the exceptions of the in-process API.
+//!
+//! No allocation per transaction once warm: a decoded message keeps its transactions (and their
+//! key buffers) when it is done, and a [`StreamPool`] hands it to a later message, which refills
+//! them in place; the committed answers are encoded into one buffer per message.
 
-use crate::commit::wire::{
-    self, encode_committed_result, DecodedTransaction, WireError, WireResult,
-};
+use crate::commit::wire::{self, encode_committed_result, WireError, WireResult};
 use crate::commit::{Outcome, SubmitError};
-use crate::conflict::Transaction;
+use crate::conflict::{KeySet, Transaction};
 use crate::hlc::ClockError;
+use crate::timestamp::Timestamp;
 
 fn clock_error_is_ceiling(err: &ClockError) -> bool {
     matches!(err, ClockError::CeilingReached { .. })
@@ -42,9 +45,12 @@ pub fn status_code(err: &SubmitError) -> u32 {
 }
 
 /// A decoded message: its well-formed transactions (for the engine) and its shape.
+#[derive(Default)]
 pub struct StreamPart {
     pub transactions: Vec<Transaction>,
     pub shape: StreamShape,
+    /// Transactions of an earlier message, whose buffers the next decode refills.
+    spare: Vec<Transaction>,
 }
 
 /// Where the malformed transactions of a message sit among the well-formed ones.
@@ -65,27 +71,83 @@ pub struct StreamCounts {
     pub ceiling: bool,
 }
 
+fn empty_transaction() -> Transaction {
+    Transaction {
+        id: 0,
+        start_ts: Timestamp::from_packed(0, 0),
+        reads: KeySet::default(),
+        writes: KeySet::default(),
+        clock: None,
+    }
+}
+
 impl StreamPart {
     /// Decodes a serialized `CommitStreamRequest`; an error when the message itself is malformed.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let decoded = wire::decode_request_transactions(bytes)?;
-        let mut transactions = Vec::with_capacity(decoded.len());
-        let mut shape = StreamShape {
-            total: decoded.len(),
-            malformed: Vec::new(),
-        };
-        for (position, txn) in decoded.into_iter().enumerate() {
-            match txn {
-                DecodedTransaction::Ready(txn) => transactions.push(txn),
-                DecodedTransaction::Malformed { txn_id, message } => {
-                    shape.malformed.push((position, txn_id, message));
-                }
-            }
-        }
-        Ok(Self {
+        let mut part = Self::default();
+        part.decode_into(bytes)?;
+        Ok(part)
+    }
+
+    /// Decodes `bytes` in place of what this part held, reusing its transactions' buffers.
+    pub fn decode_into(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        self.spare.append(&mut self.transactions);
+        self.shape.total = 0;
+        self.shape.malformed.clear();
+        let Self {
             transactions,
             shape,
+            spare,
+        } = self;
+        wire::for_each_request_transaction(bytes, |txn_bytes| {
+            let mut txn = spare.pop().unwrap_or_else(empty_transaction);
+            let malformed = wire::decode_engine_transaction(txn_bytes, &mut txn);
+            match malformed {
+                Ok(None) => transactions.push(txn),
+                Ok(Some((txn_id, message))) => {
+                    shape.malformed.push((shape.total, txn_id, message));
+                    spare.push(txn);
+                }
+                Err(err) => {
+                    spare.push(txn);
+                    return Err(err);
+                }
+            }
+            shape.total += 1;
+            Ok(())
         })
+    }
+}
+
+/// Decoded messages kept for later ones (see the module's note on allocation).
+#[derive(Default)]
+pub struct StreamPool {
+    parts: Vec<StreamPart>,
+}
+
+/// Decoded messages a pool keeps at most.
+const POOL_PARTS: usize = 64;
+
+impl StreamPool {
+    /// Decodes `bytes` into a part taken from the pool (or a new one).
+    pub fn decode(&mut self, bytes: &[u8]) -> (StreamPart, Result<(), WireError>) {
+        let mut part = self.parts.pop().unwrap_or_default();
+        let decoded = part.decode_into(bytes);
+        (part, decoded)
+    }
+
+    /// Takes `other`'s parts (up to the pool's bound).
+    pub fn absorb(&mut self, other: StreamPool) {
+        for part in other.parts {
+            self.recycle(part);
+        }
+    }
+
+    /// Gives a part back once its message is answered.
+    pub fn recycle(&mut self, part: StreamPart) {
+        if self.parts.len() < POOL_PARTS {
+            self.parts.push(part);
+        }
     }
 }
 

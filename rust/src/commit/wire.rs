@@ -19,7 +19,7 @@
 use std::fmt;
 
 use crate::commit::{AbortReason, Outcome};
-use crate::conflict::{Conflict, ConflictKind, KeySet, LostTo, Transaction};
+use crate::conflict::{Conflict, ConflictKind, LostTo, Transaction};
 use crate::timestamp::Timestamp;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,67 +238,60 @@ pub fn decode_request(bytes: &[u8]) -> Result<Vec<WireTransaction>, WireError> {
     Ok(txns)
 }
 
-/// One transaction of a `CommitStreamRequest`, decoded straight into the engine's form (keys
-/// copied once, into their key sets), or the message naming why it cannot be one.
-pub enum DecodedTransaction {
-    Ready(Transaction),
-    Malformed { txn_id: u64, message: String },
-}
-
-fn decode_engine_transaction(bytes: &[u8]) -> Result<DecodedTransaction, WireError> {
+/// Decodes one transaction of a `CommitStreamRequest` straight into the engine's form, into
+/// `txn`: its key sets are cleared and refilled, so a `txn` reused from an earlier message
+/// allocates nothing once its buffers are large enough. `Ok(Some((txn_id, message)))` names why
+/// the transaction cannot be one (then `txn` holds nothing useful).
+pub fn decode_engine_transaction(
+    bytes: &[u8],
+    txn: &mut Transaction,
+) -> Result<Option<(u64, String)>, WireError> {
     let mut reader = Reader { bytes };
     let mut txn_id = 0;
     let mut start = None;
-    let mut reads = KeySet::default();
-    let mut writes = KeySet::default();
+    txn.reads.clear();
+    txn.writes.clear();
+    txn.clock = None;
     while let Some((field, value)) = reader.field()? {
         match field {
             1 => txn_id = expect_varint(value, "Transaction.txn_id")?,
             2 => start = Some(decode_timestamp(expect_bytes(value, "start_ts")?)?),
-            3 => reads.push(expect_bytes(value, "read_set")?),
-            4 => writes.push(expect_bytes(value, "write_set")?),
+            3 => txn.reads.push(expect_bytes(value, "read_set")?),
+            4 => txn.writes.push(expect_bytes(value, "write_set")?),
             _ => {}
         }
     }
-    let start_ts = match start {
-        None => {
-            return Ok(DecodedTransaction::Malformed {
-                txn_id,
-                message: format!("transaction {txn_id}: start_ts is required"),
-            })
-        }
+    txn.id = txn_id;
+    match start {
+        None => Ok(Some((
+            txn_id,
+            format!("transaction {txn_id}: start_ts is required"),
+        ))),
         Some(ts) => match Timestamp::new(ts.physical, ts.logical, ts.node) {
-            Ok(start_ts) => start_ts,
-            Err(err) => {
-                return Ok(DecodedTransaction::Malformed {
-                    txn_id,
-                    message: format!("transaction {txn_id}: malformed start_ts: {err}"),
-                })
+            Ok(start_ts) => {
+                txn.start_ts = start_ts;
+                Ok(None)
             }
+            Err(err) => Ok(Some((
+                txn_id,
+                format!("transaction {txn_id}: malformed start_ts: {err}"),
+            ))),
         },
-    };
-    Ok(DecodedTransaction::Ready(Transaction {
-        id: txn_id,
-        start_ts,
-        reads,
-        writes,
-        clock: None,
-    }))
+    }
 }
 
-/// The transactions of a `CommitStreamRequest`, ready for the engine.
-pub fn decode_request_transactions(bytes: &[u8]) -> Result<Vec<DecodedTransaction>, WireError> {
+/// Calls `each` with the bytes of every transaction of a `CommitStreamRequest`, in order.
+pub fn for_each_request_transaction(
+    bytes: &[u8],
+    mut each: impl FnMut(&[u8]) -> Result<(), WireError>,
+) -> Result<(), WireError> {
     let mut reader = Reader { bytes };
-    let mut txns = Vec::new();
     while let Some((field, value)) = reader.field()? {
         if field == 1 {
-            txns.push(decode_engine_transaction(expect_bytes(
-                value,
-                "transactions",
-            )?)?);
+            each(expect_bytes(value, "transactions")?)?;
         }
     }
-    Ok(txns)
+    Ok(())
 }
 
 /// The id and start timestamp (`None`: missing or malformed) of each transaction of a

@@ -9,6 +9,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyType};
 
+use crate::commit::stream::StreamPool;
 use crate::commit::wire::{self, WireError, WireResult};
 use crate::commit::{
     AbortReason, CommitEngine, ConfirmError, Durability, EngineConfig, EngineError, Handout,
@@ -17,7 +18,8 @@ use crate::commit::{
 use crate::conflict::{Conflict, ConflictKind, Isolation, KeySet, LostTo, Transaction};
 use crate::hlc::ClockError;
 use crate::python::commit_parts::{
-    decode_parts, part_data, part_results, parts_arg, requests_of, split_answers, PartLayout,
+    decode_parts, part_data, part_results, parts_arg, recycle_parts, requests_of, split_answers,
+    DecodedPart, PartData, PartLayout,
 };
 use crate::python::conflict::{PyConflict, PyTransaction};
 use crate::python::errors::{
@@ -431,6 +433,8 @@ pub struct PyCommitEngine {
     path: Option<PathBuf>,
     /// How to split the answers of `decide_parts` batches not yet released.
     layouts: Mutex<HashMap<u64, Vec<PartLayout>>>,
+    /// Decoded `CommitStream` messages, refilled by later ones.
+    streams: Mutex<StreamPool>,
 }
 
 impl PyCommitEngine {
@@ -438,6 +442,30 @@ impl PyCommitEngine {
         self.engine
             .lock()
             .map_err(|_| HlcError::new_err("the commit engine lock is poisoned"))
+    }
+
+    /// Decodes the parts with the pool of decoded messages (taken out for the decode only).
+    fn decode_parts<'i>(&self, data: &[PartData<'i>]) -> Vec<DecodedPart<'i>> {
+        let mut pool = self
+            .streams
+            .lock()
+            .map(|mut pool| std::mem::take(&mut *pool))
+            .unwrap_or_default();
+        let decoded = decode_parts(data, &mut pool);
+        self.give_back(pool);
+        decoded
+    }
+
+    fn recycle_parts(&self, decoded: Vec<DecodedPart<'_>>) {
+        let mut pool = StreamPool::default();
+        recycle_parts(decoded, &mut pool);
+        self.give_back(pool);
+    }
+
+    fn give_back(&self, pool: StreamPool) {
+        if let Ok(mut kept) = self.streams.lock() {
+            kept.absorb(pool);
+        }
     }
 }
 
@@ -545,6 +573,7 @@ impl PyCommitEngine {
             floor: recovery.floor.map(PyTimestamp),
             path,
             layouts: Mutex::new(HashMap::new()),
+            streams: Mutex::new(StreamPool::default()),
         })
     }
 
@@ -580,7 +609,7 @@ impl PyCommitEngine {
         let inputs = parts_arg(parts)?;
         let data = part_data(&inputs);
         let (txn_ids, answers, split) = py.detach(|| {
-            let decoded = decode_parts(&data);
+            let decoded = self.decode_parts(&data);
             let (requests, layout) = requests_of(&decoded);
             let answers = self.lock()?.process(self.clock.get().core(), &requests);
             let released = Released {
@@ -589,6 +618,8 @@ impl PyCommitEngine {
                 answers,
                 ..Released::default()
             };
+            drop(requests);
+            self.recycle_parts(decoded);
             let split = split_answers(&layout, &released);
             Ok::<_, PyErr>((released.txn_ids, released.answers, split))
         })?;
@@ -605,10 +636,12 @@ impl PyCommitEngine {
         let inputs = parts_arg(parts)?;
         let data = part_data(&inputs);
         let handout = py.detach(|| {
-            let decoded = decode_parts(&data);
+            let decoded = self.decode_parts(&data);
             let (requests, layout) = requests_of(&decoded);
             let mut engine = self.lock()?;
             let handout = engine.decide(self.clock.get().core(), &requests);
+            drop(requests);
+            self.recycle_parts(decoded);
             // Registered before the engine lock is released: a confirmation cannot release the
             // batch before its layout is known.
             self.layouts

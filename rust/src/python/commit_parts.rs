@@ -8,7 +8,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-use crate::commit::stream::{StreamCounts, StreamPart, StreamShape};
+use crate::commit::stream::{StreamCounts, StreamPart, StreamPool, StreamShape};
 use crate::commit::wire::WireError;
 use crate::commit::{Outcome, Released, Request, SubmitError};
 use crate::python::commit::{answer_object, items_arg, Item};
@@ -61,16 +61,30 @@ pub fn part_data<'i>(inputs: &'i [PartInput<'_>]) -> Vec<PartData<'i>> {
         .collect()
 }
 
-pub fn decode_parts<'i>(data: &[PartData<'i>]) -> Vec<DecodedPart<'i>> {
+/// Decodes the parts, the messages into parts taken from `pool` (see [`recycle_parts`]).
+pub fn decode_parts<'i>(data: &[PartData<'i>], pool: &mut StreamPool) -> Vec<DecodedPart<'i>> {
     data.iter()
         .map(|part| match part {
             PartData::Objects(items) => DecodedPart::Objects(items),
-            PartData::Stream(bytes) => match StreamPart::decode(bytes) {
-                Ok(stream) => DecodedPart::Stream(stream),
-                Err(err) => DecodedPart::Malformed(err),
+            PartData::Stream(bytes) => match pool.decode(bytes) {
+                (stream, Ok(())) => DecodedPart::Stream(stream),
+                (stream, Err(err)) => {
+                    pool.recycle(stream);
+                    DecodedPart::Malformed(err)
+                }
             },
         })
         .collect()
+}
+
+/// Gives the decoded messages back to `pool` once the batch is decided, for the next batch to
+/// refill (no allocation per transaction once warm).
+pub fn recycle_parts(decoded: Vec<DecodedPart<'_>>, pool: &mut StreamPool) {
+    for part in decoded {
+        if let DecodedPart::Stream(stream) = part {
+            pool.recycle(stream);
+        }
+    }
 }
 
 /// The batch's requests, in part order, and the layout to split the answers.
