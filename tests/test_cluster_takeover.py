@@ -18,6 +18,7 @@ from hlc_oracle import (
     CommitOptions,
     Committed,
     GroupCommitScheduler,
+    SchedulerClosedError,
     Timestamp,
     Transaction,
 )
@@ -145,11 +146,14 @@ def test_a_new_leader_decides_fresh_commits_while_its_history_loads(
     run(scenario)
 
 
-def test_an_undecodable_history_ends_the_term_and_refuses_what_waited(etcd: EtcdMember) -> None:
+def test_an_undecodable_history_ends_the_term_and_refuses_what_waited(
+    etcd: EtcdMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def scenario() -> None:
         client = client_of([etcd.endpoint])
         first, _ = await Leader.promote(client, 1)
         await first.scheduler.aclose()
+        held = HeldHistory(monkeypatch)
         bad = decisions.decision_key(PREFIX, first.log.epoch, 10**6)
         await client.put(bad, b"\x09not a piece")
         fence = await take_leadership(client, "node-2")
@@ -167,9 +171,17 @@ def test_an_undecodable_history_ends_the_term_and_refuses_what_waited(etcd: Etcd
             end_term=ended.append,
         )
         await group_commit.promote(fence, clock.now().physical)
+        scheduler = installed[-1]
+        assert scheduler is not None
+        waiting = asyncio.ensure_future(asyncio.to_thread(scheduler.status, 12345))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        held.release.set()
         await eventually(lambda: bool(ended))
         assert "does not decode" in ended[0]
         await group_commit.close()
+        with pytest.raises(SchedulerClosedError):
+            await asyncio.wait_for(waiting, WAIT_S)
 
     run(scenario)
 

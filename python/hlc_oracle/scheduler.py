@@ -285,6 +285,8 @@ class GroupCommitScheduler:
                     f"transaction {txn_id}: taking over: the decision history is still loading "
                     f"after {HISTORY_STATUS_WAIT_S:g} s; retry"
                 )
+            if self._closed:  # closed while taking over: the history never loaded here
+                raise SchedulerClosedError("the group-commit scheduler closed while taking over")
             answer = self.engine.status(txn_id)
         return answer
 
@@ -517,6 +519,7 @@ class GroupCommitScheduler:
         if held:  # never decided: refused, so callers retry elsewhere
             refusal = SchedulerClosedError("the group-commit scheduler closed while taking over")
             self._deliver(held, _entry_answers(held, False, refusal))
+        self._history_loaded.set()  # status queries waiting for it are refused
         self.durable_step.drain(self.engine, timeout)
         self.engine.close()
 
