@@ -11,9 +11,17 @@ members on this machine with ``--election-timeout 100``:
 - ``cluster tls commits 256 callers``: ``AsyncOracleClient.commit()`` from 256 callers (8 keys, no
   conflicts), as ``cluster commit 256 callers`` in ``test_bench_cluster_commit.py``: every batch's
   decisions are one fenced etcd txn, so each batch crosses the TLS link.
+- ``cluster tls etcd txn``: in process, one node's ``EtcdClient`` sending small txns back to back
+  (a put under the cluster's prefix), on each link: what TLS and auth add to each etcd round trip,
+  without the oracle's own work and with less of the host's noise.
 
 The secured side records ``interleaved_throughput_ratio``: the median, over pairs of back-to-back
-rounds (plaintext, then TLS), of TLS throughput over plaintext throughput. The kill -9 failover
+rounds (plaintext, then TLS), of TLS throughput over plaintext throughput. On a host shared with
+other work that wall-clock ratio swings pair to pair, so the commit benchmark also records the CPU
+time the leader's process and its etcd member spent over all pairs (``/proc/<pid>/stat``):
+``cpu_us_per_commit`` of each side and ``cpu_cost_ratio`` (TLS over plaintext), which the
+host's load barely moves; on a busy host throughput follows the CPU cost. The timestamps
+benchmark records the same ``cpu_cost_ratio``. The kill -9 failover
 gap on a TLS etcd is ``cluster failover`` in ``test_bench_cluster.py`` (``kill -9, TLS etcd``).
 """
 
@@ -23,30 +31,62 @@ import asyncio
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hlc_oracle.cluster.etcd import EtcdClient, put
+from hlc_oracle.cluster.etcd_security import EtcdSecurity
+from hlc_oracle.config import ClusterSection
 
 from bench.test_bench_cluster import CALLERS, CALLS
 from bench.test_bench_cluster_commit import commit_round
-from bench.test_bench_commit import record_rate
+from bench.test_bench_commit import process_cpu_seconds, record_rate
 from bench.test_bench_service import INTERLEAVED_PAIRS, ONE, _concurrent_unary, _timed
 from tests.etcd_process import EtcdMember
 from tests.integration.oracle_cluster import OracleCluster
-from tests.integration.secured_etcd import oracle_etcd_args, secured_etcd_with_pki
+from tests.integration.secured_etcd import (
+    GRANTED_PREFIX,
+    oracle_etcd_args,
+    secured_etcd_with_pki,
+)
 
 MODES = ["plaintext", "tls"]
-COMMIT_CALLERS, COMMIT_PER_CALLER = 256, 20
-COMMIT_PAIRS = 7
+COMMIT_CALLERS, COMMIT_PER_CALLER = 256, 10
+COMMIT_PAIRS = 15
+TXNS = 200
 
 
 @pytest.fixture(scope="module")
-def leaders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """The leader's target of a one-node cluster on a plaintext and on a secured etcd."""
+def members(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[EtcdMember, EtcdMember, dict[str, Path]]]:
+    """A plaintext etcd member, a secured one, and the certificates of the secured one."""
     directory = tmp_path_factory.mktemp("cluster-tls")
     with (
         EtcdMember(directory / "etcd-plaintext") as plaintext,
         secured_etcd_with_pki(directory / "secured") as (secured, pki),
+    ):
+        yield plaintext, secured, pki
+
+
+@dataclass(frozen=True)
+class Leader:
+    target: str
+    #: The leader's process and its etcd member's: the CPU a commit costs is theirs.
+    pids: tuple[int, ...]
+
+
+@pytest.fixture(scope="module")
+def leaders(
+    members: tuple[EtcdMember, EtcdMember, dict[str, Path]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Leader]]:
+    """The leader's target of a one-node cluster on the plaintext and on the secured etcd."""
+    plaintext, secured, pki = members
+    directory = tmp_path_factory.mktemp("cluster-tls-nodes")
+    with (
         OracleCluster(directory / "on-plaintext", plaintext.endpoint, size=1, lease_ttl_s=3) as a,
         OracleCluster(
             directory / "on-tls",
@@ -56,7 +96,12 @@ def leaders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
             extra_args=oracle_etcd_args(pki),
         ) as b,
     ):
-        yield {"plaintext": a.wait_for_leader().target, "tls": b.wait_for_leader().target}
+        found = {}
+        for name, cluster, member in (("plaintext", a, plaintext), ("tls", b, secured)):
+            node = cluster.wait_for_leader()
+            assert node.process is not None and member.pid is not None
+            found[name] = Leader(node.target, (node.process.pid, member.pid))
+        yield found
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +114,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 @pytest.mark.parametrize("mode", MODES)
 def test_timestamps_through_a_leader(
     request: pytest.FixtureRequest,
-    leaders: dict[str, str],
+    leaders: dict[str, Leader],
     loop: asyncio.AbstractEventLoop,
     mode: str,
 ) -> None:
@@ -77,7 +122,7 @@ def test_timestamps_through_a_leader(
     bench.group = "cluster tls timestamps c=16"
 
     def make(name: str) -> Callable[[], None]:
-        return _concurrent_unary(loop, leaders[name], ONE, CALLERS, CALLS)
+        return _concurrent_unary(loop, leaders[name].target, ONE, CALLERS, CALLS)
 
     run = make(mode)
     bench.pedantic(run, rounds=30, iterations=1)
@@ -87,15 +132,24 @@ def test_timestamps_through_a_leader(
     bench.extra_info["calls_per_second"] = round(CALLERS * CALLS / stats.stats.median)
     if mode == "tls":
         plaintext = make("plaintext")
-        pairs = [(_timed(plaintext), _timed(run)) for _ in range(INTERLEAVED_PAIRS)]
+        cpu = {"plaintext": 0.0, "tls": 0.0}
+        pairs = []
+        for _ in range(INTERLEAVED_PAIRS):
+            pair = []
+            for name, block in (("plaintext", plaintext), ("tls", run)):
+                before = cpu_seconds(leaders[name])
+                pair.append(_timed(block))
+                cpu[name] += cpu_seconds(leaders[name]) - before
+            pairs.append(pair)
         bench.extra_info["interleaved_throughput_ratio"] = round(
             statistics.median(p / t for p, t in pairs), 3
         )
+        bench.extra_info["cpu_cost_ratio"] = round(cpu["tls"] / cpu["plaintext"], 3)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_commits_through_a_leader(
-    request: pytest.FixtureRequest, leaders: dict[str, str], mode: str
+    request: pytest.FixtureRequest, leaders: dict[str, Leader], mode: str
 ) -> None:
     bench = request.getfixturevalue("baseline" if mode == "plaintext" else "benchmark")
     bench.group = "cluster tls commits 256 callers"
@@ -103,16 +157,89 @@ def test_commits_through_a_leader(
     figures: dict[str, Any] = {}
 
     def body() -> None:
-        figures["seconds"], figures["latencies"] = commit_round(leaders[mode], callers, per_caller)
+        figures["seconds"], figures["latencies"] = commit_round(
+            leaders[mode].target, callers, per_caller
+        )
 
     bench.pedantic(body, rounds=3, iterations=1)
     record_rate(bench, callers * per_caller, figures["seconds"], figures["latencies"])
     if mode == "tls" and not bench.disabled:
         ratios = []
+        cpu = {"plaintext": 0.0, "tls": 0.0}
         for _ in range(COMMIT_PAIRS):
-            plaintext, _ = commit_round(leaders["plaintext"], callers, per_caller)
-            secured, _ = commit_round(leaders["tls"], callers, per_caller)
-            ratios.append(plaintext / secured)
+            seconds = {}
+            for name in ("plaintext", "tls"):
+                before = cpu_seconds(leaders[name])
+                seconds[name], _ = commit_round(leaders[name].target, callers, per_caller)
+                cpu[name] += cpu_seconds(leaders[name]) - before
+            ratios.append(seconds["plaintext"] / seconds["tls"])
             time.sleep(0.1)
+        commits = COMMIT_PAIRS * callers * per_caller
         bench.extra_info["interleaved_throughput_ratio"] = round(statistics.median(ratios), 3)
         bench.extra_info["pair_ratios"] = [round(ratio, 3) for ratio in ratios]
+        for name, spent in cpu.items():
+            bench.extra_info[f"cpu_us_per_commit_{name}"] = round(spent / commits * 1e6, 1)
+        bench.extra_info["cpu_cost_ratio"] = round(cpu["tls"] / cpu["plaintext"], 3)
+
+
+def cpu_seconds(leader: Leader) -> float:
+    return sum(process_cpu_seconds(pid) for pid in leader.pids)
+
+
+def etcd_clients(
+    members: tuple[EtcdMember, EtcdMember, dict[str, Path]],
+) -> dict[str, EtcdClient]:
+    plaintext, secured, pki = members
+    cluster = ClusterSection(
+        etcd_endpoints=(secured.client_url,),
+        etcd_ca=pki["ca.pem"],
+        etcd_cert=pki["oracle.pem"],
+        etcd_key=pki["oracle-key.pem"],
+    )
+    return {
+        "plaintext": EtcdClient([plaintext.endpoint], timeout_s=5),
+        "tls": EtcdClient(
+            [secured.client_url], timeout_s=5, security=EtcdSecurity.from_config(cluster)
+        ),
+    }
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_etcd_txn_round_trip(
+    request: pytest.FixtureRequest,
+    members: tuple[EtcdMember, EtcdMember, dict[str, Path]],
+    loop: asyncio.AbstractEventLoop,
+    mode: str,
+) -> None:
+    bench = request.getfixturevalue("baseline" if mode == "plaintext" else "benchmark")
+    bench.group = "cluster tls etcd txn"
+    clients = etcd_clients(members)
+    key = GRANTED_PREFIX.encode() + b"bench"
+    txns = 10 if bench.disabled else TXNS
+
+    def rounds_of(name: str) -> Callable[[], None]:
+        client = clients[name]
+
+        async def round_trips() -> None:
+            for _ in range(txns):
+                await client.txn([], [put(key, b"v")])
+
+        return lambda: loop.run_until_complete(round_trips())
+
+    try:
+        run = rounds_of(mode)
+        run()  # connect (and the TLS handshake) first
+        bench.pedantic(run, rounds=10, iterations=1)
+        stats = getattr(bench, "stats", None)
+        if stats is not None:
+            bench.extra_info["us_per_txn"] = round(stats.stats.median / txns * 1e6, 1)
+        if mode == "tls" and stats is not None:
+            plaintext = rounds_of("plaintext")
+            plaintext()
+            pairs = [(_timed(plaintext), _timed(run)) for _ in range(INTERLEAVED_PAIRS)]
+            bench.extra_info["interleaved_ratio"] = round(
+                statistics.median(t / p for p, t in pairs), 3
+            )
+    finally:
+        for client in clients.values():
+            loop.run_until_complete(client.close())
