@@ -275,6 +275,8 @@ class Load:
         self.history = History()
         #: Exceptions no client call should raise (not an ``OracleError``): a bug.
         self.crashes: list[BaseException] = []
+        #: Every transaction a task sent, by id (for :meth:`resubmit`).
+        self.transactions: dict[int, Transaction] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ids = itertools.count(1)
@@ -315,6 +317,7 @@ class Load:
                     continue
                 keys = [f"k{rng.randrange(self.keys)}".encode() for _ in range(2)]
                 txn = Transaction(next(self._ids), got.first, keys[:1], keys[1:])
+                self.transactions[txn.txn_id] = txn
                 await self._call(process, "commit", client.commit(txn), txn.txn_id)
         finally:
             await client.close()
@@ -337,6 +340,28 @@ class Load:
         elif isinstance(result, Committed | Aborted):
             self.history.add(Operation.commit(process, invoke, complete, result))
         return result
+
+    def resubmit(self, decided_sample: int = 50) -> None:
+        """After the run: sends again, with the same id and contents, every transaction whose
+        commit failed and ``decided_sample`` of those acknowledged, each recorded as a commit of
+        process 0. A decided id must answer its first decision (the checker's
+        ``decided-twice``); an undecided one is decided now."""
+        assert self._thread is None or not self._thread.is_alive(), "the load still runs"
+        commits = [op for op in self.history.operations if op.kind == "commit" and op.txn_id]
+        failed = sorted({op.txn_id for op in commits if not op.ok and op.txn_id})
+        decided = sorted(op.txn_id for op in commits if op.decision is not None and op.txn_id)
+        chosen = failed + random.Random(7).sample(decided, min(decided_sample, len(decided)))
+
+        async def run() -> None:
+            async with AsyncOracleClient(self.targets, timeout=self.timeout_s) as client:
+                calls = (
+                    self._call(0, "commit", client.commit(self.transactions[txn_id]), txn_id)
+                    for txn_id in chosen
+                )
+                await asyncio.gather(*calls)
+
+        asyncio.run(run())
+        assert not self.crashes, self.crashes[:3]
 
     def successes_after(self, instant: Instant, kind: Kind) -> int:
         return sum(
@@ -409,7 +434,8 @@ class Outcome:
 
 
 def run_scenario(scenario: Scenario, directory: Path, rounds: int) -> Outcome:
-    """``rounds`` rounds of ``scenario`` under :class:`Load`, every commit read back after."""
+    """``rounds`` rounds of ``scenario`` under :class:`Load`; after them, failed commits and a
+    sample of the decided ones sent again (:meth:`Load.resubmit`), every commit read back."""
     gaps: list[float] = []
     new_terms = 0
     with FaultCluster(
@@ -429,6 +455,7 @@ def run_scenario(scenario: Scenario, directory: Path, rounds: int) -> Outcome:
                 start = Instant(before.monotonic_ns - BEFORE_FAULT_NS, before.wall_us)
                 gaps.append(load.history.largest_gap_ms(start, Instant.now()))
                 new_terms += cluster.epoch() > epoch
+        load.resubmit()
         read_back(cluster.targets, load.history)
     return Outcome(check(load.history), gaps, new_terms)
 
