@@ -307,6 +307,12 @@ class ClusterNode:
             try:
                 if self.session.lost.is_set():
                     await self._renew_session()
+                if not self.session.alive():
+                    # Keepalives are late (etcd slow or away) but the lease is not known lost:
+                    # a term won now would end before it began, and the next round would win
+                    # this node's own key again at once, a spin of won/stepped-down records.
+                    await asyncio.sleep(RETRY_S)
+                    continue
                 assert self.election is not None
                 if await self._sits_out():
                     continue
