@@ -445,19 +445,39 @@ def run_scenario(scenario: Scenario, directory: Path, rounds: int) -> Outcome:
         peer_proxies=scenario.peer_proxies,
         clock_offsets=scenario.clock_offsets,
     ) as cluster:
-        with Load(cluster.targets) as load:
-            load.wait_for_success_after(Instant.now())
-            for _ in range(rounds):
-                epoch = cluster.epoch()
-                before = Instant.now()
-                scenario.round(cluster, load)
+        try:
+            with Load(cluster.targets) as load:
                 load.wait_for_success_after(Instant.now())
-                start = Instant(before.monotonic_ns - BEFORE_FAULT_NS, before.wall_us)
-                gaps.append(load.history.largest_gap_ms(start, Instant.now()))
-                new_terms += cluster.epoch() > epoch
-        load.resubmit()
-        read_back(cluster.targets, load.history)
+                for _ in range(rounds):
+                    epoch = cluster.epoch()
+                    before = Instant.now()
+                    scenario.round(cluster, load)
+                    load.wait_for_success_after(Instant.now())
+                    start = Instant(before.monotonic_ns - BEFORE_FAULT_NS, before.wall_us)
+                    gaps.append(load.history.largest_gap_ms(start, Instant.now()))
+                    new_terms += cluster.epoch() > epoch
+            load.resubmit()
+            read_back(cluster.targets, load.history)
+        except BaseException:
+            print_node_logs(cluster)  # pytest shows it beside the failure
+            raise
     return Outcome(check(load.history), gaps, new_terms)
+
+
+#: Log records of each node shown when a scenario fails (its run dir keeps the whole log).
+LOG_TAIL = 25
+
+
+def print_node_logs(cluster: FaultCluster) -> None:
+    """The last records of each node's log, but the routine ones (not serving, peers)."""
+    for node_id in range(1, cluster.size + 1):
+        node = cluster.node(node_id)
+        records = [
+            line
+            for line in node.log_text().splitlines()
+            if '"not serving"' not in line and '"level": "debug"' not in line
+        ]
+        print(f"--- node {node_id} ({node.log_path}):", *records[-LOG_TAIL:], sep="\n")
 
 
 def kill_the_leader(cluster: FaultCluster, load: Load) -> None:
