@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +19,12 @@ from hlc_oracle.cluster.etcd import (
     WatchEvent,
     channel_target,
 )
+from hlc_oracle.cluster.etcd_security import EtcdSecurity
 from hlc_oracle.cluster.fence import Fence, FenceError, Term
 from hlc_oracle.cluster.members import DuplicateNodeError, register
 from hlc_oracle.cluster.session import Session
 from hlc_oracle.cluster.window_store import EtcdWindowStore
+from hlc_oracle.config import ClusterSection
 from hlc_oracle.server.window import WindowSaveError
 
 from tests.etcd_process import EtcdCluster, EtcdMember
@@ -282,3 +285,14 @@ def test_unreachable_etcd_is_named(etcd: EtcdMember) -> None:
             await client.grant(1, timeout_s=0.3)
 
     run([endpoint], body)
+
+
+def test_a_password_without_tls_is_said_to_travel_in_clear(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    settings = {"etcd_user": "oracle", "etcd_password_file": password}
+    plain = EtcdSecurity.from_config(ClusterSection(etcd_endpoints=("a:1",), **settings))
+    assert plain.password == "secret" and plain.password_in_clear
+    assert "secret" not in repr(plain)
+    secured = EtcdSecurity.from_config(ClusterSection(etcd_endpoints=("https://a:1",), **settings))
+    assert secured.tls and not secured.password_in_clear

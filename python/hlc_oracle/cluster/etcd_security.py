@@ -121,6 +121,11 @@ class EtcdSecurity:
             return f"user {self.certificate_user!r} (the client certificate's CN)"
         return "no user (neither a client certificate nor cluster.etcd_user)"
 
+    @property
+    def password_in_clear(self) -> bool:
+        """A password sent over plaintext: anyone on the path can read it (and the token)."""
+        return self.password is not None and not self.tls
+
     def describe(self) -> dict[str, Any]:
         """Log fields: how the node reaches etcd (never the password)."""
         return {

@@ -199,6 +199,12 @@ class ClusterNode:
         # it is the start's own error).
         self.client.on_refused = self._refused
         self._task = asyncio.create_task(self._run(), name="cluster-election")
+        if self.client.security.password_in_clear:
+            log.warning(
+                "the etcd password and token travel in plaintext: use https:// endpoints or "
+                "cluster.etcd_ca",
+                extra={"fields": {"etcd": self.client.describe()}},
+            )
         log.info(
             "joined the cluster",
             extra={
