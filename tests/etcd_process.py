@@ -397,18 +397,27 @@ class EtcdCluster(StartedFixture):
             for index, (client, peer) in enumerate(ports)
         ]
 
-    def raft_leader(self) -> EtcdMember:
-        """The member that is raft leader now (asks each running member's metrics)."""
-        for member in self.members:
-            if not member.running():
-                continue
-            try:
-                with urllib.request.urlopen(f"{member.client_url}/metrics", timeout=1) as reply:
-                    if b"\netcd_server_is_leader 1" in reply.read():
-                        return member
-            except (urllib.error.URLError, OSError):
-                continue
-        raise RuntimeError("no running etcd member is raft leader")
+    def raft_leader(self, timeout_s: float = 10.0) -> EtcdMember:
+        """The member that is raft leader now (asks each running member's metrics), waiting up
+        to ``timeout_s`` while the members elect one (just after a member was killed or came
+        back, none may be leader yet)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for member in self.members:
+                if not member.running():
+                    continue
+                context = member.tls.ssl_context() if member.tls else None
+                try:
+                    with urllib.request.urlopen(
+                        f"{member.client_url}/metrics", timeout=1, context=context
+                    ) as reply:
+                        if b"\netcd_server_is_leader 1" in reply.read():
+                            return member
+                except (urllib.error.URLError, OSError):
+                    continue
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no running etcd member is raft leader after {timeout_s} s")
+            time.sleep(0.05)
 
     def close(self) -> None:
         for member in self.members:
