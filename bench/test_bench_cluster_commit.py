@@ -19,11 +19,13 @@
   ``commit_many(100)`` callers and a ``commit_unary()``/``abort()`` caller, one client given all
   three targets) through 10 graceful handovers (SIGTERM of the leader) and 10 kill -9 of the
   leader. A round's gap, measured by the client as ``cluster failover`` does for timestamps:
-  the longest time between two consecutive answered commit calls from just before the event to
-  well after the next leader's first fresh commit, i.e. the old leader's last answer to the
-  next leader's first (node by node is not possible: a resubmitted id the next leader answers
-  keeps the commit timestamp, and node id, of the leader that decided it). ``extra_info`` holds
-  every gap and the failed commit calls by error kind (an unknown outcome counted per
+  the longest time between two consecutive answered commit calls from the last answer before
+  the event to well after the next leader's first fresh commit, i.e. the old leader's last
+  answer to the next leader's first (node by node is not possible: a resubmitted id the next
+  leader answers keeps the commit timestamp, and node id, of the leader that decided it).
+  ``extra_info`` holds every gap, each next leader's takeover from its log ("won the election"
+  to "leading"), the seconds its decision history took to load behind it and the decisions
+  replayed, and the failed commit calls by error kind (an unknown outcome counted per
   transaction; the target is none but ``OracleOutcomeUnknownError``). A round in which
   leadership had moved on its own before the event (``moved_before_event``: a starved host) is
   run again. Figures, not timings: the benchmark's own time is one pass.
@@ -45,7 +47,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hlc_oracle import Clock, CommitOptions, Committed, GroupCommitScheduler, Transaction
+from hlc_oracle import (
+    Aborted,
+    Clock,
+    CommitOptions,
+    Committed,
+    GroupCommitScheduler,
+    Transaction,
+)
 from hlc_oracle.client import AsyncOracleClient
 from hlc_oracle.cluster.decisions import DecisionLog
 from hlc_oracle.cluster.etcd import EtcdClient, compare_create_revision, put
@@ -217,7 +226,7 @@ def test_first_commit_after_kill(benchmark: Any, tmp_path: Path) -> None:
 #: Decisions in etcd before the failover rounds; the smoke run (make bench-smoke) keeps a few.
 RETAINED = (10_000, 300_000, 2_000_000)
 SMOKE_RETAINED = 1_000
-RETAIN_BATCH, RETAIN_IN_FLIGHT = 5_000, 8
+RETAIN_BATCH, RETAIN_IN_FLIGHT, RETAIN_TIMEOUT_S = 5_000, 4, 600
 #: The default lease: a killed leader is deposed as soon as its address refuses connections, and
 #: a handover does not wait for the lease, so neither gap depends on it; a 1 s lease on a
 #: starved host ends terms on its own, between the rounds' events.
@@ -225,27 +234,27 @@ FAILOVER_LEASE_TTL_S = 3
 
 
 def retain_decisions(targets: list[str], count: int) -> int:
-    """Commits ``count`` transactions (one key each) through ``targets``' leader, as
-    ``commit_many`` calls in flight together; how many committed."""
+    """Has ``count`` transactions (one key each) decided through ``targets``' leader, as
+    ``commit_many`` calls in flight together, each batch on a fresh start timestamp; a batch's
+    refused transactions (an overloaded scheduler) go again. How many were decided."""
 
     async def run() -> int:
         async with AsyncOracleClient(targets, timeout=60.0) as client:
-            start = await client.get_timestamp()
-            left = count
-            committed = 0
+            decided = 0
+            deadline = time.monotonic() + RETAIN_TIMEOUT_S
 
             async def sender() -> None:
-                nonlocal left, committed
-                while left > 0:
-                    size = min(left, RETAIN_BATCH)
-                    left -= size
-                    ids = [next(IDS) for _ in range(size)]
+                nonlocal decided
+                while decided < count:
+                    assert time.monotonic() < deadline, f"{decided} of {count} decided"
+                    start = await client.get_timestamp()
+                    ids = [next(IDS) for _ in range(RETAIN_BATCH)]
                     batch = [Transaction(i, start, [], [b"kept/%d" % i]) for i in ids]
                     results = await client.commit_many(batch)
-                    committed += sum(isinstance(result, Committed) for result in results)
+                    decided += sum(isinstance(result, Committed | Aborted) for result in results)
 
             await asyncio.gather(*(sender() for _ in range(RETAIN_IN_FLIGHT)))
-            return committed
+            return decided
 
     return asyncio.run(run())
 
@@ -271,16 +280,23 @@ def answered_by(
         time.sleep(0.01)
 
 
-def takeover(node: OracleProcess) -> tuple[float, int]:
+def takeover(node: OracleProcess) -> tuple[float, float, int]:
     """From ``node``'s log, its latest takeover: milliseconds from "won the election" to
-    "leading" (serving), and the decisions it replayed meanwhile."""
-    records = [json.loads(line) for line in node.log_text().splitlines() if line.startswith("{")]
-    won = max(i for i, record in enumerate(records) if record["message"] == "won the election")
-    after = records[won:]
-    leading = next(r for r in after if r["message"] == "leading")
-    recovered = next((r for r in after if r["message"] == "decisions recovered"), {})
+    "leading" (serving), then the seconds its decision history took to load in the background
+    and the decisions it replayed (waits for that record, bounded)."""
+    deadline = time.monotonic() + 60
+    while True:
+        records = [json.loads(line) for line in node.log_text().splitlines() if line[:1] == "{"]
+        won = max(i for i, record in enumerate(records) if record["message"] == "won the election")
+        after = records[won:]
+        leading = next((r for r in after if r["message"] == "leading"), None)
+        loaded = next((r for r in after if r["message"] == "decisions recovered"), None)
+        if leading is not None and loaded is not None:
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.1)
     milliseconds = (_log_time(leading) - _log_time(records[won])) * 1e3
-    return milliseconds, int(recovered.get("commits", 0)) + int(recovered.get("aborts", 0))
+    return milliseconds, float(loaded["seconds"]), int(loaded["commits"]) + int(loaded["aborts"])
 
 
 def _log_time(record: dict[str, Any]) -> float:
@@ -326,7 +342,8 @@ def commit_failover_gaps(
                     if any(began <= t <= at and node != leader_id for t, node in load.answers):
                         figures["moved_before_event"] += 1
                     else:
-                        figures[event].append(load.largest_gap_ms(at - 200_000_000))
+                        before = max(t for t in list(load.answered) if t <= at)
+                        figures[event].append(load.largest_gap_ms(before))
                         figures[f"{event} takeover"].append(takeover(successor))
                     leader.stop()
                     leader.start()
@@ -356,8 +373,9 @@ def test_failover_under_commit_load(benchmark: Any, tmp_path: Path, retained: in
         benchmark.extra_info[f"{name}_max_gap_ms"] = round(max(gaps), 1)
         benchmark.extra_info[f"{name}_median_gap_ms"] = round(statistics.median(gaps), 1)
         takeovers = figures[f"{event} takeover"]
-        benchmark.extra_info[f"{name}_takeover_ms"] = [round(ms) for ms, _ in takeovers]
-        benchmark.extra_info[f"{name}_replayed"] = [replayed for _, replayed in takeovers]
+        benchmark.extra_info[f"{name}_takeover_ms"] = [round(ms) for ms, _, _ in takeovers]
+        benchmark.extra_info[f"{name}_history_s"] = [seconds for _, seconds, _ in takeovers]
+        benchmark.extra_info[f"{name}_replayed"] = [replayed for _, _, replayed in takeovers]
     benchmark.extra_info["moved_before_event"] = figures["moved_before_event"]
     benchmark.extra_info["retained"] = figures["retained"]
     benchmark.extra_info["decided_under_load"] = figures["decided"]

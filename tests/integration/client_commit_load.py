@@ -98,7 +98,8 @@ class ClientCommitLoad:
 
     def largest_gap_ms(self, from_ns: int) -> float:
         """The longest time between two consecutive answered calls at or after ``from_ns``
-        (monotonic): around a failover, the old leader's last answer to the next one's first."""
+        (monotonic): from the last answer before a failover, the old leader's last answer to the
+        next one's first."""
         times = sorted(t for t in self.answered if t >= from_ns)
         return max(((b - a) / 1e6 for a, b in itertools.pairwise(times)), default=0.0)
 
