@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hlc_oracle import Aborted, Committed, Transaction
-from hlc_oracle.client import AsyncOracleClient, OracleClient
+from hlc_oracle.client import AsyncOracleClient, CommitManyResults, OracleClient
 
 from tests.etcd_process import EtcdMember
 from tests.integration.client_commit_load import CLIENT_TIMEOUT_S, ClientCommitLoad
@@ -64,7 +64,7 @@ def test_transactions_a_follower_refuses_go_to_the_leader(etcd: EtcdMember, tmp_
             with OracleClient(targets, timeout=CLIENT_TIMEOUT_S) as client:
                 outcome = call(client)
             if name == "commit_many":
-                assert isinstance(outcome, list)
+                assert isinstance(outcome, CommitManyResults)
                 assert all(isinstance(result, Committed) for result in outcome), outcome
                 assert [result.txn_id for result in outcome] == [txn.txn_id for txn in batch]
             elif name == "abort":

@@ -16,6 +16,7 @@ import pytest
 from hlc_oracle import Aborted, Committed, Timestamp, Transaction, TransactionTooLargeError
 from hlc_oracle.client import (
     AsyncOracleClient,
+    CommitManyResults,
     OracleClient,
     OracleError,
     OracleOutcomeUnknownError,
@@ -101,7 +102,7 @@ def test_a_batch_over_the_message_limit_commits_whole_in_several_messages(
                 9, start, [], [b"huge-%06d-padding-padding-xxxx" % k for k in range(3000)]
             )
             batch.insert(1000, huge)
-            results = await client.commit_many(batch)
+            results = list(await client.commit_many(batch))
             too_large = results.pop(1000)
             assert isinstance(too_large, TransactionTooLargeError), too_large
             assert "transaction 9 encodes to" in str(too_large) and str(limit) in str(too_large)
@@ -204,7 +205,7 @@ def test_a_batch_cut_after_it_was_decided_is_resent_to_the_same_decisions(
         batch = [Transaction(300 + i, start, [], [b"cut/%d" % i]) for i in range(100)]
         with OracleClient(proxy.target, timeout=20) as client:
             (results,) = _cut_after_decided(proxy, direct, client, batch)
-        assert isinstance(results, list) and len(results) == len(batch)
+        assert isinstance(results, CommitManyResults) and len(results) == len(batch)
         assert results == [direct.transaction_status(txn.txn_id) for txn in batch]
         assert all(isinstance(result, Committed) for result in results)
         # Spent retries: the outcome is unknown, not INTERNAL; resubmitting gets the decisions.

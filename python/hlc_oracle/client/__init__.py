@@ -47,7 +47,7 @@ from hlc_oracle.client.async_client import DEFAULT_TARGET, AsyncOracleClient
 from hlc_oracle.client.blocking_client import OracleClient
 from hlc_oracle.client.channel import CHANNEL_OPTIONS
 from hlc_oracle.client.commit_batcher import CommitBatcher
-from hlc_oracle.client.commit_many import CommitManyResult
+from hlc_oracle.client.commit_many import CommitManyResult, CommitManyResults
 from hlc_oracle.client.credentials import channel_credentials
 from hlc_oracle.client.errors import (
     ConnectionLostError,
@@ -82,6 +82,7 @@ __all__ = [
     "CommitAnswer",
     "CommitBatcher",
     "CommitManyResult",
+    "CommitManyResults",
     "ConnectionLostError",
     "OracleClient",
     "OracleDisabledError",

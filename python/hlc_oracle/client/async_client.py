@@ -14,7 +14,7 @@ import grpc
 from hlc_oracle import Aborted, Committed, Timestamp, TimestampRange, Transaction
 from hlc_oracle._core import encode_commit_request
 from hlc_oracle.client.commit_batcher import CommitBatcher
-from hlc_oracle.client.commit_many import CommitManyResult, commit_many
+from hlc_oracle.client.commit_many import CommitManyResults, commit_many
 from hlc_oracle.client.errors import (
     OracleError,
     OracleTimestampRegressionError,
@@ -35,7 +35,8 @@ from hlc_oracle.client.status import OracleStatus
 from hlc_oracle.client.targets import NodeSet, parse_targets
 from hlc_oracle.client.timestamp_batcher import TimestampBatcher
 from hlc_oracle.client.wire import (
-    CommitAnswer,
+    CommitAnswers,
+    answer_list,
     outcome_from_wire,
     range_from_wire,
     status_code,
@@ -373,7 +374,7 @@ class AsyncOracleClient:
         self.max_message_bytes = min(self.max_message_bytes, limit)
         return limit
 
-    async def _send_commits(self, transactions: list[Transaction]) -> list[CommitAnswer]:
+    async def _send_commits(self, transactions: list[Transaction]) -> CommitAnswers:
         """One ``CommitStream`` message for ``transactions`` (several when it would be too large);
         their answers in order. A lost connection resends the message on a new stream, and the
         transactions a node refused without deciding go again to the next leader
@@ -394,14 +395,14 @@ class AsyncOracleClient:
                 return await self._send_commits(transactions)
             return await self._send_split(transactions, len(message))
 
-    async def _send_split(self, transactions: list[Transaction], size: int) -> list[CommitAnswer]:
+    async def _send_split(self, transactions: list[Transaction], size: int) -> CommitAnswers:
         if len(transactions) == 1:
             return [transaction_too_large(transactions[0].txn_id, size, self.max_message_bytes)]
         half = len(transactions) // 2
         first, second = await asyncio.gather(
             self._send_commits(transactions[:half]), self._send_commits(transactions[half:])
         )
-        return first + second
+        return answer_list(first) + answer_list(second)
 
     async def commit(self, txn: Transaction) -> Committed | Aborted:
         """Commits ``txn`` through group commit: ``Committed`` or ``Aborted``, as in-process.
@@ -422,7 +423,7 @@ class AsyncOracleClient:
             raise answer
         return answer
 
-    async def commit_many(self, txns: Sequence[Transaction]) -> list[CommitManyResult]:
+    async def commit_many(self, txns: Sequence[Transaction]) -> CommitManyResults:
         """Commits many transactions in one call, as one or a few ``CommitStream`` messages
         (split by encoded bytes); their results in order: ``Committed``, ``Aborted``, or the
         error that refused that transaction alone (returned, not raised). Concurrent calls

@@ -16,7 +16,7 @@ import grpc
 
 from hlc_oracle import Aborted, Committed, Timestamp, TimestampRange, Transaction
 from hlc_oracle.client.async_client import DEFAULT_TARGET, AsyncOracleClient
-from hlc_oracle.client.commit_many import CommitManyResult
+from hlc_oracle.client.commit_many import CommitManyResults
 from hlc_oracle.client.errors import OracleError
 from hlc_oracle.client.status import OracleStatus
 
@@ -125,7 +125,7 @@ class OracleClient:
     def commit(self, txn: Transaction) -> Committed | Aborted:
         return self._run(self._client.commit(txn))
 
-    def commit_many(self, txns: Sequence[Transaction]) -> list[CommitManyResult]:
+    def commit_many(self, txns: Sequence[Transaction]) -> CommitManyResults:
         """See :meth:`AsyncOracleClient.commit_many`."""
         return self._run(self._client.commit_many(txns))
 

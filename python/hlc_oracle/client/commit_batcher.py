@@ -11,7 +11,7 @@ import grpc
 
 from hlc_oracle import Transaction
 from hlc_oracle.client.errors import OracleError, OracleUnavailableError
-from hlc_oracle.client.wire import CommitAnswer
+from hlc_oracle.client.wire import CommitAnswer, CommitAnswers
 
 
 class CommitBatcher:
@@ -26,7 +26,7 @@ class CommitBatcher:
 
     def __init__(
         self,
-        send: Callable[[list[Transaction]], Awaitable[list[CommitAnswer]]],
+        send: Callable[[list[Transaction]], Awaitable[CommitAnswers]],
         max_batch: int = 512,
         max_in_flight: int = 2,
     ) -> None:
@@ -83,9 +83,9 @@ class CommitBatcher:
                     if not future.done():
                         future.set_exception(error)
                 return
-            for (_, future), result in zip(batch, results, strict=True):
+            for position, (_, future) in enumerate(batch):
                 if not future.done():
-                    future.set_result(result)
+                    future.set_result(results[position])
         finally:
             self._in_flight.discard(asyncio.current_task())
             if not self._closed:

@@ -3,25 +3,28 @@ and answered in order, each transaction with its own result.
 
 The client's message sender (``AsyncOracleClient._send_commits``) already does the work per
 message: encoding in Rust (``encode_commit_request``), splitting by encoded bytes under the
-server's message limit, decoding in Rust (``decode_commit_results``), resending a message whose
-stream broke with the same transaction ids (a decided id returns its first decision), and sending
-the transactions a node refused again to the next leader. This
-module adds only what a batch needs on top: the argument check and turning each refused
-transaction's ``(txn_id, code, message)`` into its error, so one bad transaction does not fail
-the others. Concurrent ``commit_many`` calls each send their own message on the one pipelined
+server's message limit, keeping the answers as the response's bytes (``CommitResults``, each
+decoded in Rust when asked for), resending a message whose stream broke with the same
+transaction ids (a decided id returns its first decision), and sending the transactions a node
+refused again to the next leader. This module adds only what a batch needs on top: the argument
+check, and the result, :class:`CommitManyResults`, a sequence that builds each transaction's
+result when it is asked for (a ``Committed``, an ``Aborted``, or the error of a refused
+transaction, so one bad transaction does not fail the others): a caller pays for the results it
+touches. Concurrent ``commit_many`` calls each send their own message on the one pipelined
 stream, so several messages are in flight at once; they bypass ``commit()``'s merging, which
 would only add a future per transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import cast, overload
 
 import grpc
 
 from hlc_oracle import Aborted, Committed, HlcError, Transaction
 from hlc_oracle.client.errors import OracleError, result_error
-from hlc_oracle.client.wire import CommitAnswer, status_code
+from hlc_oracle.client.wire import CommitAnswers, status_code
 
 #: The result of one transaction of a batch: its decision, or the error that refused it alone
 #: (an :class:`~hlc_oracle.client.OracleError` with the server's status code, or
@@ -30,6 +33,8 @@ CommitManyResult = Committed | Aborted | HlcError
 
 
 def _result(answer: object) -> CommitManyResult:
+    if type(answer) is Committed or type(answer) is Aborted:
+        return answer
     if isinstance(answer, tuple):
         _, code_number, message = answer
         return result_error(status_code(code_number), message)
@@ -38,10 +43,70 @@ def _result(answer: object) -> CommitManyResult:
     raise TypeError(f"unexpected commit answer {answer!r}")
 
 
+class CommitManyResults(Sequence[CommitManyResult]):
+    """The results of :func:`commit_many`, in the order of its transactions: a sequence whose
+    items are built when they are asked for (indexing, iterating), from the response's bytes.
+    :attr:`committed` and :attr:`refused` count without building any; ``list(results)`` builds
+    them all."""
+
+    __slots__ = ("_answers",)
+
+    def __init__(self, answers: CommitAnswers) -> None:
+        self._answers = answers
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    @overload
+    def __getitem__(self, index: int) -> CommitManyResult: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[CommitManyResult]: ...
+    def __getitem__(self, index: int | slice) -> CommitManyResult | list[CommitManyResult]:
+        if isinstance(index, slice):
+            return [_result(self._answers[i]) for i in range(*index.indices(len(self)))]
+        return _result(self._answers[index])
+
+    def __iter__(self) -> Iterator[CommitManyResult]:
+        answers = self._answers
+        if getattr(answers, "refused", None) == 0:
+            # Only decisions: the Rust sequence's own iteration, no Python call per result.
+            return cast(Iterator[CommitManyResult], iter(cast(Iterable[object], answers)))
+        return (_result(answers[i]) for i in range(len(answers)))
+
+    @property
+    def committed(self) -> int:
+        """How many transactions committed."""
+        counted = getattr(self._answers, "committed", None)
+        if isinstance(counted, int):
+            return counted
+        return sum(type(self._answers[i]) is Committed for i in range(len(self)))
+
+    @property
+    def refused(self) -> int:
+        """How many transactions were refused (their results are errors)."""
+        counted = getattr(self._answers, "refused", None)
+        if isinstance(counted, int):
+            return counted
+        return sum(not isinstance(self[i], Committed | Aborted) for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a list, tuple or results of equal items, in order."""
+        if not isinstance(other, CommitManyResults | list | tuple):
+            return NotImplemented
+        return len(self) == len(other) and all(
+            mine == theirs for mine, theirs in zip(self, other, strict=True)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"CommitManyResults(len={len(self)}, committed={self.committed})"
+
+
 async def commit_many(
-    send: Callable[[list[Transaction]], Awaitable[list[CommitAnswer]]],
+    send: Callable[[list[Transaction]], Awaitable[CommitAnswers]],
     txns: Sequence[Transaction],
-) -> list[CommitManyResult]:
+) -> CommitManyResults:
     """Commits ``txns`` with ``send`` (the client's message sender); their results in order.
 
     A transaction that fits in no message is refused before anything is sent. A transaction a
@@ -57,7 +122,7 @@ async def commit_many(
             "(use commit() for one transaction)"
         )
     if not txns:
-        return []
+        return CommitManyResults([])
     batch = txns if isinstance(txns, list) else list(txns)
     # The encoder checks each element's type in Rust; a wrong one raises TypeError naming it.
     answers = await send(batch)
@@ -66,8 +131,5 @@ async def commit_many(
             grpc.StatusCode.INTERNAL,
             f"the server answered {len(answers)} results for {len(batch)} transactions",
         )
-    # Decisions are the common case and pass through as decoded; only refusals become errors.
-    return [
-        answer if type(answer) is Committed or type(answer) is Aborted else _result(answer)
-        for answer in answers
-    ]
+    # Nothing is built here: each result is made when the caller asks for it.
+    return CommitManyResults(answers)

@@ -24,7 +24,13 @@ from hlc_oracle import Transaction
 from hlc_oracle._core import encode_commit_request
 from hlc_oracle.client.errors import OracleError, OracleOutcomeUnknownError, result_error
 from hlc_oracle.client.node import OracleNode
-from hlc_oracle.client.wire import CommitAnswer, status_code
+from hlc_oracle.client.wire import (
+    CommitAnswer,
+    CommitAnswers,
+    answer_list,
+    any_refused,
+    status_code,
+)
 
 _UNAVAILABLE: int = grpc.StatusCode.UNAVAILABLE.value[0]
 
@@ -49,25 +55,26 @@ class PendingCommits:
         """Whether some attempt got an answer (so some transactions may have final ones)."""
         return bool(self._answers)
 
-    async def send(self, node: OracleNode, remaining: float) -> list[CommitAnswer]:
+    async def send(self, node: OracleNode, remaining: float) -> CommitAnswers:
         """One attempt: sends :attr:`message` on ``node``'s ``CommitStream``; every
         transaction's answer in order, or raises for those left unanswered (see the module)."""
         return self.take(await node.commits.request(self.message, remaining))
 
-    def take(self, answers: list[CommitAnswer]) -> list[CommitAnswer]:
+    def take(self, received: CommitAnswers) -> CommitAnswers:
         """Records the answers to :attr:`message`; every transaction's answer once none is left
         to send again, else raises the error to retry with."""
         pending = self._pending
         expected = len(self.transactions) if pending is None else len(pending)
-        if len(answers) != expected:
+        if len(received) != expected:
             raise OracleError(
                 grpc.StatusCode.INTERNAL,
-                f"the server answered {len(answers)} results for {expected} transactions",
+                f"the server answered {len(received)} results for {expected} transactions",
             )
+        if pending is None and not any_refused(received):
+            return received  # the common case: all decided, first time; nothing built
+        answers = answer_list(received)
         if pending is None:
             self._answers = answers
-            if tuple not in map(type, answers):  # the common case: all decided, first time
-                return answers
             positions: list[int] | range = range(len(answers))
         else:
             positions = pending

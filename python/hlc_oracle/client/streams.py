@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar, cast
 import grpc
 
 from hlc_oracle import TimestampRange
-from hlc_oracle._core import decode_commit_results
+from hlc_oracle._core import CommitResults
 from hlc_oracle.client.errors import (
     OracleError,
     OracleTimeoutError,
@@ -22,7 +22,7 @@ from hlc_oracle.client.errors import (
 from hlc_oracle.client.wire import (
     TIMESTAMP_ORACLE_METHODS,
     TRANSACTIONS_METHODS,
-    CommitAnswer,
+    CommitAnswers,
     range_from_wire,
 )
 from hlc_oracle.proto import oracle_pb2 as pb
@@ -182,12 +182,12 @@ def timestamp_stream(
 
 def commit_stream(
     channel: grpc.aio.Channel, wait_for_ready: bool = True
-) -> PipelinedStream[list[CommitAnswer]]:
+) -> PipelinedStream[CommitAnswers]:
     """``CommitStream``: each request message carries a group of transactions. Messages are
-    encoded and decoded in Rust (``encode_commit_request`` / ``decode_commit_results``), so the
-    channel carries the bytes as they are."""
-    # The decoder's list holds decisions and refusals only; the client adds its own errors.
-    decode = cast(Callable[[bytes], list[CommitAnswer]], decode_commit_results)
+    encoded in Rust (``encode_commit_request``) and answered as :class:`CommitResults`, which
+    decodes each answer when it is asked for, so the channel carries the bytes as they are."""
+    # The results hold decisions and refusals only; the client adds its own errors.
+    decode = cast(Callable[[bytes], CommitAnswers], CommitResults)
 
     def method_of(on: grpc.aio.Channel) -> Any:
         return on.stream_stream(TRANSACTIONS_METHODS + "CommitStream")

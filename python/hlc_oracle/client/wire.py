@@ -6,6 +6,8 @@ full method paths of the two services.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import grpc
 
 from hlc_oracle import Aborted, Committed, HlcError, Timestamp, TimestampRange, Transaction
@@ -48,6 +50,27 @@ def status_code(number: int) -> grpc.StatusCode:
 #: One result of a CommitStream message: the decision, or ``(txn_id, grpc code, message)`` for a
 #: transaction the oracle refused, or the error of one the client could not send (too large).
 CommitAnswer = Committed | Aborted | tuple[int, int, str] | HlcError
+
+
+class CommitAnswers(Protocol):
+    """A message's answers, in order: a list, or the :class:`~hlc_oracle._core.CommitResults` a
+    response decodes into (each answer built when it is asked for)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> CommitAnswer: ...
+
+
+def answer_list(answers: CommitAnswers) -> list[CommitAnswer]:
+    """Every answer, built (for the rare paths that edit or join them)."""
+    return answers if isinstance(answers, list) else [answers[i] for i in range(len(answers))]
+
+
+def any_refused(answers: CommitAnswers) -> bool:
+    """Whether some answer is a refusal (``(txn_id, code, message)``), building none of them."""
+    refused = getattr(answers, "refused", None)
+    if isinstance(refused, int):
+        return refused > 0
+    return any(isinstance(answers[i], tuple) for i in range(len(answers)))
 
 
 def outcome_from_wire(result: pb.CommitResult) -> Committed | Aborted:

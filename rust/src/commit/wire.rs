@@ -477,7 +477,8 @@ fn decode_conflict(txn_id: u64, bytes: &[u8]) -> Result<Conflict, WireError> {
     })
 }
 
-fn decode_result(bytes: &[u8]) -> Result<WireResult, WireError> {
+/// One `CommitResult` (the body of field 1 of a `CommitStreamResponse`).
+pub fn decode_result(bytes: &[u8]) -> Result<WireResult, WireError> {
     let mut reader = Reader { bytes };
     let mut txn_id = 0;
     let mut committed = None;
@@ -539,6 +540,48 @@ fn decode_result(bytes: &[u8]) -> Result<WireResult, WireError> {
         code: u32::try_from(code).unwrap_or(u32::MAX),
         message,
     })
+}
+
+/// One result of a `CommitStreamResponse`, indexed (see [`index_response`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexedResult {
+    pub txn_id: u64,
+    /// The commit timestamp of a committed transaction; `None`: aborted or refused, decoded on
+    /// demand from `bytes[start..end]` with [`decode_result`].
+    pub committed: Option<Timestamp>,
+    pub refused: bool,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The results of a `CommitStreamResponse` as an index into its bytes: each committed one's id
+/// and timestamp, each other's place (validated now, decoded again when asked for). One vector per
+/// message, nothing per result.
+pub fn index_response(bytes: &[u8]) -> Result<Vec<IndexedResult>, WireError> {
+    let total = bytes.len();
+    let mut reader = Reader { bytes };
+    let mut results = Vec::new();
+    while let Some((field, value)) = reader.field()? {
+        if field != 1 {
+            continue;
+        }
+        let body = expect_bytes(value, "results")?;
+        let end = total - reader.bytes.len();
+        let start = end - body.len();
+        let (txn_id, committed, refused) = match decode_result(body)? {
+            WireResult::Decided(txn_id, Outcome::Committed(ts)) => (txn_id, Some(ts), false),
+            WireResult::Decided(txn_id, Outcome::Aborted(_)) => (txn_id, None, false),
+            WireResult::Error { txn_id, .. } => (txn_id, None, true),
+        };
+        results.push(IndexedResult {
+            txn_id,
+            committed,
+            refused,
+            start,
+            end,
+        });
+    }
+    Ok(results)
 }
 
 /// The results of a `CommitStreamResponse`.
@@ -642,6 +685,16 @@ mod tests {
             encode_result(&mut out, result);
         }
         assert_eq!(decode_response(&out).unwrap(), results);
+        let index = index_response(&out).unwrap();
+        assert_eq!(index.len(), results.len());
+        assert_eq!(index[0].committed, Some(ts(100, 2, 1)));
+        assert!(index[5].refused && !index[1].refused && index[1].committed.is_none());
+        for (entry, result) in index.iter().zip(&results) {
+            assert_eq!(
+                &decode_result(&out[entry.start..entry.end]).unwrap(),
+                result
+            );
+        }
     }
 
     #[test]

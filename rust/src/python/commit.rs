@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyType};
 
 use crate::commit::stream::StreamPool;
-use crate::commit::wire::{self, WireError, WireResult};
+use crate::commit::wire::{self, IndexedResult, WireError, WireResult};
 use crate::commit::{
     AbortReason, CommitEngine, ConfirmError, Durability, EngineConfig, EngineError, Handout,
     Limits, Outcome, Released, Request, SubmitError,
@@ -1041,6 +1041,97 @@ pub fn encode_commit_results<'py>(
         wire::encode_result(&mut out, &result);
     }
     Ok(PyBytes::new(py, &out))
+}
+
+/// The results of a serialized `CommitStreamResponse`, decoded when asked for: a sequence of
+/// `Committed`, `Aborted`, or `(txn_id, grpc_code, message)` for a refused transaction (the
+/// items of `decode_commit_results`), built one at a time by indexing or iterating. Made from the
+/// response in one pass that checks it (`ValueError` when malformed) and keeps, per result, its id
+/// and commit timestamp or its place in the bytes: a caller pays for the objects it touches.
+#[pyclass(name = "CommitResults", module = "hlc_oracle", frozen, sequence)]
+pub struct PyCommitResults {
+    data: Py<PyBytes>,
+    index: Vec<IndexedResult>,
+    committed: usize,
+    refused: usize,
+}
+
+impl PyCommitResults {
+    fn item<'py>(&self, py: Python<'py>, entry: &IndexedResult) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(ts) = entry.committed {
+            return outcome_object(py, entry.txn_id, &Outcome::Committed(ts));
+        }
+        let bytes = self.data.bind(py).as_bytes();
+        let body = bytes.get(entry.start..entry.end).unwrap_or_default();
+        match wire::decode_result(body).map_err(|err| wire_error("CommitStreamResponse", &err))? {
+            WireResult::Decided(txn_id, outcome) => outcome_object(py, txn_id, &outcome),
+            WireResult::Error {
+                txn_id,
+                code,
+                message,
+            } => Ok((txn_id, code, message).into_pyobject(py)?.into_any()),
+        }
+    }
+}
+
+#[pymethods]
+impl PyCommitResults {
+    #[new]
+    fn py_new(data: &Bound<'_, PyBytes>) -> PyResult<Self> {
+        let index = wire::index_response(data.as_bytes())
+            .map_err(|err| wire_error("CommitStreamResponse", &err))?;
+        Ok(Self {
+            committed: index.iter().filter(|r| r.committed.is_some()).count(),
+            refused: index.iter().filter(|r| r.refused).count(),
+            data: data.clone().unbind(),
+            index,
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.index.len()
+    }
+
+    fn __getitem__<'py>(&self, py: Python<'py>, index: isize) -> PyResult<Bound<'py, PyAny>> {
+        let count = self.index.len();
+        let position = if index < 0 {
+            count.checked_sub(index.unsigned_abs())
+        } else {
+            Some(index.unsigned_abs())
+        };
+        let entry = position.and_then(|i| self.index.get(i)).ok_or_else(|| {
+            PyIndexError::new_err(format!(
+                "CommitResults index {index} out of range for length {count}"
+            ))
+        })?;
+        self.item(py, entry)
+    }
+
+    /// How many results are `Committed`.
+    #[getter]
+    fn committed(&self) -> usize {
+        self.committed
+    }
+
+    /// How many results are refusals (`(txn_id, grpc_code, message)` tuples).
+    #[getter]
+    fn refused(&self) -> usize {
+        self.refused
+    }
+
+    /// The transaction ids, in order.
+    fn txn_ids(&self) -> Vec<u64> {
+        self.index.iter().map(|r| r.txn_id).collect()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "CommitResults(len={}, committed={}, refused={})",
+            self.index.len(),
+            self.committed,
+            self.refused
+        )
+    }
 }
 
 /// The results of a serialized `CommitStreamResponse`: `Committed`, `Aborted`, or a

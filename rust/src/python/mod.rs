@@ -86,6 +86,7 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(commit::piece_requested_aborts, module)?)?;
     module.add_function(wrap_pyfunction!(commit::encode_commit_request, module)?)?;
     module.add_function(wrap_pyfunction!(commit::decode_commit_results, module)?)?;
+    module.add_class::<commit::PyCommitResults>()?;
     module.add_function(wrap_pyfunction!(commit::encode_commit_results, module)?)?;
     module.add_class::<commit::PyCommitted>()?;
     module.add_class::<commit::PyAborted>()?;
