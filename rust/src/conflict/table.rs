@@ -18,7 +18,11 @@
 //! evicted commit is among the oldest of the table: when a full table of 1,000,000 keys takes
 //! 400,000 new keys, the chance that every candidate of one of them is among those 400,000 (so
 //! that the eviction refuses transactions that started before them) is about
-//! `400,000 * 0.4^32`, 1e-7 (with 16 candidates it was 0.2, and tests saw it happen).
+//! `400,000 * 0.4^32`, 1e-7 (with 16 candidates it was 0.2, and tests saw it happen). The price
+//! against a global least-recently-recorded order: a transaction may be refused as too old once
+//! keys written after its start fill a large share of the table (at 70%, about 4% of 1,000-
+//! transaction batches lost one in a test), where the global order waited for 100%. Size
+//! `max_keys` for about three times the keys written during the longest transaction.
 //!
 //! Hash collisions: two keys whose hashes share a candidate bucket and the 48-bit tag are one
 //! slot, holding the later of their commits. A check of either then sees a commit at or after its
