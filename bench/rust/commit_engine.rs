@@ -83,8 +83,13 @@ fn main() {
     let (mut engine, _) = CommitEngine::open(config, &clock).expect("engine");
     let mut pool = StreamPool::default();
     let mut next_id = 1;
-    // Warm past both bounds: 1,000,000 decisions, 4,000,000 written keys.
-    for _ in 0..1_000 {
+    // Warm past both bounds: 1,000,000 decisions, 4,000,000 written keys (`WARM_MESSAGES`
+    // messages of 1,000; fewer for a quick instruction count under callgrind).
+    let warm: u64 = std::env::var("WARM_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000);
+    for _ in 0..warm {
         let bytes = message(&clock, next_id);
         next_id += PER_MESSAGE;
         measured_messages(&mut engine, &clock, &mut pool, &[bytes]);

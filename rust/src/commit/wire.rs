@@ -115,7 +115,19 @@ enum Value<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A varint; most (field keys, lengths, small values) are one byte, read without the loop.
+    #[inline]
     fn varint(&mut self) -> Result<u64, WireError> {
+        if let Some((&byte, rest)) = self.bytes.split_first() {
+            if byte < 0x80 {
+                self.bytes = rest;
+                return Ok(u64::from(byte));
+            }
+        }
+        self.long_varint()
+    }
+
+    fn long_varint(&mut self) -> Result<u64, WireError> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let (&byte, rest) = self
@@ -141,6 +153,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `(field, value)`, or `None` at the end.
+    #[inline]
     fn field(&mut self) -> Result<Option<(u64, Value<'a>)>, WireError> {
         if self.bytes.is_empty() {
             return Ok(None);
