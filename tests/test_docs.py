@@ -1,5 +1,7 @@
-"""The documentation site's sources: the generated settings page is current, the commit log's
-format is described in one place, and every page is in the navigation. (`mkdocs build --strict`
+"""The documentation site's sources and the README: the generated settings page is current, the
+commit log's format is described in one place, every page is in the navigation, the docs name no
+missing file or make verb, and the README is a front door of at most 300 lines whose in-process
+quick start runs. (`mkdocs build --strict`
 itself runs in `make test`: `make docs-check`.)"""
 
 from __future__ import annotations
@@ -68,3 +70,22 @@ def test_every_make_verb_the_docs_name_exists() -> None:
     for page in [ROOT / "README.md", *DOCS.rglob("*.md")]:
         named.update(re.findall(r"(?:`|^)make ([a-z][\w-]*)", page.read_text(), re.M))
     assert named - targets == set(), sorted(named - targets)
+
+
+def test_the_readme_is_the_front_door() -> None:
+    """At most 300 lines: what and for whom, the two commands, install, a quick start in each
+    mode, the layout, the links; the reference is in docs/."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    for heading in ("## The two commands", "## Install", "## Quick start", "## Layout"):
+        assert heading in readme, heading
+    for mode in ("### In process", "### A node", "### A local cluster"):
+        assert mode in readme, mode
+    assert "make cluster" in readme
+
+
+def test_the_readme_in_process_quick_start_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### In process") : readme.index("### A node")]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    exec(compile(block, "README.md (in process)", "exec"), {})
