@@ -1,5 +1,5 @@
 """The command's exit codes, one table for every command, and the code of each status the oracle
-answers with. ``MEANINGS`` is the table; the ``--help`` epilog and the README print it.
+answers with. ``MEANINGS`` is the table; the ``--help`` epilog and ``docs/cli.md`` print it.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ the leader reads the database's size in use (etcd's Status RPC) against the quot
 The database file grows only once its free pages are used up, so holding the part in use near
 :data:`TARGET` keeps the file, which is what the quota counts, well under 80% of it; only a rate
 that fills the quota within the floor's 60 s can pass that (the warning says when retention is
-at its floor), and no retention could help then: the capacity formula in the README.
+at its floor), and no retention could help then: the capacity formula in ``docs/cluster.md``.
 
 The quota: etcd's Status RPC gives the database's size but not its quota, so it is read from a
 member's ``/metrics`` (``etcd_server_quota_backend_bytes``, on the client URL; plaintext links

@@ -169,8 +169,7 @@ impl PyLogRecovery {
     }
 }
 
-/// An append-only, checksummed, segmented write-ahead log (format in the README, "Commit log
-/// format"). One `write` and one `fdatasync` per `append` batch; a failed fsync aborts the process.
+/// An append-only, checksummed, segmented write-ahead log (format in `docs/commit-log.md`). One `write` and one `fdatasync` per `append` batch; a failed fsync aborts the process.
 #[pyclass(name = "CommitLog", module = "hlc_oracle", frozen)]
 pub struct PyCommitLog {
     log: Mutex<Option<CommitLog>>,
