@@ -23,6 +23,8 @@
   the event to well after the next leader's first fresh commit, i.e. the old leader's last
   answer to the next leader's first (node by node is not possible: a resubmitted id the next
   leader answers keeps the commit timestamp, and node id, of the leader that decided it).
+  Beside it, new work: a client of its own starting a fresh ``commit()`` every 10 ms whatever
+  the earlier ones wait for (``fresh`` gaps: the next leader's first answer to new work).
   ``extra_info`` holds every gap, each next leader's takeover from its log ("won the election"
   to "leading"), the seconds its decision history took to load behind it and the decisions
   replayed, and the failed commit calls by error kind (an unknown outcome counted per
@@ -231,6 +233,8 @@ RETAIN_BATCH, RETAIN_IN_FLIGHT, RETAIN_TIMEOUT_S = 5_000, 4, 600
 #: a handover does not wait for the lease, so neither gap depends on it; a 1 s lease on a
 #: starved host ends terms on its own, between the rounds' events.
 FAILOVER_LEASE_TTL_S = 3
+#: New work beside the closed loop: a fresh commit() every 10 ms from a client of its own.
+ARRIVAL_INTERVAL_S = 0.01
 
 
 def retain_decisions(targets: list[str], count: int) -> int:
@@ -313,7 +317,7 @@ def commit_failover_gaps(
     starved host) is counted apart and run again, up to ``rounds`` more."""
     figures: dict[str, Any] = {"moved_before_event": 0}
     for event in ("sigterm", "kill -9"):
-        figures[event], figures[f"{event} takeover"] = [], []
+        figures[event], figures[f"{event} takeover"], figures[f"{event} fresh"] = [], [], []
     with OracleCluster(
         directory,
         etcd.endpoint,
@@ -321,7 +325,9 @@ def commit_failover_gaps(
         extra_args=("--cluster-name", directory.name),
     ) as cluster:
         figures["retained"] = retain_decisions(cluster.targets, retained)
-        with ClientCommitLoad(cluster.targets, batch=100) as load:
+        with ClientCommitLoad(
+            cluster.targets, batch=100, arrival_interval_s=ARRIVAL_INTERVAL_S
+        ) as load:
             load.run()
             for event in ("sigterm", "kill -9"):
                 for _ in range(2 * rounds):
@@ -338,12 +344,18 @@ def commit_failover_gaps(
                         leader.kill()
                     successor = cluster.wait_for_leader(timeout_s=60, other_than=leader_id)
                     answered_by(load, None, at, other_than=leader_id)
+                    deadline = time.monotonic() + 30
+                    while max(load.arrivals_answered, default=0) <= at:  # new work answered
+                        assert time.monotonic() < deadline, "no new work answered"
+                        time.sleep(0.01)
                     time.sleep(0.3)  # answers after the next leader's first
                     if any(began <= t <= at and node != leader_id for t, node in load.answers):
                         figures["moved_before_event"] += 1
                     else:
                         before = max(t for t in list(load.answered) if t <= at)
                         figures[event].append(load.largest_gap_ms(before))
+                        before = max(t for t in list(load.arrivals_answered) if t <= at)
+                        figures[f"{event} fresh"].append(load.largest_gap_ms(before, arrivals=True))
                         figures[f"{event} takeover"].append(takeover(successor))
                     leader.stop()
                     leader.start()
@@ -372,6 +384,10 @@ def test_failover_under_commit_load(benchmark: Any, tmp_path: Path, retained: in
         benchmark.extra_info[f"{name}_gaps_ms"] = [round(gap, 1) for gap in gaps]
         benchmark.extra_info[f"{name}_max_gap_ms"] = round(max(gaps), 1)
         benchmark.extra_info[f"{name}_median_gap_ms"] = round(statistics.median(gaps), 1)
+        fresh = figures[f"{event} fresh"]
+        benchmark.extra_info[f"{name}_fresh_gaps_ms"] = [round(gap, 1) for gap in fresh]
+        benchmark.extra_info[f"{name}_fresh_max_gap_ms"] = round(max(fresh), 1)
+        benchmark.extra_info[f"{name}_fresh_median_gap_ms"] = round(statistics.median(fresh), 1)
         takeovers = figures[f"{event} takeover"]
         benchmark.extra_info[f"{name}_takeover_ms"] = [round(ms) for ms, _, _ in takeovers]
         benchmark.extra_info[f"{name}_history_s"] = [seconds for _, seconds, _ in takeovers]

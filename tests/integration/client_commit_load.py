@@ -29,12 +29,18 @@ from hlc_oracle.client import AsyncOracleClient, OracleOutcomeUnknownError
 #: Far above any failover the tests and benchmarks cause: a call ends with an error only when
 #: something is wrong.
 CLIENT_TIMEOUT_S = 20.0
+#: Open-loop commit calls in flight at most (see ``arrival_interval_s``).
+MAX_ARRIVALS = 200
 
 
 class ClientCommitLoad:
     """Callers of one :class:`AsyncOracleClient` given ``targets``: ``commit_callers`` calling
-    ``commit()``, ``batch_callers`` calling ``commit_many()`` of ``batch`` transactions, and one
-    alternating ``commit_unary()`` and ``abort()`` of a fresh id. They call while the load runs
+    ``commit()``, ``batch_callers`` calling ``commit_many()`` of ``batch`` transactions, and
+    (``unary_caller``) one alternating ``commit_unary()`` and ``abort()`` of a fresh id; each
+    waits for its call's answer before the next. With ``arrival_interval_s``, also an open loop
+    on a client of its own (same event loop): a new ``commit()`` call every that many seconds,
+    whatever the calls before it wait for (at most ``MAX_ARRIVALS`` at once), as new work reaches
+    a service; their answer times go to :attr:`arrivals_answered`. They call while the load runs
     (:meth:`run`, :meth:`pause`).
 
     Records every acknowledged decision (:attr:`decided`: id to the transaction, None for an
@@ -51,18 +57,24 @@ class ClientCommitLoad:
         batch_callers: int = 2,
         batch: int = 20,
         timeout: float = CLIENT_TIMEOUT_S,
+        unary_caller: bool = True,
+        arrival_interval_s: float | None = None,
     ) -> None:
         self.targets = targets
         self.commit_callers = commit_callers
         self.batch_callers = batch_callers
+        self.unary_caller = unary_caller
+        self.arrival_interval_s = arrival_interval_s
         self.batch = batch
         self.timeout = timeout
         self.decided: dict[int, tuple[Transaction | None, Committed | Aborted]] = {}
         self.answered: list[int] = []
+        self.arrivals_answered: list[int] = []
         self.answers: list[tuple[int, int]] = []
         self.unknown: list[int] = []
         self.errors: list[BaseException] = []
         self._ids = itertools.count(1)
+        self._arrivals_in_flight: set[asyncio.Task[None]] = set()
         self._stop = threading.Event()
         self._running = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -96,11 +108,12 @@ class ClientCommitLoad:
             kinds[OracleOutcomeUnknownError.__name__] += len(self.unknown)
         return dict(sorted(kinds.items()))
 
-    def largest_gap_ms(self, from_ns: int) -> float:
-        """The longest time between two consecutive answered calls at or after ``from_ns``
-        (monotonic): from the last answer before a failover, the old leader's last answer to the
-        next one's first."""
-        times = sorted(t for t in self.answered if t >= from_ns)
+    def largest_gap_ms(self, from_ns: int, arrivals: bool = False) -> float:
+        """The longest time between two consecutive answered calls (``arrivals``: of the open
+        loop) at or after ``from_ns`` (monotonic): from the last answer before a failover, the
+        old leader's last answer to the next one's first."""
+        answered = self.arrivals_answered if arrivals else self.answered
+        times = sorted(t for t in list(answered) if t >= from_ns)
         return max(((b - a) / 1e6 for a, b in itertools.pairwise(times)), default=0.0)
 
     def wait_for_more_than(self, count: int, timeout_s: float = 30.0) -> None:
@@ -113,11 +126,18 @@ class ClientCommitLoad:
             time.sleep(0.02)
 
     async def _run(self) -> None:
-        async with AsyncOracleClient(self.targets, timeout=self.timeout) as client:
-            callers = [self._commits for _ in range(self.commit_callers)]
-            callers += [self._batches for _ in range(self.batch_callers)]
-            callers.append(self._unary)
-            await asyncio.gather(*(self._calling(caller, client) for caller in callers))
+        async with (
+            AsyncOracleClient(self.targets, timeout=self.timeout) as client,
+            AsyncOracleClient(self.targets, timeout=self.timeout) as arrivals,
+        ):
+            callers = [(self._commits, client) for _ in range(self.commit_callers)]
+            callers += [(self._batches, client) for _ in range(self.batch_callers)]
+            if self.unary_caller:
+                callers.append((self._unary, client))
+            if self.arrival_interval_s is not None:
+                callers.append((self._arrivals, arrivals))
+            await asyncio.gather(*(self._calling(caller, on) for caller, on in callers))
+            await asyncio.gather(*self._arrivals_in_flight)
 
     async def _calling(
         self, caller: Callable[[AsyncOracleClient], Awaitable[None]], client: AsyncOracleClient
@@ -150,6 +170,34 @@ class ClientCommitLoad:
             self._record(txn.txn_id, txn, await client.commit(txn))
         except OracleOutcomeUnknownError:
             self.unknown.append(txn.txn_id)
+
+    async def _arrivals(self, client: AsyncOracleClient) -> None:
+        """The open loop: a new commit() call now, unless ``MAX_ARRIVALS`` are in flight; then
+        the interval (the calls are awaited at the end of the run)."""
+        assert self.arrival_interval_s is not None
+        if len(self._arrivals_in_flight) < MAX_ARRIVALS:
+            arrival = asyncio.create_task(self._guarded(self._arrival, client))
+            self._arrivals_in_flight.add(arrival)
+            arrival.add_done_callback(self._arrivals_in_flight.discard)
+        await asyncio.sleep(self.arrival_interval_s)
+
+    async def _guarded(
+        self, caller: Callable[[AsyncOracleClient], Awaitable[None]], client: AsyncOracleClient
+    ) -> None:
+        try:
+            await caller(client)
+        except Exception as err:
+            self.errors.append(err)
+
+    async def _arrival(self, client: AsyncOracleClient) -> None:
+        txn = self._transaction(await client.get_timestamp())
+        try:
+            result = await client.commit(txn)
+        except OracleOutcomeUnknownError:
+            self.unknown.append(txn.txn_id)
+            return
+        self.arrivals_answered.append(time.monotonic_ns())
+        self.decided[txn.txn_id] = (txn, result)
 
     async def _batches(self, client: AsyncOracleClient) -> None:
         start = await client.get_timestamp()
