@@ -104,24 +104,24 @@ class SkewConfig:
         self.servers = tuple(s if isinstance(s, NtpServer) else NtpServer.parse(s) for s in servers)
         self.policy = _policy(self.policy, "policy")
         self.unknown_policy = _policy(self.unknown_policy, "unknown_policy")
-        _check_seconds(self.poll_interval_s, "poll_interval_s", 0.01, 86_400)
-        _check_seconds(self.timeout_s, "timeout_s", 0.001, 60)
-        _check_seconds(self.recovery_hold_s, "recovery_hold_s", 0, 86_400)
+        check_number(self.poll_interval_s, "poll_interval_s", 0.01, 86_400)
+        check_number(self.timeout_s, "timeout_s", 0.001, 60)
+        check_number(self.recovery_hold_s, "recovery_hold_s", 0, 86_400)
         if self.sample_max_age_s is not None:
-            _check_seconds(self.sample_max_age_s, "sample_max_age_s", 0.01, 86_400)
-        _check_seconds(self.warning_fraction, "warning_fraction", 0.01, 1)
-        _check_seconds(self.serving_fraction, "serving_fraction", 0.01, 1)
+            check_number(self.sample_max_age_s, "sample_max_age_s", 0.01, 86_400)
+        check_number(self.warning_fraction, "warning_fraction", 0.01, 1)
+        check_number(self.serving_fraction, "serving_fraction", 0.01, 1)
         if self.warning_fraction > self.serving_fraction:
             raise ValueError(
                 f"warning_fraction ({self.warning_fraction}) must not exceed serving_fraction "
                 f"({self.serving_fraction})"
             )
         if self.jump_threshold_us is not None:
-            _check_int(self.jump_threshold_us, "jump_threshold_us", 1, 86_400_000_000)
+            check_int(self.jump_threshold_us, "jump_threshold_us", 1, 86_400_000_000)
         if not isinstance(self.fatal_forward_jump, bool):
             raise TypeError("fatal_forward_jump must be a bool")
-        _check_int(self.history_size, "history_size", 1, 100_000)
-        _check_int(self.burst, "burst", 1, 16)
+        check_int(self.history_size, "history_size", 1, 100_000)
+        check_int(self.burst, "burst", 1, 16)
 
     @property
     def max_sample_age_s(self) -> float:
@@ -141,14 +141,17 @@ def _policy(value: object, name: str) -> GuardPolicy:
         raise ValueError(f"{name} must be 'refuse' or 'warn', got {value!r}") from None
 
 
-def _check_seconds(value: object, name: str, low: float, high: float) -> None:
+def check_number(value: object, name: str, low: float, high: float) -> None:
+    """A setting that must be a finite number in ``low..high`` (TypeError or ValueError naming
+    it)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not (math.isfinite(value) and low <= value <= high):
         raise ValueError(f"{name} must be in {low:g}..{high:g}, got {value!r}")
 
 
-def _check_int(value: object, name: str, low: int, high: int) -> None:
+def check_int(value: object, name: str, low: int, high: int) -> None:
+    """A setting that must be an int in ``low..high`` (TypeError or ValueError naming it)."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if not low <= value <= high:
@@ -172,7 +175,7 @@ class SkewGuard:
     """
 
     def __init__(self, config: SkewConfig, max_offset_us: int = DEFAULT_MAX_OFFSET_US) -> None:
-        _check_int(max_offset_us, "max_offset_us", 1, 86_400_000_000)
+        check_int(max_offset_us, "max_offset_us", 1, 86_400_000_000)
         self.config = config
         self.max_offset_us = max_offset_us
         self.warning_level_us = round(max_offset_us * config.warning_fraction)

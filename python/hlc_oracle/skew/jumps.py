@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hlc_oracle._core import SystemClock
-from hlc_oracle.skew.guard import _check_int
+from hlc_oracle.skew.guard import check_int
 
 
 class PhysicalClock(Protocol):
@@ -37,7 +37,7 @@ class JumpDetector:
         wall_clock: PhysicalClock | None = None,
         monotonic_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
-        _check_int(threshold_us, "jump_threshold_us", 1, 86_400_000_000)
+        check_int(threshold_us, "jump_threshold_us", 1, 86_400_000_000)
         self.threshold_us = threshold_us
         self._wall = wall_clock if wall_clock is not None else SystemClock()
         self._monotonic_ns = monotonic_ns

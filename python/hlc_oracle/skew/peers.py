@@ -61,7 +61,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import math
 import statistics
 import threading
 import time
@@ -72,6 +71,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hlc_oracle.skew.combine import OffsetEstimate, combine_samples
+from hlc_oracle.skew.guard import check_int, check_number
 
 log = logging.getLogger("hlc_oracle.skew.peers")
 
@@ -125,15 +125,15 @@ class PeersConfig:
     def validate(self) -> None:
         if not isinstance(self.enabled, bool):
             raise TypeError("enabled must be a bool")
-        _check_number(self.interval_s, "interval_s", 0.01, 3600)
-        _check_number(self.timeout_s, "timeout_s", 0.001, 60)
+        check_number(self.interval_s, "interval_s", 0.01, 3600)
+        check_number(self.timeout_s, "timeout_s", 0.001, 60)
         if self.threshold_us is not None:
-            _check_int(self.threshold_us, "threshold_us", 1, 86_400_000_000)
+            check_int(self.threshold_us, "threshold_us", 1, 86_400_000_000)
         if self.max_bound_us is not None:
-            _check_int(self.max_bound_us, "max_bound_us", 1, 86_400_000_000)
-        _check_int(self.samples_kept, "samples_kept", 1, 1000)
+            check_int(self.max_bound_us, "max_bound_us", 1, 86_400_000_000)
+        check_int(self.samples_kept, "samples_kept", 1, 1000)
         if self.sample_max_age_s is not None:
-            _check_number(self.sample_max_age_s, "sample_max_age_s", 0.01, 86_400)
+            check_number(self.sample_max_age_s, "sample_max_age_s", 0.01, 86_400)
         if isinstance(self.ca_file, str):
             self.ca_file = Path(self.ca_file)
         if self.ca_file is not None and not isinstance(self.ca_file, Path):
@@ -159,20 +159,6 @@ def derive_threshold_us(max_offset_us: int, window_us: int, max_bound_us: int) -
     """``max(M/2 - W - 2b, M/20)``: the largest threshold for which a leader's timestamps stay
     within ``M/2`` of true time (the module doc gives the derivation)."""
     return max(max_offset_us // 2 - window_us - 2 * max_bound_us, max(1, max_offset_us // 20))
-
-
-def _check_number(value: object, name: str, low: float, high: float) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ValueError(f"{name} must be in {low:g}..{high:g}, got {value!r}")
-
-
-def _check_int(value: object, name: str, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
 
 
 @dataclass(frozen=True)
