@@ -38,13 +38,20 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, parse_endpoint
 from hlc_oracle.config import MIN_DECISION_RETENTION_S
 
-if TYPE_CHECKING:
-    from hlc_oracle.cluster.decisions import DecisionLog
+
+class TrimmedLog(Protocol):
+    """What the guard needs of a decision log (:class:`~hlc_oracle.cluster.decisions.DecisionLog`,
+    which builds the guard: a protocol, so this module does not import it back)."""
+
+    retention_s: float
+
+    async def trim(self, *, compact_now: bool = False) -> int: ...
+
 
 logger = logging.getLogger("hlc_oracle.cluster.capacity")
 
@@ -129,7 +136,7 @@ class CapacityGuard:
     def __init__(
         self,
         client: EtcdClient,
-        log: DecisionLog,
+        log: TrimmedLog,
         *,
         quota_bytes: int = 0,
         floor_s: float = RETENTION_FLOOR_S,

@@ -29,13 +29,12 @@
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fmt;
 
+use crate::commit::Outcome;
 use crate::commit::SubmitError;
-use crate::commit::{record::RecordError, Outcome};
 use crate::conflict::TxnId;
 use crate::log::{CommitLog, LogError};
 use crate::timestamp::Timestamp;
 
-const PIECE_VERSION: u8 = super::piece::VERSION_1;
 /// Default cap of one piece: etcd refuses requests over 1.5 MiB by default, and the txn that
 /// carries a piece adds its key, the fence compares and gRPC framing.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 1 << 20;
@@ -316,31 +315,6 @@ impl ExternalBatches {
     }
 }
 
-/// The records of one version-1 piece, in order.
-pub fn decode_piece(piece: &[u8]) -> Result<Vec<&[u8]>, RecordError> {
-    let Some((&version, mut rest)) = piece.split_first() else {
-        return Err(RecordError("empty decision batch"));
-    };
-    if version != PIECE_VERSION {
-        return Err(RecordError("unknown decision batch version"));
-    }
-    let mut records = Vec::new();
-    while !rest.is_empty() {
-        if rest.len() < 4 {
-            return Err(RecordError("truncated record length in decision batch"));
-        }
-        let (len, tail) = rest.split_at(4);
-        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        if len > tail.len() {
-            return Err(RecordError("record longer than the decision batch"));
-        }
-        let (record, tail) = tail.split_at(len);
-        records.push(record);
-        rest = tail;
-    }
-    Ok(records)
-}
-
 /// The durable step of the engine; see the module documentation.
 pub enum DurableStep {
     Memory,
@@ -423,14 +397,5 @@ mod tests {
         );
         assert_eq!(external.next_batch_seq(), 7);
         assert_eq!(external.pending_pieces(), 2);
-    }
-
-    #[test]
-    fn damaged_pieces_are_errors() {
-        assert!(decode_piece(&[]).is_err());
-        assert!(decode_piece(&[9]).is_err());
-        assert!(decode_piece(&[1, 3, 0]).is_err());
-        assert!(decode_piece(&[1, 3, 0, 0, 0, 1]).is_err());
-        assert_eq!(decode_piece(&[1]).unwrap(), Vec::<&[u8]>::new());
     }
 }

@@ -30,7 +30,6 @@
 //! outcome with its conflict, and the fingerprint that tells a resubmission from another
 //! transaction reusing the id.
 
-use crate::commit::durable::decode_piece as decode_v1_records;
 use crate::commit::record::{self, DecisionRecord, RecordError};
 use crate::conflict::{Conflict, ConflictKind, LostTo, TxnId};
 use crate::timestamp::Timestamp;
@@ -347,9 +346,43 @@ pub fn decode(piece: &[u8]) -> Result<Vec<DecisionRecord>, RecordError> {
     }
 }
 
+/// The records of one version-1 piece, in order.
+fn decode_v1_records(piece: &[u8]) -> Result<Vec<&[u8]>, RecordError> {
+    let Some((&version, mut rest)) = piece.split_first() else {
+        return Err(RecordError("empty decision batch"));
+    };
+    if version != VERSION_1 {
+        return Err(RecordError("unknown decision batch version"));
+    }
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return Err(RecordError("truncated record length in decision batch"));
+        }
+        let (len, tail) = rest.split_at(4);
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if len > tail.len() {
+            return Err(RecordError("record longer than the decision batch"));
+        }
+        let (record, tail) = tail.split_at(len);
+        records.push(record);
+        rest = tail;
+    }
+    Ok(records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn damaged_version_1_pieces_are_errors() {
+        assert!(decode_v1_records(&[]).is_err());
+        assert!(decode_v1_records(&[9]).is_err());
+        assert!(decode_v1_records(&[1, 3, 0]).is_err());
+        assert!(decode_v1_records(&[1, 3, 0, 0, 0, 1]).is_err());
+        assert_eq!(decode_v1_records(&[1]).unwrap(), Vec::<&[u8]>::new());
+    }
 
     fn ts(physical: u64, logical: u64, node: u64) -> Timestamp {
         Timestamp::new(physical, logical, node).unwrap()
