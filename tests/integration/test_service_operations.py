@@ -45,7 +45,13 @@ def test_reflection_lists_and_describes_the_service(oracle: OracleProcess) -> No
         assert "grpc.health.v1.Health" in services
         described = database.FindFileContainingSymbol("hlc_oracle.v1.TimestampOracle")
         methods = {m.name for m in described.service[0].method}
-        assert methods == {"GetTimestamps", "StreamTimestamps", "Observe", "GetStatus"}
+        assert methods == {
+            "GetTimestamps",
+            "StreamTimestamps",
+            "Observe",
+            "GetStatus",
+            "GetPeerClock",
+        }
 
 
 def test_metrics_count_requests_timestamps_and_window_saves(oracle: OracleProcess) -> None:
@@ -349,8 +355,9 @@ def test_status_shows_every_get_status_field(oracle: OracleProcess) -> None:
     as_text = run_cli("status", "--target", oracle.target)
     assert as_text.returncode == 0, as_text.stderr
     shown = {line.split()[0] for line in as_text.stdout.splitlines() if line.strip()}
-    # ntp_servers is one "ntp HOST" line per server (none here).
-    assert set(names) - {"ntp_servers"} <= shown, set(names) - {"ntp_servers"} - shown
+    # ntp_servers and peers are one line per server or peer (none here).
+    listed = {"ntp_servers", "peers"}
+    assert set(names) - listed <= shown, set(names) - listed - shown
 
 
 def test_status_json_of_several_targets_has_every_field_of_one(oracle: OracleProcess) -> None:

@@ -169,7 +169,13 @@ EPOCH_MEANING = (
 )
 
 #: GetStatus fields that only a clustered node has values for.
-CLUSTER_FIELDS = ("leader_address", "leader_node_id", "epoch", "lease_remaining_s")
+CLUSTER_FIELDS = (
+    "leader_address",
+    "leader_node_id",
+    "epoch",
+    "lease_remaining_s",
+    "decision_retention_s",
+)
 
 
 def for_people(status: OracleStatus, name: str) -> str:

@@ -47,12 +47,15 @@ class OracleStatus:
     peers_message: str
     peers_threshold_us: int
     peers: list[dict[str, Any]]
-    # Clustered mode: the leader this node knows (address "" and epoch 0 when none) and the time
-    # left of this node's lease; zero values when standalone.
+    # Clustered mode: the leader this node knows (address "" and epoch 0 when none), the time
+    # left of this node's lease, and a leader's decision retention in force (shortened by the
+    # capacity guard when etcd's database nears its quota; 0 otherwise); zero values when
+    # standalone.
     leader_address: str
     leader_node_id: int
     epoch: int
     lease_remaining_s: float
+    decision_retention_s: float
     message: pb.GetStatusResponse
 
     @classmethod
@@ -89,6 +92,7 @@ class OracleStatus:
             leader_node_id=message.leader_node_id,
             epoch=message.epoch,
             lease_remaining_s=message.lease_remaining_s,
+            decision_retention_s=message.decision_retention_s,
             message=message,
         )
 
