@@ -11,15 +11,16 @@ from typing import Any
 
 import pytest
 from hlc_oracle import (
-    Aborted,
     Clock,
     CommitEngine,
-    Committed,
     Timestamp,
     Transaction,
     TransactionMismatchError,
 )
 from hlc_oracle.cluster.decisions import Checkpoint, DecisionDecodeError
+
+# An answer in expected.json's terms: the generator's own encoding, not a second copy of it.
+from tests.data.decision_pieces_v1.generate import outcome_json as as_expected
 
 V1 = Path(__file__).parent / "data" / "decision_pieces_v1"
 #: The fields of a decision in ``expected.json`` (the rest describe the request).
@@ -49,24 +50,6 @@ def first_decisions() -> dict[int, dict[str, Any]]:
     for entry in v1_expected()["decisions"]:
         first.setdefault(entry["txn_id"], entry)
     return first
-
-
-def as_expected(outcome: object) -> dict[str, Any]:
-    """An answer in ``expected.json``'s terms (``generate.py``'s ``outcome_json``)."""
-    if isinstance(outcome, Committed):
-        return {"outcome": "committed", "commit_ts": str(outcome.commit_ts)}
-    assert isinstance(outcome, Aborted), outcome
-    conflict = outcome.conflict
-    if conflict is None:
-        return {"outcome": "aborted", "reason": outcome.reason}
-    return {
-        "outcome": "aborted",
-        "reason": outcome.reason,
-        "kind": str(conflict.kind.value),
-        "key": None if conflict.key is None else conflict.key.hex(),
-        "conflict_commit_ts": None if conflict.commit_ts is None else str(conflict.commit_ts),
-        "winner_txn_id": conflict.winner_txn_id,
-    }
 
 
 def decision(entry: dict[str, Any]) -> dict[str, Any]:
