@@ -1,7 +1,8 @@
-"""Decision pieces and checkpoints as etcd holds them, read by this release: the version-1
-pieces and checkpoints of ``tests/data/decision_pieces_v1`` (written by the release before the
-compact format, see its ``generate.py``) replay into the same decisions, so a rolling upgrade
-keeps every decision, its fingerprint and its conflict."""
+"""Decision pieces and checkpoints as etcd holds them, read by this release: the pieces and
+checkpoints of ``tests/data/decision_pieces_v1`` (written by the release before the compact
+format) and ``tests/data/decision_pieces_v2`` (the same scenario, written by the release before
+the pieces recorded their clock reading; see each ``generate.py``) replay into the same
+decisions, so a rolling upgrade keeps every decision, its fingerprint and its conflict."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ from hlc_oracle.cluster.decisions import Checkpoint, DecisionDecodeError
 # An answer in expected.json's terms: the generator's own encoding, not a second copy of it.
 from tests.data.decision_pieces_v1.generate import outcome_json as as_expected
 
-V1 = Path(__file__).parent / "data" / "decision_pieces_v1"
+DATA = Path(__file__).parent / "data"
+#: The committed fixtures of each earlier piece version.
+FIXTURES = {1: DATA / "decision_pieces_v1", 2: DATA / "decision_pieces_v2"}
+V1 = FIXTURES[1]
 #: The fields of a decision in ``expected.json`` (the rest describe the request).
 DECISION_FIELDS = (
     "outcome",
@@ -35,11 +39,13 @@ DECISION_FIELDS = (
 )
 
 
-def v1_pieces() -> list[tuple[int, bytes]]:
-    return [(int(path.stem.split("-")[1]), path.read_bytes()) for path in sorted(V1.glob("*.bin"))]
+def stored_pieces(version: int = 1) -> list[tuple[int, bytes]]:
+    paths = sorted(FIXTURES[version].glob("*.bin"))
+    return [(int(path.stem.split("-")[1]), path.read_bytes()) for path in paths]
 
 
 def v1_expected() -> dict[str, Any]:
+    # Both versions' fixtures hold the same scenario: the same expected.json.
     result: dict[str, Any] = json.loads((V1 / "expected.json").read_text())
     return result
 
@@ -72,32 +78,34 @@ def answers(engine: CommitEngine, requests: list[Transaction | int]) -> list[Any
     return [answer for _, batch in released for answer in batch]
 
 
-@pytest.fixture
-def replayed() -> CommitEngine:
+@pytest.fixture(params=sorted(FIXTURES), ids=lambda version: f"v{version}")
+def replayed(request: pytest.FixtureRequest) -> CommitEngine:
     engine = CommitEngine(None, Clock(node=9), durability="external")
-    for seq, data in v1_pieces():
+    for seq, data in stored_pieces(request.param):
         engine.replay_piece(seq, data)
     return engine
 
 
-def test_the_v1_fixture_holds_every_kind_of_decision() -> None:
+@pytest.mark.parametrize("version", sorted(FIXTURES))
+def test_the_fixtures_hold_every_kind_of_decision(version: int) -> None:
     kinds = {
         entry.get("kind", entry.get("reason", entry["outcome"]))
         for entry in first_decisions().values()
     }
     assert kinds == {"committed", "write_write", "read_write", "too_old", "requested"}
-    assert len(v1_pieces()) >= 5
-    assert all(data[0] == 1 for _, data in v1_pieces())
+    assert len(stored_pieces(version)) >= 5
+    assert all(data[0] == version for _, data in stored_pieces(version))
+    assert (FIXTURES[version] / "expected.json").read_text() == (V1 / "expected.json").read_text()
 
 
-def test_v1_pieces_replay_into_their_first_decisions(replayed: CommitEngine) -> None:
+def test_stored_pieces_replay_into_their_first_decisions(replayed: CommitEngine) -> None:
     for txn_id, entry in first_decisions().items():
         assert as_expected(replayed.status(txn_id)) == decision(entry), txn_id
     # The clock runs above every replayed commit.
     assert replayed.clock.last() > Timestamp.parse(v1_expected()["clock_last"])
 
 
-def test_v1_resubmissions_get_their_first_decision_and_other_contents_are_refused(
+def test_stored_resubmissions_get_their_first_decision_and_other_contents_are_refused(
     replayed: CommitEngine,
 ) -> None:
     decided = [entry for entry in first_decisions().values() if "start_ts" in entry]
@@ -115,10 +123,12 @@ def test_v1_resubmissions_get_their_first_decision_and_other_contents_are_refuse
     assert [as_expected(answer) for answer in got] == [decision(entry) for entry in by_id]
 
 
-def test_v1_checkpoints_decode() -> None:
-    old = Checkpoint.decode((V1 / "checkpoint-without-forgotten-through.json").read_bytes())
+@pytest.mark.parametrize("version", sorted(FIXTURES))
+def test_stored_checkpoints_decode(version: int) -> None:
+    stored = FIXTURES[version]
+    old = Checkpoint.decode((stored / "checkpoint-without-forgotten-through.json").read_bytes())
     assert (old.epoch, old.seq, old.forgotten_through) == (12, 3, None)
-    new = Checkpoint.decode((V1 / "checkpoint.json").read_bytes())
+    new = Checkpoint.decode((stored / "checkpoint.json").read_bytes())
     assert (new.epoch, new.seq) == (12, 3)
     assert new.forgotten_through == Timestamp.parse(v1_expected()["forgotten_through"])
     with pytest.raises(DecisionDecodeError, match="checkpoint"):
