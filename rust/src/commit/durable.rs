@@ -128,7 +128,7 @@ impl LocalLog {
         if mark_seq > covered {
             return;
         }
-        let data = super::encode_checkpoint(newest);
+        let data = super::checkpoint::encode(newest);
         if let Err(err) = self.log.checkpoint(covered, &data) {
             // Retention is housekeeping: the log stays correct, it only grows.
             eprintln!("hlc-oracle: commit log checkpoint failed: {err}");

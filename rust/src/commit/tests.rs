@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::*;
-use crate::conflict::{ConflictKind, LostTo};
-use crate::hlc::{ClockConfig, ManualClock, PhysicalSource};
+use crate::conflict::{Conflict, ConflictKind, LostTo, Transaction};
+use crate::hlc::{Clock, ClockConfig, ManualClock, PhysicalSource};
+use crate::timestamp::{Timestamp, MAX_LOGICAL};
 
 struct TempDir(PathBuf);
 
