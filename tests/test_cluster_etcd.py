@@ -25,7 +25,7 @@ from hlc_oracle.cluster.members import DuplicateNodeError, register
 from hlc_oracle.cluster.session import Session
 from hlc_oracle.cluster.window_store import EtcdWindowStore
 from hlc_oracle.config import ClusterSection
-from hlc_oracle.server.window import WindowSaveError
+from hlc_oracle.node.window import WindowSaveError
 
 from tests.etcd_process import EtcdCluster, EtcdMember
 

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 from hlc_oracle import Clock
 from hlc_oracle.cluster.node import ClusterNode
-from hlc_oracle.server.gate import ServingGate
-from hlc_oracle.server.metrics import ServerMetrics
-from hlc_oracle.server.window import TimestampWindow
+from hlc_oracle.node.gate import ServingGate
+from hlc_oracle.node.metrics import ServerMetrics
+from hlc_oracle.node.window import TimestampWindow
 
 from tests.etcd_process import EtcdMember
 

@@ -25,7 +25,7 @@ from hlc_oracle import (
 from hlc_oracle._core import encode_commit_request
 from hlc_oracle.cluster import decisions
 from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionLog
-from hlc_oracle.server.gate import ServingGate
+from hlc_oracle.node.gate import ServingGate
 
 from tests.etcd_process import EtcdMember
 from tests.test_cluster_decisions import PREFIX, Leader, client_of, run, take_leadership

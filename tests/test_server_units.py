@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from hlc_oracle import MAX_LOGICAL, CeilingReachedError, Clock, ManualClock, Timestamp
-from hlc_oracle.server.gate import LEASE_LAPSED, ServingGate
-from hlc_oracle.server.window import (
+from hlc_oracle.node.gate import LEASE_LAPSED, ServingGate
+from hlc_oracle.node.window import (
     TimestampWindow,
     WindowFileError,
     WindowStore,

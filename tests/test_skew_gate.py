@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from hlc_oracle import ManualClock
-from hlc_oracle.server.gate import ServingGate
+from hlc_oracle.node.gate import ServingGate
 from hlc_oracle.server.skew_guard import build_skew_monitor, clock_status_fields
 from hlc_oracle.skew import NtpServer, SkewConfig
 from prometheus_client import CollectorRegistry, generate_latest

@@ -83,10 +83,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hlc_oracle.node.window import WindowFileError
     from hlc_oracle.server import StartupConfigError, StartupError, serve
     from hlc_oracle.server.logs import configure
     from hlc_oracle.server.stderr_relay import json_stderr
-    from hlc_oracle.server.window import WindowFileError
 
     config = config_module.load(args.config, overrides=_overrides(args))
     configure(config.log.level, config.log.format)

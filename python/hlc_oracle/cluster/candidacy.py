@@ -7,7 +7,7 @@ Two rules, asked before every campaign (:class:`~hlc_oracle.cluster.node.Cluster
   check is a callable that returns the reason (naming the offsets), or ``None``.
 - **Prefer candidates that can serve at once.** A new leader's clock floor is the saved window
   limit, and it serves only once that floor is within max_offset/2 of its own clock (the HLC
-  bound, :func:`~hlc_oracle.server.window.wait_out_lead`). A candidate whose clock is behind the
+  bound, :func:`~hlc_oracle.node.window.wait_out_lead`). A candidate whose clock is behind the
   saved limit by more than that would win and then wait, stretching the failover gap. So it
   defers its campaign by the time it would have to wait (at most :data:`MAX_DEFER_S`) while
   another live member could serve at once: one whose clock, by the peers check's estimate, is
@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from hlc_oracle import Clock
-from hlc_oracle.server.window import lead_bound_us
+from hlc_oracle.node.window import lead_bound_us
 
 #: Longest deferral of a lagging candidate's campaign (seconds): past it, it campaigns anyway.
 MAX_DEFER_S = 5.0

@@ -36,9 +36,11 @@ import asyncio
 import logging
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, parse_endpoint
 from hlc_oracle.config import MIN_DECISION_RETENTION_S
@@ -126,6 +128,45 @@ class Capacity:
     db_bytes: int = 0
     db_in_use_bytes: int = 0
     quota_source: str = ""
+
+
+class DecisionCapacityCollector:
+    """The capacity guard's last look, read when ``/metrics`` is scraped (registered in the
+    node's :attr:`~hlc_oracle.node.metrics.ServerMetrics.registry`)."""
+
+    def __init__(self, capacity: Callable[[], Capacity | None]) -> None:
+        self._capacity = capacity
+
+    def collect(self) -> Iterator[Metric]:
+        capacity = self._capacity()
+        if capacity is None:
+            return
+        yield GaugeMetricFamily(
+            "hlc_oracle_decision_retention_seconds",
+            "Seconds the leader keeps group-commit decisions in etcd now (below the configured "
+            "retention when the capacity guard shortened it)",
+            value=capacity.retention_s,
+        )
+        yield GaugeMetricFamily(
+            "hlc_oracle_decision_retention_configured_seconds",
+            "cluster.decision_retention_s",
+            value=capacity.configured_s,
+        )
+        yield GaugeMetricFamily(
+            "hlc_oracle_etcd_db_in_use_bytes",
+            "etcd's database in use, as the capacity guard last read it",
+            value=capacity.db_in_use_bytes,
+        )
+        yield GaugeMetricFamily(
+            "hlc_oracle_etcd_db_bytes",
+            "etcd's database file (what its quota counts), as the capacity guard last read it",
+            value=capacity.db_bytes,
+        )
+        yield GaugeMetricFamily(
+            "hlc_oracle_etcd_quota_bytes",
+            "etcd's quota (--quota-backend-bytes) the capacity guard works against",
+            value=capacity.quota_bytes,
+        )
 
 
 class CapacityGuard:

@@ -84,8 +84,8 @@ from hlc_oracle.cluster.capacity import Capacity, CapacityGuard
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, EtcdQuotaError, delete_range, put
 from hlc_oracle.cluster.fence import Fence, FenceError
 from hlc_oracle.durable import ExternalDurableStep
+from hlc_oracle.node.gate import ServingGate
 from hlc_oracle.scheduler import CommitOptions
-from hlc_oracle.server.gate import ServingGate
 
 logger = logging.getLogger("hlc_oracle.cluster.decisions")
 

@@ -44,9 +44,9 @@ from hlc_oracle.cluster.members import DuplicateNodeError, live_members, registe
 from hlc_oracle.cluster.session import Session, stop_task
 from hlc_oracle.cluster.window_store import EtcdWindowStore
 from hlc_oracle.log_rate import RateLimitedLog
-from hlc_oracle.server.gate import ServingGate
-from hlc_oracle.server.metrics import ServerMetrics
-from hlc_oracle.server.window import TimestampWindow, WindowSaveError, wait_out_lead
+from hlc_oracle.node.gate import ServingGate
+from hlc_oracle.node.metrics import ServerMetrics
+from hlc_oracle.node.window import TimestampWindow, WindowSaveError, wait_out_lead
 
 log = logging.getLogger("hlc_oracle.cluster")
 

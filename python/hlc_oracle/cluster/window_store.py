@@ -13,7 +13,7 @@ from collections.abc import Callable
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError
 from hlc_oracle.cluster.etcd import put as put_op
 from hlc_oracle.cluster.fence import Fence, FenceError
-from hlc_oracle.server.window import FORMAT_VERSION, WindowSaveError
+from hlc_oracle.node.window import FORMAT_VERSION, WindowSaveError
 
 
 class EtcdWindowStore:

@@ -15,7 +15,7 @@ import logging
 import signal
 import time
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,14 +29,29 @@ from hlc_oracle import (
     ManualClock,
     SystemClock,
 )
+from hlc_oracle.cluster.capacity import DecisionCapacityCollector
+from hlc_oracle.cluster.control_loop import ControlLoop, drop_spurious_poller_wakeups
+from hlc_oracle.cluster.decisions import ClusteredGroupCommit
+from hlc_oracle.cluster.etcd import EtcdError
+from hlc_oracle.cluster.members import DuplicateNodeError, MemberDirectory
+from hlc_oracle.cluster.node import ClusterNode
 from hlc_oracle.config import OracleConfig
+from hlc_oracle.node.gate import ServingGate
+from hlc_oracle.node.metrics import ServerMetrics
+from hlc_oracle.node.window import (
+    TimestampWindow,
+    WindowPersistence,
+    WindowSaveError,
+    WindowStore,
+    floor_for,
+    lead_bound_us,
+    wait_out_lead,
+)
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.scheduler import CeilingRaised
 from hlc_oracle.server.certificates import server_credentials
 from hlc_oracle.server.commit import SERVICE_NAME as TRANSACTIONS_SERVICE_NAME
 from hlc_oracle.server.commit import TransactionsService
-from hlc_oracle.server.gate import ServingGate
-from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.service import SERVICE_NAME, TimestampOracleService, wire_timestamp
 from hlc_oracle.server.skew_guard import (
     build_peer_monitor,
@@ -53,21 +68,8 @@ from hlc_oracle.server.startup import (
     lock_data_dir,
     write_port_file,
 )
-from hlc_oracle.server.window import (
-    TimestampWindow,
-    WindowPersistence,
-    WindowSaveError,
-    WindowStore,
-    floor_for,
-    lead_bound_us,
-    wait_out_lead,
-)
+from hlc_oracle.skew.peers import PeerOffsetMonitor, PeersVerdict
 from hlc_oracle.tls import PemError
-
-if TYPE_CHECKING:
-    from hlc_oracle.cluster.control_loop import ControlLoop
-    from hlc_oracle.cluster.node import ClusterNode
-    from hlc_oracle.skew.peers import PeerOffsetMonitor, PeersVerdict
 
 log = logging.getLogger("hlc_oracle.server")
 
@@ -118,10 +120,6 @@ class OracleServer:
         self.control: ControlLoop | None = None
         persistence: WindowPersistence = self.store
         if config.cluster.clustered:
-            # Imported here: the cluster package builds on this one (and standalone needs no etcd).
-            from hlc_oracle.cluster.control_loop import ControlLoop
-            from hlc_oracle.cluster.node import ClusterNode
-
             self.control = ControlLoop()
 
             self.cluster = ClusterNode(
@@ -138,8 +136,6 @@ class OracleServer:
             )
             persistence = self.cluster.store
             if config.commit.enabled:
-                from hlc_oracle.cluster.decisions import ClusteredGroupCommit
-
                 # Clustered, group commit opens with each leadership term (issue 11).
                 self.cluster.group_commit = ClusteredGroupCommit(
                     self.cluster.client,
@@ -152,7 +148,9 @@ class OracleServer:
                     end_term=self.cluster.end_term,
                     quota_bytes=config.cluster.etcd_quota_bytes,
                 )
-                self.metrics.watch_decision_capacity(self.cluster.group_commit.capacity)
+                self.metrics.registry.register(
+                    DecisionCapacityCollector(self.cluster.group_commit.capacity)
+                )
         self.peers: PeerOffsetMonitor | None = None
         self._peers_refused = False
         if self.cluster is not None and config.peers.enabled:
@@ -209,8 +207,6 @@ class OracleServer:
 
     def _build_peers(self, cluster: ClusterNode) -> PeerOffsetMonitor:
         """The peers check: started once this node's member key is in etcd (:meth:`start`)."""
-        from hlc_oracle.cluster.members import MemberDirectory
-
         config = self.config
         try:
             credentials = peer_channel_credentials(config.tls, config.peers.ca_file)
@@ -414,10 +410,6 @@ class OracleServer:
         )
 
     async def _join_cluster(self, port: int) -> None:
-        from hlc_oracle.cluster.control_loop import drop_spurious_poller_wakeups
-        from hlc_oracle.cluster.etcd import EtcdError
-        from hlc_oracle.cluster.members import DuplicateNodeError
-
         assert self.cluster is not None and self.control is not None
         advertise = self.config.advertise_address
         host, _, listen_port = advertise.rpartition(":")

@@ -3,7 +3,7 @@
 With ``commit.enabled = false`` every call is refused with ``UNIMPLEMENTED`` ("not supported or
 enabled", in gRPC's words) and the ``REFUSAL_DISABLED`` mark: permanent, so clients do not retry.
 ``GetTransactionStatus`` is a read: the gate's blocks for skew, the window or start-up do not
-close it (see :mod:`hlc_oracle.server.gate`).
+close it (see :mod:`hlc_oracle.node.gate`).
 
 All deciding happens in :class:`~hlc_oracle.GroupCommitScheduler`; these handlers only turn wire
 messages into :class:`~hlc_oracle.Transaction` objects and answers back into messages, and map the
@@ -40,10 +40,10 @@ from hlc_oracle import (
     TransactionTooLargeError,
 )
 from hlc_oracle._core import decode_commit_request, encode_commit_results
+from hlc_oracle.node.gate import ServingGate
+from hlc_oracle.node.metrics import ServerMetrics
 from hlc_oracle.proto import NOT_SERVING_PREFIX, REFUSAL_DISABLED
 from hlc_oracle.proto import oracle_pb2 as pb
-from hlc_oracle.server.gate import ServingGate
-from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.open_streams import OpenStreams, StreamEndedError
 from hlc_oracle.server.service import (
     RequestError,

@@ -17,6 +17,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from hlc_oracle import CeilingReachedError, Clock, ClockSkewError, HlcError, Timestamp
+from hlc_oracle.node.gate import ServingGate
+from hlc_oracle.node.metrics import ServerMetrics
+from hlc_oracle.node.window import TimestampWindow, WindowSaveError
 from hlc_oracle.proto import (
     LEADER_METADATA_KEY,
     NOT_SERVING_PREFIX,
@@ -26,10 +29,7 @@ from hlc_oracle.proto import (
     REFUSAL_OVER_LIMIT,
 )
 from hlc_oracle.proto import oracle_pb2 as pb
-from hlc_oracle.server.gate import ServingGate
-from hlc_oracle.server.metrics import ServerMetrics
 from hlc_oracle.server.open_streams import OpenStreams, StreamEndedError
-from hlc_oracle.server.window import TimestampWindow, WindowSaveError
 from hlc_oracle.server.wire import WireCheckError, check_wire
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["TimestampOracle"].full_name

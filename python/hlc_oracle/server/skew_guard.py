@@ -21,8 +21,8 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from hlc_oracle.config import TlsSection
+from hlc_oracle.node.gate import ServingGate
 from hlc_oracle.proto import oracle_pb2 as pb
-from hlc_oracle.server.gate import ServingGate
 from hlc_oracle.skew import (
     PhysicalClock,
     ServerState,

@@ -10,16 +10,13 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hlc_oracle.addresses import parse_host_port
+from hlc_oracle.cluster.etcd_security import EtcdSecurity, EtcdSecurityFileError
 from hlc_oracle.config import OracleConfig, commit_log_in_data_dir
 from hlc_oracle.server.data_dir import DataDirLock, DataDirLockedError
 
 log = logging.getLogger("hlc_oracle.server")
-
-if TYPE_CHECKING:
-    from hlc_oracle.cluster.etcd_security import EtcdSecurity
 
 
 class StartupError(Exception):
@@ -95,8 +92,6 @@ def write_port_file(path: Path, port: int, metrics_port: int | None) -> None:
 def etcd_security(config: OracleConfig) -> EtcdSecurity:
     """The link to etcd, its files read and checked (:mod:`hlc_oracle.cluster.etcd_security`);
     :class:`StartupConfigError` naming a file that cannot be used."""
-    from hlc_oracle.cluster.etcd_security import EtcdSecurity, EtcdSecurityFileError
-
     try:
         return EtcdSecurity.from_config(config.cluster)
     except EtcdSecurityFileError as err:

@@ -1,4 +1,9 @@
-"""Prometheus metrics of one server, in their own registry (several servers can share a process)."""
+"""Prometheus metrics of one node, in their own registry (several nodes can share a process).
+
+The gRPC handlers, the window and the cluster node all count here; a clustered leader's decision
+capacity adds its own collector (:class:`~hlc_oracle.cluster.capacity.DecisionCapacityCollector`)
+to :attr:`ServerMetrics.registry`.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,6 @@ from prometheus_client.core import (
 from hlc_oracle._core import SYNC_BUCKET_BOUNDS_US
 
 if TYPE_CHECKING:
-    from hlc_oracle.cluster.capacity import Capacity
     from hlc_oracle.scheduler import GroupCommitScheduler
 
 # Unary latency on loopback is tens of microseconds; the buckets reach from there to a second.
@@ -143,10 +147,6 @@ class ServerMetrics:
         """Exports group commit's figures from ``scheduler()`` (the current one, or None)."""
         self.registry.register(GroupCommitCollector(scheduler))
 
-    def watch_decision_capacity(self, capacity: Callable[[], Capacity | None]) -> None:
-        """A clustered leader's decision retention and etcd's database against its quota."""
-        self.registry.register(DecisionCapacityCollector(capacity))
-
     def serve(self, host: str, port: int) -> tuple[int, Callable[[], None]]:
         """Starts the ``/metrics`` HTTP endpoint; returns the bound port and a stop function."""
         server, thread = start_http_server(port, addr=host, registry=self.registry)
@@ -157,44 +157,6 @@ class ServerMetrics:
             thread.join(timeout=5)
 
         return int(server.server_port), stop
-
-
-class DecisionCapacityCollector:
-    """The capacity guard's last look (see :mod:`hlc_oracle.cluster.capacity`), when scraped."""
-
-    def __init__(self, capacity: Callable[[], Capacity | None]) -> None:
-        self._capacity = capacity
-
-    def collect(self) -> Iterator[Metric]:
-        capacity = self._capacity()
-        if capacity is None:
-            return
-        yield GaugeMetricFamily(
-            "hlc_oracle_decision_retention_seconds",
-            "Seconds the leader keeps group-commit decisions in etcd now (below the configured "
-            "retention when the capacity guard shortened it)",
-            value=capacity.retention_s,
-        )
-        yield GaugeMetricFamily(
-            "hlc_oracle_decision_retention_configured_seconds",
-            "cluster.decision_retention_s",
-            value=capacity.configured_s,
-        )
-        yield GaugeMetricFamily(
-            "hlc_oracle_etcd_db_in_use_bytes",
-            "etcd's database in use, as the capacity guard last read it",
-            value=capacity.db_in_use_bytes,
-        )
-        yield GaugeMetricFamily(
-            "hlc_oracle_etcd_db_bytes",
-            "etcd's database file (what its quota counts), as the capacity guard last read it",
-            value=capacity.db_bytes,
-        )
-        yield GaugeMetricFamily(
-            "hlc_oracle_etcd_quota_bytes",
-            "etcd's quota (--quota-backend-bytes) the capacity guard works against",
-            value=capacity.quota_bytes,
-        )
 
 
 class GroupCommitCollector:

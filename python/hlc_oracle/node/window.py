@@ -25,7 +25,7 @@ from typing import Protocol
 from hlc_oracle import MAX_LOGICAL, Clock, HlcError, Timestamp
 from hlc_oracle.log_rate import RateLimitedLog
 
-log = logging.getLogger("hlc_oracle.server.window")
+log = logging.getLogger("hlc_oracle.node.window")
 
 WINDOW_FILE = "timestamp-window"
 FORMAT_VERSION = 1
