@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup system build proto serve cluster docs docs-check test lint rust-test python-test bench bench-smoke clean
+.PHONY: setup system build proto serve cluster docs docs-check test test-fast lint rust-test python-test bench bench-smoke clean
 
 setup: system build
 
@@ -61,6 +61,11 @@ docs-check: build
 
 python-test: build
 	$(BIN)/pytest tests
+
+# The fast tier: tests/unit alone (no server, no etcd, no chrony), well under a minute. The
+# other tiers: tests/etcd, tests/integration, tests/packaging (`pytest -m etcd`, ...).
+test-fast: build
+	$(BIN)/pytest tests/unit -q
 
 # A short smoke run: every benchmark body runs once, no timing is taken or asserted.
 bench-smoke: build

@@ -9,7 +9,7 @@
   standalone one, interleaved: what leading adds per request, without the network's noise.
 - ``cluster failover``: the client-visible gap when the leader goes away, for clients given all
   three targets (three threads calling back to back; the client library's ``OracleClient`` given
-  every node, through ``tests/integration/oracle_cluster.py``'s ``leader_client``: it follows
+  every node, through ``tests/support/oracle_cluster.py``'s ``leader_client``: it follows
   redirects at once and moves on from an unreachable node; runs A to D used a test-only client
   over plain gRPC, ``LeaderClient``, that does the same). The
   gap of a round is the longest time between two consecutive successful calls from just before
@@ -20,7 +20,7 @@
   default; ``hlc_oracle/cluster/leader_liveness.py``); ``kill -9, lease only`` turns that off, so
   the dead leader's lease must expire first (runs A to E): the baseline of the same run.
   ``kill -9, TLS etcd`` is the kill -9 rounds on an etcd member with TLS, client certificates and
-  auth (``tests/integration/secured_etcd.py``; the nodes log in by their certificate's CN).
+  auth (``tests/support/secured_etcd.py``; the nodes log in by their certificate's CN).
   ``extra_info`` holds every round's gap and the maximum. These are figures, not timings: the
   benchmark's own time is one pass over the rounds.
 """
@@ -43,10 +43,10 @@ from bench.test_bench_service import (
     _concurrent_unary,
     _timed,
 )
-from tests.etcd_process import EtcdMember
-from tests.integration.oracle_cluster import CallLog, OracleCluster, leader_client, load
-from tests.integration.oracle_process import OracleProcess
-from tests.integration.secured_etcd import oracle_etcd_args, secured_etcd_with_pki
+from tests.support.etcd_process import EtcdMember
+from tests.support.oracle_cluster import CallLog, OracleCluster, leader_client, load
+from tests.support.oracle_process import OracleProcess
+from tests.support.secured_etcd import oracle_etcd_args, secured_etcd_with_pki
 
 ROUNDS = 10
 CALLERS, CALLS = 16, 25

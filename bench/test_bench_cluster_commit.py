@@ -4,8 +4,8 @@
   keys per transaction, no conflicts), the same as ``commit grpc 256 callers`` in
   ``test_bench_commit.py``: a standalone node with its local commit log in ``sync`` durability
   (the baseline), a clustered leader (a one-node cluster) on one etcd member, on a three-member
-  etcd in memory (``tests/etcd_process.py``), and on three members with their data on disk. Every
-  etcd member runs on this machine with ``--election-timeout 100``.
+  etcd in memory (``tests/support/etcd_process.py``), and on three members with their data on
+  disk. Every etcd member runs on this machine with ``--election-timeout 100``.
 - ``cluster commit latency c=1``: one caller committing back to back; p50 and p99 per mode.
 - ``cluster commit after kill -9``: three nodes on one etcd member, lease TTL 1 s, commit load from
   four threads given all three targets (``tests/integration/test_cluster_commit.py``'s
@@ -15,7 +15,7 @@
 - ``cluster failover under commit load``: three nodes on one etcd member, lease TTL 3 s (the
   default; neither gap waits for it), ``retained`` decisions committed first (10,000 / 300,000 /
   2,000,000, kept in etcd by the default retention); then the client library's commit load
-  (``tests/integration/client_commit_load.py``: eight ``commit()`` callers, two
+  (``tests/support/client_commit_load.py``: eight ``commit()`` callers, two
   ``commit_many(100)`` callers and a ``commit_unary()``/``abort()`` caller, one client given all
   three targets) through 10 graceful handovers (SIGTERM of the leader) and 10 kill -9 of the
   leader. A round's gap, measured by the client as ``cluster failover`` does for timestamps:
@@ -64,11 +64,11 @@ from hlc_oracle.cluster.fence import Fence, Term
 from hlc_oracle.durable import ExternalDurableStep
 
 from bench.test_bench_commit import KEYS, percentile, record_rate, submit_all
-from tests.etcd_process import EtcdCluster, EtcdMember
-from tests.integration.client_commit_load import ClientCommitLoad
-from tests.integration.oracle_cluster import LeaderClient, OracleCluster
-from tests.integration.oracle_process import OracleProcess
 from tests.integration.test_cluster_commit import CommitLoad
+from tests.support.client_commit_load import ClientCommitLoad
+from tests.support.etcd_process import EtcdCluster, EtcdMember
+from tests.support.oracle_cluster import LeaderClient, OracleCluster
+from tests.support.oracle_process import OracleProcess
 
 CALLERS, PER_CALLER = 256, 20
 #: The standalone baseline; a one-node cluster on one etcd member, on three (in memory), and on

@@ -5,7 +5,7 @@ in the same run.
 standalone node; each gets the same load for ``HLC_BENCH_LOAD_S`` seconds in all (60 by default;
 a smoke run, ``--benchmark-disable``, runs 3 s), in slices of ``HLC_BENCH_LOAD_SLICE_S`` (10 s)
 that alternate between the two, so that load from elsewhere on a shared host weighs on both
-alike. The load comes from ``tests/integration/steady_load.py``: one
+alike. The load comes from ``tests/support/steady_load.py``: one
 asyncio client keeps 8 ``commit_many`` calls of 1,000 fresh transactions in flight (each call's
 start timestamp is taken just before it), and a thread beside it takes one timestamp every 50 ms.
 Recorded per node: decided transactions per second, every batch answered or the errors, the
@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 
-from tests.etcd_process import EtcdMember
-from tests.integration.oracle_cluster import OracleCluster, fetch_metrics, metric_value
-from tests.integration.oracle_process import OracleProcess
-from tests.integration.steady_load import LoadFigures, run_steady_load
+from tests.support.etcd_process import EtcdMember
+from tests.support.oracle_cluster import OracleCluster, fetch_metrics, metric_value
+from tests.support.oracle_process import OracleProcess
+from tests.support.steady_load import LoadFigures, run_steady_load
 
 #: Seconds of load per node (the issue's figure is 60 s); a smoke run takes SMOKE_S.
 LOAD_S = float(os.environ.get("HLC_BENCH_LOAD_S", "60"))

@@ -1,7 +1,7 @@
 """A clustered leader on a secured etcd against one on a plaintext etcd, in the same run.
 
 The secured member serves TLS, demands client certificates and has etcd's auth on with the
-oracle's least-privilege role (:mod:`tests.integration.secured_etcd`); the node logs in by its
+oracle's least-privilege role (:mod:`tests.support.secured_etcd`); the node logs in by its
 certificate's CN. Each side is a one-node cluster (lease TTL 3 s) on its own etcd member, both
 members on this machine with ``--election-timeout 100``:
 
@@ -44,9 +44,9 @@ from bench.test_bench_cluster import CALLERS, CALLS
 from bench.test_bench_cluster_commit import commit_round
 from bench.test_bench_commit import process_cpu_seconds, record_rate
 from bench.test_bench_service import INTERLEAVED_PAIRS, ONE, _concurrent_unary, _timed
-from tests.etcd_process import EtcdMember
-from tests.integration.oracle_cluster import OracleCluster
-from tests.integration.secured_etcd import (
+from tests.support.etcd_process import EtcdMember
+from tests.support.oracle_cluster import OracleCluster
+from tests.support.secured_etcd import (
     GRANTED_PREFIX,
     oracle_etcd_args,
     secured_etcd_with_pki,

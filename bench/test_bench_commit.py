@@ -35,7 +35,7 @@ import pytest
 from hlc_oracle import Clock, CommitOptions, Committed, GroupCommitScheduler, Timestamp, Transaction
 from hlc_oracle.client import AsyncOracleClient
 
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 TXNS = 4096
 KEYS = 8

@@ -1,6 +1,7 @@
 """ConflictDetector.check_batch of 1,000 transactions with 8 keys each (4 reads, 4 writes,
-serializable, so 8,000 key checks a batch) against a history of 100,000 remembered keys, beside the
-pure-Python model (``tests/models/conflict.py``, the group's baseline) deciding the same batch.
+serializable, so 8,000 key checks a batch) against a history of 100,000 remembered keys, beside
+the pure-Python model (``tests/support/models/conflict.py``, the group's baseline) deciding the
+same batch.
 
 Every transaction starts after the history, so each of its keys is looked up (about one in ten
 is found) and nearly all are accepted: the rare one that loses inside the batch stops at its first
@@ -11,7 +12,7 @@ from typing import Any
 
 from hlc_oracle import ConflictDetector, Timestamp, Transaction
 
-from tests.models.conflict import ModelDetector, ModelTransaction
+from tests.support.models.conflict import ModelDetector, ModelTransaction
 
 BATCH = 1_000
 READS = WRITES = 4

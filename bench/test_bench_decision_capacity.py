@@ -33,8 +33,8 @@ from hlc_oracle.cluster.etcd import EtcdClient, compare_create_revision, put
 from hlc_oracle.cluster.fence import Fence, Term
 from hlc_oracle.durable import ExternalDurableStep
 
-from tests.etcd_process import EtcdMember
-from tests.integration.oracle_cluster import OracleCluster
+from tests.support.etcd_process import EtcdMember
+from tests.support.oracle_cluster import OracleCluster
 
 GROUP, IN_FLIGHT, KEYS = 1_000, 8, 8
 DECISIONS = 300_000

@@ -1,8 +1,8 @@
-"""The cluster fault scenarios (tests/integration/nemesis.py, ``SCENARIOS``), longer: each runs
+"""The cluster fault scenarios (tests/support/nemesis.py, ``SCENARIOS``), longer: each runs
 ``ROUNDS`` rounds of its fault under load (three client tasks taking timestamps and committing
 through the library client given all three nodes; lease TTL 1 s; etcd with
 ``--election-timeout 100``), then every commit is read back and the one checker
-(tests/integration/history.py) judges the whole history.
+(tests/support/history.py) judges the whole history.
 
 Figures, not timings (the benchmark's own time is one pass), in ``extra_info``:
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.nemesis import SCENARIOS, Outcome, run_scenario
+from tests.support.nemesis import SCENARIOS, Outcome, run_scenario
 
 ROUNDS = 6
 

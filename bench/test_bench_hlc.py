@@ -1,5 +1,5 @@
 """HLC core from Python, each beside baselines in the same run: ``time.time_ns()`` (the cost of
-just reading the clock from Python) and a pure-Python HLC (``tests/models/hlc.py``)."""
+just reading the clock from Python) and a pure-Python HLC (``tests/support/models/hlc.py``)."""
 
 import time
 from typing import Any
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from hlc_oracle import Clock, Timestamp
 
-from tests.models import hlc as model
+from tests.support.models import hlc as model
 
 GROUPS = ["now", "update", "reserve", "to_bytes", "parse"]
 

@@ -30,8 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.etcd_process import EtcdMember
-from tests.integration.oracle_cluster import (
+from tests.support.etcd_process import EtcdMember
+from tests.support.oracle_cluster import (
     CallLog,
     OracleCluster,
     leader_client,
@@ -39,7 +39,7 @@ from tests.integration.oracle_cluster import (
     read_etcd_key,
     write_etcd_key,
 )
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 ROUNDS = 10
 LEASE_TTL_S = 10

@@ -1,7 +1,7 @@
 """The peers check (``hlc_oracle.skew.peers``) on real etcd and real nodes.
 
 - ``peers skewed failover``: three nodes, node 3's wall clock 2 s ahead or behind (libfaketime,
-  ``tests/integration/oracle_process.py``'s ``skewed_clock_env``), the default peers settings
+  ``tests/support/oracle_process.py``'s ``skewed_clock_env``), the default peers settings
   (one measurement of every peer a second), a 1 s lease; three threads take timestamps through
   the client library given every node while the leader is killed (kill -9) six times, each
   killed node restarted before the next round. Figures: who led each round (never node 3), each
@@ -35,15 +35,15 @@ import pytest
 from hlc_oracle.proto import oracle_pb2 as pb
 
 from bench.test_bench_service import ONE, _concurrent_unary, _timed
-from tests.etcd_process import EtcdMember
-from tests.integration.oracle_cluster import (
+from tests.support.etcd_process import EtcdMember
+from tests.support.oracle_cluster import (
     CallLog,
     OracleCluster,
     fetch_metrics,
     leader_client,
     load,
 )
-from tests.integration.oracle_process import OracleProcess, skewed_clock_env
+from tests.support.oracle_process import OracleProcess, skewed_clock_env
 
 SKEWED = 3
 FAILOVERS = 6

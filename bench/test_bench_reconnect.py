@@ -23,7 +23,7 @@ The same node restarting hides gRPC's own reconnect cadence: a connection attemp
 the bound port waits in the accept queue, and completes as the server starts. A node that
 becomes reachable while it serves (a network outage ends) shows it: grpc-core never retries
 sooner than 100 ms (see ``hlc_oracle.client.channel``). ``test_first_answer_after_partition``
-measures that case through a TCP proxy in front of the node (``tests/integration/tcp_proxy.py``):
+measures that case through a TCP proxy in front of the node (``tests/support/tcp_proxy.py``):
 the proxy refuses connections and cuts every one for 1 and 3 s, then listens again; the gap is
 from that moment to the first answer.
 
@@ -52,8 +52,8 @@ import pytest
 from hlc_oracle.client import AsyncOracleClient, OracleError
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.integration.oracle_process import OracleProcess
-from tests.integration.tcp_proxy import TcpProxy
+from tests.support.oracle_process import OracleProcess
+from tests.support.tcp_proxy import TcpProxy
 
 OUTAGES_S = (1.0, 3.0, 10.0)
 #: Network outages (the node keeps serving): the client's connect probe against gRPC's floor.

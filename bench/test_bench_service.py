@@ -38,7 +38,7 @@ import pytest
 from hlc_oracle.client import AsyncOracleClient
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 GET = "/hlc_oracle.v1.TimestampOracle/GetTimestamps"
 STREAM = "/hlc_oracle.v1.TimestampOracle/StreamTimestamps"

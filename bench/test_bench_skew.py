@@ -27,7 +27,7 @@ import pytest
 from hlc_oracle import Clock, Timestamp
 from hlc_oracle.skew import NtpServer, query_server
 
-from tests.ntp.chrony import ChronyServer
+from tests.support.ntp.chrony import ChronyServer
 
 OPS = 20_000
 ROUNDS = 5

@@ -1,7 +1,7 @@
 """VectorClock.compare and merge with 4 and 32 entries, beside a dict-based Python vector clock
-(``tests/models/vclock.py``: its loop-based ``compare``, the fastest we could write, is the group's
-baseline; ``compare_with_any`` is the direct way to write it) and loro's ``VersionVector`` (a Rust
-version vector used from Python through pyo3: ``includes_vv`` and ``merge``).
+(``tests/support/models/vclock.py``: its loop-based ``compare``, the fastest we could write, is the
+group's baseline; ``compare_with_any`` is the direct way to write it) and loro's ``VersionVector``
+(a Rust version vector used from Python through pyo3: ``includes_vv`` and ``merge``).
 
 The two clocks of each pair differ in their last entry only, so every comparison walks all the
 entries (no early exit on a concurrent pair)."""
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hlc_oracle import Ordering, VectorClock
 
-from tests.models.vclock import DictVectorClock
+from tests.support.models.vclock import DictVectorClock
 
 loro = pytest.importorskip("loro")
 

@@ -6,7 +6,7 @@
 set -euo pipefail
 
 # etcd-server and etcd-client (3.4.23 in bookworm): the clustered mode's shared state; tests start
-# their own members on loopback (tests/etcd_process.py).
+# their own members on loopback (tests/support/etcd_process.py).
 # faketime: libfaketimeMT.so.1, which the skewed-clock tests preload into a node to put its wall
 # clock seconds ahead or behind (FAKETIME=+2s) while its monotonic clock stays true.
 # openssl: deploy/etcd-pki.sh makes the deploy files' etcd certificates with it (its test runs it).

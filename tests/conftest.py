@@ -1,5 +1,13 @@
-"""Fixtures shared by every test directory: real etcd on loopback, ``etcd`` (one member) and
-``etcd_cluster`` (three members), each fresh for the test and stopped by pid at its end."""
+"""The tiers and the fixtures shared by every tier.
+
+A test's folder says what it needs, and this hook marks it so (``pytest -m unit``):
+``unit`` (this process only: no server, no etcd, no chrony), ``etcd`` (a real etcd),
+``integration`` (starts our servers, chrony or other processes), ``packaging`` (builds the
+wheel, checks the deploy files and the docs). Helpers live in ``tests/support/``, fixture files
+in ``tests/data/``; a test file anywhere else is refused at collection.
+
+Fixtures: real etcd on loopback, ``etcd`` (one member) and ``etcd_cluster`` (three members), each
+fresh for the test and stopped by pid at its end."""
 
 from __future__ import annotations
 
@@ -8,7 +16,32 @@ from pathlib import Path
 
 import pytest
 
-from tests.etcd_process import EtcdCluster, EtcdMember
+from tests.support.etcd_process import EtcdCluster, EtcdMember
+
+TIERS = ("unit", "etcd", "integration", "packaging")
+TESTS = Path(__file__).resolve().parent
+
+
+def tier_of(path: Path) -> str | None:
+    """The tier folder a test file is in, or None for a file outside every tier."""
+    parts = path.resolve().relative_to(TESTS).parts
+    return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    outside = set()
+    for item in items:
+        if not item.path.resolve().is_relative_to(TESTS):
+            continue  # bench/ collected in the same run
+        tier = tier_of(item.path)
+        if tier is None:
+            outside.add(str(item.path.relative_to(TESTS.parent)))
+        else:
+            item.add_marker(tier)
+    if outside:
+        raise pytest.UsageError(
+            f"test files outside the tier folders tests/{{{','.join(TIERS)}}}: {sorted(outside)}"
+        )
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Fixtures that run the real oracle on loopback: ``oracle`` (one per module) and
 ``start_oracle`` (a fresh one per call, stopped at the end of the test); ``pki``, test
-certificates (see :mod:`tests.integration.pki`)."""
+certificates (see :mod:`tests.support.pki`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.oracle_process import OracleProcess
-from tests.integration.pki import make_pki
+from tests.support.oracle_process import OracleProcess
+from tests.support.pki import make_pki
 
 
 @pytest.fixture(scope="module")

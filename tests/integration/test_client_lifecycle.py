@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from hlc_oracle.client import OracleClient, OracleUnavailableError
 
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 StartOracle = Callable[..., OracleProcess]
 

@@ -15,8 +15,8 @@ import pytest
 from hlc_oracle.client import AsyncOracleClient, OracleError, OracleUnavailableError
 from hlc_oracle.client.channel import MIN_REPLACE_INTERVAL_S, is_listening
 
-from tests.integration.oracle_process import OracleProcess
-from tests.integration.tcp_proxy import TcpProxy
+from tests.support.oracle_process import OracleProcess
+from tests.support.tcp_proxy import TcpProxy
 
 
 @contextlib.contextmanager

@@ -26,8 +26,8 @@ from hlc_oracle.client import (
     RetryPolicy,
 )
 
-from tests.integration.oracle_process import OracleProcess
-from tests.integration.tcp_proxy import TcpProxy
+from tests.support.oracle_process import OracleProcess
+from tests.support.tcp_proxy import TcpProxy
 
 SMALL_LIMIT = 65536  # the old default limits.max_message_bytes
 

@@ -24,7 +24,7 @@ from hlc_oracle.client import (
     parse_targets,
 )
 
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 
 def dead_address() -> str:

@@ -31,9 +31,9 @@ from hlc_oracle.cluster.fence import Fence, Term
 from hlc_oracle.cluster.node import key_prefix
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.etcd_process import EtcdCluster, EtcdMember
-from tests.integration.history import History, Instant, Operation, check
-from tests.integration.oracle_cluster import LeaderClient, OracleCluster
+from tests.support.etcd_process import EtcdCluster, EtcdMember
+from tests.support.history import History, Instant, Operation, check
+from tests.support.oracle_cluster import LeaderClient, OracleCluster
 
 KILL_ROUNDS = 10
 LEASE_TTL_S = 1

@@ -23,11 +23,11 @@ from pathlib import Path
 from hlc_oracle import Aborted, Committed, Transaction
 from hlc_oracle.client import AsyncOracleClient, CommitManyResults, OracleClient
 
-from tests.etcd_process import EtcdMember
-from tests.integration.client_commit_load import CLIENT_TIMEOUT_S, ClientCommitLoad
-from tests.integration.oracle_cluster import OracleCluster, fetch_metrics, metric_value
-from tests.integration.oracle_process import OracleProcess
 from tests.integration.test_client_resilience import command_start_up_seconds
+from tests.support.client_commit_load import CLIENT_TIMEOUT_S, ClientCommitLoad
+from tests.support.etcd_process import EtcdMember
+from tests.support.oracle_cluster import OracleCluster, fetch_metrics, metric_value
+from tests.support.oracle_process import OracleProcess
 
 LEASE_TTL_S = 1
 REFUSED = 'hlc_oracle_transactions_total{outcome="refused"}'

@@ -1,6 +1,6 @@
 """Leader failover on a real etcd, under timestamp load: kill -9, graceful handover, a paused
 leader, etcd stopped, etcd's raft leader killed. After each, every call the load threads made is
-checked (tests/integration/oracle_cluster.py, CallLog.check): no timestamp handed out twice,
+checked (tests/support/oracle_cluster.py, CallLog.check): no timestamp handed out twice,
 real-time order across threads and nodes, and no timestamp more than max_offset/2 ahead of the
 physical clock. Lease TTL 1 s (etcd runs with --election-timeout 100), but for the deposition of
 a killed leader, which a 10 s lease tells apart from a lease expiry."""
@@ -18,8 +18,8 @@ import pytest
 from hlc_oracle.proto import REFUSAL_METADATA_KEY
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.etcd_process import EtcdCluster, EtcdMember
-from tests.integration.oracle_cluster import (
+from tests.support.etcd_process import EtcdCluster, EtcdMember
+from tests.support.oracle_cluster import (
     CallLog,
     OracleCluster,
     fetch_metrics,

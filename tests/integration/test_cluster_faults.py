@@ -1,11 +1,11 @@
 """The cluster under faults, Jepsen-style: real etcd (one member or three), three real nodes
 (lease TTL 1 s), a few client tasks taking timestamps and committing through the library client
 given every node while a fault happens, then every commit's status read back and the whole history
-judged by one checker (tests/integration/history.py): no timestamp twice, real-time order, nothing
+judged by one checker (tests/support/history.py): no timestamp twice, real-time order, nothing
 more than max_offset/2 ahead of the host's clock, every acknowledged decision reads back the same,
 nothing decided twice.
 
-The scenarios are defined once, in tests/integration/nemesis.py (``SCENARIOS``); here each runs a
+The scenarios are defined once, in tests/support/nemesis.py (``SCENARIOS``); here each runs a
 round or a few, and asserts the checker's verdict and that the cluster served again after every
 round. How long a fault interrupted service is a figure: bench/test_bench_faults.py runs more
 rounds and records it.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.nemesis import SCENARIOS, run_scenario
+from tests.support.nemesis import SCENARIOS, run_scenario
 
 #: Calls the checker must see at the least: a run that recorded less proves little.
 MIN_OPERATIONS = 20

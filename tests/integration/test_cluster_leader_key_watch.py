@@ -19,8 +19,8 @@ import grpc
 from hlc_oracle.client import OracleClient, OracleStatus
 from hlc_oracle.proto import REFUSAL_METADATA_KEY
 
-from tests.etcd_process import EtcdMember
-from tests.integration.oracle_cluster import (
+from tests.support.etcd_process import EtcdMember
+from tests.support.oracle_cluster import (
     CallLog,
     OracleCluster,
     fetch_metrics,

@@ -16,9 +16,9 @@ from hlc_oracle.client import OracleStatus
 from hlc_oracle.config import TlsSection
 from hlc_oracle.server.skew_guard import GrpcPeerTransport, peer_channel_credentials
 
-from tests.etcd_process import EtcdMember
-from tests.integration.oracle_cluster import CallLog, OracleCluster, leader_client, load
-from tests.integration.oracle_process import OracleProcess, skewed_clock_env
+from tests.support.etcd_process import EtcdMember
+from tests.support.oracle_cluster import CallLog, OracleCluster, leader_client, load
+from tests.support.oracle_process import OracleProcess, skewed_clock_env
 
 SKEWED = 3
 #: Measure often, so a verdict comes within a second or two; generous waits on two busy cores.

@@ -2,8 +2,8 @@
 readwrite on the cluster's prefix only): election, failover and commits work, the user comes from
 the certificate's CN or from a password whose token is asked for again when it expires, a foreign
 prefix is refused, and every misconfiguration ends the node at once with one line naming the cause
-(exit 1), or naming the file (exit 2). Real etcd (:mod:`tests.integration.secured_etcd`),
-certificates made by the test (:mod:`tests.integration.pki`)."""
+(exit 1), or naming the file (exit 2). Real etcd (:mod:`tests.support.secured_etcd`),
+certificates made by the test (:mod:`tests.support.pki`)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from hlc_oracle.cluster.etcd import EtcdAuthError, EtcdClient, EtcdPermissionErr
 from hlc_oracle.cluster.etcd_security import EtcdSecurity
 from hlc_oracle.config import ClusterSection
 
-from tests.etcd_process import ORACLE_ROLE, EtcdMember
-from tests.integration.oracle_cluster import OracleCluster, leader_client
-from tests.integration.secured_etcd import (
+from tests.support.etcd_process import ORACLE_ROLE, EtcdMember
+from tests.support.oracle_cluster import OracleCluster, leader_client
+from tests.support.secured_etcd import (
     GRANTED_PREFIX,
     ORACLE_PASSWORD,
     oracle_etcd_args,

@@ -18,8 +18,8 @@ from hlc_oracle.proto import (
 )
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.etcd_process import EtcdMember, free_tcp_port
-from tests.integration.oracle_cluster import (
+from tests.support.etcd_process import EtcdMember, free_tcp_port
+from tests.support.oracle_cluster import (
     OracleCluster,
     fetch_metrics,
     leader_client,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.etcd_process import EtcdMember
-from tests.integration.oracle_cluster import OracleCluster
-from tests.integration.steady_load import run_steady_load
+from tests.support.etcd_process import EtcdMember
+from tests.support.oracle_cluster import OracleCluster
+from tests.support.steady_load import run_steady_load
 
 #: Long enough that a starved host (2 cores shared with a test suite) stays far from it; the
 #: frozen loop this test guards against blocked for 10 s.

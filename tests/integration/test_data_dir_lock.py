@@ -16,8 +16,8 @@ from hlc_oracle.server.app import OracleServer
 from hlc_oracle.server.data_dir import LOCK_FILE, DataDirLock, DataDirLockedError
 from hlc_oracle.server.startup import StartupError
 
-from tests.etcd_process import EtcdMember, free_tcp_port
-from tests.integration.oracle_process import OracleProcess
+from tests.support.etcd_process import EtcdMember, free_tcp_port
+from tests.support.oracle_process import OracleProcess
 
 # The case: without group commit the commit log's own LOCK was the only lock there was.
 NO_COMMIT = ("--set", "commit.enabled=false")

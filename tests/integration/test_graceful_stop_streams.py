@@ -15,8 +15,8 @@ import grpc
 from hlc_oracle.proto import REFUSAL_METADATA_KEY, REFUSAL_NOT_LEADER
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.etcd_process import EtcdMember
-from tests.integration.oracle_cluster import OracleCluster
+from tests.support.etcd_process import EtcdMember
+from tests.support.oracle_cluster import OracleCluster
 
 #: Far longer than the stop may take: a stream that holds the stop shows as a wait this long.
 SHUTDOWN_GRACE_S = 10

@@ -23,7 +23,7 @@ from hlc_oracle.client import (
     RetryPolicy,
 )
 
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 MAX_OFFSET_US = 500_000
 BOUND_US = MAX_OFFSET_US // 2

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 StartOracle = Callable[..., OracleProcess]
 

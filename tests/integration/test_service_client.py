@@ -19,7 +19,7 @@ from hlc_oracle.client import (
     RetryPolicy,
 )
 
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 
 def free_port() -> int:

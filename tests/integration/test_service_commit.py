@@ -19,7 +19,7 @@ from hlc_oracle import Aborted, Committed, Timestamp, Transaction
 from hlc_oracle.client import AsyncOracleClient, OracleClient, OracleError, RetryPolicy
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 
 def test_commit_abort_and_status_over_the_wire(oracle: OracleProcess) -> None:

@@ -24,8 +24,8 @@ from hlc_oracle.client import (
 )
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.integration.oracle_process import OracleProcess
-from tests.ntp.responder import Behaviour, NtpResponder
+from tests.support.ntp.responder import Behaviour, NtpResponder
+from tests.support.oracle_process import OracleProcess
 
 TRANSACTIONS = "/hlc_oracle.v1.Transactions/"
 NO_RETRY = RetryPolicy(attempts=1)

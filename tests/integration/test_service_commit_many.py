@@ -23,8 +23,8 @@ from hlc_oracle.client import (
     RetryPolicy,
 )
 
-from tests.integration.oracle_process import OracleProcess
-from tests.integration.tcp_proxy import TcpProxy
+from tests.support.oracle_process import OracleProcess
+from tests.support.tcp_proxy import TcpProxy
 
 
 def test_results_come_in_order_each_transaction_with_its_own_result_or_error(

@@ -16,7 +16,7 @@ from hlc_oracle import Timestamp
 from hlc_oracle.client import OracleClient, OracleError
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 METHOD = "/hlc_oracle.v1.TimestampOracle/"
 

@@ -26,7 +26,7 @@ from hlc_oracle.client import (
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.tls import PemError
 
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 
 def test_health_reports_serving_for_the_server_and_the_service(oracle: OracleProcess) -> None:

@@ -20,9 +20,9 @@ from hlc_oracle.proto import (
 )
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.integration.oracle_process import OracleProcess
 from tests.integration.test_skew_service import ntp_args, wait_for
-from tests.ntp.responder import Behaviour, NtpResponder
+from tests.support.ntp.responder import Behaviour, NtpResponder
+from tests.support.oracle_process import OracleProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -14,7 +14,7 @@ import pytest
 from hlc_oracle import Timestamp, TimestampRange
 from hlc_oracle.client import OracleClient, OracleNotServingError, RetryPolicy
 
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 
 def test_many_threads_get_unique_increasing_timestamps(oracle: OracleProcess) -> None:

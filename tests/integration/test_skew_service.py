@@ -25,9 +25,9 @@ from hlc_oracle.client import (
 )
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.integration.oracle_process import OracleProcess
-from tests.ntp.chrony import ChronyServer
-from tests.ntp.responder import Behaviour, NtpResponder
+from tests.support.ntp.chrony import ChronyServer
+from tests.support.ntp.responder import Behaviour, NtpResponder
+from tests.support.oracle_process import OracleProcess
 
 POLL_S = 0.2
 TIMEOUT_S = 0.2

@@ -2,7 +2,7 @@
 own stderr lines go through the relay), and warns at start-up about a certificate near or past
 its expiry; the client tells a handshake failure from an unreachable server
 (``OracleTlsHandshakeError``, exit code 7) and names the likely cause. Certificates are made in
-the test (:mod:`tests.integration.pki`)."""
+the test (:mod:`tests.support.pki`)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from hlc_oracle.client import (
 )
 from hlc_oracle.server.stderr_relay import convert, record_for
 
-from tests.integration.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess
 
 StartOracle = Callable[..., OracleProcess]
 

@@ -1,0 +1,412 @@
+"""The decision log on a real etcd: group commit through the fenced etcd store, recovery by the
+next leader, a deposed leader's pieces refused, retention, the quota alarm, a bad key at
+recovery, and a three-member etcd losing its raft leader under load."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hlc_oracle import (
+    Aborted,
+    Clock,
+    CommitEngine,
+    CommitLogError,
+    CommitOptions,
+    CommitOutcomeUnknownError,
+    Committed,
+    GroupCommitScheduler,
+    StartTimestampError,
+    Transaction,
+)
+from hlc_oracle.cluster.decisions import (
+    DecisionDecodeError,
+    DecisionLog,
+    DecisionQuotaError,
+    decision_key,
+)
+from hlc_oracle.cluster.etcd import (
+    EtcdClient,
+    EtcdError,
+    EtcdQuotaError,
+    compare_create_revision,
+    delete,
+    put,
+)
+from hlc_oracle.cluster.fence import Fence, FenceError, Term
+from hlc_oracle.durable import ExternalDurableStep
+
+from tests.support.etcd_process import EtcdCluster, EtcdMember
+
+PREFIX = "/hlc-oracle/test/"
+LEADER_KEY = f"{PREFIX}leader".encode()
+#: A piece of no decisions (format version 2, count 0).
+EMPTY_PIECE = b"\x02\x00"
+Outcome = Committed | Aborted
+
+
+async def take_leadership(client: EtcdClient, node: str) -> Fence:
+    """A term for ``node``: the leader key deleted if held, then created (epoch = its revision),
+    as an election would after the previous leader's lease ran out."""
+    await client.delete(LEADER_KEY)
+    value = node.encode()
+    result = await client.txn([compare_create_revision(LEADER_KEY, 0)], [put(LEADER_KEY, value)])
+    assert result.succeeded
+    return Fence(client, Term(LEADER_KEY, value, result.revision))
+
+
+class Leader:
+    """One term's group commit: a scheduler whose durable step is the term's decision log."""
+
+    def __init__(self, log: DecisionLog, scheduler: GroupCommitScheduler, step: Any) -> None:
+        self.log = log
+        self.scheduler = scheduler
+        self.step = step
+
+    @classmethod
+    async def promote(
+        cls, client: EtcdClient, node: int, *, retention_s: float = 600.0, **log_options: Any
+    ) -> tuple[Leader, Any]:
+        fence = await take_leadership(client, f"node-{node}")
+        clock = Clock(node=node)
+        log = DecisionLog(
+            client, PREFIX, fence, retention_s=retention_s, clock=clock, **log_options
+        )
+        first = await log.newest_seq() + 1
+        step = ExternalDurableStep(
+            log.write, asyncio.get_running_loop(), max_in_flight=4, first_batch_seq=first
+        )
+        scheduler = GroupCommitScheduler(None, clock, CommitOptions(), durable_step=step)
+        engine = scheduler.engine
+        recovered = await log.recover(
+            None,
+            engine.raise_low_watermark,
+            lambda seq, data: engine.replay_piece(seq, data),
+            engine.raise_forgotten_through,
+        )
+        return cls(log, scheduler, step), recovered
+
+    async def commit(self, txns: list[Transaction]) -> list[Outcome | BaseException]:
+        return list(
+            await asyncio.gather(*(self.scheduler.submit(t) for t in txns), return_exceptions=True)
+        )
+
+
+def transactions(clock: Clock, first_id: int, count: int, keys: int = 50) -> list[Transaction]:
+    """``count`` transactions over ``keys`` keys: some conflict, most commit."""
+    rng = random.Random(first_id)
+    return [
+        Transaction(
+            first_id + n, clock.now(), [], [f"k{rng.randrange(keys)}".encode() for _ in range(2)]
+        )
+        for n in range(count)
+    ]
+
+
+def client_of(endpoints: list[str]) -> EtcdClient:
+    return EtcdClient(endpoints, timeout_s=1.0)
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())
+
+
+def test_decisions_survive_into_the_next_term(etcd: EtcdMember) -> None:
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        first, _ = await Leader.promote(client, 1, page_keys=3)  # small pages: paged recovery
+        txns = transactions(first.scheduler.clock, 1, 200)
+        answers = await first.commit(txns)
+        assert all(isinstance(a, Committed | Aborted) for a in answers), answers
+        assert sum(isinstance(a, Committed) for a in answers) > 20
+        await first.scheduler.aclose()
+        newest = await first.log.newest_seq()
+        assert newest >= 1
+
+        second, recovered = await Leader.promote(client, 2, page_keys=3)
+        assert recovered.newest_seq == newest and recovered.pieces >= 1
+        assert recovered.commits + recovered.aborts == len(answers)
+        for n, answer in enumerate(answers, start=1):
+            assert second.scheduler.status(n) == answer
+        newest_commit = max(a.commit_ts for a in answers if isinstance(a, Committed))
+        assert second.scheduler.clock.now() > newest_commit
+        # Resubmitting a decided id gets its first decision; new commits continue the seq.
+        again = await second.commit(txns[:5])
+        assert again == answers[:5]
+        fresh = await second.commit(transactions(second.scheduler.clock, 1000, 3))
+        assert all(isinstance(a, Committed) for a in fresh)
+        assert await second.log.newest_seq() > newest
+        await second.scheduler.aclose()
+
+    run(scenario)
+
+
+def test_a_deposed_leaders_pending_piece_is_refused_and_nothing_is_acknowledged(
+    etcd: EtcdMember,
+) -> None:
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        old, _ = await Leader.promote(client, 1)
+        failures: list[str] = []
+        old.step.on_failure = failures.append
+        acknowledged = await old.commit(transactions(old.scheduler.clock, 1, 20))
+        # Another node wins while the old one still believes it leads.
+        await take_leadership(client, "node-2")
+        late = await old.commit(transactions(old.scheduler.clock, 100, 20, keys=1000))
+        assert all(isinstance(a, CommitOutcomeUnknownError) for a in late), late
+        assert failures and "FenceError" in failures[0] and "refused by the fence" in failures[0]
+        await old.scheduler.aclose()
+        # Nothing of the late batch reached etcd: a new engine knows only the first answers.
+        engine = CommitEngine(None, Clock(node=3), durability="external")
+        fence = await take_leadership(client, "node-3")
+        log = DecisionLog(client, PREFIX, fence)
+        await log.recover(None, engine.raise_low_watermark, engine.replay_piece)
+        assert [engine.status(n) for n in range(1, 21)] == acknowledged
+        assert all(engine.status(n) is None for n in range(100, 120))
+
+    run(scenario)
+
+
+def test_retention_trims_old_pieces_moves_the_checkpoint_and_compacts(etcd: EtcdMember) -> None:
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        now = [1000.0]
+        leader, _ = await Leader.promote(client, 1, retention_s=60.0, now=lambda: now[0])
+        old = await leader.commit(transactions(leader.scheduler.clock, 1, 10, keys=1000))
+        await leader.scheduler.abort(50)  # an abort by id: its key goes with its piece
+        old_seq = await leader.log.newest_seq()
+        now[0] += 61
+        recent = await leader.commit(transactions(leader.scheduler.clock, 100, 10, keys=1000))
+        await leader.scheduler.abort(150)
+        assert await leader.log.aborted_ids() == [50, 150]
+        assert await leader.log.trim() >= 1  # the old pieces; the recent ones stay
+        assert await leader.log.aborted_ids() == [150]
+        start = decision_key(PREFIX, 0, 0)
+        page = await client.range(start, decision_key(PREFIX, 2**63, 0))
+        seqs = [int(kv.key.rsplit(b"/", 1)[1]) for kv in page.kvs]
+        assert seqs and min(seqs) > old_seq
+        checkpoint, _ = await client.get(f"{PREFIX}checkpoint".encode())
+        assert checkpoint is not None and json.loads(checkpoint.value)["seq"] == min(seqs)
+        revision_of_first_trim = (await client.get(LEADER_KEY))[1]
+        now[0] += 61
+        assert await leader.log.trim() >= 1  # everything; compacts up to the first trim
+        with pytest.raises(Exception, match="compacted"):
+            await client.range(start, start + b"\xff", revision=revision_of_first_trim - 1)
+        await leader.scheduler.aclose()
+
+        successor, recovered = await Leader.promote(client, 2)
+        assert recovered.pieces == 0 and recovered.newest_seq >= max(seqs)
+        # A trimmed id's status is unknown to the next leader.
+        assert all(successor.scheduler.status(n) is None for n in range(1, 11))
+        assert all(successor.scheduler.status(n) is None for n in range(100, 110))
+        assert old and recent
+        await successor.scheduler.aclose()
+
+    run(scenario)
+
+
+def test_a_trimmed_commit_resubmitted_to_the_next_leader_is_refused_never_decided_again(
+    etcd: EtcdMember,
+) -> None:
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        now = [1000.0]
+        leader, _ = await Leader.promote(client, 1, retention_s=60.0, now=lambda: now[0])
+        txns = transactions(leader.scheduler.clock, 1, 10, keys=1000)
+        answers = await leader.commit(txns)
+        assert all(isinstance(a, Committed) for a in answers), answers
+        now[0] += 61
+        assert await leader.log.trim() >= 1
+        checkpoint = await leader.log.read_checkpoint()
+        assert checkpoint is not None and checkpoint.forgotten_through is not None
+        assert checkpoint.forgotten_through >= max(t.start_ts for t in txns)
+        await leader.scheduler.aclose()
+        newest = await leader.log.newest_seq()
+
+        successor, recovered = await Leader.promote(client, 2)
+        assert recovered.pieces == 0
+        assert successor.scheduler.engine.low_watermark == checkpoint.forgotten_through
+        # The trimmed commit's resubmission: refused (OUT_OF_RANGE), never aborted or committed
+        # again; its status stays unknown and nothing reaches etcd.
+        again = await successor.commit(txns[:3])
+        assert all(isinstance(a, StartTimestampError) for a in again), again
+        assert "at or below" in str(again[0]) and str(txns[0].txn_id) in str(again[0])
+        assert all(successor.scheduler.status(t.txn_id) is None for t in txns)
+        assert await successor.log.newest_seq() == newest
+        # Transactions that start after the trim still commit.
+        fresh = await successor.commit(transactions(successor.scheduler.clock, 100, 3, keys=1000))
+        assert all(isinstance(a, Committed) for a in fresh), fresh
+        await successor.scheduler.aclose()
+
+        # A checkpoint written before the bound was stored still reads (the old caveat holds).
+        await client.put(
+            f"{PREFIX}checkpoint".encode(), json.dumps({"epoch": 1, "seq": newest + 1}).encode()
+        )
+        third, recovered = await Leader.promote(client, 3)
+        legacy = await third.log.read_checkpoint()
+        assert legacy is not None and legacy.forgotten_through is None
+        assert recovered.pieces >= 1  # the fresh pieces, after the checkpoint
+        assert all(third.scheduler.status(t.txn_id) is None for t in txns)
+        await third.scheduler.aclose()
+
+    run(scenario)
+
+
+def test_a_checkpoint_that_does_not_decode_stops_the_promotion_naming_it(
+    etcd: EtcdMember,
+) -> None:
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        key = f"{PREFIX}checkpoint".encode()
+        await client.put(key, b'{"epoch": 1, "seq": 2, "forgotten_through": "soon"}')
+        with pytest.raises(DecisionDecodeError, match="checkpoint"):
+            await Leader.promote(client, 1)
+        await client.delete(key)
+
+    run(scenario)
+
+
+def test_a_key_that_does_not_decode_stops_the_promotion_naming_it(etcd: EtcdMember) -> None:
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        bad_key = f"{PREFIX}decisions/not-a-number".encode()
+        await client.put(bad_key, b"x")
+        with pytest.raises(DecisionDecodeError, match="decisions/not-a-number"):
+            await Leader.promote(client, 1)
+        await client.delete(bad_key)
+        torn = decision_key(PREFIX, 5, 7)
+        await client.put(torn, b"\x01\x05\x00")
+        with pytest.raises(DecisionDecodeError, match=f"{torn.decode()}.*does not decode"):
+            await Leader.promote(client, 1)
+
+    run(scenario)
+
+
+def test_the_quota_alarm_refuses_pieces_and_nothing_unwritten_is_acknowledged(
+    tmp_path: Path,
+) -> None:
+    async def scenario(member: EtcdMember) -> None:
+        client = client_of([member.endpoint])
+        leader, _ = await Leader.promote(client, 1)
+        failures: list[str] = []
+        leader.step.on_failure = failures.append
+        clock = leader.scheduler.clock
+        acknowledged: dict[int, Outcome] = {}
+        refused = 0
+        for round_ in range(200):
+            # Pieces are small (no write sets): filler keys beside them bring the quota near.
+            with contextlib.suppress(EtcdQuotaError):
+                await client.put(f"/filler/{round_}".encode(), bytes(64 << 10))
+            txns = [
+                Transaction(round_ * 100 + n, clock.now(), [], [f"{round_}-{n}".encode()])
+                for n in range(1, 40)
+            ]
+            for txn, answer in zip(txns, await leader.commit(txns), strict=True):
+                if isinstance(answer, Committed | Aborted):
+                    acknowledged[txn.txn_id] = answer
+                else:
+                    assert isinstance(answer, CommitOutcomeUnknownError), answer
+                    refused += 1
+            if failures:
+                break
+        assert refused and failures and "database space exceeded" in failures[0]
+        assert await leader.log.quota_alarm()
+        with pytest.raises(DecisionQuotaError, match="NOSPACE"):
+            await leader.log.write(10**6, EMPTY_PIECE)
+        await leader.scheduler.aclose()
+        # etcd refuses every put now, a campaign's too: read back under the old term's fence.
+        engine = CommitEngine(None, Clock(node=2), durability="external")
+        log = DecisionLog(client, PREFIX, leader.log.fence)
+        await log.recover(None, engine.raise_low_watermark, engine.replay_piece)
+        assert acknowledged
+        for txn_id, answer in acknowledged.items():
+            assert engine.status(txn_id) == answer
+
+    with EtcdMember(tmp_path / "etcd", extra_args=("--quota-backend-bytes=2097152",)) as member:
+        run(lambda: scenario(member))
+
+
+def test_three_member_etcd_losing_its_raft_leader_under_load(etcd_cluster: EtcdCluster) -> None:
+    """Waves of concurrent commits while etcd's raft leader is killed: every acknowledged
+    decision reads back on the next leader; a batch whose write was lost with the raft leader is
+    answered outcome unknown, and later ones are refused (the engine stopped): UNAVAILABLE both,
+    never a guess."""
+
+    async def scenario() -> None:
+        client = client_of(etcd_cluster.endpoints)
+        leader, _ = await Leader.promote(client, 1)
+        clock = leader.scheduler.clock
+        victim = etcd_cluster.raft_leader()
+        decided: dict[int, Outcome] = {}
+        unavailable = 0
+        for wave in range(30):
+            if wave == 10:
+                asyncio.get_running_loop().call_later(0.002, victim.kill)
+            txns = transactions(clock, wave * 1000 + 1, 50, keys=100_000)
+            for txn, answer in zip(txns, await leader.commit(txns), strict=True):
+                if isinstance(answer, Outcome):
+                    decided[txn.txn_id] = answer
+                else:
+                    assert isinstance(answer, CommitLogError), answer  # unknown, or stopped
+                    unavailable += 1
+        await leader.scheduler.aclose()
+        assert not victim.running()
+        # A write sent as the raft leader died may go unanswered for a deadline: try again.
+        for _ in range(5):
+            try:
+                fence = await take_leadership(client, "node-2")
+                break
+            except EtcdError:
+                continue
+        engine = CommitEngine(None, Clock(node=2), durability="external")
+        log = DecisionLog(client, PREFIX, fence)
+        await log.recover(None, engine.raise_low_watermark, engine.replay_piece)
+        assert len(decided) >= 500, (len(decided), unavailable)
+        for txn_id, answer in decided.items():
+            assert engine.status(txn_id) == answer
+
+    run(scenario)
+
+
+def test_delete_of_the_leader_key_alone_ends_the_term(etcd: EtcdMember) -> None:
+    """The fence compares the leader key's value and create revision: deleting it is enough."""
+
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        fence = await take_leadership(client, "node-1")
+        log = DecisionLog(client, PREFIX, fence)
+        await log.write(1, EMPTY_PIECE)
+        await client.txn([], [delete(LEADER_KEY)])
+        with pytest.raises(FenceError, match="decision batch 2"):
+            await log.write(2, EMPTY_PIECE)
+
+    run(scenario)
+
+
+def test_recovery_pages_stay_under_the_grpc_message_limit(etcd: EtcdMember) -> None:
+    """Pieces of up to 1 MiB: a page of many would pass gRPC's 4 MiB receive limit; recovery
+    reads fewer keys a page then, and still replays every piece."""
+
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        first, _ = await Leader.promote(client, 1)
+        clock = first.scheduler.clock
+        big = [
+            Transaction(n, clock.now(), [], [b"%d-%d-" % (n, k) + b"v" * 3900 for k in range(200)])
+            for n in range(1, 13)
+        ]
+        answers = await first.commit(big)
+        assert all(isinstance(a, Committed) for a in answers), answers
+        await first.scheduler.aclose()
+        second, recovered = await Leader.promote(client, 2)
+        assert recovered.commits == len(big)
+        assert [second.scheduler.status(n) for n in range(1, 13)] == answers
+        await second.scheduler.aclose()
+
+    run(scenario)

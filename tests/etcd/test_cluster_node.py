@@ -1,0 +1,135 @@
+"""ClusterNode in process against a real etcd: start-up on a lease that lapsed before its first
+use, a joining node that names the leader at once, and what a node logs while etcd is away and
+when it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+from hlc_oracle import Clock
+from hlc_oracle.cluster.node import ClusterNode
+from hlc_oracle.node.gate import ServingGate
+from hlc_oracle.node.metrics import ServerMetrics
+from hlc_oracle.node.window import TimestampWindow
+
+from tests.support.etcd_process import EtcdMember
+
+#: The address a node advertises (nothing listens there: no follower probes it in these tests).
+ADDRESS = "127.0.0.1:1"
+
+
+def make_node(
+    endpoint: str,
+    after_grant: Callable[[], Awaitable[None]] | None = None,
+    lease_ttl_s: int = 1,
+    node_id: int = 1,
+) -> tuple[ClusterNode, TimestampWindow]:
+    clock = Clock(node=node_id)
+    fatal: list[str] = []
+    node = ClusterNode(
+        endpoints=[endpoint],
+        cluster_name="node-test",
+        lease_ttl_s=lease_ttl_s,
+        node_id=node_id,
+        clock=clock,
+        gate=ServingGate(),
+        metrics=ServerMetrics(),
+        on_fatal=fatal.append,
+        after_grant=after_grant,
+    )
+    window = TimestampWindow(clock, node.store, size_us=200_000, check_interval_s=0.05)
+    return node, window
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def test_start_up_survives_a_lease_that_lapsed_before_its_first_use(
+    etcd: EtcdMember, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pause longer than the TTL between the grant and the first txn (a loaded host): the
+    lease is gone when the node id is claimed; the node grants another and goes on."""
+    pauses: list[int] = []
+
+    async def pause_once() -> None:
+        if not pauses:
+            pauses.append(1)
+            await asyncio.sleep(2.6)  # TTL 1 s; etcd sweeps expired leases every 0.5 s
+
+    async def body() -> tuple[int, int]:
+        node, window = make_node(etcd.endpoint, after_grant=pause_once)
+        try:
+            await node.start(window, ADDRESS)
+            await wait_until(lambda: node.role == "leader" and node.gate.serving)
+            return node.session.lease_id, await node.client.time_to_live(node.session.lease_id)
+        finally:
+            await node.resign()
+
+    with caplog.at_level(logging.WARNING, logger="hlc_oracle.cluster"):
+        lease, ttl = asyncio.run(body())
+    assert pauses == [1]
+    assert lease != 0 and ttl >= 0  # leading on a live lease (-1: gone)
+    assert "the new lease expired before it was used" in caplog.text
+
+
+def test_etcd_away_is_one_warning_and_its_return_one_info(
+    etcd: EtcdMember, caplog: pytest.LogCaptureFixture
+) -> None:
+    """etcd stops answering (SIGSTOP) under a leader for several keepalive rounds and election
+    retries, then comes back: one warning, one info, and each failing call's own record at most
+    once per interval."""
+    away_s = 3.0
+
+    async def body() -> None:
+        node, window = make_node(etcd.endpoint)
+        try:
+            await node.start(window, ADDRESS)
+            await wait_until(lambda: node.role == "leader" and node.gate.serving)
+            etcd.pause()
+            try:
+                await asyncio.sleep(away_s)
+            finally:
+                etcd.resume()
+            # Back: the node leads again (a new lease, a new term).
+            await wait_until(lambda: node.role == "leader" and node.gate.serving, 20)
+        finally:
+            await node.resign()
+
+    with caplog.at_level(logging.INFO, logger="hlc_oracle"):
+        asyncio.run(body())
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages.count("etcd unreachable") == 1, messages
+    assert messages.count("etcd reachable again") == 1, messages
+    assert messages.index("etcd unreachable") < messages.index("etcd reachable again")
+    back = next(r for r in caplog.records if r.getMessage() == "etcd reachable again")
+    assert back.fields["failed_calls"] >= 2  # type: ignore[attr-defined]
+    # Keepalives every TTL/3 and election retries every 0.1 s: without the limit, dozens.
+    for repeated in ("lease keepalive failed", "etcd call failed", "window save failed"):
+        assert messages.count(repeated) <= 2, (repeated, messages)
+
+
+def test_a_joining_node_names_the_leader_as_soon_as_it_has_joined(etcd: EtcdMember) -> None:
+    async def body() -> None:
+        leader, leader_window = make_node(etcd.endpoint, node_id=1)
+        follower, follower_window = make_node(etcd.endpoint, node_id=2)
+        try:
+            await leader.start(leader_window, ADDRESS)
+            await wait_until(lambda: leader.role == "leader" and leader.gate.serving)
+            await follower.start(follower_window, "127.0.0.1:2")
+            # Before its election loop has run once: status and refusals name the leader.
+            assert follower.leader is not None and follower.leader.node_id == 1
+            assert follower.gate.redirect == ADDRESS
+            assert "the leader is node 1" in (follower.gate.refusal() or "")
+        finally:
+            await follower.resign()
+            await leader.resign()
+
+    asyncio.run(body())

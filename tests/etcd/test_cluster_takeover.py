@@ -1,0 +1,206 @@
+"""A new leader takes over while its decision history loads (real etcd, in process): it decides
+fresh transactions at once; a resubmission, an abort by id, a commit of an id aborted by id and
+a status query wait for the history and then get the first decision; nothing flips."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hlc_oracle import (
+    MAX_LOGICAL,
+    MAX_NODE,
+    Clock,
+    CommitEngine,
+    CommitOptions,
+    Committed,
+    GroupCommitScheduler,
+    SchedulerClosedError,
+    Timestamp,
+    Transaction,
+)
+from hlc_oracle._core import encode_commit_request
+from hlc_oracle.cluster import decisions
+from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionLog
+from hlc_oracle.node.gate import ServingGate
+
+from tests.etcd.test_cluster_decisions import PREFIX, Leader, client_of, run, take_leadership
+from tests.support.etcd_process import EtcdMember
+
+HISTORY = 100_000
+GROUP = 1_000
+WAIT_S = 30.0
+
+
+class HeldHistory:
+    """Holds every promotion's history load until ``release``: the test decides what happens
+    while it loads, whatever this machine's speed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        load = DecisionLog.load_history
+
+        async def held(log: DecisionLog, *args: Any, **kwargs: Any) -> Any:
+            self.started.set()
+            await self.release.wait()
+            return await load(log, *args, **kwargs)
+
+        monkeypatch.setattr(DecisionLog, "load_history", held)
+
+
+async def write_history(client: Any) -> tuple[Leader, dict[int, Any], list[Transaction]]:
+    """A first term: ``HISTORY`` commits, an abort by id; returns its answers by id."""
+    leader, _ = await Leader.promote(client, 1)
+    clock = leader.scheduler.clock
+    answers: dict[int, Any] = {}
+    txns: list[Transaction] = []
+    for first in range(1, HISTORY + 1, GROUP):
+        start = clock.now()
+        group = [
+            Transaction(txn_id, start, [], [b"h%d" % txn_id])
+            for txn_id in range(first, first + GROUP)
+        ]
+        txns.extend(group)
+        for txn, answer in zip(group, await leader.scheduler.submit_many(group), strict=True):
+            answers[txn.txn_id] = answer
+    answers[10**9] = await leader.scheduler.abort(10**9)
+    await leader.scheduler.aclose()
+    return leader, answers, txns
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    for _ in range(int(WAIT_S / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_a_new_leader_decides_fresh_commits_while_its_history_loads(
+    etcd: EtcdMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        first, answers, txns = await write_history(client)
+        held = HeldHistory(monkeypatch)
+        window_limit = first.scheduler.clock.last().physical + 1
+        fence = await take_leadership(client, "node-2")
+        clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
+        installed: list[GroupCommitScheduler | None] = []
+        ended: list[str] = []
+        group_commit = ClusteredGroupCommit(
+            client,
+            PREFIX,
+            clock,
+            CommitOptions(),
+            ServingGate(),
+            retention_s=600.0,
+            install=installed.append,
+            end_term=ended.append,
+        )
+        await group_commit.promote(fence, window_limit)
+        scheduler = installed[-1]
+        assert scheduler is not None and group_commit.history_loading
+        await asyncio.wait_for(held.started.wait(), WAIT_S)
+
+        # Fresh: decided at once.
+        fresh = Transaction(5 * 10**9, clock.now(), [], [b"h1"])
+        assert isinstance(await asyncio.wait_for(scheduler.submit(fresh), WAIT_S), Committed)
+        # May need the history: held.
+        old = txns[HISTORY // 2]
+        resubmitted = asyncio.ensure_future(scheduler.submit(old))
+        late_commit_of_aborted = asyncio.ensure_future(
+            scheduler.submit(Transaction(10**9, clock.now(), [], [b"x"]))
+        )
+        abort_of_committed = asyncio.ensure_future(scheduler.abort(txns[0].txn_id))
+        status_result: list[Any] = []
+        status = threading.Thread(
+            target=lambda: status_result.append(scheduler.status(txns[-1].txn_id))
+        )
+        status.start()
+        await asyncio.sleep(0.3)
+        assert not any(f.done() for f in (resubmitted, late_commit_of_aborted, abort_of_committed))
+        assert status.is_alive()
+        # A fresh one still goes by them.
+        fresh2 = Transaction(5 * 10**9 + 1, clock.now(), [], [b"h2"])
+        assert isinstance(await asyncio.wait_for(scheduler.submit(fresh2), WAIT_S), Committed)
+
+        held.release.set()
+        assert await asyncio.wait_for(resubmitted, WAIT_S) == answers[old.txn_id]
+        assert await asyncio.wait_for(late_commit_of_aborted, WAIT_S) == answers[10**9]
+        assert await asyncio.wait_for(abort_of_committed, WAIT_S) == answers[txns[0].txn_id]
+        await asyncio.to_thread(status.join, WAIT_S)
+        assert status_result == [answers[txns[-1].txn_id]]
+        await eventually(lambda: not group_commit.history_loading)
+        # Every decision of the first term, and this term's, as first given.
+        for txn_id in (1, HISTORY // 3, HISTORY, 10**9):
+            assert scheduler.status(txn_id) == answers[txn_id]
+        assert scheduler.engine.stats()["retained_decisions"] >= HISTORY + 3
+        assert ended == []
+        await group_commit.close()
+
+    run(scenario)
+
+
+def test_an_undecodable_history_ends_the_term_and_refuses_what_waited(
+    etcd: EtcdMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        first, _ = await Leader.promote(client, 1)
+        await first.scheduler.aclose()
+        held = HeldHistory(monkeypatch)
+        bad = decisions.decision_key(PREFIX, first.log.epoch, 10**6)
+        await client.put(bad, b"\x09not a piece")
+        fence = await take_leadership(client, "node-2")
+        clock = Clock(node=2)
+        installed: list[GroupCommitScheduler | None] = []
+        ended: list[str] = []
+        group_commit = ClusteredGroupCommit(
+            client,
+            PREFIX,
+            clock,
+            CommitOptions(),
+            ServingGate(),
+            retention_s=600.0,
+            install=installed.append,
+            end_term=ended.append,
+        )
+        await group_commit.promote(fence, clock.now().physical)
+        scheduler = installed[-1]
+        assert scheduler is not None
+        waiting = asyncio.ensure_future(asyncio.to_thread(scheduler.status, 12345))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        held.release.set()
+        await eventually(lambda: bool(ended))
+        assert "does not decode" in ended[0]
+        await group_commit.close()
+        with pytest.raises(SchedulerClosedError):
+            await asyncio.wait_for(waiting, WAIT_S)
+
+    run(scenario)
+
+
+def test_what_waits_for_the_history_in_every_request_shape() -> None:
+    """``needs_history`` of a transaction, an abort, a group and a serialized message."""
+    engine = CommitEngine(None, Clock(node=2), durability="external")
+    watermark = engine.clock.now()
+    fresh = Transaction(1, engine.clock.now(), [], [b"a"])
+    old = Transaction(2, watermark, [], [b"a"])
+    aborted_by_id = Transaction(3, engine.clock.now(), [], [b"a"])
+    engine.begin_history_load(watermark, [3])
+    assert engine.history_loading
+    assert not engine.needs_history(fresh)
+    assert engine.needs_history(old) and engine.needs_history(aborted_by_id)
+    assert engine.needs_history(7)  # an abort by id
+    assert not engine.needs_history([fresh]) and engine.needs_history([fresh, 7])
+    assert not engine.needs_history(encode_commit_request([fresh]))
+    assert engine.needs_history(encode_commit_request([fresh, old]))
+    assert engine.needs_history(encode_commit_request([aborted_by_id]))
+    engine.end_history_load()
+    assert not engine.needs_history(encode_commit_request([old])) and not engine.needs_history(7)
