@@ -46,6 +46,7 @@
 //! `status`), `steps.rs` (the steps of `decide`), `recovery.rs` (`open` and the replay of the log
 //! or of stored pieces), `checkpoint.rs` (the checkpoint's format).
 
+pub mod batch;
 mod checkpoint;
 mod decisions;
 pub mod durable;

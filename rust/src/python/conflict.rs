@@ -14,8 +14,9 @@ use crate::conflict::{
     concurrent_writes, Conflict, ConflictDetector, ConflictError, ConflictKind, Isolation, KeySet,
     LostTo, Transaction, DEFAULT_MAX_KEYS,
 };
+use crate::python::args::{cast_arg, key_set_arg, list_arg, optional_cast_arg, type_name, u64_arg};
 use crate::python::errors::HlcError;
-use crate::python::hlc::{cast_arg, u64_arg, PyTimestamp};
+use crate::python::hlc::PyTimestamp;
 use crate::python::python_enum;
 use crate::python::vclock::PyVectorClock;
 
@@ -23,53 +24,6 @@ impl From<ConflictError> for PyErr {
     fn from(err: ConflictError) -> Self {
         PyValueError::new_err(err.to_string())
     }
-}
-
-fn type_name(value: &Bound<'_, PyAny>) -> String {
-    value
-        .get_type()
-        .name()
-        .map_or_else(|_| "?".into(), |n| n.to_string())
-}
-
-/// Reads an iterable of `bytes` / `str` keys (str as UTF-8) into a key set.
-fn key_set_arg(value: Option<&Bound<'_, PyAny>>, field: &str) -> PyResult<KeySet> {
-    let mut keys = KeySet::default();
-    let Some(value) = value.filter(|v| !v.is_none()) else {
-        return Ok(keys);
-    };
-    // A lone key would otherwise be iterated as characters or small integers.
-    if value.is_instance_of::<PyBytes>() || value.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err(format!(
-            "{field} must be an iterable of keys, not a single {} key",
-            type_name(value)
-        )));
-    }
-    let items = value.try_iter().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{field} must be an iterable of bytes or str keys, got {}",
-            type_name(value)
-        ))
-    })?;
-    for (index, item) in items.enumerate() {
-        let item = item?;
-        if let Ok(bytes) = item.cast::<PyBytes>() {
-            keys.push(bytes.as_bytes());
-        } else if let Ok(text) = item.cast::<PyString>() {
-            let text = text.to_str().map_err(|_| {
-                PyValueError::new_err(format!(
-                    "{field}[{index}] is a str that cannot be encoded as UTF-8"
-                ))
-            })?;
-            keys.push(text.as_bytes());
-        } else {
-            return Err(PyTypeError::new_err(format!(
-                "{field}[{index}] must be bytes or str, got {}",
-                type_name(&item)
-            )));
-        }
-    }
-    Ok(keys)
 }
 
 fn keys_tuple<'py>(py: Python<'py>, keys: &KeySet) -> PyResult<Bound<'py, PyTuple>> {
@@ -93,28 +47,9 @@ impl PyTransaction {
         clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let id = u64_arg(txn_id, "txn_id")?;
-        let start_ts = start_ts.cast::<PyTimestamp>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "start_ts must be a Timestamp, got {}",
-                type_name(start_ts)
-            ))
-        })?;
-        let clock = match clock {
-            Some(clock) if !clock.is_none() => Some(
-                clock
-                    .cast::<PyVectorClock>()
-                    .map_err(|_| {
-                        PyTypeError::new_err(format!(
-                            "clock must be a VectorClock or None, got {}",
-                            type_name(clock)
-                        ))
-                    })?
-                    .borrow()
-                    .0
-                    .clone(),
-            ),
-            _ => None,
-        };
+        let start_ts = cast_arg::<PyTimestamp>(start_ts, "start_ts")?;
+        let clock = optional_cast_arg::<PyVectorClock>(clock, "clock")?
+            .map(|clock| clock.borrow().0.clone());
         Ok(Self(Transaction {
             id,
             start_ts: start_ts.get().0,
@@ -331,28 +266,6 @@ impl PyBatchDecision {
     }
 }
 
-/// Collects the transactions of a batch argument; `TypeError` names the first that is not one.
-fn transactions_arg<'py>(txns: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyTransaction>>> {
-    let items = txns.try_iter().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "txns must be an iterable of Transaction, got {}",
-            type_name(txns)
-        ))
-    })?;
-    let mut out = Vec::with_capacity(txns.len().unwrap_or(0));
-    for (index, item) in items.enumerate() {
-        let item = item?;
-        let txn = item.cast_into::<PyTransaction>().map_err(|err| {
-            PyTypeError::new_err(format!(
-                "txns[{index}] must be a Transaction, got {}",
-                type_name(&err.into_inner())
-            ))
-        })?;
-        out.push(txn);
-    }
-    Ok(out)
-}
-
 fn isolation_name(isolation: Isolation) -> &'static str {
     match isolation {
         Isolation::Snapshot => "snapshot",
@@ -467,7 +380,7 @@ impl PyConflictDetector {
 
     /// Decides a batch in submission order, first committer wins; records nothing.
     fn check_batch(&self, py: Python<'_>, txns: &Bound<'_, PyAny>) -> PyResult<PyBatchDecision> {
-        let txns = transactions_arg(txns)?;
+        let txns = list_arg::<PyTransaction>(txns, "txns")?;
         let refs: Vec<&Transaction> = txns.iter().map(|txn| &txn.get().0).collect();
         let decision = py.detach(|| -> PyResult<_> { Ok(self.lock()?.check_batch(&refs)?) })?;
         Ok(PyBatchDecision {
@@ -489,7 +402,7 @@ impl PyConflictDetector {
         py: Python<'py>,
         txns: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let txns = transactions_arg(txns)?;
+        let txns = list_arg::<PyTransaction>(txns, "txns")?;
         let refs: Vec<&Transaction> = txns.iter().map(|txn| &txn.get().0).collect();
         let groups = py.detach(|| -> PyResult<_> { Ok(self.lock()?.partition(&refs)?) })?;
         let out = PyList::empty(py);
@@ -505,7 +418,7 @@ impl PyConflictDetector {
         py: Python<'py>,
         txns: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let txns = transactions_arg(txns)?;
+        let txns = list_arg::<PyTransaction>(txns, "txns")?;
         let refs: Vec<&Transaction> = txns.iter().map(|txn| &txn.get().0).collect();
         let found = py.detach(|| concurrent_writes(&refs))?;
         let out = PyList::empty(py);

@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyInt, PyString, PyTuple, PyType};
-use pyo3::PyTypeInfo;
+use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
 use crate::hlc::{
     Clock, ClockConfig, ClockError, ManualClock, PhysicalSource, TimestampRange, MAX_RESERVE,
+};
+use crate::python::args::{
+    bounded_arg, bytes_arg, cast_arg, i64_arg, optional_cast_arg, str_arg, type_name, u64_arg,
 };
 use crate::python::errors::{CeilingReachedError, ClockSkewError, HlcError};
 use crate::timestamp::{Timestamp, TimestampError, MAX_LOGICAL, MAX_NODE, MAX_PHYSICAL};
@@ -30,90 +32,6 @@ impl From<ClockError> for PyErr {
             ClockError::CeilingReached { .. } => CeilingReachedError::new_err(err.to_string()),
         }
     }
-}
-
-/// An integer argument converted to `u64`, or a `ValueError` naming `field` when it is negative or
-/// does not fit in 64 bits. Non-integers (and `bool`) are a `TypeError`.
-pub(crate) fn u64_arg(value: &Bound<'_, PyAny>, field: &str) -> PyResult<u64> {
-    if !value.is_instance_of::<PyInt>() || value.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(format!(
-            "{field} must be an int, got {}",
-            value.get_type().name()?
-        )));
-    }
-    value.extract::<u64>().map_err(|_| {
-        PyValueError::new_err(format!(
-            "{field} must be a non-negative integer below 2**64, got {value}"
-        ))
-    })
-}
-
-/// An integer argument in `0..=max`, else a `ValueError` naming `field`, the range (with `unit`)
-/// and the value; the same message whether or not the value fits in 64 bits (`u64_arg` would say
-/// "below 2**64" for a physical time whose real bound is 2**52).
-pub(crate) fn bounded_arg(
-    value: &Bound<'_, PyAny>,
-    field: &str,
-    max: u64,
-    unit: &str,
-) -> PyResult<u64> {
-    if !value.is_instance_of::<PyInt>() || value.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(format!(
-            "{field} must be an int, got {}",
-            value.get_type().name()?
-        )));
-    }
-    match value.extract::<u64>() {
-        Ok(n) if n <= max => Ok(n),
-        _ => Err(PyValueError::new_err(format!(
-            "{field} must be in 0..={max}{unit}, got {value}"
-        ))),
-    }
-}
-
-/// `value` as the Python class `T`, or a `TypeError` naming the parameter and the type received
-/// (`remote must be a Timestamp, got NoneType`). Methods take `&Bound<PyAny>` and call this instead
-/// of declaring a typed parameter, whose pyo3 error names neither. The success path is the same
-/// type check pyo3 does for a typed parameter; only a failure pays for the message.
-#[inline]
-pub(crate) fn cast_arg<'a, 'py, T: PyTypeInfo>(
-    value: &'a Bound<'py, PyAny>,
-    field: &str,
-) -> PyResult<&'a Bound<'py, T>> {
-    match value.cast::<T>() {
-        Ok(cast) => Ok(cast),
-        Err(_) => Err(wrong_type::<T>(value, field)),
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn wrong_type<T: PyTypeInfo>(value: &Bound<'_, PyAny>, field: &str) -> PyErr {
-    let name = |ty: Bound<'_, PyType>| ty.name().map_or_else(|_| "?".into(), |n| n.to_string());
-    let expected = name(T::type_object(value.py()));
-    let article = if expected.starts_with(['A', 'E', 'I', 'O', 'U']) {
-        "an"
-    } else {
-        "a"
-    };
-    PyTypeError::new_err(format!(
-        "{field} must be {article} {expected}, got {}",
-        name(value.get_type())
-    ))
-}
-
-fn i64_arg(value: &Bound<'_, PyAny>, field: &str) -> PyResult<i64> {
-    if !value.is_instance_of::<PyInt>() || value.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(format!(
-            "{field} must be an int, got {}",
-            value.get_type().name()?
-        )));
-    }
-    value.extract::<i64>().map_err(|_| {
-        PyValueError::new_err(format!(
-            "{field} must fit in a signed 64-bit integer, got {value}"
-        ))
-    })
 }
 
 fn node_arg(value: &Bound<'_, PyAny>) -> PyResult<u16> {
@@ -205,27 +123,13 @@ impl PyTimestamp {
 
     #[classmethod]
     fn from_bytes(_cls: &Bound<'_, PyType>, data: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let bytes = data.cast::<PyBytes>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "timestamp bytes must be bytes, got {}",
-                data.get_type()
-                    .name()
-                    .map_or_else(|_| "?".into(), |n| n.to_string())
-            ))
-        })?;
+        let bytes = bytes_arg(data, "timestamp bytes")?;
         Ok(Self(Timestamp::from_bytes(bytes.as_bytes())?))
     }
 
     #[classmethod]
     fn parse(_cls: &Bound<'_, PyType>, text: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let text = text.cast::<PyString>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "timestamp text must be str, got {}",
-                text.get_type()
-                    .name()
-                    .map_or_else(|_| "?".into(), |n| n.to_string())
-            ))
-        })?;
+        let text = str_arg(text, "timestamp text")?;
         // A str is not always text: a lone surrogate has no UTF-8 form (and no timestamp has one).
         let text = text.to_str().map_err(|err| not_unicode(text, &err))?;
         Ok(Self(Timestamp::parse(text)?))
@@ -471,27 +375,10 @@ impl PyClock {
         } else {
             return Err(PyTypeError::new_err(format!(
                 "physical_clock must be a SystemClock or a ManualClock, got {}",
-                physical_clock.get_type().name()?
+                type_name(&physical_clock)
             )));
         };
-        config.floor = match floor {
-            Some(floor) if !floor.is_none() => Some(
-                floor
-                    .cast::<PyTimestamp>()
-                    .map_err(|_| {
-                        PyTypeError::new_err(format!(
-                            "floor must be a Timestamp or None, got {}",
-                            floor
-                                .get_type()
-                                .name()
-                                .map_or_else(|_| "?".into(), |n| n.to_string())
-                        ))
-                    })?
-                    .get()
-                    .0,
-            ),
-            _ => None,
-        };
+        config.floor = optional_cast_arg::<PyTimestamp>(floor, "floor")?.map(|ts| ts.get().0);
         Ok(Self {
             clock: Clock::new(config),
             physical_clock: physical_clock.unbind(),

@@ -8,8 +8,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple, PyType};
 
 use crate::log::{CommitLog, LogError, LogOptions, Recovered, DEFAULT_SEGMENT_SIZE};
+use crate::python::args::{bytes_arg, path_arg, type_name, u64_arg};
 use crate::python::errors::{CommitLogCorruptError, CommitLogError};
-use crate::python::hlc::u64_arg;
 
 impl From<LogError> for PyErr {
     fn from(err: LogError) -> Self {
@@ -23,33 +23,6 @@ impl From<LogError> for PyErr {
             }
         }
     }
-}
-
-pub(crate) fn path_arg(value: &Bound<'_, PyAny>, field: &str) -> PyResult<PathBuf> {
-    value.extract::<PathBuf>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{field} must be a str or os.PathLike, got {}",
-            value
-                .get_type()
-                .name()
-                .map_or_else(|_| "?".into(), |n| n.to_string())
-        ))
-    })
-}
-
-fn bytes_arg(value: &Bound<'_, PyAny>, field: &str) -> PyResult<Vec<u8>> {
-    value
-        .cast::<PyBytes>()
-        .map(|bytes| bytes.as_bytes().to_vec())
-        .map_err(|_| {
-            PyTypeError::new_err(format!(
-                "{field} must be bytes, got {}",
-                value
-                    .get_type()
-                    .name()
-                    .map_or_else(|_| "?".into(), |n| n.to_string())
-            ))
-        })
 }
 
 pub(crate) fn log_options(
@@ -247,15 +220,17 @@ impl PyCommitLog {
             .map_err(|_| {
                 PyTypeError::new_err(format!(
                     "records must be an iterable of bytes, got {}",
-                    records
-                        .get_type()
-                        .name()
-                        .map_or_else(|_| "?".into(), |n| n.to_string())
+                    type_name(records)
                 ))
             })?
             .enumerate()
         {
-            payloads.push(bytes_arg(&item?, &format!("records[{index}]"))?);
+            let item = item?;
+            payloads.push(
+                bytes_arg(&item, &format!("records[{index}]"))?
+                    .as_bytes()
+                    .to_vec(),
+            );
         }
         py.detach(|| self.with_log(|log| log.append(&payloads, sync)))
     }
@@ -279,7 +254,7 @@ impl PyCommitLog {
         data: &Bound<'_, PyAny>,
     ) -> PyResult<usize> {
         let covered_seq = u64_arg(covered_seq, "covered_seq")?;
-        let data = bytes_arg(data, "data")?;
+        let data = bytes_arg(data, "data")?.as_bytes().to_vec();
         py.detach(|| self.with_log(|log| log.checkpoint(covered_seq, &data)))
     }
 

@@ -1,12 +1,20 @@
 //! The pyo3 glue: each submodule wraps one core module; nothing here holds logic of its own.
+//!
+//! By concept, each leaning only on those above it: `args` (argument converters), `errors` (the
+//! exception classes), the wrappers of the core's values (`hlc`, `vclock`, `conflict`, `log`),
+//! `requests` (what the commit engine is asked) and `answers` (what it answers), then `engine`
+//! (`CommitEngine`) and `wire` (the `CommitStream` codec).
 
-pub mod commit;
-pub mod commit_parts;
+pub mod answers;
+pub mod args;
 pub mod conflict;
+pub mod engine;
 pub mod errors;
 pub mod hlc;
 pub mod log;
+pub mod requests;
 pub mod vclock;
+pub mod wire;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyType};
@@ -80,16 +88,16 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     ] {
         module.add(name, error)?;
     }
-    module.add_class::<commit::PyCommitEngine>()?;
-    module.add_function(wrap_pyfunction!(commit::decode_commit_request, module)?)?;
-    module.add_function(wrap_pyfunction!(commit::count_commit_request, module)?)?;
-    module.add_function(wrap_pyfunction!(commit::piece_requested_aborts, module)?)?;
-    module.add_function(wrap_pyfunction!(commit::encode_commit_request, module)?)?;
-    module.add_function(wrap_pyfunction!(commit::decode_commit_results, module)?)?;
-    module.add_class::<commit::PyCommitResults>()?;
-    module.add_function(wrap_pyfunction!(commit::encode_commit_results, module)?)?;
-    module.add_class::<commit::PyCommitted>()?;
-    module.add_class::<commit::PyAborted>()?;
+    module.add_class::<engine::PyCommitEngine>()?;
+    module.add_function(wrap_pyfunction!(wire::decode_commit_request, module)?)?;
+    module.add_function(wrap_pyfunction!(wire::count_commit_request, module)?)?;
+    module.add_function(wrap_pyfunction!(wire::piece_requested_aborts, module)?)?;
+    module.add_function(wrap_pyfunction!(wire::encode_commit_request, module)?)?;
+    module.add_function(wrap_pyfunction!(wire::decode_commit_results, module)?)?;
+    module.add_class::<wire::PyCommitResults>()?;
+    module.add_function(wrap_pyfunction!(wire::encode_commit_results, module)?)?;
+    module.add_class::<answers::PyCommitted>()?;
+    module.add_class::<answers::PyAborted>()?;
     module.add_class::<log::PyCommitLog>()?;
     module.add_class::<log::PyLogRecovery>()?;
     module.add(

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyTuple, PyType};
 
-use crate::python::hlc::{bounded_arg, cast_arg, u64_arg};
+use crate::python::args::{bounded_arg, bytes_arg, cast_arg, type_name, u64_arg};
 use crate::python::python_enum;
 use crate::vclock::{NodeId, Ordering, VectorClock, VectorClockError};
 
@@ -60,13 +60,6 @@ pub(crate) fn node_id_arg(value: &Bound<'_, PyAny>) -> PyResult<NodeId> {
     NodeId::try_from(node).map_err(|_| {
         PyValueError::new_err(format!("node must be in 0..={}, got {node}", NodeId::MAX))
     })
-}
-
-fn type_name(value: &Bound<'_, PyAny>) -> String {
-    value
-        .get_type()
-        .name()
-        .map_or_else(|_| "?".into(), |n| n.to_string())
 }
 
 /// Converts a `dict` of node id → counter; zero counters are dropped.
@@ -170,12 +163,7 @@ impl PyVectorClock {
 
     #[classmethod]
     fn from_bytes(_cls: &Bound<'_, PyType>, data: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let bytes = data.cast::<PyBytes>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "vector clock bytes must be bytes, got {}",
-                type_name(data)
-            ))
-        })?;
+        let bytes = bytes_arg(data, "vector clock bytes")?;
         Ok(Self(VectorClock::from_bytes(bytes.as_bytes())?))
     }
 
