@@ -17,10 +17,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from hlc_oracle import (
     Aborted,
@@ -44,14 +43,17 @@ from hlc_oracle.node.gate import ServingGate
 from hlc_oracle.node.metrics import ServerMetrics
 from hlc_oracle.proto import NOT_SERVING_PREFIX, REFUSAL_DISABLED
 from hlc_oracle.proto import oracle_pb2 as pb
-from hlc_oracle.server.open_streams import OpenStreams, StreamEndedError
-from hlc_oracle.server.service import (
+from hlc_oracle.server.handler_frame import (
     RequestError,
-    check_request_wire,
-    gate_refusal,
+    check_gate,
+    fail,
+    invalid,
+    parse_request,
     stopping_refusal,
-    wire_timestamp,
+    unary_rpc,
 )
+from hlc_oracle.server.open_streams import OpenStreams, StreamEndedError
+from hlc_oracle.server.service import wire_timestamp
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Transactions"].full_name
 
@@ -84,19 +86,15 @@ def status_code(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
 def transaction_from_wire(message: pb.Transaction) -> Transaction:
     """A wire transaction as a :class:`Transaction`; ``RequestError`` when malformed."""
     if not message.HasField("start_ts"):
-        raise _invalid(f"transaction {message.txn_id}: start_ts is required")
+        raise invalid(f"transaction {message.txn_id}: start_ts is required")
     start = message.start_ts
     try:
         start_ts = Timestamp(start.physical, start.logical, start.node)
     except ValueError as err:
-        raise _invalid(f"transaction {message.txn_id}: malformed start_ts: {err}") from err
+        raise invalid(f"transaction {message.txn_id}: malformed start_ts: {err}") from err
     return Transaction(message.txn_id, start_ts, message.read_set, message.write_set)
 
 
@@ -165,24 +163,15 @@ class TransactionsService:
     def _check_gate(self) -> GroupCommitScheduler:
         """For calls that decide: the gate must be open."""
         self._check_enabled()
-        refused = gate_refusal(self.gate)
-        if refused is not None:
-            raise refused
+        check_gate(self.gate)
         return self._loaded()
 
     def _check_reads(self) -> GroupCommitScheduler:
         """For ``GetTransactionStatus``: only blocks that make this node's decisions stale close
         it (:meth:`ServingGate.read_refusal`)."""
         self._check_enabled()
-        refused = gate_refusal(self.gate, reads=True)
-        if refused is not None:
-            raise refused
+        check_gate(self.gate, reads=True)
         return self._loaded()
-
-    async def _fail(self, method: str, err: RequestError, started: float, context: Any) -> NoReturn:
-        self.metrics.observe(method, err.code.name, started)
-        await context.abort(err.code, err.message, err.trailing_metadata())
-        raise AssertionError("context.abort returned")  # pragma: no cover
 
     def _count(self, results: list[pb.CommitResult]) -> None:
         counts = {"commit_ts": 0, "aborted": 0, "error": 0}
@@ -197,14 +186,10 @@ class TransactionsService:
                 self.metrics.transactions.labels(label).inc(counts[outcome])
 
     @staticmethod
-    def _parse_id(raw: bytes, kind: type[Any], name: str) -> int:
-        try:
-            request = kind.FromString(raw)
-        except DecodeError as err:
-            raise _invalid(f"malformed {name}: {err}") from err
-        check_request_wire(raw, request)
+    def _parse_id(raw: bytes, kind: type[pb.AbortRequest | pb.TransactionStatusRequest]) -> int:
+        request = parse_request(raw, kind)
         if request.txn_id == 0:
-            raise _invalid("txn_id must be in 1..2**64-1 (0 is reserved as unset), got 0")
+            raise invalid("txn_id must be in 1..2**64-1 (0 is reserved as unset), got 0")
         return int(request.txn_id)
 
     async def _decide(self, messages: list[pb.Transaction]) -> list[pb.CommitResult]:
@@ -235,29 +220,21 @@ class TransactionsService:
 
     # --- handlers ---
 
-    async def commit(self, raw: bytes, context: Any) -> bytes:
-        started = time.perf_counter()
-        try:
-            self._check_enabled()  # a disabled service refuses the call itself, with its mark
-            try:
-                request = pb.CommitRequest.FromString(raw)
-            except DecodeError as err:
-                raise _invalid(f"malformed CommitRequest: {err}") from err
-            check_request_wire(raw, request)
-            if not request.HasField("transaction"):
-                raise _invalid("CommitRequest.transaction is required")
-            # A refusal keeps the gate's marks (a follower names its leader), as Abort's does.
-            self._check_gate()
-            (result,) = await self._decide([request.transaction])
-            if result.WhichOneof("outcome") == "error":
-                code = grpc.StatusCode.INTERNAL
-                for candidate in grpc.StatusCode:
-                    if candidate.value[0] == result.error.code:
-                        code = candidate
-                raise RequestError(code, result.error.message)
-        except RequestError as err:
-            await self._fail("Commit", err, started, context)
-        self.metrics.observe("Commit", "OK", started)
+    @unary_rpc("Commit")
+    async def commit(self, raw: bytes) -> bytes:
+        self._check_enabled()  # a disabled service refuses the call itself, with its mark
+        request = parse_request(raw, pb.CommitRequest)
+        if not request.HasField("transaction"):
+            raise invalid("CommitRequest.transaction is required")
+        # A refusal keeps the gate's marks (a follower names its leader), as Abort's does.
+        self._check_gate()
+        (result,) = await self._decide([request.transaction])
+        if result.WhichOneof("outcome") == "error":
+            code = grpc.StatusCode.INTERNAL
+            for candidate in grpc.StatusCode:
+                if candidate.value[0] == result.error.code:
+                    code = candidate
+            raise RequestError(code, result.error.message)
         return bytes(result.SerializeToString())
 
     async def _decide_message(self, raw: bytes) -> bytes:
@@ -268,7 +245,7 @@ class TransactionsService:
             scheduler = self._check_gate()
             result = await scheduler.submit_stream(raw)
         except ValueError as err:
-            raise _invalid(str(err)) from err
+            raise invalid(str(err)) from err
         except (RequestError, HlcError) as err:
             return self._refuse_message(raw, err)
         self._count_outcomes(result.committed, result.aborted, result.refused)
@@ -280,7 +257,7 @@ class TransactionsService:
         try:
             items = decode_commit_request(raw)
         except ValueError as err:
-            raise _invalid(str(err)) from err
+            raise invalid(str(err)) from err
         if isinstance(refusal, RequestError):
             code, message = refusal.code, refusal.message
         else:
@@ -308,7 +285,7 @@ class TransactionsService:
         try:
             self._check_enabled()  # a disabled service refuses the stream itself, with its mark
         except RequestError as err:
-            await self._fail("CommitStream", err, time.perf_counter(), context)
+            await fail(self.metrics, "CommitStream", err, time.perf_counter(), context)
         # Each message's decision in request order; then None (the client ended the stream) or
         # StreamEndedError (the server is stopping: answer the refusal after what was handed over).
         order: asyncio.Queue[asyncio.Task[bytes] | StreamEndedError | None] = asyncio.Queue()
@@ -330,12 +307,14 @@ class TransactionsService:
             while (item := await order.get()) is not None:
                 started = time.perf_counter()
                 if isinstance(item, StreamEndedError):
-                    await self._fail("CommitStream", stopping_refusal(self.gate), started, context)
+                    await fail(
+                        self.metrics, "CommitStream", stopping_refusal(self.gate), started, context
+                    )
                 tasks.append(item)
                 try:
                     response = await item
                 except RequestError as err:
-                    await self._fail("CommitStream", err, started, context)
+                    await fail(self.metrics, "CommitStream", err, started, context)
                 tasks.pop()
                 self.metrics.observe("CommitStream", "OK", started)
                 yield response
@@ -350,39 +329,30 @@ class TransactionsService:
             for task in tasks:
                 task.cancel()
 
-    async def abort(self, raw: bytes, context: Any) -> bytes:
-        started = time.perf_counter()
+    @unary_rpc("Abort")
+    async def abort(self, raw: bytes) -> bytes:
+        txn_id = self._parse_id(raw, pb.AbortRequest)
+        scheduler = self._check_gate()
         try:
-            txn_id = self._parse_id(raw, pb.AbortRequest, "AbortRequest")
-            scheduler = self._check_gate()
-            try:
-                (answer,) = await scheduler.submit_many([txn_id])
-            except HlcError as err:
-                answer = err
-            if isinstance(answer, BaseException):
-                raise RequestError(status_code(answer), str(answer))
-            result = result_to_wire(txn_id, answer)
-        except RequestError as err:
-            await self._fail("Abort", err, started, context)
-        self.metrics.observe("Abort", "OK", started)
-        return bytes(result.SerializeToString())
+            (answer,) = await scheduler.submit_many([txn_id])
+        except HlcError as err:
+            answer = err
+        if isinstance(answer, BaseException):
+            raise RequestError(status_code(answer), str(answer))
+        return bytes(result_to_wire(txn_id, answer).SerializeToString())
 
-    async def get_transaction_status(self, raw: bytes, context: Any) -> bytes:
-        started = time.perf_counter()
-        try:
-            txn_id = self._parse_id(raw, pb.TransactionStatusRequest, "TransactionStatusRequest")
-            scheduler = self._check_reads()
-            # status() may wait for the batch being written: keep it off the event loop.
-            answer = await asyncio.to_thread(scheduler.status, txn_id)
-        except RequestError as err:
-            await self._fail("GetTransactionStatus", err, started, context)
+    @unary_rpc("GetTransactionStatus")
+    async def get_transaction_status(self, raw: bytes) -> bytes:
+        txn_id = self._parse_id(raw, pb.TransactionStatusRequest)
+        scheduler = self._check_reads()
+        # status() may wait for the batch being written: keep it off the event loop.
+        answer = await asyncio.to_thread(scheduler.status, txn_id)
         if answer is None:
             response = pb.TransactionStatusResponse(known=False)
         else:
             response = pb.TransactionStatusResponse(
                 known=True, result=result_to_wire(txn_id, answer)
             )
-        self.metrics.observe("GetTransactionStatus", "OK", started)
         return bytes(response.SerializeToString())
 
     def handler(self) -> grpc.GenericRpcHandler:

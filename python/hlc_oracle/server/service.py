@@ -11,102 +11,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from hlc_oracle import CeilingReachedError, Clock, ClockSkewError, HlcError, Timestamp
 from hlc_oracle.node.gate import ServingGate
 from hlc_oracle.node.metrics import ServerMetrics
 from hlc_oracle.node.window import TimestampWindow, WindowSaveError
-from hlc_oracle.proto import (
-    LEADER_METADATA_KEY,
-    NOT_SERVING_PREFIX,
-    REFUSAL_METADATA_KEY,
-    REFUSAL_NOT_LEADER,
-    REFUSAL_NOT_SERVING,
-    REFUSAL_OVER_LIMIT,
-)
+from hlc_oracle.proto import REFUSAL_OVER_LIMIT
 from hlc_oracle.proto import oracle_pb2 as pb
+from hlc_oracle.server.handler_frame import (
+    RequestError,
+    check_gate,
+    fail,
+    invalid,
+    parse_request,
+    stopping_refusal,
+    unary_rpc,
+)
 from hlc_oracle.server.open_streams import OpenStreams, StreamEndedError
-from hlc_oracle.server.wire import WireCheckError, check_wire
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["TimestampOracle"].full_name
 
 # A request that reaches the ceiling waits for a window save and retries; a few rounds in which
 # the ceiling did not rise mean saving cannot keep up: the caller is better served by UNAVAILABLE.
 CEILING_RETRIES = 3
-
-
-class RequestError(Exception):
-    """A request answered with a non-OK status."""
-
-    def __init__(
-        self,
-        code: grpc.StatusCode,
-        message: str,
-        refusal: str | None = None,
-        leader: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.refusal = refusal or (
-            REFUSAL_NOT_SERVING if code == grpc.StatusCode.UNAVAILABLE else None
-        )
-        self.leader = leader
-
-    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
-        metadata: tuple[tuple[str, str], ...] = (
-            () if self.refusal is None else ((REFUSAL_METADATA_KEY, self.refusal),)
-        )
-        if self.leader is not None:
-            metadata += ((LEADER_METADATA_KEY, self.leader),)
-        return metadata
-
-
-def gate_refusal(gate: ServingGate, reads: bool = False) -> RequestError | None:
-    """The ``UNAVAILABLE`` every gated handler answers while ``gate`` blocks (``reads``: the
-    read gate of ``GetTransactionStatus``); a clustered node that does not lead marks it
-    not-leader and names the leader it knows (or "")."""
-    refusal = gate.read_refusal() if reads else gate.refusal()
-    if refusal is None:
-        return None
-    redirect = gate.redirect
-    if redirect is not None:
-        return RequestError(
-            grpc.StatusCode.UNAVAILABLE,
-            f"{NOT_SERVING_PREFIX}{refusal}",
-            refusal=REFUSAL_NOT_LEADER,
-            leader=redirect,
-        )
-    return RequestError(grpc.StatusCode.UNAVAILABLE, f"{NOT_SERVING_PREFIX}{refusal}")
-
-
-def stopping_refusal(gate: ServingGate) -> RequestError:
-    """What an open stream ends with at a graceful stop (:mod:`.open_streams`): the gate's
-    refusal, the gate being blocked by then."""
-    return gate_refusal(gate) or RequestError(
-        grpc.StatusCode.UNAVAILABLE, "not serving: the server is shutting down"
-    )
-
-
-def _invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def check_request_wire(raw: bytes, request: Any) -> None:
-    """``INVALID_ARGUMENT`` when the parser truncated or dropped a field of ``raw``. A request that
-    serializes back to the same bytes with no unknown fields (what every well-behaved client
-    sends) needs no closer look."""
-    request.DiscardUnknownFields()
-    if request.SerializeToString() == raw:
-        return
-    try:
-        check_wire(raw, request.DESCRIPTOR)
-    except WireCheckError as err:
-        raise _invalid(str(err)) from err
 
 
 def wire_timestamp(ts: Timestamp) -> pb.Timestamp:
@@ -135,14 +65,9 @@ class TimestampOracleService:
     # --- the core calls (synchronous; CeilingReachedError propagates for the async retry) ---
 
     def _parse_count(self, raw: bytes) -> int:
-        try:
-            request = pb.GetTimestampsRequest.FromString(raw)
-        except DecodeError as err:
-            raise _invalid(f"malformed GetTimestampsRequest: {err}") from err
-        check_request_wire(raw, request)
-        count = request.count
+        count = parse_request(raw, pb.GetTimestampsRequest).count
         if count < 1:
-            raise _invalid(f"count must be at least 1, got {count}")
+            raise invalid(f"count must be at least 1, got {count}")
         if count > self.max_count:
             raise RequestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -151,13 +76,8 @@ class TimestampOracleService:
             )
         return count
 
-    def _check_gate(self) -> None:
-        refused = gate_refusal(self.gate)
-        if refused is not None:
-            raise refused
-
     def _grant(self, count: int) -> bytes:
-        self._check_gate()
+        check_gate(self.gate)
         try:
             first = self.clock.reserve(count).first
         except CeilingReachedError:
@@ -170,21 +90,17 @@ class TimestampOracleService:
         ).SerializeToString()
 
     def _parse_remote(self, raw: bytes) -> Timestamp:
-        try:
-            request = pb.ObserveRequest.FromString(raw)
-        except DecodeError as err:
-            raise _invalid(f"malformed ObserveRequest: {err}") from err
-        check_request_wire(raw, request)
+        request = parse_request(raw, pb.ObserveRequest)
         if not request.HasField("remote"):
-            raise _invalid("ObserveRequest.remote is required")
+            raise invalid("ObserveRequest.remote is required")
         remote = request.remote
         try:
             return Timestamp(remote.physical, remote.logical, remote.node)
         except ValueError as err:
-            raise _invalid(f"malformed remote timestamp: {err}") from err
+            raise invalid(f"malformed remote timestamp: {err}") from err
 
     def _observe(self, remote: Timestamp) -> bytes:
-        self._check_gate()
+        check_gate(self.gate)
         try:
             ts = self.clock.update(remote)
         except ClockSkewError as err:
@@ -220,25 +136,18 @@ class TimestampOracleService:
             "the persisted timestamp window could not be extended fast enough; retry",
         )
 
+    async def _timestamps(self, raw: bytes) -> bytes:
+        count = self._parse_count(raw)
+        try:
+            return self._grant(count)
+        except CeilingReachedError:
+            return await self._after_extending(lambda: self._grant(count))
+
     # --- handlers ---
 
-    async def _fail(self, method: str, err: RequestError, started: float, context: Any) -> NoReturn:
-        self.metrics.observe(method, err.code.name, started)
-        await context.abort(err.code, err.message, err.trailing_metadata())
-        raise AssertionError("context.abort returned")  # pragma: no cover
-
-    async def get_timestamps(self, raw: bytes, context: Any) -> bytes:
-        started = time.perf_counter()
-        try:
-            count = self._parse_count(raw)
-            try:
-                response = self._grant(count)
-            except CeilingReachedError:
-                response = await self._after_extending(lambda: self._grant(count))
-        except RequestError as err:
-            await self._fail("GetTimestamps", err, started, context)
-        self.metrics.observe("GetTimestamps", "OK", started)
-        return response
+    @unary_rpc("GetTimestamps")
+    async def get_timestamps(self, raw: bytes) -> bytes:
+        return await self._timestamps(raw)
 
     async def stream_timestamps(
         self, requests: AsyncIterator[bytes], context: Any
@@ -248,64 +157,45 @@ class TimestampOracleService:
             try:
                 raw = await self.streams.next_request(iterator)
             except StreamEndedError:
-                await self._fail(
-                    "StreamTimestamps", stopping_refusal(self.gate), time.perf_counter(), context
+                await fail(
+                    self.metrics,
+                    "StreamTimestamps",
+                    stopping_refusal(self.gate),
+                    time.perf_counter(),
+                    context,
                 )
             if raw is None:
                 return
             started = time.perf_counter()
             try:
-                count = self._parse_count(raw)
-                try:
-                    response = self._grant(count)
-                except CeilingReachedError:
-                    response = await self._after_extending(lambda: self._grant(count))  # noqa: B023
+                response = await self._timestamps(raw)
             except RequestError as err:
-                await self._fail("StreamTimestamps", err, started, context)
+                await fail(self.metrics, "StreamTimestamps", err, started, context)
             self.metrics.observe("StreamTimestamps", "OK", started)
             yield response
 
-    async def observe(self, raw: bytes, context: Any) -> bytes:
-        started = time.perf_counter()
+    @unary_rpc("Observe")
+    async def observe(self, raw: bytes) -> bytes:
+        remote = self._parse_remote(raw)
         try:
-            remote = self._parse_remote(raw)
-            try:
-                response = self._observe(remote)
-            except CeilingReachedError:
-                response = await self._after_extending(
-                    lambda: self._observe(remote), at_least_us=remote.physical
-                )
-        except RequestError as err:
-            await self._fail("Observe", err, started, context)
-        self.metrics.observe("Observe", "OK", started)
-        return response
-
-    async def get_status(self, raw: bytes, context: Any) -> bytes:
-        started = time.perf_counter()
-        try:
-            pb.GetStatusRequest.FromString(raw)
-        except DecodeError as err:
-            await self._fail(
-                "GetStatus", _invalid(f"malformed GetStatusRequest: {err}"), started, context
+            return self._observe(remote)
+        except CeilingReachedError:
+            return await self._after_extending(
+                lambda: self._observe(remote), at_least_us=remote.physical
             )
-        response = self._status().SerializeToString()
-        self.metrics.observe("GetStatus", "OK", started)
-        return response
 
-    async def get_peer_clock(self, raw: bytes, context: Any) -> bytes:
+    @unary_rpc("GetStatus")
+    async def get_status(self, raw: bytes) -> bytes:
+        parse_request(raw, pb.GetStatusRequest, check_wire=False)
+        return self._status().SerializeToString()
+
+    @unary_rpc("GetPeerClock")
+    async def get_peer_clock(self, raw: bytes) -> bytes:
         """The physical clock, for a peer's offset measurement: no gate (followers answer too)."""
-        started = time.perf_counter()
-        try:
-            pb.GetPeerClockRequest.FromString(raw)
-        except DecodeError as err:
-            await self._fail(
-                "GetPeerClock", _invalid(f"malformed GetPeerClockRequest: {err}"), started, context
-            )
-        response = pb.GetPeerClockResponse(
+        parse_request(raw, pb.GetPeerClockRequest, check_wire=False)
+        return pb.GetPeerClockResponse(
             node_id=self.clock.node, physical_now_us=self.clock.physical_now()
         ).SerializeToString()
-        self.metrics.observe("GetPeerClock", "OK", started)
-        return response
 
     def handler(self) -> grpc.GenericRpcHandler:
         unary: Callable[[Callable[[bytes, Any], Awaitable[bytes]]], Any] = (
