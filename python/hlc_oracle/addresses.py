@@ -2,9 +2,12 @@
 
 :func:`parse_host_port` checks one address and says what is wrong with a bad one
 (:class:`AddressError`); :func:`parse_address_list` does the same for a comma-separated list (a
-client's targets, etcd endpoints); :func:`split_host_port` is the quiet form, for the places that
-connect to an address themselves rather than through gRPC's name resolver (the client's connect
-probe and TLS look, a follower's watch of its leader), which skip what is not ``host:port``.
+client's targets); :func:`parse_host_default_port` lets the port out (an NTP server);
+:func:`split_scheme` takes off the ``http://`` or ``https://`` an etcd endpoint may have;
+:func:`join_host_port` writes an address back. :func:`split_host_port` is the quiet form, for the
+places that connect to an address themselves rather than through gRPC's name resolver (the
+client's connect probe and TLS look, a follower's watch of its leader), which skip what is not
+``host:port``.
 
 ``host`` is a name or an IPv4 address, or an IPv6 address in brackets (``[::1]:50051``); the port
 is 1..65535 (0 only where the caller allows it: a listen address, where 0 picks a free port).
@@ -61,6 +64,37 @@ def parse_host_port(address: str, *, allow_port_zero: bool = False) -> tuple[str
     if not (port.isdigit() and low <= int(port) <= 65535):
         raise AddressError(f"{address!r}: the port must be in {low}..65535, got {port!r}")
     return host, int(port)
+
+
+def parse_host_default_port(address: str, default_port: int) -> tuple[str, int]:
+    """``(host, port)`` of ``host:port`` or ``[v6]:port``, or of ``host``, ``[v6]`` or a bare IPv6
+    address with ``default_port`` (an NTP server: port 123 unless given); :class:`AddressError`
+    naming the problem otherwise."""
+    if not isinstance(address, str):
+        raise AddressError(f"an address must be host:port text, got {address!r}")
+    if address.startswith("[") and address.endswith("]"):
+        return parse_host_port(f"{address}:{default_port}")
+    if ":" not in address:
+        return parse_host_port(f"{address}:{default_port}")
+    if address.count(":") > 1 and not address.startswith("["):
+        return parse_host_port(f"[{address}]:{default_port}")
+    return parse_host_port(address)
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets (``[::1]:50051``): what :func:`parse_host_port`
+    reads back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_scheme(endpoint: str) -> tuple[str | None, str]:
+    """``("https", "host:port")`` for ``https://host:port``; ``(None, text)`` without a scheme.
+    Only etcd endpoints take one (as etcdctl does): ``http://`` or ``https://``."""
+    for scheme in ("http", "https"):
+        prefix = f"{scheme}://"
+        if endpoint.lower().startswith(prefix):
+            return scheme, endpoint[len(prefix) :]
+    return None, endpoint
 
 
 def split_host_port(address: str) -> tuple[str, int] | None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hlc_oracle.addresses import AddressError, parse_host_port
+from hlc_oracle.addresses import AddressError, parse_host_port, split_scheme
 from hlc_oracle.proto import DEFAULT_MAX_MESSAGE_BYTES
 from hlc_oracle.scheduler import CommitOptions
 from hlc_oracle.skew import GuardPolicy, SkewConfig
@@ -311,15 +311,6 @@ class ClusterSection:
             )
 
 
-def split_scheme(endpoint: str) -> tuple[str | None, str]:
-    """``("https", "host:port")`` for ``https://host:port``; ``(None, text)`` without a scheme."""
-    for scheme in ("http", "https"):
-        prefix = f"{scheme}://"
-        if endpoint.lower().startswith(prefix):
-            return scheme, endpoint[len(prefix) :]
-    return None, endpoint
-
-
 # An hour: a longer lease only delays the replacement of a dead leader.
 MAX_LEASE_TTL_S = 3600
 # Decisions are kept at least a minute (clients retry a commit for seconds) and at most a week
@@ -436,7 +427,7 @@ class OracleConfig:
             raise ConfigError(shared)
         self.cluster.validate()
         if self.cluster.clustered and self.cluster.advertise is None:
-            listen_host = self.server.listen.rpartition(":")[0].strip("[]")
+            listen_host, _ = parse_host_port(self.server.listen, allow_port_zero=True)
             if listen_host in WILDCARD_HOSTS:
                 raise ConfigError(
                     "cluster.advertise must be set (host:port) when the node is clustered and "

@@ -16,7 +16,8 @@ from typing import Any
 
 import aetcd
 import yaml
-from hlc_oracle.config import OracleConfig, load, split_scheme
+from hlc_oracle.addresses import split_scheme
+from hlc_oracle.config import OracleConfig, load
 
 from tests.support.etcd_process import EtcdMember
 

@@ -42,6 +42,7 @@ from typing import Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from hlc_oracle.addresses import join_host_port
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, parse_endpoint
 from hlc_oracle.config import MIN_DECISION_RETENTION_S
 
@@ -107,7 +108,7 @@ def read_quota(endpoints: Sequence[str], timeout_s: float = 2.0) -> int | None:
     quotas = []
     for endpoint in endpoints:
         host, port = parse_endpoint(endpoint)
-        url = f"http://{host}:{port}/metrics"
+        url = f"http://{join_host_port(host, port)}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=timeout_s) as answer:
                 quota = parse_quota(answer.read().decode(errors="replace"))

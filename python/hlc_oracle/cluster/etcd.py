@@ -33,9 +33,9 @@ from aetcd import rpc
 from aetcd.rpc import rpc_pb2_grpc
 
 from hlc_oracle import HlcError
+from hlc_oracle.addresses import AddressError, parse_host_port, split_scheme
 from hlc_oracle.cluster.etcd_security import EtcdSecurity
 from hlc_oracle.cluster.reachability import EtcdReachability
-from hlc_oracle.config import split_scheme
 
 log = logging.getLogger("hlc_oracle.cluster")
 
@@ -91,14 +91,13 @@ INVALID_TOKEN = "invalid auth token"
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
     """``host:port`` (an optional ``http://`` or ``https://``, as etcdctl takes it) as a pair."""
     _, text = split_scheme(endpoint.strip())
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) <= 65535 or "/" in text:
+    try:
+        return parse_host_port(text)
+    except AddressError as err:
         raise EndpointError(
             f"etcd endpoint {endpoint!r} is not host:port, http://host:port or "
-            "https://host:port (port 1..65535), e.g. 127.0.0.1:2379"
-        )
-    return host, int(port)
+            f"https://host:port (port 1..65535), e.g. 127.0.0.1:2379: {err}"
+        ) from None
 
 
 def channel_target(endpoints: Sequence[str]) -> str:

@@ -30,8 +30,9 @@ from typing import Any
 
 import grpc
 
+from hlc_oracle.addresses import split_scheme
 from hlc_oracle.client.handshake import Remedies, TlsMaterial, diagnose_blocking
-from hlc_oracle.config import ClusterSection, split_scheme
+from hlc_oracle.config import ClusterSection
 from hlc_oracle.tls import (
     PemError,
     certificate_common_name,

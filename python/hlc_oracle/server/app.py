@@ -29,6 +29,7 @@ from hlc_oracle import (
     ManualClock,
     SystemClock,
 )
+from hlc_oracle.addresses import join_host_port, parse_host_port
 from hlc_oracle.cluster.capacity import DecisionCapacityCollector
 from hlc_oracle.cluster.control_loop import ControlLoop, drop_spurious_poller_wakeups
 from hlc_oracle.cluster.decisions import ClusteredGroupCommit
@@ -412,9 +413,9 @@ class OracleServer:
     async def _join_cluster(self, port: int) -> None:
         assert self.cluster is not None and self.control is not None
         advertise = self.config.advertise_address
-        host, _, listen_port = advertise.rpartition(":")
-        if listen_port == "0":
-            advertise = f"{host}:{port}"
+        host, advertised_port = parse_host_port(advertise, allow_port_zero=True)
+        if advertised_port == 0:
+            advertise = join_host_port(host, port)
         # Two loops talk gRPC from here on: this one (the server) and the leadership loop.
         drop_spurious_poller_wakeups(asyncio.get_running_loop())
         self.control.start()

@@ -19,6 +19,8 @@ from typing import Any
 
 import ntplib  # type: ignore[import-untyped]
 
+from hlc_oracle.addresses import AddressError, join_host_port, parse_host_default_port
+
 NTP_PORT = 123
 
 
@@ -52,26 +54,15 @@ class NtpServer:
         """``host``, ``host:port``, ``[v6-address]:port`` or a bare IPv6 address."""
         if not isinstance(text, str):
             raise TypeError(f"ntp server must be a str 'HOST[:PORT]', got {type(text).__name__}")
-        text = text.strip()
-        if text.startswith("["):
-            host, sep, rest = text[1:].partition("]")
-            if not sep or (rest and not rest.startswith(":")):
-                raise ValueError(f"ntp server {text!r}: expected '[address]:port'")
-            return cls(host, _parse_port(text, rest[1:]) if rest else NTP_PORT)
-        if text.count(":") == 1:
-            host, _, port = text.partition(":")
-            return cls(host, _parse_port(text, port))
-        return cls(text)
+        try:
+            host, port = parse_host_default_port(text.strip(), NTP_PORT)
+        except AddressError as err:
+            raise ValueError(f"ntp server: {err}") from None
+        return cls(host, port)
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == NTP_PORT else f"{host}:{self.port}"
-
-
-def _parse_port(text: str, port: str) -> int:
-    if not port.isdigit():
-        raise ValueError(f"ntp server {text!r}: port must be a number in 1..65535")
-    return int(port)
+        address = join_host_port(self.host, self.port)
+        return address.removesuffix(f":{NTP_PORT}") if self.port == NTP_PORT else address
 
 
 class SampleStatus(enum.StrEnum):
