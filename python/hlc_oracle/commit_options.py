@@ -3,16 +3,12 @@ oracle's configuration (also importable from :mod:`hlc_oracle.scheduler`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from hlc_oracle.setting import setting
 
 __all__ = ["CommitOptions"]
-
-
-def _setting(default: Any, doc: str, flag: str | None = None) -> Any:
-    # The same metadata as hlc_oracle.config.setting: the ``[commit]`` section documents itself.
-    return field(default=default, metadata={"doc": doc, "flag": flag})
 
 
 @dataclass
@@ -21,35 +17,35 @@ class CommitOptions:
     oracle's configuration. Every field has a documented default; :meth:`validate` (also run on
     construction) raises ``ValueError``/``TypeError`` naming the field."""
 
-    enabled: bool = _setting(True, "serve the Transactions service (group commit) in the server")
-    durability: str = _setting(
+    enabled: bool = setting(True, "serve the Transactions service (group commit) in the server")
+    durability: str = setting(
         "sync",
         "sync (answer after fdatasync), async (answer after write, sync right after) or memory "
         "(no log)",
         "--commit-durability",
     )
-    isolation: str = _setting(
+    isolation: str = setting(
         "snapshot", "snapshot (write-write conflicts) or serializable (read-write too)"
     )
-    log_dir: Path | None = _setting(  # noqa: RUF009 - only wraps dataclasses.field
+    log_dir: Path | None = setting(
         None, "commit log directory (unset: <server.data_dir>/commit-log in the server)"
     )
-    max_batch_size: int = _setting(4096, "largest number of requests decided in one log write")
-    max_batch_delay_us: int = _setting(
+    max_batch_size: int = setting(4096, "largest number of requests decided in one log write")
+    max_batch_delay_us: int = setting(
         0, "how long a batch that is not full may wait for more arrivals (0: never wait)"
     )
-    max_queue: int = _setting(
+    max_queue: int = setting(
         100_000, "requests waiting for a batch beyond which commits get RESOURCE_EXHAUSTED"
     )
-    max_keys: int = _setting(1_000_000, "keys the conflict detector remembers (memory bound)")
-    max_read_keys: int = _setting(10_000, "largest read set of one transaction")
-    max_write_keys: int = _setting(10_000, "largest write set of one transaction")
-    max_key_bytes: int = _setting(4096, "largest key (bytes)")
-    retained_decisions: int = _setting(
+    max_keys: int = setting(1_000_000, "keys the conflict detector remembers (memory bound)")
+    max_read_keys: int = setting(10_000, "largest read set of one transaction")
+    max_write_keys: int = setting(10_000, "largest write set of one transaction")
+    max_key_bytes: int = setting(4096, "largest key (bytes)")
+    retained_decisions: int = setting(
         1_000_000, "decided transaction ids kept for status and idempotent resubmission"
     )
-    segment_size: int = _setting(64 << 20, "commit log segment size in bytes (rotation)")
-    retain_segments: int = _setting(
+    segment_size: int = setting(64 << 20, "commit log segment size in bytes (rotation)")
+    retain_segments: int = setting(
         8, "log segments kept; older ones are checkpointed away (retention)"
     )
 

@@ -33,6 +33,7 @@ from typing import Any
 from hlc_oracle.addresses import AddressError, parse_host_port, split_scheme
 from hlc_oracle.proto import DEFAULT_MAX_MESSAGE_BYTES
 from hlc_oracle.scheduler import CommitOptions
+from hlc_oracle.setting import setting
 from hlc_oracle.skew import GuardPolicy, SkewConfig
 from hlc_oracle.skew.peers import PeersConfig
 
@@ -43,11 +44,6 @@ CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
 
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type, or out of range."""
-
-
-def setting(default: Any, doc: str, flag: str | None = None) -> Any:
-    """A dataclass field with its documentation and, optionally, its own command-line flag."""
-    return field(default=default, metadata={"doc": doc, "flag": flag})
 
 
 @dataclass

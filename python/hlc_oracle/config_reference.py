@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from hlc_oracle import config as config_module
+from hlc_oracle.setting import setting_doc, setting_flag
 
 HEADER = """\
 # Settings
@@ -37,12 +38,12 @@ def markdown() -> str:
         parts.append("\n| setting | default | flag | environment variable | meaning |")
         parts.append("\n| --- | --- | --- | --- | --- |")
         for field in config_module.fields_of(section):
-            flag = field.metadata.get("flag")
+            flag = setting_flag(field)
             default = config_module.as_typed(getattr(section, field.name))
             variable = config_module.environment_variable(section_name, field.name)
             parts.append(
                 f"\n| `{section_name}.{field.name}` | `{_cell(default)}` | "
-                f"{f'`{flag}`' if flag else ''} | `{variable}` | {_cell(field.metadata['doc'])} |"
+                f"{f'`{flag}`' if flag else ''} | `{variable}` | {_cell(setting_doc(field))} |"
             )
         parts.append("\n")
     return "".join(parts)

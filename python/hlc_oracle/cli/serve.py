@@ -10,6 +10,7 @@ from typing import Any
 
 from hlc_oracle import config as config_module
 from hlc_oracle.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from hlc_oracle.setting import setting_doc, setting_flag
 
 
 def add_parser(commands: Any) -> None:
@@ -31,7 +32,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = config_module.OracleConfig()
     for section_name, section in config_module.sections(defaults):
         for f in config_module.fields_of(section):
-            flag = f.metadata.get("flag")
+            flag = setting_flag(f)
             if not flag:
                 continue
             env = config_module.environment_variable(section_name, f.name)
@@ -40,7 +41,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                 flag,
                 dest=f"{section_name}.{f.name}",
                 metavar=f.name.upper(),
-                help=f"{f.metadata['doc']} (default {default}; {env})",
+                help=f"{setting_doc(f)} (default {default}; {env})",
             )
     parser.add_argument(
         "--set",
@@ -59,7 +60,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
     given_by: dict[str, str] = {}
     flags = {
-        f"{section_name}.{f.name}": f.metadata.get("flag")
+        f"{section_name}.{f.name}": setting_flag(f)
         for section_name, section in config_module.sections(config_module.OracleConfig())
         for f in config_module.fields_of(section)
     }

@@ -14,9 +14,10 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from hlc_oracle.setting import setting
 from hlc_oracle.skew.combine import OffsetEstimate
 from hlc_oracle.skew.ntp import NtpServer
 
@@ -37,11 +38,6 @@ class GuardPolicy(enum.StrEnum):
     WARN = "warn"
 
 
-def _setting(default: Any, doc: str, flag: str | None = None) -> Any:
-    # The same metadata as hlc_oracle.config.setting, so the ``[ntp]`` section documents itself.
-    return field(default=default, metadata={"doc": doc, "flag": flag})
-
-
 @dataclass
 class SkewConfig:
     """The NTP and skew-guard settings: the ``[ntp]`` section of the oracle's configuration.
@@ -51,41 +47,40 @@ class SkewConfig:
     them and raises ``ValueError``/``TypeError`` naming the field.
     """
 
-    servers: tuple[NtpServer, ...] = _setting(
+    servers: tuple[NtpServer, ...] = setting(
         (),
         "NTP servers to poll, HOST[:PORT], comma-separated (none: the guard stays 'unknown')",
         "--ntp-servers",
     )
-    poll_interval_s: float = _setting(16.0, "seconds between two polls of every server")
-    timeout_s: float = _setting(1.0, "seconds to wait for one NTP answer")
-    warning_fraction: float = _setting(
+    poll_interval_s: float = setting(16.0, "seconds between two polls of every server")
+    timeout_s: float = setting(1.0, "seconds to wait for one NTP answer")
+    warning_fraction: float = setting(
         0.5, "fraction of the max offset past which the offset is a warning"
     )
-    serving_fraction: float = _setting(
+    serving_fraction: float = setting(
         0.8, "fraction of the max offset past which the node is unsafe (NOT_SERVING under refuse)"
     )
-    # _setting only wraps dataclasses.field; the enum defaults are immutable.
-    policy: GuardPolicy = _setting(  # noqa: RUF009
+    policy: GuardPolicy = setting(
         GuardPolicy.REFUSE, "past the serving level: refuse (stop serving timestamps) or warn"
     )
-    unknown_policy: GuardPolicy = _setting(  # noqa: RUF009
+    unknown_policy: GuardPolicy = setting(
         GuardPolicy.WARN, "when no NTP server answered usably: refuse or warn"
     )
-    recovery_hold_s: float = _setting(
+    recovery_hold_s: float = setting(
         30.0, "seconds the offset must stay under the serving level before serving again"
     )
-    sample_max_age_s: float | None = _setting(
+    sample_max_age_s: float | None = setting(
         None, "seconds a server's last good answer counts (unset: three poll intervals)"
     )
-    jump_threshold_us: int | None = _setting(
+    jump_threshold_us: int | None = setting(
         None, "wall-clock jump against the monotonic clock that counts (unset: max offset / 2)"
     )
-    fatal_forward_jump: bool = _setting(
+    fatal_forward_jump: bool = setting(
         False,
         "on a forward jump past the threshold, stop serving and shut down (the server exits 1)",
     )
-    history_size: int = _setting(64, "poll results kept in the history")
-    burst: int = _setting(
+    history_size: int = setting(64, "poll results kept in the history")
+    burst: int = setting(
         1,
         "queries per server per poll, keeping the one with the smallest delay; raise it only "
         "for servers you run (public servers may answer a burst with a kiss-o'-death)",

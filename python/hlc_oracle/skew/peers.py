@@ -66,10 +66,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+from hlc_oracle.setting import setting
 from hlc_oracle.skew.combine import OffsetEstimate, combine_samples
 from hlc_oracle.skew.guard import check_int, check_number
 
@@ -83,37 +84,31 @@ class PeersState(enum.StrEnum):
     OFF = "off"
 
 
-def _setting(default: Any, doc: str, flag: str | None = None) -> Any:
-    # The same metadata as hlc_oracle.config.setting, so the ``[peers]`` section documents itself.
-    return field(default=default, metadata={"doc": doc, "flag": flag})
-
-
 @dataclass
 class PeersConfig:
     """The peer-offset monitor's settings: the ``[peers]`` section (clustered nodes only)."""
 
-    enabled: bool = _setting(
+    enabled: bool = setting(
         True,
         "clustered nodes measure their clock offset to every peer; a node far from a majority "
         "of the peers it reaches does not campaign, and resigns if it leads",
     )
-    interval_s: float = _setting(1.0, "seconds between two measurements of every peer")
-    timeout_s: float = _setting(0.5, "seconds to wait for one peer's answer")
-    threshold_us: int | None = _setting(
+    interval_s: float = setting(1.0, "seconds between two measurements of every peer")
+    timeout_s: float = setting(0.5, "seconds to wait for one peer's answer")
+    threshold_us: int | None = setting(
         None,
         "offset (microseconds) past which a peer counts as far (unset: max_offset/2 - window - "
         "2 * max_bound_us, at least max_offset/20; see hlc_oracle.skew.peers)",
     )
-    max_bound_us: int | None = _setting(
+    max_bound_us: int | None = setting(
         None,
         "largest error bound (RTT/2, microseconds) of a sample that counts (unset: max_offset/50)",
     )
-    samples_kept: int = _setting(5, "recent samples of each peer that are combined")
-    sample_max_age_s: float | None = _setting(
+    samples_kept: int = setting(5, "recent samples of each peer that are combined")
+    sample_max_age_s: float | None = setting(
         None, "seconds a sample counts (unset: three intervals plus the timeout)"
     )
-    # _setting only wraps dataclasses.field; the default is None.
-    ca_file: Path | None = _setting(  # noqa: RUF009
+    ca_file: Path | None = setting(
         None,
         "under TLS: PEM CA bundle that signed the peers' server certificates (unset: "
         "tls.client_ca_file, else the system's CAs)",
