@@ -1,4 +1,4 @@
-"""Group commit in clustered mode (issue 11): decisions written to etcd, one fenced txn per piece.
+"""Group commit in clustered mode: decisions written to etcd, one fenced txn per piece.
 
 - ``cluster commit 256 callers``: ``AsyncOracleClient.commit()`` from 256 concurrent callers (8
   keys per transaction, no conflicts), the same as ``commit grpc 256 callers`` in

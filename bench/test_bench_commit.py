@@ -301,7 +301,7 @@ def test_in_process_256_submitters(baseline: Any, scheduler: GroupCommitSchedule
     record_rate(baseline, GRPC_TXNS, figures["seconds"], figures["latencies"])
 
 
-# ---- CommitStream, bytes in and bytes out (issue 12) --------------------------------------------
+# ---- CommitStream, bytes in and bytes out (batched commits end to end in Rust) -------------------
 
 STREAM_TXNS = 100_000
 STREAM_IN_FLIGHT = 8

@@ -1,13 +1,13 @@
 """How soon a client that kept calling through an outage is answered after the node is back.
 
-Issue 14's figure: kill -9 the oracle, keep it down for 1, 3 and 10 s, restart it on the same
+The reconnect figure: kill -9 the oracle, keep it down for 1, 3 and 10 s, restart it on the same
 port, and measure the time from the restarted node's SERVING to the first answer of a client
 that kept calling the whole time. Two such clients call through the same outages, in the same
 process and run:
 
 - ``grpc_default_channel`` (the baseline): a grpc.aio channel with gRPC's default options
   (reconnect backoff 1 s growing 1.6x, process-wide subchannel pool), calls failing fast and
-  retried every 50 ms, as the client did before issue 14;
+  retried every 50 ms, as the client did before its prompt reconnects;
 - ``oracle_client``: an ``AsyncOracleClient`` with its defaults (``hlc_oracle.client.channel``:
   a connect probe every 20 ms while calls wait, a new channel as soon as the node listens, its
   own subchannels, calls waiting for a ready channel).

@@ -1,4 +1,4 @@
-"""The client against real servers that fail (issue 14): message sizes, kill -9 and restart under
+"""The client against real servers that fail: message sizes, kill -9 and restart under
 load, a connection cut after the commit was logged, a silent server, and a quiet exit."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A client given several targets (issue 10 item 9), against two real standalone servers and an
+"""A client given several targets (client failover), against two real standalone servers and an
 address where nothing listens: moving on when a node is unreachable, the monotonic guard, bad
 entries, and ``hlc-oracle status --target a,b,c``. Redirects from real followers are tested with
 the cluster (tests/integration/test_cluster_service.py)."""

@@ -1,4 +1,4 @@
-"""Transactions across leader failover on a real etcd (issue 11): group-commit decisions are
+"""Transactions across leader failover on a real etcd: group-commit decisions are
 durable in etcd before they are answered, so the next leader knows them.
 
 Commit load from clients given every node (a call the leader died under is sent again, same id

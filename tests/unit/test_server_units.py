@@ -181,7 +181,7 @@ class HeldWindowStore(WindowStore):
 
 
 def test_stop_waits_for_the_renewers_save_under_way(tmp_path: Path) -> None:
-    """Issue 15: window saves cannot race. stop() cancels the renewer in the middle of a save;
+    """Window saves cannot race. stop() cancels the renewer in the middle of a save;
     its final save must start only once that one is over (they share one temporary file)."""
     manual = ManualClock(10_000_000)
     clock = Clock(2, physical_clock=manual, ceiling_physical=0)

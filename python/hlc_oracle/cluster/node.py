@@ -126,8 +126,8 @@ class ClusterNode:
         self._refusal: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._seen_epochs: set[int] = set()
-        #: Clustered group commit (issue 11), set by the server when commit is enabled: opened by
-        #: each promotion, closed by each step-down.
+        #: Clustered group commit (decisions in etcd), set by the server when commit is enabled:
+        #: opened by each promotion, closed by each step-down.
         self.group_commit: ClusteredGroupCommit | None = None
         # Epochs whose decision write failed: never led again (a new epoch fences their writes).
         self._abandoned_epochs: set[int] = set()

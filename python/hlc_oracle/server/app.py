@@ -137,7 +137,7 @@ class OracleServer:
             )
             persistence = self.cluster.store
             if config.commit.enabled:
-                # Clustered, group commit opens with each leadership term (issue 11).
+                # Clustered, group commit opens with each leadership term.
                 self.cluster.group_commit = ClusteredGroupCommit(
                     self.cluster.client,
                     self.cluster.prefix,
