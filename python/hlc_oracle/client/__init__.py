@@ -63,7 +63,13 @@ from hlc_oracle.client.errors import (
 )
 from hlc_oracle.client.retry import RetryPolicy, with_retries
 from hlc_oracle.client.status import OracleStatus
-from hlc_oracle.client.streams import PipelinedStream, commit_stream, timestamp_stream
+from hlc_oracle.client.streams import (
+    PipelinedStream,
+    StreamPool,
+    commit_stream,
+    commit_streams,
+    timestamp_stream,
+)
 from hlc_oracle.client.targets import parse_targets
 from hlc_oracle.client.timestamp_batcher import TimestampBatcher
 from hlc_oracle.client.wire import (
@@ -96,9 +102,11 @@ __all__ = [
     "OracleUnavailableError",
     "PipelinedStream",
     "RetryPolicy",
+    "StreamPool",
     "TimestampBatcher",
     "channel_credentials",
     "commit_stream",
+    "commit_streams",
     "error_from_rpc",
     "outcome_from_wire",
     "parse_targets",

@@ -374,16 +374,19 @@ class AsyncOracleClient:
         self.max_message_bytes = min(self.max_message_bytes, limit)
         return limit
 
-    async def _send_commits(self, transactions: list[Transaction]) -> CommitAnswers:
+    async def _send_commits(
+        self, transactions: list[Transaction], retrying: Callable[[], None] | None = None
+    ) -> CommitAnswers:
         """One ``CommitStream`` message for ``transactions`` (several when it would be too large);
         their answers in order. A lost connection resends the message on a new stream, and the
         transactions a node refused without deciding go again to the next leader
         (:mod:`hlc_oracle.client.pending_commits`): the same ids, so a transaction decided before
-        gets its first decision back."""
+        gets its first decision back. ``retrying`` is called before the first such resend (the
+        merging of ``commit()`` calls gives the message's slot to new work then)."""
         message = encode_commit_request(transactions)
         if len(message) > self._message_limit(len(transactions)):
-            return await self._send_split(transactions, len(message))
-        pending = PendingCommits(transactions, message)
+            return await self._send_split(transactions, len(message), retrying)
+        pending = PendingCommits(transactions, message, retrying)
         try:
             return await self._call(pending.send, changes_state=True)
         except OracleError as err:
@@ -392,15 +395,18 @@ class AsyncOracleClient:
             self._learn_message_limit(err)
             # Resend: the refusal ended the stream, so messages that fit were refused too.
             if len(message) <= self._message_limit(len(transactions)):
-                return await self._send_commits(transactions)
-            return await self._send_split(transactions, len(message))
+                return await self._send_commits(transactions, retrying)
+            return await self._send_split(transactions, len(message), retrying)
 
-    async def _send_split(self, transactions: list[Transaction], size: int) -> CommitAnswers:
+    async def _send_split(
+        self, transactions: list[Transaction], size: int, retrying: Callable[[], None] | None
+    ) -> CommitAnswers:
         if len(transactions) == 1:
             return [transaction_too_large(transactions[0].txn_id, size, self.max_message_bytes)]
         half = len(transactions) // 2
         first, second = await asyncio.gather(
-            self._send_commits(transactions[:half]), self._send_commits(transactions[half:])
+            self._send_commits(transactions[:half], retrying),
+            self._send_commits(transactions[half:], retrying),
         )
         return answer_list(first) + answer_list(second)
 

@@ -22,18 +22,31 @@ class CommitBatcher:
     server's group commit then decides together. Each caller gets the result of its own
     transaction; a failed message fails every caller in it. Resending is safe: a decided id gets
     its first decision back.
+
+    A message that is being sent again (a node refused it, or its answer was lost: ``send``
+    calls the callback it is given before its second attempt), or that is still unanswered
+    after ``held_after_s``, leaves its slot for one of ``max_in_flight`` more, the held slots,
+    when one is free. A leader change then does not stop new work: the messages sent under the
+    old leader may wait on the next one (for its decision history), while the callers' new
+    messages go out beside them (on streams of their own, see
+    :class:`~hlc_oracle.client.streams.StreamPool`). At most twice ``max_in_flight`` messages
+    are in flight, however many are held or failing.
     """
 
     def __init__(
         self,
-        send: Callable[[list[Transaction]], Awaitable[CommitAnswers]],
+        send: Callable[[list[Transaction], Callable[[], None]], Awaitable[CommitAnswers]],
         max_batch: int = 512,
         max_in_flight: int = 2,
+        held_after_s: float = 0.25,
     ) -> None:
         if max_batch < 1 or max_in_flight < 1:
             raise ValueError(
                 f"max_batch and max_in_flight must be at least 1, got {max_batch}, {max_in_flight}"
             )
+        if not held_after_s > 0:
+            raise ValueError(f"held_after_s must be above 0 seconds, got {held_after_s!r}")
+        self._held_after_s = held_after_s
         self._send = send
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
@@ -41,6 +54,8 @@ class CommitBatcher:
             collections.deque()
         )
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Messages held or retrying, in the held slots (see the class).
+        self._held: set[asyncio.Task[None]] = set()
         self.batches = 0  # messages sent, for tests and statistics
         self._closed = False
 
@@ -58,10 +73,27 @@ class CommitBatcher:
             self.batches += 1
             task = loop.create_task(self._run(batch))
             self._in_flight.add(task)
+            loop.call_later(self._held_after_s, self._hold, task)
+
+    def _hold(self, task: asyncio.Task[None] | None) -> None:
+        """``task``'s message is being sent again or is slow to be answered: it moves to a free
+        held slot (when it is still in a slot of the others), and its slot goes to the callers
+        waiting."""
+        if task not in self._in_flight or self._closed:
+            return
+        if len(self._held) < self._max_in_flight:
+            self._in_flight.discard(task)
+            self._held.add(task)
+            self._dispatch()
+        else:  # every held slot is taken: look again later
+            asyncio.get_running_loop().call_later(self._held_after_s, self._hold, task)
 
     async def _run(self, batch: list[tuple[Transaction, asyncio.Future[CommitAnswer]]]) -> None:
+        task = asyncio.current_task()
         try:
-            results = await self._send([transaction for transaction, _ in batch])
+            results = await self._send(
+                [transaction for transaction, _ in batch], lambda: self._hold(task)
+            )
         except BaseException as err:  # every caller of the message must hear about it
             cancelled = isinstance(err, asyncio.CancelledError)
             for _, future in batch:
@@ -87,13 +119,14 @@ class CommitBatcher:
                 if not future.done():
                     future.set_result(results[position])
         finally:
-            self._in_flight.discard(asyncio.current_task())
+            self._in_flight.discard(task)
+            self._held.discard(task)
             if not self._closed:
                 self._dispatch()
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._in_flight):
+        for task in [*self._in_flight, *self._held]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

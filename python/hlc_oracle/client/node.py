@@ -1,4 +1,4 @@
-"""One oracle node as the client sees it: its channel, its RPC methods and its two streams."""
+"""One oracle node as the client sees it: its channel, its RPC methods and its streams."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from hlc_oracle.client.channel import NodeChannel
-from hlc_oracle.client.streams import commit_stream, timestamp_stream
+from hlc_oracle.client.streams import commit_streams, timestamp_stream
 from hlc_oracle.client.wire import TIMESTAMP_ORACLE_METHODS, TRANSACTIONS_METHODS
 from hlc_oracle.proto import oracle_pb2 as pb
 
@@ -16,8 +16,9 @@ class OracleNode:
     """The channel to one node (``target``, ``host:port``) and what the client calls on it.
 
     Unary methods are gRPC multicallables (call them with ``timeout=`` and
-    ``wait_for_ready=node.wait_for_ready``); ``timestamps`` and ``commits`` are the pipelined
-    ``StreamTimestamps`` and ``CommitStream`` calls, opened on first use. When the channel is
+    ``wait_for_ready=node.wait_for_ready``); ``timestamps`` is the pipelined
+    ``StreamTimestamps`` call and ``commits`` a pool of ``CommitStream`` calls
+    (:func:`~hlc_oracle.client.streams.commit_streams`), opened on first use. When the channel is
     replaced (:class:`~hlc_oracle.client.channel.NodeChannel`), all of them move to the new one.
     """
 
@@ -35,7 +36,7 @@ class OracleNode:
         channel = self.connection.channel
         self._bind_methods(channel)
         self.timestamps = timestamp_stream(channel, wait_for_ready)
-        self.commits = commit_stream(channel, wait_for_ready)
+        self.commits = commit_streams(channel, wait_for_ready)
 
     def _moved(self, channel: grpc.aio.Channel) -> None:
         self._bind_methods(channel)
@@ -84,7 +85,7 @@ class OracleNode:
         await self.connection.connect(deadline, self.wait_for_ready)
 
     async def close(self) -> None:
-        """Ends both streams (failing what waits on them), then closes the channel."""
+        """Ends the streams (failing what waits on them), then closes the channel."""
         await self.commits.close()
         await self.timestamps.close()
         await self.connection.close()

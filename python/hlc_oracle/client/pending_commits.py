@@ -18,6 +18,8 @@ its last refusal, or with the call's final error when its outcome is unknown.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from hlc_oracle import Transaction
@@ -38,9 +40,14 @@ _UNAVAILABLE: int = grpc.StatusCode.UNAVAILABLE.value[0]
 class PendingCommits:
     """``transactions`` (encoded as ``message``) until each has a final answer or the call gives
     up. :meth:`send` is one attempt on a node; :attr:`answered` says whether any attempt got an
-    answer."""
+    answer. ``retrying`` is called once, before the second attempt."""
 
-    def __init__(self, transactions: list[Transaction], message: bytes) -> None:
+    def __init__(
+        self,
+        transactions: list[Transaction],
+        message: bytes,
+        retrying: Callable[[], None] | None = None,
+    ) -> None:
         self.transactions = transactions
         #: The message of the next attempt: the transactions still unanswered.
         self.message = message
@@ -49,6 +56,8 @@ class PendingCommits:
         self._pending: list[int] | None = None
         # The refusal the last attempt raised: at the end it leaves the refusals in place.
         self._refusal: OracleError | None = None
+        self._attempted = False
+        self._retrying = retrying
 
     @property
     def answered(self) -> bool:
@@ -58,6 +67,10 @@ class PendingCommits:
     async def send(self, node: OracleNode, remaining: float) -> CommitAnswers:
         """One attempt: sends :attr:`message` on ``node``'s ``CommitStream``; every
         transaction's answer in order, or raises for those left unanswered (see the module)."""
+        if self._attempted and self._retrying is not None:
+            retrying, self._retrying = self._retrying, None
+            retrying()
+        self._attempted = True
         return self.take(await node.commits.request(self.message, remaining))
 
     def take(self, received: CommitAnswers) -> CommitAnswers:

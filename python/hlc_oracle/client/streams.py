@@ -1,5 +1,7 @@
 """Pipelined bidirectional streams (:class:`PipelinedStream`): many request messages in flight on
-one call, answers matched to requests in order; the two streams the client uses.
+one call, answers matched to requests in order; a few of them to one node (:class:`StreamPool`),
+so that a message the node holds does not hold the answers behind it; the streams the client
+uses.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ class PipelinedStream(Generic[Answer]):
         self._write_lock = asyncio.Lock()
         # Reader tasks of ended calls, cancelled but maybe not finished: close() waits for them.
         self._stopping: set[asyncio.Task[None]] = set()
+        #: Requests in progress (waiting to be written or for their answer).
+        self.outstanding = 0
+        #: Loop time of the last answer, or of the request that found the stream idle: a stream
+        #: with requests outstanding and no progress for long is held up by the node.
+        self.progressed = 0.0
 
     def _open(self) -> Any:
         if self._call is None:
@@ -77,8 +84,13 @@ class PipelinedStream(Generic[Answer]):
         :class:`~hlc_oracle.client.errors.ConnectionLostError`; a timeout ends the call too
         (its answers could no longer be matched to requests), and the next request opens a new
         one."""
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Answer] = loop.create_future()
+        if not self.outstanding:
+            self.progressed = loop.time()
+        self.outstanding += 1
         call = self._open()
+        written = False
         try:
             async with asyncio.timeout(timeout):
                 # One write at a time on a call (grpc.aio refuses overlapping writes); the answer
@@ -88,6 +100,7 @@ class PipelinedStream(Generic[Answer]):
                     self._pending.append(future)
                     if call is self._started:
                         await self._write(call, message)
+                        written = True
                     else:
                         # The first write waits for the call to start. A call failed before it
                         # started (its channel replaced) never ends that wait: the failed answer
@@ -96,6 +109,7 @@ class PipelinedStream(Generic[Answer]):
                         await asyncio.wait((writing, future), return_when=asyncio.FIRST_COMPLETED)
                         if writing.done():
                             self._started = call
+                            written = True
                         else:
                             writing.cancel()
                 return await future
@@ -107,8 +121,14 @@ class PipelinedStream(Generic[Answer]):
             self._fail(call, error)
             raise error from None
         except BaseException:
-            future.cancel()  # cancelled while writing: nobody will await the answer
+            future.cancel()  # cancelled: nobody will await the answer
+            if not written and future in self._pending:
+                # Cancelled while writing: the node may or may not get the message, so the
+                # answers after it could no longer be matched to their requests. End the call.
+                self._fail(call, connection_lost("a request was cancelled while being written"))
             raise
+        finally:
+            self.outstanding -= 1
 
     async def _write(self, call: Any, message: Any) -> None:
         try:
@@ -129,6 +149,7 @@ class PipelinedStream(Generic[Answer]):
                         grpc.StatusCode.INTERNAL, "the server answered a request never sent"
                     )
                 future = self._pending.popleft()
+                self.progressed = asyncio.get_running_loop().time()
                 if not future.done():
                     try:
                         future.set_result(self._decode(response))
@@ -165,6 +186,53 @@ class PipelinedStream(Generic[Answer]):
             await asyncio.gather(*stopping, return_exceptions=True)
 
 
+class StreamPool(Generic[Answer]):
+    """Up to ``size`` :class:`PipelinedStream` calls to one node, opened as they are needed, for
+    requests a node may hold for a while. A node answers each stream in request order, so a
+    request it holds (a new leader holding a resubmitted transaction until its decision history
+    has loaded) holds every answer behind it on that stream. A request therefore goes on a
+    stream with nothing outstanding; when every stream is busy, a new one opens, up to ``size``;
+    past that, it goes on the stream that answered last (the one least likely held up)."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        make: Callable[[grpc.aio.Channel], PipelinedStream[Answer]],
+        size: int,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"a stream pool needs at least one stream, got {size}")
+        self._channel = channel
+        self._make = make
+        self._size = size
+        self.streams: list[PipelinedStream[Answer]] = []
+
+    def pick(self) -> PipelinedStream[Answer]:
+        """The stream the next request goes on (see the class)."""
+        for stream in self.streams:
+            if not stream.outstanding:
+                return stream
+        if len(self.streams) < self._size:
+            stream = self._make(self._channel)
+            self.streams.append(stream)
+            return stream
+        return max(self.streams, key=lambda stream: stream.progressed)
+
+    async def request(self, message: Any, timeout: float) -> Answer:
+        """:meth:`PipelinedStream.request` on the stream :meth:`pick` chooses."""
+        return await self.pick().request(message, timeout)
+
+    def move_to(self, channel: grpc.aio.Channel) -> None:
+        """Every stream's next call opens on ``channel`` (see :meth:`PipelinedStream.move_to`)."""
+        self._channel = channel
+        for stream in self.streams:
+            stream.move_to(channel)
+
+    async def close(self) -> None:
+        for stream in self.streams:
+            await stream.close()
+
+
 def timestamp_stream(
     channel: grpc.aio.Channel, wait_for_ready: bool = True
 ) -> PipelinedStream[TimestampRange]:
@@ -193,3 +261,15 @@ def commit_stream(
         return on.stream_stream(TRANSACTIONS_METHODS + "CommitStream")
 
     return PipelinedStream(channel, method_of, decode, wait_for_ready)
+
+
+#: ``CommitStream`` calls a client opens to one node at most: the merged ``commit()`` messages
+#: in flight (first attempts and retries, four of each by default) each on a stream of its own.
+COMMIT_STREAMS = 8
+
+
+def commit_streams(
+    channel: grpc.aio.Channel, wait_for_ready: bool = True, size: int = COMMIT_STREAMS
+) -> StreamPool[CommitAnswers]:
+    """Up to ``size`` :func:`commit_stream` calls to one node, as a :class:`StreamPool`."""
+    return StreamPool(channel, lambda on: commit_stream(on, wait_for_ready), size)

@@ -1,0 +1,154 @@
+"""CommitBatcher and the commit stream pool on their own: which messages hold a slot, and which
+stream a message goes on, when a node holds some messages (a new leader holding what was sent
+under the old one until its decision history has loaded).
+
+The send function decides with a real in-process scheduler (the server's group commit), behind
+an ``await``; it holds the messages that carry a transaction started under the "old leader"
+until the test releases them, and has the client retry the ones the "old leader" refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from hlc_oracle import Clock, Committed, GroupCommitScheduler, Timestamp, Transaction
+from hlc_oracle.client import CommitBatcher, commit_streams
+from hlc_oracle.client.wire import CommitAnswers
+
+WAIT_S = 10.0
+
+
+class HoldingNode:
+    """A real scheduler behind ``send``: a message with a transaction started at or below
+    ``old_below`` is held until :attr:`release` is set; one with an id in :attr:`refused_ids`
+    has its first attempt refused (``retrying`` is called, as the client does before its second
+    attempt), and is then held too."""
+
+    def __init__(self, scheduler: GroupCommitScheduler, old_below: Timestamp) -> None:
+        self.scheduler = scheduler
+        self.old_below = old_below
+        self.release = asyncio.Event()
+        self.refused_ids: set[int] = set()
+        self.sent: list[list[int]] = []
+        self.held = 0
+
+    async def send(
+        self, transactions: list[Transaction], retrying: Callable[[], None]
+    ) -> CommitAnswers:
+        self.sent.append([txn.txn_id for txn in transactions])
+        await asyncio.sleep(0.001)
+        if any(txn.txn_id in self.refused_ids for txn in transactions):
+            retrying()
+        if any(txn.start_ts <= self.old_below for txn in transactions):
+            self.held += 1
+            await self.release.wait()
+            self.held -= 1
+        return await self.scheduler.submit_many(transactions)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(int(WAIT_S / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+@pytest.mark.parametrize("how", ["refused then held", "held on a first attempt"])
+def test_held_messages_leave_their_slots_to_new_work(tmp_path: Path, how: str) -> None:
+    """Six messages held (more than the four slots): new work still goes out and is decided
+    while they wait; then they are decided too, each caller with its own transaction. A retried
+    message leaves its slot at once (here the time rule is out of reach); one held on its first
+    attempt after ``held_after_s``."""
+    clock = Clock(node=1)
+
+    async def main() -> None:
+        async with GroupCommitScheduler(tmp_path, clock) as scheduler:
+            old_start = clock.now()
+            node = HoldingNode(scheduler, old_start)
+            held_after_s = 60.0 if how == "refused then held" else 0.05
+            batcher = CommitBatcher(node.send, max_in_flight=4, held_after_s=held_after_s)
+            old = [Transaction(n, old_start, [], [b"old/%d" % n]) for n in range(1, 7)]
+            if how == "refused then held":
+                node.refused_ids = {txn.txn_id for txn in old}
+            held = []
+            for txn in old:  # one at a time: each its own message
+                held.append(batcher.submit(txn))
+                await until(lambda: node.held == len(held) or len(node.sent) > len(held))
+            await until(lambda: node.held == len(old))
+            fresh = Transaction(100, clock.now(), [], [b"fresh"])
+            decided = await asyncio.wait_for(batcher.submit(fresh), WAIT_S)
+            assert isinstance(decided, Committed) and decided.txn_id == 100
+            assert not any(future.done() for future in held)
+            node.release.set()
+            answers = await asyncio.wait_for(asyncio.gather(*held), WAIT_S)
+            assert [answer.txn_id for answer in answers] == [txn.txn_id for txn in old]
+            assert all(isinstance(answer, Committed) for answer in answers)
+            await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_at_most_twice_the_slots_are_in_flight(tmp_path: Path) -> None:
+    """However many messages are held, at most ``2 * max_in_flight`` are in flight; the others
+    wait merged, and go out once held ones are answered."""
+    clock = Clock(node=1)
+
+    async def main() -> None:
+        async with GroupCommitScheduler(tmp_path, clock) as scheduler:
+            old_start = clock.now()
+            node = HoldingNode(scheduler, old_start)
+            batcher = CommitBatcher(node.send, max_in_flight=2, held_after_s=0.02)
+            futures = []
+            for n in range(1, 21):
+                futures.append(batcher.submit(Transaction(n, old_start, [], [b"k/%d" % n])))
+                await asyncio.sleep(0.01)
+            await until(lambda: node.held == 4)
+            await asyncio.sleep(0.1)  # more time for the timers: still four
+            assert node.held == 4 and len(node.sent) == 4
+            node.release.set()
+            answers = await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
+            assert [answer.txn_id for answer in answers] == list(range(1, 21))
+            assert sorted(n for message in node.sent for n in message) == list(range(1, 21))
+            await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_held_after_must_be_positive() -> None:
+    async def send(transactions: list[Transaction], retrying: Callable[[], None]) -> CommitAnswers:
+        raise AssertionError("not called")
+
+    with pytest.raises(ValueError, match="held_after_s must be above 0"):
+        CommitBatcher(send, held_after_s=0)
+
+
+def test_a_stream_pool_prefers_an_idle_stream_then_a_new_one_then_the_one_that_answered_last() -> (
+    None
+):
+    async def main() -> None:
+        channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never connected: streams open lazily
+        pool = commit_streams(channel, size=3)
+        first = pool.pick()
+        assert pool.pick() is first  # idle: reused, no second stream
+        first.outstanding = 1  # a message waits on it
+        second = pool.pick()
+        assert second is not first and len(pool.streams) == 2
+        second.outstanding = 2
+        third = pool.pick()
+        assert len(pool.streams) == 3
+        third.outstanding = 1
+        first.progressed, second.progressed, third.progressed = 5.0, 9.0, 1.0
+        assert pool.pick() is second  # all busy, the pool full: the one that answered last
+        third.outstanding = 0
+        assert pool.pick() is third
+        for stream in pool.streams:
+            stream.outstanding = 0
+        await pool.close()
+        await channel.close()
+
+    asyncio.run(main())
