@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hlc_oracle._core import MAX_NODE, MAX_RESERVE
 from hlc_oracle.addresses import AddressError, parse_host_port, split_scheme
 from hlc_oracle.proto import DEFAULT_MAX_MESSAGE_BYTES
 from hlc_oracle.scheduler import CommitOptions
@@ -362,8 +363,6 @@ class OracleConfig:
         Each message starts with the ``section.field`` it is about, so that :func:`load` can put
         the setting's source in front of it.
         """
-        from hlc_oracle import MAX_NODE, MAX_RESERVE
-
         check_host_port(self.server.listen, "server.listen", allow_port_zero=True)
         checks: list[tuple[str, int | float | None, int | float, int | float]] = [
             ("clock.node_id", self.clock.node_id, 0, MAX_NODE),

@@ -37,6 +37,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from hlc_oracle.client import OracleClient, OracleStatus
+
 #: How long a process gets to start, and to stop after SIGTERM before SIGKILL.
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -259,8 +261,6 @@ class LocalCluster:
         return False
 
     def _wait_for_leader(self) -> None:
-        from hlc_oracle.client import OracleClient, OracleStatus
-
         with OracleClient(self.targets, timeout=2) as client:
 
             def serving_leader() -> bool:

@@ -533,7 +533,7 @@ def test_status_is_json(responder: NtpResponder) -> None:
 
 def run_command(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hlc_oracle.skew", *args],
+        [sys.executable, "-m", "hlc_oracle.cli", "skew", *args],
         capture_output=True,
         text=True,
         timeout=30,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -49,6 +49,7 @@ from hlc_oracle.server.handler_frame import (
     fail,
     invalid,
     parse_request,
+    service_handler,
     stopping_refusal,
     unary_rpc,
 )
@@ -356,15 +357,12 @@ class TransactionsService:
         return bytes(response.SerializeToString())
 
     def handler(self) -> grpc.GenericRpcHandler:
-        unary: Callable[[Callable[[bytes, Any], Awaitable[bytes]]], Any] = (
-            grpc.unary_unary_rpc_method_handler
-        )
-        return grpc.method_handlers_generic_handler(
+        return service_handler(
             SERVICE_NAME,
             {
-                "Commit": unary(self.commit),
-                "CommitStream": grpc.stream_stream_rpc_method_handler(self.commit_stream),
-                "Abort": unary(self.abort),
-                "GetTransactionStatus": unary(self.get_transaction_status),
+                "Commit": self.commit,
+                "Abort": self.abort,
+                "GetTransactionStatus": self.get_transaction_status,
             },
+            {"CommitStream": self.commit_stream},
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
@@ -162,3 +162,20 @@ def unary_rpc(method: str) -> Callable[[Work[ServiceT]], Handler[ServiceT]]:
         return handler
 
     return frame
+
+
+UnaryHandler = Callable[[bytes, Any], Awaitable[bytes]]
+StreamHandler = Callable[[AsyncIterator[bytes], Any], AsyncIterator[bytes]]
+
+
+def service_handler(
+    service_name: str, unary: dict[str, UnaryHandler], streams: dict[str, StreamHandler]
+) -> grpc.GenericRpcHandler:
+    """The gRPC handler of ``service_name``: its unary and bidirectional-stream methods by name,
+    bytes in and bytes out (no deserializers: the handlers parse, see :func:`parse_request`)."""
+    methods: dict[str, Any] = {
+        name: grpc.unary_unary_rpc_method_handler(handler) for name, handler in unary.items()
+    }
+    for name, stream in streams.items():
+        methods[name] = grpc.stream_stream_rpc_method_handler(stream)
+    return grpc.method_handlers_generic_handler(service_name, methods)

@@ -10,7 +10,7 @@ All allocation logic is in the Rust ``Clock``; nothing here can move it backward
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -27,6 +27,7 @@ from hlc_oracle.server.handler_frame import (
     fail,
     invalid,
     parse_request,
+    service_handler,
     stopping_refusal,
     unary_rpc,
 )
@@ -198,16 +199,13 @@ class TimestampOracleService:
         ).SerializeToString()
 
     def handler(self) -> grpc.GenericRpcHandler:
-        unary: Callable[[Callable[[bytes, Any], Awaitable[bytes]]], Any] = (
-            grpc.unary_unary_rpc_method_handler
-        )
-        return grpc.method_handlers_generic_handler(
+        return service_handler(
             SERVICE_NAME,
             {
-                "GetTimestamps": unary(self.get_timestamps),
-                "StreamTimestamps": grpc.stream_stream_rpc_method_handler(self.stream_timestamps),
-                "Observe": unary(self.observe),
-                "GetStatus": unary(self.get_status),
-                "GetPeerClock": unary(self.get_peer_clock),
+                "GetTimestamps": self.get_timestamps,
+                "Observe": self.observe,
+                "GetStatus": self.get_status,
+                "GetPeerClock": self.get_peer_clock,
             },
+            {"StreamTimestamps": self.stream_timestamps},
         )

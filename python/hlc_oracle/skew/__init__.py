@@ -41,7 +41,7 @@ One concept per module:
 ===========  =====================================================================================
 
 The ``hlc-oracle skew`` command (measure once, before a deploy) lives with the other commands,
-in :mod:`hlc_oracle.cli.skew`; ``python -m hlc_oracle.skew`` runs it too.
+in :mod:`hlc_oracle.cli.skew` (``python -m hlc_oracle.cli skew`` without the script).
 """
 
 from __future__ import annotations
