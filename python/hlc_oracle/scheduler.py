@@ -310,6 +310,27 @@ class GroupCommitScheduler:
             self._history_loaded.set()
             self._wakeup.notify_all()
 
+    def history_progressed(self) -> None:
+        """Part of the history is loaded (newest first, see ``CommitEngine.replay_piece``): the
+        held requests the engine no longer says may need it go to the front of the queue."""
+        with self._lock:
+            if self._history_loaded.is_set() or not self._history_held:
+                return
+            held = list(self._history_held)
+        ready = {id(entry) for entry in held if not self.engine.needs_history(entry[_PAYLOAD])}
+        if not ready:
+            return
+        with self._lock:
+            if self._history_loaded.is_set():  # history_loaded released every one meanwhile
+                return
+            released = [entry for entry in self._history_held if id(entry) in ready]
+            self._history_held = [e for e in self._history_held if id(e) not in ready]
+            size = sum(entry[_SIZE] for entry in released)
+            self._parked -= size
+            self._queue.extendleft(reversed(released))
+            self._queued += size
+            self._wakeup.notify_all()
+
     def _hold_needing_history(self, batch: list[_Entry]) -> list[_Entry]:
         """The entries of ``batch`` that may be decided now; the others are held."""
         needs = [self.engine.needs_history(entry[_PAYLOAD]) for entry in batch]

@@ -1,6 +1,8 @@
 """A new leader takes over while its decision history loads (real etcd, in process): it decides
 fresh transactions at once; a resubmission, an abort by id, a commit of an id aborted by id and
-a status query wait for the history and then get the first decision; nothing flips."""
+a status query wait for the history and then get the first decision; nothing flips. The history
+loads newest first: a held commit is answered as soon as every piece that could hold its
+decision is in, and pieces of the previous release (no clock reading) are still honoured."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import pytest
 from hlc_oracle import (
     MAX_LOGICAL,
     MAX_NODE,
+    Aborted,
     Clock,
     CommitEngine,
     CommitOptions,
     Committed,
+    ConflictKind,
     GroupCommitScheduler,
     SchedulerClosedError,
     Timestamp,
@@ -29,6 +33,14 @@ from hlc_oracle.node.gate import ServingGate
 
 from tests.etcd.test_cluster_decisions import PREFIX, Leader, client_of, run, take_leadership
 from tests.support.etcd_process import EtcdMember
+from tests.support.stored_pieces import (
+    FIXTURES,
+    as_expected,
+    decision,
+    first_decisions,
+    stored_pieces,
+    transaction,
+)
 
 HISTORY = 100_000
 GROUP = 1_000
@@ -70,6 +82,40 @@ async def write_history(client: Any) -> tuple[Leader, dict[int, Any], list[Trans
     answers[10**9] = await leader.scheduler.abort(10**9)
     await leader.scheduler.aclose()
     return leader, answers, txns
+
+
+class PausedHistory:
+    """Pauses every promotion's history load after its first ``after`` pieces (in the worker
+    thread that replays them) until ``resume``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+        self.replayed = 0
+        load = DecisionLog.load_history
+
+        async def paused(log: DecisionLog, checkpoint: Any, replay_piece: Any, **kw: Any) -> Any:
+            def replay(seq: int, data: bytes) -> tuple[int, int]:
+                if self.replayed == after:
+                    self.paused.set()
+                    assert self.resume.wait(WAIT_S)
+                self.replayed += 1
+                counts: tuple[int, int] = replay_piece(seq, data)
+                return counts
+
+            return await load(log, checkpoint, replay, **kw)
+
+        monkeypatch.setattr(DecisionLog, "load_history", paused)
+
+
+async def write_previous_release(client: Any) -> None:
+    """A term of the previous release: the version-2 pieces of ``tests/data``, each with its
+    abort keys, written as that release's leader did (a fenced txn each)."""
+    fence = await take_leadership(client, "node-0")
+    log = DecisionLog(client, PREFIX, fence)
+    for seq, data in stored_pieces(2):
+        await log.write(seq, data)
+    assert (FIXTURES[2] / "expected.json").is_file()
 
 
 async def eventually(condition: Callable[[], bool]) -> None:
@@ -204,3 +250,75 @@ def test_what_waits_for_the_history_in_every_request_shape() -> None:
     assert engine.needs_history(encode_commit_request([aborted_by_id]))
     engine.end_history_load()
     assert not engine.needs_history(encode_commit_request([old])) and not engine.needs_history(7)
+
+
+def test_a_held_commit_is_answered_once_the_pieces_that_could_hold_it_are_in(
+    etcd: EtcdMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rolling upgrade too: a term of the previous release (version-2 pieces), then a term of
+    this one (version 3), then a new leader: the calls in flight at the takeover (started at
+    or below its low watermark) are answered after the newest pieces, while the rest of the
+    history (the oldest term's pieces among it) still loads; every decision is honoured."""
+
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        await write_previous_release(client)
+        first, answers, txns = await write_history(client)
+        old_clock = first.scheduler.clock
+        # In flight when the leader died: never submitted there, started below its window.
+        late = Transaction(7 * 10**9, old_clock.now(), [], [b"late"])
+        window_limit = old_clock.last().physical + 1
+        held = HeldHistory(monkeypatch)
+        paused = PausedHistory(monkeypatch, after=2)
+        fence = await take_leadership(client, "node-2")
+        clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
+        installed: list[GroupCommitScheduler | None] = []
+        ended: list[str] = []
+        group_commit = ClusteredGroupCommit(
+            client,
+            PREFIX,
+            clock,
+            CommitOptions(),
+            ServingGate(),
+            retention_s=600.0,
+            install=installed.append,
+            end_term=ended.append,
+        )
+        await group_commit.promote(fence, window_limit)
+        scheduler = installed[-1]
+        assert scheduler is not None
+        await asyncio.wait_for(held.started.wait(), WAIT_S)
+        newest = txns[-1]  # in the newest piece but one (the abort by id is the newest)
+        oldest = txns[0]
+        previous = [transaction(e) for e in first_decisions().values() if "start_ts" in e]
+        waiting = {
+            "late": asyncio.ensure_future(scheduler.submit(late)),
+            "newest": asyncio.ensure_future(scheduler.submit(newest)),
+            "oldest": asyncio.ensure_future(scheduler.submit(oldest)),
+            "previous": asyncio.ensure_future(scheduler.submit_many(previous)),
+        }
+        await asyncio.sleep(0.3)
+        assert not any(f.done() for f in waiting.values())
+
+        held.release.set()
+        assert await asyncio.to_thread(paused.paused.wait, WAIT_S)
+        # Two pieces in: the newest call is answered from them, the late one decided (too old,
+        # as Apache Omid aborts what an earlier leader left undecided); the rest waits.
+        assert await asyncio.wait_for(waiting["newest"], WAIT_S) == answers[newest.txn_id]
+        late_answer = await asyncio.wait_for(waiting["late"], WAIT_S)
+        assert isinstance(late_answer, Aborted) and late_answer.conflict is not None
+        assert late_answer.conflict.kind == ConflictKind.TOO_OLD
+        assert group_commit.history_loading and paused.replayed == 2
+        await asyncio.sleep(0.2)
+        assert not waiting["oldest"].done() and not waiting["previous"].done()
+
+        paused.resume.set()
+        assert await asyncio.wait_for(waiting["oldest"], WAIT_S) == answers[oldest.txn_id]
+        got = await asyncio.wait_for(waiting["previous"], WAIT_S)
+        expected = [first_decisions()[t.txn_id] for t in previous]
+        assert [as_expected(answer) for answer in got] == [decision(e) for e in expected]
+        await eventually(lambda: not group_commit.history_loading)
+        assert ended == []
+        await group_commit.close()
+
+    run(scenario)

@@ -6,8 +6,6 @@ decisions, so a rolling upgrade keeps every decision, its fingerprint and its co
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,55 +18,16 @@ from hlc_oracle import (
 )
 from hlc_oracle.cluster.decisions import Checkpoint, DecisionDecodeError
 
-# An answer in expected.json's terms: the generator's own encoding, not a second copy of it.
-from tests.data.decision_pieces_v1.generate import outcome_json as as_expected
-
-DATA = Path(__file__).resolve().parents[1] / "data"
-#: The committed fixtures of each earlier piece version.
-FIXTURES = {1: DATA / "decision_pieces_v1", 2: DATA / "decision_pieces_v2"}
-V1 = FIXTURES[1]
-#: The fields of a decision in ``expected.json`` (the rest describe the request).
-DECISION_FIELDS = (
-    "outcome",
-    "commit_ts",
-    "reason",
-    "kind",
-    "key",
-    "conflict_commit_ts",
-    "winner_txn_id",
+from tests.support.stored_pieces import (
+    FIXTURES,
+    V1,
+    as_expected,
+    decision,
+    expected,
+    first_decisions,
+    stored_pieces,
+    transaction,
 )
-
-
-def stored_pieces(version: int = 1) -> list[tuple[int, bytes]]:
-    paths = sorted(FIXTURES[version].glob("*.bin"))
-    return [(int(path.stem.split("-")[1]), path.read_bytes()) for path in paths]
-
-
-def v1_expected() -> dict[str, Any]:
-    # Both versions' fixtures hold the same scenario: the same expected.json.
-    result: dict[str, Any] = json.loads((V1 / "expected.json").read_text())
-    return result
-
-
-def first_decisions() -> dict[int, dict[str, Any]]:
-    """Each id's first decision (a later abort of a decided id only repeats it)."""
-    first: dict[int, dict[str, Any]] = {}
-    for entry in v1_expected()["decisions"]:
-        first.setdefault(entry["txn_id"], entry)
-    return first
-
-
-def decision(entry: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in entry.items() if key in DECISION_FIELDS}
-
-
-def transaction(entry: dict[str, Any]) -> Transaction:
-    return Transaction(
-        entry["txn_id"],
-        Timestamp.parse(entry["start_ts"]),
-        [bytes.fromhex(key) for key in entry["read_set"]],
-        [bytes.fromhex(key) for key in entry["write_set"]],
-    )
 
 
 def answers(engine: CommitEngine, requests: list[Transaction | int]) -> list[Any]:
@@ -102,7 +61,7 @@ def test_stored_pieces_replay_into_their_first_decisions(replayed: CommitEngine)
     for txn_id, entry in first_decisions().items():
         assert as_expected(replayed.status(txn_id)) == decision(entry), txn_id
     # The clock runs above every replayed commit.
-    assert replayed.clock.last() > Timestamp.parse(v1_expected()["clock_last"])
+    assert replayed.clock.last() > Timestamp.parse(expected()["clock_last"])
 
 
 def test_stored_resubmissions_get_their_first_decision_and_other_contents_are_refused(
@@ -130,12 +89,12 @@ def test_stored_checkpoints_decode(version: int) -> None:
     assert (old.epoch, old.seq, old.forgotten_through) == (12, 3, None)
     new = Checkpoint.decode((stored / "checkpoint.json").read_bytes())
     assert (new.epoch, new.seq) == (12, 3)
-    assert new.forgotten_through == Timestamp.parse(v1_expected()["forgotten_through"])
+    assert new.forgotten_through == Timestamp.parse(expected()["forgotten_through"])
     with pytest.raises(DecisionDecodeError, match="checkpoint"):
         Checkpoint.decode(b'{"epoch": 1}')
 
 
-def test_this_release_writes_version_2_pieces_that_replay() -> None:
+def test_this_release_writes_version_3_pieces_that_replay() -> None:
     writer = CommitEngine(None, Clock(node=3), durability="external")
     start = writer.clock.now()
     requests: list[Transaction | int] = [
@@ -144,7 +103,7 @@ def test_this_release_writes_version_2_pieces_that_replay() -> None:
         77,  # abort by id
     ]
     _, pieces, _ = writer.decide(requests)
-    assert [data[0] for _, data in pieces] == [2]
+    assert [data[0] for _, data in pieces] == [3]
     first = [answer for seq, _ in pieces for _, batch in writer.confirm(seq) for answer in batch]
     reader = CommitEngine(None, Clock(node=4), durability="external")
     for seq, data in pieces:

@@ -5,8 +5,9 @@ Keys, under the cluster's prefix (``/hlc-oracle/<name>/``):
 
 - ``decisions/<epoch>/<seq>``, both numbers zero-padded to 20 digits so that key order is
   (epoch, seq) order: one piece of a decided batch, its decisions in the piece format
-  (``rust/src/commit/piece.rs``: versioned; version 2 keeps about 14 bytes a commit and no write
-  sets; version-1 pieces of earlier releases still replay)
+  (``rust/src/commit/piece.rs``: versioned; version 3 keeps about 14 bytes a commit, no write
+  sets, and the leader's clock reading when it wrote the piece; pieces of versions 1 and 2,
+  written by earlier releases, still replay)
   (:class:`~hlc_oracle.durable.ExternalDurableStep` hands them out, at most ``max_batch_bytes``
   each: a batch over etcd's request limit is split, never refused). ``seq`` runs on across terms:
   a new leader continues after the newest stored piece.
@@ -29,28 +30,37 @@ becomes the engine's "decisions forgotten through" point (a resubmission of a tr
 refused ``OUT_OF_RANGE``, never decided again: deciding it could flip a trimmed commit to
 aborted); the ids earlier leaders aborted by id are read (``aborts/<epoch>/<seq>/<txn_id>``, one
 empty key per abort by id, written in the same fenced txn as its piece; rare); then the node
-serves, and the pieces after the checkpoint replay in the background, in key order, in pages of
-a consistent snapshot (a page whose answer would pass gRPC's 4 MiB receive limit is read again
-with fewer keys; each piece replays in a worker thread).
+serves, and the pieces of earlier terms after the checkpoint replay in the background, newest
+first, in pages of a consistent snapshot (small pages first, so the newest pieces are in soon;
+a page whose answer would pass gRPC's 4 MiB receive limit is read again with fewer keys; each
+piece replays in a worker thread).
 
-The rule while the history loads: a request is decided at once when the decisions index answers
-it (decided in this term, or already replayed) or when it commits a transaction that started
-above ``W`` and whose id no earlier leader aborted by id. Every other request waits for the
-history (the scheduler holds it, then decides it first once the history is in): a commit that
-started at or below ``W`` (a resubmission, or one to abort as too old), an abort by id, a commit
-of an id aborted by id; and a status query of an id the index does not know.
+The rule while the history loads. Each version-3 piece records its leader's clock reading when
+it was written, at or above every start and commit timestamp in it; readings never decrease in
+key order. Let ``B`` be ``W`` at first, then the reading of the oldest version-3 piece loaded so
+far (a version-1 or -2 piece records none and leaves ``B`` as it was). Every piece still to load
+reads at or below ``B``. A request is decided at once when the decisions index answers it
+(decided in this term, or already replayed), or when it commits a transaction that started
+above ``B`` and whose id no earlier leader aborted by id: once every piece that could hold its
+decision (reading at or above its start) is loaded and the index does not know it, it was never
+decided, so it is decided now (a start at or below ``W`` aborts as too old). Every other request
+waits (the scheduler holds it, and releases it, to the front of the queue, as soon as ``B``
+falls below its start or the index learns its id): a commit that started at or below ``B``, an
+abort by id and a commit of an id aborted by id (until the whole history is in), and a status
+query of an id the index does not know (the whole history: a status query names no start).
 
-Why no decision can flip: suppose an earlier leader stored a decision about a transaction ``T``
-that started above ``W``. No leader hands out a timestamp above its saved window, and ``W`` is the
-newest saved window limit, so every stored commit timestamp is at or below ``W``. A commit of
-``T`` would have a timestamp above its start, so above ``W``: impossible. A conflict abort: the
-engine moves its clock past the start of every transaction it decides, aborted ones included, so
-``T``'s start is at or below that leader's window, hence at or below ``W``: impossible. A too-old
-abort: ``T`` started at or below that leader's low watermark, at or below ``W``: impossible. What
-remains is an abort by id, which carries no start timestamp, and those ids are known before the
-node serves. So a transaction decided early has no stored decision, and the replayed history
-never contradicts it (a replayed decision never replaces one the engine holds, and counts as
-older: the index forgets it first). The same proof, at the engine's level, is in
+Why no decision can flip: a stored decision about a transaction ``T`` has ``T``'s start at or
+below its piece's reading: a commit's timestamp is above its start and came from that leader's
+clock; the engine moves its clock past the start of every transaction it decides, aborted ones
+too; a too-old abort started at or below that leader's low watermark. Readings never decrease in
+key order (one leader decides its batches in seq order on a monotone clock; each leader's clock
+starts above the window of every earlier one) and none passes ``W`` (no leader's clock passes
+its saved window, and ``W`` is the newest saved window limit). Pieces load in descending key
+order, so every piece still to load reads at or below ``B``, and a ``T`` that started above
+``B`` is in none of them. An abort by id carries no start timestamp: those ids are known before
+the node serves. So a transaction decided early has no stored decision still to load, and the
+replayed history never contradicts it (a replayed decision never replaces one the engine holds,
+and counts as older: the index forgets it first). The same proof, at the engine's level, is in
 ``rust/src/commit/history.rs``. A key or piece that does not decode ends the term with the key
 named (the held requests are refused): it is never skipped.
 
@@ -101,6 +111,10 @@ DEFAULT_RETENTION_S = 600.0
 MAX_IN_FLIGHT = 4
 #: How often a leader trims expired pieces, at most (a tenth of the retention when shorter).
 TRIM_INTERVAL_S = 30.0
+#: Keys in the first page of a history loaded newest first (pages then double up to
+#: ``page_keys``): the newest pieces, those the requests held at a takeover wait for, come in
+#: one short read.
+FIRST_PAGE_KEYS = 4
 #: Pause before reading the decision history again after etcd failed a read.
 HISTORY_RETRY_S = 1.0
 #: How often a node whose write met etcd's quota looks whether the alarm was cleared.
@@ -348,14 +362,19 @@ class DecisionLog:
         replay_piece: Callable[[int, bytes], tuple[int, int]],
         *,
         in_thread: bool = False,
+        newest_first: bool = False,
     ) -> Recovered:
-        """Replays every piece after ``checkpoint`` in key order, read in pages at one revision
-        (``in_thread``: each replay in a worker thread, so that a long history never holds the
-        event loop). The pieces count for retention from now on. Raises
-        :class:`DecisionDecodeError` naming a key that does not decode; on any error nothing is
-        counted for retention (a second attempt replays again: a replayed decision never
-        replaces one the engine knows)."""
+        """Replays every piece after ``checkpoint``, read in pages at one revision: in key
+        order, or (``newest_first``: a new leader's history, see the module docstring) the
+        pieces of earlier terms in descending key order, small pages first (this term's own are
+        decided here: its engine knows them). ``in_thread``: each replay in a
+        worker thread, so that a long history never holds the event loop. The pieces count for
+        retention from now on. Raises :class:`DecisionDecodeError` naming a key that does not
+        decode; on any error nothing is counted for retention (a second attempt replays again:
+        a replayed decision never replaces one the engine knows)."""
         start, end = decisions_range(self.prefix)
+        if newest_first:
+            end = min(end, decision_key(self.prefix, self.epoch, 0))
         if checkpoint is not None:
             start = max(start, decision_key(self.prefix, checkpoint.epoch, checkpoint.seq))
             self._forgotten_through = checkpoint.forgotten_through
@@ -363,10 +382,12 @@ class DecisionLog:
         pieces = newest = commits = aborts = 0
         promoted_at = self._now()
         kept: list[tuple[float, int, int, Timestamp | None]] = []
-        limit = self.page_keys
-        while True:
+        limit = min(FIRST_PAGE_KEYS, self.page_keys) if newest_first else self.page_keys
+        while start < end:
             try:
-                page = await self.client.range(start, end, limit=limit, revision=revision)
+                page = await self.client.range(
+                    start, end, limit=limit, revision=revision, newest_first=newest_first
+                )
             except EtcdError as err:
                 # Pieces are up to 1 MiB: a page of many can pass gRPC's 4 MiB receive limit.
                 if "larger than max" not in str(err) or limit == 1:
@@ -393,7 +414,13 @@ class DecisionLog:
                 kept.append((promoted_at, epoch, seq, None))
             if not page.more or not page.kvs:
                 break
-            start = page.kvs[-1].key + b"\0"
+            if newest_first:
+                end = page.kvs[-1].key
+                limit = min(limit * 2, self.page_keys)
+            else:
+                start = page.kvs[-1].key + b"\0"
+        if newest_first:
+            kept.reverse()
         if newest == 0 and checkpoint is not None:
             newest = checkpoint.seq - 1
         through = None
@@ -557,9 +584,18 @@ class ClusteredGroupCommit:
         (nothing is guessed; the held requests are refused when the scheduler closes)."""
         engine = scheduler.engine
         started = time.monotonic()
+
+        def replay(seq: int, data: bytes) -> tuple[int, int]:
+            # Each piece lowers the bound on the pieces still to load: release what it frees.
+            counts = engine.replay_piece(seq, data)
+            scheduler.history_progressed()
+            return counts
+
         while True:
             try:
-                recovered = await log.load_history(checkpoint, engine.replay_piece, in_thread=True)
+                recovered = await log.load_history(
+                    checkpoint, replay, in_thread=True, newest_first=True
+                )
                 break
             except DecisionDecodeError as err:
                 logger.error("decision history", extra={"fields": {"error": str(err)}})

@@ -37,8 +37,10 @@ impl Decision {
 pub struct DecisionIndex {
     // Transaction ids are chosen by clients: a seeded hasher keeps them from forcing collisions.
     map: HashMap<TxnId, Decision, foldhash::fast::RandomState>,
-    /// Replayed ids, in replay order: all older than `order`'s.
+    /// Replayed ids, oldest first: all older than `order`'s.
     replayed: VecDeque<TxnId>,
+    /// Replay runs newest first (a new leader's history): each replayed id goes in front.
+    replay_newest_first: bool,
     /// Ids decided here, in decision order.
     order: VecDeque<TxnId>,
     capacity: usize,
@@ -49,6 +51,7 @@ impl DecisionIndex {
         Self {
             map: HashMap::default(),
             replayed: VecDeque::new(),
+            replay_newest_first: false,
             order: VecDeque::new(),
             capacity: capacity.max(1),
         }
@@ -76,8 +79,13 @@ impl DecisionIndex {
         self.forget_over_capacity(now)
     }
 
-    /// Remembers a replayed decision, older than every one taken here; an id already known
-    /// keeps its decision (the first one).
+    /// From now on, replayed decisions arrive newest first (`true`) or oldest first.
+    pub fn set_replay_newest_first(&mut self, newest_first: bool) {
+        self.replay_newest_first = newest_first;
+    }
+
+    /// Remembers a replayed decision, older than every one taken here (and, replaying newest
+    /// first, than every one replayed before); an id already known keeps its decision.
     pub fn insert_replayed(
         &mut self,
         id: TxnId,
@@ -88,7 +96,11 @@ impl DecisionIndex {
             return None;
         }
         self.map.insert(id, decision);
-        self.replayed.push_back(id);
+        if self.replay_newest_first {
+            self.replayed.push_front(id);
+        } else {
+            self.replayed.push_back(id);
+        }
         self.forget_over_capacity(now)
     }
 

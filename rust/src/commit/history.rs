@@ -1,31 +1,41 @@
 //! Taking over while the decision history loads (durability `External`).
 //!
 //! A new clustered leader serves as soon as its window is saved; the decisions of earlier
-//! leaders (the pieces in etcd) replay in the background. Until they have, the engine decides a
-//! request only when no stored decision can be about it:
+//! leaders (the pieces in etcd) replay in the background, newest first. Until they all have,
+//! the engine decides a request only when no piece still to load can hold its decision:
 //!
-//! * a commit of a transaction that started above the low watermark `W` (the previous leader's
-//!   window limit), unless its id was aborted by id before (`aborted_ids`, loaded before the
-//!   leader serves);
+//! * a commit of a transaction whose start `S` is above `B`, the bound on the readings of the
+//!   pieces not loaded yet, unless its id was aborted by id before (`aborted_ids`, loaded before
+//!   the leader serves);
 //! * a resubmission the decisions index already answers (decided in this term, or replayed).
 //!
-//! Every other request (a commit that started at or below `W`, an abort by id, a commit of an id
-//! in `aborted_ids`) waits for the history: [`CommitEngine::needs_history`] tells the scheduler
-//! which to hold, and `triage` refuses them (a retryable refusal, nothing decided) should one
-//! reach it anyway.
+//! `B` starts at the low watermark `W` (the previous leader's window limit) and falls to the
+//! reading of each version-3 piece replayed ([`CommitEngine::history_piece_loaded`]); a piece of
+//! version 1 or 2 records no reading and leaves `B` where it was. Every other request (a commit
+//! that started at or below `B`, an abort by id, a commit of an id in `aborted_ids`) waits:
+//! [`CommitEngine::needs_history`] tells the scheduler which to hold (and, as `B` falls, which to
+//! release), and `triage` refuses them (a retryable refusal, nothing decided) should one reach it
+//! anyway. `B` only falls, so a request released once stays decidable.
 //!
-//! Why nothing else can flip: a stored decision about a transaction `T` that started above `W`
-//! would be one of
-//! - a commit: its timestamp is above `T`'s start, so above `W`; but no leader hands out a
-//!   timestamp above its saved window, and `W` is the newest saved window limit;
-//! - a conflict abort: `T`'s start is at or below the clock of the leader that decided it (the
-//!   engine moves its clock past the start of every transaction it decides, aborted ones too,
-//!   see `take_timestamps`), so at or below `W`;
-//! - a too-old abort: `T` started at or below that leader's low watermark, at or below `W`;
-//! - an abort by id: carries no start timestamp, hence `aborted_ids`.
+//! Why a piece still to load holds no decision about a transaction `T` that started above `B`:
+//! - every stored decision about `T` has its start at or below the reading of its piece (the
+//!   clock's `last` once the batch was decided: a commit's timestamp is above its start and
+//!   came from that clock; the engine moves its clock past the start of every transaction it
+//!   decides, aborted ones too, see `take_timestamps`; a too-old abort started at or below that
+//!   leader's low watermark, below its clock);
+//! - readings never decrease in key order (`piece.rs`), pieces load in descending key order, so
+//!   every piece not loaded yet reads at or below each loaded one's reading;
+//! - and no reading is above `W`: no leader's clock passes its saved window, and `W` is the
+//!   newest saved window limit. So before any piece loads, and whatever the pieces' versions,
+//!   every piece not loaded reads at or below `B`, and `T`, with `S > B`, is in none of them.
+//! - an abort by id carries no start timestamp: hence `aborted_ids`.
 //!
-//! Replayed decisions go into the decisions index behind this term's (they are older: the index
-//! forgets them first), and never replace a decision already there.
+//! So when every piece with a reading at or above `S` is loaded and the index does not know
+//! `T`, `T` was never decided: it is decided now (a start at or below `W` aborts as too old,
+//! Apache Omid's rule). Pieces replay newest first, each one's decisions in front of (older
+//! than) those replayed before it: the index forgets the oldest first, this term's last.
+//! Replayed decisions never replace one already there (no id is stored twice: a decided id is
+//! answered from the index, never decided again).
 
 use std::collections::HashSet;
 
@@ -35,15 +45,17 @@ use crate::timestamp::Timestamp;
 
 /// What a leader knows while its history loads.
 pub struct HistoryLoad {
-    low_watermark: Option<Timestamp>,
+    /// `B`: every piece not loaded yet reads at or below it (`None`: unknown, no window saved).
+    unloaded_through: Option<Timestamp>,
     aborted_ids: HashSet<TxnId, foldhash::fast::RandomState>,
 }
 
 impl CommitEngine {
-    /// From now until [`Self::end_history_load`], only requests no stored decision can be about
-    /// are decided (see the module documentation). `low_watermark`: the previous leader's
-    /// window limit (also raised in the conflict detector); `None`: no leader saved a window,
-    /// so every request that is not already answered waits.
+    /// From now until [`Self::end_history_load`], only requests no piece still to load can be
+    /// about are decided (see the module documentation), and pieces replay newest first.
+    /// `low_watermark`: the previous leader's window limit (also raised in the conflict
+    /// detector); `None`: no leader saved a window, so every request that is not already
+    /// answered waits until a version-3 piece has loaded.
     pub fn begin_history_load(
         &mut self,
         low_watermark: Option<Timestamp>,
@@ -53,14 +65,33 @@ impl CommitEngine {
             self.detector.raise_low_watermark(ts);
         }
         self.history = Some(HistoryLoad {
-            low_watermark,
+            unloaded_through: low_watermark,
             aborted_ids: aborted_ids.into_iter().collect(),
         });
+        self.decisions.set_replay_newest_first(true);
+    }
+
+    /// A piece recording `reading` (`None`: version 1 or 2) is replayed: every piece still to
+    /// load reads at or below it (the module documentation), so starts above it are decided.
+    pub fn history_piece_loaded(&mut self, reading: Option<Timestamp>) {
+        if let (Some(history), Some(reading)) = (&mut self.history, reading) {
+            history.unloaded_through = Some(
+                history
+                    .unloaded_through
+                    .map_or(reading, |bound| bound.min(reading)),
+            );
+        }
+    }
+
+    /// `B` while the history loads: starts above it are decided (None: loaded, or unknown).
+    pub fn history_unloaded_through(&self) -> Option<Timestamp> {
+        self.history.as_ref().and_then(|h| h.unloaded_through)
     }
 
     /// The history is replayed: every request is decided again.
     pub fn end_history_load(&mut self) {
         self.history = None;
+        self.decisions.set_replay_newest_first(false);
     }
 
     pub fn history_loading(&self) -> bool {
@@ -81,8 +112,8 @@ impl CommitEngine {
             Request::Commit(txn) => {
                 history.aborted_ids.contains(&txn_id)
                     || history
-                        .low_watermark
-                        .is_none_or(|watermark| txn.start_ts <= watermark)
+                        .unloaded_through
+                        .is_none_or(|bound| txn.start_ts <= bound)
             }
         }
     }
@@ -97,8 +128,8 @@ impl CommitEngine {
             return false;
         }
         history.aborted_ids.contains(&txn_id)
-            || match (start_ts, history.low_watermark) {
-                (Some(start), Some(watermark)) => start <= watermark,
+            || match (start_ts, history.unloaded_through) {
+                (Some(start), Some(bound)) => start <= bound,
                 (None, _) => false, // malformed: refused without a decision
                 (Some(_), None) => true,
             }
@@ -112,7 +143,7 @@ mod tests {
     use crate::commit::{
         AbortReason, CommitEngine, Durability, EngineConfig, Outcome, Request, SubmitError,
     };
-    use crate::conflict::Transaction;
+    use crate::conflict::{ConflictKind, Transaction};
     use crate::hlc::{Clock, ClockConfig, ManualClock, PhysicalSource};
     use crate::timestamp::Timestamp;
 
@@ -207,8 +238,8 @@ mod tests {
         assert!(matches!(answers[2], Err(SubmitError::Log(ref m)) if m.contains("history")));
         let fresh_outcome = answers[0].clone().unwrap();
 
-        // The history replays behind this term's decisions, replacing none of them.
-        for (seq, piece) in pieces.drain(..).chain(more.clone()) {
+        // The history replays (newest first) behind this term's decisions, replacing none.
+        for (seq, piece) in pieces.drain(..).chain(more.clone()).rev() {
             new.replay_piece(&new_clock, seq, &piece).unwrap();
         }
         new.end_history_load();
@@ -223,6 +254,196 @@ mod tests {
         );
         assert!(matches!(answers[0], Ok(Outcome::Committed(ts)) if ts < window_limit));
         assert_eq!(answers[1], Ok(Outcome::Aborted(AbortReason::Requested)));
+    }
+
+    /// An old leader's history: `batches` batches of 20 commits on colliding keys (starts two
+    /// batches old, so some lose to earlier commits), a start taken and never submitted beside
+    /// each (a caller's call in flight when the leader died), and the pieces.
+    struct OldHistory {
+        decided: Vec<(Transaction, Outcome)>,
+        undecided: Vec<Transaction>,
+        pieces: Vec<(u64, Vec<u8>)>,
+    }
+
+    fn old_history(
+        physical: &Arc<ManualClock>,
+        clock: &Clock,
+        first_id: u64,
+        first_batch_seq: u64,
+        batches: u64,
+    ) -> OldHistory {
+        let mut config = EngineConfig::new(Durability::External, None);
+        config.first_batch_seq = first_batch_seq;
+        let mut old = CommitEngine::open(config, clock).unwrap().0;
+        let mut history = OldHistory {
+            decided: Vec::new(),
+            undecided: Vec::new(),
+            pieces: Vec::new(),
+        };
+        let mut starts = Vec::new();
+        let mut next_id = first_id;
+        for batch in 0..batches {
+            starts.push(clock.now().unwrap());
+            let start = starts[starts.len().saturating_sub(3)];
+            let txns: Vec<Transaction> = (0..20)
+                .map(|i| {
+                    next_id += 1;
+                    txn(next_id, start, &format!("k{}", (batch * 20 + i) % 37))
+                })
+                .collect();
+            next_id += 1;
+            history
+                .undecided
+                .push(txn(next_id, clock.now().unwrap(), "u"));
+            let requests: Vec<Request<'_>> = txns.iter().map(Request::Commit).collect();
+            let (answers, pieces) = decide_all(&mut old, clock, &requests);
+            for (t, answer) in txns.into_iter().zip(answers) {
+                history.decided.push((t, answer.unwrap()));
+            }
+            history.pieces.extend(pieces);
+            physical.advance(100).unwrap();
+        }
+        history
+    }
+
+    /// Replays `pieces` newest first while `new`'s history loads; before each piece, no stored
+    /// decision's transaction is decidable unless the index answers it, and each undecided start
+    /// is decidable exactly when it is above the pieces still to load. Returns, for each piece
+    /// loaded, how many undecided starts were then decidable.
+    fn load_newest_first(
+        new: &mut CommitEngine,
+        clock: &Clock,
+        pieces: &[(u64, Vec<u8>)],
+        decided: &[(Transaction, Outcome)],
+        undecided: &[Transaction],
+    ) -> Vec<usize> {
+        let mut released = Vec::new();
+        for (at, (seq, piece)) in pieces.iter().enumerate().rev() {
+            for (t, outcome) in decided {
+                if !new.needs_history(&Request::Commit(t)) {
+                    assert_eq!(new.status(t.id), Some(outcome), "txn {}", t.id);
+                }
+            }
+            let unloaded_max = pieces[..=at]
+                .iter()
+                .filter_map(|(_, p)| crate::commit::piece::reading(p).unwrap())
+                .max();
+            let free = undecided
+                .iter()
+                .filter(|t| !new.needs_history(&Request::Commit(t)))
+                .inspect(|t| assert!(unloaded_max.is_none_or(|r| t.start_ts > r)))
+                .count();
+            released.push(free);
+            new.replay_piece(clock, *seq, piece).unwrap();
+        }
+        released
+    }
+
+    #[test]
+    fn a_large_history_loads_newest_first_and_releases_each_start_once_it_cannot_be_held() {
+        let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+        let old_clock = clock_at(&physical, 1, None);
+        let history = old_history(&physical, &old_clock, 0, 1, 300);
+        assert_eq!(history.pieces.len(), 300);
+        assert!(history
+            .decided
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Aborted(_))));
+        // A call started after the last batch, in flight when the leader died.
+        let late = txn(1 << 40, old_clock.now().unwrap(), "late");
+        let window_limit = Timestamp::new(old_clock.last().physical() + 1_000, 0, 0).unwrap();
+
+        physical.advance(5_000).unwrap();
+        let new_clock = clock_at(&physical, 3, None);
+        new_clock.raise_floor(window_limit);
+        let mut new = engine(&new_clock);
+        new.begin_history_load(Some(window_limit), []);
+        assert!(new.needs_history(&Request::Commit(&late)));
+        let mut undecided = history.undecided.clone();
+        undecided.push(late.clone());
+        let released = load_newest_first(
+            &mut new,
+            &new_clock,
+            &history.pieces,
+            &history.decided,
+            &undecided,
+        );
+        // Nothing before the first piece; the late start after it; then one more start per
+        // piece (each taken just before the batch after it decided): all but the two below the
+        // two oldest pieces' readings before the last piece loads.
+        assert_eq!(released[..3], [0, 1, 2]);
+        assert!(released.windows(2).all(|w| w[0] + 1 == w[1]));
+        assert_eq!(*released.last().unwrap(), undecided.len() - 2);
+
+        // Decided mid-load: the late call is too old (it started below the window limit).
+        let mut new = engine(&new_clock);
+        new.begin_history_load(Some(window_limit), []);
+        let (seq, piece) = history.pieces.last().unwrap();
+        new.replay_piece(&new_clock, *seq, piece).unwrap();
+        assert!(!new.needs_history(&Request::Commit(&late)));
+        let (first, _) = history.decided.last().unwrap();
+        assert!(new.needs_history(&Request::Commit(&history.decided[0].0)));
+        let (answers, _) = decide_all(
+            &mut new,
+            &new_clock,
+            &[Request::Commit(&late), Request::Commit(first)],
+        );
+        assert!(matches!(
+            answers[0],
+            Ok(Outcome::Aborted(AbortReason::Conflict(ref c))) if c.kind == ConflictKind::TooOld
+        ));
+        assert_eq!(answers[1], Ok(history.decided.last().unwrap().1.clone()));
+    }
+
+    #[test]
+    fn version_2_pieces_of_an_older_term_load_under_the_oldest_reading_loaded() {
+        // Rolling upgrade: term 1 ran the release before (version-2 pieces, no reading), term 2
+        // this one; term 3 loads both, newest first.
+        let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+        let first_clock = clock_at(&physical, 1, None);
+        let mut first = old_history(&physical, &first_clock, 0, 1, 40);
+        for (_, piece) in &mut first.pieces {
+            *piece = crate::commit::piece::to_version_2(piece);
+        }
+        let first_limit = Timestamp::new(first_clock.last().physical() + 1_000, 0, 0).unwrap();
+        physical.advance(2_000).unwrap();
+        let second_clock = clock_at(&physical, 2, None);
+        second_clock.raise_floor(first_limit);
+        let second = old_history(&physical, &second_clock, 1 << 30, 41, 40);
+        let second_limit = Timestamp::new(second_clock.last().physical() + 1_000, 0, 0).unwrap();
+
+        physical.advance(2_000).unwrap();
+        let new_clock = clock_at(&physical, 3, None);
+        new_clock.raise_floor(second_limit);
+        let mut new = engine(&new_clock);
+        new.begin_history_load(Some(second_limit), []);
+        let pieces: Vec<_> = first.pieces.iter().chain(&second.pieces).cloned().collect();
+        let decided: Vec<_> = first
+            .decided
+            .iter()
+            .chain(&second.decided)
+            .cloned()
+            .collect();
+        let undecided: Vec<_> = first
+            .undecided
+            .iter()
+            .chain(&second.undecided)
+            .cloned()
+            .collect();
+        let released = load_newest_first(&mut new, &new_clock, &pieces, &decided, &undecided);
+        // While term 1's pieces load, the bound stays at term 2's oldest reading: term 2's
+        // starts are free (all but the one below its first piece's reading), term 1's held.
+        assert!(released[40..]
+            .iter()
+            .all(|&n| n == second.undecided.len() - 1));
+        assert!(first
+            .undecided
+            .iter()
+            .all(|t| new.needs_history(&Request::Commit(t))));
+        new.end_history_load();
+        for (t, outcome) in &decided {
+            assert_eq!(new.status(t.id), Some(outcome));
+        }
     }
 
     #[test]
@@ -245,7 +466,7 @@ mod tests {
         new.begin_history_load(Some(window_limit), []);
         let fresh = txn(10, new_clock.now().unwrap(), "f");
         decide_all(&mut new, &new_clock, &[Request::Commit(&fresh)]);
-        for (seq, piece) in &pieces {
+        for (seq, piece) in pieces.iter().rev() {
             new.replay_piece(&new_clock, *seq, piece).unwrap();
         }
         new.end_history_load();

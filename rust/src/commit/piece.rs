@@ -29,6 +29,20 @@
 //! What a piece must keep is what `status` and an idempotent resubmission answer: the id, the
 //! outcome with its conflict, and the fingerprint that tells a resubmission from another
 //! transaction reusing the id.
+//!
+//! Version 3 (written since a new leader loads the history newest-first) is version 2 with the
+//! leader's clock reading at encode time in its header:
+//! ```text
+//! 3 u8 | reading: packed u64 LE | reading's node u16 LE | count varint | count records (as v2)
+//! ```
+//! The reading is the clock's `last` once the batch is decided, so it is at or above every start
+//! and commit timestamp in the piece (the engine moves its clock past the start of every
+//! transaction it decides, aborted ones too). A requested abort's `decided_at` (its fence, up to
+//! the max offset past the clock) may lie above it: an abort by id names no start timestamp, and
+//! a new leader reads those ids before it serves. Readings never decrease in key order: one
+//! leader decides its batches in seq order on a monotone clock, and each leader's clock starts
+//! above the window of every earlier one, while no leader's clock passes its own window.
+//! [`reading`] reads the header alone (`None` for versions 1 and 2, which carry no reading).
 
 use crate::commit::record::{self, DecisionRecord, RecordError};
 use crate::conflict::{Conflict, ConflictKind, LostTo, TxnId};
@@ -36,12 +50,17 @@ use crate::timestamp::Timestamp;
 
 pub const VERSION_1: u8 = 1;
 pub const VERSION_2: u8 = 2;
+pub const VERSION_3: u8 = 3;
 
 const KIND_COMMITTED: u8 = 1;
 const KIND_CONFLICT: u8 = 2;
 const KIND_REQUESTED: u8 = 3;
 /// The count at the head of a piece, patched in when it closes: 5 bytes hold any u32.
 const COUNT_BYTES: usize = 5;
+/// A version-3 piece's reading: packed u64 LE and node u16 LE.
+const READING_BYTES: usize = 10;
+/// Where the count starts in a version-3 piece.
+const COUNT_AT: usize = 1 + READING_BYTES;
 /// Timestamp lanes: deltas are taken against the previous timestamp of the same lane.
 const START: usize = 0;
 const COMMIT: usize = 1;
@@ -64,9 +83,11 @@ fn unzigzag(value: u64) -> u64 {
     ((value >> 1) as i64 ^ -((value & 1) as i64)) as u64
 }
 
-/// Writes version-2 pieces of at most `max_bytes` each (a record larger than that goes alone).
+/// Writes version-3 pieces of at most `max_bytes` each (a record larger than that goes alone),
+/// each headed by `reading` (see the module documentation).
 pub struct PieceEncoder {
     max_bytes: usize,
+    reading: Timestamp,
     pieces: Vec<Vec<u8>>,
     current: Vec<u8>,
     count: u32,
@@ -76,9 +97,10 @@ pub struct PieceEncoder {
 }
 
 impl PieceEncoder {
-    pub fn new(max_bytes: usize) -> Self {
+    pub fn new(max_bytes: usize, reading: Timestamp) -> Self {
         Self {
             max_bytes,
+            reading,
             pieces: Vec::new(),
             current: Vec::new(),
             count: 0,
@@ -115,7 +137,11 @@ impl PieceEncoder {
             encode(self);
         }
         if self.current.is_empty() {
-            self.current.push(VERSION_2);
+            self.current.push(VERSION_3);
+            self.current
+                .extend_from_slice(&self.reading.packed().to_le_bytes());
+            self.current
+                .extend_from_slice(&self.reading.node().to_le_bytes());
             self.current.extend_from_slice(&[0; COUNT_BYTES]);
         }
         self.current.extend_from_slice(&self.record);
@@ -134,7 +160,7 @@ impl PieceEncoder {
         for (i, byte) in count.iter().enumerate() {
             padded[i] |= byte & 0x7f;
         }
-        self.current[1..=COUNT_BYTES].copy_from_slice(&padded);
+        self.current[COUNT_AT..COUNT_AT + COUNT_BYTES].copy_from_slice(&padded);
         self.pieces.push(std::mem::take(&mut self.current));
         self.count = 0;
         self.previous_id = 0;
@@ -322,28 +348,65 @@ pub fn decode(piece: &[u8]) -> Result<Vec<DecisionRecord>, RecordError> {
             .into_iter()
             .map(record::decode)
             .collect(),
-        Some(&VERSION_2) => {
-            let mut reader = Reader {
-                bytes: &piece[1..],
-                previous_id: 0,
-                previous_packed: [0; 3],
-            };
-            let count = reader.varint()?;
-            // Every record takes at least 4 bytes (kind, id, a timestamp's two varints).
-            if count > reader.bytes.len() as u64 / 4 {
-                return Err(RecordError("record count larger than the piece"));
-            }
-            let records = (0..count)
-                .map(|_| reader.record())
-                .collect::<Result<Vec<_>, _>>()?;
-            if !reader.bytes.is_empty() {
-                return Err(RecordError("trailing bytes after the piece's records"));
-            }
-            Ok(records)
+        Some(&VERSION_2) => decode_compact(&piece[1..]),
+        Some(&VERSION_3) => {
+            reading(piece)?;
+            decode_compact(&piece[COUNT_AT..])
         }
         Some(_) => Err(RecordError("unknown decision piece version")),
         None => Err(RecordError("empty decision piece")),
     }
+}
+
+/// The clock reading a version-3 piece records (at or above every start and commit timestamp
+/// in it); `None` for a piece of version 1 or 2. Reads the header only.
+pub fn reading(piece: &[u8]) -> Result<Option<Timestamp>, RecordError> {
+    match piece.first() {
+        Some(&VERSION_1 | &VERSION_2) => Ok(None),
+        Some(&VERSION_3) => {
+            let header = piece
+                .get(1..COUNT_AT)
+                .ok_or(RecordError("truncated piece header"))?;
+            let mut packed = [0u8; 8];
+            packed.copy_from_slice(&header[..8]);
+            let node = u16::from_le_bytes([header[8], header[9]]);
+            Ok(Some(Timestamp::from_packed(
+                u64::from_le_bytes(packed),
+                node,
+            )))
+        }
+        Some(_) => Err(RecordError("unknown decision piece version")),
+        None => Err(RecordError("empty decision piece")),
+    }
+}
+
+/// `piece` (version 3) as the release before wrote it: version 2, without the reading.
+#[cfg(test)]
+pub fn to_version_2(piece: &[u8]) -> Vec<u8> {
+    let mut v2 = vec![VERSION_2];
+    v2.extend_from_slice(&piece[COUNT_AT..]);
+    v2
+}
+
+/// The records of a version-2 or -3 piece after its header: count varint, then the records.
+fn decode_compact(bytes: &[u8]) -> Result<Vec<DecisionRecord>, RecordError> {
+    let mut reader = Reader {
+        bytes,
+        previous_id: 0,
+        previous_packed: [0; 3],
+    };
+    let count = reader.varint()?;
+    // Every record takes at least 4 bytes (kind, id, a timestamp's two varints).
+    if count > reader.bytes.len() as u64 / 4 {
+        return Err(RecordError("record count larger than the piece"));
+    }
+    let records = (0..count)
+        .map(|_| reader.record())
+        .collect::<Result<Vec<_>, _>>()?;
+    if !reader.bytes.is_empty() {
+        return Err(RecordError("trailing bytes after the piece's records"));
+    }
+    Ok(records)
 }
 
 /// The records of one version-1 piece, in order.
@@ -430,10 +493,15 @@ mod tests {
         expected
     }
 
+    /// The clock reading the tests' encoders record.
+    fn reading_at() -> Timestamp {
+        ts(1_765_000_000_000_200, 7, 65_535)
+    }
+
     #[test]
     fn every_kind_round_trips_in_one_piece_and_split() {
         for max_bytes in [1 << 20, 40, 1] {
-            let mut encoder = PieceEncoder::new(max_bytes);
+            let mut encoder = PieceEncoder::new(max_bytes, reading_at());
             let expected = every_kind(&mut encoder);
             let pieces = encoder.into_pieces();
             if max_bytes == 1 {
@@ -441,8 +509,9 @@ mod tests {
             }
             let mut back = Vec::new();
             for piece in &pieces {
-                assert_eq!(piece[0], VERSION_2);
-                assert!(piece.len() <= max_bytes.max(60), "{} bytes", piece.len());
+                assert_eq!(piece[0], VERSION_3);
+                assert_eq!(reading(piece).unwrap(), Some(reading_at()));
+                assert!(piece.len() <= max_bytes.max(70), "{} bytes", piece.len());
                 back.extend(decode(piece).unwrap());
             }
             assert_eq!(back, expected, "cap {max_bytes}");
@@ -451,7 +520,7 @@ mod tests {
 
     #[test]
     fn a_run_of_commits_takes_about_fourteen_bytes_each() {
-        let mut encoder = PieceEncoder::new(1 << 20);
+        let mut encoder = PieceEncoder::new(1 << 20, reading_at());
         let start = ts(1_765_000_000_000_000, 0, 3);
         for n in 0..1_000u64 {
             encoder.committed(
@@ -465,6 +534,29 @@ mod tests {
         assert_eq!(pieces.len(), 1);
         // The first record takes its timestamps in full, the others as deltas.
         assert!(pieces[0].len() <= 14 * 1_000 + 64, "{}", pieces[0].len());
+    }
+
+    #[test]
+    fn version_two_pieces_still_decode_without_a_reading() {
+        // A version-2 piece is a version-3 piece without the reading in its header.
+        let mut encoder = PieceEncoder::new(1 << 20, reading_at());
+        let expected = every_kind(&mut encoder);
+        let v2 = to_version_2(&encoder.into_pieces().remove(0));
+        assert_eq!(decode(&v2).unwrap(), expected);
+        assert_eq!(reading(&v2).unwrap(), None);
+        assert_eq!(reading(&[VERSION_1]).unwrap(), None);
+    }
+
+    #[test]
+    fn a_reading_is_read_from_the_header_alone() {
+        let mut encoder = PieceEncoder::new(1 << 20, reading_at());
+        encoder.abort_requested(1, ts(9, 9, 9));
+        let piece = encoder.into_pieces().remove(0);
+        assert_eq!(reading(&piece[..COUNT_AT]).unwrap(), Some(reading_at()));
+        for cut in 0..COUNT_AT {
+            assert!(reading(&piece[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(reading(&[4]).is_err());
     }
 
     #[test]
@@ -485,7 +577,7 @@ mod tests {
 
     #[test]
     fn damaged_pieces_are_errors_not_panics() {
-        let mut encoder = PieceEncoder::new(1 << 20);
+        let mut encoder = PieceEncoder::new(1 << 20, reading_at());
         every_kind(&mut encoder);
         let piece = encoder.into_pieces().remove(0);
         for cut in 0..piece.len() {
@@ -494,7 +586,7 @@ mod tests {
         let mut extra = piece.clone();
         extra.push(0);
         assert!(decode(&extra).is_err());
-        for version in [0u8, 3, 255] {
+        for version in [0u8, 4, 255] {
             let mut other = piece.clone();
             other[0] = version;
             assert!(decode(&other).is_err());
@@ -505,9 +597,14 @@ mod tests {
             VERSION_2, 1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
         ])
         .is_err());
+        let mut huge = vec![VERSION_3];
+        huge.extend_from_slice(&[0; READING_BYTES]);
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(decode(&huge).is_err());
+        let records = COUNT_AT + COUNT_BYTES + 1;
         for byte in 0..=255u8 {
             let mut flipped = piece.clone();
-            let at = 7 + usize::from(byte) % (piece.len() - 7);
+            let at = records + usize::from(byte) % (piece.len() - records);
             flipped[at] ^= byte;
             let _ = decode(&flipped); // an error or other records, never a panic
         }

@@ -179,8 +179,9 @@ impl CommitEngine {
     }
 
     /// Recovery on promotion (durability `External`): replays the decisions of one stored piece
-    /// (in the order the pieces were handed out), and moves `clock` past its newest commit.
-    /// A piece that does not decode is an error naming `batch_seq`, never skipped.
+    /// (in the order the pieces were handed out; while a history loads, newest first: see
+    /// `history.rs`), and moves `clock` past its newest commit. A piece that does not decode is
+    /// an error naming `batch_seq`, never skipped.
     pub fn replay_piece(
         &mut self,
         clock: &Clock,
@@ -191,11 +192,16 @@ impl CommitEngine {
             seq: batch_seq,
             detail: format!("decision batch: {err}"),
         };
-        let decisions = piece::decode(piece).map_err(bad)?;
+        let mut decisions = piece::decode(piece).map_err(bad)?;
+        let reading = piece::reading(piece).map_err(bad)?;
+        if self.history.is_some() {
+            decisions.reverse(); // newest first, each in front of those replayed before
+        }
         let mut recovery = EngineRecovery::default();
         for decision in decisions {
             self.replay(decision, &mut recovery);
         }
+        self.history_piece_loaded(reading);
         if let Some(floor) = self.newest_commit {
             clock.raise_floor(floor);
         }

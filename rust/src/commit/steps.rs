@@ -270,7 +270,8 @@ impl CommitEngine {
         match &mut self.durable {
             DurableStep::Memory => return Vec::new(),
             DurableStep::External(external) => {
-                let mut encoder = PieceEncoder::new(external.max_batch_bytes());
+                // `now`, the clock's last once the batch is decided: the pieces' reading.
+                let mut encoder = PieceEncoder::new(external.max_batch_bytes(), now);
                 Self::encode_pieces(&mut encoder, batch);
                 return external.hand_out(encoder.into_pieces());
             }
