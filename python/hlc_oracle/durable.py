@@ -24,9 +24,17 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from hlc_oracle._core import Clock, CommitEngine, CommitLogError, Transaction
+from hlc_oracle._core import (
+    Aborted,
+    Clock,
+    CommitEngine,
+    CommitLogError,
+    Committed,
+    StreamResult,
+    Transaction,
+)
 
 if TYPE_CHECKING:
     import os
@@ -34,18 +42,24 @@ if TYPE_CHECKING:
     from hlc_oracle.commit_options import CommitOptions
 
 __all__ = [
+    "Answer",
     "Answers",
     "DecisionStore",
     "DurableStep",
     "ExternalDurableStep",
     "LocalDurableStep",
+    "PartResult",
     "Parts",
 ]
 
-#: One batch's results, per part (see ``CommitEngine.process_parts``): a list part's answers in
-#: request order (the decision, or the exception that refused it), or a serialized message's
-#: ``(response, committed, aborted, refused, ceiling)``; or one exception for the whole batch.
-Answers = list[Any] | BaseException
+#: One request's answer: the decision, or the exception that refused it (returned, not raised).
+Answer = Committed | Aborted | BaseException
+#: One part's result (see ``CommitEngine.process_parts``): a list part's answers in request order,
+#: a serialized message's :class:`~hlc_oracle.scheduler.StreamResult`, or the ``ValueError`` of a
+#: malformed message.
+PartResult = list[Answer] | StreamResult | ValueError
+#: One batch's results, per part; or one exception for the whole batch.
+Answers = list[PartResult] | BaseException
 #: A batch's parts: lists of requests, or serialized ``CommitStreamRequest`` messages.
 Parts = list[list[Transaction | int] | bytes]
 #: Writes one piece ``(batch_seq, data)``; returns once it is durable, raises when it is not (or
@@ -157,7 +171,7 @@ class ExternalDurableStep:
         self._finishers: dict[int, Callable[[Answers], None]] = {}
         # Answers released before their ticket's finisher was registered (a confirmation on the
         # loop can release a batch while the writer thread is still inside decide).
-        self._early: dict[int, list[Any]] = {}
+        self._early: dict[int, list[PartResult]] = {}
 
     def open_engine(
         self, path: str | os.PathLike[str] | None, clock: Clock, options: CommitOptions
@@ -224,12 +238,14 @@ class ExternalDurableStep:
             return
         self._release(released)
 
-    def _release(self, released: list[tuple[int, list[Any]]]) -> None:
+    def _release(self, released: list[tuple[int, list[Answer] | list[PartResult]]]) -> None:
         if not released:
             return
-        ready: list[tuple[Callable[[Answers], None], list[Any]]] = []
+        ready: list[tuple[Callable[[Answers], None], list[PartResult]]] = []
         with self._settled:
-            for ticket, answers in released:
+            for ticket, batch_answers in released:
+                # Every batch of this step is decided by decide_parts: its answers are per part.
+                answers = cast("list[PartResult]", batch_answers)
                 finish = self._finishers.pop(ticket, None)
                 if finish is None:
                     self._early[ticket] = answers

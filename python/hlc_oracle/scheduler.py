@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Self
+from typing import Any, Final, Self, cast
 
 from hlc_oracle._core import (
     Aborted,
@@ -51,11 +51,12 @@ from hlc_oracle._core import (
     Committed,
     SchedulerClosedError,
     SchedulerOverloadedError,
+    StreamResult,
     Transaction,
     count_commit_request,
 )
 from hlc_oracle.commit_options import CommitOptions
-from hlc_oracle.durable import DurableStep, LocalDurableStep
+from hlc_oracle.durable import Answer, Answers, DurableStep, LocalDurableStep
 
 __all__ = ["CeilingRaised", "CommitOptions", "GroupCommitScheduler", "Outcome", "StreamResult"]
 
@@ -96,17 +97,6 @@ _PAYLOAD: Final = 1
 _SIZE: Final = 2
 _WAITER: Final = 3
 _ATTEMPTS: Final = 4
-
-
-class StreamResult(NamedTuple):
-    """The answer to one serialized ``CommitStreamRequest``
-    (:meth:`GroupCommitScheduler.submit_stream`): the serialized ``CommitStreamResponse`` and what
-    it holds."""
-
-    response: bytes
-    committed: int
-    aborted: int
-    refused: int
 
 
 class GroupCommitScheduler:
@@ -251,12 +241,9 @@ class GroupCommitScheduler:
         size = count_commit_request(message)
         if size == 0:
             return StreamResult(b"", 0, 0, 0)
-        future: asyncio.Future[tuple[bytes, int, int, int, bool]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[StreamResult] = asyncio.get_running_loop().create_future()
         self._enqueue((_STREAM, message, size, future, 0))
-        response, committed, aborted, refused, _ = await future
-        return StreamResult(response, committed, aborted, refused)
+        return await future
 
     async def abort(self, txn_id: int) -> Outcome:
         """Records an abort for an undecided id, so that a late commit of it is refused (how a
@@ -402,7 +389,7 @@ class GroupCommitScheduler:
         batch: list[_Entry],
         all_single: bool,
         tried_ceiling: int | None,
-        results: PartResults | BaseException,
+        results: Answers,
     ) -> None:
         """A batch's answers may go out (called by the durable step, from any thread)."""
         answers = _entry_answers(batch, all_single, results)
@@ -570,11 +557,6 @@ class GroupCommitScheduler:
         await self.aclose()
 
 
-#: Per part of a batch: the list of answers of a list part, or a message's
-#: ``(response, committed, aborted, refused, ceiling)`` (or its ``ValueError``).
-PartResults = list[Any]
-
-
 def _parts(batch: list[_Entry]) -> tuple[list[list[_Request] | bytes], bool]:
     """The batch as the engine's parts: consecutive single and group entries share one list, each
     message is a part of its own; and whether every entry is a single request."""
@@ -598,18 +580,16 @@ def _parts(batch: list[_Entry]) -> tuple[list[list[_Request] | bytes], bool]:
     return parts, False
 
 
-def _entry_answers(
-    batch: list[_Entry], all_single: bool, results: PartResults | BaseException
-) -> list[object]:
+def _entry_answers(batch: list[_Entry], all_single: bool, results: Answers) -> list[object]:
     """Each entry's answer, walking the parts as :func:`_parts` built them."""
     if isinstance(results, BaseException):
         return [[results] * entry[_SIZE] if entry[_KIND] == _GROUP else results for entry in batch]
-    if all_single:
-        return list(results[0])  # one list part: one answer per entry, in order
+    if all_single:  # one list part: one answer per entry, in order
+        return list(cast("list[Answer]", results[0]))
     answers: list[object] = []
     part = -1
     position = 0
-    objects: list[Any] | None = None
+    objects: list[Answer] | None = None
     for kind, _, size, _, _ in batch:
         if kind == _STREAM:
             part += 1
@@ -618,7 +598,7 @@ def _entry_answers(
             continue
         if objects is None:
             part += 1
-            objects = results[part]
+            objects = cast("list[Answer]", results[part])  # a list part, as _parts built it
             position = 0
         if kind == _SINGLE:
             answers.append(objects[position])
@@ -634,7 +614,7 @@ def _hit_ceiling(kind: int, answer: object) -> bool:
         return isinstance(answer, CeilingReachedError)
     if kind == _GROUP:
         return any(isinstance(one, CeilingReachedError) for one in answer)  # type: ignore[attr-defined]
-    return isinstance(answer, tuple) and bool(answer[4])
+    return isinstance(answer, StreamResult) and answer.ceiling
 
 
 def _resolve(pairs: list[tuple[asyncio.Future[Any], object]]) -> None:

@@ -62,7 +62,7 @@ pub struct StreamShape {
 }
 
 /// What a response holds, for the server's metrics (counted per message) and the scheduler.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct StreamCounts {
     pub committed: u64,
     pub aborted: u64,

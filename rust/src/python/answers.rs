@@ -3,13 +3,14 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyList, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyList, PyType};
 
 use crate::commit::batch::PartAnswers;
+use crate::commit::stream::StreamCounts;
 use crate::commit::{AbortReason, Outcome, SubmitError};
 use crate::conflict::{Conflict, ConflictKind, LostTo};
 use crate::hlc::ClockError;
-use crate::python::args::{optional_cast_arg, u64_arg};
+use crate::python::args::{bytes_arg, optional_cast_arg, u64_arg};
 use crate::python::conflict::PyConflict;
 use crate::python::errors::{
     CeilingReachedError, CommitLogError, CommitOutcomeUnknownError, HlcError,
@@ -240,6 +241,81 @@ pub(crate) fn answer_object<'py>(
     }
 }
 
+/// The answer to one serialized `CommitStreamRequest` decided as a part of a batch: the
+/// serialized `CommitStreamResponse` and what it holds (the server's metrics count them; the
+/// scheduler raises the clock's ceiling and retries when `ceiling`).
+#[pyclass(name = "StreamResult", module = "hlc_oracle", frozen, eq, hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PyStreamResult {
+    response: Vec<u8>,
+    counts: StreamCounts,
+}
+
+#[pymethods]
+impl PyStreamResult {
+    #[new]
+    #[pyo3(signature = (response, committed, aborted, refused, ceiling = false))]
+    fn py_new(
+        response: &Bound<'_, PyAny>,
+        committed: &Bound<'_, PyAny>,
+        aborted: &Bound<'_, PyAny>,
+        refused: &Bound<'_, PyAny>,
+        ceiling: bool,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            response: bytes_arg(response, "response")?.as_bytes().to_vec(),
+            counts: StreamCounts {
+                committed: u64_arg(committed, "committed")?,
+                aborted: u64_arg(aborted, "aborted")?,
+                refused: u64_arg(refused, "refused")?,
+                ceiling,
+            },
+        })
+    }
+
+    /// The serialized `CommitStreamResponse`: one result per transaction, in request order.
+    #[getter]
+    fn response<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.response)
+    }
+
+    /// How many transactions committed.
+    #[getter]
+    fn committed(&self) -> u64 {
+        self.counts.committed
+    }
+
+    /// How many were aborted (a conflict, or an abort by id).
+    #[getter]
+    fn aborted(&self) -> u64 {
+        self.counts.aborted
+    }
+
+    /// How many were refused (each with its error result and gRPC code in the response).
+    #[getter]
+    fn refused(&self) -> u64 {
+        self.counts.refused
+    }
+
+    /// Whether some transaction was refused at the clock's ceiling.
+    #[getter]
+    fn ceiling(&self) -> bool {
+        self.counts.ceiling
+    }
+
+    fn __repr__(&self) -> String {
+        let counts = &self.counts;
+        format!(
+            "StreamResult(response=<{} bytes>, committed={}, aborted={}, refused={}, ceiling={})",
+            self.response.len(),
+            counts.committed,
+            counts.aborted,
+            counts.refused,
+            if counts.ceiling { "True" } else { "False" }
+        )
+    }
+}
+
 /// The answers of `txn_ids`, one object each, in order.
 pub(crate) fn answer_list<'py>(
     py: Python<'py>,
@@ -253,9 +329,8 @@ pub(crate) fn answer_list<'py>(
     Ok(out)
 }
 
-/// The Python results of a batch of parts: per part, a list of answers, a `(response bytes,
-/// committed, aborted, refused, ceiling)` tuple, or the `ValueError` (not raised) of a malformed
-/// message.
+/// The Python results of a batch of parts: per part, a list of answers, a `StreamResult`, or the
+/// `ValueError` (not raised) of a malformed message.
 pub(crate) fn part_results<'py>(
     py: Python<'py>,
     split: Vec<PartAnswers>,
@@ -270,16 +345,9 @@ pub(crate) fn part_results<'py>(
                 &txn_ids[at..at + count],
                 &answers[at..at + count],
             )?)?,
-            PartAnswers::Stream(bytes, counts) => out.append(PyTuple::new(
-                py,
-                [
-                    PyBytes::new(py, &bytes).into_any(),
-                    counts.committed.into_pyobject(py)?.into_any(),
-                    counts.aborted.into_pyobject(py)?.into_any(),
-                    counts.refused.into_pyobject(py)?.into_any(),
-                    PyBool::new(py, counts.ceiling).to_owned().into_any(),
-                ],
-            )?)?,
+            PartAnswers::Stream(response, counts) => {
+                out.append(Bound::new(py, PyStreamResult { response, counts })?)?;
+            }
             PartAnswers::Malformed(message) => {
                 out.append(PyValueError::new_err(message).into_value(py))?;
             }

@@ -98,6 +98,7 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(wire::encode_commit_results, module)?)?;
     module.add_class::<answers::PyCommitted>()?;
     module.add_class::<answers::PyAborted>()?;
+    module.add_class::<answers::PyStreamResult>()?;
     module.add_class::<log::PyCommitLog>()?;
     module.add_class::<log::PyLogRecovery>()?;
     module.add(
