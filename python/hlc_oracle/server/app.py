@@ -55,7 +55,7 @@ from hlc_oracle.server.commit import SERVICE_NAME as TRANSACTIONS_SERVICE_NAME
 from hlc_oracle.server.commit import TransactionsService
 from hlc_oracle.server.service import SERVICE_NAME, TimestampOracleService, wire_timestamp
 from hlc_oracle.server.skew_guard import (
-    build_peer_monitor,
+    GrpcPeerTransport,
     build_skew_monitor,
     clock_status_fields,
     peer_channel_credentials,
@@ -69,6 +69,7 @@ from hlc_oracle.server.startup import (
     lock_data_dir,
     write_port_file,
 )
+from hlc_oracle.skew.metrics import PeersMetricsCollector
 from hlc_oracle.skew.peers import PeerOffsetMonitor, PeersVerdict
 from hlc_oracle.tls import PemError
 
@@ -213,16 +214,17 @@ class OracleServer:
             credentials = peer_channel_credentials(config.tls, config.peers.ca_file)
         except OSError as err:
             raise StartupConfigError(f"cannot read the TLS files for peers: {err}") from err
-        return build_peer_monitor(
+        monitor = PeerOffsetMonitor(
             config.peers,
             node_id=self.clock.node,
             max_offset_us=self.clock.max_offset_us,
             window_us=config.window.size_ms * 1000,
             local_now_us=self.clock.physical_now,
             directory=lambda: MemberDirectory(cluster.client, cluster.prefix),
-            credentials=credentials,
-            registry=self.metrics.registry,
+            transport=lambda: GrpcPeerTransport(credentials),
         )
+        self.metrics.registry.register(PeersMetricsCollector(monitor))
+        return monitor
 
     def _peers_verdict(self, verdict: PeersVerdict) -> None:
         refuses = verdict.refuses_leadership

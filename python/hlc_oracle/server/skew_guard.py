@@ -6,9 +6,10 @@ While the guard says the node must not serve (``unsafe`` under the ``refuse`` po
 with the guard's message, which names the measured offset and the limit; it is unblocked when
 the guard lets the node serve again (after the recovery hold).
 
-Clustered, the peers check (:mod:`hlc_oracle.skew.peers`) is built here too: its transport
-(``GetPeerClock`` over gRPC), its metrics and its ``GetStatus`` fields. It does not touch the
-gate: its verdict keeps the node from campaigning or leading (the election asks it).
+Clustered, the peers check's gRPC side is here too (:mod:`hlc_oracle.skew.peers`; the server
+builds the monitor): its transport (``GetPeerClock`` over gRPC), the channel credentials and its
+``GetStatus`` fields. It does not touch the gate: its verdict keeps the node from campaigning or
+leading (the election asks it).
 """
 
 from __future__ import annotations
@@ -31,11 +32,7 @@ from hlc_oracle.skew import (
     SkewMonitor,
     SkewStatus,
 )
-from hlc_oracle.skew.metrics import PeersMetricsCollector
 from hlc_oracle.skew.peers import (
-    PeerDirectory,
-    PeerOffsetMonitor,
-    PeersConfig,
     PeersState,
     PeerState,
     PeersVerdict,
@@ -189,31 +186,6 @@ def peer_channel_credentials(
         private_key=tls.key_file.read_bytes(),
         certificate_chain=tls.cert_file.read_bytes(),
     )
-
-
-def build_peer_monitor(
-    config: PeersConfig,
-    *,
-    node_id: int,
-    max_offset_us: int,
-    window_us: int,
-    local_now_us: Callable[[], int],
-    directory: Callable[[], PeerDirectory],
-    credentials: grpc.ChannelCredentials | None,
-    registry: CollectorRegistry,
-) -> PeerOffsetMonitor:
-    """A peers monitor whose figures are in ``registry`` (not started)."""
-    monitor = PeerOffsetMonitor(
-        config,
-        node_id=node_id,
-        max_offset_us=max_offset_us,
-        window_us=window_us,
-        local_now_us=local_now_us,
-        directory=directory,
-        transport=lambda: GrpcPeerTransport(credentials),
-    )
-    registry.register(PeersMetricsCollector(monitor))
-    return monitor
 
 
 def peers_status_fields(verdict: PeersVerdict | None, off_reason: str) -> dict[str, Any]:
