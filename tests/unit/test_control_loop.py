@@ -8,11 +8,8 @@ import threading
 from typing import Any
 
 import pytest
-from hlc_oracle.cluster.control_loop import (
-    ControlLoop,
-    drop_spurious_poller_wakeups,
-    is_spurious_poller_wakeup,
-)
+from hlc_oracle.cluster.control_loop import ControlLoop
+from hlc_oracle.loop_thread import drop_spurious_poller_wakeups, is_spurious_poller_wakeup
 
 
 def test_call_runs_on_the_control_thread_without_blocking_the_caller() -> None:

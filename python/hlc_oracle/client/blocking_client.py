@@ -4,9 +4,7 @@ event-loop thread, safe to share between threads.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 import weakref
 from collections.abc import Coroutine, Sequence
 from types import TracebackType
@@ -19,6 +17,7 @@ from hlc_oracle.client.async_client import DEFAULT_TARGET, AsyncOracleClient
 from hlc_oracle.client.commit_many import CommitManyResults
 from hlc_oracle.client.errors import OracleError
 from hlc_oracle.client.status import OracleStatus
+from hlc_oracle.loop_thread import LoopThread
 
 T = TypeVar("T")
 
@@ -26,35 +25,15 @@ T = TypeVar("T")
 _FINISH_TIMEOUT_S = 5.0
 
 
-async def _finish_tasks() -> None:
-    """Cancels every other task of the running loop and waits for them; then async generators."""
-    current = asyncio.current_task()
-    tasks = [task for task in asyncio.all_tasks() if task is not current]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.get_running_loop().shutdown_asyncgens()
-
-
-def _shut_down(
-    loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: AsyncOracleClient | None
-) -> None:
-    """Closes ``client`` on its private ``loop``, lets every task there finish (gRPC's own
-    included), then stops the loop, joins its ``thread`` and closes the loop: closing it with
-    tasks pending printed "Task was destroyed but it is pending!" and, from gRPC callbacks,
-    "Event loop is closed"."""
-    if thread.is_alive():
-        steps: list[Coroutine[Any, Any, None]] = [_finish_tasks()]
-        if client is not None:
-            steps.insert(0, client.close())
-        for step in steps:
-            done = asyncio.run_coroutine_threadsafe(step, loop)
-            with contextlib.suppress(Exception):
-                done.result(timeout=_FINISH_TIMEOUT_S)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=_FINISH_TIMEOUT_S)
-    if not thread.is_alive():
-        loop.close()
+def _shut_down(loop_thread: LoopThread, client: AsyncOracleClient | None) -> None:
+    """Closes ``client`` on its private loop, then stops that loop's thread, which lets every task
+    left there finish (gRPC's own included) before it closes the loop: closing it with tasks
+    pending printed "Task was destroyed but it is pending!" and, from gRPC callbacks, "Event loop
+    is closed"."""
+    if client is not None and loop_thread.running:
+        with contextlib.suppress(Exception):
+            loop_thread.submit(client.close()).result(timeout=_FINISH_TIMEOUT_S)
+    loop_thread.stop()
 
 
 class OracleClient:
@@ -66,11 +45,8 @@ class OracleClient:
     """
 
     def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, **kwargs: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="hlc-oracle-client", daemon=True
-        )
-        self._thread.start()
+        self._loop_thread = LoopThread("hlc-oracle-client", stop_timeout_s=_FINISH_TIMEOUT_S)
+        self._loop_thread.start()
         self._closed = False
 
         async def build() -> AsyncOracleClient:
@@ -79,19 +55,19 @@ class OracleClient:
         try:
             self._client = self._run(build())
         except BaseException:
-            _shut_down(self._loop, self._thread, None)
+            _shut_down(self._loop_thread, None)
             raise
         # Closes the client once: from close(), when it is garbage-collected, or at interpreter
         # exit for a client never closed (its pending tasks would otherwise be destroyed with the
         # loop: "Task was destroyed but it is pending!", and gRPC's callbacks would find the
-        # loop closed). The finalizer holds the loop, thread and async client, never self.
-        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self._client)
+        # loop closed). The finalizer holds the loop's thread and the async client, never self.
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop_thread, self._client)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._closed:
             coroutine.close()
             raise OracleError(grpc.StatusCode.CANCELLED, "client closed")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return self._loop_thread.submit(coroutine).result()
 
     @property
     def target(self) -> str:

@@ -5,149 +5,21 @@ lease keepalives, the watch of the leader key, the fenced window renewals, the e
 decision writes must never wait behind it: a leader saturated by requests keeps its lease. So they
 run here, on a thread of their own with its own asyncio event loop:
 
-- the etcd client's ``grpc.aio`` channel is created, and used, only on this loop (grpc.aio binds
-  one loop per thread; its shared poller wakes every bound loop, and the loops that find nothing
-  to read log a spurious ``BlockingIOError`` from ``PollerCompletionQueue._handle_events``:
-  :func:`drop_spurious_poller_wakeups` drops exactly that record, on every loop that talks gRPC);
-- another event loop reaches it with ``await control.call(coroutine)`` (``asyncio.wrap_future``
-  of ``run_coroutine_threadsafe``), never by blocking on a result; a thread without a loop gets a
-  ``concurrent.futures.Future`` from :meth:`ControlLoop.submit` and adds a callback to it;
+- the etcd client's ``grpc.aio`` channel is created, and used, only on this loop;
+- another event loop reaches it with ``await control.call(coroutine)``, never by blocking on a
+  result; a thread without a loop gets a ``concurrent.futures.Future`` from
+  :meth:`~hlc_oracle.loop_thread.LoopThread.submit` and adds a callback to it (the thread and its
+  loop: :class:`~hlc_oracle.loop_thread.LoopThread`);
 - nothing on this loop waits for another loop, so neither can deadlock the other.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
-import logging
-import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
-
-log = logging.getLogger("hlc_oracle.cluster.control_loop")
-
-T = TypeVar("T")
-
-#: Seconds the thread's last tasks get to finish when the loop stops.
-STOP_TIMEOUT_S = 2.0
+from hlc_oracle.loop_thread import LoopThread
 
 
-def is_spurious_poller_wakeup(context: dict[str, Any]) -> bool:
-    """Whether ``context`` (an event loop's exception context) is grpc.aio's harmless
-    ``BlockingIOError`` of a loop that found another loop had read the poller's wake-up byte."""
-    if not isinstance(context.get("exception"), BlockingIOError):
-        return False
-    where = f"{context.get('message', '')} {context.get('handle', '')!r}"
-    return "PollerCompletionQueue._handle_events" in where
-
-
-def drop_spurious_poller_wakeups(loop: asyncio.AbstractEventLoop) -> None:
-    """Installs on ``loop`` an exception handler that drops :func:`is_spurious_poller_wakeup`
-    records and passes every other one on (to the handler set before, or the default)."""
-    previous = loop.get_exception_handler()
-
-    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if is_spurious_poller_wakeup(context):
-            return
-        if previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handle)
-
-
-class ControlLoop:
-    """One thread running one asyncio event loop; see the module docstring."""
+class ControlLoop(LoopThread):
+    """The leadership thread and its event loop; see the module docstring."""
 
     def __init__(self, name: str = "hlc-oracle-leadership") -> None:
-        self.name = name
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            raise RuntimeError(f"the {self.name} loop is not started")
-        return self._loop
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def in_loop(self) -> bool:
-        """Whether the caller runs on this loop's thread."""
-        return self._thread is threading.current_thread()
-
-    def start(self) -> None:
-        """Starts the thread; returns once its loop runs."""
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-        self._ready.wait()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        drop_spurious_poller_wakeups(loop)
-        self._loop = loop
-        loop.call_soon(self._ready.set)
-        try:
-            loop.run_forever()
-        finally:
-            try:
-                self._finish_tasks(loop)
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
-            finally:
-                asyncio.set_event_loop(None)
-                loop.close()
-
-    @staticmethod
-    def _finish_tasks(loop: asyncio.AbstractEventLoop) -> None:
-        """Cancels what is left on the loop and lets it end (bounded): no task is destroyed
-        pending, which would log an error."""
-        tasks = asyncio.all_tasks(loop)
-        if not tasks:
-            return
-        for task in tasks:
-            task.cancel()
-        done, pending = loop.run_until_complete(asyncio.wait(tasks, timeout=STOP_TIMEOUT_S))
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.warning(
-                    "task ended with an error at shutdown",
-                    extra={"fields": {"task": task.get_name(), "error": repr(task.exception())}},
-                )
-        if pending:
-            log.warning(
-                "tasks still running at shutdown",
-                extra={"fields": {"tasks": sorted(task.get_name() for task in pending)}},
-            )
-
-    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Runs ``coroutine`` on this loop, from any thread. Never wait on the result from an
-        event loop's thread: add a callback, or use :meth:`call`."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-
-    async def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Awaits ``coroutine`` run on this loop, from another event loop (cancelling the caller
-        cancels it). On this loop itself, it is simply awaited."""
-        if self.in_loop():
-            return await coroutine
-        return await asyncio.wrap_future(self.submit(coroutine))
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S + 1.0) -> None:
-        """Stops the loop (its tasks are cancelled and given a moment) and joins the thread.
-        Call it from another thread than the loop's (an event loop: ``asyncio.to_thread``)."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # already closed
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout_s)
-        if thread.is_alive():
-            log.warning("the leadership thread did not stop in time", extra={"fields": {}})
+        super().__init__(name)

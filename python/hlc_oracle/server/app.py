@@ -31,12 +31,13 @@ from hlc_oracle import (
 )
 from hlc_oracle.addresses import join_host_port, parse_host_port
 from hlc_oracle.cluster.capacity import DecisionCapacityCollector
-from hlc_oracle.cluster.control_loop import ControlLoop, drop_spurious_poller_wakeups
+from hlc_oracle.cluster.control_loop import ControlLoop
 from hlc_oracle.cluster.decisions import ClusteredGroupCommit
 from hlc_oracle.cluster.etcd import EtcdError
 from hlc_oracle.cluster.members import DuplicateNodeError, MemberDirectory
 from hlc_oracle.cluster.node import ClusterNode
 from hlc_oracle.config import OracleConfig
+from hlc_oracle.loop_thread import drop_spurious_poller_wakeups
 from hlc_oracle.node.gate import ServingGate
 from hlc_oracle.node.metrics import ServerMetrics
 from hlc_oracle.node.window import (
