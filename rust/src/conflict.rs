@@ -33,6 +33,7 @@
 //! of a large table overlap.
 
 use std::borrow::Borrow;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -95,6 +96,86 @@ fn hash_keyed<V>(capacity: usize) -> HashKeyed<V> {
 
 fn hash_set(capacity: usize) -> HashSetU64 {
     HashSet::with_capacity_and_hasher(capacity, BuildHasherDefault::default())
+}
+
+/// A batch's map of 64-bit keys (key hashes, or ids) to ids: open addressing with linear
+/// probing, at most half full, cheaper than a general hash map for the batch check's few
+/// operations per key. A key's first slot comes from `spread`, a well-mixed hash of it (a key
+/// hash is its own). The first insert of a key wins. Kept between batches (see [`BATCH_MAPS`]):
+/// [`Self::reset`] empties only the slots the last batch used.
+#[derive(Default)]
+struct FlatMap {
+    /// A key of 0 marks an empty slot (the key 0 itself is kept in `zero`).
+    keys: Vec<u64>,
+    values: Vec<u64>,
+    /// The slots in use, to empty them for the next batch.
+    used: Vec<u32>,
+    mask: usize,
+    zero: Option<u64>,
+}
+
+impl FlatMap {
+    /// Empties the map and makes room for `count` keys.
+    fn reset(&mut self, count: usize) {
+        let size = (count * 2).next_power_of_two().max(16);
+        // A map far larger than this batch needs (after a huge one) is given back.
+        if size > self.keys.len() || (self.keys.len() > 1 << 16 && self.keys.len() > size * 8) {
+            self.keys = vec![0; size];
+            self.values = vec![0; size];
+            self.mask = size - 1;
+        } else {
+            for &at in &self.used {
+                self.keys[at as usize] = 0;
+            }
+        }
+        self.used.clear();
+        self.zero = None;
+    }
+
+    #[inline]
+    fn get(&self, key: u64, spread: u64) -> Option<u64> {
+        if key == 0 {
+            return self.zero;
+        }
+        let mut at = spread as usize & self.mask;
+        loop {
+            match self.keys[at] {
+                0 => return None,
+                found if found == key => return Some(self.values[at]),
+                _ => at = (at + 1) & self.mask,
+            }
+        }
+    }
+
+    /// Inserts `value` for `key` unless the key is there; returns whether it was absent.
+    #[inline]
+    fn insert(&mut self, key: u64, spread: u64, value: u64) -> bool {
+        if key == 0 {
+            let absent = self.zero.is_none();
+            self.zero.get_or_insert(value);
+            return absent;
+        }
+        let mut at = spread as usize & self.mask;
+        loop {
+            match self.keys[at] {
+                0 => {
+                    self.keys[at] = key;
+                    self.values[at] = value;
+                    self.used.push(at as u32);
+                    return true;
+                }
+                found if found == key => return false,
+                _ => at = (at + 1) & self.mask,
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The batch check's two maps (the batch's ids, and its accepted members' writes), kept
+    /// between the batches of this thread: no allocation and no clearing of a whole map per
+    /// batch.
+    static BATCH_MAPS: RefCell<(FlatMap, FlatMap)> = RefCell::default();
 }
 
 /// A transaction's read or write set: the keys in one buffer, in the given order, with their
@@ -291,12 +372,15 @@ impl fmt::Display for ConflictError {
 
 impl std::error::Error for ConflictError {}
 
-fn check_unique_ids<T: Borrow<Transaction>>(txns: &[T]) -> Result<(), ConflictError> {
-    let mut seen = hash_set(txns.len());
+fn check_unique_ids<T: Borrow<Transaction>>(
+    txns: &[T],
+    seen: &mut FlatMap,
+) -> Result<(), ConflictError> {
+    seen.reset(txns.len());
     for txn in txns {
         let id = txn.borrow().id;
-        // Ids are chosen by clients: mix them (seeded) before they index the pass-through set.
-        if !seen.insert(id_hash(id)) {
+        // Ids are chosen by clients: mix them (seeded) before they place a key of the flat map.
+        if !seen.insert(id, id_hash(id), id) {
             return Err(ConflictError::DuplicateTxnId(id));
         }
     }
@@ -399,9 +483,36 @@ impl ConflictDetector {
         &self,
         txns: &[T],
     ) -> Result<BatchDecision, ConflictError> {
-        check_unique_ids(txns)?;
+        let fresh = || (FlatMap::default(), FlatMap::default());
+        BATCH_MAPS
+            .try_with(|maps| match maps.try_borrow_mut() {
+                Ok(mut maps) => {
+                    let (ids, writes) = &mut *maps;
+                    self.check_batch_in(txns, ids, writes)
+                }
+                // Only a nested call could find them borrowed: it gets maps of its own.
+                Err(_) => {
+                    let (mut ids, mut writes) = fresh();
+                    self.check_batch_in(txns, &mut ids, &mut writes)
+                }
+            })
+            .unwrap_or_else(|_| {
+                // The thread is exiting: its maps are gone.
+                let (mut ids, mut writes) = fresh();
+                self.check_batch_in(txns, &mut ids, &mut writes)
+            })
+    }
+
+    /// [`Self::check_batch`] with the maps it works in.
+    fn check_batch_in<T: Borrow<Transaction>>(
+        &self,
+        txns: &[T],
+        ids: &mut FlatMap,
+        batch_writes: &mut FlatMap,
+    ) -> Result<BatchDecision, ConflictError> {
+        check_unique_ids(txns, ids)?;
         let write_count: usize = txns.iter().map(|t| t.borrow().writes.len()).sum();
-        let mut batch_writes: HashKeyed<TxnId> = hash_keyed(write_count);
+        batch_writes.reset(write_count);
         let mut outcomes = Vec::with_capacity(txns.len());
         for ahead in txns.iter().take(PREFETCH_AHEAD) {
             self.prefetch(ahead.borrow());
@@ -411,10 +522,10 @@ impl ConflictDetector {
                 self.prefetch(ahead.borrow());
             }
             let txn = txn.borrow();
-            let outcome = self.first_conflict(txn, Some(&batch_writes));
+            let outcome = self.first_conflict(txn, Some(batch_writes));
             if outcome.is_none() {
                 for &hash in txn.writes.hashes() {
-                    batch_writes.insert(hash, txn.id);
+                    batch_writes.insert(hash, hash, txn.id);
                 }
             }
             outcomes.push(outcome);
@@ -425,7 +536,7 @@ impl ConflictDetector {
     fn first_conflict(
         &self,
         txn: &Transaction,
-        batch_writes: Option<&HashKeyed<TxnId>>,
+        batch_writes: Option<&FlatMap>,
     ) -> Option<Conflict> {
         if let Some(lw) = self.low_watermark {
             if txn.start_ts <= lw {
@@ -450,8 +561,8 @@ impl ConflictDetector {
                 let lost_to = match self.table.get(hash) {
                     Some(commit) if commit > txn.start_ts => Some(LostTo::Commit(commit)),
                     _ => batch_writes
-                        .and_then(|writes| writes.get(&hash))
-                        .map(|&winner| LostTo::BatchMember(winner)),
+                        .and_then(|writes| writes.get(hash, hash))
+                        .map(LostTo::BatchMember),
                 };
                 if let Some(lost_to) = lost_to {
                     return Some(Conflict {
@@ -492,7 +603,7 @@ impl ConflictDetector {
         &self,
         txns: &[T],
     ) -> Result<Vec<Vec<usize>>, ConflictError> {
-        check_unique_ids(txns)?;
+        check_unique_ids(txns, &mut FlatMap::default())?;
         struct Group {
             writes: HashSetU64,
             reads: HashSetU64,
@@ -537,7 +648,7 @@ impl ConflictDetector {
 pub fn concurrent_writes<T: Borrow<Transaction>>(
     txns: &[T],
 ) -> Result<Vec<ConcurrentWrite>, ConflictError> {
-    check_unique_ids(txns)?;
+    check_unique_ids(txns, &mut FlatMap::default())?;
     let mut writers: HashKeyed<Vec<usize>> = hash_keyed(0);
     for (index, txn) in txns.iter().enumerate() {
         let txn = txn.borrow();

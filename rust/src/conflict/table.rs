@@ -58,56 +58,55 @@ impl Default for Bucket {
 }
 
 impl Bucket {
-    /// Bit `i` of the first mask set when slot `i`'s short tag is `short`, of the second when
-    /// slot `i` is empty: eight vector compares.
+    /// Bit `i` set when slot `i`'s short tag is `wanted` (zero: the slot is empty): four vector
+    /// compares.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn scan(&self, short: u32) -> (u32, u32) {
+    fn mask(&self, wanted: u32) -> u32 {
         use std::arch::x86_64::{
             __m128i, _mm_cmpeq_epi32, _mm_load_si128, _mm_movemask_epi8, _mm_packs_epi16,
-            _mm_packs_epi32, _mm_set1_epi32, _mm_setzero_si128,
+            _mm_packs_epi32, _mm_set1_epi32,
         };
         let lanes = self.short.as_ptr().cast::<__m128i>();
         // SAFETY: SSE2 is part of every x86_64 target; the four loads read the 64 bytes of
         // `self.short`, which is 16-byte aligned (first field of a 256-byte aligned struct).
         unsafe {
-            let words = [0, 1, 2, 3].map(|n| _mm_load_si128(lanes.add(n)));
-            let mask = |wanted: __m128i| {
-                let equal = words.map(|word| _mm_cmpeq_epi32(word, wanted));
-                let low = _mm_packs_epi32(equal[0], equal[1]);
-                let high = _mm_packs_epi32(equal[2], equal[3]);
-                _mm_movemask_epi8(_mm_packs_epi16(low, high)) as u32
-            };
-            (
-                mask(_mm_set1_epi32(short as i32)),
-                mask(_mm_setzero_si128()),
-            )
+            let wanted = _mm_set1_epi32(wanted as i32);
+            let equal = [0, 1, 2, 3].map(|n| _mm_cmpeq_epi32(_mm_load_si128(lanes.add(n)), wanted));
+            let low = _mm_packs_epi32(equal[0], equal[1]);
+            let high = _mm_packs_epi32(equal[2], equal[3]);
+            _mm_movemask_epi8(_mm_packs_epi16(low, high)) as u32
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
     #[inline(always)]
-    fn scan(&self, short: u32) -> (u32, u32) {
-        let (mut matches, mut empties) = (0, 0);
+    fn mask(&self, wanted: u32) -> u32 {
+        let mut mask = 0;
         for (at, &word) in self.short.iter().enumerate() {
-            matches |= u32::from(word == short) << at;
-            empties |= u32::from(word == 0) << at;
+            mask |= u32::from(word == wanted) << at;
         }
-        (matches, empties)
+        mask
     }
 
-    /// The slot holding `tag`, if any, and the number of occupied slots (a prefix).
+    /// The slot holding `tag`, if any.
     #[inline(always)]
-    fn find(&self, tag: Tag) -> (Option<usize>, usize) {
-        let (mut candidates, empties) = self.scan(tag.short);
+    fn find(&self, tag: Tag) -> Option<usize> {
+        let mut candidates = self.mask(tag.short);
         while candidates != 0 {
             let at = candidates.trailing_zeros() as usize;
             if self.rest_node[at] >> 16 == tag.rest {
-                return (Some(at), 0);
+                return Some(at);
             }
             candidates &= candidates - 1;
         }
-        (None, SLOTS - empties.count_ones() as usize)
+        None
+    }
+
+    /// The number of occupied slots (a prefix).
+    #[inline(always)]
+    fn occupied(&self) -> usize {
+        SLOTS - self.mask(0).count_ones() as usize
     }
 
     #[inline]
@@ -123,15 +122,27 @@ impl Bucket {
         self.short[occupied - 1] = 0;
     }
 
-    /// A full bucket's common case: drops the oldest slot and appends `tag` at `commit`, newer
-    /// than every other (fixed-length moves, no search).
-    fn push_out_oldest(&mut self, tag: Tag, commit: Timestamp) {
-        self.short.copy_within(1..SLOTS, 0);
-        self.rest_node.copy_within(1..SLOTS, 0);
-        self.commits.copy_within(1..SLOTS, 0);
-        self.short[SLOTS - 1] = tag.short;
-        self.rest_node[SLOTS - 1] = tag.rest << 16 | u32::from(commit.node());
-        self.commits[SLOTS - 1] = commit.packed();
+    /// Drops slot `at` of the `occupied` first and appends `tag` at `commit`, which is at or
+    /// after every other commit of the bucket (the common case: commits arrive in order).
+    #[inline(always)]
+    fn shift_in_newest(&mut self, at: usize, occupied: usize, tag: Tag, commit: Timestamp) {
+        self.short.copy_within(at + 1..occupied, at);
+        self.rest_node.copy_within(at + 1..occupied, at);
+        self.commits.copy_within(at + 1..occupied, at);
+        self.short[occupied - 1] = tag.short;
+        self.rest_node[occupied - 1] = tag.rest << 16 | u32::from(commit.node());
+        self.commits[occupied - 1] = commit.packed();
+    }
+
+    /// Replaces slot `at` of the `occupied` first by `tag` at `commit`, keeping commit order.
+    #[inline(always)]
+    fn move_to(&mut self, at: usize, occupied: usize, tag: Tag, commit: Timestamp) {
+        if self.commit(occupied - 1) <= commit {
+            self.shift_in_newest(at, occupied, tag, commit);
+        } else {
+            self.remove(at, occupied);
+            self.insert(occupied - 1, tag, commit);
+        }
     }
 
     /// Inserts `tag` at `commit` in commit order among the `occupied` first slots (fewer than
@@ -170,11 +181,11 @@ fn reduce(value: u64, range: usize) -> usize {
     ((u128::from(value) * range as u128) >> 64) as usize
 }
 
-/// The splitmix64 finalizer: a second, independent-looking 64-bit value from the hash.
-fn remix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+/// A second, independent-looking 64-bit value from the hash: one multiplication by 2^64 / phi
+/// (Fibonacci hashing), whose high bits depend on every bit of the hash.
+#[inline(always)]
+fn remix(x: u64) -> u64 {
+    x.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 pub struct KeyTable {
@@ -256,7 +267,7 @@ impl KeyTable {
         let place = self.place(hash);
         [place.first, place.second].into_iter().find_map(|index| {
             let bucket = &self.buckets[index];
-            bucket.find(place.tag).0.map(|at| bucket.commit(at))
+            bucket.find(place.tag).map(|at| bucket.commit(at))
         })
     }
 
@@ -268,17 +279,14 @@ impl KeyTable {
         let mut occupied = [0; 2];
         for (n, index) in candidates.into_iter().enumerate() {
             let bucket = &mut self.buckets[index];
-            match bucket.find(place.tag) {
-                (Some(at), _) => {
-                    if bucket.commit(at) < commit {
-                        let occupied = SLOTS - bucket.scan(0).0.count_ones() as usize;
-                        bucket.remove(at, occupied);
-                        bucket.insert(occupied - 1, place.tag, commit);
-                    }
-                    return None;
+            let count = bucket.occupied();
+            if let Some(at) = bucket.find(place.tag) {
+                if bucket.commit(at) < commit {
+                    bucket.move_to(at, count, place.tag, commit);
                 }
-                (None, count) => occupied[n] = count,
+                return None;
             }
+            occupied[n] = count;
         }
         // While there is room, the emptier candidate takes it.
         let emptier = usize::from(occupied[1] < occupied[0]);
@@ -294,12 +302,7 @@ impl KeyTable {
             .min_by_key(|&n| self.buckets[candidates[n]].commit(0))?;
         let bucket = &mut self.buckets[candidates[oldest]];
         let evicted = bucket.commit(0);
-        if occupied[oldest] == SLOTS && bucket.commit(SLOTS - 1) <= commit {
-            bucket.push_out_oldest(place.tag, commit);
-        } else {
-            bucket.remove(0, occupied[oldest]);
-            bucket.insert(occupied[oldest] - 1, place.tag, commit);
-        }
+        bucket.move_to(0, occupied[oldest], place.tag, commit);
         Some(evicted)
     }
 }
