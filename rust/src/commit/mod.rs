@@ -64,8 +64,8 @@ pub use decisions::{Decision, DecisionIndex};
 pub use durable::{ConfirmError, Handout, Released};
 pub use engine::CommitEngine;
 pub use types::{
-    fingerprint, AbortReason, Durability, EngineConfig, EngineError, EngineRecovery, Limits,
-    Outcome, Request, SubmitError,
+    fingerprint, fingerprint_in, AbortReason, Durability, EngineConfig, EngineError,
+    EngineRecovery, Limits, Outcome, Request, SubmitError,
 };
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::decisions::Decision;
 use super::durable::DurableStep;
 use super::piece::PieceEncoder;
 use super::record;
-use super::types::{fingerprint, AbortReason, Outcome, Request, SubmitError};
+use super::types::{fingerprint_in, AbortReason, Outcome, Request, SubmitError};
 use super::CommitEngine;
 
 /// Decisions the `record` step looks ahead when it prefetches the detector's buckets.
@@ -97,9 +97,10 @@ impl CommitEngine {
         // First request of each id new in this batch; later ones copy its answer.
         let mut first_of: HashMap<TxnId, usize, foldhash::fast::RandomState> =
             HashMap::with_capacity_and_hasher(requests.len(), Default::default());
+        let mut hashed = Vec::new();
         for (i, request) in requests.iter().enumerate() {
             let (txn_id, fingerprint) = match request {
-                Request::Commit(txn) => (txn.id, Some(fingerprint(txn))),
+                Request::Commit(txn) => (txn.id, Some(fingerprint_in(txn, &mut hashed))),
                 Request::Abort(id) => (*id, None),
             };
             if txn_id == 0 {

@@ -271,15 +271,22 @@ pub struct EngineRecovery {
 /// Content fingerprint (xxh3, stable across processes and versions) of what a transaction asks
 /// to commit.
 pub fn fingerprint(txn: &Transaction) -> u64 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(&txn.start_ts.packed().to_le_bytes());
-    hasher.update(&txn.start_ts.node().to_le_bytes());
+    fingerprint_in(txn, &mut Vec::new())
+}
+
+/// [`fingerprint`], laying the hashed bytes out in `buffer` (reused between transactions) and
+/// hashing them in one call: the same value as feeding them one by one to a streaming xxh3, in
+/// far fewer instructions.
+pub fn fingerprint_in(txn: &Transaction, buffer: &mut Vec<u8>) -> u64 {
+    buffer.clear();
+    buffer.extend_from_slice(&txn.start_ts.packed().to_le_bytes());
+    buffer.extend_from_slice(&txn.start_ts.node().to_le_bytes());
     for keys in [&txn.reads, &txn.writes] {
-        hasher.update(&(keys.len() as u64).to_le_bytes());
+        buffer.extend_from_slice(&(keys.len() as u64).to_le_bytes());
         for key in keys.iter() {
-            hasher.update(&(key.len() as u64).to_le_bytes());
-            hasher.update(key);
+            buffer.extend_from_slice(&(key.len() as u64).to_le_bytes());
+            buffer.extend_from_slice(key);
         }
     }
-    hasher.digest()
+    xxhash_rust::xxh3::xxh3_64(buffer)
 }
