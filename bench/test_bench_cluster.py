@@ -2,8 +2,9 @@
 
 - ``cluster unary throughput c=16``: ``GetTimestamps(1)`` from 16 concurrent callers through a
   clustered leader (three nodes, the two followers idle) beside a standalone node (the baseline),
-  same run, with the interleaved ratio as in ``test_bench_service.py``. Both run the default
-  window (200 ms): the leader's window saves are fenced etcd txns, off the request path.
+  same run, with the interleaved ratio as in ``test_bench_service.py`` (``bench/support.py``).
+  Both run the default window (200 ms): the leader's window saves are fenced etcd txns, off the
+  request path.
 - ``cluster handler in-process``: one ``GetTimestamps(1)`` handler call without the transport, a
   clustered leader's node (its lease, keepalives and fenced window on the real etcd) beside a
   standalone one, interleaved: what leading adds per request, without the network's noise.
@@ -36,12 +37,16 @@ from typing import Any
 
 import pytest
 
-from bench.test_bench_service import (
-    HANDLER_CALLS,
-    INTERLEAVED_PAIRS,
-    ONE,
-    _concurrent_unary,
-    _timed,
+from bench.support import (
+    UNARY_CALLERS,
+    UNARY_CALLS,
+    bench_for,
+    concurrent_unary,
+    handler_rounds,
+    interleaved_pairs,
+    record_gaps,
+    record_median_rate,
+    record_us_per_call,
 )
 from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_cluster import CallLog, OracleCluster, leader_client, load
@@ -49,20 +54,12 @@ from tests.support.oracle_process import OracleProcess
 from tests.support.secured_etcd import oracle_etcd_args, secured_etcd_with_pki
 
 ROUNDS = 10
-CALLERS, CALLS = 16, 25
 
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMember]:
     with EtcdMember(tmp_path_factory.mktemp("cluster-bench") / "etcd") as member:
         yield member
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    event_loop = asyncio.new_event_loop()
-    yield event_loop
-    event_loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -89,21 +86,18 @@ def test_leader_throughput(
     loop: asyncio.AbstractEventLoop,
     mode: str,
 ) -> None:
-    bench = request.getfixturevalue("baseline" if mode == "standalone" else "benchmark")
+    bench = bench_for(request, mode == "standalone")
     bench.group = "cluster unary throughput c=16"
 
     def make(name: str) -> Callable[[], None]:
-        return _concurrent_unary(loop, throughput_targets[name], ONE, CALLERS, CALLS)
+        return concurrent_unary(loop, throughput_targets[name])
 
     run = make(mode)
     bench.pedantic(run, rounds=30, iterations=1)
-    stats = getattr(bench, "stats", None)
-    if stats is None:  # --benchmark-disable: ran once, nothing timed
+    if not record_median_rate(bench, "calls_per_second", UNARY_CALLERS * UNARY_CALLS):
         return
-    bench.extra_info["calls_per_second"] = round(CALLERS * CALLS / stats.stats.median)
     if mode == "leader":
-        standalone = make("standalone")
-        pairs = [(_timed(standalone), _timed(run)) for _ in range(INTERLEAVED_PAIRS)]
+        pairs = interleaved_pairs(make("standalone"), run)
         # Leader time over standalone time per pair: its inverse is the throughput ratio.
         bench.extra_info["interleaved_ratio"] = round(statistics.median(o / e for e, o in pairs), 3)
         bench.extra_info["interleaved_throughput_ratio"] = round(
@@ -147,28 +141,19 @@ def test_handler_cost(
     loop: asyncio.AbstractEventLoop,
     mode: str,
 ) -> None:
-    bench = request.getfixturevalue("baseline" if mode == "standalone" else "benchmark")
+    bench = bench_for(request, mode == "standalone")
     bench.group = "cluster handler in-process"
 
     def rounds_of(name: str) -> Callable[[], None]:
-        handler = in_process_nodes[name].service.get_timestamps
-
-        async def calls() -> None:
-            for _ in range(HANDLER_CALLS):
-                await handler(ONE, None)
-
-        return lambda: loop.run_until_complete(calls())
+        return handler_rounds(loop, in_process_nodes[name].service.get_timestamps)
 
     run = rounds_of(mode)
     bench.pedantic(run, rounds=50, iterations=1)
     assert in_process_nodes[mode].gate.serving
-    stats = getattr(bench, "stats", None)
-    if stats is None:
+    if not record_us_per_call(bench):
         return
-    bench.extra_info["us_per_call"] = round(stats.stats.median / HANDLER_CALLS * 1e6, 2)
     if mode == "leader":
-        standalone = rounds_of("standalone")
-        pairs = [(_timed(standalone), _timed(run)) for _ in range(INTERLEAVED_PAIRS)]
+        pairs = interleaved_pairs(rounds_of("standalone"), run)
         bench.extra_info["interleaved_ratio"] = round(statistics.median(o / e for e, o in pairs), 3)
         bench.extra_info["interleaved_min_ratio"] = round(
             min(o for _, o in pairs) / min(e for e, _ in pairs), 3
@@ -249,6 +234,4 @@ def test_failover_gap(
         rounds=1,
         iterations=1,
     )
-    benchmark.extra_info["gaps_ms"] = [round(gap, 1) for gap in gaps]
-    benchmark.extra_info["max_gap_ms"] = round(max(gaps), 1)
-    benchmark.extra_info["median_gap_ms"] = round(statistics.median(gaps), 1)
+    record_gaps(benchmark, gaps)

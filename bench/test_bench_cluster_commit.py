@@ -8,8 +8,8 @@
   disk. Every etcd member runs on this machine with ``--election-timeout 100``.
 - ``cluster commit latency c=1``: one caller committing back to back; p50 and p99 per mode.
 - ``cluster commit after kill -9``: three nodes on one etcd member, lease TTL 1 s, commit load from
-  four threads given all three targets (``tests/integration/test_cluster_commit.py``'s
-  ``CommitLoad``); per round, milliseconds from the leader's kill -9 to the first commit
+  four threads given all three targets (``tests/support/grpc_commit_load.py``'s
+  ``GrpcCommitLoad``); per round, milliseconds from the leader's kill -9 to the first commit
   acknowledged after it by another node (its commit timestamp's node id). Figures, not timings:
   the benchmark's own time is one pass.
 - ``cluster failover under commit load``: three nodes on one etcd member, lease TTL 3 s (the
@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import itertools
 import json
 import signal
-import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,10 +61,18 @@ from hlc_oracle.cluster.etcd import EtcdClient, compare_create_revision, put
 from hlc_oracle.cluster.fence import Fence, Term
 from hlc_oracle.durable import ExternalDurableStep
 
-from bench.test_bench_commit import KEYS, percentile, record_rate, submit_all
-from tests.integration.test_cluster_commit import CommitLoad
+from bench.support import (
+    IDS,
+    bench_for,
+    measure_commit_rounds,
+    percentile,
+    record_gaps,
+    submit_all,
+    transaction_of_keys,
+)
 from tests.support.client_commit_load import ClientCommitLoad
 from tests.support.etcd_process import EtcdCluster, EtcdMember
+from tests.support.grpc_commit_load import GrpcCommitLoad
 from tests.support.oracle_cluster import LeaderClient, OracleCluster
 from tests.support.oracle_process import OracleProcess
 
@@ -78,7 +84,6 @@ LATENCY_COMMITS = 300
 KILL_ROUNDS = 10
 PIECE_BYTES = (16 << 10, 64 << 10, 256 << 10, 1 << 20)
 PIECE_TXNS, PIECE_SUBMITTERS = 20_000, 2048
-IDS = itertools.count(10**12)
 
 
 @pytest.fixture(scope="module")
@@ -104,74 +109,26 @@ def commit_targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         }
 
 
-def transactions(start: Any, count: int) -> list[Transaction]:
-    made = []
-    for _ in range(count):
-        txn_id = next(IDS)
-        keys = [b"c%d/%d" % (txn_id, k) for k in range(KEYS)]
-        made.append(Transaction(txn_id, start, keys[: KEYS // 2], keys[KEYS // 2 :]))
-    return made
-
-
-def commit_round(target: str, callers: int, per_caller: int) -> tuple[float, list[float]]:
-    """Seconds for ``callers`` x ``per_caller`` commits, and each commit's latency."""
-
-    async def run() -> tuple[float, list[float]]:
-        client = AsyncOracleClient(target)
-        try:
-            start = await client.get_timestamp()
-            batches = [transactions(start, per_caller) for _ in range(callers)]
-            latencies: list[float] = []
-
-            async def caller(txns: list[Transaction]) -> None:
-                for txn in txns:
-                    began = time.perf_counter()
-                    assert isinstance(await client.commit(txn), Committed)
-                    latencies.append(time.perf_counter() - began)
-
-            started = time.perf_counter()
-            await asyncio.gather(*(caller(batch) for batch in batches))
-            return time.perf_counter() - started, latencies
-        finally:
-            await client.close()
-
-    return asyncio.run(run())
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_commit_256_callers(
     request: pytest.FixtureRequest, commit_targets: dict[str, str], mode: str
 ) -> None:
-    bench = request.getfixturevalue("baseline" if mode == "standalone" else "benchmark")
+    bench = bench_for(request, mode == "standalone")
     bench.group = "cluster commit 256 callers"
     # The smoke run (make test) only checks that the path works: a short burst.
     callers, per_caller = (32, 2) if bench.disabled else (CALLERS, PER_CALLER)
-    figures: dict[str, Any] = {}
-
-    def body() -> None:
-        figures["seconds"], figures["latencies"] = commit_round(
-            commit_targets[mode], callers, per_caller
-        )
-
-    bench.pedantic(body, rounds=3, iterations=1)
-    record_rate(bench, callers * per_caller, figures["seconds"], figures["latencies"])
+    measure_commit_rounds(bench, commit_targets[mode], callers, per_caller)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_commit_latency_one_caller(
     request: pytest.FixtureRequest, commit_targets: dict[str, str], mode: str
 ) -> None:
-    bench = request.getfixturevalue("baseline" if mode == "standalone" else "benchmark")
+    bench = bench_for(request, mode == "standalone")
     bench.group = "cluster commit latency c=1"
     commits = 20 if bench.disabled else LATENCY_COMMITS
-    figures: dict[str, Any] = {}
-
-    def body() -> None:
-        figures["seconds"], figures["latencies"] = commit_round(commit_targets[mode], 1, commits)
-
-    bench.pedantic(body, rounds=1, iterations=1)
-    record_rate(bench, commits, figures["seconds"], figures["latencies"])
-    bench.extra_info["p99_ms"] = round(percentile(figures["latencies"], 0.99) * 1e3, 2)
+    latencies = measure_commit_rounds(bench, commit_targets[mode], 1, commits, rounds=1)
+    bench.extra_info["p99_ms"] = round(percentile(latencies, 0.99) * 1e3, 2)
 
 
 def first_commit_gaps(directory: Path, etcd: EtcdMember, rounds: int) -> list[float]:
@@ -179,7 +136,7 @@ def first_commit_gaps(directory: Path, etcd: EtcdMember, rounds: int) -> list[fl
     gaps: list[float] = []
     with OracleCluster(directory, etcd.endpoint, lease_ttl_s=1) as cluster:
         client = LeaderClient(cluster.targets)
-        commits = CommitLoad(client)
+        commits = GrpcCommitLoad(client)
         try:
             with commits.running():
                 for _ in range(rounds):
@@ -220,9 +177,7 @@ def test_first_commit_after_kill(benchmark: Any, tmp_path: Path) -> None:
             lambda: gaps.extend(first_commit_gaps(tmp_path, etcd, rounds)), rounds=1, iterations=1
         )
     assert len(gaps) == rounds, gaps
-    benchmark.extra_info["gaps_ms"] = [round(gap, 1) for gap in gaps]
-    benchmark.extra_info["max_gap_ms"] = round(max(gaps), 1)
-    benchmark.extra_info["median_gap_ms"] = round(statistics.median(gaps), 1)
+    record_gaps(benchmark, gaps)
 
 
 #: Decisions in etcd before the failover rounds; the smoke run (make bench-smoke) keeps a few.
@@ -381,13 +336,9 @@ def test_failover_under_commit_load(benchmark: Any, tmp_path: Path, retained: in
         gaps = figures[event]
         assert len(gaps) == rounds, figures
         name = event.replace(" ", "").replace("-", "")
-        benchmark.extra_info[f"{name}_gaps_ms"] = [round(gap, 1) for gap in gaps]
-        benchmark.extra_info[f"{name}_max_gap_ms"] = round(max(gaps), 1)
-        benchmark.extra_info[f"{name}_median_gap_ms"] = round(statistics.median(gaps), 1)
+        record_gaps(benchmark, gaps, f"{name}_")
         fresh = figures[f"{event} fresh"]
-        benchmark.extra_info[f"{name}_fresh_gaps_ms"] = [round(gap, 1) for gap in fresh]
-        benchmark.extra_info[f"{name}_fresh_max_gap_ms"] = round(max(fresh), 1)
-        benchmark.extra_info[f"{name}_fresh_median_gap_ms"] = round(statistics.median(fresh), 1)
+        record_gaps(benchmark, fresh, f"{name}_fresh_")
         takeovers = figures[f"{event} takeover"]
         benchmark.extra_info[f"{name}_takeover_ms"] = [round(ms) for ms, _, _ in takeovers]
         benchmark.extra_info[f"{name}_history_s"] = [seconds for _, seconds, _ in takeovers]
@@ -417,7 +368,8 @@ async def decide_through_etcd(endpoint: str, piece_bytes: int, count: int) -> tu
     options = CommitOptions(max_batch_size=8192)
     scheduler = GroupCommitScheduler(None, Clock(node=9), options, durable_step=step)
     try:
-        txns = transactions(scheduler.clock.now(), count)
+        start = scheduler.clock.now()
+        txns = [transaction_of_keys(next(IDS), start, b"c") for _ in range(count)]
         started = time.perf_counter()
         await submit_all(scheduler, txns, PIECE_SUBMITTERS)
         seconds = time.perf_counter() - started

@@ -33,17 +33,25 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hlc_oracle.cluster.etcd import EtcdClient, put
 from hlc_oracle.cluster.etcd_security import EtcdSecurity
 from hlc_oracle.config import ClusterSection
 
-from bench.test_bench_cluster import CALLERS, CALLS
-from bench.test_bench_cluster_commit import commit_round
-from bench.test_bench_commit import process_cpu_seconds, record_rate
-from bench.test_bench_service import INTERLEAVED_PAIRS, ONE, _concurrent_unary, _timed
+from bench.support import (
+    INTERLEAVED_PAIRS,
+    UNARY_CALLERS,
+    UNARY_CALLS,
+    bench_for,
+    commit_round,
+    concurrent_unary,
+    interleaved_pairs,
+    measure_commit_rounds,
+    process_cpu_seconds,
+    record_median_rate,
+    timed,
+)
 from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_cluster import OracleCluster
 from tests.support.secured_etcd import (
@@ -104,13 +112,6 @@ def leaders(
         yield found
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    event_loop = asyncio.new_event_loop()
-    yield event_loop
-    event_loop.close()
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_timestamps_through_a_leader(
     request: pytest.FixtureRequest,
@@ -118,18 +119,16 @@ def test_timestamps_through_a_leader(
     loop: asyncio.AbstractEventLoop,
     mode: str,
 ) -> None:
-    bench = request.getfixturevalue("baseline" if mode == "plaintext" else "benchmark")
+    bench = bench_for(request, mode == "plaintext")
     bench.group = "cluster tls timestamps c=16"
 
     def make(name: str) -> Callable[[], None]:
-        return _concurrent_unary(loop, leaders[name].target, ONE, CALLERS, CALLS)
+        return concurrent_unary(loop, leaders[name].target)
 
     run = make(mode)
     bench.pedantic(run, rounds=30, iterations=1)
-    stats = getattr(bench, "stats", None)
-    if stats is None:  # --benchmark-disable: ran once, nothing timed
+    if not record_median_rate(bench, "calls_per_second", UNARY_CALLERS * UNARY_CALLS):
         return
-    bench.extra_info["calls_per_second"] = round(CALLERS * CALLS / stats.stats.median)
     if mode == "tls":
         plaintext = make("plaintext")
         cpu = {"plaintext": 0.0, "tls": 0.0}
@@ -138,7 +137,7 @@ def test_timestamps_through_a_leader(
             pair = []
             for name, block in (("plaintext", plaintext), ("tls", run)):
                 before = cpu_seconds(leaders[name])
-                pair.append(_timed(block))
+                pair.append(timed(block))
                 cpu[name] += cpu_seconds(leaders[name]) - before
             pairs.append(pair)
         bench.extra_info["interleaved_throughput_ratio"] = round(
@@ -151,18 +150,10 @@ def test_timestamps_through_a_leader(
 def test_commits_through_a_leader(
     request: pytest.FixtureRequest, leaders: dict[str, Leader], mode: str
 ) -> None:
-    bench = request.getfixturevalue("baseline" if mode == "plaintext" else "benchmark")
+    bench = bench_for(request, mode == "plaintext")
     bench.group = "cluster tls commits 256 callers"
     callers, per_caller = (32, 2) if bench.disabled else (COMMIT_CALLERS, COMMIT_PER_CALLER)
-    figures: dict[str, Any] = {}
-
-    def body() -> None:
-        figures["seconds"], figures["latencies"] = commit_round(
-            leaders[mode].target, callers, per_caller
-        )
-
-    bench.pedantic(body, rounds=3, iterations=1)
-    record_rate(bench, callers * per_caller, figures["seconds"], figures["latencies"])
+    measure_commit_rounds(bench, leaders[mode].target, callers, per_caller)
     if mode == "tls" and not bench.disabled:
         ratios = []
         cpu = {"plaintext": 0.0, "tls": 0.0}
@@ -211,7 +202,7 @@ def test_etcd_txn_round_trip(
     loop: asyncio.AbstractEventLoop,
     mode: str,
 ) -> None:
-    bench = request.getfixturevalue("baseline" if mode == "plaintext" else "benchmark")
+    bench = bench_for(request, mode == "plaintext")
     bench.group = "cluster tls etcd txn"
     clients = etcd_clients(members)
     key = GRANTED_PREFIX.encode() + b"bench"
@@ -236,7 +227,7 @@ def test_etcd_txn_round_trip(
         if mode == "tls" and stats is not None:
             plaintext = rounds_of("plaintext")
             plaintext()
-            pairs = [(_timed(plaintext), _timed(run)) for _ in range(INTERLEAVED_PAIRS)]
+            pairs = interleaved_pairs(plaintext, run)
             bench.extra_info["interleaved_ratio"] = round(
                 statistics.median(t / p for p, t in pairs), 3
             )

@@ -35,52 +35,22 @@ import pytest
 from hlc_oracle import Clock, CommitOptions, Committed, GroupCommitScheduler, Timestamp, Transaction
 from hlc_oracle.client import AsyncOracleClient
 
+from bench.support import (
+    process_cpu_seconds,
+    record_rate,
+    submit_all,
+    transaction_of_keys,
+)
 from tests.support.oracle_process import OracleProcess
 
 TXNS = 4096
-KEYS = 8
 RECORD = b"r" * 120  # about the size of one logged commit of 8 keys
 IDS = itertools.count(1)
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)] if ordered else 0.0
-
-
-def record_rate(benchmark: Any, count: int, seconds: float, latencies: list[float]) -> None:
-    benchmark.extra_info["per_second"] = round(count / seconds)
-    if latencies:
-        benchmark.extra_info["p50_us"] = round(percentile(latencies, 0.5) * 1e6, 1)
-        benchmark.extra_info["p99_us"] = round(percentile(latencies, 0.99) * 1e6, 1)
-
-
 def transactions(clock: Clock, count: int) -> list[Transaction]:
     start = clock.now()
-    made = []
-    for _ in range(count):
-        txn_id = next(IDS)
-        keys = [b"%d/%d" % (txn_id, k) for k in range(KEYS)]
-        made.append(Transaction(txn_id, start, keys[: KEYS // 2], keys[KEYS // 2 :]))
-    return made
-
-
-async def submit_all(
-    scheduler: GroupCommitScheduler, txns: list[Transaction], submitters: int
-) -> list[float]:
-    """``submitters`` coroutines share the transactions; returns each submit's latency."""
-    latencies: list[float] = []
-    queue = iter(txns)
-
-    async def submitter() -> None:
-        for txn in queue:
-            started = time.perf_counter()
-            outcome = await scheduler.submit(txn)
-            latencies.append(time.perf_counter() - started)
-            assert isinstance(outcome, Committed)
-
-    await asyncio.gather(*(submitter() for _ in range(submitters)))
-    return latencies
+    return [transaction_of_keys(next(IDS), start) for _ in range(count)]
 
 
 @pytest.fixture(scope="module")
@@ -253,9 +223,7 @@ def test_grpc_commit_stream_256_callers(benchmark: Any, oracle: OracleProcess) -
 
         async def caller() -> None:
             for _ in queue:
-                txn_id = next(IDS)
-                keys = [b"g%d/%d" % (txn_id, k) for k in range(KEYS)]
-                txn = Transaction(txn_id, start, keys[: KEYS // 2], keys[KEYS // 2 :])
+                txn = transaction_of_keys(next(IDS), start, b"g")
                 began = time.perf_counter()
                 outcome = await client.commit(txn)
                 latencies.append(time.perf_counter() - began)
@@ -311,12 +279,6 @@ STREAM_IN_FLIGHT = 8
 OLD_TREE = os.environ.get("HLC_BENCH_OLD_TREE")
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` so far (from /proc, in clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def server_pid(server: OracleProcess) -> int:
     assert server.process is not None
     return server.process.pid
@@ -343,12 +305,7 @@ async def stream_round(target: str, txns: list[Transaction], per_message: int) -
 
 
 def stream_transactions(start: Timestamp, count: int) -> list[Transaction]:
-    made = []
-    for _ in range(count):
-        txn_id = next(IDS)
-        keys = [b"s%d/%d" % (txn_id, k) for k in range(KEYS)]
-        made.append(Transaction(txn_id, start, keys[: KEYS // 2], keys[KEYS // 2 :]))
-    return made
+    return [transaction_of_keys(next(IDS), start, b"s") for _ in range(count)]
 
 
 @pytest.fixture(scope="module")
@@ -458,9 +415,7 @@ def test_grpc_merged_commit_256_callers_new_vs_old_server(
 
         async def caller() -> None:
             for _ in queue:
-                txn_id = next(IDS)
-                keys = [b"m%d/%d" % (txn_id, k) for k in range(KEYS)]
-                txn = Transaction(txn_id, start, keys[: KEYS // 2], keys[KEYS // 2 :])
+                txn = transaction_of_keys(next(IDS), start, b"m")
                 assert isinstance(await client.commit(txn), Committed)
 
         started = time.perf_counter()

@@ -21,13 +21,13 @@ test_cluster_faults.py runs every scenario already.
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.support import record_gaps
 from tests.support.nemesis import SCENARIOS, Outcome, run_scenario
 
 ROUNDS = 6
@@ -46,9 +46,7 @@ def test_fault_scenario(benchmark: Any, tmp_path: Path, name: str) -> None:
     )
     (outcome,) = outcomes
     gaps = outcome.gaps_ms
-    benchmark.extra_info["gaps_ms"] = [round(gap, 1) for gap in gaps]
-    benchmark.extra_info["max_gap_ms"] = round(max(gaps), 1)
-    benchmark.extra_info["median_gap_ms"] = round(statistics.median(gaps), 1)
+    record_gaps(benchmark, gaps)
     benchmark.extra_info["new_terms"] = outcome.new_terms
     benchmark.extra_info["anomalies"] = dict(
         Counter(anomaly.kind for anomaly in outcome.result.anomalies)

@@ -34,7 +34,7 @@ import grpc
 import pytest
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from bench.test_bench_service import ONE, _concurrent_unary, _timed
+from bench.support import UNARY_CALLERS, UNARY_CALLS, concurrent_unary, interleaved_pairs
 from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_cluster import (
     CallLog,
@@ -49,7 +49,6 @@ SKEWED = 3
 FAILOVERS = 6
 #: Interleaved throughput pairs (a burst without the monitor, one with it).
 PAIRS = 40
-CALLERS, CALLS = 16, 25
 #: The peers check's messages: GetPeerClock round trips and reads of the member keys.
 MESSAGES = re.compile(r'^hlc_oracle_peers_messages_total\{kind="[a-z_]+"\} (\S+)$', re.M)
 
@@ -151,12 +150,10 @@ def test_monitor_cost(benchmark: Any, etcd: EtcdMember, tmp_path: Path) -> None:
         try:
             with cluster("on") as on, cluster("off", "--set", "peers.enabled=false") as off:
                 figures["messages_per_second_per_node"] = messages_per_second(on, spell_s)
-                with_monitor = _concurrent_unary(
-                    loop, on.wait_for_leader().target, ONE, CALLERS, CALLS
-                )
-                without = _concurrent_unary(loop, off.wait_for_leader().target, ONE, CALLERS, CALLS)
+                with_monitor = concurrent_unary(loop, on.wait_for_leader().target)
+                without = concurrent_unary(loop, off.wait_for_leader().target)
                 # Back to back, in pairs: load that comes and goes hits both sides of a pair.
-                figures["pairs"] = [(_timed(without), _timed(with_monitor)) for _ in range(pairs)]
+                figures["pairs"] = interleaved_pairs(without, with_monitor, pairs)
         finally:
             loop.close()
 
@@ -164,10 +161,10 @@ def test_monitor_cost(benchmark: Any, etcd: EtcdMember, tmp_path: Path) -> None:
     times = figures.pop("pairs")
     benchmark.extra_info.update(figures)
     benchmark.extra_info["calls_per_second_on"] = round(
-        CALLERS * CALLS / statistics.median(t for _, t in times)
+        UNARY_CALLERS * UNARY_CALLS / statistics.median(t for _, t in times)
     )
     benchmark.extra_info["calls_per_second_off"] = round(
-        CALLERS * CALLS / statistics.median(t for t, _ in times)
+        UNARY_CALLERS * UNARY_CALLS / statistics.median(t for t, _ in times)
     )
     # Time without over time with, per pair: the throughput ratio on / off.
     benchmark.extra_info["throughput_ratio_on_off"] = round(

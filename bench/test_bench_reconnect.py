@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import statistics
 import time
 from collections.abc import Iterator
@@ -50,6 +49,7 @@ from typing import Any
 import grpc
 import pytest
 from hlc_oracle.client import AsyncOracleClient, OracleError
+from hlc_oracle.local_cluster import free_port
 from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.support.oracle_process import OracleProcess
@@ -60,12 +60,6 @@ OUTAGES_S = (1.0, 3.0, 10.0)
 PARTITIONS_S = (1.0, 3.0)
 #: How long a round waits for a client's first answer after SERVING before giving up on it.
 ANSWER_WAIT_S = 15.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _serving_time(log_text: str) -> float:
@@ -198,7 +192,7 @@ def _summary(gaps: dict[str, list[float | None]]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OracleProcess]:
     data = tmp_path_factory.mktemp("reconnect-bench") / "data"
-    with OracleProcess(Path(data), "--listen", f"127.0.0.1:{_free_port()}") as server:
+    with OracleProcess(Path(data), "--listen", f"127.0.0.1:{free_port()}") as server:
         yield server
 
 

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,27 @@ import pytest
 from hlc_oracle.client import AsyncOracleClient
 from hlc_oracle.proto import oracle_pb2 as pb
 
+from bench.support import (
+    GET,
+    INTERLEAVED_PAIRS,
+    ONE,
+    UNARY_CALLERS,
+    UNARY_CALLS,
+    aio_channel,
+    bench_for,
+    concurrent_unary,
+    handler_rounds,
+    interleaved_pairs,
+    record_median_rate,
+    record_us_per_call,
+)
 from tests.support.oracle_process import OracleProcess
 
-GET = "/hlc_oracle.v1.TimestampOracle/GetTimestamps"
 STREAM = "/hlc_oracle.v1.TimestampOracle/StreamTimestamps"
-ONE = pb.GetTimestampsRequest(count=1).SerializeToString()
 THOUSAND = pb.GetTimestampsRequest(count=1000).SerializeToString()
 SERVERS = ["echo", "oracle"]
-INTERLEAVED_PAIRS = 15
+#: Every benchmark here closes the channels it made when it ends.
+pytestmark = pytest.mark.usefixtures("close_channels")
 
 
 def _start_echo(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -77,54 +91,37 @@ def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
                 echo.wait()
 
 
-CHANNELS: list[Any] = []
+@dataclass(frozen=True)
+class Side:
+    """One member of a group: its benchmark fixture (the echo service's is the group's baseline),
+    which server it measures, both servers' targets, and the module's event loop."""
+
+    bench: Any
+    server: str
+    targets: dict[str, str]
+    loop: asyncio.AbstractEventLoop
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    event_loop = asyncio.new_event_loop()
-    yield event_loop
-    event_loop.close()
-
-
-@pytest.fixture(autouse=True)
-def close_channels(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
-    """Closes each test's channels when it ends. With them left open until the module ended,
-    whichever server ran second measured about 1.4x slower, in both orders."""
-    yield
-    for channel in CHANNELS:
-        loop.run_until_complete(channel.close())
-    CHANNELS.clear()
-
-
-def _bench(request: pytest.FixtureRequest, server: str) -> Any:
-    """The group's baseline fixture for the echo service, the plain one for the oracle."""
-    return request.getfixturevalue("baseline" if server == "echo" else "benchmark")
-
-
-def _timed(run: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    run()
-    return time.perf_counter() - started
+@pytest.fixture(params=SERVERS)
+def side(
+    request: pytest.FixtureRequest, targets: dict[str, str], loop: asyncio.AbstractEventLoop
+) -> Side:
+    server: str = request.param
+    return Side(bench_for(request, server == "echo"), server, targets, loop)
 
 
 def _record(
-    bench: Any,
-    server: str,
+    side: Side,
     run: Callable[[], None],
     make_echo: Callable[[], Callable[[], None]],
     rate_name: str,
     per_round: int,
 ) -> None:
     """The rate from the median round and, for the oracle, the interleaved comparison."""
-    stats = getattr(bench, "stats", None)
-    if stats is None:  # --benchmark-disable: the body ran once, nothing is timed
+    bench = side.bench
+    if not record_median_rate(bench, rate_name, per_round) or side.server != "oracle":
         return
-    bench.extra_info[rate_name] = round(per_round / stats.stats.median)
-    if server != "oracle":
-        return
-    echo = make_echo()
-    pairs = [(_timed(echo), _timed(run)) for _ in range(INTERLEAVED_PAIRS)]
+    pairs = interleaved_pairs(make_echo(), run)
     bench.extra_info["interleaved_ratio"] = round(statistics.median(o / e for e, o in pairs), 3)
     bench.extra_info[f"interleaved_echo_{rate_name}"] = round(
         per_round / statistics.median(e for e, _ in pairs)
@@ -139,13 +136,10 @@ def _percentiles(seconds: list[float]) -> tuple[float, float]:
     return data[len(data) // 2] * 1e6, data[int(len(data) * 0.99)] * 1e6
 
 
-@pytest.mark.parametrize("server", SERVERS)
-def test_unary_latency(
-    request: pytest.FixtureRequest, targets: dict[str, str], server: str
-) -> None:
-    bench = _bench(request, server)
+def test_unary_latency(side: Side) -> None:
+    bench, server = side.bench, side.server
     bench.group = "service unary latency c=1"
-    channels = {name: grpc.insecure_channel(target) for name, target in targets.items()}
+    channels = {name: grpc.insecure_channel(target) for name, target in side.targets.items()}
     try:
         calls = {name: channel.unary_unary(GET) for name, channel in channels.items()}
         for call in calls.values():
@@ -182,74 +176,34 @@ def test_unary_latency(
             channel.close()
 
 
-def _aio_channel(loop: asyncio.AbstractEventLoop, target: str) -> Any:
-    """A grpc.aio channel bound to ``loop`` (it must be made while that loop runs)."""
-
-    async def make() -> Any:
-        return grpc.aio.insecure_channel(target)
-
-    channel = loop.run_until_complete(make())
-    CHANNELS.append(channel)
-    return channel
-
-
-def _concurrent_unary(
-    loop: asyncio.AbstractEventLoop, target: str, payload: bytes, callers: int, calls: int
-) -> Callable[[], None]:
-    call = _aio_channel(loop, target).unary_unary(GET)
-
-    async def caller() -> None:
-        for _ in range(calls):
-            await call(payload, timeout=10)
-
-    async def burst() -> None:
-        await asyncio.gather(*(caller() for _ in range(callers)))
-
-    loop.run_until_complete(burst())  # connect and warm up
-    return lambda: loop.run_until_complete(burst())
-
-
-@pytest.mark.parametrize("server", SERVERS)
-def test_unary_throughput(
-    request: pytest.FixtureRequest,
-    targets: dict[str, str],
-    loop: asyncio.AbstractEventLoop,
-    server: str,
-) -> None:
-    bench = _bench(request, server)
-    bench.group = "service unary throughput c=16"
+def _unary_group(side: Side, group: str, payload: bytes, calls: int, rate: tuple[str, int]) -> None:
+    """30 rounds of :func:`concurrent_unary` (``UNARY_CALLERS`` callers, ``calls`` each);
+    ``rate``: the figure's name and what one round counts."""
+    side.bench.group = group
 
     def make(name: str) -> Callable[[], None]:
-        return _concurrent_unary(loop, targets[name], ONE, callers=16, calls=25)
+        return concurrent_unary(side.loop, side.targets[name], payload, UNARY_CALLERS, calls)
 
-    run = make(server)
-    bench.pedantic(run, rounds=30, iterations=1)
-    _record(bench, server, run, lambda: make("echo"), "calls_per_second", 16 * 25)
+    run = make(side.server)
+    side.bench.pedantic(run, rounds=30, iterations=1)
+    _record(side, run, lambda: make("echo"), *rate)
 
 
-@pytest.mark.parametrize("server", SERVERS)
-def test_count_1000(
-    request: pytest.FixtureRequest,
-    targets: dict[str, str],
-    loop: asyncio.AbstractEventLoop,
-    server: str,
-) -> None:
-    bench = _bench(request, server)
-    bench.group = "service count=1000 unary c=16"
+def test_unary_throughput(side: Side) -> None:
+    rate = ("calls_per_second", UNARY_CALLERS * UNARY_CALLS)
+    _unary_group(side, "service unary throughput c=16", ONE, UNARY_CALLS, rate)
 
-    def make(name: str) -> Callable[[], None]:
-        return _concurrent_unary(loop, targets[name], THOUSAND, callers=16, calls=10)
 
-    run = make(server)
-    bench.pedantic(run, rounds=30, iterations=1)
-    _record(bench, server, run, lambda: make("echo"), "timestamps_per_second", 16 * 10 * 1000)
+def test_count_1000(side: Side) -> None:
+    rate = ("timestamps_per_second", UNARY_CALLERS * 10 * 1000)
+    _unary_group(side, "service count=1000 unary c=16", THOUSAND, 10, rate)
 
 
 MESSAGES = 1000
 
 
 def _pipelined_stream(loop: asyncio.AbstractEventLoop, target: str) -> Callable[[], None]:
-    method = _aio_channel(loop, target).stream_stream(STREAM)
+    method = aio_channel(loop, target).stream_stream(STREAM)
 
     async def pipelined() -> None:
         call = method(timeout=30)
@@ -270,25 +224,12 @@ def _pipelined_stream(loop: asyncio.AbstractEventLoop, target: str) -> Callable[
     return lambda: loop.run_until_complete(pipelined())
 
 
-@pytest.mark.parametrize("server", SERVERS)
-def test_stream_messages(
-    request: pytest.FixtureRequest,
-    targets: dict[str, str],
-    loop: asyncio.AbstractEventLoop,
-    server: str,
-) -> None:
-    bench = _bench(request, server)
-    bench.group = "service stream messages"
-    run = _pipelined_stream(loop, targets[server])
-    bench.pedantic(run, rounds=20, iterations=1)
-    _record(
-        bench,
-        server,
-        run,
-        lambda: _pipelined_stream(loop, targets["echo"]),
-        "messages_per_second",
-        MESSAGES,
-    )
+def test_stream_messages(side: Side) -> None:
+    side.bench.group = "service stream messages"
+    run = _pipelined_stream(side.loop, side.targets[side.server])
+    side.bench.pedantic(run, rounds=20, iterations=1)
+    echo = side.targets["echo"]
+    _record(side, run, lambda: _pipelined_stream(side.loop, echo), "messages_per_second", MESSAGES)
 
 
 CALLERS, CALLS = 256, 100
@@ -328,59 +269,34 @@ def _merged_callers(
     return lambda: loop.run_until_complete(burst())
 
 
-@pytest.mark.parametrize("server", SERVERS)
-def test_client_merging(
-    request: pytest.FixtureRequest,
-    targets: dict[str, str],
-    loop: asyncio.AbstractEventLoop,
-    server: str,
-) -> None:
-    bench = _bench(request, server)
-    bench.group = "service client merging 256 callers"
+def _client_group(side: Side, group: str, count: int, rounds: int, per_round: int) -> None:
+    """``rounds`` rounds of :func:`_merged_callers` (``count`` timestamps a call); the clients are
+    closed at the end."""
+    side.bench.group = group
+    loop, targets = side.loop, side.targets
     clients: list[AsyncOracleClient] = []
     try:
-        run = _merged_callers(loop, targets[server], clients)
-        bench.pedantic(run, rounds=15, iterations=1)
+        run = _merged_callers(loop, targets[side.server], clients, count)
+        side.bench.pedantic(run, rounds=rounds, iterations=1)
         _record(
-            bench,
-            server,
+            side,
             run,
-            lambda: _merged_callers(loop, targets["echo"], clients),
+            lambda: _merged_callers(loop, targets["echo"], clients, count),
             "timestamps_per_second",
-            CALLERS * CALLS,
+            per_round,
         )
     finally:
         for client in clients:
             loop.run_until_complete(client.close())
 
 
-@pytest.mark.parametrize("server", SERVERS)
-def test_client_count_1000(
-    request: pytest.FixtureRequest,
-    targets: dict[str, str],
-    loop: asyncio.AbstractEventLoop,
-    server: str,
-) -> None:
-    bench = _bench(request, server)
-    bench.group = "service count=1000 client c=16"
-    clients: list[AsyncOracleClient] = []
-    try:
-        run = _merged_callers(loop, targets[server], clients, count=1000)
-        bench.pedantic(run, rounds=20, iterations=1)
-        _record(
-            bench,
-            server,
-            run,
-            lambda: _merged_callers(loop, targets["echo"], clients, count=1000),
-            "timestamps_per_second",
-            RANGE_CALLERS * RANGE_CALLS * 1000,
-        )
-    finally:
-        for client in clients:
-            loop.run_until_complete(client.close())
+def test_client_merging(side: Side) -> None:
+    _client_group(side, "service client merging 256 callers", 1, 15, CALLERS * CALLS)
 
 
-HANDLER_CALLS = 1000
+def test_client_count_1000(side: Side) -> None:
+    per_round = RANGE_CALLERS * RANGE_CALLS * 1000
+    _client_group(side, "service count=1000 client c=16", 1000, 20, per_round)
 
 
 @pytest.fixture(scope="module")
@@ -412,7 +328,7 @@ def test_handler_cost(
     transport figures."""
     import importlib.util
 
-    bench = _bench(request, server)
+    bench = bench_for(request, server == "echo")
     bench.group = "service handler in-process"
     if server == "echo":
         spec = importlib.util.spec_from_file_location(
@@ -425,11 +341,5 @@ def test_handler_cost(
     else:
         handler = in_process_oracle.service.get_timestamps
 
-    async def calls() -> None:
-        for _ in range(HANDLER_CALLS):
-            await handler(ONE, None)
-
-    bench.pedantic(lambda: loop.run_until_complete(calls()), rounds=50, iterations=1)
-    stats = getattr(bench, "stats", None)
-    if stats is not None:
-        bench.extra_info["us_per_call"] = round(stats.stats.median / HANDLER_CALLS * 1e6, 2)
+    bench.pedantic(handler_rounds(loop, handler), rounds=50, iterations=1)
+    record_us_per_call(bench)

@@ -7,7 +7,9 @@ wheel, checks the deploy files and the docs). Helpers live in ``tests/support/``
 in ``tests/data/``; a test file anywhere else is refused at collection.
 
 Fixtures: real etcd on loopback, ``etcd`` (one member) and ``etcd_cluster`` (three members), each
-fresh for the test and stopped by pid at its end."""
+fresh for the test and stopped by pid at its end; ``responder``, an NTP server on loopback in this
+process (:class:`~tests.support.ntp.responder.NtpResponder`), answering with the true time until
+told otherwise."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.etcd_process import EtcdCluster, EtcdMember
+from tests.support.ntp.responder import NtpResponder
 
 TIERS = ("unit", "etcd", "integration", "packaging")
 TESTS = Path(__file__).resolve().parent
@@ -54,3 +57,9 @@ def etcd(tmp_path: Path) -> Iterator[EtcdMember]:
 def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
     with EtcdCluster(tmp_path / "etcd-cluster", size=3) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def responder() -> Iterator[NtpResponder]:
+    with NtpResponder() as server:
+        yield server

@@ -20,7 +20,7 @@ from hlc_oracle.cluster.capacity import (
     read_quota,
 )
 
-from tests.etcd.test_cluster_decisions import Leader, client_of, run
+from tests.support.decision_leader import Leader, client_of, run
 from tests.support.etcd_process import EtcdMember
 
 QUOTA = 64 << 20

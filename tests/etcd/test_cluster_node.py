@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -17,6 +16,7 @@ from hlc_oracle.node.metrics import ServerMetrics
 from hlc_oracle.node.window import TimestampWindow
 
 from tests.support.etcd_process import EtcdMember
+from tests.support.waiting import wait_for_async
 
 #: The address a node advertises (nothing listens there: no follower probes it in these tests).
 ADDRESS = "127.0.0.1:1"
@@ -45,13 +45,6 @@ def make_node(
     return node, window
 
 
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 def test_start_up_survives_a_lease_that_lapsed_before_its_first_use(
     etcd: EtcdMember, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -68,7 +61,7 @@ def test_start_up_survives_a_lease_that_lapsed_before_its_first_use(
         node, window = make_node(etcd.endpoint, after_grant=pause_once)
         try:
             await node.start(window, ADDRESS)
-            await wait_until(lambda: node.role == "leader" and node.gate.serving)
+            await wait_for_async(lambda: node.role == "leader" and node.gate.serving, 10)
             return node.session.lease_id, await node.client.time_to_live(node.session.lease_id)
         finally:
             await node.resign()
@@ -92,14 +85,14 @@ def test_etcd_away_is_one_warning_and_its_return_one_info(
         node, window = make_node(etcd.endpoint)
         try:
             await node.start(window, ADDRESS)
-            await wait_until(lambda: node.role == "leader" and node.gate.serving)
+            await wait_for_async(lambda: node.role == "leader" and node.gate.serving, 10)
             etcd.pause()
             try:
                 await asyncio.sleep(away_s)
             finally:
                 etcd.resume()
             # Back: the node leads again (a new lease, a new term).
-            await wait_until(lambda: node.role == "leader" and node.gate.serving, 20)
+            await wait_for_async(lambda: node.role == "leader" and node.gate.serving, 20)
         finally:
             await node.resign()
 
@@ -122,7 +115,7 @@ def test_a_joining_node_names_the_leader_as_soon_as_it_has_joined(etcd: EtcdMemb
         follower, follower_window = make_node(etcd.endpoint, node_id=2)
         try:
             await leader.start(leader_window, ADDRESS)
-            await wait_until(lambda: leader.role == "leader" and leader.gate.serving)
+            await wait_for_async(lambda: leader.role == "leader" and leader.gate.serving, 10)
             await follower.start(follower_window, "127.0.0.1:2")
             # Before its election loop has run once: status and refusals name the leader.
             assert follower.leader is not None and follower.leader.node_id == 1

@@ -31,7 +31,7 @@ from hlc_oracle.cluster import decisions
 from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionLog
 from hlc_oracle.node.gate import ServingGate
 
-from tests.etcd.test_cluster_decisions import PREFIX, Leader, client_of, run, take_leadership
+from tests.support.decision_leader import PREFIX, Leader, client_of, run, take_leadership
 from tests.support.etcd_process import EtcdMember
 from tests.support.stored_pieces import (
     FIXTURES,

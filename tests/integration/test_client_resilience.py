@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,26 +24,13 @@ from hlc_oracle.client import (
     OracleUnavailableError,
     RetryPolicy,
 )
+from hlc_oracle.local_cluster import free_port
 
+from tests.support.commands import command_start_up_seconds
 from tests.support.oracle_process import OracleProcess
 from tests.support.tcp_proxy import TcpProxy
 
 SMALL_LIMIT = 65536  # the old default limits.max_message_bytes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def command_start_up_seconds() -> float:
-    """How long ``hlc-oracle --help`` takes now: imports included, on this (shared) machine."""
-    began = time.monotonic()
-    subprocess.run(
-        [sys.executable, "-m", "hlc_oracle.cli", "--help"], capture_output=True, check=True
-    )
-    return time.monotonic() - began
 
 
 def keys(prefix: str, count: int, size: int = 30) -> list[bytes]:

@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from hlc_oracle import Clock, CommitEngine, Committed
-from hlc_oracle.client import outcome_from_wire
 from hlc_oracle.cluster.decisions import DecisionLog
 from hlc_oracle.cluster.etcd import EtcdClient
 from hlc_oracle.cluster.fence import Fence, Term
@@ -32,107 +26,17 @@ from hlc_oracle.cluster.node import key_prefix
 from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.support.etcd_process import EtcdCluster, EtcdMember
-from tests.support.history import History, Instant, Operation, check
+from tests.support.grpc_commit_load import Decided, GrpcCommitLoad
+from tests.support.history import Instant
 from tests.support.oracle_cluster import LeaderClient, OracleCluster
 
 KILL_ROUNDS = 10
 LEASE_TTL_S = 1
 #: etcd's quota in the quota test: 2 MiB.
 QUOTA_BYTES = 2 << 20
-KEYS = 200
 
 
-@dataclass(frozen=True)
-class Decided:
-    transaction: Any  # pb.Transaction
-    result: Any  # pb.CommitResult
-    invoke: Instant
-    complete: Instant
-
-    @property
-    def after_ns(self) -> int:
-        return self.complete.monotonic_ns
-
-
-class CommitLoad:
-    """Threads committing small transactions (two of ``KEYS`` keys: some conflict) back to
-    back, each on a fresh start timestamp, through a :class:`LeaderClient`."""
-
-    def __init__(self, client: LeaderClient, threads: int = 4) -> None:
-        self.client = client
-        self.threads = threads
-        self.decided: list[Decided] = []
-        self.errors: list[BaseException] = []
-        self._ids = iter(range(1, 2**62))
-        self.lock = threading.Lock()
-        self._stop = threading.Event()
-
-    def next_id(self) -> int:
-        with self.lock:
-            return next(self._ids)
-
-    def _run(self, seed: int) -> None:
-        rng = random.Random(seed)
-        while not self._stop.is_set():
-            try:
-                start = self.client.get_timestamps(1).first
-                txn = pb.Transaction(
-                    txn_id=self.next_id(),
-                    start_ts=pb.Timestamp(
-                        physical=start.physical, logical=start.logical, node=start.node
-                    ),
-                    read_set=[f"k{rng.randrange(KEYS)}".encode()],
-                    write_set=[f"k{rng.randrange(KEYS)}".encode()],
-                )
-                before = Instant.now()
-                result = self.client.commit(txn)
-                after = Instant.now()
-            except BaseException as err:
-                self.errors.append(err)
-                return
-            with self.lock:
-                self.decided.append(Decided(txn, result, before, after))
-
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        workers = [
-            threading.Thread(target=self._run, args=(seed,), daemon=True)
-            for seed in range(self.threads)
-        ]
-        for worker in workers:
-            worker.start()
-        try:
-            yield
-        finally:
-            self._stop.set()
-            for worker in workers:
-                worker.join(30)
-        assert not self.errors, self.errors[:3]
-
-    def check(self, reader: LeaderClient) -> None:
-        errors = [d.result for d in self.decided if d.result.HasField("error")]
-        assert not errors, errors[:3]
-        committed = [d for d in self.decided if d.result.HasField("commit_ts")]
-        assert committed, "no commit got through"
-        # Every acknowledged decision reads back from the current leader, the same (byte for
-        # byte), and the fault suite's checker judges the whole history (tests/integration/
-        # history.py): commit timestamps unique, in real-time order, within the HLC bound.
-        history = History()
-        for decided in self.decided:
-            outcome = outcome_from_wire(decided.result)
-            history.add(Operation.commit(0, decided.invoke, decided.complete, outcome))
-            status = reader.transaction_status(decided.transaction.txn_id)
-            assert status.known and status.result == decided.result, (decided.result, status)
-            history.read_back(outcome.txn_id, outcome_from_wire(status.result))
-        # (A call the leader died under, undecided, is aborted as too old by the next leader:
-        # that abort is one of the acknowledged decisions read back above.)
-        check(history).assert_valid()
-        # A resubmitted decided id gets its first decision.
-        for decided in random.Random(7).sample(self.decided, min(50, len(self.decided))):
-            assert reader.commit(decided.transaction) == decided.result
-
-
-def commit_stream_message(target: str, load: CommitLoad, count: int = 20) -> None:
+def commit_stream_message(target: str, load: GrpcCommitLoad, count: int = 20) -> None:
     """One ``CommitStream`` message of ``count`` transactions to ``target`` (the leader), its
     answers added to ``load``'s acknowledged decisions (the message path is durable too)."""
     start = load.client.get_timestamps(1).first
@@ -161,7 +65,7 @@ def commit_stream_message(target: str, load: CommitLoad, count: int = 20) -> Non
 def test_kill_the_leader_under_commit_load(etcd: EtcdMember, tmp_path: Path) -> None:
     with OracleCluster(tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S) as cluster:
         client = LeaderClient(cluster.targets)
-        commits = CommitLoad(client)
+        commits = GrpcCommitLoad(client)
         with commits.running():
             for _ in range(KILL_ROUNDS):
                 leader = cluster.wait_for_leader()
@@ -185,7 +89,7 @@ def test_a_deposed_leader_acknowledges_nothing_the_next_leader_lacks(
     client saw acknowledged reads back from the new leader."""
     with OracleCluster(tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S) as cluster:
         client = LeaderClient(cluster.targets)
-        commits = CommitLoad(client)
+        commits = GrpcCommitLoad(client)
         with commits.running():
             old = cluster.wait_for_leader()
             old_id = cluster.nodes.index(old) + 1
@@ -213,7 +117,7 @@ def test_three_member_etcd_loses_its_raft_leader_under_commit_load(
 ) -> None:
     with OracleCluster(tmp_path, etcd_cluster.endpoints_flag, lease_ttl_s=LEASE_TTL_S) as cluster:
         client = LeaderClient(cluster.targets)
-        commits = CommitLoad(client)
+        commits = GrpcCommitLoad(client)
         with commits.running():
             time.sleep(0.3)
             etcd_cluster.raft_leader().kill()

@@ -16,18 +16,18 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from hlc_oracle import Aborted, Committed, Transaction
 from hlc_oracle.client import AsyncOracleClient, CommitManyResults, OracleClient
 
-from tests.integration.test_client_resilience import command_start_up_seconds
 from tests.support.client_commit_load import CLIENT_TIMEOUT_S, ClientCommitLoad
+from tests.support.commands import command_start_up_seconds
 from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_cluster import OracleCluster, fetch_metrics, metric_value
 from tests.support.oracle_process import OracleProcess
+from tests.support.waiting import wait_for
 
 LEASE_TTL_S = 1
 REFUSED = 'hlc_oracle_transactions_total{outcome="refused"}'
@@ -149,12 +149,12 @@ def test_bench_commit_modes_ride_through_failovers(etcd: EtcdMember, tmp_path: P
                 leader = cluster.wait_for_leader(after_epoch=epoch)
                 leader_id = cluster.nodes.index(leader) + 1
                 epoch = cluster.statuses()[leader_id].epoch
-                wait_until(lambda: committed_by(leader) > 0)  # noqa: B023
+                wait_for(lambda: committed_by(leader) > 0, 30, pause_s=0.05)  # noqa: B023
                 leader.signal(how)
                 leader.stop()
                 leader.start()
             successor = cluster.wait_for_leader(after_epoch=epoch)
-            wait_until(lambda: committed_by(successor) > 0)
+            wait_for(lambda: committed_by(successor) > 0, 30, pause_s=0.05)
             outputs = [bench.communicate(timeout=duration + 60) for bench in benches]
         finally:
             for bench in benches:
@@ -165,10 +165,3 @@ def test_bench_commit_modes_ride_through_failovers(etcd: EtcdMember, tmp_path: P
         figures = json.loads(stdout.splitlines()[-1])
         assert figures["calls"] > 0, stdout
         assert set(figures["errors"]) <= {"OracleOutcomeUnknownError"}, stdout
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "not within the time"
-        time.sleep(0.05)

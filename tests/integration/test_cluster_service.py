@@ -9,40 +9,24 @@ import time
 from pathlib import Path
 
 import grpc
-import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+from hlc_oracle.local_cluster import free_port
 from hlc_oracle.proto import (
     LEADER_METADATA_KEY,
-    REFUSAL_METADATA_KEY,
     REFUSAL_NOT_LEADER,
 )
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.support.etcd_process import EtcdMember, free_tcp_port
+from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_cluster import (
     OracleCluster,
     fetch_metrics,
     leader_client,
     metric_value,
 )
+from tests.support.raw_calls import health, refusal_of
 
 SERVICES = ("hlc_oracle.v1.TimestampOracle", "hlc_oracle.v1.Transactions")
-
-
-def health(target: str, service: str) -> int:
-    with grpc.insecure_channel(target) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=2
-        )
-        return int(reply.status)
-
-
-def refusal_of(target: str, method: str, request: bytes) -> grpc.RpcError:
-    with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(method)
-        with pytest.raises(grpc.RpcError) as caught:
-            call(request, timeout=2)
-    return caught.value
 
 
 def test_three_nodes_elect_one_leader_and_followers_redirect(
@@ -84,11 +68,10 @@ def test_three_nodes_elect_one_leader_and_followers_redirect(
                 ("/hlc_oracle.v1.Transactions/GetTransactionStatus",
                  pb.TransactionStatusRequest(txn_id=1).SerializeToString()),
             ):  # fmt: skip
-                err = refusal_of(node.target, method, request)
-                assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-                metadata = dict(err.trailing_metadata())  # type: ignore[attr-defined]
-                assert metadata[REFUSAL_METADATA_KEY] == REFUSAL_NOT_LEADER
-                assert metadata[LEADER_METADATA_KEY] == leader.target
+                refused = refusal_of(node.target, method, request)
+                assert refused.code == grpc.StatusCode.UNAVAILABLE
+                assert refused.mark == REFUSAL_NOT_LEADER
+                assert refused.metadata[LEADER_METADATA_KEY] == leader.target
             metrics = fetch_metrics(node)
             assert 'hlc_oracle_cluster_role{role="follower"} 1.0' in metrics
             assert f"hlc_oracle_cluster_epoch {float(leading.epoch)}" in metrics
@@ -122,7 +105,7 @@ def test_a_live_duplicate_node_id_is_refused(etcd: EtcdMember, tmp_path: Path) -
 
 
 def test_etcd_unreachable_at_start_exits_1_naming_the_endpoints(tmp_path: Path) -> None:
-    endpoints = f"127.0.0.1:{free_tcp_port()},127.0.0.1:{free_tcp_port()}"
+    endpoints = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = serve_once(
         tmp_path / "data", "--etcd-endpoints", endpoints, "--set", "cluster.lease_ttl_s=1"

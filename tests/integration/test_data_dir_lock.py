@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from hlc_oracle.client import OracleClient
 from hlc_oracle.config import OracleConfig
+from hlc_oracle.local_cluster import free_port
 from hlc_oracle.server.app import OracleServer
 from hlc_oracle.server.data_dir import LOCK_FILE, DataDirLock, DataDirLockedError
 from hlc_oracle.server.startup import StartupError
 
-from tests.support.etcd_process import EtcdMember, free_tcp_port
+from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_process import OracleProcess
 
 # The case: without group commit the commit log's own LOCK was the only lock there was.
@@ -110,7 +111,7 @@ def test_nodes_started_at_the_same_moment_one_serves_and_the_other_exits_1(
 
 def test_clustered_nodes_lock_their_data_dir_too(etcd: EtcdMember, tmp_path: Path) -> None:
     def clustered(node_id: int, name: str) -> OracleProcess:
-        address = f"127.0.0.1:{free_tcp_port()}"
+        address = f"127.0.0.1:{free_port()}"
         return OracleProcess(
             tmp_path / "data",
             "--listen", address, "--advertise", address,

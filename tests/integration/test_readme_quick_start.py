@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 from tests.support.oracle_process import OracleProcess
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.repository import ROOT
 
 
 def test_the_readme_node_quick_start_runs(start_oracle: Callable[..., OracleProcess]) -> None:

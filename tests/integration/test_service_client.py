@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -18,14 +17,9 @@ from hlc_oracle.client import (
     OracleUnavailableError,
     RetryPolicy,
 )
+from hlc_oracle.local_cluster import free_port
 
 from tests.support.oracle_process import OracleProcess
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_retries_with_backoff_until_the_server_is_up(

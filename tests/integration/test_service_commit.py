@@ -161,7 +161,7 @@ async def statuses_of(target: str, txn_ids: list[int]) -> list[Committed | Abort
         return await asyncio.gather(*(status(i) for i in txn_ids))
 
 
-class CommitLoad:
+class UnretriedCommitLoad:
     """Threads committing transactions (a hot key each, so some abort) until stopped; records
     what was acknowledged. No retries: a call that fails when the server dies is simply not
     acknowledged."""
@@ -189,7 +189,7 @@ class CommitLoad:
             with self.lock:
                 self.acknowledged.append(outcome)
 
-    def __enter__(self) -> CommitLoad:
+    def __enter__(self) -> UnretriedCommitLoad:
         for thread in self.threads:
             thread.start()
         return self
@@ -222,7 +222,7 @@ def test_kill_9_under_load_keeps_every_acknowledged_decision(tmp_path: Path) -> 
         "commit.retain_segments=100000",
     ) as oracle:
         for round_number in range(CRASH_ROUNDS):
-            with CommitLoad(oracle.target, next_id, rng) as load:
+            with UnretriedCommitLoad(oracle.target, next_id, rng) as load:
                 assert load.start > newest, "timestamps went backwards across the restart"
                 time.sleep(0.1 + rng.random() * 0.3)
                 oracle.kill()

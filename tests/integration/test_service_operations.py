@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +24,7 @@ from hlc_oracle.client import (
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.tls import PemError
 
+from tests.support.commands import run_cli
 from tests.support.oracle_process import OracleProcess
 
 
@@ -111,15 +110,6 @@ def test_mutual_tls(start_oracle: Callable[..., OracleProcess], pki: dict[str, P
         pytest.raises(OracleUnavailableError),
     ):
         bad.status()
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hlc_oracle.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_cli_now_status_and_bench(oracle: OracleProcess) -> None:

@@ -4,12 +4,12 @@ a real ``hlc-oracle serve`` process, its skew guard fed by a real NTP responder 
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from hlc_oracle import Committed, Transaction
 from hlc_oracle.cli import EXIT_DISABLED
 from hlc_oracle.client import OracleClient, OracleDisabledError, OracleUnavailableError
@@ -20,9 +20,10 @@ from hlc_oracle.proto import (
 )
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.integration.test_skew_service import ntp_args, wait_for
 from tests.support.ntp.responder import Behaviour, NtpResponder
-from tests.support.oracle_process import OracleProcess
+from tests.support.oracle_process import OracleProcess, ntp_args
+from tests.support.raw_calls import call, health, refusal_of
+from tests.support.waiting import wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -30,39 +31,11 @@ TIMESTAMPS = "hlc_oracle.v1.TimestampOracle"
 TRANSACTIONS = "hlc_oracle.v1.Transactions"
 
 
-@pytest.fixture
-def responder() -> Iterator[NtpResponder]:
-    with NtpResponder() as server:
-        yield server
-
-
-def health(oracle: OracleProcess, service: str = "") -> int:
-    with grpc.insecure_channel(oracle.target) as channel:
-        response = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=5
-        )
-        return int(response.status)
-
-
-def call(oracle: OracleProcess, method: str, request: Any) -> bytes:
-    """One unary call by its full name, the raw response bytes; raises ``grpc.RpcError``."""
-    with grpc.insecure_channel(oracle.target) as channel:
-        answer: bytes = channel.unary_unary(f"/{method}")(request.SerializeToString(), timeout=5)
-        return answer
-
-
-def refusal_of(oracle: OracleProcess, method: str, request: Any) -> tuple[Any, str, str | None]:
-    """The status code, details and refusal mark a call is refused with."""
-    with pytest.raises(grpc.RpcError) as raised:
-        call(oracle, method, request)
-    error: Any = raised.value
-    marks = dict(error.trailing_metadata() or ())
-    return error.code(), error.details(), marks.get(REFUSAL_METADATA_KEY)
-
-
 def transaction_status(oracle: OracleProcess, txn_id: int) -> pb.TransactionStatusResponse:
     raw = call(
-        oracle, f"{TRANSACTIONS}/GetTransactionStatus", pb.TransactionStatusRequest(txn_id=txn_id)
+        oracle.target,
+        f"{TRANSACTIONS}/GetTransactionStatus",
+        pb.TransactionStatusRequest(txn_id=txn_id),
     )
     return pb.TransactionStatusResponse.FromString(raw)
 
@@ -78,7 +51,7 @@ def test_decisions_and_status_are_readable_while_the_skew_guard_refuses(
         client.abort(2)
 
     def refusing() -> bool:
-        return health(oracle) == NOT_SERVING
+        return health(oracle.target) == NOT_SERVING
 
     # NTP goes silent: under unknown_policy=refuse the node stops handing out timestamps.
     responder.set(behaviour=Behaviour.SILENT)
@@ -90,7 +63,7 @@ def test_decisions_and_status_are_readable_while_the_skew_guard_refuses(
         assert transaction_status(oracle, 2).result.WhichOneof("outcome") == "aborted"
         assert not transaction_status(oracle, 3).known
         status = pb.GetStatusResponse.FromString(
-            call(oracle, f"{TIMESTAMPS}/GetStatus", pb.GetStatusRequest())
+            call(oracle.target, f"{TIMESTAMPS}/GetStatus", pb.GetStatusRequest())
         )
         assert not status.serving and "clock offset unknown" in status.not_serving_reason
         # What hands out a timestamp or decides stays refused, retryably.
@@ -104,9 +77,12 @@ def test_decisions_and_status_are_readable_while_the_skew_guard_refuses(
                 ),
             ),
         ):
-            code, details, mark = refusal_of(oracle, method, request)
-            assert (code, mark) == (grpc.StatusCode.UNAVAILABLE, REFUSAL_NOT_SERVING), method
-            assert "clock offset unknown" in details, method
+            refusal = refusal_of(oracle.target, method, request)
+            assert (refusal.code, refusal.mark) == (
+                grpc.StatusCode.UNAVAILABLE,
+                REFUSAL_NOT_SERVING,
+            ), method
+            assert "clock offset unknown" in refusal.details, method
         # The participant's tool: `hlc-oracle txn status` answers (exit 0: committed).
         shown = oracle.cli("txn", "status", "1")
         assert shown.returncode == 0, shown.stderr
@@ -121,9 +97,9 @@ def test_a_disabled_transactions_service_is_not_serving_and_refuses_for_good(
     start_oracle: Callable[..., OracleProcess],
 ) -> None:
     oracle = start_oracle("--set", "commit.enabled=false", "--metrics-port", "0")
-    assert health(oracle) == SERVING
-    assert health(oracle, TIMESTAMPS) == SERVING
-    assert health(oracle, TRANSACTIONS) == NOT_SERVING
+    assert health(oracle.target) == SERVING
+    assert health(oracle.target, TIMESTAMPS) == SERVING
+    assert health(oracle.target, TRANSACTIONS) == NOT_SERVING
     with OracleClient(oracle.target) as client:
         assert client.get_timestamp() < client.get_timestamp()
         start = client.get_timestamp()
@@ -137,9 +113,9 @@ def test_a_disabled_transactions_service_is_not_serving_and_refuses_for_good(
         ("Abort", pb.AbortRequest(txn_id=1)),
         ("GetTransactionStatus", pb.TransactionStatusRequest(txn_id=1)),
     ):
-        code, details, mark = refusal_of(oracle, f"{TRANSACTIONS}/{method}", request)
-        assert (code, mark) == (grpc.StatusCode.UNIMPLEMENTED, REFUSAL_DISABLED), method
-        assert "commit.enabled = false" in details, method
+        refusal = refusal_of(oracle.target, f"{TRANSACTIONS}/{method}", request)
+        assert (refusal.code, refusal.mark) == (grpc.StatusCode.UNIMPLEMENTED, REFUSAL_DISABLED)
+        assert "commit.enabled = false" in refusal.details, method
     with grpc.insecure_channel(oracle.target) as channel:
         stream = channel.stream_stream(f"/{TRANSACTIONS}/CommitStream")
         with pytest.raises(grpc.RpcError) as raised:
@@ -148,7 +124,7 @@ def test_a_disabled_transactions_service_is_not_serving_and_refuses_for_good(
         assert error.code() == grpc.StatusCode.UNIMPLEMENTED
         assert (REFUSAL_METADATA_KEY, REFUSAL_DISABLED) in error.trailing_metadata()
     # Health stays NOT_SERVING for the disabled service whatever the gate does.
-    assert health(oracle, TRANSACTIONS) == NOT_SERVING
+    assert health(oracle.target, TRANSACTIONS) == NOT_SERVING
     # The client takes the refusal as final: its own error, no retry, exit code 6.
     with OracleClient(oracle.target) as client:  # the default policy: 5 attempts
         for call in (

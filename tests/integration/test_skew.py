@@ -6,11 +6,9 @@ import json
 import logging
 import re
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from hlc_oracle import ManualClock
@@ -35,8 +33,11 @@ from hlc_oracle.skew import (
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.commands import run_cli
 from tests.support.ntp.chrony import ChronyServer
 from tests.support.ntp.responder import Behaviour, NtpResponder
+from tests.support.repository import DEPLOY
+from tests.support.waiting import wait_for
 
 POLL_S = 0.2
 
@@ -44,12 +45,6 @@ POLL_S = 0.2
 @pytest.fixture(scope="module")
 def chrony() -> Iterator[ChronyServer]:
     with ChronyServer() as server:
-        yield server
-
-
-@pytest.fixture
-def responder() -> Iterator[NtpResponder]:
-    with NtpResponder() as server:
         yield server
 
 
@@ -61,16 +56,6 @@ def offset_named(message: str) -> int:
     found = re.search(r"clock offset ([+-]\d+) us", message)
     assert found is not None, message
     return int(found.group(1))
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float) -> float:
-    """Seconds until ``predicate`` held; fails after ``timeout_s``."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout_s:
-            pytest.fail(f"condition not reached within {timeout_s} s")
-        time.sleep(0.01)
-    return time.monotonic() - start
 
 
 # ---------------------------------------------------------------------------------- servers
@@ -151,8 +136,7 @@ def test_config_coerces_strings() -> None:
 
 
 def test_example_config_ntp_section() -> None:
-    example = Path(__file__).resolve().parents[2] / "deploy" / "oracle.example.toml"
-    config = load(example, environ={})
+    config = load(DEPLOY / "oracle.example.toml", environ={})
     assert [str(server) for server in config.ntp.servers] == [
         f"{n}.debian.pool.ntp.org" for n in range(3)
     ]
@@ -398,14 +382,14 @@ def test_monitor_refuses_past_limit_and_recovers(
     seen: list[SkewStatus] = []
     with SkewMonitor(config, max_offset_us=500_000) as monitor:
         monitor.add_listener(seen.append)
-        took = wait_for(lambda: monitor.status().state is GuardState.UNSAFE, 5)
+        took = wait_for(lambda: monitor.status().state is GuardState.UNSAFE, 5, pause_s=0.01)
         assert took <= 2 * POLL_S + config.timeout_s
         status = monitor.status()
         assert not status.serving and "past the serving limit" in status.message
         assert abs(offset_named(status.message) - 2_000_000) < 50_000
         responder.set(offset_s=0.0)
-        wait_for(lambda: monitor.status().recovering, 5)
-        held = wait_for(lambda: monitor.status().state is GuardState.OK, 5)
+        wait_for(lambda: monitor.status().recovering, 5, pause_s=0.01)
+        held = wait_for(lambda: monitor.status().state is GuardState.OK, 5, pause_s=0.01)
         assert held >= 0.5 - 2 * POLL_S
         assert monitor.status().serving
     assert not monitor.running
@@ -532,13 +516,7 @@ def test_status_is_json(responder: NtpResponder) -> None:
 
 
 def run_command(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hlc_oracle.cli", "skew", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_cli("skew", *args, timeout_s=30)
 
 
 def test_command_ok_against_chrony(chrony: ChronyServer) -> None:

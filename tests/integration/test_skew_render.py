@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.repository import ROOT
+
 REPORT = {
     "max_offset_us": 500_000,
     "ops": 3,
@@ -27,7 +29,7 @@ REPORT = {
 def test_render_png_and_table(tmp_path: Path) -> None:
     results = tmp_path / "skew.json"
     results.write_text(json.dumps(REPORT))
-    script = Path(__file__).resolve().parents[2] / "bench" / "render_skew.py"
+    script = ROOT / "bench" / "render_skew.py"
     done = subprocess.run(
         [sys.executable, str(script), str(results)],
         capture_output=True,
@@ -43,7 +45,7 @@ def test_render_png_and_table(tmp_path: Path) -> None:
 
 
 def test_render_reports_missing_file(tmp_path: Path) -> None:
-    script = Path(__file__).resolve().parents[2] / "bench" / "render_skew.py"
+    script = ROOT / "bench" / "render_skew.py"
     done = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "none.json")],
         capture_output=True,

@@ -10,12 +10,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from hlc_oracle import Timestamp
 from hlc_oracle.client import (
     OracleClient,
@@ -27,49 +27,14 @@ from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.support.ntp.chrony import ChronyServer
 from tests.support.ntp.responder import Behaviour, NtpResponder
-from tests.support.oracle_process import OracleProcess
+from tests.support.oracle_process import NTP_POLL_S, NTP_TIMEOUT_S, OracleProcess, ntp_args
+from tests.support.raw_calls import health
+from tests.support.waiting import wait_for
 
-POLL_S = 0.2
-TIMEOUT_S = 0.2
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 StartOracle = Callable[..., OracleProcess]
-
-
-@pytest.fixture
-def responder() -> Iterator[NtpResponder]:
-    with NtpResponder() as server:
-        yield server
-
-
-def ntp_args(*servers: str, hold_s: float = 0.6, **settings: str) -> list[str]:
-    args = [
-        "--ntp-servers", ",".join(servers),
-        "--set", f"ntp.poll_interval_s={POLL_S}",
-        "--set", f"ntp.timeout_s={TIMEOUT_S}",
-        "--set", f"ntp.recovery_hold_s={hold_s}",
-    ]  # fmt: skip
-    for name, value in settings.items():
-        args += ["--set", f"ntp.{name}={value}"]
-    return args
-
-
-def health(oracle: OracleProcess) -> int:
-    with grpc.insecure_channel(oracle.target) as channel:
-        response = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=2
-        )
-        return int(response.status)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout_s:
-            pytest.fail(f"condition not reached within {timeout_s} s")
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 def offset_named(message: str) -> int:
@@ -92,7 +57,7 @@ def test_serves_with_chrony_and_reports_the_offset(start_oracle: StartOracle) ->
         assert status.ntp_offset_bound_us is not None and status.ntp_offset_bound_us > 0
         (server,) = status.ntp_servers
         assert server["server"] == chrony.address and server["stratum"] == 8
-        assert health(oracle) == SERVING
+        assert health(oracle.target) == SERVING
 
         shown = oracle.cli("status", timeout=30)
         assert shown.returncode == 0, shown.stderr
@@ -117,9 +82,9 @@ def test_refuse_past_the_limit_then_serve_after_recovery(
     with OracleClient(oracle.target) as client:
         client.get_timestamp()
         responder.set(offset_s=2.0)
-        took = wait_for(lambda: health(oracle) == NOT_SERVING, 5)
+        took = wait_for(lambda: health(oracle.target) == NOT_SERVING, 5)
         # Two poll intervals, each possibly ending with one query timeout.
-        assert took <= 2 * (POLL_S + TIMEOUT_S) + 0.2
+        assert took <= 2 * (NTP_POLL_S + NTP_TIMEOUT_S) + 0.2
         with pytest.raises(OracleUnavailableError) as refused:
             client.get_timestamps(10)
         assert refused.value.code is grpc.StatusCode.UNAVAILABLE
@@ -130,8 +95,8 @@ def test_refuse_past_the_limit_then_serve_after_recovery(
         assert "clock-skew" in status.not_serving_reason
 
         responder.set(offset_s=0.0)
-        back = wait_for(lambda: health(oracle) == SERVING, 10)
-        assert back >= 0.6 - POLL_S  # the recovery hold
+        back = wait_for(lambda: health(oracle.target) == SERVING, 10)
+        assert back >= 0.6 - NTP_POLL_S  # the recovery hold
         assert client.get_timestamp() is not None
         assert client.status().skew_state == "ok"
 
@@ -144,7 +109,7 @@ def test_warn_policy_keeps_serving(start_oracle: StartOracle, responder: NtpResp
         assert client.get_timestamp() is not None
         status = client.status()
     assert status.serving and abs(offset_named(status.skew_message) + 2_000_000) < 50_000
-    assert health(oracle) == SERVING
+    assert health(oracle.target) == SERVING
 
 
 @pytest.mark.parametrize("policy", ["warn", "refuse"])
@@ -160,7 +125,7 @@ def test_unreachable_servers_are_unknown(
 
     def settled() -> bool:
         try:
-            return health(oracle) == expected
+            return health(oracle.target) == expected
         except grpc.RpcError:
             return False
 
@@ -175,7 +140,7 @@ def test_unreachable_servers_are_unknown(
         else:
             with pytest.raises(OracleUnavailableError, match="clock offset unknown"):
                 client.get_timestamp()
-    assert health(oracle) == expected
+    assert health(oracle.target) == expected
 
 
 @pytest.mark.parametrize(
@@ -224,7 +189,7 @@ def test_not_serving_refuses_every_timestamp_rpc_and_the_cli_exits_5(
 
     def not_serving() -> bool:
         try:
-            return health(oracle) == NOT_SERVING
+            return health(oracle.target) == NOT_SERVING
         except grpc.RpcError:
             return False
 

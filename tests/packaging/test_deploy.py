@@ -12,16 +12,13 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import aetcd
-import yaml
 from hlc_oracle.addresses import split_scheme
 from hlc_oracle.config import OracleConfig, load
 
 from tests.support.etcd_process import EtcdMember
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+from tests.support.repository import DEPLOY, compose, host_files
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -110,23 +107,12 @@ def test_dockerfile_is_multi_stage_non_root_and_health_checked() -> None:
                 assert (root / source).exists(), source
 
 
-def compose() -> dict[str, Any]:
-    document: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    return document
-
-
 def url_port(url: str) -> int:
     return int(url.rpartition(":")[2])
 
 
 def etcd_member_names() -> set[str]:
     return {name for name in compose()["services"] if re.fullmatch(r"etcd-\d+", name)}
-
-
-def host_files(service: dict[str, Any]) -> dict[str, str]:
-    """Container path -> host path (under deploy/) of the service's bind mounts."""
-    mounts = [mount.split(":") for mount in service["volumes"]]
-    return {target: source for source, target, *_ in mounts if source.startswith("./")}
 
 
 def test_compose_runs_three_etcd_members_with_the_operator_settings() -> None:

@@ -16,8 +16,8 @@ from hlc_oracle.cluster.etcd import EtcdClient, EtcdPermissionError
 from hlc_oracle.cluster.etcd_security import EtcdSecurity
 from hlc_oracle.config import load
 
-from tests.packaging.test_deploy import DEPLOY, compose, host_files
 from tests.support.etcd_process import EtcdMember, EtcdTls
+from tests.support.repository import DEPLOY, compose, host_files
 
 
 def run_script(name: str, *args: str, env: dict[str, str] | None = None) -> str:

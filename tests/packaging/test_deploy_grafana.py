@@ -15,9 +15,10 @@ from hlc_oracle.client import OracleClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.oracle_process import OracleProcess
+from tests.support.repository import DEPLOY
 
 METRIC_NAME = re.compile(r"hlc_oracle_\w+")
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json"
+DASHBOARD = DEPLOY / "grafana-dashboard.json"
 # Sample names a family of each type exposes (the parser strips the suffixes from the family).
 SUFFIXES = {
     "counter": ("_total",),

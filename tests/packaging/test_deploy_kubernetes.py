@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 from hlc_oracle.config import OracleConfig, load
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+from tests.support.repository import DEPLOY
+
 PROTO = DEPLOY.parent / "python" / "hlc_oracle" / "proto" / "oracle.proto"
 
 

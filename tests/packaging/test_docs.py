@@ -7,12 +7,12 @@ itself runs in `make test`: `make docs-check`.)"""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 from hlc_oracle.config_reference import markdown
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.repository import ROOT
+
 DOCS = ROOT / "docs"
 
 

@@ -28,8 +28,8 @@ import pytest
 from packaging.requirements import Requirement
 
 from tests.support.oracle_process import OracleProcess
+from tests.support.repository import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 GENERATED = ROOT / "python" / "hlc_oracle" / "proto" / "oracle_pb2.py"
 BUILD_TIMEOUT_S = 1500

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "setup-system.sh"
+from tests.support.repository import ROOT
+
+SCRIPT = ROOT / "scripts" / "setup-system.sh"
 # The packages every machine gets, in the script's order.
 REQUIRED = "build-essential chrony etcd-server etcd-client faketime openssl"
 

@@ -9,7 +9,7 @@ changes: :class:`ClientCommitLoad`.
 
 Each transaction takes a fresh start timestamp and writes keys of its own, so it conflicts with
 nothing: a committed answer is the rule, an abort means it started under a leader that is gone
-(too old). Unlike ``tests/integration/test_cluster_commit.py``'s ``CommitLoad`` (plain gRPC,
+(too old). Unlike ``tests/support/grpc_commit_load.py``'s ``GrpcCommitLoad`` (plain gRPC,
 resending itself), every retry here is the library's.
 """
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Self
 
 from hlc_oracle.local_cluster import etcd_program as etcd_path
-from hlc_oracle.local_cluster import free_port as free_tcp_port
+from hlc_oracle.local_cluster import free_port
 from hlc_oracle.local_cluster import memory_root as data_root
 
 from tests.support.started_fixture import StartedFixture
@@ -179,7 +179,7 @@ class EtcdMember(StartedFixture):
             raise RuntimeError(f"etcd {self.name} is already running (pid {self.process.pid})")
         self.directory.mkdir(parents=True, exist_ok=True)
         if not self._fixed_ports and not self.data_dir.exists():
-            self.client_port, self.peer_port = free_tcp_port(), free_tcp_port()
+            self.client_port, self.peer_port = free_port(), free_port()
         # A restart on an existing data dir rejoins; "new" only bootstraps an empty one.
         state = "existing" if (self.data_dir / "member").exists() else "new"
         self.starts += 1
@@ -379,7 +379,7 @@ class EtcdCluster(StartedFixture):
         raise AssertionError("unreachable")
 
     def _create_members(self, attempt: int) -> None:
-        ports = [(free_tcp_port(), free_tcp_port()) for _ in range(self.size)]
+        ports = [(free_port(), free_port()) for _ in range(self.size)]
         initial_cluster = ",".join(
             f"member{index}=http://127.0.0.1:{peer}" for index, (_, peer) in enumerate(ports)
         )

@@ -35,10 +35,10 @@ from hlc_oracle import Timestamp, TimestampRange
 from hlc_oracle.client import OracleClient, OracleStatus
 from hlc_oracle.cluster.etcd import EtcdClient, KeyValue
 from hlc_oracle.cluster.node import key_prefix
+from hlc_oracle.local_cluster import free_port
 from hlc_oracle.proto import LEADER_METADATA_KEY
 from hlc_oracle.proto import oracle_pb2 as pb
 
-from tests.support.etcd_process import free_tcp_port
 from tests.support.history import DEFAULT_MAX_OFFSET_US, History, Instant, Operation, check
 from tests.support.oracle_process import OracleProcess
 from tests.support.started_fixture import StartedFixture
@@ -74,7 +74,7 @@ class OracleCluster(StartedFixture):
         self.etcd_endpoints = etcd_endpoints
         self.lease_ttl_s = lease_ttl_s
         self.extra_args = extra_args
-        addresses = [f"127.0.0.1:{free_tcp_port()}" for _ in range(size)]
+        addresses = [f"127.0.0.1:{free_port()}" for _ in range(size)]
         self.nodes = [
             OracleProcess(
                 directory / f"node{index}",

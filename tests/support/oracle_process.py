@@ -32,8 +32,27 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.started_fixture import StartedFixture
 
 START_TIMEOUT_S = 30.0
+#: How often the skew guard of a node given :func:`ntp_args` polls, and how long it waits for an
+#: answer.
+NTP_POLL_S = 0.2
+NTP_TIMEOUT_S = 0.2
 #: Where Debian's ``faketime`` package (scripts/setup-system.sh) puts the thread-safe library.
 FAKETIME_LIBRARY_GLOB = "/usr/lib/*/faketime/libfaketimeMT.so.1"
+
+
+def ntp_args(*servers: str, hold_s: float = 0.6, **settings: str) -> list[str]:
+    """``serve`` flags pointing the skew guard at ``servers``, polling fast (every
+    ``NTP_POLL_S``, giving up on an answer after ``NTP_TIMEOUT_S``), back to serving ``hold_s``
+    after the offset is good again; ``settings`` are more ``ntp.*`` settings."""
+    args = [
+        "--ntp-servers", ",".join(servers),
+        "--set", f"ntp.poll_interval_s={NTP_POLL_S}",
+        "--set", f"ntp.timeout_s={NTP_TIMEOUT_S}",
+        "--set", f"ntp.recovery_hold_s={hold_s}",
+    ]  # fmt: skip
+    for name, value in settings.items():
+        args += ["--set", f"ntp.{name}={value}"]
+    return args
 
 
 def skewed_clock_env(offset: str) -> dict[str, str]:

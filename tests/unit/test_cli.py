@@ -24,7 +24,8 @@ from hlc_oracle.client import OracleStatus
 from hlc_oracle.config import ConfigError
 from hlc_oracle.proto import oracle_pb2 as pb
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.commands import run_cli
+from tests.support.repository import ROOT
 
 
 def every_parser(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
@@ -41,16 +42,6 @@ def option_help(command: str, option: str) -> str:
     parser = commands.choices[command]
     (action,) = (a for a in parser._actions if option in a.option_strings)
     return str(action.help)
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hlc_oracle.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_no_parser_accepts_abbreviations(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,8 +13,7 @@ from hlc_oracle.cluster.leader_liveness import (
     MIN_CONNECT_INTERVAL_S,
     wait_until_refused,
 )
-
-from tests.support.etcd_process import free_tcp_port
+from hlc_oracle.local_cluster import free_port
 
 #: Long enough for the watcher to connect and probe many times on loopback.
 SETTLE_S = 0.5
@@ -72,7 +71,7 @@ def test_a_closed_listener_after_a_connection_is_proof() -> None:
 def test_an_address_never_reached_proves_nothing() -> None:
     async def main() -> None:
         watch = asyncio.ensure_future(
-            wait_until_refused(f"127.0.0.1:{free_tcp_port()}", retry_pause_s=0.01)
+            wait_until_refused(f"127.0.0.1:{free_port()}", retry_pause_s=0.01)
         )
         await asyncio.sleep(SETTLE_S)
         assert not watch.done()

@@ -4,9 +4,7 @@ driven by the scriptable NTP responder on loopback and a manual wall clock."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import pytest
 from hlc_oracle import ManualClock
 from hlc_oracle.node.gate import ServingGate
 from hlc_oracle.server.skew_guard import build_skew_monitor, clock_status_fields
@@ -14,12 +12,6 @@ from hlc_oracle.skew import NtpServer, SkewConfig
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.support.ntp.responder import Behaviour, NtpResponder
-
-
-@pytest.fixture
-def responder() -> Iterator[NtpResponder]:
-    with NtpResponder() as server:
-        yield server
 
 
 def test_guard_blocks_and_unblocks_the_gate(responder: NtpResponder) -> None:
