@@ -27,6 +27,7 @@ from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.support.ntp.chrony import ChronyServer
 from tests.support.ntp.responder import Behaviour, NtpResponder
+from tests.support.ntp.servers import offset_named
 from tests.support.oracle_process import NTP_POLL_S, NTP_TIMEOUT_S, OracleProcess, ntp_args
 from tests.support.raw_calls import health
 from tests.support.waiting import wait_for
@@ -35,12 +36,6 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 StartOracle = Callable[..., OracleProcess]
-
-
-def offset_named(message: str) -> int:
-    found = re.search(r"clock offset ([+-]\d+) us", message)
-    assert found is not None, message
-    return int(found.group(1))
 
 
 def test_serves_with_chrony_and_reports_the_offset(start_oracle: StartOracle) -> None:

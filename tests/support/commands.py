@@ -11,22 +11,11 @@ import time
 CLI = (sys.executable, "-m", "hlc_oracle.cli")
 
 
-def run_module(
-    module: str, *args: str, timeout_s: float = 60.0
-) -> subprocess.CompletedProcess[str]:
-    """``python -m module args...`` to its end; the exit code is the caller's to check."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-
-
 def run_cli(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """``hlc-oracle args...`` to its end."""
-    return run_module("hlc_oracle.cli", *args, timeout_s=timeout_s)
+    """``hlc-oracle args...`` to its end; the exit code is the caller's to check."""
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout_s, check=False
+    )
 
 
 def command_start_up_seconds() -> float:

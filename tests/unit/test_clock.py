@@ -84,7 +84,7 @@ events = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.lists(events, max_size=60))
 def test_agrees_exactly_with_the_paper(script: list[tuple[Any, ...]]) -> None:
     clock, physical = manual_clock()

@@ -92,7 +92,7 @@ txn_specs = st.tuples(st.integers(0, 12), st.integers(0, 2), keys, keys)
 batches = st.lists(st.lists(txn_specs, min_size=1, max_size=8), min_size=1, max_size=6)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(
     isolation=st.sampled_from(ISOLATIONS),
     max_keys=st.sampled_from([1, 2, 3, 5, 1000]),
@@ -145,7 +145,7 @@ def test_decisions_match_the_model(
         assert (None if lw is None else model_ts(lw)) == reference.low_watermark
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(isolation=st.sampled_from(ISOLATIONS), specs=st.lists(txn_specs, max_size=12))
 def test_partition_matches_the_model_and_groups_are_independent(
     isolation: str, specs: list[tuple[int, int, list[Any], list[Any]]]
@@ -167,7 +167,7 @@ def test_partition_matches_the_model_and_groups_are_independent(
 clocks = st.one_of(st.none(), st.dictionaries(st.integers(0, 3), st.integers(0, 2), max_size=3))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(st.lists(st.tuples(keys, clocks), max_size=10))
 def test_concurrent_writes_match_the_model(
     specs: list[tuple[list[bytes | str], dict[int, int] | None]],

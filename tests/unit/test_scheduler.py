@@ -52,7 +52,7 @@ request_plan = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(
     pool=st.lists(contents, min_size=20, max_size=20),
     plan=request_plan,

@@ -49,7 +49,7 @@ def test_compare_table(a: dict[int, int], b: dict[int, int], expected: Ordering)
     assert clock(a).dominates(clock(b)) == (expected in (Ordering.AFTER, Ordering.EQUAL))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(entries, entries)
 def test_compare_matches_model_and_operators_are_the_partial_order(
     a: dict[int, int], b: dict[int, int]
@@ -69,7 +69,7 @@ def test_compare_matches_model_and_operators_are_the_partial_order(
         assert not (x < y or x > y or x <= y or x >= y)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(entries, entries)
 def test_compare_is_antisymmetric_and_concurrency_symmetric(
     a: dict[int, int], b: dict[int, int]
@@ -94,7 +94,7 @@ def merged(*clocks: VectorClock) -> VectorClock:
     return result
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(entries, entries, entries)
 def test_merge_is_commutative_associative_idempotent(
     a: dict[int, int], b: dict[int, int], c: dict[int, int]
@@ -120,7 +120,7 @@ def test_merge_is_commutative_associative_idempotent(
     assert xy.to_dict() == reference.counters
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(wide_entries)
 def test_bytes_and_dict_round_trip(counters: dict[int, int]) -> None:
     x = clock(counters)
@@ -261,7 +261,7 @@ def test_from_bytes_needs_bytes() -> None:
         VectorClock.from_bytes("\x01\x00")  # type: ignore[arg-type]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.binary(max_size=24))
 def test_arbitrary_bytes_decode_or_raise_value_error(data: bytes) -> None:
     try:
