@@ -16,9 +16,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 import ntplib  # type: ignore[import-untyped]
+
+from tests.support.started_fixture import StartedFixture
 
 CHRONY_USER = "_chrony"
 
@@ -38,18 +40,18 @@ def free_udp_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class ChronyServer:
+class ChronyServer(StartedFixture):
     """``with ChronyServer() as chrony: chrony.address`` -> ``'127.0.0.1:<port>'``."""
 
     def __init__(self, start_timeout_s: float = 10.0) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="hlc-chrony-"))
         self.port = 0
+        self.start_timeout_s = start_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
-        try:
-            self._start(start_timeout_s)
-        except BaseException:
-            self.close()
-            raise
+
+    def start(self) -> Self:
+        self._start(self.start_timeout_s)
+        return self
 
     @property
     def address(self) -> str:
@@ -124,14 +126,3 @@ class ChronyServer:
     def close(self) -> None:
         self._terminate()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> ChronyServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

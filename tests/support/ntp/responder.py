@@ -11,7 +11,9 @@ import socket
 import struct
 import threading
 import time
-from types import TracebackType
+from typing import Self
+
+from tests.support.started_fixture import StartedFixture
 
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
 _PACKET = struct.Struct("!BBbb II 4s QQQQ")
@@ -33,8 +35,9 @@ def to_ntp(unix_s: float) -> int:
     return round((unix_s + NTP_EPOCH_OFFSET) * (1 << 32)) & 0xFFFF_FFFF_FFFF_FFFF
 
 
-class NtpResponder:
-    """Serves NTP on ``127.0.0.1:<free port>`` from a thread until :meth:`close`."""
+class NtpResponder(StartedFixture):
+    """``with NtpResponder() as responder``: serves NTP on ``127.0.0.1:<free port>`` from a
+    thread until the block ends."""
 
     def __init__(self, offset_s: float = 0.0, behaviour: Behaviour = Behaviour.ANSWER) -> None:
         self.offset_s = offset_s
@@ -42,13 +45,18 @@ class NtpResponder:
         self.kiss_code = b"RATE"
         self.stratum = 2
         self.queries = 0
+        self.port = 0
+        self._socket: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="ntp-responder", daemon=True)
+
+    def start(self) -> Self:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.bind(("127.0.0.1", 0))
         self._socket.settimeout(0.1)
-        self.port: int = self._socket.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="ntp-responder", daemon=True)
+        self.port = self._socket.getsockname()[1]
         self._thread.start()
+        return self
 
     @property
     def address(self) -> str:
@@ -62,9 +70,11 @@ class NtpResponder:
             self.behaviour = behaviour
 
     def _serve(self) -> None:
+        sock = self._socket
+        assert sock is not None, "started by start()"
         while not self._stop.is_set():
             try:
-                request, client = self._socket.recvfrom(512)
+                request, client = sock.recvfrom(512)
             except TimeoutError:
                 continue
             except OSError:
@@ -74,7 +84,7 @@ class NtpResponder:
             answer = self._answer(request, received)
             if answer is not None:
                 try:
-                    self._socket.sendto(answer, client)
+                    sock.sendto(answer, client)
                 except OSError:
                     return
 
@@ -116,16 +126,7 @@ class NtpResponder:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(2)
-        self._socket.close()
-
-    def __enter__(self) -> NtpResponder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        if self._thread.is_alive():
+            self._thread.join(2)
+        if self._socket is not None:
+            self._socket.close()
