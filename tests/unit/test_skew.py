@@ -332,7 +332,9 @@ def test_responder_offset_is_measured(responder: NtpResponder) -> None:
     responder.set(offset_s=2.0)
     result = query_server(NtpServer.parse(responder.address), timeout_s=1)
     assert result.healthy and result.offset_us is not None and result.delay_us is not None
-    assert abs(result.offset_us - 2_000_000) < 1_000
+    # Within the exchange's own error bound (half its round trip, as in NTP), plus 1 ms: a loaded
+    # host stretches the round trip, and the offset's error with it.
+    assert abs(result.offset_us - 2_000_000) < result.delay_us / 2 + 1_000
     assert result.stratum == 2 and result.leap == 0
 
 
