@@ -146,9 +146,8 @@ class TimestampOracleService:
 
     # --- handlers ---
 
-    @unary_rpc("GetTimestamps")
-    async def get_timestamps(self, raw: bytes) -> bytes:
-        return await self._timestamps(raw)
+    # The same work as one StreamTimestamps message, framed as the unary call.
+    get_timestamps = unary_rpc("GetTimestamps")(_timestamps)
 
     async def stream_timestamps(
         self, requests: AsyncIterator[bytes], context: Any
