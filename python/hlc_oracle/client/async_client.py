@@ -61,6 +61,11 @@ LOOK_AFTER_S = 0.25
 MIN_LOOK_S = 0.05
 #: Redirects one attempt follows (a leader changing under it): more is a failed attempt.
 _MAX_REDIRECTS = 3
+#: A timestamp call unanswered this long by a node of several is sent to the others too (a
+#: hedge), leaving that node aside: a leader stopped (SIGSTOP) or hung holds its calls without
+#: failing them, and its successor serves once its lease has expired. Timestamps are many
+#: times faster than this, even from a loaded leader.
+HEDGE_AFTER_S = 0.5
 
 
 class AsyncOracleClient:
@@ -125,21 +130,27 @@ class AsyncOracleClient:
         )
 
     async def _call(
-        self, call: Callable[[OracleNode, float], Awaitable[T]], changes_state: bool = False
+        self,
+        call: Callable[[OracleNode, float], Awaitable[T]],
+        changes_state: bool = False,
+        aside: str | None = None,
+        timeout: float | None = None,
     ) -> T:
         """``call(node, remaining_seconds)`` on the current node under the retry policy, within
-        the client's timeout (see :mod:`hlc_oracle.client.targets` for moving between nodes).
+        ``timeout`` (the client's by default; see :mod:`hlc_oracle.client.targets` for moving
+        between nodes; ``aside``: see :meth:`_on_current_node`).
         When the oracle stays unreachable, a look at the TLS handshake tells a handshake failure
         (:class:`OracleTlsHandshakeError`) from a server that is not there. The look runs beside
         the call once it has waited a while for a connection (:data:`LOOK_AFTER_S`, or a quarter
         of the timeout), and within the same deadline: a look not finished by then is dropped and
         the call fails as unreachable, on time."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = loop.time() + timeout
         retried = with_retries(
             self.retry,
-            lambda remaining: self._on_current_node(call, remaining, changes_state),
-            self.timeout,
+            lambda remaining: self._on_current_node(call, remaining, changes_state, aside),
+            timeout,
             changes_state=changes_state,
             connected=lambda: self._nodes.current.ready(),
         )
@@ -193,18 +204,29 @@ class AsyncOracleClient:
         call: Callable[[OracleNode, float], Awaitable[T]],
         remaining: float,
         changes_state: bool = False,
+        aside: str | None = None,
     ) -> T:
         """One attempt, a pass over the nodes: a follower's redirect is followed at once; a node
         that is unreachable or names no leader sends the call on to the next target at once. The
         attempt fails (and the retry policy backs off) once every target failed in it, or a
         redirect leads back to a node that already failed in it. ``changes_state``: the node's
-        ``UNAVAILABLE`` is read as :func:`~hlc_oracle.client.errors.decision_error` says."""
+        ``UNAVAILABLE`` is read as :func:`~hlc_oracle.client.errors.decision_error` says.
+        ``aside``: a node not to call (silent, see :meth:`_hedged`), as if it had failed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + remaining
         failed: set[str] = set()
         redirects = 0
         while True:
             node = self._nodes.current
+            if node.target == aside:
+                failed.add(node.target)
+                self._nodes.move_on(node)
+                if self._nodes.current.target in failed:
+                    raise OracleUnavailableError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"{node.target} is silent and no other node answered",
+                    )
+                continue
             try:
                 await node.connect(deadline)
                 return await call(node, max(deadline - loop.time(), 0.001))
@@ -257,11 +279,53 @@ class AsyncOracleClient:
             self._highest = last
 
     async def _unary(
-        self, call: Callable[[OracleNode, float], Awaitable[T]], changes_state: bool = False
+        self,
+        call: Callable[[OracleNode, float], Awaitable[T]],
+        changes_state: bool = False,
+        hedged: bool = False,
     ) -> T:
-        """A unary call with retries, at most ``max_concurrent_calls`` at a time."""
+        """A unary call with retries, at most ``max_concurrent_calls`` at a time; ``hedged``: see
+        :meth:`_hedged`."""
         async with self._unary_calls:
+            if hedged:
+                return await self._hedged(call)
             return await self._call(call, changes_state)
+
+    async def _hedged(self, call: Callable[[OracleNode, float], Awaitable[T]]) -> T:
+        """:meth:`_call` for a call that may be made twice (timestamps: the ones not handed out
+        are skipped, nothing else changes). With several targets, when the node it waits on has
+        not answered after :data:`HEDGE_AFTER_S`, a second call starts beside it that leaves
+        that node aside (a follower's redirect to it counts as a failure); the first answer
+        wins, the other call is cancelled. Both end within the call's timeout."""
+        if len(self._nodes.targets) == 1 or self.timeout <= HEDGE_AFTER_S:
+            return await self._call(call)
+        waited_on: list[str] = []
+
+        def tracked(node: OracleNode, remaining: float) -> Awaitable[T]:
+            waited_on.append(node.target)
+            return call(node, remaining)
+
+        first = asyncio.ensure_future(self._call(tracked))
+        calls = [first]
+        try:
+            await asyncio.wait(calls, timeout=HEDGE_AFTER_S)
+            if first.done():
+                return first.result()
+            if waited_on:
+                left = self.timeout - HEDGE_AFTER_S
+                hedge = self._call(call, aside=waited_on[-1], timeout=left)
+                calls.append(asyncio.ensure_future(hedge))
+            pending = set(calls)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    if finished.exception() is None:
+                        return finished.result()
+            return first.result()  # both failed: the first call's error
+        finally:
+            for task in calls:
+                if not task.done():
+                    task.cancel()
 
     async def _fetch_for_batch(self, count: int) -> TimestampRange:
         request = pb.GetTimestampsRequest(count=count)
@@ -273,7 +337,7 @@ class AsyncOracleClient:
                 self._monotonic(node, floor, answer.first, answer[len(answer) - 1])
             return answer
 
-        return await self._call(fetch)
+        return await self._hedged(fetch)
 
     def get_timestamp(self) -> Awaitable[Timestamp]:
         """One timestamp; concurrent callers share one stream message."""
@@ -307,7 +371,7 @@ class AsyncOracleClient:
                 self._monotonic(node, floor, answer.first, answer[len(answer) - 1])
             return answer
 
-        return await self._unary(fetch)
+        return await self._unary(fetch, hedged=True)
 
     async def observe(self, remote: Timestamp) -> Timestamp:
         """Receive event on the oracle's clock; returns its new timestamp (above ``remote``)."""
