@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Final, final
 
 __all__ = [
+    "ERROR_CODES",
     "LOGICAL_BITS",
     "MAX_LOGICAL",
     "MAX_NODE",
@@ -54,6 +55,8 @@ __all__ = [
     "piece_requested_aborts",
 ]
 
+#: ``(exception class, gRPC status code number)`` for every refusal, most specific first.
+ERROR_CODES: Final[tuple[tuple[type[BaseException], int], ...]]
 LOGICAL_BITS: Final[int]
 MAX_LOGICAL: Final[int]
 MAX_NODE: Final[int]

@@ -8,11 +8,25 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import grpc
-
 from hlc_oracle import Aborted, Committed, HlcError, Timestamp, TimestampRange, Transaction
 from hlc_oracle.client.errors import result_error
 from hlc_oracle.proto import oracle_pb2 as pb
+from hlc_oracle.proto import status_code
+
+__all__ = [
+    "TIMESTAMP_ORACLE_METHODS",
+    "TRANSACTIONS_METHODS",
+    "CommitAnswer",
+    "CommitAnswers",
+    "answer_list",
+    "any_refused",
+    "outcome_from_wire",
+    "range_from_wire",
+    "status_code",
+    "timestamp_from_wire",
+    "timestamp_to_wire",
+    "transaction_to_wire",
+]
 
 TIMESTAMP_ORACLE_METHODS = "/hlc_oracle.v1.TimestampOracle/"
 TRANSACTIONS_METHODS = "/hlc_oracle.v1.Transactions/"
@@ -37,14 +51,6 @@ def transaction_to_wire(txn: Transaction) -> pb.Transaction:
         read_set=txn.read_set,
         write_set=txn.write_set,
     )
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def status_code(number: int) -> grpc.StatusCode:
-    """The gRPC status code of its wire number (``UNKNOWN`` for a number gRPC does not define)."""
-    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
 
 
 #: One result of a CommitStream message: the decision, or ``(txn_id, grpc code, message)`` for a

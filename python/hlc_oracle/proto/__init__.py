@@ -5,8 +5,19 @@ Every build generates ``oracle_pb2.py`` and ``oracle_pb2.pyi`` here with grpcio-
 they are never checked in.
 
 The trailing-metadata keys and values below are part of the wire contract too: the server sets
-them, the client reads them, and both import them from here.
+them, the client reads them, and both import them from here; so is :func:`status_code`, how a
+``CommitError``'s code number reads as a gRPC status code.
 """
+
+import grpc
+
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The gRPC status code of its wire number (``UNKNOWN`` for a number gRPC does not define)."""
+    return _STATUS_CODES.get(number, grpc.StatusCode.UNKNOWN)
+
 
 #: Trailing metadata the server puts on statuses it sends itself, so a client can tell them from
 #: the network's. Its values are the ``REFUSAL_*`` constants.

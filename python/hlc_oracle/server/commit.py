@@ -23,26 +23,19 @@ import grpc
 
 from hlc_oracle import (
     Aborted,
-    CeilingReachedError,
-    CommitLogError,
     Committed,
-    ConflictKind,
     GroupCommitScheduler,
     HlcError,
-    InvalidTransactionError,
-    SchedulerClosedError,
-    SchedulerOverloadedError,
-    StartTimestampError,
     Timestamp,
     Transaction,
-    TransactionMismatchError,
-    TransactionTooLargeError,
+    _core,
 )
 from hlc_oracle._core import decode_commit_request, encode_commit_results
 from hlc_oracle.node.gate import ServingGate
 from hlc_oracle.node.metrics import ServerMetrics
 from hlc_oracle.proto import NOT_SERVING_PREFIX, REFUSAL_DISABLED
 from hlc_oracle.proto import oracle_pb2 as pb
+from hlc_oracle.proto import status_code as grpc_status
 from hlc_oracle.server.handler_frame import (
     RequestError,
     check_gate,
@@ -58,25 +51,11 @@ from hlc_oracle.server.service import wire_timestamp
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Transactions"].full_name
 
-CONFLICT_KINDS = {
-    ConflictKind.WRITE_WRITE: "write_write",
-    ConflictKind.READ_WRITE: "read_write",
-    ConflictKind.TOO_OLD: "too_old",
-}
-
-# Most specific first: the first matching class gives the status code.
+#: The status code of each exception the oracle answers with, most specific first (the first
+#: matching class gives the code): the engine's table (``_core.ERROR_CODES``), which also gives the
+#: code of each refused transaction in a ``CommitStream`` response.
 ERROR_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
-    (TransactionTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (StartTimestampError, grpc.StatusCode.OUT_OF_RANGE),
-    (TransactionMismatchError, grpc.StatusCode.ALREADY_EXISTS),
-    (InvalidTransactionError, grpc.StatusCode.INVALID_ARGUMENT),
-    (SchedulerOverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (SchedulerClosedError, grpc.StatusCode.UNAVAILABLE),
-    (CeilingReachedError, grpc.StatusCode.UNAVAILABLE),
-    (CommitLogError, grpc.StatusCode.UNAVAILABLE),
-    (TypeError, grpc.StatusCode.INVALID_ARGUMENT),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
-    (HlcError, grpc.StatusCode.INTERNAL),
+    (kind, grpc_status(number)) for kind, number in _core.ERROR_CODES
 ]
 
 
@@ -108,7 +87,7 @@ def result_to_wire(txn_id: int, answer: object) -> pb.CommitResult:
         if conflict is None:
             return pb.CommitResult(txn_id=txn_id, aborted=pb.Aborted(reason=answer.reason))
         wire_conflict = pb.Conflict(
-            kind=CONFLICT_KINDS[conflict.kind], winner_txn_id=conflict.winner_txn_id or 0
+            kind=conflict.kind.value, winner_txn_id=conflict.winner_txn_id or 0
         )
         if conflict.key is not None:
             wire_conflict.key = conflict.key
@@ -231,11 +210,7 @@ class TransactionsService:
         self._check_gate()
         (result,) = await self._decide([request.transaction])
         if result.WhichOneof("outcome") == "error":
-            code = grpc.StatusCode.INTERNAL
-            for candidate in grpc.StatusCode:
-                if candidate.value[0] == result.error.code:
-                    code = candidate
-            raise RequestError(code, result.error.message)
+            raise RequestError(grpc_status(result.error.code), result.error.message)
         return bytes(result.SerializeToString())
 
     async def _decide_message(self, raw: bytes) -> bytes:

@@ -251,7 +251,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::commit::stream::status_code;
     use crate::commit::wire::{self, WireResult};
     use crate::commit::{Durability, EngineConfig, Outcome, SubmitError};
     use crate::conflict::Transaction;
@@ -381,7 +380,7 @@ mod tests {
         let unknown = SubmitError::OutcomeUnknown(String::new());
         for result in wire::decode_response(response).unwrap() {
             assert!(
-                matches!(result, WireResult::Error { code, .. } if code == status_code(&unknown))
+                matches!(result, WireResult::Error { code, .. } if code == unknown.refusal().code())
             );
         }
         assert_eq!(engine.pending_layouts(), 0);

@@ -55,6 +55,7 @@ mod history;
 pub mod piece;
 pub mod record;
 mod recovery;
+pub mod refusal;
 mod steps;
 pub mod stream;
 mod types;

@@ -5,44 +5,18 @@
 //! validation, idempotency, fencing and durable step as any other request), and the answers are
 //! encoded as the serialized `CommitStreamResponse`, with no Python object per transaction. A
 //! transaction that cannot be built (no or a malformed `start_ts`) gets its own error result in
-//! its place; the others are decided. The gRPC status code of each refusal is chosen here, by
-//! the same rules as the server's `ERROR_CODES` for the exceptions of the in-process API.
+//! its place; the others are decided. The gRPC status code of each refusal comes from
+//! [`super::refusal`], the table the server's `ERROR_CODES` reads too.
 //!
 //! No allocation per transaction once warm: a decoded message keeps its transactions (and their
 //! key buffers) when it is done, and a [`StreamPool`] hands it to a later message, which refills
 //! them in place; the committed answers are encoded into one buffer per message.
 
+use crate::commit::refusal::Refusal;
 use crate::commit::wire::{self, encode_committed_result, WireError, WireResult};
 use crate::commit::{Outcome, SubmitError};
 use crate::conflict::{KeySet, Transaction};
-use crate::hlc::ClockError;
 use crate::timestamp::Timestamp;
-
-fn clock_error_is_ceiling(err: &ClockError) -> bool {
-    matches!(err, ClockError::CeilingReached { .. })
-}
-
-pub const CODE_INVALID_ARGUMENT: u32 = 3;
-pub const CODE_ALREADY_EXISTS: u32 = 6;
-pub const CODE_RESOURCE_EXHAUSTED: u32 = 8;
-pub const CODE_OUT_OF_RANGE: u32 = 11;
-pub const CODE_INTERNAL: u32 = 13;
-pub const CODE_UNAVAILABLE: u32 = 14;
-
-/// The gRPC status code of a refused transaction.
-pub fn status_code(err: &SubmitError) -> u32 {
-    match err {
-        SubmitError::InvalidTxnId | SubmitError::EmptyWriteSet { .. } => CODE_INVALID_ARGUMENT,
-        SubmitError::TooManyKeys { .. } | SubmitError::KeyTooLarge { .. } => {
-            CODE_RESOURCE_EXHAUSTED
-        }
-        SubmitError::StartInFuture { .. } | SubmitError::StartTooOld { .. } => CODE_OUT_OF_RANGE,
-        SubmitError::Mismatch { .. } => CODE_ALREADY_EXISTS,
-        SubmitError::Clock(err) if clock_error_is_ceiling(err) => CODE_UNAVAILABLE,
-        SubmitError::Clock(_) => CODE_INTERNAL,
-        SubmitError::Log(_) | SubmitError::OutcomeUnknown(_) => CODE_UNAVAILABLE,
-    }
-}
 
 /// A decoded message: its well-formed transactions (for the engine) and its shape.
 #[derive(Default)]
@@ -170,7 +144,7 @@ impl StreamShape {
                     &mut out,
                     &WireResult::Error {
                         txn_id: *txn_id,
-                        code: CODE_INVALID_ARGUMENT,
+                        code: Refusal::InvalidTransaction.code(),
                         message: message.clone(),
                     },
                 );
@@ -190,14 +164,13 @@ impl StreamShape {
                 }
                 Err(err) => {
                     counts.refused += 1;
-                    if let SubmitError::Clock(clock) = err {
-                        counts.ceiling |= clock_error_is_ceiling(clock);
-                    }
+                    let refusal = err.refusal();
+                    counts.ceiling |= refusal == Refusal::CeilingReached;
                     wire::encode_result(
                         &mut out,
                         &WireResult::Error {
                             txn_id,
-                            code: status_code(err),
+                            code: refusal.code(),
                             message: err.to_string(),
                         },
                     );
@@ -212,6 +185,7 @@ impl StreamShape {
 mod tests {
     use super::*;
     use crate::commit::AbortReason;
+    use crate::hlc::ClockError;
     use crate::timestamp::Timestamp;
 
     fn ts(physical: u64) -> Timestamp {
@@ -265,13 +239,13 @@ mod tests {
         );
         assert!(matches!(
             &results[1],
-            WireResult::Error { txn_id: 2, code: CODE_INVALID_ARGUMENT, message } if message.contains("start_ts is required")
+            WireResult::Error { txn_id: 2, code: crate::commit::refusal::code::INVALID_ARGUMENT, message } if message.contains("start_ts is required")
         ));
         assert!(matches!(
             &results[2],
             WireResult::Error {
                 txn_id: 3,
-                code: CODE_UNAVAILABLE,
+                code: crate::commit::refusal::code::UNAVAILABLE,
                 ..
             }
         ));

@@ -9,38 +9,10 @@ use crate::commit::batch::PartAnswers;
 use crate::commit::stream::StreamCounts;
 use crate::commit::{AbortReason, Outcome, SubmitError};
 use crate::conflict::{Conflict, ConflictKind, LostTo};
-use crate::hlc::ClockError;
 use crate::python::args::{bytes_arg, optional_cast_arg, u64_arg};
 use crate::python::conflict::PyConflict;
-use crate::python::errors::{
-    CeilingReachedError, CommitLogError, CommitOutcomeUnknownError, HlcError,
-    InvalidTransactionError, StartTimestampError, TransactionMismatchError,
-    TransactionTooLargeError,
-};
+use crate::python::errors::refusal_error;
 use crate::python::hlc::PyTimestamp;
-
-/// The exception refusing one request (returned in its place, not raised).
-pub(crate) fn submit_error(err: &SubmitError) -> PyErr {
-    let message = err.to_string();
-    match err {
-        SubmitError::InvalidTxnId | SubmitError::EmptyWriteSet { .. } => {
-            InvalidTransactionError::new_err(message)
-        }
-        SubmitError::TooManyKeys { .. } | SubmitError::KeyTooLarge { .. } => {
-            TransactionTooLargeError::new_err(message)
-        }
-        SubmitError::StartInFuture { .. } | SubmitError::StartTooOld { .. } => {
-            StartTimestampError::new_err(message)
-        }
-        SubmitError::Mismatch { .. } => TransactionMismatchError::new_err(message),
-        SubmitError::Clock(ClockError::CeilingReached { .. }) => {
-            CeilingReachedError::new_err(message)
-        }
-        SubmitError::Clock(_) => HlcError::new_err(message),
-        SubmitError::Log(_) => CommitLogError::new_err(message),
-        SubmitError::OutcomeUnknown(_) => CommitOutcomeUnknownError::new_err(message),
-    }
-}
 
 /// A committed transaction and its commit timestamp.
 #[pyclass(name = "Committed", module = "hlc_oracle", frozen, eq, hash)]
@@ -237,7 +209,10 @@ pub(crate) fn answer_object<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     match answer {
         Ok(outcome) => outcome_object(py, txn_id, outcome),
-        Err(err) => Ok(submit_error(err).into_value(py).into_bound(py).into_any()),
+        Err(err) => Ok(refusal_error(py, err.refusal(), err.to_string())
+            .into_value(py)
+            .into_bound(py)
+            .into_any()),
     }
 }
 
