@@ -668,7 +668,12 @@ fn the_fingerprint_is_the_streaming_xxh3_of_its_fields_and_stays_fixed() {
     let long = "k".repeat(300);
     let cases = [
         txn(1, start, &[], &["a"]),
-        txn(2, start, &["r1", "r2", "r3", "r4"], &["w1", "w2", "w3", "w4"]),
+        txn(
+            2,
+            start,
+            &["r1", "r2", "r3", "r4"],
+            &["w1", "w2", "w3", "w4"],
+        ),
         txn(3, start, &[long.as_str()], &["w", ""]),
     ];
     let mut buffer = Vec::new();

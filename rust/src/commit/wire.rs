@@ -251,6 +251,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<Vec<WireTransaction>, WireError> {
     Ok(txns)
 }
 
+/// The one-byte tags of `Transaction.read_set` (field 3) and `write_set` (field 4), length-delimited.
+const READ_SET_TAG: u8 = 3 << 3 | 2;
+const WRITE_SET_TAG: u8 = 4 << 3 | 2;
+
 /// Decodes one transaction of a `CommitStreamRequest` straight into the engine's form, into
 /// `txn`: its key sets are cleared and refilled, so a `txn` reused from an earlier message
 /// allocates nothing once its buffers are large enough. `Ok(Some((txn_id, message)))` names why
@@ -265,7 +269,25 @@ pub fn decode_engine_transaction(
     txn.reads.clear();
     txn.writes.clear();
     txn.clock = None;
-    while let Some((field, value)) = reader.field()? {
+    loop {
+        // Most fields are keys under 128 bytes: the tag of `read_set` (3) or `write_set` (4) as
+        // length-delimited, and the length, one byte each. They are read here without the
+        // general field reader; anything else goes through it.
+        if let [tag @ (READ_SET_TAG | WRITE_SET_TAG), len, rest @ ..] = reader.bytes {
+            let len = usize::from(*len);
+            if len < 0x80 && len <= rest.len() {
+                let (key, after) = rest.split_at(len);
+                match *tag {
+                    READ_SET_TAG => txn.reads.push(key),
+                    _ => txn.writes.push(key),
+                }
+                reader.bytes = after;
+                continue;
+            }
+        }
+        let Some((field, value)) = reader.field()? else {
+            break;
+        };
         match field {
             1 => txn_id = expect_varint(value, "Transaction.txn_id")?,
             2 => start = Some(decode_timestamp(expect_bytes(value, "start_ts")?)?),
@@ -731,6 +753,49 @@ mod tests {
         let mut with_unknown = vec![0x28, 0x01]; // field 5, varint 1
         with_unknown.extend_from_slice(&out);
         assert_eq!(decode_request(&with_unknown).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn engine_decoding_reads_keys_of_every_length_and_refuses_cut_ones() {
+        let long: Vec<Vec<u8>> = [0, 1, 126, 127, 128, 129, 300]
+            .iter()
+            .map(|&n| vec![b'k'; n])
+            .collect();
+        let reads: Vec<&[u8]> = long.iter().map(Vec::as_slice).collect();
+        let writes: Vec<&[u8]> = long.iter().rev().map(Vec::as_slice).collect();
+        let mut out = Vec::new();
+        encode_transaction(
+            &mut out,
+            9,
+            ts(10, 1, 2),
+            reads.iter().copied(),
+            writes.iter().copied(),
+        );
+        let mut inner = None;
+        for_each_request_transaction(&out, |bytes| {
+            inner = Some(bytes.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        let inner = inner.unwrap();
+        let mut txn = Transaction::new(0, ts(0, 0, 0), [b"old"], [b"old"], None);
+        assert_eq!(decode_engine_transaction(&inner, &mut txn).unwrap(), None);
+        assert_eq!(txn.id, 9);
+        assert_eq!(txn.start_ts, ts(10, 1, 2));
+        assert_eq!(txn.reads, crate::conflict::KeySet::new(&reads));
+        assert_eq!(txn.writes, crate::conflict::KeySet::new(&writes));
+        // Cut anywhere: an error, or (cut between fields) fewer keys; never a panic.
+        for cut in 0..inner.len() {
+            if decode_engine_transaction(&inner[..cut], &mut txn).is_ok() {
+                assert!(
+                    txn.reads.len() + txn.writes.len() < 2 * long.len(),
+                    "cut at {cut}"
+                );
+            }
+        }
+        // A one-byte length past the end is refused, as by the general field reader.
+        assert!(decode_engine_transaction(&[READ_SET_TAG, 2, b'a'], &mut txn).is_err());
+        assert!(decode_engine_transaction(&[WRITE_SET_TAG, 5, b'a'], &mut txn).is_err());
     }
 
     #[test]
