@@ -49,7 +49,7 @@ from bench.support import (
     record_us_per_call,
 )
 from tests.support.etcd_process import EtcdMember
-from tests.support.oracle_cluster import CallLog, OracleCluster, leader_client, load
+from tests.support.oracle_cluster import OracleCluster, calls_under_load
 from tests.support.oracle_process import OracleProcess
 from tests.support.secured_etcd import oracle_etcd_args, secured_etcd_with_pki
 
@@ -169,28 +169,25 @@ def failover_gaps(
 ) -> list[float]:
     """Milliseconds of client-visible gap for each of ``rounds`` leader losses."""
     gaps: list[float] = []
-    with OracleCluster(
-        directory,
-        etcd_endpoints,
-        lease_ttl_s=1,
-        extra_args=("--cluster-name", directory.name, *extra_args),
-    ) as cluster:
-        client = leader_client(cluster.targets)
-        calls = CallLog()
-        try:
-            with load(client, calls, threads=3, count=1):
-                for _ in range(rounds):
-                    leader = cluster.wait_for_leader()
-                    leader_id = cluster.nodes.index(leader) + 1
-                    time.sleep(0.5)  # steady load before the event
-                    at = time.monotonic_ns()
-                    event(leader)
-                    cluster.wait_for_leader(other_than=leader_id)
-                    time.sleep(0.3)
-                    gaps.append(calls.largest_gap_ms(at - 200_000_000))
-                    leader.start()
-        finally:
-            client.close()
+    with (
+        OracleCluster(
+            directory,
+            etcd_endpoints,
+            lease_ttl_s=1,
+            extra_args=("--cluster-name", directory.name, *extra_args),
+        ) as cluster,
+        calls_under_load(cluster.targets, count=1) as calls,
+    ):
+        for _ in range(rounds):
+            leader = cluster.wait_for_leader()
+            leader_id = cluster.nodes.index(leader) + 1
+            time.sleep(0.5)  # steady load before the event
+            at = time.monotonic_ns()
+            event(leader)
+            cluster.wait_for_leader(other_than=leader_id)
+            time.sleep(0.3)
+            gaps.append(calls.largest_gap_ms(at - 200_000_000))
+            leader.start()
     calls.check()
     return gaps
 

@@ -32,10 +32,8 @@ from typing import Any
 
 from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_cluster import (
-    CallLog,
     OracleCluster,
-    leader_client,
-    load,
+    calls_under_load,
     read_etcd_key,
     write_etcd_key,
 )
@@ -73,39 +71,36 @@ def deletion_rounds(
     leader before its watch did."""
     figures: list[dict[str, float]] = []
     fenced_first = 0
-    with OracleCluster(directory, etcd.endpoint, lease_ttl_s=LEASE_TTL_S) as cluster:
-        client = leader_client(cluster.targets)
-        calls = CallLog()
-        try:
-            with load(client, calls, threads=3, count=1):
-                for _ in range(rounds):
-                    leader = cluster.wait_for_leader()
-                    term = read_etcd_key(etcd.endpoint, "leader")
-                    assert term is not None
-                    time.sleep(0.3)  # steady load before the event
-                    at_ns = time.monotonic_ns()
-                    sent_s = time.time()
-                    write_etcd_key(etcd.endpoint, "leader", None)
-                    cluster.wait_for_leader(after_epoch=term.create_revision)
-                    time.sleep(0.2)
-                    stop = logged_at(leader, "leader key lost", sent_s)
-                    fenced = logged_at(leader, "fenced out", sent_s)
-                    if fenced is not None and (stop is None or fenced < stop):
-                        stop = fenced
-                        fenced_first += 1
-                    assert stop is not None, leader.log_text()[-2000:]
-                    won = first_logged(cluster.nodes, "won the election", sent_s)
-                    leading = first_logged(cluster.nodes, "leading", sent_s)
-                    figures.append(
-                        {
-                            "stop_ms": (stop - sent_s) * 1e3,
-                            "won_ms": (won - sent_s) * 1e3,
-                            "leading_ms": (leading - sent_s) * 1e3,
-                            "gap_ms": calls.largest_gap_ms(at_ns - 200_000_000),
-                        }
-                    )
-        finally:
-            client.close()
+    with (
+        OracleCluster(directory, etcd.endpoint, lease_ttl_s=LEASE_TTL_S) as cluster,
+        calls_under_load(cluster.targets, count=1) as calls,
+    ):
+        for _ in range(rounds):
+            leader = cluster.wait_for_leader()
+            term = read_etcd_key(etcd.endpoint, "leader")
+            assert term is not None
+            time.sleep(0.3)  # steady load before the event
+            at_ns = time.monotonic_ns()
+            sent_s = time.time()
+            write_etcd_key(etcd.endpoint, "leader", None)
+            cluster.wait_for_leader(after_epoch=term.create_revision)
+            time.sleep(0.2)
+            stop = logged_at(leader, "leader key lost", sent_s)
+            fenced = logged_at(leader, "fenced out", sent_s)
+            if fenced is not None and (stop is None or fenced < stop):
+                stop = fenced
+                fenced_first += 1
+            assert stop is not None, leader.log_text()[-2000:]
+            won = first_logged(cluster.nodes, "won the election", sent_s)
+            leading = first_logged(cluster.nodes, "leading", sent_s)
+            figures.append(
+                {
+                    "stop_ms": (stop - sent_s) * 1e3,
+                    "won_ms": (won - sent_s) * 1e3,
+                    "leading_ms": (leading - sent_s) * 1e3,
+                    "gap_ms": calls.largest_gap_ms(at_ns - 200_000_000),
+                }
+            )
     calls.check()
     return figures, fenced_first
 

@@ -37,11 +37,9 @@ from hlc_oracle.proto import oracle_pb2 as pb
 from bench.support import UNARY_CALLERS, UNARY_CALLS, concurrent_unary, interleaved_pairs
 from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_cluster import (
-    CallLog,
     OracleCluster,
+    calls_under_load,
     fetch_metrics,
-    leader_client,
-    load,
 )
 from tests.support.oracle_process import OracleProcess, skewed_clock_env
 
@@ -85,25 +83,20 @@ def test_skewed_failovers(benchmark: Any, etcd: EtcdMember, tmp_path: Path, offs
             node_env={SKEWED: skewed_clock_env(offset)},
         ) as cluster:
             figures["message_before"] = wait_until_far(cluster)
-            client = leader_client(cluster.targets)
-            calls = CallLog()
             leaders: list[int] = []
             gaps: list[float] = []
-            try:
-                with load(client, calls, threads=3, count=1):
-                    for _ in range(rounds):
-                        leader = cluster.wait_for_leader()
-                        leaders.append(cluster.nodes.index(leader) + 1)
-                        time.sleep(0.5)  # steady load before the kill
-                        at = time.monotonic_ns()
-                        leader.kill()
-                        cluster.wait_for_leader(other_than=leaders[-1])
-                        time.sleep(0.3)
-                        gaps.append(calls.largest_gap_ms(at - 200_000_000))
-                        leader.start()
-                    leaders.append(cluster.nodes.index(cluster.wait_for_leader()) + 1)
-            finally:
-                client.close()
+            with calls_under_load(cluster.targets, count=1) as calls:
+                for _ in range(rounds):
+                    leader = cluster.wait_for_leader()
+                    leaders.append(cluster.nodes.index(leader) + 1)
+                    time.sleep(0.5)  # steady load before the kill
+                    at = time.monotonic_ns()
+                    leader.kill()
+                    cluster.wait_for_leader(other_than=leaders[-1])
+                    time.sleep(0.3)
+                    gaps.append(calls.largest_gap_ms(at - 200_000_000))
+                    leader.start()
+                leaders.append(cluster.nodes.index(cluster.wait_for_leader()) + 1)
             figures["message_after"] = cluster.statuses()[SKEWED].peers_message
             calls.check()
             figures["leaders"] = leaders

@@ -21,12 +21,10 @@ from hlc_oracle.proto import REFUSAL_METADATA_KEY
 
 from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_cluster import (
-    CallLog,
     OracleCluster,
+    calls_under_load,
     fetch_metrics,
     get_timestamps_directly,
-    leader_client,
-    load,
     metric_value,
     read_etcd_key,
     write_etcd_key,
@@ -54,9 +52,7 @@ def test_a_deleted_leader_key_stops_the_leader_and_a_new_one_is_elected(
     with OracleCluster(
         tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S, extra_args=WATCH_ARGS
     ) as cluster:
-        client = leader_client(cluster.targets)
-        calls = CallLog()
-        with load(client, calls):
+        with calls_under_load(cluster.targets) as calls:
             leader = cluster.wait_for_leader()
             term = read_etcd_key(etcd.endpoint, "leader")
             assert term is not None
@@ -71,7 +67,6 @@ def test_a_deleted_leader_key_stops_the_leader_and_a_new_one_is_elected(
                 assert not status.serving
                 assert "the leader key was deleted at revision" in status.not_serving_reason, status
             calls.wait_for_more_than(before)
-        client.close()
         log = leader.log_text()
         assert f"{LOST} (epoch {term.create_revision})" in log, log[-3000:]
         assert "stepped down" in log and "the leader key was deleted at revision" in log
@@ -85,9 +80,7 @@ def test_an_overwritten_leader_key_stops_the_leader_and_its_status_says_why(
     with OracleCluster(
         tmp_path, etcd.endpoint, lease_ttl_s=LEASE_TTL_S, extra_args=WATCH_ARGS
     ) as cluster:
-        client = leader_client(cluster.targets)
-        calls = CallLog()
-        with load(client, calls):
+        with calls_under_load(cluster.targets) as calls:
             leader = cluster.wait_for_leader()
             term = read_etcd_key(etcd.endpoint, "leader")
             assert term is not None
@@ -112,7 +105,6 @@ def test_an_overwritten_leader_key_stops_the_leader_and_its_status_says_why(
             write_etcd_key(etcd.endpoint, "leader", None)  # the operator puts it right
             cluster.wait_for_leader(after_epoch=term.create_revision)
             calls.wait_for_more_than(before)
-        client.close()
         assert f"{LOST} (epoch {term.create_revision})" in leader.log_text()
         assert metric_value(fetch_metrics(leader), KEY_LOST_METRIC) == 1
     calls.check(max_offset_us=MAX_OFFSET_US)

@@ -17,7 +17,7 @@ from hlc_oracle.config import TlsSection
 from hlc_oracle.server.skew_guard import GrpcPeerTransport, peer_channel_credentials
 
 from tests.support.etcd_process import EtcdMember
-from tests.support.oracle_cluster import CallLog, OracleCluster, leader_client, load
+from tests.support.oracle_cluster import OracleCluster, calls_under_load
 from tests.support.oracle_process import OracleProcess, skewed_clock_env
 
 SKEWED = 3
@@ -137,9 +137,7 @@ def test_a_lagging_candidate_defers_to_one_that_can_serve_at_once(
         extra_args=("--set", "peers.enabled=false"),
         node_env={SKEWED: skewed_clock_env("-2s")},
     ) as cluster:
-        client = leader_client(cluster.targets)
-        calls = CallLog()
-        with load(client, calls, threads=2, count=1):
+        with calls_under_load(cluster.targets, threads=2, count=1) as calls:
             first = cluster.wait_for_leader()
             first_id = cluster.nodes.index(first) + 1
             assert first_id != SKEWED
@@ -153,7 +151,6 @@ def test_a_lagging_candidate_defers_to_one_that_can_serve_at_once(
             last = cluster.wait_for_leader(other_than=second_id)
             assert cluster.nodes.index(last) + 1 == SKEWED
             calls.wait_for_more_than(len(calls.calls))
-        client.close()
         # It lagged indeed: as the last node it waited before serving, or had deferred its
         # campaign that long (a member key that outlived its node counts as a live peer). While
         # a healthy node lives, that one usually takes the key before this one even looks.

@@ -3,6 +3,9 @@
     with OracleCluster(tmp_path, etcd.endpoint, size=3) as cluster:   # started, a leader elected
         leader = cluster.wait_for_leader()                              # an OracleProcess
         client = leader_client(cluster.targets)                         # the library, all targets
+        with calls_under_load(cluster.targets) as calls:                # load threads, every call
+            ...                                                         # logged
+        calls.check()
     # every node stopped by pid
 
 :func:`leader_client` is the client library's :class:`~hlc_oracle.client.OracleClient` given every
@@ -421,3 +424,17 @@ def load(client: OracleClient, log: CallLog, threads: int = 3, count: int = 4) -
         for worker in workers:
             worker.join(30)
     assert not errors, errors
+
+
+@contextlib.contextmanager
+def calls_under_load(targets: list[str], threads: int = 3, count: int = 4) -> Iterator[CallLog]:
+    """:func:`load` through one :func:`leader_client` given ``targets``: ``threads`` threads, each
+    taking ``count`` timestamps a call back to back until the block ends, every call in the
+    :class:`CallLog` it yields (``check()`` it after). The client is closed at the end."""
+    client = leader_client(targets)
+    calls = CallLog()
+    try:
+        with load(client, calls, threads=threads, count=count):
+            yield calls
+    finally:
+        client.close()
