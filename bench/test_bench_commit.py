@@ -132,9 +132,9 @@ def test_sqlite_insert_commit_per_transaction(benchmark: Any, tmp_path: Path) ->
     record_rate(benchmark, TXNS, figures["seconds"], [])
 
 
-def test_raw_ceiling_1000_records_per_fsync(benchmark: Any, tmp_path: Path) -> None:
-    benchmark.group = f"commit sync {TXNS} txns"
-    path = tmp_path / "batched.log"
+def measure_raw_ceiling(bench: Any, path: Path, records: int) -> None:
+    """The raw ceiling: ``records`` log-sized records appended to ``path``, 1,000 per
+    ``fdatasync``; five rounds, the last one's rate."""
     chunk = RECORD * 1000
     figures: dict[str, Any] = {}
 
@@ -143,8 +143,8 @@ def test_raw_ceiling_1000_records_per_fsync(benchmark: Any, tmp_path: Path) -> N
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             written = 0
-            while written < TXNS:
-                count = min(1000, TXNS - written)
+            while written < records:
+                count = min(1000, records - written)
                 os.write(descriptor, chunk[: count * len(RECORD)])
                 os.fdatasync(descriptor)
                 written += count
@@ -152,8 +152,13 @@ def test_raw_ceiling_1000_records_per_fsync(benchmark: Any, tmp_path: Path) -> N
             os.close(descriptor)
         figures["seconds"] = time.perf_counter() - started
 
-    benchmark.pedantic(body, rounds=5, iterations=1)
-    record_rate(benchmark, TXNS, figures["seconds"], [])
+    bench.pedantic(body, rounds=5, iterations=1)
+    record_rate(bench, records, figures["seconds"], [])
+
+
+def test_raw_ceiling_1000_records_per_fsync(benchmark: Any, tmp_path: Path) -> None:
+    benchmark.group = f"commit sync {TXNS} txns"
+    measure_raw_ceiling(benchmark, tmp_path / "batched.log", TXNS)
 
 
 async def await_resolved_in_batches(count: int, submitters: int) -> list[float]:
@@ -355,23 +360,7 @@ def test_raw_ceiling_stream_group(baseline: Any, tmp_path: Path) -> None:
     """The raw ceiling (1,000 records per ``fdatasync``) for as many records as the stream
     benchmarks commit, in their group."""
     baseline.group = f"commit stream {STREAM_TXNS} txns"
-    path = tmp_path / "batched.log"
-    chunk = RECORD * 1000
-    figures: dict[str, Any] = {}
-
-    def body() -> None:
-        started = time.perf_counter()
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            for _ in range(STREAM_TXNS // 1000):
-                os.write(descriptor, chunk)
-                os.fdatasync(descriptor)
-        finally:
-            os.close(descriptor)
-        figures["seconds"] = time.perf_counter() - started
-
-    baseline.pedantic(body, rounds=5, iterations=1)
-    record_rate(baseline, STREAM_TXNS, figures["seconds"], [])
+    measure_raw_ceiling(baseline, tmp_path / "batched.log", STREAM_TXNS)
 
 
 async def _timestamp_of(target: str) -> Timestamp:

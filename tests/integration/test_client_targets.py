@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -23,14 +22,13 @@ from hlc_oracle.client import (
     RetryPolicy,
     parse_targets,
 )
+from hlc_oracle.local_cluster import free_port
 
 from tests.support.oracle_process import OracleProcess
 
 
 def dead_address() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 def test_the_client_moves_on_from_an_unreachable_target(
