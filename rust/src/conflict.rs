@@ -278,6 +278,36 @@ pub enum ConflictKind {
     TooOld,
 }
 
+impl ConflictKind {
+    /// Every kind, in the order of the Python enum's members.
+    pub const ALL: [ConflictKind; 3] = [
+        ConflictKind::WriteWrite,
+        ConflictKind::ReadWrite,
+        ConflictKind::TooOld,
+    ];
+
+    /// The kind's name: on the wire (`Conflict.kind`) and as the Python enum's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConflictKind::WriteWrite => "write_write",
+            ConflictKind::ReadWrite => "read_write",
+            ConflictKind::TooOld => "too_old",
+        }
+    }
+
+    /// The kind named `name` (see [`Self::name`]), or None.
+    pub fn from_name(name: &[u8]) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.name().as_bytes() == name)
+    }
+
+    /// Its place in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What a rejected transaction lost to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum LostTo {

@@ -421,14 +421,6 @@ pub fn encode_transaction<'k>(
 
 // ---- results ------------------------------------------------------------------------------------
 
-fn kind_name(kind: ConflictKind) -> &'static str {
-    match kind {
-        ConflictKind::WriteWrite => "write_write",
-        ConflictKind::ReadWrite => "read_write",
-        ConflictKind::TooOld => "too_old",
-    }
-}
-
 /// Appends one `CommitResult` (field 1 of `CommitStreamResponse`).
 pub fn encode_result(out: &mut Vec<u8>, result: &WireResult) {
     put_message(out, 1, |m| match result {
@@ -443,7 +435,7 @@ pub fn encode_result(out: &mut Vec<u8>, result: &WireResult) {
                 AbortReason::Conflict(conflict) => {
                     put_bytes(a, 1, b"conflict");
                     put_message(a, 2, |c| {
-                        put_bytes(c, 1, kind_name(conflict.kind).as_bytes());
+                        put_bytes(c, 1, conflict.kind.name().as_bytes());
                         if let Some(key) = &conflict.key {
                             put_bytes(c, 2, key);
                         }
@@ -484,12 +476,10 @@ fn decode_conflict(txn_id: u64, bytes: &[u8]) -> Result<Conflict, WireError> {
     while let Some((field, value)) = reader.field()? {
         match field {
             1 => {
-                kind = Some(match expect_bytes(value, "Conflict.kind")? {
-                    b"write_write" => ConflictKind::WriteWrite,
-                    b"read_write" => ConflictKind::ReadWrite,
-                    b"too_old" => ConflictKind::TooOld,
-                    _ => return Err(error("unknown Conflict.kind")),
-                });
+                kind = Some(
+                    ConflictKind::from_name(expect_bytes(value, "Conflict.kind")?)
+                        .ok_or_else(|| error("unknown Conflict.kind"))?,
+                );
             }
             2 => key = Some(expect_bytes(value, "Conflict.key")?.to_vec()),
             3 => commit_ts = Some(decode_timestamp(expect_bytes(value, "commit_ts")?)?),

@@ -104,16 +104,16 @@ impl PyAborted {
         winner_txn_id: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let txn_id = u64_arg(txn_id, "txn_id")?;
-        let kind = match kind {
-            "write_write" => ConflictKind::WriteWrite,
-            "read_write" => ConflictKind::ReadWrite,
-            "too_old" => ConflictKind::TooOld,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "kind must be \"write_write\", \"read_write\" or \"too_old\", got {other:?}"
-                )))
-            }
-        };
+        let kind = ConflictKind::from_name(kind.as_bytes()).ok_or_else(|| {
+            let names: Vec<String> = ConflictKind::ALL
+                .iter()
+                .map(|kind| format!("{:?}", kind.name()))
+                .collect();
+            PyValueError::new_err(format!(
+                "kind must be one of {}, got {kind:?}",
+                names.join(", ")
+            ))
+        })?;
         let winner = winner_txn_id
             .filter(|w| !w.is_none())
             .map(|w| u64_arg(w, "winner_txn_id"))

@@ -111,11 +111,11 @@ pub(crate) fn register_conflict_kind(module: &Bound<'_, PyModule>) -> PyResult<(
         "Why a transaction was rejected: WRITE_WRITE (it writes a key committed after its \
          start), READ_WRITE (serializable: it reads one), TOO_OLD (it started at or below the \
          low watermark, so it cannot be verified).",
-        &[
-            (kind_name(ConflictKind::WriteWrite), "write_write"),
-            (kind_name(ConflictKind::ReadWrite), "read_write"),
-            (kind_name(ConflictKind::TooOld), "too_old"),
-        ],
+        &ConflictKind::ALL
+            .map(|kind| (kind_name(kind), kind.name()))
+            .iter()
+            .map(|(member, value)| (member.as_str(), *value))
+            .collect::<Vec<_>>(),
     )?;
     let members: [Py<PyAny>; 3] = members
         .try_into()
@@ -125,12 +125,9 @@ pub(crate) fn register_conflict_kind(module: &Bound<'_, PyModule>) -> PyResult<(
     Ok(())
 }
 
-fn kind_name(kind: ConflictKind) -> &'static str {
-    match kind {
-        ConflictKind::WriteWrite => "WRITE_WRITE",
-        ConflictKind::ReadWrite => "READ_WRITE",
-        ConflictKind::TooOld => "TOO_OLD",
-    }
+/// The Python enum member's name: its value (the kind's name) in capitals.
+fn kind_name(kind: ConflictKind) -> String {
+    kind.name().to_ascii_uppercase()
 }
 
 /// A rejection: the transaction, the kind, its conflicting key, and what it lost to: a recorded
@@ -153,12 +150,7 @@ impl PyConflict {
         let members = CONFLICT_KIND_MEMBERS.get(py).ok_or_else(|| {
             PyRuntimeError::new_err("hlc_oracle._core.ConflictKind is not registered")
         })?;
-        let index = match self.0.kind {
-            ConflictKind::WriteWrite => 0,
-            ConflictKind::ReadWrite => 1,
-            ConflictKind::TooOld => 2,
-        };
-        Ok(members[index].clone_ref(py))
+        Ok(members[self.0.kind.index()].clone_ref(py))
     }
 
     #[getter]
