@@ -5,9 +5,10 @@ import enum
 import os
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, ClassVar, Final, final
+from typing import Any, ClassVar, Final, TypedDict, final
 
 __all__ = [
+    "COMMIT_DEFAULTS",
     "ERROR_CODES",
     "LOGICAL_BITS",
     "MAX_LOGICAL",
@@ -55,6 +56,18 @@ __all__ = [
     "piece_requested_aborts",
 ]
 
+class _CommitDefaults(TypedDict):
+    isolation: str
+    max_keys: int
+    max_read_keys: int
+    max_write_keys: int
+    max_key_bytes: int
+    retained_decisions: int
+    segment_size: int
+    retain_segments: int
+
+#: The commit engine's defaults (the ``[commit]`` settings read them).
+COMMIT_DEFAULTS: Final[_CommitDefaults]
 #: ``(exception class, gRPC status code number)`` for every refusal, most specific first.
 ERROR_CODES: Final[tuple[tuple[type[BaseException], int], ...]]
 LOGICAL_BITS: Final[int]

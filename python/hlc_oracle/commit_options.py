@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hlc_oracle._core import COMMIT_DEFAULTS as _DEFAULTS
 from hlc_oracle.setting import setting
 
 __all__ = ["CommitOptions"]
@@ -25,7 +26,8 @@ class CommitOptions:
         "--commit-durability",
     )
     isolation: str = setting(
-        "snapshot", "snapshot (write-write conflicts) or serializable (read-write too)"
+        _DEFAULTS["isolation"],
+        "snapshot (write-write conflicts) or serializable (read-write too)",
     )
     log_dir: Path | None = setting(
         None, "commit log directory (unset: <server.data_dir>/commit-log in the server)"
@@ -37,16 +39,24 @@ class CommitOptions:
     max_queue: int = setting(
         100_000, "requests waiting for a batch beyond which commits get RESOURCE_EXHAUSTED"
     )
-    max_keys: int = setting(1_000_000, "keys the conflict detector remembers (memory bound)")
-    max_read_keys: int = setting(10_000, "largest read set of one transaction")
-    max_write_keys: int = setting(10_000, "largest write set of one transaction")
-    max_key_bytes: int = setting(4096, "largest key (bytes)")
-    retained_decisions: int = setting(
-        1_000_000, "decided transaction ids kept for status and idempotent resubmission"
+    max_keys: int = setting(
+        _DEFAULTS["max_keys"], "keys the conflict detector remembers (memory bound)"
     )
-    segment_size: int = setting(64 << 20, "commit log segment size in bytes (rotation)")
+    max_read_keys: int = setting(_DEFAULTS["max_read_keys"], "largest read set of one transaction")
+    max_write_keys: int = setting(
+        _DEFAULTS["max_write_keys"], "largest write set of one transaction"
+    )
+    max_key_bytes: int = setting(_DEFAULTS["max_key_bytes"], "largest key (bytes)")
+    retained_decisions: int = setting(
+        _DEFAULTS["retained_decisions"],
+        "decided transaction ids kept for status and idempotent resubmission",
+    )
+    segment_size: int = setting(
+        _DEFAULTS["segment_size"], "commit log segment size in bytes (rotation)"
+    )
     retain_segments: int = setting(
-        8, "log segments kept; older ones are checkpointed away (retention)"
+        _DEFAULTS["retain_segments"],
+        "log segments kept; older ones are checkpointed away (retention)",
     )
 
     def __post_init__(self) -> None:

@@ -11,6 +11,8 @@ them, the client reads them, and both import them from here; so is :func:`status
 
 import grpc
 
+from hlc_oracle._core import COMMIT_DEFAULTS
+
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -67,5 +69,13 @@ def largest_transaction_message_bytes(
 #: transaction the default commit limits allow (10,000 read and 10,000 write keys of 4,096 bytes,
 #: about 78.2 MiB), rounded up to whole MiB.
 DEFAULT_MAX_MESSAGE_BYTES = (
-    -(-largest_transaction_message_bytes(10_000, 10_000, 4096) // 2**20) * 2**20
+    -(
+        -largest_transaction_message_bytes(
+            COMMIT_DEFAULTS["max_read_keys"],
+            COMMIT_DEFAULTS["max_write_keys"],
+            COMMIT_DEFAULTS["max_key_bytes"],
+        )
+        // 2**20
+    )
+    * 2**20
 )

@@ -57,6 +57,28 @@ fn durability_name(durability: Durability) -> &'static str {
     }
 }
 
+/// `COMMIT_DEFAULTS`: the engine's defaults (`EngineConfig::new`), which the `[commit]` settings
+/// and the server's default message limit read instead of keeping copies.
+pub(crate) fn commit_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let config = EngineConfig::new(Durability::Sync, None);
+    let defaults = PyDict::new(py);
+    defaults.set_item(
+        "isolation",
+        match config.isolation {
+            Isolation::Snapshot => "snapshot",
+            Isolation::Serializable => "serializable",
+        },
+    )?;
+    defaults.set_item("max_keys", config.max_keys)?;
+    defaults.set_item("max_read_keys", config.limits.max_read_keys)?;
+    defaults.set_item("max_write_keys", config.limits.max_write_keys)?;
+    defaults.set_item("max_key_bytes", config.limits.max_key_bytes)?;
+    defaults.set_item("retained_decisions", config.retained_decisions)?;
+    defaults.set_item("segment_size", config.log_options.segment_size)?;
+    defaults.set_item("retain_segments", config.retain_segments)?;
+    Ok(defaults)
+}
+
 /// A decided batch for Python: `(ticket, [(batch_seq, bytes), ...], released)`.
 fn handout_tuple<'py>(
     py: Python<'py>,

@@ -124,6 +124,7 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("MAX_LOGICAL", crate::timestamp::MAX_LOGICAL)?;
     module.add("MAX_NODE", crate::timestamp::MAX_NODE)?;
     module.add("ERROR_CODES", errors::error_codes(py)?)?;
+    module.add("COMMIT_DEFAULTS", engine::commit_defaults(py)?)?;
     module.add(
         "SYNC_BUCKET_BOUNDS_US",
         pyo3::types::PyTuple::new(py, crate::log::SYNC_BUCKET_BOUNDS_US)?,
