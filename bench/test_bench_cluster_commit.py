@@ -30,7 +30,8 @@
   replayed, and the failed commit calls by error kind (an unknown outcome counted per
   transaction; the target is none but ``OracleOutcomeUnknownError``). A round in which
   leadership had moved on its own before the event (``moved_before_event``: a starved host) is
-  run again. Figures, not timings: the benchmark's own time is one pass.
+  run again; a next leader whose term ended before its history was in has no takeover figure
+  (``term_ended_before_history``). ``error_samples``: the first distinct failed calls. Figures, not timings: the benchmark's own time is one pass.
 - ``cluster decision piece size``: in process, the scheduler on the etcd decision log (one
   member) with pieces capped at 16 KiB to 1 MiB, 2048 submitters: decided transactions/s.
 """
@@ -239,10 +240,11 @@ def answered_by(
         time.sleep(0.01)
 
 
-def takeover(node: OracleProcess) -> tuple[float, float, int]:
+def takeover(node: OracleProcess) -> tuple[float, float, int] | None:
     """From ``node``'s log, its latest takeover: milliseconds from "won the election" to
     "leading" (serving), then the seconds its decision history took to load in the background
-    and the decisions it replayed (waits for that record, bounded)."""
+    and the decisions it replayed (waits for that record, bounded). None when the term ended
+    ("stepped down": a starved host) before its history was in."""
     deadline = time.monotonic() + 60
     while True:
         records = [json.loads(line) for line in node.log_text().splitlines() if line[:1] == "{"]
@@ -252,6 +254,8 @@ def takeover(node: OracleProcess) -> tuple[float, float, int]:
         loaded = next((r for r in after if r["message"] == "decisions recovered"), None)
         if leading is not None and loaded is not None:
             break
+        if any(r["message"] == "stepped down" for r in after):
+            return None
         assert time.monotonic() < deadline, after
         time.sleep(0.1)
     milliseconds = (_log_time(leading) - _log_time(records[won])) * 1e3
@@ -270,7 +274,7 @@ def commit_failover_gaps(
     decisions retained before and the failed calls by kind. A round in which another node
     answered between the round's start and the event (leadership had moved on its own: a
     starved host) is counted apart and run again, up to ``rounds`` more."""
-    figures: dict[str, Any] = {"moved_before_event": 0}
+    figures: dict[str, Any] = {"moved_before_event": 0, "term_ended_before_history": 0}
     for event in ("sigterm", "kill -9"):
         figures[event], figures[f"{event} takeover"], figures[f"{event} fresh"] = [], [], []
     with OracleCluster(
@@ -311,12 +315,19 @@ def commit_failover_gaps(
                         figures[event].append(load.largest_gap_ms(before))
                         before = max(t for t in list(load.arrivals_answered) if t <= at)
                         figures[f"{event} fresh"].append(load.largest_gap_ms(before, arrivals=True))
-                        figures[f"{event} takeover"].append(takeover(successor))
+                        took = takeover(successor)
+                        if took is None:
+                            figures["term_ended_before_history"] += 1
+                        else:
+                            figures[f"{event} takeover"].append(took)
                     leader.stop()
                     leader.start()
             load.pause()
         figures["decided"] = len(load.decided)
         figures["errors"] = load.errors_by_kind()
+        figures["error_samples"] = sorted({f"{type(e).__name__}: {e}"[:300] for e in load.errors})[
+            :5
+        ]
     return figures
 
 
@@ -347,6 +358,8 @@ def test_failover_under_commit_load(benchmark: Any, tmp_path: Path, retained: in
     benchmark.extra_info["retained"] = figures["retained"]
     benchmark.extra_info["decided_under_load"] = figures["decided"]
     benchmark.extra_info["errors"] = figures["errors"]
+    benchmark.extra_info["error_samples"] = figures["error_samples"]
+    benchmark.extra_info["term_ended_before_history"] = figures["term_ended_before_history"]
 
 
 async def decide_through_etcd(endpoint: str, piece_bytes: int, count: int) -> tuple[float, int]:
