@@ -25,6 +25,8 @@ from hlc_oracle.cluster.decisions import (
     DecisionLog,
     DecisionQuotaError,
     decision_key,
+    decisions_range,
+    parse_decision_key,
 )
 from hlc_oracle.cluster.etcd import (
     EtcdError,
@@ -72,6 +74,42 @@ def test_decisions_survive_into_the_next_term(etcd: EtcdMember) -> None:
         fresh = await second.commit(transactions(second.scheduler.clock, 1000, 3))
         assert all(isinstance(a, Committed) for a in fresh)
         assert await second.log.newest_seq() > newest
+        await second.scheduler.aclose()
+
+    run(scenario)
+
+
+def test_a_new_leaders_history_loads_newest_first_without_its_own_terms_pieces(
+    etcd: EtcdMember,
+) -> None:
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        first, _ = await Leader.promote(client, 1)
+        for n in range(12):  # a piece each
+            await first.commit(transactions(first.scheduler.clock, 1 + 10 * n, 10))
+        await first.scheduler.aclose()
+        second, _ = await Leader.promote(client, 2)
+        await second.commit(transactions(second.scheduler.clock, 1000, 5))  # this term's
+        stored = await client.range(*decisions_range(PREFIX))
+        earlier = [parse_decision_key(PREFIX, kv.key) for kv in stored.kvs]
+        earlier = [key for key in earlier if key[0] == first.log.epoch]
+        assert len(earlier) >= 12
+        for page_keys in (1, 3, 256):
+            log = DecisionLog(client, PREFIX, second.log.fence, page_keys=page_keys)
+            seen: list[int] = []
+            engine = CommitEngine(None, Clock(node=3), durability="external")
+
+            def replay(
+                seq: int, data: bytes, into: list[int] = seen, engine: CommitEngine = engine
+            ) -> tuple[int, int]:
+                into.append(seq)
+                counts: tuple[int, int] = engine.replay_piece(seq, data)
+                return counts
+
+            recovered = await log.load_history(None, replay, newest_first=True)
+            assert seen == [seq for _, seq in reversed(earlier)], page_keys
+            assert recovered.pieces == len(earlier)
+            assert engine.status(1) == second.scheduler.status(1)
         await second.scheduler.aclose()
 
     run(scenario)

@@ -31,9 +31,10 @@ refused ``OUT_OF_RANGE``, never decided again: deciding it could flip a trimmed 
 aborted); the ids earlier leaders aborted by id are read (``aborts/<epoch>/<seq>/<txn_id>``, one
 empty key per abort by id, written in the same fenced txn as its piece; rare); then the node
 serves, and the pieces of earlier terms after the checkpoint replay in the background, newest
-first, in pages of a consistent snapshot (small pages first, so the newest pieces are in soon;
-a page whose answer would pass gRPC's 4 MiB receive limit is read again with fewer keys; each
-piece replays in a worker thread).
+first, from a consistent snapshot (their keys listed first, then their values read in ascending
+ranges from the newest end, small ones first, so the newest pieces are in soon; a read whose
+answer would pass gRPC's 4 MiB receive limit is made again with fewer keys; each piece replays
+in a worker thread).
 
 The rule while the history loads. Each version-3 piece records its leader's clock reading when
 it was written, at or above every start and commit timestamp in it; readings never decrease in
@@ -85,13 +86,21 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 
 from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, GroupCommitScheduler, HlcError, Timestamp
 from hlc_oracle._core import piece_requested_aborts
 from hlc_oracle.cluster.capacity import Capacity, CapacityGuard
-from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, EtcdQuotaError, delete_range, put
+from hlc_oracle.cluster.etcd import (
+    EtcdClient,
+    EtcdError,
+    EtcdQuotaError,
+    KeyValue,
+    RangePage,
+    delete_range,
+    put,
+)
 from hlc_oracle.cluster.fence import Fence, FenceError
 from hlc_oracle.durable import ExternalDurableStep
 from hlc_oracle.node.gate import ServingGate
@@ -111,7 +120,7 @@ DEFAULT_RETENTION_S = 600.0
 MAX_IN_FLIGHT = 4
 #: How often a leader trims expired pieces, at most (a tenth of the retention when shorter).
 TRIM_INTERVAL_S = 30.0
-#: Keys in the first page of a history loaded newest first (pages then double up to
+#: Pieces in the first read of a history loaded newest first (reads then double up to
 #: ``page_keys``): the newest pieces, those the requests held at a takeover wait for, come in
 #: one short read.
 FIRST_PAGE_KEYS = 4
@@ -364,38 +373,27 @@ class DecisionLog:
         in_thread: bool = False,
         newest_first: bool = False,
     ) -> Recovered:
-        """Replays every piece after ``checkpoint``, read in pages at one revision: in key
-        order, or (``newest_first``: a new leader's history, see the module docstring) the
-        pieces of earlier terms in descending key order, small pages first (this term's own are
-        decided here: its engine knows them). ``in_thread``: each replay in a
-        worker thread, so that a long history never holds the event loop. The pieces count for
-        retention from now on. Raises :class:`DecisionDecodeError` naming a key that does not
-        decode; on any error nothing is counted for retention (a second attempt replays again:
-        a replayed decision never replaces one the engine knows)."""
+        """Replays every piece after ``checkpoint``, read at one revision: in key order, in
+        pages; or (``newest_first``: a new leader's history, see the module docstring) the
+        pieces of earlier terms in descending key order (this term's own are decided here: its
+        engine knows them). ``in_thread``: each replay in a worker thread, so that a long
+        history never holds the event loop. The pieces count for retention from now on. Raises
+        :class:`DecisionDecodeError` naming a key that does not decode; on any error nothing is
+        counted for retention (a second attempt replays again: a replayed decision never
+        replaces one the engine knows)."""
         start, end = decisions_range(self.prefix)
         if newest_first:
             end = min(end, decision_key(self.prefix, self.epoch, 0))
         if checkpoint is not None:
             start = max(start, decision_key(self.prefix, checkpoint.epoch, checkpoint.seq))
             self._forgotten_through = checkpoint.forgotten_through
-        revision = 0
         pieces = newest = commits = aborts = 0
         promoted_at = self._now()
         kept: list[tuple[float, int, int, Timestamp | None]] = []
-        limit = min(FIRST_PAGE_KEYS, self.page_keys) if newest_first else self.page_keys
-        while start < end:
-            try:
-                page = await self.client.range(
-                    start, end, limit=limit, revision=revision, newest_first=newest_first
-                )
-            except EtcdError as err:
-                # Pieces are up to 1 MiB: a page of many can pass gRPC's 4 MiB receive limit.
-                if "larger than max" not in str(err) or limit == 1:
-                    raise
-                limit = max(1, limit // 8)
-                continue
-            revision = page.revision
-            for kv in page.kvs:
+
+        async def replay(kvs: Iterable[KeyValue]) -> None:
+            nonlocal pieces, newest, commits, aborts
+            for kv in kvs:
                 epoch, seq = parse_decision_key(self.prefix, kv.key)
                 try:
                     if in_thread:
@@ -412,15 +410,12 @@ class DecisionLog:
                 pieces += 1
                 newest = max(newest, seq)
                 kept.append((promoted_at, epoch, seq, None))
-            if not page.more or not page.kvs:
-                break
-            if newest_first:
-                end = page.kvs[-1].key
-                limit = min(limit * 2, self.page_keys)
-            else:
-                start = page.kvs[-1].key + b"\0"
+
         if newest_first:
+            revision = await self._replay_newest_first(start, end, replay)
             kept.reverse()
+        else:
+            revision = await self._replay_in_key_order(start, end, replay)
         if newest == 0 and checkpoint is not None:
             newest = checkpoint.seq - 1
         through = None
@@ -432,6 +427,72 @@ class DecisionLog:
         self._kept.extendleft((t, e, s, through) for t, e, s, _ in reversed(kept))
         self._compact_next = None
         return Recovered(pieces, newest, revision, commits, aborts)
+
+    async def _replay_in_key_order(
+        self,
+        start: bytes,
+        end: bytes,
+        replay: Callable[[Iterable[KeyValue]], Awaitable[None]],
+    ) -> int:
+        """The pieces in ``[start, end)`` to ``replay`` in key order, in pages at one revision
+        (returned)."""
+        revision = 0
+        limit = self.page_keys
+        while start < end:
+            page = await self._range_page(start, end, limit, revision)
+            if page is None:
+                limit = max(1, limit // 8)
+                continue
+            revision = page.revision
+            await replay(page.kvs)
+            if not page.more or not page.kvs:
+                break
+            start = page.kvs[-1].key + b"\0"
+        return revision
+
+    async def _replay_newest_first(
+        self,
+        start: bytes,
+        end: bytes,
+        replay: Callable[[Iterable[KeyValue]], Awaitable[None]],
+    ) -> int:
+        """The pieces in ``[start, end)`` to ``replay`` in descending key order, at one revision
+        (returned): their keys listed first (keys only), then their values read in ascending
+        ranges from the newest end, ``FIRST_PAGE_KEYS`` then doubling up to ``page_keys`` (a
+        descending range would make etcd read and sort every key left for each page)."""
+        keys: list[bytes] = []
+        revision = 0
+        while start < end:
+            page = await self.client.range(
+                start, end, limit=ABORT_PAGE_KEYS, revision=revision, keys_only=True
+            )
+            revision = page.revision
+            keys.extend(kv.key for kv in page.kvs)
+            if not page.more or not page.kvs:
+                break
+            start = page.kvs[-1].key + b"\0"
+        high, limit = len(keys), min(FIRST_PAGE_KEYS, self.page_keys)
+        while high > 0:
+            low = max(0, high - limit)
+            values = await self._range_page(keys[low], keys[high - 1] + b"\0", 0, revision)
+            if values is None:
+                limit = max(1, (high - low) // 8)
+                continue
+            await replay(reversed(values.kvs))
+            high, limit = low, min(limit * 2, self.page_keys)
+        return revision
+
+    async def _range_page(
+        self, start: bytes, end: bytes, limit: int, revision: int
+    ) -> RangePage | None:
+        """One page of decision keys; None when its answer would pass gRPC's 4 MiB receive
+        limit (pieces are up to 1 MiB: read fewer), unless it is a single key."""
+        try:
+            return await self.client.range(start, end, limit=limit, revision=revision)
+        except EtcdError as err:
+            if "larger than max" not in str(err) or limit == 1 or start + b"\0" == end:
+                raise
+            return None
 
     # --- retention ---
 
