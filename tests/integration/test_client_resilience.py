@@ -7,7 +7,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from hlc_oracle.client import (
 )
 from hlc_oracle.local_cluster import free_port
 
-from tests.support.commands import command_start_up_seconds
+from tests.support.commands import CLI, command_start_up_seconds
 from tests.support.oracle_process import OracleProcess
 from tests.support.tcp_proxy import TcpProxy
 
@@ -308,9 +307,7 @@ def test_ctrl_c_exits_130_with_one_line(start_oracle: Callable[..., OracleProces
     try:
         command = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "hlc_oracle.cli",
+                *CLI,
                 "now",
                 "--target",
                 server.target,
@@ -338,7 +335,7 @@ def test_bench_counts_unknown_outcomes_on_their_own_line(
     with TcpProxy(server.target) as proxy:
         bench = subprocess.Popen(
             [
-                sys.executable, "-m", "hlc_oracle.cli", "bench", "--target", proxy.target,
+                *CLI, "bench", "--target", proxy.target,
                 "--mode", "commit", "--requests", "1000000", "--duration", str(4 * start_up + 5),
                 "--concurrency", "4", "--retries", "1", "--timeout", "5", "--no-progress",
             ],

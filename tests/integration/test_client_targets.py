@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from hlc_oracle.client import (
 )
 from hlc_oracle.local_cluster import free_port
 
+from tests.support.commands import CLI
 from tests.support.oracle_process import OracleProcess
 
 
@@ -113,7 +113,7 @@ def test_a_bad_entry_in_a_target_list_is_named() -> None:
 
 def status(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hlc_oracle.cli", "status", "--timeout", "3", *args],
+        [*CLI, "status", "--timeout", "3", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -15,7 +15,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from hlc_oracle import Aborted, Committed, Transaction
 from hlc_oracle.client import AsyncOracleClient, CommitManyResults, OracleClient
 
 from tests.support.client_commit_load import CLIENT_TIMEOUT_S, ClientCommitLoad
-from tests.support.commands import command_start_up_seconds
+from tests.support.commands import CLI, command_start_up_seconds
 from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_cluster import OracleCluster, fetch_metrics, metric_value
 from tests.support.oracle_process import OracleProcess
@@ -136,7 +135,7 @@ def test_bench_commit_modes_ride_through_failovers(etcd: EtcdMember, tmp_path: P
         common += ["--requests", "1000000", "--concurrency", "8", "--no-progress"]
         benches = [
             subprocess.Popen(
-                [sys.executable, "-m", "hlc_oracle.cli", "bench", *common, *mode],
+                [*CLI, "bench", *common, *mode],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from hlc_oracle.cluster.etcd import EtcdAuthError, EtcdClient, EtcdPermissionErr
 from hlc_oracle.cluster.etcd_security import EtcdSecurity
 from hlc_oracle.config import ClusterSection
 
+from tests.support.commands import CLI
 from tests.support.etcd_process import ORACLE_ROLE, EtcdMember
 from tests.support.oracle_cluster import OracleCluster, leader_client
 from tests.support.secured_etcd import (
@@ -192,7 +192,7 @@ def test_a_wrong_password_is_an_auth_error(
 
 def serve_once(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hlc_oracle.cli", "serve", "--listen", "127.0.0.1:0",
+        [*CLI, "serve", "--listen", "127.0.0.1:0",
          "--data-dir", str(data_dir), "--log-format", "text",
          "--set", "cluster.lease_ttl_s=1", *args],
         capture_output=True, text=True, timeout=60, check=False,

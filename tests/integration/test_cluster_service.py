@@ -4,7 +4,6 @@ the start-up refusals (a live duplicate node id, etcd unreachable)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from hlc_oracle.proto import (
 )
 from hlc_oracle.proto import oracle_pb2 as pb
 
+from tests.support.commands import CLI
 from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_cluster import (
     OracleCluster,
@@ -117,7 +117,7 @@ def test_etcd_unreachable_at_start_exits_1_naming_the_endpoints(tmp_path: Path) 
 
 def serve_once(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hlc_oracle.cli", "serve", "--listen", "127.0.0.1:0",
+        [*CLI, "serve", "--listen", "127.0.0.1:0",
          "--data-dir", str(data_dir), "--log-format", "text", *args],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

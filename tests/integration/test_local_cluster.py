@@ -7,12 +7,13 @@ from __future__ import annotations
 import select
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from hlc_oracle import Committed, Transaction
 from hlc_oracle.client import OracleClient
+
+from tests.support.commands import CLI
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
@@ -76,7 +77,7 @@ def read_until_targets(process: subprocess.Popen[str]) -> tuple[str, list[str]]:
 
 def test_a_local_cluster_in_one_command_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "hlc_oracle.cli", "cluster", "--dir", str(tmp_path / "cluster")],
+        [*CLI, "cluster", "--dir", str(tmp_path / "cluster")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -107,7 +108,7 @@ def test_a_local_cluster_in_one_command_answers_and_stops_on_ctrl_c(tmp_path: Pa
 
 def test_sigterm_stops_it_too(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "hlc_oracle.cli", "cluster", "--nodes", "1"],
+        [*CLI, "cluster", "--nodes", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

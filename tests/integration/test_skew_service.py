@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from hlc_oracle.client import (
 )
 from hlc_oracle.proto import oracle_pb2 as pb
 
+from tests.support.commands import CLI
 from tests.support.ntp.chrony import ChronyServer
 from tests.support.ntp.responder import Behaviour, NtpResponder
 from tests.support.ntp.servers import offset_named
@@ -149,7 +149,7 @@ def test_unreachable_servers_are_unknown(
 )
 def test_bad_ntp_configuration_exits_2(args: list[str], message: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "hlc_oracle.cli", "serve", "--listen", "127.0.0.1:0", *args],
+        [*CLI, "serve", "--listen", "127.0.0.1:0", *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -161,7 +161,7 @@ def test_bad_ntp_configuration_exits_2(args: list[str], message: str) -> None:
 def test_skew_command(responder: NtpResponder) -> None:
     def skew(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "hlc_oracle.cli", "skew", *args],
+            [*CLI, "skew", *args],
             capture_output=True,
             text=True,
             timeout=30,

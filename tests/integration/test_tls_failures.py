@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from hlc_oracle.client import (
 )
 from hlc_oracle.server.stderr_relay import convert, record_for
 
+from tests.support.commands import CLI
 from tests.support.oracle_process import OracleProcess
 
 StartOracle = Callable[..., OracleProcess]
@@ -335,7 +335,7 @@ def test_the_good_client_gets_through_the_mutual_tls_oracle(
     assert done.returncode == 0, done.stderr
     unreachable = subprocess.run(
         [
-            sys.executable, "-m", "hlc_oracle.cli", "status", "--target", "127.0.0.1:1",
+            *CLI, "status", "--target", "127.0.0.1:1",
             "--retries", "1", "--timeout", "1", *tls_flags(pki, "ca.pem", "client"),
         ],
         capture_output=True, text=True, timeout=60, check=False,

@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.support.commands import CLI
 from tests.support.started_fixture import StartedFixture
 
 START_TIMEOUT_S = 30.0
@@ -86,7 +86,7 @@ class OracleProcess(StartedFixture):
         env: dict[str, str] | None = None,
         wait_healthy: bool = True,
         run_dir: Path | None = None,
-        program: Sequence[str] = (sys.executable, "-m", "hlc_oracle.cli"),
+        program: Sequence[str] = CLI,
     ) -> None:
         self.data_dir = data_dir
         self.args = list(args)
