@@ -495,9 +495,10 @@ def stop_the_leader(cluster: FaultCluster, load: Load) -> None:
 
 
 def pause_the_leader(held_s: float) -> Round:
-    """SIGSTOP past the lease, held ``held_s`` after a successor serves, then SIGCONT. Calls
+    """SIGSTOP past the lease, held ``held_s`` after a successor serves, then SIGCONT. Commits
     already sent to the paused leader wait at its socket meanwhile (the client moves on only
-    from a node that refuses or fails, not from one that says nothing)."""
+    from a node that refuses or fails, not from one that says nothing); timestamp calls it
+    leaves unanswered for 0.5 s also go to the other nodes, and the successor answers them."""
 
     def pause(cluster: FaultCluster, load: Load) -> None:
         leader = cluster.wait_for_leader()
