@@ -50,8 +50,10 @@ __all__ = [
     "VectorClock",
     "count_commit_request",
     "decode_commit_request",
+    "decode_commit_result",
     "decode_commit_results",
     "encode_commit_request",
+    "encode_commit_result",
     "encode_commit_results",
     "piece_requested_aborts",
 ]
@@ -507,3 +509,5 @@ class CommitResults:
 def encode_commit_results(
     results: Iterable[Committed | Aborted | tuple[int, int, str]],
 ) -> bytes: ...
+def encode_commit_result(result: Committed | Aborted | tuple[int, int, str]) -> bytes: ...
+def decode_commit_result(data: bytes) -> Committed | Aborted | tuple[int, int, str]: ...

@@ -7,8 +7,15 @@ from collections.abc import Sequence
 import grpc
 import pytest
 from hlc_oracle import Aborted, Committed, HlcError, Timestamp
-from hlc_oracle._core import CommitResults, decode_commit_results, encode_commit_results
+from hlc_oracle._core import (
+    CommitResults,
+    decode_commit_result,
+    decode_commit_results,
+    encode_commit_result,
+    encode_commit_results,
+)
 from hlc_oracle.client import CommitManyResults, OracleError
+from hlc_oracle.proto import oracle_pb2 as pb
 
 CODE = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 
@@ -56,3 +63,17 @@ def test_commit_many_results_turn_refusals_into_errors_when_asked() -> None:
     listed = CommitManyResults(decode_commit_results(response()))
     assert (listed.committed, listed.refused) == (2, 1)
     assert listed[0] == results[0] and CommitManyResults([]) == []
+
+
+def test_one_result_is_the_message_the_unary_calls_answer_with() -> None:
+    """``encode_commit_result`` writes one ``CommitResult`` (a unary ``Commit`` or ``Abort``
+    answer) with the codec of the stream's results; protobuf and ``decode_commit_result`` read
+    it back the same."""
+    ts = Timestamp(1_796_000_000_000_000, 3, 2)
+    conflict = Aborted.from_conflict(5, "write_write", b"k", ts)
+    for answer in (Committed(1, ts), Aborted(2, "requested"), conflict, (3, CODE, "too many")):
+        data = encode_commit_result(answer)
+        assert decode_commit_result(data) == answer
+        assert pb.CommitResult.FromString(data).SerializeToString() == data
+    with pytest.raises(ValueError, match="malformed CommitResult"):
+        decode_commit_result(b"\x08")

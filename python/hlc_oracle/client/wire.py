@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from hlc_oracle import Aborted, Committed, HlcError, Timestamp, TimestampRange, Transaction
+from hlc_oracle._core import decode_commit_result
 from hlc_oracle.client.errors import result_error
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.proto import status_code
@@ -80,21 +81,10 @@ def any_refused(answers: CommitAnswers) -> bool:
 
 
 def outcome_from_wire(result: pb.CommitResult) -> Committed | Aborted:
-    """A ``CommitResult`` as the in-process answer; a refused request raises its error."""
-    outcome = result.WhichOneof("outcome")
-    if outcome == "commit_ts":
-        return Committed(result.txn_id, timestamp_from_wire(result.commit_ts))
-    if outcome == "aborted":
-        aborted = result.aborted
-        if not aborted.HasField("conflict"):
-            return Aborted(result.txn_id, aborted.reason)
-        conflict = aborted.conflict
-        return Aborted.from_conflict(
-            result.txn_id,
-            conflict.kind,
-            conflict.key if conflict.HasField("key") else None,
-            timestamp_from_wire(conflict.commit_ts) if conflict.HasField("commit_ts") else None,
-            conflict.winner_txn_id or None,
-        )
-    code = status_code(result.error.code)
-    raise result_error(code, result.error.message)
+    """A ``CommitResult`` as the in-process answer (decoded by the engine's codec, the one
+    ``CommitStream`` responses are read with); a refused request raises its error."""
+    answer = decode_commit_result(result.SerializeToString())
+    if isinstance(answer, tuple):
+        _, code, message = answer
+        raise result_error(status_code(code), message)
+    return answer

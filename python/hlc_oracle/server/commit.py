@@ -30,7 +30,7 @@ from hlc_oracle import (
     Transaction,
     _core,
 )
-from hlc_oracle._core import decode_commit_request, encode_commit_results
+from hlc_oracle._core import decode_commit_request, encode_commit_result, encode_commit_results
 from hlc_oracle.node.gate import ServingGate
 from hlc_oracle.node.metrics import ServerMetrics
 from hlc_oracle.proto import NOT_SERVING_PREFIX, REFUSAL_DISABLED
@@ -47,7 +47,6 @@ from hlc_oracle.server.handler_frame import (
     unary_rpc,
 )
 from hlc_oracle.server.open_streams import OpenStreams, StreamEndedError
-from hlc_oracle.server.service import wire_timestamp
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Transactions"].full_name
 
@@ -78,31 +77,22 @@ def transaction_from_wire(message: pb.Transaction) -> Transaction:
     return Transaction(message.txn_id, start_ts, message.read_set, message.write_set)
 
 
-def result_to_wire(txn_id: int, answer: object) -> pb.CommitResult:
-    """A scheduler answer (``Committed``, ``Aborted`` or the exception) as a ``CommitResult``."""
-    if isinstance(answer, Committed):
-        return pb.CommitResult(txn_id=txn_id, commit_ts=wire_timestamp(answer.commit_ts))
-    if isinstance(answer, Aborted):
-        conflict = answer.conflict
-        if conflict is None:
-            return pb.CommitResult(txn_id=txn_id, aborted=pb.Aborted(reason=answer.reason))
-        wire_conflict = pb.Conflict(
-            kind=conflict.kind.value, winner_txn_id=conflict.winner_txn_id or 0
-        )
-        if conflict.key is not None:
-            wire_conflict.key = conflict.key
-        if conflict.commit_ts is not None:
-            wire_conflict.commit_ts.CopyFrom(wire_timestamp(conflict.commit_ts))
-        return pb.CommitResult(
-            txn_id=txn_id, aborted=pb.Aborted(reason=answer.reason, conflict=wire_conflict)
-        )
+def refusal_of(answer: object) -> tuple[grpc.StatusCode, str]:
+    """The status code and message of an answer that is not a decision."""
     if isinstance(answer, RequestError):
-        code, message = answer.code, answer.message
-    elif isinstance(answer, BaseException):
-        code, message = status_code(answer), str(answer)
-    else:  # pragma: no cover - the scheduler answers nothing else
-        code, message = grpc.StatusCode.INTERNAL, f"unexpected answer {answer!r}"
-    return pb.CommitResult(txn_id=txn_id, error=pb.CommitError(code=code.value[0], message=message))
+        return answer.code, answer.message
+    if isinstance(answer, BaseException):
+        return status_code(answer), str(answer)
+    return grpc.StatusCode.INTERNAL, f"unexpected answer {answer!r}"  # pragma: no cover
+
+
+def result_to_wire(txn_id: int, answer: object) -> bytes:
+    """A scheduler answer (``Committed``, ``Aborted`` or the exception) as a serialized
+    ``CommitResult``, by the engine's codec (the one that encodes ``CommitStream``'s results)."""
+    if isinstance(answer, Committed | Aborted):
+        return bytes(encode_commit_result(answer))
+    code, message = refusal_of(answer)
+    return bytes(encode_commit_result((txn_id, code.value[0], message)))
 
 
 class TransactionsService:
@@ -153,17 +143,10 @@ class TransactionsService:
         check_gate(self.gate, reads=True)
         return self._loaded()
 
-    def _count(self, results: list[pb.CommitResult]) -> None:
-        counts = {"commit_ts": 0, "aborted": 0, "error": 0}
-        for result in results:
-            counts[result.WhichOneof("outcome") or "error"] += 1
-        for outcome, label in (
-            ("commit_ts", "committed"),
-            ("aborted", "aborted"),
-            ("error", "refused"),
-        ):
-            if counts[outcome]:
-                self.metrics.transactions.labels(label).inc(counts[outcome])
+    def _count(self, answers: list[object]) -> None:
+        committed = sum(isinstance(answer, Committed) for answer in answers)
+        aborted = sum(isinstance(answer, Aborted) for answer in answers)
+        self._count_outcomes(committed, aborted, len(answers) - committed - aborted)
 
     @staticmethod
     def _parse_id(raw: bytes, kind: type[pb.AbortRequest | pb.TransactionStatusRequest]) -> int:
@@ -172,8 +155,9 @@ class TransactionsService:
             raise invalid("txn_id must be in 1..2**64-1 (0 is reserved as unset), got 0")
         return int(request.txn_id)
 
-    async def _decide(self, messages: list[pb.Transaction]) -> list[pb.CommitResult]:
-        """Decides the transactions of one request message; refusals become error results."""
+    async def _decide(self, messages: list[pb.Transaction]) -> list[object]:
+        """Decides the transactions of one request message: each one's decision, or the error that
+        refused it."""
         answers: list[object] = [None] * len(messages)
         valid: list[int] = []
         requests: list[Transaction] = []
@@ -191,12 +175,8 @@ class TransactionsService:
                 decided = [err] * len(requests)
             for index, answer in zip(valid, decided, strict=True):
                 answers[index] = answer
-        results = [
-            result_to_wire(message.txn_id, answer)
-            for message, answer in zip(messages, answers, strict=True)
-        ]
-        self._count(results)
-        return results
+        self._count(answers)
+        return answers
 
     # --- handlers ---
 
@@ -208,10 +188,10 @@ class TransactionsService:
             raise invalid("CommitRequest.transaction is required")
         # A refusal keeps the gate's marks (a follower names its leader), as Abort's does.
         self._check_gate()
-        (result,) = await self._decide([request.transaction])
-        if result.WhichOneof("outcome") == "error":
-            raise RequestError(grpc_status(result.error.code), result.error.message)
-        return bytes(result.SerializeToString())
+        (answer,) = await self._decide([request.transaction])
+        if not isinstance(answer, Committed | Aborted):
+            raise RequestError(*refusal_of(answer))
+        return result_to_wire(request.transaction.txn_id, answer)
 
     async def _decide_message(self, raw: bytes) -> bytes:
         """Decides the transactions of one serialized ``CommitStreamRequest``, bytes in and bytes
@@ -315,7 +295,7 @@ class TransactionsService:
             answer = err
         if isinstance(answer, BaseException):
             raise RequestError(status_code(answer), str(answer))
-        return bytes(result_to_wire(txn_id, answer).SerializeToString())
+        return result_to_wire(txn_id, answer)
 
     @unary_rpc("GetTransactionStatus")
     async def get_transaction_status(self, raw: bytes) -> bytes:
@@ -327,7 +307,7 @@ class TransactionsService:
             response = pb.TransactionStatusResponse(known=False)
         else:
             response = pb.TransactionStatusResponse(
-                known=True, result=result_to_wire(txn_id, answer)
+                known=True, result=pb.CommitResult.FromString(result_to_wire(txn_id, answer))
             )
         return bytes(response.SerializeToString())
 

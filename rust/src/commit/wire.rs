@@ -423,7 +423,12 @@ pub fn encode_transaction<'k>(
 
 /// Appends one `CommitResult` (field 1 of `CommitStreamResponse`).
 pub fn encode_result(out: &mut Vec<u8>, result: &WireResult) {
-    put_message(out, 1, |m| match result {
+    put_message(out, 1, |m| encode_result_fields(m, result));
+}
+
+/// Appends the fields of one `CommitResult`: the whole answer of a unary `Commit` or `Abort`.
+pub fn encode_result_fields(m: &mut Vec<u8>, result: &WireResult) {
+    match result {
         WireResult::Decided(txn_id, Outcome::Committed(ts)) => {
             put_uint(m, 1, *txn_id);
             put_timestamp(m, 2, *ts);
@@ -460,7 +465,7 @@ pub fn encode_result(out: &mut Vec<u8>, result: &WireResult) {
                 put_bytes(e, 2, message.as_bytes());
             });
         }
-    });
+    }
 }
 
 fn checked_timestamp(ts: WireTimestamp) -> Result<Timestamp, WireError> {

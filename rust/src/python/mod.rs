@@ -96,6 +96,8 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(wire::decode_commit_results, module)?)?;
     module.add_class::<wire::PyCommitResults>()?;
     module.add_function(wrap_pyfunction!(wire::encode_commit_results, module)?)?;
+    module.add_function(wrap_pyfunction!(wire::encode_commit_result, module)?)?;
+    module.add_function(wrap_pyfunction!(wire::decode_commit_result, module)?)?;
     module.add_class::<answers::PyCommitted>()?;
     module.add_class::<answers::PyAborted>()?;
     module.add_class::<answers::PyStreamResult>()?;

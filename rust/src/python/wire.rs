@@ -101,6 +101,47 @@ pub fn encode_commit_request<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
+/// A result as given from Python: `Committed`, `Aborted` or `(txn_id, grpc_code, message)`.
+/// `index`: its place in `results` (None: the one `result`), for the `TypeError`.
+fn wire_result(item: &Bound<'_, PyAny>, index: Option<usize>) -> PyResult<WireResult> {
+    Ok(if let Ok(committed) = item.cast::<PyCommitted>() {
+        let committed = committed.get();
+        WireResult::Decided(committed.txn_id, Outcome::Committed(committed.commit_ts.0))
+    } else if let Ok(aborted) = item.cast::<PyAborted>() {
+        let aborted = aborted.get();
+        let reason = match &aborted.conflict {
+            Some(conflict) => AbortReason::Conflict(conflict.clone()),
+            None => AbortReason::Requested,
+        };
+        WireResult::Decided(aborted.txn_id, Outcome::Aborted(reason))
+    } else if let Ok((txn_id, code, message)) = item.extract::<(u64, u32, String)>() {
+        WireResult::Error {
+            txn_id,
+            code,
+            message,
+        }
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "{} must be Committed, Aborted or (txn_id, code, message), got {}",
+            index.map_or_else(|| "result".into(), |i| format!("results[{i}]")),
+            type_name(item)
+        )));
+    })
+}
+
+/// A decoded result as its Python object: `Committed`, `Aborted` or `(txn_id, grpc_code,
+/// message)`.
+fn result_object<'py>(py: Python<'py>, result: WireResult) -> PyResult<Bound<'py, PyAny>> {
+    match result {
+        WireResult::Decided(txn_id, outcome) => outcome_object(py, txn_id, &outcome),
+        WireResult::Error {
+            txn_id,
+            code,
+            message,
+        } => Ok((txn_id, code, message).into_pyobject(py)?.into_any()),
+    }
+}
+
 /// A serialized `CommitStreamResponse`: each item is a `Committed`, an `Aborted`, or a
 /// `(txn_id, grpc_code, message)` tuple for a refused transaction.
 #[pyfunction]
@@ -110,32 +151,34 @@ pub fn encode_commit_results<'py>(
 ) -> PyResult<Bound<'py, PyBytes>> {
     let mut out = Vec::new();
     for (index, item) in results.try_iter()?.enumerate() {
-        let item = item?;
-        let result = if let Ok(committed) = item.cast::<PyCommitted>() {
-            let committed = committed.get();
-            WireResult::Decided(committed.txn_id, Outcome::Committed(committed.commit_ts.0))
-        } else if let Ok(aborted) = item.cast::<PyAborted>() {
-            let aborted = aborted.get();
-            let reason = match &aborted.conflict {
-                Some(conflict) => AbortReason::Conflict(conflict.clone()),
-                None => AbortReason::Requested,
-            };
-            WireResult::Decided(aborted.txn_id, Outcome::Aborted(reason))
-        } else if let Ok((txn_id, code, message)) = item.extract::<(u64, u32, String)>() {
-            WireResult::Error {
-                txn_id,
-                code,
-                message,
-            }
-        } else {
-            return Err(PyTypeError::new_err(format!(
-                "results[{index}] must be Committed, Aborted or (txn_id, code, message), got {}",
-                type_name(&item)
-            )));
-        };
+        let result = wire_result(&item?, Some(index))?;
         wire::encode_result(&mut out, &result);
     }
     Ok(PyBytes::new(py, &out))
+}
+
+/// One serialized `CommitResult` (the answer of a unary `Commit` or `Abort`): `result` is a
+/// `Committed`, an `Aborted`, or `(txn_id, grpc_code, message)` for a refused transaction.
+#[pyfunction]
+pub fn encode_commit_result<'py>(
+    py: Python<'py>,
+    result: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut out = Vec::new();
+    wire::encode_result_fields(&mut out, &wire_result(result, None)?);
+    Ok(PyBytes::new(py, &out))
+}
+
+/// One serialized `CommitResult` decoded: `Committed`, `Aborted`, or `(txn_id, grpc_code,
+/// message)` for a refused transaction. `ValueError` when malformed.
+#[pyfunction]
+pub fn decode_commit_result<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let result =
+        wire::decode_result(data.as_bytes()).map_err(|err| wire_error("CommitResult", &err))?;
+    result_object(py, result)
 }
 
 /// The results of a serialized `CommitStreamResponse`, decoded when asked for: a sequence of
@@ -158,14 +201,9 @@ impl PyCommitResults {
         }
         let bytes = self.data.bind(py).as_bytes();
         let body = bytes.get(entry.start..entry.end).unwrap_or_default();
-        match wire::decode_result(body).map_err(|err| wire_error("CommitStreamResponse", &err))? {
-            WireResult::Decided(txn_id, outcome) => outcome_object(py, txn_id, &outcome),
-            WireResult::Error {
-                txn_id,
-                code,
-                message,
-            } => Ok((txn_id, code, message).into_pyobject(py)?.into_any()),
-        }
+        let result =
+            wire::decode_result(body).map_err(|err| wire_error("CommitStreamResponse", &err))?;
+        result_object(py, result)
     }
 }
 
@@ -240,16 +278,7 @@ pub fn decode_commit_results<'py>(
         .map_err(|err| wire_error("CommitStreamResponse", &err))?;
     let out = PyList::empty(py);
     for result in results {
-        match result {
-            WireResult::Decided(txn_id, outcome) => {
-                out.append(outcome_object(py, txn_id, &outcome)?)?
-            }
-            WireResult::Error {
-                txn_id,
-                code,
-                message,
-            } => out.append((txn_id, code, message))?,
-        }
+        out.append(result_object(py, result)?)?;
     }
     Ok(out)
 }
