@@ -21,10 +21,12 @@ import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
+from typing import Self
 
 from hlc_oracle import Aborted, Committed, Timestamp, Transaction
 from hlc_oracle.client import AsyncOracleClient, OracleOutcomeUnknownError
+
+from tests.support.started_fixture import StartedFixture
 
 #: Far above any failover the tests and benchmarks cause: a call ends with an error only when
 #: something is wrong.
@@ -33,7 +35,7 @@ CLIENT_TIMEOUT_S = 20.0
 MAX_ARRIVALS = 200
 
 
-class ClientCommitLoad:
+class ClientCommitLoad(StartedFixture):
     """Callers of one :class:`AsyncOracleClient` given ``targets``: ``commit_callers`` calling
     ``commit()``, ``batch_callers`` calling ``commit_many()`` of ``batch`` transactions, and
     (``unary_caller``) one alternating ``commit_unary()`` and ``abort()`` of a fresh id; each
@@ -79,20 +81,16 @@ class ClientCommitLoad:
         self._running = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    def __enter__(self) -> ClientCommitLoad:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         self._stop.set()
         self._running.set()
-        self._thread.join(self.timeout * 2)
-        assert not self._thread.is_alive(), "the load did not stop"
+        if self._thread.ident is not None:  # started
+            self._thread.join(self.timeout * 2)
+            assert not self._thread.is_alive(), "the load did not stop"
 
     def run(self) -> None:
         self._running.set()

@@ -251,7 +251,7 @@ class FaultCluster(StartedFixture):
             member.restart()
 
 
-class Load:
+class Load(StartedFixture):
     """``tasks`` client tasks taking timestamps and committing until the block ends, or
     ``max_operations`` calls, or ``max_seconds``; every call recorded in :attr:`history`."""
 
@@ -281,14 +281,14 @@ class Load:
         self._thread: threading.Thread | None = None
         self._ids = itertools.count(1)
 
-    def __enter__(self) -> Self:
+    def start(self) -> Self:
         self._thread = threading.Thread(
             target=lambda: asyncio.run(self._run()), name="fault-load", daemon=True
         )
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def close(self) -> None:
         self.stop()
 
     def stop(self) -> None:
