@@ -603,13 +603,28 @@ class ClusteredGroupCommit:
         log = DecisionLog(
             self.client, self.prefix, fence, retention_s=self.retention_s, clock=self.clock
         )
-        checkpoint = await log.read_checkpoint()
-        aborted_ids = await log.aborted_ids()
+        # Three independent reads side by side: the takeover waits for the slowest, not for the
+        # sum (the newest piece's seq costs most: etcd sorts every decision key for it). Each
+        # is awaited to its end; the first failure, in this order, is raised.
+        checkpoint_read = asyncio.ensure_future(log.read_checkpoint())
+        aborted_read = asyncio.ensure_future(log.aborted_ids())
+        newest_read = asyncio.ensure_future(log.newest_seq())
+        reads = (checkpoint_read, aborted_read, newest_read)
+        try:
+            await asyncio.wait(reads)
+        finally:
+            for read in reads:
+                read.cancel()  # only if promote itself was cancelled: none is left running
+        for read in reads:
+            read.exception()  # each failure is retrieved; the first one is raised below
+        checkpoint = checkpoint_read.result()
+        aborted_ids = aborted_read.result()
+        newest_seq = newest_read.result()
         step = ExternalDurableStep(
             log.write,
             asyncio.get_running_loop(),
             max_in_flight=MAX_IN_FLIGHT,
-            first_batch_seq=await log.newest_seq() + 1,
+            first_batch_seq=newest_seq + 1,
             on_failure=self._write_failed,
         )
         scheduler = GroupCommitScheduler(None, self.clock, self.options, durable_step=step)
