@@ -20,12 +20,12 @@ def test_guard_blocks_and_unblocks_the_gate(responder: NtpResponder) -> None:
     gate.add_listener(lambda serving, message: changes.append((serving, message)))
     config = SkewConfig(servers=(NtpServer.parse(responder.address),), recovery_hold_s=0)
     registry = CollectorRegistry()
-    monitor = build_skew_monitor(config, 500_000, gate, registry)
+    # A 5 s max offset: the message is refreshed when the offset moves by 1% of it (50 ms), far
+    # more than the loopback measurement's noise (a few ms under load).
+    monitor = build_skew_monitor(config, 5_000_000, gate, registry)
     assert gate.serving  # unknown before the first poll, and unknown_policy is warn
 
-    # Mid-way inside one 1%-of-max-offset step (5 ms), so measurement noise between the two
-    # polls cannot cross a step boundary, which would rightly refresh the message.
-    responder.set(offset_s=2.0025)
+    responder.set(offset_s=20.0)
     monitor.poll_once()
     refusal = gate.refusal()
     assert refusal is not None and refusal.startswith("clock-skew: clock offset +")
@@ -40,6 +40,32 @@ def test_guard_blocks_and_unblocks_the_gate(responder: NtpResponder) -> None:
     responder.set(offset_s=0.0)
     monitor.poll_once()
     assert gate.serving and changes[-1] == (True, None)
+
+
+def test_the_message_is_refreshed_when_the_offset_moves_by_a_step(
+    responder: NtpResponder,
+) -> None:
+    gate = ServingGate()
+    changes: list[tuple[bool, str | None]] = []
+    gate.add_listener(lambda serving, message: changes.append((serving, message)))
+    config = SkewConfig(servers=(NtpServer.parse(responder.address),), recovery_hold_s=0)
+    monitor = build_skew_monitor(config, 5_000_000, gate, CollectorRegistry())  # step 50 ms
+
+    def announced() -> int:
+        return sum(1 for serving, _ in changes if not serving)
+
+    responder.set(offset_s=19.990)
+    monitor.poll_once()
+    assert announced() == 1
+    # 20 ms on, across a multiple of the step but less than a step from what was announced
+    responder.set(offset_s=20.010)
+    monitor.poll_once()
+    assert announced() == 1
+    responder.set(offset_s=20.100)  # 110 ms from what was announced: more than a step
+    monitor.poll_once()
+    assert announced() == 2
+    blocked = [message for serving, message in changes if not serving]
+    assert blocked[1] != blocked[0] and blocked[1] == gate.refusal()
 
 
 def test_unknown_refuse_blocks_before_the_first_poll(responder: NtpResponder) -> None:

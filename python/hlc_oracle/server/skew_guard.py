@@ -66,21 +66,29 @@ def build_skew_monitor(
         config, max_offset_us=max_offset_us, wall_clock=wall_clock, on_fatal_jump=fatal
     )
 
-    last_key: list[tuple[object, ...] | None] = [None]
+    # What was announced last: (state, recovering, message without an estimate) and the offset.
+    announced: list[tuple[tuple[object, ...], int | None] | None] = [None]
+    step = max(1, max_offset_us // 100)
 
     def follow(status: SkewStatus) -> None:
         if status.serving:
-            last_key[0] = None
+            announced[0] = None
             gate.unblock(GATE_KEY)
             return
         # Every block() re-announces health and logs: refresh the message when the state or
-        # the reason changes, or the offset moved by 1% of the max offset, not on every poll.
+        # the reason changes, or the offset moved by 1% of the max offset since the message
+        # last announced, not on every poll. Measured against the announced offset (not fixed
+        # buckets of 1%), so measurement noise smaller than the step never re-announces.
         estimate = status.estimate
-        step = max(1, max_offset_us // 100)
-        detail: object = status.message if estimate is None else estimate.offset_us // step
-        key = (status.state, status.recovering, detail)
-        if key != last_key[0]:
-            last_key[0] = key
+        offset = None if estimate is None else estimate.offset_us
+        key = (status.state, status.recovering, status.message if offset is None else None)
+        last = announced[0]
+        if (
+            last is None
+            or last[0] != key
+            or (offset is not None and last[1] is not None and abs(offset - last[1]) >= step)
+        ):
+            announced[0] = (key, offset)
             gate.block(GATE_KEY, status.message)
 
     follow(monitor.status())  # ``unknown`` before the first poll may already refuse
