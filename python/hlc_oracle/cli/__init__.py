@@ -17,8 +17,12 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
+# First, before anything imports grpc (config does, through proto): see _grpc_core_logs.
+from hlc_oracle.cli import _grpc_core_logs  # noqa: F401
+
+# isort: split
 from hlc_oracle import config as config_module
-from hlc_oracle.cli import _grpc_core_logs, bench, calls, cluster, serve, skew  # noqa: F401 (first)
+from hlc_oracle.cli import bench, calls, cluster, serve, skew
 from hlc_oracle.cli.exit_codes import (
     EXIT_DISABLED,
     EXIT_FAILED,

@@ -9,9 +9,9 @@ unless the user set it. ``serve`` keeps grpc-core's lines: its stderr relay turn
 handshake into a log record naming the likely cause
 (:mod:`hlc_oracle.server.stderr_relay`).
 
-The package's ``__init__`` imports this module first among those that import grpc (its name sorts
-first); a test runs a client command against a TLS mismatch and checks that stderr holds only the
-command's own line.
+The package's ``__init__`` imports this module before any other, in an import block of its own; a
+test runs a client command against a TLS mismatch and checks that stderr holds only the command's
+own line.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@
 //! above the window of every earlier one, while no leader's clock passes its own window.
 //! [`reading`] reads the header alone (`None` for versions 1 and 2, which carry no reading).
 
-use crate::commit::record::{self, DecisionRecord, RecordError};
-use crate::conflict::{Conflict, ConflictKind, LostTo, TxnId};
+use crate::commit::record::{self, ByteReader, DecisionRecord, RecordError};
+use crate::conflict::{Conflict, LostTo, TxnId};
 use crate::timestamp::Timestamp;
 
 pub const VERSION_1: u8 = 1;
@@ -189,11 +189,7 @@ impl PieceEncoder {
             this.begin(KIND_CONFLICT, conflict.txn_id);
             this.record.extend_from_slice(&fingerprint.to_le_bytes());
             this.ts(START, start_ts);
-            this.record.push(match conflict.kind {
-                ConflictKind::WriteWrite => 1,
-                ConflictKind::ReadWrite => 2,
-                ConflictKind::TooOld => 3,
-            });
+            this.record.push(record::conflict_kind_code(conflict.kind));
             match conflict.lost_to {
                 LostTo::Commit(ts) => {
                     this.record.push(1);
@@ -237,41 +233,26 @@ impl PieceEncoder {
 }
 
 struct Reader<'a> {
-    bytes: &'a [u8],
+    bytes: ByteReader<'a>,
     previous_id: TxnId,
     previous_packed: [u64; 3],
 }
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        if self.bytes.len() < n {
-            return Err(RecordError("truncated"));
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Ok(head)
+        self.bytes.take(n)
     }
 
     fn u8(&mut self) -> Result<u8, RecordError> {
-        Ok(self.take(1)?[0])
+        self.bytes.u8()
     }
 
     fn u64_le(&mut self) -> Result<u64, RecordError> {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(word))
+        self.bytes.u64()
     }
 
     fn varint(&mut self) -> Result<u64, RecordError> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.u8()?;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(RecordError("varint longer than 10 bytes"))
+        self.bytes.varint()
     }
 
     fn txn_id(&mut self) -> Result<TxnId, RecordError> {
@@ -301,12 +282,7 @@ impl<'a> Reader<'a> {
             KIND_CONFLICT => {
                 let fingerprint = self.u64_le()?;
                 let start_ts = self.ts(START)?;
-                let kind = match self.u8()? {
-                    1 => ConflictKind::WriteWrite,
-                    2 => ConflictKind::ReadWrite,
-                    3 => ConflictKind::TooOld,
-                    _ => return Err(RecordError("unknown conflict kind")),
-                };
+                let kind = record::conflict_kind_of_code(self.u8()?)?;
                 let lost_to = match self.u8()? {
                     1 => LostTo::Commit(self.ts(COMMIT)?),
                     2 => LostTo::BatchMember(self.varint()?),
@@ -391,19 +367,19 @@ pub fn to_version_2(piece: &[u8]) -> Vec<u8> {
 /// The records of a version-2 or -3 piece after its header: count varint, then the records.
 fn decode_compact(bytes: &[u8]) -> Result<Vec<DecisionRecord>, RecordError> {
     let mut reader = Reader {
-        bytes,
+        bytes: ByteReader { bytes },
         previous_id: 0,
         previous_packed: [0; 3],
     };
     let count = reader.varint()?;
     // Every record takes at least 4 bytes (kind, id, a timestamp's two varints).
-    if count > reader.bytes.len() as u64 / 4 {
+    if count > reader.bytes.bytes.len() as u64 / 4 {
         return Err(RecordError("record count larger than the piece"));
     }
     let records = (0..count)
         .map(|_| reader.record())
         .collect::<Result<Vec<_>, _>>()?;
-    if !reader.bytes.is_empty() {
+    if !reader.bytes.bytes.is_empty() {
         return Err(RecordError("trailing bytes after the piece's records"));
     }
     Ok(records)
@@ -437,6 +413,7 @@ fn decode_v1_records(piece: &[u8]) -> Result<Vec<&[u8]>, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conflict::ConflictKind;
 
     #[test]
     fn damaged_version_1_pieces_are_errors() {

@@ -89,11 +89,7 @@ pub fn encode_aborted(
     out.extend_from_slice(&conflict.txn_id.to_le_bytes());
     out.extend_from_slice(&fingerprint.to_le_bytes());
     put_ts(out, start_ts);
-    out.push(match conflict.kind {
-        ConflictKind::WriteWrite => 1,
-        ConflictKind::ReadWrite => 2,
-        ConflictKind::TooOld => 3,
-    });
+    out.push(conflict_kind_code(conflict.kind));
     match conflict.lost_to {
         LostTo::Commit(ts) => {
             out.push(1);
@@ -125,12 +121,33 @@ pub fn encode_abort_requested(out: &mut Vec<u8>, txn_id: TxnId, decided_at: Time
     put_ts(out, decided_at);
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
+/// The byte a stored decision (a record here, a compact piece in `piece.rs`) writes for a
+/// conflict's kind: fixed numbers, since stored bytes outlive any reordering of the enum.
+pub(super) fn conflict_kind_code(kind: ConflictKind) -> u8 {
+    match kind {
+        ConflictKind::WriteWrite => 1,
+        ConflictKind::ReadWrite => 2,
+        ConflictKind::TooOld => 3,
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+/// The kind that [`conflict_kind_code`] wrote as `code`.
+pub(super) fn conflict_kind_of_code(code: u8) -> Result<ConflictKind, RecordError> {
+    match code {
+        1 => Ok(ConflictKind::WriteWrite),
+        2 => Ok(ConflictKind::ReadWrite),
+        3 => Ok(ConflictKind::TooOld),
+        _ => Err(RecordError("unknown conflict kind")),
+    }
+}
+
+/// Reads stored decisions front to back; every read past the end is a `truncated` error.
+pub(super) struct ByteReader<'a> {
+    pub(super) bytes: &'a [u8],
+}
+
+impl<'a> ByteReader<'a> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
         if self.bytes.len() < n {
             return Err(RecordError("truncated"));
         }
@@ -139,7 +156,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn u8(&mut self) -> Result<u8, RecordError> {
+    pub(super) fn u8(&mut self) -> Result<u8, RecordError> {
         Ok(self.take(1)?[0])
     }
 
@@ -154,10 +171,22 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes(word))
     }
 
-    fn u64(&mut self) -> Result<u64, RecordError> {
+    pub(super) fn u64(&mut self) -> Result<u64, RecordError> {
         let mut word = [0u8; 8];
         word.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(word))
+    }
+
+    pub(super) fn varint(&mut self) -> Result<u64, RecordError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.u8()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(RecordError("varint longer than 10 bytes"))
     }
 
     fn ts(&mut self) -> Result<Timestamp, RecordError> {
@@ -172,7 +201,7 @@ impl<'a> Reader<'a> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<DecisionRecord, RecordError> {
-    let mut r = Reader { bytes };
+    let mut r = ByteReader { bytes };
     if r.u8()? != VERSION {
         return Err(RecordError("unknown record version"));
     }
@@ -199,12 +228,7 @@ pub fn decode(bytes: &[u8]) -> Result<DecisionRecord, RecordError> {
         }
         KIND_CONFLICT => {
             let start_ts = r.ts()?;
-            let kind = match r.u8()? {
-                1 => ConflictKind::WriteWrite,
-                2 => ConflictKind::ReadWrite,
-                3 => ConflictKind::TooOld,
-                _ => return Err(RecordError("unknown conflict kind")),
-            };
+            let kind = conflict_kind_of_code(r.u8()?)?;
             let lost_to = match r.u8()? {
                 1 => LostTo::Commit(r.ts()?),
                 2 => {
