@@ -481,6 +481,17 @@ class GroupCommitScheduler:
 
     @staticmethod
     def _deliver(batch: list[_Entry], answers: list[object]) -> None:
+        waiters = [entry[_WAITER] for entry in batch]
+        # The common case: every waiter is a future of one event loop. Handed over as they are,
+        # in one wake-up of that loop, without a pair per answer.
+        loops = {getattr(waiter, "_loop", None) for waiter in waiters}
+        if len(loops) == 1:
+            (loop,) = loops
+            if isinstance(loop, asyncio.AbstractEventLoop):
+                # A closed loop raises RuntimeError: nobody is waiting there any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_resolve_all, waiters, answers)
+                return
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
         # Callers mostly share one loop: look it up once per run of them, not once per answer.
         last_loop: asyncio.AbstractEventLoop | None = None
@@ -636,3 +647,14 @@ def _resolve(pairs: list[tuple[asyncio.Future[Any], object]]) -> None:
             future.set_exception(answer)
         else:
             future.set_result(answer)
+
+
+def _resolve_all(futures: list[asyncio.Future[Any]], answers: list[object]) -> None:
+    for future, answer in zip(futures, answers, strict=True):
+        try:
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+        except asyncio.InvalidStateError:  # cancelled by its caller meanwhile
+            continue
