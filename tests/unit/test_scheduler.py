@@ -542,3 +542,23 @@ def test_only_a_raise_that_left_the_ceiling_where_it_was_counts_as_a_retry() -> 
             assert isinstance(outcome, Committed) and len(rising) == 2 * CEILING_RETRIES
 
     asyncio.run(scenario())
+
+
+def test_a_caller_cancelled_before_its_answer_leaves_the_others_answered() -> None:
+    async def scenario() -> None:
+        clock = Clock(node=1)
+        # The writer waits up to 0.3 s for a batch to fill, so all three share one batch.
+        options = CommitOptions(
+            durability="memory", max_batch_size=1000, max_batch_delay_us=300_000
+        )
+        errors: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        with GroupCommitScheduler(None, clock, options) as scheduler:
+            futures = [scheduler.submit(make_txn(clock, i, [b"c%d" % i])) for i in range(1, 4)]
+            futures[1].cancel()
+            first, third = await asyncio.wait_for(asyncio.gather(futures[0], futures[2]), 10)
+            assert isinstance(first, Committed) and isinstance(third, Committed)
+            assert isinstance(scheduler.status(2), Committed)  # decided, only nobody listened
+        assert errors == []
+
+    asyncio.run(scenario())
