@@ -180,9 +180,7 @@ class ClusterNode:
             if self._after_grant is not None:
                 await self._after_grant()
             try:
-                await register(
-                    self.client, self.prefix, self.node_id, address, self.session.lease_id
-                )
+                await self._register(address, deadline)
                 break
             except LeaseNotFoundError as err:
                 # The lease lapsed before its first use (a pause longer than its TTL between
@@ -252,6 +250,26 @@ class ClusterNode:
                             }
                         },
                     )
+                await asyncio.sleep(RETRY_S)
+
+    async def _register(self, address: str, deadline: float) -> None:
+        """Claims the node id. A txn etcd did not answer in time (a slow etcd or a loaded host)
+        is tried again until ``deadline``, as the lease grant is: the claim is safe to repeat
+        (the key held by this node's own lease counts as claimed). etcd's answers (a refusal,
+        the lease gone, no space) and a live holder of the id are raised at once."""
+        while True:
+            try:
+                await register(
+                    self.client, self.prefix, self.node_id, address, self.session.lease_id
+                )
+                return
+            except EtcdError as err:
+                if type(err) is not EtcdError or time.monotonic() >= deadline:
+                    raise
+                log.warning(
+                    "claiming the node id: etcd did not answer; trying again",
+                    extra={"fields": {"node_id": self.node_id, "error": str(err)}},
+                )
                 await asyncio.sleep(RETRY_S)
 
     async def _learn_leader(self) -> None:
