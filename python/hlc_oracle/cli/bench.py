@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -64,10 +65,26 @@ def add_parser(commands: Any) -> None:
         "--duration",
         type=positive_seconds,
         default=30.0,
-        help="stop after this many seconds at most, > 0 (default %(default)s)",
+        help="stop after this many seconds at most, > 0 (default %(default)s); SIGTERM stops "
+        "it sooner, with the figures so far",
     )
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_client_arguments(bench)
+
+
+class Until:
+    """The bench's end: ``--duration`` seconds from now, or a SIGTERM, after which no call is
+    started (those in flight finish, and the figures so far are printed, exit 0)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.perf_counter() + seconds
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.stop)
+
+    def stop(self) -> None:
+        self.deadline = time.perf_counter()
+
+    def running(self) -> bool:
+        return time.perf_counter() < self.deadline
 
 
 class ProgressBar:
@@ -193,7 +210,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[float] = []
     issued = 0
     outcomes = Outcomes()
-    deadline = time.perf_counter() + args.duration
+    until = Until(args.duration)
     progress = ProgressBar(args.requests, sys.stderr, not args.no_progress and sys.stderr.isatty())
     async with AsyncOracleClient(args.target, **client_kwargs(args)) as client:
         await client.status()  # fail fast, and open the connection outside the timing
@@ -230,7 +247,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             return True
 
         async def caller() -> None:
-            while issued < args.requests and time.perf_counter() < deadline:
+            while issued < args.requests and until.running():
                 started = time.perf_counter()
                 try:
                     if not await call():
@@ -277,7 +294,7 @@ async def run_commit_batches(args: argparse.Namespace) -> dict[str, Any]:
     batches_sent = 0
     transactions_done = 0
     outcomes = Outcomes()
-    deadline = time.perf_counter() + args.duration
+    until = Until(args.duration)
     progress = ProgressBar(args.requests, sys.stderr, not args.no_progress and sys.stderr.isatty())
     async with AsyncOracleClient(args.target, **client_kwargs(args)) as client:
         await client.status()  # fail fast, and open the connection outside the timing
@@ -290,7 +307,7 @@ async def run_commit_batches(args: argparse.Namespace) -> dict[str, Any]:
 
         async def caller() -> None:
             nonlocal batches_sent, transactions_done, start
-            while batches and time.perf_counter() < deadline:
+            while batches and until.running():
                 sent = batches.pop()
                 if sent[0].start_ts != start:  # built before a failover aborted their start
                     sent = restarted(sent, start)
