@@ -118,6 +118,29 @@ async def write_previous_release(client: Any) -> None:
     assert (FIXTURES[2] / "expected.json").is_file()
 
 
+async def promote_node_2(
+    client: Any, clock: Clock, window_limit: int
+) -> tuple[ClusteredGroupCommit, GroupCommitScheduler | None, list[str]]:
+    """Node 2 takes the leadership and promotes its group commit above ``window_limit``: the
+    group commit, the scheduler it installed, and the reasons of the terms it ended (a list
+    that grows)."""
+    fence = await take_leadership(client, "node-2")
+    installed: list[GroupCommitScheduler | None] = []
+    ended: list[str] = []
+    group_commit = ClusteredGroupCommit(
+        client,
+        PREFIX,
+        clock,
+        CommitOptions(),
+        ServingGate(),
+        retention_s=600.0,
+        install=installed.append,
+        end_term=ended.append,
+    )
+    await group_commit.promote(fence, window_limit)
+    return group_commit, installed[-1], ended
+
+
 async def eventually(condition: Callable[[], bool]) -> None:
     for _ in range(int(WAIT_S / 0.01)):
         if condition():
@@ -134,22 +157,8 @@ def test_a_new_leader_decides_fresh_commits_while_its_history_loads(
         first, answers, txns = await write_history(client)
         held = HeldHistory(monkeypatch)
         window_limit = first.scheduler.clock.last().physical + 1
-        fence = await take_leadership(client, "node-2")
         clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
-        installed: list[GroupCommitScheduler | None] = []
-        ended: list[str] = []
-        group_commit = ClusteredGroupCommit(
-            client,
-            PREFIX,
-            clock,
-            CommitOptions(),
-            ServingGate(),
-            retention_s=600.0,
-            install=installed.append,
-            end_term=ended.append,
-        )
-        await group_commit.promote(fence, window_limit)
-        scheduler = installed[-1]
+        group_commit, scheduler, ended = await promote_node_2(client, clock, window_limit)
         assert scheduler is not None and group_commit.history_loading
         await asyncio.wait_for(held.started.wait(), WAIT_S)
 
@@ -202,22 +211,8 @@ def test_an_undecodable_history_ends_the_term_and_refuses_what_waited(
         held = HeldHistory(monkeypatch)
         bad = decisions.decision_key(PREFIX, first.log.epoch, 10**6)
         await client.put(bad, b"\x09not a piece")
-        fence = await take_leadership(client, "node-2")
         clock = Clock(node=2)
-        installed: list[GroupCommitScheduler | None] = []
-        ended: list[str] = []
-        group_commit = ClusteredGroupCommit(
-            client,
-            PREFIX,
-            clock,
-            CommitOptions(),
-            ServingGate(),
-            retention_s=600.0,
-            install=installed.append,
-            end_term=ended.append,
-        )
-        await group_commit.promote(fence, clock.now().physical)
-        scheduler = installed[-1]
+        group_commit, scheduler, ended = await promote_node_2(client, clock, clock.now().physical)
         assert scheduler is not None
         waiting = asyncio.ensure_future(asyncio.to_thread(scheduler.status, 12345))
         await asyncio.sleep(0.3)
@@ -270,22 +265,8 @@ def test_a_held_commit_is_answered_once_the_pieces_that_could_hold_it_are_in(
         window_limit = old_clock.last().physical + 1
         held = HeldHistory(monkeypatch)
         paused = PausedHistory(monkeypatch, after=2)
-        fence = await take_leadership(client, "node-2")
         clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
-        installed: list[GroupCommitScheduler | None] = []
-        ended: list[str] = []
-        group_commit = ClusteredGroupCommit(
-            client,
-            PREFIX,
-            clock,
-            CommitOptions(),
-            ServingGate(),
-            retention_s=600.0,
-            install=installed.append,
-            end_term=ended.append,
-        )
-        await group_commit.promote(fence, window_limit)
-        scheduler = installed[-1]
+        group_commit, scheduler, ended = await promote_node_2(client, clock, window_limit)
         assert scheduler is not None
         await asyncio.wait_for(held.started.wait(), WAIT_S)
         newest = txns[-1]  # in the newest piece but one (the abort by id is the newest)
