@@ -300,6 +300,10 @@ def test_the_command_prints_nothing_on_stderr(oracle: OracleProcess) -> None:
             assert result.stderr == "", (args, result.stderr)
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_with_one_line(start_oracle: Callable[..., OracleProcess]) -> None:
     server = start_oracle()
     start_up = command_start_up_seconds()
@@ -317,6 +321,10 @@ def test_ctrl_c_exits_130_with_one_line(start_oracle: Callable[..., OracleProces
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A runner started as a background job of a shell without job control ignores SIGINT,
+            # and so would the command (Python keeps an ignored SIGINT ignored): Ctrl-C reaches a
+            # command in a terminal with its default disposition, so give it that.
+            preexec_fn=default_sigint,
         )
         time.sleep(2 * start_up + 0.5)  # the command is in its call, past its imports
         command.send_signal(signal.SIGINT)
