@@ -7,12 +7,14 @@ decision log holds is ``rate x retention x bytes per decision`` (about 17 bytes 
 the leader reads the database's size in use (etcd's Status RPC) against the quota, and:
 
 - at :data:`SHORTEN_AT` of the quota in use or more, shortens the decision retention to aim at
-  :data:`TARGET` (in proportion; again only once the last trim had two checks to show, unless
+  :data:`TARGET` (in proportion to the retention, or to the kept pieces' span when the log is
+  younger than its retention; again only once the last trim had two checks to show, unless
   past :data:`URGENT_AT`), never below the floor (:data:`RETENTION_FLOOR_S`, the shortest
   retention the configuration accepts: far longer than a client keeps retrying one call, 5 s by
   default), then trims at once and compacts etcd's history up to that trim (freed pages are
-  reused before the file grows); it says so in a warning, the ``hlc_oracle_decision_retention_
-  seconds`` metric and ``GetStatus.decision_retention_s``;
+  reused before the file grows), and trims so again at every check while past the line; it
+  says so in a warning, the ``hlc_oracle_decision_retention_seconds`` metric and
+  ``GetStatus.decision_retention_s``;
 - below :data:`LENGTHEN_BELOW`, lengthens it again by :data:`LENGTHEN_FACTOR`, at most once per
   retention period (what a longer retention keeps shows only after it), up to the configured
   ``cluster.decision_retention_s``.
@@ -52,6 +54,8 @@ class TrimmedLog(Protocol):
     which builds the guard: a protocol, so this module does not import it back)."""
 
     retention_s: float
+
+    def kept_span_s(self) -> float: ...
 
     async def trim(self, *, compact_now: bool = False) -> int: ...
 
@@ -230,9 +234,12 @@ class CapacityGuard:
         capacity = self.capacity
         capacity.quota_bytes, capacity.db_bytes = quota, size.total
         capacity.db_in_use_bytes = size.in_use
-        retention = next_retention(
-            self.log.retention_s, capacity.configured_s, size.in_use, quota, self.floor_s
-        )
+        base_s = self.log.retention_s
+        if size.in_use >= SHORTEN_AT * quota:
+            # A log younger than its retention holds only its span: shortening the retention in
+            # proportion would trim nothing until it fell below that span.
+            base_s = min(base_s, max(self.floor_s, self.log.kept_span_s()))
+        retention = next_retention(base_s, capacity.configured_s, size.in_use, quota, self.floor_s)
         since_change = time.monotonic() - self._changed_at
         if retention < self.log.retention_s and size.in_use < URGENT_AT * quota:
             if since_change < 2 * self.interval_s:
@@ -267,7 +274,9 @@ class CapacityGuard:
         if retention != self.log.retention_s:
             self._changed_at = time.monotonic()
         self.log.retention_s = capacity.retention_s = retention
-        if shortened:
+        if shortened or size.in_use >= SHORTEN_AT * quota:
+            # Over the line, every check trims: the log's own trims come too seldom for a rate
+            # that fills the database in seconds.
             await self.log.trim(compact_now=True)
 
     async def run(self) -> None:

@@ -496,6 +496,10 @@ class DecisionLog:
 
     # --- retention ---
 
+    def kept_span_s(self) -> float:
+        """Seconds since the oldest piece still kept was written (0 with none kept)."""
+        return self._now() - self._kept[0][0] if self._kept else 0.0
+
     async def trim(self, *, compact_now: bool = False) -> int:
         """Deletes the pieces older than ``retention_s`` and moves the checkpoint past them, in
         one fenced txn, then compacts etcd's history up to the previous trim's revision (with
