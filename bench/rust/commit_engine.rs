@@ -53,7 +53,7 @@ fn measured_messages(
     for bytes in messages {
         let (part, decoded) = pool.decode(bytes);
         decoded.expect("a well-formed message");
-        let requests: Vec<Request<'_>> = part.transactions.iter().map(Request::Commit).collect();
+        let requests: Vec<Request<'_>> = part.transactions().iter().map(Request::Commit).collect();
         let ids: Vec<u64> = requests.iter().map(Request::txn_id).collect();
         let answers = engine.process(clock, &requests);
         drop(requests);

@@ -75,10 +75,10 @@ pub fn requests_of<'d>(decoded: &'d [DecodedPart<'_>]) -> (Vec<Request<'d>>, Vec
                 layout.push(PartLayout::Requests(part_requests.len()));
             }
             DecodedPart::Stream(stream) => {
-                requests.extend(stream.transactions.iter().map(Request::Commit));
+                requests.extend(stream.transactions().iter().map(Request::Commit));
                 layout.push(PartLayout::Stream(
                     stream.shape.clone(),
-                    stream.transactions.len(),
+                    stream.transactions().len(),
                 ));
             }
             DecodedPart::Malformed(err) => {

@@ -10,7 +10,8 @@
 //!
 //! No allocation per transaction once warm: a decoded message keeps its transactions (and their
 //! key buffers) when it is done, and a [`StreamPool`] hands it to a later message, which refills
-//! them in place; the committed answers are encoded into one buffer per message.
+//! them in place, where they are (no transaction is moved); the committed answers are encoded
+//! into one buffer per message.
 
 use crate::commit::refusal::Refusal;
 use crate::commit::wire::{self, encode_committed_result, WireError, WireResult};
@@ -21,10 +22,11 @@ use crate::timestamp::Timestamp;
 /// A decoded message: its well-formed transactions (for the engine) and its shape.
 #[derive(Default)]
 pub struct StreamPart {
-    pub transactions: Vec<Transaction>,
+    /// The transactions, the first `decoded` of them this message's; the rest are an earlier
+    /// message's, whose buffers the next decode refills in place (nothing moves).
+    slots: Vec<Transaction>,
+    decoded: usize,
     pub shape: StreamShape,
-    /// Transactions of an earlier message, whose buffers the next decode refills.
-    spare: Vec<Transaction>,
 }
 
 /// Where the malformed transactions of a message sit among the well-formed ones.
@@ -63,33 +65,35 @@ impl StreamPart {
         Ok(part)
     }
 
+    /// The message's well-formed transactions, in message order.
+    pub fn transactions(&self) -> &[Transaction] {
+        &self.slots[..self.decoded]
+    }
+
     /// Decodes `bytes` in place of what this part held, reusing its transactions' buffers.
     pub fn decode_into(&mut self, bytes: &[u8]) -> Result<(), WireError> {
-        self.spare.append(&mut self.transactions);
+        self.decoded = 0;
         self.shape.total = 0;
         self.shape.malformed.clear();
         let Self {
-            transactions,
+            slots,
+            decoded,
             shape,
-            spare,
         } = self;
         wire::for_each_request_transaction(bytes, |txn_bytes| {
-            let mut txn = spare.pop().unwrap_or_else(empty_transaction);
-            let malformed = wire::decode_engine_transaction(txn_bytes, &mut txn);
-            match malformed {
-                Ok(None) => transactions.push(txn),
-                Ok(Some((txn_id, message))) => {
-                    shape.malformed.push((shape.total, txn_id, message));
-                    spare.push(txn);
-                }
-                Err(err) => {
-                    spare.push(txn);
-                    return Err(err);
-                }
+            if *decoded == slots.len() {
+                slots.push(empty_transaction());
+            }
+            let txn = &mut slots[*decoded];
+            // A malformed transaction leaves its slot to the next one.
+            match wire::decode_engine_transaction(txn_bytes, txn)? {
+                None => *decoded += 1,
+                Some((txn_id, message)) => shape.malformed.push((shape.total, txn_id, message)),
             }
             shape.total += 1;
             Ok(())
         })
+        .inspect_err(|_| self.decoded = 0)
     }
 }
 
@@ -213,8 +217,8 @@ mod tests {
         );
         assert_eq!(wire::count_request_transactions(&message).unwrap(), 3);
         let part = StreamPart::decode(&message).unwrap();
-        assert_eq!(part.transactions.len(), 2);
-        assert_eq!(part.transactions[0].reads.get(0), Some(&b"r"[..]));
+        assert_eq!(part.transactions().len(), 2);
+        assert_eq!(part.transactions()[0].reads.get(0), Some(&b"r"[..]));
         let answers = vec![
             Ok(Outcome::Committed(ts(20))),
             Err(SubmitError::Clock(ClockError::CeilingReached {

@@ -251,49 +251,155 @@ pub fn decode_request(bytes: &[u8]) -> Result<Vec<WireTransaction>, WireError> {
     Ok(txns)
 }
 
-/// The one-byte tags of `Transaction.read_set` (field 3) and `write_set` (field 4), length-delimited.
+/// The one-byte tags of `Transaction`'s fields as every encoder writes them: `txn_id` (1) as a
+/// varint, `start_ts` (2), `read_set` (3) and `write_set` (4) length-delimited; and of
+/// `Timestamp`'s three varints.
+const TXN_ID_TAG: u8 = 1 << 3;
+const START_TS_TAG: u8 = 2 << 3 | 2;
 const READ_SET_TAG: u8 = 3 << 3 | 2;
 const WRITE_SET_TAG: u8 = 4 << 3 | 2;
+const PHYSICAL_TAG: u8 = 1 << 3;
+const LOGICAL_TAG: u8 = 2 << 3;
+const NODE_TAG: u8 = 3 << 3;
+/// `CommitStreamRequest.transactions` (1), length-delimited.
+const TRANSACTIONS_TAG: u8 = 1 << 3 | 2;
+
+/// A varint at the front of `bytes`, which moves past it. Straight-line when ten bytes are left
+/// (the longest varint), the general reader's loop otherwise; the same values and errors.
+#[inline(always)]
+fn take_varint(bytes: &mut &[u8]) -> Result<u64, WireError> {
+    let b = *bytes;
+    if let Some(&first) = b.first() {
+        if first < 0x80 {
+            *bytes = &b[1..];
+            return Ok(u64::from(first));
+        }
+    }
+    if let Some(head) = b.first_chunk::<10>() {
+        let mut value = 0u64;
+        for (i, &byte) in head.iter().enumerate() {
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                *bytes = &b[i + 1..];
+                return Ok(value);
+            }
+        }
+        return Err(error("varint longer than 10 bytes"));
+    }
+    let mut reader = Reader { bytes: b };
+    let value = reader.long_varint()?;
+    *bytes = reader.bytes;
+    Ok(value)
+}
+
+/// A length-delimited field's body at the front of `bytes` (after its tag), which moves past it.
+#[inline(always)]
+fn take_delimited<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], WireError> {
+    let len = take_varint(bytes)?;
+    let b = *bytes;
+    match usize::try_from(len) {
+        Ok(len) if len <= b.len() => {
+            let (body, rest) = b.split_at(len);
+            *bytes = rest;
+            Ok(body)
+        }
+        Ok(_) => Err(error("truncated length-delimited field")),
+        Err(_) => Err(error("length does not fit in memory")),
+    }
+}
+
+/// A `Timestamp`: its three fields read by their one-byte tags, anything else (unknown fields,
+/// a field with another wire type) by the general reader, with its errors.
+#[inline(always)]
+fn decode_timestamp_fast(mut bytes: &[u8]) -> Result<WireTimestamp, WireError> {
+    let mut ts = WireTimestamp::default();
+    while let Some((&tag, rest)) = bytes.split_first() {
+        match tag {
+            PHYSICAL_TAG => {
+                bytes = rest;
+                ts.physical = take_varint(&mut bytes)?;
+            }
+            LOGICAL_TAG | NODE_TAG => {
+                bytes = rest;
+                let value = take_varint(&mut bytes)?;
+                let name = if tag == LOGICAL_TAG {
+                    "Timestamp.logical"
+                } else {
+                    "Timestamp.node"
+                };
+                let value = expect_uint32(Value::Varint(value), name)?;
+                if tag == LOGICAL_TAG {
+                    ts.logical = value;
+                } else {
+                    ts.node = value;
+                }
+            }
+            _ => {
+                let mut reader = Reader { bytes };
+                if let Some((field, value)) = reader.field()? {
+                    match field {
+                        1 => ts.physical = expect_varint(value, "Timestamp.physical")?,
+                        2 => ts.logical = expect_uint32(value, "Timestamp.logical")?,
+                        3 => ts.node = expect_uint32(value, "Timestamp.node")?,
+                        _ => {}
+                    }
+                }
+                bytes = reader.bytes;
+            }
+        }
+    }
+    Ok(ts)
+}
 
 /// Decodes one transaction of a `CommitStreamRequest` straight into the engine's form, into
 /// `txn`: its key sets are cleared and refilled, so a `txn` reused from an earlier message
 /// allocates nothing once its buffers are large enough. `Ok(Some((txn_id, message)))` names why
 /// the transaction cannot be one (then `txn` holds nothing useful).
+///
+/// One loop over the fields, dispatched on the one-byte tags every encoder writes (the keys,
+/// the id, the start timestamp); any other field (unknown, or a known one with another wire type
+/// or a longer tag) goes through the general reader, with the same values and errors.
 pub fn decode_engine_transaction(
     bytes: &[u8],
     txn: &mut Transaction,
 ) -> Result<Option<(u64, String)>, WireError> {
-    let mut reader = Reader { bytes };
+    let mut rest = bytes;
     let mut txn_id = 0;
     let mut start = None;
     txn.reads.clear();
     txn.writes.clear();
     txn.clock = None;
-    loop {
-        // Most fields are keys under 128 bytes: the tag of `read_set` (3) or `write_set` (4) as
-        // length-delimited, and the length, one byte each. They are read here without the
-        // general field reader; anything else goes through it.
-        if let [tag @ (READ_SET_TAG | WRITE_SET_TAG), len, rest @ ..] = reader.bytes {
-            let len = usize::from(*len);
-            if len < 0x80 && len <= rest.len() {
-                let (key, after) = rest.split_at(len);
-                match *tag {
-                    READ_SET_TAG => txn.reads.push(key),
-                    _ => txn.writes.push(key),
-                }
-                reader.bytes = after;
-                continue;
+    while let Some((&tag, after_tag)) = rest.split_first() {
+        match tag {
+            READ_SET_TAG => {
+                rest = after_tag;
+                txn.reads.push(take_delimited(&mut rest)?);
             }
-        }
-        let Some((field, value)) = reader.field()? else {
-            break;
-        };
-        match field {
-            1 => txn_id = expect_varint(value, "Transaction.txn_id")?,
-            2 => start = Some(decode_timestamp(expect_bytes(value, "start_ts")?)?),
-            3 => txn.reads.push(expect_bytes(value, "read_set")?),
-            4 => txn.writes.push(expect_bytes(value, "write_set")?),
-            _ => {}
+            WRITE_SET_TAG => {
+                rest = after_tag;
+                txn.writes.push(take_delimited(&mut rest)?);
+            }
+            TXN_ID_TAG => {
+                rest = after_tag;
+                txn_id = take_varint(&mut rest)?;
+            }
+            START_TS_TAG => {
+                rest = after_tag;
+                start = Some(decode_timestamp_fast(take_delimited(&mut rest)?)?);
+            }
+            _ => {
+                let mut reader = Reader { bytes: rest };
+                if let Some((field, value)) = reader.field()? {
+                    match field {
+                        1 => txn_id = expect_varint(value, "Transaction.txn_id")?,
+                        2 => start = Some(decode_timestamp(expect_bytes(value, "start_ts")?)?),
+                        3 => txn.reads.push(expect_bytes(value, "read_set")?),
+                        4 => txn.writes.push(expect_bytes(value, "write_set")?),
+                        _ => {}
+                    }
+                }
+                rest = reader.bytes;
+            }
         }
     }
     txn.id = txn_id;
@@ -320,11 +426,20 @@ pub fn for_each_request_transaction(
     bytes: &[u8],
     mut each: impl FnMut(&[u8]) -> Result<(), WireError>,
 ) -> Result<(), WireError> {
-    let mut reader = Reader { bytes };
-    while let Some((field, value)) = reader.field()? {
-        if field == 1 {
-            each(expect_bytes(value, "transactions")?)?;
+    let mut rest = bytes;
+    while let Some((&tag, after_tag)) = rest.split_first() {
+        if tag == TRANSACTIONS_TAG {
+            rest = after_tag;
+            each(take_delimited(&mut rest)?)?;
+            continue;
         }
+        let mut reader = Reader { bytes: rest };
+        if let Some((field, value)) = reader.field()? {
+            if field == 1 {
+                each(expect_bytes(value, "transactions")?)?;
+            }
+        }
+        rest = reader.bytes;
     }
     Ok(())
 }
@@ -791,6 +906,76 @@ mod tests {
         // A one-byte length past the end is refused, as by the general field reader.
         assert!(decode_engine_transaction(&[READ_SET_TAG, 2, b'a'], &mut txn).is_err());
         assert!(decode_engine_transaction(&[WRITE_SET_TAG, 5, b'a'], &mut txn).is_err());
+    }
+
+    /// The engine's decoder against the general one (`decode_transaction`), on encodings no
+    /// encoder of ours writes but the wire format allows: unknown fields of every wire type,
+    /// fields out of order and repeated, long lengths, non-minimal tags and varints.
+    #[test]
+    fn engine_decoding_agrees_with_the_general_reader_on_unusual_encodings() {
+        let key = |n: usize| vec![b'k'; n];
+        let long = key(200);
+        let bodies: Vec<Vec<u8>> = vec![
+            // txn_id 300 (two bytes); start_ts { node 2, physical 10, unknown 5 = 1, logical 1 }
+            // (fields out of order); a read of 200 bytes (two-byte length); a write.
+            [
+                &[
+                    0x08, 0xac, 0x02, 0x12, 0x08, 0x18, 0x02, 0x08, 0x0a, 0x28, 0x01, 0x10, 0x01,
+                ][..],
+                &[0x1a, 0xc8, 0x01],
+                &long,
+                &[0x22, 0x01, b'w'],
+            ]
+            .concat(),
+            // Unknown fields of wire types 0, 1, 2 and 5 between the keys; the write first.
+            vec![
+                0x22, 0x01, b'a', 0x28, 0x07, 0x31, 1, 2, 3, 4, 5, 6, 7, 8, 0x3a, 0x02, b'x', b'y',
+                0x45, 1, 2, 3, 4, 0x1a, 0x00, 0x08, 0x05, 0x12, 0x02, 0x08, 0x01,
+            ],
+            // Non-minimal tags (field 3 as 0x9a 0x00, field 1 as 0x88 0x00) and a non-minimal
+            // varint (txn_id 1 as 0x81 0x00); start_ts twice (the last wins).
+            vec![
+                0x88, 0x00, 0x81, 0x00, 0x9a, 0x00, 0x01, b'r', 0x12, 0x02, 0x08, 0x01, 0x12, 0x02,
+                0x08, 0x02, 0xa2, 0x00, 0x00,
+            ],
+            // No start_ts; txn_id of ten bytes (u64::MAX).
+            [&[0x08][..], &[0xff; 9], &[0x01, 0x22, 0x01, b'w']].concat(),
+            // start_ts with a field of another wire type: refused by both.
+            vec![0x08, 0x01, 0x12, 0x02, 0x0a, 0x00],
+            // txn_id length-delimited: refused by both.
+            vec![0x0a, 0x01, 0x00],
+            // A varint of eleven bytes: refused by both.
+            [&[0x08][..], &[0xff; 10], &[0x01]].concat(),
+        ];
+        for body in &bodies {
+            let mut request = Vec::new();
+            put_bytes(&mut request, 1, body);
+            let general = decode_request(&request);
+            let mut txn = Transaction::new(0, ts(0, 0, 0), [b"old"], [b"old"], None);
+            let mut engine = Ok(None);
+            let outer = for_each_request_transaction(&request, |bytes| {
+                engine = decode_engine_transaction(bytes, &mut txn);
+                Ok(())
+            });
+            assert_eq!(outer, Ok(()));
+            match (general, engine) {
+                (Ok(txns), Ok(malformed)) => {
+                    let expected = &txns[0];
+                    assert_eq!(txn.id, expected.txn_id, "{body:?}");
+                    assert_eq!(txn.reads, crate::conflict::KeySet::new(&expected.reads));
+                    assert_eq!(txn.writes, crate::conflict::KeySet::new(&expected.writes));
+                    match expected.start_ts {
+                        Some(start) => {
+                            assert_eq!(malformed, None, "{body:?}");
+                            assert_eq!(txn.start_ts, checked_timestamp(start).unwrap());
+                        }
+                        None => assert!(malformed.is_some(), "{body:?}"),
+                    }
+                }
+                (Err(general), Err(engine)) => assert_eq!(general, engine, "{body:?}"),
+                (general, engine) => panic!("{body:?}: {general:?} against {engine:?}"),
+            }
+        }
     }
 
     #[test]
