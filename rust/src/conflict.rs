@@ -46,6 +46,7 @@ use crate::vclock::{Ordering, VectorClock};
 pub type TxnId = u64;
 
 mod table;
+mod zeroed;
 
 use table::KeyTable;
 

@@ -29,9 +29,9 @@
 //! own last one: a collision can cause a false conflict (probability at most 32 / 2^47, about
 //! 2e-13, per key checked) and never hides one.
 
-use std::collections::TryReserveError;
-
 use crate::timestamp::Timestamp;
+
+use super::zeroed::{AllocationError, Zeroable, ZeroedArray};
 
 /// Slots per bucket.
 pub const SLOTS: usize = 16;
@@ -47,15 +47,8 @@ struct Bucket {
     commits: [u64; SLOTS],
 }
 
-impl Default for Bucket {
-    fn default() -> Self {
-        Self {
-            short: [0; SLOTS],
-            rest_node: [0; SLOTS],
-            commits: [0; SLOTS],
-        }
-    }
-}
+// SAFETY: integers only; all zeros is a bucket of empty slots.
+unsafe impl Zeroable for Bucket {}
 
 impl Bucket {
     /// Bit `i` set when slot `i`'s short tag is `wanted` (zero: the slot is empty): four vector
@@ -189,20 +182,18 @@ fn remix(x: u64) -> u64 {
 }
 
 pub struct KeyTable {
-    buckets: Vec<Bucket>,
+    buckets: ZeroedArray<Bucket>,
     max_keys: usize,
     len: usize,
 }
 
 impl KeyTable {
-    /// A table for `max_keys` keys (at least 1), allocated and zeroed now.
-    pub fn new(max_keys: usize) -> Result<Self, TryReserveError> {
+    /// A table for `max_keys` keys (at least 1), allocated and zeroed now (on huge pages where
+    /// the system offers them, see `zeroed.rs`).
+    pub fn new(max_keys: usize) -> Result<Self, AllocationError> {
         let count = max_keys.max(1).div_ceil(SLOTS);
-        let mut buckets = Vec::new();
-        buckets.try_reserve_exact(count)?;
-        buckets.resize(count, Bucket::default());
         Ok(Self {
-            buckets,
+            buckets: ZeroedArray::new(count)?,
             max_keys: max_keys.max(1),
             len: 0,
         })
@@ -214,7 +205,7 @@ impl KeyTable {
 
     /// Bytes of the table (fixed at creation).
     pub fn memory_bytes(&self) -> usize {
-        self.buckets.capacity() * size_of::<Bucket>()
+        self.buckets.len() * size_of::<Bucket>()
     }
 
     #[inline(always)]
