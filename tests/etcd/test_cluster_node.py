@@ -1,6 +1,7 @@
 """ClusterNode in process against a real etcd: start-up on a lease that lapsed before its first
-use, a joining node that names the leader at once, and what a node logs while etcd is away and
-when it is back."""
+use, a joining node that names the leader at once, what a node logs while etcd is away and
+when it is back, and the gate through a handover: settling (requests held) from the old leader's
+end until each node serves or names the next leader."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def make_node(
     after_grant: Callable[[], Awaitable[None]] | None = None,
     lease_ttl_s: int = 1,
     node_id: int = 1,
+    depose_dead_leader: bool = True,
 ) -> tuple[ClusterNode, TimestampWindow]:
     clock = Clock(node=node_id)
     fatal: list[str] = []
@@ -40,6 +42,7 @@ def make_node(
         metrics=ServerMetrics(),
         on_fatal=fatal.append,
         after_grant=after_grant,
+        depose_dead_leader=depose_dead_leader,
     )
     window = TimestampWindow(clock, node.store, size_us=200_000, check_interval_s=0.05)
     return node, window
@@ -124,5 +127,58 @@ def test_a_joining_node_names_the_leader_as_soon_as_it_has_joined(etcd: EtcdMemb
         finally:
             await follower.resign()
             await leader.resign()
+
+    asyncio.run(body())
+
+
+def test_through_a_handover_every_refusal_settles_until_the_next_leader_is_named(
+    etcd: EtcdMember,
+) -> None:
+    """Node 1 leads, nodes 2 and 3 follow it; node 1 resigns. From then on each follower's gate
+    only settles (a request would be held, not refused) until it serves as the next leader or
+    names it: no refusal in between that would send a client to sleep in a backoff."""
+
+    async def body() -> None:
+        nodes = [make_node(etcd.endpoint, node_id=n, depose_dead_leader=False) for n in (1, 2, 3)]
+        (leader, leader_window), *followers = nodes
+        states: dict[int, list[tuple[bool, bool, str | None]]] = {2: [], 3: []}
+        try:
+            await leader.start(leader_window, "127.0.0.1:1")
+            await wait_for_async(lambda: leader.role == "leader" and leader.gate.serving, 10)
+            for node, window in followers:
+                await node.start(window, f"127.0.0.1:{node.node_id}")
+                await wait_for_async(lambda node=node: node.gate.redirect == "127.0.0.1:1", 10)
+                gate = node.gate
+                log = states[node.node_id]
+                gate.add_listener(
+                    lambda serving, _, gate=gate, log=log: log.append(
+                        (serving, gate.settling, gate.redirect)
+                    )
+                )
+            await leader.resign()
+            await wait_for_async(
+                lambda: any(node.role == "leader" and node.gate.serving for node, _ in followers),
+                10,
+            )
+            (winner,) = [node for node, _ in followers if node.role == "leader"]
+            (loser,) = [node for node, _ in followers if node is not winner]
+            winner_address = f"127.0.0.1:{winner.node_id}"
+            await wait_for_async(lambda: loser.gate.redirect == winner_address, 10)
+        finally:
+            for node, _ in reversed(nodes):
+                await node.resign()
+        # Before the resign: a follower naming node 1 (the listener's first call).
+        for node_id, log in states.items():
+            assert log[0] == (False, False, "127.0.0.1:1"), (node_id, log)
+        winner_log = states[winner.node_id]
+        loser_log = states[loser.node_id]
+        # Then settling only, until serving.
+        serving_at = [state[0] for state in winner_log].index(True)
+        assert all(settling for _, settling, _ in winner_log[1:serving_at]), winner_log
+        assert len(winner_log[1:serving_at]) >= 1, winner_log  # it did settle meanwhile
+        # The loser: settling only, until a refusal that names the winner.
+        named_at = [redirect for _, _, redirect in loser_log].index(winner_address)
+        assert all(settling for _, settling, _ in loser_log[1:named_at]), loser_log
+        assert loser_log[named_at][:2] == (False, False), loser_log
 
     asyncio.run(body())

@@ -20,6 +20,7 @@ from hlc_oracle.node.window import (
     lead_bound_us,
     wait_out_lead,
 )
+from hlc_oracle.server import handler_frame
 
 
 def test_gate_blocks_while_any_reason_remains() -> None:
@@ -219,6 +220,75 @@ def test_gate_deadline_is_checked_on_every_call_and_closes_reads() -> None:
     gate.block("not-leader", "a follower")
     assert gate.blocking_keys() == {"not-leader"}
     assert changes == [True, False]
+
+
+def test_gate_settles_only_while_every_block_is_settling() -> None:
+    gate = ServingGate()
+    assert not gate.settling  # serving: nothing to hold
+    gate.block("not-leader", "taking over", settling=True)
+    assert gate.settling and gate.refusal() == "not-leader: taking over"
+    gate.block("shutdown", "shutting down")  # final: refused at once
+    assert not gate.settling
+    gate.unblock("shutdown")
+    assert gate.settling
+    # The same message, no longer settling (a follower that now names its leader), is a change.
+    version = gate.version
+    gate.block("not-leader", "taking over")
+    assert not gate.settling and gate.version == version + 1
+    gate.block("not-leader", "electing", settling=True)
+    gate.unblock("not-leader")
+    assert not gate.settling and gate.serving
+
+
+def test_a_held_request_returns_at_the_change_from_another_thread() -> None:
+    gate = ServingGate()
+    gate.block("not-leader", "taking over", settling=True)
+
+    async def main() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        held = asyncio.ensure_future(gate.hold(30.0))
+        await asyncio.sleep(0.01)
+        assert not held.done()
+        # Leadership changes the gate on its own thread.
+        await loop.run_in_executor(None, gate.unblock, "not-leader")
+        await asyncio.wait_for(held, 10.0)
+        # A final block ends a hold just the same (the caller then refuses).
+        gate.block("not-leader", "electing", settling=True)
+        held = asyncio.ensure_future(gate.hold(30.0))
+        await asyncio.sleep(0.01)
+        await loop.run_in_executor(None, gate.block, "not-leader", "the leader is node 2")
+        await asyncio.wait_for(held, 10.0)
+        # A gate that stays settling is held only for the budget.
+        gate.block("not-leader", "electing", settling=True)
+        await asyncio.wait_for(gate.hold(0.05), 10.0)
+        return gate.settling, gate.serving
+
+    assert asyncio.run(main()) == (True, False)
+
+
+def test_admit_holds_a_settling_gate_and_refuses_a_final_block_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request is held while the gate settles, then served; a final block (here shutting down
+    beside a settling one) refuses at once: with a hold of a minute, an answer within the test's
+    bound means it was not held."""
+    monkeypatch.setattr(handler_frame, "HOLD_MAX_S", 60.0)
+    gate = ServingGate()
+
+    async def main() -> str:
+        gate.block("not-leader", "taking over", settling=True)
+        held = asyncio.ensure_future(handler_frame.admit(gate))
+        await asyncio.sleep(0.01)
+        assert not held.done()
+        gate.unblock("not-leader")
+        await asyncio.wait_for(held, 10.0)  # served: no refusal raised
+        gate.block("not-leader", "taking over", settling=True)
+        gate.block("shutdown", "the server is shutting down")
+        with pytest.raises(handler_frame.RequestError) as refused:
+            await asyncio.wait_for(handler_frame.admit(gate), 10.0)
+        return refused.value.message
+
+    assert "shutdown: the server is shutting down" in asyncio.run(main())
 
 
 def test_a_floor_ahead_of_the_clock_is_waited_out_to_max_offset_half() -> None:

@@ -144,7 +144,8 @@ class ClusterNode:
             lambda: time.monotonic() - self.session.last_ack if self.session.last_ack else 0.0
         )
         gate.redirect = ""
-        gate.block("not-leader", "this node is a follower; no leader known yet")
+        # Settling: requests are held until this node learns the leader (or leads).
+        gate.block("not-leader", "this node is a follower; no leader known yet", settling=True)
 
     # --- what the server reads ---
 
@@ -352,6 +353,8 @@ class ClusterNode:
                 if outcome.holder is not None:
                     self._follow(outcome.holder)
                 await self._wait_for_vacancy(outcome.revision, outcome.holder)
+                if not self.session.lost.is_set():
+                    self._leader_gone("the leader's term ended")
             except DuplicateNodeError as err:
                 # Another node took this id while this one had no lease: two live nodes with one
                 # id would hand out equal timestamps. Stop for good.
@@ -420,7 +423,10 @@ class ClusterNode:
         deferral = await campaign_deferral(self.clock, await self.store.load(), self._ready_peers)
         if deferral.seconds > 0 and (await self.client.get(self.election.key))[0] is None:
             log.info("campaign deferred", extra={"fields": {"reason": deferral.reason}})
-            self.gate.block("not-leader", f"this node is a follower: {deferral.reason}")
+            # Settling: another node is expected to take the key meanwhile, then named.
+            self.gate.block(
+                "not-leader", f"this node is a follower: {deferral.reason}", settling=True
+            )
             until = time.monotonic() + deferral.seconds
             # Until the time is up or another node holds the key (then the campaign just loses).
             while (
@@ -502,6 +508,7 @@ class ClusterNode:
                 leader.address, on_connected=self.metrics.cluster_leader_connected.set
             )
             verdict.set()
+            self._leader_gone(f"the leader at {leader.address} refuses connections; deposing it")
             deposed = await self.election.depose(leader)
         except EtcdError as err:
             log.warning(
@@ -534,6 +541,15 @@ class ClusterNode:
         self.metrics.cluster_epoch.set(leader.epoch)
         self.leader = leader
 
+    def _leader_gone(self, why: str) -> None:
+        """The leader followed until now is gone: hold requests (settling) while the next one is
+        elected, then name it (:meth:`_follow`) or serve (:meth:`_lead`), instead of sending
+        clients to a leader that cannot answer."""
+        self.gate.redirect = ""
+        self.gate.block(
+            "not-leader", f"this node is a follower: {why}; electing the next", settling=True
+        )
+
     def _follow(self, leader: LeaderInfo) -> None:
         known = self.role == "follower" and self.leader == leader
         self._saw(leader)
@@ -561,9 +577,9 @@ class ClusterNode:
         self._saw(LeaderInfo(self.node_id, self.address, term.epoch))
         self.role = "leader"
         self.metrics.set_role("leader")
-        # Clients retry here (not-serving, no redirect) while the new term gets ready.
+        # Requests are held here (settling) while the new term gets ready, then served.
         self.gate.redirect = None
-        self.gate.block("not-leader", f"taking over as leader of epoch {term.epoch}")
+        self.gate.block("not-leader", f"taking over as leader of epoch {term.epoch}", settling=True)
         log.info("won the election", extra={"fields": {"epoch": term.epoch}})
         # Beside the term, off the request path: from the epoch's revision on, so a change made
         # while taking over is seen too.
@@ -574,7 +590,7 @@ class ClusterNode:
             if not await wait_out_lead(
                 self.clock,
                 floor,
-                lambda message: self.gate.block("not-leader", message),
+                lambda message: self.gate.block("not-leader", message, settling=True),
                 alive=lambda: self.session.alive() and not self._fence_failure.is_set(),
             ):
                 return

@@ -38,7 +38,9 @@ from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.proto import status_code as grpc_status
 from hlc_oracle.server.handler_frame import (
     RequestError,
+    admit,
     check_gate,
+    current_call,
     fail,
     invalid,
     parse_request,
@@ -136,6 +138,14 @@ class TransactionsService:
         check_gate(self.gate)
         return self._loaded()
 
+    async def _admit(self, reads: bool = False) -> GroupCommitScheduler:
+        """:meth:`_check_gate` (``reads``: :meth:`_check_reads`), after holding the request while
+        the gate is settling (a failover's transition; :func:`admit`)."""
+        self._check_enabled()
+        if self.gate.settling:
+            await admit(self.gate, reads)
+        return self._check_reads() if reads else self._check_gate()
+
     def _check_reads(self) -> GroupCommitScheduler:
         """For ``GetTransactionStatus``: only blocks that make this node's decisions stale close
         it (:meth:`ServingGate.read_refusal`)."""
@@ -187,7 +197,7 @@ class TransactionsService:
         if not request.HasField("transaction"):
             raise invalid("CommitRequest.transaction is required")
         # A refusal keeps the gate's marks (a follower names its leader), as Abort's does.
-        self._check_gate()
+        await self._admit()
         (answer,) = await self._decide([request.transaction])
         if not isinstance(answer, Committed | Aborted):
             raise RequestError(*refusal_of(answer))
@@ -198,7 +208,7 @@ class TransactionsService:
         out: the scheduler hands the message to the engine, which decodes, validates, decides,
         makes durable and encodes the response in Rust; this handler counts per message."""
         try:
-            scheduler = self._check_gate()
+            scheduler = await self._admit()
             result = await scheduler.submit_stream(raw)
         except ValueError as err:
             raise invalid(str(err)) from err
@@ -242,6 +252,7 @@ class TransactionsService:
             self._check_enabled()  # a disabled service refuses the stream itself, with its mark
         except RequestError as err:
             await fail(self.metrics, "CommitStream", err, time.perf_counter(), context)
+        current_call.set(context)  # the bound of a message held at the gate (_admit)
         # Each message's decision in request order; then None (the client ended the stream) or
         # StreamEndedError (the server is stopping: answer the refusal after what was handed over).
         order: asyncio.Queue[asyncio.Task[bytes] | StreamEndedError | None] = asyncio.Queue()
@@ -288,7 +299,7 @@ class TransactionsService:
     @unary_rpc("Abort")
     async def abort(self, raw: bytes) -> bytes:
         txn_id = self._parse_id(raw, pb.AbortRequest)
-        scheduler = self._check_gate()
+        scheduler = await self._admit()
         try:
             (answer,) = await scheduler.submit_many([txn_id])
         except HlcError as err:
@@ -300,7 +311,7 @@ class TransactionsService:
     @unary_rpc("GetTransactionStatus")
     async def get_transaction_status(self, raw: bytes) -> bytes:
         txn_id = self._parse_id(raw, pb.TransactionStatusRequest)
-        scheduler = self._check_reads()
+        scheduler = await self._admit(reads=True)
         # status() may wait for the batch being written: keep it off the event loop.
         answer = await asyncio.to_thread(scheduler.status, txn_id)
         if answer is None:

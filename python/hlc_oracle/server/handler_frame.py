@@ -6,10 +6,17 @@ A handler's own work takes the request's bytes and returns the response's bytes,
 ``hlc_oracle_requests{method, code}`` and its latency histogram, and turns a :class:`RequestError`
 into the call's status, message and trailing metadata (:meth:`RequestError.trailing_metadata`).
 A stream handler does the same for each message, with :func:`fail`.
+
+A request that finds the gate :attr:`~hlc_oracle.node.gate.ServingGate.settling` (a node taking
+over as leader, a follower about to learn its leader) is held, not refused (:func:`admit`): for at
+most :data:`HOLD_MAX_S`, and never past the call's own deadline less :data:`HOLD_MARGIN_S`, so a
+held call is always answered (served, or refused naming the leader) before its client gives up.
+The frame keeps the call's context in :data:`current_call` for that bound.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -87,6 +94,33 @@ def check_gate(gate: ServingGate, reads: bool = False) -> None:
         raise refused
 
 
+#: The longest a request is held while the gate is settling (a failover's transition takes tens
+#: of milliseconds; one that takes longer is refused as before, and the client retries).
+HOLD_MAX_S = 1.0
+#: What a held request leaves of its call's deadline, to carry the answer back in time.
+HOLD_MARGIN_S = 0.05
+
+#: The gRPC context of the call being handled (set by the frame), for its deadline.
+current_call: contextvars.ContextVar[Any] = contextvars.ContextVar("current_call", default=None)
+
+
+def hold_budget() -> float:
+    """How long the current call may be held: :data:`HOLD_MAX_S`, or less by its deadline."""
+    context = current_call.get()
+    remaining: float | None = context.time_remaining() if context is not None else None
+    if remaining is None:
+        return HOLD_MAX_S
+    return max(0.0, min(HOLD_MAX_S, remaining - HOLD_MARGIN_S))
+
+
+async def admit(gate: ServingGate, reads: bool = False) -> None:
+    """:func:`check_gate`, after holding the request while ``gate`` is settling (see the module
+    docstring): a final refusal is immediate; a serving gate costs one attribute read more."""
+    if gate.settling and (not reads or gate.read_refusal() is not None):
+        await gate.hold(hold_budget())
+    check_gate(gate, reads)
+
+
 def stopping_refusal(gate: ServingGate) -> RequestError:
     """What an open stream ends with at a graceful stop (:mod:`.open_streams`): the gate's
     refusal, the gate being blocked by then."""
@@ -152,6 +186,7 @@ def unary_rpc(method: str) -> Callable[[Work[ServiceT]], Handler[ServiceT]]:
         @functools.wraps(work)
         async def handler(service: ServiceT, raw: bytes, context: Any) -> bytes:
             started = time.perf_counter()
+            current_call.set(context)
             try:
                 response = await work(service, raw)
             except RequestError as err:

@@ -23,7 +23,9 @@ from hlc_oracle.proto import REFUSAL_OVER_LIMIT
 from hlc_oracle.proto import oracle_pb2 as pb
 from hlc_oracle.server.handler_frame import (
     RequestError,
+    admit,
     check_gate,
+    current_call,
     fail,
     invalid,
     parse_request,
@@ -139,6 +141,8 @@ class TimestampOracleService:
 
     async def _timestamps(self, raw: bytes) -> bytes:
         count = self._parse_count(raw)
+        if self.gate.settling:
+            await admit(self.gate)  # held through a failover's transition
         try:
             return self._grant(count)
         except CeilingReachedError:
@@ -152,6 +156,7 @@ class TimestampOracleService:
     async def stream_timestamps(
         self, requests: AsyncIterator[bytes], context: Any
     ) -> AsyncIterator[bytes]:
+        current_call.set(context)  # the bound of a message held at the gate (admit)
         iterator = aiter(requests)
         while True:
             try:
@@ -177,6 +182,8 @@ class TimestampOracleService:
     @unary_rpc("Observe")
     async def observe(self, raw: bytes) -> bytes:
         remote = self._parse_remote(raw)
+        if self.gate.settling:
+            await admit(self.gate)
         try:
             return self._observe(remote)
         except CeilingReachedError:
