@@ -378,3 +378,32 @@ def test_recovery_pages_stay_under_the_grpc_message_limit(etcd: EtcdMember) -> N
         await second.scheduler.aclose()
 
     run(scenario)
+
+
+def test_the_newest_seq_from_the_previous_epoch_matches_the_full_read(etcd: EtcdMember) -> None:
+    """A new leader looks for the newest piece in the previous leader's epoch (two short reads)
+    and checks it is the newest of all; whatever the hint, the answer is the full read's: the
+    hinted epoch wrote it, wrote nothing, wrote before a later term, or left a gap."""
+
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        fence = await take_leadership(client, "reader")
+        log = DecisionLog(client, PREFIX, fence)
+
+        async def both(hint: int) -> tuple[int, int]:
+            return await log.newest_seq(hint), await log.newest_seq()
+
+        for seq in range(1, 6):
+            await client.put(decision_key(PREFIX, 10, seq), EMPTY_PIECE)
+        for seq in range(6, 10):
+            await client.put(decision_key(PREFIX, 20, seq), EMPTY_PIECE)
+        assert await both(20) == (9, 9)  # the hinted epoch wrote the newest
+        assert await both(10) == (9, 9)  # a later term wrote after it
+        assert await both(15) == (9, 9)  # the hinted epoch wrote nothing
+        await client.delete(decision_key(PREFIX, 20, 7))
+        assert await both(20) == (9, 9)  # a gap in the hinted epoch's seqs
+        await client.delete(decision_key(PREFIX, 20, 9))
+        assert await both(20) == (8, 8)
+        await client.close()
+
+    run(scenario)

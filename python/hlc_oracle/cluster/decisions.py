@@ -308,15 +308,44 @@ class DecisionLog:
 
     # --- recovery ---
 
-    async def newest_seq(self) -> int:
+    async def newest_seq(self, likely_epoch: int | None = None) -> int:
         """The seq of the newest stored piece, or the checkpoint's seq - 1, or 0: the seq a new
-        leader continues after (its engine's ``first_batch_seq`` is this + 1)."""
+        leader continues after (its engine's ``first_batch_seq`` is this + 1).
+
+        ``likely_epoch``: the epoch that most likely wrote the newest piece (the previous
+        leader's). Its newest piece is found, and checked to be the newest of all, with two
+        ascending reads of one key each (:meth:`_newest_seq_of`); otherwise (that epoch wrote
+        nothing, or another wrote after it) a descending read finds it, for which etcd reads and
+        sorts every decision key."""
+        if likely_epoch is not None:
+            found = await self._newest_seq_of(likely_epoch)
+            if found is not None:
+                return found
         start, end = decisions_range(self.prefix)
         page = await self.client.range(start, end, limit=1, newest_first=True, keys_only=True)
         if page.kvs:
             return parse_decision_key(self.prefix, page.kvs[0].key)[1]
         checkpoint = await self.read_checkpoint()
         return checkpoint.seq - 1 if checkpoint is not None else 0
+
+    async def _newest_seq_of(self, epoch: int) -> int | None:
+        """The newest piece's seq when ``epoch`` wrote it, else ``None``. A term writes its pieces
+        under consecutive seqs, so its first key and its key count give its newest seq; that key
+        is then read back as the last of all the decision keys (one key from it to the end):
+        a gap in the term's seqs, or a later term's pieces, fail the check, and ``None`` sends
+        the caller to the full read. Neither read sorts: etcd counts keys in its index."""
+        start, all_end = decisions_range(self.prefix)
+        epoch_start = start + f"{epoch:0{KEY_DIGITS}d}/".encode()
+        epoch_end = epoch_start[:-1] + b"0"  # "/" + 1
+        first = await self.client.range(epoch_start, epoch_end, limit=1, keys_only=True)
+        if not first.kvs:
+            return None
+        guess = parse_decision_key(self.prefix, first.kvs[0].key)[1] + first.count - 1
+        guessed_key = decision_key(self.prefix, epoch, guess)
+        rest = await self.client.range(guessed_key, all_end, limit=1, keys_only=True)
+        if rest.count != 1 or rest.kvs[0].key != guessed_key:
+            return None
+        return guess
 
     async def read_checkpoint(self) -> Checkpoint | None:
         kv, _ = await self.client.get(self.checkpoint_key)
@@ -597,7 +626,12 @@ class ClusteredGroupCommit:
         #: This term's capacity guard, once its history is loaded.
         self.guard: CapacityGuard | None = None
 
-    async def promote(self, fence: Fence, previous_window_limit_us: int | None) -> None:
+    async def promote(
+        self,
+        fence: Fence,
+        previous_window_limit_us: int | None,
+        previous_epoch: int | None = None,
+    ) -> None:
         """Takes over without waiting for the decision history, in order: the low watermark
         (the previous leader's window limit), the checkpoint's bound on trimmed decisions, and
         the ids earlier leaders aborted by id (small: read now); then the scheduler is
@@ -608,11 +642,12 @@ class ClusteredGroupCommit:
             self.client, self.prefix, fence, retention_s=self.retention_s, clock=self.clock
         )
         # Three independent reads side by side: the takeover waits for the slowest, not for the
-        # sum (the newest piece's seq costs most: etcd sorts every decision key for it). Each
-        # is awaited to its end; the first failure, in this order, is raised.
+        # sum. The newest piece's seq is looked for in ``previous_epoch`` first (the previous
+        # leader's: two short reads), and only otherwise by a read that sorts every decision key.
+        # Each is awaited to its end; the first failure, in this order, is raised.
         checkpoint_read = asyncio.ensure_future(log.read_checkpoint())
         aborted_read = asyncio.ensure_future(log.aborted_ids())
-        newest_read = asyncio.ensure_future(log.newest_seq())
+        newest_read = asyncio.ensure_future(log.newest_seq(previous_epoch))
         reads = (checkpoint_read, aborted_read, newest_read)
         try:
             await asyncio.wait(reads)

@@ -180,6 +180,8 @@ class RangePage:
     more: bool
     #: The store's revision the page was read at.
     revision: int
+    #: How many keys the whole range holds (etcd counts them in its index, past ``limit``).
+    count: int = 0
 
 
 @dataclass(frozen=True)
@@ -452,7 +454,7 @@ class EtcdClient:
             request.sort_target = rpc.RangeRequest.KEY
         reply = await self._call("range", self.kv.Range, request, None)
         kvs = tuple(_key_value(kv) for kv in reply.kvs)
-        return RangePage(kvs, bool(reply.more), int(reply.header.revision))
+        return RangePage(kvs, bool(reply.more), int(reply.header.revision), int(reply.count))
 
     async def compact(self, revision: int) -> None:
         """Drops the history before ``revision`` (etcd's keyspace compaction)."""

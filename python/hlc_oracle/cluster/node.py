@@ -574,6 +574,8 @@ class ClusterNode:
         self._fence_failure.clear()
         self._last_term_note = ""
         self.store.fence = Fence(self.client, term)
+        # The term this node knew last: most likely the one that wrote the newest decisions.
+        previous_epoch = self.leader.epoch if self.leader is not None else None
         self._saw(LeaderInfo(self.node_id, self.address, term.epoch))
         self.role = "leader"
         self.metrics.set_role("leader")
@@ -601,7 +603,7 @@ class ClusterNode:
             self._took_over = True
             if self.group_commit is not None:
                 # Low watermark, decisions replayed, clock past them: then serve.
-                await self.group_commit.promote(Fence(self.client, term), saved)
+                await self.group_commit.promote(Fence(self.client, term), saved, previous_epoch)
             self.gate.set_deadline(self.session.deadline)
             if self._fence_failure.is_set():
                 return  # the term ended while taking over: never serve in it
