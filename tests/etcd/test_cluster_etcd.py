@@ -296,3 +296,31 @@ def test_a_password_without_tls_is_said_to_travel_in_clear(tmp_path: Path) -> No
     assert "secret" not in repr(plain)
     secured = EtcdSecurity.from_config(ClusterSection(etcd_endpoints=("https://a:1",), **settings))
     assert secured.tls and not secured.password_in_clear
+
+
+def test_the_winning_campaign_reads_the_window_as_of_its_epoch(etcd: EtcdMember) -> None:
+    """The new leader's floor comes with its win: the window key as the winning txn saw it (no
+    read of its own), absent for a new cluster; a lost campaign reads nothing but the holder."""
+
+    async def body(client: EtcdClient) -> None:
+        session = Session(client, 5)
+        await session.open()
+        store = EtcdWindowStore(client, PREFIX, lambda _: None)
+        one = Election(client, PREFIX, 1, "127.0.0.1:1", read_with_win=store.key)
+        two = Election(client, PREFIX, 2, "127.0.0.1:2", read_with_win=store.key)
+        won = await one.campaign(session.lease_id)
+        assert won.term is not None and won.read_with_win and won.read is None
+        assert store.limit_of(won.read) is None  # a new cluster
+        lost = await two.campaign(session.lease_id)
+        assert lost.term is None and not lost.read_with_win
+        store.fence = Fence(client, won.term)
+        await store.persist(123_456)
+        await client.delete(one.key)  # the term ends (resigned)
+        again = await two.campaign(session.lease_id)
+        assert again.term is not None and again.read is not None
+        assert store.limit_of(again.read) == 123_456 == await store.load()
+        assert again.read.mod_revision < again.term.epoch
+        await client.delete(two.key)
+        await session.close(revoke=True)
+
+    run([etcd.endpoint], body)

@@ -85,22 +85,39 @@ class Outcome:
     term: Term | None
     holder: LeaderInfo | None
     revision: int
+    #: Won: whether ``read_with_win`` was read in the winning txn, and what it held then.
+    read_with_win: bool = False
+    read: KeyValue | None = None
 
 
 class Election:
-    def __init__(self, client: EtcdClient, prefix: str, node_id: int, address: str) -> None:
+    def __init__(
+        self,
+        client: EtcdClient,
+        prefix: str,
+        node_id: int,
+        address: str,
+        read_with_win: bytes | None = None,
+    ) -> None:
         self.client = client
         self.key = f"{prefix}leader".encode()
         self.value = identity(node_id, address)
+        #: A key the winning txn reads too (the window: a new leader's floor, as of its epoch's
+        #: revision, without a round trip of its own).
+        self.read_with_win = read_with_win
 
     async def campaign(self, lease_id: int) -> Outcome:
+        extra = [] if self.read_with_win is None else [get_op(self.read_with_win)]
         result = await self.client.txn(
             [compare_create_revision(self.key, 0)],
-            [put_op(self.key, self.value, lease_id)],
+            [put_op(self.key, self.value, lease_id), *extra],
             [get_op(self.key)],
         )
         if result.succeeded:
-            return Outcome(Term(self.key, self.value, result.revision), None, result.revision)
+            term = Term(self.key, self.value, result.revision)
+            if extra:
+                return Outcome(term, None, result.revision, True, result.gets[0])
+            return Outcome(term, None, result.revision)
         holder = result.gets[0] if result.gets else None
         if holder is not None and holder.value == self.value and holder.lease == lease_id:
             # This txn was tried twice (a member broke the connection) and the first one won.

@@ -36,7 +36,13 @@ from hlc_oracle.addresses import split_host_port
 from hlc_oracle.cluster.candidacy import campaign_deferral, can_serve_at_once
 from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionDecodeError
 from hlc_oracle.cluster.election import Election, LeaderInfo, leader_info
-from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, EtcdRefusedError, LeaseNotFoundError
+from hlc_oracle.cluster.etcd import (
+    EtcdClient,
+    EtcdError,
+    EtcdRefusedError,
+    KeyValue,
+    LeaseNotFoundError,
+)
 from hlc_oracle.cluster.etcd_security import EtcdSecurity, diagnose_endpoints
 from hlc_oracle.cluster.fence import Fence, FenceError, Term
 from hlc_oracle.cluster.leader_liveness import wait_until_refused
@@ -172,7 +178,9 @@ class ClusterNode:
         :class:`~hlc_oracle.cluster.members.DuplicateNodeError` when a live node has this id."""
         self.window = window
         self.address = address
-        self.election = Election(self.client, self.prefix, self.node_id, address)
+        self.election = Election(
+            self.client, self.prefix, self.node_id, address, read_with_win=self.store.key
+        )
         deadline = time.monotonic() + startup_wait_s(self.lease_ttl_s)
         for attempt in range(1, LEASE_ATTEMPTS + 1):
             await self._grant_lease(deadline)
@@ -348,7 +356,7 @@ class ClusterNode:
                         await self.election.resign(Fence(self.client, outcome.term))
                     continue
                 if outcome.term is not None:
-                    await self._lead(outcome.term)
+                    await self._lead(outcome.term, outcome.read if outcome.read_with_win else ())
                     continue
                 if outcome.holder is not None:
                     self._follow(outcome.holder)
@@ -568,7 +576,9 @@ class ClusterNode:
             },
         )
 
-    async def _lead(self, term: Term) -> None:
+    async def _lead(self, term: Term, window: KeyValue | tuple[()] | None = ()) -> None:
+        """Takes over ``term``, then leads it. ``window``: the window key as the winning txn read
+        it (``()``: not read, read here)."""
         assert self.window is not None
         self._term = term
         self._fence_failure.clear()
@@ -587,7 +597,11 @@ class ClusterNode:
         # while taking over is seen too.
         own_watch = asyncio.ensure_future(self._watch_own_term(term))
         try:
-            saved = await self.store.load()
+            saved = (
+                await self.store.load()
+                if isinstance(window, tuple)
+                else self.store.limit_of(window)
+            )
             floor = saved if saved is not None else 0
             if not await wait_out_lead(
                 self.clock,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from hlc_oracle.cluster.etcd import EtcdClient, EtcdError
+from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, KeyValue
 from hlc_oracle.cluster.etcd import put as put_op
 from hlc_oracle.cluster.fence import Fence, FenceError
 from hlc_oracle.node.window import FORMAT_VERSION, WindowSaveError
@@ -31,6 +31,11 @@ class EtcdWindowStore:
     async def load(self) -> int | None:
         """The saved limit (microseconds), or ``None`` for a new cluster."""
         kv, _ = await self.client.get(self.key)
+        return self.limit_of(kv)
+
+    def limit_of(self, kv: KeyValue | None) -> int | None:
+        """The saved limit in ``kv``, the window key as read (``None``: absent, a new cluster);
+        :class:`EtcdError` when it does not decode."""
         if kv is None:
             return None
         try:
