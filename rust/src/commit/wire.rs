@@ -89,11 +89,33 @@ fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Writes a length-delimited sub-message whose body `body` appends.
+/// Writes a length-delimited sub-message whose body `body` appends, in place: the body goes
+/// straight into `out` behind a one-byte length, and moves right only when it is 128 bytes or
+/// longer and its length needs more bytes (no buffer per message).
 fn put_message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
-    let mut inner = Vec::new();
-    body(&mut inner);
-    put_bytes(out, field, &inner);
+    put_key(out, field, 2);
+    let at = out.len();
+    out.push(0);
+    body(out);
+    let len = out.len() - at - 1;
+    if len < 0x80 {
+        out[at] = len as u8;
+        return;
+    }
+    let mut prefix = [0u8; 10];
+    let mut width = 0;
+    let mut value = len as u64;
+    while value >= 0x80 {
+        prefix[width] = (value as u8) | 0x80;
+        value >>= 7;
+        width += 1;
+    }
+    prefix[width] = value as u8;
+    width += 1;
+    let end = out.len();
+    out.resize(end + width - 1, 0);
+    out.copy_within(at + 1..end, at + width);
+    out[at..at + width].copy_from_slice(&prefix[..width]);
 }
 
 fn put_timestamp(out: &mut Vec<u8>, field: u32, ts: Timestamp) {
@@ -782,6 +804,24 @@ mod tests {
         assert_eq!(txns[0].reads, vec![b"r1".to_vec(), vec![]]);
         assert_eq!(txns[1].txn_id, u64::MAX);
         assert_eq!(txns[1].start_ts, Some(WireTimestamp::default()));
+    }
+
+    #[test]
+    fn long_messages_round_trip() {
+        // Bodies of 127, 128 and 20,000 bytes: a length of one, two and three bytes, written
+        // in place behind a one-byte guess.
+        for size in [119, 120, 20_000] {
+            let key = vec![b'k'; size];
+            let mut out = b"before".to_vec();
+            let writes: [&[u8]; 1] = [&key];
+            encode_transaction(&mut out, 7, ts(5, 0, 0), [].into_iter(), writes.into_iter());
+            encode_transaction(&mut out, 8, ts(6, 0, 0), writes.into_iter(), [].into_iter());
+            assert_eq!(&out[..6], b"before");
+            let txns = decode_request(&out[6..]).unwrap();
+            assert_eq!(txns.len(), 2);
+            assert_eq!((txns[0].txn_id, &txns[0].writes), (7, &vec![key.clone()]));
+            assert_eq!((txns[1].txn_id, &txns[1].reads), (8, &vec![key.clone()]));
+        }
     }
 
     #[test]
