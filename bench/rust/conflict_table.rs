@@ -6,7 +6,7 @@
 //! oldest of its candidates). The record loop prefetches a few transactions ahead, as the commit
 //! engine's `record` step does.
 //!
-//! `cargo run --release --example conflict_table [BATCHES]` prints nanoseconds per transaction:
+//! `cargo run --release --example conflict_table [BATCHES [MAX_KEYS]]` prints nanoseconds per transaction:
 //! the thread's CPU time in `check_batch` and in the record loop over all batches (time spent
 //! descheduled on a loaded host left out), and the median batch's wall time. Under `valgrind --tool=callgrind --collect-atstart=no
 //! --toggle-collect=*measured_batches*` the instruction count of the measured batches divided by
@@ -18,6 +18,8 @@ use std::time::Instant;
 use _core::conflict::{ConflictDetector, Isolation, Transaction};
 use _core::timestamp::Timestamp;
 
+/// The remembered keys unless the second argument says otherwise (a small table that stays in the
+/// cache shows the cost without misses).
 const MAX_KEYS: usize = 1_000_000;
 const BATCH: usize = 1_000;
 const READS: usize = 4;
@@ -133,11 +135,15 @@ fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(300);
+    let max_keys: usize = std::env::args()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(MAX_KEYS);
     let mut random = Random(0x9e37_79b9_7f4a_7c15);
-    let mut detector = ConflictDetector::new(Isolation::Serializable, MAX_KEYS).expect("max_keys");
+    let mut detector = ConflictDetector::new(Isolation::Serializable, max_keys).expect("max_keys");
     // The history: 1,000,000 distinct keys, written 4 to a transaction.
     let mut next_commit = 1u64;
-    for n in 0..(MAX_KEYS / WRITES) as u64 {
+    for n in 0..(max_keys / WRITES) as u64 {
         let writes: Vec<Vec<u8>> = (0..WRITES as u64).map(|k| key(n * 4 + k)).collect();
         let txn = Transaction::new(
             1 << 40 | n,
@@ -152,7 +158,7 @@ fn main() {
             .expect("commit after start");
     }
     // Keys drawn from twice the history's range: about half are remembered.
-    let space = 2 * MAX_KEYS as u64;
+    let space = 2 * max_keys as u64;
     // Set again before each batch (see `measured_batches`).
     let start = Timestamp::from_packed(next_commit, 0);
     let mut made: Vec<Vec<Transaction>> = (0..batches)
@@ -189,7 +195,7 @@ fn main() {
         100.0 * measured.accepted as f64 / txns,
         detector.len(),
         detector.memory_bytes(),
-        detector.memory_bytes() as f64 / MAX_KEYS as f64,
+        detector.memory_bytes() as f64 / max_keys as f64,
         huge_pages(),
     );
 }

@@ -50,42 +50,57 @@ struct Bucket {
 // SAFETY: integers only; all zeros is a bucket of empty slots.
 unsafe impl Zeroable for Bucket {}
 
+/// What one scan of a bucket's short tags found: bit `i` of `matching` is set when slot `i`'s
+/// short tag is the wanted one, of `empty` when slot `i` is empty.
+#[derive(Clone, Copy)]
+struct Scan {
+    matching: u32,
+    empty: u32,
+}
+
 impl Bucket {
-    /// Bit `i` set when slot `i`'s short tag is `wanted` (zero: the slot is empty): four vector
-    /// compares.
+    /// Compares the 16 short tags with `wanted` and with zero (empty): one load of the line, eight
+    /// vector compares.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn mask(&self, wanted: u32) -> u32 {
+    fn scan(&self, wanted: u32) -> Scan {
         use std::arch::x86_64::{
             __m128i, _mm_cmpeq_epi32, _mm_load_si128, _mm_movemask_epi8, _mm_packs_epi16,
-            _mm_packs_epi32, _mm_set1_epi32,
+            _mm_packs_epi32, _mm_set1_epi32, _mm_setzero_si128,
         };
         let lanes = self.short.as_ptr().cast::<__m128i>();
         // SAFETY: SSE2 is part of every x86_64 target; the four loads read the 64 bytes of
         // `self.short`, which is 16-byte aligned (first field of a 256-byte aligned struct).
         unsafe {
-            let wanted = _mm_set1_epi32(wanted as i32);
-            let equal = [0, 1, 2, 3].map(|n| _mm_cmpeq_epi32(_mm_load_si128(lanes.add(n)), wanted));
-            let low = _mm_packs_epi32(equal[0], equal[1]);
-            let high = _mm_packs_epi32(equal[2], equal[3]);
-            _mm_movemask_epi8(_mm_packs_epi16(low, high)) as u32
+            let loaded = [0, 1, 2, 3].map(|n| _mm_load_si128(lanes.add(n)));
+            let bits = |value: __m128i| {
+                let equal = loaded.map(|lane| _mm_cmpeq_epi32(lane, value));
+                let low = _mm_packs_epi32(equal[0], equal[1]);
+                let high = _mm_packs_epi32(equal[2], equal[3]);
+                _mm_movemask_epi8(_mm_packs_epi16(low, high)) as u32
+            };
+            Scan {
+                matching: bits(_mm_set1_epi32(wanted as i32)),
+                empty: bits(_mm_setzero_si128()),
+            }
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
     #[inline(always)]
-    fn mask(&self, wanted: u32) -> u32 {
-        let mut mask = 0;
+    fn scan(&self, wanted: u32) -> Scan {
+        let (mut matching, mut empty) = (0, 0);
         for (at, &word) in self.short.iter().enumerate() {
-            mask |= u32::from(word == wanted) << at;
+            matching |= u32::from(word == wanted) << at;
+            empty |= u32::from(word == 0) << at;
         }
-        mask
+        Scan { matching, empty }
     }
 
-    /// The slot holding `tag`, if any.
+    /// The slot holding `tag` among the `matching` ones of a scan, if any.
     #[inline(always)]
-    fn find(&self, tag: Tag) -> Option<usize> {
-        let mut candidates = self.mask(tag.short);
+    fn find(&self, tag: Tag, matching: u32) -> Option<usize> {
+        let mut candidates = matching;
         while candidates != 0 {
             let at = candidates.trailing_zeros() as usize;
             if self.rest_node[at] >> 16 == tag.rest {
@@ -94,12 +109,6 @@ impl Bucket {
             candidates &= candidates - 1;
         }
         None
-    }
-
-    /// The number of occupied slots (a prefix).
-    #[inline(always)]
-    fn occupied(&self) -> usize {
-        SLOTS - self.mask(0).count_ones() as usize
     }
 
     #[inline]
@@ -208,6 +217,23 @@ impl KeyTable {
         self.buckets.len() * size_of::<Bucket>()
     }
 
+    /// Bucket `index`, which `place` made (below the bucket count).
+    #[inline(always)]
+    fn bucket(&self, index: usize) -> &Bucket {
+        debug_assert!(index < self.buckets.len());
+        // SAFETY: every index comes from `place`, whose `reduce(_, count)` is below `count`, the
+        // number of buckets (fixed at creation).
+        unsafe { self.buckets.get_unchecked(index) }
+    }
+
+    /// Bucket `index` to change (see [`Self::bucket`]).
+    #[inline(always)]
+    fn bucket_mut(&mut self, index: usize) -> &mut Bucket {
+        debug_assert!(index < self.buckets.len());
+        // SAFETY: as in `bucket`.
+        unsafe { self.buckets.get_unchecked_mut(index) }
+    }
+
     #[inline(always)]
     fn place(&self, hash: u64) -> Place {
         let count = self.buckets.len();
@@ -233,17 +259,15 @@ impl KeyTable {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             let place = self.place(hash);
             for index in [place.first, place.second] {
-                if let Some(bucket) = self.buckets.get(index) {
-                    let line = std::ptr::from_ref(bucket).cast::<i8>();
-                    // SAFETY: SSE is part of every x86_64 target, and a prefetch only hints the
-                    // cache (it never faults); both addresses are inside `bucket` anyway.
-                    unsafe {
-                        _mm_prefetch::<_MM_HINT_T0>(line);
-                        if whole {
-                            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
-                            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(128));
-                            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(192));
-                        }
+                let line = std::ptr::from_ref(self.bucket(index)).cast::<i8>();
+                // SAFETY: SSE is part of every x86_64 target, and a prefetch only hints the cache
+                // (it never faults); the four addresses are inside the bucket anyway.
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(line);
+                    if whole {
+                        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
+                        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(128));
+                        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(192));
                     }
                 }
             }
@@ -257,8 +281,11 @@ impl KeyTable {
     pub fn get(&self, hash: u64) -> Option<Timestamp> {
         let place = self.place(hash);
         [place.first, place.second].into_iter().find_map(|index| {
-            let bucket = &self.buckets[index];
-            bucket.find(place.tag).map(|at| bucket.commit(at))
+            let bucket = self.bucket(index);
+            let scan = bucket.scan(place.tag.short);
+            bucket
+                .find(place.tag, scan.matching)
+                .map(|at| bucket.commit(at))
         })
     }
 
@@ -269,9 +296,12 @@ impl KeyTable {
         let candidates = [place.first, place.second];
         let mut occupied = [0; 2];
         for (n, index) in candidates.into_iter().enumerate() {
-            let bucket = &mut self.buckets[index];
-            let count = bucket.occupied();
-            if let Some(at) = bucket.find(place.tag) {
+            let bucket = self.bucket_mut(index);
+            let scan = bucket.scan(place.tag.short);
+            // Occupied slots are a prefix: the count is the first empty slot (a bit scan; a
+            // population count is a long sequence without the POPCNT extension).
+            let count = (scan.empty | 1 << SLOTS).trailing_zeros() as usize;
+            if let Some(at) = bucket.find(place.tag, scan.matching) {
                 if bucket.commit(at) < commit {
                     bucket.move_to(at, count, place.tag, commit);
                 }
@@ -282,7 +312,8 @@ impl KeyTable {
         // While there is room, the emptier candidate takes it.
         let emptier = usize::from(occupied[1] < occupied[0]);
         if self.len < self.max_keys && occupied[emptier] < SLOTS {
-            self.buckets[candidates[emptier]].insert(occupied[emptier], place.tag, commit);
+            self.bucket_mut(candidates[emptier])
+                .insert(occupied[emptier], place.tag, commit);
             self.len += 1;
             return None;
         }
@@ -290,8 +321,8 @@ impl KeyTable {
         // the table is full at most 15 of its slots are empty, so a candidate is occupied.
         let oldest = (0..2)
             .filter(|&n| occupied[n] > 0)
-            .min_by_key(|&n| self.buckets[candidates[n]].commit(0))?;
-        let bucket = &mut self.buckets[candidates[oldest]];
+            .min_by_key(|&n| self.bucket(candidates[n]).commit(0))?;
+        let bucket = self.bucket_mut(candidates[oldest]);
         let evicted = bucket.commit(0);
         bucket.move_to(0, occupied[oldest], place.tag, commit);
         Some(evicted)
