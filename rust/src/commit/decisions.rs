@@ -2,8 +2,16 @@
 //! `status` and idempotent resubmission. Older ids are forgotten oldest first. Replayed decisions
 //! (a log or a decision history, read after this engine may already have decided some) count as
 //! older than every decision taken here: they are forgotten first.
+//!
+//! Layout: one flat open-addressing table (linear probing, at most half full, deletion by
+//! backward shift, so no tombstones and no rehash in the steady state) of 32-byte slots: the id,
+//! the fingerprint and one timestamp, which is the whole decision of a commit or of an abort by
+//! request. A conflict abort (rare, and carrying its conflict's key) keeps its full decision in a
+//! side map. A lookup, an insertion and a forgetting touch one cache line each, where a hash map
+//! of whole decisions (about 100 bytes each) touched two.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 
 use crate::commit::{AbortReason, Outcome};
 use crate::conflict::TxnId;
@@ -34,9 +42,53 @@ impl Decision {
     }
 }
 
+/// What a slot holds.
+const EMPTY: u8 = 0;
+/// `Committed(ts)`, decided at `ts`.
+const COMMITTED: u8 = 1;
+/// `Aborted(Requested)`, decided at `ts`.
+const REQUESTED: u8 = 2;
+/// Any other decision: in the side map.
+const OTHER: u8 = 3;
+
+/// Slots the table starts with (it doubles as it fills, up to twice the capacity).
+const MIN_SLOTS: usize = 16;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    id: TxnId,
+    fingerprint: u64,
+    packed: u64,
+    node: u16,
+    kind: u8,
+    has_fingerprint: bool,
+}
+
+impl Slot {
+    /// The decision, but for an `OTHER` slot's (in the side map).
+    fn compact(&self) -> Option<Decision> {
+        let ts = Timestamp::from_packed(self.packed, self.node);
+        let outcome = match self.kind {
+            COMMITTED => Outcome::Committed(ts),
+            REQUESTED => Outcome::Aborted(AbortReason::Requested),
+            _ => return None,
+        };
+        Some(Decision {
+            outcome,
+            fingerprint: self.has_fingerprint.then_some(self.fingerprint),
+            decided_at: ts,
+        })
+    }
+}
+
 pub struct DecisionIndex {
+    /// Power-of-two length, at most half full.
+    slots: Vec<Slot>,
+    len: usize,
+    /// The full decision of each `OTHER` slot.
+    others: HashMap<TxnId, Decision, foldhash::fast::RandomState>,
     // Transaction ids are chosen by clients: a seeded hasher keeps them from forcing collisions.
-    map: HashMap<TxnId, Decision, foldhash::fast::RandomState>,
+    hasher: foldhash::fast::RandomState,
     /// Replayed ids, oldest first: all older than `order`'s.
     replayed: VecDeque<TxnId>,
     /// Replay runs newest first (a new leader's history): each replayed id goes in front.
@@ -49,7 +101,10 @@ pub struct DecisionIndex {
 impl DecisionIndex {
     pub fn new(capacity: usize) -> Self {
         Self {
-            map: HashMap::default(),
+            slots: vec![Slot::default(); MIN_SLOTS],
+            len: 0,
+            others: HashMap::default(),
+            hasher: foldhash::fast::RandomState::default(),
             replayed: VecDeque::new(),
             replay_newest_first: false,
             order: VecDeque::new(),
@@ -57,22 +112,138 @@ impl DecisionIndex {
         }
     }
 
-    pub fn get(&self, id: TxnId) -> Option<&Decision> {
-        self.map.get(&id)
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    fn home(&self, id: TxnId) -> usize {
+        (self.hasher.hash_one(id) as usize) & self.mask()
+    }
+
+    /// The slot holding `id`, or the empty slot where it would go.
+    fn find(&self, id: TxnId) -> (usize, bool) {
+        let mask = self.mask();
+        let mut at = self.home(id);
+        loop {
+            let slot = &self.slots[at];
+            if slot.kind == EMPTY {
+                return (at, false);
+            }
+            if slot.id == id {
+                return (at, true);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    pub fn get(&self, id: TxnId) -> Option<Decision> {
+        match self.find(id) {
+            (at, true) => {
+                let slot = &self.slots[at];
+                slot.compact().or_else(|| self.others.get(&id).cloned())
+            }
+            (_, false) => None,
+        }
+    }
+
+    pub fn contains(&self, id: TxnId) -> bool {
+        self.find(id).1
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
+    }
+
+    /// Puts `decision` in `id`'s slot (found or empty); true when the id is new.
+    fn put(&mut self, id: TxnId, decision: Decision) -> bool {
+        let (at, found) = self.find(id);
+        let compact = match decision.outcome {
+            Outcome::Committed(ts) if ts == decision.decided_at => COMMITTED,
+            Outcome::Aborted(AbortReason::Requested) => REQUESTED,
+            _ => OTHER,
+        };
+        if found && self.slots[at].kind == OTHER {
+            self.others.remove(&id);
+        }
+        self.slots[at] = Slot {
+            id,
+            fingerprint: decision.fingerprint.unwrap_or(0),
+            packed: decision.decided_at.packed(),
+            node: decision.decided_at.node(),
+            kind: compact,
+            has_fingerprint: decision.fingerprint.is_some(),
+        };
+        if compact == OTHER {
+            self.others.insert(id, decision);
+        }
+        if found {
+            return false;
+        }
+        self.len += 1;
+        if self.len * 2 > self.slots.len() {
+            self.grow();
+        }
+        true
+    }
+
+    /// Doubles the table, placing every slot again.
+    fn grow(&mut self) {
+        let doubled = vec![Slot::default(); self.slots.len() * 2];
+        let old = std::mem::replace(&mut self.slots, doubled);
+        let mask = self.mask();
+        for slot in old.into_iter().filter(|slot| slot.kind != EMPTY) {
+            let mut at = self.home(slot.id);
+            while self.slots[at].kind != EMPTY {
+                at = (at + 1) & mask;
+            }
+            self.slots[at] = slot;
+        }
+    }
+
+    /// Removes `id`; returns where the low watermark must rise for it, the clock reading `now`.
+    fn remove(&mut self, id: TxnId, now: Timestamp) -> Option<Timestamp> {
+        let (mut hole, found) = self.find(id);
+        if !found {
+            return None;
+        }
+        let slot = self.slots[hole];
+        let watermark = match slot.compact() {
+            Some(decision) => Some(decision.watermark_when_forgotten(now)),
+            None => self
+                .others
+                .remove(&id)
+                .map(|decision| decision.watermark_when_forgotten(now)),
+        };
+        self.len -= 1;
+        // Backward shift: each later slot of the run that may sit in the hole moves into it.
+        let mask = self.mask();
+        let mut next = (hole + 1) & mask;
+        loop {
+            let candidate = self.slots[next];
+            if candidate.kind == EMPTY {
+                break;
+            }
+            let home = self.home(candidate.id);
+            // The candidate may move back to the hole when the hole lies between its home and
+            // where it sits (cyclically).
+            if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
+                self.slots[hole] = candidate;
+                hole = next;
+            }
+            next = (next + 1) & mask;
+        }
+        self.slots[hole] = Slot::default();
+        watermark
     }
 
     /// Remembers `decision`; returns where the low watermark must rise for the decisions this
     /// forgot (see [`Decision::watermark_when_forgotten`]), the clock reading `now`.
     pub fn insert(&mut self, id: TxnId, decision: Decision, now: Timestamp) -> Option<Timestamp> {
-        if self.map.insert(id, decision).is_some() {
+        if !self.put(id, decision) {
             return None;
         }
         self.order.push_back(id);
@@ -92,10 +263,10 @@ impl DecisionIndex {
         decision: Decision,
         now: Timestamp,
     ) -> Option<Timestamp> {
-        if self.map.contains_key(&id) {
+        if self.contains(id) {
             return None;
         }
-        self.map.insert(id, decision);
+        self.put(id, decision);
         if self.replay_newest_first {
             self.replayed.push_front(id);
         } else {
@@ -106,13 +277,11 @@ impl DecisionIndex {
 
     fn forget_over_capacity(&mut self, now: Timestamp) -> Option<Timestamp> {
         let mut forgotten: Option<Timestamp> = None;
-        while self.map.len() > self.capacity {
+        while self.len > self.capacity {
             let Some(old) = self.replayed.pop_front().or_else(|| self.order.pop_front()) else {
                 break;
             };
-            if let Some(gone) = self.map.remove(&old) {
-                forgotten = forgotten.max(Some(gone.watermark_when_forgotten(now)));
-            }
+            forgotten = forgotten.max(self.remove(old, now));
         }
         forgotten
     }
@@ -124,6 +293,124 @@ mod tests {
 
     fn at(us: u64) -> Timestamp {
         Timestamp::new(us, 0, 0).unwrap()
+    }
+
+    /// The index as it was (a hash map of whole decisions and the two orders), as the model.
+    struct Model {
+        map: HashMap<TxnId, Decision>,
+        replayed: VecDeque<TxnId>,
+        order: VecDeque<TxnId>,
+        capacity: usize,
+    }
+
+    impl Model {
+        fn forget(&mut self, now: Timestamp) -> Option<Timestamp> {
+            let mut forgotten = None;
+            while self.map.len() > self.capacity {
+                let Some(old) = self.replayed.pop_front().or_else(|| self.order.pop_front()) else {
+                    break;
+                };
+                if let Some(gone) = self.map.remove(&old) {
+                    forgotten = forgotten.max(Some(gone.watermark_when_forgotten(now)));
+                }
+            }
+            forgotten
+        }
+    }
+
+    /// Every kind of decision, new and repeated ids, replays oldest and newest first, against
+    /// the model: the same answers, the same forgetting, the same watermarks.
+    #[test]
+    fn the_flat_table_decides_as_the_model() {
+        use crate::conflict::{Conflict, ConflictKind, LostTo};
+        for capacity in [1, 5, 37, 200] {
+            let mut index = DecisionIndex::new(capacity);
+            let mut model = Model {
+                map: HashMap::new(),
+                replayed: VecDeque::new(),
+                order: VecDeque::new(),
+                capacity,
+            };
+            let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ capacity as u64;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let ids = 3 * capacity as u64 + 10;
+            for step in 0..20_000u64 {
+                let r = next();
+                let id = r % ids;
+                let ts = at(1_000 + step);
+                let decision = match (r >> 20) % 5 {
+                    0 | 1 => Decision {
+                        outcome: Outcome::Committed(ts),
+                        fingerprint: Some(r >> 8),
+                        decided_at: ts,
+                    },
+                    2 => Decision {
+                        outcome: Outcome::Aborted(AbortReason::Requested),
+                        fingerprint: None,
+                        decided_at: at(5_000 + step),
+                    },
+                    3 => Decision {
+                        outcome: Outcome::Aborted(AbortReason::Conflict(Conflict {
+                            txn_id: id,
+                            kind: ConflictKind::WriteWrite,
+                            key: Some(vec![b'k'; (r % 7) as usize]),
+                            lost_to: LostTo::Commit(at(step)),
+                        })),
+                        fingerprint: Some(r),
+                        decided_at: at(step),
+                    },
+                    _ => Decision {
+                        outcome: Outcome::Committed(ts),
+                        fingerprint: None,
+                        decided_at: at(step), // not the commit timestamp: kept whole
+                    },
+                };
+                let now = at(3_000 + step);
+                let (got, expected) = match (r >> 40) % 8 {
+                    0 => {
+                        let newest_first = r & 1 == 0;
+                        index.set_replay_newest_first(newest_first);
+                        let got = index.insert_replayed(id, decision.clone(), now);
+                        let expected = match model.map.entry(id) {
+                            std::collections::hash_map::Entry::Occupied(_) => None,
+                            std::collections::hash_map::Entry::Vacant(vacant) => {
+                                vacant.insert(decision);
+                                if newest_first {
+                                    model.replayed.push_front(id);
+                                } else {
+                                    model.replayed.push_back(id);
+                                }
+                                model.forget(now)
+                            }
+                        };
+                        (got, expected)
+                    }
+                    _ => {
+                        let got = index.insert(id, decision.clone(), now);
+                        let expected = if model.map.insert(id, decision).is_some() {
+                            None
+                        } else {
+                            model.order.push_back(id);
+                            model.forget(now)
+                        };
+                        (got, expected)
+                    }
+                };
+                assert_eq!(got, expected, "capacity {capacity}, step {step}");
+                assert_eq!(index.len(), model.map.len());
+                if step % 97 == 0 || capacity <= 5 {
+                    for id in 0..ids {
+                        assert_eq!(index.get(id), model.map.get(&id).cloned(), "id {id}");
+                        assert_eq!(index.contains(id), model.map.contains_key(&id));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

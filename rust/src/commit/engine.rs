@@ -90,7 +90,7 @@ impl CommitEngine {
     }
 
     /// The decision for `txn_id`, if it is decided (durably) and still retained.
-    pub fn status(&self, txn_id: TxnId) -> Option<&Outcome> {
+    pub fn status(&self, txn_id: TxnId) -> Option<Outcome> {
         if self
             .durable
             .external()
@@ -98,7 +98,7 @@ impl CommitEngine {
         {
             return None;
         }
-        self.decisions.get(txn_id).map(|d| &d.outcome)
+        self.decisions.get(txn_id).map(|d| d.outcome)
     }
 
     pub fn retained_decisions(&self) -> usize {

@@ -243,7 +243,7 @@ mod tests {
             new.replay_piece(&new_clock, seq, &piece).unwrap();
         }
         new.end_history_load();
-        assert_eq!(new.status(10), Some(&fresh_outcome));
+        assert_eq!(new.status(10), Some(fresh_outcome));
         let (answers, _) = decide_all(
             &mut new,
             &new_clock,
@@ -321,7 +321,7 @@ mod tests {
         for (at, (seq, piece)) in pieces.iter().enumerate().rev() {
             for (t, outcome) in decided {
                 if !new.needs_history(&Request::Commit(t)) {
-                    assert_eq!(new.status(t.id), Some(outcome), "txn {}", t.id);
+                    assert_eq!(new.status(t.id).as_ref(), Some(outcome), "txn {}", t.id);
                 }
             }
             let unloaded_max = pieces[..=at]
@@ -442,7 +442,7 @@ mod tests {
             .all(|t| new.needs_history(&Request::Commit(t))));
         new.end_history_load();
         for (t, outcome) in &decided {
-            assert_eq!(new.status(t.id), Some(outcome));
+            assert_eq!(new.status(t.id).as_ref(), Some(outcome));
         }
     }
 

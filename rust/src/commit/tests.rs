@@ -150,10 +150,10 @@ fn abort_fences_a_late_commit_and_never_undoes_a_commit() {
         engine.process(&clock, &[Request::Abort(21)])[0],
         Ok(Outcome::Committed(ts))
     );
-    assert_eq!(engine.status(21), Some(&Outcome::Committed(ts)));
+    assert_eq!(engine.status(21), Some(Outcome::Committed(ts)));
     assert_eq!(
         engine.status(20),
-        Some(&Outcome::Aborted(AbortReason::Requested))
+        Some(Outcome::Aborted(AbortReason::Requested))
     );
     assert_eq!(engine.status(22), None);
 }
@@ -249,7 +249,7 @@ fn recovery_rebuilds_decisions_history_and_clock_floor() {
     );
     assert_eq!(
         engine.status(77),
-        Some(&Outcome::Aborted(AbortReason::Requested))
+        Some(Outcome::Aborted(AbortReason::Requested))
     );
     // History is back: the same old start loses to the logged commit of its key.
     let late = txn(100, start, &[], &["k3"]);
@@ -464,7 +464,7 @@ fn external_step_hands_out_pieces_and_answers_only_once_confirmed_in_order() {
     );
     assert_eq!(committed(&released[1].answers[1]), commit_ts);
     assert_eq!(committed(&released[2].answers[0]), commit_ts);
-    assert_eq!(engine.status(1), Some(&Outcome::Committed(commit_ts)));
+    assert_eq!(engine.status(1), Some(Outcome::Committed(commit_ts)));
     assert_eq!(engine.totals(), (1, 1, 3));
     assert_eq!(engine.pending_batches(), 0);
 
@@ -549,7 +549,7 @@ fn external_pieces_split_by_size_and_replay_on_another_engine() {
     }
     assert_eq!(commits, 40);
     let last_ts = committed(&released[0].answers[39]);
-    assert_eq!(successor.status(40), Some(&Outcome::Committed(last_ts)));
+    assert_eq!(successor.status(40), Some(Outcome::Committed(last_ts)));
     assert!(other_clock.last() >= last_ts);
     successor.raise_low_watermark(clock.last());
     let late = successor.decide(
@@ -599,7 +599,7 @@ fn an_undecided_start_below_a_new_leaders_watermark_is_aborted_too_old_and_recor
     assert_eq!(aborted.kind, ConflictKind::TooOld);
     assert_eq!(aborted.lost_to, LostTo::LowWatermark(window_limit));
     let outcome = Outcome::Aborted(AbortReason::Conflict(aborted));
-    assert_eq!(engine.status(7), Some(&outcome));
+    assert_eq!(engine.status(7), Some(outcome.clone()));
     // A resubmission gets the same abort, without a new record.
     let again = engine.decide(&clock, &[Request::Commit(&inherited)]);
     assert!(again.pieces.is_empty());
@@ -610,7 +610,7 @@ fn an_undecided_start_below_a_new_leaders_watermark_is_aborted_too_old_and_recor
     successor
         .replay_piece(&clock, handout.pieces[0].0, &handout.pieces[0].1)
         .unwrap();
-    assert_eq!(successor.status(7), Some(&outcome));
+    assert_eq!(successor.status(7), Some(outcome.clone()));
     let retry = successor.decide(&clock, &[Request::Commit(&inherited)]);
     assert!(retry.pieces.is_empty());
     assert_eq!(retry.released[0].answers[0], Ok(outcome));
@@ -641,7 +641,7 @@ fn a_too_old_abort_is_logged_and_survives_a_restart() {
     }
     let (mut engine, recovery) = CommitEngine::open(config, &clock).unwrap();
     assert_eq!(recovery.aborts, 1);
-    assert_eq!(engine.status(1), Some(&outcome));
+    assert_eq!(engine.status(1), Some(outcome.clone()));
     assert_eq!(
         engine.process(&clock, &[Request::Commit(&stale)])[0],
         Ok(outcome)

@@ -481,8 +481,7 @@ impl PyCommitEngine {
         txn_id: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let txn_id = u64_arg(txn_id, "txn_id")?;
-        let outcome =
-            py.detach(|| Ok::<_, PyErr>(self.lock()?.engine().status(txn_id).cloned()))?;
+        let outcome = py.detach(|| Ok::<_, PyErr>(self.lock()?.engine().status(txn_id)))?;
         outcome
             .map(|outcome| outcome_object(py, txn_id, &outcome))
             .transpose()
