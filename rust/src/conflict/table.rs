@@ -276,6 +276,36 @@ impl KeyTable {
         let _ = (hash, whole);
     }
 
+    /// The second step of a check's prefetch: once `hash`'s short-tag lines are loaded (by an
+    /// earlier [`Self::prefetch`]), starts loading the lines of the slot whose short tag matches,
+    /// if any. Without it, a check of a remembered key waits for those lines after the tags.
+    #[inline]
+    pub fn prefetch_slot(&self, hash: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let place = self.place(hash);
+            for index in [place.first, place.second] {
+                let bucket = self.bucket(index);
+                let matching = bucket.scan(place.tag.short).matching;
+                if matching != 0 {
+                    let at = matching.trailing_zeros() as usize;
+                    for line in [
+                        std::ptr::from_ref(&bucket.rest_node[at]).cast::<i8>(),
+                        std::ptr::from_ref(&bucket.commits[at]).cast::<i8>(),
+                    ] {
+                        // SAFETY: SSE is part of every x86_64 target; a prefetch only hints the
+                        // cache (it never faults), and the addresses are in the bucket anyway.
+                        unsafe { _mm_prefetch::<_MM_HINT_T0>(line) };
+                    }
+                    return;
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
+    }
+
     /// The commit remembered for `hash`, if any.
     #[inline]
     pub fn get(&self, hash: u64) -> Option<Timestamp> {
