@@ -182,3 +182,31 @@ def test_through_a_handover_every_refusal_settles_until_the_next_leader_is_named
         assert loser_log[named_at][:2] == (False, False), loser_log
 
     asyncio.run(body())
+
+
+def test_a_resigning_leader_holds_requests_then_names_its_successor(etcd: EtcdMember) -> None:
+    """A graceful stop blocks the gate as settling (the server does, before it resigns): a
+    request held there from before the resign is refused after it naming the next leader, which
+    took the key meanwhile, instead of naming none."""
+
+    async def body() -> tuple[str | None, str | None, bool]:
+        leader, leader_window = make_node(etcd.endpoint, node_id=1, depose_dead_leader=False)
+        follower, follower_window = make_node(etcd.endpoint, node_id=2, depose_dead_leader=False)
+        try:
+            await leader.start(leader_window, "127.0.0.1:1")
+            await wait_for_async(lambda: leader.role == "leader" and leader.gate.serving, 10)
+            await follower.start(follower_window, "127.0.0.1:2")
+            await wait_for_async(lambda: follower.gate.redirect == "127.0.0.1:1", 10)
+            leader.gate.block("shutdown", "the server is shutting down", settling=True)
+            held = asyncio.ensure_future(leader.gate.hold(60.0))
+            await asyncio.sleep(0.01)
+            assert not held.done()
+            await leader.resign()
+            await asyncio.wait_for(held, 10.0)
+            return leader.gate.redirect, leader.gate.refusal(), leader.gate.settling
+        finally:
+            await follower.resign()
+
+    redirect, refusal, settling = asyncio.run(body())
+    assert redirect == "127.0.0.1:2" and not settling
+    assert refusal is not None and "the leader is node 2" in refusal

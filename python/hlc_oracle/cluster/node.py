@@ -73,6 +73,8 @@ PROMOTION_RETRY_S = 1.0
 SIT_OUT_S = 0.5
 #: How often a node deferring its campaign looks whether another node took the leader key.
 DEFER_CHECK_S = 0.1
+#: How long a resigned leader waits to name its successor (its held requests go there).
+SUCCESSOR_WAIT_S = 0.5
 #: How often a leader compares its serving deadline with the clock, for health and logs (requests
 #: check the deadline themselves, see ServingGate.refusal).
 LEASE_CHECK_S = 0.02
@@ -302,9 +304,11 @@ class ClusterNode:
         self._on_fatal(str(err))
 
     async def resign(self) -> None:
-        """Graceful stop: the gate is already blocked by the caller. Stops campaigning; a leader
-        saves its exact high-water mark (fenced), deletes the leader key (fenced) so a follower
-        takes over at once; then the lease is revoked (the member key goes with it)."""
+        """Graceful stop: the gate is already blocked by the caller (settling: requests are
+        held meanwhile). Stops campaigning; a leader saves its exact high-water mark (fenced),
+        deletes the leader key (fenced) so a follower takes over at once, and names the next
+        leader once it holds the key (at most :data:`SUCCESSOR_WAIT_S`), so that the requests
+        held here are sent there; then the lease is revoked (the member key goes with it)."""
         if self.role == "leader":
             # Refusals name no leader from now on, so clients move on to the other nodes at once
             # instead of retrying this one until it closes its listener.
@@ -323,11 +327,13 @@ class ClusterNode:
                     # Only once this term's floor is applied: before that the clock may be below
                     # the saved limit, and saving its high-water mark would lower the window.
                     await self.window.stop()
-                await self.election.resign(fence)
+                resigned_at = await self.election.resign(fence)
                 log.info("resigned", extra={"fields": {"epoch": term.epoch}})
             except (EtcdError, FenceError, WindowSaveError) as err:
                 log.warning("resign failed", extra={"fields": {"error": str(err)}})
-            await self._step_down("this node resigned (shutting down)")
+                resigned_at = None
+            await self._step_down("this node resigned (shutting down)", settling=True)
+            await self._name_successor(resigned_at)
         if self.group_commit is not None:
             await self.group_commit.close()
         await self.session.close(revoke=True)
@@ -610,14 +616,7 @@ class ClusterNode:
                 alive=lambda: self.session.alive() and not self._fence_failure.is_set(),
             ):
                 return
-            await self.window.restart(floor)
-            if saved is not None and self.clock.last() < Timestamp(saved, MAX_LOGICAL, MAX_NODE):
-                # The previous leader handed out nothing past its saved limit: start above it.
-                self.clock.update(Timestamp(saved, MAX_LOGICAL, MAX_NODE))
-            self._took_over = True
-            if self.group_commit is not None:
-                # Low watermark, decisions replayed, clock past them: then serve.
-                await self.group_commit.promote(Fence(self.client, term), saved, previous_epoch)
+            await self._take_over(term, floor, saved, previous_epoch)
             self.gate.set_deadline(self.session.deadline)
             if self._fence_failure.is_set():
                 return  # the term ended while taking over: never serve in it
@@ -636,6 +635,36 @@ class ClusterNode:
             await stop_task(own_watch)
             if not self._resigning.is_set():
                 await self._step_down(self._why_not_leading())
+
+    async def _take_over(
+        self, term: Term, floor: int, saved: int | None, previous_epoch: int | None
+    ) -> None:
+        """Saves this term's first window and, side by side with it, promotes group commit (its
+        low watermark is the saved limit, not the new window: neither waits for the other), then
+        raises the clock past the saved limit. A failed save cancels the promotion (it installs
+        nothing until its reads are done) and is raised; a failed promotion is raised after the
+        save."""
+        assert self.window is not None
+        promotion = (
+            None
+            if self.group_commit is None
+            else asyncio.ensure_future(
+                self.group_commit.promote(Fence(self.client, term), saved, previous_epoch)
+            )
+        )
+        try:
+            await self.window.restart(floor)
+        except BaseException:
+            if promotion is not None:
+                await stop_task(promotion)
+            raise
+        if saved is not None and self.clock.last() < Timestamp(saved, MAX_LOGICAL, MAX_NODE):
+            # The previous leader handed out nothing past its saved limit: start above it.
+            self.clock.update(Timestamp(saved, MAX_LOGICAL, MAX_NODE))
+        self._took_over = True
+        if promotion is not None:
+            # Low watermark set, the history loading behind, the clock past it: then serve.
+            await promotion
 
     async def _hold(self) -> None:
         """Leads until the lease is lost, a fenced write fails, or the node resigns; keeps the
@@ -727,12 +756,37 @@ class ClusterNode:
         log.error(event, extra={"fields": {"reason": gate_message}})
         self._fence_failure.set()
 
-    async def _step_down(self, reason: str) -> None:
+    async def _name_successor(self, resigned_at: int | None) -> None:
+        """Refusals name the node that took the leader key after ``resigned_at`` (the revision
+        of this node's resign), once it does, within :data:`SUCCESSOR_WAIT_S`; otherwise (or
+        ``None``: the resign failed) they name no leader, and clients move on by themselves."""
+        assert self.election is not None
+        successor: LeaderInfo | None = None
+        if resigned_at is not None:
+            with contextlib.suppress(EtcdError, TimeoutError):
+                successor = await asyncio.wait_for(
+                    self.election.next_holder(resigned_at), SUCCESSOR_WAIT_S
+                )
+        if successor is not None:
+            self._saw(successor)
+            self.gate.redirect = successor.address
+            self._block_as_follower(successor)
+            log.info(
+                "handed over",
+                extra={"fields": {"leader_node_id": successor.node_id, "epoch": successor.epoch}},
+            )
+        else:
+            self.gate.redirect = ""
+            self.gate.block("not-leader", "this node resigned (shutting down); no leader known")
+
+    async def _step_down(self, reason: str, settling: bool = False) -> None:
+        """Follows again after a term; ``settling``: refusals wait (a resign names the next
+        leader right after)."""
         was_leader = self.role == "leader"
         if was_leader and self._term is not None:
             self._last_term_note = f"; this node led epoch {self._term.epoch} until: {reason}"
         self.gate.redirect = ""
-        self.gate.block("not-leader", f"this node is a follower: {reason}")
+        self.gate.block("not-leader", f"this node is a follower: {reason}", settling=settling)
         if self.group_commit is not None:
             await self.group_commit.demote()
         self.gate.set_deadline(None)

@@ -514,7 +514,10 @@ class OracleServer:
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, finish in-flight calls, save the high-water mark."""
         grace = self.config.server.shutdown_grace_s if grace is None else grace
-        self.gate.block("shutdown", "the server is shutting down")
+        handing_over = self.cluster is not None and self.control is not None
+        # Clustered, requests wait (settling) while the node hands over, then are refused naming
+        # the next leader: clients go there at once instead of sleeping in a retry backoff.
+        self.gate.block("shutdown", "the server is shutting down", settling=handing_over)
         if self._lead_wait is not None:
             self._lead_wait.cancel()
         if self.peers is not None and self.control is not None and self.control.running:
@@ -523,6 +526,7 @@ class OracleServer:
             # Hand over first (the pending decisions drained), so a follower takes over while
             # this node drains its connections.
             await self.control.call(self.cluster.resign())
+        self.gate.block("shutdown", "the server is shutting down")  # final from now on
         # Open streams end now with the gate's refusal (clients retry elsewhere), rather than
         # holding the stop for the whole grace.
         self.service.streams.end_all()
