@@ -197,16 +197,18 @@ class Election:
         )
         return result.succeeded
 
-    async def resign(self, fence: Fence) -> int:
-        """Deletes the leader key, only if this node's term still holds it; the revision of the
-        delete."""
-        result = await fence.write([delete_op(self.key)], "resign (delete the leader key)")
-        return result.revision
+    async def resign(self, fence: Fence) -> None:
+        """Deletes the leader key, only if this node's term still holds it."""
+        await fence.write([delete_op(self.key)], "resign (delete the leader key)")
 
-    async def next_holder(self, after_revision: int) -> LeaderInfo:
-        """The first holder of the leader key after ``after_revision`` (a resigned leader names
-        its successor). Raises :class:`EtcdError` when the watch breaks."""
-        async for event in self.client.watch(self.key, after_revision + 1):
-            if not event.deleted:
+    async def successor(self, term: Term) -> LeaderInfo:
+        """The first holder of the leader key after ``term`` (a resigning leader starts this
+        before it deletes its key, so the watch is open when the next leader takes the key).
+        Raises :class:`EtcdError` when a call fails or the watch breaks."""
+        kv, revision = await self.client.get(self.key)
+        if kv is not None and kv.create_revision != term.epoch:
+            return leader_info(kv)
+        async for event in self.client.watch(self.key, revision + 1):
+            if not event.deleted and event.kv.create_revision != term.epoch:
                 return leader_info(event.kv)
         raise EtcdError("watch of the leader key ended")

@@ -320,6 +320,9 @@ class ClusterNode:
         term = self._term
         if term is not None and self.election is not None and self.window is not None:
             fence = Fence(self.client, term)
+            # Watching before the key goes: the successor is seen as soon as it takes the key.
+            successor = asyncio.ensure_future(self.election.successor(term))
+            resigned = False
             try:
                 if self.group_commit is not None:
                     await self.group_commit.close()  # drain decisions before handing over
@@ -327,13 +330,13 @@ class ClusterNode:
                     # Only once this term's floor is applied: before that the clock may be below
                     # the saved limit, and saving its high-water mark would lower the window.
                     await self.window.stop()
-                resigned_at = await self.election.resign(fence)
+                await self.election.resign(fence)
+                resigned = True
                 log.info("resigned", extra={"fields": {"epoch": term.epoch}})
             except (EtcdError, FenceError, WindowSaveError) as err:
                 log.warning("resign failed", extra={"fields": {"error": str(err)}})
-                resigned_at = None
             await self._step_down("this node resigned (shutting down)", settling=True)
-            await self._name_successor(resigned_at)
+            await self._name_successor(successor, resigned)
         if self.group_commit is not None:
             await self.group_commit.close()
         await self.session.close(revoke=True)
@@ -756,17 +759,16 @@ class ClusterNode:
         log.error(event, extra={"fields": {"reason": gate_message}})
         self._fence_failure.set()
 
-    async def _name_successor(self, resigned_at: int | None) -> None:
-        """Refusals name the node that took the leader key after ``resigned_at`` (the revision
-        of this node's resign), once it does, within :data:`SUCCESSOR_WAIT_S`; otherwise (or
-        ``None``: the resign failed) they name no leader, and clients move on by themselves."""
-        assert self.election is not None
+    async def _name_successor(self, watch: asyncio.Future[LeaderInfo], resigned: bool) -> None:
+        """Refusals name the node that took the leader key after this node's resign (``watch``
+        finds it), once it does, within :data:`SUCCESSOR_WAIT_S`; otherwise (or not
+        ``resigned``: the resign failed) they name no leader, and clients move on by
+        themselves."""
         successor: LeaderInfo | None = None
-        if resigned_at is not None:
+        if resigned:
             with contextlib.suppress(EtcdError, TimeoutError):
-                successor = await asyncio.wait_for(
-                    self.election.next_holder(resigned_at), SUCCESSOR_WAIT_S
-                )
+                successor = await asyncio.wait_for(asyncio.shield(watch), SUCCESSOR_WAIT_S)
+        await stop_task(watch)
         if successor is not None:
             self._saw(successor)
             self.gate.redirect = successor.address
