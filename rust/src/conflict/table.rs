@@ -306,6 +306,39 @@ impl KeyTable {
         let _ = hash;
     }
 
+    /// The second step of a record's prefetch: once `hash`'s short-tag lines are loaded (by an
+    /// earlier [`Self::prefetch`] of them), starts loading the rest of the bucket that holds its
+    /// tag, or of both candidates when neither does (a new key: the emptier or the older takes
+    /// it).
+    #[inline]
+    pub fn prefetch_record(&self, hash: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let place = self.place(hash);
+            let rest = |index: usize| {
+                let line = std::ptr::from_ref(self.bucket(index)).cast::<i8>();
+                // SAFETY: SSE is part of every x86_64 target; a prefetch only hints the cache
+                // (it never faults), and the addresses are in the bucket anyway.
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
+                    _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(128));
+                    _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(192));
+                }
+            };
+            for index in [place.first, place.second] {
+                if self.bucket(index).scan(place.tag.short).matching != 0 {
+                    rest(index);
+                    return;
+                }
+            }
+            rest(place.first);
+            rest(place.second);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
+    }
+
     /// The commit remembered for `hash`, if any.
     #[inline]
     pub fn get(&self, hash: u64) -> Option<Timestamp> {
