@@ -19,9 +19,10 @@ transaction (:mod:`hlc_oracle.client.pending_commits`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -68,13 +69,13 @@ class RetryPolicy:
         shortest_sleep = cls.initial_backoff_s / 2  # the first backoff with the most jitter
         return cls(attempts=max(cls.attempts, math.ceil(timeout / shortest_sleep) + 1))
 
-    def delays(self) -> list[float]:
+    def delays(self) -> Iterator[float]:
+        """The sleeps between attempts, made as they are needed: a call that ends at its first
+        attempt (the common case) draws none, though :meth:`until_deadline` allows thousands."""
         delay = self.initial_backoff_s
-        result = []
         for _ in range(self.attempts - 1):
-            result.append(delay * (0.5 + random.random() / 2))
+            yield delay * (0.5 + random.random() / 2)
             delay = min(delay * 2, self.max_backoff_s)
-        return result
 
 
 async def with_retries(
@@ -97,7 +98,7 @@ async def with_retries(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     lost: OracleError | None = None
-    for delay in [*policy.delays(), None]:
+    for delay in itertools.chain(policy.delays(), (None,)):
         error: OracleError
         remaining = deadline - loop.time()
         if remaining <= 0:
