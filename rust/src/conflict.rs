@@ -51,7 +51,7 @@ use crate::vclock::{Ordering, VectorClock};
 pub type TxnId = u64;
 
 mod table;
-mod zeroed;
+pub(crate) mod zeroed;
 
 use table::KeyTable;
 

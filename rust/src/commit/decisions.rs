@@ -4,16 +4,19 @@
 //! older than every decision taken here: they are forgotten first.
 //!
 //! Layout: one flat open-addressing table (linear probing, at most half full, deletion by
-//! backward shift, so no tombstones and no rehash in the steady state) of 32-byte slots: the id,
+//! backward shift, so no tombstones and no rehash; allocated zeroed at twice the capacity, on
+//! huge pages where offered, like the conflict table) of 32-byte slots: the id,
 //! the fingerprint and one timestamp, which is the whole decision of a commit or of an abort by
 //! request. A conflict abort (rare, and carrying its conflict's key) keeps its full decision in a
 //! side map. A lookup, an insertion and a forgetting touch one cache line each, where a hash map
 //! of whole decisions (about 100 bytes each) touched two.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::hash::BuildHasher;
 
 use crate::commit::{AbortReason, Outcome};
+use crate::conflict::zeroed::{Zeroable, ZeroedArray};
 use crate::conflict::TxnId;
 use crate::timestamp::Timestamp;
 
@@ -51,8 +54,18 @@ const REQUESTED: u8 = 2;
 /// Any other decision: in the side map.
 const OTHER: u8 = 3;
 
-/// Slots the table starts with (it doubles as it fills, up to twice the capacity).
-const MIN_SLOTS: usize = 16;
+/// Ids ahead whose slots are prefetched while the oldest are forgotten.
+const FORGET_PREFETCH_AHEAD: usize = 8;
+
+/// A slot as stored: id, fingerprint, timestamp (packed), then node | kind << 16 |
+/// has_fingerprint << 24. All zeros is empty, so the table is allocated zeroed (untouched pages
+/// cost nothing until used); aligned so that no slot straddles two cache lines.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+struct RawSlot([u64; 4]);
+
+// SAFETY: four integers; all zeros is the empty slot.
+unsafe impl Zeroable for RawSlot {}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
@@ -65,6 +78,28 @@ struct Slot {
 }
 
 impl Slot {
+    fn load(&RawSlot(raw): &RawSlot) -> Self {
+        Self {
+            id: raw[0],
+            fingerprint: raw[1],
+            packed: raw[2],
+            node: raw[3] as u16,
+            kind: (raw[3] >> 16) as u8,
+            has_fingerprint: (raw[3] >> 24) & 1 == 1,
+        }
+    }
+
+    fn store(&self) -> RawSlot {
+        RawSlot([
+            self.id,
+            self.fingerprint,
+            self.packed,
+            u64::from(self.node)
+                | u64::from(self.kind) << 16
+                | u64::from(self.has_fingerprint) << 24,
+        ])
+    }
+
     /// The decision, but for an `OTHER` slot's (in the side map).
     fn compact(&self) -> Option<Decision> {
         let ts = Timestamp::from_packed(self.packed, self.node);
@@ -82,8 +117,8 @@ impl Slot {
 }
 
 pub struct DecisionIndex {
-    /// Power-of-two length, at most half full.
-    slots: Vec<Slot>,
+    /// Power-of-two length, at least twice the capacity: at most half full, never grown.
+    slots: ZeroedArray<RawSlot>,
     len: usize,
     /// The full decision of each `OTHER` slot.
     others: HashMap<TxnId, Decision, foldhash::fast::RandomState>,
@@ -98,10 +133,31 @@ pub struct DecisionIndex {
     capacity: usize,
 }
 
+/// The table for a capacity cannot be allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexTooLarge(pub usize);
+
+impl fmt::Display for IndexTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "retained_decisions {} is too large: its index of about {} bytes cannot be allocated",
+            self.0,
+            self.0.saturating_mul(64)
+        )
+    }
+}
+
 impl DecisionIndex {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            slots: vec![Slot::default(); MIN_SLOTS],
+    pub fn new(capacity: usize) -> Result<Self, IndexTooLarge> {
+        let slots = capacity
+            .max(1)
+            .checked_mul(2)
+            .and_then(usize::checked_next_power_of_two)
+            .ok_or(IndexTooLarge(capacity))?
+            .max(8);
+        Ok(Self {
+            slots: ZeroedArray::new(slots).map_err(|_| IndexTooLarge(capacity))?,
             len: 0,
             others: HashMap::default(),
             hasher: foldhash::fast::RandomState::default(),
@@ -109,7 +165,7 @@ impl DecisionIndex {
             replay_newest_first: false,
             order: VecDeque::new(),
             capacity: capacity.max(1),
-        }
+        })
     }
 
     fn mask(&self) -> usize {
@@ -120,16 +176,36 @@ impl DecisionIndex {
         (self.hasher.hash_one(id) as usize) & self.mask()
     }
 
+    fn kind_at(&self, at: usize) -> u8 {
+        (self.slots[at].0[3] >> 16) as u8
+    }
+
+    /// Starts loading `id`'s slot into the cache (a lookup of a large index misses it).
+    pub fn prefetch(&self, id: TxnId) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let slot = std::ptr::from_ref(&self.slots[self.home(id)]).cast::<i8>();
+            // SAFETY: SSE is part of every x86_64 target, and a prefetch only hints the cache:
+            // it never faults, whatever the address (a slot of the table here, within one line).
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(slot);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = id;
+    }
+
     /// The slot holding `id`, or the empty slot where it would go.
     fn find(&self, id: TxnId) -> (usize, bool) {
         let mask = self.mask();
         let mut at = self.home(id);
         loop {
-            let slot = &self.slots[at];
-            if slot.kind == EMPTY {
+            let RawSlot(raw) = &self.slots[at];
+            if (raw[3] >> 16) as u8 == EMPTY {
                 return (at, false);
             }
-            if slot.id == id {
+            if raw[0] == id {
                 return (at, true);
             }
             at = (at + 1) & mask;
@@ -138,10 +214,9 @@ impl DecisionIndex {
 
     pub fn get(&self, id: TxnId) -> Option<Decision> {
         match self.find(id) {
-            (at, true) => {
-                let slot = &self.slots[at];
-                slot.compact().or_else(|| self.others.get(&id).cloned())
-            }
+            (at, true) => Slot::load(&self.slots[at])
+                .compact()
+                .or_else(|| self.others.get(&id).cloned()),
             (_, false) => None,
         }
     }
@@ -166,7 +241,7 @@ impl DecisionIndex {
             Outcome::Aborted(AbortReason::Requested) => REQUESTED,
             _ => OTHER,
         };
-        if found && self.slots[at].kind == OTHER {
+        if found && self.kind_at(at) == OTHER {
             self.others.remove(&id);
         }
         self.slots[at] = Slot {
@@ -176,7 +251,8 @@ impl DecisionIndex {
             node: decision.decided_at.node(),
             kind: compact,
             has_fingerprint: decision.fingerprint.is_some(),
-        };
+        }
+        .store();
         if compact == OTHER {
             self.others.insert(id, decision);
         }
@@ -184,24 +260,7 @@ impl DecisionIndex {
             return false;
         }
         self.len += 1;
-        if self.len * 2 > self.slots.len() {
-            self.grow();
-        }
         true
-    }
-
-    /// Doubles the table, placing every slot again.
-    fn grow(&mut self) {
-        let doubled = vec![Slot::default(); self.slots.len() * 2];
-        let old = std::mem::replace(&mut self.slots, doubled);
-        let mask = self.mask();
-        for slot in old.into_iter().filter(|slot| slot.kind != EMPTY) {
-            let mut at = self.home(slot.id);
-            while self.slots[at].kind != EMPTY {
-                at = (at + 1) & mask;
-            }
-            self.slots[at] = slot;
-        }
     }
 
     /// Removes `id`; returns where the low watermark must rise for it, the clock reading `now`.
@@ -210,7 +269,7 @@ impl DecisionIndex {
         if !found {
             return None;
         }
-        let slot = self.slots[hole];
+        let slot = Slot::load(&self.slots[hole]);
         let watermark = match slot.compact() {
             Some(decision) => Some(decision.watermark_when_forgotten(now)),
             None => self
@@ -224,10 +283,10 @@ impl DecisionIndex {
         let mut next = (hole + 1) & mask;
         loop {
             let candidate = self.slots[next];
-            if candidate.kind == EMPTY {
+            if (candidate.0[3] >> 16) as u8 == EMPTY {
                 break;
             }
-            let home = self.home(candidate.id);
+            let home = self.home(candidate.0[0]);
             // The candidate may move back to the hole when the hole lies between its home and
             // where it sits (cyclically).
             if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
@@ -236,7 +295,7 @@ impl DecisionIndex {
             }
             next = (next + 1) & mask;
         }
-        self.slots[hole] = Slot::default();
+        self.slots[hole] = RawSlot([0; 4]);
         watermark
     }
 
@@ -281,6 +340,14 @@ impl DecisionIndex {
             let Some(old) = self.replayed.pop_front().or_else(|| self.order.pop_front()) else {
                 break;
             };
+            // The oldest are forgotten one per decision: their slots load a few ahead.
+            let ahead = match self.replayed.len() {
+                0 => self.order.get(FORGET_PREFETCH_AHEAD),
+                n => self.replayed.get(FORGET_PREFETCH_AHEAD.min(n - 1)),
+            };
+            if let Some(&ahead) = ahead {
+                self.prefetch(ahead);
+            }
             forgotten = forgotten.max(self.remove(old, now));
         }
         forgotten
@@ -324,7 +391,7 @@ mod tests {
     fn the_flat_table_decides_as_the_model() {
         use crate::conflict::{Conflict, ConflictKind, LostTo};
         for capacity in [1, 5, 37, 200] {
-            let mut index = DecisionIndex::new(capacity);
+            let mut index = DecisionIndex::new(capacity).unwrap();
             let mut model = Model {
                 map: HashMap::new(),
                 replayed: VecDeque::new(),
@@ -415,7 +482,7 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_capacity_ids() {
-        let mut index = DecisionIndex::new(3);
+        let mut index = DecisionIndex::new(3).unwrap();
         let mut forgotten = Vec::new();
         for id in 1..=5 {
             forgotten.push(index.insert(
@@ -439,7 +506,7 @@ mod tests {
 
     #[test]
     fn a_requested_abort_fences_only_up_to_the_clock_when_forgotten() {
-        let mut index = DecisionIndex::new(1);
+        let mut index = DecisionIndex::new(1).unwrap();
         let abort = Decision {
             outcome: Outcome::Aborted(AbortReason::Requested),
             fingerprint: None,

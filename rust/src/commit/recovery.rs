@@ -30,7 +30,8 @@ impl CommitEngine {
             durable: DurableStep::Memory,
             durability: config.durability,
             limits: config.limits,
-            decisions: DecisionIndex::new(config.retained_decisions),
+            decisions: DecisionIndex::new(config.retained_decisions)
+                .map_err(|err| EngineError::InvalidConfig(err.to_string()))?,
             newest_commit: None,
             newest_decided: None,
             decisions_forgotten_through: None,

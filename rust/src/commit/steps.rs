@@ -18,6 +18,9 @@ use super::CommitEngine;
 /// Decisions the `record` step looks ahead when it prefetches the detector's buckets.
 const RECORD_PREFETCH_AHEAD: usize = 4;
 
+/// Requests `triage` looks ahead when it prefetches their slots of the decisions index.
+const TRIAGE_PREFETCH_AHEAD: usize = 8;
+
 impl CommitEngine {
     pub(super) fn validate(
         &self,
@@ -98,7 +101,13 @@ impl CommitEngine {
         let mut first_of: HashMap<TxnId, usize, foldhash::fast::RandomState> =
             HashMap::with_capacity_and_hasher(requests.len(), Default::default());
         let mut hashed = Vec::new();
+        for request in requests.iter().take(TRIAGE_PREFETCH_AHEAD) {
+            self.decisions.prefetch(request.txn_id());
+        }
         for (i, request) in requests.iter().enumerate() {
+            if let Some(ahead) = requests.get(i + TRIAGE_PREFETCH_AHEAD) {
+                self.decisions.prefetch(ahead.txn_id());
+            }
             let (txn_id, fingerprint) = match request {
                 Request::Commit(txn) => (txn.id, Some(fingerprint_in(txn, &mut hashed))),
                 Request::Abort(id) => (*id, None),

@@ -583,6 +583,23 @@ fn process_refuses_the_external_step_and_external_refuses_a_log_dir() {
 }
 
 #[test]
+fn a_decisions_index_too_large_to_allocate_is_a_config_error() {
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    for retained in [usize::MAX, usize::MAX / 4] {
+        let mut config = EngineConfig::new(Durability::Memory, None);
+        config.retained_decisions = retained;
+        match CommitEngine::open(config, &clock) {
+            Err(EngineError::InvalidConfig(message)) => {
+                assert!(message.contains("retained_decisions"), "{message}");
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("an index for {retained} decisions was allocated"),
+        }
+    }
+}
+
+#[test]
 fn an_undecided_start_below_a_new_leaders_watermark_is_aborted_too_old_and_recorded() {
     let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
     let clock = clock_at(&physical);
