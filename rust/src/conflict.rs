@@ -559,7 +559,12 @@ impl ConflictDetector {
     }
 
     /// The second step: with the tags loaded, the rest of the bucket each write will change.
+    /// Nothing for a table small enough to stay in the cache (the step's scans would cost more
+    /// than they save).
     pub fn prefetch_writes_rest(&self, txn: &Transaction) {
+        if !self.table.is_large() {
+            return;
+        }
         for &hash in txn.writes.hashes() {
             self.table.prefetch_record(hash);
         }
@@ -614,9 +619,11 @@ impl ConflictDetector {
             tags.visit_until(txns, checked + 2 * PREFETCH_AHEAD_KEYS, self, |next| {
                 self.prefetch(next);
             });
-            slots.visit_until(txns, checked + PREFETCH_AHEAD_KEYS, self, |next| {
-                self.for_checked_keys(next, |hash| self.table.prefetch_slot(hash));
-            });
+            if self.table.is_large() {
+                slots.visit_until(txns, checked + PREFETCH_AHEAD_KEYS, self, |next| {
+                    self.for_checked_keys(next, |hash| self.table.prefetch_slot(hash));
+                });
+            }
             let outcome = self.first_conflict(txn, Some(batch_writes));
             if outcome.is_none() {
                 for &hash in txn.writes.hashes() {

@@ -36,6 +36,11 @@ use super::zeroed::{AllocationError, Zeroable, ZeroedArray};
 /// Slots per bucket.
 pub const SLOTS: usize = 16;
 
+/// Above this size (a core's L2 cache on common x86 hosts) a table is taken to miss the cache on
+/// most keys: the checks' and records' second prefetch steps run only then. With 16,384 keys
+/// (256 KiB, in the cache) they cost 350 ns a transaction against 255 ns without them.
+pub const LARGE_TABLE_BYTES: usize = 1 << 20;
+
 #[derive(Clone, Copy)]
 #[repr(C, align(256))]
 struct Bucket {
@@ -210,6 +215,13 @@ impl KeyTable {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whether the table is larger than [`LARGE_TABLE_BYTES`]: the second prefetch steps
+    /// (`prefetch_slot`, `prefetch_record`) pay only for a table that misses the cache.
+    #[inline(always)]
+    pub fn is_large(&self) -> bool {
+        self.memory_bytes() > LARGE_TABLE_BYTES
     }
 
     /// Bytes of the table (fixed at creation).
