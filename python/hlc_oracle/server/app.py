@@ -520,13 +520,15 @@ class OracleServer:
         self.gate.block("shutdown", "the server is shutting down", settling=handing_over)
         if self._lead_wait is not None:
             self._lead_wait.cancel()
-        if self.peers is not None and self.control is not None and self.control.running:
-            await self.control.call(self.peers.stop())  # before the etcd client closes
-        if self.cluster is not None and self.control is not None and self.control.running:
-            # Hand over first (the pending decisions drained), so a follower takes over while
-            # this node drains its connections.
-            await self.control.call(self.cluster.resign())
-        self.gate.block("shutdown", "the server is shutting down")  # final from now on
+        try:
+            if self.peers is not None and self.control is not None and self.control.running:
+                await self.control.call(self.peers.stop())  # before the etcd client closes
+            if self.cluster is not None and self.control is not None and self.control.running:
+                # Hand over first (the pending decisions drained), so a follower takes over
+                # while this node drains its connections.
+                await self.control.call(self.cluster.resign())
+        finally:
+            self.gate.block("shutdown", "the server is shutting down")  # final from now on
         # Open streams end now with the gate's refusal (clients retry elsewhere), rather than
         # holding the stop for the whole grace.
         self.service.streams.end_all()
