@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from hlc_oracle import Clock, Committed, GroupCommitScheduler, Timestamp, Transaction
-from hlc_oracle.client import CommitBatcher, commit_streams
+from hlc_oracle.client import CommitBatcher, OracleTimeoutError, commit_streams
 from hlc_oracle.client.wire import CommitAnswers
 
 WAIT_S = 10.0
@@ -149,6 +149,22 @@ def test_a_stream_pool_prefers_an_idle_stream_then_a_new_one_then_the_one_that_a
         for stream in pool.streams:
             stream.outstanding = 0
         await pool.close()
+        await channel.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_timed_out_before_its_call_started_leaves_no_task_behind() -> None:
+    # A call that never starts (nothing listens): its first write waits for the start in a task
+    # of its own, which must end with the request, not linger until garbage collection destroys
+    # it pending ("Task was destroyed but it is pending!").
+    async def main() -> None:
+        channel = grpc.aio.insecure_channel("127.0.0.1:1")
+        pool = commit_streams(channel, size=1)
+        with pytest.raises(OracleTimeoutError):
+            await pool.request(b"", timeout=0.2)
+        await pool.close()
+        assert asyncio.all_tasks() == {asyncio.current_task()}
         await channel.close()
 
     asyncio.run(main())

@@ -55,7 +55,8 @@ class PipelinedStream(Generic[Answer]):
         self._reader: asyncio.Task[None] | None = None
         self._pending: collections.deque[asyncio.Future[Answer]] = collections.deque()
         self._write_lock = asyncio.Lock()
-        # Reader tasks of ended calls, cancelled but maybe not finished: close() waits for them.
+        # Reader tasks of ended calls and writes that never went through, cancelled but maybe not
+        # finished: close() waits for them.
         self._stopping: set[asyncio.Task[None]] = set()
         #: Requests in progress (waiting to be written or for their answer).
         self.outstanding = 0
@@ -105,13 +106,22 @@ class PipelinedStream(Generic[Answer]):
                         # The first write waits for the call to start. A call failed before it
                         # started (its channel replaced) never ends that wait: the failed answer
                         # ends it instead.
-                        writing = asyncio.ensure_future(self._write(call, message))
-                        await asyncio.wait((writing, future), return_when=asyncio.FIRST_COMPLETED)
+                        writing = loop.create_task(self._write(call, message))
+                        try:
+                            await asyncio.wait(
+                                (writing, future), return_when=asyncio.FIRST_COMPLETED
+                            )
+                        finally:
+                            # Not written (the call failed first, or this request timed out or
+                            # was cancelled meanwhile): the write must not outlive the request.
+                            # Waiting for a call that never starts, it is referenced by nothing
+                            # but the call; close() waits for it to end.
+                            if not writing.done():
+                                writing.cancel()
+                                self._stop_later(writing)
                         if writing.done():
                             self._started = call
                             written = True
-                        else:
-                            writing.cancel()
                 return await future
         except TimeoutError:
             future.cancel()  # a future nobody awaits must not hold an exception
@@ -169,15 +179,20 @@ class PipelinedStream(Generic[Answer]):
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
-            self._stopping.add(reader)
-            reader.add_done_callback(self._stopping.discard)
+            self._stop_later(reader)
         pending, self._pending = self._pending, collections.deque()
         for future in pending:
             if not future.done():
                 future.set_exception(error)
 
+    def _stop_later(self, task: asyncio.Task[None]) -> None:
+        """Keeps ``task`` (cancelled, maybe not finished) until it ends; close() waits for it."""
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
     async def close(self) -> None:
-        """Ends the call, fails what waits on it, and waits for its reader task to finish."""
+        """Ends the call, fails what waits on it, and waits for its reader and write tasks to
+        finish."""
         call = self._call
         if call is not None:
             self._fail(call, OracleError(grpc.StatusCode.CANCELLED, "client closed"))
