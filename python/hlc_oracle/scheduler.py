@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import operator
 import os
 import threading
 import time
@@ -87,6 +88,7 @@ CeilingRaised = Callable[[BaseException | None], None]
 # What an entry holds: one request (answered with its answer), a group (answered with a list),
 # or one serialized CommitStreamRequest (answered with a StreamResult).
 _SINGLE, _GROUP, _STREAM = 0, 1, 2
+_ONLY_SINGLE: Final = frozenset((_SINGLE,))
 
 
 #: One queued submission: ``(kind, payload, size, waiter, attempts)``. A plain tuple, because one
@@ -97,6 +99,13 @@ _PAYLOAD: Final = 1
 _SIZE: Final = 2
 _WAITER: Final = 3
 _ATTEMPTS: Final = 4
+# C-level getters, so that the writer's passes over a batch (holding the GIL, which the event loop
+# wants meanwhile) run no bytecode per entry.
+_kind_of: Final = operator.itemgetter(_KIND)
+_payload_of: Final = operator.itemgetter(_PAYLOAD)
+_waiter_of: Final = operator.itemgetter(_WAITER)
+#: A loop future's loop; ``TypeError`` for any other waiter (a ``concurrent.futures.Future``).
+_loop_of: Final = asyncio.Future.get_loop
 
 
 class GroupCommitScheduler:
@@ -481,17 +490,19 @@ class GroupCommitScheduler:
 
     @staticmethod
     def _deliver(batch: list[_Entry], answers: list[object]) -> None:
-        waiters = [entry[_WAITER] for entry in batch]
+        waiters = list(map(_waiter_of, batch))
         # The common case: every waiter is a future of one event loop. Handed over as they are,
         # in one wake-up of that loop, without a pair per answer.
-        loops = {getattr(waiter, "_loop", None) for waiter in waiters}
+        try:
+            loops = set(map(_loop_of, waiters))
+        except TypeError:  # a blocking caller's waiter among them
+            loops = set()
         if len(loops) == 1:
             (loop,) = loops
-            if isinstance(loop, asyncio.AbstractEventLoop):
-                # A closed loop raises RuntimeError: nobody is waiting there any more.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_resolve_all, waiters, answers)
-                return
+            # A closed loop raises RuntimeError: nobody is waiting there any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve_all, waiters, answers)
+            return
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
         # Callers mostly share one loop: look it up once per run of them, not once per answer.
         last_loop: asyncio.AbstractEventLoop | None = None
@@ -582,9 +593,8 @@ class GroupCommitScheduler:
 def _parts(batch: list[_Entry]) -> tuple[list[list[_Request] | bytes], bool]:
     """The batch as the engine's parts: consecutive single and group entries share one list, each
     message is a part of its own; and whether every entry is a single request."""
-    singles = [entry[_PAYLOAD] for entry in batch if entry[_KIND] == _SINGLE]
-    if len(singles) == len(batch):  # the common in-process case, without the general walk
-        return [singles], True
+    if set(map(_kind_of, batch)) == _ONLY_SINGLE:  # the common in-process case, without the walk
+        return [list(map(_payload_of, batch))], True
     parts: list[list[_Request] | bytes] = []
     objects: list[_Request] | None = None
     for kind, payload, _, _, _ in batch:

@@ -342,6 +342,40 @@ def test_max_batch_size_caps_batches() -> None:
     asyncio.run(scenario())
 
 
+def test_one_batch_answers_callers_of_two_loops_and_a_blocking_caller() -> None:
+    """The writer hands a batch of one loop's futures over in one wake-up; a batch mixing loops
+    and a blocking caller's future takes the general path. Each caller gets its own answer."""
+    clock = Clock(node=1)
+    # The writer waits (up to 10 s) until the three callers are queued, then takes them at once.
+    options = CommitOptions(durability="memory", max_batch_size=3, max_batch_delay_us=10_000_000)
+    answers: dict[int, object] = {}
+
+    def on_a_loop(txn_id: int) -> None:
+        async def submit() -> object:
+            return await scheduler.submit(make_txn(clock, txn_id, [b"mixed%d" % txn_id]))
+
+        answers[txn_id] = asyncio.run(submit())
+
+    def blocking(txn_id: int) -> None:
+        txn = make_txn(clock, txn_id, [b"mixed%d" % txn_id])
+        answers[txn_id] = scheduler.submit_blocking(txn, timeout=30)
+
+    with GroupCommitScheduler(None, clock, options) as scheduler:
+        callers = [
+            threading.Thread(target=on_a_loop, args=(1,)),
+            threading.Thread(target=on_a_loop, args=(2,)),
+            threading.Thread(target=blocking, args=(3,)),
+        ]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(30)
+        assert scheduler.stats()["batches"] == 1
+    for txn_id in (1, 2, 3):
+        answer = answers[txn_id]
+        assert isinstance(answer, Committed) and answer.txn_id == txn_id
+
+
 @pytest.mark.parametrize("durability", ["sync", "async"])
 def test_recovery_restores_decisions_history_and_clock_floor(
     tmp_path: Path, durability: str
