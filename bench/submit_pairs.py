@@ -1,8 +1,9 @@
 """Interleaved same-run pairs: in-process ``GroupCommitScheduler.submit`` with 1024 concurrent
 callers (``sync`` durability, 4,096 transactions a round) against the asyncio floor of
 ``bench/test_bench_commit.py`` (1024 coroutines awaiting one future each, resolved in batches),
-alternating so that both see the same load. Prints each pair's rates, the share of the floor, the
-median and the load average.
+alternating so that both see the same load. Prints each pair's rates, process CPU per transaction
+(and, for submit, the event loop's and the writer thread's, from ``/proc/self/task/*/schedstat``),
+the share of the floor, the median and the load average.
 
 Usage: python -m bench.submit_pairs [PAIRS] [--durability sync|memory] [--profile]
 """
@@ -16,6 +17,7 @@ import os
 import pstats
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +27,19 @@ from bench.support import submit_all
 from bench.test_bench_commit import TXNS, await_resolved_in_batches, transactions
 
 SUBMITTERS = 1024
+
+
+def thread_cpu_ns(native_id: int) -> int:
+    """CPU time of one thread of this process, in nanoseconds (the scheduler's own count: finer
+    than the clock ticks of ``/proc/.../stat``)."""
+    return int(Path(f"/proc/self/task/{native_id}/schedstat").read_text().split()[0])
+
+
+def writer_thread_id(scheduler: GroupCommitScheduler) -> int:
+    """The native id of the scheduler's writer thread (a bench may look inside)."""
+    native_id = scheduler._thread.native_id
+    assert native_id is not None  # started in the constructor
+    return native_id
 
 
 def floor_rate() -> tuple[float, float]:
@@ -37,11 +52,14 @@ def floor_rate() -> tuple[float, float]:
 
 
 def submit_rate(
-    scheduler: GroupCommitScheduler, profile: cProfile.Profile | None
-) -> tuple[float, float]:
-    """Transactions per second, and process CPU microseconds per transaction (both threads)."""
+    scheduler: GroupCommitScheduler, writer: int, profile: cProfile.Profile | None
+) -> tuple[float, float, float, float]:
+    """Transactions per second, and CPU microseconds per transaction: the process's (both
+    threads), the event loop's (this thread) and the writer thread's (``writer``, its id)."""
     txns = transactions(scheduler.clock, TXNS)
+    loop = threading.get_native_id()
     cpu = time.process_time()
+    loop_ns, writer_ns = thread_cpu_ns(loop), thread_cpu_ns(writer)
     started = time.perf_counter()
     if profile is not None:
         profile.enable()
@@ -49,7 +67,12 @@ def submit_rate(
     if profile is not None:
         profile.disable()
     seconds = time.perf_counter() - started
-    return TXNS / seconds, (time.process_time() - cpu) / TXNS * 1e6
+    return (
+        TXNS / seconds,
+        (time.process_time() - cpu) / TXNS * 1e6,
+        (thread_cpu_ns(loop) - loop_ns) / TXNS / 1e3,
+        (thread_cpu_ns(writer) - writer_ns) / TXNS / 1e3,
+    )
 
 
 def main() -> None:
@@ -60,25 +83,30 @@ def main() -> None:
     args = parser.parse_args()
     profile = cProfile.Profile() if args.profile else None
     shares: list[float] = []
+    cpu_shares: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = None if args.durability == "memory" else Path(tmp) / "log"
         options = CommitOptions(durability=args.durability)
         with GroupCommitScheduler(path, Clock(node=1), options) as scheduler:
-            submit_rate(scheduler, None)  # warm-up
+            writer = writer_thread_id(scheduler)
+            submit_rate(scheduler, writer, None)  # warm-up
             floor_rate()
             for pair in range(args.pairs):
                 floor, floor_cpu = floor_rate()
-                submit, submit_cpu = submit_rate(scheduler, profile)
+                submit, submit_cpu, loop_cpu, writer_cpu = submit_rate(scheduler, writer, profile)
                 shares.append(submit / floor)
+                cpu_shares.append(floor_cpu / submit_cpu)
                 print(
                     f"pair {pair}: floor {floor:,.0f}/s ({floor_cpu:.1f} us CPU) "
-                    f"submit {submit:,.0f}/s ({submit_cpu:.1f} us CPU) "
-                    f"share {submit / floor:.0%} load {os.getloadavg()[0]:.2f}"
+                    f"submit {submit:,.0f}/s ({submit_cpu:.1f} us CPU: loop {loop_cpu:.1f}, "
+                    f"writer {writer_cpu:.1f}) share {submit / floor:.0%}, by CPU "
+                    f"{floor_cpu / submit_cpu:.0%} load {os.getloadavg()[0]:.2f}"
                 )
-    print(
-        f"share of the floor: median {statistics.median(shares):.0%}, "
-        f"min {min(shares):.0%}, max {max(shares):.0%}"
-    )
+    for name, values in (("share of the floor", shares), ("by CPU", cpu_shares)):
+        print(
+            f"{name}: median {statistics.median(values):.0%}, "
+            f"min {min(values):.0%}, max {max(values):.0%}"
+        )
     if profile is not None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(20)
 
