@@ -15,8 +15,10 @@ use super::record;
 use super::types::{fingerprint_in, AbortReason, Outcome, Request, SubmitError};
 use super::CommitEngine;
 
-/// Decisions the `record` step looks ahead when it prefetches the detector's buckets.
-const RECORD_PREFETCH_AHEAD: usize = 4;
+/// Decisions the `record` step looks ahead when it prefetches the detector's buckets: the
+/// short-tag lines twice this far ahead, the rest of each bucket this far (the detector's
+/// two-step prefetch, with the distances `bench/rust/conflict_table.rs` measured).
+const RECORD_PREFETCH_AHEAD: usize = 1;
 
 /// Requests `triage` looks ahead when it prefetches their slots of the decisions index.
 const TRIAGE_PREFETCH_AHEAD: usize = 8;
@@ -367,15 +369,23 @@ impl CommitEngine {
             Some(Request::Commit(txn)) => Some(txn),
             _ => None,
         };
-        // The detector's buckets of a few commits ahead load while this one is recorded.
+        // The detector's buckets of the next commits load while this one is recorded.
+        for ahead in 0..2 * RECORD_PREFETCH_AHEAD {
+            if let Some(txn) = commit_of(ahead) {
+                self.detector.prefetch_writes_tags(txn);
+            }
+        }
         for ahead in 0..RECORD_PREFETCH_AHEAD {
             if let Some(txn) = commit_of(ahead) {
-                self.detector.prefetch_writes(txn);
+                self.detector.prefetch_writes_rest(txn);
             }
         }
         for (at, (i, decision)) in decided.into_iter().enumerate() {
+            if let Some(txn) = commit_of(at + 2 * RECORD_PREFETCH_AHEAD) {
+                self.detector.prefetch_writes_tags(txn);
+            }
             if let Some(txn) = commit_of(at + RECORD_PREFETCH_AHEAD) {
-                self.detector.prefetch_writes(txn);
+                self.detector.prefetch_writes_rest(txn);
             }
             match (&decision.outcome, batch.requests[i]) {
                 (Outcome::Committed(commit_ts), Request::Commit(txn)) => {
