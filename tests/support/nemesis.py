@@ -461,7 +461,10 @@ def run_scenario(scenario: Scenario, directory: Path, rounds: int) -> Outcome:
         except BaseException:
             print_node_logs(cluster)  # pytest shows it beside the failure
             raise
-    return Outcome(check(load.history), gaps, new_terms)
+        outcome = Outcome(check(load.history), gaps, new_terms)
+        if outcome.result.anomalies:
+            print_node_logs(cluster)  # beside the checker's verdict, when the caller asserts it
+    return outcome
 
 
 #: Log records of each node shown when a scenario fails (its run dir keeps the whole log).
