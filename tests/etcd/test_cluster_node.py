@@ -112,6 +112,39 @@ def test_etcd_away_is_one_warning_and_its_return_one_info(
         assert messages.count(repeated) <= 2, (repeated, messages)
 
 
+def test_a_renewal_that_fails_half_way_is_tried_again(etcd: EtcdMember) -> None:
+    """The lease expires while etcd is away; on its return the new lease is granted, then etcd
+    stops again before the node id is claimed (the claim gets no answer in time). The node
+    renews again and leads once etcd is back, instead of waiting for keepalives that were
+    never started."""
+    grants: list[int] = []
+
+    async def stall_first_claim_of_a_renewal() -> None:
+        grants.append(1)
+        if len(grants) == 2:  # the first renewal's grant (the first is the start's)
+            etcd.pause()
+            asyncio.get_running_loop().call_later(1.5, etcd.resume)
+
+    async def body() -> None:
+        node, window = make_node(etcd.endpoint, after_grant=stall_first_claim_of_a_renewal)
+        try:
+            await node.start(window, ADDRESS)
+            await wait_for_async(lambda: node.role == "leader" and node.gate.serving, 10)
+            etcd.pause()
+            try:
+                await asyncio.sleep(2.5)  # longer than the TTL: the lease expires in etcd
+            finally:
+                etcd.resume()
+            await wait_for_async(lambda: len(grants) >= 2, 10)
+            await wait_for_async(lambda: node.role == "leader" and node.gate.serving, 20)
+            assert len(grants) >= 3  # the stalled renewal's lease was replaced
+        finally:
+            etcd.resume()
+            await node.resign()
+
+    asyncio.run(body())
+
+
 def test_a_joining_node_names_the_leader_as_soon_as_it_has_joined(etcd: EtcdMember) -> None:
     async def body() -> None:
         leader, leader_window = make_node(etcd.endpoint, node_id=1)

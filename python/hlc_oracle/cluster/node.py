@@ -347,7 +347,9 @@ class ClusterNode:
     async def _run(self) -> None:
         while not self._resigning.is_set():
             try:
-                if self.session.lost.is_set():
+                if self.session.lost.is_set() or not self.session.kept_alive():
+                    # Lost in etcd, or never kept alive (a renewal that failed half-way: no
+                    # keepalives will ever come, nor the loss they report): a new lease.
                     await self._renew_session()
                 if not self.session.alive():
                     # Keepalives are late (etcd slow or away) but the lease is not known lost:
@@ -463,7 +465,9 @@ class ClusterNode:
 
     async def _renew_session(self) -> None:
         """A new lease after the old one expired in etcd, and the node id claimed again (a lease
-        that lapses again before the claim raises LeaseNotFoundError: the loop tries again)."""
+        that lapses again before the claim raises LeaseNotFoundError: the loop tries again). A
+        failure before the keepalives start leaves a session not kept alive: the loop's next
+        round renews again."""
         await self.session.close(revoke=False)
         self.session = self._new_session_object()
         await self.session.open()

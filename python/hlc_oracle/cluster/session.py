@@ -84,6 +84,10 @@ class Session:
     def alive(self) -> bool:
         return not self.lost.is_set() and self._monotonic() < self.deadline
 
+    def kept_alive(self) -> bool:
+        """Whether keepalives run: started, and not ended (lease lost, closed, or an error)."""
+        return self._task is not None and not self._task.done()
+
     def _acknowledged(self, sent: float, ttl_s: int) -> None:
         self.granted_ttl_s = ttl_s
         self.deadline = sent + ttl_s - self.margin_s
