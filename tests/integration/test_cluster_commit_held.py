@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 from hlc_oracle import Aborted, Committed, Transaction
@@ -38,9 +37,7 @@ def test_new_work_is_decided_while_the_next_leader_holds_the_old(
 ) -> None:
     hold = tmp_path / "hold-history"
     cluster = OracleCluster(tmp_path, etcd.endpoint, size=2, lease_ttl_s=LEASE_TTL_S)
-    for node in cluster.nodes:
-        node.program = [sys.executable, str(Path(held_history_node.__file__))]
-        node.env = {**(node.env or {}), held_history_node.HOLD_VARIABLE: str(hold)}
+    held_history_node.run_held(cluster, held_history_node.HOLD_VARIABLE, hold)
     with cluster:
         leader = cluster.wait_for_leader()
         leader_id = cluster.nodes.index(leader) + 1

@@ -12,7 +12,6 @@ Lease TTL 1 s (etcd runs with --election-timeout 100).
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -66,9 +65,7 @@ def test_the_next_leader_holds_requests_while_taking_over_then_serves_them(
 ) -> None:
     hold = tmp_path / "hold-takeover"
     cluster = OracleCluster(tmp_path, etcd.endpoint, size=2, lease_ttl_s=LEASE_TTL_S)
-    for node in cluster.nodes:
-        node.program = [sys.executable, str(Path(held_history_node.__file__))]
-        node.env = {**(node.env or {}), held_history_node.HOLD_TAKEOVER_VARIABLE: str(hold)}
+    held_history_node.run_held(cluster, held_history_node.HOLD_TAKEOVER_VARIABLE, hold)
     with cluster:
         leader = cluster.wait_for_leader()
         leader_id = cluster.nodes.index(leader) + 1

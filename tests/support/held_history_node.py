@@ -17,17 +17,28 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hlc_oracle.cli import main
 from hlc_oracle.cluster.decisions import DecisionLog
 from hlc_oracle.node.window import TimestampWindow
 from hlc_oracle.server import handler_frame
 
+if TYPE_CHECKING:  # this file is also the nodes' program, run without the tests package
+    from tests.support.oracle_cluster import OracleCluster
+
 HOLD_VARIABLE = "TEST_HOLD_DECISION_HISTORY"
 HOLD_TAKEOVER_VARIABLE = "TEST_HOLD_TAKEOVER"
 #: How long a request is held at a settling gate in this program.
 HELD_REQUEST_MAX_S = 60.0
+
+
+def run_held(cluster: OracleCluster, variable: str, hold: Path) -> None:
+    """Makes every node of ``cluster`` run this program, holding what ``variable``
+    (:data:`HOLD_VARIABLE` or :data:`HOLD_TAKEOVER_VARIABLE`) names while ``hold`` exists."""
+    for node in cluster.nodes:
+        node.program = [sys.executable, str(Path(__file__))]
+        node.env = {**(node.env or {}), variable: str(hold)}
 
 
 async def _wait_while(path: Path) -> None:
