@@ -503,27 +503,22 @@ class GroupCommitScheduler:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve_all, waiters, answers)
             return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
-        # Callers mostly share one loop: look it up once per run of them, not once per answer.
-        last_loop: asyncio.AbstractEventLoop | None = None
-        pairs: list[tuple[asyncio.Future[Any], object]] = []
-        for entry, answer in zip(batch, answers, strict=True):
-            waiter = entry[_WAITER]
+        # Per event loop, its futures and their answers side by side (as in the common case).
+        by_loop: dict[asyncio.AbstractEventLoop, _LoopAnswers] = {}
+        for waiter, answer in zip(waiters, answers, strict=True):
             if isinstance(waiter, asyncio.Future):
-                loop = waiter.get_loop()
-                if loop is not last_loop:
-                    pairs = by_loop.setdefault(loop, [])
-                    last_loop = loop
-                pairs.append((waiter, answer))
+                futures, loop_answers = by_loop.setdefault(waiter.get_loop(), ([], []))
+                futures.append(waiter)
+                loop_answers.append(answer)
             elif isinstance(answer, BaseException):
                 waiter.set_exception(answer)
             else:
                 waiter.set_result(answer)
         # One wake-up per event loop and batch, not one per answer.
-        for loop, pairs in by_loop.items():
+        for loop, (futures, loop_answers) in by_loop.items():
             # A closed loop raises RuntimeError: nobody is waiting there any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, pairs)
+                loop.call_soon_threadsafe(_resolve_all, futures, loop_answers)
 
     # ---- lifecycle and figures ----------------------------------------------------------------
 
@@ -649,14 +644,8 @@ def _hit_ceiling(kind: int, answer: object) -> bool:
     return isinstance(answer, StreamResult) and answer.ceiling
 
 
-def _resolve(pairs: list[tuple[asyncio.Future[Any], object]]) -> None:
-    for future, answer in pairs:
-        if future.done():  # cancelled by its caller meanwhile
-            continue
-        if isinstance(answer, BaseException):
-            future.set_exception(answer)
-        else:
-            future.set_result(answer)
+#: One event loop's futures and their answers, side by side.
+_LoopAnswers = tuple[list[asyncio.Future[Any]], list[object]]
 
 
 def _resolve_all(futures: list[asyncio.Future[Any]], answers: list[object]) -> None:
