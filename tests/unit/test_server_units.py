@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from hlc_oracle.node.window import (
     wait_out_lead,
 )
 from hlc_oracle.server import handler_frame
+from hlc_oracle.server.allocator import keep_freed_memory
 
 
 def test_gate_blocks_while_any_reason_remains() -> None:
@@ -314,3 +316,10 @@ def test_a_floor_ahead_of_the_clock_is_waited_out_to_max_offset_half() -> None:
     assert 11_000_001 - clock.physical_now() <= 250_000
     assert len(messages) == 1 and "1.000 s ahead" in messages[0]
     assert "within max_offset/2 (0.250 s)" in messages[0]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_serve_process_keeps_freed_memory_with_glibc() -> None:
+    # Both thresholds are accepted (mallopt refuses an mmap threshold past its maximum), twice.
+    assert keep_freed_memory()
+    assert keep_freed_memory()

@@ -86,11 +86,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     from hlc_oracle.node.window import WindowFileError
     from hlc_oracle.server import StartupConfigError, StartupError, serve
+    from hlc_oracle.server.allocator import keep_freed_memory
     from hlc_oracle.server.logs import configure
     from hlc_oracle.server.stderr_relay import json_stderr
 
     config = config_module.load(args.config, overrides=_overrides(args))
     configure(config.log.level, config.log.format)
+    keep_freed_memory()  # the process's own: batches reuse what the last one freed
     # In JSON mode even grpc-core's own lines and the errors below become JSON records.
     with json_stderr(enabled=config.log.format == "json"):
         try:
