@@ -104,6 +104,48 @@ def test_campaign_epochs_and_the_fence(etcd: EtcdMember) -> None:
     run([etcd.endpoint], body)
 
 
+def test_a_resigning_leader_names_the_successor_from_a_watch_that_starts_now(
+    etcd: EtcdMember,
+) -> None:
+    """``successor`` watches from etcd's revision when its watch is created (reported to
+    ``on_created``; etcd reports such a watch's events at once, where one from a past revision
+    waits for its resync loop), then reads the key: a successor that took the key before the
+    watch is found by the read, one that takes it later by the watch."""
+
+    async def body(client: EtcdClient) -> None:
+        (first, one), (second, two) = await candidates(client, lease_ttl_s=5)
+        won = await one.campaign(first.lease_id)
+        assert won.term is not None
+        # The resigning leader's own writes move the revision on after any earlier read.
+        for value in range(20):
+            await client.put(f"{PREFIX}other".encode(), b"%d" % value)
+        created: list[int] = []
+        events = client.watch(one.key, 0, created.append)
+        watching = asyncio.ensure_future(anext(events))
+        while not created:
+            assert not watching.done()
+            await asyncio.sleep(0.01)
+        _, revision = await client.get(one.key)
+        assert created == [revision]
+        # Deleted and taken after it was asked for (its watch or its read finds it).
+        successor = asyncio.create_task(one.successor(won.term))
+        await one.resign(Fence(client, won.term))
+        taken = await two.campaign(second.lease_id)
+        assert taken.term is not None
+        named = await asyncio.wait_for(successor, 5)
+        assert (named.node_id, named.epoch) == (2, taken.term.epoch)
+        event = await asyncio.wait_for(watching, 5)
+        assert event.deleted and event.kv.mod_revision > revision
+        await events.aclose()
+        # Already taken when asked (its read finds it).
+        named = await asyncio.wait_for(one.successor(won.term), 5)
+        assert (named.node_id, named.epoch) == (2, taken.term.epoch)
+        await first.close(revoke=True)
+        await second.close(revoke=True)
+
+    run([etcd.endpoint], body)
+
+
 def test_depose_deletes_the_leader_key_only_in_the_term_it_names(etcd: EtcdMember) -> None:
     async def body(client: EtcdClient) -> None:
         (first, one), (second, two) = await candidates(client, lease_ttl_s=5)

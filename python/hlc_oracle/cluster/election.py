@@ -30,6 +30,7 @@ from hlc_oracle.cluster.etcd import delete as delete_op
 from hlc_oracle.cluster.etcd import get as get_op
 from hlc_oracle.cluster.etcd import put as put_op
 from hlc_oracle.cluster.fence import Fence, Term
+from hlc_oracle.cluster.session import stop_task
 
 
 @dataclass(frozen=True)
@@ -204,11 +205,29 @@ class Election:
     async def successor(self, term: Term) -> LeaderInfo:
         """The first holder of the leader key after ``term`` (a resigning leader starts this
         before it deletes its key, so the watch is open when the next leader takes the key).
-        Raises :class:`EtcdError` when a call fails or the watch breaks."""
-        kv, revision = await self.client.get(self.key)
-        if kv is not None and kv.create_revision != term.epoch:
-            return leader_info(kv)
-        async for event in self.client.watch(self.key, revision + 1):
-            if not event.deleted and event.kv.create_revision != term.epoch:
-                return leader_info(event.kv)
-        raise EtcdError("watch of the leader key ended")
+        The watch starts at etcd's revision when it is created, then the key is read: a watch
+        from the revision of an earlier read would be behind by the resigning leader's own
+        writes meanwhile, and etcd reports such a watch's events only after catching it up
+        (its resync loop, every 100 ms). Raises :class:`EtcdError` when a call fails or the
+        watch breaks."""
+        created = asyncio.Event()
+
+        async def watched() -> LeaderInfo:
+            async for event in self.client.watch(self.key, 0, lambda _: created.set()):
+                if not event.deleted and event.kv.create_revision != term.epoch:
+                    return leader_info(event.kv)
+            raise EtcdError("watch of the leader key ended")
+
+        watching = asyncio.ensure_future(watched())
+        waiting = asyncio.ensure_future(created.wait())
+        try:
+            await asyncio.wait((watching, waiting), return_when=asyncio.FIRST_COMPLETED)
+            if not watching.done():
+                # Taken before the watch began: the read finds it; after: the watch reports it.
+                kv, _ = await self.client.get(self.key)
+                if kv is not None and kv.create_revision != term.epoch:
+                    return leader_info(kv)
+            return await watching
+        finally:
+            await stop_task(waiting)
+            await stop_task(watching)

@@ -502,9 +502,17 @@ class EtcdClient:
                 gets.append(_key_value(kvs[0]) if kvs else None)
         return TxnResult(bool(reply.succeeded), int(reply.header.revision), tuple(gets))
 
-    async def watch(self, key: bytes, start_revision: int) -> AsyncIterator[WatchEvent]:
+    async def watch(
+        self,
+        key: bytes,
+        start_revision: int,
+        on_created: Callable[[int], None] | None = None,
+    ) -> AsyncIterator[WatchEvent]:
         """Events of ``key`` from ``start_revision`` on, until the stream breaks (then
-        :class:`EtcdError`) or the caller stops iterating."""
+        :class:`EtcdError`) or the caller stops iterating. ``start_revision`` 0: from etcd's
+        revision when the watch is created, reported to ``on_created`` (a watch from a past
+        revision is caught up by etcd's resync loop, every 100 ms, before it reports new events;
+        one from now reports them at once)."""
         create = rpc.WatchRequest(
             create_request=rpc.WatchCreateRequest(key=key, start_revision=start_revision)
         )
@@ -526,6 +534,8 @@ class EtcdClient:
                     raise EtcdError(
                         f"etcd ({self.describe()}): watch of {key!r} canceled: {reason}"
                     )
+                if response.created and on_created is not None:
+                    on_created(response.header.revision)
                 for event in response.events:
                     yield WatchEvent(event.type == EVENT_DELETE, _key_value(event.kv))
         except grpc.aio.AioRpcError as err:
