@@ -32,6 +32,9 @@
   leadership had moved on its own before the event (``moved_before_event``: a starved host) is
   run again; a next leader whose term ended before its history was in has no takeover figure
   (``term_ended_before_history``). ``error_samples``: the first distinct failed calls.
+  ``<event>_rounds``: where each round's gap went (``round_breakdown``: the answers around it,
+  the node logs' records and the client's pauses, in ms from the event).
+  ``HLC_BENCH_FAILOVER_ROUNDS`` runs fewer rounds (a short look).
   Figures, not timings: the benchmark's own time is one pass.
 - ``cluster decision piece size``: in process, the scheduler on the etcd decision log (one
   member) with pieces capped at 16 KiB to 1 MiB, 2048 submitters: decided transactions/s.
@@ -40,10 +43,13 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import datetime
 import gc
+import itertools
 import json
+import logging
 import os
 import signal
 import time
@@ -200,6 +206,11 @@ ARRIVAL_INTERVAL_S = 0.01
 FAILOVER_EVENTS = ("sigterm", "kill -9")
 
 
+def failover_rounds() -> int:
+    """Rounds of each event: ``KILL_ROUNDS``, or ``HLC_BENCH_FAILOVER_ROUNDS`` (a short look)."""
+    return int(os.environ.get("HLC_BENCH_FAILOVER_ROUNDS", KILL_ROUNDS))
+
+
 def failover_events() -> tuple[str, ...]:
     chosen = os.environ.get("HLC_BENCH_FAILOVER_EVENTS")
     if not chosen:
@@ -283,6 +294,98 @@ def _log_time(record: dict[str, Any]) -> float:
     return datetime.datetime.fromisoformat(record["ts"].replace("Z", "+00:00")).timestamp()
 
 
+class RetryPauses(logging.Handler):
+    """The client's pauses between attempts (its DEBUG records): wall time, seconds, and why."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.pauses: list[tuple[float, float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "fields", {})
+        self.pauses.append((record.created, fields.get("pause_s", 0.0), fields.get("error", "")))
+
+
+@contextlib.contextmanager
+def retry_pauses() -> Iterator[RetryPauses]:
+    client_log = logging.getLogger("hlc_oracle.client")
+    handler, level = RetryPauses(), client_log.level
+    client_log.addHandler(handler)
+    client_log.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        client_log.removeHandler(handler)
+        client_log.setLevel(level)
+
+
+#: Node log records placed on a round's time line (the first of each after the event).
+OLD_LEADER_RECORDS = {
+    "shutting down": "signal",
+    "resigned": "resigned",
+    "stepped down": "stepped_down",
+    "handed over": "handed_over",
+    "stopped": "stopped",
+}
+
+
+def round_breakdown(
+    load: ClientCommitLoad,
+    pauses: RetryPauses,
+    old: OracleProcess,
+    successor: OracleProcess,
+    others: list[OracleProcess],
+    at_ns: int,
+    at_wall: float,
+    before_ns: int,
+) -> dict[str, Any]:
+    """Where one round's gap went, in milliseconds from the event: the two answers around the
+    largest gap (``last_answer``, ``first_answer`` and who decided it), the old leader's log
+    (:data:`OLD_LEADER_RECORDS`), the successor's ("won", "leading"), the ``others``' (a dead
+    leader deposed), and the client's pauses between attempts inside the gap (count, total, the
+    last one's end, why). Node logs have millisecond times."""
+    times = load.answered[bisect.bisect_left(load.answered, before_ns) :]
+    a, b = max(itertools.pairwise(times), key=lambda pair: pair[1] - pair[0])
+
+    def ms(t_ns: int) -> float:
+        return round((t_ns - at_ns) / 1e6, 1)
+
+    def wall_ms(t: float) -> float:
+        return round((t - at_wall) * 1e3, 1)
+
+    answers = load.answers_after(b - 1)
+    row: dict[str, Any] = {
+        "last_answer": ms(a),
+        "first_answer": ms(b),
+        "first_by": answers[0][1] if answers and answers[0][0] == b else None,
+    }
+    for node, names in ((old, OLD_LEADER_RECORDS), (successor, None)):
+        records = [json.loads(line) for line in node.log_text().splitlines() if line[:1] == "{"]
+        after = [r for r in records if _log_time(r) >= at_wall - 0.002]
+        if names is None:
+            won = [i for i, r in enumerate(after) if r["message"] == "won the election"]
+            after = after[won[-1] :] if won else []
+            names = {"won the election": "won", "leading": "leading"}
+        for message, name in names.items():
+            found = next((r for r in after if r["message"] == message), None)
+            if found is not None:
+                row[name] = wall_ms(_log_time(found))
+    for node in others:
+        records = [json.loads(line) for line in node.log_text().splitlines() if line[:1] == "{"]
+        for r in records:
+            if r["message"].startswith("leader unreachable") and _log_time(r) >= at_wall:
+                seen = wall_ms(_log_time(r))
+                row["deposed"] = min(row.get("deposed", seen), seen)
+    a_wall, b_wall = at_wall + (a - at_ns) / 1e9, at_wall + (b - at_ns) / 1e9
+    inside = [p for p in pauses.pauses if a_wall <= p[0] <= b_wall]
+    row["pauses"] = len(inside)
+    row["paused_ms"] = round(sum(p[1] for p in inside) * 1e3, 1)
+    if inside:
+        row["last_pause_end"] = wall_ms(max(p[0] + p[1] for p in inside))
+        row["pause_errors"] = sorted({p[2][:80] for p in inside})[:3]
+    return row
+
+
 @contextlib.contextmanager
 def unfrozen_at_end() -> Iterator[None]:
     """Whatever ``gc.freeze()`` left out of the garbage collections is collected as usual again
@@ -304,6 +407,7 @@ def commit_failover_gaps(
     figures: dict[str, Any] = {"moved_before_event": 0, "term_ended_before_history": 0}
     for event in failover_events():
         figures[event], figures[f"{event} takeover"], figures[f"{event} fresh"] = [], [], []
+        figures[f"{event} rounds"] = []
     with OracleCluster(
         directory,
         etcd.endpoint,
@@ -316,6 +420,7 @@ def commit_failover_gaps(
                 cluster.targets, batch=100, arrival_interval_s=ARRIVAL_INTERVAL_S
             ) as load,
             unfrozen_at_end(),
+            retry_pauses() as pauses,
         ):
             load.run()
             for event in failover_events():
@@ -331,7 +436,7 @@ def commit_failover_gaps(
                     # callers meanwhile (0.1 to 1.8 s here, measured as failover gaps).
                     gc.freeze()
                     time.sleep(0.5)  # steady load before the event
-                    at = time.monotonic_ns()
+                    at, at_wall = time.monotonic_ns(), time.time()
                     if event == "sigterm":
                         leader.signal(signal.SIGTERM)
                     else:
@@ -351,6 +456,18 @@ def commit_failover_gaps(
                         before = load.last_answered(at)
                         assert before is not None
                         figures[event].append(load.largest_gap_ms(before))
+                        row = round_breakdown(
+                            load,
+                            pauses,
+                            leader,
+                            successor,
+                            [node for node in cluster.nodes if node is not leader],
+                            at,
+                            at_wall,
+                            before,
+                        )
+                        figures[f"{event} rounds"].append(row)
+                        print(f"{event} gap {figures[event][-1]:.1f} ms: {row}", flush=True)
                         before = load.last_answered(at, arrivals=True)
                         assert before is not None
                         figures[f"{event} fresh"].append(load.largest_gap_ms(before, arrivals=True))
@@ -373,7 +490,7 @@ def commit_failover_gaps(
 @pytest.mark.parametrize("retained", RETAINED)
 def test_failover_under_commit_load(benchmark: Any, tmp_path: Path, retained: int) -> None:
     benchmark.group = "cluster failover under commit load"
-    rounds = 1 if benchmark.disabled else KILL_ROUNDS
+    rounds = 1 if benchmark.disabled else failover_rounds()
     keep = SMOKE_RETAINED if benchmark.disabled else retained
     figures: dict[str, Any] = {}
     with EtcdMember(tmp_path / "etcd") as etcd:
@@ -393,6 +510,7 @@ def test_failover_under_commit_load(benchmark: Any, tmp_path: Path, retained: in
         benchmark.extra_info[f"{name}_takeover_ms"] = [round(ms) for ms, _, _ in takeovers]
         benchmark.extra_info[f"{name}_history_s"] = [seconds for _, seconds, _ in takeovers]
         benchmark.extra_info[f"{name}_replayed"] = [replayed for _, _, replayed in takeovers]
+        benchmark.extra_info[f"{name}_rounds"] = figures[f"{event} rounds"]
     benchmark.extra_info["moved_before_event"] = figures["moved_before_event"]
     benchmark.extra_info["retained"] = figures["retained"]
     benchmark.extra_info["decided_under_load"] = figures["decided"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,6 +40,9 @@ from hlc_oracle.client.errors import (
 )
 
 T = TypeVar("T")
+
+#: A pause between attempts is logged at DEBUG (what failed, how long the call sleeps).
+log = logging.getLogger("hlc_oracle.client")
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,11 @@ async def with_retries(
             lost = error
         if not is_retryable(error) or delay is None or loop.time() + delay >= deadline:
             raise _final_error(error, lost, changes_state, timeout, connected) from None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "retrying after a pause",
+                extra={"fields": {"pause_s": round(delay, 4), "error": error.details}},
+            )
         await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
