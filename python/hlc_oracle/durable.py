@@ -33,6 +33,7 @@ from hlc_oracle._core import (
     CommitLogError,
     Committed,
     StreamResult,
+    Timestamp,
     Transaction,
 )
 
@@ -60,8 +61,10 @@ Answer = Committed | Aborted | BaseException
 PartResult = list[Answer] | StreamResult | ValueError
 #: One batch's results, per part; or one exception for the whole batch.
 Answers = list[PartResult] | BaseException
+#: One request: a commit, an abort by id, or an abort by id naming the transaction's start.
+Request = Transaction | int | tuple[int, Timestamp]
 #: A batch's parts: lists of requests, or serialized ``CommitStreamRequest`` messages.
-Parts = list[list[Transaction | int] | bytes]
+Parts = list[list[Request] | bytes]
 #: Writes one piece ``(batch_seq, data)``; returns once it is durable, raises when it is not (or
 #: when its outcome is unknown).
 DecisionStore = Callable[[int, bytes], Awaitable[None]]

@@ -53,11 +53,12 @@ from hlc_oracle._core import (
     SchedulerClosedError,
     SchedulerOverloadedError,
     StreamResult,
+    Timestamp,
     Transaction,
     count_commit_request,
 )
 from hlc_oracle.commit_options import CommitOptions
-from hlc_oracle.durable import Answer, Answers, DurableStep, LocalDurableStep
+from hlc_oracle.durable import Answer, Answers, DurableStep, LocalDurableStep, Request
 
 __all__ = ["CeilingRaised", "CommitOptions", "GroupCommitScheduler", "Outcome", "StreamResult"]
 
@@ -66,7 +67,7 @@ Outcome = Committed | Aborted
 logger = logging.getLogger("hlc_oracle.scheduler")
 
 
-_Request = Transaction | int
+_Request = Request
 _Waiter = asyncio.Future[Any] | concurrent.futures.Future[Any]
 
 #: Times a request refused at the clock's ceiling is retried although the ceiling has not risen
@@ -149,6 +150,9 @@ class GroupCommitScheduler:
         self._history_held: list[_Entry] = []
         self._history_loaded = threading.Event()
         self._history_loaded.set()
+        # Bumped (and notified) at each piece of history loaded, at its end and at close.
+        self._history_moved = threading.Condition(threading.Lock())
+        self._history_progress = 0
         self._wakeup = threading.Condition(self._lock)
         self._writer_idle = False
         self._closed = False
@@ -259,37 +263,72 @@ class GroupCommitScheduler:
         self._enqueue((_STREAM, message, size, future, 0))
         return await future
 
-    async def abort(self, txn_id: int) -> Outcome:
+    async def abort(self, txn_id: int, start_ts: Timestamp | None = None) -> Outcome:
         """Records an abort for an undecided id, so that a late commit of it is refused (how a
         participant that timed out resolves an in-doubt transaction). Returns the decision: the
-        abort, or the first decision when the id was already decided."""
-        self._check_txn_id(txn_id)
+        abort, or the first decision when the id was already decided. ``start_ts``, the
+        transaction's start when the caller knows it, lets a new clustered leader decide the
+        abort before its whole decision history is loaded (:meth:`hold_for_history`)."""
+        request = self._abort_request(txn_id, start_ts)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._enqueue((_SINGLE, txn_id, 1, future, 0))
+        self._enqueue((_SINGLE, request, 1, future, 0))
         return await future
 
-    def abort_blocking(self, txn_id: int, timeout: float | None = None) -> Outcome:
-        self._check_txn_id(txn_id)
+    def abort_blocking(
+        self, txn_id: int, timeout: float | None = None, start_ts: Timestamp | None = None
+    ) -> Outcome:
+        request = self._abort_request(txn_id, start_ts)
         future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
-        self._enqueue((_SINGLE, txn_id, 1, future, 0))
+        self._enqueue((_SINGLE, request, 1, future, 0))
         return future.result(timeout)
 
-    def status(self, txn_id: int) -> Outcome | None:
+    def _abort_request(self, txn_id: int, start_ts: Timestamp | None) -> _Request:
+        self._check_txn_id(txn_id)
+        if start_ts is None:
+            return txn_id
+        if not isinstance(start_ts, Timestamp):
+            raise TypeError(f"start_ts must be a Timestamp, got {type(start_ts).__name__}")
+        return (txn_id, start_ts)
+
+    def status(self, txn_id: int, start_ts: Timestamp | None = None) -> Outcome | None:
         """``Committed`` or ``Aborted`` for a decided id, None when unknown (never decided, or
         older than ``retained_decisions``). May wait for the batch being written, and, on a new
-        clustered leader, for its decision history (see :meth:`hold_for_history`)."""
-        self._check_txn_id(txn_id)
+        clustered leader, for its decision history (see :meth:`hold_for_history`): all of it,
+        or, given the transaction's start ``start_ts``, only as long as a commit with that start
+        would be held."""
+        request = self._abort_request(txn_id, start_ts)
         answer = self.engine.status(txn_id)
         if answer is None and not self._history_loaded.is_set():
-            if not self._history_loaded.wait(HISTORY_STATUS_WAIT_S):
-                raise CommitLogError(
-                    f"transaction {txn_id}: taking over: the decision history is still loading "
-                    f"after {HISTORY_STATUS_WAIT_S:g} s; retry"
-                )
+            self._wait_for_history(txn_id, request)
             if self._closed:  # closed while taking over: the history never loaded here
                 raise SchedulerClosedError("the group-commit scheduler closed while taking over")
             answer = self.engine.status(txn_id)
         return answer
+
+    def _wait_for_history(self, txn_id: int, request: _Request) -> None:
+        """Until the history no longer holds ``request`` (``txn_id``, or it and its start), at most
+        ``HISTORY_STATUS_WAIT_S``; ``CommitLogError`` (retryable) after that."""
+        deadline = time.monotonic() + HISTORY_STATUS_WAIT_S
+        while True:
+            with self._history_moved:
+                seen = self._history_progress
+            if self._history_loaded.is_set() or not self.engine.needs_history(request):
+                return
+            with self._history_moved:
+                while self._history_progress == seen:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise CommitLogError(
+                            f"transaction {txn_id}: taking over: the decision history is still "
+                            f"loading after {HISTORY_STATUS_WAIT_S:g} s; retry"
+                        )
+                    self._history_moved.wait(remaining)
+
+    def _history_moved_on(self) -> None:
+        """Wakes the status queries waiting for the history (:meth:`_wait_for_history`)."""
+        with self._history_moved:
+            self._history_progress += 1
+            self._history_moved.notify_all()
 
     # ---- a new clustered leader's decision history --------------------------------------------
 
@@ -310,10 +349,12 @@ class GroupCommitScheduler:
             self._queued += size
             self._history_loaded.set()
             self._wakeup.notify_all()
+        self._history_moved_on()
 
     def history_progressed(self) -> None:
         """Part of the history is loaded (newest first, see ``CommitEngine.replay_piece``): the
         held requests the engine no longer says may need it go to the front of the queue."""
+        self._history_moved_on()
         with self._lock:
             if self._history_loaded.is_set() or not self._history_held:
                 return
@@ -556,6 +597,7 @@ class GroupCommitScheduler:
             refusal = SchedulerClosedError("the group-commit scheduler closed while taking over")
             self._deliver(held, _entry_answers(held, False, refusal))
         self._history_loaded.set()  # status queries waiting for it are refused
+        self._history_moved_on()
         self.durable_step.drain(self.engine, timeout)
         self.engine.close()
 

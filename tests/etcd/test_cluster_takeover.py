@@ -1,8 +1,10 @@
 """A new leader takes over while its decision history loads (real etcd, in process): it decides
-fresh transactions at once; a resubmission, an abort by id, a commit of an id aborted by id and
-a status query wait for the history and then get the first decision; nothing flips. The history
-loads newest first: a held commit is answered as soon as every piece that could hold its
-decision is in, and pieces of the previous release (no clock reading) are still honoured."""
+fresh transactions at once, and aborts and status queries naming a fresh start; a resubmission,
+an abort by id, a commit of an id aborted by id and a status query wait for the history (or,
+naming their start, for the pieces that could hold it) and then get the first decision; nothing
+flips. The history loads newest first: a held commit is answered as soon as every piece that
+could hold its decision is in, and pieces of the previous release (no clock reading) are still
+honoured."""
 
 from __future__ import annotations
 
@@ -162,9 +164,13 @@ def test_a_new_leader_decides_fresh_commits_while_its_history_loads(
         assert scheduler is not None and group_commit.history_loading
         await asyncio.wait_for(held.started.wait(), WAIT_S)
 
-        # Fresh: decided at once.
+        # Fresh: decided at once; so are an abort and a status query naming a fresh start.
         fresh = Transaction(5 * 10**9, clock.now(), [], [b"h1"])
         assert isinstance(await asyncio.wait_for(scheduler.submit(fresh), WAIT_S), Committed)
+        fresh_abort = await asyncio.wait_for(scheduler.abort(6 * 10**9, clock.now()), WAIT_S)
+        assert isinstance(fresh_abort, Aborted) and fresh_abort.conflict is None
+        unknown = asyncio.to_thread(scheduler.status, 6 * 10**9 + 1, clock.now())
+        assert await asyncio.wait_for(unknown, WAIT_S) is None
         # May need the history: held.
         old = txns[HISTORY // 2]
         resubmitted = asyncio.ensure_future(scheduler.submit(old))
@@ -172,13 +178,21 @@ def test_a_new_leader_decides_fresh_commits_while_its_history_loads(
             scheduler.submit(Transaction(10**9, clock.now(), [], [b"x"]))
         )
         abort_of_committed = asyncio.ensure_future(scheduler.abort(txns[0].txn_id))
+        # Naming the start it had (below the window limit): held all the same.
+        abort_naming_start = asyncio.ensure_future(
+            scheduler.abort(txns[1].txn_id, txns[1].start_ts)
+        )
         status_result: list[Any] = []
         status = threading.Thread(
             target=lambda: status_result.append(scheduler.status(txns[-1].txn_id))
         )
+        status_naming_start = asyncio.ensure_future(
+            asyncio.to_thread(scheduler.status, txns[-2].txn_id, txns[-2].start_ts)
+        )
         status.start()
         await asyncio.sleep(0.3)
-        assert not any(f.done() for f in (resubmitted, late_commit_of_aborted, abort_of_committed))
+        waiting = (resubmitted, late_commit_of_aborted, abort_of_committed, abort_naming_start)
+        assert not any(f.done() for f in (*waiting, status_naming_start))
         assert status.is_alive()
         # A fresh one still goes by them.
         fresh2 = Transaction(5 * 10**9 + 1, clock.now(), [], [b"h2"])
@@ -188,6 +202,8 @@ def test_a_new_leader_decides_fresh_commits_while_its_history_loads(
         assert await asyncio.wait_for(resubmitted, WAIT_S) == answers[old.txn_id]
         assert await asyncio.wait_for(late_commit_of_aborted, WAIT_S) == answers[10**9]
         assert await asyncio.wait_for(abort_of_committed, WAIT_S) == answers[txns[0].txn_id]
+        assert await asyncio.wait_for(abort_naming_start, WAIT_S) == answers[txns[1].txn_id]
+        assert await asyncio.wait_for(status_naming_start, WAIT_S) == answers[txns[-2].txn_id]
         await asyncio.to_thread(status.join, WAIT_S)
         assert status_result == [answers[txns[-1].txn_id]]
         await eventually(lambda: not group_commit.history_loading)
@@ -228,7 +244,8 @@ def test_an_undecodable_history_ends_the_term_and_refuses_what_waited(
 
 
 def test_what_waits_for_the_history_in_every_request_shape() -> None:
-    """``needs_history`` of a transaction, an abort, a group and a serialized message."""
+    """``needs_history`` of a transaction, an abort (with its start or not), a group and a
+    serialized message."""
     engine = CommitEngine(None, Clock(node=2), durability="external")
     watermark = engine.clock.now()
     fresh = Transaction(1, engine.clock.now(), [], [b"a"])
@@ -239,6 +256,10 @@ def test_what_waits_for_the_history_in_every_request_shape() -> None:
     assert not engine.needs_history(fresh)
     assert engine.needs_history(old) and engine.needs_history(aborted_by_id)
     assert engine.needs_history(7)  # an abort by id
+    # An abort naming its start: held as a commit with that start would be.
+    assert not engine.needs_history((7, fresh.start_ts)) and engine.needs_history((7, watermark))
+    assert engine.needs_history((3, fresh.start_ts))  # its id was aborted by id before
+    assert not engine.needs_history([fresh, (7, fresh.start_ts)])
     assert not engine.needs_history([fresh]) and engine.needs_history([fresh, 7])
     assert not engine.needs_history(encode_commit_request([fresh]))
     assert engine.needs_history(encode_commit_request([fresh, old]))

@@ -83,3 +83,59 @@ def test_new_work_is_decided_while_the_next_leader_holds_the_old(
                 assert list(again) == answers
 
         asyncio.run(scenario())
+
+
+def test_an_abort_and_a_status_naming_a_fresh_start_are_answered_while_the_history_is_held(
+    etcd: EtcdMember, tmp_path: Path
+) -> None:
+    """Through the client: an abort or a status query naming its transaction's start is held
+    by the next leader only as a commit with that start would be (a fresh start: answered at
+    once); naming none, or an old start, it waits for the history, then hears the first
+    decision."""
+    hold = tmp_path / "hold-history"
+    cluster = OracleCluster(tmp_path, etcd.endpoint, size=2, lease_ttl_s=LEASE_TTL_S)
+    held_history_node.run_held(cluster, held_history_node.HOLD_VARIABLE, hold)
+    with cluster:
+        leader = cluster.wait_for_leader()
+        leader_id = cluster.nodes.index(leader) + 1
+        epoch = cluster.statuses()[leader_id].epoch
+
+        async def scenario() -> None:
+            async with AsyncOracleClient(cluster.targets, timeout=CLIENT_TIMEOUT_S) as client:
+                old = Transaction(1, await client.get_timestamp(), [], [b"old"])
+                committed = await client.commit_unary(old)
+                assert isinstance(committed, Committed), committed
+                hold.touch()  # the next leader's history load waits from now on
+                leader.signal(signal.SIGTERM)
+                await asyncio.to_thread(
+                    cluster.wait_for_leader, other_than=leader_id, after_epoch=epoch
+                )
+                # Held: the committed id, by its old start or by no start; a fresh id, no start.
+                held = {
+                    "abort of the committed id": client.abort(old.txn_id, old.start_ts),
+                    "its status": client.transaction_status(old.txn_id, old.start_ts),
+                    "abort naming no start": client.abort(2),
+                }
+                waiting = {name: asyncio.ensure_future(call) for name, call in held.items()}
+                await asyncio.sleep(0.5)  # they reach the next leader (and are held there)
+
+                start = await client.get_timestamp()
+                fresh = await asyncio.wait_for(client.abort(3, start), ANSWER_WITHIN_S)
+                assert isinstance(fresh, Aborted) and fresh.conflict is None, fresh
+                unknown = await asyncio.wait_for(
+                    client.transaction_status(4, start), ANSWER_WITHIN_S
+                )
+                assert unknown is None
+                assert not any(call.done() for call in waiting.values()), "nothing was held"
+
+                hold.unlink()
+                answers = {
+                    name: await asyncio.wait_for(call, CLIENT_TIMEOUT_S + ANSWER_WITHIN_S)
+                    for name, call in waiting.items()
+                }
+                assert answers["abort of the committed id"] == committed
+                assert answers["its status"] == committed
+                assert isinstance(answers["abort naming no start"], Aborted)
+                assert await client.transaction_status(3) == fresh
+
+        asyncio.run(scenario())

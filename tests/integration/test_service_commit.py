@@ -40,6 +40,11 @@ def test_commit_abort_and_status_over_the_wire(oracle: OracleProcess) -> None:
         assert client.abort(103) == Aborted(103, "requested")
         assert client.commit(Transaction(103, start, [], [b"w3"])) == Aborted(103, "requested")
         assert client.abort(101) == first
+        # Naming the start (what a new clustered leader looks at): the same decisions.
+        assert client.abort(104, start) == Aborted(104, "requested")
+        assert client.abort(101, start) == first
+        assert client.transaction_status(101, start) == first
+        assert client.transaction_status(105, start) is None
         # Timestamps handed out after a commit are above it.
         assert client.get_timestamp() > first.commit_ts
 
@@ -120,6 +125,19 @@ def test_malformed_messages_are_invalid_argument(oracle: OracleProcess) -> None:
             commit(no_start, timeout=5)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "start_ts is required" in (raised.value.details() or "")
+        too_far = pb.Timestamp(physical=2**60)
+        for method, request in (
+            ("Abort", pb.AbortRequest(txn_id=6, start_ts=too_far)),
+            ("GetTransactionStatus", pb.TransactionStatusRequest(txn_id=6, start_ts=too_far)),
+        ):
+            call = channel.unary_unary(
+                f"/hlc_oracle.v1.Transactions/{method}",
+                request_serializer=type(request).SerializeToString,
+            )
+            with pytest.raises(grpc.RpcError) as raised:
+                call(request, timeout=5)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert "transaction 6: malformed start_ts" in (raised.value.details() or ""), method
         stream = channel.stream_stream("/hlc_oracle.v1.Transactions/CommitStream")
         with pytest.raises(grpc.RpcError) as raised:
             list(stream(iter([b"\xff\xff\xff"]), timeout=5))

@@ -39,7 +39,8 @@ MAX_ARRIVALS = 200
 class ClientCommitLoad(StartedFixture):
     """Callers of one :class:`AsyncOracleClient` given ``targets``: ``commit_callers`` calling
     ``commit()``, ``batch_callers`` calling ``commit_many()`` of ``batch`` transactions, and
-    (``unary_caller``) one alternating ``commit_unary()`` and ``abort()`` of a fresh id; each
+    (``unary_caller``) one alternating ``commit_unary()`` and ``abort()`` of a fresh id (naming
+    the commit's start timestamp as its own); each
     waits for its call's answer before the next. With ``arrival_interval_s``, also an open loop
     on a client of its own (same event loop): a new ``commit()`` call every that many seconds,
     whatever the calls before it wait for (at most ``MAX_ARRIVALS`` at once), as new work reaches
@@ -235,6 +236,8 @@ class ClientCommitLoad(StartedFixture):
         aborted_id = next(self._ids)
         try:
             self._record(txn.txn_id, txn, await client.commit_unary(txn))
-            self._record(aborted_id, None, await client.abort(aborted_id))
+            # The aborted id's transaction started with the commit's: a new leader holds the
+            # abort only until no decision it still loads can be about that start.
+            self._record(aborted_id, None, await client.abort(aborted_id, txn.start_ts))
         except OracleOutcomeUnknownError:
             self.unknown.extend((txn.txn_id, aborted_id))

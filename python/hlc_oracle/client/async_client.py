@@ -528,9 +528,22 @@ class AsyncOracleClient:
             raise ValueError(f"txn_id must be in 1..2**64-1, got {txn_id}")
         return txn_id
 
-    async def abort(self, txn_id: int) -> Committed | Aborted:
-        """Aborts an undecided id (a late commit of it is then refused); returns the decision."""
-        request = pb.AbortRequest(txn_id=self._txn_id(txn_id))
+    @staticmethod
+    def _start(start_ts: object) -> pb.Timestamp | None:
+        if start_ts is None:
+            return None
+        if not isinstance(start_ts, Timestamp):
+            raise TypeError(f"start_ts must be a Timestamp, got {type(start_ts).__name__}")
+        return timestamp_to_wire(start_ts)
+
+    async def abort(self, txn_id: int, start_ts: Timestamp | None = None) -> Committed | Aborted:
+        """Aborts an undecided id (a late commit of it is then refused); returns the decision.
+        ``start_ts``: the transaction's start timestamp, when known. A leader that just took
+        over then decides the abort as soon as no decision it is still loading can be about the
+        transaction, instead of after all of them (a large history takes seconds to minutes).
+        Name only the start this transaction really took: a later one may let the abort win
+        over an earlier commit of the id (``docs/cluster.md``)."""
+        request = pb.AbortRequest(txn_id=self._txn_id(txn_id), start_ts=self._start(start_ts))
         result = await self._unary(
             lambda node, remaining: node.abort(
                 request, timeout=remaining, wait_for_ready=node.wait_for_ready
@@ -539,9 +552,14 @@ class AsyncOracleClient:
         )
         return outcome_from_wire(result)
 
-    async def transaction_status(self, txn_id: int) -> Committed | Aborted | None:
-        """The decision on ``txn_id``, or None when the oracle does not know it."""
-        request = pb.TransactionStatusRequest(txn_id=self._txn_id(txn_id))
+    async def transaction_status(
+        self, txn_id: int, start_ts: Timestamp | None = None
+    ) -> Committed | Aborted | None:
+        """The decision on ``txn_id``, or None when the oracle does not know it. ``start_ts``:
+        the transaction's start, when known (a new leader answers sooner, as for :meth:`abort`)."""
+        request = pb.TransactionStatusRequest(
+            txn_id=self._txn_id(txn_id), start_ts=self._start(start_ts)
+        )
         response = await self._unary(
             lambda node, remaining: node.transaction_status(
                 request, timeout=remaining, wait_for_ready=node.wait_for_ready

@@ -108,11 +108,15 @@ class OracleClient:
     def commit_unary(self, txn: Transaction) -> Committed | Aborted:
         return self._run(self._client.commit_unary(txn))
 
-    def abort(self, txn_id: int) -> Committed | Aborted:
-        return self._run(self._client.abort(txn_id))
+    def abort(self, txn_id: int, start_ts: Timestamp | None = None) -> Committed | Aborted:
+        """See :meth:`AsyncOracleClient.abort`."""
+        return self._run(self._client.abort(txn_id, start_ts))
 
-    def transaction_status(self, txn_id: int) -> Committed | Aborted | None:
-        return self._run(self._client.transaction_status(txn_id))
+    def transaction_status(
+        self, txn_id: int, start_ts: Timestamp | None = None
+    ) -> Committed | Aborted | None:
+        """See :meth:`AsyncOracleClient.transaction_status`."""
+        return self._run(self._client.transaction_status(txn_id, start_ts))
 
     def close(self) -> None:
         """Closes the client (what still waits fails with ``CANCELLED``); idempotent. A client

@@ -71,12 +71,17 @@ def transaction_from_wire(message: pb.Transaction) -> Transaction:
     """A wire transaction as a :class:`Transaction`; ``RequestError`` when malformed."""
     if not message.HasField("start_ts"):
         raise invalid(f"transaction {message.txn_id}: start_ts is required")
-    start = message.start_ts
-    try:
-        start_ts = Timestamp(start.physical, start.logical, start.node)
-    except ValueError as err:
-        raise invalid(f"transaction {message.txn_id}: malformed start_ts: {err}") from err
+    start_ts = start_from_wire(message.txn_id, message.start_ts)
     return Transaction(message.txn_id, start_ts, message.read_set, message.write_set)
+
+
+def start_from_wire(txn_id: int, start: pb.Timestamp) -> Timestamp:
+    """A transaction's wire start timestamp as a :class:`Timestamp`; ``RequestError`` when
+    malformed."""
+    try:
+        return Timestamp(start.physical, start.logical, start.node)
+    except ValueError as err:
+        raise invalid(f"transaction {txn_id}: malformed start_ts: {err}") from err
 
 
 def refusal_of(answer: object) -> tuple[grpc.StatusCode, str]:
@@ -159,11 +164,17 @@ class TransactionsService:
         self._count_outcomes(committed, aborted, len(answers) - committed - aborted)
 
     @staticmethod
-    def _parse_id(raw: bytes, kind: type[pb.AbortRequest | pb.TransactionStatusRequest]) -> int:
+    def _parse_id(
+        raw: bytes, kind: type[pb.AbortRequest | pb.TransactionStatusRequest]
+    ) -> tuple[int, Timestamp | None]:
+        """The request's id, and the start timestamp it names (None: none)."""
         request = parse_request(raw, kind)
         if request.txn_id == 0:
             raise invalid("txn_id must be in 1..2**64-1 (0 is reserved as unset), got 0")
-        return int(request.txn_id)
+        txn_id = int(request.txn_id)
+        if not request.HasField("start_ts"):
+            return txn_id, None
+        return txn_id, start_from_wire(txn_id, request.start_ts)
 
     async def _decide(self, messages: list[pb.Transaction]) -> list[object]:
         """Decides the transactions of one request message: each one's decision, or the error that
@@ -298,22 +309,20 @@ class TransactionsService:
 
     @unary_rpc("Abort")
     async def abort(self, raw: bytes) -> bytes:
-        txn_id = self._parse_id(raw, pb.AbortRequest)
+        txn_id, start_ts = self._parse_id(raw, pb.AbortRequest)
         scheduler = await self._admit()
         try:
-            (answer,) = await scheduler.submit_many([txn_id])
+            answer = await scheduler.abort(txn_id, start_ts)
         except HlcError as err:
-            answer = err
-        if isinstance(answer, BaseException):
-            raise RequestError(status_code(answer), str(answer))
+            raise RequestError(status_code(err), str(err)) from None
         return result_to_wire(txn_id, answer)
 
     @unary_rpc("GetTransactionStatus")
     async def get_transaction_status(self, raw: bytes) -> bytes:
-        txn_id = self._parse_id(raw, pb.TransactionStatusRequest)
+        txn_id, start_ts = self._parse_id(raw, pb.TransactionStatusRequest)
         scheduler = await self._admit(reads=True)
         # status() may wait for the batch being written: keep it off the event loop.
-        answer = await asyncio.to_thread(scheduler.status, txn_id)
+        answer = await asyncio.to_thread(scheduler.status, txn_id, start_ts)
         if answer is None:
             response = pb.TransactionStatusResponse(known=False)
         else:

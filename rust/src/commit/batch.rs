@@ -295,7 +295,7 @@ mod tests {
         let first = txn(1, start, "x");
         let stream = message(&[(2, start, "x"), (3, start, "y")]);
         let data = [
-            PartData::Requests(vec![Request::Commit(&first), Request::Abort(9)]),
+            PartData::Requests(vec![Request::Commit(&first), Request::Abort(9, None)]),
             PartData::Stream(&stream),
             PartData::Stream(b"\xff"),
         ];
@@ -350,7 +350,7 @@ mod tests {
         assert_eq!(engine.pending_layouts(), 1);
         let (seq, _) = handout.pieces[0];
         // A plain batch decided meanwhile is released after the first, without a layout.
-        let plain = engine.decide(&clock, &[Request::Abort(5)]);
+        let plain = engine.decide(&clock, &[Request::Abort(5, None)]);
         let released = engine.confirm(seq).unwrap();
         assert_eq!(released.len(), 1);
         assert_eq!(released[0].released.ticket, handout.ticket);

@@ -7,12 +7,15 @@
 //! * a commit of a transaction whose start `S` is above `B`, the bound on the readings of the
 //!   pieces not loaded yet, unless its id was aborted by id before (`aborted_ids`, loaded before
 //!   the leader serves);
+//! * an abort by id that names the transaction's start `S` (optional on the wire), by the same
+//!   rule as a commit with that start;
 //! * a resubmission the decisions index already answers (decided in this term, or replayed).
 //!
 //! `B` starts at the low watermark `W` (the previous leader's window limit) and falls to the
 //! reading of each version-3 piece replayed ([`CommitEngine::history_piece_loaded`]); a piece of
 //! version 1 or 2 records no reading and leaves `B` where it was. Every other request (a commit
-//! that started at or below `B`, an abort by id, a commit of an id in `aborted_ids`) waits:
+//! or an abort that started at or below `B`, an abort by id that names no start, a request about
+//! an id in `aborted_ids`) waits:
 //! [`CommitEngine::needs_history`] tells the scheduler which to hold (and, as `B` falls, which to
 //! release), and `triage` refuses them (a retryable refusal, nothing decided) should one reach it
 //! anyway. `B` only falls, so a request released once stays decidable.
@@ -28,7 +31,18 @@
 //! - and no reading is above `W`: no leader's clock passes its saved window, and `W` is the
 //!   newest saved window limit. So before any piece loads, and whatever the pieces' versions,
 //!   every piece not loaded reads at or below `B`, and `T`, with `S > B`, is in none of them.
-//! - an abort by id carries no start timestamp: hence `aborted_ids`.
+//! - an abort by id records no start timestamp, and the engine does not move its clock past a
+//!   start an abort names: hence `aborted_ids` (every id a stored piece aborts by id, its own
+//!   etcd key), so an abort by id decided in any term holds back later requests about its id.
+//!
+//! The start an abort (or a status query, in the scheduler) names is the caller's word, as a
+//! commit's is: the history is searched for the transaction's decision only as far down as
+//! that start. A start above the transaction's real one can let a new leader decide the abort
+//! before the piece holding an earlier commit of it is loaded: the id then has two decisions,
+//! the index answers the abort (replayed decisions replace none) while the client that
+//! committed was told "committed". A start below the real one only waits longer. So a caller
+//! names the start it took for that transaction, or none (the abort then waits for the whole
+//! history, as before); a participant that does not know the start must name none.
 //!
 //! So when every piece with a reading at or above `S` is loaded and the index does not know
 //! `T`, `T` was never decided: it is decided now (a start at or below `W` aborts as too old,
@@ -107,15 +121,12 @@ impl CommitEngine {
         if txn_id == 0 || self.decisions.get(txn_id).is_some() {
             return false; // refused as malformed, or answered from the index
         }
-        match request {
-            Request::Abort(_) => true,
-            Request::Commit(txn) => {
-                history.aborted_ids.contains(&txn_id)
-                    || history
-                        .unloaded_through
-                        .is_none_or(|bound| txn.start_ts <= bound)
-            }
-        }
+        let start = match request {
+            Request::Commit(txn) => txn.start_ts,
+            Request::Abort(_, Some(start)) => *start,
+            Request::Abort(_, None) => return true,
+        };
+        history.held_at(txn_id, start)
     }
 
     /// [`Self::needs_history`] of a commit known only by its id and start timestamp (a
@@ -127,12 +138,20 @@ impl CommitEngine {
         if txn_id == 0 || self.decisions.get(txn_id).is_some() {
             return false;
         }
-        history.aborted_ids.contains(&txn_id)
-            || match (start_ts, history.unloaded_through) {
-                (Some(start), Some(bound)) => start <= bound,
-                (None, _) => false, // malformed: refused without a decision
-                (Some(_), None) => true,
-            }
+        match start_ts {
+            Some(start) => history.held_at(txn_id, start),
+            // malformed: refused without a decision (unless its id was aborted by id)
+            None => history.aborted_ids.contains(&txn_id),
+        }
+    }
+}
+
+impl HistoryLoad {
+    /// Whether a piece still to load may hold a decision about `txn_id`, which started at
+    /// `start` (the caller's word): its id was aborted by id, or `start` is at or below `B`.
+    fn held_at(&self, txn_id: TxnId, start: Timestamp) -> bool {
+        self.aborted_ids.contains(&txn_id)
+            || self.unloaded_through.is_none_or(|bound| start <= bound)
     }
 }
 
@@ -202,7 +221,7 @@ mod tests {
         let (answers, mut pieces) = decide_all(
             &mut old,
             &old_clock,
-            &[Request::Commit(&committed), Request::Abort(2)],
+            &[Request::Commit(&committed), Request::Abort(2, None)],
         );
         assert!(matches!(answers[0], Ok(Outcome::Committed(_))));
         let window_limit = Timestamp::new(2_000_000, 0, 0).unwrap();
@@ -220,7 +239,7 @@ mod tests {
         for waits in [
             Request::Commit(&resubmitted),
             Request::Commit(&late_commit_of_aborted),
-            Request::Abort(1),
+            Request::Abort(1, None),
         ] {
             assert!(new.needs_history(&waits));
         }
@@ -250,6 +269,69 @@ mod tests {
             &[
                 Request::Commit(&resubmitted),
                 Request::Commit(&late_commit_of_aborted),
+            ],
+        );
+        assert!(matches!(answers[0], Ok(Outcome::Committed(ts)) if ts < window_limit));
+        assert_eq!(answers[1], Ok(Outcome::Aborted(AbortReason::Requested)));
+    }
+
+    #[test]
+    fn an_abort_naming_its_start_waits_only_as_a_commit_with_that_start_would() {
+        let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+        let old_clock = clock_at(&physical, 1, None);
+        let mut old = engine(&old_clock);
+        let old_start = old_clock.now().unwrap();
+        let committed = txn(1, old_start, "a");
+        let (_, pieces) = decide_all(&mut old, &old_clock, &[Request::Commit(&committed)]);
+        let reading = crate::commit::piece::reading(&pieces[0].1)
+            .unwrap()
+            .unwrap();
+        let window_limit = Timestamp::new(2_000_000, 0, 0).unwrap();
+
+        physical.set(2_100_000).unwrap();
+        let new_clock = clock_at(&physical, 3, None);
+        new_clock.raise_floor(window_limit);
+        let mut new = engine(&new_clock);
+        new.begin_history_load(Some(window_limit), [7]);
+        let fresh_start = new_clock.now().unwrap();
+        // Held: no start; a start at or below the bound (the window limit, then each reading);
+        // an id aborted by id before, whatever its start.
+        for held in [
+            Request::Abort(1, None),
+            Request::Abort(1, Some(old_start)),
+            Request::Abort(5, Some(window_limit)),
+            Request::Abort(7, Some(fresh_start)),
+        ] {
+            assert!(new.needs_history(&held));
+        }
+        assert!(!new.needs_history(&Request::Abort(9, Some(fresh_start))));
+        let (answers, _) = decide_all(
+            &mut new,
+            &new_clock,
+            &[
+                Request::Abort(9, Some(fresh_start)),
+                Request::Abort(1, Some(old_start)),
+            ],
+        );
+        assert_eq!(answers[0], Ok(Outcome::Aborted(AbortReason::Requested)));
+        assert!(matches!(answers[1], Err(SubmitError::Log(ref m)) if m.contains("history")));
+
+        // The piece loads: the bound falls to its reading. A start between the reading and
+        // the window limit is free; the committed id is answered from the index, with its
+        // commit (an abort never overrides a decision).
+        for (seq, piece) in pieces.iter().rev() {
+            new.replay_piece(&new_clock, *seq, piece).unwrap();
+        }
+        assert_eq!(new.history_unloaded_through(), Some(reading));
+        assert!(!new.needs_history(&Request::Abort(5, Some(window_limit))));
+        assert!(new.needs_history(&Request::Abort(6, Some(reading))));
+        assert!(new.needs_history(&Request::Abort(6, None)));
+        let (answers, _) = decide_all(
+            &mut new,
+            &new_clock,
+            &[
+                Request::Abort(1, Some(old_start)),
+                Request::Abort(5, Some(window_limit)),
             ],
         );
         assert!(matches!(answers[0], Ok(Outcome::Committed(ts)) if ts < window_limit));

@@ -112,7 +112,7 @@ impl CommitEngine {
             }
             let (txn_id, fingerprint) = match request {
                 Request::Commit(txn) => (txn.id, Some(fingerprint_in(txn, &mut hashed))),
-                Request::Abort(id) => (*id, None),
+                Request::Abort(id, _) => (*id, None),
             };
             if txn_id == 0 {
                 batch.answers[i] = Some(Err(SubmitError::InvalidTxnId));
@@ -156,7 +156,7 @@ impl CommitEngine {
             first_of.insert(txn_id, i);
             match request {
                 Request::Commit(_) => batch.fresh_commits.push(i),
-                Request::Abort(_) => batch.fresh_aborts.push(i),
+                Request::Abort(..) => batch.fresh_aborts.push(i),
             }
         }
         batch
@@ -173,7 +173,7 @@ impl CommitEngine {
             .iter()
             .filter_map(|&i| match batch.requests[i] {
                 Request::Commit(txn) => Some(txn),
-                Request::Abort(_) => None,
+                Request::Abort(..) => None,
             })
             .collect();
         let checked = match self.detector.check_batch(&txns) {
@@ -318,7 +318,7 @@ impl CommitEngine {
                 (Outcome::Aborted(AbortReason::Conflict(conflict)), Request::Commit(txn)) => {
                     encoder.aborted(decision.fingerprint.unwrap_or(0), txn.start_ts, conflict);
                 }
-                (_, Request::Abort(id)) => encoder.abort_requested(id, decision.decided_at),
+                (_, Request::Abort(id, _)) => encoder.abort_requested(id, decision.decided_at),
                 (_, Request::Commit(txn)) => encoder.abort_requested(txn.id, decision.decided_at),
             }
         }
@@ -347,7 +347,7 @@ impl CommitEngine {
                         conflict,
                     );
                 }
-                (_, Request::Abort(id)) => {
+                (_, Request::Abort(id, _)) => {
                     record::encode_abort_requested(&mut self.buffer, id, decision.decided_at);
                 }
                 (_, Request::Commit(txn)) => {

@@ -135,7 +135,7 @@ fn abort_fences_a_late_commit_and_never_undoes_a_commit() {
     let start = clock.now().unwrap();
     let fenced = txn(20, start, &[], &["k"]);
     assert_eq!(
-        engine.process(&clock, &[Request::Abort(20)])[0],
+        engine.process(&clock, &[Request::Abort(20, None)])[0],
         Ok(Outcome::Aborted(AbortReason::Requested))
     );
     assert_eq!(
@@ -143,11 +143,11 @@ fn abort_fences_a_late_commit_and_never_undoes_a_commit() {
         Ok(Outcome::Aborted(AbortReason::Requested))
     );
     let done = txn(21, start, &[], &["k"]);
-    let answers = engine.process(&clock, &[Request::Commit(&done), Request::Abort(21)]);
+    let answers = engine.process(&clock, &[Request::Commit(&done), Request::Abort(21, None)]);
     let ts = committed(&answers[0]);
     assert_eq!(answers[1], Ok(Outcome::Committed(ts)));
     assert_eq!(
-        engine.process(&clock, &[Request::Abort(21)])[0],
+        engine.process(&clock, &[Request::Abort(21, None)])[0],
         Ok(Outcome::Committed(ts))
     );
     assert_eq!(engine.status(21), Some(Outcome::Committed(ts)));
@@ -201,7 +201,7 @@ fn bad_input_is_refused_and_not_logged() {
     assert!(messages[4].contains("write_set[1] is 7 bytes, over the limit of 4"));
     assert!(messages[5].contains("in the future"), "{}", messages[5]);
     assert_eq!(
-        engine.process(&clock, &[Request::Abort(0)])[0],
+        engine.process(&clock, &[Request::Abort(0, None)])[0],
         Err(SubmitError::InvalidTxnId)
     );
     assert_eq!(engine.log().unwrap().next_seq(), 1, "nothing logged");
@@ -225,7 +225,7 @@ fn recovery_rebuilds_decisions_history_and_clock_floor() {
             let t = txn(id, start, &[], &[&key]);
             answers.extend(engine.process(&clock, &[Request::Commit(&t)]));
         }
-        engine.process(&clock, &[Request::Abort(77)]);
+        engine.process(&clock, &[Request::Abort(77, None)]);
         last_commit = answers
             .iter()
             .filter_map(|a| match a {
@@ -312,7 +312,7 @@ fn forgotten_decisions_are_never_taken_again() {
     let first = txn(1, start, &[], &["a"]);
     committed(&engine.process(&clock, &[Request::Commit(&first)])[0]);
     let in_doubt = txn(2, start, &[], &["b"]);
-    engine.process(&clock, &[Request::Abort(2)]);
+    engine.process(&clock, &[Request::Abort(2, None)]);
     for id in 3..=8u64 {
         let key = format!("k{id}");
         committed(
@@ -396,7 +396,7 @@ fn a_forgotten_abort_fences_late_commits_from_a_clock_ahead() {
     let mut config = EngineConfig::new(Durability::Memory, None);
     config.retained_decisions = 2;
     let (mut engine, _) = CommitEngine::open(config, &clock).unwrap();
-    engine.process(&clock, &[Request::Abort(100)]);
+    engine.process(&clock, &[Request::Abort(100, None)]);
     // Forget the abort once physical time has passed its fence (abort + max offset).
     physical.advance(2_000).unwrap();
     for id in 1..=3u64 {
@@ -485,7 +485,7 @@ fn external_failure_answers_every_pending_batch_outcome_unknown_and_stops() {
     let a = txn(1, start, &[], &["x"]);
     let b = txn(2, start, &[], &["y"]);
     let first = engine.decide(&clock, &[Request::Commit(&a)]);
-    let second = engine.decide(&clock, &[Request::Commit(&b), Request::Abort(3)]);
+    let second = engine.decide(&clock, &[Request::Commit(&b), Request::Abort(3, None)]);
     assert!(engine.confirm(second.pieces[0].0).unwrap().is_empty());
     let failed = engine.fail("etcd txn timed out");
     assert_eq!(

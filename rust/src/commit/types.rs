@@ -246,14 +246,16 @@ impl From<LogError> for EngineError {
 #[derive(Clone, Copy)]
 pub enum Request<'a> {
     Commit(&'a Transaction),
-    Abort(TxnId),
+    /// An abort by id, with the transaction's start timestamp when the caller gave it (only a
+    /// new leader's history load looks at it: [`super::CommitEngine::needs_history`]).
+    Abort(TxnId, Option<Timestamp>),
 }
 
 impl Request<'_> {
     pub fn txn_id(&self) -> TxnId {
         match self {
             Self::Commit(txn) => txn.id,
-            Self::Abort(id) => *id,
+            Self::Abort(id, _) => *id,
         }
     }
 }
