@@ -20,6 +20,9 @@ use super::CommitEngine;
 /// two-step prefetch, with the distances `bench/rust/conflict_table.rs` measured).
 const RECORD_PREFETCH_AHEAD: usize = 1;
 
+/// Decisions the `record` step looks ahead when it prefetches their slots of the decisions index.
+const RECORD_INDEX_PREFETCH_AHEAD: usize = 8;
+
 /// Requests `triage` looks ahead when it prefetches their slots of the decisions index.
 const TRIAGE_PREFETCH_AHEAD: usize = 8;
 
@@ -380,7 +383,14 @@ impl CommitEngine {
                 self.detector.prefetch_writes_rest(txn);
             }
         }
+        // The decisions index's slots too: triage loaded them, but the check since evicted them.
+        for &i in order.iter().take(RECORD_INDEX_PREFETCH_AHEAD) {
+            self.decisions.prefetch(requests[i].txn_id());
+        }
         for (at, (i, decision)) in decided.into_iter().enumerate() {
+            if let Some(&ahead) = order.get(at + RECORD_INDEX_PREFETCH_AHEAD) {
+                self.decisions.prefetch(requests[ahead].txn_id());
+            }
             if let Some(txn) = commit_of(at + 2 * RECORD_PREFETCH_AHEAD) {
                 self.detector.prefetch_writes_tags(txn);
             }
