@@ -21,6 +21,7 @@ from hlc_oracle import (
     Transaction,
 )
 from hlc_oracle.cluster.decisions import (
+    Checkpoint,
     DecisionDecodeError,
     DecisionLog,
     DecisionQuotaError,
@@ -404,6 +405,55 @@ def test_the_newest_seq_from_the_previous_epoch_matches_the_full_read(etcd: Etcd
         assert await both(20) == (9, 9)  # a gap in the hinted epoch's seqs
         await client.delete(decision_key(PREFIX, 20, 9))
         assert await both(20) == (8, 8)
+        await client.close()
+
+    run(scenario)
+
+
+def test_a_history_whose_newest_term_is_known_loads_the_same_pieces_without_listing_them_first(
+    etcd: EtcdMember,
+) -> None:
+    """When the takeover found the newest pieces in the previous term (consecutive seqs), their
+    keys are not listed: they are read first, then the older keys are listed and read. The
+    pieces replayed, and their order, are those of a history whose keys are all listed first,
+    with or without a checkpoint inside either term, for any page size."""
+
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        for seq in range(1, 6):
+            await client.put(decision_key(PREFIX, 10, seq), EMPTY_PIECE)
+        for seq in range(6, 14):
+            await client.put(decision_key(PREFIX, 20, seq), EMPTY_PIECE)
+        for n in range(20):  # the next term's epoch (a revision) comes after both
+            await client.put(f"{PREFIX}filler".encode(), b"%d" % n)
+        fence = await take_leadership(client, "reader")
+        assert fence.term.epoch > 20
+
+        async def replayed(log: DecisionLog, checkpoint: Checkpoint | None) -> list[int]:
+            seen: list[int] = []
+
+            def replay(seq: int, data: bytes) -> tuple[int, int]:
+                seen.append(seq)
+                return 0, 0
+
+            recovered = await log.load_history(checkpoint, replay, newest_first=True)
+            assert recovered.pieces == len(seen)
+            return seen
+
+        for page_keys in (1, 3, 256):
+            for checkpoint in (None, Checkpoint(20, 9), Checkpoint(10, 3)):
+                known = DecisionLog(client, PREFIX, fence, page_keys=page_keys)
+                assert await known.newest_seq(20) == 13
+                assert known.newest_term == (20, 6, 13)
+                listed = DecisionLog(client, PREFIX, fence, page_keys=page_keys)
+                assert listed.newest_term is None
+                expected = [
+                    s for s in range(13, 0, -1) if checkpoint is None or s >= checkpoint.seq
+                ]
+                assert await replayed(known, checkpoint) == expected, (page_keys, checkpoint)
+                assert await replayed(listed, checkpoint) == expected, (page_keys, checkpoint)
+        # A hint that does not hold (a later term wrote after it) leaves the keys to the listing.
+        assert await known.newest_seq(10) == 13 and known.newest_term is None
         await client.close()
 
     run(scenario)

@@ -31,10 +31,11 @@ refused ``OUT_OF_RANGE``, never decided again: deciding it could flip a trimmed 
 aborted); the ids earlier leaders aborted by id are read (``aborts/<epoch>/<seq>/<txn_id>``, one
 empty key per abort by id, written in the same fenced txn as its piece; rare); then the node
 serves, and the pieces of earlier terms after the checkpoint replay in the background, newest
-first, from a consistent snapshot (their keys listed first, then their values read in ascending
-ranges from the newest end, small ones first, so the newest pieces are in soon; a read whose
-answer would pass gRPC's 4 MiB receive limit is made again with fewer keys; each piece replays
-in a worker thread).
+first, from a consistent snapshot (their values read in ascending ranges from the newest end,
+small ones first, so the newest pieces are in soon: the previous term's keys are known from the
+takeover's reads, consecutive seqs, and the older keys are listed, keys only, when reached; a
+read whose answer would pass gRPC's 4 MiB receive limit is made again with fewer keys; each
+piece replays in a worker thread).
 
 The rule while the history loads. Each version-3 piece records its leader's clock reading when
 it was written, at or above every start and commit timestamp in it; readings never decrease in
@@ -265,6 +266,9 @@ class DecisionLog:
         self.fence = fence
         self.retention_s = retention_s
         self.page_keys = page_keys
+        #: The term that wrote the newest pieces, as :meth:`newest_seq` found it: its epoch, first
+        #: and newest seq (its seqs are consecutive, so its keys are known); None: not found so.
+        self.newest_term: tuple[int, int, int] | None = None
         self._now = now
         self.checkpoint_key = f"{prefix}checkpoint".encode()
         # The leader's clock: it bounds each written piece's decisions, for the checkpoint's
@@ -317,6 +321,7 @@ class DecisionLog:
         ascending reads of one key each (:meth:`_newest_seq_of`); otherwise (that epoch wrote
         nothing, or another wrote after it) a descending read finds it, for which etcd reads and
         sorts every decision key."""
+        self.newest_term = None
         if likely_epoch is not None:
             found = await self._newest_seq_of(likely_epoch)
             if found is not None:
@@ -345,6 +350,7 @@ class DecisionLog:
         rest = await self.client.range(guessed_key, all_end, limit=1, keys_only=True)
         if rest.count != 1 or rest.kvs[0].key != guessed_key:
             return None
+        self.newest_term = (epoch, guess - first.count + 1, guess)
         return guess
 
     async def read_checkpoint(self) -> Checkpoint | None:
@@ -486,30 +492,54 @@ class DecisionLog:
         replay: Callable[[Iterable[KeyValue]], Awaitable[None]],
     ) -> int:
         """The pieces in ``[start, end)`` to ``replay`` in descending key order, at one revision
-        (returned): their keys listed first (keys only), then their values read in ascending
-        ranges from the newest end, ``FIRST_PAGE_KEYS`` then doubling up to ``page_keys`` (a
-        descending range would make etcd read and sort every key left for each page)."""
-        keys: list[bytes] = []
+        (returned): their values read in ascending ranges from the newest end,
+        ``FIRST_PAGE_KEYS`` then doubling up to ``page_keys`` (a descending range would make etcd
+        read and sort every key left for each page). The keys of the term that wrote the newest
+        pieces are known without a read when :meth:`newest_seq` found them
+        (:attr:`newest_term`): those pieces come first, and only the older keys are listed
+        (keys only), once they are reached; otherwise every key is listed first."""
+        keys = self._newest_term_keys(start, end)
+        unlisted: bytes | None = keys[0] if keys else end  # keys below it are still to list
         revision = 0
-        while start < end:
-            page = await self.client.range(
-                start, end, limit=ABORT_PAGE_KEYS, revision=revision, keys_only=True
-            )
-            revision = page.revision
-            keys.extend(kv.key for kv in page.kvs)
-            if not page.more or not page.kvs:
-                break
-            start = page.kvs[-1].key + b"\0"
         high, limit = len(keys), min(FIRST_PAGE_KEYS, self.page_keys)
-        while high > 0:
+        while True:
+            if high == 0:
+                if unlisted is None:
+                    return revision
+                keys, revision = await self._list_keys(start, unlisted, revision)
+                unlisted, high = None, len(keys)
+                continue
             low = max(0, high - limit)
             values = await self._range_page(keys[low], keys[high - 1] + b"\0", 0, revision)
             if values is None:
                 limit = max(1, (high - low) // 8)
                 continue
+            revision = revision or values.revision
             await replay(reversed(values.kvs))
             high, limit = low, min(limit * 2, self.page_keys)
-        return revision
+
+    def _newest_term_keys(self, start: bytes, end: bytes) -> list[bytes]:
+        """The keys of :attr:`newest_term` in ``[start, end)``, ascending ([] when unknown)."""
+        if self.newest_term is None:
+            return []
+        epoch, first, newest = self.newest_term
+        keys = (decision_key(self.prefix, epoch, seq) for seq in range(first, newest + 1))
+        return [key for key in keys if start <= key < end]
+
+    async def _list_keys(self, start: bytes, end: bytes, revision: int) -> tuple[list[bytes], int]:
+        """The keys in ``[start, end)`` (keys only, in pages) at ``revision`` (0: the latest),
+        and the revision they were read at."""
+        keys: list[bytes] = []
+        while start < end:
+            page = await self.client.range(
+                start, end, limit=ABORT_PAGE_KEYS, revision=revision, keys_only=True
+            )
+            revision = revision or page.revision
+            keys.extend(kv.key for kv in page.kvs)
+            if not page.more or not page.kvs:
+                break
+            start = page.kvs[-1].key + b"\0"
+        return keys, revision
 
     async def _range_page(
         self, start: bytes, end: bytes, limit: int, revision: int
