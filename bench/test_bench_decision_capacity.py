@@ -10,6 +10,10 @@
   2,000,000 decisions committed through the leader (commit_many of 1,000, 8 in flight); the
   leader killed (kill -9). From the next leader's log: ``won the election`` to ``leading`` (it
   serves), and the background load of the history (``decisions recovered``: seconds).
+- ``a new leader's history load``: in process on one etcd member, 1,000,000 decisions in pieces
+  of 20 (a ``commit()`` load's batches) or of 1,000, written straight into etcd under one term;
+  a second term's promotion, then the seconds from serving to the history loaded, and decisions
+  replayed per second. Nothing else runs beside it.
 """
 
 from __future__ import annotations
@@ -25,13 +29,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hlc_oracle import Clock, CommitOptions, Committed, GroupCommitScheduler, Transaction
+from hlc_oracle import (
+    MAX_LOGICAL,
+    MAX_NODE,
+    Clock,
+    CommitEngine,
+    CommitOptions,
+    Committed,
+    GroupCommitScheduler,
+    Timestamp,
+    Transaction,
+)
 from hlc_oracle.cli.bench import bench_transactions
 from hlc_oracle.client import AsyncOracleClient
-from hlc_oracle.cluster.decisions import DecisionLog
+from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionLog, decision_key
 from hlc_oracle.cluster.etcd import EtcdClient, compare_create_revision, put
 from hlc_oracle.cluster.fence import Fence, Term
 from hlc_oracle.durable import ExternalDurableStep
+from hlc_oracle.node.gate import ServingGate
 
 from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_cluster import OracleCluster
@@ -185,3 +200,87 @@ def test_takeover_with_a_decision_history(benchmark: Any, tmp_path: Path, count:
         lambda: figures.update(takeover_after_kill(tmp_path, size)), rounds=1, iterations=1
     )
     benchmark.extra_info.update(figures)
+
+
+# --- a new leader's history load ---------------------------------------------------------------
+
+LOADED_DECISIONS = 1_000_000
+SMOKE_LOADED_DECISIONS = 4_000
+#: Decisions per piece: a commit() load's small batches, and commit_many(1,000)'s.
+PIECE_SIZES = (20, 1_000)
+
+
+def history_pieces(count: int, per_piece: int) -> tuple[int, list[tuple[int, bytes]]]:
+    """An earlier leader's pieces of ``count`` fresh commits, ``per_piece`` a batch, made by an
+    engine in process; and a window limit above them."""
+    clock = Clock(node=1)
+    engine = CommitEngine(None, clock, durability="external")
+    pieces: list[tuple[int, bytes]] = []
+    for first in range(1, count + 1, per_piece):
+        start = clock.now()
+        ids = range(first, min(first + per_piece, count + 1))
+        ticket, written, _ = engine.decide([Transaction(i, start, [], [b"%d" % i]) for i in ids])
+        engine.confirm(ticket)
+        pieces.extend(written)
+    return clock.last().physical + 1_000, pieces
+
+
+async def load_history(endpoint: str, count: int, per_piece: int) -> dict[str, Any]:
+    """The pieces written straight into etcd (100 keys a txn) under one term, then a second
+    term's promotion: seconds from ``promote`` returning (serving) to the history loaded."""
+    client = EtcdClient([endpoint], timeout_s=5.0)
+    prefix = f"/hlc-oracle/history-{next(RUNS)}/"
+    leader_key = f"{prefix}leader".encode()
+    try:
+        first = await leader_log(client, prefix)
+        window_limit, pieces = history_pieces(count, per_piece)
+        for i in range(0, len(pieces), 100):
+            chunk = pieces[i : i + 100]
+            await client.txn(
+                [], [put(decision_key(prefix, first.epoch, seq), data) for seq, data in chunk]
+            )
+        await client.delete(leader_key)
+        taken = await client.txn([compare_create_revision(leader_key, 0)], [put(leader_key, b"c")])
+        fence = Fence(client, Term(leader_key, b"c", taken.revision))
+        clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
+        group_commit = ClusteredGroupCommit(
+            client,
+            prefix,
+            clock,
+            CommitOptions(),
+            ServingGate(),
+            retention_s=600.0,
+            install=lambda _: None,
+            end_term=lambda reason: None,
+        )
+        await group_commit.promote(fence, window_limit)
+        started = time.perf_counter()
+        while group_commit.history_loading:
+            assert time.perf_counter() - started < 300, "the history never loaded"
+            await asyncio.sleep(0.002)
+        seconds = time.perf_counter() - started
+        await group_commit.close()
+    finally:
+        await client.close()
+    return {
+        "pieces": len(pieces),
+        "history_load_s": round(seconds, 3),
+        "decisions_per_second": round(count / seconds),
+    }
+
+
+@pytest.mark.parametrize("per_piece", PIECE_SIZES)
+def test_a_new_leaders_history_load(
+    benchmark: Any, capacity_etcd: EtcdMember, per_piece: int
+) -> None:
+    """No load beside it: the history load's own speed (``history_load_s``, from serving)."""
+    benchmark.group = "a new leader's history load"
+    count = SMOKE_LOADED_DECISIONS if benchmark.disabled else LOADED_DECISIONS
+    figures: dict[str, Any] = {}
+
+    def body() -> None:
+        figures.update(asyncio.run(load_history(capacity_etcd.endpoint, count, per_piece)))
+
+    benchmark.pedantic(body, rounds=1, iterations=1)
+    benchmark.extra_info.update(figures)
+    benchmark.extra_info["decisions"] = count

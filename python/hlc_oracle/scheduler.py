@@ -352,7 +352,7 @@ class GroupCommitScheduler:
         self._history_moved_on()
 
     def history_progressed(self) -> None:
-        """Part of the history is loaded (newest first, see ``CommitEngine.replay_piece``): the
+        """Part of the history is loaded (newest first, see ``CommitEngine.replay_pieces``): the
         held requests the engine no longer says may need it go to the front of the queue."""
         self._history_moved_on()
         with self._lock:

@@ -101,11 +101,12 @@ def test_a_new_leaders_history_loads_newest_first_without_its_own_terms_pieces(
             engine = CommitEngine(None, Clock(node=3), durability="external")
 
             def replay(
-                seq: int, data: bytes, into: list[int] = seen, engine: CommitEngine = engine
-            ) -> tuple[int, int]:
-                into.append(seq)
-                counts: tuple[int, int] = engine.replay_piece(seq, data)
-                return counts
+                page: list[tuple[int, bytes]],
+                into: list[int] = seen,
+                engine: CommitEngine = engine,
+            ) -> tuple[int, int, tuple[int, str] | None]:
+                into.extend(seq for seq, _ in page)
+                return engine.replay_pieces(page)
 
             recovered = await log.load_history(None, replay, newest_first=True)
             assert seen == [seq for _, seq in reversed(earlier)], page_keys
@@ -135,7 +136,7 @@ def test_a_deposed_leaders_pending_piece_is_refused_and_nothing_is_acknowledged(
         engine = CommitEngine(None, Clock(node=3), durability="external")
         fence = await take_leadership(client, "node-3")
         log = DecisionLog(client, PREFIX, fence)
-        await log.recover(None, engine.raise_low_watermark, engine.replay_piece)
+        await log.recover(None, engine.raise_low_watermark, engine.replay_pieces)
         assert [engine.status(n) for n in range(1, 21)] == acknowledged
         assert all(engine.status(n) is None for n in range(100, 120))
 
@@ -292,7 +293,7 @@ def test_the_quota_alarm_refuses_pieces_and_nothing_unwritten_is_acknowledged(
         # etcd refuses every put now, a campaign's too: read back under the old term's fence.
         engine = CommitEngine(None, Clock(node=2), durability="external")
         log = DecisionLog(client, PREFIX, leader.log.fence)
-        await log.recover(None, engine.raise_low_watermark, engine.replay_piece)
+        await log.recover(None, engine.raise_low_watermark, engine.replay_pieces)
         assert acknowledged
         for txn_id, answer in acknowledged.items():
             assert engine.status(txn_id) == answer
@@ -335,7 +336,7 @@ def test_three_member_etcd_losing_its_raft_leader_under_load(etcd_cluster: EtcdC
                 continue
         engine = CommitEngine(None, Clock(node=2), durability="external")
         log = DecisionLog(client, PREFIX, fence)
-        await log.recover(None, engine.raise_low_watermark, engine.replay_piece)
+        await log.recover(None, engine.raise_low_watermark, engine.replay_pieces)
         assert len(decided) >= 500, (len(decided), unavailable)
         for txn_id, answer in decided.items():
             assert engine.status(txn_id) == answer
@@ -432,9 +433,9 @@ def test_a_history_whose_newest_term_is_known_loads_the_same_pieces_without_list
         async def replayed(log: DecisionLog, checkpoint: Checkpoint | None) -> list[int]:
             seen: list[int] = []
 
-            def replay(seq: int, data: bytes) -> tuple[int, int]:
-                seen.append(seq)
-                return 0, 0
+            def replay(page: list[tuple[int, bytes]]) -> tuple[int, int, None]:
+                seen.extend(seq for seq, _ in page)
+                return 0, 0, None
 
             recovered = await log.load_history(checkpoint, replay, newest_first=True)
             assert recovered.pieces == len(seen)

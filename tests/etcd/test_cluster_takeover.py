@@ -96,14 +96,20 @@ class PausedHistory:
         self.replayed = 0
         load = DecisionLog.load_history
 
-        async def paused(log: DecisionLog, checkpoint: Any, replay_piece: Any, **kw: Any) -> Any:
-            def replay(seq: int, data: bytes) -> tuple[int, int]:
-                if self.replayed == after:
-                    self.paused.set()
-                    assert self.resume.wait(WAIT_S)
-                self.replayed += 1
-                counts: tuple[int, int] = replay_piece(seq, data)
-                return counts
+        async def paused(log: DecisionLog, checkpoint: Any, replay_pieces: Any, **kw: Any) -> Any:
+            def replay(page: list[tuple[int, bytes]]) -> tuple[int, int, Any]:
+                # One piece at a time, so that the pause falls after exactly ``after``.
+                commits = aborts = 0
+                for index, piece in enumerate(page):
+                    if self.replayed == after:
+                        self.paused.set()
+                        assert self.resume.wait(WAIT_S)
+                    self.replayed += 1
+                    committed, aborted, bad = replay_pieces([piece])
+                    commits, aborts = commits + committed, aborts + aborted
+                    if bad is not None:
+                        return commits, aborts, (index, bad[1])
+                return commits, aborts, None
 
             return await load(log, checkpoint, replay, **kw)
 

@@ -195,7 +195,7 @@ async def replay_decisions(endpoint: str, engine: CommitEngine) -> None:
         # Reading needs no leadership: a fence that is never written through.
         reader = Fence(client, Term(f"{prefix}leader".encode(), b"", 0))
         log = DecisionLog(client, prefix, reader)
-        await log.recover(None, engine.raise_low_watermark, engine.replay_piece)
+        await log.recover(None, engine.raise_low_watermark, engine.replay_pieces)
     finally:
         await client.close()
 

@@ -65,7 +65,7 @@ class Leader:
         recovered = await log.recover(
             None,
             engine.raise_low_watermark,
-            lambda seq, data: engine.replay_piece(seq, data),
+            engine.replay_pieces,
             engine.raise_forgotten_through,
         )
         return cls(log, scheduler, step), recovered

@@ -12,6 +12,7 @@ import pytest
 from hlc_oracle import (
     Clock,
     CommitEngine,
+    Committed,
     Timestamp,
     Transaction,
     TransactionMismatchError,
@@ -109,3 +110,25 @@ def test_this_release_writes_version_3_pieces_that_replay() -> None:
     for seq, data in pieces:
         assert reader.replay_piece(seq, data) == (1, 2)
     assert [reader.status(txn_id) for txn_id in (1, 2, 77)] == first
+
+
+def test_pieces_replay_a_page_at_a_time_up_to_the_first_that_does_not_decode() -> None:
+    writer = CommitEngine(None, Clock(node=3), durability="external")
+    pieces = []
+    for first in (1, 3, 5):
+        start = writer.clock.now()
+        txns = [Transaction(txn_id, start, [], [b"k%d" % txn_id]) for txn_id in (first, first + 1)]
+        ticket, written, _ = writer.decide(txns)
+        writer.confirm(ticket)
+        pieces.extend(written)
+    reader = CommitEngine(None, Clock(node=4), durability="external")
+    assert reader.replay_pieces(pieces) == (6, 0, None)
+    assert all(isinstance(reader.status(txn_id), Committed) for txn_id in range(1, 7))
+
+    # A piece that does not decode: the ones before it replay, it and those after it do not.
+    broken = [pieces[0], (pieces[1][0], b"\x09not a piece"), pieces[2]]
+    reader = CommitEngine(None, Clock(node=4), durability="external")
+    commits, aborts, bad = reader.replay_pieces(broken)
+    assert (commits, aborts) == (2, 0)
+    assert bad is not None and bad[0] == 1 and "version" in bad[1], bad
+    assert reader.status(1) is not None and reader.status(5) is None

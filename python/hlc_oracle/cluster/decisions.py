@@ -35,7 +35,8 @@ first, from a consistent snapshot (their values read in ascending ranges from th
 small ones first, so the newest pieces are in soon: the previous term's keys are known from the
 takeover's reads, consecutive seqs, and the older keys are listed, keys only, when reached; a
 read whose answer would pass gRPC's 4 MiB receive limit is made again with fewer keys; each
-piece replays in a worker thread).
+read's pieces replay in one call in a worker thread, the engine's lock let go between every
+64 KiB of them, so this term's batches never wait long for it).
 
 The rule while the history loads. Each version-3 piece records its leader's clock reading when
 it was written, at or above every start and commit timestamp in it; readings never decrease in
@@ -111,8 +112,13 @@ logger = logging.getLogger("hlc_oracle.cluster.decisions")
 
 #: Digits of the zero-padded epoch and seq in a decision key (a u64 has at most 20).
 KEY_DIGITS = 20
-#: Keys read per page at recovery: bounded memory, and each read well under etcd's limits.
-RECOVERY_PAGE_KEYS = 256
+#: Keys read per page at recovery, at most: bounded memory, and each read well under etcd's
+#: limits. Pages are also kept near ``RECOVERY_PAGE_BYTES``: many small pieces (a commit load's
+#: batches of a few dozen decisions) in one read, few large ones.
+RECOVERY_PAGE_KEYS = 4096
+#: Bytes of pieces a history read aims at (the pieces read so far give the keys per page), well
+#: under gRPC's 4 MiB receive limit.
+RECOVERY_PAGE_BYTES = 1 << 20
 #: Abort keys read per page (keys only).
 ABORT_PAGE_KEYS = 4096
 #: Default retention of decision keys; at least the clients' retry window (see config).
@@ -142,6 +148,12 @@ __all__ = [
     "decision_key",
     "parse_decision_key",
 ]
+
+
+#: Replays a page of pieces, ``(seq, data)`` in the order to replay them, as
+#: ``CommitEngine.replay_pieces`` does: ``(commits, aborts, bad)``, ``bad`` being None or the
+#: index of the first piece that does not decode and why (it and those after it not replayed).
+ReplayPieces = Callable[[list[tuple[int, bytes]]], tuple[int, int, tuple[int, str] | None]]
 
 
 class DecisionDecodeError(HlcError):
@@ -383,19 +395,20 @@ class DecisionLog:
         self,
         low_watermark: Timestamp | None,
         raise_low_watermark: Callable[[Timestamp], None],
-        replay_piece: Callable[[int, bytes], tuple[int, int]],
+        replay_pieces: ReplayPieces,
         raise_forgotten_through: Callable[[Timestamp], None] | None = None,
     ) -> Recovered:
         """Every step of a promotion at once, in order: the low watermark (the previous leader's
         window limit; ``None`` when there was none), then every piece after the checkpoint
-        replayed in key order (``replay_piece(seq, data)`` -> (commits, aborts)), read in pages
-        at one revision, then ``raise_forgotten_through(ts)`` with the checkpoint's bound on
-        trimmed decisions (a leader must pass it; a reader may not). Raises
-        :class:`DecisionDecodeError` naming a key that does not decode."""
+        replayed in key order (``replay_pieces``, a page at a time, as
+        ``CommitEngine.replay_pieces``), read in pages at one revision, then
+        ``raise_forgotten_through(ts)`` with the checkpoint's bound on trimmed decisions (a
+        leader must pass it; a reader may not). Raises :class:`DecisionDecodeError` naming a key
+        that does not decode."""
         if low_watermark is not None:
             raise_low_watermark(low_watermark)
         checkpoint = await self.read_checkpoint()
-        recovered = await self.load_history(checkpoint, replay_piece)
+        recovered = await self.load_history(checkpoint, replay_pieces)
         if raise_forgotten_through is not None and self._forgotten_through is not None:
             raise_forgotten_through(self._forgotten_through)
         return recovered
@@ -403,7 +416,7 @@ class DecisionLog:
     async def load_history(
         self,
         checkpoint: Checkpoint | None,
-        replay_piece: Callable[[int, bytes], tuple[int, int]],
+        replay_pieces: ReplayPieces,
         *,
         in_thread: bool = False,
         newest_first: bool = False,
@@ -411,8 +424,10 @@ class DecisionLog:
         """Replays every piece after ``checkpoint``, read at one revision: in key order, in
         pages; or (``newest_first``: a new leader's history, see the module docstring) the
         pieces of earlier terms in descending key order (this term's own are decided here: its
-        engine knows them). ``in_thread``: each replay in a worker thread, so that a long
-        history never holds the event loop. The pieces count for retention from now on. Raises
+        engine knows them). Each page read is replayed in one call of ``replay_pieces``
+        (``in_thread``: in a worker thread, so that a long history never holds the event loop;
+        one hop per page, not per piece, which cost more than the replay of a small piece). The
+        pieces count for retention from now on. Raises
         :class:`DecisionDecodeError` naming a key that does not decode; on any error nothing is
         counted for retention (a second attempt replays again: a replayed decision never
         replaces one the engine knows)."""
@@ -428,21 +443,23 @@ class DecisionLog:
 
         async def replay(kvs: Iterable[KeyValue]) -> None:
             nonlocal pieces, newest, commits, aborts
-            for kv in kvs:
-                epoch, seq = parse_decision_key(self.prefix, kv.key)
-                try:
-                    if in_thread:
-                        committed, aborted = await asyncio.to_thread(replay_piece, seq, kv.value)
-                    else:
-                        committed, aborted = replay_piece(seq, kv.value)
-                except HlcError as err:
-                    raise DecisionDecodeError(
-                        f"decision key {kv.key!r} does not decode: {err}: promotion stopped "
-                        "(a decision key is never skipped)"
-                    ) from err
-                commits += committed
-                aborts += aborted
-                pieces += 1
+            page = list(kvs)
+            located = [parse_decision_key(self.prefix, kv.key) for kv in page]
+            batch = [(seq, kv.value) for (_, seq), kv in zip(located, page, strict=True)]
+            if in_thread:
+                committed, aborted, bad = await asyncio.to_thread(replay_pieces, batch)
+            else:
+                committed, aborted, bad = replay_pieces(batch)
+            if bad is not None:
+                index, reason = bad
+                raise DecisionDecodeError(
+                    f"decision key {page[index].key!r} does not decode: {reason}: promotion "
+                    "stopped (a decision key is never skipped)"
+                )
+            commits += committed
+            aborts += aborted
+            pieces += len(page)
+            for epoch, seq in located:
                 newest = max(newest, seq)
                 kept.append((promoted_at, epoch, seq, None))
 
@@ -472,7 +489,7 @@ class DecisionLog:
         """The pieces in ``[start, end)`` to ``replay`` in key order, in pages at one revision
         (returned)."""
         revision = 0
-        limit = self.page_keys
+        limit = min(FIRST_PAGE_KEYS, self.page_keys)
         while start < end:
             page = await self._range_page(start, end, limit, revision)
             if page is None:
@@ -483,6 +500,7 @@ class DecisionLog:
             if not page.more or not page.kvs:
                 break
             start = page.kvs[-1].key + b"\0"
+            limit = self._next_page_keys(limit, page.kvs)
         return revision
 
     async def _replay_newest_first(
@@ -493,9 +511,9 @@ class DecisionLog:
     ) -> int:
         """The pieces in ``[start, end)`` to ``replay`` in descending key order, at one revision
         (returned): their values read in ascending ranges from the newest end,
-        ``FIRST_PAGE_KEYS`` then doubling up to ``page_keys`` (a descending range would make etcd
-        read and sort every key left for each page). The keys of the term that wrote the newest
-        pieces are known without a read when :meth:`newest_seq` found them
+        ``FIRST_PAGE_KEYS`` then doubling (:meth:`_next_page_keys`) (a descending range would
+        make etcd read and sort every key left for each page). The keys of the term that wrote
+        the newest pieces are known without a read when :meth:`newest_seq` found them
         (:attr:`newest_term`): those pieces come first, and only the older keys are listed
         (keys only), once they are reached; otherwise every key is listed first."""
         keys = self._newest_term_keys(start, end)
@@ -516,7 +534,7 @@ class DecisionLog:
                 continue
             revision = revision or values.revision
             await replay(reversed(values.kvs))
-            high, limit = low, min(limit * 2, self.page_keys)
+            high, limit = low, self._next_page_keys(limit, values.kvs)
 
     def _newest_term_keys(self, start: bytes, end: bytes) -> list[bytes]:
         """The keys of :attr:`newest_term` in ``[start, end)``, ascending ([] when unknown)."""
@@ -540,6 +558,13 @@ class DecisionLog:
                 break
             start = page.kvs[-1].key + b"\0"
         return keys, revision
+
+    def _next_page_keys(self, limit: int, kvs: tuple[KeyValue, ...]) -> int:
+        """The keys of the next page after one of ``limit`` that read ``kvs``: twice as many, at
+        most ``page_keys``, and about ``RECOVERY_PAGE_BYTES`` at these pieces' mean size."""
+        size = sum(len(kv.value) for kv in kvs)
+        fits = RECOVERY_PAGE_BYTES * len(kvs) // size if size else self.page_keys
+        return max(1, min(limit * 2, self.page_keys, fits))
 
     async def _range_page(
         self, start: bytes, end: bytes, limit: int, revision: int
@@ -730,11 +755,11 @@ class ClusteredGroupCommit:
         engine = scheduler.engine
         started = time.monotonic()
 
-        def replay(seq: int, data: bytes) -> tuple[int, int]:
-            # Each piece lowers the bound on the pieces still to load: release what it frees.
-            counts = engine.replay_piece(seq, data)
+        def replay(page: list[tuple[int, bytes]]) -> tuple[int, int, tuple[int, str] | None]:
+            # Each page lowers the bound on the pieces still to load: release what it frees.
+            replayed = engine.replay_pieces(page)
             scheduler.history_progressed()
-            return counts
+            return replayed
 
         while True:
             try:
