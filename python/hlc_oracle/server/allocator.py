@@ -16,7 +16,6 @@ C library without ``mallopt`` (not glibc) it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 #: glibc's ``mallopt`` parameters (``<malloc.h>``).
 M_TRIM_THRESHOLD = -1
@@ -32,8 +31,9 @@ def keep_freed_memory() -> bool:
     """Raises the C allocator's mmap and trim thresholds (see the module docstring); True when
     both were set, False when this C library has no ``mallopt`` or refused them."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        mallopt = libc.mallopt
+        # The process's own symbols, the C library's among them (find_library would run
+        # ldconfig: a tenth of a second at start-up).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
