@@ -65,6 +65,8 @@ Answers = list[PartResult] | BaseException
 Request = Transaction | int | tuple[int, Timestamp]
 #: A batch's parts: lists of requests, or serialized ``CommitStreamRequest`` messages.
 Parts = list[list[Request] | bytes]
+#: The largest piece by default: etcd refuses requests over 1.5 MiB by default.
+DEFAULT_MAX_BATCH_BYTES = 1 << 20
 #: Writes one piece ``(batch_seq, data)``; returns once it is durable, raises when it is not (or
 #: when its outcome is unknown).
 DecisionStore = Callable[[int, bytes], Awaitable[None]]
@@ -142,10 +144,29 @@ class LocalDurableStep:
         return None
 
 
+def external_engine(
+    clock: Clock,
+    options: CommitOptions,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    first_batch_seq: int = 1,
+) -> CommitEngine:
+    """An engine whose batches become durable outside it (:class:`ExternalDurableStep`)."""
+    return CommitEngine(
+        None,
+        clock,
+        durability="external",
+        max_batch_bytes=max_batch_bytes,
+        first_batch_seq=first_batch_seq,
+        **_engine_options(options),
+    )
+
+
 class ExternalDurableStep:
     """Clustered: each batch's records are written by ``store`` on ``loop``; see the module
     docstring. ``first_batch_seq`` continues after the pieces already stored (a new leader);
-    ``max_batch_bytes`` caps one piece (etcd refuses requests over 1.5 MiB by default)."""
+    ``max_batch_bytes`` caps one piece (etcd refuses requests over 1.5 MiB by default).
+    ``standby``: an engine built ahead (:func:`external_engine`, on the same clock and options,
+    nothing decided), used instead of a new one, its pieces numbered from ``first_batch_seq``."""
 
     def __init__(
         self,
@@ -153,9 +174,10 @@ class ExternalDurableStep:
         loop: asyncio.AbstractEventLoop,
         *,
         max_in_flight: int = 4,
-        max_batch_bytes: int = 1 << 20,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         first_batch_seq: int = 1,
         on_failure: Callable[[str], None] | None = None,
+        standby: CommitEngine | None = None,
     ) -> None:
         if not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= 64:
             raise ValueError(f"max_in_flight must be an int in 1..64, got {max_in_flight!r}")
@@ -164,6 +186,7 @@ class ExternalDurableStep:
         self.max_in_flight = max_in_flight
         self.max_batch_bytes = max_batch_bytes
         self.first_batch_seq = first_batch_seq
+        self._standby = standby
         #: Called once (from the store's loop) with the reason when a write fails: the node must
         #: stop serving.
         self.on_failure = on_failure
@@ -181,14 +204,11 @@ class ExternalDurableStep:
     ) -> CommitEngine:
         if path is not None:
             raise ValueError(f"the external durable step keeps no local log, got path={path!r}")
-        return CommitEngine(
-            None,
-            clock,
-            durability="external",
-            max_batch_bytes=self.max_batch_bytes,
-            first_batch_seq=self.first_batch_seq,
-            **_engine_options(options),
-        )
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            standby.start_batches_at(self.first_batch_seq)
+            return standby
+        return external_engine(clock, options, self.max_batch_bytes, self.first_batch_seq)
 
     def pending(self) -> int:
         """Batches decided and not yet answered."""

@@ -498,6 +498,11 @@ impl ConflictDetector {
         self.table.len() == 0
     }
 
+    /// Faults the key table in now (see `zeroed.rs`): its first batches then touch no fresh page.
+    pub fn prefault(&mut self) {
+        self.table.prefault();
+    }
+
     /// The newest forgotten commit (or the highest raised one): transactions that started at or
     /// below it are rejected as too old. `None` until something is forgotten.
     pub fn low_watermark(&self) -> Option<Timestamp> {

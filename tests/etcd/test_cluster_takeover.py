@@ -127,11 +127,11 @@ async def write_previous_release(client: Any) -> None:
 
 
 async def promote_node_2(
-    client: Any, clock: Clock, window_limit: int
+    client: Any, clock: Clock, window_limit: int, standby: bool = False
 ) -> tuple[ClusteredGroupCommit, GroupCommitScheduler | None, list[str]]:
-    """Node 2 takes the leadership and promotes its group commit above ``window_limit``: the
-    group commit, the scheduler it installed, and the reasons of the terms it ended (a list
-    that grows)."""
+    """Node 2 takes the leadership and promotes its group commit above ``window_limit`` (after
+    preparing a standby engine, as a follower does, with ``standby``): the group commit, the
+    scheduler it installed, and the reasons of the terms it ended (a list that grows)."""
     fence = await take_leadership(client, "node-2")
     installed: list[GroupCommitScheduler | None] = []
     ended: list[str] = []
@@ -145,6 +145,8 @@ async def promote_node_2(
         install=installed.append,
         end_term=ended.append,
     )
+    if standby:
+        group_commit.prepare_standby()
     await group_commit.promote(fence, window_limit)
     return group_commit, installed[-1], ended
 
@@ -328,5 +330,46 @@ def test_a_held_commit_is_answered_once_the_pieces_that_could_hold_it_are_in(
         await eventually(lambda: not group_commit.history_loading)
         assert ended == []
         await group_commit.close()
+
+    run(scenario)
+
+
+def test_a_promotion_takes_the_standby_engine_and_a_step_down_prepares_the_next(
+    etcd: EtcdMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower's standby engine (built and prefaulted ahead) is the one its promotion
+    installs, its pieces numbered on after the stored ones; stepping down prepares the next
+    standby, closing prepares none."""
+    built: list[CommitEngine] = []
+    build = decisions.external_engine
+
+    def recorded(*args: Any, **kw: Any) -> CommitEngine:
+        engine = build(*args, **kw)
+        built.append(engine)
+        return engine
+
+    monkeypatch.setattr(decisions, "external_engine", recorded)
+
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        first, answers, _ = await write_history(client)
+        newest = await first.log.newest_seq()
+        window_limit = first.scheduler.clock.last().physical + 1
+        clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
+        group_commit, scheduler, _ = await promote_node_2(client, clock, window_limit, True)
+        assert scheduler is not None and len(built) == 1
+        assert scheduler.engine is built[0] and scheduler.engine.next_batch_seq == newest + 1
+        fresh = Transaction(5 * 10**9, clock.now(), [], [b"s1"])
+        assert isinstance(await asyncio.wait_for(scheduler.submit(fresh), WAIT_S), Committed)
+        assert group_commit.log is not None
+        assert await group_commit.log.newest_seq() == newest + 1
+        await eventually(lambda: not group_commit.history_loading)
+        assert scheduler.status(1) == answers[1]
+        await group_commit.demote()
+        await eventually(lambda: len(built) == 2)  # the next term's standby
+        await group_commit.close()
+        await asyncio.sleep(0.1)
+        assert len(built) == 2
+        await client.close()
 
     run(scenario)

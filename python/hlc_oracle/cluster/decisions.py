@@ -91,7 +91,15 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 
-from hlc_oracle import MAX_LOGICAL, MAX_NODE, Clock, GroupCommitScheduler, HlcError, Timestamp
+from hlc_oracle import (
+    MAX_LOGICAL,
+    MAX_NODE,
+    Clock,
+    CommitEngine,
+    GroupCommitScheduler,
+    HlcError,
+    Timestamp,
+)
 from hlc_oracle._core import piece_requested_aborts
 from hlc_oracle.cluster.capacity import Capacity, CapacityGuard
 from hlc_oracle.cluster.etcd import (
@@ -104,7 +112,7 @@ from hlc_oracle.cluster.etcd import (
     put,
 )
 from hlc_oracle.cluster.fence import Fence, FenceError
-from hlc_oracle.durable import ExternalDurableStep
+from hlc_oracle.durable import ExternalDurableStep, external_engine
 from hlc_oracle.node.gate import ServingGate
 from hlc_oracle.scheduler import CommitOptions
 
@@ -680,6 +688,35 @@ class ClusteredGroupCommit:
         self.quota_bytes = quota_bytes
         #: This term's capacity guard, once its history is loaded.
         self.guard: CapacityGuard | None = None
+        # The next promotion's engine, built and prefaulted ahead (see prepare_standby).
+        self._standby: asyncio.Future[CommitEngine | None] | None = None
+        self._closed = False
+
+    def prepare_standby(self) -> None:
+        """Builds the next promotion's engine in a worker thread, unless one is ready or on its
+        way: its conflict table and decisions index faulted in (about 100 MiB at the default
+        sizes), so that a takeover neither builds an engine nor waits for the kernel to zero
+        fresh pages in its first replays and batches (tens to hundreds of milliseconds on a busy
+        host). A follower keeps one; a leader builds the next one when it steps down."""
+        if self._standby is None and not self._closed:
+            self._standby = asyncio.ensure_future(asyncio.to_thread(self._build_standby))
+
+    def _build_standby(self) -> CommitEngine | None:
+        engine = external_engine(self.clock, self.options)
+        engine.prefault()
+        return engine
+
+    async def _take_standby(self) -> CommitEngine | None:
+        """The standby engine (waited for if still being built), or None: none was prepared, or
+        building it failed (the promotion builds one as before)."""
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return None
+        try:
+            return await standby
+        except Exception as err:
+            logger.warning("standby engine", extra={"fields": {"error": str(err)}})
+            return None
 
     async def promote(
         self,
@@ -696,21 +733,23 @@ class ClusteredGroupCommit:
         log = DecisionLog(
             self.client, self.prefix, fence, retention_s=self.retention_s, clock=self.clock
         )
-        # Three independent reads side by side: the takeover waits for the slowest, not for the
-        # sum. The newest piece's seq is looked for in ``previous_epoch`` first (the previous
-        # leader's: two short reads), and only otherwise by a read that sorts every decision key.
-        # Each is awaited to its end; the first failure, in this order, is raised.
+        # Three independent reads side by side, and the standby engine (prepare_standby): the
+        # takeover waits for the slowest, not for the sum. The newest piece's seq is looked for
+        # in ``previous_epoch`` first (the previous leader's: two short reads), and only
+        # otherwise by a read that sorts every decision key. Each is awaited to its end; the
+        # first failure, in this order, is raised (the standby is kept for the next attempt).
         checkpoint_read = asyncio.ensure_future(log.read_checkpoint())
         aborted_read = asyncio.ensure_future(log.aborted_ids())
         newest_read = asyncio.ensure_future(log.newest_seq(previous_epoch))
-        reads = (checkpoint_read, aborted_read, newest_read)
+        standby = asyncio.ensure_future(self._take_standby())
+        reads = (checkpoint_read, aborted_read, newest_read, standby)
         try:
             await asyncio.wait(reads)
         finally:
             for read in reads:
                 read.cancel()  # only if promote itself was cancelled: none is left running
-        for read in reads:
-            read.exception()  # each failure is retrieved; the first one is raised below
+        if any(read.exception() is not None for read in reads):  # each failure is retrieved
+            self._standby = standby
         checkpoint = checkpoint_read.result()
         aborted_ids = aborted_read.result()
         newest_seq = newest_read.result()
@@ -720,6 +759,7 @@ class ClusteredGroupCommit:
             max_in_flight=MAX_IN_FLIGHT,
             first_batch_seq=newest_seq + 1,
             on_failure=self._write_failed,
+            standby=standby.result(),
         )
         scheduler = GroupCommitScheduler(None, self.clock, self.options, durable_step=step)
         engine = scheduler.engine
@@ -812,8 +852,13 @@ class ClusteredGroupCommit:
             await scheduler.aclose()
         # A failed write's block ends with its term (the node's not-leader block covers it).
         self.gate.unblock(DECISION_WRITE_BLOCK)
+        self.prepare_standby()  # for the next term
 
     async def close(self) -> None:
+        self._closed = True
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            standby.cancel()  # a build under way ends in its thread; its engine is dropped
         await self.demote()
         if self._quota_task is not None:
             self._quota_task.cancel()

@@ -207,6 +207,8 @@ class ClusterNode:
         # From now on a refusal by etcd's role or login, on any task, stops the node (at start
         # it is the start's own error).
         self.client.on_refused = self._refused
+        if self.group_commit is not None:
+            self.group_commit.prepare_standby()  # the next takeover's engine, built meanwhile
         self._task = asyncio.create_task(self._run(), name="cluster-election")
         if self.client.security.password_in_clear:
             log.warning(

@@ -168,6 +168,11 @@ impl DecisionIndex {
         })
     }
 
+    /// Faults the whole table in now (see [`ZeroedArray::prefault`]).
+    pub fn prefault(&mut self) {
+        self.slots.prefault();
+    }
+
     fn mask(&self) -> usize {
         self.slots.len() - 1
     }

@@ -199,6 +199,19 @@ impl ExternalBatches {
         }
     }
 
+    /// Numbers the pieces from `first_batch_seq` (at least 1) instead, before any was handed
+    /// out: a standby engine, built before its leader knew where the stored pieces end. Refused
+    /// (false) once a piece was handed out.
+    pub fn start_at(&mut self, first_batch_seq: u64) -> bool {
+        if self.next_seq != self.durable_through + 1 || !self.confirmed.is_empty() {
+            return false;
+        }
+        let first = first_batch_seq.max(1);
+        self.next_seq = first;
+        self.durable_through = first - 1;
+        true
+    }
+
     /// The largest piece handed out (a single larger record goes alone in its piece).
     pub fn max_batch_bytes(&self) -> usize {
         self.max_batch_bytes
@@ -397,5 +410,17 @@ mod tests {
         );
         assert_eq!(external.next_batch_seq(), 7);
         assert_eq!(external.pending_pieces(), 2);
+    }
+
+    #[test]
+    fn a_standby_starts_its_numbering_late_but_only_before_its_first_piece() {
+        let mut external = ExternalBatches::new(1, 64);
+        assert!(external.start_at(40));
+        assert!(external.start_at(41)); // still nothing handed out
+        let pieces = external.hand_out(vec![vec![2]]);
+        assert_eq!(pieces[0].0, 41);
+        assert_eq!(external.pending_pieces(), 1);
+        assert!(!external.start_at(90));
+        assert_eq!(external.next_batch_seq(), 42);
     }
 }

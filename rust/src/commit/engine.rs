@@ -236,6 +236,21 @@ impl CommitEngine {
             .map_or(0, ExternalBatches::pending_batches)
     }
 
+    /// A standby engine (external durable step, nothing decided yet) numbers its pieces from
+    /// `first_batch_seq`; false when a piece was already handed out, or the step is local.
+    pub fn start_batches_at(&mut self, first_batch_seq: u64) -> bool {
+        self.durable
+            .external_mut()
+            .is_some_and(|external| external.start_at(first_batch_seq))
+    }
+
+    /// Faults the conflict table and the decisions index in now (see `conflict/zeroed.rs`):
+    /// built ahead of need and prefaulted, an engine's first calls touch no fresh page.
+    pub fn prefault(&mut self) {
+        self.detector.prefault();
+        self.decisions.prefault();
+    }
+
     /// The sequence number the next piece will get (external durable step).
     pub fn next_batch_seq(&self) -> Option<u64> {
         self.durable.external().map(ExternalBatches::next_batch_seq)

@@ -213,6 +213,11 @@ impl KeyTable {
         })
     }
 
+    /// Faults the whole table in now (see [`ZeroedArray::prefault`]).
+    pub fn prefault(&mut self) {
+        self.buckets.prefault();
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

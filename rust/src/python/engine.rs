@@ -511,6 +511,36 @@ impl PyCommitEngine {
         Ok(self.lock()?.engine().pending_batches())
     }
 
+    /// A standby engine (durability "external", built before its leader knew where the stored
+    /// pieces end) numbers its pieces from `first_batch_seq`. `ValueError` once a piece was
+    /// handed out, or for another durability.
+    fn start_batches_at(&self, py: Python<'_>, first_batch_seq: u64) -> PyResult<()> {
+        if first_batch_seq == 0 {
+            return Err(PyValueError::new_err(
+                "first_batch_seq must be at least 1, got 0",
+            ));
+        }
+        let started = py.detach(|| {
+            Ok::<_, PyErr>(self.lock()?.engine_mut().start_batches_at(first_batch_seq))
+        })?;
+        if started {
+            return Ok(());
+        }
+        Err(PyValueError::new_err(format!(
+            "cannot number pieces from {first_batch_seq}: the engine already handed one out, or \
+             its durability is not \"external\""
+        )))
+    }
+
+    /// Faults the conflict table and the decisions index in now (the GIL released meanwhile):
+    /// an engine built ahead of need then spends nothing on fresh pages in its first calls.
+    fn prefault(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| {
+            self.lock()?.engine_mut().prefault();
+            Ok::<_, PyErr>(())
+        })
+    }
+
     /// The sequence number the next piece will get (None unless durability is "external").
     #[getter]
     fn next_batch_seq(&self) -> PyResult<Option<u64>> {
