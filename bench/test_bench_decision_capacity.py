@@ -13,7 +13,8 @@
 - ``a new leader's history load``: in process on one etcd member, 1,000,000 decisions in pieces
   of 20 (a ``commit()`` load's batches) or of 1,000, written straight into etcd under one term;
   a second term's promotion, then the seconds from serving to the history loaded, and decisions
-  replayed per second. Nothing else runs beside it.
+  replayed per second; alone, or while the new leader decides fresh commits (8 ``submit_many``
+  of 20 in flight, in the same process: the event loop and the GIL shared, as a node serves).
 """
 
 from __future__ import annotations
@@ -225,9 +226,33 @@ def history_pieces(count: int, per_piece: int) -> tuple[int, list[tuple[int, byt
     return clock.last().physical + 1_000, pieces
 
 
-async def load_history(endpoint: str, count: int, per_piece: int) -> dict[str, Any]:
+async def fresh_commits(
+    scheduler: GroupCommitScheduler, clock: Clock, first_id: int, stop: asyncio.Event
+) -> int:
+    """8 callers of ``submit_many`` of 20 fresh transactions until ``stop``: the decisions."""
+    ids = itertools.count(first_id)
+    decided = 0
+
+    async def caller() -> None:
+        nonlocal decided
+        while not stop.is_set():
+            start = clock.now()
+            group = [Transaction(i, start, [], [b"f%d" % i]) for i in itertools.islice(ids, 20)]
+            results = await scheduler.submit_many(group)
+            assert all(isinstance(r, Committed) for r in results), results[0]
+            decided += len(group)
+
+    await asyncio.gather(*(caller() for _ in range(IN_FLIGHT)))
+    return decided
+
+
+async def load_history(
+    endpoint: str, count: int, per_piece: int, beside: bool = False
+) -> dict[str, Any]:
     """The pieces written straight into etcd (100 keys a txn) under one term, then a second
-    term's promotion: seconds from ``promote`` returning (serving) to the history loaded."""
+    term's promotion: seconds from ``promote`` returning (serving) to the history loaded;
+    ``beside``: with fresh commits decided meanwhile (:func:`fresh_commits`), as a new leader
+    serves its clients."""
     client = EtcdClient([endpoint], timeout_s=5.0)
     prefix = f"/hlc-oracle/history-{next(RUNS)}/"
     leader_key = f"{prefix}leader".encode()
@@ -243,6 +268,7 @@ async def load_history(endpoint: str, count: int, per_piece: int) -> dict[str, A
         taken = await client.txn([compare_create_revision(leader_key, 0)], [put(leader_key, b"c")])
         fence = Fence(client, Term(leader_key, b"c", taken.revision))
         clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
+        installed: list[GroupCommitScheduler | None] = []
         group_commit = ClusteredGroupCommit(
             client,
             prefix,
@@ -250,15 +276,23 @@ async def load_history(endpoint: str, count: int, per_piece: int) -> dict[str, A
             CommitOptions(),
             ServingGate(),
             retention_s=600.0,
-            install=lambda _: None,
+            install=installed.append,
             end_term=lambda reason: None,
         )
         await group_commit.promote(fence, window_limit)
         started = time.perf_counter()
+        stop = asyncio.Event()
+        scheduler = installed[-1]
+        assert scheduler is not None
+        load = asyncio.ensure_future(
+            fresh_commits(scheduler, clock, count + 1, stop) if beside else asyncio.sleep(0, 0)
+        )
         while group_commit.history_loading:
             assert time.perf_counter() - started < 300, "the history never loaded"
             await asyncio.sleep(0.002)
         seconds = time.perf_counter() - started
+        stop.set()
+        fresh = await load
         await group_commit.close()
     finally:
         await client.close()
@@ -266,20 +300,23 @@ async def load_history(endpoint: str, count: int, per_piece: int) -> dict[str, A
         "pieces": len(pieces),
         "history_load_s": round(seconds, 3),
         "decisions_per_second": round(count / seconds),
+        "fresh_decided_per_second": round(fresh / seconds),
     }
 
 
+@pytest.mark.parametrize("beside", [False, True], ids=["alone", "serving"])
 @pytest.mark.parametrize("per_piece", PIECE_SIZES)
 def test_a_new_leaders_history_load(
-    benchmark: Any, capacity_etcd: EtcdMember, per_piece: int
+    benchmark: Any, capacity_etcd: EtcdMember, per_piece: int, beside: bool
 ) -> None:
-    """No load beside it: the history load's own speed (``history_load_s``, from serving)."""
+    """The history load's speed (``history_load_s``, from serving), alone or beside fresh
+    commits (``fresh_decided_per_second``)."""
     benchmark.group = "a new leader's history load"
     count = SMOKE_LOADED_DECISIONS if benchmark.disabled else LOADED_DECISIONS
     figures: dict[str, Any] = {}
 
     def body() -> None:
-        figures.update(asyncio.run(load_history(capacity_etcd.endpoint, count, per_piece)))
+        figures.update(asyncio.run(load_history(capacity_etcd.endpoint, count, per_piece, beside)))
 
     benchmark.pedantic(body, rounds=1, iterations=1)
     benchmark.extra_info.update(figures)

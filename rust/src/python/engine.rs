@@ -3,7 +3,9 @@
 //! as parts (see `commit::batch`); answers go out as the objects of `answers`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -28,6 +30,8 @@ use crate::python::requests::{item_requests, items_arg, part_data, parts_arg};
 /// Piece bytes `replay_pieces` replays under one hold of the engine lock (about 4,000 compact
 /// decisions, a few milliseconds): the writer thread's batches wait no longer than that.
 const REPLAY_LOCK_BYTES: usize = 64 * 1024;
+/// Longest a replay waits for the callers waiting on the engine lock to take it.
+const REPLAY_HANDOFF: Duration = Duration::from_millis(1);
 
 impl From<EngineError> for PyErr {
     fn from(err: EngineError) -> Self {
@@ -133,13 +137,17 @@ pub struct PyCommitEngine {
     path: Option<PathBuf>,
     /// Decoded `CommitStream` messages, refilled by later ones.
     streams: Mutex<StreamPool>,
+    /// Callers waiting for `engine`: a history replay hands the lock over to them between its
+    /// chunks (`replay_pieces`; the mutex alone would let the replay take it straight back).
+    lock_waiters: AtomicUsize,
 }
 
 impl PyCommitEngine {
     fn lock(&self) -> PyResult<MutexGuard<'_, PartsEngine>> {
-        self.engine
-            .lock()
-            .map_err(|_| HlcError::new_err("the commit engine lock is poisoned"))
+        self.lock_waiters.fetch_add(1, Ordering::Relaxed);
+        let locked = self.engine.lock();
+        self.lock_waiters.fetch_sub(1, Ordering::Relaxed);
+        locked.map_err(|_| HlcError::new_err("the commit engine lock is poisoned"))
     }
 
     /// Decodes the parts with the pool of decoded messages (taken out for the decode only).
@@ -265,6 +273,7 @@ impl PyCommitEngine {
             floor: recovery.floor.map(PyTimestamp),
             path,
             streams: Mutex::new(StreamPool::default()),
+            lock_waiters: AtomicUsize::new(0),
         })
     }
 
@@ -412,10 +421,18 @@ impl PyCommitEngine {
             let mut held_bytes = 0;
             for (index, (seq, data)) in owned.iter().enumerate() {
                 if held_bytes >= REPLAY_LOCK_BYTES {
-                    // The writer thread decides this term's requests meanwhile: let it in.
-                    drop(parts);
-                    parts = self.lock()?;
                     held_bytes = 0;
+                    if self.lock_waiters.load(Ordering::Relaxed) > 0 {
+                        // The writer thread decides this term's requests: let it in first.
+                        drop(parts);
+                        let until = Instant::now() + REPLAY_HANDOFF;
+                        while self.lock_waiters.load(Ordering::Relaxed) > 0
+                            && Instant::now() < until
+                        {
+                            std::thread::yield_now();
+                        }
+                        parts = self.lock()?;
+                    }
                 }
                 match parts.engine_mut().replay_piece(clock, *seq, data) {
                     Ok(recovery) => {
