@@ -30,13 +30,10 @@ returns its first decision; the same id with different contents raises
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import logging
-import operator
 import os
 import threading
 import time
@@ -50,8 +47,9 @@ from hlc_oracle._core import (
     Clock,
     CommitLogError,
     Committed,
+    PendingBatch,
+    PendingQueue,
     SchedulerClosedError,
-    SchedulerOverloadedError,
     StreamResult,
     Timestamp,
     Transaction,
@@ -68,7 +66,6 @@ logger = logging.getLogger("hlc_oracle.scheduler")
 
 
 _Request = Request
-_Waiter = asyncio.Future[Any] | concurrent.futures.Future[Any]
 
 #: Times a request refused at the clock's ceiling is retried although the ceiling has not risen
 #: since its batch was tried (the window was already well ahead: what the request needs is further
@@ -89,24 +86,17 @@ CeilingRaised = Callable[[BaseException | None], None]
 # What an entry holds: one request (answered with its answer), a group (answered with a list),
 # or one serialized CommitStreamRequest (answered with a StreamResult).
 _SINGLE, _GROUP, _STREAM = 0, 1, 2
-_ONLY_SINGLE: Final = frozenset((_SINGLE,))
 
 
-#: One queued submission: ``(kind, payload, size, waiter, attempts)``. A plain tuple, because one
-#: is made per caller: building it costs a fraction of an object with ``__init__``.
+#: One queued submission as the slow paths see it (a new leader's history, the clock's ceiling):
+#: ``(kind, payload, size, waiter, attempts)``. In the queue (``PendingQueue``, in Rust) and in a
+#: batch (``PendingBatch``) an entry is no Python object: ``submit`` runs no bytecode per caller.
 _Entry = tuple[int, Any, int, Any, int]
 _KIND: Final = 0
 _PAYLOAD: Final = 1
 _SIZE: Final = 2
 _WAITER: Final = 3
 _ATTEMPTS: Final = 4
-# C-level getters, so that the writer's passes over a batch (holding the GIL, which the event loop
-# wants meanwhile) run no bytecode per entry.
-_kind_of: Final = operator.itemgetter(_KIND)
-_payload_of: Final = operator.itemgetter(_PAYLOAD)
-_waiter_of: Final = operator.itemgetter(_WAITER)
-#: A loop future's loop; ``TypeError`` for any other waiter (a ``concurrent.futures.Future``).
-_loop_of: Final = asyncio.Future.get_loop
 
 
 class GroupCommitScheduler:
@@ -132,8 +122,6 @@ class GroupCommitScheduler:
         started = time.perf_counter()
         self.engine = self.durable_step.open_engine(path, self.clock, self.options)
         self._log_recovery(time.perf_counter() - started)
-        self._queue: collections.deque[_Entry] = collections.deque()
-        self._queued = 0
         #: Called (from whichever thread releases a batch: the writer, or the durable step's
         #: event loop) when the clock refused commit timestamps at its ceiling, with a callback:
         #: it must START raising the ceiling (the server extends its persisted window) and return
@@ -141,9 +129,14 @@ class GroupCommitScheduler:
         #: or with the error. It must never wait for the raise itself.
         self.on_ceiling: Callable[[CeilingRaised], None] | None = None
         self._lock = threading.Lock()
-        # Raises under way, and the requests parked until they complete.
+        self._wakeup = threading.Condition(self._lock)
+        #: Queued submissions; also counts the parked ones (see ``park``), and notifies
+        #: ``_wakeup`` when a submission finds the writer waiting.
+        self._queue = PendingQueue(self.options.max_queue, self._wakeup)
+        #: ``submit`` is the queue's (see the method below): no Python frame per call.
+        self.submit = self._queue.submit  # type: ignore[method-assign]
+        # Raises under way (the requests parked until they complete are counted by the queue).
         self._raising = 0
-        self._parked = 0
         self._ceiling_failures = 0
         self._ceiling_report_at = 0.0
         # Requests held while a new clustered leader's decision history loads (set: loaded).
@@ -153,8 +146,6 @@ class GroupCommitScheduler:
         # Bumped (and notified) at each piece of history loaded, at its end and at close.
         self._history_moved = threading.Condition(threading.Lock())
         self._history_progress = 0
-        self._wakeup = threading.Condition(self._lock)
-        self._writer_idle = False
         self._closed = False
         self._in_flight = 0
         self._thread = threading.Thread(
@@ -185,20 +176,9 @@ class GroupCommitScheduler:
     # ---- submitting -------------------------------------------------------------------------
 
     def _enqueue(self, entry: _Entry) -> None:
-        with self._lock:
-            if self._closed:
-                raise SchedulerClosedError("the group-commit scheduler is closed")
-            size = entry[_SIZE]
-            waiting = self._queued + self._parked
-            if waiting + size > self.options.max_queue:
-                raise SchedulerOverloadedError(
-                    f"the commit queue is full ({waiting} of {self.options.max_queue} "
-                    "requests waiting); retry later"
-                )
-            self._queue.append(entry)
-            self._queued += size
-            if self._writer_idle:
-                self._wakeup.notify()
+        """Queues ``entry``; ``SchedulerClosedError`` when closed, ``SchedulerOverloadedError``
+        when ``max_queue`` requests are waiting already."""
+        self._queue.put(entry)
 
     @staticmethod
     def _check_transaction(txn: object) -> None:
@@ -217,9 +197,11 @@ class GroupCommitScheduler:
 
         Queued at the call (bad input, a full queue or a closed scheduler raise there): a plain
         function returning the future, because a coroutine frame per commit costs a tenth of
-        what the whole in-process submit costs. Must be called on a running event loop."""
-        if type(txn) is not Transaction:
-            self._check_transaction(txn)
+        what the whole in-process submit costs. Must be called on a running event loop.
+
+        An instance calls its queue's ``PendingQueue.submit`` instead, which does the same in
+        Rust (no bytecode, no tuple per caller); this is its Python form."""
+        self._check_transaction(txn)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._enqueue((_SINGLE, txn, 1, future, 0))
         return future
@@ -343,10 +325,8 @@ class GroupCommitScheduler:
         go to the front of the queue."""
         with self._lock:
             held, self._history_held = self._history_held, []
-            size = sum(entry[_SIZE] for entry in held)
-            self._parked -= size
-            self._queue.extendleft(reversed(held))
-            self._queued += size
+            self._queue.park(-sum(entry[_SIZE] for entry in held))
+            self._queue.put_front(held)
             self._history_loaded.set()
             self._wakeup.notify_all()
         self._history_moved_on()
@@ -367,61 +347,51 @@ class GroupCommitScheduler:
                 return
             released = [entry for entry in self._history_held if id(entry) in ready]
             self._history_held = [e for e in self._history_held if id(e) not in ready]
-            size = sum(entry[_SIZE] for entry in released)
-            self._parked -= size
-            self._queue.extendleft(reversed(released))
-            self._queued += size
+            self._queue.park(-sum(entry[_SIZE] for entry in released))
+            self._queue.put_front(released)
             self._wakeup.notify_all()
 
-    def _hold_needing_history(self, batch: list[_Entry]) -> list[_Entry]:
+    def _hold_needing_history(self, batch: PendingBatch) -> PendingBatch:
         """The entries of ``batch`` that may be decided now; the others are held."""
-        needs = [self.engine.needs_history(entry[_PAYLOAD]) for entry in batch]
+        entries = batch.entries()
+        needs = [self.engine.needs_history(entry[_PAYLOAD]) for entry in entries]
         with self._lock:
             if self._history_loaded.is_set():  # loaded meanwhile: nothing is held any more
                 return batch
-            held = [entry for entry, wait in zip(batch, needs, strict=True) if wait]
+            held = [entry for entry, wait in zip(entries, needs, strict=True) if wait]
             self._history_held.extend(held)
-            self._parked += sum(entry[_SIZE] for entry in held)
-        return [entry for entry, wait in zip(batch, needs, strict=True) if not wait]
+            self._queue.park(sum(entry[_SIZE] for entry in held))
+        return PendingBatch([entry for entry, wait in zip(entries, needs, strict=True) if not wait])
 
     # ---- the writer thread ------------------------------------------------------------------
 
-    def _take_batch(self) -> list[_Entry] | None:
+    def _take_batch(self) -> PendingBatch | None:
         """Blocks until there is work; None when closed and drained."""
         opts = self.options
+        queue = self._queue
         with self._lock:
             # While the ceiling is being raised, new batches would only meet it too: the parked
-            # requests go first once it rose.
-            while not self._queue or self._raising:
-                if self._closed and not self._queue and not self._raising:
+            # requests go first once it rose. ``writer_waits`` tells the queue to notify the next
+            # submission, in the same step as it says whether it is empty: none is missed.
+            while True:
+                empty = queue.writer_waits()
+                if not empty and not self._raising:
+                    break
+                if self._closed and empty and not self._raising:
+                    queue.writer_woke()
                     return None
-                self._writer_idle = True
                 self._wakeup.wait()
-                self._writer_idle = False
-            if opts.max_batch_delay_us and self._queued < opts.max_batch_size:
+            if opts.max_batch_delay_us and queue.queued < opts.max_batch_size:
                 deadline = time.monotonic() + opts.max_batch_delay_us / 1e6
-                while self._queued < opts.max_batch_size and not self._closed:
+                while not self._closed:
+                    queue.writer_waits()
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    if queue.queued >= opts.max_batch_size or remaining <= 0:
                         break
-                    self._writer_idle = True
                     self._wakeup.wait(remaining)
-                    self._writer_idle = False
-            queue = self._queue
-            if self._queued <= opts.max_batch_size:  # everything queued fits: take it at once
-                batch = list(queue)
-                queue.clear()
-                self._in_flight = self._queued
-                self._queued = 0
-                return batch
-            batch = [queue.popleft()]
-            taken = batch[0][_SIZE]
-            while queue and taken + queue[0][_SIZE] <= opts.max_batch_size:
-                entry = queue.popleft()
-                batch.append(entry)
-                taken += entry[_SIZE]
-            self._queued -= taken
-            self._in_flight = taken
+            queue.writer_woke()
+            batch = queue.take(opts.max_batch_size)
+            self._in_flight = batch.size
             return batch
 
     def _run(self) -> None:
@@ -433,11 +403,11 @@ class GroupCommitScheduler:
                 return
             if not self._history_loaded.is_set():
                 batch = self._hold_needing_history(batch)
-                if not batch:
+                if not len(batch):
                     with self._lock:
                         self._in_flight = 0
                     continue
-            parts, all_single = _parts(batch)
+            parts, all_single = batch.parts()
             # The ceiling this batch is tried under: a retry after it rose is not counted.
             ceiling = self.clock.ceiling_physical
             finish = functools.partial(self._finish, batch, all_single, ceiling)
@@ -447,16 +417,29 @@ class GroupCommitScheduler:
 
     def _finish(
         self,
-        batch: list[_Entry],
+        batch: PendingBatch,
         all_single: bool,
         tried_ceiling: int | None,
         results: Answers,
     ) -> None:
         """A batch's answers may go out (called by the durable step, from any thread)."""
-        answers = _entry_answers(batch, all_single, results)
-        if self.on_ceiling is not None:
-            batch, answers = self._retry_after_ceiling(batch, answers, tried_ceiling)
-        self._deliver(batch, answers)
+        entries: list[_Entry] | None = None
+        if all_single and not isinstance(results, BaseException):
+            # One list part: one answer per entry, in order.
+            answers = cast("list[object]", results[0])
+        else:
+            entries = batch.entries()
+            answers = _entry_answers(entries, results)
+        if self.on_ceiling is not None and (
+            entries is not None or CeilingReachedError in set(map(type, answers))
+        ):
+            if entries is None:
+                entries = batch.entries()
+            kept, kept_answers = self._retry_after_ceiling(entries, answers, tried_ceiling)
+            if kept is not entries:
+                PendingBatch(kept).deliver(kept_answers)
+                return
+        batch.deliver(answers)
 
     def _retry_after_ceiling(
         self, batch: list[_Entry], answers: list[object], tried_ceiling: int | None
@@ -480,7 +463,7 @@ class GroupCommitScheduler:
         refusals = [answers[i] for i in retry]
         with self._lock:
             self._raising += 1
-            self._parked += sum(entry[_SIZE] for entry in parked)
+            self._queue.park(sum(entry[_SIZE] for entry in parked))
         completed = threading.Event()  # exactly once, whoever reports
 
         def raised(error: BaseException | None) -> None:
@@ -511,11 +494,14 @@ class GroupCommitScheduler:
         size = sum(entry[_SIZE] for entry in parked)
         with self._lock:
             self._raising -= 1
-            self._parked -= size
+            self._queue.park(-size)
             if error is None:
-                for kind, payload, entry_size, waiter, attempts in reversed(parked):
-                    self._queue.appendleft((kind, payload, entry_size, waiter, attempts + counted))
-                self._queued += size
+                self._queue.put_front(
+                    [
+                        (kind, payload, entry_size, waiter, attempts + counted)
+                        for kind, payload, entry_size, waiter, attempts in parked
+                    ]
+                )
             self._wakeup.notify_all()
         if error is not None:
             self._ceiling_failures += 1
@@ -527,39 +513,7 @@ class GroupCommitScheduler:
                     type(error).__name__,
                     error,
                 )
-            self._deliver(parked, refusals)
-
-    @staticmethod
-    def _deliver(batch: list[_Entry], answers: list[object]) -> None:
-        waiters = list(map(_waiter_of, batch))
-        # The common case: every waiter is a future of one event loop. Handed over as they are,
-        # in one wake-up of that loop, without a pair per answer.
-        try:
-            loops = set(map(_loop_of, waiters))
-        except TypeError:  # a blocking caller's waiter among them
-            loops = set()
-        if len(loops) == 1:
-            (loop,) = loops
-            # A closed loop raises RuntimeError: nobody is waiting there any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve_all, waiters, answers)
-            return
-        # Per event loop, its futures and their answers side by side (as in the common case).
-        by_loop: dict[asyncio.AbstractEventLoop, _LoopAnswers] = {}
-        for waiter, answer in zip(waiters, answers, strict=True):
-            if isinstance(waiter, asyncio.Future):
-                futures, loop_answers = by_loop.setdefault(waiter.get_loop(), ([], []))
-                futures.append(waiter)
-                loop_answers.append(answer)
-            elif isinstance(answer, BaseException):
-                waiter.set_exception(answer)
-            else:
-                waiter.set_result(answer)
-        # One wake-up per event loop and batch, not one per answer.
-        for loop, (futures, loop_answers) in by_loop.items():
-            # A closed loop raises RuntimeError: nobody is waiting there any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve_all, futures, loop_answers)
+            PendingBatch(parked).deliver(refusals)
 
     # ---- lifecycle and figures ----------------------------------------------------------------
 
@@ -574,12 +528,12 @@ class GroupCommitScheduler:
 
     def queue_length(self) -> int:
         """Requests waiting for a batch (not counting the one being written), parked ones too."""
-        return self._queued + self._parked
+        return self._queue.waiting
 
     def stats(self) -> dict[str, int | None]:
         """committed, aborted, batches, queued, in_flight, recovered_*, retained_decisions, ..."""
         figures: dict[str, int | None] = dict(self.engine.stats())
-        figures["queued"] = self._queued + self._parked
+        figures["queued"] = self._queue.waiting
         figures["in_flight"] = self._in_flight
         return figures
 
@@ -587,15 +541,16 @@ class GroupCommitScheduler:
         """Stops accepting requests, decides everything already queued, syncs. Idempotent."""
         with self._lock:
             self._closed = True
+            self._queue.close()
             self._wakeup.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         with self._lock:
             held, self._history_held = self._history_held, []
-            self._parked -= sum(entry[_SIZE] for entry in held)
+            self._queue.park(-sum(entry[_SIZE] for entry in held))
         if held:  # never decided: refused, so callers retry elsewhere
             refusal = SchedulerClosedError("the group-commit scheduler closed while taking over")
-            self._deliver(held, _entry_answers(held, False, refusal))
+            PendingBatch(held).deliver(_entry_answers(held, refusal))
         self._history_loaded.set()  # status queries waiting for it are refused
         self._history_moved_on()
         self.durable_step.drain(self.engine, timeout)
@@ -627,34 +582,10 @@ class GroupCommitScheduler:
         await self.aclose()
 
 
-def _parts(batch: list[_Entry]) -> tuple[list[list[_Request] | bytes], bool]:
-    """The batch as the engine's parts: consecutive single and group entries share one list, each
-    message is a part of its own; and whether every entry is a single request."""
-    if set(map(_kind_of, batch)) == _ONLY_SINGLE:  # the common in-process case, without the walk
-        return [list(map(_payload_of, batch))], True
-    parts: list[list[_Request] | bytes] = []
-    objects: list[_Request] | None = None
-    for kind, payload, _, _, _ in batch:
-        if kind == _STREAM:
-            parts.append(payload)
-            objects = None
-            continue
-        if objects is None:
-            objects = []
-            parts.append(objects)
-        if kind == _SINGLE:
-            objects.append(payload)
-        else:
-            objects.extend(payload)
-    return parts, False
-
-
-def _entry_answers(batch: list[_Entry], all_single: bool, results: Answers) -> list[object]:
-    """Each entry's answer, walking the parts as :func:`_parts` built them."""
+def _entry_answers(batch: list[_Entry], results: Answers) -> list[object]:
+    """Each entry's answer, walking the parts as ``PendingBatch.parts`` built them."""
     if isinstance(results, BaseException):
         return [[results] * entry[_SIZE] if entry[_KIND] == _GROUP else results for entry in batch]
-    if all_single:  # one list part: one answer per entry, in order
-        return list(cast("list[Answer]", results[0]))
     answers: list[object] = []
     part = -1
     position = 0
@@ -667,7 +598,7 @@ def _entry_answers(batch: list[_Entry], all_single: bool, results: Answers) -> l
             continue
         if objects is None:
             part += 1
-            objects = cast("list[Answer]", results[part])  # a list part, as _parts built it
+            objects = cast("list[Answer]", results[part])  # a list part, as parts() built it
             position = 0
         if kind == _SINGLE:
             answers.append(objects[position])
@@ -684,18 +615,3 @@ def _hit_ceiling(kind: int, answer: object) -> bool:
     if kind == _GROUP:
         return any(isinstance(one, CeilingReachedError) for one in answer)  # type: ignore[attr-defined]
     return isinstance(answer, StreamResult) and answer.ceiling
-
-
-#: One event loop's futures and their answers, side by side.
-_LoopAnswers = tuple[list[asyncio.Future[Any]], list[object]]
-
-
-def _resolve_all(futures: list[asyncio.Future[Any]], answers: list[object]) -> None:
-    for future, answer in zip(futures, answers, strict=True):
-        try:
-            if isinstance(answer, BaseException):
-                future.set_exception(answer)
-            else:
-                future.set_result(answer)
-        except asyncio.InvalidStateError:  # cancelled by its caller meanwhile
-            continue

@@ -3,7 +3,8 @@
 //! By concept, each leaning only on those above it: `args` (argument converters), `errors` (the
 //! exception classes), the wrappers of the core's values (`hlc`, `vclock`, `conflict`, `log`),
 //! `requests` (what the commit engine is asked) and `answers` (what it answers), then `engine`
-//! (`CommitEngine`) and `wire` (the `CommitStream` codec).
+//! (`CommitEngine`), `pending` (the group-commit scheduler's queue) and `wire` (the
+//! `CommitStream` codec).
 
 pub mod answers;
 pub mod args;
@@ -12,6 +13,7 @@ pub mod engine;
 pub mod errors;
 pub mod hlc;
 pub mod log;
+pub mod pending;
 pub mod requests;
 pub mod vclock;
 pub mod wire;
@@ -89,6 +91,9 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
         module.add(name, error)?;
     }
     module.add_class::<engine::PyCommitEngine>()?;
+    module.add_class::<pending::PyPendingQueue>()?;
+    module.add_class::<pending::PyPendingBatch>()?;
+    module.add_class::<pending::PyFutureResolution>()?;
     module.add_function(wrap_pyfunction!(wire::decode_commit_request, module)?)?;
     module.add_function(wrap_pyfunction!(wire::count_commit_request, module)?)?;
     module.add_function(wrap_pyfunction!(wire::piece_requested_aborts, module)?)?;

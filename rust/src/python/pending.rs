@@ -1,0 +1,516 @@
+//! The group-commit scheduler's queue of submissions, kept in Rust so that the per-caller work of
+//! the event loop's side runs no bytecode: `PendingQueue.submit` makes a caller's future and
+//! queues its transaction (no Python tuple per entry), and a `PendingBatch` hands a batch to the
+//! engine as its parts and resolves its waiters (one wake-up per event loop, whose futures are
+//! then resolved by one call of a `FutureResolution`, with no bytecode per future).
+//!
+//! Every method runs holding the GIL and never calls Python while holding the queue's lock. The
+//! policy (batch sizes, the batch delay, the clock ceiling, a new leader's history) stays in
+//! `hlc_oracle.scheduler`; on its slow paths an entry is the tuple
+//! `(kind, payload, size, waiter, attempts)`.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::exceptions::{PyBaseException, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyList, PyTuple, PyType};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::python::args::cast_arg;
+use crate::python::conflict::PyTransaction;
+use crate::python::errors::{HlcError, SchedulerClosedError, SchedulerOverloadedError};
+
+/// What an entry holds: one request (answered with its answer), a group of requests (answered
+/// with a list), or one serialized `CommitStreamRequest` (answered with a `StreamResult`).
+const SINGLE: u8 = 0;
+const GROUP: u8 = 1;
+const STREAM: u8 = 2;
+
+/// One queued submission.
+struct Entry {
+    kind: u8,
+    payload: Py<PyAny>,
+    size: usize,
+    /// An event loop's future, or a `concurrent.futures.Future` (a blocking caller).
+    waiter: Py<PyAny>,
+    /// The waiter's event loop; None for a blocking caller's.
+    event_loop: Option<Py<PyAny>>,
+    attempts: u32,
+}
+
+impl Entry {
+    /// An entry from its tuple `(kind, payload, size, waiter, attempts)`.
+    fn from_tuple(item: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let (kind, payload, size, waiter, attempts): (u8, Bound<'_, PyAny>, usize, _, u32) =
+            item.extract().map_err(|_| {
+                PyTypeError::new_err(
+                    "an entry must be a tuple (kind, payload, size, waiter, attempts)",
+                )
+            })?;
+        if kind > STREAM {
+            return Err(PyValueError::new_err(format!(
+                "an entry's kind must be 0, 1 or 2, got {kind}"
+            )));
+        }
+        let event_loop = waiter_loop(&waiter)?;
+        Ok(Self {
+            kind,
+            payload: payload.unbind(),
+            size,
+            waiter: waiter.unbind(),
+            event_loop,
+            attempts,
+        })
+    }
+
+    fn to_tuple<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        (
+            self.kind,
+            self.payload.clone_ref(py),
+            self.size,
+            self.waiter.clone_ref(py),
+            self.attempts,
+        )
+            .into_pyobject(py)
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.payload)?;
+        visit.call(&self.waiter)?;
+        if let Some(event_loop) = &self.event_loop {
+            visit.call(event_loop)?;
+        }
+        Ok(())
+    }
+}
+
+/// The event loop of an asyncio future (`get_loop()`), None for a `concurrent.futures.Future`.
+fn waiter_loop(waiter: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+    let py = waiter.py();
+    if waiter.is_instance(concurrent_future_type(py)?)? {
+        return Ok(None);
+    }
+    Ok(Some(waiter.call_method0(intern!(py, "get_loop"))?.unbind()))
+}
+
+fn concurrent_future_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    TYPE.import(py, "concurrent.futures", "Future")
+}
+
+fn get_running_loop(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static FUNCTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    Ok(FUNCTION
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("asyncio")?.getattr("get_running_loop")?.unbind())
+        })?
+        .bind(py))
+}
+
+fn invalid_state_error(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    TYPE.import(py, "asyncio", "InvalidStateError")
+}
+
+struct QueueState {
+    entries: VecDeque<Entry>,
+    /// Requests queued (a group counts its members).
+    queued: usize,
+    /// Requests held outside the queue (a new leader's history, the clock's ceiling): they count
+    /// against `max_queue` too.
+    parked: usize,
+    closed: bool,
+    /// The writer waits on the scheduler's condition: the next submission notifies it.
+    writer_idle: bool,
+}
+
+/// The scheduler's queue: see the module docstring. `wakeup` is the scheduler's
+/// `threading.Condition`, notified (once) when a submission finds the writer waiting.
+#[pyclass(name = "PendingQueue", module = "hlc_oracle", frozen)]
+pub struct PyPendingQueue {
+    state: Mutex<QueueState>,
+    max_queue: usize,
+    wakeup: Py<PyAny>,
+}
+
+impl PyPendingQueue {
+    fn lock(&self) -> PyResult<MutexGuard<'_, QueueState>> {
+        self.state
+            .lock()
+            .map_err(|_| HlcError::new_err("the commit queue's lock is poisoned"))
+    }
+
+    /// Queues `entry` unless closed or full; notifies a waiting writer.
+    fn push(&self, py: Python<'_>, entry: Entry) -> PyResult<()> {
+        let notify = {
+            let mut state = self.lock()?;
+            if state.closed {
+                drop(state);
+                drop(entry);
+                return Err(SchedulerClosedError::new_err(
+                    "the group-commit scheduler is closed",
+                ));
+            }
+            let waiting = state.queued + state.parked;
+            if waiting + entry.size > self.max_queue {
+                drop(state);
+                drop(entry);
+                return Err(SchedulerOverloadedError::new_err(format!(
+                    "the commit queue is full ({waiting} of {} requests waiting); retry later",
+                    self.max_queue
+                )));
+            }
+            state.queued += entry.size;
+            state.entries.push_back(entry);
+            std::mem::take(&mut state.writer_idle)
+        };
+        if notify {
+            self.notify_writer(py)?;
+        }
+        Ok(())
+    }
+
+    fn notify_writer(&self, py: Python<'_>) -> PyResult<()> {
+        let wakeup = self.wakeup.bind(py);
+        wakeup.call_method0(intern!(py, "acquire"))?;
+        let notified = wakeup.call_method0(intern!(py, "notify"));
+        wakeup.call_method0(intern!(py, "release"))?;
+        notified.map(drop)
+    }
+}
+
+#[pymethods]
+impl PyPendingQueue {
+    #[new]
+    fn py_new(max_queue: usize, wakeup: Bound<'_, PyAny>) -> Self {
+        Self {
+            state: Mutex::new(QueueState {
+                entries: VecDeque::new(),
+                queued: 0,
+                parked: 0,
+                closed: false,
+                writer_idle: false,
+            }),
+            max_queue,
+            wakeup: wakeup.unbind(),
+        }
+    }
+
+    /// Queues one transaction for the next batch and returns the running event loop's future
+    /// of its answer (what `GroupCommitScheduler.submit` does, with no bytecode).
+    fn submit<'py>(&self, txn: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = txn.py();
+        cast_arg::<PyTransaction>(txn, "txn")?;
+        let event_loop = get_running_loop(py)?.call0()?;
+        let future = event_loop.call_method0(intern!(py, "create_future"))?;
+        self.push(
+            py,
+            Entry {
+                kind: SINGLE,
+                payload: txn.clone().unbind(),
+                size: 1,
+                waiter: future.clone().unbind(),
+                event_loop: Some(event_loop.unbind()),
+                attempts: 0,
+            },
+        )?;
+        Ok(future)
+    }
+
+    /// Queues the entry `(kind, payload, size, waiter, attempts)` unless closed or full.
+    fn put(&self, entry: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.push(entry.py(), Entry::from_tuple(entry)?)
+    }
+
+    /// Puts the entries (tuples) back at the front of the queue, in their order, whether or not
+    /// it is closed or full: they were accepted before. The caller notifies the writer (it
+    /// holds the condition's lock, which is not reentrant).
+    fn put_front(&self, entries: &Bound<'_, PyAny>) -> PyResult<()> {
+        let entries = entries
+            .try_iter()?
+            .map(|item| Entry::from_tuple(&item?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut state = self.lock()?;
+        for entry in entries.into_iter().rev() {
+            state.queued += entry.size;
+            state.entries.push_front(entry);
+        }
+        Ok(())
+    }
+
+    /// Takes the next batch: everything queued when it fits in `max_size` requests, else the
+    /// first entry and those after it that still fit.
+    fn take(&self, max_size: usize) -> PyResult<PyPendingBatch> {
+        let mut state = self.lock()?;
+        let entries: Vec<Entry> = if state.queued <= max_size {
+            state.queued = 0;
+            state.entries.drain(..).collect()
+        } else {
+            let mut taken = Vec::new();
+            let mut size = 0;
+            while let Some(entry) = state.entries.pop_front() {
+                if !taken.is_empty() && size + entry.size > max_size {
+                    state.entries.push_front(entry);
+                    break;
+                }
+                size += entry.size;
+                taken.push(entry);
+            }
+            state.queued -= size;
+            taken
+        };
+        Ok(PyPendingBatch::new(entries))
+    }
+
+    /// The writer is about to wait on the condition (holding it): the next submission notifies.
+    /// Returns whether the queue is empty, decided in the same step, so that no submission
+    /// between the two goes unnoticed.
+    fn writer_waits(&self) -> PyResult<bool> {
+        let mut state = self.lock()?;
+        state.writer_idle = true;
+        Ok(state.entries.is_empty())
+    }
+
+    /// The writer is awake again.
+    fn writer_woke(&self) -> PyResult<()> {
+        self.lock()?.writer_idle = false;
+        Ok(())
+    }
+
+    /// Refuses every later submission (those queued are still taken).
+    fn close(&self) -> PyResult<()> {
+        self.lock()?.closed = true;
+        Ok(())
+    }
+
+    /// Counts `change` more (or, negative, fewer) requests held outside the queue.
+    fn park(&self, change: isize) -> PyResult<()> {
+        let mut state = self.lock()?;
+        state.parked = state.parked.saturating_add_signed(change);
+        Ok(())
+    }
+
+    /// Requests queued (a group counts its members), not counting the parked ones.
+    #[getter]
+    fn queued(&self) -> PyResult<usize> {
+        Ok(self.lock()?.queued)
+    }
+
+    /// Requests waiting: queued and parked.
+    #[getter]
+    fn waiting(&self) -> PyResult<usize> {
+        let state = self.lock()?;
+        Ok(state.queued + state.parked)
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.lock()?.entries.len())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.wakeup)?;
+        // Every holder of the lock holds the GIL, so the collector never finds it taken.
+        if let Ok(state) = self.state.try_lock() {
+            for entry in &state.entries {
+                entry.traverse(&visit)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A batch taken from a `PendingQueue` (or made of entry tuples): its parts for the engine and
+/// the delivery of its answers.
+#[pyclass(name = "PendingBatch", module = "hlc_oracle", frozen)]
+pub struct PyPendingBatch {
+    entries: Mutex<Vec<Entry>>,
+    /// Requests in the batch (a group counts its members).
+    #[pyo3(get)]
+    size: usize,
+}
+
+impl PyPendingBatch {
+    fn new(entries: Vec<Entry>) -> Self {
+        let size = entries.iter().map(|entry| entry.size).sum();
+        Self {
+            entries: Mutex::new(entries),
+            size,
+        }
+    }
+
+    fn lock(&self) -> PyResult<MutexGuard<'_, Vec<Entry>>> {
+        self.entries
+            .lock()
+            .map_err(|_| HlcError::new_err("a commit batch's lock is poisoned"))
+    }
+}
+
+#[pymethods]
+impl PyPendingBatch {
+    /// A batch of the entries (tuples `(kind, payload, size, waiter, attempts)`).
+    #[new]
+    fn py_new(entries: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let entries = entries
+            .try_iter()?
+            .map(|item| Entry::from_tuple(&item?))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Self::new(entries))
+    }
+
+    /// The entries as tuples `(kind, payload, size, waiter, attempts)`.
+    fn entries<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let entries = self.lock()?;
+        let tuples = entries
+            .iter()
+            .map(|entry| entry.to_tuple(py))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, tuples)
+    }
+
+    /// The batch as the engine's parts (consecutive single and group entries share one list,
+    /// each message is a part of its own), and whether every entry is a single request.
+    fn parts<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, bool)> {
+        let entries = self.lock()?;
+        let all_single = entries.iter().all(|entry| entry.kind == SINGLE);
+        let parts = PyList::empty(py);
+        let mut objects: Option<Bound<'py, PyList>> = None;
+        for entry in entries.iter() {
+            if entry.kind == STREAM {
+                parts.append(entry.payload.bind(py))?;
+                objects = None;
+                continue;
+            }
+            let list = match &objects {
+                Some(list) => list,
+                None => {
+                    let list = PyList::empty(py);
+                    parts.append(&list)?;
+                    objects.insert(list)
+                }
+            };
+            if entry.kind == GROUP {
+                for request in entry.payload.bind(py).try_iter()? {
+                    list.append(request?)?;
+                }
+            } else {
+                list.append(entry.payload.bind(py))?;
+            }
+        }
+        Ok((parts, all_single))
+    }
+
+    /// Hands each waiter its answer (`answers` in the batch's order; an exception instance is
+    /// set as the waiter's exception): a blocking caller's at once, an event loop's futures in
+    /// one `call_soon_threadsafe` per loop. A closed loop is skipped (nobody waits there).
+    fn deliver(&self, py: Python<'_>, answers: &Bound<'_, PyAny>) -> PyResult<()> {
+        let entries = std::mem::take(&mut *self.lock()?);
+        let count = answers.len()?;
+        if count != entries.len() {
+            return Err(PyValueError::new_err(format!(
+                "a batch of {} entries got {count} answers",
+                entries.len()
+            )));
+        }
+        // (loop, its futures and their answers): nearly always one loop.
+        let mut by_loop: Vec<(Py<PyAny>, Vec<FutureAnswer>)> = Vec::new();
+        for (entry, answer) in entries.into_iter().zip(answers.try_iter()?) {
+            let answer = answer?;
+            let Some(event_loop) = entry.event_loop else {
+                set_answer(entry.waiter.bind(py), &answer)?;
+                continue;
+            };
+            let pair = (entry.waiter, answer.unbind());
+            match by_loop
+                .iter_mut()
+                .find(|(known, _)| known.as_ptr() == event_loop.as_ptr())
+            {
+                Some((_, pairs)) => pairs.push(pair),
+                None => by_loop.push((event_loop, vec![pair])),
+            }
+        }
+        for (event_loop, pairs) in by_loop {
+            let resolution = Bound::new(
+                py,
+                PyFutureResolution {
+                    pairs: Mutex::new(pairs),
+                },
+            )?;
+            let scheduled = event_loop
+                .bind(py)
+                .call_method1(intern!(py, "call_soon_threadsafe"), (resolution,));
+            match scheduled {
+                Ok(_) => {}
+                // A closed loop raises RuntimeError: nobody is waiting there any more.
+                Err(err) if err.is_instance_of::<pyo3::exceptions::PyRuntimeError>(py) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.lock()?.len())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(entries) = self.entries.try_lock() {
+            for entry in entries.iter() {
+                entry.traverse(&visit)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `waiter.set_exception(answer)` for an exception instance, else `waiter.set_result(answer)`.
+fn set_answer(waiter: &Bound<'_, PyAny>, answer: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = waiter.py();
+    let method = if answer.is_instance_of::<PyBaseException>() {
+        intern!(py, "set_exception")
+    } else {
+        intern!(py, "set_result")
+    };
+    waiter.call_method1(method, (answer,)).map(drop)
+}
+
+/// A future and its answer.
+type FutureAnswer = (Py<PyAny>, Py<PyAny>);
+
+/// One event loop's futures and their answers, resolved by calling it (on that loop).
+#[pyclass(name = "FutureResolution", module = "hlc_oracle", frozen)]
+pub struct PyFutureResolution {
+    pairs: Mutex<Vec<FutureAnswer>>,
+}
+
+#[pymethods]
+impl PyFutureResolution {
+    /// Sets each future's answer; a future cancelled by its caller meanwhile is skipped. Any
+    /// other error is raised after the rest were resolved.
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let pairs = match self.pairs.lock() {
+            Ok(mut pairs) => std::mem::take(&mut *pairs),
+            Err(_) => return Err(HlcError::new_err("a resolution's lock is poisoned")),
+        };
+        let mut first_error = None;
+        for (future, answer) in pairs {
+            if let Err(err) = set_answer(future.bind(py), answer.bind(py)) {
+                if !err.is_instance(py, invalid_state_error(py)?) && first_error.is_none() {
+                    first_error = Some(err);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(pairs) = self.pairs.try_lock() {
+            for (future, answer) in pairs.iter() {
+                visit.call(future)?;
+                visit.call(answer)?;
+            }
+        }
+        Ok(())
+    }
+}
