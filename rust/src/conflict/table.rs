@@ -133,9 +133,17 @@ impl Bucket {
     /// after every other commit of the bucket (the common case: commits arrive in order).
     #[inline(always)]
     fn shift_in_newest(&mut self, at: usize, occupied: usize, tag: Tag, commit: Timestamp) {
-        self.short.copy_within(at + 1..occupied, at);
-        self.rest_node.copy_within(at + 1..occupied, at);
-        self.commits.copy_within(at + 1..occupied, at);
+        if at == 0 && occupied == SLOTS {
+            // A full bucket's oldest makes room, the steady state of a full table: moves of a
+            // fixed length, a few vector instructions instead of three `memmove` calls.
+            self.short.copy_within(1.., 0);
+            self.rest_node.copy_within(1.., 0);
+            self.commits.copy_within(1.., 0);
+        } else {
+            self.short.copy_within(at + 1..occupied, at);
+            self.rest_node.copy_within(at + 1..occupied, at);
+            self.commits.copy_within(at + 1..occupied, at);
+        }
         self.short[occupied - 1] = tag.short;
         self.rest_node[occupied - 1] = tag.rest << 16 | u32::from(commit.node());
         self.commits[occupied - 1] = commit.packed();
@@ -159,9 +167,12 @@ impl Bucket {
         while at > 0 && self.commit(at - 1) > commit {
             at -= 1;
         }
-        self.short.copy_within(at..occupied, at + 1);
-        self.rest_node.copy_within(at..occupied, at + 1);
-        self.commits.copy_within(at..occupied, at + 1);
+        // Commits mostly arrive in order: the new one goes last, and nothing moves.
+        if at < occupied {
+            self.short.copy_within(at..occupied, at + 1);
+            self.rest_node.copy_within(at..occupied, at + 1);
+            self.commits.copy_within(at..occupied, at + 1);
+        }
         self.short[at] = tag.short;
         self.rest_node[at] = tag.rest << 16 | u32::from(commit.node());
         self.commits[at] = commit.packed();
