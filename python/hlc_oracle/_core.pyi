@@ -5,7 +5,7 @@ import enum
 import os
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, ClassVar, Final, TypedDict, final
+from typing import Any, ClassVar, Final, TypedDict, final, overload
 
 __all__ = [
     "COMMIT_DEFAULTS",
@@ -543,7 +543,10 @@ class CommitResults:
 
     def __new__(cls, data: bytes) -> CommitResults: ...
     def __len__(self) -> int: ...
+    @overload
     def __getitem__(self, index: int, /) -> Committed | Aborted | tuple[int, int, str]: ...
+    @overload
+    def __getitem__(self, index: slice, /) -> CommitResults: ...
     @property
     def committed(self) -> int: ...
     @property

@@ -134,8 +134,43 @@ def test_concurrent_calls_pipeline_on_the_stream_and_answer_their_own(
             for batch, results in zip(batches, answers, strict=True):
                 assert all(isinstance(r, Committed) for r in results), results
                 assert [r.txn_id for r in results] == [t.txn_id for t in batch]  # type: ignore[union-attr]
-            # Every batch was its own message, not merged with commit()'s callers.
+            # Batches merge with each other, never with commit()'s callers.
             assert client.commit_batches == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_with_a_wrong_element_fails_alone_among_merged_ones(
+    oracle: OracleProcess,
+) -> None:
+    """Concurrent calls, one message in flight at a time: the calls that wait go out merged,
+    and the one whose list holds something other than a ``Transaction`` raises ``TypeError``
+    naming it, without failing the others."""
+
+    async def scenario() -> None:
+        async with AsyncOracleClient(oracle.target, commit_many_in_flight=1) as client:
+            start = await client.get_timestamp()
+            batches: list[list[object]] = [
+                [
+                    Transaction(200_000 + 100 * b + i, start, [], [b"w%d/%d" % (b, i)])
+                    for i in range(50)
+                ]
+                for b in range(6)
+            ]
+            batches[3][7] = "not a transaction"
+            answers = await asyncio.gather(
+                *(client.commit_many(batch) for batch in batches),  # type: ignore[arg-type]
+                return_exceptions=True,
+            )
+            wrong = answers.pop(3)
+            assert isinstance(wrong, TypeError) and "txns[7] must be a Transaction, got str" in str(
+                wrong
+            ), wrong
+            batches.pop(3)
+            for batch, results in zip(batches, answers, strict=True):
+                assert isinstance(results, CommitManyResults)
+                assert results == [await client.transaction_status(t.txn_id) for t in batch]  # type: ignore[attr-defined]
+                assert results.committed == len(batch)
 
     asyncio.run(scenario())
 
@@ -156,7 +191,8 @@ def test_concurrent_calls_are_in_flight_together(
             with concurrent.futures.ThreadPoolExecutor(len(batches)) as pool:
                 calls = [pool.submit(client.commit_many, batch) for batch in batches]
                 # The server decides every batch while no answer reaches the client: the four
-                # messages were in flight together on the client's stream.
+                # batches were in flight together on the client's streams (two messages at
+                # once, then, as those go unanswered, held slots for the others).
                 deadline = time.monotonic() + 20
                 while any(direct.transaction_status(b[-1].txn_id) is None for b in batches):
                     assert time.monotonic() < deadline, "not every batch reached the server"

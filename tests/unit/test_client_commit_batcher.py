@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from hlc_oracle import Clock, Committed, GroupCommitScheduler, Timestamp, Transaction
+from hlc_oracle._core import encode_commit_request
 from hlc_oracle.client import CommitBatcher, OracleTimeoutError, commit_streams
 from hlc_oracle.client.wire import CommitAnswers
 
@@ -37,7 +38,10 @@ class HoldingNode:
         self.held = 0
 
     async def send(
-        self, transactions: list[Transaction], retrying: Callable[[], None]
+        self,
+        transactions: list[Transaction],
+        retrying: Callable[[], None],
+        message: bytes | None = None,
     ) -> CommitAnswers:
         self.sent.append([txn.txn_id for txn in transactions])
         await asyncio.sleep(0.001)
@@ -119,8 +123,72 @@ def test_at_most_twice_the_slots_are_in_flight(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_concurrent_batches_go_out_merged_each_caller_answered_its_own_part(
+    tmp_path: Path,
+) -> None:
+    """``submit_many``: while a message is in flight (one slot), the batches that arrive go out
+    together in the next message, their encodings joined; each caller gets the answers of its
+    own batch, in order. A caller cancelled while it waited is left out of the message; the
+    byte limit starts a new message."""
+    clock = Clock(node=1)
+
+    async def main() -> None:
+        async with GroupCommitScheduler(tmp_path, clock) as scheduler:
+            start = clock.now()
+            node = HoldingNode(scheduler, Timestamp(0, 0, 0))
+            encoded: list[bytes | None] = []
+
+            async def send(
+                transactions: list[Transaction], retrying: Callable[[], None], message: bytes | None
+            ) -> CommitAnswers:
+                encoded.append(message)
+                assert message == encode_commit_request(transactions)
+                return await node.send(transactions, retrying, message)
+
+            limit = [1 << 20]
+            batcher = CommitBatcher(
+                send, max_batch=10_000, max_in_flight=1, max_bytes=lambda: limit[0]
+            )
+
+            def batch(first: int, count: int) -> list[Transaction]:
+                return [
+                    Transaction(n, start, [], [b"m/%d" % n]) for n in range(first, first + count)
+                ]
+
+            def submit(txns: list[Transaction]) -> asyncio.Future[CommitAnswers]:
+                return batcher.submit_many(txns, encode_commit_request(txns))
+
+            batches = [batch(1 + 100 * b, 10 + b) for b in range(5)]
+            futures = [submit(txns) for txns in batches]
+            futures[3].cancel()
+            answers = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), WAIT_S
+            )
+            # The first alone (the slot was free), then the others but the cancelled one, merged.
+            assert node.sent == [
+                [t.txn_id for t in batches[0]],
+                [t.txn_id for b in (1, 2, 4) for t in batches[b]],
+            ]
+            for b in (0, 1, 2, 4):
+                assert [a.txn_id for a in answers[b]] == [t.txn_id for t in batches[b]]
+                assert all(isinstance(a, Committed) for a in answers[b])
+            assert isinstance(answers[3], asyncio.CancelledError)
+            # A byte limit under two batches' size: each goes on its own.
+            limit[0] = len(encode_commit_request(batches[0])) + 10
+            node.sent.clear()
+            more = [batch(1000 + 100 * b, 10) for b in range(3)]
+            answers = await asyncio.wait_for(asyncio.gather(*map(submit, more)), WAIT_S)
+            assert node.sent == [[t.txn_id for t in txns] for txns in more]
+            assert [len(a) for a in answers] == [10, 10, 10]
+            await batcher.close()
+
+    asyncio.run(main())
+
+
 def test_held_after_must_be_positive() -> None:
-    async def send(transactions: list[Transaction], retrying: Callable[[], None]) -> CommitAnswers:
+    async def send(
+        transactions: list[Transaction], retrying: Callable[[], None], message: bytes | None
+    ) -> CommitAnswers:
         raise AssertionError("not called")
 
     with pytest.raises(ValueError, match="held_after_s must be above 0"):

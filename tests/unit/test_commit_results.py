@@ -49,6 +49,26 @@ def test_the_items_are_those_of_the_eager_decoder_and_counts_build_none() -> Non
     assert len(CommitResults(b"")) == 0
 
 
+def test_a_slice_is_the_results_of_a_part_built_when_asked_for() -> None:
+    """A slice of ``CommitResults`` (each caller's part of a merged message) is a
+    ``CommitResults`` over the same bytes, with its own counts."""
+    data = response()
+    results = CommitResults(data)
+    expected = decode_commit_results(data)
+    for part in (slice(1, 3), slice(0, 4), slice(2, None), slice(None, None, 2), slice(3, 0, -1)):
+        sliced = results[part]
+        assert isinstance(sliced, CommitResults)
+        assert list(sliced) == expected[part]
+        assert sliced.txn_ids() == [
+            r.txn_id if not isinstance(r, tuple) else r[0] for r in expected[part]
+        ]
+    assert (results[1:3].committed, results[1:3].refused) == (0, 1)
+    assert (results[:1].committed, results[3:].committed) == (1, 1)
+    assert len(results[4:]) == 0 and len(results[9:2]) == 0
+    with pytest.raises(TypeError, match="indices must be integers or slices, not str"):
+        results["1"]  # type: ignore[call-overload]
+
+
 def test_commit_many_results_turn_refusals_into_errors_when_asked() -> None:
     results = CommitManyResults(CommitResults(response()))
     assert isinstance(results, Sequence) and len(results) == 4

@@ -12,7 +12,8 @@
 - ``commit(txn)`` calls made concurrently are merged the same way (:class:`CommitBatcher`: one
   ``CommitStream`` message carries every waiting caller's transaction); ``abort(txn_id)`` and
   ``transaction_status(txn_id)`` are unary. ``commit_many(txns)`` sends many transactions in
-  one call (one or a few ``CommitStream`` messages) and returns their results in order.
+  one call (one or a few ``CommitStream`` messages) and returns their results in order;
+  concurrent calls are merged into shared messages the same way.
 - Every call has a timeout that bounds it end to end; within it, calls wait for the channel to
   connect, and ``UNAVAILABLE`` and lost connections are retried (commits with the same id).
   Failures raise :class:`OracleError` (or a subclass) carrying the gRPC status code.

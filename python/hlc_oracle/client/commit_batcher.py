@@ -1,4 +1,5 @@
-"""Merging concurrent ``commit()`` calls into ``CommitStream`` messages (:class:`CommitBatcher`)."""
+"""Merging concurrent ``commit()`` calls, or concurrent ``commit_many()`` calls, into
+``CommitStream`` messages (:class:`CommitBatcher`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -13,15 +15,26 @@ from hlc_oracle import Transaction
 from hlc_oracle.client.errors import OracleError, OracleUnavailableError
 from hlc_oracle.client.wire import CommitAnswer, CommitAnswers
 
+#: A caller waiting for a message: its transaction (or its batch's list of them), its future,
+#: and its batch already encoded (None: encoded with the rest of the message).
+_Entry = tuple[Transaction | list[Transaction], "asyncio.Future[Any]", bytes | None]
+
+#: The ``send`` of a :class:`CommitBatcher`: a message's transactions, the callback to call
+#: before a second attempt, and the message when every caller's part came encoded.
+Send = Callable[[list[Transaction], Callable[[], None], bytes | None], Awaitable[CommitAnswers]]
+
 
 class CommitBatcher:
-    """Merges concurrent :meth:`submit` calls into ``CommitStream`` messages.
+    """Merges concurrent :meth:`submit` calls (one transaction each) or :meth:`submit_many`
+    calls (a batch each) into ``CommitStream`` messages.
 
     Callers that arrive while ``max_in_flight`` messages are in flight queue; as soon as one
-    returns, all queued callers (up to ``max_batch``) go out in the next message, which the
-    server's group commit then decides together. Each caller gets the result of its own
-    transaction; a failed message fails every caller in it. Resending is safe: a decided id gets
-    its first decision back.
+    returns, all queued callers (up to ``max_batch`` transactions and ``max_bytes()`` encoded
+    bytes, at least one caller) go out in the next message, which the server's group commit then
+    decides together. Each caller gets the result of its own transaction, or the results of its
+    batch (a slice of the message's, nothing built); a failed message fails every caller in it.
+    A caller cancelled before its message went out is left out of it. Resending is safe: a
+    decided id gets its first decision back.
 
     A message that is being sent again (a node refused it, or its answer was lost: ``send``
     calls the callback it is given before its second attempt), or that is still unanswered
@@ -35,10 +48,11 @@ class CommitBatcher:
 
     def __init__(
         self,
-        send: Callable[[list[Transaction], Callable[[], None]], Awaitable[CommitAnswers]],
+        send: Send,
         max_batch: int = 512,
         max_in_flight: int = 2,
         held_after_s: float = 0.25,
+        max_bytes: Callable[[], int] | None = None,
     ) -> None:
         if max_batch < 1 or max_in_flight < 1:
             raise ValueError(
@@ -50,9 +64,8 @@ class CommitBatcher:
         self._send = send
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
-        self._waiting: collections.deque[tuple[Transaction, asyncio.Future[CommitAnswer]]] = (
-            collections.deque()
-        )
+        self._max_bytes = max_bytes
+        self._waiting: collections.deque[_Entry] = collections.deque()
         self._in_flight: set[asyncio.Task[None]] = set()
         # Messages held or retrying, in the held slots (see the class).
         self._held: set[asyncio.Task[None]] = set()
@@ -60,16 +73,48 @@ class CommitBatcher:
         self._closed = False
 
     def submit(self, transaction: Transaction) -> asyncio.Future[CommitAnswer]:
+        """The future of ``transaction``'s answer."""
         future: asyncio.Future[CommitAnswer] = asyncio.get_running_loop().create_future()
-        self._waiting.append((transaction, future))
+        self._waiting.append((transaction, future, None))
         self._dispatch()
         return future
+
+    def submit_many(
+        self, transactions: list[Transaction], message: bytes
+    ) -> asyncio.Future[CommitAnswers]:
+        """The future of the answers of ``transactions`` (encoded as ``message``), in order."""
+        future: asyncio.Future[CommitAnswers] = asyncio.get_running_loop().create_future()
+        self._waiting.append((transactions, future, message))
+        self._dispatch()
+        return future
+
+    def _take(self) -> list[_Entry]:
+        """The waiting callers of the next message (see the class); empty when every one waiting
+        was cancelled."""
+        waiting = self._waiting
+        limit = self._max_bytes() if self._max_bytes is not None else None
+        batch: list[_Entry] = []
+        count = size = 0
+        while waiting:
+            item, future, message = waiting[0]
+            more = len(item) if type(item) is list else 1
+            grown = size + len(message) if message is not None else size
+            if batch and (count + more > self._max_batch or (limit is not None and grown > limit)):
+                break
+            waiting.popleft()
+            if future.done():  # cancelled while it waited: not sent
+                continue
+            batch.append((item, future, message))
+            count += more
+            size = grown
+        return batch
 
     def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiting and len(self._in_flight) < self._max_in_flight:
-            size = min(len(self._waiting), self._max_batch)
-            batch = [self._waiting.popleft() for _ in range(size)]
+            batch = self._take()
+            if not batch:
+                return
             self.batches += 1
             task = loop.create_task(self._run(batch))
             self._in_flight.add(task)
@@ -88,15 +133,27 @@ class CommitBatcher:
         else:  # every held slot is taken: look again later
             asyncio.get_running_loop().call_later(self._held_after_s, self._hold, task)
 
-    async def _run(self, batch: list[tuple[Transaction, asyncio.Future[CommitAnswer]]]) -> None:
+    async def _run(self, batch: list[_Entry]) -> None:
         task = asyncio.current_task()
+        transactions: list[Transaction] = []
+        parts: list[bytes] = []
+        for item, _, message in batch:
+            if type(item) is list:
+                transactions += item
+            else:
+                transactions.append(item)  # type: ignore[arg-type]
+            if message is not None:
+                parts.append(message)
+        # Every caller's part encoded: the message is their concatenation (a request's
+        # transactions are a repeated field, so encodings join as they are).
+        encoded = None
+        if len(parts) == len(batch):
+            encoded = parts[0] if len(parts) == 1 else b"".join(parts)
         try:
-            results = await self._send(
-                [transaction for transaction, _ in batch], lambda: self._hold(task)
-            )
+            results = await self._send(transactions, lambda: self._hold(task), encoded)
         except BaseException as err:  # every caller of the message must hear about it
             cancelled = isinstance(err, asyncio.CancelledError)
-            for _, future in batch:
+            for _, future, _ in batch:
                 # A cancellation (the client closing, asyncio.run ending) cancels the callers'
                 # futures: an exception set on them may never be retrieved, and asyncio says so.
                 if cancelled:
@@ -106,23 +163,47 @@ class CommitBatcher:
             if cancelled:
                 raise
         else:
-            if len(results) != len(batch):
+            if len(results) != len(transactions):
                 error = OracleError(
                     grpc.StatusCode.INTERNAL,
-                    f"the server answered {len(results)} results for {len(batch)} transactions",
+                    f"the server answered {len(results)} results for {len(transactions)} "
+                    "transactions",
                 )
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(error)
                 return
-            for position, (_, future) in enumerate(batch):
+            if len(batch) == 1 and type(batch[0][0]) is list:
+                future = batch[0][1]
                 if not future.done():
-                    future.set_result(results[position])
+                    future.set_result(results)  # one batch alone: its answers as they came
+                return
+            position = 0
+            for item, future, _ in batch:
+                if type(item) is list:
+                    end = position + len(item)
+                    answer: Any = results[position:end]
+                    position = end
+                else:
+                    answer = results[position]
+                    position += 1
+                if not future.done():
+                    future.set_result(answer)
         finally:
-            self._in_flight.discard(task)
-            self._held.discard(task)
-            if not self._closed:
-                self._dispatch()
+            if self._closed:
+                self._in_flight.discard(task)
+                self._held.discard(task)
+            else:
+                # The slot frees on the loop's next turn: the callers this message answered run
+                # first, and those that come straight back join the next message instead of one
+                # of them taking the slot alone.
+                asyncio.get_running_loop().call_soon(self._release, task)
+
+    def _release(self, task: asyncio.Task[None] | None) -> None:
+        self._in_flight.discard(task)
+        self._held.discard(task)
+        if not self._closed:
+            self._dispatch()
 
     async def close(self) -> None:
         self._closed = True
@@ -132,6 +213,6 @@ class CommitBatcher:
                 await task
         error = OracleUnavailableError(grpc.StatusCode.CANCELLED, "client closed")
         while self._waiting:
-            _, future = self._waiting.popleft()
+            _, future, _ = self._waiting.popleft()
             if not future.done():
                 future.set_exception(error)

@@ -10,9 +10,17 @@ refused again to the next leader. This module adds only what a batch needs on to
 check, and the result, :class:`CommitManyResults`, a sequence that builds each transaction's
 result when it is asked for (a ``Committed``, an ``Aborted``, or the error of a refused
 transaction, so one bad transaction does not fail the others): a caller pays for the results it
-touches. Concurrent ``commit_many`` calls each send their own message on the one pipelined
-stream, so several messages are in flight at once; they bypass ``commit()``'s merging, which
-would only add a future per transaction.
+touches.
+
+Concurrent ``commit_many`` calls are merged by messages, as ``commit()`` calls are by
+transactions (a :class:`~hlc_oracle.client.commit_batcher.CommitBatcher` of their own, with a
+future per call, not per transaction): up to ``commit_many_in_flight`` messages (2 by default)
+go out at once, pipelined on the stream, and the calls that arrive meanwhile go out together in
+the next message (their encodings joined, up to 8,192 transactions and the merged-message byte
+limit), each caller getting its own part of the answer. Each message costs about 180 µs of the
+client's CPU (grpc's threads, wake-ups, the kernel), and the server's too, whatever its size: 8
+callers of 1,000 send messages of about 4,000 instead of 1,000. A message held or being sent
+again leaves its slot to new calls, as for ``commit()``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ full method paths of the two services.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, overload
 
 from hlc_oracle import Aborted, Committed, HlcError, Timestamp, TimestampRange, Transaction
 from hlc_oracle._core import decode_commit_result
@@ -61,10 +61,14 @@ CommitAnswer = Committed | Aborted | tuple[int, int, str] | HlcError
 
 class CommitAnswers(Protocol):
     """A message's answers, in order: a list, or the :class:`~hlc_oracle._core.CommitResults` a
-    response decodes into (each answer built when it is asked for)."""
+    response decodes into (each answer built when it is asked for; a slice is the answers of a
+    part of the message, nothing built)."""
 
     def __len__(self) -> int: ...
+    @overload
     def __getitem__(self, index: int, /) -> CommitAnswer: ...
+    @overload
+    def __getitem__(self, index: slice, /) -> CommitAnswers: ...
 
 
 def answer_list(answers: CommitAnswers) -> list[CommitAnswer]:

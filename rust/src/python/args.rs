@@ -126,7 +126,11 @@ pub(crate) fn optional_cast_arg<'a, 'py, T: PyTypeInfo>(
 
 #[cold]
 #[inline(never)]
-fn wrong_type<T: PyTypeInfo>(value: &Bound<'_, PyAny>, field: &str, also: &str) -> PyErr {
+pub(crate) fn wrong_type<T: PyTypeInfo>(
+    value: &Bound<'_, PyAny>,
+    field: &str,
+    also: &str,
+) -> PyErr {
     let expected = class_name(&T::type_object(value.py()));
     let article = if expected.starts_with(['A', 'E', 'I', 'O', 'U']) {
         "an"

@@ -4,13 +4,13 @@
 
 use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyList, PySlice};
 
 use crate::commit::wire::{self, IndexedResult, WireError, WireResult};
 use crate::commit::{AbortReason, Outcome};
 use crate::conflict::{KeySet, Transaction};
 use crate::python::answers::{outcome_object, PyAborted, PyCommitted};
-use crate::python::args::{list_arg, type_name};
+use crate::python::args::{list_arg, type_name, wrong_type};
 use crate::python::conflict::PyTransaction;
 use crate::python::errors::{CommitLogCorruptError, InvalidTransactionError};
 use crate::timestamp::Timestamp;
@@ -87,9 +87,11 @@ pub fn encode_commit_request<'py>(
     py: Python<'py>,
     txns: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let txns = list_arg::<PyTransaction>(txns, "txns")?;
     let mut out = Vec::new();
-    for (index, txn) in txns.iter().enumerate() {
+    let mut put = |index: usize, item: &Bound<'py, PyAny>, count: usize| -> PyResult<()> {
+        let txn = item
+            .cast::<PyTransaction>()
+            .map_err(|_| wrong_type::<PyTransaction>(item, &format!("txns[{index}]"), ""))?;
         let txn = &txn.get().0;
         wire::encode_transaction(
             &mut out,
@@ -100,7 +102,20 @@ pub fn encode_commit_request<'py>(
         );
         if index == 0 {
             // Room for the rest at about the first one's size: no regrowth in the usual case.
-            out.reserve(out.len().saturating_mul(txns.len()));
+            out.reserve(out.len().saturating_mul(count));
+        }
+        Ok(())
+    };
+    if let Ok(list) = txns.cast::<PyList>() {
+        // The common argument: read in place, without an iterator or a vector of references.
+        let count = list.len();
+        for (index, item) in list.iter().enumerate() {
+            put(index, &item, count)?;
+        }
+    } else {
+        let txns = list_arg::<PyTransaction>(txns, "txns")?;
+        for (index, txn) in txns.iter().enumerate() {
+            put(index, txn.as_any(), txns.len())?;
         }
     }
     Ok(PyBytes::new(py, &out))
@@ -200,6 +215,15 @@ pub struct PyCommitResults {
 }
 
 impl PyCommitResults {
+    fn of_index(data: Py<PyBytes>, index: Vec<IndexedResult>) -> Self {
+        Self {
+            committed: index.iter().filter(|r| r.committed.is_some()).count(),
+            refused: index.iter().filter(|r| r.refused).count(),
+            data,
+            index,
+        }
+    }
+
     fn item<'py>(&self, py: Python<'py>, entry: &IndexedResult) -> PyResult<Bound<'py, PyAny>> {
         if let Some(ts) = entry.committed {
             return outcome_object(py, entry.txn_id, &Outcome::Committed(ts));
@@ -218,19 +242,40 @@ impl PyCommitResults {
     fn py_new(data: &Bound<'_, PyBytes>) -> PyResult<Self> {
         let index = wire::index_response(data.as_bytes())
             .map_err(|err| wire_error("CommitStreamResponse", &err))?;
-        Ok(Self {
-            committed: index.iter().filter(|r| r.committed.is_some()).count(),
-            refused: index.iter().filter(|r| r.refused).count(),
-            data: data.clone().unbind(),
-            index,
-        })
+        Ok(Self::of_index(data.clone().unbind(), index))
     }
 
     fn __len__(&self) -> usize {
         self.index.len()
     }
 
-    fn __getitem__<'py>(&self, py: Python<'py>, index: isize) -> PyResult<Bound<'py, PyAny>> {
+    /// One result, built now; or, for a slice, the `CommitResults` of those results (over the
+    /// same bytes, nothing built): how the client hands each caller its part of a shared message.
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        index: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let Ok(slice) = index.cast::<PySlice>() {
+            let count = isize::try_from(self.index.len()).unwrap_or(isize::MAX);
+            let range = slice.indices(count)?;
+            let mut picked = Vec::with_capacity(range.slicelength);
+            let mut at = range.start;
+            for _ in 0..range.slicelength {
+                if let Some(entry) = usize::try_from(at).ok().and_then(|i| self.index.get(i)) {
+                    picked.push(*entry);
+                }
+                at += range.step;
+            }
+            let part = Self::of_index(self.data.clone_ref(py), picked);
+            return Ok(Bound::new(py, part)?.into_any());
+        }
+        let index: isize = index.extract().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "CommitResults indices must be integers or slices, not {}",
+                type_name(index)
+            ))
+        })?;
         let count = self.index.len();
         let position = if index < 0 {
             count.checked_sub(index.unsigned_abs())
