@@ -596,3 +596,26 @@ def test_a_caller_cancelled_before_its_answer_leaves_the_others_answered() -> No
         assert errors == []
 
     asyncio.run(scenario())
+
+
+def test_a_caller_whose_loop_closed_leaves_the_others_answered() -> None:
+    """``submit`` needs a running event loop (and queues nothing without one); a batch whose
+    callers' loop closed before their answers still answers the others, and is decided."""
+    clock = Clock(node=1)
+    # The writer waits up to 0.3 s for a batch to fill, so both callers share one batch.
+    options = CommitOptions(durability="memory", max_batch_size=1000, max_batch_delay_us=300_000)
+    with GroupCommitScheduler(None, clock, options) as scheduler:
+        with pytest.raises(RuntimeError, match="no running event loop"):
+            scheduler.submit(make_txn(clock, 1, [b"a"]))
+        assert scheduler.queue_length() == 0
+
+        async def submit_and_leave() -> asyncio.Future[object]:
+            return scheduler.submit(make_txn(clock, 2, [b"b"]))
+
+        gone = asyncio.new_event_loop()
+        orphan = gone.run_until_complete(submit_and_leave())
+        gone.close()
+        outcome = scheduler.submit_blocking(make_txn(clock, 3, [b"c"]), timeout=10)
+        assert isinstance(outcome, Committed)
+        assert isinstance(scheduler.status(2), Committed)  # decided, only nobody listened
+        assert not orphan.done()
