@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from hlc_oracle import Clock
+from hlc_oracle.cluster.etcd import EtcdClient
 from hlc_oracle.cluster.node import ClusterNode
 from hlc_oracle.node.gate import ServingGate
 from hlc_oracle.node.metrics import ServerMetrics
@@ -243,3 +244,29 @@ def test_a_resigning_leader_holds_requests_then_names_its_successor(etcd: EtcdMe
     redirect, refusal, settling = asyncio.run(body())
     assert redirect == "127.0.0.1:2" and not settling
     assert refusal is not None and "the leader is node 2" in refusal
+
+
+def test_a_resign_saves_the_window_and_deletes_the_leader_key_in_one_txn(etcd: EtcdMember) -> None:
+    """A leader that resigns saves its exact high-water mark (the clock's last physical time)
+    in the txn that deletes its leader key: one revision holds both."""
+
+    async def body() -> None:
+        node, window = make_node(etcd.endpoint, node_id=1, depose_dead_leader=False)
+        await node.start(window, "127.0.0.1:1")
+        await wait_for_async(lambda: node.role == "leader" and node.gate.serving, 10)
+        last = node.clock.now()
+        leader_key, window_key = node.election.key, node.store.key  # type: ignore[union-attr]
+        node.gate.block("shutdown", "the server is shutting down", settling=True)
+        await node.resign()
+        client = EtcdClient([etcd.endpoint], timeout_s=2.0)
+        try:
+            saved, _ = await client.get(window_key)
+            assert saved is not None and node.store.limit_of(saved) == last.physical
+            revision = saved.mod_revision
+            before = await client.range(leader_key, leader_key + b"\0", revision=revision - 1)
+            at = await client.range(leader_key, leader_key + b"\0", revision=revision)
+            assert len(before.kvs) == 1 and not at.kvs
+        finally:
+            await client.close()
+
+    asyncio.run(body())

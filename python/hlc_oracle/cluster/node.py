@@ -328,11 +328,7 @@ class ClusterNode:
             try:
                 if self.group_commit is not None:
                     await self.group_commit.close()  # drain decisions before handing over
-                if self._took_over:
-                    # Only once this term's floor is applied: before that the clock may be below
-                    # the saved limit, and saving its high-water mark would lower the window.
-                    await self.window.stop()
-                await self.election.resign(fence)
+                await self._save_window_and_resign(fence)
                 resigned = True
                 log.info("resigned", extra={"fields": {"epoch": term.epoch}})
             except (EtcdError, FenceError, WindowSaveError) as err:
@@ -704,13 +700,26 @@ class ClusterNode:
         try:
             if self.group_commit is not None:
                 await self.group_commit.demote()  # pending batches settle first
-            if self._took_over:
-                await self.window.stop()
-            await self.election.resign(Fence(self.client, term))
+            await self._save_window_and_resign(Fence(self.client, term))
         except (EtcdError, FenceError, WindowSaveError) as err:
             # The lease still ends the term; meanwhile the gate refuses.
             log.warning("resign failed", extra={"fields": {"error": str(err)}})
         self._fence_failure.set()  # _why_not_leading reads _end_reason
+
+    async def _save_window_and_resign(self, fence: Fence) -> None:
+        """Saves the exact high-water mark and deletes the leader key, in one fenced txn. The
+        window is saved only once this term's floor is applied: before that the clock may be
+        below the saved limit, and saving its high-water mark would lower the window."""
+        assert self.election is not None and self.window is not None
+        election = self.election
+        if not self._took_over:
+            await election.resign(fence)
+            return
+
+        async def save_and_resign(final_us: int) -> None:
+            await election.resign(fence, [self.store.save_operation(final_us)])
+
+        await self.window.stop(save_and_resign)
 
     async def _watch_own_term(self, term: Term) -> None:
         """Ends ``term`` at once when etcd reports its leader key deleted or overwritten, unless

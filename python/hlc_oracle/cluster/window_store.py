@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 from hlc_oracle.cluster.etcd import EtcdClient, EtcdError, KeyValue
 from hlc_oracle.cluster.etcd import put as put_op
@@ -47,15 +48,20 @@ class EtcdWindowStore:
             raise EtcdError(f"{self.location}: bad limit {limit!r}")
         return limit
 
+    def save_operation(self, limit_physical_us: int) -> Any:
+        """The put that saves ``limit_physical_us``, for a fenced txn (:meth:`persist`, or a
+        resign's, which deletes the leader key in the same txn)."""
+        payload = json.dumps({"format": FORMAT_VERSION, "limit_physical_us": limit_physical_us})
+        return put_op(self.key, payload.encode())
+
     async def persist(self, limit_physical_us: int) -> None:
         fence = self.fence
         if fence is None:
             raise WindowSaveError(
                 f"cannot save the timestamp window to {self.location}: not the leader"
             )
-        payload = json.dumps({"format": FORMAT_VERSION, "limit_physical_us": limit_physical_us})
         try:
-            await fence.write([put_op(self.key, payload.encode())], "timestamp window save")
+            await fence.write([self.save_operation(limit_physical_us)], "timestamp window save")
         except FenceError as err:
             self._on_fenced(str(err))
             raise WindowSaveError(str(err)) from err

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -244,14 +244,16 @@ class TimestampWindow:
                 except WindowSaveError:
                     continue  # Reported through on_failure; retried at the next check.
 
-    async def stop(self) -> None:
-        """Stops renewing and saves the exact high-water mark (the clock must be quiescent)."""
+    async def stop(self, persist: Callable[[int], Awaitable[None]] | None = None) -> None:
+        """Stops renewing and saves the exact high-water mark (the clock must be quiescent), with
+        ``persist`` instead of the store's own save when given (a clustered leader's resign
+        saves it in the txn that deletes its leader key)."""
         await self.halt()
         async with self._lock:
             # Everything handed out is at or below last(); saving that, rather than the window's
             # far end, lets a restart with a correct clock start at the present.
             final = max(self.clock.last().physical, 0)
-            await self.store.persist(final)
+            await (self.store.persist if persist is None else persist)(final)
             self.limit_us = final
 
 
