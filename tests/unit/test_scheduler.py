@@ -2,6 +2,7 @@
 bad input, overload, durability modes and recovery."""
 
 import asyncio
+import gc
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -619,3 +620,12 @@ def test_a_caller_whose_loop_closed_leaves_the_others_answered() -> None:
         assert isinstance(outcome, Committed)
         assert isinstance(scheduler.status(2), Committed)  # decided, only nobody listened
         assert not orphan.done()
+
+
+def test_a_committed_answer_is_not_tracked_by_the_collector() -> None:
+    """A ``Committed`` holds no Python object: the cyclic collector never traverses one."""
+    clock = Clock(node=1)
+    with GroupCommitScheduler(None, clock, CommitOptions(durability="memory")) as scheduler:
+        outcome = scheduler.submit_blocking(make_txn(clock, 1, [b"a"]), timeout=10)
+        assert isinstance(outcome, Committed) and not gc.is_tracked(outcome)
+        assert scheduler.status(1) == outcome
