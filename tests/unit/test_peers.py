@@ -263,3 +263,44 @@ def test_monitor_rounds() -> None:
     assert registry.get_sample_value("hlc_oracle_peers_state", {"state": "far"}) == 1.0
     assert registry.get_sample_value("hlc_oracle_peers_threshold_seconds") == 0.03
     assert registry.get_sample_value("hlc_oracle_peers_messages_total", {"kind": "peer_clock"}) == 5
+
+
+class SilentTransport(Transport):
+    """A peer that never answers (its calls wait until cancelled)."""
+
+    def __init__(self) -> None:
+        super().__init__([0], {})
+        self.calling = asyncio.Event()
+        self.closed = False
+
+    async def call(self, address: str, timeout_s: float) -> tuple[int, int]:
+        self.calling.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_stop_cancels_a_round_that_waits_for_a_silent_peer() -> None:
+    """A node's stop (its hand-over) does not wait for a peer that does not answer: the round
+    is cancelled and its transport closed before ``stop`` returns."""
+    transport = SilentTransport()
+    config = PeersConfig(timeout_s=60.0)
+    monitor = PeerOffsetMonitor(
+        config,
+        node_id=1,
+        max_offset_us=MAX_OFFSET_US,
+        window_us=200_000,
+        local_now_us=lambda: 0,
+        directory=lambda: Directory({1: "self", 2: "silent"}),
+        transport=lambda: transport,
+    )
+
+    async def run() -> None:
+        task = monitor.start()
+        await asyncio.wait_for(transport.calling.wait(), 10)
+        await asyncio.wait_for(monitor.stop(timeout_s=0.0), 10)
+        assert task.done() and task.cancelled() and transport.closed
+
+    asyncio.run(run())

@@ -522,7 +522,9 @@ class OracleServer:
             self._lead_wait.cancel()
         try:
             if self.peers is not None and self.control is not None and self.control.running:
-                await self.control.call(self.peers.stop())  # before the etcd client closes
+                # Before the etcd client closes; a round in progress is cancelled, not waited
+                # for: a peer that does not answer would hold the hand-over up to its timeout.
+                await self.control.call(self.peers.stop(timeout_s=0.0))
             if self.cluster is not None and self.control is not None and self.control.running:
                 # Hand over first (the pending decisions drained), so a follower takes over
                 # while this node drains its connections.

@@ -75,6 +75,8 @@ from hlc_oracle.skew.combine import OffsetEstimate, combine_samples
 from hlc_oracle.skew.guard import check_int, check_number
 
 log = logging.getLogger("hlc_oracle.skew.peers")
+#: How long :meth:`PeerOffsetMonitor.stop` waits for a cancelled round to close its transport.
+STOP_CLEANUP_S = 1.0
 
 
 class PeersState(enum.StrEnum):
@@ -384,6 +386,9 @@ class PeerOffsetMonitor:
         return self._task
 
     async def stop(self, timeout_s: float = 5.0) -> None:
+        """Ends the rounds: one in progress may finish within ``timeout_s``, then it is cancelled
+        (a peer that does not answer holds a round up to ``timeout_s`` of the config) and its
+        transport and directory closed before this returns (bounded)."""
         task, self._task = self._task, None
         if task is None or self._stop is None:
             return
@@ -391,6 +396,7 @@ class PeerOffsetMonitor:
         await asyncio.wait({task}, timeout=timeout_s)
         if not task.done():
             task.cancel()
+            await asyncio.wait({task}, timeout=STOP_CLEANUP_S)
 
     async def _run(self) -> None:
         assert self._stop is not None
