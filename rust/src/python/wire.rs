@@ -87,11 +87,19 @@ pub fn encode_commit_request<'py>(
     py: Python<'py>,
     txns: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    // A list (the common argument) is read in place, without an iterator or a vector of
+    // references; anything else is checked and made one first. One loop: with two, the field
+    // writers no longer inlined into it (about 200 more instructions a transaction).
+    let list = match txns.cast::<PyList>() {
+        Ok(list) => list.clone(),
+        Err(_) => PyList::new(py, list_arg::<PyTransaction>(txns, "txns")?)?,
+    };
+    let count = list.len();
     let mut out = Vec::new();
-    let mut put = |index: usize, item: &Bound<'py, PyAny>, count: usize| -> PyResult<()> {
+    for (index, item) in list.iter().enumerate() {
         let txn = item
             .cast::<PyTransaction>()
-            .map_err(|_| wrong_type::<PyTransaction>(item, &format!("txns[{index}]"), ""))?;
+            .map_err(|_| wrong_type::<PyTransaction>(&item, &format!("txns[{index}]"), ""))?;
         let txn = &txn.get().0;
         wire::encode_transaction(
             &mut out,
@@ -103,19 +111,6 @@ pub fn encode_commit_request<'py>(
         if index == 0 {
             // Room for the rest at about the first one's size: no regrowth in the usual case.
             out.reserve(out.len().saturating_mul(count));
-        }
-        Ok(())
-    };
-    if let Ok(list) = txns.cast::<PyList>() {
-        // The common argument: read in place, without an iterator or a vector of references.
-        let count = list.len();
-        for (index, item) in list.iter().enumerate() {
-            put(index, &item, count)?;
-        }
-    } else {
-        let txns = list_arg::<PyTransaction>(txns, "txns")?;
-        for (index, txn) in txns.iter().enumerate() {
-            put(index, txn.as_any(), txns.len())?;
         }
     }
     Ok(PyBytes::new(py, &out))
