@@ -2,8 +2,10 @@
 overlapping read and write sets, both isolation levels, eviction and the low watermark), partition,
 vector-clock write conflicts, the scenarios spelled out as tables, threads, and bad input."""
 
+import bisect
 import enum
 import pickle
+import sys
 import threading
 import time
 from typing import Any
@@ -322,27 +324,52 @@ def large_batch() -> list[Transaction]:
 @pytest.mark.parametrize("method", ["check_batch", "partition", "check_concurrent_writes"])
 def test_batch_calls_release_the_gil(method: str, large_batch: list[Transaction]) -> None:
     """While one thread is inside a batch call, another runs Python. A call that kept the GIL
-    would stop the other thread for its whole length: Rust code never yields it by itself."""
+    would stop the other thread for its whole length: Rust code never yields it by itself.
+
+    The other thread stamps the time each time it runs; the caller stamps each call's start and
+    end. A stamp strictly inside a call proves the call let the GIL go, since the switch interval
+    is set far above a call's length: the caller holds the GIL from its start stamp until the
+    call itself releases it. The calls repeat (bounded) until such stamps are seen, so a busy
+    host that keeps the other thread off the CPU through one short call only makes it take longer.
+    """
     detector = ConflictDetector(isolation="serializable")
-    txns = large_batch
-    entered, finished = threading.Event(), threading.Event()
+    calls: list[tuple[float, float]] = []
+    done = threading.Event()
 
     def call() -> None:
-        entered.set()
-        getattr(detector, method)(txns)
-        finished.set()
+        deadline = time.monotonic() + 20
+        while not done.is_set() and len(calls) < 200 and time.monotonic() < deadline:
+            began = time.perf_counter()
+            getattr(detector, method)(large_batch)
+            calls.append((began, time.perf_counter()))
+        done.set()
 
-    worker = threading.Thread(target=call)
-    worker.start()
-    entered.wait()
-    turns = 0
-    while not finished.is_set():
-        time.sleep(0)  # lets the worker take the GIL back whenever it wants it
-        turns += 1
-    worker.join()
-    # A call holding the GIL lets the other thread run about twice (before and after it); one
-    # releasing it, thousands of times on an idle host, and 42 in a CI run on two busy cores.
-    assert turns > 10, f"the other thread ran only {turns} times during {method}"
+    stamps: list[float] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)
+    try:
+        worker = threading.Thread(target=call)
+        worker.start()
+        while not done.is_set():
+            time.sleep(0)  # lets the worker take the GIL back whenever it wants it
+            stamps.append(time.perf_counter())
+            if len(stamps) % 1000 == 0 and inside(stamps, list(calls)) >= 3:
+                done.set()
+        worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert inside(stamps, calls) >= 3, f"the other thread never ran during {method}"
+
+
+def inside(stamps: list[float], calls: list[tuple[float, float]]) -> int:
+    """How many of ``stamps`` fall strictly inside one of ``calls`` (start, end), both sorted."""
+    starts = [began for began, _ in calls]
+    count = 0
+    for stamp in stamps:
+        index = bisect.bisect_right(starts, stamp) - 1
+        if index >= 0 and stamp < calls[index][1]:
+            count += 1
+    return count
 
 
 # Bad input: a clear TypeError or ValueError naming the problem, and nothing recorded.
