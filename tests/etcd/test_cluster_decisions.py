@@ -458,3 +458,32 @@ def test_a_history_whose_newest_term_is_known_loads_the_same_pieces_without_list
         await client.close()
 
     run(scenario)
+
+
+def test_a_piece_write_waits_out_an_etcd_that_answers_after_the_clients_timeout(
+    etcd: EtcdMember,
+) -> None:
+    """etcd stalled past the client's 1 s deadline (a starved host, a defragmentation): the
+    piece's fenced write, idempotent, waits for its answer, and the batch commits instead of
+    ending as unknown outcomes."""
+
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        leader, _ = await Leader.promote(client, 1)
+        assert leader.log.write_timeout_s > 2 * client.timeout_s
+        txn = Transaction(1, leader.scheduler.clock.now(), [], [b"k"])
+        etcd.pause()
+        try:
+            pending = asyncio.ensure_future(leader.scheduler.submit(txn))
+            await asyncio.sleep(1.5 * client.timeout_s)
+            assert not pending.done()
+        finally:
+            etcd.resume()
+        answer = await asyncio.wait_for(pending, 10 * client.timeout_s)
+        assert isinstance(answer, Committed), answer
+        await leader.scheduler.aclose()
+        successor, _ = await Leader.promote(client, 2)
+        assert successor.scheduler.status(1) == answer
+        await successor.scheduler.aclose()
+
+    run(scenario)

@@ -33,6 +33,7 @@ bind is started again on fresh ports, a few times.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -301,8 +302,23 @@ class EtcdMember(StartedFixture):
             self.kill()
 
     def pause(self) -> None:
-        """SIGSTOP: the member stops answering but keeps its sockets."""
+        """SIGSTOP: the member stops answering but keeps its sockets. Returns once every thread
+        of it is stopped (the signal takes effect asynchronously: a thread busy at the moment
+        may still answer a request first)."""
         self.signal(signal.SIGSTOP)
+        if self.process is None:
+            return
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            states = []
+            for stat in tasks.glob("*/stat"):
+                with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                    states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+            if states and all(state in "Tt" for state in states):
+                return
+            time.sleep(0.005)
+        raise AssertionError(f"etcd {self.name} did not stop within {STOP_TIMEOUT_S} s")
 
     def resume(self) -> None:
         self.signal(signal.SIGCONT)

@@ -133,6 +133,11 @@ ABORT_PAGE_KEYS = 4096
 DEFAULT_RETENTION_S = 600.0
 #: Decision batches written at once: etcd's latency (a raft round) is hidden behind the next ones.
 MAX_IN_FLIGHT = 4
+#: Deadline of one piece's write (the default lease's length; a node passes its own): a piece
+#: write is fenced and idempotent (the same key and bytes), so it may wait out a slow etcd (a
+#: starved host, a defragmentation) and be sent again on a broken connection, instead of failing
+#: at the client's usual second and turning its batch into unknown outcomes.
+PIECE_WRITE_TIMEOUT_S = 3.0
 #: How often a leader trims expired pieces, at most (a tenth of the retention when shorter).
 TRIM_INTERVAL_S = 30.0
 #: Pieces in the first read of a history loaded newest first (reads then double up to
@@ -280,12 +285,14 @@ class DecisionLog:
         page_keys: int = RECOVERY_PAGE_KEYS,
         now: Callable[[], float] = time.monotonic,
         clock: Clock | None = None,
+        write_timeout_s: float = PIECE_WRITE_TIMEOUT_S,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.fence = fence
         self.retention_s = retention_s
         self.page_keys = page_keys
+        self.write_timeout_s = write_timeout_s
         #: The term that wrote the newest pieces, as :meth:`newest_seq` found it: its epoch, first
         #: and newest seq (its seqs are consecutive, so its keys are known); None: not found so.
         self.newest_term: tuple[int, int, int] | None = None
@@ -310,7 +317,8 @@ class DecisionLog:
     # --- writing ---
 
     async def write(self, batch_seq: int, data: bytes) -> None:
-        """Stores one piece in a fenced txn; returns once etcd has it. Raises
+        """Stores one piece in a fenced txn; returns once etcd has it, waiting for its answer up
+        to ``write_timeout_s`` (:data:`PIECE_WRITE_TIMEOUT_S`). Raises
         :class:`~hlc_oracle.cluster.fence.FenceError` (another term began),
         :class:`DecisionQuotaError`, or another :class:`~hlc_oracle.cluster.etcd.EtcdError`
         (unreachable, or the outcome is unknown)."""
@@ -321,7 +329,9 @@ class DecisionLog:
         for txn_id in piece_requested_aborts(data):
             operations.append(put(abort_key(self.prefix, self.epoch, batch_seq, txn_id), b""))
         try:
-            await self.fence.write(operations, f"decision batch {batch_seq}")
+            await self.fence.write(
+                operations, f"decision batch {batch_seq}", timeout_s=self.write_timeout_s
+            )
         except EtcdQuotaError as err:
             raise DecisionQuotaError(
                 f"decision batch {batch_seq} ({len(data)} bytes) refused: {err} (etcd's NOSPACE "
@@ -669,10 +679,13 @@ class ClusteredGroupCommit:
         install: Callable[[GroupCommitScheduler | None], None],
         end_term: Callable[[str], None],
         quota_bytes: int = 0,
+        write_timeout_s: float = PIECE_WRITE_TIMEOUT_S,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.clock = clock
+        #: Each piece write's deadline (:meth:`DecisionLog.write`): the lease's length.
+        self.write_timeout_s = write_timeout_s
         self.options = options
         self.gate = gate
         self.retention_s = retention_s
@@ -731,7 +744,12 @@ class ClusteredGroupCommit:
         module docstring: only requests that may need them wait). Raises
         :class:`DecisionDecodeError` or :class:`EtcdError` (nothing installed)."""
         log = DecisionLog(
-            self.client, self.prefix, fence, retention_s=self.retention_s, clock=self.clock
+            self.client,
+            self.prefix,
+            fence,
+            retention_s=self.retention_s,
+            clock=self.clock,
+            write_timeout_s=self.write_timeout_s,
         )
         # Three independent reads side by side, and the standby engine (prepare_standby): the
         # takeover waits for the slowest, not for the sum. The newest piece's seq is looked for

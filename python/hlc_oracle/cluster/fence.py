@@ -48,10 +48,15 @@ class Fence:
             compare_create_revision(self.term.leader_key, self.term.epoch),
         ]
 
-    async def write(self, operations: Sequence[Any], what: str) -> TxnResult:
+    async def write(
+        self, operations: Sequence[Any], what: str, timeout_s: float | None = None
+    ) -> TxnResult:
         """Runs ``operations`` only while the term holds; raises :class:`FenceError` otherwise,
-        naming ``what`` and who holds the leader key now."""
-        result = await self.client.txn(self.compares(), operations, [get(self.term.leader_key)])
+        naming ``what`` and who holds the leader key now. ``timeout_s``: the call's deadline
+        (None: the client's)."""
+        result = await self.client.txn(
+            self.compares(), operations, [get(self.term.leader_key)], timeout_s=timeout_s
+        )
         if not result.succeeded:
             raise FenceError(f"{what} refused by the fence: {describe_holder(result.gets, self)}")
         return result

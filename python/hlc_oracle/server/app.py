@@ -150,6 +150,7 @@ class OracleServer:
                     install=self._install_scheduler,
                     end_term=self.cluster.end_term,
                     quota_bytes=config.cluster.etcd_quota_bytes,
+                    write_timeout_s=config.cluster.lease_ttl_s,
                 )
                 self.metrics.registry.register(
                     DecisionCapacityCollector(self.cluster.group_commit.capacity)
