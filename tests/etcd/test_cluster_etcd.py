@@ -18,6 +18,8 @@ from hlc_oracle.cluster.etcd import (
     KeyValue,
     WatchEvent,
     channel_target,
+    get,
+    range_op,
 )
 from hlc_oracle.cluster.etcd_security import EtcdSecurity
 from hlc_oracle.cluster.fence import Fence, FenceError, Term
@@ -342,7 +344,8 @@ def test_a_password_without_tls_is_said_to_travel_in_clear(tmp_path: Path) -> No
 
 def test_the_winning_campaign_reads_the_window_as_of_its_epoch(etcd: EtcdMember) -> None:
     """The new leader's floor comes with its win: the window key as the winning txn saw it (no
-    read of its own), absent for a new cluster; a lost campaign reads nothing but the holder."""
+    read of its own), absent for a new cluster; so do the campaign's other reads (their pages,
+    in order); a lost campaign reads nothing but the holder."""
 
     async def body(client: EtcdClient) -> None:
         session = Session(client, 5)
@@ -358,8 +361,13 @@ def test_the_winning_campaign_reads_the_window_as_of_its_epoch(etcd: EtcdMember)
         store.fence = Fence(client, won.term)
         await store.persist(123_456)
         await client.delete(one.key)  # the term ends (resigned)
-        again = await two.campaign(session.lease_id)
+        for n in range(3):
+            await client.put(f"{PREFIX}listed/{n}".encode(), b"x")
+        listed = range_op(f"{PREFIX}listed/".encode(), f"{PREFIX}listed0".encode(), limit=2)
+        again = await two.campaign(session.lease_id, [listed, get(store.key)])
         assert again.term is not None and again.read is not None
+        assert [(len(p.kvs), p.count, p.more) for p in again.pages] == [(2, 3, True), (1, 1, False)]
+        assert again.pages[1].kvs[0] == again.read
         assert store.limit_of(again.read) == 123_456 == await store.load()
         assert again.read.mod_revision < again.term.epoch
         await client.delete(two.key)

@@ -373,3 +373,47 @@ def test_a_promotion_takes_the_standby_engine_and_a_step_down_prepares_the_next(
         await client.close()
 
     run(scenario)
+
+
+def test_a_promotion_given_the_winning_txns_reads_continues_as_one_that_reads_them_itself(
+    etcd: EtcdMember,
+) -> None:
+    """The checkpoint and the previous epoch's first decision key, read in the winning campaign
+    txn (``takeover_reads``), give the promotion the same newest seq, so its pieces continue the
+    stored ones, and the same history."""
+
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        first, answers, _ = await write_history(client)
+        newest = await first.log.newest_seq()
+        window_limit = first.scheduler.clock.last().physical + 1
+        clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
+        installed: list[GroupCommitScheduler | None] = []
+        group_commit = ClusteredGroupCommit(
+            client,
+            PREFIX,
+            clock,
+            CommitOptions(),
+            ServingGate(),
+            retention_s=600.0,
+            install=installed.append,
+            end_term=lambda reason: None,
+        )
+        reads = group_commit.takeover_reads(first.log.epoch)
+        assert len(reads) == 2
+        fence = await take_leadership(client, "node-2")
+        pages = (await client.txn([], reads)).pages
+        assert pages[1].count == newest  # the first term wrote every piece, from seq 1
+        await group_commit.promote(fence, window_limit, first.log.epoch, pages)
+        scheduler = installed[-1]
+        assert scheduler is not None and scheduler.engine.next_batch_seq == newest + 1
+        fresh = Transaction(5 * 10**9, clock.now(), [], [b"p1"])
+        assert isinstance(await asyncio.wait_for(scheduler.submit(fresh), WAIT_S), Committed)
+        assert group_commit.log is not None
+        assert await group_commit.log.newest_seq() == newest + 1
+        await eventually(lambda: not group_commit.history_loading)
+        assert scheduler.status(1) == answers[1]
+        await group_commit.close()
+        await client.close()
+
+    run(scenario)

@@ -88,8 +88,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hlc_oracle import (
     MAX_LOGICAL,
@@ -109,7 +110,9 @@ from hlc_oracle.cluster.etcd import (
     KeyValue,
     RangePage,
     delete_range,
+    get,
     put,
+    range_op,
 )
 from hlc_oracle.cluster.fence import Fence, FenceError
 from hlc_oracle.durable import ExternalDurableStep, external_engine
@@ -185,6 +188,16 @@ def decisions_range(prefix: str) -> tuple[bytes, bytes]:
     """``[start, end)`` of every decision key (``end``: the prefix with its last byte + 1)."""
     start = f"{prefix}decisions/".encode()
     return start, start[:-1] + bytes([start[-1] + 1])
+
+
+def epoch_range(prefix: str, epoch: int) -> tuple[bytes, bytes]:
+    """The decision keys of one epoch: ``[start, end)``."""
+    epoch_start = decisions_range(prefix)[0] + f"{epoch:0{KEY_DIGITS}d}/".encode()
+    return epoch_start, epoch_start[:-1] + b"0"  # "/" + 1
+
+
+def checkpoint_key(prefix: str) -> bytes:
+    return f"{prefix}checkpoint".encode()
 
 
 def abort_key(prefix: str, epoch: int, seq: int, txn_id: int) -> bytes:
@@ -297,7 +310,7 @@ class DecisionLog:
         #: and newest seq (its seqs are consecutive, so its keys are known); None: not found so.
         self.newest_term: tuple[int, int, int] | None = None
         self._now = now
-        self.checkpoint_key = f"{prefix}checkpoint".encode()
+        self.checkpoint_key = checkpoint_key(prefix)
         # The leader's clock: it bounds each written piece's decisions, for the checkpoint's
         # ``forgotten_through`` (None: a reader, or a test that never trims).
         self.clock = clock
@@ -342,7 +355,9 @@ class DecisionLog:
 
     # --- recovery ---
 
-    async def newest_seq(self, likely_epoch: int | None = None) -> int:
+    async def newest_seq(
+        self, likely_epoch: int | None = None, first_of_epoch: RangePage | None = None
+    ) -> int:
         """The seq of the newest stored piece, or the checkpoint's seq - 1, or 0: the seq a new
         leader continues after (its engine's ``first_batch_seq`` is this + 1).
 
@@ -350,10 +365,11 @@ class DecisionLog:
         leader's). Its newest piece is found, and checked to be the newest of all, with two
         ascending reads of one key each (:meth:`_newest_seq_of`); otherwise (that epoch wrote
         nothing, or another wrote after it) a descending read finds it, for which etcd reads and
-        sorts every decision key."""
+        sorts every decision key. ``first_of_epoch``: the first of the two reads, made already
+        (:meth:`ClusteredGroupCommit.takeover_reads`, in the winning campaign txn)."""
         self.newest_term = None
         if likely_epoch is not None:
-            found = await self._newest_seq_of(likely_epoch)
+            found = await self._newest_seq_of(likely_epoch, first_of_epoch)
             if found is not None:
                 return found
         start, end = decisions_range(self.prefix)
@@ -363,16 +379,17 @@ class DecisionLog:
         checkpoint = await self.read_checkpoint()
         return checkpoint.seq - 1 if checkpoint is not None else 0
 
-    async def _newest_seq_of(self, epoch: int) -> int | None:
+    async def _newest_seq_of(self, epoch: int, first: RangePage | None = None) -> int | None:
         """The newest piece's seq when ``epoch`` wrote it, else ``None``. A term writes its pieces
         under consecutive seqs, so its first key and its key count give its newest seq; that key
         is then read back as the last of all the decision keys (one key from it to the end):
         a gap in the term's seqs, or a later term's pieces, fail the check, and ``None`` sends
         the caller to the full read. Neither read sorts: etcd counts keys in its index."""
-        start, all_end = decisions_range(self.prefix)
-        epoch_start = start + f"{epoch:0{KEY_DIGITS}d}/".encode()
-        epoch_end = epoch_start[:-1] + b"0"  # "/" + 1
-        first = await self.client.range(epoch_start, epoch_end, limit=1, keys_only=True)
+        all_end = decisions_range(self.prefix)[1]
+        if first is None:
+            first = await self.client.range(
+                *epoch_range(self.prefix, epoch), limit=1, keys_only=True
+            )
         if not first.kvs:
             return None
         guess = parse_decision_key(self.prefix, first.kvs[0].key)[1] + first.count - 1
@@ -383,8 +400,11 @@ class DecisionLog:
         self.newest_term = (epoch, guess - first.count + 1, guess)
         return guess
 
-    async def read_checkpoint(self) -> Checkpoint | None:
-        kv, _ = await self.client.get(self.checkpoint_key)
+    async def read_checkpoint(self, read: RangePage | None = None) -> Checkpoint | None:
+        """The checkpoint; ``read``: the checkpoint key's page, read already (in a txn)."""
+        kv = (await self.client.get(self.checkpoint_key))[0] if read is None else None
+        if read is not None and read.kvs:
+            kv = read.kvs[0]
         return None if kv is None else Checkpoint.decode(kv.value, self.checkpoint_key)
 
     async def aborted_ids(self) -> list[int]:
@@ -731,11 +751,24 @@ class ClusteredGroupCommit:
             logger.warning("standby engine", extra={"fields": {"error": str(err)}})
             return None
 
+    def takeover_reads(self, previous_epoch: int | None) -> list[Any]:
+        """What a winning campaign txn reads for :meth:`promote` (as of the new epoch's
+        revision, no round trip of their own): the checkpoint key and, with ``previous_epoch``,
+        that epoch's first decision key and key count. Their pages go to ``promote``'s
+        ``pages``, in this order."""
+        reads = [get(checkpoint_key(self.prefix))]
+        if previous_epoch is not None:
+            # The first read of DecisionLog.newest_seq's look in the previous epoch.
+            start, end = epoch_range(self.prefix, previous_epoch)
+            reads.append(range_op(start, end, limit=1, keys_only=True))
+        return reads
+
     async def promote(
         self,
         fence: Fence,
         previous_window_limit_us: int | None,
         previous_epoch: int | None = None,
+        pages: Sequence[RangePage] = (),
     ) -> None:
         """Takes over without waiting for the decision history, in order: the low watermark
         (the previous leader's window limit), the checkpoint's bound on trimmed decisions, and
@@ -756,9 +789,13 @@ class ClusteredGroupCommit:
         # in ``previous_epoch`` first (the previous leader's: two short reads), and only
         # otherwise by a read that sorts every decision key. Each is awaited to its end; the
         # first failure, in this order, is raised (the standby is kept for the next attempt).
-        checkpoint_read = asyncio.ensure_future(log.read_checkpoint())
+        # ``pages``: the takeover_reads the winning campaign txn made (checkpoint, first key of
+        # previous_epoch); each not made is made here.
+        checkpoint_page = pages[0] if pages else None
+        first_of_epoch = pages[1] if len(pages) > 1 and previous_epoch is not None else None
+        checkpoint_read = asyncio.ensure_future(log.read_checkpoint(checkpoint_page))
         aborted_read = asyncio.ensure_future(log.aborted_ids())
-        newest_read = asyncio.ensure_future(log.newest_seq(previous_epoch))
+        newest_read = asyncio.ensure_future(log.newest_seq(previous_epoch, first_of_epoch))
         standby = asyncio.ensure_future(self._take_standby())
         reads = (checkpoint_read, aborted_read, newest_read, standby)
         try:

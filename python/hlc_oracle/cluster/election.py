@@ -23,6 +23,7 @@ from hlc_oracle.cluster.etcd import (
     EtcdClient,
     EtcdError,
     KeyValue,
+    RangePage,
     WatchEvent,
     compare_create_revision,
     compare_lease,
@@ -90,6 +91,9 @@ class Outcome:
     #: Won: whether ``read_with_win`` was read in the winning txn, and what it held then.
     read_with_win: bool = False
     read: KeyValue | None = None
+    #: Won: the pages of the campaign's ``reads`` (in order), as of the epoch's revision; empty
+    #: when they were not made (a txn tried twice whose first try won).
+    pages: tuple[RangePage, ...] = ()
 
 
 class Election:
@@ -108,18 +112,21 @@ class Election:
         #: revision, without a round trip of its own).
         self.read_with_win = read_with_win
 
-    async def campaign(self, lease_id: int) -> Outcome:
+    async def campaign(self, lease_id: int, reads: Sequence[Any] = ()) -> Outcome:
+        """One txn: the key taken if vacant, else its holder read. ``reads``: range reads (etcd
+        operations) the winning txn makes too, for the takeover (their pages in the outcome)."""
         extra = [] if self.read_with_win is None else [get_op(self.read_with_win)]
         result = await self.client.txn(
             [compare_create_revision(self.key, 0)],
-            [put_op(self.key, self.value, lease_id), *extra],
+            [put_op(self.key, self.value, lease_id), *extra, *reads],
             [get_op(self.key)],
         )
         if result.succeeded:
             term = Term(self.key, self.value, result.revision)
+            pages = result.pages[len(extra) :]
             if extra:
-                return Outcome(term, None, result.revision, True, result.gets[0])
-            return Outcome(term, None, result.revision)
+                return Outcome(term, None, result.revision, True, result.gets[0], pages)
+            return Outcome(term, None, result.revision, pages=pages)
         holder = result.gets[0] if result.gets else None
         if holder is not None and holder.value == self.value and holder.lease == lease_id:
             # This txn was tried twice (a member broke the connection) and the first one won.

@@ -139,6 +139,9 @@ class TxnResult:
     revision: int
     #: For each ``get`` of the branch that ran, the key's value, or ``None`` when absent.
     gets: tuple[KeyValue | None, ...]
+    #: For each range read of the branch that ran (a ``get`` too), the whole page, at the txn's
+    #: revision.
+    pages: tuple[RangePage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,14 @@ class DbSize:
 
 def get(key: bytes) -> Any:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
+
+
+def range_op(start: bytes, end: bytes, *, limit: int = 0, keys_only: bool = False) -> Any:
+    """A range read in a txn: keys in ``[start, end)``, at most ``limit`` (0: all); its page is
+    in :attr:`TxnResult.pages`."""
+    return rpc.RequestOp(
+        request_range=rpc.RangeRequest(key=start, range_end=end, limit=limit, keys_only=keys_only)
+    )
 
 
 def _request_keys(request: Any) -> tuple[bytes, ...]:
@@ -495,12 +506,16 @@ class EtcdClient:
             rpc.TxnRequest(compare=compare, success=success, failure=failure),
             timeout_s,
         )
+        revision = int(reply.header.revision)
         gets: list[KeyValue | None] = []
+        pages: list[RangePage] = []
         for response in reply.responses:
             if response.WhichOneof("response") == "response_range":
-                kvs = response.response_range.kvs
-                gets.append(_key_value(kvs[0]) if kvs else None)
-        return TxnResult(bool(reply.succeeded), int(reply.header.revision), tuple(gets))
+                read = response.response_range
+                kvs = tuple(_key_value(kv) for kv in read.kvs)
+                gets.append(kvs[0] if kvs else None)
+                pages.append(RangePage(kvs, bool(read.more), revision, int(read.count)))
+        return TxnResult(bool(reply.succeeded), revision, tuple(gets), tuple(pages))
 
     async def watch(
         self,

@@ -42,6 +42,7 @@ from hlc_oracle.cluster.etcd import (
     EtcdRefusedError,
     KeyValue,
     LeaseNotFoundError,
+    RangePage,
 )
 from hlc_oracle.cluster.etcd_security import EtcdSecurity, diagnose_endpoints
 from hlc_oracle.cluster.fence import Fence, FenceError, Term
@@ -358,14 +359,25 @@ class ClusterNode:
                 assert self.election is not None
                 if await self._sits_out():
                     continue
-                outcome = await self.election.campaign(self.session.lease_id)
+                previous_epoch = self.leader.epoch if self.leader is not None else None
+                reads = (
+                    []
+                    if self.group_commit is None
+                    else self.group_commit.takeover_reads(previous_epoch)
+                )
+                outcome = await self.election.campaign(self.session.lease_id, reads)
                 self._failures.clear("election")
                 if outcome.term is not None and outcome.term.epoch in self._abandoned_epochs:
                     with contextlib.suppress(FenceError):
                         await self.election.resign(Fence(self.client, outcome.term))
                     continue
                 if outcome.term is not None:
-                    await self._lead(outcome.term, outcome.read if outcome.read_with_win else ())
+                    await self._lead(
+                        outcome.term,
+                        outcome.read if outcome.read_with_win else (),
+                        outcome.pages,
+                        previous_epoch,
+                    )
                     continue
                 if outcome.holder is not None:
                     self._follow(outcome.holder)
@@ -587,16 +599,22 @@ class ClusterNode:
             },
         )
 
-    async def _lead(self, term: Term, window: KeyValue | tuple[()] | None = ()) -> None:
+    async def _lead(
+        self,
+        term: Term,
+        window: KeyValue | tuple[()] | None,
+        read: Sequence[RangePage],
+        previous_epoch: int | None,
+    ) -> None:
         """Takes over ``term``, then leads it. ``window``: the window key as the winning txn read
-        it (``()``: not read, read here)."""
+        it (``()``: not read, read here); ``read``: the pages of the group commit's takeover
+        reads the winning txn made (``()``: none); ``previous_epoch``: the term this node knew
+        last, most likely the one that wrote the newest decisions."""
         assert self.window is not None
         self._term = term
         self._fence_failure.clear()
         self._last_term_note = ""
         self.store.fence = Fence(self.client, term)
-        # The term this node knew last: most likely the one that wrote the newest decisions.
-        previous_epoch = self.leader.epoch if self.leader is not None else None
         self._saw(LeaderInfo(self.node_id, self.address, term.epoch))
         self.role = "leader"
         self.metrics.set_role("leader")
@@ -621,7 +639,7 @@ class ClusterNode:
                 alive=lambda: self.session.alive() and not self._fence_failure.is_set(),
             ):
                 return
-            await self._take_over(term, floor, saved, previous_epoch)
+            await self._take_over(term, floor, saved, previous_epoch, read)
             self.gate.set_deadline(self.session.deadline)
             if self._fence_failure.is_set():
                 return  # the term ended while taking over: never serve in it
@@ -642,7 +660,12 @@ class ClusterNode:
                 await self._step_down(self._why_not_leading())
 
     async def _take_over(
-        self, term: Term, floor: int, saved: int | None, previous_epoch: int | None
+        self,
+        term: Term,
+        floor: int,
+        saved: int | None,
+        previous_epoch: int | None,
+        read: Sequence[RangePage] = (),
     ) -> None:
         """Saves this term's first window and, side by side with it, promotes group commit (its
         low watermark is the saved limit, not the new window: neither waits for the other), then
@@ -654,7 +677,7 @@ class ClusterNode:
             None
             if self.group_commit is None
             else asyncio.ensure_future(
-                self.group_commit.promote(Fence(self.client, term), saved, previous_epoch)
+                self.group_commit.promote(Fence(self.client, term), saved, previous_epoch, read)
             )
         )
         try:
