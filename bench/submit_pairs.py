@@ -6,6 +6,15 @@ alternating so that both see the same load. Prints each pair's rates, process CP
 the share of the floor, the median and the load average.
 
 Usage: python -m bench.submit_pairs [PAIRS] [--durability sync|memory] [--profile]
+       python -m bench.submit_pairs --only floor|submit [--rounds N] [--durability ...]
+
+``--only`` runs N (1 to 7) rounds of one side after a warm-up round, untimed, with the
+transactions of 8 rounds built before whatever N: for instruction counts, which the host's load
+does not move. Per thread, the difference between two round counts is what the rounds cost, e.g.
+for 1 and 4 rounds, divided by 3 x 4,096::
+
+    valgrind --tool=callgrind --separate-threads=yes \
+        python -m bench.submit_pairs --only submit --rounds 4 --durability memory
 """
 
 from __future__ import annotations
@@ -75,12 +84,38 @@ def submit_rate(
     )
 
 
+#: Rounds of transactions ``--only`` builds whatever the round count, so that two counts'
+#: difference holds no building.
+BUILT_ROUNDS = 8
+
+
+def rounds_of_one_side(side: str, rounds: int, durability: str) -> None:
+    """``rounds`` rounds of the floor or of submit after a warm-up round, nothing timed."""
+    if not 1 <= rounds < BUILT_ROUNDS:
+        raise SystemExit(f"--rounds must be in 1..{BUILT_ROUNDS - 1}, got {rounds}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = None if durability == "memory" else Path(tmp) / "log"
+        options = CommitOptions(durability=durability)
+        with GroupCommitScheduler(path, Clock(node=1), options) as scheduler:
+            batches = [transactions(scheduler.clock, TXNS) for _ in range(BUILT_ROUNDS)]
+            for txns in batches[: rounds + 1]:
+                if side == "floor":
+                    asyncio.run(await_resolved_in_batches(TXNS, SUBMITTERS))
+                else:
+                    asyncio.run(submit_all(scheduler, txns, SUBMITTERS))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("pairs", type=int, nargs="?", default=9)
     parser.add_argument("--durability", default="sync", choices=["sync", "memory"])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--only", choices=["floor", "submit"])
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
+    if args.only is not None:
+        rounds_of_one_side(args.only, args.rounds, args.durability)
+        return
     profile = cProfile.Profile() if args.profile else None
     shares: list[float] = []
     cpu_shares: list[float] = []
