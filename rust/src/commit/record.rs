@@ -36,6 +36,16 @@ pub enum DecisionRecord {
     },
 }
 
+impl DecisionRecord {
+    /// The transaction the record decides.
+    pub fn txn_id(&self) -> TxnId {
+        match self {
+            Self::Committed { txn_id, .. } | Self::AbortRequested { txn_id, .. } => *txn_id,
+            Self::Aborted { conflict, .. } => conflict.txn_id,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordError(pub &'static str);
 
