@@ -306,6 +306,13 @@ def test_a_held_commit_is_answered_once_the_pieces_that_could_hold_it_are_in(
             "newest": asyncio.ensure_future(scheduler.submit(newest)),
             "oldest": asyncio.ensure_future(scheduler.submit(oldest)),
             "previous": asyncio.ensure_future(scheduler.submit_many(previous)),
+            # Status queries naming their start wait as the commits do.
+            "newest status": asyncio.ensure_future(
+                asyncio.to_thread(scheduler.status, newest.txn_id, newest.start_ts)
+            ),
+            "oldest status": asyncio.ensure_future(
+                asyncio.to_thread(scheduler.status, oldest.txn_id, oldest.start_ts)
+            ),
         }
         await asyncio.sleep(0.3)
         assert not any(f.done() for f in waiting.values())
@@ -315,15 +322,19 @@ def test_a_held_commit_is_answered_once_the_pieces_that_could_hold_it_are_in(
         # Two pieces in: the newest call is answered from them, the late one decided (too old,
         # as Apache Omid aborts what an earlier leader left undecided); the rest waits.
         assert await asyncio.wait_for(waiting["newest"], WAIT_S) == answers[newest.txn_id]
+        newest_status = await asyncio.wait_for(waiting["newest status"], WAIT_S)
+        assert newest_status == answers[newest.txn_id]
         late_answer = await asyncio.wait_for(waiting["late"], WAIT_S)
         assert isinstance(late_answer, Aborted) and late_answer.conflict is not None
         assert late_answer.conflict.kind == ConflictKind.TOO_OLD
         assert group_commit.history_loading and paused.replayed == 2
         await asyncio.sleep(0.2)
-        assert not waiting["oldest"].done() and not waiting["previous"].done()
+        assert not any(waiting[name].done() for name in ("oldest", "previous", "oldest status"))
 
         paused.resume.set()
         assert await asyncio.wait_for(waiting["oldest"], WAIT_S) == answers[oldest.txn_id]
+        oldest_status = await asyncio.wait_for(waiting["oldest status"], WAIT_S)
+        assert oldest_status == answers[oldest.txn_id]
         got = await asyncio.wait_for(waiting["previous"], WAIT_S)
         expected = [first_decisions()[t.txn_id] for t in previous]
         assert [as_expected(answer) for answer in got] == [decision(e) for e in expected]
