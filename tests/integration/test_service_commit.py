@@ -290,6 +290,12 @@ def test_cli_txn_status_abort_and_commit_bench(oracle: OracleProcess) -> None:
     # Aborting a committed transaction cannot take effect: it stays committed, exit 1.
     too_late = oracle.cli("txn", "abort", "9001")
     assert too_late.returncode == 1 and "committed at" in too_late.stdout
+    # Naming the start (as `now` prints it): the same decisions.
+    start = str(outcome.commit_ts)
+    named = oracle.cli("txn", "status", "9001", "--start", start)
+    assert named.returncode == 0 and named.stdout == done.stdout, named.stderr
+    named = oracle.cli("txn", "abort", "9003", "--start", start)
+    assert named.returncode == 0 and "aborted (requested)" in named.stdout, named.stderr
     # Id 0 is refused by the command before it calls (the server's INVALID_ARGUMENT for it is
     # tested with the client).
     bad = oracle.cli("txn", "status", "0")

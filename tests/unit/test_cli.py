@@ -74,6 +74,7 @@ def test_no_parser_accepts_abbreviations(capsys: pytest.CaptureFixture[str]) -> 
         (["txn", "status", "0"], "ID: must be in 1..2**64-1, got 0"),
         (["txn", "abort", str(2**64)], f"ID: must be in 1..2**64-1, got {2**64}"),
         (["txn", "status", "x"], "ID: must be an integer in 1..2**64-1, got 'x'"),
+        (["txn", "abort", "1", "--start", "x"], '--start: cannot parse timestamp "x"'),
     ],
 )
 def test_impossible_values_are_usage_errors(

@@ -14,6 +14,7 @@ from hlc_oracle.cli.options import (
     add_client_arguments,
     client_kwargs,
     positive_int,
+    start_timestamp,
     transaction_id,
 )
 from hlc_oracle.client import OracleClient, OracleError, OracleStatus
@@ -52,6 +53,14 @@ def add_parsers(commands: Any) -> None:
         sub = txn_commands.add_parser(action, help=text)
         sub.add_argument(
             "txn_id", type=transaction_id, metavar="ID", help="transaction id, 1..2**64-1"
+        )
+        sub.add_argument(
+            "--start",
+            type=start_timestamp,
+            metavar="TS",
+            help="the transaction's start timestamp, as `now` prints it, when known: a leader "
+            "that just took over answers without waiting for its whole decision history "
+            "(name only the start this transaction took: docs/cluster.md)",
         )
         sub.add_argument("--json", action="store_true", help="print JSON")
         add_client_arguments(sub)
@@ -254,9 +263,9 @@ def cmd_txn(args: argparse.Namespace) -> int:
     it is aborted (by this call or before), 1 when it had committed."""
     with OracleClient(args.target, **client_kwargs(args)) as client:
         if args.txn_command == "status":
-            outcome = client.transaction_status(args.txn_id)
+            outcome = client.transaction_status(args.txn_id, args.start)
         else:
-            outcome = client.abort(args.txn_id)
+            outcome = client.abort(args.txn_id, args.start)
     fields = outcome_fields(args.txn_id, outcome)
     if args.json:
         print(json.dumps(fields))

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hlc_oracle import Timestamp
 from hlc_oracle import config as config_module
 from hlc_oracle.addresses import AddressError, parse_address_list
 from hlc_oracle.client import RetryPolicy, channel_credentials
@@ -23,6 +24,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def start_timestamp(text: str) -> Timestamp:
+    """A transaction's start timestamp as ``now`` prints it (``<UTC time>Z/<logical>@<node>``)."""
+    try:
+        return Timestamp.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def transaction_id(text: str) -> int:
