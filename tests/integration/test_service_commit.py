@@ -20,6 +20,7 @@ from hlc_oracle.client import AsyncOracleClient, OracleClient, OracleError, Retr
 from hlc_oracle.proto import oracle_pb2 as pb
 
 from tests.support.oracle_process import OracleProcess
+from tests.support.waiting import wait_for
 
 
 def test_commit_abort_and_status_over_the_wire(oracle: OracleProcess) -> None:
@@ -242,6 +243,9 @@ def test_kill_9_under_load_keeps_every_acknowledged_decision(tmp_path: Path) -> 
         for round_number in range(CRASH_ROUNDS):
             with UnretriedCommitLoad(oracle.target, next_id, rng) as load:
                 assert load.start > newest, "timestamps went backwards across the restart"
+                # The kill lands at a random moment once the load is running: on a busy host
+                # the committers' first answers can take longer than the random wait itself.
+                wait_for(lambda: len(load.acknowledged) > 0, timeout_s=30)
                 time.sleep(0.1 + rng.random() * 0.3)
                 oracle.kill()
             next_id = load.next_id
