@@ -180,19 +180,14 @@ pub(crate) fn outcome_object<'py>(
     outcome: &Outcome,
 ) -> PyResult<Bound<'py, PyAny>> {
     Ok(match outcome {
-        Outcome::Committed(ts) => {
-            let committed = Bound::new(
-                py,
-                PyCommitted {
-                    txn_id,
-                    commit_ts: PyTimestamp(*ts),
-                },
-            )?;
-            // SAFETY: a `Committed` holds no Python object, so the collector has nothing to find
-            // through it: untracked, it is not traversed by each collection while it lives.
-            unsafe { pyo3::ffi::PyObject_GC_UnTrack(committed.as_ptr().cast()) };
-            committed.into_any()
-        }
+        Outcome::Committed(ts) => Bound::new(
+            py,
+            PyCommitted {
+                txn_id,
+                commit_ts: PyTimestamp(*ts),
+            },
+        )?
+        .into_any(),
         Outcome::Aborted(reason) => Bound::new(
             py,
             PyAborted {

@@ -4,7 +4,8 @@
 //! exception classes), the wrappers of the core's values (`hlc`, `vclock`, `conflict`, `log`),
 //! `requests` (what the commit engine is asked) and `answers` (what it answers), then `engine`
 //! (`CommitEngine`), `pending` (the group-commit scheduler's queue) and `wire` (the
-//! `CommitStream` codec).
+//! `CommitStream` codec). `untracked` registers the classes whose instances hold no Python
+//! object, allocated untracked by the cyclic collector.
 
 pub mod answers;
 pub mod args;
@@ -15,6 +16,7 @@ pub mod hlc;
 pub mod log;
 pub mod pending;
 pub mod requests;
+pub mod untracked;
 pub mod vclock;
 pub mod wire;
 
@@ -103,28 +105,28 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(wire::encode_commit_results, module)?)?;
     module.add_function(wrap_pyfunction!(wire::encode_commit_result, module)?)?;
     module.add_function(wrap_pyfunction!(wire::decode_commit_result, module)?)?;
-    module.add_class::<answers::PyCommitted>()?;
-    module.add_class::<answers::PyAborted>()?;
-    module.add_class::<answers::PyStreamResult>()?;
-    module.add_class::<log::PyCommitLog>()?;
+    untracked::add_untracked_class::<answers::PyCommitted>(module)?;
+    untracked::add_untracked_class::<answers::PyAborted>(module)?;
+    untracked::add_untracked_class::<answers::PyStreamResult>(module)?;
+    untracked::add_untracked_class::<log::PyCommitLog>(module)?;
     module.add_class::<log::PyLogRecovery>()?;
     module.add(
         "CeilingReachedError",
         py.get_type::<errors::CeilingReachedError>(),
     )?;
-    module.add_class::<hlc::PyTimestamp>()?;
-    module.add_class::<hlc::PyTimestampRange>()?;
+    untracked::add_untracked_class::<hlc::PyTimestamp>(module)?;
+    untracked::add_untracked_class::<hlc::PyTimestampRange>(module)?;
     module.add_class::<hlc::PyClock>()?;
-    module.add_class::<hlc::PySystemClock>()?;
-    module.add_class::<hlc::PyManualClock>()?;
-    module.add_class::<hlc::TimestampRangeIterator>()?;
+    untracked::add_untracked_class::<hlc::PySystemClock>(module)?;
+    untracked::add_untracked_class::<hlc::PyManualClock>(module)?;
+    untracked::add_untracked_class::<hlc::TimestampRangeIterator>(module)?;
     vclock::register_ordering(module)?;
-    module.add_class::<vclock::PyVectorClock>()?;
-    module.add_class::<conflict::PyTransaction>()?;
+    untracked::add_untracked_class::<vclock::PyVectorClock>(module)?;
+    untracked::add_untracked_class::<conflict::PyTransaction>(module)?;
     conflict::register_conflict_kind(module)?;
-    module.add_class::<conflict::PyConflict>()?;
+    untracked::add_untracked_class::<conflict::PyConflict>(module)?;
     module.add_class::<conflict::PyBatchDecision>()?;
-    module.add_class::<conflict::PyConflictDetector>()?;
+    untracked::add_untracked_class::<conflict::PyConflictDetector>(module)?;
     module.add("MAX_RESERVE", crate::hlc::MAX_RESERVE)?;
     module.add("LOGICAL_BITS", crate::timestamp::LOGICAL_BITS)?;
     module.add("MAX_PHYSICAL", crate::timestamp::MAX_PHYSICAL)?;
