@@ -118,5 +118,44 @@ def test_a_listener_that_closes_every_connection_at_once_does_not_make_it_spin()
         server.close()
         return accepted
 
-    # One connect per MIN_CONNECT_INTERVAL_S at most (and at least a few on an idle loopback).
-    assert 2 <= asyncio.run(main()) <= SETTLE_S / MIN_CONNECT_INTERVAL_S + 1
+    # One connect per MIN_CONNECT_INTERVAL_S at most, but for the one right after the first
+    # connection that ended at once (and at least a few on an idle loopback).
+    assert 3 <= asyncio.run(main()) <= SETTLE_S / MIN_CONNECT_INTERVAL_S + 2
+
+
+def test_a_listener_that_goes_right_after_a_last_connection_is_seen_refused_at_once() -> None:
+    """A killed process's listener can complete one last handshake while the process exits: that
+    connection ends at once, and the next connect is made at once too, so the refusal is seen
+    without waiting out MIN_CONNECT_INTERVAL_S."""
+
+    async def main() -> list[bool]:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        events: list[bool] = []
+        closed = asyncio.Event()
+
+        def on_connected(connected: bool) -> None:
+            events.append(connected)
+            if connected and len(events) == 3:
+                # The second connection: its process "exits" (the listener and the pending
+                # connection go at once).
+                listener.close()
+                closed.set()
+
+        async with asyncio.timeout(10):
+            # A first connection lives long (the leader alive), then ends; the second is the last.
+            first = asyncio.ensure_future(
+                wait_until_refused(f"127.0.0.1:{port}", on_connected=on_connected)
+            )
+            while not events:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(MIN_CONNECT_INTERVAL_S * 2)
+            accepted, _ = listener.accept()
+            accepted.close()  # the first connection ends: the watch connects again at once
+            await closed.wait()
+            await first  # refused: returns
+        return events
+
+    assert asyncio.run(main()) == [True, False, True, False]

@@ -75,8 +75,11 @@ PROBE_TIMEOUT_S = 0.2
 #: First pause after an attempt that proved nothing; it doubles up to :data:`MAX_RETRY_PAUSE_S`.
 RETRY_PAUSE_S = 0.05
 MAX_RETRY_PAUSE_S = 1.0
-#: Least time between two connects to one leader: a listener that accepts and closes at once
-#: (not a gRPC server) must not make the loop spin.
+#: Least time between two connects to one leader once two connections in a row ended at once: a
+#: listener that accepts and closes every connection (not a gRPC server) must not make the loop
+#: spin. The first connection that ends at once is followed by a connect at once: a killed
+#: process's listener can still complete one last handshake while the process exits, and that
+#: connection is reset when the listener goes (then the next connect is refused).
 MIN_CONNECT_INTERVAL_S = 0.05
 #: Bytes read at a time from the held connection (discarded).
 READ_SIZE = 65536
@@ -107,8 +110,10 @@ async def wait_until_refused(
     reached = False
     pause = retry_pause_s
     last_attempt = float("-inf")
+    quick_ends = 0  # connections in a row that ended within MIN_CONNECT_INTERVAL_S
     while True:
-        await asyncio.sleep(max(0.0, last_attempt + MIN_CONNECT_INTERVAL_S - time.monotonic()))
+        if quick_ends >= 2:
+            await asyncio.sleep(max(0.0, last_attempt + MIN_CONNECT_INTERVAL_S - time.monotonic()))
         last_attempt = time.monotonic()
         try:
             reader, writer = await asyncio.wait_for(
@@ -129,6 +134,8 @@ async def wait_until_refused(
             finally:
                 writer.close()
                 on_connected(False)
+            quick = time.monotonic() - last_attempt < MIN_CONNECT_INTERVAL_S
+            quick_ends = quick_ends + 1 if quick else 0
             continue  # broken: probe at once
         await asyncio.sleep(pause)
         pause = min(pause * 2, MAX_RETRY_PAUSE_S)
