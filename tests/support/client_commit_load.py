@@ -34,6 +34,8 @@ from tests.support.started_fixture import StartedFixture
 CLIENT_TIMEOUT_S = 20.0
 #: Open-loop commit calls in flight at most (see ``arrival_interval_s``).
 MAX_ARRIVALS = 200
+#: The call a caller makes, by the caller's name, for :meth:`ClientCommitLoad.errors_by_kind`.
+CALL_NAMES = {"_commits": "commit", "_batches": "commit_many", "_unary": "commit_unary"}
 
 
 class ClientCommitLoad(StartedFixture):
@@ -77,6 +79,8 @@ class ClientCommitLoad(StartedFixture):
         self.answers: list[tuple[int, int]] = []
         self.unknown: list[int] = []
         self.errors: list[BaseException] = []
+        #: Beside each error, the call that failed (``commit``, ``abort``, ...).
+        self.error_calls: list[str] = []
         self._ids = itertools.count(1)
         self._arrivals_in_flight: set[asyncio.Task[None]] = set()
         self._stop = threading.Event()
@@ -102,8 +106,12 @@ class ClientCommitLoad(StartedFixture):
         self._running.clear()
 
     def errors_by_kind(self) -> dict[str, int]:
-        """Failed calls by the error's class, unknown outcomes (per transaction) included."""
-        kinds = collections.Counter(type(error).__name__ for error in self.errors)
+        """Failed calls by the error's class and the call (``"OracleTimeoutError (abort)"``),
+        unknown outcomes (per transaction) included."""
+        kinds = collections.Counter(
+            f"{type(error).__name__} ({call})"
+            for error, call in zip(self.errors, self.error_calls, strict=True)
+        )
         if self.unknown:
             kinds[OracleOutcomeUnknownError.__name__] += len(self.unknown)
         return dict(sorted(kinds.items()))
@@ -166,8 +174,12 @@ class ClientCommitLoad(StartedFixture):
             try:
                 await caller(client)
             except Exception as err:
-                self.errors.append(err)
+                self._failed(CALL_NAMES.get(caller.__name__, caller.__name__), err)
                 await asyncio.sleep(0.01)
+
+    def _failed(self, call: str, error: BaseException) -> None:
+        self.errors.append(error)
+        self.error_calls.append(call)
 
     def _record(self, txn_id: int, txn: Transaction | None, result: Committed | Aborted) -> None:
         now = time.monotonic_ns()
@@ -203,7 +215,7 @@ class ClientCommitLoad(StartedFixture):
         try:
             await caller(client)
         except Exception as err:
-            self.errors.append(err)
+            self._failed("commit (open loop)", err)
 
     async def _arrival(self, client: AsyncOracleClient) -> None:
         txn = self._transaction(await client.get_timestamp())
@@ -229,15 +241,20 @@ class ClientCommitLoad(StartedFixture):
             elif isinstance(result, Committed | Aborted):
                 self._record(txn.txn_id, txn, result)
             else:
-                self.errors.append(result)
+                self._failed("commit_many", result)
 
     async def _unary(self, client: AsyncOracleClient) -> None:
         txn = self._transaction(await client.get_timestamp())
         aborted_id = next(self._ids)
+        call = "commit_unary"
         try:
             self._record(txn.txn_id, txn, await client.commit_unary(txn))
             # The aborted id's transaction started with the commit's: a new leader holds the
             # abort only until no decision it still loads can be about that start.
+            call = "abort"
             self._record(aborted_id, None, await client.abort(aborted_id, txn.start_ts))
         except OracleOutcomeUnknownError:
             self.unknown.extend((txn.txn_id, aborted_id))
+        except Exception as err:
+            self._failed(call, err)
+            await asyncio.sleep(0.01)

@@ -37,3 +37,16 @@ def test_largest_gap_counts_from_the_given_time() -> None:
     assert load.largest_gap_ms(0) == 500.0
     assert load.largest_gap_ms(500 * ms) == 390.0
     assert load.largest_gap_ms(901 * ms) == 0.0
+
+
+def test_failed_calls_are_counted_by_error_and_call() -> None:
+    load = load_with([], [])
+    load._failed("abort", TimeoutError())
+    load._failed("abort", TimeoutError())
+    load._failed("commit", ValueError())
+    load.unknown.extend([7, 8])
+    assert load.errors_by_kind() == {
+        "OracleOutcomeUnknownError": 2,
+        "TimeoutError (abort)": 2,
+        "ValueError (commit)": 1,
+    }
