@@ -147,6 +147,7 @@ async def promote_node_2(
     )
     if standby:
         group_commit.prepare_standby()
+        await eventually(group_commit.standby_ready)
     await group_commit.promote(fence, window_limit)
     return group_commit, installed[-1], ended
 
@@ -425,6 +426,52 @@ def test_a_promotion_given_the_winning_txns_reads_continues_as_one_that_reads_th
         await eventually(lambda: not group_commit.history_loading)
         assert scheduler.status(1) == answers[1]
         await group_commit.close()
+        await client.close()
+
+    run(scenario)
+
+
+def test_a_promotion_does_not_wait_for_a_standby_still_being_built(
+    etcd: EtcdMember, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that just started may win before its standby engine is faulted in: the promotion
+    builds a fresh engine instead of waiting, and keeps the standby for its next promotion."""
+    release = threading.Event()
+    build = ClusteredGroupCommit._build_standby
+
+    def slow(self: ClusteredGroupCommit) -> CommitEngine | None:
+        assert release.wait(WAIT_S)
+        return build(self)
+
+    monkeypatch.setattr(ClusteredGroupCommit, "_build_standby", slow)
+
+    async def scenario() -> None:
+        client = client_of([etcd.endpoint])
+        first, _, _ = await write_history(client)
+        window_limit = first.scheduler.clock.last().physical + 1
+        clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
+        fence = await take_leadership(client, "node-2")
+        installed: list[GroupCommitScheduler | None] = []
+        group_commit = ClusteredGroupCommit(
+            client,
+            PREFIX,
+            clock,
+            CommitOptions(),
+            ServingGate(),
+            retention_s=600.0,
+            install=installed.append,
+            end_term=lambda reason: None,
+        )
+        group_commit.prepare_standby()
+        await asyncio.wait_for(group_commit.promote(fence, window_limit), WAIT_S)
+        scheduler = installed[-1]
+        assert scheduler is not None and not group_commit.standby_ready()
+        fresh = Transaction(5 * 10**9, clock.now(), [], [b"w1"])
+        assert isinstance(await asyncio.wait_for(scheduler.submit(fresh), WAIT_S), Committed)
+        release.set()
+        await eventually(group_commit.standby_ready)  # kept for the next promotion
+        await group_commit.close()
+        assert not group_commit.standby_ready()
         await client.close()
 
     run(scenario)

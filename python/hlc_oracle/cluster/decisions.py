@@ -739,11 +739,20 @@ class ClusteredGroupCommit:
         engine.prefault()
         return engine
 
+    def standby_ready(self) -> bool:
+        """Whether a standby engine is built and waiting for the next promotion."""
+        return self._standby is not None and self._standby.done()
+
     async def _take_standby(self) -> CommitEngine | None:
-        """The standby engine (waited for if still being built), or None: none was prepared, or
-        building it failed (the promotion builds one as before)."""
+        """The standby engine, or None: none was prepared, building it failed, or it is still
+        being built (a node that just started: faulting its pages in can take longer than
+        building a fresh engine, which the promotion then does; the standby is kept for the
+        next promotion)."""
         standby, self._standby = self._standby, None
         if standby is None:
+            return None
+        if not standby.done():
+            self._standby = standby
             return None
         try:
             return await standby
