@@ -43,12 +43,12 @@ from hlc_oracle import (
 )
 from hlc_oracle.cli.bench import bench_transactions
 from hlc_oracle.client import AsyncOracleClient
-from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionLog, decision_key
+from hlc_oracle.cluster.decisions import DecisionLog, decision_key
 from hlc_oracle.cluster.etcd import EtcdClient, compare_create_revision, put
 from hlc_oracle.cluster.fence import Fence, Term
 from hlc_oracle.durable import ExternalDurableStep
-from hlc_oracle.node.gate import ServingGate
 
+from tests.support.decision_leader import clustered_group_commit
 from tests.support.etcd_process import EtcdMember
 from tests.support.oracle_cluster import OracleCluster
 
@@ -268,17 +268,7 @@ async def load_history(
         taken = await client.txn([compare_create_revision(leader_key, 0)], [put(leader_key, b"c")])
         fence = Fence(client, Term(leader_key, b"c", taken.revision))
         clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
-        installed: list[GroupCommitScheduler | None] = []
-        group_commit = ClusteredGroupCommit(
-            client,
-            prefix,
-            clock,
-            CommitOptions(),
-            ServingGate(),
-            retention_s=600.0,
-            install=installed.append,
-            end_term=lambda reason: None,
-        )
+        group_commit, installed, _ = clustered_group_commit(client, clock, prefix)
         await group_commit.promote(fence, window_limit)
         started = time.perf_counter()
         stop = asyncio.Event()

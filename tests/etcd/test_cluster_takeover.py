@@ -20,7 +20,6 @@ from hlc_oracle import (
     Aborted,
     Clock,
     CommitEngine,
-    CommitOptions,
     Committed,
     ConflictKind,
     GroupCommitScheduler,
@@ -31,9 +30,15 @@ from hlc_oracle import (
 from hlc_oracle._core import encode_commit_request
 from hlc_oracle.cluster import decisions
 from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionLog
-from hlc_oracle.node.gate import ServingGate
 
-from tests.support.decision_leader import PREFIX, Leader, client_of, run, take_leadership
+from tests.support.decision_leader import (
+    PREFIX,
+    Leader,
+    client_of,
+    clustered_group_commit,
+    run,
+    take_leadership,
+)
 from tests.support.etcd_process import EtcdMember
 from tests.support.stored_pieces import (
     FIXTURES,
@@ -133,18 +138,7 @@ async def promote_node_2(
     preparing a standby engine, as a follower does, with ``standby``): the group commit, the
     scheduler it installed, and the reasons of the terms it ended (a list that grows)."""
     fence = await take_leadership(client, "node-2")
-    installed: list[GroupCommitScheduler | None] = []
-    ended: list[str] = []
-    group_commit = ClusteredGroupCommit(
-        client,
-        PREFIX,
-        clock,
-        CommitOptions(),
-        ServingGate(),
-        retention_s=600.0,
-        install=installed.append,
-        end_term=ended.append,
-    )
+    group_commit, installed, ended = clustered_group_commit(client, clock)
     if standby:
         group_commit.prepare_standby()
         await eventually(group_commit.standby_ready)
@@ -400,17 +394,7 @@ def test_a_promotion_given_the_winning_txns_reads_continues_as_one_that_reads_th
         newest = await first.log.newest_seq()
         window_limit = first.scheduler.clock.last().physical + 1
         clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
-        installed: list[GroupCommitScheduler | None] = []
-        group_commit = ClusteredGroupCommit(
-            client,
-            PREFIX,
-            clock,
-            CommitOptions(),
-            ServingGate(),
-            retention_s=600.0,
-            install=installed.append,
-            end_term=lambda reason: None,
-        )
+        group_commit, installed, _ = clustered_group_commit(client, clock)
         reads = group_commit.takeover_reads(first.log.epoch)
         assert len(reads) == 2
         fence = await take_leadership(client, "node-2")
@@ -451,17 +435,7 @@ def test_a_promotion_does_not_wait_for_a_standby_still_being_built(
         window_limit = first.scheduler.clock.last().physical + 1
         clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
         fence = await take_leadership(client, "node-2")
-        installed: list[GroupCommitScheduler | None] = []
-        group_commit = ClusteredGroupCommit(
-            client,
-            PREFIX,
-            clock,
-            CommitOptions(),
-            ServingGate(),
-            retention_s=600.0,
-            install=installed.append,
-            end_term=lambda reason: None,
-        )
+        group_commit, installed, _ = clustered_group_commit(client, clock)
         group_commit.prepare_standby()
         await asyncio.wait_for(group_commit.promote(fence, window_limit), WAIT_S)
         scheduler = installed[-1]

@@ -17,10 +17,11 @@ from hlc_oracle import (
     GroupCommitScheduler,
     Transaction,
 )
-from hlc_oracle.cluster.decisions import DecisionLog
+from hlc_oracle.cluster.decisions import ClusteredGroupCommit, DecisionLog
 from hlc_oracle.cluster.etcd import EtcdClient, compare_create_revision, put
 from hlc_oracle.cluster.fence import Fence, Term
 from hlc_oracle.durable import ExternalDurableStep
+from hlc_oracle.node.gate import ServingGate
 
 PREFIX = "/hlc-oracle/test/"
 LEADER_KEY = f"{PREFIX}leader".encode()
@@ -74,6 +75,27 @@ class Leader:
         return list(
             await asyncio.gather(*(self.scheduler.submit(t) for t in txns), return_exceptions=True)
         )
+
+
+def clustered_group_commit(
+    client: EtcdClient, clock: Clock, prefix: str = PREFIX
+) -> tuple[ClusteredGroupCommit, list[GroupCommitScheduler | None], list[str]]:
+    """A node's clustered group commit on ``clock``, as the server builds it (default options,
+    600 s retention): the group commit, the schedulers it installs and the reasons of the terms
+    it ends (lists that grow)."""
+    installed: list[GroupCommitScheduler | None] = []
+    ended: list[str] = []
+    group_commit = ClusteredGroupCommit(
+        client,
+        prefix,
+        clock,
+        CommitOptions(),
+        ServingGate(),
+        retention_s=600.0,
+        install=installed.append,
+        end_term=ended.append,
+    )
+    return group_commit, installed, ended
 
 
 def transactions(clock: Clock, first_id: int, count: int, keys: int = 50) -> list[Transaction]:
