@@ -199,12 +199,10 @@ class GroupCommitScheduler:
         function returning the future, because a coroutine frame per commit costs a tenth of
         what the whole in-process submit costs. Must be called on a running event loop.
 
-        An instance calls its queue's ``PendingQueue.submit`` instead, which does the same in
-        Rust (no bytecode, no tuple per caller); this is its Python form."""
-        self._check_transaction(txn)
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._enqueue((_SINGLE, txn, 1, future, 0))
-        return future
+        The queue does it in Rust (``PendingQueue.submit``: no bytecode, no tuple per caller),
+        and an instance's ``submit`` is that bound method itself (see ``__init__``); this method
+        is its documented and typed face, never run for an instance."""
+        return self._queue.submit(txn)
 
     def submit_blocking(self, txn: Transaction, timeout: float | None = None) -> Outcome:
         """The blocking form of :meth:`submit`, for threads without an event loop."""

@@ -402,9 +402,10 @@ class DecisionLog:
 
     async def read_checkpoint(self, read: RangePage | None = None) -> Checkpoint | None:
         """The checkpoint; ``read``: the checkpoint key's page, read already (in a txn)."""
-        kv = (await self.client.get(self.checkpoint_key))[0] if read is None else None
-        if read is not None and read.kvs:
-            kv = read.kvs[0]
+        if read is None:
+            kv, _ = await self.client.get(self.checkpoint_key)
+        else:
+            kv = read.kvs[0] if read.kvs else None
         return None if kv is None else Checkpoint.decode(kv.value, self.checkpoint_key)
 
     async def aborted_ids(self) -> list[int]:
