@@ -6,6 +6,13 @@ answers consecutive ranges from a plain counter: no clock, no gate, no window, n
 answer would be refused by the client, which never hands out a timestamp not above one it returned
 before.) The oracle's figures divided by this one's show what the oracle adds over the transport.
 
+It also serves ``hlc_oracle.v1.Transactions``' ``CommitStream``: each request message is answered
+at once with one committed ``CommitResult`` per transaction (counted in Rust by
+``count_commit_request``, the scan the oracle's scheduler starts with), all the same result of the
+size of a real one, repeated: no engine, no log, no fsync, no task per message. The client matches
+a message's results to its transactions by position and count, so it takes these as it takes the
+oracle's. What this costs is what grpcio costs on the machine: the floor of the stream path.
+
     python bench/echo_server.py PORT_FILE    # binds 127.0.0.1:0, writes {"port": N} to PORT_FILE
 """
 
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from hlc_oracle._core import count_commit_request
 from hlc_oracle.proto import oracle_pb2 as pb
 
 LOGICAL_BITS = 12
@@ -45,8 +53,33 @@ async def stream_timestamps(requests: AsyncIterator[bytes], context: Any) -> Asy
         yield answer(raw)
 
 
+#: One ``CommitStreamResponse`` result, committed, with an id and a timestamp as wide as the
+#: benchmarks' (ids from 10**12, a timestamp of today): a response is this, once per transaction.
+COMMITTED = pb.CommitStreamResponse(
+    results=[
+        pb.CommitResult(
+            txn_id=10**12,
+            commit_ts=pb.Timestamp(physical=1_795_000_000_000_000, logical=1, node=1),
+        )
+    ]
+).SerializeToString()
+#: The oracle's bench servers take messages up to this size (``--max-message-bytes``).
+MAX_MESSAGE_BYTES = 4 << 20
+
+
+async def commit_stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    async for raw in requests:
+        yield COMMITTED * count_commit_request(raw)
+
+
 async def main(port_file: Path) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -55,6 +88,10 @@ async def main(port_file: Path) -> None:
                     "GetTimestamps": grpc.unary_unary_rpc_method_handler(get_timestamps),
                     "StreamTimestamps": grpc.stream_stream_rpc_method_handler(stream_timestamps),
                 },
+            ),
+            grpc.method_handlers_generic_handler(
+                "hlc_oracle.v1.Transactions",
+                {"CommitStream": grpc.stream_stream_rpc_method_handler(commit_stream)},
             ),
         )
     )

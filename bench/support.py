@@ -2,6 +2,8 @@
 measurements, and their figures stay comparable:
 
 - a group's members: :func:`bench_for` (the baseline fixture or the plain one);
+- the empty grpcio service (``bench/echo_server.py``), the baseline of the service groups and of
+  the stream group: :func:`echo_server`;
 - same-run comparisons: :func:`timed`, :func:`interleaved_pairs` (``INTERLEAVED_PAIRS`` rounds
   back to back, alternating), :func:`record_median_rate`;
 - figures: :func:`percentile`, :func:`record_rate` (a rate and its latencies), :func:`record_gaps`
@@ -17,11 +19,16 @@ measurements, and their figures stay comparable:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import os
+import signal
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +58,28 @@ CHANNELS: list[Any] = []
 def bench_for(request: pytest.FixtureRequest, baseline: bool) -> Any:
     """The group's ``baseline`` fixture for its reference member, ``benchmark`` for the others."""
     return request.getfixturevalue("baseline" if baseline else "benchmark")
+
+
+@contextlib.contextmanager
+def echo_server(directory: Path) -> Iterator[tuple[int, str]]:
+    """``bench/echo_server.py`` running (its pid and target, on 127.0.0.1), stopped on exit."""
+    port_file = directory / "echo-port.json"
+    script = Path(__file__).with_name("echo_server.py")
+    process = subprocess.Popen([sys.executable, str(script), str(port_file)])
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("echo server did not start")
+            time.sleep(0.02)
+        yield process.pid, f"127.0.0.1:{json.loads(port_file.read_text())['port']}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        finally:
+            process.kill()
+            process.wait()
 
 
 def timed(run: Callable[[], None]) -> float:

@@ -13,7 +13,12 @@ throughput ratio:
   in-process asyncio submitter could reach on the machine;
 - ``commit grpc 256 callers``: ``AsyncOracleClient.commit()`` from 256 concurrent callers
   against a real server (``CommitStream`` with client merging), beside the in-process scheduler
-  with 256 submitters (the baseline: what the network and the service add).
+  with 256 submitters (the baseline: what the network and the service add);
+- ``commit stream 100000 txns``: ``commit_many`` calls of 100 and 1,000, 8 in flight, against a
+  real server and against the empty grpcio service (``bench/echo_server.py``: every transaction
+  committed at once, nothing decided), beside the raw ceiling (the baseline); ``extra_info`` has
+  each side's server and client CPU per transaction; ``... oracle over echo`` runs the two in
+  back-to-back pairs and records the medians of the per-pair ratios.
 
 ``extra_info`` holds transactions per second and the submitters' p50/p99 latency (microseconds)
 of the median-ish last round; the fsync baseline also records its per-fsync p50.
@@ -28,6 +33,7 @@ import sqlite3
 import statistics
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ from hlc_oracle import Clock, CommitOptions, Committed, GroupCommitScheduler, Ti
 from hlc_oracle.client import AsyncOracleClient
 
 from bench.support import (
+    echo_server,
     process_cpu_seconds,
     record_rate,
     submit_all,
@@ -332,38 +339,123 @@ def stream_oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OraclePr
         yield server
 
 
+@pytest.fixture(scope="module")
+def stream_echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """The empty grpcio service (``bench/echo_server.py``): its ``CommitStream`` answers every
+    transaction committed at once, with no engine, no log and no fsync (its pid and target)."""
+    with echo_server(tmp_path_factory.mktemp("commit-stream-echo")) as pid_and_target:
+        yield pid_and_target
+
+
+@dataclass(frozen=True)
+class StreamRound:
+    """One round of :func:`stream_round`: its seconds, and the server's and the client's CPU
+    seconds (the whole server process; the client process while the round ran)."""
+
+    seconds: float
+    server_cpu: float
+    client_cpu: float
+
+
+def timed_stream_round(pid: int, target: str, batches: list[list[Transaction]]) -> StreamRound:
+    server_before = process_cpu_seconds(pid)
+    client_before = time.process_time()
+    started = time.perf_counter()
+    committed = asyncio.run(stream_round(target, batches))
+    seconds = time.perf_counter() - started
+    round_ = StreamRound(
+        seconds, process_cpu_seconds(pid) - server_before, time.process_time() - client_before
+    )
+    assert committed == sum(len(batch) for batch in batches)
+    return round_
+
+
+def fresh_stream_batches(target: str, per_message: int) -> list[list[Transaction]]:
+    # A fresh snapshot per round: the detector forgets keys past max_keys, and a start below
+    # its low watermark is aborted as too old.
+    start = asyncio.run(_timestamp_of(target))
+    return stream_batches(stream_transactions(start, STREAM_TXNS), per_message)
+
+
+def measure_stream(benchmark: Any, pid: int, target: str, per_message: int) -> None:
+    """Three rounds of ``STREAM_TXNS`` in calls of ``per_message``; the last round's rate and
+    CPU per transaction."""
+    figures: list[StreamRound] = []
+
+    def setup() -> tuple[tuple[list[list[Transaction]]], dict[str, Any]]:
+        return (fresh_stream_batches(target, per_message),), {}
+
+    def body(batches: list[list[Transaction]]) -> None:
+        figures.append(timed_stream_round(pid, target, batches))
+
+    benchmark.pedantic(body, setup=setup, rounds=3, iterations=1)
+    last = figures[-1]
+    record_rate(benchmark, STREAM_TXNS, last.seconds, [])
+    benchmark.extra_info["server_cpu_us_per_txn"] = round(last.server_cpu / STREAM_TXNS * 1e6, 2)
+    benchmark.extra_info["client_cpu_us_per_txn"] = round(last.client_cpu / STREAM_TXNS * 1e6, 2)
+
+
 @pytest.mark.parametrize("per_message", [100, 1000])
 def test_grpc_commit_stream_messages(
     benchmark: Any, stream_oracle: OracleProcess, per_message: int
 ) -> None:
     benchmark.group = f"commit stream {STREAM_TXNS} txns"
-    pid = server_pid(stream_oracle)
-    figures: dict[str, Any] = {}
+    measure_stream(benchmark, server_pid(stream_oracle), stream_oracle.target, per_message)
 
-    def setup() -> tuple[tuple[list[list[Transaction]]], dict[str, Any]]:
-        # A fresh snapshot per round: the detector forgets keys past max_keys, and a start below
-        # its low watermark is aborted as too old.
-        start = asyncio.run(_timestamp_of(stream_oracle.target))
-        return (stream_batches(stream_transactions(start, STREAM_TXNS), per_message),), {}
 
-    def body(batches: list[list[Transaction]]) -> None:
-        server_before = process_cpu_seconds(pid)
-        client_before = time.process_time()
-        started = time.perf_counter()
-        committed = asyncio.run(stream_round(stream_oracle.target, batches))
-        figures["seconds"] = time.perf_counter() - started
-        figures["server_cpu"] = process_cpu_seconds(pid) - server_before
-        figures["client_cpu"] = time.process_time() - client_before
-        assert committed == STREAM_TXNS
+@pytest.mark.parametrize("per_message", [100, 1000])
+def test_grpc_commit_stream_echo_messages(
+    benchmark: Any, stream_echo: tuple[int, str], per_message: int
+) -> None:
+    """The same rounds against the empty grpcio service: what grpcio and the client cost on
+    this machine with nothing decided and nothing made durable, the floor of the stream path."""
+    benchmark.group = f"commit stream {STREAM_TXNS} txns"
+    measure_stream(benchmark, *stream_echo, per_message)
 
-    benchmark.pedantic(body, setup=setup, rounds=3, iterations=1)
-    record_rate(benchmark, STREAM_TXNS, figures["seconds"], [])
-    benchmark.extra_info["server_cpu_us_per_txn"] = round(
-        figures["server_cpu"] / STREAM_TXNS * 1e6, 2
-    )
-    benchmark.extra_info["client_cpu_us_per_txn"] = round(
-        figures["client_cpu"] / STREAM_TXNS * 1e6, 2
-    )
+
+#: Pairs of rounds (echo, then oracle) of the stream's same-run comparison.
+STREAM_PAIRS = int(os.environ.get("HLC_BENCH_STREAM_PAIRS", "8"))
+
+
+def test_grpc_commit_stream_oracle_over_echo(
+    benchmark: Any, stream_oracle: OracleProcess, stream_echo: tuple[int, str]
+) -> None:
+    """Calls of 1,000 against the empty grpcio service and against the oracle, in
+    ``STREAM_PAIRS`` back-to-back pairs of rounds (load that comes and goes hits both sides of a
+    pair): ``extra_info`` has each side's median rate and CPU per transaction, and the medians of
+    the per-pair ratios oracle/echo (time, server CPU, client CPU): what the oracle adds over
+    grpcio's floor."""
+    benchmark.group = f"commit stream {STREAM_TXNS} txns, oracle over echo"
+    pairs = 1 if benchmark.disabled else STREAM_PAIRS
+    sides = {"echo": stream_echo, "oracle": (server_pid(stream_oracle), stream_oracle.target)}
+    rounds: dict[str, list[StreamRound]] = {"echo": [], "oracle": []}
+
+    def body() -> None:
+        for _ in range(pairs):
+            for side, (pid, target) in sides.items():
+                batches = fresh_stream_batches(target, 1000)
+                rounds[side].append(timed_stream_round(pid, target, batches))
+
+    benchmark.pedantic(body, rounds=1, iterations=1)
+    per_txn = 1e6 / STREAM_TXNS
+    for side, measured in rounds.items():
+        info = benchmark.extra_info
+        info[f"{side}_per_second"] = round(
+            STREAM_TXNS / statistics.median(r.seconds for r in measured)
+        )
+        info[f"{side}_server_cpu_us_per_txn"] = round(
+            statistics.median(r.server_cpu for r in measured) * per_txn, 2
+        )
+        info[f"{side}_client_cpu_us_per_txn"] = round(
+            statistics.median(r.client_cpu for r in measured) * per_txn, 2
+        )
+    for name in ("seconds", "server_cpu", "client_cpu"):
+        ratios = [
+            getattr(oracle, name) / max(getattr(echo, name), 1e-9)
+            for echo, oracle in zip(rounds["echo"], rounds["oracle"], strict=True)
+        ]
+        benchmark.extra_info[f"oracle_over_echo_{name}"] = round(statistics.median(ratios), 3)
+    benchmark.extra_info["load_average"] = os.getloadavg()[0]
 
 
 def test_raw_ceiling_stream_group(baseline: Any, tmp_path: Path) -> None:

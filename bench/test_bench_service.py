@@ -23,11 +23,7 @@ records ``interleaved_ratio`` (median of oracle/echo per pair of rounds; for lat
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +44,7 @@ from bench.support import (
     aio_channel,
     bench_for,
     concurrent_unary,
+    echo_server,
     handler_rounds,
     interleaved_pairs,
     record_median_rate,
@@ -62,33 +59,11 @@ SERVERS = ["echo", "oracle"]
 pytestmark = pytest.mark.usefixtures("close_channels")
 
 
-def _start_echo(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = directory / "echo-port.json"
-    script = Path(__file__).with_name("echo_server.py")
-    process = subprocess.Popen([sys.executable, str(script), str(port_file)])
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("echo server did not start")
-        time.sleep(0.02)
-    return process, f"127.0.0.1:{json.loads(port_file.read_text())['port']}"
-
-
 @pytest.fixture(scope="module")
 def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     directory = tmp_path_factory.mktemp("service-bench")
-    with OracleProcess(directory / "data") as oracle:
-        echo, echo_target = _start_echo(directory)
-        try:
-            yield {"echo": echo_target, "oracle": oracle.target}
-        finally:
-            echo.send_signal(signal.SIGTERM)
-            try:
-                echo.wait(10)
-            finally:
-                echo.kill()
-                echo.wait()
+    with OracleProcess(directory / "data") as oracle, echo_server(directory) as (_, echo_target):
+        yield {"echo": echo_target, "oracle": oracle.target}
 
 
 @dataclass(frozen=True)
