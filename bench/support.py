@@ -7,7 +7,8 @@ measurements, and their figures stay comparable:
 - same-run comparisons: :func:`timed`, :func:`interleaved_pairs` (``INTERLEAVED_PAIRS`` rounds
   back to back, alternating), :func:`record_median_rate`;
 - figures: :func:`percentile`, :func:`record_rate` (a rate and its latencies), :func:`record_gaps`
-  (the client-visible gaps of failover rounds), :func:`process_cpu_seconds`;
+  (the client-visible gaps of failover rounds), :func:`process_cpu_seconds`, :func:`thread_times`
+  (each thread's time on a CPU and waiting for one);
 - ``GetTimestamps`` over gRPC: ``GET``, ``ONE``, :func:`aio_channel`, :func:`concurrent_unary`
   (``UNARY_CALLERS`` x ``UNARY_CALLS`` per round in the throughput groups);
 - handlers in process, without the transport: :func:`handler_rounds` (``HANDLER_CALLS`` per round),
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,31 @@ def process_cpu_seconds(pid: int) -> float:
     """User + system CPU of process ``pid`` so far (from /proc, in clock ticks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ThreadTimes:
+    """Seconds one thread spent on a CPU, and runnable but waiting for one (the kernel's
+    ``/proc/PID/task/TID/schedstat``, in nanoseconds: finer than :func:`process_cpu_seconds`'s
+    clock ticks)."""
+
+    running: float
+    waiting: float
+
+    def __sub__(self, before: ThreadTimes) -> ThreadTimes:
+        return ThreadTimes(self.running - before.running, self.waiting - before.waiting)
+
+
+def thread_times(pid: int) -> dict[int, ThreadTimes]:
+    """Every live thread of process ``pid``, by thread id (the main thread's is ``pid``)."""
+    times: dict[int, ThreadTimes] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            running, waiting, _ = (task / "schedstat").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended meanwhile
+        times[int(task.name)] = ThreadTimes(int(running) / 1e9, int(waiting) / 1e9)
+    return times
 
 
 def aio_channel(loop: asyncio.AbstractEventLoop, target: str) -> Any:

@@ -42,10 +42,12 @@ from hlc_oracle import Clock, CommitOptions, Committed, GroupCommitScheduler, Ti
 from hlc_oracle.client import AsyncOracleClient
 
 from bench.support import (
+    ThreadTimes,
     echo_server,
     process_cpu_seconds,
     record_rate,
     submit_all,
+    thread_times,
     transaction_of_keys,
 )
 from tests.support.oracle_process import OracleProcess
@@ -349,25 +351,64 @@ def stream_echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int,
 
 @dataclass(frozen=True)
 class StreamRound:
-    """One round of :func:`stream_round`: its seconds, and the server's and the client's CPU
-    seconds (the whole server process; the client process while the round ran)."""
+    """One round of :func:`stream_round`: its seconds, the server's and the client's CPU seconds
+    (the whole server process; the client process while the round ran), and the server's
+    threads over the round (:func:`thread_times`)."""
 
     seconds: float
     server_cpu: float
     client_cpu: float
+    threads: dict[int, ThreadTimes]
+    server_pid: int
+
+    @property
+    def loop(self) -> ThreadTimes:
+        """The server's main thread: its event loop (grpc.aio, the handlers)."""
+        return self.threads.get(self.server_pid, ThreadTimes(0.0, 0.0))
+
+    @property
+    def others(self) -> list[ThreadTimes]:
+        """The server's other threads, busiest first (the oracle's first is its group-commit
+        writer; the rest are gRPC's)."""
+        others = [times for tid, times in self.threads.items() if tid != self.server_pid]
+        return sorted(others, key=lambda times: times.running, reverse=True)
 
 
 def timed_stream_round(pid: int, target: str, batches: list[list[Transaction]]) -> StreamRound:
+    threads_before = thread_times(pid)
     server_before = process_cpu_seconds(pid)
     client_before = time.process_time()
     started = time.perf_counter()
     committed = asyncio.run(stream_round(target, batches))
     seconds = time.perf_counter() - started
-    round_ = StreamRound(
-        seconds, process_cpu_seconds(pid) - server_before, time.process_time() - client_before
-    )
+    server_cpu = process_cpu_seconds(pid) - server_before
+    client_cpu = time.process_time() - client_before
+    threads = {
+        tid: times - threads_before.get(tid, ThreadTimes(0.0, 0.0))
+        for tid, times in thread_times(pid).items()
+    }
     assert committed == sum(len(batch) for batch in batches)
-    return round_
+    return StreamRound(seconds, server_cpu, client_cpu, threads, pid)
+
+
+def thread_figures(round_: StreamRound, writer: bool) -> dict[str, float]:
+    """Where the server's CPU went in ``round_``, per transaction: its event loop, its
+    group-commit writer (``writer``: the oracle; the echo has none) and its other threads
+    (gRPC's); and the writer's shares of the round's wall time: on a CPU, waiting for one, and
+    asleep (its ``fdatasync``, and waiting for the next message)."""
+    per_txn = 1e6 / STREAM_TXNS
+    others = round_.others
+    figures = {"loop_cpu_us_per_txn": round(round_.loop.running * per_txn, 3)}
+    if writer and others:
+        busiest, others = others[0], others[1:]
+        figures["writer_cpu_us_per_txn"] = round(busiest.running * per_txn, 3)
+        figures["writer_running_share"] = round(busiest.running / round_.seconds, 3)
+        figures["writer_waiting_for_cpu_share"] = round(busiest.waiting / round_.seconds, 3)
+        figures["writer_asleep_share"] = round(
+            1 - (busiest.running + busiest.waiting) / round_.seconds, 3
+        )
+    figures["other_threads_cpu_us_per_txn"] = round(sum(t.running for t in others) * per_txn, 3)
+    return figures
 
 
 def fresh_stream_batches(target: str, per_message: int) -> list[list[Transaction]]:
@@ -377,9 +418,11 @@ def fresh_stream_batches(target: str, per_message: int) -> list[list[Transaction
     return stream_batches(stream_transactions(start, STREAM_TXNS), per_message)
 
 
-def measure_stream(benchmark: Any, pid: int, target: str, per_message: int) -> None:
-    """Three rounds of ``STREAM_TXNS`` in calls of ``per_message``; the last round's rate and
-    CPU per transaction."""
+def measure_stream(
+    benchmark: Any, pid: int, target: str, per_message: int, writer: bool = True
+) -> None:
+    """Three rounds of ``STREAM_TXNS`` in calls of ``per_message``; the last round's rate, CPU
+    per transaction and server threads (:func:`thread_figures`)."""
     figures: list[StreamRound] = []
 
     def setup() -> tuple[tuple[list[list[Transaction]]], dict[str, Any]]:
@@ -393,6 +436,7 @@ def measure_stream(benchmark: Any, pid: int, target: str, per_message: int) -> N
     record_rate(benchmark, STREAM_TXNS, last.seconds, [])
     benchmark.extra_info["server_cpu_us_per_txn"] = round(last.server_cpu / STREAM_TXNS * 1e6, 2)
     benchmark.extra_info["client_cpu_us_per_txn"] = round(last.client_cpu / STREAM_TXNS * 1e6, 2)
+    benchmark.extra_info.update(thread_figures(last, writer))
 
 
 @pytest.mark.parametrize("per_message", [100, 1000])
@@ -410,7 +454,7 @@ def test_grpc_commit_stream_echo_messages(
     """The same rounds against the empty grpcio service: what grpcio and the client cost on
     this machine with nothing decided and nothing made durable, the floor of the stream path."""
     benchmark.group = f"commit stream {STREAM_TXNS} txns"
-    measure_stream(benchmark, *stream_echo, per_message)
+    measure_stream(benchmark, *stream_echo, per_message, writer=False)
 
 
 #: Pairs of rounds (echo, then oracle) of the stream's same-run comparison.
@@ -422,9 +466,9 @@ def test_grpc_commit_stream_oracle_over_echo(
 ) -> None:
     """Calls of 1,000 against the empty grpcio service and against the oracle, in
     ``STREAM_PAIRS`` back-to-back pairs of rounds (load that comes and goes hits both sides of a
-    pair): ``extra_info`` has each side's median rate and CPU per transaction, and the medians of
-    the per-pair ratios oracle/echo (time, server CPU, client CPU): what the oracle adds over
-    grpcio's floor."""
+    pair): ``extra_info`` has each side's median rate, CPU per transaction and server threads
+    (:func:`thread_figures`), and the medians of the per-pair ratios oracle/echo (time, server
+    CPU, client CPU): what the oracle adds over grpcio's floor."""
     benchmark.group = f"commit stream {STREAM_TXNS} txns, oracle over echo"
     pairs = 1 if benchmark.disabled else STREAM_PAIRS
     sides = {"echo": stream_echo, "oracle": (server_pid(stream_oracle), stream_oracle.target)}
@@ -449,6 +493,9 @@ def test_grpc_commit_stream_oracle_over_echo(
         info[f"{side}_client_cpu_us_per_txn"] = round(
             statistics.median(r.client_cpu for r in measured) * per_txn, 2
         )
+        threads = [thread_figures(r, writer=side == "oracle") for r in measured]
+        for name in threads[0]:
+            info[f"{side}_{name}"] = round(statistics.median(f[name] for f in threads), 3)
     for name in ("seconds", "server_cpu", "client_cpu"):
         ratios = [
             getattr(oracle, name) / max(getattr(echo, name), 1e-9)
