@@ -1,9 +1,11 @@
 """Interleaved same-run pairs: in-process ``GroupCommitScheduler.submit`` with 1024 concurrent
 callers (``sync`` durability, 4,096 transactions a round) against the asyncio floor of
 ``bench/test_bench_commit.py`` (1024 coroutines awaiting one future each, resolved in batches),
-alternating so that both see the same load. Prints each pair's rates, process CPU per transaction
-(and, for submit, the event loop's and the writer thread's, from ``/proc/self/task/*/schedstat``),
-the share of the floor, the median and the load average.
+alternating so that both see the same load; each round starts after a full collection (outside
+the timed region), so that a round does not pay for a full collection the garbage of the rounds
+before it triggers (one pair in seven did, on either side). Prints each pair's rates, process
+CPU per transaction (and, for submit, the event loop's and the writer thread's, from
+``/proc/self/task/*/schedstat``), the share of the floor, the median and the load average.
 
 Usage: python -m bench.submit_pairs [PAIRS] [--durability sync|memory] [--profile]
        python -m bench.submit_pairs --only floor|submit [--rounds N] [--durability ...]
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import os
 import pstats
 import statistics
@@ -53,6 +56,7 @@ def writer_thread_id(scheduler: GroupCommitScheduler) -> int:
 
 def floor_rate() -> tuple[float, float]:
     """Transactions per second, and process CPU microseconds per transaction."""
+    gc.collect()
     cpu = time.process_time()
     started = time.perf_counter()
     asyncio.run(await_resolved_in_batches(TXNS, SUBMITTERS))
@@ -67,6 +71,7 @@ def submit_rate(
     threads), the event loop's (this thread) and the writer thread's (``writer``, its id)."""
     txns = transactions(scheduler.clock, TXNS)
     loop = threading.get_native_id()
+    gc.collect()
     cpu = time.process_time()
     loop_ns, writer_ns = thread_cpu_ns(loop), thread_cpu_ns(writer)
     started = time.perf_counter()

@@ -13,6 +13,7 @@ from hlc_oracle import (
     CeilingReachedError,
     Clock,
     CommitEngine,
+    CommitFuture,
     CommitOptions,
     Committed,
     ConflictKind,
@@ -610,7 +611,7 @@ def test_a_caller_whose_loop_closed_leaves_the_others_answered() -> None:
             scheduler.submit(make_txn(clock, 1, [b"a"]))
         assert scheduler.queue_length() == 0
 
-        async def submit_and_leave() -> asyncio.Future[object]:
+        async def submit_and_leave() -> CommitFuture:
             return scheduler.submit(make_txn(clock, 2, [b"b"]))
 
         gone = asyncio.new_event_loop()

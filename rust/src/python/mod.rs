@@ -96,6 +96,7 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<pending::PyPendingQueue>()?;
     module.add_class::<pending::PyPendingBatch>()?;
     module.add_class::<pending::PyFutureResolution>()?;
+    module.add_class::<pending::PyCommitFuture>()?;
     module.add_function(wrap_pyfunction!(wire::decode_commit_request, module)?)?;
     module.add_function(wrap_pyfunction!(wire::count_commit_request, module)?)?;
     module.add_function(wrap_pyfunction!(wire::piece_requested_aborts, module)?)?;

@@ -12,10 +12,10 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
-use pyo3::exceptions::{PyBaseException, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyBaseException, PyException, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyList, PyTuple, PyType};
+use pyo3::types::{PyDict, PyList, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::python::args::cast_arg;
@@ -198,13 +198,13 @@ impl PyPendingQueue {
         }
     }
 
-    /// Queues one transaction for the next batch and returns the running event loop's future
-    /// of its answer (what `GroupCommitScheduler.submit` does, with no bytecode).
+    /// Queues one transaction for the next batch and returns a `CommitFuture` of its answer on
+    /// the running event loop (what `GroupCommitScheduler.submit` does, with no bytecode).
     fn submit<'py>(&self, txn: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let py = txn.py();
         cast_arg::<PyTransaction>(txn, "txn")?;
-        let event_loop = get_running_loop(py)?.call0()?;
-        let future = event_loop.call_method0(intern!(py, "create_future"))?;
+        let event_loop = get_running_loop(py)?.call0()?.unbind();
+        let future = Bound::new(py, PyCommitFuture::new(event_loop.clone_ref(py)))?.into_any();
         self.push(
             py,
             Entry {
@@ -212,7 +212,7 @@ impl PyPendingQueue {
                 payload: txn.clone().unbind(),
                 size: 1,
                 waiter: future.clone().unbind(),
-                event_loop: Some(event_loop.unbind()),
+                event_loop: Some(event_loop),
                 attempts: 0,
             },
         )?;
@@ -495,7 +495,14 @@ impl PyFutureResolution {
         };
         let mut first_error = None;
         for (future, answer) in pairs {
-            if let Err(err) = set_answer(future.bind(py), answer.bind(py)) {
+            let future = future.bind(py);
+            if let Ok(future) = future.cast::<PyCommitFuture>() {
+                if let Err(err) = PyCommitFuture::resolve_now(future, answer.into_bound(py)) {
+                    first_error.get_or_insert(err);
+                }
+                continue;
+            }
+            if let Err(err) = set_answer(future, answer.bind(py)) {
                 if !err.is_instance(py, invalid_state_error(py)?) && first_error.is_none() {
                     first_error = Some(err);
                 }
@@ -509,6 +516,303 @@ impl PyFutureResolution {
             for (future, answer) in pairs.iter() {
                 visit.call(future)?;
                 visit.call(answer)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cancelled_error(py: Python<'_>, message: Option<&Py<PyAny>>) -> PyErr {
+    static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let error = TYPE
+        .import(py, "asyncio", "CancelledError")
+        .and_then(|error_type| match message {
+            Some(message) => error_type.call1((message.clone_ref(py),)),
+            None => error_type.call0(),
+        });
+    match error {
+        Ok(error) => PyErr::from_value(error),
+        Err(err) => err,
+    }
+}
+
+fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    static FUNCTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    FUNCTION
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("contextvars")?.getattr("copy_context")?.unbind())
+        })?
+        .bind(py)
+        .call0()
+}
+
+/// Where a `CommitFuture` stands.
+enum FutureState {
+    Pending,
+    Result(Py<PyAny>),
+    Exception(Py<PyAny>),
+    /// Cancelled, with the message given to `cancel`.
+    Cancelled(Option<Py<PyAny>>),
+}
+
+/// A done callback and the `contextvars.Context` it runs in.
+type DoneCallback = (Py<PyAny>, Py<PyAny>);
+
+struct FutureInner {
+    state: FutureState,
+    callbacks: Vec<DoneCallback>,
+    /// asyncio's `_asyncio_future_blocking`: set while a task awaits the future.
+    blocking: bool,
+}
+
+/// The answer of one `submit`: an asyncio-compatible future (`asyncio.isfuture` is true: it can
+/// be awaited, given to `wait_for`, `ensure_future`, `gather`, `shield`, cancelled). Unlike
+/// `asyncio.Future`, its answer runs its done callbacks (an awaiting task's wake-up) at once,
+/// inside the one call of its loop that resolves the whole batch (`FutureResolution`), instead
+/// of one `call_soon` handle each; a cancellation, or a callback added once it is done, is
+/// scheduled with `call_soon` as asyncio does.
+#[pyclass(name = "CommitFuture", module = "hlc_oracle", frozen)]
+pub struct PyCommitFuture {
+    event_loop: Py<PyAny>,
+    inner: Mutex<FutureInner>,
+}
+
+impl PyCommitFuture {
+    fn new(event_loop: Py<PyAny>) -> Self {
+        Self {
+            event_loop,
+            inner: Mutex::new(FutureInner {
+                state: FutureState::Pending,
+                callbacks: Vec::new(),
+                blocking: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> PyResult<MutexGuard<'_, FutureInner>> {
+        self.inner
+            .lock()
+            .map_err(|_| HlcError::new_err("a commit future's lock is poisoned"))
+    }
+
+    /// Moves a pending future to `state`; returns its callbacks, or None when it was done.
+    fn complete(&self, state: FutureState) -> PyResult<Option<Vec<DoneCallback>>> {
+        let mut inner = self.lock()?;
+        if !matches!(inner.state, FutureState::Pending) {
+            return Ok(None);
+        }
+        inner.state = state;
+        Ok(Some(std::mem::take(&mut inner.callbacks)))
+    }
+
+    /// Gives a pending future its answer (an exception instance is set as its exception) and
+    /// runs its callbacks now: called on its loop, by that loop. A future cancelled meanwhile
+    /// is left as it is. A callback's `Exception` goes to the loop's exception handler (as
+    /// asyncio's handles do); any other error is raised after the rest ran.
+    fn resolve_now(future: &Bound<'_, Self>, answer: Bound<'_, PyAny>) -> PyResult<()> {
+        let state = if answer.is_instance_of::<PyBaseException>() {
+            FutureState::Exception(answer.unbind())
+        } else {
+            FutureState::Result(answer.unbind())
+        };
+        let Some(callbacks) = future.get().complete(state)? else {
+            return Ok(());
+        };
+        let py = future.py();
+        let mut first_error = None;
+        for (callback, context) in callbacks {
+            let ran = context
+                .bind(py)
+                .call_method1(intern!(py, "run"), (callback.bind(py), future));
+            let Err(err) = ran else { continue };
+            if err.is_instance_of::<PyException>(py) {
+                let report = PyDict::new(py);
+                report.set_item("message", "Exception in a commit future's done callback")?;
+                report.set_item("exception", err.value(py))?;
+                report.set_item("future", future)?;
+                future
+                    .get()
+                    .event_loop
+                    .bind(py)
+                    .call_method1(intern!(py, "call_exception_handler"), (report,))?;
+            } else {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Schedules `callbacks` on the future's loop, as asyncio schedules a done future's.
+    fn schedule(future: &Bound<'_, Self>, callbacks: Vec<DoneCallback>) -> PyResult<()> {
+        let py = future.py();
+        let event_loop = future.get().event_loop.bind(py);
+        for (callback, context) in callbacks {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item(intern!(py, "context"), context)?;
+            event_loop.call_method(intern!(py, "call_soon"), (callback, future), Some(&kwargs))?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl PyCommitFuture {
+    /// The event loop the future belongs to.
+    fn get_loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.event_loop.clone_ref(py)
+    }
+
+    fn done(&self) -> PyResult<bool> {
+        Ok(!matches!(self.lock()?.state, FutureState::Pending))
+    }
+
+    fn cancelled(&self) -> PyResult<bool> {
+        Ok(matches!(self.lock()?.state, FutureState::Cancelled(_)))
+    }
+
+    /// The answer; raises the exception set, `CancelledError` when cancelled, and
+    /// `asyncio.InvalidStateError` while pending.
+    fn result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let inner = self.lock()?;
+        match &inner.state {
+            FutureState::Pending => Err(PyErr::from_type(
+                invalid_state_error(py)?.clone(),
+                "Result is not set.",
+            )),
+            FutureState::Result(value) => Ok(value.clone_ref(py)),
+            FutureState::Exception(error) => Err(PyErr::from_value(error.bind(py).clone())),
+            FutureState::Cancelled(message) => Err(cancelled_error(py, message.as_ref())),
+        }
+    }
+
+    /// The exception set, or None; `CancelledError` when cancelled, `InvalidStateError` while
+    /// pending.
+    fn exception(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let inner = self.lock()?;
+        match &inner.state {
+            FutureState::Pending => Err(PyErr::from_type(
+                invalid_state_error(py)?.clone(),
+                "Exception is not set.",
+            )),
+            FutureState::Result(_) => Ok(None),
+            FutureState::Exception(error) => Ok(Some(error.clone_ref(py))),
+            FutureState::Cancelled(message) => Err(cancelled_error(py, message.as_ref())),
+        }
+    }
+
+    /// Runs `callback(future)` in `context` (a copy of the current one by default) once the
+    /// future is done: scheduled at once when it is done already.
+    #[pyo3(signature = (callback, *, context = None))]
+    fn add_done_callback(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let context = match context {
+            Some(context) if !context.is_none() => context,
+            _ => copy_context(py)?,
+        };
+        let pair = (callback.unbind(), context.unbind());
+        {
+            let mut inner = slf.get().lock()?;
+            if matches!(inner.state, FutureState::Pending) {
+                inner.callbacks.push(pair);
+                return Ok(());
+            }
+        }
+        Self::schedule(slf, vec![pair])
+    }
+
+    /// Removes every instance of `callback` from the done callbacks; returns how many.
+    fn remove_done_callback(&self, callback: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let py = callback.py();
+        // Compared outside the lock: `==` may run Python code.
+        let callbacks = std::mem::take(&mut self.lock()?.callbacks);
+        let before = callbacks.len();
+        let mut kept = Vec::with_capacity(before);
+        for (known, context) in callbacks {
+            if !known.bind(py).eq(callback)? {
+                kept.push((known, context));
+            }
+        }
+        let removed = before - kept.len();
+        let mut inner = self.lock()?;
+        kept.append(&mut inner.callbacks);
+        inner.callbacks = kept;
+        Ok(removed)
+    }
+
+    /// Cancels a pending future (its callbacks are scheduled); False when it was done.
+    #[pyo3(signature = (msg = None))]
+    fn cancel(slf: &Bound<'_, Self>, msg: Option<Bound<'_, PyAny>>) -> PyResult<bool> {
+        let message = msg.filter(|msg| !msg.is_none()).map(Bound::unbind);
+        match slf.get().complete(FutureState::Cancelled(message))? {
+            Some(callbacks) => {
+                Self::schedule(slf, callbacks)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    #[getter(_asyncio_future_blocking)]
+    fn get_blocking(&self) -> PyResult<bool> {
+        Ok(self.lock()?.blocking)
+    }
+
+    #[setter(_asyncio_future_blocking)]
+    fn set_blocking(&self, value: bool) -> PyResult<()> {
+        self.lock()?.blocking = value;
+        Ok(())
+    }
+
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    /// Awaiting: yields the future itself to the task while pending (as asyncio's futures do),
+    /// then returns the answer (raises `StopIteration(answer)`) or raises its exception.
+    fn __next__<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, Self>>> {
+        let py = slf.py();
+        let mut inner = slf.get().lock()?;
+        match &inner.state {
+            FutureState::Pending => {
+                inner.blocking = true;
+                Ok(Some(slf.clone()))
+            }
+            FutureState::Result(value) => Err(PyStopIteration::new_err((value.clone_ref(py),))),
+            FutureState::Exception(error) => Err(PyErr::from_value(error.bind(py).clone())),
+            FutureState::Cancelled(message) => Err(cancelled_error(py, message.as_ref())),
+        }
+    }
+
+    fn __repr__(&self) -> PyResult<&'static str> {
+        Ok(match self.lock()?.state {
+            FutureState::Pending => "<CommitFuture pending>",
+            FutureState::Result(_) => "<CommitFuture finished>",
+            FutureState::Exception(_) => "<CommitFuture finished with an exception>",
+            FutureState::Cancelled(_) => "<CommitFuture cancelled>",
+        })
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        if let Ok(inner) = self.inner.try_lock() {
+            match &inner.state {
+                FutureState::Result(object) | FutureState::Exception(object) => {
+                    visit.call(object)?;
+                }
+                FutureState::Cancelled(Some(message)) => visit.call(message)?,
+                FutureState::Pending | FutureState::Cancelled(None) => {}
+            }
+            for (callback, context) in &inner.callbacks {
+                visit.call(callback)?;
+                visit.call(context)?;
             }
         }
         Ok(())
