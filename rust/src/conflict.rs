@@ -184,14 +184,33 @@ thread_local! {
     static BATCH_MAPS: RefCell<(FlatMap, FlatMap)> = RefCell::default();
 }
 
+/// Runs `work` with this thread's batch maps (see [`BATCH_MAPS`]): taken out for the call and
+/// put back after it, so a nested call (or one while the thread exits) gets empty ones.
+fn with_batch_maps<R>(work: impl FnOnce(&mut FlatMap, &mut FlatMap) -> R) -> R {
+    let (mut ids, mut writes) = BATCH_MAPS
+        .try_with(|maps| std::mem::take(&mut *maps.borrow_mut()))
+        .unwrap_or_default();
+    let result = work(&mut ids, &mut writes);
+    let _ = BATCH_MAPS.try_with(|maps| *maps.borrow_mut() = (ids, writes));
+    result
+}
+
 /// A transaction's read or write set: the keys in one buffer, in the given order, with their
-/// hashes computed once.
+/// hashes computed once. Each key is stored after its length (8 bytes, little-endian): the
+/// layout the commit engine's content fingerprint hashes, so that it takes the buffer as it is
+/// ([`Self::framed`]) instead of copying the keys one by one.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct KeySet {
     data: Vec<u8>,
+    /// Where each key ends in `data` (the next key's length starts there).
     ends: Vec<usize>,
     hashes: Vec<u64>,
+    /// The length of the longest key (0 when empty).
+    longest: usize,
 }
+
+/// Bytes of the length before each key in [`KeySet`]'s buffer.
+const KEY_LENGTH_BYTES: usize = 8;
 
 impl KeySet {
     pub fn new<K: AsRef<[u8]>>(keys: impl IntoIterator<Item = K>) -> Self {
@@ -202,10 +221,15 @@ impl KeySet {
         set
     }
 
+    /// Appends `key` (inlined: the decoder of a message pushes every key of it).
+    #[inline(always)]
     pub fn push(&mut self, key: &[u8]) {
+        self.data
+            .extend_from_slice(&(key.len() as u64).to_le_bytes());
         self.data.extend_from_slice(key);
         self.ends.push(self.data.len());
         self.hashes.push(key_hash(key));
+        self.longest = self.longest.max(key.len());
     }
 
     /// Empties the set, keeping its buffers for the next keys.
@@ -213,6 +237,7 @@ impl KeySet {
         self.data.clear();
         self.ends.clear();
         self.hashes.clear();
+        self.longest = 0;
     }
 
     pub fn len(&self) -> usize {
@@ -227,11 +252,23 @@ impl KeySet {
     pub fn get(&self, index: usize) -> Option<&[u8]> {
         let end = *self.ends.get(index)?;
         let start = if index == 0 { 0 } else { self.ends[index - 1] };
-        self.data.get(start..end)
+        self.data.get(start + KEY_LENGTH_BYTES..end)
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
         (0..self.len()).map(|i| self.get(i).unwrap_or_default())
+    }
+
+    /// The length of the longest key, 0 for an empty set (a limit on key size is checked once
+    /// per set).
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
+
+    /// Every key after its length (8 bytes, little-endian), in key order: the bytes the content
+    /// fingerprint hashes for the set (`commit::fingerprint`).
+    pub fn framed(&self) -> &[u8] {
+        &self.data
     }
 
     /// The hash of each key, in key order (see [`key_hash`]).
@@ -586,34 +623,25 @@ impl ConflictDetector {
         &self,
         txns: &[T],
     ) -> Result<BatchDecision, ConflictError> {
-        let fresh = || (FlatMap::default(), FlatMap::default());
-        BATCH_MAPS
-            .try_with(|maps| match maps.try_borrow_mut() {
-                Ok(mut maps) => {
-                    let (ids, writes) = &mut *maps;
-                    self.check_batch_in(txns, ids, writes)
-                }
-                // Only a nested call could find them borrowed: it gets maps of its own.
-                Err(_) => {
-                    let (mut ids, mut writes) = fresh();
-                    self.check_batch_in(txns, &mut ids, &mut writes)
-                }
-            })
-            .unwrap_or_else(|_| {
-                // The thread is exiting: its maps are gone.
-                let (mut ids, mut writes) = fresh();
-                self.check_batch_in(txns, &mut ids, &mut writes)
-            })
+        with_batch_maps(|ids, writes| {
+            check_unique_ids(txns, ids)?;
+            Ok(self.check_batch_in(txns, writes))
+        })
     }
 
-    /// [`Self::check_batch`] with the maps it works in.
+    /// [`Self::check_batch`] for a caller whose ids are unique by construction (the commit
+    /// engine keeps one request per id): the batch's ids are not checked a second time.
+    pub fn check_batch_of_unique_ids<T: Borrow<Transaction>>(&self, txns: &[T]) -> BatchDecision {
+        with_batch_maps(|_, writes| self.check_batch_in(txns, writes))
+    }
+
+    /// [`Self::check_batch`] once the ids are known unique, with the map of the accepted
+    /// members' writes it works in.
     fn check_batch_in<T: Borrow<Transaction>>(
         &self,
         txns: &[T],
-        ids: &mut FlatMap,
         batch_writes: &mut FlatMap,
-    ) -> Result<BatchDecision, ConflictError> {
-        check_unique_ids(txns, ids)?;
+    ) -> BatchDecision {
         let write_count: usize = txns.iter().map(|t| t.borrow().writes.len()).sum();
         batch_writes.reset(write_count);
         let mut outcomes = Vec::with_capacity(txns.len());
@@ -637,7 +665,7 @@ impl ConflictDetector {
             }
             outcomes.push(outcome);
         }
-        Ok(BatchDecision { outcomes })
+        BatchDecision { outcomes }
     }
 
     fn first_conflict(

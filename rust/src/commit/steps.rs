@@ -52,6 +52,9 @@ impl CommitEngine {
                     limit,
                 });
             }
+            if keys.longest() <= self.limits.max_key_bytes {
+                continue;
+            }
             if let Some((index, key)) = keys
                 .iter()
                 .enumerate()
@@ -179,11 +182,8 @@ impl CommitEngine {
                 Request::Abort(..) => None,
             })
             .collect();
-        let checked = match self.detector.check_batch(&txns) {
-            Ok(decision) => decision.outcomes,
-            // Ids are unique by construction (`triage`); keep going if that ever changes.
-            Err(_) => txns.iter().map(|txn| self.detector.check(txn)).collect(),
-        };
+        // Ids are unique by construction (`triage` keeps the first request of each id).
+        let checked = self.detector.check_batch_of_unique_ids(&txns).outcomes;
         (txns, checked)
     }
 

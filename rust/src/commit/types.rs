@@ -285,10 +285,8 @@ pub fn fingerprint_in(txn: &Transaction, buffer: &mut Vec<u8>) -> u64 {
     buffer.extend_from_slice(&txn.start_ts.node().to_le_bytes());
     for keys in [&txn.reads, &txn.writes] {
         buffer.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-        for key in keys.iter() {
-            buffer.extend_from_slice(&(key.len() as u64).to_le_bytes());
-            buffer.extend_from_slice(key);
-        }
+        // Each key after its length, as the set keeps them.
+        buffer.extend_from_slice(keys.framed());
     }
     xxhash_rust::xxh3::xxh3_64(buffer)
 }
