@@ -96,3 +96,19 @@ def test_many_live_transactions_add_nothing_for_the_collector_to_traverse() -> N
     txns = [Transaction(i, Timestamp(1, i % 100, 0), [b"r"], [b"w"]) for i in range(10_000)]
     assert len(gc.get_objects()) - before < 100
     assert len(txns) == 10_000 and not any(gc.is_tracked(t) for t in txns)
+
+
+def test_making_many_does_not_count_toward_a_collection() -> None:
+    """An untracked instance is not counted toward the young generation's threshold either: a
+    burst of answers or timestamps triggers no collection of everything else young."""
+    gc.disable()
+    try:
+        gc.collect()
+        before = gc.get_count()[0]
+        stamps = [Timestamp(1, i % 100, 0) for i in range(10_000)]
+        answers = [Committed(i, stamp) for i, stamp in enumerate(stamps)]
+        assert gc.get_count()[0] - before < 10
+        del stamps, answers  # freeing them uncounts nothing below zero
+        assert gc.get_count()[0] >= 0
+    finally:
+        gc.enable()
