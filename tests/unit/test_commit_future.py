@@ -173,3 +173,30 @@ def test_a_failing_callback_goes_to_the_exception_handler_and_the_rest_run() -> 
         assert errors[0]["future"] is first
 
     asyncio.run(scenario())
+
+
+def test_callbacks_run_in_order_and_a_failed_removal_keeps_them(
+    scheduler: GroupCommitScheduler,
+) -> None:
+    async def scenario() -> None:
+        order: list[str] = []
+
+        class RefusesComparing:
+            def __eq__(self, other: object) -> bool:
+                raise RuntimeError("no comparing")
+
+            __hash__ = None  # type: ignore[assignment]
+
+            def __call__(self, _: CommitFuture) -> None:
+                order.append("refuses comparing")
+
+        future = scheduler.submit(txn(scheduler, 1, b"a"))
+        future.add_done_callback(lambda _: order.append("first"))
+        future.add_done_callback(RefusesComparing())
+        future.add_done_callback(lambda _: order.append("last"))
+        with pytest.raises(RuntimeError, match="no comparing"):
+            future.remove_done_callback(print)
+        await future
+        assert order == ["first", "refuses comparing", "last"]
+
+    asyncio.run(scenario())

@@ -558,9 +558,42 @@ enum FutureState {
 /// A done callback and the `contextvars.Context` it runs in.
 type DoneCallback = (Py<PyAny>, Py<PyAny>);
 
+/// A future's done callbacks in the order added; the first one inline (nearly always the only
+/// one: the awaiting task's wake-up), so that a future allocates nothing more for it.
+#[derive(Default)]
+struct Callbacks {
+    first: Option<DoneCallback>,
+    /// Empty while `first` is None.
+    rest: Vec<DoneCallback>,
+}
+
+impl Callbacks {
+    fn push(&mut self, callback: DoneCallback) {
+        if self.first.is_none() {
+            self.first = Some(callback);
+        } else {
+            self.rest.push(callback);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &DoneCallback> {
+        self.first.iter().chain(&self.rest)
+    }
+}
+
+impl IntoIterator for Callbacks {
+    type Item = DoneCallback;
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<DoneCallback>, std::vec::IntoIter<DoneCallback>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
 struct FutureInner {
     state: FutureState,
-    callbacks: Vec<DoneCallback>,
+    callbacks: Callbacks,
     /// asyncio's `_asyncio_future_blocking`: set while a task awaits the future.
     blocking: bool,
 }
@@ -583,7 +616,7 @@ impl PyCommitFuture {
             event_loop,
             inner: Mutex::new(FutureInner {
                 state: FutureState::Pending,
-                callbacks: Vec::new(),
+                callbacks: Callbacks::default(),
                 blocking: false,
             }),
         }
@@ -596,7 +629,7 @@ impl PyCommitFuture {
     }
 
     /// Moves a pending future to `state`; returns its callbacks, or None when it was done.
-    fn complete(&self, state: FutureState) -> PyResult<Option<Vec<DoneCallback>>> {
+    fn complete(&self, state: FutureState) -> PyResult<Option<Callbacks>> {
         let mut inner = self.lock()?;
         if !matches!(inner.state, FutureState::Pending) {
             return Ok(None);
@@ -643,7 +676,7 @@ impl PyCommitFuture {
     }
 
     /// Schedules `callbacks` on the future's loop, as asyncio schedules a done future's.
-    fn schedule(future: &Bound<'_, Self>, callbacks: Vec<DoneCallback>) -> PyResult<()> {
+    fn schedule(future: &Bound<'_, Self>, callbacks: Callbacks) -> PyResult<()> {
         let py = future.py();
         let event_loop = future.get().event_loop.bind(py);
         for (callback, context) in callbacks {
@@ -721,7 +754,9 @@ impl PyCommitFuture {
                 return Ok(());
             }
         }
-        Self::schedule(slf, vec![pair])
+        let mut callbacks = Callbacks::default();
+        callbacks.push(pair);
+        Self::schedule(slf, callbacks)
     }
 
     /// Removes every instance of `callback` from the done callbacks; returns how many.
@@ -729,18 +764,26 @@ impl PyCommitFuture {
         let py = callback.py();
         // Compared outside the lock: `==` may run Python code.
         let callbacks = std::mem::take(&mut self.lock()?.callbacks);
-        let before = callbacks.len();
-        let mut kept = Vec::with_capacity(before);
+        let mut kept = Callbacks::default();
+        let mut removed = 0;
+        let mut failed = None;
         for (known, context) in callbacks {
-            if !known.bind(py).eq(callback)? {
-                kept.push((known, context));
+            // After a failed comparison, the rest are kept as they were.
+            match failed.is_none().then(|| known.bind(py).eq(callback)) {
+                Some(Ok(true)) => removed += 1,
+                Some(Err(err)) => {
+                    failed = Some(err);
+                    kept.push((known, context));
+                }
+                Some(Ok(false)) | None => kept.push((known, context)),
             }
         }
-        let removed = before - kept.len();
         let mut inner = self.lock()?;
-        kept.append(&mut inner.callbacks);
+        for added_meanwhile in std::mem::take(&mut inner.callbacks) {
+            kept.push(added_meanwhile);
+        }
         inner.callbacks = kept;
-        Ok(removed)
+        failed.map_or(Ok(removed), Err)
     }
 
     /// Cancels a pending future (its callbacks are scheduled); False when it was done.
@@ -810,7 +853,7 @@ impl PyCommitFuture {
                 FutureState::Cancelled(Some(message)) => visit.call(message)?,
                 FutureState::Pending | FutureState::Cancelled(None) => {}
             }
-            for (callback, context) in &inner.callbacks {
+            for (callback, context) in inner.callbacks.iter() {
                 visit.call(callback)?;
                 visit.call(context)?;
             }
