@@ -70,11 +70,14 @@ def echo_server(directory: Path) -> Iterator[tuple[int, str]]:
     process = subprocess.Popen([sys.executable, str(script), str(port_file)])
     try:
         deadline = time.monotonic() + 30
-        while not port_file.exists():
+        while True:  # the file may be seen before its text is written: read until it parses
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                port = int(json.loads(port_file.read_text())["port"])
+                break
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("echo server did not start")
             time.sleep(0.02)
-        yield process.pid, f"127.0.0.1:{json.loads(port_file.read_text())['port']}"
+        yield process.pid, f"127.0.0.1:{port}"
     finally:
         process.send_signal(signal.SIGTERM)
         try:
