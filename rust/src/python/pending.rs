@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyBaseException, PyException, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple, PyType};
@@ -822,16 +823,33 @@ impl PyCommitFuture {
     /// then returns the answer (raises `StopIteration(answer)`) or raises its exception.
     fn __next__<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, Self>>> {
         let py = slf.py();
-        let mut inner = slf.get().lock()?;
-        match &inner.state {
-            FutureState::Pending => {
-                inner.blocking = true;
-                Ok(Some(slf.clone()))
+        let value = {
+            let mut inner = slf.get().lock()?;
+            match &inner.state {
+                FutureState::Pending => {
+                    inner.blocking = true;
+                    return Ok(Some(slf.clone()));
+                }
+                FutureState::Result(value) => value.clone_ref(py).into_bound(py),
+                FutureState::Exception(error) => {
+                    return Err(PyErr::from_value(error.bind(py).clone()))
+                }
+                FutureState::Cancelled(message) => {
+                    return Err(cancelled_error(py, message.as_ref()))
+                }
             }
-            FutureState::Result(value) => Err(PyStopIteration::new_err((value.clone_ref(py),))),
-            FutureState::Exception(error) => Err(PyErr::from_value(error.bind(py).clone())),
-            FutureState::Cancelled(message) => Err(cancelled_error(py, message.as_ref())),
+        };
+        if value.is_instance_of::<PyTuple>() || value.is_instance_of::<PyBaseException>() {
+            return Err(PyStopIteration::new_err((value.unbind(),)));
         }
+        // As CPython's own futures return their result (`_PyGen_SetStopIterationValue`): the
+        // value is the pending `StopIteration`'s, which the awaiting frame takes without ever
+        // making the exception (no instance per answer); a `tp_iternext` returning NULL with
+        // the error set (what `None` here returns) is the end of the iteration with that value.
+        // SAFETY: the thread is attached; `value` is a live object, neither a tuple nor an
+        // exception (so it is taken as the value itself), borrowed for the call.
+        unsafe { ffi::PyErr_SetObject(ffi::PyExc_StopIteration, value.as_ptr()) };
+        Ok(None)
     }
 
     fn __repr__(&self) -> PyResult<&'static str> {
