@@ -67,7 +67,7 @@ pub fn key_hash(key: &[u8]) -> u64 {
         .hash_one(key)
 }
 
-fn id_hash(id: TxnId) -> u64 {
+pub(crate) fn id_hash(id: TxnId) -> u64 {
     KEY_HASHER
         .get_or_init(foldhash::fast::RandomState::default)
         .hash_one(id)
@@ -110,7 +110,7 @@ fn hash_set(capacity: usize) -> HashSetU64 {
 /// hash is its own). The first insert of a key wins. Kept between batches (see [`BATCH_MAPS`]):
 /// [`Self::reset`] empties only the slots the last batch used.
 #[derive(Default)]
-struct FlatMap {
+pub(crate) struct FlatMap {
     /// A key of 0 marks an empty slot (the key 0 itself is kept in `zero`).
     keys: Vec<u64>,
     values: Vec<u64>,
@@ -122,7 +122,7 @@ struct FlatMap {
 
 impl FlatMap {
     /// Empties the map and makes room for `count` keys.
-    fn reset(&mut self, count: usize) {
+    pub(crate) fn reset(&mut self, count: usize) {
         let size = (count * 2).next_power_of_two().max(16);
         // A map far larger than this batch needs (after a huge one) is given back.
         if size > self.keys.len() || (self.keys.len() > 1 << 16 && self.keys.len() > size * 8) {
@@ -139,7 +139,7 @@ impl FlatMap {
     }
 
     #[inline]
-    fn get(&self, key: u64, spread: u64) -> Option<u64> {
+    pub(crate) fn get(&self, key: u64, spread: u64) -> Option<u64> {
         if key == 0 {
             return self.zero;
         }
@@ -155,7 +155,7 @@ impl FlatMap {
 
     /// Inserts `value` for `key` unless the key is there; returns whether it was absent.
     #[inline]
-    fn insert(&mut self, key: u64, spread: u64, value: u64) -> bool {
+    pub(crate) fn insert(&mut self, key: u64, spread: u64, value: u64) -> bool {
         if key == 0 {
             let absent = self.zero.is_none();
             self.zero.get_or_insert(value);

@@ -2,7 +2,7 @@
 //! the external durable step's answers (`confirm`, `fail`), `status`, and the low watermarks.
 //! Opening and replay are in `recovery.rs`; the steps of `decide` in `steps.rs`.
 
-use crate::conflict::{ConflictDetector, TxnId};
+use crate::conflict::{ConflictDetector, FlatMap, TxnId};
 use crate::hlc::Clock;
 use crate::log::CommitLog;
 use crate::timestamp::Timestamp;
@@ -28,6 +28,8 @@ pub struct CommitEngine {
     pub(super) next_ticket: u64,
     /// Set while a new clustered leader's decision history loads (`history.rs`).
     pub(super) history: Option<HistoryLoad>,
+    /// The first request of each id new in the batch `triage` sorts (kept between batches).
+    pub(super) batch_ids: FlatMap,
     /// Reused encoding buffers.
     pub(super) buffer: Vec<u8>,
     pub(super) bounds: Vec<(usize, usize)>,

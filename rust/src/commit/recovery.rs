@@ -2,7 +2,7 @@
 //! history, the clock's floor, the checkpoint's low watermark); [`CommitEngine::replay_piece`]
 //! replays one stored piece when a clustered leader takes over.
 
-use crate::conflict::{ConflictDetector, Transaction, TxnId};
+use crate::conflict::{ConflictDetector, FlatMap, Transaction, TxnId};
 use crate::hlc::Clock;
 use crate::log::CommitLog;
 use crate::timestamp::Timestamp;
@@ -40,6 +40,7 @@ impl CommitEngine {
             decisions_forgotten_through: None,
             next_ticket: 1,
             history: None,
+            batch_ids: FlatMap::default(),
             buffer: Vec::new(),
             bounds: Vec::new(),
             committed_total: 0,

@@ -2,9 +2,7 @@
 //! `check_conflicts`, `take_timestamps`, `decide_requested_aborts`, `make_durable`, `record`;
 //! and the [`Batch`] they pass along.
 
-use std::collections::HashMap;
-
-use crate::conflict::{Conflict, Transaction, TxnId};
+use crate::conflict::{id_hash, Conflict, Transaction, TxnId};
 use crate::hlc::Clock;
 use crate::timestamp::{Timestamp, MAX_LOGICAL, MAX_PHYSICAL};
 
@@ -99,15 +97,15 @@ impl CommitEngine {
     /// Step 1: validate each request and answer decided ids with their first decision; sort the
     /// rest into new commits, new aborts, and repeats of an id new in this batch.
     pub(super) fn triage<'r, 'a>(
-        &self,
+        &mut self,
         clock: &Clock,
         requests: &'r [Request<'a>],
         physical_now: u64,
     ) -> Batch<'r, 'a> {
         let mut batch = Batch::new(requests);
         // First request of each id new in this batch; later ones copy its answer.
-        let mut first_of: HashMap<TxnId, usize, foldhash::fast::RandomState> =
-            HashMap::with_capacity_and_hasher(requests.len(), Default::default());
+        let mut first_of = std::mem::take(&mut self.batch_ids);
+        first_of.reset(requests.len());
         let mut hashed = Vec::new();
         for request in requests.iter().take(TRIAGE_PREFETCH_AHEAD) {
             self.decisions.prefetch(request.txn_id());
@@ -150,7 +148,9 @@ impl CommitEngine {
                     continue;
                 }
             }
-            if let Some(&first) = first_of.get(&txn_id) {
+            let spread = id_hash(txn_id);
+            if let Some(first) = first_of.get(txn_id, spread) {
+                let first = first as usize;
                 match (batch.fingerprints[first], fingerprint) {
                     (Some(a), Some(b)) if a != b => {
                         batch.answers[i] = Some(Err(SubmitError::Mismatch { txn_id }));
@@ -159,12 +159,13 @@ impl CommitEngine {
                 }
                 continue;
             }
-            first_of.insert(txn_id, i);
+            first_of.insert(txn_id, spread, i as u64);
             match request {
                 Request::Commit(_) => batch.fresh_commits.push(i),
                 Request::Abort(..) => batch.fresh_aborts.push(i),
             }
         }
+        self.batch_ids = first_of;
         batch
     }
 
