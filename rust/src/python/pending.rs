@@ -547,6 +547,22 @@ fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         .call0()
 }
 
+/// Hands a done callback's `Exception` to the loop's exception handler, as asyncio's handles do;
+/// the error when even that fails (the caller goes on with the other callbacks).
+fn report_callback_error(future: &Bound<'_, PyCommitFuture>, err: PyErr) -> PyResult<()> {
+    let py = future.py();
+    let report = PyDict::new(py);
+    report.set_item("message", "Exception in a commit future's done callback")?;
+    report.set_item("exception", err.value(py))?;
+    report.set_item("future", future)?;
+    future
+        .get()
+        .event_loop
+        .bind(py)
+        .call_method1(intern!(py, "call_exception_handler"), (report,))
+        .map(drop)
+}
+
 /// Where a `CommitFuture` stands.
 enum FutureState {
     Pending,
@@ -659,17 +675,12 @@ impl PyCommitFuture {
                 .bind(py)
                 .call_method1(intern!(py, "run"), (callback.bind(py), future));
             let Err(err) = ran else { continue };
-            if err.is_instance_of::<PyException>(py) {
-                let report = PyDict::new(py);
-                report.set_item("message", "Exception in a commit future's done callback")?;
-                report.set_item("exception", err.value(py))?;
-                report.set_item("future", future)?;
-                future
-                    .get()
-                    .event_loop
-                    .bind(py)
-                    .call_method1(intern!(py, "call_exception_handler"), (report,))?;
+            let unreported = if err.is_instance_of::<PyException>(py) {
+                report_callback_error(future, err).err()
             } else {
+                Some(err)
+            };
+            if let Some(err) = unreported {
                 first_error.get_or_insert(err);
             }
         }
