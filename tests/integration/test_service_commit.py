@@ -413,3 +413,59 @@ def test_a_stream_message_is_decided_per_transaction_and_counted_per_message(
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     with OracleClient(oracle.target) as client:
         assert client.transaction_status(100) is None
+
+
+# How long the server's writer holds a batch that is not full before deciding it.
+HELD_BATCH_S = 5.0
+
+
+@pytest.mark.parametrize("how", ["commit", "commit_many"])
+def test_a_call_that_waits_for_a_slot_past_its_timeout_fails_unsent(
+    start_oracle: Callable[..., OracleProcess], how: str
+) -> None:
+    """The wait for a message slot counts toward a call's timeout: with every slot taken by
+    messages the server holds, a call with a short timeout fails as a timed-out call does
+    (``DEADLINE_EXCEEDED``) well before a slot frees, and its transaction never reaches the
+    server. The calls in the slots, made with a long timeout, are decided as usual."""
+    server = start_oracle(
+        "--set", f"commit.max_batch_delay_us={int(HELD_BATCH_S * 1e6)}",
+        "--set", "commit.durability=memory",
+    )  # fmt: skip
+
+    async def scenario() -> None:
+        # One slot (and one held slot) for each kind of call: two calls take both.
+        async with AsyncOracleClient(
+            server.target, timeout=60, commit_in_flight=1, commit_many_in_flight=1
+        ) as client:
+            start = await client.get_timestamp()
+            batcher = client._commit_batcher if how == "commit" else client._many_batcher
+
+            def call(txn: Transaction) -> asyncio.Future[object]:
+                if how == "commit":
+                    return asyncio.ensure_future(client.commit(txn))
+                return asyncio.ensure_future(client.commit_many([txn]))
+
+            in_slots = []
+            for n in (1, 2):  # each its own message: the second once the first left its slot
+                in_slots.append(call(Transaction(n, start, [], [b"slot/%d" % n])))
+                for _ in range(2000):
+                    if batcher.batches == n:
+                        break
+                    await asyncio.sleep(0.005)
+                assert batcher.batches == n, "the call never went out"
+            client.timeout = 0.5  # the next call's timeout
+            began = time.monotonic()
+            with pytest.raises(OracleError, match="never sent") as raised:
+                await call(Transaction(3, start, [], [b"queued"]))
+            took = time.monotonic() - began
+            assert raised.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert took < HELD_BATCH_S / 2, f"took {took:.2f} s, past the held batch"
+            assert batcher.batches == 2
+            client.timeout = 60
+            decided = await asyncio.wait_for(asyncio.gather(*in_slots), 60)
+            if how == "commit_many":
+                decided = [results[0] for results in decided]
+            assert all(isinstance(outcome, Committed) for outcome in decided)
+            assert await client.transaction_status(3) is None
+
+    asyncio.run(scenario())

@@ -21,6 +21,8 @@ from hlc_oracle.client import CommitBatcher, OracleTimeoutError, commit_streams
 from hlc_oracle.client.wire import CommitAnswers
 
 WAIT_S = 10.0
+#: The calls' timeout where the test does not look at it: far above any wait here.
+CALL_TIMEOUT_S = 60.0
 
 
 class HoldingNode:
@@ -35,6 +37,7 @@ class HoldingNode:
         self.release = asyncio.Event()
         self.refused_ids: set[int] = set()
         self.sent: list[list[int]] = []
+        self.deadlines: list[float] = []
         self.held = 0
 
     async def send(
@@ -42,7 +45,9 @@ class HoldingNode:
         transactions: list[Transaction],
         retrying: Callable[[], None],
         message: bytes | None = None,
+        deadline: float = float("inf"),
     ) -> CommitAnswers:
+        self.deadlines.append(deadline)
         self.sent.append([txn.txn_id for txn in transactions])
         await asyncio.sleep(0.001)
         if any(txn.txn_id in self.refused_ids for txn in transactions):
@@ -81,11 +86,11 @@ def test_held_messages_leave_their_slots_to_new_work(tmp_path: Path, how: str) -
                 node.refused_ids = {txn.txn_id for txn in old}
             held = []
             for txn in old:  # one at a time: each its own message
-                held.append(batcher.submit(txn))
+                held.append(batcher.submit(txn, CALL_TIMEOUT_S))
                 await until(lambda: node.held == len(held) or len(node.sent) > len(held))
             await until(lambda: node.held == len(old))
             fresh = Transaction(100, clock.now(), [], [b"fresh"])
-            decided = await asyncio.wait_for(batcher.submit(fresh), WAIT_S)
+            decided = await asyncio.wait_for(batcher.submit(fresh, CALL_TIMEOUT_S), WAIT_S)
             assert isinstance(decided, Committed) and decided.txn_id == 100
             assert not any(future.done() for future in held)
             node.release.set()
@@ -109,7 +114,9 @@ def test_at_most_twice_the_slots_are_in_flight(tmp_path: Path) -> None:
             batcher = CommitBatcher(node.send, max_in_flight=2, held_after_s=0.02)
             futures = []
             for n in range(1, 21):
-                futures.append(batcher.submit(Transaction(n, old_start, [], [b"k/%d" % n])))
+                futures.append(
+                    batcher.submit(Transaction(n, old_start, [], [b"k/%d" % n]), CALL_TIMEOUT_S)
+                )
                 await asyncio.sleep(0.01)
             await until(lambda: node.held == 4)
             await asyncio.sleep(0.1)  # more time for the timers: still four
@@ -139,11 +146,14 @@ def test_concurrent_batches_go_out_merged_each_caller_answered_its_own_part(
             encoded: list[bytes | None] = []
 
             async def send(
-                transactions: list[Transaction], retrying: Callable[[], None], message: bytes | None
+                transactions: list[Transaction],
+                retrying: Callable[[], None],
+                message: bytes | None,
+                deadline: float,
             ) -> CommitAnswers:
                 encoded.append(message)
                 assert message == encode_commit_request(transactions)
-                return await node.send(transactions, retrying, message)
+                return await node.send(transactions, retrying, message, deadline)
 
             limit = [1 << 20]
             batcher = CommitBatcher(
@@ -156,7 +166,10 @@ def test_concurrent_batches_go_out_merged_each_caller_answered_its_own_part(
                 ]
 
             def submit(txns: list[Transaction]) -> asyncio.Future[CommitAnswers]:
-                return batcher.submit_many(txns, encode_commit_request(txns))
+                started = asyncio.get_running_loop().time()
+                return batcher.submit_many(
+                    txns, encode_commit_request(txns), CALL_TIMEOUT_S, started
+                )
 
             batches = [batch(1 + 100 * b, 10 + b) for b in range(5)]
             futures = [submit(txns) for txns in batches]
@@ -185,9 +198,51 @@ def test_concurrent_batches_go_out_merged_each_caller_answered_its_own_part(
     asyncio.run(main())
 
 
+def test_the_wait_for_a_slot_counts_toward_the_call_s_timeout(tmp_path: Path) -> None:
+    """A caller still waiting for a slot when its timeout runs out fails as a timed-out call
+    does, saying it was never sent, and is not sent; a message gets its callers' earliest
+    deadline (each call's start plus its timeout)."""
+    clock = Clock(node=1)
+
+    async def main() -> None:
+        async with GroupCommitScheduler(tmp_path, clock) as scheduler:
+            loop = asyncio.get_running_loop()
+            old_start = clock.now()
+            node = HoldingNode(scheduler, old_start)
+            batcher = CommitBatcher(node.send, max_in_flight=1, held_after_s=60.0)
+            started = loop.time()
+            held = batcher.submit(Transaction(1, old_start, [], [b"d/1"]), CALL_TIMEOUT_S)
+            await until(lambda: node.held == 1)
+            assert node.deadlines == [pytest.approx(started + CALL_TIMEOUT_S, abs=1.0)]
+            queued_at = loop.time()
+            with pytest.raises(OracleTimeoutError, match="never sent") as raised:
+                await asyncio.wait_for(
+                    batcher.submit(Transaction(2, clock.now(), [], [b"d/2"]), 0.2), WAIT_S
+                )
+            assert raised.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert loop.time() - queued_at < WAIT_S / 2  # its timeout, not the held message's
+            # Two more wait, the second with a shorter timeout: merged, the message gets the
+            # earlier deadline.
+            longer = batcher.submit(Transaction(3, clock.now(), [], [b"d/3"]), CALL_TIMEOUT_S)
+            shorter_started = loop.time()
+            shorter = batcher.submit(Transaction(4, clock.now(), [], [b"d/4"]), 30.0)
+            node.release.set()
+            answers = await asyncio.wait_for(asyncio.gather(held, longer, shorter), WAIT_S)
+            assert [answer.txn_id for answer in answers] == [1, 3, 4]
+            assert node.sent == [[1], [3, 4]]  # the one that timed out waiting never went
+            assert node.deadlines[1] == pytest.approx(shorter_started + 30.0, abs=1.0)
+            assert scheduler.status(2) is None
+            await batcher.close()
+
+    asyncio.run(main())
+
+
 def test_held_after_must_be_positive() -> None:
     async def send(
-        transactions: list[Transaction], retrying: Callable[[], None], message: bytes | None
+        transactions: list[Transaction],
+        retrying: Callable[[], None],
+        message: bytes | None,
+        deadline: float,
     ) -> CommitAnswers:
         raise AssertionError("not called")
 

@@ -457,6 +457,7 @@ class AsyncOracleClient:
         transactions: list[Transaction],
         retrying: Callable[[], None] | None = None,
         message: bytes | None = None,
+        deadline: float | None = None,
     ) -> CommitAnswers:
         """One ``CommitStream`` message for ``transactions`` (several when it would be too large);
         their answers in order. A lost connection resends the message on a new stream, and the
@@ -464,32 +465,42 @@ class AsyncOracleClient:
         (:mod:`hlc_oracle.client.pending_commits`): the same ids, so a transaction decided before
         gets its first decision back. ``retrying`` is called before the first such resend (the
         merging of ``commit()`` calls gives the message's slot to new work then). ``message``:
-        ``transactions`` already encoded."""
+        ``transactions`` already encoded. ``deadline`` (loop time; now plus the client's timeout
+        when None): every attempt, every part of a split, ends by it."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.timeout
         if message is None:
             message = encode_commit_request(transactions)
         if len(message) > self._message_limit(len(transactions)):
-            return await self._send_split(transactions, len(message), retrying)
+            return await self._send_split(transactions, len(message), retrying, deadline)
         pending = PendingCommits(transactions, message, retrying)
         try:
-            return await self._call(pending.send, changes_state=True)
+            return await self._call(
+                pending.send, changes_state=True, timeout=max(0.0, deadline - loop.time())
+            )
         except OracleError as err:
             if pending.answered:
                 return pending.finish(err)
             self._learn_message_limit(err)
             # Resend: the refusal ended the stream, so messages that fit were refused too.
             if len(message) <= self._message_limit(len(transactions)):
-                return await self._send_commits(transactions, retrying, message)
-            return await self._send_split(transactions, len(message), retrying)
+                return await self._send_commits(transactions, retrying, message, deadline)
+            return await self._send_split(transactions, len(message), retrying, deadline)
 
     async def _send_split(
-        self, transactions: list[Transaction], size: int, retrying: Callable[[], None] | None
+        self,
+        transactions: list[Transaction],
+        size: int,
+        retrying: Callable[[], None] | None,
+        deadline: float,
     ) -> CommitAnswers:
         if len(transactions) == 1:
             return [transaction_too_large(transactions[0].txn_id, size, self.max_message_bytes)]
         half = len(transactions) // 2
         first, second = await asyncio.gather(
-            self._send_commits(transactions[:half], retrying),
-            self._send_commits(transactions[half:], retrying),
+            self._send_commits(transactions[:half], retrying, None, deadline),
+            self._send_commits(transactions[half:], retrying, None, deadline),
         )
         return answer_list(first) + answer_list(second)
 
@@ -501,10 +512,12 @@ class AsyncOracleClient:
         :class:`~hlc_oracle.TransactionTooLargeError`; a commit whose connection was lost and
         whose retries ran out :class:`OracleOutcomeUnknownError`. A node's refusal to decide
         (not the leader, taking over, shutting down) is no answer: the transaction goes again, the
-        same id, to the next leader, within the call's timeout."""
+        same id, to the next leader, within the call's timeout: the wait for a free message
+        slot counts toward it, and a call whose timeout runs out before it was sent raises
+        :class:`OracleTimeoutError` saying so (nothing was committed)."""
         if not isinstance(txn, Transaction):
             raise TypeError(f"txn must be a Transaction, got {type(txn).__name__}")
-        answer = await self._commit_batcher.submit(txn)
+        answer = await self._commit_batcher.submit(txn, self.timeout)
         if isinstance(answer, tuple):
             _, code_number, message = answer
             raise result_error(status_code(code_number), message)
@@ -514,8 +527,11 @@ class AsyncOracleClient:
 
     def _send_many(self, transactions: list[Transaction]) -> Awaitable[CommitAnswers]:
         # Encoded here, so that a batch with a wrong element fails alone (TypeError) and a
-        # merged message is its batches' encodings joined.
-        return self._many_batcher.submit_many(transactions, encode_commit_request(transactions))
+        # merged message is its batches' encodings joined. The call's time starts before.
+        started = asyncio.get_running_loop().time()
+        return self._many_batcher.submit_many(
+            transactions, encode_commit_request(transactions), self.timeout, started
+        )
 
     async def commit_many(self, txns: Sequence[Transaction]) -> CommitManyResults:
         """Commits many transactions in one call, as one or a few ``CommitStream`` messages

@@ -12,16 +12,30 @@ from typing import Any
 import grpc
 
 from hlc_oracle import Transaction
-from hlc_oracle.client.errors import OracleError, OracleUnavailableError
+from hlc_oracle.client.errors import OracleError, OracleTimeoutError, OracleUnavailableError
 from hlc_oracle.client.wire import CommitAnswer, CommitAnswers
 
 #: A caller waiting for a message: its transaction (or its batch's list of them), its future,
-#: and its batch already encoded (None: encoded with the rest of the message).
-_Entry = tuple[Transaction | list[Transaction], "asyncio.Future[Any]", bytes | None]
+#: its batch already encoded (None: encoded with the rest of the message), its call's deadline
+#: (loop time) and its call's timeout (seconds, for the error that says it ran out).
+_Entry = tuple[Transaction | list[Transaction], "asyncio.Future[Any]", bytes | None, float, float]
 
 #: The ``send`` of a :class:`CommitBatcher`: a message's transactions, the callback to call
-#: before a second attempt, and the message when every caller's part came encoded.
-Send = Callable[[list[Transaction], Callable[[], None], bytes | None], Awaitable[CommitAnswers]]
+#: before a second attempt, the message when every caller's part came encoded, and the deadline
+#: (loop time) the message must be answered by.
+Send = Callable[
+    [list[Transaction], Callable[[], None], bytes | None, float], Awaitable[CommitAnswers]
+]
+
+
+def not_sent(timeout: float) -> OracleTimeoutError:
+    """The error of a call whose deadline passed while it waited for a message slot: the
+    timeout's own type and status, and words saying that nothing was sent, so nothing decided."""
+    return OracleTimeoutError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"no answer within {timeout} s: the call waited for a free message slot all that time "
+        "and was never sent, so nothing was committed",
+    )
 
 
 class CommitBatcher:
@@ -35,6 +49,11 @@ class CommitBatcher:
     batch (a slice of the message's, nothing built); a failed message fails every caller in it.
     A caller cancelled before its message went out is left out of it. Resending is safe: a
     decided id gets its first decision back.
+
+    Each caller brings its call's deadline (its start plus its timeout): the wait for a slot
+    counts toward it. A caller still waiting when its deadline passes is left out and fails with
+    :func:`not_sent` (never sent: nothing committed); a message gets what is left of its
+    callers' earliest deadline, so no caller's call outlasts its timeout.
 
     A message that is being sent again (a node refused it, or its answer was lost: ``send``
     calls the callback it is given before its second attempt), or that is still unanswered
@@ -71,32 +90,70 @@ class CommitBatcher:
         self._held: set[asyncio.Task[None]] = set()
         self.batches = 0  # messages sent, for tests and statistics
         self._closed = False
+        # Fails the callers whose deadline passed while they waited: armed at or before the
+        # earliest deadline of those waiting, whenever one waits.
+        self._expiry: asyncio.TimerHandle | None = None
 
-    def submit(self, transaction: Transaction) -> asyncio.Future[CommitAnswer]:
-        """The future of ``transaction``'s answer."""
-        future: asyncio.Future[CommitAnswer] = asyncio.get_running_loop().create_future()
-        self._waiting.append((transaction, future, None))
-        self._dispatch()
+    def submit(self, transaction: Transaction, timeout: float) -> asyncio.Future[CommitAnswer]:
+        """The future of ``transaction``'s answer, within ``timeout`` seconds from now."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[CommitAnswer] = loop.create_future()
+        self._queue((transaction, future, None, loop.time() + timeout, timeout), loop)
         return future
 
     def submit_many(
-        self, transactions: list[Transaction], message: bytes
+        self, transactions: list[Transaction], message: bytes, timeout: float, started: float
     ) -> asyncio.Future[CommitAnswers]:
-        """The future of the answers of ``transactions`` (encoded as ``message``), in order."""
-        future: asyncio.Future[CommitAnswers] = asyncio.get_running_loop().create_future()
-        self._waiting.append((transactions, future, message))
-        self._dispatch()
+        """The future of the answers of ``transactions`` (encoded as ``message``), in order,
+        within ``timeout`` seconds of ``started`` (the loop time the call started)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[CommitAnswers] = loop.create_future()
+        self._queue((transactions, future, message, started + timeout, timeout), loop)
         return future
 
-    def _take(self) -> list[_Entry]:
-        """The waiting callers of the next message (see the class); empty when every one waiting
-        was cancelled."""
+    def _queue(self, entry: _Entry, loop: asyncio.AbstractEventLoop) -> None:
+        self._waiting.append(entry)
+        self._dispatch()
+        if self._waiting and not self._closed:  # no free slot: it waits, its deadline counting
+            deadline = entry[3]
+            expiry = self._expiry
+            if expiry is None or deadline < expiry.when():
+                if expiry is not None:
+                    expiry.cancel()
+                self._expiry = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """Fails the waiting callers whose deadline passed (:func:`not_sent`), and arms the
+        timer again for the earliest deadline of those still waiting."""
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        kept: collections.deque[_Entry] = collections.deque()
+        for entry in self._waiting:
+            future, deadline = entry[1], entry[3]
+            if future.done():  # cancelled while it waited
+                continue
+            if deadline <= now:
+                future.set_exception(not_sent(entry[4]))
+            else:
+                kept.append(entry)
+        self._waiting = kept
+        if kept and not self._closed:
+            self._expiry = loop.call_at(min(entry[3] for entry in kept), self._expire)
+
+    def _take(self) -> tuple[list[_Entry], float]:
+        """The waiting callers of the next message (see the class) and their earliest deadline;
+        no callers when every one waiting was cancelled or is past its deadline (failed, never
+        sent)."""
         waiting = self._waiting
         limit = self._max_bytes() if self._max_bytes is not None else None
         batch: list[_Entry] = []
         count = size = 0
+        now = asyncio.get_running_loop().time()
+        earliest = float("inf")
         while waiting:
-            item, future, message = waiting[0]
+            entry = waiting[0]
+            item, future, message, deadline, _ = entry
             more = len(item) if type(item) is list else 1
             grown = size + len(message) if message is not None else size
             if batch and (count + more > self._max_batch or (limit is not None and grown > limit)):
@@ -104,19 +161,24 @@ class CommitBatcher:
             waiting.popleft()
             if future.done():  # cancelled while it waited: not sent
                 continue
-            batch.append((item, future, message))
+            if deadline <= now:  # its time ran out while it waited: not sent
+                future.set_exception(not_sent(entry[4]))
+                continue
+            batch.append(entry)
             count += more
             size = grown
-        return batch
+            if deadline < earliest:
+                earliest = deadline
+        return batch, earliest
 
     def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiting and len(self._in_flight) < self._max_in_flight:
-            batch = self._take()
+            batch, deadline = self._take()
             if not batch:
                 return
             self.batches += 1
-            task = loop.create_task(self._run(batch))
+            task = loop.create_task(self._run(batch, deadline))
             self._in_flight.add(task)
             loop.call_later(self._held_after_s, self._hold, task)
 
@@ -133,11 +195,11 @@ class CommitBatcher:
         else:  # every held slot is taken: look again later
             asyncio.get_running_loop().call_later(self._held_after_s, self._hold, task)
 
-    async def _run(self, batch: list[_Entry]) -> None:
+    async def _run(self, batch: list[_Entry], deadline: float) -> None:
         task = asyncio.current_task()
         transactions: list[Transaction] = []
         parts: list[bytes] = []
-        for item, _, message in batch:
+        for item, _, message, _, _ in batch:
             if type(item) is list:
                 transactions += item
             else:
@@ -150,10 +212,10 @@ class CommitBatcher:
         if len(parts) == len(batch):
             encoded = parts[0] if len(parts) == 1 else b"".join(parts)
         try:
-            results = await self._send(transactions, lambda: self._hold(task), encoded)
+            results = await self._send(transactions, lambda: self._hold(task), encoded, deadline)
         except BaseException as err:  # every caller of the message must hear about it
             cancelled = isinstance(err, asyncio.CancelledError)
-            for _, future, _ in batch:
+            for _, future, _, _, _ in batch:
                 # A cancellation (the client closing, asyncio.run ending) cancels the callers'
                 # futures: an exception set on them may never be retrieved, and asyncio says so.
                 if cancelled:
@@ -169,7 +231,7 @@ class CommitBatcher:
                     f"the server answered {len(results)} results for {len(transactions)} "
                     "transactions",
                 )
-                for _, future, _ in batch:
+                for _, future, _, _, _ in batch:
                     if not future.done():
                         future.set_exception(error)
                 return
@@ -179,7 +241,7 @@ class CommitBatcher:
                     future.set_result(results)  # one batch alone: its answers as they came
                 return
             position = 0
-            for item, future, _ in batch:
+            for item, future, _, _, _ in batch:
                 if type(item) is list:
                     end = position + len(item)
                     answer: Any = results[position:end]
@@ -207,12 +269,15 @@ class CommitBatcher:
 
     async def close(self) -> None:
         self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for task in [*self._in_flight, *self._held]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         error = OracleUnavailableError(grpc.StatusCode.CANCELLED, "client closed")
         while self._waiting:
-            _, future, _ = self._waiting.popleft()
+            future = self._waiting.popleft()[1]
             if not future.done():
                 future.set_exception(error)
