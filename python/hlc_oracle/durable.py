@@ -6,8 +6,9 @@ timestamps) and encodes its new decisions as records (``rust/src/commit/durable.
 :class:`DurableStep` opens the engine and runs each batch through it:
 
 - :class:`LocalDurableStep` (standalone): the engine appends the records to its local commit log
-  inside :meth:`~hlc_oracle.CommitEngine.process` (one ``write``, one ``fdatasync`` in ``sync``
-  durability) and the answers go out at once.
+  (one ``write``). In ``sync`` durability the answers are parked, as an external step's are, and
+  released by the step's sync thread once an ``fdatasync`` that began after the write returns;
+  the next batch is decided and written meanwhile. Otherwise they go out at once.
 - :class:`ExternalDurableStep` (clustered): the engine, opened with durability ``"external"``,
   hands out each batch's records as numbered pieces ``(batch_seq, bytes)``; the step writes each
   piece with ``store`` (a coroutine on the store's event loop: one fenced etcd txn in clustered
@@ -107,17 +108,88 @@ def _engine_options(options: CommitOptions) -> dict[str, Any]:
     }
 
 
-class LocalDurableStep:
-    """Standalone: the local commit log, written and synced inside the engine's call."""
+class _ParkedAnswers:
+    """The answers of batches decided and parked until durable, handed to each batch's
+    ``finish`` in decision order as the engine releases them (from whichever thread releases
+    them); the writer waits while ``max_in_flight`` batches are parked."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_in_flight: int) -> None:
+        if not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= 64:
+            raise ValueError(f"max_in_flight must be an int in 1..64, got {max_in_flight!r}")
+        self.max_in_flight = max_in_flight
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
+        self._finishers: dict[int, Callable[[Answers], None]] = {}
+        # Answers released before their ticket's finisher was registered (a release on another
+        # thread can come while the writer thread is still inside decide).
+        self._early: dict[int, list[PartResult]] = {}
+
+    def pending(self) -> int:
+        """Batches decided and not yet answered."""
+        with self._lock:
+            return len(self._finishers)
+
+    def _wait_for_room(self) -> None:
+        with self._settled:
+            while len(self._finishers) >= self.max_in_flight:
+                self._settled.wait()
+
+    def _park(self, ticket: int, finish: Callable[[Answers], None]) -> None:
+        with self._lock:
+            early = self._early.pop(ticket, None)
+            if early is None:
+                self._finishers[ticket] = finish
+        if early is not None:
+            finish(early)
+
+    def _release(self, released: list[tuple[int, list[Answer] | list[PartResult]]]) -> None:
+        if not released:
+            return
+        ready: list[tuple[Callable[[Answers], None], list[PartResult]]] = []
+        with self._settled:
+            for ticket, batch_answers in released:
+                # Every parked batch is decided by decide_parts: its answers are per part.
+                answers = cast("list[PartResult]", batch_answers)
+                finish = self._finishers.pop(ticket, None)
+                if finish is None:
+                    self._early[ticket] = answers
+                else:
+                    ready.append((finish, answers))
+            self._settled.notify_all()
+        for finish, answers in ready:
+            finish(answers)
+
+    def _wait_settled(self, timeout: float | None) -> bool:
+        """Waits until no batch is parked; False when some still are after ``timeout``."""
+        with self._settled:
+            self._settled.wait_for(lambda: not self._finishers, timeout)
+            return not self._finishers
+
+
+class LocalDurableStep(_ParkedAnswers):
+    """Standalone: the local commit log. In ``sync`` durability (with ``pipelined``, the
+    default) the engine only writes each batch inside its call and parks its answers; a sync
+    thread ``fdatasync``s the log outside the engine's lock and releases the answers of every
+    batch written before that sync began (``CommitEngine.sync_parked``), so the next batch is
+    decided and written while one syncs. At most ``max_in_flight`` batches are unsynced: the
+    writer waits beyond. A failed ``fdatasync`` aborts the process (never retried). Otherwise
+    (``async``, ``memory``, or not pipelined) the log is written, and synced, inside the
+    engine's call and the answers go out at once."""
+
+    def __init__(self, *, pipelined: bool = True, max_in_flight: int = 2) -> None:
+        super().__init__(max_in_flight)
         self._sync_after = False
+        self._pipelined = pipelined
+        self._syncer: threading.Thread | None = None
+        self._stopping = False
+        self._written = threading.Condition(threading.Lock())
+        self._unsynced = False
 
     def open_engine(
         self, path: str | os.PathLike[str] | None, clock: Clock, options: CommitOptions
     ) -> CommitEngine:
         self._sync_after = options.durability == "async"
-        return CommitEngine(
+        engine = CommitEngine(
             path,
             clock,
             durability=options.durability,
@@ -125,6 +197,12 @@ class LocalDurableStep:
             retain_segments=options.retain_segments,
             **_engine_options(options),
         )
+        if self._pipelined and engine.pipeline_syncs():
+            self._syncer = threading.Thread(
+                target=self._sync_loop, args=(engine,), name="hlc-oracle-log-sync", daemon=True
+            )
+            self._syncer.start()
+        return engine
 
     def decide(
         self,
@@ -132,16 +210,49 @@ class LocalDurableStep:
         parts: Parts,
         finish: Callable[[Answers], None],
     ) -> None:
+        if self._syncer is None:
+            try:
+                answers: Answers = engine.process_parts(parts)
+            except BaseException as error:  # every waiter must hear about it
+                answers = error
+            finish(answers)
+            if self._sync_after:
+                engine.sync()
+            return
+        self._wait_for_room()
         try:
-            answers: Answers = engine.process_parts(parts)
-        except BaseException as error:  # every waiter must hear about it
-            answers = error
-        finish(answers)
-        if self._sync_after:
-            engine.sync()
+            ticket, _pieces, released = engine.decide_parts(parts)
+        except BaseException as error:
+            finish(error)
+            return
+        self._park(ticket, finish)
+        self._release(released)
+        with self._written:
+            self._unsynced = True
+            self._written.notify()
+
+    def _sync_loop(self, engine: CommitEngine) -> None:
+        while True:
+            with self._written:
+                while not self._unsynced and not self._stopping:
+                    self._written.wait()
+                if not self._unsynced:
+                    return
+                self._unsynced = False
+            # Batches written from here on set _unsynced again: the next round syncs them.
+            self._release(engine.sync_parked())
 
     def drain(self, engine: CommitEngine, timeout: float | None) -> None:
-        return None
+        """Waits until every written batch is synced and answered, then stops the sync thread."""
+        syncer = self._syncer
+        if syncer is None:
+            return
+        self._wait_settled(timeout)
+        with self._written:
+            self._stopping = True
+            self._written.notify()
+        syncer.join(timeout)
+        # Whatever is still parked is answered by the engine's close (it syncs first).
 
 
 def external_engine(
@@ -161,7 +272,7 @@ def external_engine(
     )
 
 
-class ExternalDurableStep:
+class ExternalDurableStep(_ParkedAnswers):
     """Clustered: each batch's records are written by ``store`` on ``loop``; see the module
     docstring. ``first_batch_seq`` continues after the pieces already stored (a new leader);
     ``max_batch_bytes`` caps one piece (etcd refuses requests over 1.5 MiB by default).
@@ -179,11 +290,9 @@ class ExternalDurableStep:
         on_failure: Callable[[str], None] | None = None,
         standby: CommitEngine | None = None,
     ) -> None:
-        if not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= 64:
-            raise ValueError(f"max_in_flight must be an int in 1..64, got {max_in_flight!r}")
+        super().__init__(max_in_flight)
         self._store = store
         self._loop = loop
-        self.max_in_flight = max_in_flight
         self.max_batch_bytes = max_batch_bytes
         self.first_batch_seq = first_batch_seq
         self._standby = standby
@@ -192,12 +301,6 @@ class ExternalDurableStep:
         self.on_failure = on_failure
         #: Why the engine stopped, once a write failed.
         self.failure: str | None = None
-        self._lock = threading.Lock()
-        self._settled = threading.Condition(self._lock)
-        self._finishers: dict[int, Callable[[Answers], None]] = {}
-        # Answers released before their ticket's finisher was registered (a confirmation on the
-        # loop can release a batch while the writer thread is still inside decide).
-        self._early: dict[int, list[PartResult]] = {}
 
     def open_engine(
         self, path: str | os.PathLike[str] | None, clock: Clock, options: CommitOptions
@@ -210,31 +313,19 @@ class ExternalDurableStep:
             return standby
         return external_engine(clock, options, self.max_batch_bytes, self.first_batch_seq)
 
-    def pending(self) -> int:
-        """Batches decided and not yet answered."""
-        with self._lock:
-            return len(self._finishers)
-
     def decide(
         self,
         engine: CommitEngine,
         parts: Parts,
         finish: Callable[[Answers], None],
     ) -> None:
-        with self._settled:
-            while len(self._finishers) >= self.max_in_flight:
-                self._settled.wait()
+        self._wait_for_room()
         try:
             ticket, pieces, released = engine.decide_parts(parts)
         except BaseException as error:
             finish(error)
             return
-        with self._lock:
-            early = self._early.pop(ticket, None)
-            if early is None:
-                self._finishers[ticket] = finish
-        if early is not None:
-            finish(early)
+        self._park(ticket, finish)
         self._release(released)
         for batch_seq, data in pieces:
             asyncio.run_coroutine_threadsafe(self._write(engine, batch_seq, data), self._loop)
@@ -261,28 +352,8 @@ class ExternalDurableStep:
             return
         self._release(released)
 
-    def _release(self, released: list[tuple[int, list[Answer] | list[PartResult]]]) -> None:
-        if not released:
-            return
-        ready: list[tuple[Callable[[Answers], None], list[PartResult]]] = []
-        with self._settled:
-            for ticket, batch_answers in released:
-                # Every batch of this step is decided by decide_parts: its answers are per part.
-                answers = cast("list[PartResult]", batch_answers)
-                finish = self._finishers.pop(ticket, None)
-                if finish is None:
-                    self._early[ticket] = answers
-                else:
-                    ready.append((finish, answers))
-            self._settled.notify_all()
-        for finish, answers in ready:
-            finish(answers)
-
     def drain(self, engine: CommitEngine, timeout: float | None) -> None:
         """Waits for the pending batches; when they outlast ``timeout``, they are answered
         outcome unknown. Must not run on the store's loop (the confirmations run there)."""
-        with self._settled:
-            self._settled.wait_for(lambda: not self._finishers, timeout)
-            unsettled = bool(self._finishers)
-        if unsettled:
+        if not self._wait_settled(timeout):
             self._release(engine.fail("closed while decision writes were unconfirmed"))

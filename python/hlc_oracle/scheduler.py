@@ -12,7 +12,9 @@ the local commit log by default, or an external store (clustered mode) with
 
 Durability, by name:
 
-- ``"sync"`` (default): an answer is given after its batch is on disk.
+- ``"sync"`` (default): an answer is given after its batch is on disk. The ``fdatasync`` runs
+  on the durable step's sync thread while the next batch is decided and written (at most two
+  batches unsynced; see :class:`~hlc_oracle.durable.LocalDurableStep`).
 - ``"async"``: answers are given after the ``write``, before the ``fdatasync`` (which follows at
   once, before the next batch). A process crash loses nothing (the page cache survives it); a
   machine crash or power loss can lose the acknowledged batches whose ``fdatasync`` had not

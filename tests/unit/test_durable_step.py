@@ -2,7 +2,9 @@
 plain coroutine standing in for the store (the etcd store's own tests run against a real etcd)."""
 
 import asyncio
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hlc_oracle import (
@@ -188,5 +190,69 @@ def test_closing_with_unconfirmed_writes_answers_them_outcome_unknown() -> None:
         store.gate.set()  # the late write finds the engine closed: nothing more is answered
         await asyncio.sleep(0.05)
         assert list(store.pieces) == [1]
+
+    asyncio.run(run())
+
+
+class _GatedLocalStep(LocalDurableStep):
+    """The local step whose sync thread starts syncing only once `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def _sync_loop(self, engine: CommitEngine) -> None:
+        self.gate.wait()
+        super()._sync_loop(engine)
+
+
+def test_the_local_step_syncs_beside_the_writer_and_answers_only_after_the_sync(
+    tmp_path: Path,
+) -> None:
+    async def run() -> None:
+        step = _GatedLocalStep()
+        clock = Clock(node=1)
+        scheduler = GroupCommitScheduler(tmp_path, clock, CommitOptions(), durable_step=step)
+        try:
+            winner, loser = _txn(clock, 1, b"x"), _txn(clock, 2, b"x")
+            first = asyncio.ensure_future(scheduler.submit(winner))
+            await _until(lambda: step.pending() == 1, "the first batch to be written")
+            # Decided against the unsynced first batch; the resubmission of id 1 waits for it.
+            second = asyncio.ensure_future(scheduler.submit_many([loser, winner]))
+            await _until(lambda: step.pending() == 2, "the second batch to be written")
+            # Two batches unsynced: the writer waits before deciding a third.
+            third = asyncio.ensure_future(scheduler.submit(_txn(clock, 3, b"y")))
+            await asyncio.sleep(0.2)
+            assert step.pending() == 2 and scheduler.engine.status(3) is None
+            assert not (first.done() or second.done() or third.done())
+            assert scheduler.engine.status(1) is None, "not reported before it is synced"
+            step.gate.set()
+            answer = await first
+            assert isinstance(answer, Committed)
+            lost, again = await second
+            assert isinstance(lost, Aborted) and again == answer
+            assert isinstance(await third, Committed)
+            assert scheduler.engine.status(1) == answer
+        finally:
+            step.gate.set()
+            await asyncio.to_thread(scheduler.close)
+        assert step.pending() == 0
+        reopened = CommitEngine(tmp_path, Clock(node=1))
+        assert reopened.status(1) == answer and isinstance(reopened.status(3), Committed)
+        reopened.close()
+
+    asyncio.run(run())
+
+
+def test_the_local_step_answers_everything_before_close_returns(tmp_path: Path) -> None:
+    async def run() -> None:
+        clock = Clock(node=1)
+        step = LocalDurableStep()
+        scheduler = GroupCommitScheduler(tmp_path, clock, CommitOptions(), durable_step=step)
+        futures = [scheduler.submit(_txn(clock, i, b"k%d" % i)) for i in range(1, 50)]
+        await asyncio.to_thread(scheduler.close)
+        assert step.pending() == 0 and scheduler.engine.closed
+        answers = await asyncio.gather(*futures)
+        assert all(isinstance(answer, Committed) for answer in answers)
 
     asyncio.run(run())

@@ -214,6 +214,16 @@ impl PartsEngine {
         self.with_layouts(released)
     }
 
+    /// [`CommitEngine::synced`], each released batch with its layout.
+    pub fn synced(
+        &mut self,
+        point: &super::durable::LocalSyncPoint,
+        took: std::time::Duration,
+    ) -> Vec<ReleasedBatch> {
+        let released = self.engine.synced(point, took);
+        self.with_layouts(released)
+    }
+
     /// [`CommitEngine::close`], each batch it answers with its layout.
     pub fn close(&mut self) -> Vec<ReleasedBatch> {
         let released = self.engine.close();

@@ -7,6 +7,13 @@
 //! - [`DurableStep::Local`]: the local [`CommitLog`], standalone mode: ONE `write` per batch and,
 //!   in `sync` durability, ONE `fdatasync`, inside the engine's call; answers follow at once.
 //!   Retention (checkpoints of the log) lives here too.
+//!   *Pipelined syncs* ([`LocalLog::pipeline_syncs`], `sync` durability): the engine's call only
+//!   writes; the batch is numbered and parked exactly as an external step's (below), and another
+//!   thread syncs the log on a second handle of its file, outside the engine's lock
+//!   ([`LocalLog::sync_point`], then [`LocalLog::synced`], which confirms every batch written
+//!   before the sync began). So batch k+1 is decided and written while batch k's `fdatasync`
+//!   runs, and answers still go out only once their records are on disk. A failed `fdatasync`
+//!   aborts the process, as the log's own sync does (never retried).
 //! - [`DurableStep::External`]: a store the engine cannot write itself (clustered mode: one fenced
 //!   etcd txn per batch, written by Python). Two-phase:
 //!   1. deciding a batch hands out its records as numbered *pieces* `(batch_seq, bytes)` (a batch
@@ -32,7 +39,7 @@ use std::fmt;
 use crate::commit::Outcome;
 use crate::commit::SubmitError;
 use crate::conflict::TxnId;
-use crate::log::{CommitLog, LogError};
+use crate::log::{CommitLog, LogError, SyncPoint};
 use crate::timestamp::Timestamp;
 
 /// Default cap of one piece: etcd refuses requests over 1.5 MiB by default, and the txn that
@@ -69,6 +76,26 @@ pub struct LocalLog {
     retain_segments: usize,
     /// `(last seq of a batch, newest `decided_at` up to it)`, for choosing checkpoints.
     batch_marks: VecDeque<(u64, Option<Timestamp>)>,
+    /// Pipelined syncs: the batches written and not yet synced (one piece number per batch
+    /// that wrote records), parked as an external step's are.
+    parked: Option<Box<ExternalBatches>>,
+}
+
+/// One sync of the local log by another thread ([`LocalLog::sync_point`]): every batch numbered
+/// up to `through_batch` is written before it.
+pub struct LocalSyncPoint {
+    /// None when the log is already synced that far (a rotation or a checkpoint synced it).
+    log: Option<SyncPoint>,
+    through_batch: u64,
+}
+
+impl LocalSyncPoint {
+    /// `fdatasync` (a failure aborts the process); how long it took.
+    pub fn sync(&self) -> std::time::Duration {
+        self.log
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, SyncPoint::sync)
+    }
 }
 
 impl LocalLog {
@@ -85,7 +112,42 @@ impl LocalLog {
             sync,
             retain_segments,
             batch_marks,
+            parked: None,
         }
+    }
+
+    /// Pipelined syncs from now on (see the module documentation); only in `sync` durability
+    /// (false otherwise, or once a batch was written).
+    pub fn pipeline_syncs(&mut self) -> bool {
+        if !self.sync || self.parked.is_some() {
+            return self.parked.is_some();
+        }
+        self.sync = false;
+        self.parked = Some(Box::new(ExternalBatches::new(1, usize::MAX)));
+        true
+    }
+
+    /// Pipelined syncs: what to sync now, when a written batch is unsynced.
+    pub fn sync_point(&self) -> Option<LocalSyncPoint> {
+        let parked = self.parked.as_ref()?;
+        if parked.pending_pieces() == 0 {
+            return None;
+        }
+        Some(LocalSyncPoint {
+            log: self.log.sync_point(),
+            through_batch: parked.next_batch_seq() - 1,
+        })
+    }
+
+    /// `point` was synced (taking `took`): returns the answers this releases, in decision order.
+    pub fn synced(&mut self, point: &LocalSyncPoint, took: std::time::Duration) -> Vec<Released> {
+        if let Some(log_point) = &point.log {
+            self.log.synced(log_point, took);
+        }
+        self.parked
+            .as_mut()
+            .map(|parked| parked.confirm_through(point.through_batch))
+            .unwrap_or_default()
     }
 
     pub fn log(&self) -> &CommitLog {
@@ -102,12 +164,25 @@ impl LocalLog {
     ) -> Result<(), LogError> {
         if let Some((_, last)) = self.log.append(payloads, self.sync)? {
             self.batch_marks.push_back((last, newest_decided));
+            if let Some(parked) = &mut self.parked {
+                parked.hand_out(vec![Vec::new()]);
+            }
         }
         Ok(())
     }
 
+    /// Syncs the log here (pipelined syncs: the next [`Self::synced`] releases the batches).
     pub fn sync(&mut self) {
         self.log.sync();
+    }
+
+    /// Pipelined syncs, closing: syncs here and releases every parked batch.
+    pub fn sync_and_release(&mut self) -> Vec<Released> {
+        self.log.sync();
+        match &mut self.parked {
+            Some(parked) => parked.confirm_through(parked.next_batch_seq() - 1),
+            None => Vec::new(),
+        }
     }
 
     /// Checkpoints away all but the newest `retain_segments` segments.
@@ -276,6 +351,21 @@ impl ExternalBatches {
         Ok(self.take_releasable())
     }
 
+    /// Every piece up to `batch_seq` is durable (pipelined local syncs: one sync covers every
+    /// batch written before it); returns the answers this releases. Nothing once stopped.
+    pub fn confirm_through(&mut self, batch_seq: u64) -> Vec<Released> {
+        let through = batch_seq.min(self.next_seq - 1);
+        if self.stopped.is_some() || through <= self.durable_through {
+            return Vec::new();
+        }
+        self.durable_through = through;
+        self.confirmed.retain(|&seq| seq > through);
+        while self.confirmed.remove(&(self.durable_through + 1)) {
+            self.durable_through += 1;
+        }
+        self.take_releasable()
+    }
+
     fn pending_range(&self) -> String {
         if self.durable_through + 1 >= self.next_seq {
             "none".into()
@@ -350,14 +440,40 @@ impl DurableStep {
         }
     }
 
-    /// Answers a decided batch: at once, or (external) once its pieces are confirmed.
+    /// Answers a decided batch: at once, or (external, pipelined local syncs) once its pieces
+    /// are durable.
     pub fn answer(&mut self, released: Released, decided_ids: Vec<TxnId>) -> Vec<Released> {
-        match self {
-            Self::External(external) => {
-                external.park(released, decided_ids);
-                external.take_releasable()
+        match self.parked_mut() {
+            Some(parked) => {
+                parked.park(released, decided_ids);
+                parked.take_releasable()
             }
-            _ => vec![released],
+            None => vec![released],
+        }
+    }
+
+    /// The batches decided and parked until durable: an external step's, or the local log's
+    /// with pipelined syncs.
+    pub fn parked(&self) -> Option<&ExternalBatches> {
+        match self {
+            Self::External(external) => Some(external),
+            Self::Local(log) => log.parked.as_deref(),
+            Self::Memory => None,
+        }
+    }
+
+    fn parked_mut(&mut self) -> Option<&mut ExternalBatches> {
+        match self {
+            Self::External(external) => Some(external),
+            Self::Local(log) => log.parked.as_deref_mut(),
+            Self::Memory => None,
+        }
+    }
+
+    pub fn local_mut(&mut self) -> Option<&mut LocalLog> {
+        match self {
+            Self::Local(log) => Some(log),
+            _ => None,
         }
     }
 
@@ -422,5 +538,52 @@ mod tests {
         assert_eq!(external.pending_pieces(), 1);
         assert!(!external.start_at(90));
         assert_eq!(external.next_batch_seq(), 42);
+    }
+
+    fn released(ticket: u64) -> Released {
+        Released {
+            ticket,
+            txn_ids: vec![ticket],
+            answers: vec![Ok(Outcome::Committed(Timestamp::new(1, 0, 0).unwrap()))],
+            committed: 1,
+            aborted: 0,
+        }
+    }
+
+    #[test]
+    fn confirm_through_releases_every_batch_written_before_it_in_order() {
+        let mut parked = ExternalBatches::new(1, usize::MAX);
+        for ticket in 0..3 {
+            parked.hand_out(vec![Vec::new()]);
+            parked.park(released(ticket), vec![ticket]);
+        }
+        // A batch that wrote nothing waits for the ones before it.
+        parked.park(released(3), Vec::new());
+        assert!(parked.is_pending(1));
+        let out = parked.confirm_through(2);
+        assert_eq!(out.iter().map(|r| r.ticket).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(!parked.is_pending(1) && parked.is_pending(2));
+        assert!(parked.confirm_through(2).is_empty(), "already durable");
+        let out = parked.confirm_through(99); // capped at the last handed out
+        assert_eq!(out.iter().map(|r| r.ticket).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(parked.pending_pieces(), 0);
+        assert_eq!(parked.next_batch_seq(), 4);
+    }
+
+    #[test]
+    fn after_a_failure_nothing_parked_is_released_as_durable() {
+        let mut parked = ExternalBatches::new(1, usize::MAX);
+        for ticket in 0..2 {
+            parked.hand_out(vec![Vec::new()]);
+            parked.park(released(ticket), vec![ticket]);
+        }
+        let failed = parked.fail("fdatasync failed");
+        assert_eq!(failed.len(), 2);
+        assert!(failed.iter().all(|batch| batch
+            .answers
+            .iter()
+            .all(|answer| matches!(answer, Err(SubmitError::OutcomeUnknown(_))))));
+        assert!(parked.confirm_through(2).is_empty());
+        assert!(parked.is_pending(0), "never reported by status");
     }
 }

@@ -8,7 +8,9 @@ use crate::log::CommitLog;
 use crate::timestamp::Timestamp;
 
 use super::decisions::{Decision, DecisionIndex};
-use super::durable::{ConfirmError, DurableStep, ExternalBatches, Handout, Released};
+use super::durable::{
+    ConfirmError, DurableStep, ExternalBatches, Handout, LocalSyncPoint, Released,
+};
 use super::history::HistoryLoad;
 use super::types::{Durability, Limits, Outcome, Request, SubmitError};
 
@@ -95,8 +97,8 @@ impl CommitEngine {
     pub fn status(&self, txn_id: TxnId) -> Option<Outcome> {
         if self
             .durable
-            .external()
-            .is_some_and(|external| external.is_pending(txn_id))
+            .parked()
+            .is_some_and(|parked| parked.is_pending(txn_id))
         {
             return None;
         }
@@ -119,8 +121,14 @@ impl CommitEngine {
     /// Syncs and closes the log (releasing its directory lock); later batches are refused.
     /// Batches still pending in an external store are answered "outcome unknown".
     pub fn close(&mut self) -> Vec<Released> {
-        self.sync();
-        let unanswered = self.fail("the commit engine was closed");
+        // Pipelined syncs: synced now, so those batches are answered as durable.
+        let mut unanswered = self
+            .durable
+            .local_mut()
+            .map(super::durable::LocalLog::sync_and_release)
+            .unwrap_or_default();
+        self.count_released(&unanswered);
+        unanswered.extend(self.fail("the commit engine was closed"));
         self.durable = DurableStep::Memory;
         self.closed = true;
         unanswered
@@ -130,9 +138,42 @@ impl CommitEngine {
         self.closed
     }
 
-    /// `fdatasync` of batches appended in `Async` durability.
+    /// `fdatasync` of batches appended in `Async` durability (pipelined syncs: the next
+    /// [`Self::synced`] releases what this synced).
     pub fn sync(&mut self) {
         self.durable.sync();
+    }
+
+    /// `Sync` durability with a local log: pipelined syncs from now on (see `durable.rs`):
+    /// [`Self::decide`] writes a batch and parks its answers; another thread syncs the log
+    /// ([`Self::sync_point`], `fdatasync` outside the engine's lock, then [`Self::synced`]) and
+    /// releases them. False for another durability. `process` is refused from then on.
+    pub fn pipeline_syncs(&mut self) -> bool {
+        self.durability == Durability::Sync
+            && self
+                .durable
+                .local_mut()
+                .is_some_and(super::durable::LocalLog::pipeline_syncs)
+    }
+
+    /// Pipelined syncs: what to `fdatasync` now (None when no written batch is waiting).
+    pub fn sync_point(&self) -> Option<LocalSyncPoint> {
+        match &self.durable {
+            DurableStep::Local(log) => log.sync_point(),
+            _ => None,
+        }
+    }
+
+    /// Pipelined syncs: `point` is synced (taking `took`); returns the answers this releases, in
+    /// decision order (none once the engine is closed).
+    pub fn synced(&mut self, point: &LocalSyncPoint, took: std::time::Duration) -> Vec<Released> {
+        let released = self
+            .durable
+            .local_mut()
+            .map(|log| log.synced(point, took))
+            .unwrap_or_default();
+        self.count_released(&released);
+        released
     }
 
     /// Decides, timestamps, logs and records one batch; one answer per request, in order.
@@ -142,9 +183,11 @@ impl CommitEngine {
         clock: &Clock,
         requests: &[Request<'_>],
     ) -> Vec<Result<Outcome, SubmitError>> {
-        if self.durability == Durability::External {
+        if self.durable.parked().is_some() {
             let refusal = SubmitError::Log(
-                "the engine's durable step is external: use decide, then confirm or fail".into(),
+                "the engine's batches are parked until durable (an external step, or pipelined \
+                 syncs): use decide"
+                    .into(),
             );
             return vec![Err(refusal); requests.len()];
         }
@@ -186,10 +229,10 @@ impl CommitEngine {
         let (committed, aborted) = self.record(&mut batch, now);
         self.batches_total += 1;
         self.durable.after_batch();
-        let decided_ids = if pieces.is_empty() {
-            Vec::new()
-        } else {
+        let decided_ids = if self.durable.parked().is_some() {
             batch.recorded.iter().map(|&i| batch.txn_id(i)).collect()
+        } else {
+            Vec::new()
         };
         let txn_ids = requests.iter().map(Request::txn_id).collect();
         let released = Released {
@@ -234,7 +277,7 @@ impl CommitEngine {
     /// Batches decided and not yet answered (external durable step).
     pub fn pending_batches(&self) -> usize {
         self.durable
-            .external()
+            .parked()
             .map_or(0, ExternalBatches::pending_batches)
     }
 
@@ -270,7 +313,7 @@ impl CommitEngine {
         if self.closed {
             return Some(SubmitError::Log("the commit engine is closed".into()));
         }
-        let stopped = self.durable.external().and_then(ExternalBatches::stopped)?;
+        let stopped = self.durable.parked().and_then(ExternalBatches::stopped)?;
         Some(SubmitError::Log(format!(
             "the commit engine stopped after a failed decision write ({stopped}); it must be \
              reopened"

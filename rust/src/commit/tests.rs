@@ -701,3 +701,119 @@ fn the_fingerprint_is_the_streaming_xxh3_of_its_fields_and_stays_fixed() {
     // Logged fingerprints are compared with new ones after a restart or an upgrade: pinned.
     assert_eq!(fingerprint(&cases[1]), 0xbfe7_2f3e_9c7d_f58f);
 }
+
+#[test]
+fn pipelined_syncs_answer_in_decision_order_only_after_a_sync_that_began_after_the_write() {
+    let dir = TempDir::new("pipelined");
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let (mut engine, _) = CommitEngine::open(config(&dir), &clock).unwrap();
+    assert!(engine.sync_point().is_none(), "not pipelined yet");
+    assert!(engine.pipeline_syncs());
+    assert!(engine.pipeline_syncs(), "idempotent");
+    let start = clock.now().unwrap();
+    let a = txn(1, start, &[], &["x"]);
+    let first = engine.decide(&clock, &[Request::Commit(&a)]);
+    assert!(first.pieces.is_empty() && first.released.is_empty());
+    assert_eq!(
+        engine.status(1),
+        None,
+        "a decision not yet synced is not reported"
+    );
+    // Decided against the unsynced batch; the resubmission of its id waits for its sync.
+    let b = txn(2, start, &[], &["x"]);
+    let second = engine.decide(&clock, &[Request::Commit(&b), Request::Commit(&a)]);
+    assert!(second.released.is_empty());
+    assert_eq!(engine.pending_batches(), 2);
+    let point = engine
+        .sync_point()
+        .expect("two batches are written and unsynced");
+    // Written while that sync runs: not covered by it.
+    let c = txn(3, start, &[], &["y"]);
+    let third = engine.decide(&clock, &[Request::Commit(&c)]);
+    let released = engine.synced(&point, point.sync());
+    assert_eq!(
+        released.iter().map(|r| r.ticket).collect::<Vec<_>>(),
+        vec![first.ticket, second.ticket]
+    );
+    let commit_ts = committed(&released[0].answers[0]);
+    assert_eq!(
+        conflict(&released[1].answers[0]).key.as_deref(),
+        Some(&b"x"[..])
+    );
+    assert_eq!(committed(&released[1].answers[1]), commit_ts);
+    assert_eq!(engine.status(1), Some(Outcome::Committed(commit_ts)));
+    assert_eq!(engine.status(3), None);
+    let point = engine.sync_point().expect("the third batch is unsynced");
+    let released = engine.synced(&point, point.sync());
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].ticket, third.ticket);
+    assert!(engine.sync_point().is_none(), "nothing left to sync");
+    assert_eq!(engine.totals(), (2, 1, 3));
+    // A batch with nothing new to write (a repeat of a synced decision) goes out at once.
+    let again = engine.decide(&clock, &[Request::Commit(&c)]);
+    assert_eq!(again.released.len(), 1);
+    // `process` would answer before the sync: refused.
+    assert!(matches!(
+        engine.process(&clock, &[Request::Commit(&txn(4, start, &[], &["z"]))])[0],
+        Err(SubmitError::Log(_))
+    ));
+    drop(engine);
+    let (engine, _) = CommitEngine::open(config(&dir), &clock).unwrap();
+    assert_eq!(engine.status(1), Some(Outcome::Committed(commit_ts)));
+    assert!(engine.status(3).is_some());
+}
+
+#[test]
+fn pipelined_syncs_cross_segment_rotations_and_close_answers_what_it_synced() {
+    let dir = TempDir::new("pipelined-rotation");
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let (mut engine, _) = CommitEngine::open(config(&dir), &clock).unwrap();
+    assert!(engine.pipeline_syncs());
+    let start = clock.now().unwrap();
+    let mut tickets = Vec::new();
+    let mut released = Vec::new();
+    let mut points = 0;
+    // Segments of 4 KiB: these batches rotate several times, some while a sync point is taken.
+    for id in 1..=120u64 {
+        let key = format!("key-{id}-{}", "k".repeat(60));
+        let t = txn(id, start, &[], &[key.as_str()]);
+        tickets.push(engine.decide(&clock, &[Request::Commit(&t)]).ticket);
+        if id % 3 == 0 {
+            if let Some(point) = engine.sync_point() {
+                points += 1;
+                let c = txn(1_000 + id, start, &[], &["other"]);
+                tickets.push(engine.decide(&clock, &[Request::Commit(&c)]).ticket);
+                released.extend(engine.synced(&point, point.sync()));
+            }
+        }
+    }
+    assert!(points > 10);
+    assert!(engine.log().unwrap().segment_first_seqs().len() > 2);
+    released.extend(engine.close());
+    assert_eq!(
+        released.iter().map(|r| r.ticket).collect::<Vec<_>>(),
+        tickets,
+        "every batch answered once, in decision order"
+    );
+    let (engine, _) = CommitEngine::open(config(&dir), &clock).unwrap();
+    for id in 1..=120u64 {
+        assert!(matches!(engine.status(id), Some(Outcome::Committed(_))));
+    }
+}
+
+#[test]
+fn pipelined_syncs_only_in_sync_durability_with_a_log() {
+    let dir = TempDir::new("pipelined-async");
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let mut async_config = config(&dir);
+    async_config.durability = Durability::Async;
+    let (mut engine, _) = CommitEngine::open(async_config, &clock).unwrap();
+    assert!(!engine.pipeline_syncs());
+    let (mut memory, _) =
+        CommitEngine::open(EngineConfig::new(Durability::Memory, None), &clock).unwrap();
+    assert!(!memory.pipeline_syncs());
+    assert!(!external_engine(&clock, 1 << 20).pipeline_syncs());
+}

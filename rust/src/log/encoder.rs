@@ -4,7 +4,8 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::log::format::{encode_frame, FRAME_HEADER_LEN, MAX_RECORD_LEN};
 use crate::log::segments::fatal;
@@ -12,7 +13,8 @@ use crate::log::sync_timings::SyncTimings;
 use crate::log::LogError;
 
 pub struct Encoder {
-    file: File,
+    /// Shared with a [`super::SyncPoint`] that syncs it on another thread.
+    file: Arc<File>,
     path: PathBuf,
     /// Where the next frame goes: just past the last written record.
     offset: u64,
@@ -28,7 +30,7 @@ pub struct Encoder {
 impl Encoder {
     pub fn new(file: File, path: PathBuf, offset: u64) -> Self {
         Self {
-            file,
+            file: Arc::new(file),
             path,
             offset,
             buffer: Vec::new(),
@@ -83,11 +85,34 @@ impl Encoder {
         if self.unsynced == 0 {
             return;
         }
-        let started = Instant::now();
-        if let Err(err) = self.file.sync_data() {
-            fatal(&self.path, "fdatasync", &err);
-        }
-        self.timings.record(started.elapsed());
+        self.timings.record(sync_file(&self.file, &self.path));
         self.unsynced = 0;
     }
+
+    /// Records written since the last completed sync.
+    pub fn unsynced(&self) -> u32 {
+        self.unsynced
+    }
+
+    /// The segment's file and path, for a sync on another thread.
+    pub fn handle(&self) -> (Arc<File>, PathBuf) {
+        (Arc::clone(&self.file), self.path.clone())
+    }
+
+    /// A sync made elsewhere covered all but the last `after` records written: the current sync
+    /// group shrinks to them (never grows: a rotation or a sync here may have emptied it).
+    pub fn synced_all_but(&mut self, after: u64, took: Duration) {
+        self.unsynced = self.unsynced.min(u32::try_from(after).unwrap_or(u32::MAX));
+        self.timings.record(took);
+    }
+}
+
+/// `fdatasync` of `file`; a failure aborts the process (never retried: after a failed
+/// `fdatasync` the page cache's state is unknown). Returns how long it took.
+pub fn sync_file(file: &File, path: &std::path::Path) -> Duration {
+    let started = Instant::now();
+    if let Err(err) = file.sync_data() {
+        fatal(path, "fdatasync", &err);
+    }
+    started.elapsed()
 }

@@ -127,6 +127,23 @@ impl Default for LogOptions {
     }
 }
 
+/// Everything appended up to `through_seq`, to be synced on another thread
+/// ([`CommitLog::sync_point`]). A rotation syncs the old segment itself before switching, so a
+/// point on a segment that is no longer active is already durable: syncing it again is harmless.
+pub struct SyncPoint {
+    file: std::sync::Arc<File>,
+    path: PathBuf,
+    pub through_seq: u64,
+}
+
+impl SyncPoint {
+    /// `fdatasync`; a failure aborts the process, as the log's own sync does. Returns how long
+    /// it took.
+    pub fn sync(&self) -> std::time::Duration {
+        encoder::sync_file(&self.file, &self.path)
+    }
+}
+
 pub struct CommitLog {
     dir: PathBuf,
     options: LogOptions,
@@ -235,6 +252,26 @@ impl CommitLog {
     /// `fdatasync` of everything appended so far (for appends made with `sync = false`).
     pub fn sync(&mut self) {
         self.encoder.sync();
+    }
+
+    /// Where to `fdatasync` everything appended so far from another thread, so the log's owner
+    /// can append meanwhile (None when nothing is unsynced). Report it with [`Self::synced`].
+    pub fn sync_point(&self) -> Option<SyncPoint> {
+        if self.encoder.unsynced() == 0 {
+            return None;
+        }
+        let (file, path) = self.encoder.handle();
+        Some(SyncPoint {
+            file,
+            path,
+            through_seq: self.next_seq - 1,
+        })
+    }
+
+    /// `point` was synced (taking `took`): records appended after it form the sync group now.
+    pub fn synced(&mut self, point: &SyncPoint, took: std::time::Duration) {
+        let after = (self.next_seq - 1).saturating_sub(point.through_seq);
+        self.encoder.synced_all_but(after, took);
     }
 
     /// How long the `fdatasync`s since opening took.

@@ -431,3 +431,28 @@ fn segments_left_behind_by_an_interrupted_checkpoint_are_removed_on_open() {
     let left = saved.iter().filter(|(path, _)| path.exists()).count();
     assert_eq!(left, saved.len() - restored);
 }
+
+#[test]
+fn a_sync_on_another_thread_covers_only_what_was_written_before_it_began() {
+    let dir = TempDir::new("sync-point");
+    {
+        let (mut log, _, _) = open(&dir.0, DEFAULT_SEGMENT_SIZE).unwrap();
+        fill(&mut log, 4, 4);
+        assert!(log.sync_point().is_none(), "everything is synced");
+        log.append(&[payload(5), payload(6)], false).unwrap();
+        let point = log.sync_point().unwrap();
+        assert_eq!(point.through_seq, 6);
+        // Written while that sync runs: 7 and 8 stay in a sync group that starts at 7, and 9
+        // (after the sync completed) joins it.
+        log.append(&[payload(7), payload(8)], false).unwrap();
+        let took = std::thread::scope(|scope| scope.spawn(|| point.sync()).join().unwrap());
+        log.synced(&point, took);
+        log.append(&[payload(9)], false).unwrap();
+        assert_eq!(log.sync_point().unwrap().through_seq, 9);
+        assert!(log.sync_timings().count() >= 2);
+    }
+    // Damage to 7 with 9 intact: 7..=9 were never synced together, so a torn write, not damage.
+    damage_record(&dir.0, 7);
+    let (_, seen, _) = open(&dir.0, DEFAULT_SEGMENT_SIZE).unwrap();
+    assert_eq!(seen, expected(1..=6));
+}

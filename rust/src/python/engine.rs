@@ -578,6 +578,27 @@ impl PyCommitEngine {
             .transpose()
     }
 
+    /// Durability "sync": pipelined syncs from now on (`decide_parts` writes a batch and parks
+    /// its answers; `sync_parked`, on another thread, syncs and releases them). False for
+    /// another durability.
+    fn pipeline_syncs(&self) -> PyResult<bool> {
+        Ok(self.lock()?.engine_mut().pipeline_syncs())
+    }
+
+    /// Pipelined syncs: one `fdatasync` of every batch written so far, outside the engine's lock
+    /// (the writer decides and writes meanwhile); returns the `(ticket, answers)` it releases, in
+    /// decision order (empty when nothing was waiting). A failed `fdatasync` aborts the process.
+    fn sync_parked<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let released = py.detach(|| {
+            let Some(point) = self.lock()?.engine().sync_point() else {
+                return Ok::<_, PyErr>(Vec::new());
+            };
+            let took = point.sync();
+            Ok(self.lock()?.synced(&point, took))
+        })?;
+        released_list(py, &released)
+    }
+
     /// fdatasync of batches processed in "async" durability.
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| {
