@@ -455,9 +455,13 @@ class PendingBatch:
 @final
 class CommitFuture:
     """What ``GroupCommitScheduler.submit`` returns: an asyncio-compatible future of the
-    transaction's answer (its answer runs the awaiting tasks' wake-ups at once)."""
+    transaction's answer (its answer runs the awaiting tasks' wake-ups at once). Dropped with an
+    exception nobody retrieved, it reports it to its loop's exception handler, as asyncio's
+    futures do."""
 
     _asyncio_future_blocking: bool
+    #: An exception is set and not retrieved yet; can only be set to False.
+    _log_traceback: bool
     def get_loop(self) -> asyncio.AbstractEventLoop: ...
     def done(self) -> bool: ...
     def cancelled(self) -> bool: ...

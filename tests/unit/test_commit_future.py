@@ -1,9 +1,14 @@
 """The future ``GroupCommitScheduler.submit`` returns (``CommitFuture``): asyncio's future protocol
 (await, ``wait_for``, ``gather``, ``shield``, ``ensure_future``, cancellation, done callbacks),
-and its answer running the awaiting tasks' wake-ups in the batch's one call."""
+and its answer running the awaiting tasks' wake-ups in the batch's one call; an exception never
+retrieved is reported when it is dropped, as asyncio's futures do."""
 
 import asyncio
 import contextvars
+import gc
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 
 import pytest
@@ -200,3 +205,111 @@ def test_callbacks_run_in_order_and_a_failed_removal_keeps_them(
         assert order == ["first", "refuses comparing", "last"]
 
     asyncio.run(scenario())
+
+
+async def _refused(scheduler: GroupCommitScheduler, txn_id: int) -> CommitFuture:
+    """A future refused (a transaction id decided before with other keys), its exception not
+    retrieved: waited for with ``done()`` only."""
+    start = scheduler.clock.now()
+    assert isinstance(await scheduler.submit(Transaction(txn_id, start, [], [b"a"])), Committed)
+    future = scheduler.submit(Transaction(txn_id, start, [], [b"other"]))
+    for _ in range(int(WAIT_S / 0.005)):
+        if future.done():
+            return future
+        await asyncio.sleep(0.005)
+    raise AssertionError("the refusal never came")
+
+
+def test_an_exception_never_retrieved_is_reported_when_the_future_is_dropped(
+    scheduler: GroupCommitScheduler,
+) -> None:
+    async def scenario() -> None:
+        reports: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: reports.append(context))
+        future = await _refused(scheduler, 1)
+        assert future._log_traceback
+        error = future.exception()  # retrieved: not reported
+        assert isinstance(error, TransactionMismatchError) and not future._log_traceback
+        del future
+        forgotten = await _refused(scheduler, 2)
+        del forgotten
+        gc.collect()
+        assert len(reports) == 1, reports
+        (report,) = reports
+        assert report["message"] == "CommitFuture exception was never retrieved"
+        assert isinstance(report["exception"], TransactionMismatchError)
+        # The future itself is gone: a finished stand-in of the same loop, with its exception.
+        stand_in = report["future"]
+        assert isinstance(stand_in, CommitFuture) and stand_in.done()
+        assert stand_in.get_loop() is asyncio.get_running_loop()
+        assert stand_in.exception() is report["exception"]
+        reports.clear()
+        del report, stand_in
+        gc.collect()
+        assert reports == []  # the stand-in's exception was retrieved above
+
+    asyncio.run(scenario())
+
+
+def test_an_exception_retrieved_any_way_or_an_answer_is_not_reported(
+    scheduler: GroupCommitScheduler,
+) -> None:
+    async def scenario() -> None:
+        reports: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: reports.append(context))
+        awaited = await _refused(scheduler, 1)
+        with pytest.raises(TransactionMismatchError):
+            await awaited
+        resulted = await _refused(scheduler, 2)
+        with pytest.raises(TransactionMismatchError):
+            resulted.result()
+        gathered = await _refused(scheduler, 3)
+        (outcome,) = await asyncio.gather(gathered, return_exceptions=True)
+        assert isinstance(outcome, TransactionMismatchError)
+        marked = await _refused(scheduler, 4)
+        marked._log_traceback = False  # as asyncio lets a caller say it was seen
+        with pytest.raises(ValueError, match="only be set to False"):
+            marked._log_traceback = True
+        answered = scheduler.submit(txn(scheduler, 5, b"b"))
+        while not answered.done():
+            await asyncio.sleep(0.005)
+        cancelled = scheduler.submit(txn(scheduler, 6, b"c"))
+        cancelled.cancel()
+        del awaited, resulted, gathered, outcome, marked, answered, cancelled
+        gc.collect()
+        assert reports == []
+
+    asyncio.run(scenario())
+
+
+def test_nothing_is_reported_at_interpreter_shutdown() -> None:
+    """A future still held when the interpreter exits (its loop closed, modules being torn
+    down) is dropped without a report and without an error."""
+    program = textwrap.dedent(
+        """
+        import asyncio
+        from hlc_oracle import Clock, CommitOptions, GroupCommitScheduler, Transaction
+
+        KEPT = []
+
+        async def main():
+            options = CommitOptions(durability="memory")
+            scheduler = GroupCommitScheduler(None, Clock(node=1), options)
+            start = scheduler.clock.now()
+            await scheduler.submit(Transaction(1, start, [], [b"a"]))
+            future = scheduler.submit(Transaction(1, start, [], [b"other"]))
+            while not future.done():
+                await asyncio.sleep(0.005)
+            KEPT.append(future)
+            scheduler.close()
+
+        asyncio.run(main())
+        print("done")
+        """
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "done"
+    assert ran.stderr == ""

@@ -613,6 +613,9 @@ struct FutureInner {
     callbacks: Callbacks,
     /// asyncio's `_asyncio_future_blocking`: set while a task awaits the future.
     blocking: bool,
+    /// asyncio's `_log_traceback`: an exception was set and nobody has retrieved it yet
+    /// (`result()`, `exception()`, an await). Dropped so, the future reports it.
+    log_traceback: bool,
 }
 
 /// The answer of one `submit`: an asyncio-compatible future (`asyncio.isfuture` is true: it can
@@ -620,7 +623,8 @@ struct FutureInner {
 /// `asyncio.Future`, its answer runs its done callbacks (an awaiting task's wake-up) at once,
 /// inside the one call of its loop that resolves the whole batch (`FutureResolution`), instead
 /// of one `call_soon` handle each; a cancellation, or a callback added once it is done, is
-/// scheduled with `call_soon` as asyncio does.
+/// scheduled with `call_soon` as asyncio does. Like `asyncio.Future`, a future dropped with an
+/// exception nobody retrieved reports it to its loop's exception handler (see its `Drop`).
 #[pyclass(name = "CommitFuture", module = "hlc_oracle", frozen)]
 pub struct PyCommitFuture {
     event_loop: Py<PyAny>,
@@ -629,12 +633,17 @@ pub struct PyCommitFuture {
 
 impl PyCommitFuture {
     fn new(event_loop: Py<PyAny>) -> Self {
+        Self::in_state(event_loop, FutureState::Pending)
+    }
+
+    fn in_state(event_loop: Py<PyAny>, state: FutureState) -> Self {
         Self {
             event_loop,
             inner: Mutex::new(FutureInner {
-                state: FutureState::Pending,
+                state,
                 callbacks: Callbacks::default(),
                 blocking: false,
+                log_traceback: false,
             }),
         }
     }
@@ -651,6 +660,7 @@ impl PyCommitFuture {
         if !matches!(inner.state, FutureState::Pending) {
             return Ok(None);
         }
+        inner.log_traceback = matches!(state, FutureState::Exception(_));
         inner.state = state;
         Ok(Some(std::mem::take(&mut inner.callbacks)))
     }
@@ -718,7 +728,8 @@ impl PyCommitFuture {
     /// The answer; raises the exception set, `CancelledError` when cancelled, and
     /// `asyncio.InvalidStateError` while pending.
     fn result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let inner = self.lock()?;
+        let mut inner = self.lock()?;
+        inner.log_traceback = false;
         match &inner.state {
             FutureState::Pending => Err(PyErr::from_type(
                 invalid_state_error(py)?.clone(),
@@ -733,7 +744,8 @@ impl PyCommitFuture {
     /// The exception set, or None; `CancelledError` when cancelled, `InvalidStateError` while
     /// pending.
     fn exception(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let inner = self.lock()?;
+        let mut inner = self.lock()?;
+        inner.log_traceback = false;
         match &inner.state {
             FutureState::Pending => Err(PyErr::from_type(
                 invalid_state_error(py)?.clone(),
@@ -822,6 +834,24 @@ impl PyCommitFuture {
         Ok(())
     }
 
+    /// asyncio's `_log_traceback`: whether the future reports its exception when it is dropped;
+    /// it can only be set to False (as asyncio's).
+    #[getter(_log_traceback)]
+    fn get_log_traceback(&self) -> PyResult<bool> {
+        Ok(self.lock()?.log_traceback)
+    }
+
+    #[setter(_log_traceback)]
+    fn set_log_traceback(&self, value: bool) -> PyResult<()> {
+        if value {
+            return Err(PyValueError::new_err(
+                "_log_traceback can only be set to False",
+            ));
+        }
+        self.lock()?.log_traceback = false;
+        Ok(())
+    }
+
     fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }
@@ -843,7 +873,9 @@ impl PyCommitFuture {
                 }
                 FutureState::Result(value) => value.clone_ref(py).into_bound(py),
                 FutureState::Exception(error) => {
-                    return Err(PyErr::from_value(error.bind(py).clone()))
+                    let error = PyErr::from_value(error.bind(py).clone());
+                    inner.log_traceback = false;
+                    return Err(error);
                 }
                 FutureState::Cancelled(message) => {
                     return Err(cancelled_error(py, message.as_ref()))
@@ -889,4 +921,72 @@ impl PyCommitFuture {
         }
         Ok(())
     }
+}
+
+impl Drop for PyCommitFuture {
+    /// What `asyncio.Future.__del__` does: a future dropped with an exception that nobody
+    /// retrieved (`result()`, `exception()`, an await) hands it to its loop's exception handler,
+    /// with the keys "message", "exception" and "future", so that a refusal no caller awaited
+    /// does not vanish. The future itself is being destroyed (a Rust `Drop` cannot resurrect it,
+    /// as Python's `__del__` may), so "future" is a stand-in: a finished `CommitFuture` of the
+    /// same loop with the same exception. Nothing is reported while the interpreter shuts down,
+    /// or when the thread cannot take the GIL; an error of the report itself goes to
+    /// `sys.unraisablehook`, as an error in a `__del__` does. Never panics.
+    fn drop(&mut self) {
+        let Ok(inner) = self.inner.get_mut() else {
+            return;
+        };
+        if !inner.log_traceback {
+            return;
+        }
+        let FutureState::Exception(error) = &inner.state else {
+            return;
+        };
+        let event_loop = &self.event_loop;
+        Python::try_attach(|py| {
+            // The report runs Python code: an exception being raised meanwhile waits for it.
+            let raised = PyErr::take(py);
+            if let Err(err) = report_never_retrieved(py, event_loop, error) {
+                err.write_unraisable(py, None);
+            }
+            if let Some(raised) = raised {
+                raised.restore(py);
+            }
+        });
+    }
+}
+
+/// Reports a dropped future's exception that was never retrieved (see `PyCommitFuture`'s `Drop`).
+fn report_never_retrieved(
+    py: Python<'_>,
+    event_loop: &Py<PyAny>,
+    error: &Py<PyAny>,
+) -> PyResult<()> {
+    if interpreter_finalizing(py) {
+        return Ok(());
+    }
+    let stand_in = PyCommitFuture::in_state(
+        event_loop.clone_ref(py),
+        FutureState::Exception(error.clone_ref(py)),
+    );
+    let report = PyDict::new(py);
+    report.set_item("message", "CommitFuture exception was never retrieved")?;
+    report.set_item("exception", error.bind(py))?;
+    report.set_item("future", Bound::new(py, stand_in)?)?;
+    event_loop
+        .bind(py)
+        .call_method1(intern!(py, "call_exception_handler"), (report,))
+        .map(drop)
+}
+
+/// `sys.is_finalizing()`: the interpreter is shutting down (the loop and logging may be gone).
+/// A check that fails counts as yes: late in the shutdown even importing `sys` fails.
+fn interpreter_finalizing(py: Python<'_>) -> bool {
+    static FUNCTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    FUNCTION
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("sys")?.getattr("is_finalizing")?.unbind())
+        })
+        .and_then(|function| function.bind(py).call0()?.is_truthy())
+        .unwrap_or(true)
 }
