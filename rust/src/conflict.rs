@@ -153,6 +153,21 @@ impl FlatMap {
         }
     }
 
+    /// Starts loading the first slot of a key whose `spread` is given (a map of a large batch
+    /// misses the cache while the table's lines stream through it).
+    #[inline]
+    pub(crate) fn prefetch(&self, spread: u64) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(slot) = self.keys.get(spread as usize & self.mask) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: SSE is part of every x86_64 target, and a prefetch only hints the cache:
+            // it never faults (the address is a slot of the map anyway).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(slot).cast::<i8>()) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = spread;
+    }
+
     /// Inserts `value` for `key` unless the key is there; returns whether it was absent.
     #[inline]
     pub(crate) fn insert(&mut self, key: u64, spread: u64, value: u64) -> bool {
@@ -651,6 +666,9 @@ impl ConflictDetector {
             checked += self.checked_keys(txn);
             tags.visit_until(txns, checked + 2 * PREFETCH_AHEAD_KEYS, self, |next| {
                 self.prefetch(next);
+                // The batch's map of accepted writes, too: with thousands of transactions it
+                // is larger than a core's first caches, and the table's lines evict it.
+                self.for_checked_keys(next, |hash| batch_writes.prefetch(hash));
             });
             if self.table.is_large() {
                 slots.visit_until(txns, checked + PREFETCH_AHEAD_KEYS, self, |next| {
