@@ -5,6 +5,7 @@ retries and request merging.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -465,11 +466,10 @@ class AsyncOracleClient:
         (:mod:`hlc_oracle.client.pending_commits`): the same ids, so a transaction decided before
         gets its first decision back. ``retrying`` is called before the first such resend (the
         merging of ``commit()`` calls gives the message's slot to new work then). ``message``:
-        ``transactions`` already encoded. ``deadline`` (loop time; now plus the client's timeout
-        when None): every attempt, every part of a split, ends by it."""
-        loop = asyncio.get_running_loop()
+        ``transactions`` already encoded. ``deadline`` (``time.monotonic()``; now plus the
+        client's timeout when None): every attempt, every part of a split, ends by it."""
         if deadline is None:
-            deadline = loop.time() + self.timeout
+            deadline = time.monotonic() + self.timeout
         if message is None:
             message = encode_commit_request(transactions)
         if len(message) > self._message_limit(len(transactions)):
@@ -477,7 +477,7 @@ class AsyncOracleClient:
         pending = PendingCommits(transactions, message, retrying)
         try:
             return await self._call(
-                pending.send, changes_state=True, timeout=max(0.0, deadline - loop.time())
+                pending.send, changes_state=True, timeout=max(0.0, deadline - time.monotonic())
             )
         except OracleError as err:
             if pending.answered:
@@ -528,7 +528,7 @@ class AsyncOracleClient:
     def _send_many(self, transactions: list[Transaction]) -> Awaitable[CommitAnswers]:
         # Encoded here, so that a batch with a wrong element fails alone (TypeError) and a
         # merged message is its batches' encodings joined. The call's time starts before.
-        started = asyncio.get_running_loop().time()
+        started = time.monotonic()
         return self._many_batcher.submit_many(
             transactions, encode_commit_request(transactions), self.timeout, started
         )

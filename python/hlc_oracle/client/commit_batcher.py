@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
+from time import monotonic
 from typing import Any
 
 import grpc
@@ -17,12 +19,12 @@ from hlc_oracle.client.wire import CommitAnswer, CommitAnswers
 
 #: A caller waiting for a message: its transaction (or its batch's list of them), its future,
 #: its batch already encoded (None: encoded with the rest of the message), its call's deadline
-#: (loop time) and its call's timeout (seconds, for the error that says it ran out).
+#: (``time.monotonic()``) and its call's timeout (seconds, for the error that says it ran out).
 _Entry = tuple[Transaction | list[Transaction], "asyncio.Future[Any]", bytes | None, float, float]
 
 #: The ``send`` of a :class:`CommitBatcher`: a message's transactions, the callback to call
 #: before a second attempt, the message when every caller's part came encoded, and the deadline
-#: (loop time) the message must be answered by.
+#: (``time.monotonic()``) the message must be answered by.
 Send = Callable[
     [list[Transaction], Callable[[], None], bytes | None, float], Awaitable[CommitAnswers]
 ]
@@ -93,41 +95,47 @@ class CommitBatcher:
         # Fails the callers whose deadline passed while they waited: armed at or before the
         # earliest deadline of those waiting, whenever one waits.
         self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = math.inf  # its time (time.monotonic()); inf while none is armed
 
     def submit(self, transaction: Transaction, timeout: float) -> asyncio.Future[CommitAnswer]:
         """The future of ``transaction``'s answer, within ``timeout`` seconds from now."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[CommitAnswer] = loop.create_future()
-        self._queue((transaction, future, None, loop.time() + timeout, timeout), loop)
+        future: asyncio.Future[CommitAnswer] = asyncio.get_running_loop().create_future()
+        deadline = monotonic() + timeout
+        self._waiting.append((transaction, future, None, deadline, timeout))
+        self._dispatch()
+        if self._waiting and deadline < self._expiry_at:  # it waits: its deadline counts
+            self._arm(deadline)
         return future
 
     def submit_many(
         self, transactions: list[Transaction], message: bytes, timeout: float, started: float
     ) -> asyncio.Future[CommitAnswers]:
         """The future of the answers of ``transactions`` (encoded as ``message``), in order,
-        within ``timeout`` seconds of ``started`` (the loop time the call started)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[CommitAnswers] = loop.create_future()
-        self._queue((transactions, future, message, started + timeout, timeout), loop)
+        within ``timeout`` seconds of ``started`` (the call's start, ``time.monotonic()``)."""
+        future: asyncio.Future[CommitAnswers] = asyncio.get_running_loop().create_future()
+        deadline = started + timeout
+        self._waiting.append((transactions, future, message, deadline, timeout))
+        self._dispatch()
+        if self._waiting and deadline < self._expiry_at:  # it waits: its deadline counts
+            self._arm(deadline)
         return future
 
-    def _queue(self, entry: _Entry, loop: asyncio.AbstractEventLoop) -> None:
-        self._waiting.append(entry)
-        self._dispatch()
-        if self._waiting and not self._closed:  # no free slot: it waits, its deadline counting
-            deadline = entry[3]
-            expiry = self._expiry
-            if expiry is None or deadline < expiry.when():
-                if expiry is not None:
-                    expiry.cancel()
-                self._expiry = loop.call_at(deadline, self._expire)
+    def _arm(self, deadline: float) -> None:
+        """(Re)arms the expiry timer at ``deadline``, earlier than the one armed."""
+        if self._closed:
+            return
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry_at = deadline
+        delay = max(0.0, deadline - monotonic())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
 
     def _expire(self) -> None:
         """Fails the waiting callers whose deadline passed (:func:`not_sent`), and arms the
         timer again for the earliest deadline of those still waiting."""
         self._expiry = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        self._expiry_at = math.inf
+        now = monotonic()
         kept: collections.deque[_Entry] = collections.deque()
         for entry in self._waiting:
             future, deadline = entry[1], entry[3]
@@ -138,8 +146,8 @@ class CommitBatcher:
             else:
                 kept.append(entry)
         self._waiting = kept
-        if kept and not self._closed:
-            self._expiry = loop.call_at(min(entry[3] for entry in kept), self._expire)
+        if kept:
+            self._arm(min(entry[3] for entry in kept))
 
     def _take(self) -> tuple[list[_Entry], float]:
         """The waiting callers of the next message (see the class) and their earliest deadline;
@@ -149,8 +157,8 @@ class CommitBatcher:
         limit = self._max_bytes() if self._max_bytes is not None else None
         batch: list[_Entry] = []
         count = size = 0
-        now = asyncio.get_running_loop().time()
-        earliest = float("inf")
+        now = monotonic()
+        earliest = math.inf
         while waiting:
             entry = waiting[0]
             item, future, message, deadline, _ = entry
@@ -272,6 +280,7 @@ class CommitBatcher:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+            self._expiry_at = math.inf
         for task in [*self._in_flight, *self._held]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
