@@ -23,6 +23,7 @@ timestamps) and encodes its new decisions as records (``rust/src/commit/durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -32,6 +33,7 @@ from hlc_oracle._core import (
     Clock,
     CommitEngine,
     CommitLogError,
+    CommitOutcomeUnknownError,
     Committed,
     StreamResult,
     Timestamp,
@@ -123,6 +125,8 @@ class _ParkedAnswers:
         # Answers released before their ticket's finisher was registered (a release on another
         # thread can come while the writer thread is still inside decide).
         self._early: dict[int, list[PartResult]] = {}
+        # Set once the parked batches were given up on: a batch parked later is answered with it.
+        self._given_up: BaseException | None = None
 
     def pending(self) -> int:
         """Batches decided and not yet answered."""
@@ -136,11 +140,24 @@ class _ParkedAnswers:
 
     def _park(self, ticket: int, finish: Callable[[Answers], None]) -> None:
         with self._lock:
+            given_up = self._given_up
             early = self._early.pop(ticket, None)
-            if early is None:
+            if early is None and given_up is None:
                 self._finishers[ticket] = finish
         if early is not None:
             finish(early)
+        elif given_up is not None:
+            finish(given_up)
+
+    def _give_up(self, error: BaseException) -> None:
+        """Answers every parked batch, and every batch parked from now on, with ``error``."""
+        with self._settled:
+            self._given_up = error
+            finishers = list(self._finishers.values())
+            self._finishers.clear()
+            self._settled.notify_all()
+        for finish in finishers:
+            finish(error)
 
     def _release(self, released: list[tuple[int, list[Answer] | list[PartResult]]]) -> None:
         if not released:
@@ -151,9 +168,9 @@ class _ParkedAnswers:
                 # Every parked batch is decided by decide_parts: its answers are per part.
                 answers = cast("list[PartResult]", batch_answers)
                 finish = self._finishers.pop(ticket, None)
-                if finish is None:
+                if finish is None and self._given_up is None:
                     self._early[ticket] = answers
-                else:
+                elif finish is not None:
                     ready.append((finish, answers))
             self._settled.notify_all()
         for finish, answers in ready:
@@ -232,27 +249,41 @@ class LocalDurableStep(_ParkedAnswers):
             self._written.notify()
 
     def _sync_loop(self, engine: CommitEngine) -> None:
-        while True:
-            with self._written:
-                while not self._unsynced and not self._stopping:
-                    self._written.wait()
-                if not self._unsynced:
-                    return
-                self._unsynced = False
-            # Batches written from here on set _unsynced again: the next round syncs them.
-            self._release(engine.sync_parked())
+        try:
+            while True:
+                with self._written:
+                    while not self._unsynced and not self._stopping:
+                        self._written.wait()
+                    if not self._unsynced:
+                        return
+                    self._unsynced = False
+                # Batches written from here on set _unsynced again: the next round syncs them.
+                self._release(engine.sync_parked())
+        except BaseException as error:  # every waiter must hear about it
+            self._stop(
+                engine, f"the commit log's sync thread failed: {type(error).__name__}: {error}"
+            )
+            if not isinstance(error, Exception):
+                raise
+
+    def _stop(self, engine: CommitEngine, reason: str) -> None:
+        """Answers every parked batch "outcome unknown" (it may or may not be on disk) and closes
+        the engine, so no batch is written that nobody would answer."""
+        self._give_up(CommitOutcomeUnknownError(reason))
+        with contextlib.suppress(Exception):  # the engine's own failure: answered above
+            engine.close()
 
     def drain(self, engine: CommitEngine, timeout: float | None) -> None:
         """Waits until every written batch is synced and answered, then stops the sync thread."""
         syncer = self._syncer
         if syncer is None:
             return
-        self._wait_settled(timeout)
+        if not self._wait_settled(timeout):
+            self._stop(engine, "closed while commit log syncs were unfinished")
         with self._written:
             self._stopping = True
             self._written.notify()
         syncer.join(timeout)
-        # Whatever is still parked is answered by the engine's close (it syncs first).
 
 
 def external_engine(

@@ -5,6 +5,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hlc_oracle import (
@@ -254,5 +255,48 @@ def test_the_local_step_answers_everything_before_close_returns(tmp_path: Path) 
         assert step.pending() == 0 and scheduler.engine.closed
         answers = await asyncio.gather(*futures)
         assert all(isinstance(answer, Committed) for answer in answers)
+
+    asyncio.run(run())
+
+
+class _BrokenSync:
+    """An engine whose `sync_parked` fails (everything else is the real engine's)."""
+
+    def __init__(self, engine: CommitEngine) -> None:
+        self.engine = engine
+
+    def sync_parked(self) -> list[object]:
+        raise RuntimeError("the sync broke")
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class _BrokenSyncStep(_GatedLocalStep):
+    def _sync_loop(self, engine: CommitEngine) -> None:
+        self.gate.wait()
+        LocalDurableStep._sync_loop(self, cast("CommitEngine", _BrokenSync(engine)))
+
+
+def test_a_failed_sync_thread_answers_every_parked_batch_outcome_unknown_and_closes(
+    tmp_path: Path,
+) -> None:
+    async def run() -> None:
+        step = _BrokenSyncStep()
+        clock = Clock(node=1)
+        scheduler = GroupCommitScheduler(tmp_path, clock, CommitOptions(), durable_step=step)
+        try:
+            first = asyncio.ensure_future(scheduler.submit(_txn(clock, 1, b"x")))
+            await _until(lambda: step.pending() == 1, "the first batch to be written")
+            step.gate.set()
+            with pytest.raises(CommitOutcomeUnknownError, match="the sync broke"):
+                await first
+            # The engine is closed: later batches are refused, never left unanswered.
+            with pytest.raises(CommitLogError):
+                await scheduler.submit(_txn(clock, 2, b"y"))
+            assert scheduler.engine.closed and step.pending() == 0
+        finally:
+            step.gate.set()
+            await asyncio.to_thread(scheduler.close)
 
     asyncio.run(run())
