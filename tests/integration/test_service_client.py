@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import grpc
 import pytest
 from hlc_oracle import Timestamp
 from hlc_oracle.client import (
@@ -75,6 +76,43 @@ def test_timeouts_on_a_stalled_server(start_oracle: Callable[..., OracleProcess]
 
         wait_for(answered, 30, pause_s=0.1)
         assert after[0] > before
+
+
+def test_a_call_queued_behind_a_stalled_fetch_fails_within_its_own_timeout(
+    start_oracle: Callable[..., OracleProcess],
+) -> None:
+    """The wait behind the merged fetch in flight counts toward a call's timeout: with the
+    server stopped (SIGSTOP) under a fetch made with a long timeout, a call queued behind it
+    with a short timeout fails as a timed-out call does (``DEADLINE_EXCEEDED``, never sent) well
+    before the fetch's own deadline; the fetch is answered once the server resumes."""
+    server = start_oracle()
+    fetch_timeout_s = 30.0
+
+    async def scenario() -> None:
+        async with AsyncOracleClient(server.target, timeout=fetch_timeout_s) as client:
+            before = await client.get_timestamp()
+            server.signal(signal.SIGSTOP)
+            try:
+                in_flight = asyncio.ensure_future(client.get_timestamp())
+                for _ in range(2000):
+                    if client.batches == 2:
+                        break
+                    await asyncio.sleep(0.005)
+                assert client.batches == 2, "the fetch never went out"
+                client.timeout = 0.5  # the queued call's timeout
+                began = time.monotonic()
+                with pytest.raises(OracleTimeoutError, match="never sent") as raised:
+                    await asyncio.wait_for(client.get_timestamp(), fetch_timeout_s)
+                took = time.monotonic() - began
+                assert raised.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+                assert took < fetch_timeout_s / 3, f"took {took:.2f} s, past its timeout"
+                assert client.batches == 2
+                assert not in_flight.done()
+            finally:
+                server.signal(signal.SIGCONT)
+            assert await asyncio.wait_for(in_flight, 2 * fetch_timeout_s) > before
+
+    asyncio.run(scenario())
 
 
 def test_async_client_merges_concurrent_callers(oracle: OracleProcess) -> None:

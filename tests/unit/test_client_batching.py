@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
+import time
 
 import pytest
 from hlc_oracle import Clock, Timestamp, TimestampRange
-from hlc_oracle.client import TimestampBatcher
+from hlc_oracle.client import OracleTimeoutError, TimestampBatcher
 
 
 class ClockFetch:
     def __init__(self) -> None:
         self.clock = Clock(node=5)
         self.counts: list[int] = []
+        self.deadlines: list[float] = []
         self.fail_next = False
 
-    async def __call__(self, count: int) -> TimestampRange:
+    async def __call__(self, count: int, deadline: float = math.inf) -> TimestampRange:
         self.counts.append(count)
+        self.deadlines.append(deadline)
         await asyncio.sleep(0.001)
         if self.fail_next:
             self.fail_next = False
@@ -165,7 +169,7 @@ def test_over_limit_merged_batch_is_retried_request_by_request() -> None:
     clock = Clock(node=6)
     counts: list[int] = []
 
-    async def limited_fetch(count: int) -> TimestampRange:
+    async def limited_fetch(count: int, deadline: float) -> TimestampRange:
         # The server's rule (limits.max_count = 100), as the client sees it over the wire.
         counts.append(count)
         await asyncio.sleep(0)
@@ -184,3 +188,42 @@ def test_over_limit_merged_batch_is_retried_request_by_request() -> None:
     assert first.last < second.first
     assert isinstance(too_big, OracleError)
     assert too_big.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_the_wait_behind_a_fetch_counts_toward_the_call_s_timeout() -> None:
+    """A request still queued behind the fetch in flight when its timeout runs out fails as a
+    timed-out call does, saying it was never sent, and is not fetched; a fetch gets its
+    requests' earliest deadline (each call's start plus its timeout)."""
+    release = asyncio.Event()
+    deadlines: list[float] = []
+    clock = Clock(node=7)
+
+    async def held_fetch(count: int, deadline: float) -> TimestampRange:
+        deadlines.append(deadline)
+        await release.wait()
+        return clock.reserve(count)
+
+    async def main() -> None:
+        batcher = TimestampBatcher(held_fetch)
+        started = time.monotonic()
+        in_flight = batcher.get(60.0)
+        for _ in range(100):
+            if deadlines:
+                break
+            await asyncio.sleep(0.001)
+        assert deadlines == [pytest.approx(started + 60.0, abs=1.0)]
+        queued = batcher.get_range(5, 0.05)
+        later = batcher.get(30.0)
+        with pytest.raises(OracleTimeoutError, match="never sent") as raised:
+            await asyncio.wait_for(queued, 10.0)
+        assert raised.value.code.name == "DEADLINE_EXCEEDED"
+        assert not later.done()
+        release.set()
+        assert isinstance(await asyncio.wait_for(in_flight, 10.0), Timestamp)
+        assert isinstance(await asyncio.wait_for(later, 10.0), Timestamp)
+        # The second fetch carried only the caller still waiting, with its own deadline.
+        assert len(deadlines) == 2
+        assert deadlines[1] == pytest.approx(started + 30.0, abs=1.0)
+        await batcher.close()
+
+    asyncio.run(main())

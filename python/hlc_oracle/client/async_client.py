@@ -306,28 +306,32 @@ class AsyncOracleClient:
                 return await self._hedged(call)
             return await self._call(call, changes_state)
 
-    async def _hedged(self, call: Callable[[OracleNode, float], Awaitable[T]]) -> T:
+    async def _hedged(
+        self, call: Callable[[OracleNode, float], Awaitable[T]], timeout: float | None = None
+    ) -> T:
         """:meth:`_call` for a call that may be made twice (timestamps: the ones not handed out
         are skipped, nothing else changes). With several targets, when the node it waits on has
         not answered after :data:`HEDGE_AFTER_S`, a second call starts beside it that leaves
         that node aside (a follower's redirect to it counts as a failure); the first answer
-        wins, the other call is cancelled. Both end within the call's timeout."""
-        if len(self._nodes.targets) == 1 or self.timeout <= HEDGE_AFTER_S:
-            return await self._call(call)
+        wins, the other call is cancelled. Both end within ``timeout`` (the client's by
+        default)."""
+        timeout = self.timeout if timeout is None else timeout
+        if len(self._nodes.targets) == 1 or timeout <= HEDGE_AFTER_S:
+            return await self._call(call, timeout=timeout)
         waited_on: list[str] = []
 
         def tracked(node: OracleNode, remaining: float) -> Awaitable[T]:
             waited_on.append(node.target)
             return call(node, remaining)
 
-        first = asyncio.ensure_future(self._call(tracked))
+        first = asyncio.ensure_future(self._call(tracked, timeout=timeout))
         calls = [first]
         try:
             await asyncio.wait(calls, timeout=HEDGE_AFTER_S)
             if first.done():
                 return first.result()
             if waited_on:
-                left = self.timeout - HEDGE_AFTER_S
+                left = timeout - HEDGE_AFTER_S
                 hedge = self._call(call, aside=waited_on[-1], timeout=left)
                 calls.append(asyncio.ensure_future(hedge))
             pending = set(calls)
@@ -342,7 +346,9 @@ class AsyncOracleClient:
                 if not task.done():
                     task.cancel()
 
-    async def _fetch_for_batch(self, count: int) -> TimestampRange:
+    async def _fetch_for_batch(self, count: int, deadline: float) -> TimestampRange:
+        """A merged fetch of ``count`` timestamps, answered by ``deadline`` (``time.monotonic()``,
+        its callers' earliest)."""
         request = pb.GetTimestampsRequest(count=count)
 
         async def fetch(node: OracleNode, remaining: float) -> TimestampRange:
@@ -352,11 +358,13 @@ class AsyncOracleClient:
                 self._monotonic(node, floor, answer.first, answer[len(answer) - 1])
             return answer
 
-        return await self._hedged(fetch)
+        return await self._hedged(fetch, max(0.0, deadline - time.monotonic()))
 
     def get_timestamp(self) -> Awaitable[Timestamp]:
-        """One timestamp; concurrent callers share one stream message."""
-        return self._batcher.get()
+        """One timestamp; concurrent callers share one stream message. The wait behind the
+        message in flight counts toward the call's timeout: a call whose timeout runs out before
+        it was sent raises :class:`OracleTimeoutError` saying so."""
+        return self._batcher.get(self.timeout)
 
     async def get_timestamps(self, count: int) -> TimestampRange:
         """``count`` consecutive timestamps. Concurrent calls (and ``get_timestamp()`` calls)
@@ -365,7 +373,7 @@ class AsyncOracleClient:
             raise TypeError(f"count must be an int, got {type(count).__name__}")
         if not 1 <= count < 2**32:
             raise ValueError(f"count must be in 1..2**32-1, got {count}")
-        return await self._batcher.get_range(count)
+        return await self._batcher.get_range(count, self.timeout)
 
     async def get_timestamps_unary(self, count: int) -> TimestampRange:
         """``count`` consecutive timestamps from one ``GetTimestamps`` call of its own (no

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from hlc_oracle import Transaction
-from hlc_oracle.client.errors import OracleError, OracleTimeoutError, OracleUnavailableError
+from hlc_oracle.client.errors import OracleError, OracleUnavailableError, not_sent
 from hlc_oracle.client.wire import CommitAnswer, CommitAnswers
 
 #: A caller waiting for a message: its transaction (or its batch's list of them), its future,
@@ -28,16 +28,6 @@ _Entry = tuple[Transaction | list[Transaction], "asyncio.Future[Any]", bytes | N
 Send = Callable[
     [list[Transaction], Callable[[], None], bytes | None, float], Awaitable[CommitAnswers]
 ]
-
-
-def not_sent(timeout: float) -> OracleTimeoutError:
-    """The error of a call whose deadline passed while it waited for a message slot: the
-    timeout's own type and status, and words saying that nothing was sent, so nothing decided."""
-    return OracleTimeoutError(
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        f"no answer within {timeout} s: the call waited for a free message slot all that time "
-        "and was never sent, so nothing was committed",
-    )
 
 
 class CommitBatcher:

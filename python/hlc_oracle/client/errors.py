@@ -90,6 +90,21 @@ class OracleTimeoutError(OracleError):
     was reached but did not answer in time. The outcome of a commit that timed out is unknown."""
 
 
+def not_sent(
+    timeout: float,
+    waited_for: str = "a free message slot",
+    outcome: str = "nothing was committed",
+) -> OracleTimeoutError:
+    """The error of a merged call whose deadline passed while it waited to be sent (for
+    ``waited_for``): the timeout's own type and status, and words saying that it was never sent,
+    so ``outcome``."""
+    return OracleTimeoutError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"no answer within {timeout} s: the call waited for {waited_for} all that time "
+        f"and was never sent, so {outcome}",
+    )
+
+
 class OracleTimestampRegressionError(OracleError):
     """A node answered a timestamp not above one this client returned before (a node of another
     cluster in the target list, or a broken one): never returned, so the caller never sees time

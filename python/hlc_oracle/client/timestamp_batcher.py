@@ -7,17 +7,32 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
+from time import monotonic
 from typing import Any
 
 import grpc
 
 from hlc_oracle import Timestamp, TimestampRange
-from hlc_oracle.client.errors import OracleError
+from hlc_oracle.client.errors import OracleError, not_sent
+
+#: A caller waiting for a fetch: its future, its count (negative: a range of one, see
+#: :meth:`TimestampBatcher.get_range`), its call's deadline (``time.monotonic()``) and its call's
+#: timeout (seconds, for the error that says it ran out).
+_Entry = tuple["asyncio.Future[Any]", int, float, float]
+
+#: The ``fetch`` of a :class:`TimestampBatcher`: the count to ask for and the deadline
+#: (``time.monotonic()``) the fetch must be answered by.
+Fetch = Callable[[int, float], Awaitable[TimestampRange]]
+
+
+def _not_sent(timeout: float) -> OracleError:
+    return not_sent(timeout, "the timestamp request in flight", "no timestamp was handed out")
 
 
 class TimestampBatcher:
-    """Merges concurrent requests into one ``fetch(total)`` and splits the range back.
+    """Merges concurrent requests into one ``fetch(total, deadline)`` and splits the range back.
 
     :meth:`get` asks for one timestamp, :meth:`get_range` for ``count`` consecutive ones. While a
     fetch is in flight, new requests queue; when it returns, the queued requests (up to
@@ -25,78 +40,139 @@ class TimestampBatcher:
     range is cut in arrival order: each request gets its own timestamp or contiguous sub-range. A
     failed fetch fails every request of that batch, except that a merged batch refused with
     ``RESOURCE_EXHAUSTED`` (above the server's count limit) is retried request by request.
+
+    Each request brings its call's timeout: the wait behind the fetch in flight counts toward
+    it. A request still queued when its deadline passes is left out and fails with
+    :func:`~hlc_oracle.client.errors.not_sent` (never sent); a fetch gets what is left of its
+    requests' earliest deadline, so no call outlasts its timeout.
     """
 
-    def __init__(
-        self, fetch: Callable[[int], Awaitable[TimestampRange]], max_batch: int = 1_000_000
-    ) -> None:
+    def __init__(self, fetch: Fetch, max_batch: int = 1_000_000) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._fetch = fetch
         self._max_batch = max_batch
-        self._waiting: collections.deque[tuple[asyncio.Future[Any], int]] = collections.deque()
+        self._waiting: collections.deque[_Entry] = collections.deque()
         self._task: asyncio.Task[None] | None = None
+        self._fetching = False  # a fetch is in flight: new requests wait behind it
         self.batches = 0  # fetches made, for tests and statistics
+        # Fails the requests whose deadline passed while they waited behind a fetch: armed at or
+        # before the earliest deadline of those waiting, whenever one waits.
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = math.inf  # its time (time.monotonic()); inf while none is armed
 
-    def get(self) -> asyncio.Future[Timestamp]:
-        """A future resolved with one timestamp of the next batch."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Timestamp] = loop.create_future()
-        self._waiting.append((future, 1))
+    def get(self, timeout: float = math.inf) -> asyncio.Future[Timestamp]:
+        """A future resolved with one timestamp of the next batch, within ``timeout`` seconds
+        from now."""
+        future: asyncio.Future[Timestamp] = asyncio.get_running_loop().create_future()
+        deadline = monotonic() + timeout
+        self._waiting.append((future, 1, deadline, timeout))
         if self._task is None:
-            self._task = loop.create_task(self._drain())
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        elif self._fetching and deadline < self._expiry_at:  # it waits: its deadline counts
+            self._arm(deadline)
         return future
 
-    def get_range(self, count: int) -> asyncio.Future[TimestampRange]:
-        """A future resolved with ``count`` consecutive timestamps of the next batch."""
+    def get_range(self, count: int, timeout: float = math.inf) -> asyncio.Future[TimestampRange]:
+        """A future resolved with ``count`` consecutive timestamps of the next batch, within
+        ``timeout`` seconds from now."""
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[TimestampRange] = loop.create_future()
+        future: asyncio.Future[TimestampRange] = asyncio.get_running_loop().create_future()
+        deadline = monotonic() + timeout
         # A count of one still answers with a range: the future's type is the caller's choice.
-        self._waiting.append((future, -count if count == 1 else count))
+        self._waiting.append((future, -count if count == 1 else count, deadline, timeout))
         if self._task is None:
-            self._task = loop.create_task(self._drain())
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        elif self._fetching and deadline < self._expiry_at:  # it waits: its deadline counts
+            self._arm(deadline)
         return future
 
-    def _take(self) -> tuple[list[tuple[asyncio.Future[Any], int]], int]:
+    def _arm(self, deadline: float) -> None:
+        """(Re)arms the expiry timer at ``deadline``, earlier than the one armed."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry_at = deadline
+        delay = max(0.0, deadline - monotonic())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        """Fails the waiting requests whose deadline passed (never sent), and arms the timer
+        again for the earliest deadline of those still waiting."""
+        self._expiry = None
+        self._expiry_at = math.inf
+        now = monotonic()
+        kept: collections.deque[_Entry] = collections.deque()
+        for entry in self._waiting:
+            future, _, deadline, timeout = entry
+            if future.done():  # cancelled while it waited
+                continue
+            if deadline <= now:
+                future.set_exception(_not_sent(timeout))
+            else:
+                kept.append(entry)
+        self._waiting = kept
+        if kept:
+            self._arm(min(entry[2] for entry in kept))
+
+    def _take(self) -> tuple[list[_Entry], int, float]:
+        """The waiting requests of the next fetch (see the class), their total count and their
+        earliest deadline; no requests when every one waiting is past its deadline (failed,
+        never sent). A cancelled request still goes: its timestamps are simply unused."""
         waiting = self._waiting
-        batch = [waiting.popleft()]
-        total = abs(batch[0][1])
-        while waiting and total + abs(waiting[0][1]) <= self._max_batch:
-            item = waiting.popleft()
-            batch.append(item)
-            total += abs(item[1])
-        return batch, total
+        batch: list[_Entry] = []
+        total = 0
+        now = monotonic()
+        earliest = math.inf
+        while waiting:
+            entry = waiting[0]
+            more = abs(entry[1])
+            if batch and total + more > self._max_batch:
+                break
+            waiting.popleft()
+            deadline = entry[2]
+            if deadline <= now:  # its time ran out while it waited: not sent
+                if not entry[0].done():
+                    entry[0].set_exception(_not_sent(entry[3]))
+                continue
+            batch.append(entry)
+            total += more
+            if deadline < earliest:
+                earliest = deadline
+        return batch, total, earliest
 
     async def _drain(self) -> None:
         try:
             while self._waiting:
-                batch, total = self._take()
-                await self._send(batch, total)
+                batch, total, deadline = self._take()
+                if batch:
+                    await self._send(batch, total, deadline)
         finally:
             self._task = None
 
-    async def _send(self, batch: list[tuple[asyncio.Future[Any], int]], total: int) -> None:
+    async def _send(self, batch: list[_Entry], total: int, deadline: float) -> None:
         self.batches += 1
+        self._fetching = True
         try:
-            timestamps = await self._fetch(total)
+            timestamps = await self._fetch(total, deadline)
         except OracleError as err:
             if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and len(batch) > 1:
                 for item in batch:
-                    await self._send([item], abs(item[1]))
+                    await self._send([item], abs(item[1]), item[2])
                 return
             self._fail(batch, err)
             return
         except asyncio.CancelledError:
             # Cancelled with the client or the program (asyncio.run cancels what is left): the
             # callers' futures are cancelled, not failed with an exception nobody may retrieve.
-            for future, _ in batch:
+            for future, _, _, _ in batch:
                 future.cancel()
             raise
         except Exception as err:  # every request of the batch must hear about it
             self._fail(batch, err)
             return
+        finally:
+            self._fetching = False
         if len(timestamps) != total:
             self._fail(
                 batch,
@@ -107,7 +183,7 @@ class TimestampBatcher:
             )
             return
         offset = 0
-        for future, count in batch:
+        for future, count, _, _ in batch:
             if count == 1:
                 value: Any = timestamps[offset]
             else:
@@ -118,12 +194,16 @@ class TimestampBatcher:
                 future.set_result(value)
 
     @staticmethod
-    def _fail(batch: list[tuple[asyncio.Future[Any], int]], err: BaseException) -> None:
-        for future, _ in batch:
+    def _fail(batch: list[_Entry], err: BaseException) -> None:
+        for future, _, _, _ in batch:
             if not future.done():
                 future.set_exception(err)
 
     async def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+            self._expiry_at = math.inf
         task = self._task
         if task is not None:
             task.cancel()
@@ -131,6 +211,6 @@ class TimestampBatcher:
                 await task
         error = OracleError(grpc.StatusCode.CANCELLED, "client closed")
         while self._waiting:
-            future, _ = self._waiting.popleft()
+            future = self._waiting.popleft()[0]
             if not future.done():
                 future.set_exception(error)
