@@ -90,6 +90,12 @@ class OracleTimeoutError(OracleError):
     was reached but did not answer in time. The outcome of a commit that timed out is unknown."""
 
 
+def no_answer_within(timeout: float) -> str:
+    """A timeout's words: the call's time, to the millisecond (a merged request is given what
+    is left of its callers' earliest deadline, 29.99998 s of 30, which reads as 30)."""
+    return f"no answer within {round(timeout, 3):g} s"
+
+
 def not_sent(
     timeout: float,
     waited_for: str = "a free message slot",
@@ -100,7 +106,7 @@ def not_sent(
     so ``outcome``."""
     return OracleTimeoutError(
         grpc.StatusCode.DEADLINE_EXCEEDED,
-        f"no answer within {timeout} s: the call waited for {waited_for} all that time "
+        f"{no_answer_within(timeout)}: the call waited for {waited_for} all that time "
         f"and was never sent, so {outcome}",
     )
 

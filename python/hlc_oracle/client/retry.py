@@ -36,6 +36,7 @@ from hlc_oracle.client.errors import (
     OracleUnavailableError,
     error_from_rpc,
     is_retryable,
+    no_answer_within,
     outcome_in_doubt,
 )
 
@@ -106,9 +107,7 @@ async def with_retries(
         error: OracleError
         remaining = deadline - loop.time()
         if remaining <= 0:
-            error = OracleTimeoutError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout} s"
-            )
+            error = OracleTimeoutError(grpc.StatusCode.DEADLINE_EXCEEDED, no_answer_within(timeout))
         else:
             try:
                 return await call(remaining)
@@ -140,7 +139,7 @@ def _final_error(
     if lost is not None and changes_state and gave_up:
         return OracleOutcomeUnknownError(
             grpc.StatusCode.UNAVAILABLE,
-            f"{lost.details}; retrying the same transaction id got no answer within {timeout} s "
+            f"{lost.details}; retrying the same transaction id got {no_answer_within(timeout)} "
             f"(last: {error.details}), so its outcome is unknown: resubmit the same transaction "
             "id (a decided id returns its first decision) or ask transaction_status(id)",
         )

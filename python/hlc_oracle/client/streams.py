@@ -20,6 +20,7 @@ from hlc_oracle.client.errors import (
     OracleTimeoutError,
     connection_lost,
     error_from_rpc,
+    no_answer_within,
 )
 from hlc_oracle.client.wire import (
     TIMESTAMP_ORACLE_METHODS,
@@ -125,9 +126,7 @@ class PipelinedStream(Generic[Answer]):
                 return await future
         except TimeoutError:
             future.cancel()  # a future nobody awaits must not hold an exception
-            error = OracleTimeoutError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout} s"
-            )
+            error = OracleTimeoutError(grpc.StatusCode.DEADLINE_EXCEEDED, no_answer_within(timeout))
             self._fail(call, error)
             raise error from None
         except BaseException:
