@@ -15,6 +15,7 @@ import grpc
 
 from hlc_oracle import Transaction
 from hlc_oracle.client.errors import OracleError, OracleUnavailableError, not_sent
+from hlc_oracle.client.wait_expiry import WaitExpiry
 from hlc_oracle.client.wire import CommitAnswer, CommitAnswers
 
 #: A caller waiting for a message: its transaction (or its batch's list of them), its future,
@@ -82,10 +83,10 @@ class CommitBatcher:
         self._held: set[asyncio.Task[None]] = set()
         self.batches = 0  # messages sent, for tests and statistics
         self._closed = False
-        # Fails the callers whose deadline passed while they waited: armed at or before the
-        # earliest deadline of those waiting, whenever one waits.
-        self._expiry: asyncio.TimerHandle | None = None
-        self._expiry_at = math.inf  # its time (time.monotonic()); inf while none is armed
+        # Fails the callers whose deadline passed while they waited for a slot.
+        self._expiry: WaitExpiry[_Entry] = WaitExpiry(
+            self._expire, 1, 3, lambda entry: not_sent(entry[4])
+        )
 
     def submit(self, transaction: Transaction, timeout: float) -> asyncio.Future[CommitAnswer]:
         """The future of ``transaction``'s answer, within ``timeout`` seconds from now."""
@@ -93,8 +94,8 @@ class CommitBatcher:
         deadline = monotonic() + timeout
         self._waiting.append((transaction, future, None, deadline, timeout))
         self._dispatch()
-        if self._waiting and deadline < self._expiry_at:  # it waits: its deadline counts
-            self._arm(deadline)
+        if self._waiting and deadline < self._expiry.at:  # it waits: its deadline counts
+            self._expiry.arm(deadline)
         return future
 
     def submit_many(
@@ -106,38 +107,12 @@ class CommitBatcher:
         deadline = started + timeout
         self._waiting.append((transactions, future, message, deadline, timeout))
         self._dispatch()
-        if self._waiting and deadline < self._expiry_at:  # it waits: its deadline counts
-            self._arm(deadline)
+        if self._waiting and deadline < self._expiry.at:  # it waits: its deadline counts
+            self._expiry.arm(deadline)
         return future
 
-    def _arm(self, deadline: float) -> None:
-        """(Re)arms the expiry timer at ``deadline``, earlier than the one armed."""
-        if self._closed:
-            return
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self._expiry_at = deadline
-        delay = max(0.0, deadline - monotonic())
-        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
-
     def _expire(self) -> None:
-        """Fails the waiting callers whose deadline passed (:func:`not_sent`), and arms the
-        timer again for the earliest deadline of those still waiting."""
-        self._expiry = None
-        self._expiry_at = math.inf
-        now = monotonic()
-        kept: collections.deque[_Entry] = collections.deque()
-        for entry in self._waiting:
-            future, deadline = entry[1], entry[3]
-            if future.done():  # cancelled while it waited
-                continue
-            if deadline <= now:
-                future.set_exception(not_sent(entry[4]))
-            else:
-                kept.append(entry)
-        self._waiting = kept
-        if kept:
-            self._arm(min(entry[3] for entry in kept))
+        self._waiting = self._expiry.sweep(self._waiting)
 
     def _take(self) -> tuple[list[_Entry], float]:
         """The waiting callers of the next message (see the class) and their earliest deadline;
@@ -267,10 +242,7 @@ class CommitBatcher:
 
     async def close(self) -> None:
         self._closed = True
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-            self._expiry_at = math.inf
+        self._expiry.stop()
         for task in [*self._in_flight, *self._held]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

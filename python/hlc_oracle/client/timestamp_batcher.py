@@ -16,6 +16,7 @@ import grpc
 
 from hlc_oracle import Timestamp, TimestampRange
 from hlc_oracle.client.errors import OracleError, not_sent
+from hlc_oracle.client.wait_expiry import WaitExpiry
 
 #: A caller waiting for a fetch: its future, its count (negative: a range of one, see
 #: :meth:`TimestampBatcher.get_range`), its call's deadline (``time.monotonic()``) and its call's
@@ -56,10 +57,10 @@ class TimestampBatcher:
         self._task: asyncio.Task[None] | None = None
         self._fetching = False  # a fetch is in flight: new requests wait behind it
         self.batches = 0  # fetches made, for tests and statistics
-        # Fails the requests whose deadline passed while they waited behind a fetch: armed at or
-        # before the earliest deadline of those waiting, whenever one waits.
-        self._expiry: asyncio.TimerHandle | None = None
-        self._expiry_at = math.inf  # its time (time.monotonic()); inf while none is armed
+        # Fails the requests whose deadline passed while they waited behind a fetch.
+        self._expiry: WaitExpiry[_Entry] = WaitExpiry(
+            self._expire, 0, 2, lambda entry: _not_sent(entry[3])
+        )
 
     def get(self, timeout: float = math.inf) -> asyncio.Future[Timestamp]:
         """A future resolved with one timestamp of the next batch, within ``timeout`` seconds
@@ -69,8 +70,8 @@ class TimestampBatcher:
         self._waiting.append((future, 1, deadline, timeout))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._drain())
-        elif self._fetching and deadline < self._expiry_at:  # it waits: its deadline counts
-            self._arm(deadline)
+        elif self._fetching and deadline < self._expiry.at:  # it waits: its deadline counts
+            self._expiry.arm(deadline)
         return future
 
     def get_range(self, count: int, timeout: float = math.inf) -> asyncio.Future[TimestampRange]:
@@ -84,36 +85,12 @@ class TimestampBatcher:
         self._waiting.append((future, -count if count == 1 else count, deadline, timeout))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._drain())
-        elif self._fetching and deadline < self._expiry_at:  # it waits: its deadline counts
-            self._arm(deadline)
+        elif self._fetching and deadline < self._expiry.at:  # it waits: its deadline counts
+            self._expiry.arm(deadline)
         return future
 
-    def _arm(self, deadline: float) -> None:
-        """(Re)arms the expiry timer at ``deadline``, earlier than the one armed."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self._expiry_at = deadline
-        delay = max(0.0, deadline - monotonic())
-        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
-
     def _expire(self) -> None:
-        """Fails the waiting requests whose deadline passed (never sent), and arms the timer
-        again for the earliest deadline of those still waiting."""
-        self._expiry = None
-        self._expiry_at = math.inf
-        now = monotonic()
-        kept: collections.deque[_Entry] = collections.deque()
-        for entry in self._waiting:
-            future, _, deadline, timeout = entry
-            if future.done():  # cancelled while it waited
-                continue
-            if deadline <= now:
-                future.set_exception(_not_sent(timeout))
-            else:
-                kept.append(entry)
-        self._waiting = kept
-        if kept:
-            self._arm(min(entry[2] for entry in kept))
+        self._waiting = self._expiry.sweep(self._waiting)
 
     def _take(self) -> tuple[list[_Entry], int, float]:
         """The waiting requests of the next fetch (see the class), their total count and their
@@ -200,10 +177,7 @@ class TimestampBatcher:
                 future.set_exception(err)
 
     async def close(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-            self._expiry_at = math.inf
+        self._expiry.stop()
         task = self._task
         if task is not None:
             task.cancel()
