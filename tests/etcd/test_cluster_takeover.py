@@ -154,6 +154,30 @@ async def eventually(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached")
 
 
+def next_term_clock(first: Leader) -> tuple[int, Clock]:
+    """The window limit above the first term's timestamps, and node 2's clock floored at it."""
+    window_limit = first.scheduler.clock.last().physical + 1
+    return window_limit, Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
+
+
+async def assert_the_term_continues(
+    group_commit: ClusteredGroupCommit,
+    scheduler: GroupCommitScheduler,
+    clock: Clock,
+    newest: int,
+    answers: dict[int, Any],
+    key: bytes,
+) -> None:
+    """A fresh commit (writing ``key``) is decided in the piece after the stored ``newest``, and
+    once the history is in, the first term's decisions are answered as first given."""
+    fresh = Transaction(5 * 10**9, clock.now(), [], [key])
+    assert isinstance(await asyncio.wait_for(scheduler.submit(fresh), WAIT_S), Committed)
+    assert group_commit.log is not None
+    assert await group_commit.log.newest_seq() == newest + 1
+    await eventually(lambda: not group_commit.history_loading)
+    assert scheduler.status(1) == answers[1]
+
+
 def test_a_new_leader_decides_fresh_commits_while_its_history_loads(
     etcd: EtcdMember, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,8 +185,7 @@ def test_a_new_leader_decides_fresh_commits_while_its_history_loads(
         client = client_of([etcd.endpoint])
         first, answers, txns = await write_history(client)
         held = HeldHistory(monkeypatch)
-        window_limit = first.scheduler.clock.last().physical + 1
-        clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
+        window_limit, clock = next_term_clock(first)
         group_commit, scheduler, ended = await promote_node_2(client, clock, window_limit)
         assert scheduler is not None and group_commit.history_loading
         await asyncio.wait_for(held.started.wait(), WAIT_S)
@@ -360,17 +383,11 @@ def test_a_promotion_takes_the_standby_engine_and_a_step_down_prepares_the_next(
         client = client_of([etcd.endpoint])
         first, answers, _ = await write_history(client)
         newest = await first.log.newest_seq()
-        window_limit = first.scheduler.clock.last().physical + 1
-        clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
+        window_limit, clock = next_term_clock(first)
         group_commit, scheduler, _ = await promote_node_2(client, clock, window_limit, True)
         assert scheduler is not None and len(built) == 1
         assert scheduler.engine is built[0] and scheduler.engine.next_batch_seq == newest + 1
-        fresh = Transaction(5 * 10**9, clock.now(), [], [b"s1"])
-        assert isinstance(await asyncio.wait_for(scheduler.submit(fresh), WAIT_S), Committed)
-        assert group_commit.log is not None
-        assert await group_commit.log.newest_seq() == newest + 1
-        await eventually(lambda: not group_commit.history_loading)
-        assert scheduler.status(1) == answers[1]
+        await assert_the_term_continues(group_commit, scheduler, clock, newest, answers, b"s1")
         await group_commit.demote()
         await eventually(lambda: len(built) == 2)  # the next term's standby
         await group_commit.close()
@@ -392,8 +409,7 @@ def test_a_promotion_given_the_winning_txns_reads_continues_as_one_that_reads_th
         client = client_of([etcd.endpoint])
         first, answers, _ = await write_history(client)
         newest = await first.log.newest_seq()
-        window_limit = first.scheduler.clock.last().physical + 1
-        clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
+        window_limit, clock = next_term_clock(first)
         group_commit, installed, _ = clustered_group_commit(client, clock)
         reads = group_commit.takeover_reads(first.log.epoch)
         assert len(reads) == 2
@@ -403,12 +419,7 @@ def test_a_promotion_given_the_winning_txns_reads_continues_as_one_that_reads_th
         await group_commit.promote(fence, window_limit, first.log.epoch, pages)
         scheduler = installed[-1]
         assert scheduler is not None and scheduler.engine.next_batch_seq == newest + 1
-        fresh = Transaction(5 * 10**9, clock.now(), [], [b"p1"])
-        assert isinstance(await asyncio.wait_for(scheduler.submit(fresh), WAIT_S), Committed)
-        assert group_commit.log is not None
-        assert await group_commit.log.newest_seq() == newest + 1
-        await eventually(lambda: not group_commit.history_loading)
-        assert scheduler.status(1) == answers[1]
+        await assert_the_term_continues(group_commit, scheduler, clock, newest, answers, b"p1")
         await group_commit.close()
         await client.close()
 
@@ -432,8 +443,7 @@ def test_a_promotion_does_not_wait_for_a_standby_still_being_built(
     async def scenario() -> None:
         client = client_of([etcd.endpoint])
         first, _, _ = await write_history(client)
-        window_limit = first.scheduler.clock.last().physical + 1
-        clock = Clock(node=2, floor=Timestamp(window_limit, MAX_LOGICAL, MAX_NODE))
+        window_limit, clock = next_term_clock(first)
         fence = await take_leadership(client, "node-2")
         group_commit, installed, _ = clustered_group_commit(client, clock)
         group_commit.prepare_standby()
