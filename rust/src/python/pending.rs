@@ -103,11 +103,7 @@ fn concurrent_future_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
 
 fn get_running_loop(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static FUNCTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    Ok(FUNCTION
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("asyncio")?.getattr("get_running_loop")?.unbind())
-        })?
-        .bind(py))
+    FUNCTION.import(py, "asyncio", "get_running_loop")
 }
 
 fn invalid_state_error(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
@@ -539,12 +535,7 @@ fn cancelled_error(py: Python<'_>, message: Option<&Py<PyAny>>) -> PyErr {
 
 fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     static FUNCTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    FUNCTION
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("contextvars")?.getattr("copy_context")?.unbind())
-        })?
-        .bind(py)
-        .call0()
+    FUNCTION.import(py, "contextvars", "copy_context")?.call0()
 }
 
 /// Hands a done callback's `Exception` to the loop's exception handler, as asyncio's handles do;
