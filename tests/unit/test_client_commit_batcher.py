@@ -199,6 +199,41 @@ def test_concurrent_batches_go_out_merged_each_caller_answered_its_own_part(
     asyncio.run(main())
 
 
+def test_callers_answered_together_share_the_slots_evenly(tmp_path: Path) -> None:
+    """Eight callers of 10 transactions in a loop, two slots: the first two go alone (each
+    found a slot free), then every message carries an even share of the work outstanding,
+    four callers, instead of settling into one of seven callers and one of one (each group of
+    callers answered together coming back together)."""
+    clock = Clock(node=1)
+
+    async def main() -> None:
+        async with GroupCommitScheduler(tmp_path, clock) as scheduler:
+            start = clock.now()
+            node = HoldingNode(scheduler, Timestamp(0, 0, 0))
+            # No message moves to a held slot, however slow the host.
+            batcher = CommitBatcher(
+                node.send, max_batch=10_000, max_in_flight=2, held_after_s=WAIT_S
+            )
+            ids = iter(range(1, 1_000_000))
+
+            async def caller() -> None:
+                for _ in range(6):
+                    txns = [Transaction(next(ids), start, [], [b"e"]) for _ in range(10)]
+                    answers = await batcher.submit_many(
+                        txns, encode_commit_request(txns), CALL_TIMEOUT_S, time.monotonic()
+                    )
+                    assert [a.txn_id for a in answers] == [t.txn_id for t in txns]
+
+            await asyncio.wait_for(asyncio.gather(*(caller() for _ in range(8))), WAIT_S)
+            sizes = [len(message) for message in node.sent]
+            assert sum(sizes) == 8 * 6 * 10
+            assert sizes[:2] == [10, 10]
+            assert set(sizes[2:-1]) == {40}, sizes  # the last: what is left
+            await batcher.close()
+
+    asyncio.run(main())
+
+
 def test_the_wait_for_a_slot_counts_toward_the_call_s_timeout(tmp_path: Path) -> None:
     """A caller still waiting for a slot when its timeout runs out fails as a timed-out call
     does, saying it was never sent, and is not sent; a message gets its callers' earliest

@@ -9,7 +9,7 @@ import contextlib
 import math
 from collections.abc import Awaitable, Callable
 from time import monotonic
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -31,15 +31,27 @@ Send = Callable[
 ]
 
 
+def _size(item: Transaction | list[Transaction]) -> int:
+    """The transactions of a waiting caller: its batch's, or its one."""
+    return len(item) if type(item) is list else 1
+
+
 class CommitBatcher:
     """Merges concurrent :meth:`submit` calls (one transaction each) or :meth:`submit_many`
     calls (a batch each) into ``CommitStream`` messages.
 
     Callers that arrive while ``max_in_flight`` messages are in flight queue; as soon as one
-    returns, all queued callers (up to ``max_batch`` transactions and ``max_bytes()`` encoded
-    bytes, at least one caller) go out in the next message, which the server's group commit then
-    decides together. Each caller gets the result of its own transaction, or the results of its
-    batch (a slice of the message's, nothing built); a failed message fails every caller in it.
+    returns, queued callers go out in the next message, which the server's group commit then
+    decides together: up to ``max_batch`` transactions and ``max_bytes()`` encoded bytes, and
+    up to an even share of the work outstanding (the transactions queued and in flight, divided
+    by ``max_in_flight``), at least one caller. The share keeps the messages in flight of about
+    one size: when every queued caller took the one free slot, callers answered together came
+    back together, and messages settled into one large and one small (8 callers of 1,000 in 2
+    slots: 7,000 and 1,000), so the server, deciding the small one quickly, waited idle for the
+    large one's round trip; of equal size, each message's round trip overlaps the other's
+    decision. A slot is never left free while callers queue. Each caller gets the result of its
+    own transaction, or the results of its batch (a slice of the message's, nothing built); a
+    failed message fails every caller in it.
     A caller cancelled before its message went out is left out of it. Resending is safe: a
     decided id gets its first decision back.
 
@@ -78,7 +90,10 @@ class CommitBatcher:
         self._max_in_flight = max_in_flight
         self._max_bytes = max_bytes
         self._waiting: collections.deque[_Entry] = collections.deque()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        # The transactions of the callers in ``_waiting``.
+        self._waiting_count = 0
+        # The messages in the slots, each with its count of transactions.
+        self._in_flight: dict[asyncio.Task[None], int] = {}
         # Messages held or retrying, in the held slots (see the class).
         self._held: set[asyncio.Task[None]] = set()
         self.batches = 0  # messages sent, for tests and statistics
@@ -93,6 +108,7 @@ class CommitBatcher:
         future: asyncio.Future[CommitAnswer] = asyncio.get_running_loop().create_future()
         deadline = monotonic() + timeout
         self._waiting.append((transaction, future, None, deadline, timeout))
+        self._waiting_count += 1
         self._dispatch()
         if self._waiting and deadline < self._expiry.at:  # it waits: its deadline counts
             self._expiry.arm(deadline)
@@ -106,6 +122,7 @@ class CommitBatcher:
         future: asyncio.Future[CommitAnswers] = asyncio.get_running_loop().create_future()
         deadline = started + timeout
         self._waiting.append((transactions, future, message, deadline, timeout))
+        self._waiting_count += len(transactions)
         self._dispatch()
         if self._waiting and deadline < self._expiry.at:  # it waits: its deadline counts
             self._expiry.arm(deadline)
@@ -113,13 +130,16 @@ class CommitBatcher:
 
     def _expire(self) -> None:
         self._waiting = self._expiry.sweep(self._waiting)
+        self._waiting_count = sum(_size(entry[0]) for entry in self._waiting)
 
-    def _take(self) -> tuple[list[_Entry], float]:
-        """The waiting callers of the next message (see the class) and their earliest deadline;
-        no callers when every one waiting was cancelled or is past its deadline (failed, never
-        sent)."""
+    def _take(self, share: int) -> tuple[list[_Entry], float, int]:
+        """The waiting callers of the next message (see the class: at most ``share``
+        transactions, unless the first caller alone has more), their earliest deadline and
+        their count of transactions; no callers when every one waiting was cancelled or is past
+        its deadline (failed, never sent)."""
         waiting = self._waiting
         limit = self._max_bytes() if self._max_bytes is not None else None
+        most = min(self._max_batch, share)
         batch: list[_Entry] = []
         count = size = 0
         now = monotonic()
@@ -127,11 +147,12 @@ class CommitBatcher:
         while waiting:
             entry = waiting[0]
             item, future, message, deadline, _ = entry
-            more = len(item) if type(item) is list else 1
+            more = _size(item)
             grown = size + len(message) if message is not None else size
-            if batch and (count + more > self._max_batch or (limit is not None and grown > limit)):
+            if batch and (count + more > most or (limit is not None and grown > limit)):
                 break
             waiting.popleft()
+            self._waiting_count -= more
             if future.done():  # cancelled while it waited: not sent
                 continue
             if deadline <= now:  # its time ran out while it waited: not sent
@@ -142,34 +163,37 @@ class CommitBatcher:
             size = grown
             if deadline < earliest:
                 earliest = deadline
-        return batch, earliest
+        return batch, earliest, count
 
     def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._waiting and len(self._in_flight) < self._max_in_flight:
-            batch, deadline = self._take()
+        in_flight = self._in_flight
+        while self._waiting and len(in_flight) < self._max_in_flight:
+            outstanding = self._waiting_count + sum(in_flight.values())
+            batch, deadline, count = self._take(-(-outstanding // self._max_in_flight))
             if not batch:
                 return
             self.batches += 1
             task = loop.create_task(self._run(batch, deadline))
-            self._in_flight.add(task)
+            in_flight[task] = count
             loop.call_later(self._held_after_s, self._hold, task)
 
-    def _hold(self, task: asyncio.Task[None] | None) -> None:
+    def _hold(self, task: asyncio.Task[None]) -> None:
         """``task``'s message is being sent again or is slow to be answered: it moves to a free
         held slot (when it is still in a slot of the others), and its slot goes to the callers
         waiting."""
         if task not in self._in_flight or self._closed:
             return
         if len(self._held) < self._max_in_flight:
-            self._in_flight.discard(task)
+            del self._in_flight[task]
             self._held.add(task)
             self._dispatch()
         else:  # every held slot is taken: look again later
             asyncio.get_running_loop().call_later(self._held_after_s, self._hold, task)
 
     async def _run(self, batch: list[_Entry], deadline: float) -> None:
-        task = asyncio.current_task()
+        # The task _dispatch made for this message (it keeps the message's slot).
+        task = cast("asyncio.Task[None]", asyncio.current_task())
         transactions: list[Transaction] = []
         parts: list[bytes] = []
         for item, _, message, _, _ in batch:
@@ -226,7 +250,7 @@ class CommitBatcher:
                     future.set_result(answer)
         finally:
             if self._closed:
-                self._in_flight.discard(task)
+                self._in_flight.pop(task, None)
                 self._held.discard(task)
             else:
                 # The slot frees on the loop's next turn: the callers this message answered run
@@ -234,8 +258,8 @@ class CommitBatcher:
                 # of them taking the slot alone.
                 asyncio.get_running_loop().call_soon(self._release, task)
 
-    def _release(self, task: asyncio.Task[None] | None) -> None:
-        self._in_flight.discard(task)
+    def _release(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
         self._held.discard(task)
         if not self._closed:
             self._dispatch()
@@ -248,6 +272,7 @@ class CommitBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         error = OracleUnavailableError(grpc.StatusCode.CANCELLED, "client closed")
+        self._waiting_count = 0
         while self._waiting:
             future = self._waiting.popleft()[1]
             if not future.done():

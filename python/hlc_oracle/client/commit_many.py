@@ -16,8 +16,10 @@ Concurrent ``commit_many`` calls are merged by messages, as ``commit()`` calls a
 transactions (a :class:`~hlc_oracle.client.commit_batcher.CommitBatcher` of their own, with a
 future per call, not per transaction): up to ``commit_many_in_flight`` messages (2 by default)
 go out at once, pipelined on the stream, and the calls that arrive meanwhile go out together in
-the next message (their encodings joined, up to 8,192 transactions and the merged-message byte
-limit), each caller getting its own part of the answer. Each message costs about 180 µs of the
+the next message (their encodings joined, up to 8,192 transactions, the merged-message byte
+limit and an even share of the work outstanding, so that the messages in flight are of about
+one size and each one's round trip overlaps the server's work on the others), each caller
+getting its own part of the answer. Each message costs about 180 µs of the
 client's CPU (grpc's threads, wake-ups, the kernel), and the server's too, whatever its size: 8
 callers of 1,000 send messages of about 4,000 instead of 1,000. A message held or being sent
 again leaves its slot to new calls, as for ``commit()``.
