@@ -199,11 +199,14 @@ def test_concurrent_batches_go_out_merged_each_caller_answered_its_own_part(
     asyncio.run(main())
 
 
-def test_callers_answered_together_share_the_slots_evenly(tmp_path: Path) -> None:
-    """Eight callers of 10 transactions in a loop, two slots: the first two go alone (each
-    found a slot free), then every message carries an even share of the work outstanding,
-    four callers, instead of settling into one of seven callers and one of one (each group of
-    callers answered together coming back together)."""
+@pytest.mark.parametrize(("slots", "settled"), [(2, {40}), (3, {20, 30})])
+def test_callers_answered_together_share_the_slots_evenly(
+    tmp_path: Path, slots: int, settled: set[int]
+) -> None:
+    """Eight callers of 10 transactions in a loop: the first ones go alone (each found a slot
+    free), then every message carries about an even share of the work outstanding (two slots:
+    four callers; three: three, three and two), instead of settling into one of seven callers
+    and one of one (each group of callers answered together coming back together)."""
     clock = Clock(node=1)
 
     async def main() -> None:
@@ -212,7 +215,7 @@ def test_callers_answered_together_share_the_slots_evenly(tmp_path: Path) -> Non
             node = HoldingNode(scheduler, Timestamp(0, 0, 0))
             # No message moves to a held slot, however slow the host.
             batcher = CommitBatcher(
-                node.send, max_batch=10_000, max_in_flight=2, held_after_s=WAIT_S
+                node.send, max_batch=10_000, max_in_flight=slots, held_after_s=WAIT_S
             )
             ids = iter(range(1, 1_000_000))
 
@@ -227,8 +230,8 @@ def test_callers_answered_together_share_the_slots_evenly(tmp_path: Path) -> Non
             await asyncio.wait_for(asyncio.gather(*(caller() for _ in range(8))), WAIT_S)
             sizes = [len(message) for message in node.sent]
             assert sum(sizes) == 8 * 6 * 10
-            assert sizes[:2] == [10, 10]
-            assert set(sizes[2:-1]) == {40}, sizes  # the last: what is left
+            assert sizes[:slots] == [10] * slots
+            assert set(sizes[slots:-slots]) == settled, sizes  # the last: what is left
             await batcher.close()
 
     asyncio.run(main())

@@ -43,17 +43,17 @@ class CommitBatcher:
     Callers that arrive while ``max_in_flight`` messages are in flight queue; as soon as one
     returns, queued callers go out in the next message, which the server's group commit then
     decides together: up to ``max_batch`` transactions and ``max_bytes()`` encoded bytes, and
-    up to an even share of the work outstanding (the transactions queued and in flight, divided
-    by ``max_in_flight``), at least one caller. The share keeps the messages in flight of about
-    one size: when every queued caller took the one free slot, callers answered together came
-    back together, and messages settled into one large and one small (8 callers of 1,000 in 2
-    slots: 7,000 and 1,000), so the server, deciding the small one quickly, waited idle for the
-    large one's round trip; of equal size, each message's round trip overlaps the other's
-    decision. A slot is never left free while callers queue. Each caller gets the result of its
-    own transaction, or the results of its batch (a slice of the message's, nothing built); a
-    failed message fails every caller in it.
-    A caller cancelled before its message went out is left out of it. Resending is safe: a
-    decided id gets its first decision back.
+    callers only until the message holds an even share of the work outstanding (the
+    transactions queued and in flight, divided by ``max_in_flight``), at least one caller. The
+    share keeps the messages in flight of about one size: when every queued caller took the one
+    free slot, callers answered together came back together, and messages settled into one
+    large and one small (8 callers of 1,000 in 2 slots: 7,000 and 1,000), so the server,
+    deciding the small one quickly, waited idle for the large one's round trip; of equal size,
+    each message's round trip overlaps the other's decision (8 callers in 3 slots: 3,000, 3,000
+    and 2,000). A slot is never left free while callers queue. Each caller gets the result of
+    its own transaction, or the results of its batch (a slice of the message's, nothing built);
+    a failed message fails every caller in it. A caller cancelled before its message went out
+    is left out of it. Resending is safe: a decided id gets its first decision back.
 
     Each caller brings its call's deadline (its start plus its timeout): the wait for a slot
     counts toward it. A caller still waiting when its deadline passes is left out and fails with
@@ -133,13 +133,12 @@ class CommitBatcher:
         self._waiting_count = sum(_size(entry[0]) for entry in self._waiting)
 
     def _take(self, share: int) -> tuple[list[_Entry], float, int]:
-        """The waiting callers of the next message (see the class: at most ``share``
-        transactions, unless the first caller alone has more), their earliest deadline and
+        """The waiting callers of the next message (see the class: callers are added until
+        they hold ``share`` transactions or more), their earliest deadline and
         their count of transactions; no callers when every one waiting was cancelled or is past
         its deadline (failed, never sent)."""
         waiting = self._waiting
         limit = self._max_bytes() if self._max_bytes is not None else None
-        most = min(self._max_batch, share)
         batch: list[_Entry] = []
         count = size = 0
         now = monotonic()
@@ -149,7 +148,11 @@ class CommitBatcher:
             item, future, message, deadline, _ = entry
             more = _size(item)
             grown = size + len(message) if message is not None else size
-            if batch and (count + more > most or (limit is not None and grown > limit)):
+            if batch and (
+                count >= share
+                or count + more > self._max_batch
+                or (limit is not None and grown > limit)
+            ):
                 break
             waiting.popleft()
             self._waiting_count -= more
