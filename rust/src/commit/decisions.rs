@@ -3,13 +3,28 @@
 //! (a log or a decision history, read after this engine may already have decided some) count as
 //! older than every decision taken here: they are forgotten first.
 //!
-//! Layout: one flat open-addressing table (linear probing, at most half full, deletion by
-//! backward shift, so no tombstones and no rehash; allocated zeroed at twice the capacity, on
-//! huge pages where offered, like the conflict table) of 32-byte slots: the id,
-//! the fingerprint and one timestamp, which is the whole decision of a commit or of an abort by
-//! request. A conflict abort (rare, and carrying its conflict's key) keeps its full decision in a
-//! side map. A lookup, an insertion and a forgetting touch one cache line each, where a hash map
-//! of whole decisions (about 100 bytes each) touched two.
+//! Layout: the decisions themselves sit in one FIFO in forgetting order (replayed ones in front,
+//! then those taken here), 32 bytes each: the id, the fingerprint and one timestamp, which is the
+//! whole decision of a commit or of an abort by request. A conflict abort (rare, and carrying its
+//! conflict's key) keeps its full decision in a side map. They are found through a flat
+//! open-addressing table (linear probing, at least twice the capacity, allocated zeroed, on huge
+//! pages where offered, like the conflict table) of 16-byte slots, four a cache line: the id and
+//! its stamp, which places the decision in the FIFO and tells its age.
+//!
+//! Forgetting a decision taken here touches only the FIFO's front: the oldest stamp still
+//! retained rises past it, and a slot whose stamp is below that counts as free (a lookup stops
+//! there, an insertion takes it). That is exact because every run of the table is kept in age
+//! order: each slot between an id's home and its own holds a newer decision (an insertion takes
+//! the first slot of its run holding an older one, which moves on, and so on to a free slot). The
+//! oldest decision is thus on no younger decision's path, and forgetting it opens no gap any
+//! lookup could stop at. Replayed decisions (stamps in a range of their own, older than every
+//! decision taken here) are forgotten by emptying their slot, which the same rule allows.
+//!
+//! A lookup of an unknown id (every new transaction) and an insertion touch the id's home line
+//! (rarely the next); forgetting touches no random line. Memory: the FIFO's 32 bytes and two to
+//! four slots of 16 bytes per retained decision, 65.5 bytes at the default 1,000,000 (a 32 MiB
+//! table: at 32-byte slots with a forgetting that found and shifted the oldest slot, 64 MiB and
+//! a third random line per decision).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -45,8 +60,6 @@ impl Decision {
     }
 }
 
-/// What a slot holds.
-const EMPTY: u8 = 0;
 /// `Committed(ts)`, decided at `ts`.
 const COMMITTED: u8 = 1;
 /// `Aborted(Requested)`, decided at `ts`.
@@ -54,21 +67,33 @@ const REQUESTED: u8 = 2;
 /// Any other decision: in the side map.
 const OTHER: u8 = 3;
 
-/// Ids ahead whose slots are prefetched while the oldest are forgotten.
+/// Stamps at or above this are replayed decisions'; below, decisions taken here (from 1, in
+/// decision order; 0 is a slot never written). Ranked by `stamp ^ REPLAYED`, every replayed
+/// decision is older than every decision taken here.
+const REPLAYED: u64 = 1 << 63;
+
+/// The first replayed decision's stamp: room on both sides, for replays newest and oldest first.
+const FIRST_REPLAYED: u64 = REPLAYED | 1 << 62;
+
+/// Replayed ids ahead whose slots are prefetched while the oldest are forgotten (emptied).
 const FORGET_PREFETCH_AHEAD: usize = 8;
 
-/// A slot as stored: id, fingerprint, timestamp (packed), then node | kind << 16 |
-/// has_fingerprint << 24. All zeros is empty, so the table is allocated zeroed (untouched pages
-/// cost nothing until used); aligned so that no slot straddles two cache lines.
+/// A slot of the table: an id and its stamp. All zeros is never written (free), so the table is
+/// allocated zeroed (untouched pages cost nothing until used); aligned so that no slot straddles
+/// two cache lines.
 #[derive(Debug, Clone, Copy)]
-#[repr(C, align(32))]
-struct RawSlot([u64; 4]);
-
-// SAFETY: four integers; all zeros is the empty slot.
-unsafe impl Zeroable for RawSlot {}
-
-#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(16))]
 struct Slot {
+    id: TxnId,
+    stamp: u64,
+}
+
+// SAFETY: two integers; all zeros is the free slot.
+unsafe impl Zeroable for Slot {}
+
+/// A retained decision in the FIFO.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
     id: TxnId,
     fingerprint: u64,
     packed: u64,
@@ -77,30 +102,23 @@ struct Slot {
     has_fingerprint: bool,
 }
 
-impl Slot {
-    fn load(&RawSlot(raw): &RawSlot) -> Self {
+impl Entry {
+    fn new(id: TxnId, decision: &Decision) -> Self {
         Self {
-            id: raw[0],
-            fingerprint: raw[1],
-            packed: raw[2],
-            node: raw[3] as u16,
-            kind: (raw[3] >> 16) as u8,
-            has_fingerprint: (raw[3] >> 24) & 1 == 1,
+            id,
+            fingerprint: decision.fingerprint.unwrap_or(0),
+            packed: decision.decided_at.packed(),
+            node: decision.decided_at.node(),
+            kind: match decision.outcome {
+                Outcome::Committed(ts) if ts == decision.decided_at => COMMITTED,
+                Outcome::Aborted(AbortReason::Requested) => REQUESTED,
+                _ => OTHER,
+            },
+            has_fingerprint: decision.fingerprint.is_some(),
         }
     }
 
-    fn store(&self) -> RawSlot {
-        RawSlot([
-            self.id,
-            self.fingerprint,
-            self.packed,
-            u64::from(self.node)
-                | u64::from(self.kind) << 16
-                | u64::from(self.has_fingerprint) << 24,
-        ])
-    }
-
-    /// The decision, but for an `OTHER` slot's (in the side map).
+    /// The decision, but for an `OTHER` entry's (in the side map).
     fn compact(&self) -> Option<Decision> {
         let ts = Timestamp::from_packed(self.packed, self.node);
         let outcome = match self.kind {
@@ -117,19 +135,24 @@ impl Slot {
 }
 
 pub struct DecisionIndex {
-    /// Power-of-two length, at least twice the capacity: at most half full, never grown.
-    slots: ZeroedArray<RawSlot>,
-    len: usize,
-    /// The full decision of each `OTHER` slot.
+    /// Power-of-two length, at least twice the capacity: at most half of it retained, never
+    /// grown. Each run in age order (the module's note).
+    slots: ZeroedArray<Slot>,
+    /// The retained decisions, oldest (the next forgotten) first: `replayed_len` replayed ones,
+    /// then those taken here.
+    fifo: VecDeque<Entry>,
+    replayed_len: usize,
+    /// The stamp of the FIFO's first replayed decision (the next ones count up from it).
+    replayed_front: u64,
+    /// The stamp of the oldest retained decision taken here: every stamp below it (and 0) is
+    /// free.
+    taken_front: u64,
+    /// The full decision of each `OTHER` entry.
     others: HashMap<TxnId, Decision, foldhash::fast::RandomState>,
     // Transaction ids are chosen by clients: a seeded hasher keeps them from forcing collisions.
     hasher: foldhash::fast::RandomState,
-    /// Replayed ids, oldest first: all older than `order`'s.
-    replayed: VecDeque<TxnId>,
     /// Replay runs newest first (a new leader's history): each replayed id goes in front.
     replay_newest_first: bool,
-    /// Ids decided here, in decision order.
-    order: VecDeque<TxnId>,
     capacity: usize,
 }
 
@@ -156,21 +179,40 @@ impl DecisionIndex {
             .and_then(usize::checked_next_power_of_two)
             .ok_or(IndexTooLarge(capacity))?
             .max(8);
+        Self::with_slots(capacity, slots)
+    }
+
+    /// `slots` (a power of two above `capacity + 1`: an insertion needs a free slot).
+    fn with_slots(capacity: usize, slots: usize) -> Result<Self, IndexTooLarge> {
+        let too_large = IndexTooLarge(capacity);
+        let capacity = capacity.max(1);
+        let mut fifo = VecDeque::new();
+        // One more than the capacity: an insertion goes in before the oldest is forgotten.
+        fifo.try_reserve_exact(capacity.saturating_add(1))
+            .map_err(|_| too_large)?;
         Ok(Self {
-            slots: ZeroedArray::new(slots).map_err(|_| IndexTooLarge(capacity))?,
-            len: 0,
+            slots: ZeroedArray::new(slots).map_err(|_| too_large)?,
+            fifo,
+            replayed_len: 0,
+            replayed_front: FIRST_REPLAYED,
+            taken_front: 1,
             others: HashMap::default(),
             hasher: foldhash::fast::RandomState::default(),
-            replayed: VecDeque::new(),
             replay_newest_first: false,
-            order: VecDeque::new(),
-            capacity: capacity.max(1),
+            capacity,
         })
     }
 
     /// Faults the whole table in now (see [`ZeroedArray::prefault`]).
     pub fn prefault(&mut self) {
         self.slots.prefault();
+    }
+
+    /// Bytes held for the decisions: the table and the FIFO (the side map's rare conflict aborts
+    /// aside).
+    pub fn footprint_bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<Slot>()
+            + self.fifo.capacity() * std::mem::size_of::<Entry>()
     }
 
     fn mask(&self) -> usize {
@@ -181,11 +223,22 @@ impl DecisionIndex {
         (self.hasher.hash_one(id) as usize) & self.mask()
     }
 
-    fn kind_at(&self, at: usize) -> u8 {
-        (self.slots[at].0[3] >> 16) as u8
+    /// Whether a slot holding `stamp` is free: never written, or its decision taken here and
+    /// forgotten.
+    fn free(&self, stamp: u64) -> bool {
+        stamp < self.taken_front
     }
 
-    /// Starts loading `id`'s slot into the cache (a lookup of a large index misses it).
+    /// Where the decision stamped `stamp` (retained) sits in the FIFO.
+    fn position(&self, stamp: u64) -> usize {
+        if stamp >= REPLAYED {
+            (stamp - self.replayed_front) as usize
+        } else {
+            self.replayed_len + (stamp - self.taken_front) as usize
+        }
+    }
+
+    /// Starts loading `id`'s home slot into the cache (a lookup of a large index misses it).
     pub fn prefetch(&self, id: TxnId) {
         #[cfg(target_arch = "x86_64")]
         {
@@ -201,116 +254,91 @@ impl DecisionIndex {
         let _ = id;
     }
 
-    /// The slot holding `id`, or the empty slot where it would go.
-    fn find(&self, id: TxnId) -> (usize, bool) {
+    /// The slot holding `id`, if it is retained.
+    fn find(&self, id: TxnId) -> Option<usize> {
         let mask = self.mask();
         let mut at = self.home(id);
         loop {
-            let RawSlot(raw) = &self.slots[at];
-            if (raw[3] >> 16) as u8 == EMPTY {
-                return (at, false);
+            let slot = self.slots[at];
+            if self.free(slot.stamp) {
+                return None;
             }
-            if raw[0] == id {
-                return (at, true);
+            if slot.id == id {
+                return Some(at);
             }
             at = (at + 1) & mask;
         }
     }
 
+    /// The FIFO's entry for the retained id in slot `at`.
+    fn entry_at(&self, at: usize) -> &Entry {
+        &self.fifo[self.position(self.slots[at].stamp)]
+    }
+
     pub fn get(&self, id: TxnId) -> Option<Decision> {
-        match self.find(id) {
-            (at, true) => Slot::load(&self.slots[at])
-                .compact()
-                .or_else(|| self.others.get(&id).cloned()),
-            (_, false) => None,
-        }
+        let entry = self.entry_at(self.find(id)?);
+        entry.compact().or_else(|| self.others.get(&id).cloned())
     }
 
     pub fn contains(&self, id: TxnId) -> bool {
-        self.find(id).1
+        self.find(id).is_some()
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.fifo.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.fifo.is_empty()
     }
 
-    /// Puts `decision` in `id`'s slot (found or empty); true when the id is new.
-    fn put(&mut self, id: TxnId, decision: Decision) -> bool {
-        let (at, found) = self.find(id);
-        let compact = match decision.outcome {
-            Outcome::Committed(ts) if ts == decision.decided_at => COMMITTED,
-            Outcome::Aborted(AbortReason::Requested) => REQUESTED,
-            _ => OTHER,
-        };
-        if found && self.kind_at(at) == OTHER {
+    /// Puts `id`, new, in the table with `stamp`: its run stays in age order (the module's
+    /// note), each older decision moving one place on, to the first free slot.
+    fn place(&mut self, id: TxnId, stamp: u64) {
+        let mask = self.mask();
+        let mut carried = Slot { id, stamp };
+        let mut at = self.home(id);
+        loop {
+            let here = self.slots[at];
+            if self.free(here.stamp) {
+                self.slots[at] = carried;
+                return;
+            }
+            if here.stamp ^ REPLAYED < carried.stamp ^ REPLAYED {
+                self.slots[at] = carried;
+                carried = here;
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Replaces the decision of a retained id (in slot `at`), keeping its age.
+    fn replace(&mut self, at: usize, id: TxnId, decision: Decision) {
+        let position = self.position(self.slots[at].stamp);
+        let entry = Entry::new(id, &decision);
+        if self.fifo[position].kind == OTHER {
             self.others.remove(&id);
         }
-        self.slots[at] = Slot {
-            id,
-            fingerprint: decision.fingerprint.unwrap_or(0),
-            packed: decision.decided_at.packed(),
-            node: decision.decided_at.node(),
-            kind: compact,
-            has_fingerprint: decision.fingerprint.is_some(),
-        }
-        .store();
-        if compact == OTHER {
+        if entry.kind == OTHER {
             self.others.insert(id, decision);
         }
-        if found {
-            return false;
-        }
-        self.len += 1;
-        true
-    }
-
-    /// Removes `id`; returns where the low watermark must rise for it, the clock reading `now`.
-    fn remove(&mut self, id: TxnId, now: Timestamp) -> Option<Timestamp> {
-        let (mut hole, found) = self.find(id);
-        if !found {
-            return None;
-        }
-        let slot = Slot::load(&self.slots[hole]);
-        let watermark = match slot.compact() {
-            Some(decision) => Some(decision.watermark_when_forgotten(now)),
-            None => self
-                .others
-                .remove(&id)
-                .map(|decision| decision.watermark_when_forgotten(now)),
-        };
-        self.len -= 1;
-        // Backward shift: each later slot of the run that may sit in the hole moves into it.
-        let mask = self.mask();
-        let mut next = (hole + 1) & mask;
-        loop {
-            let candidate = self.slots[next];
-            if (candidate.0[3] >> 16) as u8 == EMPTY {
-                break;
-            }
-            let home = self.home(candidate.0[0]);
-            // The candidate may move back to the hole when the hole lies between its home and
-            // where it sits (cyclically).
-            if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
-                self.slots[hole] = candidate;
-                hole = next;
-            }
-            next = (next + 1) & mask;
-        }
-        self.slots[hole] = RawSlot([0; 4]);
-        watermark
+        self.fifo[position] = entry;
     }
 
     /// Remembers `decision`; returns where the low watermark must rise for the decisions this
     /// forgot (see [`Decision::watermark_when_forgotten`]), the clock reading `now`.
     pub fn insert(&mut self, id: TxnId, decision: Decision, now: Timestamp) -> Option<Timestamp> {
-        if !self.put(id, decision) {
+        if let Some(at) = self.find(id) {
+            self.replace(at, id, decision);
             return None;
         }
-        self.order.push_back(id);
+        let stamp = self.taken_front + (self.fifo.len() - self.replayed_len) as u64;
+        let entry = Entry::new(id, &decision);
+        if entry.kind == OTHER {
+            self.others.insert(id, decision);
+        }
+        self.fifo.push_back(entry);
+        self.place(id, stamp);
         self.forget_over_capacity(now)
     }
 
@@ -330,30 +358,59 @@ impl DecisionIndex {
         if self.contains(id) {
             return None;
         }
-        self.put(id, decision);
-        if self.replay_newest_first {
-            self.replayed.push_front(id);
-        } else {
-            self.replayed.push_back(id);
+        let entry = Entry::new(id, &decision);
+        if entry.kind == OTHER {
+            self.others.insert(id, decision);
         }
+        let stamp = if self.replay_newest_first {
+            self.replayed_front -= 1;
+            self.fifo.push_front(entry);
+            self.replayed_front
+        } else {
+            // Behind the replayed ones, in front of those taken here (none, but in a replay
+            // after decisions were taken).
+            self.fifo.insert(self.replayed_len, entry);
+            self.replayed_front + self.replayed_len as u64
+        };
+        self.replayed_len += 1;
+        self.place(id, stamp);
         self.forget_over_capacity(now)
+    }
+
+    /// Empties the slot of the oldest retained decision, replayed (the module's note: no
+    /// decision's path runs through it).
+    fn empty_slot_of(&mut self, id: TxnId) {
+        if let Some(at) = self.find(id) {
+            self.slots[at] = Slot { id: 0, stamp: 0 };
+        }
     }
 
     fn forget_over_capacity(&mut self, now: Timestamp) -> Option<Timestamp> {
         let mut forgotten: Option<Timestamp> = None;
-        while self.len > self.capacity {
-            let Some(old) = self.replayed.pop_front().or_else(|| self.order.pop_front()) else {
+        while self.fifo.len() > self.capacity {
+            let Some(oldest) = self.fifo.pop_front() else {
                 break;
             };
-            // The oldest are forgotten one per decision: their slots load a few ahead.
-            let ahead = match self.replayed.len() {
-                0 => self.order.get(FORGET_PREFETCH_AHEAD),
-                n => self.replayed.get(FORGET_PREFETCH_AHEAD.min(n - 1)),
-            };
-            if let Some(&ahead) = ahead {
-                self.prefetch(ahead);
+            if self.replayed_len > 0 {
+                // Replayed ones are forgotten by their slot: theirs load a few ahead.
+                self.replayed_len -= 1;
+                self.replayed_front += 1;
+                if let Some(ahead) = self.replayed_len.checked_sub(1) {
+                    self.prefetch(self.fifo[ahead.min(FORGET_PREFETCH_AHEAD)].id);
+                }
+                self.empty_slot_of(oldest.id);
+            } else {
+                // Taken here: its slot is free from now on, untouched.
+                self.taken_front += 1;
             }
-            forgotten = forgotten.max(self.remove(old, now));
+            let watermark = match oldest.compact() {
+                Some(decision) => Some(decision.watermark_when_forgotten(now)),
+                None => self
+                    .others
+                    .remove(&oldest.id)
+                    .map(|decision| decision.watermark_when_forgotten(now)),
+            };
+            forgotten = forgotten.max(watermark);
         }
         forgotten
     }
@@ -391,12 +448,27 @@ mod tests {
     }
 
     /// Every kind of decision, new and repeated ids, replays oldest and newest first, against
-    /// the model: the same answers, the same forgetting, the same watermarks.
+    /// the model: the same answers, the same forgetting, the same watermarks. Also in crowded
+    /// tables (two slots more than the capacity, or fewer than twice it), whose long runs wrap
+    /// around and hold forgotten slots between retained ones.
     #[test]
     fn the_flat_table_decides_as_the_model() {
         use crate::conflict::{Conflict, ConflictKind, LostTo};
-        for capacity in [1, 5, 37, 200] {
-            let mut index = DecisionIndex::new(capacity).unwrap();
+        let tables = [
+            (1, None),
+            (5, None),
+            (37, None),
+            (200, None),
+            (6, Some(8)),
+            (30, Some(32)),
+            (40, Some(64)),
+            (250, Some(256)),
+        ];
+        for (capacity, slots) in tables {
+            let mut index = match slots {
+                None => DecisionIndex::new(capacity).unwrap(),
+                Some(slots) => DecisionIndex::with_slots(capacity, slots).unwrap(),
+            };
             let mut model = Model {
                 map: HashMap::new(),
                 replayed: VecDeque::new(),
@@ -473,7 +545,10 @@ mod tests {
                         (got, expected)
                     }
                 };
-                assert_eq!(got, expected, "capacity {capacity}, step {step}");
+                assert_eq!(
+                    got, expected,
+                    "capacity {capacity} in {slots:?}, step {step}"
+                );
                 assert_eq!(index.len(), model.map.len());
                 if step % 97 == 0 || capacity <= 5 {
                     for id in 0..ids {
@@ -481,6 +556,25 @@ mod tests {
                         assert_eq!(index.contains(id), model.map.contains_key(&id));
                     }
                 }
+            }
+        }
+    }
+
+    /// The module's note: 32 bytes of FIFO and two to four 16-byte slots per retained decision,
+    /// 65.5 bytes at the default capacity.
+    #[test]
+    fn memory_per_retained_decision() {
+        assert_eq!(std::mem::size_of::<Slot>(), 16);
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        for capacity in [1_000, 1_000_000, 1 << 20] {
+            let index = DecisionIndex::new(capacity).unwrap();
+            let per_decision = index.footprint_bytes() as f64 / capacity as f64;
+            assert!(
+                (64.0..=96.1).contains(&per_decision),
+                "{capacity}: {per_decision} bytes"
+            );
+            if capacity == 1_000_000 {
+                assert!(per_decision < 65.6, "{per_decision} bytes");
             }
         }
     }
