@@ -108,14 +108,14 @@ fn hash_set(capacity: usize) -> HashSetU64 {
 /// probing, at most half full, cheaper than a general hash map for the batch check's few
 /// operations per key. A key's first slot comes from `spread`, a well-mixed hash of it (a key
 /// hash is its own). The first insert of a key wins. Kept between batches (see [`BATCH_MAPS`]):
-/// [`Self::reset`] empties only the slots the last batch used.
+/// [`Self::reset`] empties only the slots the last batch could use (a prefix, at most four per
+/// key it had room for).
 #[derive(Default)]
 pub(crate) struct FlatMap {
-    /// A key of 0 marks an empty slot (the key 0 itself is kept in `zero`).
+    /// A key of 0 marks an empty slot (the key 0 itself is kept in `zero`). The map is the first
+    /// `mask + 1` slots; those after them are empty.
     keys: Vec<u64>,
     values: Vec<u64>,
-    /// The slots in use, to empty them for the next batch.
-    used: Vec<u32>,
     mask: usize,
     zero: Option<u64>,
 }
@@ -128,13 +128,11 @@ impl FlatMap {
         if size > self.keys.len() || (self.keys.len() > 1 << 16 && self.keys.len() > size * 8) {
             self.keys = vec![0; size];
             self.values = vec![0; size];
-            self.mask = size - 1;
-        } else {
-            for &at in &self.used {
-                self.keys[at as usize] = 0;
-            }
+        } else if !self.keys.is_empty() {
+            // One `memset` of the last batch's slots, rather than a store per key it inserted.
+            self.keys[..=self.mask].fill(0);
         }
-        self.used.clear();
+        self.mask = size - 1;
         self.zero = None;
     }
 
@@ -182,7 +180,6 @@ impl FlatMap {
                 0 => {
                     self.keys[at] = key;
                     self.values[at] = value;
-                    self.used.push(at as u32);
                     return true;
                 }
                 found if found == key => return false,
@@ -386,10 +383,12 @@ pub struct Conflict {
     pub lost_to: LostTo,
 }
 
-/// A batch's outcome, one entry per transaction in submission order: `None` when accepted.
+/// A batch's outcome, one entry per transaction in submission order: `None` when accepted. A
+/// conflict is boxed: an entry is 8 bytes, not a `Conflict`'s 64 (a cache line per transaction
+/// the check would write and its caller read again, nearly always for `None`).
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct BatchDecision {
-    pub outcomes: Vec<Option<Conflict>>,
+    pub outcomes: Vec<Option<Box<Conflict>>>,
 }
 
 impl BatchDecision {
@@ -406,7 +405,7 @@ impl BatchDecision {
         self.outcomes
             .iter()
             .enumerate()
-            .filter_map(|(i, outcome)| outcome.as_ref().map(|c| (i, c)))
+            .filter_map(|(i, outcome)| outcome.as_deref().map(|c| (i, c)))
     }
 }
 
@@ -681,7 +680,7 @@ impl ConflictDetector {
                     batch_writes.insert(hash, hash, txn.id);
                 }
             }
-            outcomes.push(outcome);
+            outcomes.push(outcome.map(Box::new));
         }
         BatchDecision { outcomes }
     }

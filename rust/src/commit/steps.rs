@@ -174,7 +174,7 @@ impl CommitEngine {
     pub(super) fn check_conflicts<'a>(
         &self,
         batch: &Batch<'_, 'a>,
-    ) -> (Vec<&'a Transaction>, Vec<Option<Conflict>>) {
+    ) -> (Vec<&'a Transaction>, Vec<Option<Box<Conflict>>>) {
         let txns: Vec<&'a Transaction> = batch
             .fresh_commits
             .iter()
@@ -195,7 +195,7 @@ impl CommitEngine {
         clock: &Clock,
         batch: &mut Batch<'_, '_>,
         txns: &[&Transaction],
-        checked: Vec<Option<Conflict>>,
+        checked: Vec<Option<Box<Conflict>>>,
     ) {
         let accepted = checked.iter().filter(|c| c.is_none()).count() as u64;
         // The clock passes the start of every transaction decided here, aborted ones too, so
@@ -234,7 +234,7 @@ impl CommitEngine {
                     None => continue, // the clock failed: answered above, nothing logged
                 },
                 Some(conflict) => (
-                    Outcome::Aborted(AbortReason::Conflict(conflict)),
+                    Outcome::Aborted(AbortReason::Conflict(*conflict)),
                     txn.start_ts,
                 ),
             };

@@ -200,7 +200,7 @@ impl PyConflict {
 #[pyclass(name = "BatchDecision", module = "hlc_oracle", frozen)]
 pub struct PyBatchDecision {
     txns: Vec<Py<PyTransaction>>,
-    outcomes: Vec<Option<Conflict>>,
+    outcomes: Vec<Option<Box<Conflict>>>,
 }
 
 #[pymethods]
@@ -227,7 +227,7 @@ impl PyBatchDecision {
             .filter_map(|(txn, outcome)| {
                 outcome
                     .as_ref()
-                    .map(|conflict| (txn.clone_ref(py), PyConflict(conflict.clone())))
+                    .map(|conflict| (txn.clone_ref(py), PyConflict((**conflict).clone())))
             })
             .collect::<Vec<_>>();
         PyList::new(py, pairs)
@@ -240,7 +240,7 @@ impl PyBatchDecision {
             py,
             self.outcomes
                 .iter()
-                .map(|outcome| outcome.clone().map(PyConflict)),
+                .map(|outcome| outcome.as_deref().cloned().map(PyConflict)),
         )
     }
 
