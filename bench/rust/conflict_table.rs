@@ -71,7 +71,7 @@ impl Random {
 }
 
 /// Decisions the record loop looks ahead when it prefetches the rest of the buckets its writes
-/// change; their short-tag lines are prefetched twice as far ahead. (The commit engine's `record`
+/// change; the lines that choose those buckets are prefetched twice as far ahead. (The commit engine's `record`
 /// step, as of this writing, prefetches whole buckets four decisions ahead in one step: record
 /// 263 to 284 ns a transaction against 217 to 221 ns for this, same runs.)
 const RECORD_PREFETCH_AHEAD: usize = 1;
@@ -125,14 +125,14 @@ fn measured_batches(
         accepted.extend(decision.accepted());
         measured.accepted += accepted.len();
         for &index in accepted.iter().take(2 * RECORD_PREFETCH_AHEAD) {
-            detector.prefetch_writes_tags(&batch[index]);
+            detector.prefetch_writes_choice(&batch[index]);
         }
         for &index in accepted.iter().take(RECORD_PREFETCH_AHEAD) {
             detector.prefetch_writes_rest(&batch[index]);
         }
         for (at, &index) in accepted.iter().enumerate() {
             if let Some(&ahead) = accepted.get(at + 2 * RECORD_PREFETCH_AHEAD) {
-                detector.prefetch_writes_tags(&batch[ahead]);
+                detector.prefetch_writes_choice(&batch[ahead]);
             }
             if let Some(&ahead) = accepted.get(at + RECORD_PREFETCH_AHEAD) {
                 detector.prefetch_writes_rest(&batch[ahead]);

@@ -31,9 +31,10 @@
 //!
 //! The table spans many cache lines (16 MB at the default size, on huge pages where the system
 //! offers them), so nearly every key misses the cache; the misses are overlapped by prefetching
-//! in two steps, each key's short-tag lines first, then the lines that the match (or the record)
-//! will read. `check_batch` does it itself, a few keys ahead; a caller that records a batch calls
-//! [`ConflictDetector::prefetch_writes_tags`] two decisions ahead and
+//! in two steps, each key's short-tag lines first (and for a record its candidates' oldest
+//! commits), then the lines that the match (or the record) will read. `check_batch` does it
+//! itself, a few keys ahead; a caller that records a batch calls
+//! [`ConflictDetector::prefetch_writes_choice`] two decisions ahead and
 //! [`ConflictDetector::prefetch_writes_rest`] one decision ahead (or
 //! [`ConflictDetector::prefetch_writes`], whole buckets in one step, a few ahead).
 
@@ -606,15 +607,17 @@ impl ConflictDetector {
         }
     }
 
-    /// The first step of a record's prefetch in two steps: the short-tag lines of the buckets of
-    /// `txn`'s writes. Then, a few keys later, [`Self::prefetch_writes_rest`].
-    pub fn prefetch_writes_tags(&self, txn: &Transaction) {
+    /// The first step of a record's prefetch in two steps: for each of `txn`'s writes, the lines
+    /// of its two candidate buckets that choose which one the record changes (short tags, oldest
+    /// commits). Then, a few keys later, [`Self::prefetch_writes_rest`].
+    pub fn prefetch_writes_choice(&self, txn: &Transaction) {
         for &hash in txn.writes.hashes() {
-            self.table.prefetch(hash, false);
+            self.table.prefetch_record_choice(hash);
         }
     }
 
-    /// The second step: with the tags loaded, the rest of the bucket each write will change.
+    /// The second step: with those lines loaded, the rest of the one bucket each write will
+    /// change.
     /// Nothing for a table small enough to stay in the cache (the step's scans would cost more
     /// than they save).
     pub fn prefetch_writes_rest(&self, txn: &Transaction) {
@@ -1091,7 +1094,7 @@ mod tests {
             for txn in [&first, &second] {
                 detector.prefetch(txn);
                 detector.prefetch_writes(txn);
-                detector.prefetch_writes_tags(txn);
+                detector.prefetch_writes_choice(txn);
                 detector.prefetch_writes_rest(txn);
             }
             assert_eq!(

@@ -13,8 +13,8 @@ use super::record;
 use super::types::{fingerprint_in, AbortReason, Outcome, Request, SubmitError};
 use super::CommitEngine;
 
-/// Decisions the `record` step looks ahead when it prefetches the detector's buckets: the
-/// short-tag lines twice this far ahead, the rest of each bucket this far (the detector's
+/// Decisions the `record` step looks ahead when it prefetches the detector's buckets: the lines
+/// that choose the bucket twice this far ahead, the rest of that bucket this far (the detector's
 /// two-step prefetch, with the distances `bench/rust/conflict_table.rs` measured).
 const RECORD_PREFETCH_AHEAD: usize = 1;
 
@@ -376,7 +376,7 @@ impl CommitEngine {
         // The detector's buckets of the next commits load while this one is recorded.
         for ahead in 0..2 * RECORD_PREFETCH_AHEAD {
             if let Some(txn) = commit_of(ahead) {
-                self.detector.prefetch_writes_tags(txn);
+                self.detector.prefetch_writes_choice(txn);
             }
         }
         for ahead in 0..RECORD_PREFETCH_AHEAD {
@@ -393,7 +393,7 @@ impl CommitEngine {
                 self.decisions.prefetch(requests[ahead].txn_id());
             }
             if let Some(txn) = commit_of(at + 2 * RECORD_PREFETCH_AHEAD) {
-                self.detector.prefetch_writes_tags(txn);
+                self.detector.prefetch_writes_choice(txn);
             }
             if let Some(txn) = commit_of(at + RECORD_PREFETCH_AHEAD) {
                 self.detector.prefetch_writes_rest(txn);

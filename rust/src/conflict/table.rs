@@ -63,6 +63,15 @@ struct Scan {
     empty: u32,
 }
 
+impl Scan {
+    /// The bucket's occupied slots: they are a prefix, so the count is the first empty slot (a
+    /// bit scan; a population count is a long sequence without the POPCNT extension).
+    #[inline(always)]
+    fn occupied(self) -> usize {
+        (self.empty | 1 << SLOTS).trailing_zeros() as usize
+    }
+}
+
 impl Bucket {
     /// Compares the 16 short tags with `wanted` and with zero (empty): one load of the line, eight
     /// vector compares.
@@ -334,37 +343,73 @@ impl KeyTable {
         let _ = hash;
     }
 
-    /// The second step of a record's prefetch: once `hash`'s short-tag lines are loaded (by an
-    /// earlier [`Self::prefetch`] of them), starts loading the rest of the bucket that holds its
-    /// tag, or of both candidates when neither does (a new key: the emptier or the older takes
-    /// it).
+    /// The first step of a record's prefetch: the short-tag line and the line of the eight oldest
+    /// commits (the third) of both candidate buckets, all [`Self::prefetch_record`] reads to
+    /// choose the bucket the record changes.
+    #[inline]
+    pub fn prefetch_record_choice(&self, hash: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let place = self.place(hash);
+            for index in [place.first, place.second] {
+                let line = std::ptr::from_ref(self.bucket(index)).cast::<i8>();
+                // SAFETY: SSE is part of every x86_64 target, and a prefetch only hints the cache
+                // (it never faults); both addresses are inside the bucket anyway.
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(line);
+                    _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(128));
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
+    }
+
+    /// The second step of a record's prefetch: once the lines of the first step are loaded (by an
+    /// earlier [`Self::prefetch_record_choice`]), starts loading the other lines of the one
+    /// bucket the record will change: the one that holds its tag, else the one [`Self::home`]
+    /// chooses (the other candidate's node and newer commits are never read).
     #[inline]
     pub fn prefetch_record(&self, hash: u64) {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             let place = self.place(hash);
-            let rest = |index: usize| {
-                let line = std::ptr::from_ref(self.bucket(index)).cast::<i8>();
-                // SAFETY: SSE is part of every x86_64 target; a prefetch only hints the cache
-                // (it never faults), and the addresses are in the bucket anyway.
-                unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
-                    _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(128));
-                    _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(192));
-                }
+            let candidates = [place.first, place.second];
+            let scans = candidates.map(|index| self.bucket(index).scan(place.tag.short));
+            let changed = match scans.iter().position(|scan| scan.matching != 0) {
+                Some(n) => n,
+                None => self.home(candidates, scans.map(Scan::occupied)).0,
             };
-            for index in [place.first, place.second] {
-                if self.bucket(index).scan(place.tag.short).matching != 0 {
-                    rest(index);
-                    return;
-                }
+            let line = std::ptr::from_ref(self.bucket(candidates[changed])).cast::<i8>();
+            // SAFETY: SSE is part of every x86_64 target; a prefetch only hints the cache (it
+            // never faults), and the addresses are in the bucket anyway.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
+                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(128));
+                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(192));
             }
-            rest(place.first);
-            rest(place.second);
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = hash;
+    }
+
+    /// Which candidate (0 or 1) takes a key neither holds, given their `occupied` slot counts, and
+    /// whether it evicts: while fewer than `max_keys` keys are remembered and it has room, the
+    /// emptier; otherwise the occupied one whose oldest commit (its first slot) is older, the
+    /// first when their `(physical, logical)` are equal. Reads the candidates' short-tag lines
+    /// and the line of their oldest commits, not their nodes (in another line).
+    #[inline(always)]
+    fn home(&self, candidates: [usize; 2], occupied: [usize; 2]) -> (usize, bool) {
+        let emptier = usize::from(occupied[1] < occupied[0]);
+        if self.len < self.max_keys && occupied[emptier] < SLOTS {
+            return (emptier, false);
+        }
+        // When the table is full at most 15 of its slots are empty, so a candidate is occupied.
+        let oldest = |n: usize| self.bucket(candidates[n]).commits[0];
+        let second_older = occupied[0] == 0 || occupied[1] > 0 && oldest(1) < oldest(0);
+        (usize::from(second_older), true)
     }
 
     /// The commit remembered for `hash`, if any.
@@ -389,33 +434,24 @@ impl KeyTable {
         for (n, index) in candidates.into_iter().enumerate() {
             let bucket = self.bucket_mut(index);
             let scan = bucket.scan(place.tag.short);
-            // Occupied slots are a prefix: the count is the first empty slot (a bit scan; a
-            // population count is a long sequence without the POPCNT extension).
-            let count = (scan.empty | 1 << SLOTS).trailing_zeros() as usize;
             if let Some(at) = bucket.find(place.tag, scan.matching) {
                 if bucket.commit(at) < commit {
-                    bucket.move_to(at, count, place.tag, commit);
+                    bucket.move_to(at, scan.occupied(), place.tag, commit);
                 }
                 return None;
             }
-            occupied[n] = count;
+            occupied[n] = scan.occupied();
         }
-        // While there is room, the emptier candidate takes it.
-        let emptier = usize::from(occupied[1] < occupied[0]);
-        if self.len < self.max_keys && occupied[emptier] < SLOTS {
-            self.bucket_mut(candidates[emptier])
-                .insert(occupied[emptier], place.tag, commit);
+        let (home, evicts) = self.home(candidates, occupied);
+        let bucket = self.bucket_mut(candidates[home]);
+        if !evicts {
+            bucket.insert(occupied[home], place.tag, commit);
             self.len += 1;
             return None;
         }
-        // Otherwise the oldest commit of the candidates (a bucket's first slot) makes room. When
-        // the table is full at most 15 of its slots are empty, so a candidate is occupied.
-        let oldest = (0..2)
-            .filter(|&n| occupied[n] > 0)
-            .min_by_key(|&n| self.bucket(candidates[n]).commit(0))?;
-        let bucket = self.bucket_mut(candidates[oldest]);
+        // The oldest commit of the bucket (its first slot) makes room.
         let evicted = bucket.commit(0);
-        bucket.move_to(0, occupied[oldest], place.tag, commit);
+        bucket.move_to(0, occupied[home], place.tag, commit);
         Some(evicted)
     }
 }
@@ -498,6 +534,29 @@ mod tests {
             assert!(table.len() <= max_keys);
         }
         assert_eq!(table.len(), max_keys);
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_older_of_the_two_candidates() {
+        // After a fill in commit order, each eviction gives up the older of the two candidate
+        // buckets' oldest commits (keys whose two candidates are one bucket included).
+        let max_keys = 64;
+        let mut table = KeyTable::new(max_keys).unwrap();
+        let mut n = 0u64;
+        while table.len() < max_keys {
+            n += 1;
+            table.record(key_hash(&n.to_le_bytes()), ts(n));
+        }
+        for _ in 0..1_000 {
+            n += 1;
+            let hash = key_hash(&n.to_le_bytes());
+            let place = table.place(hash);
+            let oldest = [place.first, place.second]
+                .map(|index| table.bucket(index).commit(0))
+                .into_iter()
+                .min();
+            assert_eq!(table.record(hash, ts(n)), oldest);
+        }
     }
 
     #[test]
