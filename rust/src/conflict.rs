@@ -51,9 +51,11 @@ use crate::vclock::{Ordering, VectorClock};
 /// Transaction ids are unsigned 64-bit integers, unique within one batch.
 pub type TxnId = u64;
 
+mod inline;
 mod table;
 pub(crate) mod zeroed;
 
+use inline::InlineBuffer;
 use table::KeyTable;
 
 /// Default `max_keys`: one million remembered keys, a table of 16 MB.
@@ -211,16 +213,26 @@ fn with_batch_maps<R>(work: impl FnOnce(&mut FlatMap, &mut FlatMap) -> R) -> R {
 /// A transaction's read or write set: the keys in one buffer, in the given order, with their
 /// hashes computed once. Each key is stored after its length (8 bytes, little-endian): the
 /// layout the commit engine's content fingerprint hashes, so that it takes the buffer as it is
-/// ([`Self::framed`]) instead of copying the keys one by one.
+/// ([`Self::framed`]) instead of copying the keys one by one; the lengths are also how the keys
+/// are found again (no table of offsets).
+///
+/// A small set (up to [`INLINE_KEYS`] keys, [`INLINE_KEY_BYTES`] bytes framed) is kept inside the
+/// set itself, so inside its [`Transaction`]: the transactions of a decoded message sit side by
+/// side in one vector, and what the writer thread walks per transaction (ids, starts, hashes, the
+/// framed keys) is one contiguous run rather than several heap buffers each. Larger sets move to
+/// the heap (see `inline.rs`).
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct KeySet {
-    data: Vec<u8>,
-    /// Where each key ends in `data` (the next key's length starts there).
-    ends: Vec<usize>,
-    hashes: Vec<u64>,
+    data: InlineBuffer<u8, INLINE_KEY_BYTES>,
+    hashes: InlineBuffer<u64, INLINE_KEYS>,
     /// The length of the longest key (0 when empty).
     longest: usize,
 }
+
+/// Keys a [`KeySet`] holds inline: a transaction of 8 keys has 4 reads and 4 writes.
+pub const INLINE_KEYS: usize = 4;
+/// Framed bytes a [`KeySet`] holds inline: 4 keys of up to 16 bytes.
+pub const INLINE_KEY_BYTES: usize = INLINE_KEYS * (KEY_LENGTH_BYTES + 16);
 
 /// Bytes of the length before each key in [`KeySet`]'s buffer.
 const KEY_LENGTH_BYTES: usize = 8;
@@ -237,10 +249,8 @@ impl KeySet {
     /// Appends `key` (inlined: the decoder of a message pushes every key of it).
     #[inline(always)]
     pub fn push(&mut self, key: &[u8]) {
-        self.data
-            .extend_from_slice(&(key.len() as u64).to_le_bytes());
-        self.data.extend_from_slice(key);
-        self.ends.push(self.data.len());
+        let length = (key.len() as u64).to_le_bytes();
+        self.data.extend_from_pair(&length, key);
         self.hashes.push(key_hash(key));
         self.longest = self.longest.max(key.len());
     }
@@ -248,28 +258,29 @@ impl KeySet {
     /// Empties the set, keeping its buffers for the next keys.
     pub fn clear(&mut self) {
         self.data.clear();
-        self.ends.clear();
         self.hashes.clear();
         self.longest = 0;
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.hashes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.len() == 0
     }
 
-    /// The `index`-th key, or `None` past the end.
+    /// The `index`-th key, or `None` past the end (found by walking the keys before it: for a
+    /// conflict's report, not a hot path).
     pub fn get(&self, index: usize) -> Option<&[u8]> {
-        let end = *self.ends.get(index)?;
-        let start = if index == 0 { 0 } else { self.ends[index - 1] };
-        self.data.get(start + KEY_LENGTH_BYTES..end)
+        self.iter().nth(index)
     }
 
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        (0..self.len()).map(|i| self.get(i).unwrap_or_default())
+    pub fn iter(&self) -> FramedKeys<'_> {
+        FramedKeys {
+            rest: self.data.as_slice(),
+            left: self.len(),
+        }
     }
 
     /// The length of the longest key, 0 for an empty set (a limit on key size is checked once
@@ -281,14 +292,41 @@ impl KeySet {
     /// Every key after its length (8 bytes, little-endian), in key order: the bytes the content
     /// fingerprint hashes for the set (`commit::fingerprint`).
     pub fn framed(&self) -> &[u8] {
-        &self.data
+        self.data.as_slice()
     }
 
     /// The hash of each key, in key order (see [`key_hash`]).
+    #[inline(always)]
     pub fn hashes(&self) -> &[u64] {
-        &self.hashes
+        self.hashes.as_slice()
     }
 }
+
+/// The keys of a [`KeySet`], in order, read from its framed buffer.
+pub struct FramedKeys<'a> {
+    rest: &'a [u8],
+    left: usize,
+}
+
+impl<'a> Iterator for FramedKeys<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (length, after) = self.rest.split_first_chunk::<KEY_LENGTH_BYTES>()?;
+        let length = usize::try_from(u64::from_le_bytes(*length)).ok()?;
+        let key = after.get(..length)?;
+        self.rest = &after[length..];
+        self.left = self.left.saturating_sub(1);
+        Some(key)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for FramedKeys<'_> {}
 
 /// What a transaction read and wrote, as seen at commit time.
 #[derive(Clone, PartialEq, Eq, Debug)]
