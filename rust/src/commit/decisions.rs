@@ -92,7 +92,7 @@ struct Slot {
 unsafe impl Zeroable for Slot {}
 
 /// A retained decision in the FIFO.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Entry {
     id: TxnId,
     fingerprint: u64,
@@ -203,9 +203,14 @@ impl DecisionIndex {
         })
     }
 
-    /// Faults the whole table in now (see [`ZeroedArray::prefault`]).
+    /// Faults the whole table in now (see [`ZeroedArray::prefault`]), and the FIFO's room.
     pub fn prefault(&mut self) {
         self.slots.prefault();
+        let retained = self.fifo.len();
+        let room = self.fifo.capacity() - retained;
+        self.fifo
+            .extend(std::iter::repeat_n(Entry::default(), room));
+        self.fifo.truncate(retained);
     }
 
     /// Bytes held for the decisions: the table and the FIFO (the side map's rare conflict aborts
@@ -256,8 +261,13 @@ impl DecisionIndex {
 
     /// The slot holding `id`, if it is retained.
     fn find(&self, id: TxnId) -> Option<usize> {
+        self.find_from(id, self.home(id))
+    }
+
+    /// [`Self::find`], `id`'s home slot given.
+    fn find_from(&self, id: TxnId, home: usize) -> Option<usize> {
         let mask = self.mask();
-        let mut at = self.home(id);
+        let mut at = home;
         loop {
             let slot = self.slots[at];
             if self.free(slot.stamp) {
@@ -294,10 +304,10 @@ impl DecisionIndex {
 
     /// Puts `id`, new, in the table with `stamp`: its run stays in age order (the module's
     /// note), each older decision moving one place on, to the first free slot.
-    fn place(&mut self, id: TxnId, stamp: u64) {
+    fn place(&mut self, id: TxnId, home: usize, stamp: u64) {
         let mask = self.mask();
         let mut carried = Slot { id, stamp };
-        let mut at = self.home(id);
+        let mut at = home;
         loop {
             let here = self.slots[at];
             if self.free(here.stamp) {
@@ -328,7 +338,8 @@ impl DecisionIndex {
     /// Remembers `decision`; returns where the low watermark must rise for the decisions this
     /// forgot (see [`Decision::watermark_when_forgotten`]), the clock reading `now`.
     pub fn insert(&mut self, id: TxnId, decision: Decision, now: Timestamp) -> Option<Timestamp> {
-        if let Some(at) = self.find(id) {
+        let home = self.home(id);
+        if let Some(at) = self.find_from(id, home) {
             self.replace(at, id, decision);
             return None;
         }
@@ -338,7 +349,7 @@ impl DecisionIndex {
             self.others.insert(id, decision);
         }
         self.fifo.push_back(entry);
-        self.place(id, stamp);
+        self.place(id, home, stamp);
         self.forget_over_capacity(now)
     }
 
@@ -355,7 +366,8 @@ impl DecisionIndex {
         decision: Decision,
         now: Timestamp,
     ) -> Option<Timestamp> {
-        if self.contains(id) {
+        let home = self.home(id);
+        if self.find_from(id, home).is_some() {
             return None;
         }
         let entry = Entry::new(id, &decision);
@@ -373,7 +385,7 @@ impl DecisionIndex {
             self.replayed_front + self.replayed_len as u64
         };
         self.replayed_len += 1;
-        self.place(id, stamp);
+        self.place(id, home, stamp);
         self.forget_over_capacity(now)
     }
 
@@ -577,6 +589,29 @@ mod tests {
                 assert!(per_decision < 65.6, "{per_decision} bytes");
             }
         }
+    }
+
+    /// Prefaulting writes the FIFO's room, not its decisions, and grows nothing.
+    #[test]
+    fn prefault_keeps_the_decisions() {
+        let mut index = DecisionIndex::new(100).unwrap();
+        let decision = |id| Decision {
+            outcome: Outcome::Committed(at(id)),
+            fingerprint: Some(id),
+            decided_at: at(id),
+        };
+        for id in 1..=150 {
+            index.insert(id, decision(id), at(1_000));
+        }
+        let footprint = index.footprint_bytes();
+        index.prefault();
+        assert_eq!(index.footprint_bytes(), footprint);
+        assert_eq!(index.len(), 100);
+        assert_eq!(index.get(50), None);
+        for id in 51..=150 {
+            assert_eq!(index.get(id), Some(decision(id)));
+        }
+        assert_eq!(index.insert(151, decision(151), at(1_000)), Some(at(51)));
     }
 
     #[test]
