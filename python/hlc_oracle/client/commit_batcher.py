@@ -158,8 +158,7 @@ class CommitBatcher:
             self._waiting_count -= more
             if future.done():  # cancelled while it waited: not sent
                 continue
-            if deadline <= now:  # its time ran out while it waited: not sent
-                future.set_exception(not_sent(entry[4]))
+            if self._expiry.ran_out(entry, now):
                 continue
             batch.append(entry)
             count += more

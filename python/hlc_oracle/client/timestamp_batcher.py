@@ -107,11 +107,9 @@ class TimestampBatcher:
             if batch and total + more > self._max_batch:
                 break
             waiting.popleft()
-            deadline = entry[2]
-            if deadline <= now:  # its time ran out while it waited: not sent
-                if not entry[0].done():
-                    entry[0].set_exception(_not_sent(entry[3]))
+            if self._expiry.ran_out(entry, now):
                 continue
+            deadline = entry[2]
             batch.append(entry)
             total += more
             if deadline < earliest:

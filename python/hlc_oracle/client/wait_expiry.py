@@ -68,16 +68,23 @@ class WaitExpiry(Generic[Entry]):
         now = monotonic()
         kept: collections.deque[Entry] = collections.deque()
         for entry in waiting:
-            future: asyncio.Future[Any] = entry[self._future_at]
-            if future.done():  # cancelled while it waited
+            if entry[self._future_at].done():  # cancelled while it waited
                 continue
-            if entry[self._deadline_at] <= now:
-                future.set_exception(self._error(entry))
-            else:
+            if not self.ran_out(entry, now):
                 kept.append(entry)
         if kept:
             self.arm(min(entry[self._deadline_at] for entry in kept))
         return kept
+
+    def ran_out(self, entry: Entry, now: float) -> bool:
+        """Whether ``entry``'s deadline is past at ``now`` (``time.monotonic()``): its call then
+        fails with ``error(entry)`` (never sent), unless it is already done (cancelled)."""
+        if entry[self._deadline_at] > now:
+            return False
+        future: asyncio.Future[Any] = entry[self._future_at]
+        if not future.done():
+            future.set_exception(self._error(entry))
+        return True
 
     def _fired(self) -> None:
         self._handle = None
