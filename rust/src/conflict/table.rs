@@ -24,6 +24,10 @@
 //! transaction batches lost one in a test), where the global order waited for 100%. Size
 //! `max_keys` for about three times the keys written during the longest transaction.
 //!
+//! The choice of bucket reads lines one and three of both candidates (their oldest commits'
+//! `(physical, logical)`, not their nodes: equal ones go to the first candidate), so a record
+//! loads the other lines of one bucket only: six lines a new key in a full table, not eight.
+//!
 //! Hash collisions: two keys whose hashes share a candidate bucket and the 48-bit tag are one
 //! slot, holding the later of their commits. A check of either then sees a commit at or after its
 //! own last one: a collision can cause a false conflict (probability at most 32 / 2^47, about
@@ -377,10 +381,19 @@ impl KeyTable {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             let place = self.place(hash);
             let candidates = [place.first, place.second];
-            let scans = candidates.map(|index| self.bucket(index).scan(place.tag.short));
-            let changed = match scans.iter().position(|scan| scan.matching != 0) {
+            let bucket = |n: usize| self.bucket(candidates[n]);
+            let matching = [0, 1].map(|n| bucket(n).scan(place.tag.short).matching);
+            let changed = match matching.iter().position(|&bits| bits != 0) {
                 Some(n) => n,
-                None => self.home(candidates, scans.map(Scan::occupied)).0,
+                // A full table (the steady state) needs no slot counts: a candidate is occupied
+                // when its first slot is.
+                None if self.len >= self.max_keys => {
+                    self.older(candidates, [0, 1].map(|n| bucket(n).short[0] != 0))
+                }
+                None => {
+                    let occupied = [0, 1].map(|n| bucket(n).scan(place.tag.short).occupied());
+                    self.home(candidates, occupied).0
+                }
             };
             let line = std::ptr::from_ref(self.bucket(candidates[changed])).cast::<i8>();
             // SAFETY: SSE is part of every x86_64 target; a prefetch only hints the cache (it
@@ -407,9 +420,18 @@ impl KeyTable {
             return (emptier, false);
         }
         // When the table is full at most 15 of its slots are empty, so a candidate is occupied.
+        (
+            self.older(candidates, occupied.map(|count| count > 0)),
+            true,
+        )
+    }
+
+    /// Of the `occupied` candidates (at least one), the one whose oldest commit (its first slot)
+    /// is older, the first when their `(physical, logical)` are equal.
+    #[inline(always)]
+    fn older(&self, candidates: [usize; 2], occupied: [bool; 2]) -> usize {
         let oldest = |n: usize| self.bucket(candidates[n]).commits[0];
-        let second_older = occupied[0] == 0 || occupied[1] > 0 && oldest(1) < oldest(0);
-        (usize::from(second_older), true)
+        usize::from(!occupied[0] || occupied[1] && oldest(1) < oldest(0))
     }
 
     /// The commit remembered for `hash`, if any.
