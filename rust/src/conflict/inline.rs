@@ -5,7 +5,9 @@
 //!
 //! Past `N` elements the contents move to a heap vector. When the buffer is cleared, that vector
 //! is kept (empty) for the next time: a buffer reused for many sets allocates only while its
-//! largest set grows, never per set.
+//! largest set grows, never per set. (`smallvec`'s `SmallVec` does not: once spilled it stays on
+//! the heap after a clear, so a slot that once held a large set would leave the contiguous run for
+//! good, or, shrunk back, allocate again for every large set.)
 
 use std::fmt;
 
