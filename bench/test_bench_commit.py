@@ -447,6 +447,40 @@ def test_grpc_commit_stream_messages(
     measure_stream(benchmark, server_pid(stream_oracle), stream_oracle.target, per_message)
 
 
+#: Rounds of ``STREAM_TXNS`` that take a server past its default bounds (1,000,000 retained
+#: decisions, 1,000,000 remembered keys) before :func:`test_grpc_commit_stream_steady` measures.
+STEADY_WARM_ROUNDS = 11
+
+
+@pytest.fixture(scope="module")
+def steady_oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OracleProcess]:
+    """A server of its own for :func:`test_grpc_commit_stream_steady`, so that the other stream
+    benches keep measuring a server whose tables are still filling."""
+    with OracleProcess(
+        tmp_path_factory.mktemp("commit-stream-steady") / "data",
+        "--max-message-bytes",
+        str(4 << 20),
+    ) as server:
+        yield server
+
+
+def test_grpc_commit_stream_steady(benchmark: Any, steady_oracle: OracleProcess) -> None:
+    """Calls of 1,000 against a server past both of its default bounds: its decisions index
+    forgets one decision and its conflict table evicts keys for each new one, the steady state
+    of a server that has run a while. The rounds of :func:`test_grpc_commit_stream_messages`
+    (100,000 decisions on a fresh server) never get there. ``STEADY_WARM_ROUNDS`` rounds first
+    (one in the smoke run)."""
+    benchmark.group = f"commit stream {STREAM_TXNS} txns"
+    target = steady_oracle.target
+    for _ in range(1 if benchmark.disabled else STEADY_WARM_ROUNDS):
+        batches = fresh_stream_batches(target, 1000)
+        assert asyncio.run(stream_round(target, batches)) == STREAM_TXNS
+    benchmark.extra_info["decided_before"] = (
+        1 if benchmark.disabled else STEADY_WARM_ROUNDS
+    ) * STREAM_TXNS
+    measure_stream(benchmark, server_pid(steady_oracle), target, 1000)
+
+
 @pytest.mark.parametrize("per_message", [100, 1000])
 def test_grpc_commit_stream_echo_messages(
     benchmark: Any, stream_echo: tuple[int, str], per_message: int
