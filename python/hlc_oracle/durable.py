@@ -8,7 +8,9 @@ timestamps) and encodes its new decisions as records (``rust/src/commit/durable.
 - :class:`LocalDurableStep` (standalone): the engine appends the records to its local commit log
   (one ``write``). In ``sync`` durability the answers are parked, as an external step's are, and
   released by the step's sync thread once an ``fdatasync`` that began after the write returns;
-  the next batch is decided and written meanwhile. Otherwise they go out at once.
+  the next batch is decided and written meanwhile. The sync thread waits for writes inside the
+  engine (without the GIL), so it starts each ``fdatasync`` as soon as the write is done; it
+  takes the GIL only to hand out the answers. Otherwise they go out at once.
 - :class:`ExternalDurableStep` (clustered): the engine, opened with durability ``"external"``,
   hands out each batch's records as numbered pieces ``(batch_seq, bytes)``; the step writes each
   piece with ``store`` (a coroutine on the store's event loop: one fenced etcd txn in clustered
@@ -198,9 +200,6 @@ class LocalDurableStep(_ParkedAnswers):
         self._sync_after = False
         self._pipelined = pipelined
         self._syncer: threading.Thread | None = None
-        self._stopping = False
-        self._written = threading.Condition(threading.Lock())
-        self._unsynced = False
 
     def open_engine(
         self, path: str | os.PathLike[str] | None, clock: Clock, options: CommitOptions
@@ -242,23 +241,15 @@ class LocalDurableStep(_ParkedAnswers):
         except BaseException as error:
             finish(error)
             return
+        # The engine woke the sync thread when it wrote the batch.
         self._park(ticket, finish)
         self._release(released)
-        with self._written:
-            self._unsynced = True
-            self._written.notify()
 
     def _sync_loop(self, engine: CommitEngine) -> None:
         try:
-            while True:
-                with self._written:
-                    while not self._unsynced and not self._stopping:
-                        self._written.wait()
-                    if not self._unsynced:
-                        return
-                    self._unsynced = False
-                # Batches written from here on set _unsynced again: the next round syncs them.
-                self._release(engine.sync_parked())
+            # Each call waits in the engine, without the GIL, for a written batch.
+            while (released := engine.sync_parked()) is not None:
+                self._release(released)
         except BaseException as error:  # every waiter must hear about it
             self._stop(
                 engine, f"the commit log's sync thread failed: {type(error).__name__}: {error}"
@@ -280,9 +271,7 @@ class LocalDurableStep(_ParkedAnswers):
             return
         if not self._wait_settled(timeout):
             self._stop(engine, "closed while commit log syncs were unfinished")
-        with self._written:
-            self._stopping = True
-            self._written.notify()
+        engine.stop_sync_waits()
         syncer.join(timeout)
 
 

@@ -265,7 +265,7 @@ class _BrokenSync:
     def __init__(self, engine: CommitEngine) -> None:
         self.engine = engine
 
-    def sync_parked(self) -> list[object]:
+    def sync_parked(self) -> list[object] | None:
         raise RuntimeError("the sync broke")
 
     def close(self) -> None:

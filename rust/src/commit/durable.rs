@@ -13,7 +13,9 @@
 //!   ([`LocalLog::sync_point`], then [`LocalLog::synced`], which confirms every batch written
 //!   before the sync began). So batch k+1 is decided and written while batch k's `fdatasync`
 //!   runs, and answers still go out only once their records are on disk. A failed `fdatasync`
-//!   aborts the process, as the log's own sync does (never retried).
+//!   aborts the process, as the log's own sync does (never retried). Each write publishes its
+//!   sync point to the log's [`SyncWake`], on which the sync thread waits without the engine's
+//!   lock (or Python's GIL), so it starts the `fdatasync` as soon as the write is done.
 //! - [`DurableStep::External`]: a store the engine cannot write itself (clustered mode: one fenced
 //!   etcd txn per batch, written by Python). Two-phase:
 //!   1. deciding a batch hands out its records as numbered *pieces* `(batch_seq, bytes)` (a batch
@@ -35,6 +37,7 @@
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::commit::Outcome;
 use crate::commit::SubmitError;
@@ -79,6 +82,8 @@ pub struct LocalLog {
     /// Pipelined syncs: the batches written and not yet synced (one piece number per batch
     /// that wrote records), parked as an external step's are.
     parked: Option<Box<ExternalBatches>>,
+    /// Pipelined syncs: where each write publishes its sync point for the sync thread.
+    wake: Option<Arc<SyncWake>>,
 }
 
 /// One sync of the local log by another thread ([`LocalLog::sync_point`]): every batch numbered
@@ -95,6 +100,71 @@ impl LocalSyncPoint {
         self.log
             .as_ref()
             .map_or(std::time::Duration::ZERO, SyncPoint::sync)
+    }
+
+    /// The last batch this sync covers.
+    pub fn through_batch(&self) -> u64 {
+        self.through_batch
+    }
+}
+
+/// Pipelined syncs: the hand-over from the writer (inside the engine's call, under its lock) to
+/// the sync thread (which waits here holding neither that lock nor Python's GIL). Each write
+/// publishes the point that covers every batch written so far; a newer point replaces an untaken
+/// one (it covers more, and a rotation synced the older segment). So a sync always begins after
+/// the writes it confirms.
+#[derive(Default)]
+pub struct SyncWake {
+    state: Mutex<WakeState>,
+    written: Condvar,
+}
+
+#[derive(Default)]
+struct WakeState {
+    point: Option<LocalSyncPoint>,
+    stopped: bool,
+}
+
+impl SyncWake {
+    fn state(&self) -> MutexGuard<'_, WakeState> {
+        // Nothing panics while holding it; its state is whole either way.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A batch was written: `point` covers it and every batch before it.
+    pub fn publish(&self, point: LocalSyncPoint) {
+        self.state().point = Some(point);
+        self.written.notify_one();
+    }
+
+    /// Waits until a written batch is unsynced (its point), or the waits are stopped and no
+    /// point is left (None). A point published before the stop is still handed out.
+    pub fn wait(&self) -> Option<LocalSyncPoint> {
+        let mut state = self.state();
+        loop {
+            if let Some(point) = state.point.take() {
+                return Some(point);
+            }
+            if state.stopped {
+                return None;
+            }
+            state = self
+                .written
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Ends the waits once the points published so far are taken (`discard`: at once, dropping
+    /// them; the log was synced and its batches released).
+    pub fn stop(&self, discard: bool) {
+        let mut state = self.state();
+        state.stopped = true;
+        if discard {
+            state.point = None;
+        }
+        drop(state);
+        self.written.notify_all();
     }
 }
 
@@ -113,6 +183,7 @@ impl LocalLog {
             retain_segments,
             batch_marks,
             parked: None,
+            wake: None,
         }
     }
 
@@ -124,7 +195,13 @@ impl LocalLog {
         }
         self.sync = false;
         self.parked = Some(Box::new(ExternalBatches::new(1, usize::MAX)));
+        self.wake = Some(Arc::new(SyncWake::default()));
         true
+    }
+
+    /// Pipelined syncs: where the sync thread waits for written batches.
+    pub fn sync_wake(&self) -> Option<&Arc<SyncWake>> {
+        self.wake.as_ref()
     }
 
     /// Pipelined syncs: what to sync now, when a written batch is unsynced.
@@ -167,6 +244,9 @@ impl LocalLog {
             if let Some(parked) = &mut self.parked {
                 parked.hand_out(vec![Vec::new()]);
             }
+            if let (Some(wake), Some(point)) = (&self.wake, self.sync_point()) {
+                wake.publish(point);
+            }
         }
         Ok(())
     }
@@ -176,9 +256,13 @@ impl LocalLog {
         self.log.sync();
     }
 
-    /// Pipelined syncs, closing: syncs here and releases every parked batch.
+    /// Pipelined syncs, closing: syncs here and releases every parked batch; the sync thread's
+    /// wait ends.
     pub fn sync_and_release(&mut self) -> Vec<Released> {
         self.log.sync();
+        if let Some(wake) = &self.wake {
+            wake.stop(true);
+        }
         match &mut self.parked {
             Some(parked) => parked.confirm_through(parked.next_batch_seq() - 1),
             None => Vec::new(),
@@ -585,5 +669,55 @@ mod tests {
             .all(|answer| matches!(answer, Err(SubmitError::OutcomeUnknown(_))))));
         assert!(parked.confirm_through(2).is_empty());
         assert!(parked.is_pending(0), "never reported by status");
+    }
+
+    fn point(through_batch: u64) -> LocalSyncPoint {
+        LocalSyncPoint {
+            log: None,
+            through_batch,
+        }
+    }
+
+    #[test]
+    fn a_sync_wake_hands_out_the_newest_point_and_a_stop_ends_the_waits_after_it() {
+        let wake = SyncWake::default();
+        wake.publish(point(1));
+        wake.publish(point(2));
+        assert_eq!(
+            wake.wait().map(|p| p.through_batch()),
+            Some(2),
+            "the newest"
+        );
+        wake.publish(point(3));
+        wake.stop(false);
+        assert_eq!(
+            wake.wait().map(|p| p.through_batch()),
+            Some(3),
+            "a point published before the stop is still synced"
+        );
+        assert!(wake.wait().is_none());
+        let closed = SyncWake::default();
+        closed.publish(point(1));
+        closed.stop(true);
+        assert!(closed.wait().is_none(), "a close synced it already");
+    }
+
+    #[test]
+    fn a_sync_wake_wakes_a_waiting_thread() {
+        let wake = Arc::new(SyncWake::default());
+        let waiter = {
+            let wake = Arc::clone(&wake);
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while let Some(point) = wake.wait() {
+                    seen.push(point.through_batch());
+                }
+                seen
+            })
+        };
+        wake.publish(point(1));
+        wake.stop(false);
+        let seen = waiter.join().expect("the waiter does not panic");
+        assert!(seen.is_empty() || seen == [1], "{seen:?}");
     }
 }

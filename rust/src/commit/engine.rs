@@ -9,7 +9,7 @@ use crate::timestamp::Timestamp;
 
 use super::decisions::{Decision, DecisionIndex};
 use super::durable::{
-    ConfirmError, DurableStep, ExternalBatches, Handout, LocalSyncPoint, Released,
+    ConfirmError, DurableStep, ExternalBatches, Handout, LocalSyncPoint, Released, SyncWake,
 };
 use super::history::HistoryLoad;
 use super::types::{Durability, Limits, Outcome, Request, SubmitError};
@@ -154,6 +154,15 @@ impl CommitEngine {
                 .durable
                 .local_mut()
                 .is_some_and(super::durable::LocalLog::pipeline_syncs)
+    }
+
+    /// Pipelined syncs: where a sync thread waits for the points each write publishes (without
+    /// this engine's lock); its waits end when the engine is closed.
+    pub fn sync_wake(&self) -> Option<std::sync::Arc<SyncWake>> {
+        match &self.durable {
+            DurableStep::Local(log) => log.sync_wake().cloned(),
+            _ => None,
+        }
     }
 
     /// Pipelined syncs: what to `fdatasync` now (None when no written batch is waiting).

@@ -804,6 +804,64 @@ fn pipelined_syncs_cross_segment_rotations_and_close_answers_what_it_synced() {
 }
 
 #[test]
+fn a_sync_thread_woken_by_each_write_answers_every_batch_once_in_order_and_close_ends_its_wait() {
+    let dir = TempDir::new("pipelined-wake");
+    let physical = Arc::new(ManualClock::new(1_000_000).unwrap());
+    let clock = clock_at(&physical);
+    let (mut engine, _) = CommitEngine::open(config(&dir), &clock).unwrap();
+    assert!(engine.sync_wake().is_none(), "not pipelined yet");
+    assert!(engine.pipeline_syncs());
+    let wake = engine.sync_wake().expect("pipelined");
+    let engine = Arc::new(std::sync::Mutex::new(engine));
+    // The sync thread: waits without the engine's lock, takes it only to release.
+    let syncer = {
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || {
+            let mut released = Vec::new();
+            while let Some(point) = wake.wait() {
+                let took = point.sync();
+                let batch = engine.lock().unwrap().synced(&point, took);
+                released.push((point.through_batch(), batch));
+            }
+            released
+        })
+    };
+    let start = clock.now().unwrap();
+    let mut tickets = Vec::new();
+    // Segments of 4 KiB: these batches rotate several times while the sync thread runs.
+    for id in 1..=120u64 {
+        let key = format!("key-{id}-{}", "k".repeat(60));
+        let t = txn(id, start, &[], &[key.as_str()]);
+        let handout = engine
+            .lock()
+            .unwrap()
+            .decide(&clock, &[Request::Commit(&t)]);
+        assert!(handout.released.is_empty(), "parked until synced");
+        tickets.push(handout.ticket);
+        if id % 7 == 0 {
+            std::thread::yield_now();
+        }
+    }
+    let closed = engine.lock().unwrap().close();
+    let rounds = syncer.join().expect("the sync thread does not panic");
+    let mut released: Vec<u64> = Vec::new();
+    for (through_batch, batch) in &rounds {
+        // A round releases only batches its point covers (each batch wrote: seq = ticket).
+        assert!(batch.iter().all(|r| r.ticket <= *through_batch));
+        released.extend(batch.iter().map(|r| r.ticket));
+    }
+    released.extend(closed.iter().map(|r| r.ticket));
+    assert_eq!(
+        released, tickets,
+        "every batch answered once, in decision order"
+    );
+    let (engine, _) = CommitEngine::open(config(&dir), &clock).unwrap();
+    for id in 1..=120u64 {
+        assert!(matches!(engine.status(id), Some(Outcome::Committed(_))));
+    }
+}
+
+#[test]
 fn pipelined_syncs_only_in_sync_durability_with_a_log() {
     let dir = TempDir::new("pipelined-async");
     let physical = Arc::new(ManualClock::new(1_000_000).unwrap());

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyValueError;
@@ -14,6 +14,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use crate::commit::batch::{
     decode_parts, recycle_parts, DecodedPart, PartData, PartsEngine, PartsHandout, ReleasedBatch,
 };
+use crate::commit::durable::SyncWake;
 use crate::commit::stream::StreamPool;
 use crate::commit::wire;
 use crate::commit::{
@@ -140,6 +141,8 @@ pub struct PyCommitEngine {
     /// Callers waiting for `engine`: a history replay hands the lock over to them between its
     /// chunks (`replay_pieces`; the mutex alone would let the replay take it straight back).
     lock_waiters: AtomicUsize,
+    /// Pipelined syncs: where `sync_parked` waits for written batches, outside `engine`'s lock.
+    sync_wake: OnceLock<Arc<SyncWake>>,
 }
 
 impl PyCommitEngine {
@@ -274,6 +277,7 @@ impl PyCommitEngine {
             path,
             streams: Mutex::new(StreamPool::default()),
             lock_waiters: AtomicUsize::new(0),
+            sync_wake: OnceLock::new(),
         })
     }
 
@@ -582,21 +586,44 @@ impl PyCommitEngine {
     /// its answers; `sync_parked`, on another thread, syncs and releases them). False for
     /// another durability.
     fn pipeline_syncs(&self) -> PyResult<bool> {
-        Ok(self.lock()?.engine_mut().pipeline_syncs())
+        let mut parts = self.lock()?;
+        let engine = parts.engine_mut();
+        let pipelined = engine.pipeline_syncs();
+        if let Some(wake) = engine.sync_wake() {
+            // Set once: an engine's log pipelines from its first batch or never.
+            let _ = self.sync_wake.set(wake);
+        }
+        Ok(pipelined)
     }
 
-    /// Pipelined syncs: one `fdatasync` of every batch written so far, outside the engine's lock
-    /// (the writer decides and writes meanwhile); returns the `(ticket, answers)` it releases, in
-    /// decision order (empty when nothing was waiting). A failed `fdatasync` aborts the process.
-    fn sync_parked<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    /// Pipelined syncs, the sync thread's loop body: waits (the GIL and the engine's lock
+    /// released) until a batch is written and unsynced, `fdatasync`s at once every batch written
+    /// so far, and returns the `(ticket, answers)` this releases, in decision order (empty when
+    /// a close had released them already). None once `stop_sync_waits` or `close` ended the
+    /// waits and nothing written is left unsynced, or without pipelined syncs. A failed
+    /// `fdatasync` aborts the process.
+    fn sync_parked<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+        let Some(wake) = self.sync_wake.get() else {
+            return Ok(None);
+        };
         let released = py.detach(|| {
-            let Some(point) = self.lock()?.engine().sync_point() else {
-                return Ok::<_, PyErr>(Vec::new());
+            let Some(point) = wake.wait() else {
+                return Ok::<_, PyErr>(None);
             };
             let took = point.sync();
-            Ok(self.lock()?.synced(&point, took))
+            Ok(Some(self.lock()?.synced(&point, took)))
         })?;
-        released_list(py, &released)
+        released
+            .map(|released| released_list(py, &released))
+            .transpose()
+    }
+
+    /// Pipelined syncs: `sync_parked` returns None once every batch written so far is synced
+    /// (a drain's last step; `close` ends the waits too).
+    fn stop_sync_waits(&self) {
+        if let Some(wake) = self.sync_wake.get() {
+            wake.stop(false);
+        }
     }
 
     /// fdatasync of batches processed in "async" durability.
