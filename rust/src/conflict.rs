@@ -110,7 +110,7 @@ fn hash_set(capacity: usize) -> HashSetU64 {
 /// A batch's map of 64-bit keys (key hashes, or ids) to ids: open addressing with linear
 /// probing, at most half full, cheaper than a general hash map for the batch check's few
 /// operations per key. A key's first slot comes from `spread`, a well-mixed hash of it (a key
-/// hash is its own). The first insert of a key wins. Kept between batches (see [`BATCH_MAPS`]):
+/// hash is its own). The first insert of a key wins. Kept between batches (see [`BATCH_SCRATCH`]):
 /// [`Self::reset`] empties only the slots the last batch could use (a prefix, at most four per
 /// key it had room for).
 #[derive(Default)]
@@ -192,21 +192,61 @@ impl FlatMap {
     }
 }
 
-thread_local! {
-    /// The batch check's two maps (the batch's ids, and its accepted members' writes), kept
-    /// between the batches of this thread: no allocation and no clearing of a whole map per
-    /// batch.
-    static BATCH_MAPS: RefCell<(FlatMap, FlatMap)> = RefCell::default();
+/// What a batch check works in: the map of the batch's ids, the map of its accepted members'
+/// writes, and the bits of its checked keys the table is known not to hold.
+#[derive(Default)]
+struct BatchScratch {
+    ids: FlatMap,
+    writes: FlatMap,
+    absent: AbsentKeys,
 }
 
-/// Runs `work` with this thread's batch maps (see [`BATCH_MAPS`]): taken out for the call and
-/// put back after it, so a nested call (or one while the thread exits) gets empty ones.
-fn with_batch_maps<R>(work: impl FnOnce(&mut FlatMap, &mut FlatMap) -> R) -> R {
-    let (mut ids, mut writes) = BATCH_MAPS
-        .try_with(|maps| std::mem::take(&mut *maps.borrow_mut()))
+/// One bit per checked key of a batch, by the key's place in the batch's order of checked keys
+/// (each transaction's writes, then under serializable its reads): set when the second prefetch
+/// step found no candidate slot with the key's short tag, so the table does not hold the key and
+/// its lookup is skipped (no placing and scanning it again). The table does not change during a
+/// check (`&self`), and the bits are cleared for each batch; a clear bit only means "look up".
+#[derive(Default)]
+struct AbsentKeys {
+    words: Vec<u64>,
+}
+
+impl AbsentKeys {
+    /// Clears the bits, with room for `keys` keys (none when the second step does not run).
+    fn reset(&mut self, keys: usize) {
+        self.words.clear();
+        self.words.resize(keys.div_ceil(64), 0);
+    }
+
+    #[inline(always)]
+    fn set(&mut self, key: usize) {
+        if let Some(word) = self.words.get_mut(key / 64) {
+            *word |= 1 << (key % 64);
+        }
+    }
+
+    #[inline(always)]
+    fn contains(&self, key: usize) -> bool {
+        self.words
+            .get(key / 64)
+            .is_some_and(|word| word >> (key % 64) & 1 != 0)
+    }
+}
+
+thread_local! {
+    /// The batch check's maps and bits (see [`BatchScratch`]), kept between the batches of this
+    /// thread: no allocation and no clearing of a whole map per batch.
+    static BATCH_SCRATCH: RefCell<BatchScratch> = RefCell::default();
+}
+
+/// Runs `work` with this thread's batch scratch (see [`BATCH_SCRATCH`]): taken out for the call
+/// and put back after it, so a nested call (or one while the thread exits) gets an empty one.
+fn with_batch_scratch<R>(work: impl FnOnce(&mut BatchScratch) -> R) -> R {
+    let mut scratch = BATCH_SCRATCH
+        .try_with(|scratch| std::mem::take(&mut *scratch.borrow_mut()))
         .unwrap_or_default();
-    let result = work(&mut ids, &mut writes);
-    let _ = BATCH_MAPS.try_with(|maps| *maps.borrow_mut() = (ids, writes));
+    let result = work(&mut scratch);
+    let _ = BATCH_SCRATCH.try_with(|kept| *kept.borrow_mut() = scratch);
     result
 }
 
@@ -536,24 +576,34 @@ struct Ahead {
 }
 
 impl Ahead {
-    /// Visits transactions until `keys` checked keys are visited (or the batch ends).
+    /// Visits transactions until `keys` checked keys are visited (or the batch ends); `visit` is
+    /// given each one and the place of its first checked key in the batch's order.
     fn visit_until<T: Borrow<Transaction>>(
         &mut self,
         txns: &[T],
         keys: usize,
         detector: &ConflictDetector,
-        mut visit: impl FnMut(&Transaction),
+        mut visit: impl FnMut(&Transaction, usize),
     ) {
         while self.keys < keys {
             let Some(txn) = txns.get(self.next) else {
                 break;
             };
             let txn = txn.borrow();
-            visit(txn);
+            visit(txn, self.keys);
             self.keys += detector.checked_keys(txn);
             self.next += 1;
         }
     }
+}
+
+/// Where a batch check's lookups find the batch's state: its accepted members' writes so far, the
+/// bits of its keys the table does not hold, and the place of the checked transaction's first key
+/// among them.
+struct BatchView<'a> {
+    writes: &'a FlatMap,
+    absent: &'a AbsentKeys,
+    first_key: usize,
 }
 
 impl ConflictDetector {
@@ -678,44 +728,71 @@ impl ConflictDetector {
         &self,
         txns: &[T],
     ) -> Result<BatchDecision, ConflictError> {
-        with_batch_maps(|ids, writes| {
-            check_unique_ids(txns, ids)?;
-            Ok(self.check_batch_in(txns, writes))
+        with_batch_scratch(|scratch| {
+            check_unique_ids(txns, &mut scratch.ids)?;
+            Ok(self.check_batch_in(txns, scratch))
         })
     }
 
     /// [`Self::check_batch`] for a caller whose ids are unique by construction (the commit
     /// engine keeps one request per id): the batch's ids are not checked a second time.
     pub fn check_batch_of_unique_ids<T: Borrow<Transaction>>(&self, txns: &[T]) -> BatchDecision {
-        with_batch_maps(|_, writes| self.check_batch_in(txns, writes))
+        with_batch_scratch(|scratch| self.check_batch_in(txns, scratch))
     }
 
-    /// [`Self::check_batch`] once the ids are known unique, with the map of the accepted
-    /// members' writes it works in.
+    /// [`Self::check_batch`] once the ids are known unique, in `scratch`'s map of the accepted
+    /// members' writes and bits of absent keys. A key that the second prefetch step (a large
+    /// table's) finds in no candidate is not looked up again: most checked keys are new ones.
     fn check_batch_in<T: Borrow<Transaction>>(
         &self,
         txns: &[T],
-        batch_writes: &mut FlatMap,
+        scratch: &mut BatchScratch,
     ) -> BatchDecision {
-        let write_count: usize = txns.iter().map(|t| t.borrow().writes.len()).sum();
+        let BatchScratch {
+            writes: batch_writes,
+            absent,
+            ..
+        } = scratch;
+        let large = self.table.is_large();
+        let (write_count, checked_count) = txns.iter().fold((0, 0), |(writes, checked), txn| {
+            let txn = txn.borrow();
+            (writes + txn.writes.len(), checked + self.checked_keys(txn))
+        });
         batch_writes.reset(write_count);
+        absent.reset(if large { checked_count } else { 0 });
         let mut outcomes = Vec::with_capacity(txns.len());
         let (mut tags, mut slots, mut checked) = (Ahead::default(), Ahead::default(), 0);
         for txn in txns {
             let txn = txn.borrow();
+            let first_key = checked;
             checked += self.checked_keys(txn);
-            tags.visit_until(txns, checked + 2 * PREFETCH_AHEAD_KEYS, self, |next| {
+            tags.visit_until(txns, checked + 2 * PREFETCH_AHEAD_KEYS, self, |next, _| {
                 self.prefetch(next);
                 // The batch's map of accepted writes, too: with thousands of transactions it
                 // is larger than a core's first caches, and the table's lines evict it.
                 self.for_checked_keys(next, |hash| batch_writes.prefetch(hash));
             });
-            if self.table.is_large() {
-                slots.visit_until(txns, checked + PREFETCH_AHEAD_KEYS, self, |next| {
-                    self.for_checked_keys(next, |hash| self.table.prefetch_slot(hash));
-                });
+            if large {
+                slots.visit_until(
+                    txns,
+                    checked + PREFETCH_AHEAD_KEYS,
+                    self,
+                    |next, mut key| {
+                        self.for_checked_keys(next, |hash| {
+                            if !self.table.prefetch_slot(hash) {
+                                absent.set(key);
+                            }
+                            key += 1;
+                        });
+                    },
+                );
             }
-            let outcome = self.first_conflict(txn, Some(batch_writes));
+            let view = BatchView {
+                writes: batch_writes,
+                absent,
+                first_key,
+            };
+            let outcome = self.first_conflict(txn, Some(&view));
             if outcome.is_none() {
                 for &hash in txn.writes.hashes() {
                     batch_writes.insert(hash, hash, txn.id);
@@ -726,11 +803,7 @@ impl ConflictDetector {
         BatchDecision { outcomes }
     }
 
-    fn first_conflict(
-        &self,
-        txn: &Transaction,
-        batch_writes: Option<&FlatMap>,
-    ) -> Option<Conflict> {
+    fn first_conflict(&self, txn: &Transaction, batch: Option<&BatchView<'_>>) -> Option<Conflict> {
         if let Some(lw) = self.low_watermark {
             if txn.start_ts <= lw {
                 return Some(Conflict {
@@ -749,12 +822,19 @@ impl ConflictDetector {
             Isolation::Snapshot => 1,
             Isolation::Serializable => 2,
         };
+        // The place of the next key in the batch's order of checked keys (see `AbsentKeys`).
+        let mut key = batch.map_or(0, |view| view.first_key);
         for &(kind, keys) in &sets[..checked] {
             for (index, &hash) in keys.hashes().iter().enumerate() {
-                let lost_to = match self.table.get(hash) {
+                let commit = match batch {
+                    Some(view) if view.absent.contains(key) => None,
+                    _ => self.table.get(hash),
+                };
+                key += 1;
+                let lost_to = match commit {
                     Some(commit) if commit > txn.start_ts => Some(LostTo::Commit(commit)),
-                    _ => batch_writes
-                        .and_then(|writes| writes.get(hash, hash))
+                    _ => batch
+                        .and_then(|view| view.writes.get(hash, hash))
                         .map(LostTo::BatchMember),
                 };
                 if let Some(lost_to) = lost_to {
@@ -1140,6 +1220,84 @@ mod tests {
                 Some(ConflictKind::ReadWrite)
             );
             assert_eq!(detector.last_commit(b"b"), Some(ts(10)), "{max_keys}");
+        }
+    }
+
+    /// A batch check (keys its second prefetch step found absent not looked up again; members
+    /// of many keys) decides as lookups of each key one by one do, for a table that stays in
+    /// the cache and one large enough for the second prefetch step.
+    #[test]
+    fn batch_check_agrees_with_key_by_key_lookups() {
+        for max_keys in [1_000, 200_000] {
+            let mut detector = detector(Isolation::Serializable, max_keys);
+            let key = |n: u64| format!("k{n}");
+            let mut commit = 1_000u64;
+            for n in 0..max_keys as u64 / 2 {
+                commit += 1;
+                detector
+                    .record(&txn(n, 0, &[], &[&key(n * 2)]), ts(commit))
+                    .unwrap();
+            }
+            // Starts below and above the history's newest commits; a few members of many keys.
+            let mut random = 0x9e37_79b9_7f4a_7c15u64;
+            let mut below = |bound: u64| {
+                random ^= random << 13;
+                random ^= random >> 7;
+                random ^= random << 17;
+                random % bound
+            };
+            let space = max_keys as u64 * 2;
+            let batch: Vec<Transaction> = (0..600u64)
+                .map(|id| {
+                    let count = if id % 97 == 5 { 300 } else { 4 };
+                    let keys: Vec<String> = (0..2 * count).map(|_| key(below(space))).collect();
+                    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    txn(
+                        id,
+                        commit - below(max_keys as u64),
+                        &refs[..count],
+                        &refs[count..],
+                    )
+                })
+                .collect();
+            let decision = detector.check_batch(&batch).unwrap();
+            let mut accepted: HashMap<Vec<u8>, TxnId> = HashMap::new();
+            for (txn, outcome) in batch.iter().zip(&decision.outcomes) {
+                let sets = [
+                    (ConflictKind::WriteWrite, &txn.writes),
+                    (ConflictKind::ReadWrite, &txn.reads),
+                ];
+                let expected = sets.iter().find_map(|&(kind, keys)| {
+                    keys.iter().find_map(|k| {
+                        let lost_to = match detector.last_commit(k) {
+                            Some(c) if c > txn.start_ts => Some(LostTo::Commit(c)),
+                            _ => accepted.get(k).map(|&id| LostTo::BatchMember(id)),
+                        };
+                        lost_to.map(|lost_to| Conflict {
+                            txn_id: txn.id,
+                            kind,
+                            key: Some(k.to_vec()),
+                            lost_to,
+                        })
+                    })
+                });
+                if expected.is_none() {
+                    for k in txn.writes.iter() {
+                        accepted.entry(k.to_vec()).or_insert(txn.id);
+                    }
+                }
+                assert_eq!(
+                    outcome.as_deref(),
+                    expected.as_ref(),
+                    "{max_keys}: {}",
+                    txn.id
+                );
+            }
+            let rejected = decision.rejected().count();
+            assert!(
+                rejected > 0 && rejected < batch.len(),
+                "{max_keys}: {rejected}"
+            );
         }
     }
 

@@ -320,16 +320,18 @@ impl KeyTable {
     /// The second step of a check's prefetch: once `hash`'s short-tag lines are loaded (by an
     /// earlier [`Self::prefetch`]), starts loading the lines of the slot whose short tag matches,
     /// if any. Without it, a check of a remembered key waits for those lines after the tags.
+    /// Returns whether a candidate holds a matching short tag: when none does, the table does
+    /// not hold `hash` (its lookup, [`Self::get`], would find nothing).
     #[inline]
-    pub fn prefetch_slot(&self, hash: u64) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let place = self.place(hash);
-            for index in [place.first, place.second] {
-                let bucket = self.bucket(index);
-                let matching = bucket.scan(place.tag.short).matching;
-                if matching != 0 {
+    pub fn prefetch_slot(&self, hash: u64) -> bool {
+        let place = self.place(hash);
+        for index in [place.first, place.second] {
+            let bucket = self.bucket(index);
+            let matching = bucket.scan(place.tag.short).matching;
+            if matching != 0 {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
                     let at = matching.trailing_zeros() as usize;
                     for line in [
                         std::ptr::from_ref(&bucket.rest_node[at]).cast::<i8>(),
@@ -339,12 +341,11 @@ impl KeyTable {
                         // cache (it never faults), and the addresses are in the bucket anyway.
                         unsafe { _mm_prefetch::<_MM_HINT_T0>(line) };
                     }
-                    return;
                 }
+                return true;
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = hash;
+        false
     }
 
     /// The first step of a record's prefetch: the short-tag line and the line of the eight oldest
