@@ -1254,7 +1254,7 @@ mod tests {
                     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
                     txn(
                         id,
-                        commit - below(max_keys as u64),
+                        commit + 100 - below(commit),
                         &refs[..count],
                         &refs[count..],
                     )
