@@ -35,8 +35,7 @@
 //! commits), then the lines that the match (or the record) will read. `check_batch` does it
 //! itself, a few keys ahead; a caller that records a batch calls
 //! [`ConflictDetector::prefetch_writes_choice`] two decisions ahead and
-//! [`ConflictDetector::prefetch_writes_rest`] one decision ahead (or
-//! [`ConflictDetector::prefetch_writes`], whole buckets in one step, a few ahead).
+//! [`ConflictDetector::prefetch_writes_rest`] one decision ahead.
 
 use std::borrow::Borrow;
 use std::cell::RefCell;
@@ -685,14 +684,7 @@ impl ConflictDetector {
     /// Starts loading the table's buckets of `txn`'s checked keys (writes, and reads under
     /// serializable), so that a later check or record finds them in the cache.
     pub fn prefetch(&self, txn: &Transaction) {
-        self.for_checked_keys(txn, |hash| self.table.prefetch(hash, false));
-    }
-
-    /// Starts loading the table's buckets of `txn`'s writes, ahead of [`Self::record`].
-    pub fn prefetch_writes(&self, txn: &Transaction) {
-        for &hash in txn.writes.hashes() {
-            self.table.prefetch(hash, true);
-        }
+        self.for_checked_keys(txn, |hash| self.table.prefetch(hash));
     }
 
     /// The first step of a record's prefetch in two steps: for each of `txn`'s writes, the lines
@@ -1211,7 +1203,6 @@ mod tests {
             let second = txn(2, 5, &["a"], &["c"]);
             for txn in [&first, &second] {
                 detector.prefetch(txn);
-                detector.prefetch_writes(txn);
                 detector.prefetch_writes_choice(txn);
                 detector.prefetch_writes_rest(txn);
             }

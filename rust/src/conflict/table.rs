@@ -292,9 +292,10 @@ impl KeyTable {
 
     /// Asks the CPU to start loading `hash`'s two buckets (a no-op where unsupported): issued a
     /// few keys ahead, the cache misses of a batch overlap instead of following one another.
-    /// `whole`: all four lines (to record), else the short tags' line (to check).
+    /// Only the short tags' line, what a check reads first (a record prefetches in its own two
+    /// steps: [`Self::prefetch_record_choice`], [`Self::prefetch_record`]).
     #[inline]
-    pub fn prefetch(&self, hash: u64, whole: bool) {
+    pub fn prefetch(&self, hash: u64) {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -302,19 +303,12 @@ impl KeyTable {
             for index in [place.first, place.second] {
                 let line = std::ptr::from_ref(self.bucket(index)).cast::<i8>();
                 // SAFETY: SSE is part of every x86_64 target, and a prefetch only hints the cache
-                // (it never faults); the four addresses are inside the bucket anyway.
-                unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(line);
-                    if whole {
-                        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
-                        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(128));
-                        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(192));
-                    }
-                }
+                // (it never faults); the address is the bucket's own.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line) };
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (hash, whole);
+        let _ = hash;
     }
 
     /// The second step of a check's prefetch: once `hash`'s short-tag lines are loaded (by an
